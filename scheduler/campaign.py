@@ -1,0 +1,81 @@
+"""Campaign files: the validated `Campaign` model and the loader that reports every problem at once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from scheduler.config import Route
+
+MessageType = Literal["transaction", "promo", "viber_survey", "flashcall"]
+MESSAGE_TYPES: tuple[MessageType, ...] = ("transaction", "promo", "viber_survey", "flashcall")
+
+#: default TTL (seconds) by message type, SPEC §5
+DEFAULT_TTL: dict[MessageType, int] = {
+    "transaction": 3600,
+    "promo": 86400,
+    "viber_survey": 604800,
+    "flashcall": 300,
+}
+#: the API's recommended TTL range by type (outside it: a warning), SPEC §3
+RECOMMENDED_TTL: dict[MessageType, tuple[int, int]] = {
+    "transaction": (3600, 86400),
+    "promo": (86400, 259200),
+    "viber_survey": (604800, 604800),
+    "flashcall": (300, 600),
+}
+#: types that still go to suppressed phones (SPEC §5)
+TRANSACTIONAL: frozenset[MessageType] = frozenset({"transaction", "flashcall"})
+HORIZON = timedelta(days=30)
+SURVEY_TEXT_MAX = 85
+SURVEY_OPTION_MAX = 29  # "each under 30 characters"
+TRACKING_ID_MAX = 254  # "under 255 characters"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class AudienceSpec(BaseModel):
+    """``[audience]``: where the recipients are and how to read them (csv is absolute)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    csv: Path
+    phone_column: str = "phone"
+    id_column: str | None = None
+    delimiter: str | None = None  # None: sniffed from the header line among "," ";" "\t"
+
+
+class Campaign(BaseModel):
+    """One validated campaign file. Row-level problems are the audience reader's business."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    from_name: str
+    type: MessageType
+    send_at: datetime  # timezone-aware, UTC
+    ttl: int
+    text: str | None = None  # None for flashcall (never sent)
+    survey_options: tuple[str, ...] | None = None
+    route: Route | None = None
+    paused: bool = False
+    audience: AudienceSpec
+    file: Path  # absolute path of the campaign file
+    fingerprint: str  # sha256 of the campaign file's bytes; changes when the file is edited
+
+    @property
+    def deadline(self) -> datetime:
+        """``send_at + ttl``: no message of this campaign may be sent after it."""
+        return self.send_at + timedelta(seconds=self.ttl)
+
+    @property
+    def is_transactional(self) -> bool:
+        """Transactional traffic goes ahead of promo and ignores the suppression list."""
+        return self.type in TRANSACTIONAL
+
+    def ttl_left(self, now: datetime | None = None) -> int:
+        """Seconds until the deadline (the ``ttl`` sent with each message), at least 0."""
+        now = now or datetime.now(UTC)
+        return max(0, int((self.deadline - now).total_seconds()))

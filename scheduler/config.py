@@ -1,0 +1,261 @@
+"""The daemon config: frozen pydantic models loaded from TOML, plus credentials from the environment.
+
+Lookup order for the file: ``--config``, then ``$CASCADE_CONFIG``, then ``./config.toml``, else the
+built-in defaults (paths relative to the current directory). Relative paths in the file are
+resolved against the file's own folder. Credentials never live in the file: they come from the
+environment or from systemd's ``$CREDENTIALS_DIRECTORY``, and are held as `SecretStr`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from scheduler.errors import ConfigError, Problem
+from scheduler.tomlsource import TomlProblem, read_toml
+
+Route = Literal["standard", "tg-viber"]
+Delivery = Literal["at-least-once", "at-most-once"]
+SANDBOX = "sandbox"
+
+#: environment variable -> file in $CREDENTIALS_DIRECTORY -> HTTP header
+CREDENTIAL_SOURCES: tuple[tuple[str, str, str], ...] = (
+    ("CASCADE_API_KEY", "api-key", "X-Authorization-Key"),
+    ("CASCADE_VIBER_TOKEN", "viber-token", "X-Viber-Auth-Token"),
+    ("CASCADE_TG_BOT_KEY", "tg-bot-key", "X-Tg-Bot-Key"),
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ApiConfig(_Section):
+    """``[api]``: where the Cascade API is and how to reach it."""
+
+    base_url: str = SANDBOX
+    route: Route = "standard"
+    timeout: float = Field(default=30, gt=0, le=600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value == SANDBOX:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f'"{value}" is not a URL: write "sandbox" or "https://restapi.smsbat.com"'
+            )
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError(
+                "plain http:// would send the API key in clear text: use https:// "
+                "(http:// is only allowed for 127.0.0.1 / localhost)"
+            )
+        return value
+
+    @property
+    def is_sandbox(self) -> bool:
+        """True when the embedded emulator stands in for the API."""
+        return self.base_url == SANDBOX
+
+
+class SendingConfig(_Section):
+    """``[sending]``: batching, pacing and the delivery guarantee."""
+
+    batch_size: int = Field(default=500, ge=1, le=1000)
+    requests_per_second: float = Field(default=20, gt=0, le=1000)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    delivery: Delivery = "at-least-once"
+
+
+class PathsConfig(_Section):
+    """``[paths]``: every path absolute (resolved against the config file's folder)."""
+
+    campaigns: Path = Path("campaigns")
+    state: Path = Path("state/journal.sqlite3")
+    delivery_log: Path = Path("logs/delivery.jsonl")
+    suppression: Path | None = None
+    audiences: Path | None = None
+
+    @field_validator("suppression", "audiences", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def resolved(self, base: Path) -> PathsConfig:
+        """A copy with relative paths made absolute against ``base``."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None else (base / p.expanduser()).resolve()
+
+        return PathsConfig(
+            campaigns=(base / self.campaigns).resolve(),
+            state=(base / self.state).resolve(),
+            delivery_log=(base / self.delivery_log).resolve(),
+            suppression=fix(self.suppression),
+            audiences=fix(self.audiences),
+        )
+
+
+class LogConfig(_Section):
+    """``[log]``: the operational log on stderr and how phones appear in the delivery log."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+    phones: Literal["masked", "full"] = "masked"
+
+
+class Credentials(_Section):
+    """The API credentials; `SecretStr` keeps them out of reprs, logs and errors."""
+
+    api_key: SecretStr | None = None
+    viber_token: SecretStr | None = None
+    tg_bot_key: SecretStr | None = None
+
+    def headers(self) -> dict[str, str]:
+        """Every configured credential as the header the API expects."""
+        values = (self.api_key, self.viber_token, self.tg_bot_key)
+        return {
+            header: secret.get_secret_value()
+            for (_, _, header), secret in zip(CREDENTIAL_SOURCES, values, strict=True)
+            if secret is not None
+        }
+
+    def secrets(self) -> list[str]:
+        """The raw secret values, for redaction filters."""
+        return list(self.headers().values())
+
+    def __bool__(self) -> bool:
+        return bool(self.headers())
+
+
+class Config(_Section):
+    """The whole daemon config, validated once and then handed to the objects that run."""
+
+    api: ApiConfig = ApiConfig()
+    sending: SendingConfig = SendingConfig()
+    paths: PathsConfig = PathsConfig()
+    log: LogConfig = LogConfig()
+    credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
+    source: Path | None = None
+
+    def require_credentials(self) -> None:
+        """Raise `ConfigError` when a real API is configured without any credential."""
+        if self.api.is_sandbox or self.credentials:
+            return
+        names = ", ".join(env for env, _, _ in CREDENTIAL_SOURCES)
+        raise ConfigError.single(
+            f"base_url {self.api.base_url} needs a credential: set one of {names} "
+            "(or LoadCredential= api-key in the systemd unit)",
+            file=self.source, field="api.base_url",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_credentials(env: Mapping[str, str]) -> Credentials:
+    """Credentials from the environment, else from files in ``$CREDENTIALS_DIRECTORY``."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    found: dict[str, SecretStr] = {}
+    for field_name, (variable, filename, _) in zip(
+        ("api_key", "viber_token", "tg_bot_key"), CREDENTIAL_SOURCES, strict=True
+    ):
+        value = env.get(variable, "").strip()
+        if not value and directory:
+            try:
+                value = (Path(directory) / filename).read_text("utf-8").strip()
+            except OSError:
+                value = ""
+        if value:
+            found[field_name] = SecretStr(value)
+    return Credentials(**found)
+
+
+def config_path(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Which config file to read: ``--config``, ``$CASCADE_CONFIG``, ``./config.toml`` or none."""
+    if explicit is not None:
+        return explicit
+    if env.get("CASCADE_CONFIG"):
+        return Path(env["CASCADE_CONFIG"])
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Find, read and validate the config; raise `ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    path = config_path(explicit, env)
+    credentials = load_credentials(env)
+    if path is None:
+        return Config(paths=PathsConfig().resolved(Path.cwd()), credentials=credentials)
+    if not path.is_file():
+        raise ConfigError.single(
+            "config file not found: pass --config PATH or set CASCADE_CONFIG", file=path
+        )
+    try:
+        document = read_toml(path)
+    except TomlProblem as exc:
+        raise ConfigError([exc.problem]) from None
+    try:
+        config = Config.model_validate(document.data)
+    except ValidationError as exc:
+        raise ConfigError(
+            pydantic_problems(exc, path, document.line_of, _CONFIG_KEYS)
+        ) from None
+    base = path.resolve().parent
+    return config.model_copy(
+        update={
+            "paths": config.paths.resolved(base),
+            "credentials": credentials,
+            "source": path,
+        }
+    )
+
+
+_CONFIG_KEYS: dict[str, set[str]] = {
+    "": {"api", "sending", "paths", "log"},
+    "api": set(ApiConfig.model_fields),
+    "sending": set(SendingConfig.model_fields),
+    "paths": set(PathsConfig.model_fields),
+    "log": set(LogConfig.model_fields),
+}
+
+
+def pydantic_problems(
+    exc: ValidationError,
+    path: Path,
+    line_of: Any,
+    known_keys: Mapping[str, set[str]],
+) -> list[Problem]:
+    """Turn a pydantic `ValidationError` into located problems, with "did you mean" hints."""
+    import difflib
+
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        dotted = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            table, _, key = dotted.rpartition(".")
+            close = difflib.get_close_matches(key, sorted(known_keys.get(table, ())), n=1)
+            hint = f': did you mean "{close[0]}"?' if close else ""
+            message = f"unknown key{hint}"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(Problem(path, line_of(dotted), dotted, message))
+    return problems
