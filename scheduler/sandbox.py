@@ -1,0 +1,421 @@
+"""The sandbox: a local emulator of the Cascade API (SPEC §10) with fault injection.
+
+It answers both routes the way the documentation describes (credential check, validation with the
+documented error body, UUID message ids, a simulated channel per message) and can misbehave on
+purpose: latency, dropped connections, 429 rate limiting, 5xx failures, rejected phones and 200
+answers that leave an id out. It is also the sink of the 1M-message benchmark, so the success path
+does no per-message work beyond validating and answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import math
+import random
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+from aiohttp import web
+
+from scheduler.campaign import MESSAGE_TYPES, SURVEY_OPTION_MAX, SURVEY_TEXT_MAX
+from scheduler.cascade import ENDPOINTS
+from scheduler.config import CREDENTIAL_SOURCES, Route
+
+MAX_BATCH: Final = 1000
+#: request bodies up to this size are read (1000 long messages fit easily)
+MAX_BODY: Final = 16 * 1024 * 1024
+CHANNELS: Final[dict[Route, tuple[str, ...]]] = {
+    "standard": ("telegram", "viber", "viber_bm", "rcs", "sms"),
+    "tg-viber": ("telegram", "viber", "sms"),
+}
+_E164: Final = re.compile(r"\+[1-9]\d{6,14}")
+_CREDENTIAL_HEADERS: Final = tuple(header for _, _, header in CREDENTIAL_SOURCES)
+_API_KEY_HEADER: Final = "X-Authorization-Key"
+_TYPES: Final = frozenset(MESSAGE_TYPES)
+_BAD_GATEWAY: Final = (
+    b"<html><head><title>502 Bad Gateway</title></head>"
+    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
+
+
+class InvalidMessage(ValueError):
+    """One message (or the body as a whole) breaks the API's rules; becomes a 400."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        self.code = code
+        self.field = field
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """How the emulator behaves; every fault is off by default."""
+
+    api_key: str | None = None  # None: any non-empty credential header is accepted
+    fail_rate: float = 0.0  # share of requests answered 500/502/503 (body read first)
+    rate_limit: float | None = None  # requests/s, token bucket with burst max(1, rate * 1.5)
+    latency_ms: float = 0.0  # added to every request
+    reject_phones: frozenset[str] = frozenset()  # these toPhone values fail validation (400)
+    drop_rate: float = 0.0  # share of requests read, then hung up on without an answer
+    omit_rate: float = 0.0  # share of 200 answers that leave out one message's id
+    record: Path | None = None  # JSONL, one line per accepted message
+    seed: int | None = None  # for reproducible fault injection
+
+    def __post_init__(self) -> None:
+        for name in ("fail_rate", "drop_rate", "omit_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ValueError(f"rate_limit must be positive, not {self.rate_limit}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must not be negative, not {self.latency_ms}")
+
+
+class TokenBucket:
+    """A token bucket on the monotonic clock: ``rate`` tokens a second, at most ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Take a token and return 0, or return the seconds until one is available."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+
+class Sandbox:
+    """The emulator server: start it, point a client at `base_url`, read the counters after."""
+
+    def __init__(self, options: SandboxOptions) -> None:
+        self.options = options
+        self.api_key = options.api_key
+        self.accepted: collections.Counter[str] = collections.Counter()
+        self.requests = 0
+        self.dropped = 0
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self._rng = random.Random(options.seed)
+        self._bucket = _bucket_for(options.rate_limit)
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self._record: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        if self._base_url is None:
+            raise RuntimeError("the sandbox is not running: await start() first")
+        return self._base_url
+
+    def reset_stats(self) -> None:
+        """Forget every counter (accepted, requests, statuses, dropped)."""
+        self.accepted.clear()
+        self.statuses.clear()
+        self.requests = 0
+        self.dropped = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0: a free port) and return the base URL."""
+        if self._runner is not None:
+            return self.base_url
+        app = web.Application(client_max_size=MAX_BODY)
+        for route, path in ENDPOINTS.items():
+            app.router.add_post(path, self._handler(route))
+        app.router.add_route("*", "/{tail:.*}", _not_found)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self._base_url = f"http://{_url_host(bound_host)}:{bound_port}"
+        self._open_record()
+        return self._base_url
+
+    async def stop(self) -> None:
+        """Stop listening and close the record file; safe to call twice."""
+        runner, self._runner = self._runner, None
+        self._base_url = None
+        if runner is not None:
+            await runner.cleanup()
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+
+    def _open_record(self) -> None:
+        path = self.options.record
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._record = path.open("ab")
+
+    def _handler(self, route: Route) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            response = await self._answer(request, route)
+            if response is not None:
+                self.statuses[response.status] += 1
+                return response
+            self.dropped += 1
+            if request.transport is not None:
+                request.transport.close()
+            # the client already saw the connection close; nothing is written
+            raise web.HTTPServiceUnavailable()
+
+        return handle
+
+    async def _answer(self, request: web.Request, route: Route) -> web.Response | None:
+        """The response to one API request, or None to hang up without answering."""
+        self.requests += 1
+        if self.options.latency_ms:
+            await asyncio.sleep(self.options.latency_ms / 1000)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = f"Request bodies are limited to {MAX_BODY} bytes"
+            return _error(413, "PAYLOAD_TOO_LARGE", limit)
+        if not self._authorized(request):
+            return _error(401, "UNAUTHORIZED", _unauthorized_message(request))
+        if self._chance(self.options.drop_rate):
+            return None
+        if self._bucket is not None and (wait := self._bucket.take()):
+            return _too_many_requests(self._bucket.rate, wait)
+        if self._chance(self.options.fail_rate):
+            return self._server_error()
+        try:
+            messages = self._validate(request, body)
+        except InvalidMessage as exc:
+            return _error(400, exc.code, str(exc), exc.field)
+        return self._accept(messages, route)
+
+    def _authorized(self, request: web.Request) -> bool:
+        headers = request.headers
+        if self.api_key is None:
+            return any(headers.get(name, "").strip() for name in _CREDENTIAL_HEADERS)
+        given = headers.get(_API_KEY_HEADER, "")
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0.0 and self._rng.random() < rate
+
+    def _server_error(self) -> web.Response:
+        status = self._rng.choice((500, 502, 503))
+        if status == 502:
+            return web.Response(status=502, body=_BAD_GATEWAY, content_type="text/html")
+        if status == 503:
+            body = {"status": 503, "error": "Service Unavailable",
+                    "message": "The service is temporarily overloaded", "code": 5003}
+            return _json(503, body, headers={"Retry-After": "1"})
+        return _error(500, "INTERNAL_ERROR", "Internal server error")
+
+    def _validate(self, request: web.Request, body: bytes) -> list[dict[str, Any]]:
+        if request.content_type != "application/json":
+            raise InvalidMessage("UNSUPPORTED_MEDIA_TYPE",
+                                 "Content-Type must be application/json")
+        messages = _parse_batch(body)
+        reject = self.options.reject_phones
+        for index, message in enumerate(messages):
+            check_message(message, index, reject)
+        return messages
+
+    def _accept(self, messages: list[dict[str, Any]], route: Route) -> web.Response:
+        channels = CHANNELS[route]
+        results = [
+            {"messageId": str(uuid.uuid4()), "trackinId": message["id"]} for message in messages
+        ]
+        self.accepted.update(message["id"] for message in messages)
+        if self._record is not None:
+            self._write_record(messages, results, channels, route)
+        if self._chance(self.options.omit_rate):
+            del results[self._rng.randrange(len(results))]
+        return web.Response(body=orjson.dumps(results), content_type="application/json")
+
+    def _write_record(
+        self,
+        messages: list[dict[str, Any]],
+        results: list[dict[str, str]],
+        channels: tuple[str, ...],
+        route: Route,
+    ) -> None:
+        assert self._record is not None
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        lines = [
+            orjson.dumps({
+                "ts": stamp,
+                "messageId": result["messageId"],
+                "trackinId": message["id"],
+                "toPhone": message["toPhone"],
+                "messageType": message["messageType"],
+                "channel": channel_for(message["toPhone"], channels),
+                "route": route,
+            })
+            for message, result in zip(messages, results, strict=True)
+        ]
+        lines.append(b"")
+        self._record.write(b"\n".join(lines))
+        self._record.flush()
+
+
+def channel_for(phone: str, channels: tuple[str, ...]) -> str:
+    """The simulated channel that delivers to ``phone``: the same phone always gets the same."""
+    return channels[zlib.crc32(phone.encode()) % len(channels)]
+
+
+def _parse_batch(body: bytes) -> list[dict[str, Any]]:
+    try:
+        messages = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidMessage("INVALID_JSON", "The request body is not valid JSON") from None
+    if type(messages) is not list:
+        raise InvalidMessage("INVALID_REQUEST", "The request body must be a JSON array of messages")
+    if not 1 <= len(messages) <= MAX_BATCH:
+        raise InvalidMessage(
+            "INVALID_REQUEST", f"A request carries 1 to {MAX_BATCH} messages, not {len(messages)}"
+        )
+    return messages
+
+
+def check_message(message: object, index: int, reject_phones: frozenset[str]) -> None:
+    """Raise `InvalidMessage` when one message breaks the documented rules."""
+    if type(message) is not dict:
+        raise InvalidMessage("INVALID_PARAMETER", f"Message {index} is not a JSON object")
+    tracking = message.get("id")
+    if type(tracking) is not str or not tracking:
+        raise InvalidMessage("INVALID_PARAMETER", f"Message {index}: id is required", "id")
+    where = f"message {index} (id {tracking[:64]})"
+    if not _nonempty(message.get("fromName")):
+        raise InvalidMessage("INVALID_PARAMETER", f"fromName is required ({where})", "fromName")
+    phone = message.get("toPhone")
+    if type(phone) is not str or not _E164.fullmatch(phone) or phone in reject_phones:
+        raise InvalidMessage("INVALID_PHONE", f"Invalid phone number format ({where})", "toPhone")
+    kind = message.get("messageType")
+    if kind not in _TYPES:
+        raise InvalidMessage(
+            "INVALID_PARAMETER", f"messageType must be one of {', '.join(MESSAGE_TYPES)} "
+            f"({where})", "messageType",
+        )
+    if kind != "flashcall" and not _nonempty(message.get("text")):
+        raise InvalidMessage("INVALID_PARAMETER", f"text is required ({where})", "text")
+    _check_optional(message, where)
+    if kind == "viber_survey":
+        _check_survey(message, where)
+
+
+def _check_optional(message: dict[str, Any], where: str) -> None:
+    ttl = message.get("ttl")
+    if ttl is not None and (type(ttl) is not int or ttl <= 0):
+        raise InvalidMessage(
+            "INVALID_PARAMETER", f"ttl must be a positive integer ({where})", "ttl"
+        )
+    scheduled = message.get("scheduledSent")
+    if scheduled is not None and not _is_iso_datetime(scheduled):
+        raise InvalidMessage(
+            "INVALID_PARAMETER", f"scheduledSent must be an ISO 8601 date-time ({where})",
+            "scheduledSent",
+        )
+
+
+def _check_survey(message: dict[str, Any], where: str) -> None:
+    options = message.get("surveyOptions")
+    if (
+        type(options) is not list
+        or not 2 <= len(options) <= 5
+        or not all(_nonempty(o) and len(o) <= SURVEY_OPTION_MAX for o in options)
+    ):
+        raise InvalidMessage(
+            "INVALID_PARAMETER",
+            f"surveyOptions must be 2 to 5 strings under 30 characters ({where})",
+            "surveyOptions",
+        )
+    if len(message["text"]) > SURVEY_TEXT_MAX:
+        raise InvalidMessage(
+            "INVALID_PARAMETER", f"Survey text is limited to {SURVEY_TEXT_MAX} characters "
+            f"({where})", "text",
+        )
+
+
+def _nonempty(value: object) -> bool:
+    return type(value) is str and bool(value.strip())
+
+
+def _is_iso_datetime(value: object) -> bool:
+    if type(value) is not str:
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _unauthorized_message(request: web.Request) -> str:
+    if any(name in request.headers for name in _CREDENTIAL_HEADERS):
+        return "Invalid API key"
+    return "Missing credentials: send X-Authorization-Key, X-Viber-Auth-Token or X-Tg-Bot-Key"
+
+
+def _too_many_requests(rate: float, wait: float) -> web.Response:
+    body = {"error": "Too Many Requests",
+            "message": f"Rate limit of {rate:g} requests per second exceeded", "status": 429}
+    return _json(429, body, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    return _json(status, {"error": {"code": code, "message": message, "field": field}})
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    if request.path in ENDPOINTS.values():
+        return _error(405, "METHOD_NOT_ALLOWED", f"Use POST, not {request.method}")
+    return _error(404, "NOT_FOUND", "No such endpoint")
+
+
+def _bucket_for(rate: float | None) -> TokenBucket | None:
+    return None if rate is None else TokenBucket(rate, max(1.0, rate * 1.5))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(
+    options: SandboxOptions,
+    host: str,
+    port: int,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run a sandbox until cancelled (SIGINT under `asyncio.run`); ``on_ready`` gets the URL."""
+    sandbox = Sandbox(options)
+    url = await sandbox.start(host, port)
+    try:
+        if on_ready is not None:
+            on_ready(url)
+        await asyncio.Event().wait()
+    finally:
+        await sandbox.stop()
