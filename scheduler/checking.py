@@ -1,0 +1,209 @@
+"""The `check` command's work: validate campaign files and their audiences, and describe them.
+
+Everything a marketer can get wrong is found in one pass and reported together: file-level rules
+(`scheduler.campaign`), row-level skip counts (`scheduler.audience.summarize`), duplicate ids
+against the other files of the campaigns folder, and config problems that would stop the daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from scheduler.audience import AudienceSummary, Suppression, summarize
+from scheduler.campaign import (
+    CampaignCheck,
+    campaign_files,
+    load_campaigns,
+    utc_text,
+)
+from scheduler.config import CREDENTIAL_SOURCES, Config
+from scheduler.errors import CampaignError, ConfigError, Problem
+from scheduler.tomlsource import TomlProblem, read_toml
+
+#: how many line numbers per skip reason the report shows
+LINES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Every campaign file checked, the audience summary of each valid one, and config problems."""
+
+    checks: list[CampaignCheck]
+    summaries: dict[Path, AudienceSummary] = field(default_factory=dict)
+    config_problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is an error (warnings are allowed)."""
+        problems = [*self.config_problems, *(p for c in self.checks for p in c.problems)]
+        return not any(p.is_error for p in problems)
+
+
+def check_paths(paths: Sequence[Path], config: Config, now: datetime) -> CheckReport:
+    """Check the given files and folders (none: the configured campaigns folder)."""
+    config_problems = _credential_problems(config)
+    files, missing = _expand(paths or [config.paths.campaigns], config, config_problems)
+    checks = _with_folder_duplicates(load_campaigns(files, config, now), config)
+    checks = [*missing, *checks]
+    suppression = _suppression(config, config_problems)
+    summaries: dict[Path, AudienceSummary] = {}
+    for index, check in enumerate(checks):
+        if check.campaign is None:
+            continue
+        try:
+            summaries[check.file] = summarize(check.campaign, suppression)
+        except CampaignError as exc:
+            checks[index] = CampaignCheck(check.file, None, [*check.problems, *exc.problems])
+    return CheckReport(checks, summaries, config_problems)
+
+
+def _expand(
+    paths: Iterable[Path], config: Config, problems: list[Problem]
+) -> tuple[list[Path], list[CampaignCheck]]:
+    """Files as given, folders as their campaign files; what does not exist is a failed check."""
+    files: list[Path] = []
+    missing: list[CampaignCheck] = []
+    for path in paths:
+        if path.is_dir():
+            found = campaign_files(path)
+            if not found:
+                problems.append(Problem(path, None, None, "no campaign files (*.toml) in this "
+                                        "folder", "warning"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            hint = ""
+            if path == config.paths.campaigns:
+                hint = ": create it, or set [paths].campaigns in the config (--config FILE)"
+            message = f"no such file or folder{hint}"
+            missing.append(CampaignCheck(path, None, [Problem(path, None, None, message)]))
+    return files, missing
+
+
+def _with_folder_duplicates(checks: list[CampaignCheck], config: Config) -> list[CampaignCheck]:
+    """Also compare ids with the campaign files of the folder that were not checked this time."""
+    checked = {c.file.resolve() for c in checks}
+    folder = config.paths.campaigns
+    others = {} if not folder.is_dir() else _ids_of(
+        p for p in campaign_files(folder) if p.resolve() not in checked
+    )
+    result = []
+    for check in checks:
+        campaign = check.campaign
+        other = None if campaign is None else others.get(campaign.id)
+        if campaign is None or other is None:
+            result.append(check)
+            continue
+        problem = Problem(
+            check.file, _line_of_id(check.file), "id",
+            f'id "{campaign.id}" is also used by {other}: every campaign needs its own id',
+        )
+        result.append(CampaignCheck(check.file, None, [*check.problems, problem]))
+    return result
+
+
+def _line_of_id(path: Path) -> int | None:
+    try:
+        return read_toml(path).line_of("id")
+    except TomlProblem:
+        return None
+
+
+def _ids_of(files: Iterable[Path]) -> dict[str, Path]:
+    """The ``id`` written in each readable file (for duplicate detection only)."""
+    ids: dict[str, Path] = {}
+    for path in files:
+        try:
+            value = read_toml(path).data.get("id")
+        except TomlProblem:
+            continue
+        if isinstance(value, str):
+            ids.setdefault(value, path)
+    return ids
+
+
+def _credential_problems(config: Config) -> list[Problem]:
+    """A real API without credentials: a warning here (marketers check without them)."""
+    try:
+        config.require_credentials()
+    except ConfigError as exc:
+        names = ", ".join(env for env, _, _ in CREDENTIAL_SOURCES)
+        return [
+            Problem(p.file, p.line, p.field, f"no credential set ({names}): the daemon will "
+                    "refuse to start on this machine", "warning")
+            for p in exc.problems
+        ]
+    return []
+
+
+def _suppression(config: Config, problems: list[Problem]) -> Suppression | None:
+    """The suppression list, or None (with its problems recorded) when it cannot be read."""
+    try:
+        return Suppression.load(config.paths.suppression)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def render_report(report: CheckReport) -> str:
+    """The human text printed by `check`: one line per campaign, then its problems, then a total."""
+    lines = [p.render() for p in report.config_problems]
+    for check in report.checks:
+        lines.append(_headline(check, report.summaries.get(check.file)))
+        lines.extend(f"    {p.render()}" for p in check.problems)
+    lines.append(_totals(report))
+    return "\n".join(lines)
+
+
+def _headline(check: CampaignCheck, summary: AudienceSummary | None) -> str:
+    campaign = check.campaign
+    if campaign is None:
+        count = len(check.errors)
+        return f"INVALID  {check.file}  ({count} {'error' if count == 1 else 'errors'})"
+    parts = [
+        f"OK       {check.file}", campaign.id, campaign.type,
+        f"send_at {utc_text(campaign.send_at)}",
+    ]
+    if campaign.paused:
+        parts.append("paused")
+    if summary is not None:
+        parts.append(describe_summary(summary))
+    return "  ".join(parts)
+
+
+def describe_summary(summary: AudienceSummary) -> str:
+    """``1,234 recipients valid, 12 skipped (invalid_phone 7: lines 4, 9; duplicate 5: ...)``."""
+    noun = "recipient" if summary.valid == 1 else "recipients"
+    text = f"{summary.valid:,} {noun} valid"
+    total = sum(summary.skipped.values())
+    if not total:
+        return text + ", none skipped"
+    reasons = []
+    for reason, count in summary.skipped.items():
+        shown = summary.first_lines.get(reason, [])[:LINES_SHOWN]
+        where = ("line " if len(shown) == 1 else "lines ") + ", ".join(map(str, shown))
+        more = ", …" if count > len(shown) else ""
+        reasons.append(f"{reason} {count:,}: {where}{more}")
+    return f"{text}, {total:,} skipped ({'; '.join(reasons)})"
+
+
+def _totals(report: CheckReport) -> str:
+    valid = sum(1 for c in report.checks if c.campaign is not None)
+    invalid = len(report.checks) - valid
+    problems = [*report.config_problems, *(p for c in report.checks for p in c.problems)]
+    errors = sum(1 for p in problems if p.is_error)
+    warnings = len(problems) - errors
+    files = "campaign file" if len(report.checks) == 1 else "campaign files"
+    return (
+        f"{len(report.checks)} {files}: {valid} valid, {invalid} invalid; "
+        f"{errors} {'error' if errors == 1 else 'errors'}, "
+        f"{warnings} {'warning' if warnings == 1 else 'warnings'}"
+    )

@@ -1,0 +1,235 @@
+"""The command line: a thin layer that parses arguments and calls functions tests can call directly.
+
+Each command is one ``cmd_*`` function plus one ``_configure_*`` function for its arguments,
+registered in `COMMANDS`. Mistakes in the user's files or arguments end as one clear message on
+stderr and exit code 1 (2 for usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from scheduler import __version__
+from scheduler.campaign import (
+    DEFAULT_TTL,
+    ID_PATTERN,
+    MESSAGE_TYPES,
+    CampaignCheck,
+    MessageType,
+    load_campaign,
+)
+from scheduler.checking import check_paths, render_report
+from scheduler.config import Config, load_config
+from scheduler.errors import UserError
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+Configure = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: what it does (for --help), how to read its arguments, and its handler."""
+
+    help: str
+    configure: Configure
+    handler: Handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code (the console script's entry point)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UserError as exc:
+        print("\n".join(p.render() for p in exc.problems), file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand; ``--config`` goes before or after."""
+    parser = argparse.ArgumentParser(
+        prog="cascade-scheduler",
+        description="Schedule messaging campaigns through the SMSBAT Cascade API.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_config_option(parser, default=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        # SUPPRESS: a --config given before the command is not reset by the subparser's default.
+        _add_config_option(sub, default=argparse.SUPPRESS)
+        command.configure(sub)
+        sub.set_defaults(handler=command.handler)
+    return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", default=default,
+        help="daemon config file (default: $CASCADE_CONFIG, else ./config.toml if present)",
+    )
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The config named by ``--config`` (or found the usual way)."""
+    explicit: Path | None = args.config
+    return load_config(explicit)
+
+
+# --------------------------------------------------------------------------------------------
+# check
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH",
+        help="campaign files or folders (default: the configured campaigns folder)",
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and campaign files; 0 when valid (warnings allowed), else 1."""
+    config = _config(args)
+    report = check_paths(args.paths, config, datetime.now(UTC))
+    print(render_report(report))
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+# --------------------------------------------------------------------------------------------
+# new
+
+#: a sensible starting text per type (no placeholders: they must match the CSV's columns)
+DEFAULT_TEXT: dict[MessageType, str | None] = {
+    "transaction": "Your order has been confirmed. Thank you for shopping with us!",
+    "promo": "Up to 50% off this week only: https://example.com/sale",
+    "viber_survey": "How would you rate our service?",
+    "flashcall": None,
+}
+DEFAULT_SURVEY_OPTIONS = ["Great", "OK", "Poor"]
+
+
+def _campaign_id(value: str) -> str:
+    if not re.fullmatch(ID_PATTERN.strip("^$"), value):
+        raise argparse.ArgumentTypeError(
+            f'"{value}" is not a valid id: use 1 to 64 letters, digits, ".", "_" or "-", '
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _utc_moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() is None or moment.utcoffset():
+        raise argparse.ArgumentTypeError(f'"{value}" is not a UTC time: write 2026-12-01T09:00:00Z')
+    return moment.astimezone(UTC)
+
+
+def _configure_new(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", type=_campaign_id, metavar="ID", help="the campaign's id")
+    parser.add_argument("--type", required=True, choices=MESSAGE_TYPES, help="message type")
+    parser.add_argument("--audience", required=True, type=Path, metavar="CSV",
+                        help="the audience CSV (path from here; written relative to the file)")
+    parser.add_argument("--send-at", type=_utc_moment, metavar="UTC",
+                        help="send time in UTC, like 2026-12-01T09:00:00Z (default: tomorrow "
+                        "09:00Z)")
+    parser.add_argument("--from-name", default="YourBrand", metavar="NAME",
+                        help="sender name shown to recipients (default: YourBrand)")
+    parser.add_argument("--dir", type=Path, metavar="DIR",
+                        help="where to write ID.toml (default: the configured campaigns folder)")
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Write a valid campaign file to start from; refuse to overwrite an existing one."""
+    config = _config(args)
+    folder: Path = args.dir or config.paths.campaigns
+    target = folder / f"{args.id}.toml"
+    if target.exists():
+        raise UserError.single("already exists: edit it, or pick another id", file=target)
+    if not folder.is_dir():
+        raise UserError.single("no such folder: create it first, or pass --dir", file=folder)
+    now = datetime.now(UTC)
+    document = new_campaign_document(args, folder, now)
+    check = write_new_campaign(target, tomli_w.dumps(document), config, now)
+    for problem in check.problems:
+        print(problem.render(), file=sys.stderr)
+    print(f"wrote {target}: check it with  cascade-scheduler check {target}")
+    return EXIT_OK
+
+
+def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime) -> dict[str, Any]:
+    """The TOML content of a new campaign file, from the ``new`` command's arguments."""
+    kind: MessageType = args.type
+    send_at = args.send_at or datetime.combine(now.date() + timedelta(days=1), time(9), UTC)
+    audience = os.path.relpath(args.audience.resolve(), folder.resolve())
+    document: dict[str, Any] = {
+        "id": args.id, "from_name": args.from_name, "type": kind, "send_at": send_at,
+        "ttl": DEFAULT_TTL[kind],
+    }
+    if DEFAULT_TEXT[kind] is not None:
+        document["text"] = DEFAULT_TEXT[kind]
+    if kind == "viber_survey":
+        document["survey_options"] = DEFAULT_SURVEY_OPTIONS
+    document["paused"] = False
+    document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": "phone"}
+    return document
+
+
+def write_new_campaign(
+    target: Path, text: str, config: Config, now: datetime
+) -> CampaignCheck:
+    """Validate ``text`` as ``target`` would be, then create ``target`` without overwriting.
+
+    The draft is checked under a hidden name in the same folder (so relative paths resolve the
+    same and the daemon's watcher ignores it); only a valid draft becomes the real file.
+    """
+    draft = target.with_name(f".{target.name}.new")
+    draft.write_text(text, "utf-8")
+    try:
+        check = load_campaign(draft, config, now)
+        if not check.ok:
+            raise UserError(replace(p, file=target) for p in check.problems)
+        try:
+            os.link(draft, target)  # atomic, and fails instead of overwriting
+        except FileExistsError:
+            raise UserError.single("already exists: edit it, or pick another id",
+                                   file=target) from None
+    finally:
+        draft.unlink(missing_ok=True)
+    return check
+
+
+COMMANDS: dict[str, Command] = {
+    "check": Command(
+        "validate the config and campaign files (default: the campaigns folder)",
+        _configure_check, cmd_check,
+    ),
+    "new": Command(
+        "write a new campaign file to start from", _configure_new, cmd_new,
+    ),
+}
