@@ -1,0 +1,426 @@
+"""The daemon (`cascade-scheduler run`): campaign files in, campaigns sent on time, forever.
+
+APScheduler is only the timer (in-memory store, one date job per campaign, rebuilt from the files
+and the journal at every start); the journal is the record of truth. Jobs hand the campaign to
+the daemon's own tasks, which drive the shared `Engine`. The campaigns folder is watched and
+re-read on SIGHUP; a bad file is logged loudly and never takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+
+import watchfiles
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from scheduler.campaign import Campaign, CampaignCheck, campaign_files, load_campaigns
+from scheduler.config import Config, ConfigError, load_config
+from scheduler.errors import UserError
+from scheduler.journal import CampaignRecord, CampaignState
+from scheduler.oplog import get_logger
+from scheduler.sdnotify import Notifier
+from scheduler.sender import CampaignRun, Engine, utcnow
+from scheduler.service import open_engine
+
+FINISHED: frozenset[str] = frozenset({"done", "expired"})
+STATUS_EVERY = 5.0  # seconds between STATUS= updates
+WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
+
+
+@dataclass
+class _Tracked:
+    """What the daemon knows about one campaign id."""
+
+    campaign: Campaign
+    prepared: asyncio.Task[CampaignRecord] | None = None
+    run: CampaignRun | None = None
+    task: asyncio.Task[None] | None = None
+    state: str = "scheduled"
+    resume_after: bool = False
+    removed: bool = False
+
+
+@dataclass
+class _Invalid:
+    """A campaign file that does not validate, and the problems we last reported for it."""
+
+    rendered: str
+    campaign_id: str | None = None
+
+
+@dataclass
+class Daemon:
+    """Runs until SIGTERM/SIGINT (or, with ``until_idle``, until every campaign is final)."""
+
+    config: Config
+    notifier: Notifier = field(default_factory=Notifier)
+    until_idle: bool = False
+
+    def __post_init__(self) -> None:
+        self.log = get_logger("daemon")
+        self._campaigns: dict[str, _Tracked] = {}
+        self._file_ids: dict[Path, str] = {}
+        self._invalid: dict[Path, _Invalid] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._engine: Engine | None = None
+        self._timer: AsyncIOScheduler | None = None
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self) -> int:
+        """Serve until stopped; 0 on a clean stop."""
+        folder = self.config.paths.campaigns
+        if not folder.is_dir():
+            raise ConfigError.single(
+                f"campaigns folder {folder} does not exist: create it or fix [paths].campaigns",
+                file=self.config.source, field="paths.campaigns",
+            )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        try:
+            async with open_engine(self.config) as engine:
+                self._engine = engine
+                await self._serve(engine)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            self.notifier.close()
+        return 0
+
+    async def _serve(self, engine: Engine) -> None:
+        self._timer = AsyncIOScheduler(
+            timezone=UTC,
+            # never let APScheduler drop a late job silently: the TTL rule decides (SPEC §7)
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+        self._timer.start()
+        await self._reconcile()
+        engine.log.event("daemon_started", campaigns=len(self._campaigns),
+                         invalid=len(self._invalid), folder=str(self.config.paths.campaigns))
+        self.log.info("daemon_started", campaigns=len(self._campaigns), invalid=len(self._invalid))
+        self.notifier.ready(self.status_line())
+        background = [
+            self._spawn(self._watch()),
+            self._spawn(self._reloader()),
+            self._spawn(self._heartbeat()),
+        ]
+        self._check_idle()
+        await self._stop.wait()
+        self.notifier.stopping()
+        engine.log.event("daemon_stopping")
+        self.log.info("daemon_stopping")
+        for task in background:
+            task.cancel()
+        await self._shutdown_runs()
+        self._timer.shutdown(wait=False)
+
+    async def _shutdown_runs(self) -> None:
+        """Stop taking batches, let in-flight ones finish, leave campaigns resumable."""
+        for tracked in self._campaigns.values():
+            if tracked.run is not None:
+                tracked.run.halt(None)
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ inputs
+
+    async def _watch(self) -> None:
+        """Reconcile whenever something changes under the campaigns (or audiences) folder."""
+        paths = [self.config.paths.campaigns]
+        if self.config.paths.audiences is not None and self.config.paths.audiences.is_dir():
+            paths.append(self.config.paths.audiences)
+        async for _changes in watchfiles.awatch(
+            *paths, stop_event=self._stop, debounce=WATCH_DEBOUNCE_MS, step=50,
+            recursive=True, ignore_permission_denied=True,
+        ):
+            await self._reconcile()
+
+    async def _reloader(self) -> None:
+        """SIGHUP: re-read credentials and every campaign file."""
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.notifier.reloading()
+            self.log.info("reloading")
+            self._reload_credentials()
+            await self._reconcile()
+            self.notifier.ready(self.status_line())
+
+    def _reload_credentials(self) -> None:
+        assert self._engine is not None
+        try:
+            fresh = load_config(self.config.source)
+        except UserError as exc:
+            self.log.error("config_invalid", error=str(exc))
+            return
+        if fresh.credentials.headers() != self.config.credentials.headers() or self._engine.refused:
+            self.config = self.config.model_copy(update={"credentials": fresh.credentials})
+            if not self.config.api.is_sandbox:
+                self._engine.client.set_headers(fresh.credentials.headers())
+            self._engine.log.add_secrets(fresh.credentials.secrets())
+            self._engine.refused = None
+
+    async def _heartbeat(self) -> None:
+        """WATCHDOG=1 from the event loop itself, and a STATUS= line now and then."""
+        interval = self.notifier.watchdog_interval()
+        step = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
+        while True:
+            if interval:
+                self.notifier.watchdog()
+            self.notifier.status(self.status_line())
+            await asyncio.sleep(step)
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def _reconcile(self) -> None:
+        """Make the schedule match the files and the journal (SPEC §7 rules)."""
+        async with self._lock:
+            files = campaign_files(self.config.paths.campaigns)
+            checks = await asyncio.to_thread(load_campaigns, files, self.config, utcnow())
+            present: set[str] = set()
+            for check in checks:
+                if check.campaign is None:
+                    cid = await self._invalid_file(check)
+                else:
+                    self._invalid.pop(check.file, None)
+                    self._file_ids[check.file] = cid = check.campaign.id
+                    await self._apply(check.campaign)
+                if cid is not None:
+                    present.add(cid)
+            for cid in set(self._campaigns) - present:
+                if not self._campaigns[cid].removed:
+                    await self._removed(cid)
+            for gone in set(self._file_ids) - set(files):
+                del self._file_ids[gone]
+                self._invalid.pop(gone, None)
+        self.notifier.status(self.status_line())
+
+    async def _apply(self, campaign: Campaign) -> None:
+        assert self._engine is not None
+        tracked = self._campaigns.get(campaign.id)
+        record = await self._engine.journal.campaign(campaign.id)
+        if tracked is None:
+            tracked = self._campaigns[campaign.id] = _Tracked(campaign)
+            self._engine.log.event("campaign_loaded", campaign=campaign.id, file=str(campaign.file),
+                                   type=campaign.type, send_at=campaign.send_at.isoformat())
+        tracked.removed = False
+        if record is not None and record.started_at is not None:
+            await self._apply_started(tracked, campaign, record)
+        elif (
+            tracked.prepared is None
+            or tracked.campaign.fingerprint != campaign.fingerprint
+            or tracked.state in ("invalid", "cancelled")
+        ):
+            await self._apply_unstarted(tracked, campaign)
+        elif tracked.prepared.done():
+            self._prepare(tracked)  # the CSV may have changed; a no-op when it did not
+
+    async def _apply_started(
+        self, tracked: _Tracked, campaign: Campaign, record: CampaignRecord
+    ) -> None:
+        """Once started only ``paused`` and removal have effect; finished ones stay finished."""
+        assert self._engine is not None
+        edited = tracked.campaign.fingerprint != campaign.fingerprint
+        if edited and tracked.campaign.paused == campaign.paused:
+            self._engine.log.event("campaign_edit_ignored", level="warning", campaign=campaign.id,
+                                   reason="the campaign already started; only paused and "
+                                   "removal take effect now")
+        tracked.campaign = campaign
+        tracked.state = record.state
+        if record.state in FINISHED:
+            return
+        if campaign.paused:
+            await self._pause(tracked)
+        elif record.state == "failed" and self._engine.refused is not None:
+            return
+        else:
+            self._launch(tracked)
+
+    async def _apply_unstarted(self, tracked: _Tracked, campaign: Campaign) -> None:
+        """Before start, every edit re-plans: fresh snapshot, fresh timer."""
+        assert self._engine is not None and self._timer is not None
+        tracked.campaign = campaign
+        self._prepare(tracked)
+        if campaign.paused:
+            self._unschedule(campaign.id)
+            tracked.state = "paused"
+            self._spawn(self._mark_paused(tracked))
+            return
+        tracked.state = "scheduled"
+        if campaign.send_at <= utcnow():
+            self._launch(tracked)  # late (daemon was down): drive() applies the TTL rule
+            return
+        self._timer.add_job(
+            self._fire, "date", run_date=campaign.send_at, args=[campaign.id],
+            id=f"campaign:{campaign.id}", replace_existing=True,
+        )
+        self._engine.log.event("campaign_scheduled", campaign=campaign.id,
+                               send_at=campaign.send_at.isoformat(),
+                               deadline=campaign.deadline.isoformat())
+
+    def _prepare(self, tracked: _Tracked) -> None:
+        """(Re)build the snapshot in the background, ahead of send_at."""
+        assert self._engine is not None
+        task = asyncio.create_task(self._engine.prepare(tracked.campaign))
+        task.add_done_callback(self._prepared)
+        tracked.prepared = task
+
+    def _prepared(self, task: asyncio.Task[CampaignRecord]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        errors = [p.render() for p in exc.problems] if isinstance(exc, UserError) else [repr(exc)]
+        self.log.error("snapshot_failed", errors=errors)
+        if self._engine is not None:
+            self._engine.log.event("campaign_invalid", level="error", errors=errors)
+
+    async def _mark_paused(self, tracked: _Tracked) -> None:
+        assert self._engine is not None and tracked.prepared is not None
+        with contextlib.suppress(UserError):
+            await tracked.prepared
+            await self._engine.journal.set_state(tracked.campaign.id, "paused")
+            self._engine.log.event("campaign_paused", campaign=tracked.campaign.id)
+
+    async def _invalid_file(self, check: CampaignCheck) -> str | None:
+        """Unschedule what this file used to be and say so loudly, once per distinct problem."""
+        assert self._engine is not None
+        cid = self._file_ids.get(check.file)
+        errors = [p.render() for p in check.problems if p.is_error]
+        rendered = "\n".join(errors)
+        known = self._invalid.get(check.file)
+        self._invalid[check.file] = _Invalid(rendered, cid)
+        if known is None or known.rendered != rendered:
+            self._engine.log.event("campaign_invalid", level="error", file=str(check.file),
+                                   campaign=cid, errors=errors)
+            self.log.error("campaign_invalid", file=str(check.file), campaign=cid, errors=errors)
+        tracked = self._campaigns.get(cid) if cid else None
+        if tracked is not None:
+            self._unschedule(tracked.campaign.id)
+            tracked.state = "invalid"
+            if tracked.run is not None:
+                tracked.run.halt("invalid")
+            elif await self._engine.journal.campaign(tracked.campaign.id) is not None:
+                await self._engine.journal.set_state(tracked.campaign.id, "invalid")
+        return cid
+
+    async def _removed(self, cid: str) -> None:
+        """The file is gone: stop after in-flight batches; restoring it resumes."""
+        assert self._engine is not None
+        tracked = self._campaigns[cid]
+        tracked.removed = True
+        tracked.state = "cancelled"
+        self._unschedule(cid)
+        if tracked.task is not None and not tracked.task.done():
+            if tracked.run is not None:
+                tracked.run.halt("cancelled")
+            return  # _drive forgets it once the in-flight batches are done
+        del self._campaigns[cid]
+        record = await self._engine.journal.campaign(cid)
+        if record is not None and record.state not in FINISHED:
+            await self._engine.journal.set_state(cid, "cancelled")
+            self._engine.log.event("campaign_cancelled", campaign=cid)
+
+    async def _pause(self, tracked: _Tracked) -> None:
+        assert self._engine is not None
+        was = tracked.state
+        tracked.state = "paused"
+        tracked.resume_after = False
+        if tracked.run is not None:
+            tracked.run.halt("paused")
+        elif was != "paused":
+            await self._engine.journal.set_state(tracked.campaign.id, "paused")
+            self._engine.log.event("campaign_paused", campaign=tracked.campaign.id)
+
+    def _unschedule(self, cid: str) -> None:
+        assert self._timer is not None
+        with contextlib.suppress(JobLookupError):
+            self._timer.remove_job(f"campaign:{cid}")
+
+    # ------------------------------------------------------------------ sending
+
+    async def _fire(self, cid: str) -> None:
+        """The APScheduler job: hand the campaign to our own task and return at once."""
+        tracked = self._campaigns.get(cid)
+        if tracked is not None and not tracked.campaign.paused:
+            self._launch(tracked)
+
+    def _launch(self, tracked: _Tracked) -> None:
+        if tracked.task is not None and not tracked.task.done():
+            if tracked.run is not None and tracked.run.stop.is_set():
+                tracked.resume_after = True  # halting right now: start again once it stopped
+            return
+        tracked.task = self._spawn(self._drive(tracked))
+
+    async def _drive(self, tracked: _Tracked) -> None:
+        assert self._engine is not None
+        campaign = tracked.campaign
+        try:
+            if tracked.prepared is not None:
+                record = await tracked.prepared
+            else:
+                record = await self._engine.prepare(campaign)
+            tracked.run = self._engine.open_run(campaign, record)
+            tracked.state = "running"
+            state: CampaignState = await self._engine.drive(tracked.run)
+        except UserError as exc:  # the CSV changed under us and no longer reads
+            self.log.error("campaign_invalid", campaign=campaign.id, errors=str(exc))
+            self._engine.log.event("campaign_invalid", level="error", campaign=campaign.id,
+                                   errors=[p.render() for p in exc.problems])
+            state = "invalid"
+        finally:
+            tracked.run = None
+        self.log.info("campaign_stopped", campaign=campaign.id, state=state)
+        if tracked.removed:
+            if self._campaigns.get(campaign.id) is tracked:
+                del self._campaigns[campaign.id]
+        else:
+            tracked.state = state
+        if tracked.resume_after and not tracked.removed and not self._stop.is_set():
+            tracked.resume_after = False
+            tracked.task = self._spawn(self._drive(tracked))
+        self.notifier.status(self.status_line())
+        self._check_idle()
+
+    # ------------------------------------------------------------------ reporting
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: how many campaigns in which state."""
+        counts: dict[str, int] = {}
+        for tracked in self._campaigns.values():
+            if not tracked.removed:
+                counts[tracked.state] = counts.get(tracked.state, 0) + 1
+        invalid = sum(1 for i in self._invalid.values() if i.campaign_id not in self._campaigns)
+        if invalid:
+            counts["invalid"] = counts.get("invalid", 0) + invalid
+        if not counts:
+            return "no campaigns"
+        return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+    def _check_idle(self) -> None:
+        """With ``until_idle`` (the demo), stop once nothing is scheduled or sending."""
+        if not self.until_idle:
+            return
+        busy: Iterable[str] = ("scheduled", "running", "backing_off")
+        if not any(t.state in busy for t in self._campaigns.values()):
+            self._stop.set()

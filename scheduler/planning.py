@@ -1,0 +1,91 @@
+"""`plan`: every campaign with its state, send time, audience, progress and ETA at the configured rate.
+
+Reads the campaign files and the journal; a campaign the daemon has not snapshotted yet is counted
+by streaming its audience, exactly as the daemon would.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from scheduler.audience import Suppression, summarize
+from scheduler.campaign import Campaign, campaign_files, load_campaigns
+from scheduler.config import Config
+from scheduler.errors import UserError
+from scheduler.journal import Journal
+
+PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta")
+FINAL = frozenset({"done", "expired", "cancelled"})
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def eta(config: Config, start: datetime, pending: int) -> datetime:
+    """When ``pending`` messages will be through at the configured rate, starting at ``start``."""
+    per_second = config.sending.requests_per_second * config.sending.batch_size
+    return start + timedelta(seconds=pending / per_second)
+
+
+def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
+    """One row per campaign file (and per journal-only campaign), in send order."""
+    suppression = Suppression.load(config.paths.suppression)
+    journal = Journal(config.paths.state) if config.paths.state.exists() else None
+    try:
+        rows = []
+        seen: set[str] = set()
+        files = campaign_files(config.paths.campaigns) if config.paths.campaigns.is_dir() else []
+        for check in load_campaigns(files, config, now):
+            if check.campaign is None:
+                rows.append(_invalid_row(check.file.stem))
+                continue
+            seen.add(check.campaign.id)
+            rows.append(_row(config, check.campaign, journal, suppression, now))
+        if journal is not None:
+            for record in journal.campaigns():
+                if record.id not in seen:
+                    counts = journal.counts(record.id)
+                    rows.append({
+                        "campaign": record.id, "type": record.type, "state": record.state,
+                        "send_at": _iso(record.send_at), "valid": record.recipients,
+                        "skipped": record.skipped, "sent": counts.get("sent", 0), "eta": "",
+                    })
+    finally:
+        if journal is not None:
+            journal.close()
+    return sorted(rows, key=lambda r: (r["send_at"] or "~", r["campaign"]))
+
+
+def _invalid_row(name: str) -> dict[str, Any]:
+    return {"campaign": name, "type": "", "state": "invalid", "send_at": "", "valid": 0,
+            "skipped": 0, "sent": 0, "eta": "run `check` for the errors"}
+
+
+def _row(
+    config: Config, campaign: Campaign, journal: Journal | None,
+    suppression: Suppression, now: datetime,
+) -> dict[str, Any]:
+    record = journal.campaign(campaign.id) if journal is not None else None
+    if record is not None and record.started_at is not None:
+        counts = journal.counts(campaign.id) if journal is not None else {}
+        state, valid, skipped = record.state, record.recipients, record.skipped
+        sent, pending = counts.get("sent", 0), counts.get("pending", 0)
+    else:
+        try:
+            summary = summarize(campaign, suppression)
+        except UserError:
+            return _invalid_row(campaign.id)
+        valid, skipped, sent, pending = summary.valid, sum(summary.skipped.values()), 0, summary.valid
+        state = "paused" if campaign.paused else "scheduled"
+        if campaign.deadline <= now:
+            state = "expired"
+    finish = ""
+    if state not in FINAL and state != "expired" and pending:
+        finish = _iso(eta(config, max(now, campaign.send_at), pending))
+    return {
+        "campaign": campaign.id, "type": campaign.type, "state": state,
+        "send_at": _iso(campaign.send_at), "valid": valid, "skipped": skipped,
+        "sent": sent, "eta": finish,
+    }

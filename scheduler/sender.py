@@ -1,0 +1,515 @@
+"""The sending engine: every running campaign's batches through one client, limiter and journal.
+
+Work flows one way: the journal's pending batches are queued (transactional campaigns ahead of
+promo), a fixed set of workers takes them, marks them in flight (durably) before each POST, and
+records every message's final outcome before it is written to the delivery log. Failures follow
+SPEC §6: 400s are split until the bad messages are isolated, retryable failures back off with
+full jitter, an exhausted batch makes its whole campaign back off until the TTL deadline, a 401
+stops everything until credentials are fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from aiolimiter import AsyncLimiter
+
+from scheduler.batching import Message, Snapshot, snapshot_key
+from scheduler.campaign import Campaign
+from scheduler.cascade import (
+    Accepted,
+    CascadeClient,
+    Rejected,
+    Retryable,
+    Unauthorized,
+    backoff_delay,
+)
+from scheduler.audience import Suppression
+from scheduler.config import Route, SendingConfig
+from scheduler.delivery_log import DeliveryLog, MessageOutcome
+from scheduler.journal import AsyncJournal, CampaignRecord, CampaignState, Outcome, Result
+
+Clock = Callable[[], datetime]
+ProgressCallback = Callable[[int], None]
+
+#: states in which a campaign's snapshot may still be rebuilt from its files
+UNSTARTED: frozenset[str] = frozenset({"scheduled", "invalid", "cancelled"})
+#: how long a campaign waits after its retries ran out, growing per round up to the cap (seconds)
+CAMPAIGN_BACKOFF = (5.0, 300.0)
+PAGE = 32
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Deferred(Exception):
+    """A batch could not be finished now (credentials refused, campaign backing off or stopping).
+
+    Its messages stay pending in the journal; nothing about them is final yet.
+    """
+
+
+class CredentialsRefused(RuntimeError):
+    """The API answered 401/403: no more requests until the credentials are fixed."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(
+            f"the API refused the credentials (HTTP {status}): fix the key "
+            "(CASCADE_API_KEY or the api-key credential) and run again; no recipient was marked"
+        )
+
+
+@dataclass
+class CampaignRun:
+    """One campaign being sent: its frozen deadline, its stop switch and its queue window."""
+
+    campaign: Campaign
+    route: Route
+    deadline: datetime
+    window: asyncio.Semaphore
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    backoff: asyncio.Event = field(default_factory=asyncio.Event)
+    outstanding: set[asyncio.Future[None]] = field(default_factory=set)
+    on_progress: ProgressCallback | None = None
+    stop_state: CampaignState | None = None
+
+    def halt(self, state: CampaignState | None = None) -> None:
+        """Take no new batches; in-flight ones finish. ``state``: what to record (None: none)."""
+        self.stop_state = state
+        self.stop.set()
+
+    @property
+    def priority(self) -> int:
+        """0 for transactional traffic (goes first), 1 for promo and surveys."""
+        return 0 if self.campaign.is_transactional else 1
+
+    @property
+    def halted(self) -> bool:
+        """True once the campaign should take no new batches."""
+        return self.stop.is_set() or self.backoff.is_set()
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    order: int
+    run: CampaignRun = field(compare=False)
+    seq: int = field(compare=False)
+    messages: list[Message] = field(compare=False)
+    done: asyncio.Future[None] = field(compare=False)
+
+
+class Engine:
+    """Shared by every campaign of a process: one client, one rate limit, one worker pool."""
+
+    def __init__(
+        self,
+        *,
+        client: CascadeClient,
+        journal: AsyncJournal,
+        log: DeliveryLog,
+        sending: SendingConfig,
+        default_route: Route,
+        suppression: Suppression | None = None,
+        suppression_path: Path | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.log = log
+        self.sending = sending
+        self.default_route = default_route
+        self.suppression = suppression
+        self.suppression_path = suppression_path
+        self.clock = clock
+        self.refused: CredentialsRefused | None = None
+        self._limiter = AsyncLimiter(sending.requests_per_second, 1)
+        self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._workers: list[asyncio.Task[None]] = []
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start the worker pool (``concurrency`` requests in flight)."""
+        for number in range(self.sending.concurrency):
+            self._workers.append(asyncio.create_task(self._worker(), name=f"worker-{number}"))
+
+    async def close(self) -> None:
+        """Stop the workers; call after every campaign run has returned."""
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+
+    def credentials_fixed(self, client: CascadeClient) -> None:
+        """Use a new client (new credentials) and allow requests again."""
+        self.client = client
+        self.refused = None
+
+    # ----------------------------------------------------------------- campaigns
+
+    async def prepare(self, campaign: Campaign) -> CampaignRecord:
+        """Snapshot the campaign's audience unless it already started (then it is frozen)."""
+        key = snapshot_key(campaign, self._suppression_file(), self.sending.batch_size)
+        record = await self.journal.campaign(campaign.id)
+        if record is not None and record.started_at is not None:
+            return record
+        if record is None or record.fingerprint != key:
+            snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)
+            await self.journal.prepare(
+                campaign_id=campaign.id,
+                type=campaign.type,
+                file=str(campaign.file),
+                fingerprint=key,
+                send_at=campaign.send_at,
+                deadline=campaign.deadline,
+                batches=snapshot.batches(),
+                skips=snapshot.skips,
+            )
+        elif record.state != "scheduled":
+            await self.journal.set_state(campaign.id, "scheduled")
+        fresh = await self.journal.campaign(campaign.id)
+        assert fresh is not None  # prepare() just wrote it
+        return fresh
+
+    def open_run(
+        self, campaign: Campaign, record: CampaignRecord, on_progress: ProgressCallback | None = None
+    ) -> CampaignRun:
+        """A handle for one campaign's sending; `drive` it, `halt` it from elsewhere."""
+        return CampaignRun(
+            campaign=campaign,
+            route=campaign.route or self.default_route,
+            deadline=record.deadline,
+            window=asyncio.Semaphore(self.sending.concurrency * 2),
+            on_progress=on_progress,
+        )
+
+    async def drive(self, run: CampaignRun) -> CampaignState:
+        """Send the campaign until every recipient is final, or it is halted, fails or expires."""
+        cid = run.campaign.id
+        record = await self.journal.campaign(cid)
+        assert record is not None  # prepare() comes first
+        if self.refused is not None:
+            return await self._fail(run)
+        if self.clock() >= run.deadline:
+            return await self._expire(run, record)
+        await self.journal.set_state(cid, "running")
+        if record.started_at is None:
+            await self._log_start(run, record)
+        await self._settle_crashed(run)
+        rounds = 0
+        while True:
+            await self._feed(run)
+            if self.refused is not None:
+                return await self._fail(run)
+            if run.stop.is_set():
+                return await self._halted(run)
+            if run.backoff.is_set():
+                rounds += 1
+                if not await self._back_off(run, rounds):
+                    continue
+                if run.stop.is_set():
+                    return await self._halted(run)
+                return await self._expire(run, record)
+            counts = await self.journal.counts(cid)
+            if counts.get("pending", 0) == 0:
+                return await self._finish(run, record, counts)
+            if self.clock() >= run.deadline:
+                return await self._expire(run, record)
+
+    async def _feed(self, run: CampaignRun) -> None:
+        """Queue the campaign's open batches (a bounded window at a time) and wait for them."""
+        after = -1
+        loop = asyncio.get_running_loop()
+        while not run.halted and self.refused is None:
+            page = await self.journal.open_batches(run.campaign.id, after, PAGE)
+            if not page:
+                break
+            for batch in page:
+                await run.window.acquire()
+                if run.halted or self.refused is not None:
+                    run.window.release()
+                    break
+                done: asyncio.Future[None] = loop.create_future()
+                run.outstanding.add(done)
+                done.add_done_callback(run.outstanding.discard)
+                messages: list[Message] = orjson.loads(batch.body)
+                self._queue.put_nowait(
+                    _Job(run.priority, next(self._order), run, batch.seq, messages, done)
+                )
+                after = batch.seq
+        await asyncio.gather(*list(run.outstanding))
+
+    async def _back_off(self, run: CampaignRun, rounds: int) -> bool:
+        """Wait out an outage as a whole campaign; False means "try again", True "deadline"."""
+        base, cap = CAMPAIGN_BACKOFF
+        delay = min(cap, base * 2 ** (rounds - 1))
+        left = (run.deadline - self.clock()).total_seconds()
+        await self.journal.set_state(run.campaign.id, "backing_off")
+        self.log.event(
+            "campaign_backing_off", level="warning", campaign=run.campaign.id,
+            wait=round(min(delay, max(left, 0)), 1), round=rounds,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stop.wait(), max(0.0, min(delay, left)))
+        if run.stop.is_set() or self.clock() >= run.deadline:
+            return True
+        run.backoff.clear()
+        await self.journal.set_state(run.campaign.id, "running")
+        return False
+
+    # ----------------------------------------------------------------- endings
+
+    async def _fail(self, run: CampaignRun) -> CampaignState:
+        assert self.refused is not None
+        await self.journal.set_state(run.campaign.id, "failed", str(self.refused))
+        self.log.event(
+            "campaign_failed", level="error", campaign=run.campaign.id, error=str(self.refused)
+        )
+        return "failed"
+
+    async def _halted(self, run: CampaignRun) -> CampaignState:
+        state = run.stop_state
+        if state is not None:
+            await self.journal.set_state(run.campaign.id, state)
+            self.log.event(f"campaign_{state}", campaign=run.campaign.id)
+            return state
+        return "running"  # shutdown: left running, resumed from the journal at the next start
+
+    async def _expire(self, run: CampaignRun, record: CampaignRecord) -> CampaignState:
+        """Every message still open is past send_at + ttl: record and log it as expired."""
+        while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):
+            for batch in page:
+                messages: list[Message] = orjson.loads(batch.body)
+                results = [Result(m["id"], "expired", None, batch.attempts) for m in messages]
+                await self._record(run, batch.seq, messages, results)
+        counts = await self.journal.counts(run.campaign.id)
+        await self._finish(run, record, counts, state="expired")
+        return "expired"
+
+    async def _finish(
+        self,
+        run: CampaignRun,
+        record: CampaignRecord,
+        counts: dict[str, int],
+        state: CampaignState = "done",
+    ) -> CampaignState:
+        await self.journal.set_state(run.campaign.id, state)
+        fresh = await self.journal.campaign(run.campaign.id) or record
+        started = fresh.started_at or fresh.finished_at or self.clock()
+        seconds = max((self.clock() - started).total_seconds(), 1e-6)
+        self.log.event(
+            "campaign_finished", campaign=run.campaign.id, state=state,
+            counts={k: v for k, v in counts.items() if k != "pending"},
+            duration_s=round(seconds, 3),
+            rate_per_s=round(counts.get("sent", 0) / seconds, 1),
+        )
+        return state
+
+    async def _log_start(self, run: CampaignRun, record: CampaignRecord) -> None:
+        self.log.event(
+            "campaign_started", campaign=run.campaign.id, type=run.campaign.type,
+            recipients=record.recipients, skipped=record.skipped,
+            send_at=record.send_at.isoformat(), deadline=record.deadline.isoformat(),
+            route=run.route,
+        )
+        skipped = await self.journal.recipients(run.campaign.id, "skipped")
+        if skipped:
+            self.log.messages(run.campaign.id, run.route, [
+                MessageOutcome(row.tracking_id, "skipped", row.phone, 0, None, None, row.detail)
+                for row in skipped
+            ])
+
+    async def _settle_crashed(self, run: CampaignRun) -> None:
+        """Batches left in flight by a crash: resent (at-least-once) or in doubt (at-most-once)."""
+        if self.sending.delivery != "at-most-once":
+            return
+        after = -1
+        while page := await self.journal.open_batches(run.campaign.id, after, PAGE):
+            for batch in page:
+                after = batch.seq
+                if batch.state != "in_flight":
+                    continue
+                messages: list[Message] = orjson.loads(batch.body)
+                why = "in flight when the process stopped"
+                results = [Result(m["id"], "in_doubt", why, batch.attempts) for m in messages]
+                await self._record(run, batch.seq, messages, results)
+
+    # ----------------------------------------------------------------- workers
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._process(job)
+            except Deferred:
+                pass
+            except (sqlite3.Error, OSError) as exc:
+                # the journal or the log failed: the campaign cannot record outcomes, stop it
+                job.run.halt(None)
+                if not job.done.done():
+                    job.done.set_exception(exc)
+            finally:
+                job.run.window.release()
+                if not job.done.done():
+                    job.done.set_result(None)
+
+    async def _process(self, job: _Job) -> None:
+        run = job.run
+        if run.halted or self.refused is not None:
+            return  # never marked in flight: stays pending
+        cid = run.campaign.id
+        if self.clock() >= run.deadline:
+            results = [Result(m["id"], "expired", None, 0) for m in job.messages]
+            await self._record(run, job.seq, job.messages, results)
+            return
+        await self.journal.mark_in_flight(cid, [job.seq])
+        outcomes = _Outcomes()
+        try:
+            await self._deliver(run, job.messages, outcomes)
+        except Deferred:
+            await self._defer(run, job, outcomes)
+            raise
+        await self._record(run, job.seq, job.messages, outcomes.results)
+
+    async def _defer(self, run: CampaignRun, job: _Job, outcomes: _Outcomes) -> None:
+        """Keep what was decided; the rest of the batch goes back to pending."""
+        if not outcomes.results:
+            await self.journal.release(run.campaign.id, [job.seq])
+            return
+        decided = outcomes.decided()
+        remaining = [m for m in job.messages if m["id"] not in decided]
+        await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results, remaining)
+        self._log_results(run, job.messages, outcomes.results)
+
+    async def _deliver(self, run: CampaignRun, part: list[Message], out: _Outcomes) -> None:
+        """Post ``part`` until each message is final; raise `Deferred` to stop trying for now."""
+        at_most_once = self.sending.delivery == "at-most-once"
+        attempt = 0
+        while part:
+            if self.refused is not None or run.stop.is_set():
+                raise Deferred
+            if self.clock() >= run.deadline:
+                out.add(part, "expired", None, attempt)
+                return
+            attempt += 1
+            reply = await self._post(run, part)
+            if isinstance(reply, Accepted):
+                part = out.accept(part, reply.message_ids, attempt)
+                if part and at_most_once:
+                    out.add(part, "in_doubt", "the API's answer left this message out", attempt)
+                    return
+                reply_status: int | None = 200
+                retry_after: float | None = None
+            elif isinstance(reply, Rejected):
+                await self._split(run, part, reply, out, attempt)
+                return
+            elif isinstance(reply, Unauthorized):
+                self.refused = CredentialsRefused(reply.status)
+                raise Deferred
+            else:
+                if reply.ambiguous and at_most_once:
+                    out.add(part, "in_doubt", reply.reason, attempt)
+                    return
+                reply_status, retry_after = reply.status, reply.retry_after
+            if not part:
+                return
+            if attempt >= self.sending.max_attempts:
+                run.backoff.set()
+                raise Deferred
+            await self._retry_wait(run, attempt, reply_status, retry_after)
+
+    async def _split(
+        self, run: CampaignRun, part: list[Message], reply: Rejected, out: _Outcomes, attempt: int
+    ) -> None:
+        """A 400 refuses the whole request: halve it until the bad messages stand alone."""
+        if len(part) == 1:
+            out.add(part, "rejected", reply.code or f"HTTP {reply.status}", attempt)
+            return
+        middle = len(part) // 2
+        await self._deliver(run, part[:middle], out)
+        await self._deliver(run, part[middle:], out)
+
+    async def _post(self, run: CampaignRun, part: list[Message]) -> Accepted | Rejected | Unauthorized | Retryable:
+        async with self._limiter:
+            if self.refused is not None:
+                raise Deferred  # a 401 came back while this one waited for its turn
+            ttl = max(1, int((run.deadline - self.clock()).total_seconds()))
+            for message in part:
+                message["ttl"] = ttl
+            return await self.client.post(run.route, orjson.dumps(part))
+
+    async def _retry_wait(
+        self, run: CampaignRun, attempt: int, status: int | None, retry_after: float | None
+    ) -> None:
+        wait = backoff_delay(attempt, retry_after=retry_after)
+        self.log.event(
+            "batch_retry", level="warning", campaign=run.campaign.id, status=status,
+            attempt=attempt, wait=round(wait, 3),
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stop.wait(), wait)
+
+    async def _record(
+        self, run: CampaignRun, seq: int, messages: Sequence[Message], results: Sequence[Result]
+    ) -> None:
+        """Journal first (durable), then the delivery log, then progress."""
+        await self.journal.record_results(run.campaign.id, seq, results)
+        self._log_results(run, messages, results)
+
+    def _log_results(
+        self, run: CampaignRun, messages: Sequence[Message], results: Sequence[Result]
+    ) -> None:
+        phones = {m["id"]: m["toPhone"] for m in messages}
+        self.log.messages(run.campaign.id, run.route, [
+            MessageOutcome(
+                r.tracking_id, r.outcome, phones.get(r.tracking_id, ""), r.attempts,
+                r.detail if r.outcome == "sent" else None,
+                r.detail if r.outcome == "rejected" else None,
+                r.detail if r.outcome in ("in_doubt", "expired") else None,
+            )
+            for r in results
+        ])
+        if run.on_progress is not None:
+            run.on_progress(len(results))
+
+    def _suppression_file(self) -> Path | None:
+        return self.suppression_path
+
+
+class _Outcomes:
+    """The final outcomes decided so far for one batch (across retries and splits)."""
+
+    __slots__ = ("results",)
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    def add(self, part: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int) -> None:
+        self.results.extend(Result(m["id"], outcome, detail, attempts) for m in part)
+
+    def accept(self, part: list[Message], ids: Mapping[str, str], attempts: int) -> list[Message]:
+        """Record the accepted messages as sent; return those the answer left out."""
+        missing = []
+        for message in part:
+            message_id = ids.get(message["id"])
+            if message_id is None:
+                missing.append(message)
+            else:
+                self.results.append(Result(message["id"], "sent", message_id, attempts))
+        return missing
+
+    def decided(self) -> set[str]:
+        return {r.tracking_id for r in self.results}

@@ -1,0 +1,129 @@
+"""Wiring shared by `send`, `run` and `demo`: config in, a running `Engine` out.
+
+Starts the embedded sandbox when ``base_url = "sandbox"``, opens the journal (on its writer
+thread), the delivery log and the one HTTP client, and closes them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.audience import Suppression
+from scheduler.campaign import Campaign
+from scheduler.cascade import CascadeClient
+from scheduler.config import Config
+from scheduler.delivery_log import DeliveryLog
+from scheduler.journal import AsyncJournal, CampaignState
+from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
+
+#: (total recipients, already final) when sending starts
+ProgressStart = Callable[[int, int], None]
+#: any non-empty key satisfies the embedded sandbox
+SANDBOX_HEADERS = {"X-Authorization-Key": "sandbox"}
+
+
+def sandbox_record_path(config: Config) -> Path:
+    """Where the embedded sandbox records what it accepted: beside the journal."""
+    return config.paths.state.with_name("sandbox.jsonl")
+
+
+@contextlib.asynccontextmanager
+async def api_endpoint(config: Config) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """The base URL and headers to use; runs the embedded sandbox for ``base_url = "sandbox"``."""
+    if not config.api.is_sandbox:
+        config.require_credentials()
+        yield config.api.base_url, config.credentials.headers()
+        return
+    sandbox = Sandbox(SandboxOptions(record=sandbox_record_path(config)))
+    base_url = await sandbox.start()
+    try:
+        yield base_url, config.credentials.headers() or dict(SANDBOX_HEADERS)
+    finally:
+        await sandbox.stop()
+
+
+@contextlib.asynccontextmanager
+async def open_engine(config: Config) -> AsyncIterator[Engine]:
+    """A started `Engine` with everything it needs; everything is closed on exit."""
+    suppression = Suppression.load(config.paths.suppression)
+    async with contextlib.AsyncExitStack() as stack:
+        base_url, headers = await stack.enter_async_context(api_endpoint(config))
+        journal = AsyncJournal(config.paths.state)
+        await journal.start()
+        stack.push_async_callback(journal.close)
+        log = DeliveryLog(
+            config.paths.delivery_log,
+            phones=config.log.phones,
+            secrets=config.credentials.secrets(),
+        )
+        stack.callback(log.close)
+        client = CascadeClient(
+            base_url, headers, timeout=config.api.timeout, pool_size=config.sending.concurrency
+        )
+        await stack.enter_async_context(client)
+        engine = Engine(
+            client=client,
+            journal=journal,
+            log=log,
+            sending=config.sending,
+            default_route=config.api.route,
+            suppression=suppression,
+            suppression_path=config.paths.suppression,
+        )
+        engine.start()
+        stack.push_async_callback(engine.close)
+        yield engine
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """How a foreground `send` ended, with the journal's counts."""
+
+    state: CampaignState
+    counts: dict[str, int]
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every recipient reached a final outcome."""
+        return self.counts.get("pending", 0) == 0 and self.state in ("done", "expired")
+
+
+async def send_campaign(
+    config: Config,
+    campaign: Campaign,
+    *,
+    stop: asyncio.Event,
+    on_start: ProgressStart | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> SendOutcome:
+    """Send one campaign in the foreground; ``stop`` interrupts it (it resumes on the next run)."""
+    async with open_engine(config) as engine:
+        record = await engine.prepare(campaign)
+        delay = (record.send_at - utcnow()).total_seconds()
+        if delay > 0 and record.started_at is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        counts = await engine.journal.counts(campaign.id)
+        if on_start is not None:
+            on_start(record.recipients + record.skipped, record.recipients + record.skipped
+                     - counts.get("pending", 0))
+        run = engine.open_run(campaign, record, on_progress)
+        watcher = asyncio.create_task(_halt_on(stop, run))
+        try:
+            state = await engine.drive(run) if not stop.is_set() else "running"
+        finally:
+            watcher.cancel()
+        counts = await engine.journal.counts(campaign.id)
+        error = str(engine.refused) if engine.refused is not None else None
+        return SendOutcome(state, counts, error)
+
+
+async def _halt_on(event: asyncio.Event, run: CampaignRun) -> None:
+    await event.wait()
+    run.halt()
