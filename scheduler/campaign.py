@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -530,16 +530,17 @@ class _CampaignReader:
 
     def audience_spec(self, table: dict[str, Any]) -> AudienceSpec | None:
         """The ``[audience]`` values, with the CSV path resolved and confined."""
+        before = len(self.problems)
         written = self.string("csv", required=True, table=table, prefix="audience")
         phone = self.string("phone_column", required=False, table=table, prefix="audience")
         id_column = self.string("id_column", required=False, table=table, prefix="audience")
         delimiter = self.delimiter(table)
         csv = None if written is None else self.csv_path(written)
-        if csv is None or delimiter is False or self.failed:
+        if csv is None or any(p.is_error for p in self.problems[before:]):
             return None
         return AudienceSpec(
             csv=csv, phone_column=phone or "phone", id_column=id_column,
-            delimiter=delimiter or None,
+            delimiter=delimiter if isinstance(delimiter, str) else None,
         )
 
     def delimiter(self, table: dict[str, Any]) -> str | Literal[False] | None:
@@ -580,7 +581,11 @@ class _CampaignReader:
         try:
             return read_header(spec, self.doc.path)
         except CampaignError as exc:
-            self.problems.extend(exc.problems)
+            line = self.doc.line_of("audience.csv")
+            self.problems.extend(
+                replace(p, line=line) if p.line is None and p.file == self.doc.path else p
+                for p in exc.problems
+            )
             return None
 
     def columns(

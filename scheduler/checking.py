@@ -45,7 +45,7 @@ class CheckReport:
 def check_paths(paths: Sequence[Path], config: Config, now: datetime) -> CheckReport:
     """Check the given files and folders (none: the configured campaigns folder)."""
     config_problems = _credential_problems(config)
-    files, missing = _expand(paths or [config.paths.campaigns], config, config_problems)
+    files, missing = _expand(paths or [_shown(config.paths.campaigns)], config, config_problems)
     checks = _with_folder_duplicates(load_campaigns(files, config, now), config)
     checks = [*missing, *checks]
     suppression = _suppression(config, config_problems)
@@ -58,6 +58,14 @@ def check_paths(paths: Sequence[Path], config: Config, now: datetime) -> CheckRe
         except CampaignError as exc:
             checks[index] = CampaignCheck(check.file, None, [*check.problems, *exc.problems])
     return CheckReport(checks, summaries, config_problems)
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the current folder when it is inside it (shorter in reports)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _expand(
@@ -77,7 +85,7 @@ def _expand(
             files.append(path)
         else:
             hint = ""
-            if path == config.paths.campaigns:
+            if path.resolve() == config.paths.campaigns:
                 hint = ": create it, or set [paths].campaigns in the config (--config FILE)"
             message = f"no such file or folder{hint}"
             missing.append(CampaignCheck(path, None, [Problem(path, None, None, message)]))
