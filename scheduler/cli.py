@@ -27,6 +27,7 @@ from scheduler.campaign import (
     CampaignCheck,
     MessageType,
     load_campaign,
+    utc_text,
 )
 from scheduler.checking import check_paths, render_report
 from scheduler.config import Config, load_config
@@ -175,7 +176,7 @@ def cmd_new(args: argparse.Namespace) -> int:
         raise UserError.single("no such folder: create it first, or pass --dir", file=folder)
     now = datetime.now(UTC)
     document = new_campaign_document(args, folder, now)
-    check = write_new_campaign(target, tomli_w.dumps(document), config, now)
+    check = write_new_campaign(target, _toml_text(document), config, now)
     for problem in check.problems:
         print(problem.render(), file=sys.stderr)
     print(f"wrote {target}: check it with  cascade-scheduler check {target}")
@@ -198,6 +199,12 @@ def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime)
     document["paused"] = False
     document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": "phone"}
     return document
+
+
+def _toml_text(document: dict[str, Any]) -> str:
+    """tomli-w's output, with ``send_at`` in the ``...T09:00:00Z`` form the docs teach."""
+    text = tomli_w.dumps(document)
+    return re.sub(r"(?m)^send_at = .*$", f"send_at = {utc_text(document['send_at'])}", text)
 
 
 def write_new_campaign(

@@ -1,0 +1,203 @@
+"""The `check` and `new` commands end to end: exit codes, output, and the shipped examples."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import time_machine
+
+from scheduler import __version__, cli
+from scheduler.campaign import DEFAULT_TTL, MESSAGE_TYPES, load_campaign
+from scheduler.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No config or credentials leak in from the machine running the tests."""
+    for variable in ("CASCADE_CONFIG", "CASCADE_API_KEY", "CASCADE_VIBER_TOKEN",
+                     "CASCADE_TG_BOT_KEY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, clean_env: None) -> Path:
+    """A config file and an empty campaigns folder with one audience CSV."""
+    audiences = tmp_path / "campaigns" / "audiences"
+    audiences.mkdir(parents=True)
+    (audiences / "people.csv").write_text("phone,name\n+380501234567,Olena\n", "utf-8")
+    (tmp_path / "config.toml").write_text('[paths]\ncampaigns = "campaigns"\n', "utf-8")
+    return tmp_path
+
+
+def test_shipped_examples_pass(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, clean_env: None
+) -> None:
+    """The README's command, `check campaigns/` from the repo, exits 0 and shows skip reasons."""
+    monkeypatch.chdir(REPO)
+    assert cli.main(["check", "campaigns/"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("OK  ") == 4
+    for kind in MESSAGE_TYPES:
+        assert f"  {kind}  " in out
+    assert "invalid_phone 1: line " in out and "duplicate 1: line " in out
+    assert "0 errors" in out
+
+
+def test_shipped_examples_with_example_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, clean_env: None
+) -> None:
+    """`check --config config.example.toml` uses its campaigns folder and passes."""
+    monkeypatch.chdir(REPO / "campaigns")
+    assert cli.main(["--config", str(REPO / "config.example.toml"), "check"]) == 0
+    assert "4 campaign files: 4 valid, 0 invalid" in capsys.readouterr().out
+
+
+def test_check_invalid_file_exits_1(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid campaign file makes `check` exit 1 and print its located problems."""
+    bad = workspace / "campaigns" / "bad.toml"
+    bad.write_text('id = "x"\ntype = "promo"\n', "utf-8")
+    code = cli.main(["check", str(bad), "--config", str(workspace / "config.toml")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"INVALID  {bad}" in out and f"{bad}: from_name: required key is missing" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["check", "--bogus"],
+        ["new", "x"],
+        ["new", "bad id", "--type", "promo", "--audience", "a.csv"],
+        ["new", "x", "--type", "sms", "--audience", "a.csv"],
+        ["new", "x", "--type", "promo", "--audience", "a.csv", "--send-at", "2026-12-01T09:00"],
+    ],
+    ids=["no-command", "unknown-command", "unknown-option", "new-missing-options", "new-bad-id",
+         "new-bad-type", "new-send-at-not-utc"],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Argument mistakes exit 2 with argparse's usage message, never a traceback."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the version and exits 0."""
+    assert cli.main(["--version"]) == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_config_before_or_after_command(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--config works both before and after the subcommand."""
+    config = str(workspace / "config.toml")
+    assert cli.main(["--config", config, "check"]) == 0
+    assert cli.main(["check", "--config", config]) == 0
+    assert cli.main(["--config", "/nonexistent.toml", "check", "--config", config]) == 0
+    assert "config file not found" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", MESSAGE_TYPES)
+def test_new_writes_a_file_that_passes_check(
+    workspace: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """`new` writes ID.toml in the campaigns folder, valid for every type, with the type's TTL."""
+    csv = workspace / "campaigns" / "audiences" / "people.csv"
+    config = str(workspace / "config.toml")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["new", "fresh-1", "--type", kind, "--audience", str(csv),
+                         "--config", config]) == 0
+        target = workspace / "campaigns" / "fresh-1.toml"
+        assert cli.main(["check", str(target), "--config", config]) == 0
+    assert "0 errors, 0 warnings" in capsys.readouterr().out
+    check = load_campaign(target, load_config(Path(config), env={}), NOW)
+    assert check.campaign is not None
+    assert check.campaign.type == kind
+    assert check.campaign.ttl == DEFAULT_TTL[kind]  # type: ignore[index]
+    assert check.campaign.send_at == datetime(2026, 11, 27, 9, tzinfo=UTC)
+    assert 'csv = "audiences/people.csv"' in target.read_text("utf-8")
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_new_with_send_at_and_dir(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--send-at and --dir are honoured; the audience path is written relative to the new file."""
+    monkeypatch.chdir(workspace)
+    drafts = workspace / "campaigns" / "drafts"
+    drafts.mkdir()
+    with time_machine.travel(NOW, tick=False):
+        code = cli.main(["new", "x", "--type", "promo", "--audience",
+                         "campaigns/audiences/people.csv", "--send-at", "2026-12-03T10:30:00Z",
+                         "--dir", str(drafts), "--from-name", "Shop"])
+    assert code == 0, capsys.readouterr().err
+    written = (drafts / "x.toml").read_text("utf-8")
+    assert 'csv = "../audiences/people.csv"' in written
+    assert "send_at = 2026-12-03T10:30:00Z" in written and 'from_name = "Shop"' in written
+
+
+def test_new_refuses_to_overwrite(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An existing file is left untouched: exit 1 and a clear message."""
+    target = workspace / "campaigns" / "mine.toml"
+    target.write_text("# keep me\n", "utf-8")
+    code = cli.main(["new", "mine", "--type", "promo", "--audience",
+                     str(workspace / "campaigns" / "audiences" / "people.csv"),
+                     "--config", str(workspace / "config.toml")])
+    assert code == 1
+    assert f"{target}: already exists" in capsys.readouterr().err
+    assert target.read_text("utf-8") == "# keep me\n"
+
+
+def test_new_refuses_an_invalid_file(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An audience outside the allowed folders: nothing is written, the problem is explained."""
+    outside = tmp_path / "outside.csv"
+    outside.write_text("phone\n+380501234567\n", "utf-8")
+    code = cli.main(["new", "mine", "--type", "promo", "--audience", str(outside),
+                     "--config", str(workspace / "config.toml")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "mine.toml:" in err and "audience CSV must be inside" in err
+    assert sorted(p.name for p in (workspace / "campaigns").iterdir()) == ["audiences"]
+
+
+def test_keyboard_interrupt_exits_130(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C during a command is exit 130 with one word, not a traceback."""
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "check_paths", interrupted)
+    assert cli.main(["check", "--config", str(workspace / "config.toml")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_python_m_scheduler_has_no_traceback(workspace: Path) -> None:
+    """A real `python -m scheduler check` on broken files: exit 1, located errors, no traceback."""
+    campaigns = workspace / "campaigns"
+    (campaigns / "syntax.toml").write_text('id = "a\n', "utf-8")
+    (campaigns / "binary.toml").write_bytes(b"\x00\xff\xfe garbage")
+    (campaigns / "types.toml").write_text("id = 1\ntype = []\nsend_at = {a = 1}\n", "utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler", "check", "--config", str(workspace / "config.toml")],
+        capture_output=True, text=True, timeout=60, cwd=workspace, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "syntax.toml:1: TOML syntax error" in result.stdout
+    assert "3 campaign files: 0 valid, 3 invalid" in result.stdout
