@@ -161,13 +161,13 @@ class CascadeClient:
                 return accepted
             return Retryable(status, None, True, f"HTTP {status} with a body that is not a "
                              "JSON array of results")
+        info = self._error_info(body)
         if status in AUTH_STATUSES:
-            return Unauthorized(status, self._redact(parse_error_body(body).message))
+            return Unauthorized(status, info.message)
         if status in CONTENT_STATUSES:
-            info = parse_error_body(body)
-            return Rejected(status, info.code, self._redact(info.message), info.field)
+            return Rejected(status, info.code, info.message, info.field)
         wait = parse_retry_after(retry_after)
-        reason = self._redact(f"HTTP {status}: {parse_error_body(body).message}")
+        reason = f"HTTP {status}: {info.message}"
         if status == 408 or status >= 500:
             return Retryable(status, wait, True, reason)
         # 429, and answers that mean "wrong address" (3xx, 404, 405, ...): the request was
@@ -176,9 +176,18 @@ class CascadeClient:
             reason += f" (is [api].base_url right? it points at {self._host})"
         return Retryable(status, wait, False, reason)
 
+    def _error_info(self, body: bytes) -> ErrorInfo:
+        """The error body, read with every secret blanked out (a server may echo our headers)."""
+        for secret in self._secrets:
+            body = body.replace(secret.encode(), b"***")
+        info = parse_error_body(body)
+        code = None if info.code is None else self._redact(info.code)
+        field = None if info.field is None else self._redact(info.field)
+        return ErrorInfo(code, self._redact(info.message), field)
+
     def _describe(self, exc: BaseException) -> str:
-        text = str(exc) or "connection lost"
-        return self._redact(clip(f"{type(exc).__name__}: {text}"))
+        text = self._redact(str(exc)) or "connection lost"
+        return clip(f"{type(exc).__name__}: {text}")
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:

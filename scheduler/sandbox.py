@@ -34,6 +34,8 @@ from scheduler.config import CREDENTIAL_SOURCES, Route
 MAX_BATCH: Final = 1000
 #: request bodies up to this size are read (1000 long messages fit easily)
 MAX_BODY: Final = 16 * 1024 * 1024
+#: seconds `stop` lets in-flight requests finish (only injected latency makes them slow)
+SHUTDOWN_GRACE: Final = 1.0
 CHANNELS: Final[dict[Route, tuple[str, ...]]] = {
     "standard": ("telegram", "viber", "viber_bm", "rcs", "sms"),
     "tg-viber": ("telegram", "viber", "sms"),
@@ -51,9 +53,12 @@ _BAD_GATEWAY: Final = (
 class InvalidMessage(ValueError):
     """One message (or the body as a whole) breaks the API's rules; becomes a 400."""
 
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, field: str | None = None, status: int = 400
+    ) -> None:
         self.code = code
         self.field = field
+        self.status = status
         super().__init__(message)
 
 
@@ -140,7 +145,9 @@ class Sandbox:
         for route, path in ENDPOINTS.items():
             app.router.add_post(path, self._handler(route))
         app.router.add_route("*", "/{tail:.*}", _not_found)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -205,7 +212,7 @@ class Sandbox:
         try:
             messages = self._validate(request, body)
         except InvalidMessage as exc:
-            return _error(400, exc.code, str(exc), exc.field)
+            return _error(exc.status, exc.code, str(exc), exc.field)
         return self._accept(messages, route)
 
     def _authorized(self, request: web.Request) -> bool:
@@ -230,8 +237,9 @@ class Sandbox:
 
     def _validate(self, request: web.Request, body: bytes) -> list[dict[str, Any]]:
         if request.content_type != "application/json":
-            raise InvalidMessage("UNSUPPORTED_MEDIA_TYPE",
-                                 "Content-Type must be application/json")
+            raise InvalidMessage(
+                "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json", status=415
+            )
         messages = _parse_batch(body)
         reject = self.options.reject_phones
         for index, message in enumerate(messages):
@@ -241,7 +249,8 @@ class Sandbox:
     def _accept(self, messages: list[dict[str, Any]], route: Route) -> web.Response:
         channels = CHANNELS[route]
         results = [
-            {"messageId": str(uuid.uuid4()), "trackinId": message["id"]} for message in messages
+            {"messageId": message_id, "trackinId": message["id"]}
+            for message, message_id in zip(messages, message_ids(len(messages)), strict=True)
         ]
         self.accepted.update(message["id"] for message in messages)
         if self._record is not None:
@@ -274,6 +283,17 @@ class Sandbox:
         lines.append(b"")
         self._record.write(b"\n".join(lines))
         self._record.flush()
+
+
+def message_ids(count: int) -> list[str]:
+    """``count`` distinct version-4 UUIDs: one random UUID per request, the last 48 bits counted.
+
+    ``uuid.uuid4()`` per message cost 3.7 µs, more than everything else the sink does.
+    """
+    head = uuid.uuid4().hex
+    prefix = f"{head[:8]}-{head[8:12]}-{head[12:16]}-{head[16:20]}-"
+    start = int(head[20:], 16)
+    return [f"{prefix}{(start + i) & 0xFFFFFFFFFFFF:012x}" for i in range(count)]
 
 
 def channel_for(phone: str, channels: tuple[str, ...]) -> str:
