@@ -1,0 +1,850 @@
+"""The journal: a crash-safe SQLite record of each campaign's snapshot, batch states and outcomes.
+
+The unit of storage is the batch, not the recipient (SPEC §12: a row per recipient costs more
+than the whole send budget). A batch's request body, stored once as orjson bytes, *is* the
+snapshot; a small table holds each batch's changing state and per-outcome counts, and the final
+outcomes are one compact blob per batch, matched to the body by tracking id.
+
+Snapshots are written in chunks under a fresh snapshot id and swapped in by one small transaction,
+so preparing a million-row audience never holds the writer for long and a crash at any point
+leaves either the old snapshot or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import queue
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, get_args
+
+import orjson
+
+from scheduler.audience import Skip
+
+CampaignState = Literal[
+    "scheduled", "running", "backing_off", "paused", "done", "expired", "failed", "invalid",
+    "cancelled",
+]
+CAMPAIGN_STATES: tuple[CampaignState, ...] = get_args(CampaignState)
+#: states in which a campaign has started sending: its snapshot is frozen
+STARTED_STATES: frozenset[CampaignState] = frozenset(
+    {"running", "backing_off", "paused", "done", "expired", "failed"}
+)
+#: states that end a campaign (they set ``finished_at``)
+FINISHED_STATES: frozenset[CampaignState] = frozenset({"done", "expired", "cancelled"})
+Outcome = Literal["sent", "rejected", "expired", "skipped", "in_doubt"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+BatchState = Literal["pending", "in_flight", "done"]
+
+#: the schema version in ``PRAGMA user_version``; a later version adds a migration step
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE campaigns (
+        id TEXT PRIMARY KEY, type TEXT NOT NULL, file TEXT NOT NULL, fingerprint TEXT NOT NULL,
+        state TEXT NOT NULL, send_at TEXT NOT NULL, deadline TEXT NOT NULL,
+        recipients INTEGER NOT NULL, skipped INTEGER NOT NULL, batches INTEGER NOT NULL,
+        prepared_at TEXT, started_at TEXT, finished_at TEXT, error TEXT,
+        snapshot INTEGER NOT NULL)""",
+    # one row per snapshot ever written; a campaign points at its current one
+    "CREATE TABLE snapshots (id INTEGER PRIMARY KEY, campaign TEXT NOT NULL, created_at TEXT)",
+    "CREATE INDEX snapshots_by_campaign ON snapshots (campaign)",
+    # the immutable request bodies (orjson array of message dicts, without ttl)
+    """CREATE TABLE bodies (snapshot INTEGER NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL,
+        PRIMARY KEY (snapshot, seq))""",
+    # the small mutable part: state, attempts and outcome counts (counting is a cheap SUM)
+    """CREATE TABLE batch_state (snapshot INTEGER NOT NULL, seq INTEGER NOT NULL,
+        size INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,
+        expired INTEGER NOT NULL DEFAULT 0, in_doubt INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (snapshot, seq))""",
+    "CREATE INDEX batch_open ON batch_state (snapshot, seq) WHERE state <> 'done'",
+    # final outcomes, one blob per batch: [[tracking_id, outcome, detail, attempts], ...];
+    # a done batch without a row here was expired whole by expire_open
+    """CREATE TABLE results (snapshot INTEGER NOT NULL, seq INTEGER NOT NULL,
+        blob BLOB NOT NULL, PRIMARY KEY (snapshot, seq))""",
+    """CREATE TABLE skips (snapshot INTEGER NOT NULL, line INTEGER NOT NULL, tracking_id TEXT,
+        phone TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL)""",
+    "CREATE INDEX skips_by_snapshot ON skips (snapshot)",
+)
+#: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
+_COUNT_COLUMNS: dict[str, str] = {
+    "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
+}
+_SNAPSHOT_TABLES = ("bodies", "batch_state", "results", "skips")
+_BATCH_CHUNK = 64  # batches written per transaction while preparing
+_SKIP_CHUNK = 10_000
+_PAGE = 16  # batches decoded per query while streaming recipients
+_BUSY_TIMEOUT_MS = 30_000
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class JournalError(RuntimeError):
+    """An operation the journal's state does not allow (e.g. re-preparing a started campaign)."""
+
+    def __init__(self, campaign_id: str | None, problem: str) -> None:
+        self.campaign_id = campaign_id
+        self.problem = problem
+        where = f"campaign {campaign_id!r}: " if campaign_id is not None else "journal: "
+        super().__init__(where + problem)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRecord:
+    """A campaign as the journal knows it: identity, state, snapshot size and timestamps."""
+
+    id: str
+    type: str
+    file: str
+    fingerprint: str
+    state: CampaignState
+    send_at: datetime
+    deadline: datetime
+    recipients: int  # valid (to be sent) rows in the snapshot
+    skipped: int
+    batches: int
+    prepared_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch of the snapshot: its request body (orjson bytes) and its current state."""
+
+    seq: int
+    body: bytes
+    size: int
+    state: BatchState
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The final outcome of one message of a batch (skipped rows are kept separately)."""
+
+    tracking_id: str
+    outcome: Outcome  # sent | rejected | expired | in_doubt
+    detail: str | None  # message_id for sent, error code for rejected, why for in_doubt
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    """One recipient and its final outcome, for ``report --status`` (re-targeting)."""
+
+    tracking_id: str  # "" for a skipped row whose tracking id could not be built
+    phone: str
+    outcome: Outcome
+    detail: str | None
+    attempts: int
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _utc_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"journal times must be timezone-aware (UTC), got {value!r}")
+    return value.astimezone(UTC).isoformat()
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _encode_default(value: object) -> object:
+    """orjson fallback: any Mapping is a dict, any other Sequence a list."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a batch body")
+
+
+def encode_batches(
+    batches: Iterable[Sequence[Mapping[str, Any]]],
+) -> Iterator[tuple[int, bytes, int]]:
+    """Number and encode batches as ``(seq, orjson body, size)``, lazily; empty ones are dropped."""
+    seq = 0
+    for batch in batches:
+        if len(batch) == 0:
+            continue
+        yield seq, orjson.dumps(batch, default=_encode_default), len(batch)
+        seq += 1
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _record(row: sqlite3.Row) -> CampaignRecord:
+    return CampaignRecord(
+        id=row["id"], type=row["type"], file=row["file"], fingerprint=row["fingerprint"],
+        state=row["state"], send_at=datetime.fromisoformat(row["send_at"]),
+        deadline=datetime.fromisoformat(row["deadline"]), recipients=row["recipients"],
+        skipped=row["skipped"], batches=row["batches"], prepared_at=_time(row["prepared_at"]),
+        started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
+        error=row["error"],
+    )
+
+
+#: a message of a done batch whose result names another id: it may or may not have gone out
+_UNRECORDED: tuple[str, Outcome, str | None, int] = ("", "in_doubt", "no outcome recorded", 0)
+
+
+def _batch_rows(
+    body: bytes, blob: bytes | None, attempts: int, outcome: Outcome | None,
+) -> Iterator[RecipientRow]:
+    """The recipients of one done batch: the body gives phones, the results blob outcomes."""
+    messages = orjson.loads(body)
+    results: dict[str, tuple[str, Outcome, str | None, int]]
+    if blob is None:  # expired whole by expire_open
+        results = {m["id"]: (m["id"], "expired", None, attempts) for m in messages}
+    else:
+        results = {r[0]: tuple(r) for r in orjson.loads(blob)}
+    for message in messages:
+        _, status, detail, tries = results.get(message["id"], _UNRECORDED)
+        if outcome is None or status == outcome:
+            yield RecipientRow(message["id"], message["toPhone"], status, detail, tries)
+
+
+# --------------------------------------------------------------------------------------------
+# the synchronous journal
+
+
+class Journal:
+    """One SQLite connection; WAL; synchronous=FULL; used from ONE thread at a time.
+
+    Every write is one transaction, or a savepoint inside `transaction()` when grouped.
+    ``commits`` counts the durable commits this connection made.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.commits = 0
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
+
+    def close(self) -> None:
+        """Close the connection (committed data is already durable)."""
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _version(self) -> int:
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    def _migrate(self) -> None:
+        """Create the schema on a new file; refuse a file written by a newer version."""
+        if self._version() == SCHEMA_VERSION:
+            return  # the common case takes no write lock (report/plan read beside the daemon)
+        with self.transaction():
+            version = self._version()
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    None, f"{self.path} has schema version {version}, newer than this program "
+                    f"({SCHEMA_VERSION}): upgrade cascade-scheduler",
+                )
+            if version == 0:
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One durable transaction; nested, a savepoint (a failure undoes only its own part)."""
+        if self._db.in_transaction:
+            self._db.execute("SAVEPOINT op")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO op")
+                self._db.execute("RELEASE op")
+                raise
+            self._db.execute("RELEASE op")
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self.commits += 1
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def prepare(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+        batches: Iterable[Sequence[Mapping[str, Any]]], skips: Iterable[Skip],
+    ) -> None:
+        """Snapshot a campaign (streaming), replacing an unstarted earlier snapshot atomically.
+
+        Batches are consumed first, then skips. Raises `JournalError` if the campaign started.
+        """
+        snapshot = self._begin_snapshot(campaign_id)
+        swapped = False
+        try:
+            for rows in _chunks(encode_batches(batches), _BATCH_CHUNK):
+                self._add_batches(campaign_id, snapshot, rows)
+            for chunk in _chunks(skips, _SKIP_CHUNK):
+                self._add_skips(campaign_id, snapshot, chunk)
+            self._commit_snapshot(
+                snapshot, campaign_id=campaign_id, type=type, file=file,
+                fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+            )
+            swapped = True
+        finally:
+            if not swapped:
+                self._drop_snapshot(snapshot)
+
+    def _refuse_if_started(self, campaign_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute(
+            "SELECT state, started_at, snapshot FROM campaigns WHERE id = ?", (campaign_id,),
+        ).fetchone()
+        if row is not None and (row["started_at"] is not None or row["state"] in STARTED_STATES):
+            raise JournalError(
+                campaign_id, f"it has started (state {row['state']}); its snapshot is frozen",
+            )
+        return row
+
+    def _begin_snapshot(self, campaign_id: str) -> int:
+        """Allocate a staging snapshot, dropping this campaign's unfinished earlier ones."""
+        with self.transaction():
+            self._refuse_if_started(campaign_id)
+            self._drop_orphans(campaign_id)
+            cursor = self._db.execute(
+                "INSERT INTO snapshots (campaign, created_at) VALUES (?, ?)",
+                (campaign_id, _now()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def _check_staging(self, campaign_id: str, snapshot: int) -> None:
+        if self._db.execute("SELECT 1 FROM snapshots WHERE id = ?", (snapshot,)).fetchone() is None:
+            raise JournalError(campaign_id, "this snapshot was superseded by a newer prepare")
+
+    def _add_batches(
+        self, campaign_id: str, snapshot: int, rows: Sequence[tuple[int, bytes, int]],
+    ) -> None:
+        with self.transaction():
+            self._check_staging(campaign_id, snapshot)
+            self._db.executemany(
+                "INSERT INTO bodies (snapshot, seq, body) VALUES (?, ?, ?)",
+                ((snapshot, seq, body) for seq, body, _ in rows),
+            )
+            self._db.executemany(
+                "INSERT INTO batch_state (snapshot, seq, size, state) VALUES (?, ?, ?, 'pending')",
+                ((snapshot, seq, size) for seq, _, size in rows),
+            )
+
+    def _add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
+        with self.transaction():
+            self._check_staging(campaign_id, snapshot)
+            self._db.executemany(
+                "INSERT INTO skips (snapshot, line, tracking_id, phone, reason, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ((snapshot, s.line, s.tracking_id, s.phone, s.reason, s.detail) for s in skips),
+            )
+
+    def _commit_snapshot(
+        self, snapshot: int, *, campaign_id: str, type: str, file: str,
+        fingerprint: str, send_at: datetime, deadline: datetime,
+    ) -> None:
+        """Swap the staged snapshot in: one small transaction, so readers see old or new."""
+        with self.transaction():
+            self._check_staging(campaign_id, snapshot)
+            previous = self._refuse_if_started(campaign_id)
+            if previous is not None:
+                self._delete_snapshot(previous["snapshot"])
+            batches, recipients = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batch_state WHERE snapshot = ?",
+                (snapshot,),
+            ).fetchone()
+            skipped = self._db.execute(
+                "SELECT COUNT(*) FROM skips WHERE snapshot = ?", (snapshot,),
+            ).fetchone()[0]
+            self._db.execute(
+                "INSERT OR REPLACE INTO campaigns (id, type, file, fingerprint, state, send_at,"
+                " deadline, recipients, skipped, batches, prepared_at, started_at, finished_at,"
+                " error, snapshot) VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?, ?, NULL, NULL,"
+                " NULL, ?)",
+                (campaign_id, type, file, fingerprint, _utc_text(send_at), _utc_text(deadline),
+                 recipients, skipped, batches, _now(), snapshot),
+            )
+
+    def _drop_snapshot(self, snapshot: int) -> None:
+        """Remove a staging snapshot that will not be swapped in (failed or superseded)."""
+        with self.transaction():
+            current = self._db.execute(
+                "SELECT 1 FROM campaigns WHERE snapshot = ?", (snapshot,),
+            ).fetchone()
+            if current is None:
+                self._delete_snapshot(snapshot)
+
+    def _drop_orphans(self, campaign_id: str) -> None:
+        orphans = self._db.execute(
+            "SELECT id FROM snapshots WHERE campaign = ? AND id NOT IN"
+            " (SELECT snapshot FROM campaigns WHERE id = ?)", (campaign_id, campaign_id),
+        ).fetchall()
+        for (orphan,) in orphans:
+            self._delete_snapshot(orphan)
+
+    def _delete_snapshot(self, snapshot: int) -> None:
+        for table in _SNAPSHOT_TABLES:
+            self._db.execute(f"DELETE FROM {table} WHERE snapshot = ?", (snapshot,))
+        self._db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot,))
+
+    def _snapshot(self, campaign_id: str) -> int:
+        row = self._db.execute(
+            "SELECT snapshot FROM campaigns WHERE id = ?", (campaign_id,),
+        ).fetchone()
+        if row is None:
+            raise JournalError(campaign_id, "no such campaign in the journal")
+        snapshot: int = row[0]
+        return snapshot
+
+    def forget(self, campaign_id: str) -> None:
+        """Delete an unstarted campaign and its snapshot; a started one raises `JournalError`."""
+        with self.transaction():
+            if self._refuse_if_started(campaign_id) is None:
+                return
+            self._drop_orphans(campaign_id)
+            self._delete_snapshot(self._snapshot(campaign_id))
+            self._db.execute("DELETE FROM campaigns WHERE id = ?", (campaign_id,))
+
+    # --- campaigns ----------------------------------------------------------------------
+
+    def campaign(self, campaign_id: str) -> CampaignRecord | None:
+        """The campaign's record, or None if the journal has never prepared it."""
+        row = self._db.execute("SELECT * FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def campaigns(self) -> list[CampaignRecord]:
+        """Every campaign in the journal, by send time."""
+        rows = self._db.execute("SELECT * FROM campaigns ORDER BY send_at, id").fetchall()
+        return [_record(row) for row in rows]
+
+    def set_state(self, campaign_id: str, state: CampaignState, error: str | None = None) -> None:
+        """Move a campaign to ``state`` (with an error text or None), keeping its timestamps."""
+        if state not in CAMPAIGN_STATES:
+            raise ValueError(f"unknown campaign state {state!r}")
+        now = _now()
+        with self.transaction():
+            cursor = self._db.execute(
+                "UPDATE campaigns SET state = ?1, error = ?2,"
+                " started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?3)"
+                "   ELSE started_at END,"
+                " finished_at = CASE WHEN ?4 THEN ?3 ELSE NULL END WHERE id = ?5",
+                (state, error, now, state in FINISHED_STATES, campaign_id),
+            )
+            if cursor.rowcount == 0:
+                raise JournalError(campaign_id, "no such campaign in the journal")
+
+    # --- batches ------------------------------------------------------------------------
+
+    def open_batches(
+        self, campaign_id: str, after_seq: int = -1, limit: int = 64,
+    ) -> list[BatchRecord]:
+        """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
+        rows = self._db.execute(
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts FROM batch_state s"
+            " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+            " WHERE s.snapshot = ? AND s.seq > ? AND s.state <> 'done' ORDER BY s.seq LIMIT ?",
+            (self._snapshot(campaign_id), after_seq, limit),
+        ).fetchall()
+        return [BatchRecord(*row) for row in rows]
+
+    def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """Mark open batches in flight (attempts + 1) before they are posted; durable on return."""
+        if not seqs:
+            return
+        with self.transaction():
+            snapshot = self._snapshot(campaign_id)
+            cursor = self._db.executemany(
+                "UPDATE batch_state SET state = 'in_flight', attempts = attempts + 1"
+                " WHERE snapshot = ? AND seq = ? AND state <> 'done'",
+                ((snapshot, seq) for seq in seqs),
+            )
+            if cursor.rowcount != len(seqs):
+                raise JournalError(campaign_id, f"not every batch of {list(seqs)} is open")
+
+    def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """Return in-flight batches to pending (certainly not delivered: they will be resent)."""
+        with self.transaction():
+            snapshot = self._snapshot(campaign_id)
+            self._db.executemany(
+                "UPDATE batch_state SET state = 'pending'"
+                " WHERE snapshot = ? AND seq = ? AND state = 'in_flight'",
+                ((snapshot, seq) for seq in seqs),
+            )
+
+    def record_results(self, campaign_id: str, seq: int, results: Sequence[Result]) -> None:
+        """Close a batch with one final outcome per message (matched to the body by tracking id)."""
+        counts = Counter(r.outcome for r in results)
+        if "skipped" in counts:
+            raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
+        blob = orjson.dumps([(r.tracking_id, r.outcome, r.detail, r.attempts) for r in results])
+        with self.transaction():
+            snapshot = self._snapshot(campaign_id)
+            self._check_results(campaign_id, snapshot, seq, results)
+            self._db.execute(
+                "UPDATE batch_state SET state = 'done', sent = ?, rejected = ?, expired = ?,"
+                " in_doubt = ? WHERE snapshot = ? AND seq = ?",
+                (counts["sent"], counts["rejected"], counts["expired"], counts["in_doubt"],
+                 snapshot, seq),
+            )
+            self._db.execute(
+                "INSERT INTO results (snapshot, seq, blob) VALUES (?, ?, ?)", (snapshot, seq, blob),
+            )
+
+    def _check_results(
+        self, campaign_id: str, snapshot: int, seq: int, results: Sequence[Result],
+    ) -> None:
+        """One result per message of an open batch (ids unique; matching them is the engine's)."""
+        row = self._db.execute(
+            "SELECT state, size FROM batch_state WHERE snapshot = ? AND seq = ?", (snapshot, seq),
+        ).fetchone()
+        if row is None or row["state"] == "done":
+            raise JournalError(campaign_id, f"batch {seq} is not open")
+        # Decoding the body to compare ids would cost ~0.4 ms a batch on the writer thread;
+        # the count and uniqueness catch a lost or doubled result at a tenth of that.
+        if len(results) != row["size"] or len({r.tracking_id for r in results}) != len(results):
+            raise JournalError(
+                campaign_id, f"batch {seq} has {row['size']} messages but the results name "
+                f"{len({r.tracking_id for r in results})} distinct ids",
+            )
+
+    def expire_open(self, campaign_id: str) -> int:
+        """Close every open batch as expired (the deadline passed); returns how many messages."""
+        with self.transaction():
+            snapshot = self._snapshot(campaign_id)
+            expired: int = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM batch_state"
+                " WHERE snapshot = ? AND state <> 'done'", (snapshot,),
+            ).fetchone()[0]
+            self._db.execute(
+                "UPDATE batch_state SET state = 'done', expired = size"
+                " WHERE snapshot = ? AND state <> 'done'", (snapshot,),
+            )
+        return expired
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def counts(self, campaign_id: str) -> dict[str, int]:
+        """Messages per outcome, plus ``pending`` (not final yet) and ``skipped``."""
+        snapshot = self._snapshot(campaign_id)
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(sent), 0), COALESCE(SUM(rejected), 0),"
+            " COALESCE(SUM(expired), 0), COALESCE(SUM(in_doubt), 0),"
+            " COALESCE(SUM(CASE WHEN state <> 'done' THEN size END), 0)"
+            " FROM batch_state WHERE snapshot = ?", (snapshot,),
+        ).fetchone()
+        skipped = self._db.execute(
+            "SELECT skipped FROM campaigns WHERE id = ?", (campaign_id,),
+        ).fetchone()[0]
+        sent, rejected, expired, in_doubt, pending = row
+        return {
+            "sent": sent, "rejected": rejected, "expired": expired, "in_doubt": in_doubt,
+            "skipped": skipped, "pending": pending,
+        }
+
+    def recipients(
+        self, campaign_id: str, outcome: Outcome | None = None,
+    ) -> Iterator[RecipientRow]:
+        """Stream recipients with a final outcome (all, or one outcome): batches, then skips."""
+        snapshot = self._snapshot(campaign_id)
+        if outcome != "skipped":
+            yield from self._done_rows(snapshot, outcome)
+        if outcome in (None, "skipped"):
+            for skip in self._skips(snapshot):
+                yield RecipientRow(skip.tracking_id or "", skip.phone, "skipped", skip.reason, 0)
+
+    def _done_rows(self, snapshot: int, outcome: Outcome | None) -> Iterator[RecipientRow]:
+        """Done batches page by page, so no read snapshot stays open between pages."""
+        having = f" AND s.{_COUNT_COLUMNS[outcome]} > 0" if outcome is not None else ""
+        last = -1
+        while True:
+            page = self._db.execute(
+                "SELECT s.seq, b.body, r.blob, s.attempts FROM batch_state s"
+                " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+                " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
+                f" WHERE s.snapshot = ? AND s.seq > ? AND s.state = 'done'{having}"
+                " ORDER BY s.seq LIMIT ?", (snapshot, last, _PAGE),
+            ).fetchall()
+            if not page:
+                return
+            for seq, body, blob, attempts in page:
+                last = seq
+                yield from _batch_rows(body, blob, attempts, outcome)
+
+    def skips(self, campaign_id: str) -> Iterator[Skip]:
+        """Stream the campaign's skipped rows, in CSV order."""
+        return self._skips(self._snapshot(campaign_id))
+
+    def _skips(self, snapshot: int) -> Iterator[Skip]:
+        last = 0
+        while True:
+            page = self._db.execute(
+                "SELECT rowid, line, tracking_id, phone, reason, detail FROM skips"
+                " WHERE snapshot = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+                (snapshot, last, _SKIP_CHUNK),
+            ).fetchall()
+            if not page:
+                return
+            for rowid, line, tracking_id, phone, reason, detail in page:
+                last = rowid
+                yield Skip(line, tracking_id, phone, reason, detail)
+
+
+# --------------------------------------------------------------------------------------------
+# the asynchronous journal: one writer thread, group commit
+
+
+@dataclass(slots=True)
+class _Op:
+    """One queued call: what to run in the writer thread, and whom to tell."""
+
+    fn: Callable[[Journal], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+    def settle(self, value: object, error: BaseException | None) -> None:
+        """Resolve the caller's future from the writer thread (after the commit)."""
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.loop.call_soon_threadsafe(_settle, self.future, value, error)
+
+
+def _settle(future: asyncio.Future[Any], value: object, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; its operation still ran
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+
+class AsyncJournal:
+    """Runs a Journal on one dedicated writer thread; every method is a coroutine.
+
+    Group commit: the thread takes one queued operation plus every other one waiting, runs them
+    in ONE transaction (a savepoint each, so one failure fails only its caller), commits once
+    (synchronous=FULL), then resolves each caller: an ``await`` returns once its write is durable.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._journal: Journal | None = None
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._closing = False
+
+    @property
+    def commits(self) -> int:
+        """Durable commits so far (fewer than operations when writes are grouped)."""
+        return 0 if self._journal is None else self._journal.commits
+
+    async def start(self) -> None:
+        """Open the journal in the writer thread; raises what opening it raised."""
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="journal-writer", daemon=True,
+        )
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    async def close(self) -> None:
+        """Finish every queued operation, then close the connection and stop the thread."""
+        if self._thread is None or self._closing:
+            return
+        self._closing = True
+        self._queue.put(None)  # the stop mark, after everything already queued
+        await asyncio.wrap_future(self._stopped)
+
+    async def run(self, fn: Callable[[Journal], T]) -> T:
+        """Run ``fn(journal)`` in the writer thread inside the group's transaction (a savepoint)."""
+        if self._thread is None or self._closing:
+            raise RuntimeError("the journal is not running (call start() first, not after close)")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, loop, future))
+        return await future
+
+    async def _call(
+        self, method: Callable[Concatenate[Journal, P], T], *args: P.args, **kwargs: P.kwargs,
+    ) -> T:
+        return await self.run(lambda journal: method(journal, *args, **kwargs))
+
+    # --- the writer thread ----------------------------------------------------------------
+
+    def _serve(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            self._journal = Journal(self.path)
+        except (sqlite3.Error, OSError, JournalError) as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            stop = False
+            while not stop:
+                ops, stop = self._take()
+                self._run_group(self._journal, ops)
+        finally:
+            self._journal.close()
+            self._stopped.set_result(None)
+
+    def _take(self) -> tuple[list[_Op], bool]:
+        """Block for one operation, then drain every other one already queued."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        ops = [first]
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                return ops, False
+            if op is None:
+                return ops, True
+            ops.append(op)
+
+    @staticmethod
+    def _run_group(journal: Journal, ops: list[_Op]) -> None:
+        outcomes: list[tuple[_Op, object, BaseException | None]] = []
+        try:
+            with journal.transaction():
+                for op in ops:
+                    outcomes.append(_run_one(journal, op))
+        except sqlite3.Error as exc:  # the commit failed: nothing of this group is durable
+            outcomes = [(op, None, exc) for op in ops]
+        for op, value, error in outcomes:
+            op.settle(value, error)
+
+    # --- the Journal's methods as coroutines ------------------------------------------------
+
+    async def prepare(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+        batches: Iterable[Sequence[Mapping[str, Any]]], skips: Iterable[Skip],
+    ) -> None:
+        """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
+
+        Other operations run between chunks, so a million-row snapshot never stalls sending.
+        """
+        snapshot = await self._call(Journal._begin_snapshot, campaign_id)
+        swapped = False
+        try:
+            encoded = _chunks(encode_batches(batches), _BATCH_CHUNK)
+            while rows := await asyncio.to_thread(next, encoded, None):
+                await self._call(Journal._add_batches, campaign_id, snapshot, rows)
+            skip_chunks = _chunks(skips, _SKIP_CHUNK)
+            while chunk := await asyncio.to_thread(next, skip_chunks, None):
+                await self._call(Journal._add_skips, campaign_id, snapshot, chunk)
+            await self._call(
+                Journal._commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
+                file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+            )
+            swapped = True
+        finally:
+            if not swapped:
+                await self._call(Journal._drop_snapshot, snapshot)
+
+    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
+        """`Journal.campaign`."""
+        return await self._call(Journal.campaign, campaign_id)
+
+    async def campaigns(self) -> list[CampaignRecord]:
+        """`Journal.campaigns`."""
+        return await self._call(Journal.campaigns)
+
+    async def set_state(
+        self, campaign_id: str, state: CampaignState, error: str | None = None,
+    ) -> None:
+        """`Journal.set_state`, durable on return."""
+        await self._call(Journal.set_state, campaign_id, state, error)
+
+    async def open_batches(
+        self, campaign_id: str, after_seq: int = -1, limit: int = 64,
+    ) -> list[BatchRecord]:
+        """`Journal.open_batches`."""
+        return await self._call(Journal.open_batches, campaign_id, after_seq, limit)
+
+    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """`Journal.mark_in_flight`, durable on return (post the batch only after it)."""
+        await self._call(Journal.mark_in_flight, campaign_id, seqs)
+
+    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """`Journal.release`, durable on return."""
+        await self._call(Journal.release, campaign_id, seqs)
+
+    async def record_results(
+        self, campaign_id: str, seq: int, results: Sequence[Result],
+    ) -> None:
+        """`Journal.record_results`, durable on return."""
+        await self._call(Journal.record_results, campaign_id, seq, results)
+
+    async def expire_open(self, campaign_id: str) -> int:
+        """`Journal.expire_open`, durable on return."""
+        return await self._call(Journal.expire_open, campaign_id)
+
+    async def counts(self, campaign_id: str) -> dict[str, int]:
+        """`Journal.counts`."""
+        return await self._call(Journal.counts, campaign_id)
+
+    async def recipients(
+        self, campaign_id: str, outcome: Outcome | None = None,
+    ) -> list[RecipientRow]:
+        """`Journal.recipients` as a list: for small uses only (it holds every row)."""
+        return await self.run(lambda journal: list(journal.recipients(campaign_id, outcome)))
+
+    async def skips(self, campaign_id: str) -> list[Skip]:
+        """`Journal.skips` as a list: for small uses only."""
+        return await self.run(lambda journal: list(journal.skips(campaign_id)))
+
+    async def forget(self, campaign_id: str) -> None:
+        """`Journal.forget`, durable on return."""
+        await self._call(Journal.forget, campaign_id)
+
+
+def _run_one(journal: Journal, op: _Op) -> tuple[_Op, object, BaseException | None]:
+    """Run one operation in its own savepoint; its exception goes to its caller only."""
+    try:
+        with journal.transaction():
+            return op, op.fn(journal), None
+    # Thread boundary: like concurrent.futures, any error is handed to the awaiting caller,
+    # never swallowed; letting it escape would kill the writer and hang every other caller.
+    except Exception as exc:  # noqa: BLE001
+        return op, None, exc
