@@ -45,7 +45,8 @@ class CheckReport:
 def check_paths(paths: Sequence[Path], config: Config, now: datetime) -> CheckReport:
     """Check the given files and folders (none: the configured campaigns folder)."""
     config_problems = _credential_problems(config)
-    files, missing = _expand(paths or [_shown(config.paths.campaigns)], config, config_problems)
+    folders = paths or [display_path(config.paths.campaigns)]
+    files, missing = _expand(folders, config, config_problems)
     checks = _with_folder_duplicates(load_campaigns(files, config, now), config)
     checks = [*missing, *checks]
     suppression = _suppression(config, config_problems)
@@ -60,7 +61,7 @@ def check_paths(paths: Sequence[Path], config: Config, now: datetime) -> CheckRe
     return CheckReport(checks, summaries, config_problems)
 
 
-def _shown(path: Path) -> Path:
+def display_path(path: Path) -> Path:
     """``path`` relative to the current folder when it is inside it (shorter in reports)."""
     try:
         return path.relative_to(Path.cwd())

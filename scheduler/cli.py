@@ -29,7 +29,7 @@ from scheduler.campaign import (
     load_campaign,
     utc_text,
 )
-from scheduler.checking import check_paths, render_report
+from scheduler.checking import check_paths, display_path, render_report
 from scheduler.config import Config, load_config
 from scheduler.errors import UserError
 
@@ -179,7 +179,8 @@ def cmd_new(args: argparse.Namespace) -> int:
     check = write_new_campaign(target, _toml_text(document), config, now)
     for problem in check.problems:
         print(problem.render(), file=sys.stderr)
-    print(f"wrote {target}: check it with  cascade-scheduler check {target}")
+    shown = display_path(target.absolute())
+    print(f"wrote {shown}: check it with  cascade-scheduler check {shown}")
     return EXIT_OK
 
 
