@@ -274,6 +274,7 @@ class RawServer:
         answer = self.body
         if self.echo_headers:
             answer = answer.replace(b"ECHO", repr(dict(request.headers)).encode())
+            answer = answer.replace(b"KEY", request.headers["X-Authorization-Key"].encode())
         return web.Response(status=self.status, body=answer, headers=self.headers,
                             content_type=self.content_type)
 
@@ -318,6 +319,12 @@ async def test_ids_are_matched_by_tracking_id_not_position(raw: RawServer) -> No
     ]))
     result = await post_once(raw.url, batch("a", "b", "c", "d"))
     assert result == Accepted({"a": "m-a", "b": "m-b"})
+
+
+async def test_fixed_spelling_tracking_id_is_understood(raw: RawServer) -> None:
+    """Should the API ever answer ``trackingId`` instead of ``trackinId``, ids still match."""
+    raw.reply(200, b'[{"messageId": "m-a", "trackingId": "a"}]')
+    assert await post_once(raw.url, batch("a")) == Accepted({"a": "m-a"})
 
 
 @pytest.mark.parametrize("body", [b"not json", b"", b'{"ok": true}', b"[1, 2]", b"<html></html>"])
@@ -401,6 +408,16 @@ async def test_echoed_secrets_are_redacted(raw: RawServer, status: int) -> None:
     result = await post_once(raw.url, batch("a"))
     assert not isinstance(result, Accepted)
     assert_no_secret(result)
+
+
+async def test_secret_cut_by_clipping_is_still_redacted(raw: RawServer) -> None:
+    """A secret that straddles the message length limit must not leak even in part."""
+    raw.echo_headers = True
+    filler = b"x" * (MESSAGE_LIMIT - 8)
+    raw.reply(400, b'{"error": {"code": "E", "message": "' + filler + b'KEY"}}')
+    result = await post_once(raw.url, batch("a"))
+    assert isinstance(result, Rejected)
+    assert SECRET[:6] not in result.message
 
 
 async def test_reason_never_contains_the_request_body(raw: RawServer) -> None:
