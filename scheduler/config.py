@@ -1,4 +1,4 @@
-"""The daemon config: frozen pydantic models loaded from TOML, plus credentials from the environment.
+"""The daemon config: frozen pydantic models read from TOML, plus credentials from the environment.
 
 Lookup order for the file: ``--config``, then ``$CASCADE_CONFIG``, then ``./config.toml``, else the
 built-in defaults (paths relative to the current directory). Relative paths in the file are

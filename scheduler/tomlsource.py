@@ -73,11 +73,13 @@ def read_toml(path: Path) -> TomlDocument:
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         at = _TOML_ERROR_AT.search(message)
-        line = int(at.group(1)) if at else None
+        error_line = int(at.group(1)) if at else None
         message = _TOML_ERROR_AT.sub("", message).strip()
         if at:
             message += f" (column {at.group(2)})"
-        raise TomlProblem(Problem(path, line, None, f"TOML syntax error: {message}")) from exc
+        raise TomlProblem(
+            Problem(path, error_line, None, f"TOML syntax error: {message}")
+        ) from exc
     return TomlDocument(path, data, key_lines(text))
 
 
