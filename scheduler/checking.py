@@ -90,7 +90,18 @@ def _expand(
                 hint = ": create it, or set [paths].campaigns in the config (--config FILE)"
             message = f"no such file or folder{hint}"
             missing.append(CampaignCheck(path, None, [Problem(path, None, None, message)]))
-    return files, missing
+    return _unique(files), missing
+
+
+def _unique(files: list[Path]) -> list[Path]:
+    """Each file once, even when named twice (``check campaigns/ campaigns/a.toml``)."""
+    seen: set[Path] = set()
+    unique = []
+    for path in files:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique
 
 
 def _with_folder_duplicates(checks: list[CampaignCheck], config: Config) -> list[CampaignCheck]:

@@ -60,6 +60,15 @@ def test_shipped_examples_with_example_config(
     assert "4 campaign files: 4 valid, 0 invalid" in capsys.readouterr().out
 
 
+def test_file_named_twice_is_checked_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, clean_env: None
+) -> None:
+    """A file given both directly and through its folder is not its own duplicate."""
+    monkeypatch.chdir(REPO)
+    assert cli.main(["check", "campaigns/", "campaigns/winter-sale.toml"]) == 0
+    assert "4 campaign files: 4 valid" in capsys.readouterr().out
+
+
 def test_check_invalid_file_exits_1(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An invalid campaign file makes `check` exit 1 and print its located problems."""
     bad = workspace / "campaigns" / "bad.toml"
