@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from scheduler.config import Config, Route
 from scheduler.errors import CampaignError, Problem
 from scheduler.template import Template, TemplateError
-from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
+from scheduler.tomlsource import TomlDocument, TomlProblem, parse_toml
 
 MessageType = Literal["transaction", "promo", "viber_survey", "flashcall"]
 MESSAGE_TYPES: tuple[MessageType, ...] = ("transaction", "promo", "viber_survey", "flashcall")
@@ -164,13 +164,15 @@ class _Loaded:
 
 def _load(path: Path, config: Config, now: datetime) -> _Loaded:
     try:
-        document = read_toml(path)
-        fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()
+        raw = path.read_bytes()
+        # Parse and hash the same bytes: the fingerprint must describe what was validated.
+        document = parse_toml(path, raw)
     except TomlProblem as exc:
         return _Loaded(CampaignCheck(path, None, [exc.problem]))
     except OSError as exc:
         problem = Problem(path, None, None, f"cannot read file: {exc.strerror}")
         return _Loaded(CampaignCheck(path, None, [problem]))
+    fingerprint = hashlib.sha256(raw).hexdigest()
     reader = _CampaignReader(document, config, now)
     campaign = reader.build(fingerprint)
     raw_id = document.data.get("id")

@@ -61,6 +61,11 @@ def read_toml(path: Path) -> TomlDocument:
         raw = path.read_bytes()
     except OSError as exc:
         raise TomlProblem(Problem(path, None, None, f"cannot read file: {exc.strerror}")) from exc
+    return parse_toml(path, raw)
+
+
+def parse_toml(path: Path, raw: bytes) -> TomlDocument:
+    """Parse bytes already read from ``path`` (so a caller can hash exactly what was parsed)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
