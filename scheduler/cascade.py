@@ -99,16 +99,23 @@ class CascadeClient:
         base = base_url.rstrip("/")
         self._urls: dict[Route, str] = {route: base + path for route, path in ENDPOINTS.items()}
         self._host = urlsplit(base).netloc.rpartition("@")[2]
-        self._header_names = tuple(headers)
-        self._headers = {
-            "Content-Type": "application/json",
-            "User-Agent": f"cascade-scheduler/{__version__}",
-            **headers,
-        }
-        self._secrets = tuple(value for value in headers.values() if value)
+        self._header_names: tuple[str, ...] = ()
+        self._headers: dict[str, str] = {}
+        self._secrets: tuple[str, ...] = ()
+        self.set_headers(headers)
         self._timeout = timeout
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        """Use new credentials from the next request on (after a reload fixed a refused key)."""
+        self._header_names = tuple(headers)
+        self._headers = {**self._headers_base(), **headers}
+        self._secrets = tuple(value for value in headers.values() if value)
+
+    @staticmethod
+    def _headers_base() -> dict[str, str]:
+        return {"Content-Type": "application/json", "User-Agent": f"cascade-scheduler/{__version__}"}
 
     def __repr__(self) -> str:
         names = ", ".join(self._header_names)
@@ -121,7 +128,6 @@ class CascadeClient:
             total=self._timeout, sock_connect=min(self._timeout / 2, CONNECT_TIMEOUT_CAP)
         )
         self._session = aiohttp.ClientSession(
-            headers=self._headers,
             timeout=timeout,
             connector=aiohttp.TCPConnector(limit=self._pool_size),
         )
@@ -140,7 +146,7 @@ class CascadeClient:
         try:
             # Redirects are refused: following one would send the credentials elsewhere.
             async with session.post(
-                self._urls[route], data=body, allow_redirects=False
+                self._urls[route], data=body, headers=self._headers, allow_redirects=False
             ) as response:
                 payload = await response.read()
                 return self._classify(response.status, response.headers.get("Retry-After"), payload)
