@@ -8,6 +8,7 @@ stderr and exit code 1 (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 
 import tomli_w
 
-from scheduler import __version__
+from scheduler import __version__, console
 from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
@@ -31,7 +32,20 @@ from scheduler.campaign import (
 )
 from scheduler.checking import check_paths, display_path, render_report
 from scheduler.config import Config, load_config
+from scheduler.daemon import Daemon
 from scheduler.errors import UserError
+from scheduler.journal import OUTCOMES, Journal, Outcome
+from scheduler.oplog import configure_logging
+from scheduler.planning import PLAN_COLUMNS, plan_rows
+from scheduler.report import (
+    RECIPIENT_COLUMNS,
+    SUMMARY_COLUMNS,
+    recipient_rows,
+    summary_rows,
+    valid_status,
+    write_rows,
+)
+from scheduler.sandbox import SandboxOptions
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -232,6 +246,146 @@ def write_new_campaign(
     return check
 
 
+# --------------------------------------------------------------------------------------------
+# send
+
+
+def _configure_send(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, metavar="FILE", help="the campaign file to send")
+    parser.add_argument("--now", action="store_true",
+                        help="ignore send_at and send now (the TTL counts from now)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and render the first messages; send nothing")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send one campaign in the foreground; 0 when every recipient is final, else 1."""
+    config = _config(args)
+    now = datetime.now(UTC)
+    check = load_campaign(args.file, config, now)
+    for problem in check.problems:
+        print(problem.render(), file=sys.stderr)
+    if check.campaign is None:
+        return EXIT_INVALID
+    campaign = check.campaign
+    if args.now:
+        campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
+    if args.dry_run:
+        print(console.dry_run(campaign, config))
+        return EXIT_OK
+    configure_logging(config.log.level, "console", config.credentials.secrets())
+    return console.run_send(config, campaign)
+
+
+# --------------------------------------------------------------------------------------------
+# report and plan
+
+
+def _configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--campaign", metavar="ID", help="only this campaign")
+    parser.add_argument("--status", type=_status, metavar="STATUS",
+                        help="list the recipients in this outcome: " + ", ".join(OUTCOMES))
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def _status(value: str) -> Outcome:
+    try:
+        return valid_status(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Outcomes per campaign, or (with --status) the recipients in one outcome."""
+    config = _config(args)
+    if not config.paths.state.exists():
+        print(f"no journal at {config.paths.state} yet: nothing has been sent", file=sys.stderr)
+        return EXIT_OK
+    with Journal(config.paths.state) as journal:
+        if args.campaign is not None and journal.campaign(args.campaign) is None:
+            raise UserError.single(
+                f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
+            )
+        if args.status is None:
+            rows = summary_rows(journal, args.campaign)
+            write_rows(rows, SUMMARY_COLUMNS, args.format, sys.stdout, "Campaign outcomes")
+        else:
+            recipients = recipient_rows(journal, args.status, args.campaign)
+            write_rows(recipients, RECIPIENT_COLUMNS, args.format, sys.stdout,
+                       f"Recipients: {args.status}")
+    return EXIT_OK
+
+
+def _configure_plan(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Every campaign: state, send time, audience, progress and ETA at the configured rate."""
+    config = _config(args)
+    rows = plan_rows(config, datetime.now(UTC))
+    write_rows(rows, PLAN_COLUMNS, "json" if args.json else "table", sys.stdout, "Plan")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# run, sandbox, demo
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options beyond --config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon: schedule and send every campaign in the folder until SIGTERM."""
+    config = _config(args)
+    configure_logging(config.log.level, config.log.format, config.credentials.secrets())
+    return asyncio.run(Daemon(config).run())
+
+
+def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--fail-rate", type=float, default=0.0,
+                        help="share of requests answered with a 5xx (0..1)")
+    parser.add_argument("--rate-limit", type=float, help="requests/s before answering 429")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument("--reject-phone", action="append", default=[], metavar="PHONE",
+                        help="answer 400 for this toPhone (repeatable)")
+    parser.add_argument("--drop-rate", type=float, default=0.0,
+                        help="share of requests read and then hung up on with no answer")
+    parser.add_argument("--omit-rate", type=float, default=0.0,
+                        help="share of 200 answers that leave out one message's id")
+    parser.add_argument("--record", type=Path, metavar="FILE",
+                        help="append every accepted message to this JSONL file")
+    parser.add_argument("--seed", type=int, help="make the injected faults reproducible")
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """Run the local Cascade API emulator until Ctrl-C or SIGTERM."""
+    try:
+        options = SandboxOptions(
+            api_key=args.api_key, fail_rate=args.fail_rate, rate_limit=args.rate_limit,
+            latency_ms=args.latency_ms, reject_phones=frozenset(args.reject_phone),
+            drop_rate=args.drop_rate, omit_rate=args.omit_rate, record=args.record,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UserError.single(str(exc), field="sandbox") from None
+    return console.run_sandbox(options, args.host, args.port)
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", type=Path, metavar="DIR",
+                        help="where to create the demo workspace (default: a new temp folder)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A fresh workspace, campaigns due in seconds, the embedded sandbox, the report."""
+    return console.run_demo(args.dir)
+
+
 COMMANDS: dict[str, Command] = {
     "check": Command(
         "validate the config and campaign files (default: the campaigns folder)",
@@ -239,5 +393,23 @@ COMMANDS: dict[str, Command] = {
     ),
     "new": Command(
         "write a new campaign file to start from", _configure_new, cmd_new,
+    ),
+    "send": Command(
+        "send one campaign in the foreground, with a progress bar", _configure_send, cmd_send,
+    ),
+    "run": Command("run the daemon (for systemd)", _configure_run, cmd_run),
+    "plan": Command(
+        "every campaign: state, send time, recipients, progress, ETA", _configure_plan, cmd_plan,
+    ),
+    "report": Command(
+        "outcomes per campaign from the journal; --status lists recipients",
+        _configure_report, cmd_report,
+    ),
+    "sandbox": Command(
+        "run the local Cascade API emulator", _configure_sandbox, cmd_sandbox,
+    ),
+    "demo": Command(
+        "see it all work: example campaigns sent through the embedded sandbox",
+        _configure_demo, cmd_demo,
     ),
 }

@@ -22,8 +22,8 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign, CampaignCheck, campaign_files, load_campaigns
-from scheduler.config import Config, ConfigError, load_config
-from scheduler.errors import UserError
+from scheduler.config import Config, load_config
+from scheduler.errors import ConfigError, UserError
 from scheduler.journal import CampaignRecord, CampaignState
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier

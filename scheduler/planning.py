@@ -1,4 +1,4 @@
-"""`plan`: every campaign with its state, send time, audience, progress and ETA at the configured rate.
+"""`plan`: every campaign with its state, send time, audience, progress and ETA at the set rate.
 
 Reads the campaign files and the journal; a campaign the daemon has not snapshotted yet is counted
 by streaming its audience, exactly as the daemon would.
@@ -77,7 +77,8 @@ def _row(
             summary = summarize(campaign, suppression)
         except UserError:
             return _invalid_row(campaign.id)
-        valid, skipped, sent, pending = summary.valid, sum(summary.skipped.values()), 0, summary.valid
+        valid, skipped = summary.valid, sum(summary.skipped.values())
+        sent, pending = 0, summary.valid
         state = "paused" if campaign.paused else "scheduled"
         if campaign.deadline <= now:
             state = "expired"

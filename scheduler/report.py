@@ -99,4 +99,4 @@ def valid_status(value: str) -> Outcome:
     """Parse ``--status``; raises ValueError naming the allowed values."""
     if value not in OUTCOMES:
         raise ValueError(f"unknown status {value!r}: use one of {', '.join(OUTCOMES)}")
-    return value  # type: ignore[return-value]
+    return value

@@ -6,6 +6,7 @@ the daemon runs the same under systemd, in a terminal and in tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -36,10 +37,8 @@ class Notifier:
         if self._socket is None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         payload = "\n".join(assignments).encode()
-        try:
+        with contextlib.suppress(OSError):  # the manager went away; the daemon keeps working
             self._socket.sendto(payload, self._address)
-        except OSError:
-            pass  # the manager went away; the daemon keeps working
 
     def ready(self, status: str | None = None) -> None:
         """Startup (or a reload) finished."""

@@ -22,17 +22,18 @@ from pathlib import Path
 import orjson
 from aiolimiter import AsyncLimiter
 
+from scheduler.audience import Suppression
 from scheduler.batching import Message, Snapshot, snapshot_key
 from scheduler.campaign import Campaign
 from scheduler.cascade import (
     Accepted,
     CascadeClient,
+    PostResult,
     Rejected,
     Retryable,
     Unauthorized,
     backoff_delay,
 )
-from scheduler.audience import Suppression
 from scheduler.config import Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
 from scheduler.journal import AsyncJournal, CampaignRecord, CampaignState, Outcome, Result
@@ -185,7 +186,10 @@ class Engine:
         return fresh
 
     def open_run(
-        self, campaign: Campaign, record: CampaignRecord, on_progress: ProgressCallback | None = None
+        self,
+        campaign: Campaign,
+        record: CampaignRecord,
+        on_progress: ProgressCallback | None = None,
     ) -> CampaignRun:
         """A handle for one campaign's sending; `drive` it, `halt` it from elsewhere."""
         return CampaignRun(
@@ -442,7 +446,7 @@ class Engine:
         await self._deliver(run, part[:middle], out)
         await self._deliver(run, part[middle:], out)
 
-    async def _post(self, run: CampaignRun, part: list[Message]) -> Accepted | Rejected | Unauthorized | Retryable:
+    async def _post(self, run: CampaignRun, part: list[Message]) -> PostResult:
         async with self._limiter:
             if self.refused is not None:
                 raise Deferred  # a 401 came back while this one waited for its turn
@@ -497,7 +501,9 @@ class _Outcomes:
     def __init__(self) -> None:
         self.results: list[Result] = []
 
-    def add(self, part: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int) -> None:
+    def add(
+        self, part: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int
+    ) -> None:
         self.results.extend(Result(m["id"], outcome, detail, attempts) for m in part)
 
     def accept(self, part: list[Message], ids: Mapping[str, str], attempts: int) -> list[Message]:

@@ -1,0 +1,143 @@
+"""What the interactive commands show on a terminal: progress bars, summaries, the demo's story.
+
+Kept apart from `cli` (argument parsing) and from the engine (which knows nothing of terminals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import tempfile
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from scheduler.audience import Recipient, Suppression, iter_audience, summarize
+from scheduler.batching import to_message
+from scheduler.campaign import Campaign
+from scheduler.checking import describe_summary
+from scheduler.config import Config, load_config
+from scheduler.daemon import Daemon
+from scheduler.delivery_log import mask_phone
+from scheduler.demo import write_workspace
+from scheduler.journal import Journal
+from scheduler.oplog import configure_logging
+from scheduler.report import render_summary
+from scheduler.sandbox import SandboxOptions, serve
+from scheduler.service import SendOutcome, send_campaign
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
+    """What `send --dry-run` prints: the audience summary and the first rendered messages."""
+    suppression = Suppression.load(config.paths.suppression)
+    summary = summarize(campaign, suppression)
+    lines = [
+        f"{campaign.id}: {campaign.type} to {summary.valid:,} recipients at "
+        f"{campaign.send_at.isoformat().replace('+00:00', 'Z')} (dry run: nothing sent)",
+        describe_summary(summary),
+        f"first {show} messages:",
+    ]
+    recipients = (r for r in iter_audience(campaign, suppression) if isinstance(r, Recipient))
+    for recipient in islice(recipients, show):
+        message = to_message(campaign, recipient)
+        message["toPhone"] = mask_phone(message["toPhone"])
+        message["ttl"] = campaign.ttl
+        lines.append(f"  {message}")
+    return "\n".join(lines)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+
+def run_send(config: Config, campaign: Campaign) -> int:
+    """`send`: progress bar on a terminal, one summary line at the end; 0 when all final."""
+    err = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.percentage:>5.1f}%"), TimeRemainingColumn(),
+        console=err, disable=not err.is_terminal, transient=False,
+    )
+    task = progress.add_task(campaign.id, total=None)
+
+    def started(total: int, done: int) -> None:
+        progress.update(task, total=total, completed=done)
+
+    def advanced(count: int) -> None:
+        progress.advance(task, count)
+
+    async def go() -> SendOutcome:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        with progress:
+            return await send_campaign(
+                config, campaign, stop=stop, on_start=started, on_progress=advanced
+            )
+
+    outcome = asyncio.run(go())
+    counts = ", ".join(f"{k} {v:,}" for k, v in outcome.counts.items() if v)
+    print(f"{campaign.id}: {outcome.state} ({counts or 'no recipients'})")
+    if outcome.error:
+        print(f"error: {outcome.error}", file=sys.stderr)
+    elif not outcome.complete:
+        print("interrupted: run the same command again to resume where it stopped",
+              file=sys.stderr)
+    return EXIT_OK if outcome.complete else EXIT_FAILED
+
+
+def run_sandbox(options: SandboxOptions, host: str, port: int) -> int:
+    """`sandbox`: serve until Ctrl-C / SIGTERM, printing the URL to use as base_url."""
+
+    def ready(url: str) -> None:
+        print(f"sandbox listening on {url}  (use it as [api].base_url; Ctrl-C stops)",
+              flush=True)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        server = asyncio.create_task(serve(options, host, port, on_ready=ready))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        server.cancel()
+        waiter.cancel()
+        await asyncio.gather(server, waiter, return_exceptions=True)
+        if server.done() and not server.cancelled() and server.exception() is not None:
+            raise server.exception()  # type: ignore[misc]
+
+    try:
+        asyncio.run(go())
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run_demo(directory: Path | None) -> int:
+    """`demo`: write a workspace, run the daemon until every campaign is final, show the report."""
+    root = directory or Path(tempfile.mkdtemp(prefix="cascade-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    out = Console()
+    config_path = write_workspace(root, datetime.now(UTC))
+    config = load_config(config_path)
+    out.print(f"[bold]cascade-scheduler demo[/] in {root}\n"
+              "four campaigns (transaction, promo, viber_survey, flashcall) are due in 3-6 s;\n"
+              "the daemon sends them through the embedded sandbox (no account, no network).\n")
+    configure_logging("info", "console", ())
+    asyncio.run(Daemon(config, until_idle=True).run())
+    with Journal(config.paths.state) as journal:
+        print(render_summary(journal, None, "table"))
+    out.print(
+        f"delivery log: {config.paths.delivery_log}\n"
+        f"journal:      {config.paths.state}\n"
+        f"try:  cascade-scheduler report --config {config_path} --status skipped\n"
+        f"      cascade-scheduler plan --config {config_path}"
+    )
+    return EXIT_OK
