@@ -115,7 +115,10 @@ class CascadeClient:
 
     @staticmethod
     def _headers_base() -> dict[str, str]:
-        return {"Content-Type": "application/json", "User-Agent": f"cascade-scheduler/{__version__}"}
+        return {
+            "Content-Type": "application/json",
+            "User-Agent": f"cascade-scheduler/{__version__}",
+        }
 
     def __repr__(self) -> str:
         names = ", ".join(self._header_names)

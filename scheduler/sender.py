@@ -30,7 +30,6 @@ from scheduler.cascade import (
     CascadeClient,
     PostResult,
     Rejected,
-    Retryable,
     Unauthorized,
     backoff_delay,
 )
