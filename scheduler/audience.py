@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
 
 from scheduler.campaign import SURVEY_TEXT_MAX, TRACKING_ID_MAX, AudienceSpec, Campaign
-from scheduler.dedupe import Dedupe
+from scheduler.dedupe import DEFAULT_BITS, Dedupe
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.template import Template, TemplateError
 
@@ -64,6 +64,8 @@ FIRST_LINES = 5  # line numbers kept per skip reason, for `check`
 EXAMPLE_PHONE = "+380501234567"
 _SEPARATORS = re.compile(r"[\s().\-/]")
 _CHUNK = 1 << 20
+#: pass 1's Bloom filter size; a module constant so tests can force false positives
+DEDUPE_BITS = DEFAULT_BITS
 _NUL = "NUL bytes (is it UTF-16?): save the file as CSV UTF-8"
 _NOT_UTF8 = "not UTF-8 text: save the file as CSV UTF-8"
 
@@ -487,7 +489,7 @@ def _stream(campaign: Campaign, suppression: Suppression | None) -> Iterator[_Va
         if table.signature() != signature:
             raise _changed()
         columns = _Columns.find(campaign, table, template)
-        dedupe = Dedupe.scan(_keys(table.reader, columns))
+        dedupe = Dedupe.scan(_keys(table.reader, columns), DEDUPE_BITS)
     with _open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
             raise _changed()
