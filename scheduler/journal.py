@@ -254,9 +254,11 @@ class Journal:
         self._db.close()
 
     def __enter__(self) -> Journal:
+        """Use as a context manager that closes the connection."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the connection."""
         self.close()
 
     def _version(self) -> int:
