@@ -128,6 +128,7 @@ class BatchRecord:
     size: int
     state: BatchState
     attempts: int
+    decided: frozenset[str] = frozenset()  # ids already final (a partly recorded batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +206,11 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"],
     )
+
+
+def _decided(blob: bytes | None) -> frozenset[str]:
+    """The tracking ids a partly recorded batch already has final outcomes for."""
+    return frozenset() if blob is None else frozenset(r[0] for r in orjson.loads(blob))
 
 
 #: a message of a done batch whose result names another id: it may or may not have gone out
@@ -481,12 +487,16 @@ class Journal:
     ) -> list[BatchRecord]:
         """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
         rows = self._db.execute(
-            "SELECT s.seq, b.body, s.size, s.state, s.attempts FROM batch_state s"
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob FROM batch_state s"
             " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+            " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = ? AND s.seq > ? AND s.state <> 'done' ORDER BY s.seq LIMIT ?",
             (self._snapshot(campaign_id), after_seq, limit),
         ).fetchall()
-        return [BatchRecord(*row) for row in rows]
+        return [
+            BatchRecord(seq, body, size, state, attempts, _decided(blob))
+            for seq, body, size, state, attempts, blob in rows
+        ]
 
     def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
         """Mark open batches in flight (attempts + 1) before they are posted; durable on return."""
@@ -513,26 +523,48 @@ class Journal:
             )
 
     def record_results(self, campaign_id: str, seq: int, results: Sequence[Result]) -> None:
-        """Close a batch with one final outcome per message (matched to the body by tracking id)."""
+        """Close a batch with one final outcome per message (matched to the body by tracking id).
+
+        For a batch recorded partly before (`record_partial`), ``results`` covers the rest.
+        """
+        self._record(campaign_id, seq, results, close=True)
+
+    def record_partial(self, campaign_id: str, seq: int, results: Sequence[Result]) -> None:
+        """Keep the final outcomes decided so far; the batch's other messages go back to pending.
+
+        Used when a batch stops half way (a 400 split, or ids missing from an answer, then an
+        outage): what was decided must never be sent again.
+        """
+        self._record(campaign_id, seq, results, close=False)
+
+    def _record(
+        self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool
+    ) -> None:
         counts = Counter(r.outcome for r in results)
         if "skipped" in counts:
             raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
-        blob = orjson.dumps([(r.tracking_id, r.outcome, r.detail, r.attempts) for r in results])
+        rows = [(r.tracking_id, r.outcome, r.detail, r.attempts) for r in results]
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
-            self._check_results(campaign_id, snapshot, seq, results)
+            earlier = self._db.execute(
+                "SELECT blob FROM results WHERE snapshot = ? AND seq = ?", (snapshot, seq),
+            ).fetchone()
+            previous = orjson.loads(earlier[0]) if earlier is not None else []
+            self._check_results(campaign_id, snapshot, seq, len(previous), results, close)
             self._db.execute(
-                "UPDATE batch_state SET state = 'done', sent = ?, rejected = ?, expired = ?,"
-                " in_doubt = ? WHERE snapshot = ? AND seq = ?",
-                (counts["sent"], counts["rejected"], counts["expired"], counts["in_doubt"],
-                 snapshot, seq),
+                "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
+                " expired = expired + ?, in_doubt = in_doubt + ? WHERE snapshot = ? AND seq = ?",
+                ("done" if close else "pending", counts["sent"], counts["rejected"],
+                 counts["expired"], counts["in_doubt"], snapshot, seq),
             )
             self._db.execute(
-                "INSERT INTO results (snapshot, seq, blob) VALUES (?, ?, ?)", (snapshot, seq, blob),
+                "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
+                (snapshot, seq, orjson.dumps(previous + rows)),
             )
 
     def _check_results(
-        self, campaign_id: str, snapshot: int, seq: int, results: Sequence[Result],
+        self, campaign_id: str, snapshot: int, seq: int, before: int,
+        results: Sequence[Result], close: bool,
     ) -> None:
         """One result per message of an open batch (ids unique; matching them is the engine's)."""
         row = self._db.execute(
@@ -542,7 +574,9 @@ class Journal:
             raise JournalError(campaign_id, f"batch {seq} is not open")
         # Decoding the body to compare ids would cost ~0.4 ms a batch on the writer thread;
         # the count and uniqueness catch a lost or doubled result at a tenth of that.
-        if len(results) != row["size"] or len({r.tracking_id for r in results}) != len(results):
+        total = before + len(results)
+        distinct = len({r.tracking_id for r in results}) == len(results)
+        if (total != row["size"] if close else total >= row["size"]) or not distinct:
             raise JournalError(
                 campaign_id, f"batch {seq} has {row['size']} messages but the results name "
                 f"{len({r.tracking_id for r in results})} distinct ids",
@@ -557,7 +591,8 @@ class Journal:
                 " WHERE snapshot = ? AND state <> 'done'", (snapshot,),
             ).fetchone()[0]
             self._db.execute(
-                "UPDATE batch_state SET state = 'done', expired = size"
+                "UPDATE batch_state SET state = 'done',"
+                " expired = size - sent - rejected - in_doubt"
                 " WHERE snapshot = ? AND state <> 'done'", (snapshot,),
             )
         return expired
@@ -817,6 +852,12 @@ class AsyncJournal:
     ) -> None:
         """`Journal.record_results`, durable on return."""
         await self._call(Journal.record_results, campaign_id, seq, results)
+
+    async def record_partial(
+        self, campaign_id: str, seq: int, results: Sequence[Result],
+    ) -> None:
+        """`Journal.record_partial`, durable on return."""
+        await self._call(Journal.record_partial, campaign_id, seq, results)
 
     async def expire_open(self, campaign_id: str) -> int:
         """`Journal.expire_open`, durable on return."""

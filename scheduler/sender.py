@@ -35,7 +35,14 @@ from scheduler.cascade import (
 )
 from scheduler.config import Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
-from scheduler.journal import AsyncJournal, CampaignRecord, CampaignState, Outcome, Result
+from scheduler.journal import (
+    AsyncJournal,
+    BatchRecord,
+    CampaignRecord,
+    CampaignState,
+    Outcome,
+    Result,
+)
 
 Clock = Callable[[], datetime]
 ProgressCallback = Callable[[int], None]
@@ -248,7 +255,7 @@ class Engine:
                 done: asyncio.Future[None] = loop.create_future()
                 run.outstanding.add(done)
                 done.add_done_callback(run.outstanding.discard)
-                messages: list[Message] = orjson.loads(batch.body)
+                messages = _open_messages(batch)
                 self._queue.put_nowait(
                     _Job(run.priority, next(self._order), run, batch.seq, messages, done)
                 )
@@ -295,7 +302,7 @@ class Engine:
         """Every message still open is past send_at + ttl: record and log it as expired."""
         while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):
             for batch in page:
-                messages: list[Message] = orjson.loads(batch.body)
+                messages = _open_messages(batch)
                 results = [Result(m["id"], "expired", None, batch.attempts) for m in messages]
                 await self._record(run, batch.seq, messages, results)
         counts = await self.journal.counts(run.campaign.id)
@@ -345,7 +352,7 @@ class Engine:
                 after = batch.seq
                 if batch.state != "in_flight":
                     continue
-                messages: list[Message] = orjson.loads(batch.body)
+                messages = _open_messages(batch)
                 why = "in flight when the process stopped"
                 results = [Result(m["id"], "in_doubt", why, batch.attempts) for m in messages]
                 await self._record(run, batch.seq, messages, results)
@@ -392,9 +399,7 @@ class Engine:
         if not outcomes.results:
             await self.journal.release(run.campaign.id, [job.seq])
             return
-        decided = outcomes.decided()
-        remaining = [m for m in job.messages if m["id"] not in decided]
-        await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results, remaining)
+        await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results)
         self._log_results(run, job.messages, outcomes.results)
 
     async def _deliver(self, run: CampaignRun, part: list[Message], out: _Outcomes) -> None:
@@ -516,5 +521,11 @@ class _Outcomes:
                 self.results.append(Result(message["id"], "sent", message_id, attempts))
         return missing
 
-    def decided(self) -> set[str]:
-        return {r.tracking_id for r in self.results}
+
+
+def _open_messages(batch: BatchRecord) -> list[Message]:
+    """The batch's messages that have no final outcome yet."""
+    messages: list[Message] = orjson.loads(batch.body)
+    if batch.decided:
+        messages = [m for m in messages if m["id"] not in batch.decided]
+    return messages
