@@ -609,7 +609,8 @@ class Suppression:
         numbers = self._numbers
         if not numbers:
             return False
-        number = _number(phone)
+        # The audience reader asks with E.164 phones: parse those without the regex.
+        number = int(phone) if E164.fullmatch(phone) else _number(phone)
         if number is None:
             return False
         i = bisect_left(numbers, number)
