@@ -278,6 +278,8 @@ class Daemon:
         self._engine.log.event("campaign_scheduled", campaign=campaign.id,
                                send_at=campaign.send_at.isoformat(),
                                deadline=campaign.deadline.isoformat())
+        self.log.info("campaign_scheduled", campaign=campaign.id,
+                      send_at=campaign.send_at.isoformat())
 
     def _prepare(self, tracked: _Tracked) -> None:
         """(Re)build the snapshot in the background, ahead of send_at."""
@@ -382,6 +384,8 @@ class Daemon:
                 record = await self._engine.prepare(campaign)
             tracked.run = self._engine.open_run(campaign, record)
             tracked.state = "running"
+            self.log.info("campaign_started", campaign=campaign.id, recipients=record.recipients,
+                          skipped=record.skipped)
             state: CampaignState = await self._engine.drive(tracked.run)
         except UserError as exc:  # the CSV changed under us and no longer reads
             self.log.error("campaign_invalid", campaign=campaign.id, errors=str(exc))

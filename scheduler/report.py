@@ -80,7 +80,10 @@ def write_rows(
             table.add_column(column.replace("_", " "), justify="right" if numeric else "left")
         for row in rows:
             table.add_row(*(_cell(row[c]) for c in columns))
-        Console(file=out, width=max(100, Console().width)).print(table)
+        console = Console(file=out)
+        if not console.is_terminal:
+            console = Console(file=out, width=240)  # a file or pipe: never squeeze columns
+        console.print(table)
 
 
 def _cell(value: Any) -> str:
