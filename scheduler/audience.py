@@ -68,6 +68,7 @@ _CHUNK = 1 << 20
 DEDUPE_BITS = DEFAULT_BITS
 _NUL = "NUL bytes (is it UTF-16?): save the file as CSV UTF-8"
 _NOT_UTF8 = "not UTF-8 text: save the file as CSV UTF-8"
+_EMPTY = "is empty: it needs a header line with the column names"
 
 _Signature = tuple[int, int, int, int]
 
@@ -114,10 +115,7 @@ def _scan_bytes(path: Path) -> _Signature:
         while chunk := raw.read(_CHUNK):
             nul = chunk.find(b"\0")
             if nul >= 0:
-                raise _CsvProblem(
-                    _line_at(path, offset + nul),
-                    _NUL,
-                )
+                raise _CsvProblem(_line_at(path, offset + nul), _NUL)
             pending = len(decoder.getstate()[0])
             try:
                 decoder.decode(chunk)
@@ -149,7 +147,7 @@ class _Table:
         while not first.strip() and (text := file.readline()):
             first = text
         if not first.strip():
-            raise _CsvProblem(None, "is empty: it needs a header line with the column names")
+            raise _CsvProblem(None, _EMPTY)
         file.seek(0)
         self.delimiter = delimiter or _sniff(first)
         self.reader = csv.reader(file, delimiter=self.delimiter, strict=True)
@@ -162,6 +160,8 @@ class _Table:
     def _next_row(self) -> list[str]:
         try:
             return next(self.reader)
+        except StopIteration:  # nothing but delimiters: no column names
+            raise _CsvProblem(None, _EMPTY) from None
         except csv.Error as exc:
             raise _CsvProblem(self.reader.line_num, _csv_message(exc)) from None
 

@@ -345,6 +345,12 @@ def test_suppression_list_csv_with_a_phone_column(tmp_path: Path) -> None:
     assert "+380501234567" in suppression
 
 
+def test_empty_suppression_file(tmp_path: Path) -> None:
+    """An empty file, or one of comments only, suppresses nobody."""
+    assert len(write_list(tmp_path / "a.txt", "")) == 0
+    assert len(write_list(tmp_path / "b.txt", "# nobody yet\n")) == 0
+
+
 def test_no_suppression_list_is_empty() -> None:
     """No configured list suppresses nobody."""
     suppression = Suppression.load(None)
@@ -500,6 +506,7 @@ def test_text_after_a_closing_quote(make_campaign: MakeCampaign) -> None:
         (None, "does not exist"),
         ("", "is empty"),
         ("\n\n  \n", "is empty"),
+        (",,\n , ,\n", "is empty"),
         (b"\xff\xfephone\n", "line 1: not UTF-8"),
         ("ph\0one\n", "NUL"),
     ],
@@ -566,6 +573,20 @@ def test_any_bytes_give_results_or_a_campaign_error(
         assert exc.problems
     else:
         assert all(isinstance(item, Recipient | Skip) for item in result)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=200) | st.binary(max_size=200).map(lambda b: b"phone;" + b))
+def test_any_file_gives_a_header_or_a_campaign_error(
+    make_campaign: MakeCampaign, content: bytes
+) -> None:
+    """Whole random files, header included: column names, rows, or CampaignError only."""
+    campaign = make_campaign(content, id_column=None, text="Hi")
+    try:
+        assert all(isinstance(name, str) for name in read_header(campaign.audience, campaign.file))
+        rows(campaign)
+    except CampaignError as exc:
+        assert exc.problems
 
 
 # -- against a naive reference -----------------------------------------------------------------
