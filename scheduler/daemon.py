@@ -392,6 +392,11 @@ class Daemon:
             self._engine.log.event("campaign_invalid", level="error", campaign=campaign.id,
                                    errors=[p.render() for p in exc.problems])
             state = "invalid"
+        except Exception:
+            # one campaign's failure (a full disk...) must not take the daemon and every other
+            # campaign down; it is logged with its traceback
+            self.log.exception("campaign_crashed", campaign=campaign.id)
+            state = "failed"
         finally:
             tracked.run = None
         self.log.info("campaign_stopped", campaign=campaign.id, state=state)

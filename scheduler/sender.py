@@ -52,6 +52,7 @@ UNSTARTED: frozenset[str] = frozenset({"scheduled", "invalid", "cancelled"})
 #: how long a campaign waits after its retries ran out, growing per round up to the cap (seconds)
 CAMPAIGN_BACKOFF = (5.0, 300.0)
 PAGE = 32
+PROGRESS_EVERY = 10.0  # seconds between campaign_progress events
 
 
 def utcnow() -> datetime:
@@ -141,6 +142,7 @@ class Engine:
         self.suppression_path = suppression_path
         self.clock = clock
         self.refused: CredentialsRefused | None = None
+        self.progress_every = PROGRESS_EVERY
         self._limiter = AsyncLimiter(sending.requests_per_second, 1)
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._order = itertools.count()
@@ -213,12 +215,22 @@ class Engine:
         assert record is not None  # prepare() comes first
         if self.refused is not None:
             return await self._fail(run)
-        if self.clock() >= run.deadline:
-            return await self._expire(run, record)
+        # "running" freezes the snapshot (started_at) even when it expires at once, so an
+        # expired campaign is never re-planned and its skipped rows are logged exactly once
         await self.journal.set_state(cid, "running")
         if record.started_at is None:
             await self._log_start(run, record)
+        if self.clock() >= run.deadline:
+            return await self._expire(run, record)
         await self._settle_crashed(run)
+        ticker = asyncio.create_task(self._report_progress(run))
+        try:
+            return await self._rounds(run, record)
+        finally:
+            ticker.cancel()
+
+    async def _rounds(self, run: CampaignRun, record: CampaignRecord) -> CampaignState:
+        """Feed the batches, then decide: finished, halted, failed, backing off or expired."""
         rounds = 0
         while True:
             await self._feed(run)
@@ -233,7 +245,7 @@ class Engine:
                 if run.stop.is_set():
                     return await self._halted(run)
                 return await self._expire(run, record)
-            counts = await self.journal.counts(cid)
+            counts = await self.journal.counts(run.campaign.id)
             if counts.get("pending", 0) == 0:
                 return await self._finish(run, record, counts)
             if self.clock() >= run.deadline:
@@ -261,6 +273,13 @@ class Engine:
                 )
                 after = batch.seq
         await asyncio.gather(*list(run.outstanding))
+
+    async def _report_progress(self, run: CampaignRun) -> None:
+        """A ``campaign_progress`` event with the journal's counts every `progress_every` s."""
+        while True:
+            await asyncio.sleep(self.progress_every)
+            counts = await self.journal.counts(run.campaign.id)
+            self.log.event("campaign_progress", campaign=run.campaign.id, **counts)
 
     async def _back_off(self, run: CampaignRun, rounds: int) -> bool:
         """Wait out an outage as a whole campaign; False means "try again", True "deadline"."""
