@@ -279,7 +279,7 @@ class Engine:
         while True:
             await asyncio.sleep(self.progress_every)
             counts = await self.journal.counts(run.campaign.id)
-            self.log.event("campaign_progress", campaign=run.campaign.id, **counts)
+            self.log.event("campaign_progress", campaign=run.campaign.id, counts=counts)
 
     async def _back_off(self, run: CampaignRun, rounds: int) -> bool:
         """Wait out an outage as a whole campaign; False means "try again", True "deadline"."""
