@@ -22,6 +22,10 @@ SUMMARY_COLUMNS = (
     "campaign", "type", "state", "send_at", "recipients", "skipped",
     "sent", "rejected", "expired", "in_doubt", "pending",
 )
+NUMERIC_COLUMNS = frozenset(
+    {"recipients", "valid", "skipped", "sent", "rejected", "expired", "in_doubt", "pending",
+     "attempts"}
+)
 RECIPIENT_COLUMNS = ("campaign", "tracking_id", "phone", "status", "detail", "attempts")
 
 
@@ -76,7 +80,7 @@ def write_rows(
     else:
         table = Table(title=title or None, show_lines=False)
         for column in columns:
-            numeric = column in SUMMARY_COLUMNS[4:] or column == "attempts"
+            numeric = column in NUMERIC_COLUMNS
             table.add_column(column.replace("_", " "), justify="right" if numeric else "left")
         for row in rows:
             table.add_row(*(_cell(row[c]) for c in columns))
