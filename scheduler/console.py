@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -48,7 +49,7 @@ def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
         message = to_message(campaign, recipient)
         message["toPhone"] = mask_phone(message["toPhone"])
         message["ttl"] = campaign.ttl
-        lines.append(f"  {message}")
+        lines.append("  " + orjson.dumps(message).decode())
     return "\n".join(lines)
 
 

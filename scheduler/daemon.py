@@ -109,6 +109,7 @@ class Daemon:
         )
         self._timer.start()
         await self._reconcile()
+        await self._cancel_orphans()
         engine.log.event("daemon_started", campaigns=len(self._campaigns),
                          invalid=len(self._invalid), folder=str(self.config.paths.campaigns))
         self.log.info("daemon_started", campaigns=len(self._campaigns), invalid=len(self._invalid))
@@ -215,6 +216,20 @@ class Daemon:
                 del self._file_ids[gone]
                 self._invalid.pop(gone, None)
         self.notifier.status(self.status_line())
+
+    async def _cancel_orphans(self) -> None:
+        """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
+        assert self._engine is not None
+        for record in await self._engine.journal.campaigns():
+            if record.id in self._campaigns or record.state in FINISHED:
+                continue
+            if record.state != "cancelled" and record.id not in self._invalid_ids():
+                await self._engine.journal.set_state(record.id, "cancelled")
+                self._engine.log.event("campaign_cancelled", campaign=record.id,
+                                       reason="its campaign file is gone")
+
+    def _invalid_ids(self) -> set[str]:
+        return {i.campaign_id for i in self._invalid.values() if i.campaign_id is not None}
 
     async def _apply(self, campaign: Campaign) -> None:
         assert self._engine is not None
