@@ -643,12 +643,14 @@ class _BadEntries:
         self.count = 0
 
     def add(self, line: int, value: str) -> None:
+        """Note one bad entry (the first few are kept with their line)."""
         self.count += 1
         if len(self.problems) < FIRST_LINES:
             message = f'"{value[:40]}" is not a phone number: write it as {EXAMPLE_PHONE}'
             self.problems.append(Problem(self.path, line, "paths.suppression", message))
 
     def raise_if_any(self) -> None:
+        """One `ConfigError` for every bad entry noted, if there were any."""
         if not self.count:
             return
         problems = list(self.problems)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -322,7 +323,7 @@ class Daemon:
     async def _invalid_file(self, check: CampaignCheck) -> str | None:
         """Unschedule what this file used to be and say so loudly, once per distinct problem."""
         assert self._engine is not None
-        cid = self._file_ids.get(check.file)
+        cid = self._file_ids.get(check.file) or _declared_id(check.file)
         errors = [p.render() for p in check.problems if p.is_error]
         rendered = "\n".join(errors)
         known = self._invalid.get(check.file)
@@ -448,3 +449,12 @@ class Daemon:
         busy: Iterable[str] = ("scheduled", "running", "backing_off")
         if not any(t.state in busy for t in self._campaigns.values()):
             self._stop.set()
+
+
+def _declared_id(path: Path) -> str | None:
+    """The ``id`` an invalid campaign file declares, if it can be read at all (best effort)."""
+    try:
+        value = tomllib.loads(path.read_text("utf-8-sig")).get("id")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return value if isinstance(value, str) else None
