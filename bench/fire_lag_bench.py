@@ -1,0 +1,321 @@
+"""Fire lag of the daemon (SPEC §7, §12): send_at → first request of each campaign at the sink.
+
+    python bench/fire_lag_bench.py [--campaigns 1000] [--rows 5] [--spread 20 40]
+                                   [--million 1000000] [--million-delay 30] [--keep DIR]
+
+Two runs, each a fresh workspace and one ``python -m scheduler run`` subprocess (the
+``cascade-scheduler run`` entry point) against `sink.py` in its own process, which records the
+time each request reached its handler:
+
+- ``many``: ``--campaigns`` campaign files (each its own ``--rows``-row CSV), send times spread
+  over ``--spread`` seconds from the daemon's start, on whole seconds (as people write them, so
+  ~``campaigns / spread`` campaigns fire at the same instant). Prints the load time (spawn →
+  ``READY=1`` on our own ``NOTIFY_SOCKET``) and the fire lag p50 / p99 / max.
+- ``million``: one campaign of ``--million`` recipients due ``--million-delay`` s after the
+  daemon's start (the snapshot must be ready by then). Prints its load time and fire lag, then
+  stops the daemon with SIGTERM once the first requests arrived (it does not send it all).
+
+Targets: load ≤ 5 s, p99 < 1 s with 1,000 campaigns, < 1 s for the million. ``--rps`` is the
+daemon's ``requests_per_second`` (default 100, the account's limit): every campaign due in the
+same second shares it. ``--skip-many`` / ``--skip-million`` run one half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sink import SinkProcess
+
+API_KEY = "bench-key"
+TEXT = "Hi {first_name}, your order is on its way"
+
+
+# -- workspace ----------------------------------------------------------------------------------
+
+
+def write_config(folder: Path, base_url: str, rps: float) -> Path:
+    """A daemon config pointing at the sink."""
+    path = folder / "config.toml"
+    path.write_text(
+        f'[api]\nbase_url = "{base_url}"\ntimeout = 30\n\n'
+        f"[sending]\nbatch_size = 1000\nrequests_per_second = {rps}\nconcurrency = 4\n"
+        'max_attempts = 6\ndelivery = "at-least-once"\n\n'
+        '[paths]\ncampaigns = "campaigns"\nstate = "state/journal.sqlite3"\n'
+        'delivery_log = "logs/delivery.jsonl"\n\n[log]\nformat = "json"\nlevel = "info"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def write_audience(path: Path, rows: int, first: int) -> None:
+    """``rows`` valid, unique recipients, phones numbered from ``first``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["phone", "customer_id", "first_name"])
+        writer.writerows(
+            (f"+38050{first + n:07d}", f"C{n:08d}", "Olena") for n in range(rows)
+        )
+
+
+def write_campaign(folder: Path, cid: str, send_at: int, audience: str) -> None:
+    """A transaction campaign file due at Unix time ``send_at`` (whole seconds)."""
+    stamp = datetime.fromtimestamp(send_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (folder / "campaigns" / f"{cid}.toml").write_text(
+        f'id = "{cid}"\nfrom_name = "YourStore"\ntype = "transaction"\nsend_at = {stamp}\n'
+        f'ttl = 3600\ntext = "{TEXT}"\n\n[audience]\ncsv = "{audience}"\n'
+        'id_column = "customer_id"\n',
+        encoding="utf-8",
+    )
+
+
+# -- the daemon and its notify socket -----------------------------------------------------------
+
+
+class NotifyListener:
+    """Our own ``NOTIFY_SOCKET``: records when READY=1 first arrives and keeps draining.
+
+    Draining matters: a datagram socket nobody reads fills up, and the daemon's next
+    ``sendto`` would block.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ready_at: float | None = None
+        self.ready = threading.Event()
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._closed:
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.ready_at is None and b"READY=1" in data.split(b"\n"):
+                self.ready_at = time.perf_counter()
+                self.ready.set()
+
+    def close(self) -> None:
+        """Stop draining and remove the socket file."""
+        self._closed = True
+        self._thread.join()
+        self._socket.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class DaemonRun:
+    """A running daemon: its process, when it was spawned and when it said READY=1."""
+
+    process: subprocess.Popen[bytes]
+    spawned: float
+    listener: NotifyListener
+
+    def load_seconds(self, timeout: float = 60) -> float:
+        """Seconds from spawn to READY=1 (waits for it)."""
+        if not self.listener.ready.wait(timeout) or self.listener.ready_at is None:
+            raise SystemExit(f"the daemon sent no READY=1 within {timeout:g} s")
+        return self.listener.ready_at - self.spawned
+
+
+@contextlib.contextmanager
+def daemon(folder: Path, config: Path) -> Iterator[DaemonRun]:
+    """Start ``run`` with our notify socket; SIGTERM it and check it exits 0 on the way out."""
+    listener = NotifyListener(folder / "notify.sock")
+    env = {**os.environ, "CASCADE_API_KEY": API_KEY, "NOTIFY_SOCKET": str(listener.path)}
+    with (folder / "daemon.stderr").open("wb") as err:
+        spawned = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=err, env=env,
+        )
+        try:
+            yield DaemonRun(process, spawned, listener)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                code = process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+            listener.close()
+    if code != 0:
+        print(f"WARNING: the daemon exited with {code}; see {folder / 'daemon.stderr'}")
+
+
+# -- the sink's record --------------------------------------------------------------------------
+
+
+def first_requests(record: Path) -> dict[str, float]:
+    """Campaign id → Unix time its first request reached the sink."""
+    first: dict[str, float] = {}
+    with record.open("rb") as file:
+        for line in file:
+            request = json.loads(line)
+            cid = request["first"].rsplit("-", 1)[0]  # tracking id = {campaign}-{customer id}
+            if cid not in first or request["t"] < first[cid]:
+                first[cid] = request["t"]
+    return first
+
+
+def wait_for(sink: SinkProcess, messages: int, deadline: float) -> int:
+    """Poll the sink until it received ``messages`` or the monotonic ``deadline`` passed."""
+    received = 0
+    while time.monotonic() < deadline:
+        received = sink.stats()["messages"]
+        if received >= messages:
+            break
+        time.sleep(0.25)
+    return received
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile (``share`` in 0..1) of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, round(share * len(ordered) + 0.5))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# -- the two runs -------------------------------------------------------------------------------
+
+
+def run_many(folder: Path, campaigns: int, rows: int, spread: tuple[float, float],
+             rps: float) -> None:
+    """Many small campaigns due within a minute: load time and fire-lag distribution."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for n in range(campaigns):
+        write_audience(folder / "campaigns" / "audiences" / f"lag-{n:04d}.csv", rows, n * rows)
+    record = folder / "requests.jsonl"
+    with SinkProcess(record) as sink:
+        config = write_config(folder, sink.base_url, rps)
+        base = time.time()
+        low, high = spread
+        due: dict[str, int] = {}
+        for n in range(campaigns):
+            cid = f"lag-{n:04d}"
+            due[cid] = round(base + low + (high - low) * n / max(campaigns - 1, 1))
+            write_campaign(folder, cid, due[cid], f"audiences/{cid}.csv")
+        print(f"many: wrote {campaigns:,} campaigns of {rows} rows in "
+              f"{time.perf_counter() - started:.1f} s, due {low:g}-{high:g} s from now")
+        with daemon(folder, config) as run:
+            load = run.load_seconds()
+            print(f"many: load (spawn -> READY=1) {load:.2f} s", flush=True)
+            received = wait_for(sink, campaigns * rows, time.monotonic() + high + 30)
+        sink.stats()  # flush the record
+    lags = report_many(record, due)
+    verdicts = [("load <= 5 s", load <= 5, f"{load:.2f} s")]
+    if lags:
+        p99 = percentile(lags, 0.99)
+        verdicts.append(("fire lag p99 < 1 s", p99 < 1, f"{p99:.3f} s"))
+    if received < campaigns * rows:
+        print(f"WARNING: the sink received {received:,} of {campaigns * rows:,} messages")
+    for name, ok, value in verdicts:
+        print(f"target {name}: {'meets' if ok else 'MISSES'} ({value})")
+
+
+def report_many(record: Path, due: dict[str, int]) -> list[float]:
+    """Print the fire-lag distribution; return the lags (seconds)."""
+    first = first_requests(record)
+    lags = [first[cid] - when for cid, when in due.items() if cid in first]
+    missing = len(due) - len(lags)
+    if not lags:
+        print("many: no campaign reached the sink")
+        return lags
+    late = sum(1 for lag in lags if lag >= 1)
+    print(f"many: fire lag over {len(lags):,} campaigns: p50 {statistics.median(lags):.3f} s, "
+          f"p99 {percentile(lags, 0.99):.3f} s, max {max(lags):.3f} s, "
+          f"min {min(lags):.3f} s; >= 1 s: {late}; never fired: {missing}")
+    return lags
+
+
+def run_million(folder: Path, rows: int, delay: float, rps: float) -> None:
+    """One big campaign due ``delay`` s after the daemon starts: load time and fire lag."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    write_audience(folder / "campaigns" / "audiences" / "big.csv", rows, 0)
+    print(f"million: wrote {rows:,} rows in {time.perf_counter() - started:.1f} s")
+    record = folder / "requests.jsonl"
+    with SinkProcess(record) as sink:
+        config = write_config(folder, sink.base_url, rps)
+        due = round(time.time() + delay)
+        write_campaign(folder, "big", due, "audiences/big.csv")
+        with daemon(folder, config) as run:
+            load = run.load_seconds()
+            print(f"million: load (spawn -> READY=1) {load:.2f} s", flush=True)
+            wait_for(sink, 10_000, time.monotonic() + delay + 60)
+        sink.stats()
+    first = first_requests(record).get("big")
+    if first is None:
+        print("million: the campaign never reached the sink")
+        return
+    lag = first - due
+    prepared = snapshot_seconds(folder / "logs" / "delivery.jsonl")
+    print(f"million: fire lag {lag:.3f} s" + (f"; {prepared}" if prepared else ""))
+    print(f"target load <= 5 s: {'meets' if load <= 5 else 'MISSES'} ({load:.2f} s)")
+    print(f"target fire lag < 1 s: {'meets' if lag < 1 else 'MISSES'} ({lag:.3f} s)")
+
+
+def snapshot_seconds(log: Path) -> str:
+    """From the delivery log: when the daemon started versus when the campaign started."""
+    stamps: dict[str, str] = {}
+    with log.open("rb") as file:
+        for line in file:
+            if b'"daemon_started"' in line or b'"campaign_started"' in line:
+                event = json.loads(line)
+                stamps.setdefault(event["event"], event["timestamp"])
+    if len(stamps) < 2:
+        return ""
+    start, fired = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                    for k in ("daemon_started", "campaign_started"))
+    return f"daemon_started -> campaign_started {(fired - start).total_seconds():.2f} s"
+
+
+def main() -> None:
+    """Parse arguments and run the two benchmarks."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--campaigns", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=5, help="rows per small campaign")
+    parser.add_argument("--spread", type=float, nargs=2, default=(20.0, 40.0),
+                        metavar=("FROM", "TO"), help="seconds after start the campaigns are due")
+    parser.add_argument("--million", type=int, default=1_000_000, help="rows of the big one")
+    parser.add_argument("--million-delay", type=float, default=30.0)
+    parser.add_argument("--rps", type=float, default=100.0, help="[sending].requests_per_second")
+    parser.add_argument("--skip-many", action="store_true")
+    parser.add_argument("--skip-million", action="store_true")
+    parser.add_argument("--keep", type=Path, help="write the workspaces here and keep them")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run")
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or Path(scratch)
+        if not args.skip_many:
+            run_many(root / "many", args.campaigns, args.rows, tuple(args.spread), args.rps)
+        if not args.skip_million:
+            run_million(root / "million", args.million, args.million_delay, args.rps)
+
+
+if __name__ == "__main__":
+    main()

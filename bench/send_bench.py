@@ -1,0 +1,391 @@
+"""Send throughput (SPEC §12): ours vs the seed's client pattern vs a bare aiohttp client.
+
+    python bench/send_bench.py [--rows 1000000] [--only seed,bare,ours] [--keep DIR]
+
+Generates one audience CSV (phone, customer_id, first_name; every row valid and unique, so each
+client sends exactly ``--rows`` messages), starts one sink (`sink.py`, a separate process that
+parses every body and answers each id) and runs three clients against it, one after the other,
+each in its own child process:
+
+- ``seed``: the API doc's ``send_bulk`` pattern: ``csv.DictReader``, ``requests.post(json=...)``
+  (module-level, as the doc writes it), sequential batches of 1000, ``raise_for_status`` and
+  ``response.json()``. Timed from the first row read to the last answer.
+- ``bare``: aiohttp posting pre-built orjson bodies (built before the clock starts), batch
+  ``--bare-batch``, concurrency 4, answers parsed. The ceiling for a Python client.
+- ``ours``: ``python -m scheduler send FILE --now`` (the ``cascade-scheduler`` console script's
+  entry point) with batch 1000, concurrency 4, 1000 requests/s (so the limit never binds),
+  journal and delivery log on. Timed from spawn to exit; the delivery log's campaign_started
+  and campaign_finished events split it into startup + snapshot, sending, and shutdown.
+
+Every client's peak RSS comes from ``os.wait4`` on its own pid. The sink's counters confirm each
+client delivered every message. Targets: ours ≥ seed, ours ≥ 0.6 × bare, ours peak RSS ≤ 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sink import SinkProcess
+
+CAMPAIGN_ID = "bench-send"
+FROM_NAME = "YourBrand"
+TEXT = "Hi {first_name}, up to 50% off: https://example.com/sale"
+ROUTE = "/api/CascadeMessage/send_message/async"
+API_KEY = "bench-key"
+NAMES = ("Olena", "Taras", "Ann Lee", "Iryna", "Dmytro")
+
+
+# -- workspace ----------------------------------------------------------------------------------
+
+
+def write_audience(folder: Path, rows: int) -> Path:
+    """The audience CSV: unique valid phones, unique customer ids."""
+    audiences = folder / "campaigns" / "audiences"
+    audiences.mkdir(parents=True, exist_ok=True)
+    path = audiences / "send.csv"
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["phone", "customer_id", "first_name"])
+        writer.writerows(
+            (f"+38050{n:07d}", f"C{n:08d}", NAMES[n % len(NAMES)]) for n in range(rows)
+        )
+    return path
+
+
+def write_campaign(folder: Path) -> Path:
+    """The campaign file `send --now` sends (its send_at is replaced by now)."""
+    send_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = folder / "campaigns" / "send.toml"
+    path.write_text(
+        f'id = "{CAMPAIGN_ID}"\nfrom_name = "{FROM_NAME}"\ntype = "promo"\n'
+        f'send_at = {send_at}\nttl = 86400\ntext = "{TEXT}"\n\n'
+        '[audience]\ncsv = "audiences/send.csv"\nid_column = "customer_id"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def write_config(folder: Path, base_url: str) -> Path:
+    """A config for the sink: batch 1000, concurrency 4, a rate limit that never binds."""
+    path = folder / "config.toml"
+    path.write_text(
+        f'[api]\nbase_url = "{base_url}"\ntimeout = 30\n\n'
+        "[sending]\nbatch_size = 1000\nrequests_per_second = 1000\nconcurrency = 4\n"
+        'max_attempts = 6\ndelivery = "at-least-once"\n\n'
+        '[paths]\ncampaigns = "campaigns"\nstate = "state/journal.sqlite3"\n'
+        'delivery_log = "logs/delivery.jsonl"\n\n[log]\nformat = "json"\nlevel = "warning"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+# -- children -----------------------------------------------------------------------------------
+
+
+class CascadeMessenger:
+    """The seed doc's client class, as written there (only ``base_url`` points at the sink)."""
+
+    def __init__(self, api_key: str, base_url: str) -> None:
+        self.base_url = base_url
+        self.headers = {"Content-Type": "application/json", "X-Authorization-Key": api_key}
+
+    def send_bulk(self, messages: list[dict[str, object]]) -> list[dict[str, str]]:
+        """Send multiple messages (the doc's ``send_bulk``)."""
+        import requests
+
+        response = requests.post(
+            f"{self.base_url}{ROUTE}", headers=self.headers, json=messages, timeout=30
+        )
+        response.raise_for_status()
+        result: list[dict[str, str]] = response.json()
+        return result
+
+
+def child_seed(csv_path: Path, base_url: str, _batch: int) -> int:
+    """The seed pattern: read the CSV, personalise, post sequential batches of 1000."""
+    messenger = CascadeMessenger(API_KEY, base_url)
+    sent = 0
+    batch: list[dict[str, object]] = []
+    with csv_path.open(encoding="utf-8", newline="") as file:
+        for row in csv.DictReader(file):
+            batch.append({
+                "id": f"{CAMPAIGN_ID}-{row['customer_id']}",
+                "fromName": FROM_NAME,
+                "toPhone": row["phone"],
+                "messageType": "promo",
+                "text": TEXT.format(first_name=row["first_name"]),
+                "ttl": 86400,
+            })
+            if len(batch) == 1000:
+                sent += len(messenger.send_bulk(batch))
+                batch = []
+    if batch:
+        sent += len(messenger.send_bulk(batch))
+    return sent
+
+
+def prebuilt_bodies(csv_path: Path, batch: int) -> list[bytes]:
+    """Every request body of the audience, serialised ahead of time."""
+    import orjson
+
+    bodies: list[bytes] = []
+    messages: list[dict[str, object]] = []
+    with csv_path.open(encoding="utf-8", newline="") as file:
+        for row in csv.DictReader(file):
+            messages.append({
+                "id": f"{CAMPAIGN_ID}-{row['customer_id']}", "fromName": FROM_NAME,
+                "toPhone": row["phone"], "messageType": "promo",
+                "text": TEXT.format(first_name=row["first_name"]), "ttl": 86400,
+            })
+            if len(messages) == batch:
+                bodies.append(orjson.dumps(messages))
+                messages = []
+    if messages:
+        bodies.append(orjson.dumps(messages))
+    return bodies
+
+
+async def post_all(bodies: list[bytes], base_url: str, concurrency: int) -> int:
+    """Post every body with ``concurrency`` workers on one session; count the answered ids."""
+    import aiohttp
+    import orjson
+
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    headers = {"Content-Type": "application/json", "X-Authorization-Key": API_KEY}
+    answered = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal answered
+        while not queue.empty():
+            body = queue.get_nowait()
+            async with session.post(f"{base_url}{ROUTE}", data=body, headers=headers) as resp:
+                resp.raise_for_status()
+                answered += len(orjson.loads(await resp.read()))
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return answered
+
+
+def run_child(variant: str, csv_path: Path, base_url: str, batch: int) -> None:
+    """Run one client here; print its count and seconds as one JSON line."""
+    if variant == "seed":
+        started = time.perf_counter()
+        sent = child_seed(csv_path, base_url, batch)
+    else:
+        bodies = prebuilt_bodies(csv_path, batch)
+        started = time.perf_counter()
+        sent = asyncio.run(post_all(bodies, base_url, 4))
+    seconds = time.perf_counter() - started
+    print(json.dumps({"sent": sent, "seconds": seconds}))
+
+
+# -- parent -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """One client's numbers."""
+
+    label: str
+    sent: int
+    seconds: float
+    peak_mib: float
+    received: int | None  # None: the sink (the sandbox) does not count
+    notes: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Recipients per second."""
+        return self.sent / self.seconds
+
+
+def sink_messages(sink: SinkProcess) -> int | None:
+    """Messages the sink received so far (None when it cannot say)."""
+    return sink.stats()["messages"] if sink.counts else None
+
+
+def delta(after: int | None, before: int | None) -> int | None:
+    """``after - before`` when both are known."""
+    return None if after is None or before is None else after - before
+
+
+def wait_rusage(process: subprocess.Popen[str]) -> tuple[int, float]:
+    """Reap ``process`` with ``wait4``: its exit code and its own peak RSS in MiB."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024
+
+
+def measure_client(
+    variant: str, csv_path: Path, sink: SinkProcess, batch: int
+) -> Measured:
+    """One of the baseline clients in a fresh interpreter."""
+    before = sink_messages(sink)
+    command = [sys.executable, __file__, "--child", variant, "--csv", str(csv_path),
+               "--url", sink.base_url, "--bare-batch", str(batch)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    code, peak = wait_rusage(process)
+    if code != 0:
+        raise SystemExit(f"{variant} client failed with exit code {code}")
+    result = json.loads(output.strip().splitlines()[-1])
+    received = delta(sink_messages(sink), before)
+    return Measured(variant, result["sent"], result["seconds"], peak, received)
+
+
+def measure_ours(folder: Path, sink: SinkProcess) -> Measured:
+    """`send FILE --now` as a subprocess, timed from spawn to exit."""
+    campaign = write_campaign(folder)
+    config = write_config(folder, sink.base_url)
+    env = {**os.environ, "CASCADE_API_KEY": API_KEY}
+    before = sink_messages(sink)
+    spawned = time.time()
+    started = time.perf_counter()
+    out_path, err_path = folder / "send.stdout", folder / "send.stderr"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "send", str(campaign), "--now", "--config",
+             str(config)],
+            stdout=out, stderr=err, text=True, env=env,
+        )
+    code, peak = wait_rusage(process)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"send failed with exit code {code}:\n{out_path.read_text()}\n"
+                         f"{err_path.read_text()}")
+    received = delta(sink_messages(sink), before)
+    events = lifecycle(folder / "logs" / "delivery.jsonl")
+    sent = events["campaign_finished"]["counts"].get("sent", 0)
+    started_at = parse_ts(events["campaign_started"]["timestamp"])
+    finished_at = parse_ts(events["campaign_finished"]["timestamp"])
+    notes = {
+        "startup_and_snapshot_s": started_at - spawned,
+        "sending_s": float(events["campaign_finished"]["duration_s"]),
+        "shutdown_s": spawned + seconds - finished_at,
+    }
+    return Measured("ours", sent, seconds, peak, received, notes)
+
+
+def lifecycle(path: Path) -> dict[str, dict[str, object]]:
+    """The last campaign_started and campaign_finished events of the delivery log."""
+    wanted = {b'"event":"campaign_started"', b'"event":"campaign_finished"'}
+    found: dict[str, dict[str, object]] = {}
+    with path.open("rb") as file:
+        for line in file:
+            if any(marker in line for marker in wanted):
+                event = json.loads(line)
+                found[event["event"]] = event
+    return found
+
+
+def parse_ts(value: object) -> float:
+    """A log timestamp (ISO 8601 UTC) as Unix time."""
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def report(runs: list[Measured], rows: int) -> None:
+    """The table, the ratios and the verdicts."""
+    print(f"{'client':<8}{'sent':>11}{'received':>11}{'seconds':>9}{'recipients/s':>14}"
+          f"{'peak RSS MiB':>14}")
+    for r in runs:
+        received = "-" if r.received is None else f"{r.received:,}"
+        print(f"{r.label:<8}{r.sent:>11,}{received:>11}{r.seconds:>9.2f}{r.rate:>14,.0f}"
+              f"{r.peak_mib:>14.1f}")
+    by = {r.label: r for r in runs}
+    for r in runs:
+        if r.sent != rows:
+            print(f"WARNING: {r.label} got {r.sent:,} ids answered, not {rows:,}")
+        if r.received is not None and r.received != rows:
+            print(f"WARNING: the sink received {r.received:,} messages from {r.label}, "
+                  f"not {rows:,}")
+    ours = by.get("ours")
+    if ours is None:
+        return
+    split = ours.notes
+    sending_rate = ours.sent / split["sending_s"]
+    print(f"ours, split: startup + snapshot {split['startup_and_snapshot_s']:.2f} s, "
+          f"sending {split['sending_s']:.2f} s ({sending_rate:,.0f}/s), "
+          f"shutdown {split['shutdown_s']:.2f} s")
+    verdicts = [("peak RSS <= 150 MB", ours.peak_mib * 1.048576 <= 150,
+                 f"{ours.peak_mib * 1.048576:.1f} MB")]
+    if "seed" in by:
+        ratio = ours.rate / by["seed"].rate
+        print(f"ours / seed: {ratio:.2f}x end to end, "
+              f"{sending_rate / by['seed'].rate:.2f}x sending only")
+        verdicts.append(("ours >= seed", ratio >= 1, f"{ratio:.2f}x"))
+    if "bare" in by:
+        ratio = ours.rate / by["bare"].rate
+        print(f"ours / bare: {ratio:.2f}x end to end, "
+              f"{sending_rate / by['bare'].rate:.2f}x sending only")
+        verdicts.append(("ours >= 0.6 x bare", ratio >= 0.6, f"{ratio:.2f}x"))
+    for name, ok, value in verdicts:
+        print(f"target {name}: {'meets' if ok else 'MISSES'} ({value}, end to end)")
+
+
+def run_all(folder: Path, rows: int, only: list[str], bare_batch: int, sink_kind: str) -> None:
+    """Generate the audience, start the sink, run each client, print the comparison."""
+    started = time.perf_counter()
+    csv_path = write_audience(folder, rows)
+    sink_name = "bench/sink.py" if sink_kind == "minimal" else "cascade-scheduler sandbox"
+    print(f"generated {rows:,} rows in {time.perf_counter() - started:.1f} s; "
+          f"{os.cpu_count()} CPUs; sink: {sink_name} in its own process")
+    runs: list[Measured] = []
+    with SinkProcess(kind=sink_kind) as sink:
+        for variant in only:
+            if variant == "ours":
+                runs.append(measure_ours(folder, sink))
+            else:
+                runs.append(measure_client(variant, csv_path, sink, bare_batch))
+            last = runs[-1]
+            print(f"  {last.label}: {last.rate:,.0f} recipients/s", flush=True)
+    report(runs, rows)
+
+
+def main() -> None:
+    """Parse arguments; as the parent, run the whole comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--only", default="seed,bare,ours",
+                        help="comma-separated clients to run, in order (seed, bare, ours)")
+    parser.add_argument("--bare-batch", type=int, default=1000, choices=(500, 1000))
+    parser.add_argument("--sink", choices=("minimal", "sandbox"), default="minimal",
+                        help="minimal: bench/sink.py (parses, answers ids); sandbox: "
+                        "`cascade-scheduler sandbox` (also validates every message)")
+    parser.add_argument("--keep", type=Path, help="write the files here and keep them")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--csv", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(args.child, args.csv, args.url, args.bare_batch)
+        return
+    only = [v.strip() for v in args.only.split(",") if v.strip()]
+    unknown = set(only) - {"seed", "bare", "ours"}
+    if unknown:
+        parser.error(f"unknown client(s): {', '.join(sorted(unknown))}")
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        run_all(args.keep, args.rows, only, args.bare_batch, args.sink)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        run_all(Path(scratch), args.rows, only, args.bare_batch, args.sink)
+
+
+if __name__ == "__main__":
+    main()
