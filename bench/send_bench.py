@@ -1,6 +1,7 @@
 """Send throughput (SPEC §12): ours vs the seed's client pattern vs a bare aiohttp client.
 
-    python bench/send_bench.py [--rows 1000000] [--only seed,bare,ours] [--keep DIR]
+    python bench/send_bench.py [--rows 1000000] [--only seed,bare,ours] [--repeat N]
+                               [--sink minimal|sandbox] [--bare-batch 1000] [--keep DIR]
 
 Generates one audience CSV (phone, customer_id, first_name; every row valid and unique, so each
 client sends exactly ``--rows`` messages), starts one sink (`sink.py`, a separate process that
@@ -17,8 +18,9 @@ each in its own child process:
   journal and delivery log on. Timed from spawn to exit; the delivery log's campaign_started
   and campaign_finished events split it into startup + snapshot, sending, and shutdown.
 
-Every client's peak RSS comes from ``os.wait4`` on its own pid. The sink's counters confirm each
-client delivered every message. Targets: ours ≥ seed, ours ≥ 0.6 × bare, ours peak RSS ≤ 150 MB.
+With ``--repeat N`` the clients take turns N times and the best run of each is compared (the
+machine may be shared; the best run is the least disturbed). Every client's peak RSS comes from
+``os.wait4`` on its own pid. The sink's counters confirm each client delivered every message. Targets: ours ≥ seed, ours ≥ 0.6 × bare, ours peak RSS ≤ 150 MB.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sink import SinkProcess
 
@@ -76,15 +79,19 @@ def write_campaign(folder: Path) -> Path:
     return path
 
 
-def write_config(folder: Path, base_url: str) -> Path:
-    """A config for the sink: batch 1000, concurrency 4, a rate limit that never binds."""
-    path = folder / "config.toml"
+def write_config(folder: Path, base_url: str, run: int = 0) -> Path:
+    """A config for the sink: batch 1000, concurrency 4, a rate limit that never binds.
+
+    Each ``run`` gets its own journal and delivery log, so a repeat starts from scratch.
+    """
+    path = folder / f"config-{run}.toml"
     path.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = 30\n\n'
         "[sending]\nbatch_size = 1000\nrequests_per_second = 1000\nconcurrency = 4\n"
         'max_attempts = 6\ndelivery = "at-least-once"\n\n'
-        '[paths]\ncampaigns = "campaigns"\nstate = "state/journal.sqlite3"\n'
-        'delivery_log = "logs/delivery.jsonl"\n\n[log]\nformat = "json"\nlevel = "warning"\n',
+        f'[paths]\ncampaigns = "campaigns"\nstate = "state/journal-{run}.sqlite3"\n'
+        f'delivery_log = "logs/delivery-{run}.jsonl"\n\n'
+        '[log]\nformat = "json"\nlevel = "warning"\n',
         encoding="utf-8",
     )
     return path
@@ -100,7 +107,7 @@ class CascadeMessenger:
         self.base_url = base_url
         self.headers = {"Content-Type": "application/json", "X-Authorization-Key": api_key}
 
-    def send_bulk(self, messages: list[dict[str, object]]) -> list[dict[str, str]]:
+    def send_bulk(self, messages: list[dict[str, Any]]) -> list[dict[str, str]]:
         """Send multiple messages (the doc's ``send_bulk``)."""
         import requests
 
@@ -116,7 +123,7 @@ def child_seed(csv_path: Path, base_url: str, _batch: int) -> int:
     """The seed pattern: read the CSV, personalise, post sequential batches of 1000."""
     messenger = CascadeMessenger(API_KEY, base_url)
     sent = 0
-    batch: list[dict[str, object]] = []
+    batch: list[dict[str, Any]] = []
     with csv_path.open(encoding="utf-8", newline="") as file:
         for row in csv.DictReader(file):
             batch.append({
@@ -249,10 +256,10 @@ def measure_client(
     return Measured(variant, result["sent"], result["seconds"], peak, received)
 
 
-def measure_ours(folder: Path, sink: SinkProcess) -> Measured:
+def measure_ours(folder: Path, sink: SinkProcess, run: int) -> Measured:
     """`send FILE --now` as a subprocess, timed from spawn to exit."""
     campaign = write_campaign(folder)
-    config = write_config(folder, sink.base_url)
+    config = write_config(folder, sink.base_url, run)
     env = {**os.environ, "CASCADE_API_KEY": API_KEY}
     before = sink_messages(sink)
     spawned = time.time()
@@ -270,7 +277,7 @@ def measure_ours(folder: Path, sink: SinkProcess) -> Measured:
         raise SystemExit(f"send failed with exit code {code}:\n{out_path.read_text()}\n"
                          f"{err_path.read_text()}")
     received = delta(sink_messages(sink), before)
-    events = lifecycle(folder / "logs" / "delivery.jsonl")
+    events = lifecycle(folder / "logs" / f"delivery-{run}.jsonl")
     sent = events["campaign_finished"]["counts"].get("sent", 0)
     started_at = parse_ts(events["campaign_started"]["timestamp"])
     finished_at = parse_ts(events["campaign_finished"]["timestamp"])
@@ -282,10 +289,10 @@ def measure_ours(folder: Path, sink: SinkProcess) -> Measured:
     return Measured("ours", sent, seconds, peak, received, notes)
 
 
-def lifecycle(path: Path) -> dict[str, dict[str, object]]:
+def lifecycle(path: Path) -> dict[str, dict[str, Any]]:
     """The last campaign_started and campaign_finished events of the delivery log."""
     wanted = {b'"event":"campaign_started"', b'"event":"campaign_finished"'}
-    found: dict[str, dict[str, object]] = {}
+    found: dict[str, dict[str, Any]] = {}
     with path.open("rb") as file:
         for line in file:
             if any(marker in line for marker in wanted):
@@ -338,23 +345,34 @@ def report(runs: list[Measured], rows: int) -> None:
         print(f"target {name}: {'meets' if ok else 'MISSES'} ({value}, end to end)")
 
 
-def run_all(folder: Path, rows: int, only: list[str], bare_batch: int, sink_kind: str) -> None:
+def run_all(
+    folder: Path, rows: int, only: list[str], bare_batch: int, sink_kind: str, repeat: int
+) -> None:
     """Generate the audience, start the sink, run each client, print the comparison."""
     started = time.perf_counter()
     csv_path = write_audience(folder, rows)
     sink_name = "bench/sink.py" if sink_kind == "minimal" else "cascade-scheduler sandbox"
     print(f"generated {rows:,} rows in {time.perf_counter() - started:.1f} s; "
-          f"{os.cpu_count()} CPUs; sink: {sink_name} in its own process")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+          f"sink: {sink_name} in its own process")
     runs: list[Measured] = []
     with SinkProcess(kind=sink_kind) as sink:
-        for variant in only:
-            if variant == "ours":
-                runs.append(measure_ours(folder, sink))
-            else:
-                runs.append(measure_client(variant, csv_path, sink, bare_batch))
-            last = runs[-1]
-            print(f"  {last.label}: {last.rate:,.0f} recipients/s", flush=True)
-    report(runs, rows)
+        for run in range(repeat):
+            for variant in only:
+                if variant == "ours":
+                    runs.append(measure_ours(folder, sink, run))
+                else:
+                    runs.append(measure_client(variant, csv_path, sink, bare_batch))
+                last = runs[-1]
+                print(f"  run {run + 1}, {last.label}: {last.rate:,.0f} recipients/s "
+                      f"({last.seconds:.2f} s)", flush=True)
+    best: dict[str, Measured] = {}
+    for measured in runs:
+        if measured.label not in best or measured.rate > best[measured.label].rate:
+            best[measured.label] = measured
+    if repeat > 1:
+        print(f"best of {repeat} runs each:")
+    report(list(best.values()), rows)
 
 
 def main() -> None:
@@ -367,6 +385,8 @@ def main() -> None:
     parser.add_argument("--sink", choices=("minimal", "sandbox"), default="minimal",
                         help="minimal: bench/sink.py (parses, answers ids); sandbox: "
                         "`cascade-scheduler sandbox` (also validates every message)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every client this many times (interleaved); report the best")
     parser.add_argument("--keep", type=Path, help="write the files here and keep them")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--csv", type=Path, help=argparse.SUPPRESS)
@@ -381,10 +401,10 @@ def main() -> None:
         parser.error(f"unknown client(s): {', '.join(sorted(unknown))}")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        run_all(args.keep, args.rows, only, args.bare_batch, args.sink)
+        run_all(args.keep, args.rows, only, args.bare_batch, args.sink, args.repeat)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        run_all(Path(scratch), args.rows, only, args.bare_batch, args.sink)
+        run_all(Path(scratch), args.rows, only, args.bare_batch, args.sink, args.repeat)
 
 
 if __name__ == "__main__":
