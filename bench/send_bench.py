@@ -20,7 +20,8 @@ each in its own child process:
 
 With ``--repeat N`` the clients take turns N times and the best run of each is compared (the
 machine may be shared; the best run is the least disturbed). Every client's peak RSS comes from
-``os.wait4`` on its own pid. The sink's counters confirm each client delivered every message. Targets: ours ≥ seed, ours ≥ 0.6 × bare, ours peak RSS ≤ 150 MB.
+``os.wait4`` on its own pid. The sink's counters confirm each client delivered every message.
+Targets: ours ≥ seed, ours ≥ 0.6 × bare, ours peak RSS ≤ 150 MB.
 """
 
 from __future__ import annotations
