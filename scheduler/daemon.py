@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import watchfiles
 from apscheduler.jobstores.base import JobLookupError
@@ -135,7 +136,9 @@ class Daemon:
         for tracked in self._campaigns.values():
             if tracked.run is not None:
                 tracked.run.halt(None)
-        tasks = [t for t in self._tasks if not t.done()]
+        tasks: list[asyncio.Future[Any]] = [t for t in self._tasks if not t.done()]
+        tasks += [t.prepared for t in self._campaigns.values()
+                  if t.prepared is not None and not t.prepared.done()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
