@@ -1,0 +1,299 @@
+"""The daemon end to end (SPEC §7): a real `python -m scheduler run` subprocess, real signals,
+real files edited while it runs, and a real API on loopback (the embedded sandbox, the
+`sandbox` command as its own process, or a recording server when the request text matters).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from daemon_helpers import (
+    API_KEY,
+    DaemonProcess,
+    RecordingApi,
+    SandboxProcess,
+    Workspace,
+    accepted,
+    expected_ids,
+    parse_ts,
+    poll,
+    utc_seconds_from_now,
+    write_atomic,
+)
+
+from scheduler import cli
+
+#: campaigns big enough, at a rate low enough (500 messages/s), to stop them half way
+PAUSE_SIZE = 2000  # ~4 s: the pause must leave work for after the 2 s window
+STOP_SIZE = 1000  # ~2 s
+SLOW = {"batch_size": 50, "requests_per_second": 10, "concurrency": 2}
+IN_FLIGHT_MAX = SLOW["batch_size"] * SLOW["concurrency"]
+
+StartDaemon = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[StartDaemon]:
+    """Start daemons (``start_daemon(workspace, **env)``); every one is killed at teardown."""
+    started: list[DaemonProcess] = []
+
+    def start(workspace: Workspace, **env: str) -> DaemonProcess:
+        daemon = DaemonProcess(workspace, **env)
+        started.append(daemon)
+        return daemon.start()
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[SandboxProcess]:
+    """The `sandbox` command as its own process, with some latency so batches stay in flight."""
+    process = SandboxProcess(tmp_path / "sandbox-record.jsonl", "--latency-ms", "100")
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def slow_workspace(tmp_path: Path, sandbox: SandboxProcess) -> Workspace:
+    """A workspace sending to the external sandbox at 10 requests of 50 messages a second."""
+    return Workspace(tmp_path / "ws", base_url=sandbox.url, sending=dict(SLOW))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _wait_until(moment: datetime) -> None:
+    poll(lambda: _now() >= moment, (moment - _now()).total_seconds() + 5, f"{moment}")
+
+
+def _final(workspace: Workspace, cid: str, state: str, timeout: float = 20) -> None:
+    poll(lambda: workspace.state(cid) == state, timeout, f"{cid} to be {state}")
+
+
+def _duplicates(counts: Counter[str]) -> int:
+    return sum(n - 1 for n in counts.values())
+
+
+# ------------------------------------------------------------------------------------- timing
+
+
+def test_campaign_fires_on_time(tmp_path: Path, start_daemon: StartDaemon) -> None:
+    """A campaign due in a few seconds is sent by the timer: its first request within 1 s of
+    send_at (never before), every recipient once (SPEC §7 "fires on time")."""
+    workspace = Workspace(tmp_path)
+    workspace.audience("on-time", 120)
+    send_at = utc_seconds_from_now(3)
+    workspace.write_campaign("on-time", send_at)
+    daemon = start_daemon(workspace)
+    assert _now() < send_at - timedelta(seconds=0.5), "the daemon started too late to test"
+    _final(workspace, "on-time", "done")
+    record = workspace.record()
+    lag = (min(parse_ts(r["ts"]) for r in record) - send_at).total_seconds()
+    assert 0 <= lag < 1.0, f"first request {lag:.3f} s after send_at"
+    assert accepted(record, "on-time") == Counter(expected_ids("on-time", 120))
+    assert daemon.stop() == 0
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+def test_added_file_is_sent_and_edit_before_start_replans(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """A file dropped into the running daemon's folder is scheduled; editing its send time and
+    text before it starts re-plans it: only the new text goes out, at the new time."""
+    with RecordingApi() as api:
+        workspace = Workspace(tmp_path, base_url=api.url)
+        workspace.audience("late-edit", 40)
+        daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+        first = utc_seconds_from_now(2)
+        workspace.write_campaign("late-edit", first, text="Old offer {first_name}")
+        poll(lambda: workspace.events("campaign_scheduled"), 5, "the added file to be scheduled")
+        second = first + timedelta(seconds=2)
+        workspace.write_campaign("late-edit", second, text="New offer {first_name}")
+        poll(lambda: len(workspace.events("campaign_scheduled")) >= 2, 5, "the re-plan")
+        assert _now() < first, "the edit came after the first send time: nothing tested"
+        _final(workspace, "late-edit", "done")
+        messages = api.messages()
+        assert daemon.stop() == 0
+    scheduled = [e["send_at"] for e in workspace.events("campaign_scheduled")]
+    assert [parse_ts(s) for s in scheduled] == [first, second]
+    texts = {m["id"]: m["text"] for _, m in messages}
+    assert texts == {f"late-edit-{i}": f"New offer Name{i}" for i in range(1, 41)}
+    assert len(messages) == 40
+    lag = (min(at for at, _ in messages) - second).total_seconds()
+    assert 0 <= lag < 1.0, f"first request {lag:.3f} s after the new send_at"
+
+
+def test_file_turned_invalid_is_unscheduled_and_daemon_keeps_sending(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """An edit that breaks a file unschedules it and logs `campaign_invalid` with the error; the
+    daemon stays up, sends the other campaign, and sends the broken one once it is fixed."""
+    workspace = Workspace(tmp_path)
+    workspace.audience("broken", 30)
+    workspace.audience("steady", 30)
+    send_at = utc_seconds_from_now(3)
+    path = workspace.write_campaign("broken", send_at)
+    workspace.write_campaign("steady", send_at)
+    daemon = start_daemon(workspace)
+    write_atomic(path, path.read_text("utf-8").replace('type = "transaction"', 'type = "promoo"'))
+    invalid = poll(lambda: workspace.events("campaign_invalid"), 5, "campaign_invalid")
+    assert _now() < send_at, "the edit came after the send time: nothing tested"
+    assert invalid[0]["campaign"] == "broken" and invalid[0]["level"] == "error"
+    assert any('type: unknown type "promoo"' in e for e in invalid[0]["errors"])
+    assert invalid[0]["file"] == str(path)
+    _final(workspace, "steady", "done")
+    _wait_until(send_at + timedelta(seconds=1))
+    assert daemon.alive
+    assert workspace.state("broken") == "invalid"
+    record = workspace.record()
+    assert not accepted(record, "broken"), "an invalid campaign was sent"
+    assert accepted(record, "steady") == Counter(expected_ids("steady", 30))
+
+    workspace.write_campaign("broken", send_at)  # fixed; its send time passed, inside the TTL
+    _final(workspace, "broken", "done")
+    assert accepted(workspace.record(), "broken") == Counter(expected_ids("broken", 30))
+    assert daemon.stop() == 0
+
+
+# ------------------------------------------------------------------------------- pause/resume
+
+
+def test_pause_mid_campaign_stops_within_2s_and_resume_loses_nobody(
+    slow_workspace: Workspace, sandbox: SandboxProcess, start_daemon: StartDaemon
+) -> None:
+    """``paused = true`` mid-campaign: no request accepted later than 2 s after the edit, the
+    journal says paused; ``paused = false`` resumes: every recipient sent exactly once."""
+    workspace = slow_workspace
+    workspace.audience("big", PAUSE_SIZE)
+    send_at = utc_seconds_from_now(0) - timedelta(seconds=1)  # starts as soon as it is loaded
+    workspace.write_campaign("big", send_at)
+    daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+    poll(lambda: len(sandbox.record()) >= 300, 20, "sending to be under way")
+    workspace.write_campaign("big", send_at, paused=True)
+    edited = _now()
+    _final(workspace, "big", "paused", timeout=5)
+    _wait_until(edited + timedelta(seconds=2.5))
+    at_pause = sandbox.record()
+    last = max(parse_ts(r["ts"]) for r in at_pause)
+    assert last <= edited + timedelta(seconds=2), f"accepted {last - edited} after the edit"
+    assert len(at_pause) < PAUSE_SIZE, "the campaign finished before the pause: nothing tested"
+    _wait_until(edited + timedelta(seconds=3.5))
+    assert len(sandbox.record()) == len(at_pause), "requests still accepted while paused"
+    assert [e["campaign"] for e in workspace.events("campaign_paused")] == ["big"]
+
+    workspace.write_campaign("big", send_at, paused=False)
+    _final(workspace, "big", "done", timeout=30)
+    assert accepted(sandbox.record(), "big") == Counter(expected_ids("big", PAUSE_SIZE))
+    assert workspace.counts("big")["sent"] == PAUSE_SIZE
+    assert daemon.stop() == 0
+
+
+# ------------------------------------------------------------------------------- stop, crash
+
+
+def test_sigterm_mid_campaign_exits_0_and_next_start_finishes(
+    slow_workspace: Workspace, sandbox: SandboxProcess, start_daemon: StartDaemon
+) -> None:
+    """SIGTERM mid-campaign: exit 0 within the stop timeout, the campaign left resumable; the
+    next start finishes it; every recipient accepted, duplicates at most the in-flight batches."""
+    workspace = slow_workspace
+    workspace.audience("big", STOP_SIZE)
+    workspace.write_campaign("big", utc_seconds_from_now(0) - timedelta(seconds=1))
+    daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+    poll(lambda: len(sandbox.record()) >= 200, 20, "sending to be under way")
+    assert daemon.stop(timeout=15) == 0
+    assert len(sandbox.record()) < STOP_SIZE, "it finished before SIGTERM: nothing tested"
+    assert workspace.state("big") == "running"
+    assert workspace.counts("big")["pending"] > 0
+    assert workspace.events("daemon_stopping")
+
+    daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+    _final(workspace, "big", "done", timeout=30)
+    assert daemon.stop() == 0
+    counts = accepted(sandbox.record(), "big")
+    assert set(counts) == expected_ids("big", STOP_SIZE)
+    assert _duplicates(counts) <= IN_FLIGHT_MAX
+    assert workspace.counts("big")["sent"] == STOP_SIZE
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "at-most-once"])
+def test_sigkill_mid_campaign_every_recipient_ends_final(
+    tmp_path: Path, sandbox: SandboxProcess, start_daemon: StartDaemon, delivery: str
+) -> None:
+    """SIGKILL mid-campaign, then a restart: every recipient ends in exactly one final outcome.
+    At-least-once resends only what was in flight; at-most-once sends nothing twice."""
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url,
+                          sending={**SLOW, "delivery": delivery})
+    workspace.audience("big", STOP_SIZE)
+    workspace.write_campaign("big", utc_seconds_from_now(0) - timedelta(seconds=1))
+    daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+    poll(lambda: len(sandbox.record()) >= 200, 20, "sending to be under way")
+    daemon.kill()
+    assert len(sandbox.record()) < STOP_SIZE, "it finished before SIGKILL: nothing tested"
+
+    daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+    _final(workspace, "big", "done", timeout=30)
+    assert daemon.stop() == 0
+    counts = workspace.counts("big")
+    rows = workspace.recipients("big")
+    ids = sorted(row.tracking_id for row in rows)
+    assert ids == sorted(expected_ids("big", STOP_SIZE)), "a recipient lost or final twice"
+    assert counts["pending"] == 0 and counts["sent"] + counts["in_doubt"] == STOP_SIZE
+    outcomes = Counter(row.outcome for row in rows)
+    assert outcomes == Counter({k: v for k, v in counts.items() if k != "pending" and v})
+    hits = accepted(sandbox.record(), "big")
+    assert {row.tracking_id for row in rows if row.outcome == "sent"} <= set(hits)
+    if delivery == "at-least-once":
+        assert counts["in_doubt"] == 0
+        assert _duplicates(hits) <= IN_FLIGHT_MAX
+    else:
+        assert counts["in_doubt"] <= IN_FLIGHT_MAX
+        assert _duplicates(hits) == 0
+
+
+# ---------------------------------------------------------------------------------- TTL rule
+
+
+def test_send_time_passed_while_down_ttl_rule(
+    tmp_path: Path, start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send time that passed while the daemon was down: inside the TTL it is sent at start;
+    past send_at + ttl every recipient is `expired` and nothing is sent (SPEC §7 TTL rule)."""
+    workspace = Workspace(tmp_path)
+    workspace.audience("late", 100)
+    workspace.audience("gone", 80)
+    workspace.write_campaign("late", _now() - timedelta(seconds=60), ttl=3600)
+    workspace.write_campaign("gone", _now() - timedelta(hours=2), ttl=3600)
+    monkeypatch.delenv("CASCADE_CONFIG", raising=False)
+    assert cli.main(["check", "--config", str(workspace.config)]) == 0
+    assert capsys.readouterr().out.count("warning: send_at: send time has passed") == 2
+
+    daemon = start_daemon(workspace)
+    _final(workspace, "late", "done")
+    _final(workspace, "gone", "expired")
+    assert daemon.stop() == 0
+    started = parse_ts(workspace.events("daemon_started")[0]["timestamp"])
+    record = workspace.record()
+    assert accepted(record, "late") == Counter(expected_ids("late", 100))
+    first = min(parse_ts(r["ts"]) for r in record)
+    assert first - started < timedelta(seconds=2), "the late campaign did not start at once"
+    assert not accepted(record, "gone")
+    counts = workspace.counts("gone")
+    assert (counts["expired"], counts["sent"], counts["pending"]) == (80, 0, 0)
+    lines = [e for e in workspace.events("message") if e["campaign"] == "gone"]
+    assert len(lines) == 80 and {e["status"] for e in lines} == {"expired"}
+    finished = [e for e in workspace.events("campaign_finished") if e["campaign"] == "gone"]
+    assert finished and finished[0]["state"] == "expired"
+
