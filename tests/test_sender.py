@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +365,46 @@ async def test_delivery_log_matches_journal(tmp_path: Path, start_sandbox: Start
                                   "skipped": 3}
     for line in lines:
         assert line["timestamp"].endswith("Z") and "level" in line
+
+
+class TtlSandbox(Sandbox):
+    """The sandbox, also keeping the ``ttl`` of every message it validated."""
+
+    def __init__(self, options: SandboxOptions) -> None:
+        super().__init__(options)
+        self.ttls: list[int] = []
+
+    def _validate(self, request: Any, body: bytes) -> list[dict[str, Any]]:
+        messages = super()._validate(request, body)
+        self.ttls.extend(message["ttl"] for message in messages)
+        return messages
+
+
+async def test_ttl_sent_is_the_time_left(tmp_path: Path) -> None:
+    """A campaign that started 10 minutes late sends ttl = time left until send_at + ttl."""
+    sandbox = TtlSandbox(SandboxOptions(api_key=KEY))
+    await sandbox.start()
+    try:
+        setup = make_setup(tmp_path, sandbox.base_url, 250, ttl=3600, batch_size=100)
+        late = setup.campaign.model_copy(
+            update={"send_at": datetime.now(UTC) - timedelta(minutes=10)}
+        )
+        setup = Setup(setup.root, setup.config, late)
+        assert await drive(setup) == "done"
+    finally:
+        await sandbox.stop()
+    assert len(sandbox.ttls) == 250
+    assert all(3000 - 30 <= ttl <= 3000 for ttl in sandbox.ttls), set(sandbox.ttls)
+
+
+async def test_429_is_retried_not_doubted_at_most_once(
+    tmp_path: Path, start_sandbox: StartSandbox
+) -> None:
+    """A 429 means "not processed": at-most-once retries it, so nothing ends in doubt."""
+    sandbox = await start_sandbox(api_key=KEY, rate_limit=5, seed=2)
+    setup = make_setup(tmp_path, sandbox.base_url, 1000, batch_size=50, concurrency=4,
+                       requests_per_second=500, max_attempts=30, delivery="at-most-once")
+    assert await drive(setup) == "done"
+    assert sandbox.statuses[429] > 0
+    assert setup.counts()["sent"] == 1000 and setup.counts()["in_doubt"] == 0
+    assert set(sandbox.accepted.values()) == {1} and len(sandbox.accepted) == 1000
