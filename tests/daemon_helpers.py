@@ -236,6 +236,20 @@ class DaemonProcess:
             assert self.alive, f"the daemon exited at start: {self.stderr()}"
         return self
 
+    def wait_watching(self) -> None:
+        """Return once the folder watcher reacts to a change: rewrite an invalid probe file
+        until the daemon reports it, then remove it. (A file written in the moment between the
+        daemon's first load and its watcher starting is missed; see test_daemon.py.)"""
+        probe = self.workspace.campaigns / "zz-watch-probe.toml"
+
+        def seen() -> bool:
+            write_atomic(probe, 'id = "zz-watch-probe"\n')
+            events = self.workspace.events("campaign_invalid")
+            return any(e.get("file") == str(probe) for e in events)
+
+        poll(seen, 10, "the folder watcher to react", step=0.2)
+        probe.unlink()
+
     def _died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 
