@@ -110,6 +110,10 @@ class Daemon:
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
         )
         self._timer.start()
+        # Watch before the first load, so a file written between the load and READY=1 is not
+        # missed: awatch sets up inotify synchronously on its first step (one loop turn).
+        watcher = self._spawn(self._watch())
+        await asyncio.sleep(0)
         await self._reconcile()
         await self._cancel_orphans()
         engine.log.event("daemon_started", campaigns=len(self._campaigns),
@@ -117,7 +121,7 @@ class Daemon:
         self.log.info("daemon_started", campaigns=len(self._campaigns), invalid=len(self._invalid))
         self.notifier.ready(self.status_line())
         background = [
-            self._spawn(self._watch()),
+            watcher,
             self._spawn(self._reloader()),
             self._spawn(self._heartbeat()),
         ]
