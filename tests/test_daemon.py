@@ -342,6 +342,25 @@ def test_sigkill_mid_campaign_every_recipient_ends_final(
 # ---------------------------------------------------------------------------------- TTL rule
 
 
+def test_late_start_sends_the_time_left_as_ttl(tmp_path: Path, start_daemon: StartDaemon) -> None:
+    """A campaign started 10 minutes late sends ``ttl`` = the time left until send_at + ttl, so
+    no message outlives its deadline (SPEC §6)."""
+    with RecordingApi() as api:
+        workspace = Workspace(tmp_path, base_url=api.url)
+        workspace.audience("late", 20)
+        send_at = utc_seconds_from_now(0) - timedelta(minutes=10)
+        workspace.write_campaign("late", send_at, ttl=3600)
+        daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+        _final(workspace, "late", "done")
+        messages = api.messages()
+        assert daemon.stop() == 0
+    deadline = send_at + timedelta(seconds=3600)
+    assert len(messages) == 20
+    for at, message in messages:
+        left = (deadline - at).total_seconds()
+        assert left - 2 <= message["ttl"] <= left, (message["ttl"], left)
+
+
 def test_send_time_passed_while_down_ttl_rule(
     tmp_path: Path, start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
