@@ -68,7 +68,7 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, delivery: str) -> None
     Only batches in flight at the kill may be posted twice (at-least-once: at most
     concurrency x batch_size ids); at-most-once posts nothing twice, those become in_doubt.
     """
-    count, batch_size, concurrency = 6000, 100, 4
+    count, batch_size, concurrency = 4000, 100, 4
     record = tmp_path / "accepted.jsonl"
     with sandbox_process("--latency-ms", "50", "--record", str(record)) as url:
         config, campaign = workspace(
