@@ -171,6 +171,33 @@ class DeliveryLog:
         self._file.write(data)
         self._file.flush()
 
+    def recent_message_ids(self, campaign: str, max_bytes: int) -> set[str]:
+        """Tracking ids of ``campaign``'s message lines in the last ``max_bytes`` of the file.
+
+        Used after a crash, to write the lines that may be missing without doubling those that
+        made it to the file just before the process died.
+        """
+        self._file.flush()
+        try:
+            with self.path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - max_bytes))
+                tail = handle.read().split(b"\n")
+        except FileNotFoundError:
+            return set()
+        needle = orjson.dumps(campaign)
+        found = set()
+        for raw in tail:
+            if b'"event":"message"' not in raw or needle not in raw:
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # the first (cut) line, or a line the crash cut short
+            if isinstance(line, dict) and line.get("campaign") == campaign:
+                found.add(str(line.get("tracking_id")))
+        return found
+
     def _reopen_if_moved(self) -> None:
         """Like logging's WatchedFileHandler, but at most once per ``check_every`` seconds."""
         now = time.monotonic()

@@ -53,7 +53,8 @@ _SCHEMA = (
         state TEXT NOT NULL, send_at TEXT NOT NULL, deadline TEXT NOT NULL,
         recipients INTEGER NOT NULL, skipped INTEGER NOT NULL, batches INTEGER NOT NULL,
         prepared_at TEXT, started_at TEXT, finished_at TEXT, error TEXT,
-        snapshot INTEGER NOT NULL)""",
+        snapshot INTEGER NOT NULL,
+        skips_logged INTEGER NOT NULL DEFAULT 0)""",
     # one row per snapshot ever written; a campaign points at its current one
     "CREATE TABLE snapshots (id INTEGER PRIMARY KEY, campaign TEXT NOT NULL, created_at TEXT)",
     "CREATE INDEX snapshots_by_campaign ON snapshots (campaign)",
@@ -65,6 +66,7 @@ _SCHEMA = (
         size INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
         sent INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,
         expired INTEGER NOT NULL DEFAULT 0, in_doubt INTEGER NOT NULL DEFAULT 0,
+        logged INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (snapshot, seq))""",
     "CREATE INDEX batch_open ON batch_state (snapshot, seq) WHERE state <> 'done'",
     # final outcomes, one blob per batch: [[tracking_id, outcome, detail, attempts], ...];
@@ -522,24 +524,25 @@ class Journal:
                 ((snapshot, seq) for seq in seqs),
             )
 
-    def record_results(self, campaign_id: str, seq: int, results: Sequence[Result]) -> None:
+    def record_results(self, campaign_id: str, seq: int, results: Sequence[Result]) -> int:
         """Close a batch with one final outcome per message (matched to the body by tracking id).
 
         For a batch recorded partly before (`record_partial`), ``results`` covers the rest.
         """
-        self._record(campaign_id, seq, results, close=True)
+        return self._record(campaign_id, seq, results, close=True)
 
-    def record_partial(self, campaign_id: str, seq: int, results: Sequence[Result]) -> None:
+    def record_partial(self, campaign_id: str, seq: int, results: Sequence[Result]) -> int:
         """Keep the final outcomes decided so far; the batch's other messages go back to pending.
 
         Used when a batch stops half way (a 400 split, or ids missing from an answer, then an
         outage): what was decided must never be sent again.
         """
-        self._record(campaign_id, seq, results, close=False)
+        return self._record(campaign_id, seq, results, close=False)
 
     def _record(
         self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool
-    ) -> None:
+    ) -> int:
+        """Append ``results`` to the batch's outcomes; returns how many it holds now."""
         counts = Counter(r.outcome for r in results)
         if "skipped" in counts:
             raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
@@ -561,6 +564,55 @@ class Journal:
                 "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
                 (snapshot, seq, orjson.dumps(previous + rows)),
             )
+        return len(previous) + len(rows)
+
+    # --- what reached the delivery log ----------------------------------------------------
+    # The journal commits an outcome before its delivery-log line is written; a crash in
+    # between would lose the line. Each batch therefore counts how many of its results (a
+    # prefix of the append-only results blob) are in the log, and a resume writes the rest.
+
+    def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
+        """Record that the first ``count`` results of batch ``seq`` are in the delivery log."""
+        with self.transaction():
+            snapshot = self._snapshot(campaign_id)
+            self._db.executemany(
+                "UPDATE batch_state SET logged = MAX(logged, ?) WHERE snapshot = ? AND seq = ?",
+                ((count, snapshot, seq) for seq, count in marks),
+            )
+
+    def unlogged(self, campaign_id: str) -> list[tuple[int, int, list[RecipientRow]]]:
+        """Outcomes not yet in the delivery log: (seq, results now held, rows to write)."""
+        found = []
+        for seq, body, blob, logged in self._db.execute(
+            "SELECT s.seq, b.body, r.blob, s.logged FROM batch_state s"
+            " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+            " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
+            " WHERE s.snapshot = ? AND s.logged < s.sent + s.rejected + s.expired + s.in_doubt"
+            " ORDER BY s.seq", (self._snapshot(campaign_id),),
+        ).fetchall():
+            phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
+            results = orjson.loads(blob)
+            rows = [
+                RecipientRow(tid, phones.get(tid, ""), outcome, detail, tries)
+                for tid, outcome, detail, tries in results[logged:]
+            ]
+            found.append((seq, len(results), rows))
+        return found
+
+    def skips_logged(self, campaign_id: str) -> bool:
+        """True once the campaign's skipped rows are in the delivery log."""
+        row = self._db.execute(
+            "SELECT skips_logged FROM campaigns WHERE id = ?", (campaign_id,),
+        ).fetchone()
+        return row is not None and bool(row[0])
+
+    def mark_skips_logged(self, campaign_id: str) -> None:
+        """Record that the campaign's skipped rows are in the delivery log."""
+        with self.transaction():
+            self._db.execute(
+                "UPDATE campaigns SET skips_logged = 1 WHERE id = ?", (campaign_id,),
+            )
+
 
     def _check_results(
         self, campaign_id: str, snapshot: int, seq: int, before: int,
@@ -849,15 +901,31 @@ class AsyncJournal:
 
     async def record_results(
         self, campaign_id: str, seq: int, results: Sequence[Result],
-    ) -> None:
+    ) -> int:
         """`Journal.record_results`, durable on return."""
-        await self._call(Journal.record_results, campaign_id, seq, results)
+        return await self._call(Journal.record_results, campaign_id, seq, results)
 
     async def record_partial(
         self, campaign_id: str, seq: int, results: Sequence[Result],
-    ) -> None:
+    ) -> int:
         """`Journal.record_partial`, durable on return."""
-        await self._call(Journal.record_partial, campaign_id, seq, results)
+        return await self._call(Journal.record_partial, campaign_id, seq, results)
+
+    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
+        """`Journal.mark_logged`."""
+        await self._call(Journal.mark_logged, campaign_id, marks)
+
+    async def unlogged(self, campaign_id: str) -> list[tuple[int, int, list[RecipientRow]]]:
+        """`Journal.unlogged`."""
+        return await self._call(Journal.unlogged, campaign_id)
+
+    async def skips_logged(self, campaign_id: str) -> bool:
+        """`Journal.skips_logged`."""
+        return await self._call(Journal.skips_logged, campaign_id)
+
+    async def mark_skips_logged(self, campaign_id: str) -> None:
+        """`Journal.mark_skips_logged`."""
+        await self._call(Journal.mark_skips_logged, campaign_id)
 
     async def expire_open(self, campaign_id: str) -> int:
         """`Journal.expire_open`, durable on return."""

@@ -53,6 +53,7 @@ UNSTARTED: frozenset[str] = frozenset({"scheduled", "invalid", "cancelled"})
 CAMPAIGN_BACKOFF = (5.0, 300.0)
 PAGE = 32
 PROGRESS_EVERY = 10.0  # seconds between campaign_progress events
+TAIL_BYTES_PER_LINE = 1024  # how far back to look for lines written just before a crash
 
 
 def utcnow() -> datetime:
@@ -147,6 +148,7 @@ class Engine:
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._order = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
+        self._marks: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -161,6 +163,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
+        await asyncio.gather(*self._marks, return_exceptions=True)
 
     def credentials_fixed(self, client: CascadeClient) -> None:
         """Use a new client (new credentials) and allow requests again."""
@@ -219,7 +222,9 @@ class Engine:
         # expired campaign is never re-planned and its skipped rows are logged exactly once
         await self.journal.set_state(cid, "running")
         if record.started_at is None:
-            await self._log_start(run, record)
+            self._log_started(run, record)
+        await self._log_skips(run)
+        await self._log_unlogged(run)
         if self.clock() >= run.deadline:
             return await self._expire(run, record)
         await self._settle_crashed(run)
@@ -347,19 +352,41 @@ class Engine:
         )
         return state
 
-    async def _log_start(self, run: CampaignRun, record: CampaignRecord) -> None:
+    def _log_started(self, run: CampaignRun, record: CampaignRecord) -> None:
         self.log.event(
             "campaign_started", campaign=run.campaign.id, type=run.campaign.type,
             recipients=record.recipients, skipped=record.skipped,
             send_at=record.send_at.isoformat(), deadline=record.deadline.isoformat(),
             route=run.route,
         )
-        skipped = await self.journal.recipients(run.campaign.id, "skipped")
+
+    async def _log_skips(self, run: CampaignRun) -> None:
+        """The skipped rows' message lines, once per campaign (even across a crash)."""
+        cid = run.campaign.id
+        if await self.journal.skips_logged(cid):
+            return
+        skipped = await self.journal.recipients(cid, "skipped")
         if skipped:
-            self.log.messages(run.campaign.id, run.route, [
+            seen = self.log.recent_message_ids(cid, TAIL_BYTES_PER_LINE * len(skipped))
+            self.log.messages(cid, run.route, [
                 MessageOutcome(row.tracking_id, "skipped", row.phone, 0, None, None, row.detail)
-                for row in skipped
+                for row in skipped if not row.tracking_id or row.tracking_id not in seen
             ])
+        await self.journal.mark_skips_logged(cid)
+
+    async def _log_unlogged(self, run: CampaignRun) -> None:
+        """Outcomes journaled just before a crash whose delivery-log lines never got written."""
+        cid = run.campaign.id
+        pending = await self.journal.unlogged(cid)
+        if not pending:
+            return
+        count = sum(len(rows) for _, _, rows in pending)
+        seen = self.log.recent_message_ids(cid, TAIL_BYTES_PER_LINE * count)
+        self.log.messages(cid, run.route, [
+            _outcome_line(row.tracking_id, row.outcome, row.phone, row.attempts, row.detail)
+            for _, _, rows in pending for row in rows if row.tracking_id not in seen
+        ])
+        await self.journal.mark_logged(cid, [(seq, held) for seq, held, _ in pending])
 
     async def _settle_crashed(self, run: CampaignRun) -> None:
         """Batches left in flight by a crash: resent (at-least-once) or in doubt (at-most-once)."""
@@ -418,8 +445,9 @@ class Engine:
         if not outcomes.results:
             await self.journal.release(run.campaign.id, [job.seq])
             return
-        await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results)
+        held = await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results)
         self._log_results(run, job.messages, outcomes.results)
+        self._mark_logged(run, job.seq, held)
 
     async def _deliver(self, run: CampaignRun, part: list[Message], out: _Outcomes) -> None:
         """Post ``part`` until each message is final; raise `Deferred` to stop trying for now."""
@@ -493,20 +521,23 @@ class Engine:
         self, run: CampaignRun, seq: int, messages: Sequence[Message], results: Sequence[Result]
     ) -> None:
         """Journal first (durable), then the delivery log, then progress."""
-        await self.journal.record_results(run.campaign.id, seq, results)
+        held = await self.journal.record_results(run.campaign.id, seq, results)
         self._log_results(run, messages, results)
+        self._mark_logged(run, seq, held)
+
+    def _mark_logged(self, run: CampaignRun, seq: int, held: int) -> None:
+        """Note (off the hot path) that the batch's lines are written; awaited by `close`."""
+        task = asyncio.create_task(self.journal.mark_logged(run.campaign.id, [(seq, held)]))
+        self._marks.add(task)
+        task.add_done_callback(self._marks.discard)
 
     def _log_results(
         self, run: CampaignRun, messages: Sequence[Message], results: Sequence[Result]
     ) -> None:
         phones = {m["id"]: m["toPhone"] for m in messages}
         self.log.messages(run.campaign.id, run.route, [
-            MessageOutcome(
-                r.tracking_id, r.outcome, phones.get(r.tracking_id, ""), r.attempts,
-                r.detail if r.outcome == "sent" else None,
-                r.detail if r.outcome == "rejected" else None,
-                r.detail if r.outcome in ("in_doubt", "expired") else None,
-            )
+            _outcome_line(r.tracking_id, r.outcome, phones.get(r.tracking_id, ""), r.attempts,
+                          r.detail)
             for r in results
         ])
         if run.on_progress is not None:
@@ -548,3 +579,15 @@ def _open_messages(batch: BatchRecord) -> list[Message]:
     if batch.decided:
         messages = [m for m in messages if m["id"] not in batch.decided]
     return messages
+
+
+def _outcome_line(
+    tracking_id: str, outcome: str, phone: str, attempts: int, detail: str | None
+) -> MessageOutcome:
+    """A final outcome as its delivery-log ``message`` line (the detail goes where it fits)."""
+    sent, rejected = outcome == "sent", outcome == "rejected"
+    return MessageOutcome(
+        tracking_id, outcome, phone, attempts,
+        detail if sent else None, detail if rejected else None,
+        None if sent or rejected else detail,
+    )
