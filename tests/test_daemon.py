@@ -155,7 +155,7 @@ def test_file_added_the_moment_the_daemon_is_ready_is_picked_up(
             pass
         workspace.write_campaign("early-bird", utc_seconds_from_now(0) + timedelta(hours=1))
     poll(lambda: workspace.events("campaign_scheduled"), 2, "the added file to be scheduled")
-    assert workspace.state("early-bird") == "scheduled"
+    poll(lambda: workspace.state("early-bird") == "scheduled", 5, "its snapshot")
 
 
 def test_file_turned_invalid_is_unscheduled_and_daemon_keeps_sending(
