@@ -35,6 +35,7 @@ from scheduler.service import open_engine
 FINISHED: frozenset[str] = frozenset({"done", "expired"})
 STATUS_EVERY = 5.0  # seconds between STATUS= updates
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
+WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
 
 
 @dataclass
@@ -159,11 +160,17 @@ class Daemon:
         paths = [self.config.paths.campaigns]
         if self.config.paths.audiences is not None and self.config.paths.audiences.is_dir():
             paths.append(self.config.paths.audiences)
-        async for _changes in watchfiles.awatch(
+        watching = False
+        async for changes in watchfiles.awatch(
             *paths, stop_event=self._stop, debounce=WATCH_DEBOUNCE_MS, step=50,
             recursive=True, ignore_permission_denied=True,
+            rust_timeout=WATCH_SETTLE_MS, yield_on_timeout=True,
         ):
-            await self._reconcile()
+            if changes or not watching:
+                # the first (empty) yield proves the watcher is up: catch up on anything
+                # written between the first load and that moment
+                watching = True
+                await self._reconcile()
 
     async def _reloader(self) -> None:
         """SIGHUP: re-read credentials and every campaign file."""
