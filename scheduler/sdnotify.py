@@ -36,6 +36,9 @@ class Notifier:
             return
         if self._socket is None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # like sd_notify(3)'s MSG_DONTWAIT: a manager that stops reading must never stall
+            # the event loop (a full queue just drops the message)
+            self._socket.setblocking(False)
         payload = "\n".join(assignments).encode()
         with contextlib.suppress(OSError):  # the manager went away; the daemon keeps working
             self._socket.sendto(payload, self._address)
