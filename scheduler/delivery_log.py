@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -49,6 +50,14 @@ def mask_phone(phone: str) -> str:
     if len(digits) < 10:
         return plus + "*" * len(digits)
     return plus + digits[:3] + "*" * (len(digits) - 7) + digits[-4:]
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a JSON string: a plain id as is, anything else escaped by orjson."""
+    return f'"{value}"' if _PLAIN.fullmatch(value) else orjson.dumps(value).decode()
 
 
 def _timestamp() -> str:
@@ -135,6 +144,31 @@ class DeliveryLog:
         if lines:
             lines.append(b"")
             self.write(b"\n".join(lines))
+
+    def sent(
+        self, campaign: str, route: str, rows: Iterable[tuple[str, str, str | None, int, str]]
+    ) -> None:
+        """The hot path: a ``message`` line per sent row, given as the journal's ``Result``
+        tuples ``(tracking_id, "sent", message_id, attempts, phone)``.
+
+        The same JSON as `messages` writes, built from a template: tracking ids and phones of
+        sent rows were validated (``[A-Za-z0-9._-]``, E.164) and need no escaping; a message id
+        that is not plainly safe goes through orjson. ~3x cheaper than a dict per line (SPEC §12).
+        """
+        stamp = _timestamp()
+        head = f'{{"timestamp":"{stamp}","level":"info","event":"message","campaign":'
+        head += orjson.dumps(campaign).decode() + ',"tracking_id":"'
+        tail = ',"channel_route":' + orjson.dumps(route).decode() + "}"
+        mask = self._mask
+        lines = [
+            f'{head}{tracking_id}","status":"sent","message_id":'
+            f'{_quoted(message_id or "")},"phone":"{mask_phone(phone) if mask else phone}",'
+            f'"attempts":{attempts}{tail}'
+            for tracking_id, _, message_id, attempts, phone in rows
+        ]
+        if lines:
+            lines.append("")
+            self.write("\n".join(lines).encode())
 
     def _message(
         self, stamp: str, campaign: str, route: str, row: MessageOutcome,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, get_args
+from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, get_args
 
 import orjson
 
@@ -133,14 +133,19 @@ class BatchRecord:
     decided: frozenset[str] = frozenset()  # ids already final (a partly recorded batch)
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """The final outcome of one message of a batch (skipped rows are kept separately)."""
+class Result(NamedTuple):
+    """The final outcome of one message of a batch (skipped rows are kept separately).
+
+    A NamedTuple: the engine makes one per message, and a tuple is ~4x cheaper to build than a
+    frozen dataclass. ``phone`` rides along for the delivery log; the journal does not store
+    it (the body has it).
+    """
 
     tracking_id: str
     outcome: Outcome  # sent | rejected | expired | in_doubt
     detail: str | None  # message_id for sent, error code for rejected, why for in_doubt
     attempts: int
+    phone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,7 +551,7 @@ class Journal:
         counts = Counter(r.outcome for r in results)
         if "skipped" in counts:
             raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
-        rows = [(r.tracking_id, r.outcome, r.detail, r.attempts) for r in results]
+        rows = [r[:4] for r in results]  # the blob keeps id, outcome, detail, attempts
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
             earlier = self._db.execute(

@@ -250,3 +250,29 @@ def test_redaction_processor_leaves_clean_events_alone() -> None:
     with structlog.testing.capture_logs() as captured:
         get_logger().info("captured")
     assert captured[0]["event"] == "captured"
+
+
+# --- the hot path for sent rows ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phones", ["masked", "full"])
+@pytest.mark.parametrize("message_id", ["3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                                        'odd "id" \\ with\nescapes', ""])
+def test_sent_fast_path_writes_the_same_lines_as_messages(
+    tmp_path: Path, phones: str, message_id: str
+) -> None:
+    """`sent` (templated lines) and `messages` (a dict per line) give identical JSON, even for a
+    message id that needs escaping."""
+    fast_path, slow_path = tmp_path / "fast.jsonl", tmp_path / "slow.jsonl"
+    fast = DeliveryLog(fast_path, phones=phones)  # type: ignore[arg-type]
+    slow = DeliveryLog(slow_path, phones=phones)  # type: ignore[arg-type]
+    fast.sent("camp", "tg-viber", [("camp-1", "sent", message_id, 2, "+380501234567")])
+    slow.messages("camp", "tg-viber", [
+        MessageOutcome("camp-1", "sent", "+380501234567", 2, message_id=message_id)
+    ])
+    fast.close()
+    slow.close()
+    (got,), (want,) = lines(fast_path), lines(slow_path)
+    assert got.pop("timestamp")[:16] == want.pop("timestamp")[:16]
+    assert got == want
+    assert got["message_id"] == message_id
