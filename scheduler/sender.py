@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiolimiter import AsyncLimiter
@@ -149,7 +150,7 @@ class Engine:
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._order = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
-        self._marks: set[asyncio.Task[None]] = set()
+        self._marks: set[asyncio.Task[Any]] = set()  # recordings and logged-marks in progress
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -414,37 +415,51 @@ class Engine:
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
-            try:
-                await self._process(job)
-            except Deferred:
-                pass
-            except (sqlite3.Error, OSError) as exc:
-                # the journal or the log failed: the campaign cannot record outcomes, stop it
-                job.run.halt(None)
-                if not job.done.done():
-                    job.done.set_exception(exc)
-            finally:
-                job.run.window.release()
-                if not job.done.done():
-                    job.done.set_result(None)
+            results = await self._settle(job, self._process(job))
+            if results is not None:
+                # Recording runs beside the next request: the worker does not wait for the
+                # journal's commit (the batch stays in flight until then, so a crash resends
+                # it or marks it in doubt, never loses it).
+                task = asyncio.create_task(self._settle(job, self._record(job.run, job.seq,
+                                                                          results)))
+                self._marks.add(task)
+                task.add_done_callback(self._marks.discard)
 
-    async def _process(self, job: _Job) -> None:
+    async def _settle(
+        self, job: _Job, step: Coroutine[Any, Any, list[Result] | None]
+    ) -> list[Result] | None:
+        """Run one step of a job; unless it hands results on, the job is finished here."""
+        results: list[Result] | None = None
+        try:
+            results = await step
+        except Deferred:
+            pass
+        except (sqlite3.Error, OSError) as exc:
+            # the journal or the log failed: the campaign cannot record outcomes, stop it
+            job.run.halt(None)
+            if not job.done.done():
+                job.done.set_exception(exc)
+        if results is None:
+            job.run.window.release()
+            if not job.done.done():
+                job.done.set_result(None)
+        return results
+
+    async def _process(self, job: _Job) -> list[Result] | None:
+        """Post the job's batch; returns the outcomes to record (None: nothing to record)."""
         run = job.run
         if run.halted or self.refused is not None:
-            return  # never marked in flight: stays pending
-        cid = run.campaign.id
+            return None  # never marked in flight: stays pending
         if self.clock() >= run.deadline:
-            results = [Result(m["id"], "expired", None, 0, m["toPhone"]) for m in job.messages]
-            await self._record(run, job.seq, results)
-            return
-        await self.journal.mark_in_flight(cid, [job.seq])
+            return [Result(m["id"], "expired", None, 0, m["toPhone"]) for m in job.messages]
+        await self.journal.mark_in_flight(run.campaign.id, [job.seq])
         outcomes = _Outcomes()
         try:
             await self._deliver(run, job.messages, outcomes, job.body)
         except Deferred:
             await self._defer(run, job, outcomes)
             raise
-        await self._record(run, job.seq, outcomes.results)
+        return outcomes.results
 
     async def _defer(self, run: CampaignRun, job: _Job, outcomes: _Outcomes) -> None:
         """Keep what was decided; the rest of the batch goes back to pending."""
