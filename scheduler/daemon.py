@@ -192,10 +192,11 @@ class Daemon:
             return
         if fresh.credentials.headers() != self.config.credentials.headers() or self._engine.refused:
             self.config = self.config.model_copy(update={"credentials": fresh.credentials})
-            if not self.config.api.is_sandbox:
-                self._engine.client.set_headers(fresh.credentials.headers())
             self._engine.log.add_secrets(fresh.credentials.secrets())
-            self._engine.refused = None
+            if self.config.api.is_sandbox:
+                self._engine.refused = None
+            else:
+                self._engine.use_credentials(fresh.credentials.headers())
 
     async def _heartbeat(self) -> None:
         """WATCHDOG=1 from the event loop itself, and a STATUS= line now and then."""

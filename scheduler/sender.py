@@ -167,16 +167,16 @@ class Engine:
         self._workers.clear()
         await asyncio.gather(*self._marks, return_exceptions=True)
 
-    def credentials_fixed(self, client: CascadeClient) -> None:
-        """Use a new client (new credentials) and allow requests again."""
-        self.client = client
+    def use_credentials(self, headers: Mapping[str, str]) -> None:
+        """New credentials (a reload after the API refused the old ones): requests may go again."""
+        self.client.set_headers(headers)
         self.refused = None
 
     # ----------------------------------------------------------------- campaigns
 
     async def prepare(self, campaign: Campaign) -> CampaignRecord:
         """Snapshot the campaign's audience unless it already started (then it is frozen)."""
-        key = snapshot_key(campaign, self._suppression_file(), self.sending.batch_size)
+        key = snapshot_key(campaign, self.suppression_path, self.sending.batch_size)
         record = await self.journal.campaign(campaign.id)
         if record is not None and record.started_at is not None:
             return record
@@ -218,6 +218,8 @@ class Engine:
         cid = run.campaign.id
         record = await self.journal.campaign(cid)
         assert record is not None  # prepare() comes first
+        if record.state in ("done", "expired"):
+            return record.state  # finished long ago: nothing to send, nothing to log again
         if self.refused is not None:
             return await self._fail(run)
         # "running" freezes the snapshot (started_at) even when it expires at once, so an
@@ -570,9 +572,6 @@ class Engine:
             ])
         if run.on_progress is not None:
             run.on_progress(len(results))
-
-    def _suppression_file(self) -> Path | None:
-        return self.suppression_path
 
 
 class _Outcomes:

@@ -229,7 +229,7 @@ async def test_refused_credentials_stop_then_resume(
 async def test_credentials_fixed_on_a_running_engine(
     tmp_path: Path, start_sandbox: StartSandbox
 ) -> None:
-    """The daemon's path: the same engine gets a client with the new key and resumes."""
+    """The daemon's reload path: the same engine gets the new key and resumes."""
     sandbox = await start_sandbox(api_key="right-key")
     setup = make_setup(tmp_path, sandbox.base_url, 300, key="wrong-key", batch_size=100,
                        concurrency=2, requests_per_second=500)
@@ -238,8 +238,7 @@ async def test_credentials_fixed_on_a_running_engine(
         assert await drive_with(engine, setup.campaign) == "failed"  # still refused: no request
         before = sandbox.requests
         assert before <= 2
-        engine.client.set_headers({"X-Authorization-Key": "right-key"})
-        engine.credentials_fixed(engine.client)
+        engine.use_credentials({"X-Authorization-Key": "right-key"})
         assert await drive_with(engine, setup.campaign) == "done"
     assert sandbox.requests == before + 3
     assert len(sandbox.accepted) == 300 and set(sandbox.accepted.values()) == {1}
