@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ MACHINE_VARIABLES = (
     "CREDENTIALS_DIRECTORY",
 )
 _LISTENING = re.compile(r"sandbox listening on (http://\S+)")
+#: the ``start_sandbox`` fixture (conftest.py): options in, a started in-process sandbox out
+StartSandbox = Callable[..., Awaitable[Sandbox]]
 
 
 def utc_text(moment: datetime) -> str:

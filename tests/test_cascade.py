@@ -5,11 +5,10 @@ from __future__ import annotations
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Any
 
 import orjson
 import pytest
@@ -33,7 +32,7 @@ from scheduler.cascade import (
     parse_retry_after,
 )
 from scheduler.config import Route
-from scheduler.sandbox import Sandbox, SandboxOptions
+from tests.helpers import StartSandbox
 
 SECRET = "sk-SECRET-7f3a9c-do-not-leak"
 VIBER = "viber-TOKEN-5e1d-do-not-leak"
@@ -56,23 +55,6 @@ def assert_no_secret(result: object) -> None:
         assert secret not in text
 
 
-StartSandbox = Callable[..., Awaitable[Sandbox]]
-
-
-@pytest.fixture
-async def start_sandbox() -> AsyncIterator[StartSandbox]:
-    """Start sandboxes on free loopback ports; stop them all afterwards."""
-    started: list[Sandbox] = []
-
-    async def start(**options: Any) -> Sandbox:
-        sandbox = Sandbox(SandboxOptions(**options))
-        await sandbox.start()
-        started.append(sandbox)
-        return sandbox
-
-    yield start
-    for sandbox in started:
-        await sandbox.stop()
 
 
 def client(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> CascadeClient:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from scheduler.sandbox import (
     message_ids,
     serve,
 )
+from tests.helpers import StartSandbox
 
 KEY = {"X-Authorization-Key": "sandbox-key"}
 STANDARD = ENDPOINTS["standard"]
@@ -38,23 +39,6 @@ def message(i: int = 0, **fields: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-StartSandbox = Callable[..., Awaitable[Sandbox]]
-
-
-@pytest.fixture
-async def start_sandbox() -> AsyncIterator[StartSandbox]:
-    """Start sandboxes on free loopback ports; stop them all afterwards."""
-    started: list[Sandbox] = []
-
-    async def start(**options: Any) -> Sandbox:
-        sandbox = Sandbox(SandboxOptions(**options))
-        await sandbox.start()
-        started.append(sandbox)
-        return sandbox
-
-    yield start
-    for sandbox in started:
-        await sandbox.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from scheduler.sandbox import Sandbox, SandboxOptions
 from scheduler.sender import Engine
 from scheduler.service import open_engine
 from tests.helpers import (
+    StartSandbox,
     free_port,
     phone,
     read_jsonl,
@@ -34,23 +34,6 @@ from tests.helpers import (
 )
 
 KEY = "test-key-7f3a"
-StartSandbox = Callable[..., Awaitable[Sandbox]]
-
-
-@pytest.fixture
-async def start_sandbox() -> AsyncIterator[StartSandbox]:
-    """Start in-process sandboxes on free loopback ports; stop them all afterwards."""
-    started: list[Sandbox] = []
-
-    async def start(**options: Any) -> Sandbox:
-        sandbox = Sandbox(SandboxOptions(**options))
-        await sandbox.start()
-        started.append(sandbox)
-        return sandbox
-
-    yield start
-    for sandbox in started:
-        await sandbox.stop()
 
 
 @dataclass
