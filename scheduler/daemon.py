@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import tomllib
@@ -319,17 +320,19 @@ class Daemon:
         """(Re)build the snapshot in the background, ahead of send_at."""
         assert self._engine is not None
         task = asyncio.create_task(self._engine.prepare(tracked.campaign))
-        task.add_done_callback(self._prepared)
+        task.add_done_callback(functools.partial(self._prepared, tracked.campaign.id))
         tracked.prepared = task
 
-    def _prepared(self, task: asyncio.Task[CampaignRecord]) -> None:
+    def _prepared(self, cid: str, task: asyncio.Task[CampaignRecord]) -> None:
+        """Say loudly when a snapshot could not be built (the CSV broke after `check`)."""
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
         errors = [p.render() for p in exc.problems] if isinstance(exc, UserError) else [repr(exc)]
-        self.log.error("snapshot_failed", errors=errors)
+        self.log.error("snapshot_failed", campaign=cid, errors=errors)
         if self._engine is not None:
-            self._engine.log.event("campaign_invalid", level="error", errors=errors)
+            self._engine.log.event("campaign_invalid", level="error", campaign=cid,
+                                   errors=errors)
 
     async def _mark_paused(self, tracked: _Tracked) -> None:
         assert self._engine is not None and tracked.prepared is not None

@@ -192,8 +192,8 @@ class Engine:
                 batches=snapshot.batches(),
                 skips=snapshot.skips,
             )
-        elif record.state != "scheduled":
-            await self.journal.set_state(campaign.id, "scheduled")
+        elif record.state in ("invalid", "cancelled"):
+            await self.journal.set_state(campaign.id, "scheduled")  # valid (or back) again
         fresh = await self.journal.campaign(campaign.id)
         assert fresh is not None  # prepare() just wrote it
         return fresh
