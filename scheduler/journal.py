@@ -348,7 +348,12 @@ class Journal:
         row: sqlite3.Row | None = self._db.execute(
             "SELECT state, started_at, snapshot FROM campaigns WHERE id = ?", (campaign_id,),
         ).fetchone()
-        if row is not None and (row["started_at"] is not None or row["state"] in STARTED_STATES):
+        # "paused" alone is not "started": a campaign paused before its send time has sent
+        # nothing, and editing it (even just to unpause) re-plans it
+        started = row is not None and (
+            row["started_at"] is not None or row["state"] in STARTED_STATES - {"paused"}
+        )
+        if row is not None and started:
             raise JournalError(
                 campaign_id, f"it has started (state {row['state']}); its snapshot is frozen",
             )

@@ -393,3 +393,27 @@ def test_send_time_passed_while_down_ttl_rule(
     finished = [e for e in workspace.events("campaign_finished") if e["campaign"] == "gone"]
     assert finished and finished[0]["state"] == "expired"
 
+
+
+def test_paused_before_start_stays_paused_until_unpaused(
+    slow_workspace: Workspace, sandbox: SandboxProcess, start_daemon: StartDaemon
+) -> None:
+    """A campaign paused before its send time does not start at send_at, stays `paused` in the
+    journal across later reloads, and goes out once ``paused = false``."""
+    workspace = slow_workspace
+    workspace.audience("later", 40)
+    workspace.audience("other", 10)
+    send_at = utc_seconds_from_now(2)
+    workspace.write_campaign("later", send_at, paused=True)
+    daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
+    _final(workspace, "later", "paused", timeout=10)
+    _wait_until(send_at + timedelta(seconds=1.5))
+    workspace.write_campaign("other", utc_seconds_from_now(0))  # a reload for something else
+    _final(workspace, "other", "done", timeout=20)
+    assert workspace.state("later") == "paused"
+    assert accepted(sandbox.record(), "later") == Counter()
+
+    workspace.write_campaign("later", send_at, paused=False)  # send time passed, TTL ahead
+    _final(workspace, "later", "done", timeout=20)
+    assert accepted(sandbox.record(), "later") == Counter(expected_ids("later", 40))
+    assert daemon.stop() == 0
