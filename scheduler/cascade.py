@@ -212,6 +212,13 @@ def parse_accepted(body: bytes) -> Accepted | None:
         return None
     if type(data) is not list:
         return None
+    try:  # the usual, well-formed answer: one C-level comprehension
+        fast = {item["trackinId"]: item["messageId"] for item in data}
+    except (KeyError, TypeError):
+        pass
+    else:
+        if all(type(k) is str and type(v) is str for k, v in fast.items()):
+            return Accepted(fast)
     ids: dict[str, str] = {}
     for item in data:
         if type(item) is not dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -45,6 +44,8 @@ def mask_phone(phone: str) -> str:
     Keeps the ``+``, the first 3 digits and the last 4; a number too short to keep any of that
     private is masked whole.
     """
+    if len(phone) >= 11 and phone[0] == "+" and phone[1:].isdigit():  # E.164: the hot path
+        return phone[:4] + _STARS[len(phone) - 8] + phone[-4:]
     plus = "+" if phone.startswith("+") else ""
     digits = phone[len(plus):]
     if len(digits) < 10:
@@ -52,12 +53,13 @@ def mask_phone(phone: str) -> str:
     return plus + digits[:3] + "*" * (len(digits) - 7) + digits[-4:]
 
 
-_PLAIN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_STARS = tuple("*" * n for n in range(32))
 
 
-def _quoted(value: str) -> str:
-    """``value`` as a JSON string: a plain id as is, anything else escaped by orjson."""
-    return f'"{value}"' if _PLAIN.fullmatch(value) else orjson.dumps(value).decode()
+def _plain(values: Iterable[str]) -> bool:
+    """True when none of ``values`` needs JSON escaping (checked in one pass over them all)."""
+    joined = "".join(values)
+    return '"' not in joined and "\\" not in joined and joined.isprintable()
 
 
 def _timestamp() -> str:
@@ -155,15 +157,21 @@ class DeliveryLog:
         sent rows were validated (``[A-Za-z0-9._-]``, E.164) and need no escaping; a message id
         that is not plainly safe goes through orjson. ~3x cheaper than a dict per line (SPEC §12).
         """
+        rows = list(rows)
+        if not _plain(row[2] or "" for row in rows):  # an odd message id: the careful path
+            self.messages(campaign, route, [
+                MessageOutcome(tid, "sent", phone, attempts, message_id=mid or "")
+                for tid, _, mid, attempts, phone in rows
+            ])
+            return
         stamp = _timestamp()
         head = f'{{"timestamp":"{stamp}","level":"info","event":"message","campaign":'
         head += orjson.dumps(campaign).decode() + ',"tracking_id":"'
         tail = ',"channel_route":' + orjson.dumps(route).decode() + "}"
         mask = self._mask
         lines = [
-            f'{head}{tracking_id}","status":"sent","message_id":'
-            f'{_quoted(message_id or "")},"phone":"{mask_phone(phone) if mask else phone}",'
-            f'"attempts":{attempts}{tail}'
+            f'{head}{tracking_id}","status":"sent","message_id":"{message_id or ""}",'
+            f'"phone":"{mask_phone(phone) if mask else phone}","attempts":{attempts}{tail}'
             for tracking_id, _, message_id, attempts, phone in rows
         ]
         if lines:
