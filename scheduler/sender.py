@@ -589,6 +589,15 @@ class _Outcomes:
 
     def accept(self, part: list[Message], ids: Mapping[str, str], attempts: int) -> list[Message]:
         """Record the accepted messages as sent; return those the answer left out."""
+        new = tuple.__new__  # a NamedTuple without its Python-level __new__: ~2x cheaper
+        try:  # the usual answer names every message: one comprehension, no branches
+            self.results.extend([
+                new(Result, (m["id"], "sent", ids[m["id"]], attempts, m["toPhone"]))
+                for m in part
+            ])
+            return []
+        except KeyError:
+            pass  # some ids are missing (nothing was added): sort them out one by one
         missing = []
         for message in part:
             message_id = ids.get(message["id"])
