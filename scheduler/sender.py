@@ -209,7 +209,9 @@ class Engine:
             campaign=campaign,
             route=campaign.route or self.default_route,
             deadline=record.deadline,
-            window=asyncio.Semaphore(self.sending.concurrency * 2),
+            # in flight + being recorded + queued ahead, so a worker rarely finds nothing of
+            # this campaign queued (transactional work must be waiting to go first)
+            window=asyncio.Semaphore(self.sending.concurrency * 2 + 2),
             on_progress=on_progress,
         )
 

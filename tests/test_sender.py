@@ -455,3 +455,38 @@ async def test_outage_backs_off_then_recovers(
         setup.journal_rows(), "sent")
     assert setup.counts()["sent"] == 500
     assert len(sandbox.accepted) == 500 and set(sandbox.accepted.values()) == {1}
+
+
+async def test_transactional_batches_go_ahead_of_queued_promo(
+    tmp_path: Path, start_sandbox: StartSandbox
+) -> None:
+    """One rate limit for all: once a transaction campaign starts while a promo campaign is
+    sending, its batches go ahead of the promo's queued ones (SPEC §7): no promo batch gets in
+    between, where a first-come queue would alternate them."""
+    record_file = tmp_path / "accepted.jsonl"
+    sandbox = await start_sandbox(api_key=KEY, record=record_file)
+    setup = make_setup(tmp_path, sandbox.base_url, 50, batch_size=10, concurrency=1,
+                       requests_per_second=20)
+    folder = tmp_path / "campaigns"
+    write_audience(folder / "promo.csv", 400, start=1000)
+    now = datetime.now(UTC)
+    promo_file = write_campaign(folder, "promo-blast", "promo.csv", send_at=now,
+                                type="promo", ttl=86400)
+    check = load_campaign(promo_file, setup.config, now)
+    assert check.campaign is not None, check.problems
+    promo = check.campaign
+    async with open_engine(setup.config) as engine:
+        promo_run = engine.open_run(promo, await engine.prepare(promo))
+        promo_task = asyncio.create_task(engine.drive(promo_run))
+        while len(sandbox.accepted) < 30:  # the promo is under way, its window queued
+            await asyncio.sleep(0.01)
+        urgent = engine.open_run(setup.campaign, await engine.prepare(setup.campaign))
+        assert await engine.drive(urgent) == "done"
+        assert await promo_task == "done"
+    order = [line["trackinId"] for line in read_jsonl(record_file)]
+    urgent_at = [i for i, tid in enumerate(order) if tid.startswith("engine-test")]
+    assert len(urgent_at) == 50 and len(order) == 450
+    between = order[urgent_at[0]:urgent_at[-1] + 1]
+    # a first-come queue would alternate them (4-5 promo batches in between)
+    assert sum(1 for tid in between if tid.startswith("promo-blast")) <= 10
+    assert urgent_at[-1] < 300  # sent while most of the promo still waited
