@@ -8,30 +8,38 @@ whenever the campaign file, its CSV or the suppression list change before the ca
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.audience import Recipient, Skip, Suppression, iter_audience
+from scheduler.audience import Recipient, Skip, Suppression, iter_rows
 from scheduler.campaign import Campaign
 
 Message = dict[str, Any]
 
 
+def message_maker(campaign: Campaign) -> Callable[[str, str, str | None], Message]:
+    """A function (tracking_id, phone, text) -> the API body element for one of the campaign's
+    recipients, without ``ttl`` (added at send time); the campaign's fields are read once."""
+    from_name, kind, options = campaign.from_name, campaign.type, campaign.survey_options
+
+    def make(tracking_id: str, phone: str, text: str | None) -> Message:
+        message: Message = {
+            "id": tracking_id, "fromName": from_name, "toPhone": phone, "messageType": kind,
+        }
+        if text is not None:
+            message["text"] = text
+        if options is not None:
+            message["surveyOptions"] = list(options)
+        return message
+
+    return make
+
+
 def to_message(campaign: Campaign, recipient: Recipient) -> Message:
     """The API body element for one recipient, without ``ttl`` (added at send time)."""
-    message: Message = {
-        "id": recipient.tracking_id,
-        "fromName": campaign.from_name,
-        "toPhone": recipient.phone,
-        "messageType": campaign.type,
-    }
-    if recipient.text is not None:
-        message["text"] = recipient.text
-    if campaign.survey_options is not None:
-        message["surveyOptions"] = list(campaign.survey_options)
-    return message
+    return message_maker(campaign)(recipient.tracking_id, recipient.phone, recipient.text)
 
 
 @dataclass
@@ -45,13 +53,15 @@ class Snapshot:
 
     def batches(self) -> Iterator[list[Message]]:
         """Yield lists of at most ``batch_size`` messages, in audience order."""
+        # Valid rows come as plain tuples, never `Recipient`s: the hot path of a snapshot.
+        make, skips, size = message_maker(self.campaign), self.skips, self.batch_size
         batch: list[Message] = []
-        for row in iter_audience(self.campaign, self.suppression):
+        for row in iter_rows(self.campaign, self.suppression):
             if isinstance(row, Skip):
-                self.skips.append(row)
+                skips.append(row)
                 continue
-            batch.append(to_message(self.campaign, row))
-            if len(batch) >= self.batch_size:
+            batch.append(make(row[1], row[2], row[3]))
+            if len(batch) >= size:
                 yield batch
                 batch = []
         if batch:

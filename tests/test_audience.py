@@ -21,9 +21,11 @@ from scheduler.audience import (
     Skip,
     Suppression,
     iter_audience,
+    iter_rows,
     read_header,
     summarize,
 )
+from scheduler.batching import Snapshot, to_message
 from scheduler.campaign import (
     SURVEY_TEXT_MAX,
     TRACKING_ID_MAX,
@@ -710,3 +712,35 @@ def test_rendering_matches_template_render(
     item = rows(campaign)[0]
     assert isinstance(item, Recipient)
     assert item.text == Template(text).render(row)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=CASES, batch_size=st.integers(1, 4))
+def test_snapshot_fast_path_matches_iter_audience(
+    make_campaign: MakeCampaign, tmp_path: Path, case: Case, batch_size: int
+) -> None:
+    """The snapshot builds messages from plain row tuples, never from `Recipient`s: the same
+    messages as `to_message` over `iter_audience`, the same skips, cut into full batches."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["phone", "customer_id", "name"])
+    for row in case.rows:
+        buffer.write("\n") if row is None else writer.writerow(row)
+    campaign = make_campaign(
+        buffer.getvalue(), type=case.type, text=TEXTS[case.type],
+        id_column="customer_id" if case.id_column else None,
+    )
+    if case.type == "viber_survey":
+        campaign = campaign.model_copy(update={"survey_options": ("Yes", "No")})
+    suppression = write_list(tmp_path / "optout.txt", "".join(p + "\n" for p in case.suppressed))
+    expected = list(iter_audience(campaign, suppression))
+    snapshot = Snapshot(campaign, suppression, batch_size)
+    batches = list(snapshot.batches())
+    assert [message for batch in batches for message in batch] == [
+        to_message(campaign, item) for item in expected if isinstance(item, Recipient)
+    ]
+    assert snapshot.skips == [item for item in expected if isinstance(item, Skip)]
+    assert all(len(batch) == batch_size for batch in batches[:-1])
+    assert [(*row,) for row in iter_rows(campaign, suppression) if not isinstance(row, Skip)] == [
+        (r.line, r.tracking_id, r.phone, r.text) for r in expected if isinstance(r, Recipient)
+    ]

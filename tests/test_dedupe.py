@@ -87,3 +87,11 @@ def test_keys_missed_by_pass_one_are_never_suspects() -> None:
     assert dedupe.first_line("a", 1) is None
     assert dedupe.first_line("a", 2) is None  # pass 2 must only register pass 1's keys
     assert dedupe.suspects == frozenset()
+
+
+def test_suspects_of_a_prefix() -> None:
+    """The suspects of one key family, prefix removed, and none of another family's."""
+    dedupe = Dedupe(["p+1", "p+2", "ia", "i", "p"])
+    assert dedupe.suspects_of("p") == {"+1", "+2", ""}
+    assert dedupe.suspects_of("i") == {"a", ""}
+    assert dedupe.suspects_of("x") == frozenset()
