@@ -445,6 +445,13 @@ def _positional_renderer(
             parts.append(f"{{{names.index(name)}}}")
     text = "".join(parts).format
     indexes = tuple(columns[name] for name in names)
+    if len(indexes) == 1:  # the common case, without the tuple of cells
+        (only,) = indexes
+
+        def render_one(row: list[str], size: int) -> str:
+            return text(row[only].strip() if only < size else "")
+
+        return render_one
     last = max(indexes)
     getter = itemgetter(*indexes)
     strip = str.strip
@@ -452,8 +459,6 @@ def _positional_renderer(
     def render(row: list[str], size: int) -> str:
         if size <= last:  # a short row: missing columns read as ""
             return text(*(row[i].strip() if i < size else "" for i in indexes))
-        if len(indexes) == 1:
-            return text(getter(row).strip())
         return text(*map(strip, getter(row)))
 
     return render
