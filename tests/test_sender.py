@@ -476,10 +476,17 @@ async def test_transactional_batches_go_ahead_of_queued_promo(
     assert check.campaign is not None, check.problems
     promo = check.campaign
     async with open_engine(setup.config) as engine:
-        promo_run = engine.open_run(promo, await engine.prepare(promo))
+        under_way = asyncio.Event()
+        promo_sent: list[int] = []
+
+        def progress(count: int) -> None:
+            promo_sent.append(count)
+            if sum(promo_sent) >= 30:  # the promo is under way, its window queued
+                under_way.set()
+
+        promo_run = engine.open_run(promo, await engine.prepare(promo), progress)
         promo_task = asyncio.create_task(engine.drive(promo_run))
-        while len(sandbox.accepted) < 30:  # the promo is under way, its window queued
-            await asyncio.sleep(0.01)
+        await under_way.wait()
         urgent = engine.open_run(setup.campaign, await engine.prepare(setup.campaign))
         assert await engine.drive(urgent) == "done"
         assert await promo_task == "done"
