@@ -345,7 +345,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    parser.add_argument("--port", type=_port, default=8080, help="port (0: any free port)")
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
     parser.add_argument("--fail-rate", type=float, default=0.0,
                         help="share of requests answered with a 5xx (0..1)")
@@ -360,6 +360,16 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", type=Path, metavar="FILE",
                         help="append every accepted message to this JSONL file")
     parser.add_argument("--seed", type=int, help="make the injected faults reproducible")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f'"{value}" is not a port: use 0 to 65535 (0: any free)')
+    return port
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:

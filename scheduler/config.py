@@ -205,8 +205,9 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
     if path is None:
         return Config(paths=PathsConfig().resolved(Path.cwd()), credentials=credentials)
     if not path.is_file():
+        what = "is not a file" if path.exists() else "config file not found"
         raise ConfigError.single(
-            "config file not found: pass --config PATH or set CASCADE_CONFIG", file=path
+            f"{what}: pass --config PATH or set CASCADE_CONFIG", file=path
         )
     try:
         document = read_toml(path)
