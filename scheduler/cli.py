@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -78,9 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print("\n".join(p.render() for p in exc.problems), file=sys.stderr)
         return EXIT_INVALID
+    except (OSError, sqlite3.Error) as exc:
+        # the process edge: a folder that cannot be created, a journal that cannot be opened,
+        # a full disk... one clear sentence, the path included, never a traceback
+        print(f"error: {_describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _describe_os_error(exc: OSError | sqlite3.Error) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return (f"{exc.filename}: {exc.strerror or exc}: check the path in the config "
+                "([paths]) and that this user may write there")
+    return f"{exc}: check [paths] in the config and the free disk space"
 
 
 def build_parser() -> argparse.ArgumentParser:
