@@ -19,7 +19,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger
 
-from scheduler.oplog import REDACTED, redact_secrets
+from scheduler.oplog import REDACTED, SUBSTRING_MIN, redact_secrets
 
 #: outcomes that are a problem worth a person's attention in the log
 _WARNING_STATUSES = frozenset({"rejected", "expired", "in_doubt"})
@@ -110,7 +110,8 @@ class DeliveryLog:
         self._secrets = tuple(known)
         # a secret as it appears in raw JSON bytes, plain and escaped
         self._secret_bytes = [
-            form for s in known for form in dict.fromkeys((s.encode(), orjson.dumps(s)[1:-1]))
+            form for s in known if len(s) >= SUBSTRING_MIN
+            for form in dict.fromkeys((s.encode(), orjson.dumps(s)[1:-1]))
         ]
         self._events = self._event_logger()
 

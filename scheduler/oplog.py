@@ -29,11 +29,18 @@ _LEVELS = {
 }
 
 
+#: secrets shorter than this are redacted only where they are a whole value: replacing a toy
+#: key like "k" inside every word would make the logs unreadable (real API keys are long)
+SUBSTRING_MIN = 8
+
+
 def _scrub(value: object, secrets: tuple[str, ...]) -> object:
     """``value`` with every secret replaced, recursively; unknown objects become their text."""
     if isinstance(value, str):
         for secret in secrets:
-            if secret in value:
+            if value == secret:
+                return REDACTED
+            if len(secret) >= SUBSTRING_MIN and secret in value:
                 value = value.replace(secret, REDACTED)
         return value
     if value is None or isinstance(value, bool | int | float | date):

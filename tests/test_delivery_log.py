@@ -276,3 +276,15 @@ def test_sent_fast_path_writes_the_same_lines_as_messages(
     assert got.pop("timestamp")[:16] == want.pop("timestamp")[:16]
     assert got == want
     assert got["message_id"] == message_id
+
+
+def test_a_toy_length_secret_does_not_mangle_the_log(log_path: Path) -> None:
+    """A one-letter key (sandbox experiments) is redacted where it is a whole value, but is not
+    cut out of every word of every line."""
+    log = DeliveryLog(log_path, phones="full", secrets=["k"])
+    log.sent("bulk", "standard", [("bulk-1", "sent", "mid-1", 1, "+380501234567")])
+    log.event("campaign_started", campaign="bulk", note="k")
+    log.close()
+    message, event = lines(log_path)
+    assert message["tracking_id"] == "bulk-1" and message["status"] == "sent"
+    assert event["campaign"] == "bulk" and event["note"] == REDACTED
