@@ -417,3 +417,27 @@ def test_paused_before_start_stays_paused_until_unpaused(
     _final(workspace, "later", "done", timeout=20)
     assert accepted(sandbox.record(), "later") == Counter(expected_ids("later", 40))
     assert daemon.stop() == 0
+
+
+def test_refused_key_fails_then_reload_with_the_fixed_credential_resumes(
+    tmp_path: Path, sandbox: SandboxProcess, start_daemon: StartDaemon
+) -> None:
+    """A 401 stops the campaign (`failed`, nothing marked, nothing accepted); after the key in
+    ``$CREDENTIALS_DIRECTORY`` is fixed, SIGHUP (systemctl reload) resumes it to the end."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "api-key").write_text("not-the-right-key\n")
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url, sending=dict(SLOW))
+    workspace.audience("keyed", 120)
+    workspace.write_campaign("keyed", utc_seconds_from_now(0) - timedelta(seconds=1))
+    daemon = start_daemon(workspace, CREDENTIALS_DIRECTORY=str(credentials))
+    _final(workspace, "keyed", "failed", timeout=15)
+    assert workspace.counts("keyed")["pending"] == 120
+    assert accepted(sandbox.record(), "keyed") == Counter()
+    assert "not-the-right-key" not in (workspace.delivery_log).read_text()
+
+    (credentials / "api-key").write_text(API_KEY + "\n")
+    daemon.signal(signal.SIGHUP)
+    _final(workspace, "keyed", "done", timeout=30)
+    assert accepted(sandbox.record(), "keyed") == Counter(expected_ids("keyed", 120))
+    assert daemon.stop() == 0
