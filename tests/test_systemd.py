@@ -48,15 +48,16 @@ def service() -> dict[str, list[str]]:
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """`systemd-analyze verify` exits 0 and has nothing to say about the unit, once ExecStart
-    points at the real installed binary (the unit ships with /usr/local/bin)."""
+    points at the real installed binary (the unit ships with the /opt/cascade-scheduler venv)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed on this machine")
     text = UNIT.read_text("utf-8")
-    assert "ExecStart=/usr/local/bin/cascade-scheduler run " in text
+    assert "ExecStart=/opt/cascade-scheduler/bin/cascade-scheduler run " in text
     unit = tmp_path / UNIT.name
     binary = f"ExecStart={_console_script()}"
-    unit.write_text(text.replace("ExecStart=/usr/local/bin/cascade-scheduler", binary), "utf-8")
+    shipped = "ExecStart=/opt/cascade-scheduler/bin/cascade-scheduler"
+    unit.write_text(text.replace(shipped, binary), "utf-8")
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False,
     )
