@@ -35,7 +35,7 @@ from scheduler.checking import check_paths, display_path, render_report
 from scheduler.config import Config, load_config
 from scheduler.daemon import Daemon
 from scheduler.errors import UserError
-from scheduler.journal import OUTCOMES, Journal, Outcome
+from scheduler.journal import OUTCOMES, Journal, JournalError, Outcome
 from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print("\n".join(p.render() for p in exc.problems), file=sys.stderr)
         return EXIT_INVALID
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, JournalError) as exc:
         # the process edge: a folder that cannot be created, a journal that cannot be opened,
         # a full disk... one clear sentence, the path included, never a traceback
         print(f"error: {_describe_os_error(exc)}", file=sys.stderr)
@@ -89,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _describe_os_error(exc: OSError | sqlite3.Error) -> str:
+def _describe_os_error(exc: OSError | sqlite3.Error | JournalError) -> str:
+    if isinstance(exc, JournalError):
+        return str(exc)
     if isinstance(exc, OSError) and exc.filename is not None:
         return (f"{exc.filename}: {exc.strerror or exc}: check the path in the config "
                 "([paths]) and that this user may write there")

@@ -41,3 +41,18 @@ def test_config_that_is_not_a_file(tmp_path: Path, capsys: pytest.CaptureFixture
     """`--config` naming a folder: exit 1, says it is not a file."""
     assert cli.main(["check", "--config", str(tmp_path)]) == 1
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_journal_from_a_newer_version_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`report` on a journal written by a newer release: exit 1, "upgrade", no traceback."""
+    import sqlite3
+
+    journal = tmp_path / "journal.sqlite3"
+    with sqlite3.connect(journal) as db:
+        db.execute("PRAGMA user_version=99")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\nstate = "{journal}"\n')
+    assert cli.main(["report", "--config", str(config)]) == 1
+    assert "upgrade" in capsys.readouterr().err
