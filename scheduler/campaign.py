@@ -214,7 +214,7 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 def utc_text(moment: datetime) -> str:
     """``2026-12-01T09:00:00Z``: how we write (and ask people to write) a UTC moment."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
 def _quoted_list(values: Iterable[str]) -> str:

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from scheduler.audience import Recipient, Suppression, iter_audience, summarize
 from scheduler.batching import to_message
-from scheduler.campaign import Campaign
+from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import describe_summary
 from scheduler.config import Config, load_config
 from scheduler.daemon import Daemon
@@ -40,7 +40,7 @@ def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
     summary = summarize(campaign, suppression)
     lines = [
         f"{campaign.id}: {campaign.type} to {summary.valid:,} recipients at "
-        f"{campaign.send_at.isoformat().replace('+00:00', 'Z')} (dry run: nothing sent)",
+        f"{utc_text(campaign.send_at)} (dry run: nothing sent)",
         describe_summary(summary),
         f"first {show} messages:",
     ]

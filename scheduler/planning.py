@@ -10,17 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler.audience import Suppression, summarize
-from scheduler.campaign import Campaign, campaign_files, load_campaigns
+from scheduler.campaign import Campaign, campaign_files, load_campaigns, utc_text
 from scheduler.config import Config
 from scheduler.errors import UserError
 from scheduler.journal import Journal
 
 PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta")
 FINAL = frozenset({"done", "expired", "cancelled"})
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def eta(config: Config, start: datetime, pending: int) -> datetime:
@@ -49,7 +45,7 @@ def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
                     counts = journal.counts(record.id)
                     rows.append({
                         "campaign": record.id, "type": record.type, "state": record.state,
-                        "send_at": _iso(record.send_at), "valid": record.recipients,
+                        "send_at": utc_text(record.send_at), "valid": record.recipients,
                         "skipped": record.skipped, "sent": counts.get("sent", 0), "eta": "",
                     })
     finally:
@@ -84,9 +80,9 @@ def _row(
             state = "expired"
     finish = ""
     if state not in FINAL and state != "expired" and pending:
-        finish = _iso(eta(config, max(now, campaign.send_at), pending))
+        finish = utc_text(eta(config, max(now, campaign.send_at), pending))
     return {
         "campaign": campaign.id, "type": campaign.type, "state": state,
-        "send_at": _iso(campaign.send_at), "valid": valid, "skipped": skipped,
+        "send_at": utc_text(campaign.send_at), "valid": valid, "skipped": skipped,
         "sent": sent, "eta": finish,
     }

@@ -15,6 +15,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from scheduler.campaign import utc_text
 from scheduler.journal import OUTCOMES, Journal, Outcome
 
 Format = Literal["table", "json", "csv"]
@@ -38,7 +39,7 @@ def summary_rows(journal: Journal, campaign_id: str | None = None) -> list[dict[
         counts = journal.counts(record.id)
         row: dict[str, Any] = {
             "campaign": record.id, "type": record.type, "state": record.state,
-            "send_at": record.send_at.isoformat().replace("+00:00", "Z"),
+            "send_at": utc_text(record.send_at),
             "recipients": record.recipients,
         }
         row.update({key: counts.get(key, 0) for key in SUMMARY_COLUMNS[5:]})
