@@ -333,10 +333,7 @@ class Engine:
         """Every message still open is past send_at + ttl: record and log it as expired."""
         while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):
             for batch in page:
-                messages = _open_messages(batch)
-                results = [
-                    Result(m["id"], "expired", None, batch.attempts, m["toPhone"]) for m in messages
-                ]
+                results = _all(_open_messages(batch), "expired", None, batch.attempts)
                 await self._record(run, batch.seq, results)
         counts = await self.journal.counts(run.campaign.id)
         await self._finish(run, record, counts, state="expired")
@@ -407,11 +404,8 @@ class Engine:
                 after = batch.seq
                 if batch.state != "in_flight":
                     continue
-                messages = _open_messages(batch)
                 why = "in flight when the process stopped"
-                results = [
-                    Result(m["id"], "in_doubt", why, batch.attempts, m["toPhone"]) for m in messages
-                ]
+                results = _all(_open_messages(batch), "in_doubt", why, batch.attempts)
                 await self._record(run, batch.seq, results)
 
     # ----------------------------------------------------------------- workers
@@ -455,7 +449,7 @@ class Engine:
         if run.halted or self.refused is not None:
             return None  # never marked in flight: stays pending
         if self.clock() >= run.deadline:
-            return [Result(m["id"], "expired", None, 0, m["toPhone"]) for m in job.messages]
+            return _all(job.messages, "expired", None, 0)
         await self.journal.mark_in_flight(run.campaign.id, [job.seq])
         outcomes = _Outcomes()
         try:
@@ -587,7 +581,7 @@ class _Outcomes:
     def add(
         self, part: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int
     ) -> None:
-        self.results.extend(Result(m["id"], outcome, detail, attempts, m["toPhone"]) for m in part)
+        self.results.extend(_all(part, outcome, detail, attempts))
 
     def accept(self, part: list[Message], ids: Mapping[str, str], attempts: int) -> list[Message]:
         """Record the accepted messages as sent; return those the answer left out."""
@@ -631,3 +625,10 @@ def _outcome_line(
         detail if sent else None, detail if rejected else None,
         None if sent or rejected else detail,
     )
+
+
+def _all(
+    messages: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int
+) -> list[Result]:
+    """The same final outcome for every message of ``messages``."""
+    return [Result(m["id"], outcome, detail, attempts, m["toPhone"]) for m in messages]
