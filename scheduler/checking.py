@@ -1,7 +1,7 @@
 """The `check` command's work: validate campaign files and their audiences, and describe them.
 
 Everything a marketer can get wrong is found in one pass and reported together: file-level rules
-(`scheduler.campaign`), row-level skip counts (`scheduler.audience.summarize`), duplicate ids
+(`scheduler.loader`), row-level skip counts (`scheduler.audience.summarize`), duplicate ids
 against the other files of the campaigns folder, and config problems that would stop the daemon.
 """
 
@@ -13,14 +13,10 @@ from datetime import datetime
 from pathlib import Path
 
 from scheduler.audience import AudienceSummary, Suppression, summarize
-from scheduler.campaign import (
-    CampaignCheck,
-    campaign_files,
-    load_campaigns,
-    utc_text,
-)
+from scheduler.campaign import utc_text
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
+from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.tomlsource import TomlProblem, read_toml
 
 #: how many line numbers per skip reason the report shows

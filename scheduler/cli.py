@@ -26,9 +26,7 @@ from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
     MESSAGE_TYPES,
-    CampaignCheck,
     MessageType,
-    load_campaign,
     utc_text,
 )
 from scheduler.checking import check_paths, display_path, render_report
@@ -36,6 +34,7 @@ from scheduler.config import Config, load_config
 from scheduler.daemon import Daemon
 from scheduler.errors import UserError
 from scheduler.journal import OUTCOMES, Journal, JournalError, Outcome
+from scheduler.loader import CampaignCheck, load_campaign
 from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (

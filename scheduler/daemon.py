@@ -24,10 +24,11 @@ import watchfiles
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from scheduler.campaign import Campaign, CampaignCheck, campaign_files, load_campaigns
+from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
 from scheduler.errors import ConfigError, UserError
 from scheduler.journal import CampaignRecord, CampaignState
+from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, Engine, utcnow

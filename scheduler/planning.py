@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler.audience import Suppression, summarize
-from scheduler.campaign import Campaign, campaign_files, load_campaigns, utc_text
+from scheduler.campaign import Campaign, utc_text
 from scheduler.config import Config
 from scheduler.errors import UserError
 from scheduler.journal import Journal
+from scheduler.loader import campaign_files, load_campaigns
 
 PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta")
 FINAL = frozenset({"done", "expired", "cancelled"})

@@ -11,15 +11,9 @@ import pytest
 import time_machine
 
 from scheduler import cli
-from scheduler.campaign import (
-    DEFAULT_TTL,
-    MESSAGE_TYPES,
-    CampaignCheck,
-    campaign_files,
-    load_campaign,
-    load_campaigns,
-)
+from scheduler.campaign import DEFAULT_TTL, MESSAGE_TYPES
 from scheduler.config import Config, load_config
+from scheduler.loader import CampaignCheck, campaign_files, load_campaign, load_campaigns
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 PEOPLE = "phone,first_name,customer_id\n+380501234567,Olena,C1\n+380671234567,Taras,C2\n"

@@ -12,8 +12,9 @@ import pytest
 import time_machine
 
 from scheduler import __version__, cli
-from scheduler.campaign import DEFAULT_TTL, MESSAGE_TYPES, load_campaign
+from scheduler.campaign import DEFAULT_TTL, MESSAGE_TYPES
 from scheduler.config import load_config
+from scheduler.loader import load_campaign
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -13,8 +13,8 @@ import pytest
 from daemon_helpers import Workspace
 
 from scheduler import cli
-from scheduler.campaign import load_campaign
 from scheduler.config import Config, load_config
+from scheduler.loader import load_campaign
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.service import open_engine
 

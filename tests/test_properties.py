@@ -12,9 +12,9 @@ import tomli_w
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from scheduler.campaign import CampaignCheck, load_campaign
 from scheduler.checking import check_paths, render_report
 from scheduler.config import Config, load_config
+from scheduler.loader import CampaignCheck, load_campaign
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SETTINGS = settings(

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from scheduler import cli
-from scheduler.campaign import load_campaign
 from scheduler.config import load_config
+from scheduler.loader import load_campaign
 from scheduler.sandbox import Sandbox, SandboxOptions
 from scheduler.service import send_campaign
 from tests.helpers import (

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from scheduler.campaign import Campaign, load_campaign
+from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
 from scheduler.journal import CampaignState, Journal, RecipientRow
+from scheduler.loader import load_campaign
 from scheduler.sandbox import Sandbox, SandboxOptions
 from scheduler.sender import Engine
 from scheduler.service import open_engine

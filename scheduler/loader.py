@@ -1,0 +1,547 @@
+"""The campaign loader: reads and validates campaign TOML files into a `CampaignCheck`."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
+
+from scheduler.audience import read_header
+from scheduler.campaign import (
+    DEFAULT_TTL,
+    HORIZON,
+    ID_PATTERN,
+    MESSAGE_TYPES,
+    RECOMMENDED_TTL,
+    SURVEY_OPTION_MAX,
+    SURVEY_TEXT_MAX,
+    TTL_MAX,
+    AudienceSpec,
+    Campaign,
+    MessageType,
+    utc_text,
+)
+from scheduler.config import Config, Route
+from scheduler.errors import CampaignError, Problem
+from scheduler.template import Template, TemplateError
+from scheduler.tomlsource import TomlDocument, TomlProblem, parse_toml
+
+
+@dataclass(frozen=True)
+class CampaignCheck:
+    """The result of loading one campaign file: the campaign when valid, and every problem."""
+
+    file: Path
+    campaign: Campaign | None  # None when there is any error
+    problems: list[Problem]  # errors and warnings, in line order
+
+    @property
+    def ok(self) -> bool:
+        """True when the file has no errors (warnings are allowed)."""
+        return not any(p.is_error for p in self.problems)
+
+    @property
+    def errors(self) -> list[Problem]:
+        """Only the errors."""
+        return [p for p in self.problems if p.is_error]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """Only the warnings."""
+        return [p for p in self.problems if not p.is_error]
+
+
+def campaign_files(folder: Path) -> list[Path]:
+    """The campaign files (``*.toml``, not hidden, not recursive) of ``folder``, sorted."""
+    return sorted(
+        p for p in folder.glob("*.toml") if p.is_file() and not p.name.startswith(".")
+    )
+
+
+def load_campaign(path: Path, config: Config, now: datetime) -> CampaignCheck:
+    """Read and validate one campaign file (and its CSV header), reporting every problem."""
+    return _load(path, config, now).check
+
+
+def load_campaigns(paths: Iterable[Path], config: Config, now: datetime) -> list[CampaignCheck]:
+    """Load every file; an id used by several files is an error on each of them."""
+    loaded = [_load(path, config, now) for path in paths]
+    by_id: dict[str, list[_Loaded]] = {}
+    for item in loaded:
+        if item.id is not None:
+            by_id.setdefault(item.id, []).append(item)
+    checks = []
+    for item in loaded:
+        others = [o.check.file for o in by_id.get(item.id or "", []) if o is not item]
+        checks.append(item.with_duplicates(others) if others else item.check)
+    return checks
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A check plus the raw id (even from an invalid file) and its line, for duplicate ids."""
+
+    check: CampaignCheck
+    id: str | None = None
+    id_line: int | None = None
+
+    def with_duplicates(self, others: list[Path]) -> CampaignCheck:
+        """This file's check, with an error naming the other files that use the same id."""
+        names = ", ".join(str(o) for o in others)
+        problem = Problem(
+            self.check.file, self.id_line, "id",
+            f'id "{self.id}" is also used by {names}: every campaign needs its own id',
+        )
+        return CampaignCheck(self.check.file, None, _in_line_order([*self.check.problems, problem]))
+
+
+def _load(path: Path, config: Config, now: datetime) -> _Loaded:
+    try:
+        raw = path.read_bytes()
+        # Parse and hash the same bytes: the fingerprint must describe what was validated.
+        document = parse_toml(path, raw)
+    except TomlProblem as exc:
+        return _Loaded(CampaignCheck(path, None, [exc.problem]))
+    except OSError as exc:
+        problem = Problem(path, None, None, f"cannot read file: {exc.strerror}")
+        return _Loaded(CampaignCheck(path, None, [problem]))
+    fingerprint = hashlib.sha256(raw).hexdigest()
+    reader = _CampaignReader(document, config, now)
+    campaign = reader.build(fingerprint)
+    raw_id = document.data.get("id")
+    return _Loaded(
+        CampaignCheck(path, campaign, _in_line_order(reader.problems)),
+        raw_id if isinstance(raw_id, str) else None,
+        document.line_of("id"),
+    )
+
+
+def _in_line_order(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+_TOP_KEYS = (
+    "id", "from_name", "type", "send_at", "ttl", "text", "survey_options", "route", "paused",
+    "audience",
+)
+_AUDIENCE_KEYS = ("csv", "phone_column", "id_column", "delimiter")
+_DELIMITERS = (",", ";", "\t")
+_ROUTES: tuple[str, ...] = get_args(Route)
+_EXAMPLE_TIME = "2026-12-01T09:00:00Z"
+
+
+def _kind(value: object) -> str:
+    """How a TOML value's type reads to a person."""
+    kinds: tuple[tuple[type, str], ...] = (
+        (bool, "true/false"), (int, "a whole number"), (float, "a decimal number"),
+        (str, "text"), (list, "an array"), (dict, "a table"), (datetime, "a date-time"),
+        (date, "a date"), (time, "a time of day"),
+    )
+    return next((name for cls, name in kinds if isinstance(value, cls)), type(value).__name__)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f': did you mean "{close[0]}"?' if close else ""
+
+
+def _quoted_list(values: Iterable[str]) -> str:
+    return ", ".join(f'"{v}"' for v in values)
+
+
+class _CampaignReader:
+    """Validates a parsed campaign file key by key, collecting problems instead of stopping."""
+
+    def __init__(self, document: TomlDocument, config: Config, now: datetime) -> None:
+        self.doc = document
+        self.data = document.data
+        self.config = config
+        self.now = now
+        self.problems: list[Problem] = []
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def error(self, key: str, message: str) -> None:
+        """Record an error at the line where ``key`` is written."""
+        self.problems.append(Problem(self.doc.path, self.doc.line_of(key), key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        """Record a warning at the line where ``key`` is written."""
+        self.problems.append(
+            Problem(self.doc.path, self.doc.line_of(key), key, message, "warning")
+        )
+
+    @property
+    def failed(self) -> bool:
+        """True once any error has been recorded."""
+        return any(p.is_error for p in self.problems)
+
+    # -- the whole file -------------------------------------------------------------------
+
+    def build(self, fingerprint: str) -> Campaign | None:
+        """Check every key; return the `Campaign`, or None when any error was found."""
+        self.unknown_keys(self.data, "", _TOP_KEYS)
+        campaign_id = self.campaign_id()
+        from_name = self.string("from_name", required=True)
+        kind = self.message_type()
+        ttl = self.ttl(kind)
+        send_at = self.send_at(ttl)
+        route = self.route()
+        paused = self.paused()
+        template = self.text(kind)
+        options = self.survey_options(kind)
+        audience = self.audience(template)
+        if (
+            self.failed or campaign_id is None or from_name is None or kind is None
+            or ttl is None or send_at is None or audience is None
+        ):
+            return None
+        return Campaign(
+            id=campaign_id, from_name=from_name, type=kind, send_at=send_at, ttl=ttl,
+            text=None if template is None else template.source, survey_options=options,
+            route=route, paused=paused, audience=audience,
+            file=self.doc.path.resolve(), fingerprint=fingerprint,
+        )
+
+    def unknown_keys(self, table: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:
+        """Every key not in ``known`` is an error, with a "did you mean" or a hint where it goes."""
+        for key in table:
+            if key in known:
+                continue
+            dotted = f"{prefix}.{key}" if prefix else key
+            if not prefix and key in _AUDIENCE_KEYS:
+                hint = ": it belongs in the [audience] table (write it below [audience])"
+            elif prefix and key in _TOP_KEYS:
+                hint = (": it must be written above [audience] "
+                        "(every key after a [table] line belongs to that table)")
+            else:
+                hint = _did_you_mean(key, known)
+            hint = hint or f"; the keys are {', '.join(known)}"
+            self.error(dotted, f"unknown key{hint}")
+
+    # -- typed values ---------------------------------------------------------------------
+
+    def string(
+        self, key: str, *, required: bool, table: dict[str, Any] | None = None, prefix: str = ""
+    ) -> str | None:
+        """The text value of ``key``; missing, non-text or blank values are errors."""
+        source = self.data if table is None else table
+        dotted = f"{prefix}.{key}" if prefix else key
+        value = source.get(key)
+        if value is None:
+            if required:
+                self.error(dotted, "required key is missing")
+            return None
+        if not isinstance(value, str):
+            self.error(dotted, f'must be text in quotes (like "abc"), not {_kind(value)}')
+            return None
+        if not value.strip():
+            self.error(dotted, "must not be empty")
+            return None
+        return value
+
+    def campaign_id(self) -> str | None:
+        """``id``: required, letters, digits, ``.``, ``_``, ``-``; at most 64 characters."""
+        value = self.string("id", required=True)
+        if value is not None and not re.fullmatch(ID_PATTERN.strip("^$"), value):
+            self.error(
+                "id",
+                f'"{value}" is not a valid id: use 1 to 64 letters, digits, ".", "_" or "-", '
+                "starting with a letter or digit",
+            )
+            return None
+        return value
+
+    def message_type(self) -> MessageType | None:
+        """``type``: one of the four message types."""
+        value = self.string("type", required=True)
+        if value is None:
+            return None
+        for known in MESSAGE_TYPES:
+            if value == known:
+                return known
+        self.error(
+            "type",
+            f'unknown type "{value}"{_did_you_mean(value, MESSAGE_TYPES)} '
+            f"(the types are {', '.join(MESSAGE_TYPES)})",
+        )
+        return None
+
+    def ttl(self, kind: MessageType | None) -> int | None:
+        """``ttl``: a positive whole number of seconds; by default the type's usual TTL."""
+        value = self.data.get("ttl")
+        if value is None:
+            return None if kind is None else DEFAULT_TTL[kind]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error("ttl", f"must be a whole number of seconds (like 3600), not {_kind(value)}")
+            return None
+        if value <= 0 or value > TTL_MAX:
+            self.error("ttl", f"{value} is out of range: write 1 to {TTL_MAX} seconds (30 days)")
+            return None
+        if kind is not None:
+            low, high = RECOMMENDED_TTL[kind]
+            wanted = f"{low} s" if low == high else f"{low}–{high} s"
+            if not low <= value <= high:
+                self.warn("ttl", f"{value} s is outside the recommended {wanted} for {kind}")
+        return value
+
+    def send_at(self, ttl: int | None) -> datetime | None:
+        """``send_at``: a UTC moment, not more than 30 days ahead; in the past is a warning."""
+        value = self.data.get("send_at")
+        if value is None:
+            self.error("send_at", f"required key is missing: write send_at = {_EXAMPLE_TIME}")
+            return None
+        moment = self.utc_moment(value)
+        if moment is None:
+            return None
+        latest = (self.now + HORIZON).replace(microsecond=0)
+        if moment > latest:
+            self.error(
+                "send_at",
+                f"{utc_text(moment)} is more than 30 days ahead (the API refuses that): "
+                f"the latest allowed now is {utc_text(latest)}",
+            )
+            return None
+        if moment <= self.now:
+            self.warn_passed(moment, ttl)
+        return moment
+
+    def warn_passed(self, moment: datetime, ttl: int | None) -> None:
+        """Explain what the daemon will do with a send time that has passed."""
+        if ttl is None:
+            self.warn("send_at", "send time has passed: the daemon sends at once if "
+                      "send_at + ttl is still ahead, else the campaign expires")
+            return
+        deadline = moment + timedelta(seconds=ttl)
+        if deadline <= self.now:
+            self.warn("send_at", f"send time has passed and so has send_at + ttl "
+                      f"({utc_text(deadline)}): the daemon would mark every message expired")
+        else:
+            self.warn("send_at", "send time has passed: the daemon sends at once, until "
+                      f"send_at + ttl ({utc_text(deadline)})")
+
+    def utc_moment(self, value: object) -> datetime | None:
+        """A TOML date-time or an ISO string as an aware UTC datetime; anything else is an error."""
+        if isinstance(value, str):
+            value = _parse_iso(value.strip())
+            if value is None:
+                self.error("send_at", f"is not a date and time: write {_EXAMPLE_TIME} (UTC)")
+                return None
+        if isinstance(value, datetime):
+            return self.checked_utc(value)
+        if isinstance(value, date):
+            self.error("send_at", f"needs a time of day too: write {value.isoformat()}T09:00:00Z")
+        elif isinstance(value, time):
+            self.error("send_at", f"needs a date too: write 2026-12-01T{value.isoformat()}Z")
+        else:
+            self.error("send_at", f"must be a date-time like {_EXAMPLE_TIME}, not {_kind(value)}")
+        return None
+
+    def checked_utc(self, value: datetime) -> datetime | None:
+        """``value`` if it is UTC (Z or +00:00); else an error with the fix."""
+        offset = value.utcoffset()
+        if offset is None:
+            self.error("send_at", f"must be UTC: write {value.isoformat()}Z")
+            return None
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:
+            self.error("send_at", f"{value.isoformat()} is out of range")
+            return None
+        if offset:
+            self.error(
+                "send_at", f"{value.isoformat()} is not UTC: write {utc_text(utc)}"
+            )
+            return None
+        return utc
+
+    def route(self) -> Route | None:
+        """``route``: optional, "standard" or "tg-viber"."""
+        value = self.string("route", required=False)
+        if value is None or value in _ROUTES:
+            return cast("Route | None", value)
+        self.error(
+            "route",
+            f'unknown route "{value}"{_did_you_mean(value, _ROUTES)} '
+            f"(the routes are {_quoted_list(_ROUTES)})",
+        )
+        return None
+
+    def paused(self) -> bool:
+        """``paused``: optional true/false."""
+        value = self.data.get("paused", False)
+        if isinstance(value, bool):
+            return value
+        self.error("paused", f"must be true or false (without quotes), not {_kind(value)}")
+        return False
+
+    # -- the message ----------------------------------------------------------------------
+
+    def text(self, kind: MessageType | None) -> Template | None:
+        """``text``: required and a valid template, except for flashcall (warned, dropped)."""
+        if kind == "flashcall":
+            if "text" in self.data:
+                self.warn("text", "flashcall messages carry no text: it is not sent; remove it")
+            return None
+        value = self.string("text", required=kind is not None)
+        if value is None:
+            return None
+        try:
+            template = Template(value)
+        except TemplateError as exc:
+            self.error("text", str(exc))
+            return None
+        if kind == "viber_survey":
+            self.survey_text_length(template)
+        return template
+
+    def survey_text_length(self, template: Template) -> None:
+        """Survey text over 85 characters: an error when no personalisation can change it."""
+        fixed = len(template.render(dict.fromkeys(template.fields, "")))
+        if fixed <= SURVEY_TEXT_MAX:
+            return
+        what = "is" if not template.fields else "is already, without its placeholders,"
+        self.error(
+            "text", f"survey text {what} {fixed} characters: Viber allows {SURVEY_TEXT_MAX}"
+        )
+
+    def survey_options(self, kind: MessageType | None) -> tuple[str, ...] | None:
+        """``survey_options``: 2–5 short texts, for viber_survey and nothing else."""
+        value = self.data.get("survey_options")
+        if kind != "viber_survey":
+            if value is not None and kind is not None:
+                self.error("survey_options", f"only viber_survey campaigns have survey options, "
+                           f"not {kind}: remove it")
+            return None
+        if value is None:
+            self.error("survey_options", 'required for viber_survey: write '
+                       'survey_options = ["Yes", "No"] (2 to 5 options)')
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error("survey_options", 'must be an array of texts, like ["Yes", "No"]')
+            return None
+        return self.checked_options(value)
+
+    def checked_options(self, options: list[str]) -> tuple[str, ...] | None:
+        """Count and length rules for survey options."""
+        bad = False
+        if not 2 <= len(options) <= 5:
+            self.error("survey_options", f"has {len(options)} options: write 2 to 5")
+            bad = True
+        for option in options:
+            if not option.strip() or len(option) > SURVEY_OPTION_MAX:
+                self.error("survey_options", f'option "{option}" has {len(option)} characters: '
+                           f"each must have 1 to {SURVEY_OPTION_MAX}")
+                bad = True
+        return None if bad else tuple(options)
+
+    # -- the audience ---------------------------------------------------------------------
+
+    def audience(self, template: Template | None) -> AudienceSpec | None:
+        """``[audience]``: a readable CSV inside an allowed folder, with the named columns."""
+        table = self.data.get("audience")
+        if table is None:
+            self.error("audience", 'required table is missing: add a line [audience] and '
+                       'below it csv = "audiences/your-list.csv"')
+            return None
+        if not isinstance(table, dict):
+            self.error("audience", f"must be a table ([audience] on its own line, then "
+                       f'csv = "..."), not {_kind(table)}')
+            return None
+        self.unknown_keys(table, "audience", _AUDIENCE_KEYS)
+        spec = self.audience_spec(table)
+        if spec is None:
+            return None
+        header = self.header(spec)
+        if header is None:
+            return None
+        self.columns(spec, header, str(table["csv"]), template)
+        return spec
+
+    def audience_spec(self, table: dict[str, Any]) -> AudienceSpec | None:
+        """The ``[audience]`` values, with the CSV path resolved and confined."""
+        before = len(self.problems)
+        written = self.string("csv", required=True, table=table, prefix="audience")
+        phone = self.string("phone_column", required=False, table=table, prefix="audience")
+        id_column = self.string("id_column", required=False, table=table, prefix="audience")
+        delimiter = self.delimiter(table)
+        csv = None if written is None else self.csv_path(written)
+        if csv is None or any(p.is_error for p in self.problems[before:]):
+            return None
+        return AudienceSpec(
+            csv=csv, phone_column=phone or "phone", id_column=id_column,
+            delimiter=delimiter if isinstance(delimiter, str) else None,
+        )
+
+    def delimiter(self, table: dict[str, Any]) -> str | Literal[False] | None:
+        """``delimiter``: None (sniff), or one of "," ";" tab; False when invalid."""
+        value = table.get("delimiter")
+        if value is None or value in _DELIMITERS:
+            return cast("str | None", value)
+        shown = f'"{value}"' if isinstance(value, str) else _kind(value)
+        self.error("audience.delimiter",
+                   f'{shown} is not a delimiter: write "," or ";" or "\\t" (tab)')
+        return False
+
+    def csv_path(self, written: str) -> Path | None:
+        """The CSV's real path (symlinks resolved), if inside an allowed folder."""
+        try:
+            resolved = (self.doc.path.resolve().parent / written).resolve()
+            roots = [self.config.paths.campaigns.resolve()]
+            if self.config.paths.audiences is not None:
+                roots.append(self.config.paths.audiences.resolve())
+        except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops
+            self.error("audience.csv", f'"{written}" is not a usable path: {exc}')
+            return None
+        if any(resolved.is_relative_to(root) for root in roots):
+            return resolved
+        self.error(
+            "audience.csv",
+            f'"{written}" is {resolved}: audience CSV must be inside {roots[0]} '
+            "(the campaigns folder) or [paths].audiences"
+            + ("" if len(roots) == 1 else f" ({roots[1]})"),
+        )
+        return None
+
+    def header(self, spec: AudienceSpec) -> list[str] | None:
+        """The CSV's column names; an unreadable CSV is an error."""
+        try:
+            return read_header(spec, self.doc.path)
+        except CampaignError as exc:
+            line = self.doc.line_of("audience.csv")
+            self.problems.extend(
+                replace(p, line=line) if p.line is None and p.file == self.doc.path else p
+                for p in exc.problems
+            )
+            return None
+
+    def columns(
+        self, spec: AudienceSpec, header: list[str], csv: str, template: Template | None
+    ) -> None:
+        """The phone and id columns, and every ``{placeholder}``, must be columns of the CSV."""
+        listing = f"its columns are {_quoted_list(header)}" if header else "it has no columns"
+        needed = [("audience.phone_column", spec.phone_column)]
+        if spec.id_column is not None:
+            needed.append(("audience.id_column", spec.id_column))
+        for key, column in needed:
+            if column not in header:
+                hint = _did_you_mean(column, header)
+                self.error(key, f'"{column}" is not a column of {csv}{hint} ({listing})')
+        for name in sorted(template.fields if template else ()):
+            if name not in header:
+                self.error("text", f"{{{name}}} is not a column of {csv}"
+                           f"{_did_you_mean(name, header)} ({listing}; write {{{{ and }}}} "
+                           "for literal braces)")
+
+
+def _parse_iso(text: str) -> datetime | date | None:
+    """An ISO 8601 date or date-time string; None when it is neither."""
+    try:
+        return date.fromisoformat(text) if len(text) <= 10 else datetime.fromisoformat(text)
+    except ValueError:
+        return None
