@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from scheduler.campaign import SURVEY_TEXT_MAX, TRACKING_ID_MAX, AudienceSpec, Campaign
 from scheduler.dedupe import DEFAULT_BITS, Dedupe
 from scheduler.errors import CampaignError, ConfigError, Problem
+from scheduler.phones import E164
 from scheduler.template import Template, TemplateError
 
 if TYPE_CHECKING:
@@ -58,8 +59,6 @@ class Skip:
 
 
 DELIMITERS = (",", ";", "\t")
-#: the API's format rule (SPEC §3); ASCII digits only, the whole value
-E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 TRACKING_ID_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 FIRST_LINES = 5  # line numbers kept per skip reason, for `check`
 EXAMPLE_PHONE = "+380501234567"

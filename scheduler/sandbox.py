@@ -14,7 +14,6 @@ import collections
 import hmac
 import math
 import random
-import re
 import time
 import uuid
 import zlib
@@ -30,6 +29,7 @@ from aiohttp import web
 from scheduler.campaign import MESSAGE_TYPES, SURVEY_OPTION_MAX, SURVEY_TEXT_MAX
 from scheduler.cascade import ENDPOINTS
 from scheduler.config import CREDENTIAL_SOURCES, Route
+from scheduler.phones import E164
 
 MAX_BATCH: Final = 1000
 #: request bodies up to this size are read (1000 long messages fit easily)
@@ -40,7 +40,6 @@ CHANNELS: Final[dict[Route, tuple[str, ...]]] = {
     "standard": ("telegram", "viber", "viber_bm", "rcs", "sms"),
     "tg-viber": ("telegram", "viber", "sms"),
 }
-_E164: Final = re.compile(r"\+[1-9]\d{6,14}")
 _CREDENTIAL_HEADERS: Final = tuple(header for _, _, header in CREDENTIAL_SOURCES)
 _API_KEY_HEADER: Final = "X-Authorization-Key"
 _TYPES: Final = frozenset(MESSAGE_TYPES)
@@ -326,7 +325,7 @@ def check_message(message: object, index: int, reject_phones: frozenset[str]) ->
     if not _nonempty(message.get("fromName")):
         raise InvalidMessage("INVALID_PARAMETER", f"fromName is required ({where})", "fromName")
     phone = message.get("toPhone")
-    if type(phone) is not str or not _E164.fullmatch(phone) or phone in reject_phones:
+    if type(phone) is not str or not E164.fullmatch(phone) or phone in reject_phones:
         raise InvalidMessage("INVALID_PHONE", f"Invalid phone number format ({where})", "toPhone")
     kind = message.get("messageType")
     if kind not in _TYPES:

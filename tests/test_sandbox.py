@@ -84,6 +84,8 @@ async def test_success_answers_uuid_per_tracking_id(
         ({"toPhone": "+0501234567"}, "INVALID_PHONE", "toPhone"),
         ({"toPhone": "+12345"}, "INVALID_PHONE", "toPhone"),
         ({"toPhone": "+1234567890123456"}, "INVALID_PHONE", "toPhone"),
+        ({"toPhone": "+38050\u0661\u0662\u0663\u0664\u0665\u0666\u0667"},  # Arabic-Indic
+         "INVALID_PHONE", "toPhone"),
         ({"messageType": "sms"}, "INVALID_PARAMETER", "messageType"),
         ({"text": None}, "INVALID_PARAMETER", "text"),
         ({"text": ""}, "INVALID_PARAMETER", "text"),

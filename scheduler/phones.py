@@ -1,0 +1,13 @@
+"""Phone numbers: the one E.164 rule of the API (SPEC §3), shared by every module that checks it.
+
+Use ``E164.fullmatch(text)``: a "+", a first digit 1-9, then 6 to 14 more digits, nothing else.
+Only ASCII digits count (``\\d`` would also take Arabic-Indic and other Unicode digits).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+#: the API's format rule (SPEC §3); ASCII digits only, the whole value (call ``fullmatch``)
+E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
