@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import re
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,9 +30,9 @@ from scheduler.campaign import (
 )
 from scheduler.checking import check_paths, display_path, render_report
 from scheduler.config import Config, load_config
-from scheduler.daemon import Daemon
+from scheduler.daemon import run_daemon
 from scheduler.errors import UserError
-from scheduler.journal import OUTCOMES, Journal, JournalError, Outcome
+from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
 from scheduler.loader import CampaignCheck, load_campaign
 from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
@@ -46,6 +45,7 @@ from scheduler.report import (
     write_rows,
 )
 from scheduler.sandbox import SandboxOptions
+from scheduler.vocabulary import OUTCOMES, Outcome
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print("\n".join(p.render() for p in exc.problems), file=sys.stderr)
         return EXIT_INVALID
-    except (OSError, sqlite3.Error, JournalError) as exc:
+    except (OSError, JournalError) as exc:
         # the process edge: a folder that cannot be created, a journal that cannot be opened,
         # a full disk... one clear sentence, the path included, never a traceback
         print(f"error: {_describe_os_error(exc)}", file=sys.stderr)
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _describe_os_error(exc: OSError | sqlite3.Error | JournalError) -> str:
+def _describe_os_error(exc: OSError | JournalError) -> str:
     if isinstance(exc, JournalError):
         return str(exc)
     if isinstance(exc, OSError) and exc.filename is not None:
@@ -314,10 +314,10 @@ def _status(value: str) -> Outcome:
 def cmd_report(args: argparse.Namespace) -> int:
     """Outcomes per campaign, or (with --status) the recipients in one outcome."""
     config = _config(args)
-    if not config.paths.state.exists():
+    if not journal_exists(config):
         print(f"no journal at {config.paths.state} yet: nothing has been sent", file=sys.stderr)
         return EXIT_OK
-    with Journal(config.paths.state) as journal:
+    with JournalReader(open_journal(config)) as journal:
         if args.campaign is not None and journal.campaign(args.campaign) is None:
             raise UserError.single(
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
@@ -356,7 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The daemon: schedule and send every campaign in the folder until SIGTERM."""
     config = _config(args)
     configure_logging(config.log.level, config.log.format, config.credentials.secrets())
-    return asyncio.run(Daemon(config).run())
+    return asyncio.run(run_daemon(config))
 
 
 def _configure_sandbox(parser: argparse.ArgumentParser) -> None:

@@ -22,10 +22,10 @@ from scheduler.batching import to_message
 from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import describe_summary
 from scheduler.config import Config, load_config
-from scheduler.daemon import Daemon
+from scheduler.daemon import run_daemon
 from scheduler.delivery_log import mask_phone
 from scheduler.demo import write_workspace
-from scheduler.journal import Journal
+from scheduler.journal import JournalReader, open_journal
 from scheduler.oplog import configure_logging
 from scheduler.report import render_summary
 from scheduler.sandbox import SandboxOptions, serve
@@ -132,8 +132,8 @@ def run_demo(directory: Path | None) -> int:
               "four campaigns (transaction, promo, viber_survey, flashcall) are due in 3-6 s;\n"
               "the daemon sends them through the embedded sandbox (no account, no network).\n")
     configure_logging("info", "console", ())
-    asyncio.run(Daemon(config, until_idle=True).run())
-    with Journal(config.paths.state) as journal:
+    asyncio.run(run_daemon(config, until_idle=True))
+    with JournalReader(open_journal(config)) as journal:
         print(render_summary(journal, None, "table"))
     out.print(
         f"delivery log: {config.paths.delivery_log}\n"

@@ -15,7 +15,7 @@ import logging
 import signal
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
 from scheduler.errors import ConfigError, UserError
-from scheduler.journal import CampaignRecord, CampaignState
+from scheduler.journal import CampaignRecord, JournalError
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, Engine, utcnow
 from scheduler.service import open_engine
+from scheduler.vocabulary import FINISHED, CampaignState
 
-FINISHED: frozenset[str] = frozenset({"done", "expired"})
 STATUS_EVERY = 5.0  # seconds between STATUS= updates
+INDEX_EVERY = 5.0  # seconds between looks for sent messages to index (when idle)
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
 
@@ -61,16 +62,42 @@ class _Invalid:
     campaign_id: str | None = None
 
 
-@dataclass
+async def run_daemon(
+    config: Config, *, notifier: Notifier | None = None, until_idle: bool = False,
+) -> int:
+    """`cascade-scheduler run`: open the engine, serve until stopped; 0 on a clean stop."""
+    folder = config.paths.campaigns
+    if not folder.is_dir():
+        raise ConfigError.single(
+            f"campaigns folder {folder} does not exist: create it or fix [paths].campaigns",
+            file=config.source, field="paths.campaigns",
+        )
+    notifier = notifier or Notifier()
+    try:
+        async with open_engine(config) as engine:
+            await Daemon(config, engine, notifier, until_idle=until_idle).serve()
+    finally:
+        notifier.close()
+    return 0
+
+
 class Daemon:
     """Runs until SIGTERM/SIGINT (or, with ``until_idle``, until every campaign is final)."""
 
-    config: Config
-    notifier: Notifier = field(default_factory=Notifier)
-    until_idle: bool = False
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self, config: Config, engine: Engine, notifier: Notifier, *, until_idle: bool = False,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.until_idle = until_idle
         self.log = get_logger("daemon")
+        self._engine = engine
+        self._lifecycle = engine.lifecycle
+        self._timer = AsyncIOScheduler(
+            timezone=UTC,
+            # never let APScheduler drop a late job silently: the TTL rule decides (SPEC §7)
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
         self._campaigns: dict[str, _Tracked] = {}
         self._file_ids: dict[Path, str] = {}
         self._invalid: dict[Path, _Invalid] = {}
@@ -78,40 +105,23 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._engine: Engine | None = None
-        self._timer: AsyncIOScheduler | None = None
 
     # ------------------------------------------------------------------ main
 
-    async def run(self) -> int:
-        """Serve until stopped; 0 on a clean stop."""
-        folder = self.config.paths.campaigns
-        if not folder.is_dir():
-            raise ConfigError.single(
-                f"campaigns folder {folder} does not exist: create it or fix [paths].campaigns",
-                file=self.config.source, field="paths.campaigns",
-            )
+    async def serve(self) -> None:
+        """Load, announce READY, serve until SIGTERM/SIGINT, shut down cleanly."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         try:
-            async with open_engine(self.config) as engine:
-                self._engine = engine
-                await self._serve(engine)
+            await self._serve(self._engine)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-            self.notifier.close()
-        return 0
 
     async def _serve(self, engine: Engine) -> None:
-        self._timer = AsyncIOScheduler(
-            timezone=UTC,
-            # never let APScheduler drop a late job silently: the TTL rule decides (SPEC §7)
-            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
-        )
         self._timer.start()
         # Watch before the first load, so a file written between the load and READY=1 is not
         # missed: awatch sets up inotify synchronously on its first step (one loop turn).
@@ -127,6 +137,7 @@ class Daemon:
             watcher,
             self._spawn(self._reloader()),
             self._spawn(self._heartbeat()),
+            self._spawn(self._index_when_idle()),
         ]
         self._check_idle()
         await self._stop.wait()
@@ -186,7 +197,6 @@ class Daemon:
             self.notifier.ready(self.status_line())
 
     def _reload_credentials(self) -> None:
-        assert self._engine is not None
         try:
             fresh = load_config(self.config.source)
         except UserError as exc:
@@ -210,6 +220,23 @@ class Daemon:
             self.notifier.status(self.status_line())
             await asyncio.sleep(step)
 
+    async def _index_when_idle(self) -> None:
+        """Copy sent messages into the journal's per-message rows while nothing is sending.
+
+        The send path stays per batch (SPEC §12); the index serves look-ups by messageId and
+        by phone, and catches up between campaigns, a few batches per writer transaction.
+        """
+        while True:
+            await asyncio.sleep(INDEX_EVERY)
+            try:
+                while not self._sending() and await self._engine.journal.index_messages():
+                    await asyncio.sleep(0)  # let anything that arrived meanwhile go first
+            except JournalError as exc:  # a full disk...: say so, try again later
+                self.log.warning("message_index_failed", error=str(exc))
+
+    def _sending(self) -> bool:
+        return any(t.task is not None and not t.task.done() for t in self._campaigns.values())
+
     # ------------------------------------------------------------------ reconcile
 
     async def _reconcile(self) -> None:
@@ -217,7 +244,6 @@ class Daemon:
         async with self._lock:
             files = campaign_files(self.config.paths.campaigns)
             checks = await asyncio.to_thread(load_campaigns, files, self.config, utcnow())
-            assert self._engine is not None
             # one read of the journal per reconcile, not one per campaign (1,000 files load
             # in under 2 s instead of 6: each read would queue behind snapshot writes)
             records = {r.id: r for r in await self._engine.journal.campaigns()}
@@ -241,25 +267,23 @@ class Daemon:
 
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
-        assert self._engine is not None
         for record in await self._engine.journal.campaigns():
             if record.id in self._campaigns or record.state in FINISHED:
                 continue
-            if record.state != "cancelled" and record.id not in self._invalid_ids():
-                await self._engine.journal.set_state(record.id, "cancelled")
-                self._engine.log.event("campaign_cancelled", campaign=record.id,
-                                       reason="its campaign file is gone")
+            if record.id not in self._invalid_ids():
+                await self._lifecycle.move(record.id, "cancelled",
+                                           reason="its campaign file is gone")
 
     def _invalid_ids(self) -> set[str]:
         return {i.campaign_id for i in self._invalid.values() if i.campaign_id is not None}
 
     async def _apply(self, campaign: Campaign, record: CampaignRecord | None) -> None:
-        assert self._engine is not None
         tracked = self._campaigns.get(campaign.id)
         if tracked is None:
             tracked = self._campaigns[campaign.id] = _Tracked(campaign)
-            self._engine.log.event("campaign_loaded", campaign=campaign.id, file=str(campaign.file),
-                                   type=campaign.type, send_at=campaign.send_at.isoformat())
+            self._lifecycle.announce("campaign_loaded", campaign=campaign.id,
+                                     file=str(campaign.file), type=campaign.type,
+                                     send_at=campaign.send_at.isoformat())
         tracked.removed = False
         if record is not None and record.started_at is not None:
             await self._apply_started(tracked, campaign, record)
@@ -276,12 +300,11 @@ class Daemon:
         self, tracked: _Tracked, campaign: Campaign, record: CampaignRecord
     ) -> None:
         """Once started only ``paused`` and removal have effect; finished ones stay finished."""
-        assert self._engine is not None
         edited = tracked.campaign.fingerprint != campaign.fingerprint
         if edited and tracked.campaign.paused == campaign.paused:
-            self._engine.log.event("campaign_edit_ignored", level="warning", campaign=campaign.id,
-                                   reason="the campaign already started; only paused and "
-                                   "removal take effect now")
+            self._lifecycle.announce("campaign_edit_ignored", "warning", campaign=campaign.id,
+                                     reason="the campaign already started; only paused and "
+                                     "removal take effect now")
         tracked.campaign = campaign
         tracked.state = record.state
         if record.state in FINISHED:
@@ -295,7 +318,6 @@ class Daemon:
 
     async def _apply_unstarted(self, tracked: _Tracked, campaign: Campaign) -> None:
         """Before start, every edit re-plans: fresh snapshot, fresh timer."""
-        assert self._engine is not None and self._timer is not None
         tracked.campaign = campaign
         self._prepare(tracked)
         if campaign.paused:
@@ -311,15 +333,12 @@ class Daemon:
             self._fire, "date", run_date=campaign.send_at, args=[campaign.id],
             id=f"campaign:{campaign.id}", replace_existing=True,
         )
-        self._engine.log.event("campaign_scheduled", campaign=campaign.id,
-                               send_at=campaign.send_at.isoformat(),
-                               deadline=campaign.deadline.isoformat())
-        self.log.info("campaign_scheduled", campaign=campaign.id,
-                      send_at=campaign.send_at.isoformat())
+        self._lifecycle.announce("campaign_scheduled", campaign=campaign.id,
+                                 send_at=campaign.send_at.isoformat(),
+                                 deadline=campaign.deadline.isoformat())
 
     def _prepare(self, tracked: _Tracked) -> None:
         """(Re)build the snapshot in the background, ahead of send_at."""
-        assert self._engine is not None
         task = asyncio.create_task(self._engine.prepare(tracked.campaign))
         task.add_done_callback(functools.partial(self._prepared, tracked.campaign.id))
         tracked.prepared = task
@@ -330,30 +349,24 @@ class Daemon:
             return
         exc = task.exception()
         errors = [p.render() for p in exc.problems] if isinstance(exc, UserError) else [repr(exc)]
-        self.log.error("snapshot_failed", campaign=cid, errors=errors)
-        if self._engine is not None:
-            self._engine.log.event("campaign_invalid", level="error", campaign=cid,
-                                   errors=errors)
+        self._lifecycle.announce("campaign_invalid", "error", campaign=cid, errors=errors)
 
     async def _mark_paused(self, tracked: _Tracked) -> None:
-        assert self._engine is not None and tracked.prepared is not None
+        assert tracked.prepared is not None
         with contextlib.suppress(UserError):
             await tracked.prepared
-            await self._engine.journal.set_state(tracked.campaign.id, "paused")
-            self._engine.log.event("campaign_paused", campaign=tracked.campaign.id)
+            await self._lifecycle.move(tracked.campaign.id, "paused")
 
     async def _invalid_file(self, check: CampaignCheck) -> str | None:
         """Unschedule what this file used to be and say so loudly, once per distinct problem."""
-        assert self._engine is not None
         cid = self._file_ids.get(check.file) or _declared_id(check.file)
         errors = [p.render() for p in check.problems if p.is_error]
         rendered = "\n".join(errors)
         known = self._invalid.get(check.file)
         self._invalid[check.file] = _Invalid(rendered, cid)
         if known is None or known.rendered != rendered:
-            self._engine.log.event("campaign_invalid", level="error", file=str(check.file),
-                                   campaign=cid, errors=errors)
-            self.log.error("campaign_invalid", file=str(check.file), campaign=cid, errors=errors)
+            self._lifecycle.announce("campaign_invalid", "error", file=str(check.file),
+                                     campaign=cid, errors=errors)
         tracked = self._campaigns.get(cid) if cid else None
         if tracked is not None:
             self._unschedule(tracked.campaign.id)
@@ -361,12 +374,11 @@ class Daemon:
             if tracked.run is not None:
                 tracked.run.halt("invalid")
             elif await self._engine.journal.campaign(tracked.campaign.id) is not None:
-                await self._engine.journal.set_state(tracked.campaign.id, "invalid")
+                await self._lifecycle.move(tracked.campaign.id, "invalid")
         return cid
 
     async def _removed(self, cid: str) -> None:
         """The file is gone: stop after in-flight batches; restoring it resumes."""
-        assert self._engine is not None
         tracked = self._campaigns[cid]
         tracked.removed = True
         tracked.state = "cancelled"
@@ -378,22 +390,18 @@ class Daemon:
         del self._campaigns[cid]
         record = await self._engine.journal.campaign(cid)
         if record is not None and record.state not in FINISHED:
-            await self._engine.journal.set_state(cid, "cancelled")
-            self._engine.log.event("campaign_cancelled", campaign=cid)
+            await self._lifecycle.move(cid, "cancelled")
 
     async def _pause(self, tracked: _Tracked) -> None:
-        assert self._engine is not None
         was = tracked.state
         tracked.state = "paused"
         tracked.resume_after = False
         if tracked.run is not None:
             tracked.run.halt("paused")
         elif was != "paused":
-            await self._engine.journal.set_state(tracked.campaign.id, "paused")
-            self._engine.log.event("campaign_paused", campaign=tracked.campaign.id)
+            await self._lifecycle.move(tracked.campaign.id, "paused")
 
     def _unschedule(self, cid: str) -> None:
-        assert self._timer is not None
         with contextlib.suppress(JobLookupError):
             self._timer.remove_job(f"campaign:{cid}")
 
@@ -413,7 +421,6 @@ class Daemon:
         tracked.task = self._spawn(self._drive(tracked))
 
     async def _drive(self, tracked: _Tracked) -> None:
-        assert self._engine is not None
         campaign = tracked.campaign
         try:
             if tracked.prepared is not None:
@@ -426,9 +433,8 @@ class Daemon:
                           skipped=record.skipped)
             state: CampaignState = await self._engine.drive(tracked.run)
         except UserError as exc:  # the CSV changed under us and no longer reads
-            self.log.error("campaign_invalid", campaign=campaign.id, errors=str(exc))
-            self._engine.log.event("campaign_invalid", level="error", campaign=campaign.id,
-                                   errors=[p.render() for p in exc.problems])
+            self._lifecycle.announce("campaign_invalid", "error", campaign=campaign.id,
+                                     errors=[p.render() for p in exc.problems])
             state = "invalid"
         except Exception:
             # one campaign's failure (a full disk...) must not take the daemon and every other

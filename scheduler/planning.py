@@ -6,6 +6,7 @@ by streaming its audience, exactly as the daemon would.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,11 +14,11 @@ from scheduler.audience import Suppression, summarize
 from scheduler.campaign import Campaign, utc_text
 from scheduler.config import Config
 from scheduler.errors import UserError
-from scheduler.journal import Journal
+from scheduler.journal import JournalReader, journal_exists, open_journal
 from scheduler.loader import campaign_files, load_campaigns
+from scheduler.vocabulary import ENDED
 
 PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta")
-FINAL = frozenset({"done", "expired", "cancelled"})
 
 
 def eta(config: Config, start: datetime, pending: int) -> datetime:
@@ -29,8 +30,10 @@ def eta(config: Config, start: datetime, pending: int) -> datetime:
 def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     """One row per campaign file (and per journal-only campaign), in send order."""
     suppression = Suppression.load(config.paths.suppression)
-    journal = Journal(config.paths.state) if config.paths.state.exists() else None
-    try:
+    with contextlib.ExitStack() as stack:
+        journal = None
+        if journal_exists(config):
+            journal = stack.enter_context(JournalReader(open_journal(config)))
         rows = []
         seen: set[str] = set()
         files = campaign_files(config.paths.campaigns) if config.paths.campaigns.is_dir() else []
@@ -49,9 +52,6 @@ def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
                         "send_at": utc_text(record.send_at), "valid": record.recipients,
                         "skipped": record.skipped, "sent": counts.get("sent", 0), "eta": "",
                     })
-    finally:
-        if journal is not None:
-            journal.close()
     return sorted(rows, key=lambda r: (r["send_at"] or "~", r["campaign"]))
 
 
@@ -61,7 +61,7 @@ def _invalid_row(name: str) -> dict[str, Any]:
 
 
 def _row(
-    config: Config, campaign: Campaign, journal: Journal | None,
+    config: Config, campaign: Campaign, journal: JournalReader | None,
     suppression: Suppression, now: datetime,
 ) -> dict[str, Any]:
     record = journal.campaign(campaign.id) if journal is not None else None
@@ -80,7 +80,7 @@ def _row(
         if campaign.deadline <= now:
             state = "expired"
     finish = ""
-    if state not in FINAL and state != "expired" and pending:
+    if state not in ENDED and pending:
         finish = utc_text(eta(config, max(now, campaign.send_at), pending))
     return {
         "campaign": campaign.id, "type": campaign.type, "state": state,

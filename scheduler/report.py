@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from scheduler.campaign import utc_text
-from scheduler.journal import OUTCOMES, Journal, Outcome
+from scheduler.journal import JournalReader
+from scheduler.vocabulary import OUTCOMES, Outcome
 
 Format = Literal["table", "json", "csv"]
 SUMMARY_COLUMNS = (
@@ -30,7 +31,7 @@ NUMERIC_COLUMNS = frozenset(
 RECIPIENT_COLUMNS = ("campaign", "tracking_id", "phone", "status", "detail", "attempts")
 
 
-def summary_rows(journal: Journal, campaign_id: str | None = None) -> list[dict[str, Any]]:
+def summary_rows(journal: JournalReader, campaign_id: str | None = None) -> list[dict[str, Any]]:
     """One row per campaign in the journal (or just ``campaign_id``): state and counts."""
     rows = []
     for record in journal.campaigns():
@@ -48,7 +49,7 @@ def summary_rows(journal: Journal, campaign_id: str | None = None) -> list[dict[
 
 
 def recipient_rows(
-    journal: Journal, status: Outcome, campaign_id: str | None = None
+    journal: JournalReader, status: Outcome, campaign_id: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """Every recipient in outcome ``status`` (of one campaign, or of all), streamed."""
     for record in journal.campaigns():
@@ -95,7 +96,7 @@ def _cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def render_summary(journal: Journal, campaign_id: str | None, fmt: Format) -> str:
+def render_summary(journal: JournalReader, campaign_id: str | None, fmt: Format) -> str:
     """The whole summary report as text (for tests and small outputs)."""
     buffer = io.StringIO()
     write_rows(summary_rows(journal, campaign_id), SUMMARY_COLUMNS, fmt, buffer,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import sqlite3
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,20 +35,13 @@ from scheduler.cascade import (
 )
 from scheduler.config import Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
-from scheduler.journal import (
-    AsyncJournal,
-    BatchRecord,
-    CampaignRecord,
-    CampaignState,
-    Outcome,
-    Result,
-)
+from scheduler.journal import BatchRecord, CampaignRecord, Journal, JournalError, Result
+from scheduler.lifecycle import Lifecycle
+from scheduler.vocabulary import FINISHED, CampaignState, Outcome
 
 Clock = Callable[[], datetime]
 ProgressCallback = Callable[[int], None]
 
-#: states in which a campaign's snapshot may still be rebuilt from its files
-UNSTARTED: frozenset[str] = frozenset({"scheduled", "invalid", "cancelled"})
 #: how long a campaign waits after its retries ran out, growing per round up to the cap (seconds)
 CAMPAIGN_BACKOFF = (5.0, 300.0)
 PAGE = 32
@@ -128,7 +120,7 @@ class Engine:
         self,
         *,
         client: CascadeClient,
-        journal: AsyncJournal,
+        journal: Journal,
         log: DeliveryLog,
         sending: SendingConfig,
         default_route: Route,
@@ -139,6 +131,7 @@ class Engine:
         self.client = client
         self.journal = journal
         self.log = log
+        self.lifecycle = Lifecycle(journal, log)
         self.sending = sending
         self.default_route = default_route
         self.suppression = suppression
@@ -193,7 +186,7 @@ class Engine:
                 skips=snapshot.skips,
             )
         elif record.state in ("invalid", "cancelled"):
-            await self.journal.set_state(campaign.id, "scheduled")  # valid (or back) again
+            await self.lifecycle.move(campaign.id, "scheduled")  # valid (or back) again
         fresh = await self.journal.campaign(campaign.id)
         assert fresh is not None  # prepare() just wrote it
         return fresh
@@ -220,15 +213,17 @@ class Engine:
         cid = run.campaign.id
         record = await self.journal.campaign(cid)
         assert record is not None  # prepare() comes first
-        if record.state in ("done", "expired"):
+        if record.state in FINISHED:
             return record.state  # finished long ago: nothing to send, nothing to log again
         if self.refused is not None:
             return await self._fail(run)
         # "running" freezes the snapshot (started_at) even when it expires at once, so an
         # expired campaign is never re-planned and its skipped rows are logged exactly once
-        await self.journal.set_state(cid, "running")
-        if record.started_at is None:
-            self._log_started(run, record)
+        await self.lifecycle.move(
+            cid, "running", type=run.campaign.type, recipients=record.recipients,
+            skipped=record.skipped, send_at=record.send_at.isoformat(),
+            deadline=record.deadline.isoformat(), route=run.route,
+        )
         await self._log_skips(run)
         await self._log_unlogged(run)
         if self.clock() >= run.deadline:
@@ -298,34 +293,28 @@ class Engine:
         base, cap = CAMPAIGN_BACKOFF
         delay = min(cap, base * 2 ** (rounds - 1))
         left = (run.deadline - self.clock()).total_seconds()
-        await self.journal.set_state(run.campaign.id, "backing_off")
-        self.log.event(
-            "campaign_backing_off", level="warning", campaign=run.campaign.id,
-            wait=round(min(delay, max(left, 0)), 1), round=rounds,
+        await self.lifecycle.move(
+            run.campaign.id, "backing_off", wait=round(min(delay, max(left, 0)), 1), round=rounds,
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.stop.wait(), max(0.0, min(delay, left)))
         if run.stop.is_set() or self.clock() >= run.deadline:
             return True
         run.backoff.clear()
-        await self.journal.set_state(run.campaign.id, "running")
+        await self.lifecycle.move(run.campaign.id, "running")
         return False
 
     # ----------------------------------------------------------------- endings
 
     async def _fail(self, run: CampaignRun) -> CampaignState:
         assert self.refused is not None
-        await self.journal.set_state(run.campaign.id, "failed", str(self.refused))
-        self.log.event(
-            "campaign_failed", level="error", campaign=run.campaign.id, error=str(self.refused)
-        )
+        await self.lifecycle.move(run.campaign.id, "failed", error=str(self.refused))
         return "failed"
 
     async def _halted(self, run: CampaignRun) -> CampaignState:
         state = run.stop_state
         if state is not None:
-            await self.journal.set_state(run.campaign.id, state)
-            self.log.event(f"campaign_{state}", campaign=run.campaign.id)
+            await self.lifecycle.move(run.campaign.id, state)
             return state
         return "running"  # shutdown: left running, resumed from the journal at the next start
 
@@ -346,32 +335,23 @@ class Engine:
         counts: dict[str, int],
         state: CampaignState = "done",
     ) -> CampaignState:
-        await self.journal.set_state(run.campaign.id, state)
-        fresh = await self.journal.campaign(run.campaign.id) or record
-        started = fresh.started_at or fresh.finished_at or self.clock()
+        current = await self.journal.campaign(run.campaign.id) or record
+        started = current.started_at or self.clock()
         seconds = max((self.clock() - started).total_seconds(), 1e-6)
-        self.log.event(
-            "campaign_finished", campaign=run.campaign.id, state=state,
+        await self.lifecycle.move(
+            run.campaign.id, state,
             counts={k: v for k, v in counts.items() if k != "pending"},
             duration_s=round(seconds, 3),
             rate_per_s=round(counts.get("sent", 0) / seconds, 1),
         )
         return state
 
-    def _log_started(self, run: CampaignRun, record: CampaignRecord) -> None:
-        self.log.event(
-            "campaign_started", campaign=run.campaign.id, type=run.campaign.type,
-            recipients=record.recipients, skipped=record.skipped,
-            send_at=record.send_at.isoformat(), deadline=record.deadline.isoformat(),
-            route=run.route,
-        )
-
     async def _log_skips(self, run: CampaignRun) -> None:
         """The skipped rows' message lines, once per campaign (even across a crash)."""
         cid = run.campaign.id
         if await self.journal.skips_logged(cid):
             return
-        skipped = await self.journal.recipients(cid, "skipped")
+        skipped = [row async for row in self.journal.recipients(cid, "skipped")]
         if skipped:
             seen = self.log.recent_message_ids(cid, TAIL_BYTES_PER_LINE * len(skipped))
             self.log.messages(cid, run.route, [
@@ -386,13 +366,13 @@ class Engine:
         pending = await self.journal.unlogged(cid)
         if not pending:
             return
-        count = sum(len(rows) for _, _, rows in pending)
+        count = sum(len(batch.rows) for batch in pending)
         seen = self.log.recent_message_ids(cid, TAIL_BYTES_PER_LINE * count)
         self.log.messages(cid, run.route, [
             _outcome_line(row.tracking_id, row.outcome, row.phone, row.attempts, row.detail)
-            for _, _, rows in pending for row in rows if row.tracking_id not in seen
+            for batch in pending for row in batch.rows if row.tracking_id not in seen
         ])
-        await self.journal.mark_logged(cid, [(seq, held) for seq, held, _ in pending])
+        await self.journal.mark_logged(cid, [(batch.seq, batch.held) for batch in pending])
 
     async def _settle_crashed(self, run: CampaignRun) -> None:
         """Batches left in flight by a crash: resent (at-least-once) or in doubt (at-most-once)."""
@@ -432,7 +412,7 @@ class Engine:
             results = await step
         except Deferred:
             pass
-        except (sqlite3.Error, OSError) as exc:
+        except (JournalError, OSError) as exc:
             # the journal or the log failed: the campaign cannot record outcomes, stop it
             job.run.halt(None)
             if not job.done.done():

@@ -17,9 +17,10 @@ from scheduler.campaign import Campaign
 from scheduler.cascade import CascadeClient
 from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
-from scheduler.journal import AsyncJournal, CampaignState
+from scheduler.journal import open_journal
 from scheduler.sandbox import Sandbox, SandboxOptions
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
+from scheduler.vocabulary import CampaignState
 
 #: (total recipients, already final) when sending starts
 ProgressStart = Callable[[int, int], None]
@@ -52,10 +53,11 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
     """A started `Engine` with everything it needs; everything is closed on exit."""
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
-        base_url, headers = await stack.enter_async_context(api_endpoint(config))
-        journal = AsyncJournal(config.paths.state)
-        await journal.start()
+        # the journal first: a second writer is refused before anything else is started
+        journal = open_journal(config)
+        await journal.start(writer=True)
         stack.push_async_callback(journal.close)
+        base_url, headers = await stack.enter_async_context(api_endpoint(config))
         log = DeliveryLog(
             config.paths.delivery_log,
             phones=config.log.phones,

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from scheduler.journal import CampaignRecord, Journal, RecipientRow
+from scheduler.journal import CampaignRecord, RecipientRow
+from scheduler.journal.sqlite import SqliteConnection
 
 T = TypeVar("T")
 API_KEY = "test-key-h6"
@@ -173,7 +174,7 @@ class Workspace:
         """The journal's record of a campaign (None before it was prepared)."""
         if not self.journal_path.exists():
             return None
-        with Journal(self.journal_path) as journal:
+        with SqliteConnection(self.journal_path) as journal:
             return journal.campaign(cid)
 
     def state(self, cid: str) -> str | None:
@@ -183,12 +184,12 @@ class Workspace:
 
     def counts(self, cid: str) -> dict[str, int]:
         """The journal's outcome counts for a campaign."""
-        with Journal(self.journal_path) as journal:
+        with SqliteConnection(self.journal_path) as journal:
             return journal.counts(cid)
 
     def recipients(self, cid: str) -> list[RecipientRow]:
         """Every recipient of a campaign with a final outcome in the journal."""
-        with Journal(self.journal_path) as journal:
+        with SqliteConnection(self.journal_path) as journal:
             return list(journal.recipients(cid))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.journal import Journal
+from scheduler.journal.sqlite import SqliteConnection
 
 
 @pytest.mark.timeout(90)
@@ -24,7 +24,7 @@ def test_demo_sends_every_campaign_through_the_embedded_sandbox(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "Campaign outcomes" in done.stdout
-    with Journal(workspace / "state" / "journal.sqlite3") as journal:
+    with SqliteConnection(workspace / "state" / "journal.sqlite3") as journal:
         records = {r.id: r for r in journal.campaigns()}
         assert set(records) == {"order-updates", "winter-sale", "service-survey", "login-check"}
         assert {r.state for r in records.values()} == {"done"}

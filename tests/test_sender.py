@@ -19,11 +19,13 @@ import pytest
 
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
-from scheduler.journal import CampaignState, Journal, RecipientRow
+from scheduler.journal import RecipientRow
+from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.sandbox import Sandbox, SandboxOptions
 from scheduler.sender import Engine
 from scheduler.service import open_engine
+from scheduler.vocabulary import CampaignState
 from tests.helpers import (
     StartSandbox,
     free_port,
@@ -52,12 +54,12 @@ class Setup:
 
     def journal_rows(self) -> list[RecipientRow]:
         """Every recipient with a final outcome, read back from the journal file."""
-        with Journal(self.journal_path) as journal:
+        with SqliteConnection(self.journal_path) as journal:
             return list(journal.recipients(self.campaign.id))
 
     def counts(self) -> dict[str, int]:
         """The journal's outcome counts for the campaign."""
-        with Journal(self.journal_path) as journal:
+        with SqliteConnection(self.journal_path) as journal:
             return journal.counts(self.campaign.id)
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -157,7 +159,7 @@ async def test_ten_thousand_through_failures_and_429_storms(
     assert sandbox.statuses[429] >= 3
     assert sandbox.statuses[500] + sandbox.statuses[502] + sandbox.statuses[503] > 0
     assert sandbox.statuses[200] == 50  # one successful request per batch, no more
-    with Journal(setup.journal_path) as journal:
+    with SqliteConnection(setup.journal_path) as journal:
         record = journal.campaign(setup.campaign.id)
     assert record is not None and record.state == "done" and record.finished_at is not None
 
@@ -194,7 +196,7 @@ async def test_refused_credentials_stop_then_resume(
     assert sandbox.statuses == Counter({401: sandbox.requests})
     assert setup.counts() == {"sent": 0, "rejected": 0, "expired": 0, "in_doubt": 0,
                               "skipped": 0, "pending": 2000}
-    with Journal(setup.journal_path) as journal:
+    with SqliteConnection(setup.journal_path) as journal:
         record = journal.campaign(setup.campaign.id)
         assert record is not None and record.state == "failed"
         assert record.error is not None and "wrong-key" not in record.error
@@ -298,7 +300,7 @@ async def test_ttl_expiry_against_a_closed_port(tmp_path: Path) -> None:
     assert setup.counts() == {"sent": 0, "rejected": 0, "expired": 300, "in_doubt": 0,
                               "skipped": 0, "pending": 0}
     assert datetime.now(UTC) >= setup.campaign.deadline
-    with Journal(setup.journal_path) as journal:
+    with SqliteConnection(setup.journal_path) as journal:
         record = journal.campaign(setup.campaign.id)
     assert record is not None and record.state == "expired"
     lines = setup.log_lines()
@@ -444,7 +446,7 @@ async def test_outage_backs_off_then_recovers(
         while not any(line["event"] == "campaign_backing_off" for line in setup.log_lines()):
             assert not sending.done()
             await asyncio.sleep(0.05)
-        with Journal(setup.journal_path) as journal:
+        with SqliteConnection(setup.journal_path) as journal:
             backing = journal.campaign(setup.campaign.id)
             counts = journal.counts(setup.campaign.id)
         assert backing is not None and backing.state == "backing_off"

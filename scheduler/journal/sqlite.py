@@ -1,13 +1,18 @@
-"""The journal: a crash-safe SQLite record of each campaign's snapshot, batch states and outcomes.
+"""The SQLite journal: a crash-safe record of each campaign's snapshot, batch states and outcomes.
 
-The unit of storage is the batch, not the recipient (SPEC §12: a row per recipient costs more
-than the whole send budget). A batch's request body, stored once as orjson bytes, *is* the
-snapshot; a small table holds each batch's changing state and per-outcome counts, and the final
-outcomes are one compact blob per batch, matched to the body by tracking id.
+One file, WAL, ``synchronous=FULL``. A batch's request body, stored once as orjson bytes, *is*
+the snapshot; a small table holds each batch's changing state and per-outcome counts, and the
+final outcomes are one compact blob per batch, matched to the body by tracking id.
 
 Snapshots are written in chunks under a fresh snapshot id and swapped in by one small transaction,
 so preparing a million-row audience never holds the writer for long and a crash at any point
 leaves either the old snapshot or the new one, never a mix.
+
+`SqliteConnection` is the synchronous core (one connection, one thread at a time);
+`SqliteJournal` implements the `Journal` interface by running it on one writer thread with group
+commit. A writer holds an OS lock on ``<journal>.lock`` for its whole life, so a second daemon or
+`send` is refused, and a SIGKILL never leaves a stale lock. This module is the only one that
+names ``sqlite3``: its errors leave it as the `JournalError` family.
 """
 
 from __future__ import annotations
@@ -15,39 +20,51 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import itertools
+import os
 import queue
 import sqlite3
+import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, get_args
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
 from scheduler.audience import Skip
-
-CampaignState = Literal[
-    "scheduled", "running", "backing_off", "paused", "done", "expired", "failed", "invalid",
-    "cancelled",
-]
-CAMPAIGN_STATES: tuple[CampaignState, ...] = get_args(CampaignState)
-#: states in which a campaign has started sending: its snapshot is frozen
-STARTED_STATES: frozenset[CampaignState] = frozenset(
-    {"running", "backing_off", "paused", "done", "expired", "failed"}
+from scheduler.journal.base import (
+    BatchRecord,
+    CampaignRecord,
+    Counts,
+    JournalBusy,
+    JournalConflict,
+    JournalCorrupt,
+    JournalError,
+    JournalUnavailable,
+    Message,
+    MessageRecord,
+    RecipientRow,
+    Result,
+    UnloggedBatch,
 )
-#: states that end a campaign (they set ``finished_at``)
-FINISHED_STATES: frozenset[CampaignState] = frozenset({"done", "expired", "cancelled"})
-Outcome = Literal["sent", "rejected", "expired", "skipped", "in_doubt"]
-OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
-BatchState = Literal["pending", "in_flight", "done"]
+from scheduler.vocabulary import (
+    CAMPAIGN_STATES,
+    ENDED,
+    STARTED,
+    CampaignState,
+    Outcome,
+    may_move,
+)
 
-#: the schema version in ``PRAGMA user_version``; a later version adds a migration step
-SCHEMA_VERSION = 1
-_SCHEMA = (
+#: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
+SCHEMA_VERSION = 2
+#: version 1: the first release's schema (kept as it was: a new file replays every step)
+_SCHEMA_V1 = (
     """CREATE TABLE campaigns (
         id TEXT PRIMARY KEY, type TEXT NOT NULL, file TEXT NOT NULL, fingerprint TEXT NOT NULL,
         state TEXT NOT NULL, send_at TEXT NOT NULL, deadline TEXT NOT NULL,
@@ -69,14 +86,38 @@ _SCHEMA = (
         logged INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (snapshot, seq))""",
     "CREATE INDEX batch_open ON batch_state (snapshot, seq) WHERE state <> 'done'",
-    # final outcomes, one blob per batch: [[tracking_id, outcome, detail, attempts], ...];
-    # a done batch without a row here was expired whole by expire_open
+    # final outcomes, one blob per batch: [[tracking_id, outcome, detail, attempts], ...]
     """CREATE TABLE results (snapshot INTEGER NOT NULL, seq INTEGER NOT NULL,
         blob BLOB NOT NULL, PRIMARY KEY (snapshot, seq))""",
     """CREATE TABLE skips (snapshot INTEGER NOT NULL, line INTEGER NOT NULL, tracking_id TEXT,
         phone TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL)""",
     "CREATE INDEX skips_by_snapshot ON skips (snapshot)",
 )
+#: version 2: room for the second version's features, none of it on the send path
+_TO_V2 = (
+    # roll-out: the stage reached and when the next one may start
+    "ALTER TABLE campaigns ADD COLUMN stage INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE campaigns ADD COLUMN stage_at TEXT",
+    # send windows: a batch (cut by due time) waits until then
+    "ALTER TABLE batch_state ADD COLUMN not_before TEXT",
+    # when the batch closed (the sent time of its messages), and whether index_messages copied
+    # its sent messages into per-message rows yet
+    "ALTER TABLE batch_state ADD COLUMN done_at TEXT",
+    "ALTER TABLE batch_state ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX batch_unindexed ON batch_state (snapshot, seq)"
+    " WHERE state = 'done' AND indexed = 0",
+    # per-message rows, written off the hot path: delivery status by messageId, caps by phone
+    """CREATE TABLE messages (message_id TEXT PRIMARY KEY, campaign TEXT NOT NULL,
+        tracking_id TEXT NOT NULL, phone TEXT NOT NULL, type TEXT NOT NULL,
+        sent_at TEXT NOT NULL, status TEXT, status_at TEXT, channel TEXT, parts INTEGER,
+        cost REAL, currency TEXT)""",
+    "CREATE INDEX messages_by_phone ON messages (phone, sent_at)",
+    # leadership among daemons sharing one journal (holder, epoch, expiry)
+    """CREATE TABLE lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+        epoch INTEGER NOT NULL, expires_at TEXT NOT NULL)""",
+)
+#: _MIGRATIONS[n] takes a journal from version n to n + 1
+_MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2}
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
@@ -91,72 +132,69 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class JournalError(RuntimeError):
-    """An operation the journal's state does not allow (e.g. re-preparing a started campaign)."""
-
-    def __init__(self, campaign_id: str | None, problem: str) -> None:
-        self.campaign_id = campaign_id
-        self.problem = problem
-        where = f"campaign {campaign_id!r}: " if campaign_id is not None else "journal: "
-        super().__init__(where + problem)
-
-
-@dataclass(frozen=True, slots=True)
-class CampaignRecord:
-    """A campaign as the journal knows it: identity, state, snapshot size and timestamps."""
-
-    id: str
-    type: str
-    file: str
-    fingerprint: str
-    state: CampaignState
-    send_at: datetime
-    deadline: datetime
-    recipients: int  # valid (to be sent) rows in the snapshot
-    skipped: int
-    batches: int
-    prepared_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
+def _translate(exc: sqlite3.Error, location: str) -> JournalError:
+    """A driver error as the interface's: damaged data apart from everything else."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text
+    ):
+        return JournalCorrupt(None, f"{location} is damaged ({text}): restore it from a backup")
+    return JournalUnavailable(
+        None, f"cannot use {location}: {text}: check [paths].state in the config, that this "
+        "user may write there, and the free disk space",
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
-    """One batch of the snapshot: its request body (orjson bytes) and its current state."""
-
-    seq: int
-    body: bytes
-    size: int
-    state: BatchState
-    attempts: int
-    decided: frozenset[str] = frozenset()  # ids already final (a partly recorded batch)
+@contextlib.contextmanager
+def _translated(location: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _translate(exc, location) from exc
 
 
-class Result(NamedTuple):
-    """The final outcome of one message of a batch (skipped rows are kept separately).
+# --------------------------------------------------------------------------------------------
+# the writer lock
 
-    A NamedTuple: the engine makes one per message, and a tuple is ~4x cheaper to build than a
-    frozen dataclass. ``phone`` rides along for the delivery log; the journal does not store
-    it (the body has it).
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<journal>.lock``, holding the owner's pid for the refusal.
+
+    The kernel drops it when the process dies, however it dies: no stale lock after SIGKILL.
     """
 
-    tracking_id: str
-    outcome: Outcome  # sent | rejected | expired | in_doubt
-    detail: str | None  # message_id for sent, error code for rejected, why for in_doubt
-    attempts: int
-    phone: str = ""
+    def __init__(self, journal: Path) -> None:
+        self.path = journal.with_name(journal.name + ".lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise `JournalBusy` naming the process that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise JournalBusy(str(self.path.with_suffix("")), holder) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()} ({_command()})")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        """Let go of the lock (closing the file drops it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientRow:
-    """One recipient and its final outcome, for ``report --status`` (re-targeting)."""
-
-    tracking_id: str  # "" for a skipped row whose tracking id could not be built
-    phone: str
-    outcome: Outcome
-    detail: str | None
-    attempts: int
+def _command() -> str:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    words = ["cascade-scheduler" if name in ("__main__.py", "scheduler") else name]
+    return " ".join(words + [a for a in sys.argv[1:2] if not a.startswith("-")])
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +249,7 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         deadline=datetime.fromisoformat(row["deadline"]), recipients=row["recipients"],
         skipped=row["skipped"], batches=row["batches"], prepared_at=_time(row["prepared_at"]),
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
-        error=row["error"],
+        error=row["error"], stage=row["stage"],
     )
 
 
@@ -219,6 +257,10 @@ def _decided(blob: bytes | None) -> frozenset[str]:
     """The tracking ids a partly recorded batch already has final outcomes for."""
     return frozenset() if blob is None else frozenset(r[0] for r in orjson.loads(blob))
 
+
+#: where `recipient_page` goes on: (0, last batch seq) then (1, last skip rowid)
+Cursor = tuple[int, int]
+START: Cursor = (0, -1)
 
 #: a message of a done batch whose result names another id: it may or may not have gone out
 _UNRECORDED: tuple[str, Outcome, str | None, int] = ("", "in_doubt", "no outcome recorded", 0)
@@ -229,11 +271,9 @@ def _batch_rows(
 ) -> Iterator[RecipientRow]:
     """The recipients of one done batch: the body gives phones, the results blob outcomes."""
     messages = orjson.loads(body)
-    results: dict[str, tuple[str, Outcome, str | None, int]]
-    if blob is None:  # expired whole by expire_open
-        results = {m["id"]: (m["id"], "expired", None, attempts) for m in messages}
-    else:
-        results = {r[0]: tuple(r) for r in orjson.loads(blob)}
+    results: dict[str, tuple[str, Outcome, str | None, int]] = (
+        {} if blob is None else {r[0]: tuple(r) for r in orjson.loads(blob)}
+    )
     for message in messages:
         _, status, detail, tries = results.get(message["id"], _UNRECORDED)
         if outcome is None or status == outcome:
@@ -244,11 +284,12 @@ def _batch_rows(
 # the synchronous journal
 
 
-class Journal:
+class SqliteConnection:
     """One SQLite connection; WAL; synchronous=FULL; used from ONE thread at a time.
 
     Every write is one transaction, or a savepoint inside `transaction()` when grouped.
-    ``commits`` counts the durable commits this connection made.
+    ``commits`` counts the durable commits this connection made. Its methods raise
+    ``sqlite3.Error`` as they meet it; `SqliteJournal` translates at its boundary.
     """
 
     def __init__(self, path: Path) -> None:
@@ -256,17 +297,21 @@ class Journal:
         self.path = path
         self.commits = 0
         self._db = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         """Close the connection (committed data is already durable)."""
         self._db.close()
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> SqliteConnection:
         """Use as a context manager that closes the connection."""
         return self
 
@@ -279,20 +324,21 @@ class Journal:
         return version
 
     def _migrate(self) -> None:
-        """Create the schema on a new file; refuse a file written by a newer version."""
+        """Bring the schema to `SCHEMA_VERSION`, one step at a time, in one transaction (a
+        crash leaves the old version whole); refuse a file written by a newer release."""
         if self._version() == SCHEMA_VERSION:
             return  # the common case takes no write lock (report/plan read beside the daemon)
         with self.transaction():
             version = self._version()
             if version > SCHEMA_VERSION:
-                raise JournalError(
+                raise JournalCorrupt(
                     None, f"{self.path} has schema version {version}, newer than this program "
                     f"({SCHEMA_VERSION}): upgrade cascade-scheduler",
                 )
-            if version == 0:
-                for statement in _SCHEMA:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
                     self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -322,11 +368,11 @@ class Journal:
     def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime,
-        batches: Iterable[Sequence[Mapping[str, Any]]], skips: Iterable[Skip],
+        batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
     ) -> None:
         """Snapshot a campaign (streaming), replacing an unstarted earlier snapshot atomically.
 
-        Batches are consumed first, then skips. Raises `JournalError` if the campaign started.
+        Batches are consumed first, then skips. Raises `JournalConflict` if it started.
         """
         snapshot = self._begin_snapshot(campaign_id)
         swapped = False
@@ -351,10 +397,10 @@ class Journal:
         # "paused" alone is not "started": a campaign paused before its send time has sent
         # nothing, and editing it (even just to unpause) re-plans it
         started = row is not None and (
-            row["started_at"] is not None or row["state"] in STARTED_STATES - {"paused"}
+            row["started_at"] is not None or row["state"] in STARTED
         )
         if row is not None and started:
-            raise JournalError(
+            raise JournalConflict(
                 campaign_id, f"it has started (state {row['state']}); its snapshot is frozen",
             )
         return row
@@ -373,7 +419,7 @@ class Journal:
 
     def _check_staging(self, campaign_id: str, snapshot: int) -> None:
         if self._db.execute("SELECT 1 FROM snapshots WHERE id = ?", (snapshot,)).fetchone() is None:
-            raise JournalError(campaign_id, "this snapshot was superseded by a newer prepare")
+            raise JournalConflict(campaign_id, "this snapshot was superseded by a newer prepare")
 
     def _add_batches(
         self, campaign_id: str, snapshot: int, rows: Sequence[tuple[int, bytes, int]],
@@ -451,12 +497,12 @@ class Journal:
             "SELECT snapshot FROM campaigns WHERE id = ?", (campaign_id,),
         ).fetchone()
         if row is None:
-            raise JournalError(campaign_id, "no such campaign in the journal")
+            raise JournalConflict(campaign_id, "no such campaign in the journal")
         snapshot: int = row[0]
         return snapshot
 
     def forget(self, campaign_id: str) -> None:
-        """Delete an unstarted campaign and its snapshot; a started one raises `JournalError`."""
+        """Delete an unstarted campaign and its snapshot; a started one raises `JournalConflict`."""
         with self.transaction():
             if self._refuse_if_started(campaign_id) is None:
                 return
@@ -476,21 +522,31 @@ class Journal:
         rows = self._db.execute("SELECT * FROM campaigns ORDER BY send_at, id").fetchall()
         return [_record(row) for row in rows]
 
-    def set_state(self, campaign_id: str, state: CampaignState, error: str | None = None) -> None:
+    def set_state(
+        self, campaign_id: str, state: CampaignState, error: str | None = None,
+    ) -> CampaignRecord:
         """Move a campaign to ``state`` (with an error text or None), keeping its timestamps."""
         if state not in CAMPAIGN_STATES:
             raise ValueError(f"unknown campaign state {state!r}")
         now = _now()
         with self.transaction():
-            cursor = self._db.execute(
+            record = self.campaign(campaign_id)
+            if record is None:
+                raise JournalConflict(campaign_id, "no such campaign in the journal")
+            if not may_move(record.state, state):
+                raise JournalConflict(
+                    campaign_id, f"a {record.state} campaign cannot become {state}",
+                )
+            self._db.execute(
                 "UPDATE campaigns SET state = ?1, error = ?2,"
                 " started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?3)"
                 "   ELSE started_at END,"
                 " finished_at = CASE WHEN ?4 THEN ?3 ELSE NULL END WHERE id = ?5",
-                (state, error, now, state in FINISHED_STATES, campaign_id),
+                (state, error, now, state in ENDED, campaign_id),
             )
-            if cursor.rowcount == 0:
-                raise JournalError(campaign_id, "no such campaign in the journal")
+            fresh = self.campaign(campaign_id)
+        assert fresh is not None  # updated just above, in the same transaction
+        return fresh
 
     # --- batches ------------------------------------------------------------------------
 
@@ -522,7 +578,7 @@ class Journal:
                 ((snapshot, seq) for seq in seqs),
             )
             if cursor.rowcount != len(seqs):
-                raise JournalError(campaign_id, f"not every batch of {list(seqs)} is open")
+                raise JournalConflict(campaign_id, f"not every batch of {list(seqs)} is open")
 
     def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
         """Return in-flight batches to pending (certainly not delivered: they will be resent)."""
@@ -566,9 +622,10 @@ class Journal:
             self._check_results(campaign_id, snapshot, seq, len(previous), results, close)
             self._db.execute(
                 "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
-                " expired = expired + ?, in_doubt = in_doubt + ? WHERE snapshot = ? AND seq = ?",
+                " expired = expired + ?, in_doubt = in_doubt + ?, done_at = ?"
+                " WHERE snapshot = ? AND seq = ?",
                 ("done" if close else "pending", counts["sent"], counts["rejected"],
-                 counts["expired"], counts["in_doubt"], snapshot, seq),
+                 counts["expired"], counts["in_doubt"], _now() if close else None, snapshot, seq),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
@@ -590,8 +647,8 @@ class Journal:
                 ((count, snapshot, seq) for seq, count in marks),
             )
 
-    def unlogged(self, campaign_id: str) -> list[tuple[int, int, list[RecipientRow]]]:
-        """Outcomes not yet in the delivery log: (seq, results now held, rows to write)."""
+    def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
+        """Outcomes not yet in the delivery log, by batch."""
         found = []
         for seq, body, blob, logged in self._db.execute(
             "SELECT s.seq, b.body, r.blob, s.logged FROM batch_state s"
@@ -606,7 +663,7 @@ class Journal:
                 RecipientRow(tid, phones.get(tid, ""), outcome, detail, tries)
                 for tid, outcome, detail, tries in results[logged:]
             ]
-            found.append((seq, len(results), rows))
+            found.append(UnloggedBatch(seq, len(results), rows))
         return found
 
     def skips_logged(self, campaign_id: str) -> bool:
@@ -633,35 +690,20 @@ class Journal:
             "SELECT state, size FROM batch_state WHERE snapshot = ? AND seq = ?", (snapshot, seq),
         ).fetchone()
         if row is None or row["state"] == "done":
-            raise JournalError(campaign_id, f"batch {seq} is not open")
+            raise JournalConflict(campaign_id, f"batch {seq} is not open")
         # Decoding the body to compare ids would cost ~0.4 ms a batch on the writer thread;
         # the count and uniqueness catch a lost or doubled result at a tenth of that.
         total = before + len(results)
         distinct = len({r.tracking_id for r in results}) == len(results)
         if (total != row["size"] if close else total >= row["size"]) or not distinct:
-            raise JournalError(
+            raise JournalConflict(
                 campaign_id, f"batch {seq} has {row['size']} messages but the results name "
                 f"{len({r.tracking_id for r in results})} distinct ids",
             )
 
-    def expire_open(self, campaign_id: str) -> int:
-        """Close every open batch as expired (the deadline passed); returns how many messages."""
-        with self.transaction():
-            snapshot = self._snapshot(campaign_id)
-            expired: int = self._db.execute(
-                "SELECT COALESCE(SUM(size), 0) FROM batch_state"
-                " WHERE snapshot = ? AND state <> 'done'", (snapshot,),
-            ).fetchone()[0]
-            self._db.execute(
-                "UPDATE batch_state SET state = 'done',"
-                " expired = size - sent - rejected - in_doubt"
-                " WHERE snapshot = ? AND state <> 'done'", (snapshot,),
-            )
-        return expired
-
     # --- outcomes -----------------------------------------------------------------------
 
-    def counts(self, campaign_id: str) -> dict[str, int]:
+    def counts(self, campaign_id: str) -> Counts:
         """Messages per outcome, plus ``pending`` (not final yet) and ``skipped``."""
         snapshot = self._snapshot(campaign_id)
         row = self._db.execute(
@@ -683,18 +725,22 @@ class Journal:
         self, campaign_id: str, outcome: Outcome | None = None,
     ) -> Iterator[RecipientRow]:
         """Stream recipients with a final outcome (all, or one outcome): batches, then skips."""
-        snapshot = self._snapshot(campaign_id)
-        if outcome != "skipped":
-            yield from self._done_rows(snapshot, outcome)
-        if outcome in (None, "skipped"):
-            for skip in self._skips(snapshot):
-                yield RecipientRow(skip.tracking_id or "", skip.phone, "skipped", skip.reason, 0)
+        cursor: Cursor | None = START
+        while cursor is not None:
+            rows, cursor = self.recipient_page(campaign_id, outcome, cursor)
+            yield from rows
 
-    def _done_rows(self, snapshot: int, outcome: Outcome | None) -> Iterator[RecipientRow]:
-        """Done batches page by page, so no read snapshot stays open between pages."""
-        having = f" AND s.{_COUNT_COLUMNS[outcome]} > 0" if outcome is not None else ""
-        last = -1
-        while True:
+    def recipient_page(
+        self, campaign_id: str, outcome: Outcome | None, cursor: Cursor = (0, -1),
+    ) -> tuple[list[RecipientRow], Cursor | None]:
+        """One page of `recipients` and the cursor of the next (None: that was the last).
+
+        Each page is its own query, so no read transaction stays open between pages.
+        """
+        snapshot = self._snapshot(campaign_id)
+        phase, last = cursor
+        if phase == 0 and outcome != "skipped":
+            having = f" AND s.{_COUNT_COLUMNS[outcome]} > 0" if outcome is not None else ""
             page = self._db.execute(
                 "SELECT s.seq, b.body, r.blob, s.attempts FROM batch_state s"
                 " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
@@ -702,29 +748,84 @@ class Journal:
                 f" WHERE s.snapshot = ? AND s.seq > ? AND s.state = 'done'{having}"
                 " ORDER BY s.seq LIMIT ?", (snapshot, last, _PAGE),
             ).fetchall()
-            if not page:
-                return
-            for seq, body, blob, attempts in page:
-                last = seq
-                yield from _batch_rows(body, blob, attempts, outcome)
+            if page:
+                rows = [row for _, body, blob, attempts in page
+                        for row in _batch_rows(body, blob, attempts, outcome)]
+                return rows, (0, page[-1][0])
+        if outcome not in (None, "skipped"):
+            return [], None
+        skips = self._skip_page(snapshot, last if phase == 1 else 0)
+        if not skips:
+            return [], None
+        return [
+            RecipientRow(tracking_id or "", phone, "skipped", reason, 0)
+            for _, _, tracking_id, phone, reason, _ in skips
+        ], (1, skips[-1][0])
 
     def skips(self, campaign_id: str) -> Iterator[Skip]:
-        """Stream the campaign's skipped rows, in CSV order."""
-        return self._skips(self._snapshot(campaign_id))
-
-    def _skips(self, snapshot: int) -> Iterator[Skip]:
-        last = 0
-        while True:
-            page = self._db.execute(
-                "SELECT rowid, line, tracking_id, phone, reason, detail FROM skips"
-                " WHERE snapshot = ? AND rowid > ? ORDER BY rowid LIMIT ?",
-                (snapshot, last, _SKIP_CHUNK),
-            ).fetchall()
-            if not page:
-                return
+        """Stream the campaign's skipped rows in CSV order, with their lines and details."""
+        snapshot, last = self._snapshot(campaign_id), 0
+        while page := self._skip_page(snapshot, last):
             for rowid, line, tracking_id, phone, reason, detail in page:
                 last = rowid
                 yield Skip(line, tracking_id, phone, reason, detail)
+
+    def _skip_page(self, snapshot: int, after_rowid: int) -> list[sqlite3.Row]:
+        return self._db.execute(
+            "SELECT rowid, line, tracking_id, phone, reason, detail FROM skips"
+            " WHERE snapshot = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+            (snapshot, after_rowid, _SKIP_CHUNK),
+        ).fetchall()
+
+    # --- per-message rows (off the hot path) -----------------------------------------------
+
+    def index_messages(self, max_batches: int = 8) -> int:
+        """Copy the sent messages of up to ``max_batches`` closed batches into ``messages``."""
+        with self.transaction():
+            batches = self._db.execute(
+                "SELECT s.snapshot, s.seq, s.done_at, c.id, c.type, b.body, r.blob"
+                " FROM batch_state s JOIN campaigns c ON c.snapshot = s.snapshot"
+                " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+                " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
+                " WHERE s.state = 'done' AND s.indexed = 0 LIMIT ?", (max_batches,),
+            ).fetchall()
+            for snapshot, seq, done_at, campaign, kind, body, blob in batches:
+                phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
+                sent_at = done_at or _now()  # a batch closed by the first release has no time
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO messages (message_id, campaign, tracking_id, phone,"
+                    " type, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    ((detail, campaign, tid, phones.get(tid, ""), kind, sent_at)
+                     for tid, outcome, detail, _ in (orjson.loads(blob) if blob else ())
+                     if outcome == "sent" and detail),
+                )
+                self._db.execute(
+                    "UPDATE batch_state SET indexed = 1 WHERE snapshot = ? AND seq = ?",
+                    (snapshot, seq),
+                )
+        return len(batches)
+
+    def message(self, message_id: str) -> MessageRecord | None:
+        """The indexed message with the API's ``message_id``, or None."""
+        row = self._db.execute(
+            "SELECT message_id, campaign, tracking_id, phone, type, sent_at FROM messages"
+            " WHERE message_id = ?", (message_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        message_id, campaign, tracking_id, phone, kind, sent_at = row
+        return MessageRecord(
+            message_id, campaign, tracking_id, phone, kind, datetime.fromisoformat(sent_at),
+        )
+
+    def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
+        """Indexed messages of ``types`` sent to ``phone`` at or after ``since``."""
+        marks = ", ".join("?" for _ in types)
+        count: int = self._db.execute(
+            f"SELECT COUNT(*) FROM messages WHERE phone = ? AND sent_at >= ? AND type IN ({marks})",
+            (phone, _utc_text(since), *types),
+        ).fetchone()[0]
+        return count
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,7 +836,7 @@ class Journal:
 class _Op:
     """One queued call: what to run in the writer thread, and whom to tell."""
 
-    fn: Callable[[Journal], Any]
+    fn: Callable[[SqliteConnection], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
 
@@ -754,9 +855,8 @@ def _settle(future: asyncio.Future[Any], value: object, error: BaseException | N
         future.set_result(value)
 
 
-
-class AsyncJournal:
-    """Runs a Journal on one dedicated writer thread; every method is a coroutine.
+class SqliteJournal:
+    """The `Journal` interface on SQLite: a `SqliteConnection` on one writer thread.
 
     Group commit: the thread takes one queued operation plus every other one waiting, runs them
     in ONE transaction (a savepoint each, so one failure fails only its caller), commits once
@@ -765,25 +865,33 @@ class AsyncJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.location = str(path)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._journal: Journal | None = None
+        self._connection: SqliteConnection | None = None
+        self._lock = WriterLock(path)
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closing = False
 
     @property
     def commits(self) -> int:
         """Durable commits so far (fewer than operations when writes are grouped)."""
-        return 0 if self._journal is None else self._journal.commits
+        return 0 if self._connection is None else self._connection.commits
 
-    async def start(self) -> None:
-        """Open the journal in the writer thread; raises what opening it raised."""
+    async def start(self, *, writer: bool) -> None:
+        """Take the writer lock (``writer``), then open the journal in the writer thread."""
+        if writer:
+            self._lock.acquire()  # an OSError (no such folder...) names its path: let it go
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._serve, args=(ready,), name="journal-writer", daemon=True,
         )
         self._thread.start()
-        await asyncio.wrap_future(ready)
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            self._lock.release()
+            raise
 
     async def close(self) -> None:
         """Finish every queued operation, then close the connection and stop the thread."""
@@ -792,9 +900,10 @@ class AsyncJournal:
         self._closing = True
         self._queue.put(None)  # the stop mark, after everything already queued
         await asyncio.wrap_future(self._stopped)
+        self._lock.release()
 
-    async def run(self, fn: Callable[[Journal], T]) -> T:
-        """Run ``fn(journal)`` in the writer thread inside the group's transaction (a savepoint)."""
+    async def run(self, fn: Callable[[SqliteConnection], T]) -> T:
+        """Run ``fn(connection)`` in the writer thread inside the group's transaction."""
         if self._thread is None or self._closing:
             raise RuntimeError("the journal is not running (call start() first, not after close)")
         loop = asyncio.get_running_loop()
@@ -803,26 +912,32 @@ class AsyncJournal:
         return await future
 
     async def _call(
-        self, method: Callable[Concatenate[Journal, P], T], *args: P.args, **kwargs: P.kwargs,
+        self, method: Callable[Concatenate[SqliteConnection, P], T],
+        *args: P.args, **kwargs: P.kwargs,
     ) -> T:
-        return await self.run(lambda journal: method(journal, *args, **kwargs))
+        return await self.run(lambda connection: method(connection, *args, **kwargs))
 
     # --- the writer thread ----------------------------------------------------------------
 
     def _serve(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            self._journal = Journal(self.path)
-        except (sqlite3.Error, OSError, JournalError) as exc:
+            self._connection = SqliteConnection(self.path)
+        except sqlite3.Error as exc:
+            ready.set_exception(_translate(exc, self.location))
+            self._stopped.set_result(None)
+            return
+        except (OSError, JournalError) as exc:
             ready.set_exception(exc)
+            self._stopped.set_result(None)
             return
         ready.set_result(None)
         try:
             stop = False
             while not stop:
                 ops, stop = self._take()
-                self._run_group(self._journal, ops)
+                self._run_group(self._connection, ops)
         finally:
-            self._journal.close()
+            self._connection.close()
             self._stopped.set_result(None)
 
     def _take(self) -> tuple[list[_Op], bool]:
@@ -840,132 +955,145 @@ class AsyncJournal:
                 return ops, True
             ops.append(op)
 
-    @staticmethod
-    def _run_group(journal: Journal, ops: list[_Op]) -> None:
+    def _run_group(self, connection: SqliteConnection, ops: list[_Op]) -> None:
         outcomes: list[tuple[_Op, object, BaseException | None]] = []
         try:
-            with journal.transaction():
+            with connection.transaction():
                 for op in ops:
-                    outcomes.append(_run_one(journal, op))
+                    outcomes.append(self._run_one(connection, op))
         except sqlite3.Error as exc:  # the commit failed: nothing of this group is durable
-            outcomes = [(op, None, exc) for op in ops]
-        for op, value, error in outcomes:
-            op.settle(value, error)
+            error = _translate(exc, self.location)
+            outcomes = [(op, None, error) for op in ops]
+        for op, value, failure in outcomes:
+            op.settle(value, failure)
 
-    # --- the Journal's methods as coroutines ------------------------------------------------
+    def _run_one(
+        self, connection: SqliteConnection, op: _Op,
+    ) -> tuple[_Op, object, BaseException | None]:
+        """Run one operation in its own savepoint; its exception goes to its caller only."""
+        try:
+            with connection.transaction():
+                return op, op.fn(connection), None
+        except sqlite3.Error as exc:
+            return op, None, _translate(exc, self.location)
+        # Thread boundary: like concurrent.futures, any error is handed to the awaiting caller,
+        # never swallowed; letting it escape would kill the writer and hang every other caller.
+        except Exception as exc:  # noqa: BLE001
+            return op, None, exc
+
+    # --- the interface ----------------------------------------------------------------------
 
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime,
-        batches: Iterable[Sequence[Mapping[str, Any]]], skips: Iterable[Skip],
+        batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
     ) -> None:
         """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
 
         Other operations run between chunks, so a million-row snapshot never stalls sending.
         """
-        snapshot = await self._call(Journal._begin_snapshot, campaign_id)
+        snapshot = await self._call(SqliteConnection._begin_snapshot, campaign_id)
         swapped = False
         try:
             encoded = _chunks(encode_batches(batches), _BATCH_CHUNK)
             while rows := await asyncio.to_thread(next, encoded, None):
-                await self._call(Journal._add_batches, campaign_id, snapshot, rows)
+                await self._call(SqliteConnection._add_batches, campaign_id, snapshot, rows)
             skip_chunks = _chunks(skips, _SKIP_CHUNK)
             while chunk := await asyncio.to_thread(next, skip_chunks, None):
-                await self._call(Journal._add_skips, campaign_id, snapshot, chunk)
+                await self._call(SqliteConnection._add_skips, campaign_id, snapshot, chunk)
             await self._call(
-                Journal._commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
+                SqliteConnection._commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
                 file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
             )
             swapped = True
         finally:
             if not swapped:
-                await self._call(Journal._drop_snapshot, snapshot)
+                await self._call(SqliteConnection._drop_snapshot, snapshot)
+
+    async def forget(self, campaign_id: str) -> None:
+        """`Journal.forget`."""
+        await self._call(SqliteConnection.forget, campaign_id)
 
     async def campaign(self, campaign_id: str) -> CampaignRecord | None:
         """`Journal.campaign`."""
-        return await self._call(Journal.campaign, campaign_id)
+        return await self._call(SqliteConnection.campaign, campaign_id)
 
     async def campaigns(self) -> list[CampaignRecord]:
         """`Journal.campaigns`."""
-        return await self._call(Journal.campaigns)
+        return await self._call(SqliteConnection.campaigns)
 
     async def set_state(
         self, campaign_id: str, state: CampaignState, error: str | None = None,
-    ) -> None:
-        """`Journal.set_state`, durable on return."""
-        await self._call(Journal.set_state, campaign_id, state, error)
+    ) -> CampaignRecord:
+        """`Journal.set_state`."""
+        return await self._call(SqliteConnection.set_state, campaign_id, state, error)
 
     async def open_batches(
         self, campaign_id: str, after_seq: int = -1, limit: int = 64,
     ) -> list[BatchRecord]:
         """`Journal.open_batches`."""
-        return await self._call(Journal.open_batches, campaign_id, after_seq, limit)
+        return await self._call(SqliteConnection.open_batches, campaign_id, after_seq, limit)
 
     async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """`Journal.mark_in_flight`, durable on return (post the batch only after it)."""
-        await self._call(Journal.mark_in_flight, campaign_id, seqs)
+        """`Journal.mark_in_flight`."""
+        await self._call(SqliteConnection.mark_in_flight, campaign_id, seqs)
 
     async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """`Journal.release`, durable on return."""
-        await self._call(Journal.release, campaign_id, seqs)
+        """`Journal.release`."""
+        await self._call(SqliteConnection.release, campaign_id, seqs)
 
     async def record_results(
         self, campaign_id: str, seq: int, results: Sequence[Result],
     ) -> int:
-        """`Journal.record_results`, durable on return."""
-        return await self._call(Journal.record_results, campaign_id, seq, results)
+        """`Journal.record_results`."""
+        return await self._call(SqliteConnection.record_results, campaign_id, seq, results)
 
     async def record_partial(
         self, campaign_id: str, seq: int, results: Sequence[Result],
     ) -> int:
-        """`Journal.record_partial`, durable on return."""
-        return await self._call(Journal.record_partial, campaign_id, seq, results)
+        """`Journal.record_partial`."""
+        return await self._call(SqliteConnection.record_partial, campaign_id, seq, results)
 
     async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
         """`Journal.mark_logged`."""
-        await self._call(Journal.mark_logged, campaign_id, marks)
+        await self._call(SqliteConnection.mark_logged, campaign_id, marks)
 
-    async def unlogged(self, campaign_id: str) -> list[tuple[int, int, list[RecipientRow]]]:
+    async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
         """`Journal.unlogged`."""
-        return await self._call(Journal.unlogged, campaign_id)
+        return await self._call(SqliteConnection.unlogged, campaign_id)
 
     async def skips_logged(self, campaign_id: str) -> bool:
         """`Journal.skips_logged`."""
-        return await self._call(Journal.skips_logged, campaign_id)
+        return await self._call(SqliteConnection.skips_logged, campaign_id)
 
     async def mark_skips_logged(self, campaign_id: str) -> None:
         """`Journal.mark_skips_logged`."""
-        await self._call(Journal.mark_skips_logged, campaign_id)
+        await self._call(SqliteConnection.mark_skips_logged, campaign_id)
 
-    async def expire_open(self, campaign_id: str) -> int:
-        """`Journal.expire_open`, durable on return."""
-        return await self._call(Journal.expire_open, campaign_id)
-
-    async def counts(self, campaign_id: str) -> dict[str, int]:
+    async def counts(self, campaign_id: str) -> Counts:
         """`Journal.counts`."""
-        return await self._call(Journal.counts, campaign_id)
+        return await self._call(SqliteConnection.counts, campaign_id)
 
     async def recipients(
         self, campaign_id: str, outcome: Outcome | None = None,
-    ) -> list[RecipientRow]:
-        """`Journal.recipients` as a list: for small uses only (it holds every row)."""
-        return await self.run(lambda journal: list(journal.recipients(campaign_id, outcome)))
+    ) -> AsyncIterator[RecipientRow]:
+        """`Journal.recipients`: one page per trip to the writer thread."""
+        cursor: Cursor | None = START
+        while cursor is not None:
+            rows, cursor = await self._call(
+                SqliteConnection.recipient_page, campaign_id, outcome, cursor,
+            )
+            for row in rows:
+                yield row
 
-    async def skips(self, campaign_id: str) -> list[Skip]:
-        """`Journal.skips` as a list: for small uses only."""
-        return await self.run(lambda journal: list(journal.skips(campaign_id)))
+    async def index_messages(self, max_batches: int = 8) -> int:
+        """`Journal.index_messages`."""
+        return await self._call(SqliteConnection.index_messages, max_batches)
 
-    async def forget(self, campaign_id: str) -> None:
-        """`Journal.forget`, durable on return."""
-        await self._call(Journal.forget, campaign_id)
+    async def message(self, message_id: str) -> MessageRecord | None:
+        """`Journal.message`."""
+        return await self._call(SqliteConnection.message, message_id)
 
-
-def _run_one(journal: Journal, op: _Op) -> tuple[_Op, object, BaseException | None]:
-    """Run one operation in its own savepoint; its exception goes to its caller only."""
-    try:
-        with journal.transaction():
-            return op, op.fn(journal), None
-    # Thread boundary: like concurrent.futures, any error is handed to the awaiting caller,
-    # never swallowed; letting it escape would kill the writer and hang every other caller.
-    except Exception as exc:  # noqa: BLE001
-        return op, None, exc
+    async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
+        """`Journal.sent_count`."""
+        return await self._call(SqliteConnection.sent_count, phone, types, since)

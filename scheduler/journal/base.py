@@ -1,0 +1,271 @@
+"""The storage interface: what the engine, the daemon and the reading commands ask of a journal.
+
+A journal is the record of truth: every campaign's frozen snapshot (its request bodies, cut in
+batches), each batch's state, and every recipient's final outcome. `Journal` is the one typed
+interface; SQLite (`scheduler.journal.sqlite`) implements it today, and a new backend passes
+the shared contract suite (`tests/test_journal_contract.py`) unchanged. Nothing outside a
+backend names its driver or catches its errors: a backend raises the `JournalError` family.
+
+The unit of storage is the batch, not the recipient (SPEC §12: a row per recipient on the send
+path costs more than the whole budget). Per-message rows, for look-ups by the API's messageId
+(delivery status) and by phone (frequency caps), are written off the hot path by
+`index_messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+
+from scheduler.audience import Skip
+from scheduler.vocabulary import CampaignState, Outcome
+
+BatchState = str  # "pending" | "in_flight" | "done"
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+class JournalError(RuntimeError):
+    """Something the journal could not do; the subclasses say whether waiting can help."""
+
+    def __init__(self, campaign_id: str | None, problem: str) -> None:
+        self.campaign_id = campaign_id
+        self.problem = problem
+        where = f"campaign {campaign_id!r}: " if campaign_id is not None else "journal: "
+        super().__init__(where + problem)
+
+
+class JournalConflict(JournalError):
+    """The journal's state does not allow this (re-planning a started campaign, closing a batch
+    that is not open, an illegal state change): a bug or a second writer, never retried."""
+
+
+class JournalUnavailable(JournalError):
+    """The journal cannot be read or written right now (I/O error, full disk, lost connection):
+    nothing of the failed call was kept; it may work later."""
+
+
+class JournalCorrupt(JournalError):
+    """The stored data is damaged, or was written by a newer release: an operator must act."""
+
+
+class JournalBusy(JournalUnavailable):
+    """Another process is writing this journal (a second daemon or `send`)."""
+
+    def __init__(self, location: str, holder: str) -> None:
+        self.location = location
+        self.holder = holder
+        super().__init__(
+            None, f"{location} is in use by {holder}; stop it first, or give this one its own "
+            "[paths].state",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRecord:
+    """A campaign as the journal knows it: identity, state, snapshot size and timestamps."""
+
+    id: str
+    type: str
+    file: str
+    fingerprint: str
+    state: CampaignState
+    send_at: datetime
+    deadline: datetime
+    recipients: int  # valid (to be sent) rows in the snapshot
+    skipped: int
+    batches: int
+    prepared_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    stage: int = 0  # roll-out stage reached (0: none yet)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch of the snapshot: its request body (orjson bytes) and its current state."""
+
+    seq: int
+    body: bytes
+    size: int
+    state: BatchState
+    attempts: int
+    decided: frozenset[str] = frozenset()  # ids already final (a partly recorded batch)
+
+
+class Result(NamedTuple):
+    """The final outcome of one message of a batch (skipped rows are kept separately).
+
+    A NamedTuple: the engine makes one per message, and a tuple is ~4x cheaper to build than a
+    frozen dataclass. ``phone`` rides along for the delivery log; the journal does not store
+    it (the body has it).
+    """
+
+    tracking_id: str
+    outcome: Outcome  # sent | rejected | expired | in_doubt
+    detail: str | None  # message_id for sent, error code for rejected, why for in_doubt
+    attempts: int
+    phone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    """One recipient and its final outcome, for ``report --status`` (re-targeting)."""
+
+    tracking_id: str  # "" for a skipped row whose tracking id could not be built
+    phone: str
+    outcome: Outcome
+    detail: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnloggedBatch:
+    """Outcomes of one batch journaled but not yet in the delivery log (a crash came between)."""
+
+    seq: int
+    held: int  # results the batch holds now: pass to `mark_logged` once the rows are written
+    rows: list[RecipientRow]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One sent message, by the API's messageId (from `index_messages`)."""
+
+    message_id: str
+    campaign: str
+    tracking_id: str
+    phone: str
+    type: str
+    sent_at: datetime
+
+
+Counts = dict[str, int]
+Message = Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# the interface
+
+
+class Journal(Protocol):
+    """Everything the engine, the daemon, `report`, `plan` and `status` ask of a journal.
+
+    Every method is a coroutine. A write returns once it is durable (so "mark in flight, then
+    post" holds across a power cut); a failed write leaves nothing of itself behind. Campaign
+    state changes go through `scheduler.lifecycle`, never straight to `set_state`.
+    """
+
+    location: str  # where it is, for people (a path, or a URL without its password)
+
+    async def start(self, *, writer: bool) -> None:
+        """Open the journal (creating or migrating its schema). ``writer``: this process will
+        send; a second writer is refused with `JournalBusy`."""
+
+    async def close(self) -> None:
+        """Finish every queued write, then let go of the journal."""
+
+    # --- snapshot ---------------------------------------------------------------------------
+
+    async def prepare(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+        batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
+    ) -> None:
+        """Snapshot a campaign: its batches (consumed first, written in chunks while other
+        writes go on), then its skipped rows, swapped in at the end in one small transaction,
+        so readers see the old snapshot or the new one, never a mix. Replaces an unstarted
+        earlier snapshot; a started campaign raises `JournalConflict`. Lands in "scheduled"."""
+
+    async def forget(self, campaign_id: str) -> None:
+        """Delete an unstarted campaign and its snapshot; a started one raises
+        `JournalConflict`; an unknown one is a no-op."""
+
+    # --- campaigns --------------------------------------------------------------------------
+
+    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
+        """The campaign's record, or None if the journal has never prepared it."""
+
+    async def campaigns(self) -> list[CampaignRecord]:
+        """Every campaign in the journal, by send time then id."""
+
+    async def set_state(
+        self, campaign_id: str, state: CampaignState, error: str | None = None,
+    ) -> CampaignRecord:
+        """Move a campaign to ``state`` (``error``: why, or None) and return the new record.
+        "running" stamps ``started_at`` once (the snapshot is frozen from then on); finished
+        states stamp ``finished_at``. A move `vocabulary.may_move` forbids raises
+        `JournalConflict`; an unknown campaign too. Only `lifecycle` calls this."""
+
+    # --- batches: the send path -------------------------------------------------------------
+
+    async def open_batches(
+        self, campaign_id: str, after_seq: int = -1, limit: int = 64,
+    ) -> list[BatchRecord]:
+        """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
+
+    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """Mark open batches in flight (attempts + 1); durable on return: post only after it.
+        A batch that is not open raises `JournalConflict` and nothing is marked."""
+
+    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """Return in-flight batches to pending: certainly not delivered, they will be resent."""
+
+    async def record_results(
+        self, campaign_id: str, seq: int, results: Sequence[Result],
+    ) -> int:
+        """Close a batch with one final outcome per message not decided before; returns how
+        many results the batch holds. The wrong number of results, a doubled id or a batch
+        that is not open raises `JournalConflict` and nothing is kept."""
+
+    async def record_partial(
+        self, campaign_id: str, seq: int, results: Sequence[Result],
+    ) -> int:
+        """Keep the outcomes decided so far (they are never sent again); the batch's other
+        messages go back to pending. Returns how many results the batch holds."""
+
+    # --- what reached the delivery log ------------------------------------------------------
+
+    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
+        """Record, per ``(seq, held)``, that the batch's first ``held`` results are logged."""
+
+    async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
+        """Outcomes journaled but not yet marked logged, by batch."""
+
+    async def skips_logged(self, campaign_id: str) -> bool:
+        """True once the campaign's skipped rows are in the delivery log."""
+
+    async def mark_skips_logged(self, campaign_id: str) -> None:
+        """Record that the campaign's skipped rows are in the delivery log."""
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def counts(self, campaign_id: str) -> Counts:
+        """Messages per outcome (sent, rejected, expired, in_doubt, skipped) plus ``pending``."""
+
+    def recipients(
+        self, campaign_id: str, outcome: Outcome | None = None,
+    ) -> AsyncIterator[RecipientRow]:
+        """Stream recipients with a final outcome (all, or one outcome): batches in order,
+        then skipped rows in CSV order. Memory stays flat whatever the audience size."""
+
+    # --- per-message rows, off the hot path -------------------------------------------------
+
+    async def index_messages(self, max_batches: int = 8) -> int:
+        """Copy the sent messages of up to ``max_batches`` closed batches into per-message rows
+        (messageId, phone, type, time); returns how many batches it indexed (0: caught up)."""
+
+    async def message(self, message_id: str) -> MessageRecord | None:
+        """The indexed message with the API's ``message_id``, or None."""
+
+    async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
+        """Indexed messages of ``types`` sent to ``phone`` at or after ``since`` (all campaigns)."""

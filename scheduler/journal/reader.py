@@ -1,0 +1,71 @@
+"""The journal for synchronous callers: `report`, `plan` and the demo's summary read through it.
+
+It starts a journal as a reader (no writer lock: it works beside a running daemon) on a private
+event loop, and turns the interface's coroutines into plain calls. Streams come in pages, so a
+million-row listing costs a few hundred loop turns, not a million.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
+
+from scheduler.journal.base import CampaignRecord, Counts, Journal, RecipientRow
+from scheduler.vocabulary import Outcome
+
+T = TypeVar("T")
+PAGE = 2_000  # recipients handed over per loop turn
+
+
+class JournalReader:
+    """A started `Journal` with synchronous methods; use as a context manager."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._runner = asyncio.Runner()
+
+    def __enter__(self) -> JournalReader:
+        """Open the journal as a reader."""
+        try:
+            self._runner.run(self.journal.start(writer=False))
+        except BaseException:
+            self._runner.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the journal and the private loop."""
+        try:
+            self._runner.run(self.journal.close())
+        finally:
+            self._runner.close()
+
+    def campaigns(self) -> list[CampaignRecord]:
+        """`Journal.campaigns`."""
+        return self._runner.run(self.journal.campaigns())
+
+    def campaign(self, campaign_id: str) -> CampaignRecord | None:
+        """`Journal.campaign`."""
+        return self._runner.run(self.journal.campaign(campaign_id))
+
+    def counts(self, campaign_id: str) -> Counts:
+        """`Journal.counts`."""
+        return self._runner.run(self.journal.counts(campaign_id))
+
+    def recipients(
+        self, campaign_id: str, outcome: Outcome | None = None,
+    ) -> Iterator[RecipientRow]:
+        """`Journal.recipients`, streamed in pages."""
+        stream = self.journal.recipients(campaign_id, outcome)
+        while page := self._runner.run(_take(stream, PAGE)):
+            yield from page
+
+
+async def _take(stream: AsyncIterator[T], count: int) -> list[T]:
+    page: list[T] = []
+    async for item in stream:
+        page.append(item)
+        if len(page) >= count:
+            break
+    return page

@@ -1,0 +1,82 @@
+"""The one owner of a campaign's state: every change is journaled, then announced once.
+
+The engine and the daemon never write a state themselves; they call `Lifecycle.move`, which
+checks the move against `vocabulary.may_move` (the journal checks it again, in the same
+transaction as the write), makes it durable, and writes the event that goes with it to the
+delivery log and the operational log under the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from scheduler.delivery_log import DeliveryLog
+from scheduler.journal import CampaignRecord, Journal, JournalConflict
+from scheduler.oplog import get_logger
+from scheduler.vocabulary import CampaignState, may_move
+
+#: the event each state change announces, and at which level; None: the change is announced
+#: by the event that caused it ("campaign_invalid" names the file's problems when it is read,
+#: "campaign_scheduled" when the timer is armed). "running" is special: see `_running_event`.
+EVENTS: dict[CampaignState, tuple[str, str] | None] = {
+    "scheduled": None,
+    "running": ("campaign_started", "info"),
+    "backing_off": ("campaign_backing_off", "warning"),
+    "paused": ("campaign_paused", "info"),
+    "done": ("campaign_finished", "info"),
+    "expired": ("campaign_finished", "info"),
+    "failed": ("campaign_failed", "error"),
+    "invalid": None,
+    "cancelled": ("campaign_cancelled", "info"),
+}
+
+
+class Lifecycle:
+    """Moves campaigns between states: journal first (durable), then both logs."""
+
+    def __init__(self, journal: Journal, log: DeliveryLog) -> None:
+        self.journal = journal
+        self.log = log
+        self._oplog: FilteringBoundLogger = get_logger("campaign")
+
+    async def move(
+        self, campaign_id: str, state: CampaignState, *, error: str | None = None,
+        **fields: Any,
+    ) -> CampaignRecord:
+        """Put the campaign in ``state``; announce it when the state really changed.
+
+        ``fields`` go into the event (counts, reasons...). Raises `JournalConflict` for a move
+        the vocabulary forbids, e.g. anything out of "done", and for an unknown campaign.
+        """
+        before = await self.journal.campaign(campaign_id)
+        if before is None:
+            raise JournalConflict(campaign_id, "no such campaign in the journal")
+        if not may_move(before.state, state):
+            raise JournalConflict(campaign_id, f"a {before.state} campaign cannot become {state}")
+        record = await self.journal.set_state(campaign_id, state, error)
+        if before.state != state:
+            self._announce(before, record, error, fields)
+        return record
+
+    def _announce(
+        self, before: CampaignRecord, after: CampaignRecord, error: str | None,
+        fields: dict[str, Any],
+    ) -> None:
+        spec = EVENTS[after.state]
+        if spec is None:
+            return
+        event, level = spec
+        if after.state == "running" and before.started_at is not None:
+            event = "campaign_resumed"  # started before: after a pause, an outage or a restart
+        if after.state in ("done", "expired"):
+            fields = {"state": after.state, **fields}
+        if error is not None:
+            fields = {**fields, "error": error}
+        self.announce(event, level, campaign=after.id, **fields)
+
+    def announce(self, event: str, level: str = "info", **fields: Any) -> None:
+        """Write one campaign event to the delivery log and the operational log alike."""
+        self.log.event(event, level=level, **fields)
+        getattr(self._oplog, level)(event, **fields)

@@ -1,0 +1,74 @@
+"""The product's words, defined once: campaign states and their legal moves, outcomes, skip
+reasons and delivery statuses.
+
+Every other module imports these instead of spelling its own sets; `lifecycle` is the one place
+that moves a campaign from one state to another, and `may_move` is the rule it enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+CampaignState = Literal[
+    "scheduled",    # valid, snapshotted, waiting for send_at
+    "running",      # sending (or resumable after a stop: the journal says where it is)
+    "backing_off",  # an outage outlasted a batch's retries: the whole campaign waits
+    "paused",       # ``paused = true`` in its file
+    "done",         # every recipient has a final outcome
+    "expired",      # send_at + ttl passed; what was left is ``expired``
+    "failed",       # the API refused the credentials; resumes after a reload with new ones
+    "invalid",      # its file (or CSV) no longer validates
+    "cancelled",    # its file was removed before it finished; restoring the file resumes it
+]
+CAMPAIGN_STATES: tuple[CampaignState, ...] = get_args(CampaignState)
+
+#: a campaign in these states is over: nothing will ever be sent for it again
+FINISHED: frozenset[CampaignState] = frozenset({"done", "expired"})
+#: a campaign in these states has sent (or begun to send): its snapshot is frozen. "paused"
+#: is not here: a campaign paused before its send time has sent nothing and may be re-planned
+#: (the journal's ``started_at`` is what really tells)
+STARTED: frozenset[CampaignState] = frozenset(
+    {"running", "backing_off", "done", "expired", "failed"}
+)
+#: states the journal stamps with ``finished_at`` (cancelled counts: nothing more is planned)
+ENDED: frozenset[CampaignState] = frozenset({"done", "expired", "cancelled"})
+
+#: the legal moves; staying in a state is always allowed. A finished campaign never moves;
+#: "scheduled" is re-entered only by a fresh snapshot (the journal refuses one once started);
+#: only a running campaign backs off, finishes or expires
+_STOPPED: frozenset[CampaignState] = frozenset({"paused", "failed", "invalid", "cancelled"})
+TRANSITIONS: dict[CampaignState, frozenset[CampaignState]] = {
+    "scheduled": _STOPPED | {"running"},
+    "running": _STOPPED | FINISHED | {"backing_off"},
+    "backing_off": _STOPPED | FINISHED | {"running"},
+    "paused": _STOPPED | {"scheduled", "running"},
+    "failed": _STOPPED | {"running"},
+    "invalid": _STOPPED | {"scheduled", "running"},
+    "cancelled": _STOPPED | {"scheduled", "running"},
+    "done": frozenset(),
+    "expired": frozenset(),
+}
+
+
+def may_move(current: CampaignState, target: CampaignState) -> bool:
+    """True when a campaign in ``current`` may be put in ``target`` (or stays where it is)."""
+    return current == target or target in TRANSITIONS[current]
+
+
+Outcome = Literal["sent", "rejected", "expired", "skipped", "in_doubt"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+#: outcomes decided by sending (skipped rows are decided by the snapshot, before any request)
+BATCH_OUTCOMES: tuple[Outcome, ...] = ("sent", "rejected", "expired", "in_doubt")
+
+SkipReason = Literal["invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long"]
+SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
+
+#: SMSBAT's delivery statuses (its "Check Message Status" page); ``unknown`` is ours: given up
+DeliveryStatus = Literal[
+    "scheduled", "processing", "delivered", "undeliverable", "permanenterror", "unknown",
+]
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
+#: statuses after which nothing changes any more
+DELIVERY_FINAL: frozenset[DeliveryStatus] = frozenset(
+    {"delivered", "undeliverable", "permanenterror", "unknown"}
+)

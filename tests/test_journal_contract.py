@@ -1,0 +1,407 @@
+"""The storage contract: what every journal backend must do, run against each one unchanged.
+
+Only the `Journal` interface is used here (no SQL, no driver), so a new backend joins by adding
+itself to `BACKENDS` and passing this file as it is. SQLite-only behaviour (WAL readers, the
+writer lock, group commit) is in test_journal_sqlite.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from scheduler.audience import Skip
+from scheduler.journal import Journal, JournalConflict, Result
+from scheduler.journal.sqlite import SqliteJournal
+from scheduler.vocabulary import OUTCOMES, Outcome
+
+SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+DEADLINE = SEND_AT + timedelta(hours=1)
+BACKENDS = ["sqlite"]
+
+MakeJournal = Callable[[], Journal]
+
+
+def message(campaign: str, n: int) -> dict[str, Any]:
+    """One API body element, as the engine builds it."""
+    return {"id": f"{campaign}-{n}", "fromName": "Brand", "toPhone": f"+38050{n:07d}",
+            "messageType": "promo", "text": f"Hello {n}"}
+
+
+def batches(campaign: str, count: int, size: int) -> Iterator[list[dict[str, Any]]]:
+    """``count`` batches of ``size`` messages, numbered 0, 1, 2... across batches."""
+    for b in range(count):
+        yield [message(campaign, n) for n in range(b * size, (b + 1) * size)]
+
+
+async def prepare(journal: Journal, campaign: str, count: int = 4, size: int = 5,
+                  skips: Sequence[Skip] = (), **override: Any) -> None:
+    """Snapshot ``campaign`` with ``count`` batches of ``size`` (keywords override the rest)."""
+    arguments: dict[str, Any] = {
+        "campaign_id": campaign, "type": "promo", "file": f"/c/{campaign}.toml",
+        "fingerprint": "f1", "send_at": SEND_AT, "deadline": DEADLINE,
+        "batches": batches(campaign, count, size), "skips": skips,
+    }
+    await journal.prepare(**(arguments | override))
+
+
+def results(body: bytes, outcome: Outcome = "sent", only: int | None = None) -> list[Result]:
+    """A result for each message of a batch body (the first ``only`` of them, if given)."""
+    messages = orjson.loads(body)[:only]
+    return [Result(m["id"], outcome, f"mid-{m['id']}" if outcome == "sent" else "E1", 1,
+                   m["toPhone"]) for m in messages]
+
+
+async def expire_rest(journal: Journal, campaign: str) -> int:
+    """Close every open batch as expired, as the engine does past the deadline."""
+    expired = 0
+    while page := await journal.open_batches(campaign):
+        for batch in page:
+            closing = [r for r in results(batch.body, "expired")
+                       if r.tracking_id not in batch.decided]
+            await journal.record_results(campaign, batch.seq, closing)
+            expired += len(closing)
+    return expired
+
+
+async def rows(journal: Journal, campaign: str, outcome: Outcome | None = None) -> list[Any]:
+    """(tracking_id, outcome) of every listed recipient, in listing order."""
+    return [(r.tracking_id, r.outcome) async for r in journal.recipients(campaign, outcome)]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_journal(request: pytest.FixtureRequest, tmp_path: Path) -> MakeJournal:
+    """A factory of (unstarted) journals that all open the same store."""
+    if request.param == "sqlite":
+        return lambda: SqliteJournal(tmp_path / "state" / "journal.sqlite3")
+    raise AssertionError(f"unknown backend {request.param}")
+
+
+@pytest.fixture
+async def journal(make_journal: MakeJournal) -> AsyncIterator[Journal]:
+    """A started writer journal, closed at the end."""
+    started = make_journal()
+    await started.start(writer=True)
+    yield started
+    await started.close()
+
+
+# --- snapshots ----------------------------------------------------------------------------
+
+
+async def test_prepare_records_the_snapshot(journal: Journal) -> None:
+    """A snapshot lands "scheduled" with its sizes, times, batches and skipped rows."""
+    skips = [Skip(3, "c-x", "123", "invalid_phone", "not E.164"),
+             Skip(9, None, "+1", "invalid_id")]
+    await prepare(journal, "c", count=3, size=4, skips=skips)
+    record = await journal.campaign("c")
+    assert record is not None
+    assert (record.state, record.recipients, record.skipped, record.batches) == (
+        "scheduled", 12, 2, 3)
+    assert (record.send_at, record.deadline) == (SEND_AT, DEADLINE)
+    assert record.started_at is None and record.finished_at is None and record.stage == 0
+    opened = await journal.open_batches("c")
+    assert [b.seq for b in opened] == [0, 1, 2]
+    assert [m["id"] for m in orjson.loads(opened[1].body)] == [f"c-{n}" for n in range(4, 8)]
+    assert {(b.state, b.attempts, b.size) for b in opened} == {("pending", 0, 4)}
+    assert await rows(journal, "c", "skipped") == [("c-x", "skipped"), ("", "skipped")]
+    assert [r.detail async for r in journal.recipients("c", "skipped")] == [
+        "invalid_phone", "invalid_id"]
+
+
+async def test_a_new_snapshot_replaces_an_unstarted_one_whole(journal: Journal) -> None:
+    """Re-preparing swaps in the new batches and skips; nothing of the old one is left."""
+    await prepare(journal, "c", count=4, size=5, skips=[Skip(1, None, "x", "duplicate")])
+    await prepare(journal, "c", count=2, size=3, fingerprint="f2")
+    record = await journal.campaign("c")
+    assert record is not None and (record.fingerprint, record.recipients, record.skipped) == (
+        "f2", 6, 0)
+    assert len(await journal.open_batches("c")) == 2
+    assert await rows(journal, "c", "skipped") == []
+
+
+async def test_a_failing_snapshot_leaves_the_old_one(journal: Journal) -> None:
+    """An audience that breaks half way (a CSV gone bad) never replaces the snapshot."""
+    await prepare(journal, "c", count=2, size=5)
+
+    def broken() -> Iterator[list[dict[str, Any]]]:
+        yield [message("c", 100)]
+        raise OSError("the CSV vanished")
+
+    with pytest.raises(OSError, match="vanished"):
+        await prepare(journal, "c", batches=broken(), fingerprint="f2")
+    record = await journal.campaign("c")
+    assert record is not None and (record.fingerprint, record.recipients) == ("f1", 10)
+    assert [b.seq for b in await journal.open_batches("c")] == [0, 1]
+
+
+async def test_a_started_snapshot_is_frozen(journal: Journal) -> None:
+    """Once running, prepare and forget are refused and the snapshot stays as it was."""
+    await prepare(journal, "c")
+    await journal.set_state("c", "running")
+    with pytest.raises(JournalConflict, match="started"):
+        await prepare(journal, "c", count=1, fingerprint="f2")
+    with pytest.raises(JournalConflict):
+        await journal.forget("c")
+    record = await journal.campaign("c")
+    assert record is not None and record.fingerprint == "f1" and record.batches == 4
+
+
+async def test_forget_an_unstarted_campaign(journal: Journal) -> None:
+    """Forgetting drops the campaign and its snapshot; an unknown id is a no-op."""
+    await prepare(journal, "a")
+    await prepare(journal, "b")
+    await journal.forget("a")
+    await journal.forget("never-prepared")
+    assert [r.id for r in await journal.campaigns()] == ["b"]
+
+
+async def test_campaigns_by_send_time_then_id(journal: Journal) -> None:
+    """The listing is ordered by send time, then id."""
+    await prepare(journal, "late", send_at=SEND_AT + timedelta(hours=2))
+    await prepare(journal, "b")
+    await prepare(journal, "a")
+    assert [r.id for r in await journal.campaigns()] == ["a", "b", "late"]
+
+
+# --- states -------------------------------------------------------------------------------
+
+
+async def test_states_stamp_their_times(journal: Journal) -> None:
+    """started_at once, at the first "running"; finished_at only when it finished."""
+    await prepare(journal, "c")
+    first = await journal.set_state("c", "running")
+    assert first.state == "running" and first.started_at is not None
+    await journal.set_state("c", "backing_off", "HTTP 503 six times")
+    again = await journal.set_state("c", "running")
+    assert again.started_at == first.started_at and again.error is None
+    failed = await journal.set_state("c", "failed", "credentials refused")
+    assert failed.error == "credentials refused" and failed.finished_at is None
+    await journal.set_state("c", "running")
+    done = await journal.set_state("c", "done")
+    assert done.finished_at is not None and done.finished_at >= first.started_at  # type: ignore[operator]
+
+
+async def test_illegal_moves_are_refused(journal: Journal) -> None:
+    """A finished campaign never moves; only a running one finishes; unknown ids are refused."""
+    await prepare(journal, "c")
+    with pytest.raises(JournalConflict, match="scheduled campaign cannot become done"):
+        await journal.set_state("c", "done")
+    await journal.set_state("c", "running")
+    await journal.set_state("c", "expired")
+    for target in ("running", "scheduled", "paused", "cancelled"):
+        with pytest.raises(JournalConflict, match="expired campaign cannot become"):
+            await journal.set_state("c", target)  # type: ignore[arg-type]
+    record = await journal.campaign("c")
+    assert record is not None and record.state == "expired"
+    with pytest.raises(JournalConflict, match="no such campaign"):
+        await journal.set_state("nope", "running")
+
+
+# --- batches: in flight, partial and final outcomes ---------------------------------------
+
+
+async def test_in_flight_marks_and_release(journal: Journal) -> None:
+    """A mark counts an attempt and survives as "in_flight"; release puts it back."""
+    await prepare(journal, "c")
+    await journal.mark_in_flight("c", [0, 2])
+    opened = {b.seq: b for b in await journal.open_batches("c")}
+    assert (opened[0].state, opened[0].attempts) == ("in_flight", 1)
+    assert (opened[1].state, opened[1].attempts) == ("pending", 0)
+    await journal.release("c", [0])
+    opened = {b.seq: b for b in await journal.open_batches("c")}
+    assert (opened[0].state, opened[0].attempts) == ("pending", 1)
+    assert opened[2].state == "in_flight"
+
+
+async def test_marking_a_closed_batch_marks_nothing(journal: Journal) -> None:
+    """Marking [open, closed] fails whole: the open one is not marked either."""
+    await prepare(journal, "c")
+    first = (await journal.open_batches("c", limit=1))[0]
+    await journal.mark_in_flight("c", [0])
+    await journal.record_results("c", 0, results(first.body))
+    with pytest.raises(JournalConflict, match="open"):
+        await journal.mark_in_flight("c", [1, 0])
+    batch = (await journal.open_batches("c", limit=1))[0]
+    assert (batch.seq, batch.state, batch.attempts) == (1, "pending", 0)
+
+
+async def test_open_batches_pages_after_a_seq(journal: Journal) -> None:
+    """Paging by ``after_seq`` and ``limit`` walks the open batches in order."""
+    await prepare(journal, "c", count=5, size=1)
+    assert [b.seq for b in await journal.open_batches("c", -1, 2)] == [0, 1]
+    assert [b.seq for b in await journal.open_batches("c", 1, 2)] == [2, 3]
+    assert [b.seq for b in await journal.open_batches("c", 3, 10)] == [4]
+
+
+async def test_partial_then_final_outcomes(journal: Journal) -> None:
+    """Outcomes decided half way are kept (never resent); the rest close the batch later."""
+    await prepare(journal, "c", count=2, size=4)
+    batch = (await journal.open_batches("c", limit=1))[0]
+    await journal.mark_in_flight("c", [0])
+    decided = results(batch.body, "rejected", only=1)
+    assert await journal.record_partial("c", 0, decided) == 1
+    again = (await journal.open_batches("c", limit=1))[0]
+    assert again.state == "pending" and again.decided == frozenset({"c-0"})
+    rest = [r for r in results(batch.body) if r.tracking_id != "c-0"]
+    assert await journal.record_results("c", 0, rest) == 4
+    assert [b.seq for b in await journal.open_batches("c")] == [1]
+    counts = await journal.counts("c")
+    assert (counts["sent"], counts["rejected"], counts["pending"]) == (3, 1, 4)
+    assert await rows(journal, "c") == [("c-0", "rejected"), ("c-1", "sent"),
+                                        ("c-2", "sent"), ("c-3", "sent")]
+
+
+async def test_a_wrong_result_set_keeps_nothing(journal: Journal) -> None:
+    """Too few results, a doubled id, or a closed batch: refused, and nothing is recorded."""
+    await prepare(journal, "c", count=2, size=3)
+    batch = (await journal.open_batches("c", limit=1))[0]
+    full = results(batch.body)
+    with pytest.raises(JournalConflict, match="3 messages"):
+        await journal.record_results("c", 0, full[:2])
+    with pytest.raises(JournalConflict, match="distinct"):
+        await journal.record_results("c", 0, [full[0], full[0], full[1]])
+    assert (await journal.counts("c"))["sent"] == 0
+    assert (await journal.open_batches("c", limit=1))[0].decided == frozenset()
+    await journal.record_results("c", 0, full)
+    with pytest.raises(JournalConflict, match="not open"):
+        await journal.record_results("c", 0, full)
+    assert (await journal.counts("c"))["sent"] == 3
+
+
+async def test_expiring_what_is_left(journal: Journal) -> None:
+    """Past the deadline every open message is expired; decided ones keep their outcome."""
+    await prepare(journal, "c", count=3, size=2)
+    batch = (await journal.open_batches("c", limit=1))[0]
+    await journal.record_partial("c", 0, results(batch.body, only=1))
+    assert await expire_rest(journal, "c") == 5
+    counts = await journal.counts("c")
+    assert (counts["sent"], counts["expired"], counts["pending"]) == (1, 5, 0)
+    assert await journal.open_batches("c") == []
+    expired = [r.tracking_id async for r in journal.recipients("c", "expired")]
+    assert expired == ["c-1", "c-2", "c-3", "c-4", "c-5"]
+
+
+async def test_counts_and_filters_cover_every_outcome(journal: Journal) -> None:
+    """Each outcome is counted and listed on its own; the full listing has every recipient."""
+    skipped = [Skip(7, "c-s", "+380", "suppressed")]
+    await prepare(journal, "c", count=4, size=2, skips=skipped)
+    for seq, outcome in enumerate(("sent", "rejected", "in_doubt")):
+        batch = (await journal.open_batches("c", seq - 1, 1))[0]
+        await journal.record_results("c", seq, results(batch.body, outcome))  # type: ignore[arg-type]
+    await expire_rest(journal, "c")
+    counts = await journal.counts("c")
+    assert {k: counts[k] for k in OUTCOMES} == {
+        "sent": 2, "rejected": 2, "in_doubt": 2, "expired": 2, "skipped": 1}
+    assert counts["pending"] == 0
+    for outcome in OUTCOMES:
+        listed = await rows(journal, "c", outcome)
+        assert len(listed) == counts[outcome] and {o for _, o in listed} == {outcome}
+    everyone = await rows(journal, "c")
+    assert len(everyone) == 9 and everyone[-1] == ("c-s", "skipped")
+
+
+async def test_recipients_stream_a_large_campaign_in_order(journal: Journal) -> None:
+    """Hundreds of batches and thousands of skips come back whole and in order."""
+    skips = [Skip(n, f"s-{n}", "x", "duplicate") for n in range(25_000)]
+    await prepare(journal, "c", count=300, size=3, skips=skips)
+    await journal.set_state("c", "running")
+    await expire_rest(journal, "c")
+    listed = await rows(journal, "c")
+    assert len(listed) == 900 + 25_000
+    assert [t for t, _ in listed[:900]] == [f"c-{n}" for n in range(900)]
+    assert [t for t, _ in listed[900:]] == [f"s-{n}" for n in range(25_000)]
+
+
+# --- the delivery log's bookkeeping -------------------------------------------------------
+
+
+async def test_unlogged_outcomes_until_marked(journal: Journal) -> None:
+    """What was journaled but not marked logged comes back once, then no more."""
+    await prepare(journal, "c", count=2, size=2)
+    assert not await journal.skips_logged("c")
+    await journal.mark_skips_logged("c")
+    assert await journal.skips_logged("c")
+    batch = (await journal.open_batches("c", limit=1))[0]
+    held = await journal.record_results("c", 0, results(batch.body))
+    pending = await journal.unlogged("c")
+    assert [(b.seq, b.held) for b in pending] == [(0, held)]
+    assert [(r.tracking_id, r.phone, r.outcome) for r in pending[0].rows] == [
+        ("c-0", "+380500000000", "sent"), ("c-1", "+380500000001", "sent")]
+    await journal.mark_logged("c", [(0, held)])
+    assert await journal.unlogged("c") == []
+
+
+# --- durability ---------------------------------------------------------------------------
+
+
+async def test_everything_survives_reopening(make_journal: MakeJournal) -> None:
+    """What a call returned is there after the journal is closed and opened again."""
+    first = make_journal()
+    await first.start(writer=True)
+    await prepare(first, "c", count=2, size=2)
+    await first.set_state("c", "running")
+    batch = (await first.open_batches("c", limit=1))[0]
+    await first.mark_in_flight("c", [0, 1])
+    await first.record_results("c", 0, results(batch.body))
+    await first.close()
+
+    second = make_journal()
+    await second.start(writer=True)
+    try:
+        record = await second.campaign("c")
+        assert record is not None and record.state == "running"
+        assert [(b.seq, b.state) for b in await second.open_batches("c")] == [(1, "in_flight")]
+        assert (await second.counts("c"))["sent"] == 2
+    finally:
+        await second.close()
+
+
+async def test_a_reader_sees_the_writer(make_journal: MakeJournal, journal: Journal) -> None:
+    """A reader (report, plan, status) opens beside a running writer and sees its commits."""
+    await prepare(journal, "c")
+    reader = make_journal()
+    await reader.start(writer=False)
+    try:
+        record = await reader.campaign("c")
+        assert record is not None and record.recipients == 20
+        await journal.set_state("c", "running")
+        fresh = await reader.campaign("c")
+        assert fresh is not None and fresh.state == "running"
+    finally:
+        await reader.close()
+
+
+# --- per-message rows, off the hot path ---------------------------------------------------
+
+
+async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
+    """Sent messages become findable by messageId and countable by phone, type and time."""
+    await prepare(journal, "a", count=2, size=2)
+    await prepare(journal, "t", count=1, size=2, type="transaction")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    for campaign in ("a", "t"):
+        batch = (await journal.open_batches(campaign, limit=1))[0]
+        await journal.record_results(campaign, 0, results(batch.body))
+    batch = (await journal.open_batches("a", limit=1))[0]
+    await journal.record_results("a", 1, results(batch.body, "rejected"))
+    indexed = 0
+    while count := await journal.index_messages(max_batches=1):
+        indexed += count
+    assert indexed == 3  # every closed batch once, the rejected one included (nothing in it)
+    found = await journal.message("mid-a-1")
+    assert found is not None
+    assert (found.campaign, found.tracking_id, found.phone, found.type) == (
+        "a", "a-1", "+380500000001", "promo")
+    assert found.sent_at >= before
+    assert await journal.message("mid-a-2") is None  # rejected: never sent
+    assert await journal.sent_count("+380500000000", ["promo"], before) == 1
+    assert await journal.sent_count("+380500000000", ["promo", "transaction"], before) == 2
+    assert await journal.sent_count("+380500000000", ["promo"], datetime.now(UTC)
+                                    + timedelta(seconds=1)) == 0
+    assert await journal.index_messages() == 0
