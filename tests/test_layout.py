@@ -1,0 +1,80 @@
+"""The package's shape, checked: no import cycles, and the storage driver stays in its backend.
+
+Imports are read from the source (module level and inside functions alike), so a lazy import
+that closes a cycle is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "scheduler"
+
+
+def module_name(path: Path) -> str:
+    """``scheduler/journal/base.py`` -> ``scheduler.journal.base`` (a package is its __init__)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module of the package that ``path`` imports, wherever the import statement is."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("scheduler")}
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (names that are not modules dropped)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {name: imports(path) & set(modules) - {name} for name, path in modules.items()}
+
+
+def cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as the path that closes it, or None."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node):], node]
+        if node in done:
+            return None
+        for target in sorted(edges.get(node, ())):
+            if (found := visit(target, [*path, node])) is not None:
+                return found
+        done.add(node)
+        return None
+
+    for start in sorted(edges):
+        if (found := visit(start, [])) is not None:
+            return found
+    return None
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    """The checker itself can fail: a lazy two-module loop is reported."""
+    assert cycle({"a": {"b"}, "b": {"a"}, "c": set()}) == ["a", "b", "a"]
+    assert cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    """Data flows one way (files → models → plan → batches → API → journal → log)."""
+    edges = graph()
+    # a package's __init__ re-exports its modules, which import their siblings, not the package
+    assert "scheduler.journal.sqlite" in edges["scheduler.journal"]
+    assert cycle(edges) is None, " -> ".join(cycle(edges) or [])
+
+
+def test_only_the_sqlite_backend_names_its_driver() -> None:
+    """Nothing outside scheduler/journal/sqlite.py imports sqlite3 or catches its errors."""
+    users = sorted(
+        module_name(path) for path in PACKAGE.rglob("*.py")
+        if "import sqlite3" in path.read_text("utf-8") or "sqlite3." in path.read_text("utf-8")
+    )
+    assert users == ["scheduler.journal.sqlite"]
