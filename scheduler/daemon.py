@@ -368,13 +368,17 @@ class Daemon:
             self._lifecycle.announce("campaign_invalid", "error", file=str(check.file),
                                      campaign=cid, errors=errors)
         tracked = self._campaigns.get(cid) if cid else None
-        if tracked is not None:
-            self._unschedule(tracked.campaign.id)
-            tracked.state = "invalid"
-            if tracked.run is not None:
-                tracked.run.halt("invalid")
-            elif await self._engine.journal.campaign(tracked.campaign.id) is not None:
-                await self._lifecycle.move(tracked.campaign.id, "invalid")
+        if tracked is None:
+            return cid
+        record = await self._engine.journal.campaign(tracked.campaign.id)
+        if record is not None and record.state in FINISHED:
+            return cid  # finished stays finished: its file no longer matters
+        self._unschedule(tracked.campaign.id)
+        tracked.state = "invalid"
+        if tracked.run is not None:
+            tracked.run.halt("invalid")
+        elif record is not None:
+            await self._lifecycle.move(tracked.campaign.id, "invalid")
         return cid
 
     async def _removed(self, cid: str) -> None:

@@ -190,6 +190,27 @@ def test_file_turned_invalid_is_unscheduled_and_daemon_keeps_sending(
     assert daemon.stop() == 0
 
 
+def test_finished_campaign_whose_file_turns_invalid_stays_done(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """A campaign that finished keeps its state when its file later breaks (a finished campaign
+    never moves): the error is logged, the daemon stays up and still serves new files."""
+    workspace = Workspace(tmp_path)
+    workspace.audience("over", 20)
+    workspace.audience("next", 20)
+    path = workspace.write_campaign("over", utc_seconds_from_now(2))
+    daemon = start_daemon(workspace)
+    _final(workspace, "over", "done")
+    write_atomic(path, path.read_text("utf-8").replace('type = "transaction"', 'type = "promoo"'))
+    poll(lambda: workspace.events("campaign_invalid"), 5, "campaign_invalid")
+    workspace.write_campaign("next", utc_seconds_from_now(2))
+    _final(workspace, "next", "done")
+    assert daemon.alive
+    assert workspace.state("over") == "done"
+    assert "campaign_crashed" not in daemon.stderr() and "Traceback" not in daemon.stderr()
+    assert daemon.stop() == 0
+
+
 # ------------------------------------------------------------------------------- pause/resume
 
 
