@@ -32,9 +32,6 @@ if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
 
 SkipReason = Literal["invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long"]
-SKIP_REASONS: tuple[SkipReason, ...] = (
-    "invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,11 +79,6 @@ class Campaign(BaseModel):
         """Transactional traffic goes ahead of promo and ignores the suppression list."""
         return self.type in TRANSACTIONAL
 
-    def ttl_left(self, now: datetime | None = None) -> int:
-        """Seconds until the deadline (the ``ttl`` sent with each message), at least 0."""
-        now = now or datetime.now(UTC)
-        return max(0, int((self.deadline - now).total_seconds()))
-
 
 def utc_text(moment: datetime) -> str:
     """``2026-12-01T09:00:00Z``: how we write (and ask people to write) a UTC moment."""
