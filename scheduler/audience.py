@@ -20,18 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from scheduler.campaign import SURVEY_TEXT_MAX, TRACKING_ID_MAX, AudienceSpec, Campaign
 from scheduler.dedupe import DEFAULT_BITS, Dedupe
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.phones import E164
 from scheduler.template import Template, TemplateError
+from scheduler.vocabulary import SkipReason
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
 
-SkipReason = Literal["invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,8 +229,10 @@ class Daemon:
         while True:
             await asyncio.sleep(INDEX_EVERY)
             try:
-                while not self._sending() and await self._engine.journal.index_messages():
-                    await asyncio.sleep(0)  # let anything that arrived meanwhile go first
+                # one small transaction at a time: other writes queue between them
+                while not self._sending():
+                    if not await self._engine.journal.index_messages():
+                        break
             except JournalError as exc:  # a full disk...: say so, try again later
                 self.log.warning("message_index_failed", error=str(exc))
 

@@ -57,17 +57,13 @@ def may_move(current: CampaignState, target: CampaignState) -> bool:
 
 Outcome = Literal["sent", "rejected", "expired", "skipped", "in_doubt"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
-#: outcomes decided by sending (skipped rows are decided by the snapshot, before any request)
-BATCH_OUTCOMES: tuple[Outcome, ...] = ("sent", "rejected", "expired", "in_doubt")
 
 SkipReason = Literal["invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long"]
-SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
 
 #: SMSBAT's delivery statuses (its "Check Message Status" page); ``unknown`` is ours: given up
 DeliveryStatus = Literal[
     "scheduled", "processing", "delivered", "undeliverable", "permanenterror", "unknown",
 ]
-DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
 #: statuses after which nothing changes any more
 DELIVERY_FINAL: frozenset[DeliveryStatus] = frozenset(
     {"delivered", "undeliverable", "permanenterror", "unknown"}
