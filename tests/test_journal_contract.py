@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from scheduler.audience import Skip
-from scheduler.journal import Journal, JournalConflict, Result
+from scheduler.journal import Journal, JournalConflict, JournalFenced, Result
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.vocabulary import OUTCOMES, Outcome
 
@@ -405,3 +405,47 @@ async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
     assert await journal.sent_count("+380500000000", ["promo"], datetime.now(UTC)
                                     + timedelta(seconds=1)) == 0
     assert await journal.index_messages() == 0
+
+
+# --- leadership ---------------------------------------------------------------------------
+
+
+async def test_lease_epochs_grow_and_only_the_holder_renews(journal: Journal) -> None:
+    """Each grant has a higher epoch; a released lease cannot be renewed; a stranger cannot."""
+    first = await journal.acquire_lease("a", 15)
+    assert first is not None
+    assert await journal.renew_lease("a", first, 15)
+    assert not await journal.renew_lease("b", first, 15)
+    await journal.release_lease("a", first)
+    assert not await journal.renew_lease("a", first, 15)
+    second = await journal.acquire_lease("b", 15)
+    assert second is not None and second > first
+    assert not await journal.renew_lease("a", first, 15)
+
+
+async def test_a_fenced_writer_writes_nothing_once_deposed(journal: Journal) -> None:
+    """After another daemon took the lease, the old leader's marks, outcomes and state
+    changes are refused in their own transaction; unfenced reads still work."""
+    await prepare(journal, "c", count=2, size=2)
+    epoch = await journal.acquire_lease("old", 15)
+    assert epoch is not None
+    journal.fence("old", epoch)
+    await journal.set_state("c", "running")
+    await journal.mark_in_flight("c", [0])
+    await journal.release_lease("old", epoch)  # (a graceful handover, or an expiry)
+    newer = await journal.acquire_lease("new", 15)
+    assert newer is not None and newer > epoch
+    batch = (await journal.open_batches("c", limit=1))[0]
+    for write in (journal.mark_in_flight("c", [1]), journal.release("c", [0]),
+                  journal.record_results("c", 0, results(batch.body)),
+                  journal.record_partial("c", 0, results(batch.body, only=1)),
+                  journal.set_state("c", "paused")):
+        with pytest.raises(JournalFenced):
+            await write
+    record = await journal.campaign("c")
+    assert record is not None and record.state == "running"
+    assert [(b.seq, b.state) for b in await journal.open_batches("c")] == [
+        (0, "in_flight"), (1, "pending")]
+    journal.fence("new", newer)
+    await journal.record_results("c", 0, results(batch.body))
+    assert (await journal.counts("c"))["sent"] == 2

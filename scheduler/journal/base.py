@@ -53,6 +53,15 @@ class JournalCorrupt(JournalError):
     """The stored data is damaged, or was written by a newer release: an operator must act."""
 
 
+class JournalFenced(JournalConflict):
+    """This process no longer holds the leadership lease: it must not mark or record anything
+    more (another daemon may be sending the same batches now)."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(None, f"{holder} no longer holds the leadership lease")
+
+
 class JournalBusy(JournalUnavailable):
     """Another process is writing this journal (a second daemon or `send`)."""
 
@@ -269,3 +278,23 @@ class Journal(Protocol):
 
     async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
         """Indexed messages of ``types`` sent to ``phone`` at or after ``since`` (all campaigns)."""
+
+    # --- leadership: one sender among the daemons sharing a journal --------------------------
+
+    async def acquire_lease(self, holder: str, seconds: float) -> int | None:
+        """Take the leadership lease for ``seconds`` if nobody else holds an unexpired one, as
+        judged by the journal's own clock. Returns the new epoch (it grows every time the lease
+        changes hands), or None while another holder's lease runs."""
+
+    async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
+        """Extend the lease to ``seconds`` from now; False when it is no longer ours (it
+        expired, or was released or taken)."""
+
+    async def release_lease(self, holder: str, epoch: int) -> None:
+        """Give the lease up at once (a graceful stop): a standby may take it immediately."""
+
+    def fence(self, holder: str, epoch: int | None) -> None:
+        """From now on, every write of the send path (in-flight marks, outcomes, releases and
+        state changes) checks in its own transaction that ``holder`` still holds an unexpired
+        lease of ``epoch``, and raises `JournalFenced` (writing nothing) otherwise. None turns
+        the check off."""

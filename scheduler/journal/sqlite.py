@@ -30,7 +30,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
@@ -45,6 +45,7 @@ from scheduler.journal.base import (
     JournalConflict,
     JournalCorrupt,
     JournalError,
+    JournalFenced,
     JournalUnavailable,
     Message,
     MessageRecord,
@@ -203,6 +204,10 @@ def _command() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _later(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
 def _utc_text(value: datetime) -> str:
@@ -828,6 +833,49 @@ class SqliteConnection:
         return count
 
 
+    # --- leadership ---------------------------------------------------------------------------
+    # On SQLite the writer lock already makes one process the only writer: the lease is kept
+    # so the daemon runs one code path on every backend, and taking it never waits (a killed
+    # predecessor's lease would otherwise hold a restart back for its remaining seconds).
+
+    def acquire_lease(self, holder: str, seconds: float) -> int:
+        """Take the lease (see above: on SQLite, always); returns the new epoch."""
+        with self.transaction():
+            row = self._db.execute("SELECT epoch FROM lease WHERE name = 'leader'").fetchone()
+            epoch = (row[0] if row is not None else 0) + 1
+            self._db.execute(
+                "INSERT OR REPLACE INTO lease (name, holder, epoch, expires_at)"
+                " VALUES ('leader', ?, ?, ?)", (holder, epoch, _later(seconds)),
+            )
+        return epoch
+
+    def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
+        """Extend our unexpired lease; False when it is not ours any more."""
+        with self.transaction():
+            cursor = self._db.execute(
+                "UPDATE lease SET expires_at = ? WHERE name = 'leader' AND holder = ?"
+                " AND epoch = ? AND expires_at > ?", (_later(seconds), holder, epoch, _now()),
+            )
+        return cursor.rowcount == 1
+
+    def release_lease(self, holder: str, epoch: int) -> None:
+        """End our lease now."""
+        with self.transaction():
+            self._db.execute(
+                "UPDATE lease SET expires_at = ? WHERE name = 'leader' AND holder = ?"
+                " AND epoch = ?", (_now(), holder, epoch),
+            )
+
+    def check_fence(self, holder: str, epoch: int) -> None:
+        """Raise `JournalFenced` unless ``holder`` holds an unexpired lease of ``epoch``."""
+        row = self._db.execute(
+            "SELECT 1 FROM lease WHERE name = 'leader' AND holder = ? AND epoch = ?"
+            " AND expires_at > ?", (holder, epoch, _now()),
+        ).fetchone()
+        if row is None:
+            raise JournalFenced(holder)
+
+
 # --------------------------------------------------------------------------------------------
 # the asynchronous journal: one writer thread, group commit
 
@@ -872,6 +920,7 @@ class SqliteJournal:
         self._lock = WriterLock(path)
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closing = False
+        self._fence: tuple[str, int] | None = None
 
     @property
     def commits(self) -> int:
@@ -916,6 +965,20 @@ class SqliteJournal:
         *args: P.args, **kwargs: P.kwargs,
     ) -> T:
         return await self.run(lambda connection: method(connection, *args, **kwargs))
+
+    async def _fenced(
+        self, method: Callable[Concatenate[SqliteConnection, P], T],
+        *args: P.args, **kwargs: P.kwargs,
+    ) -> T:
+        """`_call`, after checking the lease in the same savepoint (when fenced)."""
+        fence = self._fence
+
+        def guarded(connection: SqliteConnection) -> T:
+            if fence is not None:
+                connection.check_fence(*fence)
+            return method(connection, *args, **kwargs)
+
+        return await self.run(guarded)
 
     # --- the writer thread ----------------------------------------------------------------
 
@@ -1026,7 +1089,7 @@ class SqliteJournal:
         self, campaign_id: str, state: CampaignState, error: str | None = None,
     ) -> CampaignRecord:
         """`Journal.set_state`."""
-        return await self._call(SqliteConnection.set_state, campaign_id, state, error)
+        return await self._fenced(SqliteConnection.set_state, campaign_id, state, error)
 
     async def open_batches(
         self, campaign_id: str, after_seq: int = -1, limit: int = 64,
@@ -1036,23 +1099,23 @@ class SqliteJournal:
 
     async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
         """`Journal.mark_in_flight`."""
-        await self._call(SqliteConnection.mark_in_flight, campaign_id, seqs)
+        await self._fenced(SqliteConnection.mark_in_flight, campaign_id, seqs)
 
     async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
         """`Journal.release`."""
-        await self._call(SqliteConnection.release, campaign_id, seqs)
+        await self._fenced(SqliteConnection.release, campaign_id, seqs)
 
     async def record_results(
         self, campaign_id: str, seq: int, results: Sequence[Result],
     ) -> int:
         """`Journal.record_results`."""
-        return await self._call(SqliteConnection.record_results, campaign_id, seq, results)
+        return await self._fenced(SqliteConnection.record_results, campaign_id, seq, results)
 
     async def record_partial(
         self, campaign_id: str, seq: int, results: Sequence[Result],
     ) -> int:
         """`Journal.record_partial`."""
-        return await self._call(SqliteConnection.record_partial, campaign_id, seq, results)
+        return await self._fenced(SqliteConnection.record_partial, campaign_id, seq, results)
 
     async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
         """`Journal.mark_logged`."""
@@ -1097,3 +1160,19 @@ class SqliteJournal:
     async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
         """`Journal.sent_count`."""
         return await self._call(SqliteConnection.sent_count, phone, types, since)
+
+    async def acquire_lease(self, holder: str, seconds: float) -> int | None:
+        """`Journal.acquire_lease` (on SQLite, always granted: see `SqliteConnection`)."""
+        return await self._call(SqliteConnection.acquire_lease, holder, seconds)
+
+    async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
+        """`Journal.renew_lease`."""
+        return await self._call(SqliteConnection.renew_lease, holder, epoch, seconds)
+
+    async def release_lease(self, holder: str, epoch: int) -> None:
+        """`Journal.release_lease`."""
+        await self._call(SqliteConnection.release_lease, holder, epoch)
+
+    def fence(self, holder: str, epoch: int | None) -> None:
+        """`Journal.fence`."""
+        self._fence = None if epoch is None else (holder, epoch)
