@@ -106,6 +106,31 @@ class PathsConfig(_Section):
         )
 
 
+class JournalConfig(_Section):
+    """``[journal]``: a PostgreSQL journal shared by several daemons (absent: SQLite at
+    ``[paths].state``, one daemon). The password is a credential, never written here."""
+
+    url: str | None = None
+    lease: float = Field(default=15, ge=3, le=300)  # seconds; renewed every lease / 3
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or parts.query):
+            raise ValueError(
+                f'"{value}" is not a PostgreSQL URL: write "postgresql://USER@HOST:5432/DB"'
+            )
+        if parts.password is not None:
+            raise ValueError(
+                "the URL holds a password: remove it and give it as the journal-password "
+                "credential or CASCADE_JOURNAL_PASSWORD (or in PGPASSFILE)"
+            )
+        return value.strip()
+
+
 class LogConfig(_Section):
     """``[log]``: the operational log on stderr and how phones appear in the delivery log."""
 
@@ -120,6 +145,7 @@ class Credentials(_Section):
     api_key: SecretStr | None = None
     viber_token: SecretStr | None = None
     tg_bot_key: SecretStr | None = None
+    journal_password: SecretStr | None = None
 
     def headers(self) -> dict[str, str]:
         """Every configured credential as the header the API expects."""
@@ -132,7 +158,8 @@ class Credentials(_Section):
 
     def secrets(self) -> list[str]:
         """The raw secret values, for redaction filters."""
-        return list(self.headers().values())
+        password = self.journal_password
+        return [*self.headers().values(), *([password.get_secret_value()] if password else [])]
 
     def __bool__(self) -> bool:
         return bool(self.headers())
@@ -145,6 +172,7 @@ class Config(_Section):
     sending: SendingConfig = SendingConfig()
     paths: PathsConfig = PathsConfig()
     log: LogConfig = LogConfig()
+    journal: JournalConfig = JournalConfig()
     credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
     source: Path | None = None
 
@@ -169,12 +197,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: the journal's password: environment variable, file in $CREDENTIALS_DIRECTORY
+JOURNAL_PASSWORD_SOURCE = ("CASCADE_JOURNAL_PASSWORD", "journal-password")
+
+
 def load_credentials(env: Mapping[str, str]) -> Credentials:
     """Credentials from the environment, else from files in ``$CREDENTIALS_DIRECTORY``."""
     directory = env.get("CREDENTIALS_DIRECTORY")
     found: dict[str, SecretStr] = {}
-    for field_name, (variable, filename, _) in zip(
-        ("api_key", "viber_token", "tg_bot_key"), CREDENTIAL_SOURCES, strict=True
+    sources = [(variable, filename) for variable, filename, _ in CREDENTIAL_SOURCES]
+    for field_name, (variable, filename) in zip(
+        ("api_key", "viber_token", "tg_bot_key", "journal_password"),
+        [*sources, JOURNAL_PASSWORD_SOURCE], strict=True,
     ):
         value = env.get(variable, "").strip()
         if not value and directory:
@@ -230,11 +264,12 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
 
 
 _CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"api", "sending", "paths", "log"},
+    "": {"api", "sending", "paths", "log", "journal"},
     "api": set(ApiConfig.model_fields),
     "sending": set(SendingConfig.model_fields),
     "paths": set(PathsConfig.model_fields),
     "log": set(LogConfig.model_fields),
+    "journal": set(JournalConfig.model_fields),
 }
 
 

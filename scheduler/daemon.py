@@ -27,7 +27,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
 from scheduler.errors import ConfigError, UserError
-from scheduler.journal import CampaignRecord, JournalError
+from scheduler.journal import CampaignRecord, JournalError, JournalFenced
+from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier
@@ -75,7 +76,9 @@ async def run_daemon(
     notifier = notifier or Notifier()
     try:
         async with open_engine(config) as engine:
-            await Daemon(config, engine, notifier, until_idle=until_idle).serve()
+            leadership = Leadership(engine.journal, config.journal.lease)
+            engine.may_send = leadership.may_send
+            await Daemon(config, engine, notifier, leadership, until_idle=until_idle).serve()
     finally:
         notifier.close()
     return 0
@@ -85,11 +88,13 @@ class Daemon:
     """Runs until SIGTERM/SIGINT (or, with ``until_idle``, until every campaign is final)."""
 
     def __init__(
-        self, config: Config, engine: Engine, notifier: Notifier, *, until_idle: bool = False,
+        self, config: Config, engine: Engine, notifier: Notifier, leadership: Leadership, *,
+        until_idle: bool = False,
     ) -> None:
         self.config = config
         self.notifier = notifier
         self.until_idle = until_idle
+        self.leadership = leadership
         self.log = get_logger("daemon")
         self._engine = engine
         self._lifecycle = engine.lifecycle
@@ -127,27 +132,32 @@ class Daemon:
         # missed: awatch sets up inotify synchronously on its first step (one loop turn).
         watcher = self._spawn(self._watch())
         await asyncio.sleep(0)
+        leading = await self._try_to_lead()
         await self._reconcile()
-        await self._cancel_orphans()
-        engine.log.event("daemon_started", campaigns=len(self._campaigns),
-                         invalid=len(self._invalid), folder=str(self.config.paths.campaigns))
-        self.log.info("daemon_started", campaigns=len(self._campaigns), invalid=len(self._invalid))
+        if leading:
+            await self._took_over()
+        self._lifecycle.announce(
+            "daemon_started", role=self.leadership.role, holder=self.leadership.holder,
+            campaigns=len(self._campaigns), invalid=len(self._invalid),
+            folder=str(self.config.paths.campaigns),
+        )
         self.notifier.ready(self.status_line())
         background = [
             watcher,
             self._spawn(self._reloader()),
             self._spawn(self._heartbeat()),
             self._spawn(self._index_when_idle()),
+            self._spawn(self._lead()),
         ]
         self._check_idle()
         await self._stop.wait()
         self.notifier.stopping()
-        engine.log.event("daemon_stopping")
-        self.log.info("daemon_stopping")
+        self._lifecycle.announce("daemon_stopping", role=self.leadership.role)
         for task in background:
             task.cancel()
         await self._shutdown_runs()
         self._timer.shutdown(wait=False)
+        await self.leadership.release()  # SIGTERM hands over: a standby takes it at once
 
     async def _shutdown_runs(self) -> None:
         """Stop taking batches, let in-flight ones finish, leave campaigns resumable."""
@@ -184,6 +194,49 @@ class Daemon:
                 # written between the first load and that moment
                 watching = True
                 await self._reconcile()
+
+    # ------------------------------------------------------------------ leadership
+
+    async def _try_to_lead(self) -> bool:
+        """One attempt at the lease at start (a journal that does not answer: standby)."""
+        try:
+            return await self.leadership.acquire()
+        except JournalError as exc:
+            self.log.warning("lease_acquire_failed", error=str(exc))
+            return False
+
+    async def _lead(self) -> None:
+        """Hold the lease while leading; as a standby, wait to take it over."""
+        while not self._stop.is_set():
+            if not self.leadership.leading:
+                if not await self.leadership.wait_for_lease(self._stop):
+                    return
+                await self._reconcile()
+                await self._took_over()
+            await self.leadership.hold(self._stop, self._step_down)
+
+    async def _took_over(self) -> None:
+        """Now the leader: say so; campaigns whose file is gone are cancelled."""
+        self._lifecycle.announce("leadership_acquired", holder=self.leadership.holder,
+                                 epoch=self.leadership.epoch)
+        await self._cancel_orphans()
+        self.notifier.status(self.status_line())
+
+    async def _step_down(self, reason: str) -> None:
+        """The lease is lost: stop every campaign after its in-flight batch, disarm every
+        timer, and forget the schedule (a new term rebuilds it from files and journal)."""
+        self._lifecycle.announce("leadership_lost", "warning", holder=self.leadership.holder,
+                                 reason=reason)
+        async with self._lock:
+            for tracked in self._campaigns.values():
+                self._unschedule(tracked.campaign.id)
+                if tracked.run is not None:
+                    tracked.run.halt(None)
+            running = [t.task for t in self._campaigns.values()
+                       if t.task is not None and not t.task.done()]
+            await asyncio.gather(*running, return_exceptions=True)
+            self._campaigns.clear()
+        self.notifier.status(self.status_line())
 
     async def _reloader(self) -> None:
         """SIGHUP: re-read credentials and every campaign file."""
@@ -230,7 +283,7 @@ class Daemon:
             await asyncio.sleep(INDEX_EVERY)
             try:
                 # one small transaction at a time: other writes queue between them
-                while not self._sending():
+                while self.leadership.leading and not self._sending():
                     if not await self._engine.journal.index_messages():
                         break
             except JournalError as exc:  # a full disk...: say so, try again later
@@ -242,10 +295,26 @@ class Daemon:
     # ------------------------------------------------------------------ reconcile
 
     async def _reconcile(self) -> None:
-        """Make the schedule match the files and the journal (SPEC §7 rules)."""
+        """Make the schedule match the files and the journal (SPEC §7 rules); as a standby,
+        only check the files. A journal that fails is logged; the next change or reload
+        tries again (the watcher never dies of it)."""
+        try:
+            await self._reconcile_once()
+        except JournalError as exc:
+            self.log.error("reconcile_failed", error=str(exc))
+        self.notifier.status(self.status_line())
+
+    async def _reconcile_once(self) -> None:
         async with self._lock:
             files = campaign_files(self.config.paths.campaigns)
             checks = await asyncio.to_thread(load_campaigns, files, self.config, utcnow())
+            if not self.leadership.leading:
+                for check in checks:
+                    if check.campaign is None:
+                        await self._invalid_file(check)
+                    else:
+                        self._invalid.pop(check.file, None)
+                return
             # one read of the journal per reconcile, not one per campaign (1,000 files load
             # in under 2 s instead of 6: each read would queue behind snapshot writes)
             records = {r.id: r for r in await self._engine.journal.campaigns()}
@@ -265,7 +334,6 @@ class Daemon:
             for gone in set(self._file_ids) - set(files):
                 del self._file_ids[gone]
                 self._invalid.pop(gone, None)
-        self.notifier.status(self.status_line())
 
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
@@ -438,6 +506,8 @@ class Daemon:
             self.log.info("campaign_started", campaign=campaign.id, recipients=record.recipients,
                           skipped=record.skipped)
             state: CampaignState = await self._engine.drive(tracked.run)
+        except JournalFenced:  # deposed mid-campaign: the new leader carries it on
+            state = "running"
         except UserError as exc:  # the CSV changed under us and no longer reads
             self._lifecycle.announce("campaign_invalid", "error", campaign=campaign.id,
                                      errors=[p.render() for p in exc.problems])
@@ -472,9 +542,8 @@ class Daemon:
         invalid = sum(1 for i in self._invalid.values() if i.campaign_id not in self._campaigns)
         if invalid:
             counts["invalid"] = counts.get("invalid", 0) + invalid
-        if not counts:
-            return "no campaigns"
-        return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        return f"{self.leadership.role}: {summary or 'no campaigns'}"
 
     def _check_idle(self) -> None:
         """With ``until_idle`` (the demo), stop once nothing is scheduled or sending."""

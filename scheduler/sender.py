@@ -35,7 +35,14 @@ from scheduler.cascade import (
 )
 from scheduler.config import Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
-from scheduler.journal import BatchRecord, CampaignRecord, Journal, JournalError, Result
+from scheduler.journal import (
+    BatchRecord,
+    CampaignRecord,
+    Journal,
+    JournalError,
+    JournalFenced,
+    Result,
+)
 from scheduler.lifecycle import Lifecycle
 from scheduler.vocabulary import FINISHED, CampaignState, Outcome
 
@@ -127,6 +134,7 @@ class Engine:
         suppression: Suppression | None = None,
         suppression_path: Path | None = None,
         clock: Clock = utcnow,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -137,6 +145,8 @@ class Engine:
         self.suppression = suppression
         self.suppression_path = suppression_path
         self.clock = clock
+        #: asked before every request: False (a daemon that is not the leader) posts nothing
+        self.may_send = may_send
         self.refused: CredentialsRefused | None = None
         self.progress_every = PROGRESS_EVERY
         self._limiter = AsyncLimiter(sending.requests_per_second, 1)
@@ -412,6 +422,8 @@ class Engine:
             results = await step
         except Deferred:
             pass
+        except JournalFenced:
+            job.run.halt(None)  # another daemon leads now: stop quietly, it takes over
         except (JournalError, OSError) as exc:
             # the journal or the log failed: the campaign cannot record outcomes, stop it
             job.run.halt(None)
@@ -507,6 +519,11 @@ class Engine:
         async with self._limiter:
             if self.refused is not None:
                 raise Deferred  # a 401 came back while this one waited for its turn
+            if not self.may_send():
+                # this process is not (or no longer surely) the leader: stop the campaign
+                # here; its open batches are for whoever leads next
+                run.halt(None)
+                raise Deferred
             ttl = max(1, int((run.deadline - self.clock()).total_seconds()))
             # Every message has exactly one "fromName" key, and inside a JSON string a quote is
             # always escaped, so this byte pattern only matches keys: one C-speed replace adds

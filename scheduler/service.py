@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from scheduler.campaign import Campaign
 from scheduler.cascade import CascadeClient
 from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
-from scheduler.journal import open_journal
+from scheduler.journal import JournalBusy, JournalFenced, open_journal
+from scheduler.leadership import Leadership
 from scheduler.sandbox import Sandbox, SandboxOptions
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
 from scheduler.vocabulary import CampaignState
@@ -104,8 +105,11 @@ async def send_campaign(
     on_start: ProgressStart | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> SendOutcome:
-    """Send one campaign in the foreground; ``stop`` interrupts it (it resumes on the next run)."""
-    async with open_engine(config) as engine:
+    """Send one campaign in the foreground; ``stop`` interrupts it (it resumes on the next run).
+
+    Like a daemon, it sends only while it holds the journal's leadership lease.
+    """
+    async with open_engine(config) as engine, _leading(config, engine) as leadership:
         record = await engine.prepare(campaign)
         delay = (record.send_at - utcnow()).total_seconds()
         if delay > 0 and record.started_at is None:
@@ -116,14 +120,38 @@ async def send_campaign(
             on_start(record.recipients + record.skipped, record.recipients + record.skipped
                      - counts.get("pending", 0))
         run = engine.open_run(campaign, record, on_progress)
-        watcher = asyncio.create_task(_halt_on(stop, run))
+        watchers = [asyncio.create_task(_halt_on(stop, run)),
+                    asyncio.create_task(leadership.hold(stop, _halt_when_lost(run)))]
         try:
             state = await engine.drive(run) if not stop.is_set() else "running"
+        except JournalFenced:
+            state = "running"  # a daemon took the lease: it carries the campaign on
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
         counts = await engine.journal.counts(campaign.id)
         error = str(engine.refused) if engine.refused is not None else None
         return SendOutcome(state, counts, error)
+
+
+@contextlib.asynccontextmanager
+async def _leading(config: Config, engine: Engine) -> AsyncIterator[Leadership]:
+    """The journal's leadership lease for a foreground send, or `JournalBusy`."""
+    leadership = Leadership(engine.journal, config.journal.lease)
+    if not await leadership.acquire():
+        raise JournalBusy(engine.journal.location, "the daemon that leads it")
+    engine.may_send = leadership.may_send
+    try:
+        yield leadership
+    finally:
+        await leadership.release()
+
+
+def _halt_when_lost(run: CampaignRun) -> Callable[[str], Awaitable[None]]:
+    async def lost(reason: str) -> None:
+        run.halt(None)
+
+    return lost
 
 
 async def _halt_on(event: asyncio.Event, run: CampaignRun) -> None:

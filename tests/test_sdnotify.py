@@ -168,7 +168,7 @@ def test_daemon_notify_conversation(tmp_path: Path, socket_dir: Path) -> None:
         daemon.start(wait=False)
         manager.wait_for(lambda d: _index(d, "READY=1") is not None, "READY=1")
         ready = manager.received[_index(manager.received, "READY=1") or 0]
-        assert "STATUS=1 scheduled" in ready
+        assert "STATUS=leader: 1 scheduled" in ready
         assert workspace.events("daemon_started"), "READY=1 came before the first load"
         first_ready = _index(manager.received, "READY=1") or 0
         manager.wait_for(lambda d: sum(g == ["WATCHDOG=1"] for g in d[first_ready:]) >= 3,
