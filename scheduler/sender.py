@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from scheduler.journal import (
     Result,
 )
 from scheduler.lifecycle import Lifecycle
+from scheduler.oplog import get_logger
 from scheduler.vocabulary import FINISHED, CampaignState, Outcome
 
 Clock = Callable[[], datetime]
@@ -92,11 +94,19 @@ class CampaignRun:
     outstanding: set[asyncio.Future[None]] = field(default_factory=set)
     on_progress: ProgressCallback | None = None
     stop_state: CampaignState | None = None
+    reason: str | None = None  # why it stopped in stop_state, for the journal and the logs
+    broken: JournalError | OSError | None = None  # the journal or log failed: drive raises it
 
-    def halt(self, state: CampaignState | None = None) -> None:
+    def halt(self, state: CampaignState | None = None, reason: str | None = None) -> None:
         """Take no new batches; in-flight ones finish. ``state``: what to record (None: none)."""
-        self.stop_state = state
+        self.stop_state, self.reason = state, reason
         self.stop.set()
+
+    def storage_failed(self, error: JournalError | OSError) -> None:
+        """The journal or the delivery log failed: stop; `Engine.drive` raises the first error."""
+        if self.broken is None:
+            self.broken = error
+        self.halt(None)
 
     @property
     def priority(self) -> int:
@@ -148,6 +158,7 @@ class Engine:
         #: asked before every request: False (a daemon that is not the leader) posts nothing
         self.may_send = may_send
         self.refused: CredentialsRefused | None = None
+        self._oplog = get_logger("engine")
         self.progress_every = PROGRESS_EVERY
         self._limiter = AsyncLimiter(sending.requests_per_second, 1)
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
@@ -160,7 +171,21 @@ class Engine:
     def start(self) -> None:
         """Start the worker pool (``concurrency`` requests in flight)."""
         for number in range(self.sending.concurrency):
-            self._workers.append(asyncio.create_task(self._worker(), name=f"worker-{number}"))
+            self._start_worker(number)
+
+    def _start_worker(self, number: int) -> None:
+        task = asyncio.create_task(self._worker(), name=f"worker-{number}")
+        task.add_done_callback(functools.partial(self._worker_ended, number))
+        self._workers.append(task)
+
+    def _worker_ended(self, number: int, task: asyncio.Task[None]) -> None:
+        """Supervision: a worker that died (it should not: `_settle` ends every job) is
+        logged and replaced, so queued batches never wait for a worker that is gone."""
+        if task.cancelled():
+            return
+        self._workers.remove(task)
+        self._oplog.error("worker_died", worker=number, error=repr(task.exception()))
+        self._start_worker(number)
 
     async def close(self) -> None:
         """Stop the workers; call after every campaign run has returned."""
@@ -280,6 +305,8 @@ class Engine:
                 if run.halted or self.refused is not None:
                     run.window.release()
                     break
+                # a job's future only ever gets a result: failures are kept on the run, so no
+                # exception can sit unretrieved in a future that was already discarded
                 done: asyncio.Future[None] = loop.create_future()
                 run.outstanding.add(done)
                 done.add_done_callback(run.outstanding.discard)
@@ -290,6 +317,8 @@ class Engine:
                 )
                 after = batch.seq
         await asyncio.gather(*list(run.outstanding))
+        if run.broken is not None:
+            raise run.broken
 
     async def _report_progress(self, run: CampaignRun) -> None:
         """A ``campaign_progress`` event with the journal's counts every `progress_every` s."""
@@ -324,7 +353,7 @@ class Engine:
     async def _halted(self, run: CampaignRun) -> CampaignState:
         state = run.stop_state
         if state is not None:
-            await self.lifecycle.move(run.campaign.id, state)
+            await self.lifecycle.move(run.campaign.id, state, error=run.reason)
             return state
         return "running"  # shutdown: left running, resumed from the journal at the next start
 
@@ -426,9 +455,12 @@ class Engine:
             job.run.halt(None)  # another daemon leads now: stop quietly, it takes over
         except (JournalError, OSError) as exc:
             # the journal or the log failed: the campaign cannot record outcomes, stop it
-            job.run.halt(None)
-            if not job.done.done():
-                job.done.set_exception(exc)
+            job.run.storage_failed(exc)
+        # A job's boundary: whatever else goes wrong (a library's odd exception, a bug) must
+        # end the job and stop its campaign with the reason, or the campaign waits forever.
+        except Exception as exc:  # noqa: BLE001
+            self._oplog.exception("batch_failed", campaign=job.run.campaign.id, batch=job.seq)
+            job.run.halt("failed", f"internal error in batch {job.seq}: {exc!r}")
         if results is None:
             job.run.window.release()
             if not job.done.done():
@@ -551,9 +583,18 @@ class Engine:
 
     def _mark_logged(self, run: CampaignRun, seq: int, held: int) -> None:
         """Note (off the hot path) that the batch's lines are written; awaited by `close`."""
-        task = asyncio.create_task(self.journal.mark_logged(run.campaign.id, [(seq, held)]))
+        task = asyncio.create_task(self._note_logged(run.campaign.id, seq, held))
         self._marks.add(task)
         task.add_done_callback(self._marks.discard)
+
+    async def _note_logged(self, campaign_id: str, seq: int, held: int) -> None:
+        try:
+            await self.journal.mark_logged(campaign_id, [(seq, held)])
+        except JournalError as exc:
+            # the outcomes are journaled; a resume may look at their lines again, and the
+            # delivery log's tail check keeps it from writing them twice
+            self._oplog.warning("mark_logged_failed", campaign=campaign_id, batch=seq,
+                                error=str(exc))
 
     def _log_results(self, run: CampaignRun, results: Sequence[Result]) -> None:
         sent = [r for r in results if r.outcome == "sent"]
