@@ -37,6 +37,7 @@ from scheduler.service import open_engine
 from scheduler.vocabulary import FINISHED, CampaignState
 
 STATUS_EVERY = 5.0  # seconds between STATUS= updates
+RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # seconds before a campaign whose storage failed goes again
 INDEX_EVERY = 5.0  # seconds between looks for sent messages to index (when idle)
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
@@ -53,6 +54,7 @@ class _Tracked:
     state: str = "scheduled"
     resume_after: bool = False
     removed: bool = False
+    interruptions: int = 0  # storage failures in a row (the retry waits longer each time)
 
 
 @dataclass
@@ -503,23 +505,26 @@ class Daemon:
                 record = await self._engine.prepare(campaign)
             tracked.run = self._engine.open_run(campaign, record)
             tracked.state = "running"
-            self.log.info("campaign_started", campaign=campaign.id, recipients=record.recipients,
-                          skipped=record.skipped)
             state: CampaignState = await self._engine.drive(tracked.run)
+            tracked.interruptions = 0
         except JournalFenced:  # deposed mid-campaign: the new leader carries it on
             state = "running"
         except UserError as exc:  # the CSV changed under us and no longer reads
             self._lifecycle.announce("campaign_invalid", "error", campaign=campaign.id,
                                      errors=[p.render() for p in exc.problems])
             state = "invalid"
+        except (JournalError, OSError) as exc:
+            # the journal or the delivery log cannot be written (a full disk, a log folder
+            # with the wrong owner): nothing more is sent, nothing is lost; try again later
+            state = "running"
+            self._retry_later(tracked, exc)
         except Exception:
-            # one campaign's failure (a full disk...) must not take the daemon and every other
-            # campaign down; it is logged with its traceback
+            # one campaign's bug must not take the daemon and every other campaign down;
+            # it is logged with its traceback, and the campaign waits for a reload
             self.log.exception("campaign_crashed", campaign=campaign.id)
             state = "failed"
         finally:
             tracked.run = None
-        self.log.info("campaign_stopped", campaign=campaign.id, state=state)
         if tracked.removed:
             if self._campaigns.get(campaign.id) is tracked:
                 del self._campaigns[campaign.id]
@@ -530,6 +535,21 @@ class Daemon:
             tracked.task = self._spawn(self._drive(tracked))
         self.notifier.status(self.status_line())
         self._check_idle()
+
+    def _retry_later(self, tracked: _Tracked, error: JournalError | OSError) -> None:
+        """Announce the interruption and launch the campaign again after a growing wait."""
+        tracked.interruptions += 1
+        wait = min(RETRY_CAP, RETRY_FIRST * 2 ** (tracked.interruptions - 1))
+        self._lifecycle.announce("campaign_interrupted", "error", campaign=tracked.campaign.id,
+                                 error=str(error), retry_in=wait)
+        self._spawn(self._relaunch(tracked, wait))
+
+    async def _relaunch(self, tracked: _Tracked, wait: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), wait)
+        current = self._campaigns.get(tracked.campaign.id)
+        if current is tracked and not self._stop.is_set() and tracked.state == "running":
+            self._launch(tracked)
 
     # ------------------------------------------------------------------ reporting
 
