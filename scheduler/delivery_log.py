@@ -3,27 +3,54 @@
 Per-message lines take a lean path (orjson, one write per batch; SPEC §12 measured structlog's
 chain at ~16 µs a line); lifecycle events go through a structlog processor chain with secret
 redaction. The file is reopened when logrotate moves it away.
+
+A line is written whole or not at all: a write that fails (disk full, a folder that cannot be
+written after a rotation) takes back what landed and raises `DeliveryLogUnwritable`; the caller
+keeps the outcomes and writes them again once `DeliveryLog.writable` is True.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger
 
-from scheduler.oplog import REDACTED, SUBSTRING_MIN, redact_secrets
+from scheduler.oplog import REDACTED, SUBSTRING_MIN, get_logger, redact_secrets
 
 #: outcomes that are a problem worth a person's attention in the log
 _WARNING_STATUSES = frozenset({"rejected", "expired", "in_doubt"})
 _LEVELS = ("debug", "info", "warning", "error", "critical")
+#: the operational log, where an unwritable delivery log is reported
+_oplog = get_logger("delivery_log")
+
+
+class DeliveryLogUnwritable(OSError):
+    """The delivery log cannot take lines now; nothing of the failed write stays in the file.
+
+    What the caller does: pause sending, keep the outcomes it tried to log (the journal still
+    holds them as not yet logged), and write them again once `DeliveryLog.writable` is True.
+    ``errno`` is the failure's (ENOSPC, EACCES, ENOTDIR, EIO...), when the system gave one.
+    """
+
+    def __init__(self, path: Path, reason: str, code: int | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"delivery log {path} cannot be written ({reason}): fix the folder's owner or "
+            "permissions; sending waits until it can write"
+        )
+        self.errno = code
 
 
 class MessageOutcome(NamedTuple):
@@ -87,7 +114,11 @@ class _Sink:
 
 
 class DeliveryLog:
-    """Appends delivery lines to one file, reopening it after logrotate moved it."""
+    """Appends delivery lines to one file, reopening it after logrotate moved it.
+
+    The old handle is closed only once a new one is open: when the reopen fails, writes raise
+    `DeliveryLogUnwritable` (never a closed-file ``ValueError``) until `writable` succeeds.
+    """
 
     def __init__(
         self, path: Path, *, phones: Literal["masked", "full"],
@@ -98,7 +129,10 @@ class DeliveryLog:
         self._check_every = check_every
         self._checked = time.monotonic()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = self._open()
+        self._file = self._open()
+        self._stale = False  # the path names another file (or none) and the reopen failed
+        self._broken: str | None = None  # why writing fails, while it does (reported once)
+        self._cut = False  # a failed write left a cut line that could not be taken back
         self._secrets: tuple[str, ...] = ()
         self._secret_bytes: list[bytes] = []
         self._events: FilteringBoundLogger = self._event_logger()
@@ -133,15 +167,19 @@ class DeliveryLog:
         )
         return logger
 
-    def _open(self) -> BinaryIO:
-        return self.path.open("ab")
+    def _open(self) -> io.FileIO:
+        # unbuffered: one write per batch, and nothing left in a buffer when a write fails
+        return io.FileIO(self.path, "ab")
 
     def close(self) -> None:
-        """Flush and close the file."""
+        """Close the file."""
         self._file.close()
 
     def messages(self, campaign: str, route: str, rows: Iterable[MessageOutcome]) -> None:
-        """Write one ``message`` line per row, with ONE write and flush for the whole batch."""
+        """Write one ``message`` line per row, with ONE write for the whole batch.
+
+        Raises `DeliveryLogUnwritable` when the batch could not be written (none of it was).
+        """
         stamp = _timestamp()
         lines = [orjson.dumps(self._message(stamp, campaign, route, row)) for row in rows]
         if lines:
@@ -206,13 +244,30 @@ class DeliveryLog:
         getattr(self._events, level)(event, **fields)
 
     def write(self, data: bytes) -> None:
-        """Append raw line bytes (one write, flushed), after the rotation check and redaction."""
+        """Append raw line bytes in one write, after the rotation check and redaction.
+
+        All of ``data`` lands, or none of it does and `DeliveryLogUnwritable` is raised.
+        """
         for secret in self._secret_bytes:
             if secret in data:  # a cheap byte search: secrets should never be here at all
                 data = data.replace(secret, REDACTED.encode())
-        self._reopen_if_moved()
-        self._file.write(data)
-        self._file.flush()
+        handle = self._current()
+        self._append(handle, data)
+        self._recovered()
+
+    def writable(self) -> bool:
+        """True when writing can go on: the file is open (reopened, or created in its existing
+        folder, after a rotation) and its disk has room. Logs ``delivery_log_writable`` once
+        when writing recovers after a failure."""
+        self._checked = time.monotonic()
+        try:
+            if self._stale or not self._names_current():
+                self._reopen()
+            self._check_space()
+        except DeliveryLogUnwritable:
+            return False
+        self._recovered()
+        return True
 
     def recent_message_ids(self, campaign: str, max_bytes: int) -> set[str]:
         """Tracking ids of ``campaign``'s message lines in the last ``max_bytes`` of the file.
@@ -220,7 +275,6 @@ class DeliveryLog:
         Used after a crash, to write the lines that may be missing without doubling those that
         made it to the file just before the process died.
         """
-        self._file.flush()
         try:
             with self.path.open("rb") as handle:
                 size = handle.seek(0, os.SEEK_END)
@@ -241,18 +295,83 @@ class DeliveryLog:
                 found.add(str(line.get("tracking_id")))
         return found
 
-    def _reopen_if_moved(self) -> None:
-        """Like logging's WatchedFileHandler, but at most once per ``check_every`` seconds."""
+    def _current(self) -> io.FileIO:
+        """The handle to write to; the path is re-checked at most once per ``check_every``
+        seconds (like logging's WatchedFileHandler), and on every write while it is stale."""
         now = time.monotonic()
-        if now - self._checked < self._check_every:
-            return
+        if not self._stale and now - self._checked < self._check_every:
+            return self._file
         self._checked = now
+        if not self._names_current():
+            self._reopen()
+        self._stale = False
+        return self._file
+
+    def _names_current(self) -> bool:
+        """True when the path still names the open file (not rotated away or deleted)."""
         try:
             on_disk = self.path.stat()
-        except FileNotFoundError:
-            on_disk = None
-        current = os.fstat(self._file.fileno())
-        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (current.st_dev, current.st_ino):
-            self._file.close()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self._open()
+            current = os.fstat(self._file.fileno())
+        except OSError:  # missing, a folder that is now a file, a symlink loop, EIO...
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == (current.st_dev, current.st_ino)
+
+    def _reopen(self) -> None:
+        """Open the path anew; the old handle is closed only once the new one is open."""
+        try:
+            handle = self._open()
+        except OSError as exc:
+            self._stale = True
+            raise self._unwritable(exc) from exc
+        old, self._file, self._stale = self._file, handle, False
+        with contextlib.suppress(OSError):  # the old file's late errors are not this file's
+            old.close()
+
+    def _append(self, handle: io.FileIO, data: bytes) -> None:
+        """Write all of ``data``, or take back what landed and raise `DeliveryLogUnwritable`."""
+        start = None
+        try:
+            start = os.fstat(handle.fileno()).st_size
+            view = memoryview(b"\n" + data if self._cut else data)
+            while view:  # a short write (disk nearly full) is followed by the rest, or an error
+                written = handle.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the file took no bytes")
+                view = view[written:]
+        except OSError as exc:
+            if start is not None:
+                self._take_back(handle, start)
+            raise self._unwritable(exc) from exc
+        self._cut = False
+
+    def _take_back(self, handle: io.FileIO, size: int) -> None:
+        """Cut the file back to ``size`` so a failed write leaves no half line behind."""
+        try:
+            if os.fstat(handle.fileno()).st_size > size:
+                os.ftruncate(handle.fileno(), size)
+        except OSError:  # the cut line stays: the next write starts on a line of its own
+            self._cut = True
+
+    def _check_space(self) -> None:
+        """Raise `DeliveryLogUnwritable` when the log's disk has no free block for this user."""
+        try:
+            stats = os.fstatvfs(self._file.fileno())
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+        free = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+        if stats.f_blocks and not free:  # f_blocks 0: a file system that does not say
+            raise self._unwritable(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def _unwritable(self, exc: OSError) -> DeliveryLogUnwritable:
+        """The exception for ``exc``; the first failure of an outage goes to the operational log."""
+        reason = exc.strerror or str(exc)
+        if self._broken is None:
+            _oplog.error("delivery_log_unwritable", path=str(self.path), reason=reason)
+        self._broken = reason
+        return DeliveryLogUnwritable(self.path, reason, exc.errno)
+
+    def _recovered(self) -> None:
+        if self._broken is not None:
+            self._broken = None
+            _oplog.info("delivery_log_writable", path=str(self.path))
+
