@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -202,23 +203,69 @@ JOURNAL_PASSWORD_SOURCE = ("CASCADE_JOURNAL_PASSWORD", "journal-password")
 
 
 def load_credentials(env: Mapping[str, str]) -> Credentials:
-    """Credentials from the environment, else from files in ``$CREDENTIALS_DIRECTORY``."""
+    """Credentials from the environment, else from files in ``$CREDENTIALS_DIRECTORY``.
+
+    One trailing newline (as ``echo`` writes it) and surrounding spaces are dropped; any other
+    line break or control character is a `ConfigError` naming the credential, never showing it:
+    sent on, it would break the HTTP header (or the password) far from its cause.
+    """
     directory = env.get("CREDENTIALS_DIRECTORY")
     found: dict[str, SecretStr] = {}
+    problems: list[Problem] = []
     sources = [(variable, filename) for variable, filename, _ in CREDENTIAL_SOURCES]
     for field_name, (variable, filename) in zip(
         ("api_key", "viber_token", "tg_bot_key", "journal_password"),
         [*sources, JOURNAL_PASSWORD_SOURCE], strict=True,
     ):
-        value = env.get(variable, "").strip()
-        if not value and directory:
-            try:
-                value = (Path(directory) / filename).read_text("utf-8").strip()
-            except OSError:
-                value = ""
+        try:
+            value = _credential(env, variable, directory, filename)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
         if value:
             found[field_name] = SecretStr(value)
+    if problems:
+        raise ConfigError(problems)
     return Credentials(**found)
+
+
+def _credential(
+    env: Mapping[str, str], variable: str, directory: str | None, filename: str
+) -> str:
+    """One credential's cleaned value ("" when unset): the variable, else the file."""
+    noun = filename.rpartition("-")[2]  # api-key -> key, journal-password -> password
+    value = _one_line(env.get(variable, ""), variable, noun)
+    if value or not directory:
+        return value
+    name = f"{filename} in $CREDENTIALS_DIRECTORY"
+    try:
+        text = (Path(directory) / filename).read_bytes().decode("utf-8-sig")
+    except OSError:
+        return ""
+    except UnicodeDecodeError:
+        raise ConfigError.single(
+            f"{name} is not UTF-8 text: write only the {noun}, as plain text"
+        ) from None
+    return _one_line(text, name, noun)
+
+
+def _one_line(text: str, name: str, noun: str) -> str:
+    """``text`` without one trailing newline and surrounding spaces; `ConfigError` (naming
+    ``name``, never the value) if a line break or another control character remains."""
+    text = text.rstrip(" ")
+    text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if any(_is_control(char) for char in text):
+        raise ConfigError.single(
+            f"{name} contains a line break or another control character: "
+            f"keep only the {noun} on one line"
+        )
+    return text.strip()  # spaces only: every other kind of whitespace was refused above
+
+
+def _is_control(char: str) -> bool:
+    """Control, format and unassigned characters (C*), and the Unicode line separators."""
+    category = unicodedata.category(char)
+    return category.startswith("C") or category in ("Zl", "Zp")
 
 
 def config_path(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
