@@ -16,7 +16,7 @@ from scheduler.audience import AudienceSummary, Suppression, summarize
 from scheduler.campaign import utc_text
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
-from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
+from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.tomlsource import TomlProblem, read_toml
 
 #: how many line numbers per skip reason the report shows
@@ -68,25 +68,48 @@ def display_path(path: Path) -> Path:
 def _expand(
     paths: Iterable[Path], config: Config, problems: list[Problem]
 ) -> tuple[list[Path], list[CampaignCheck]]:
-    """Files as given, folders as their campaign files; what does not exist is a failed check."""
+    """Files as given, folders as their campaign files; a path that cannot be read (missing,
+    a broken symbolic link) is a failed check."""
     files: list[Path] = []
     missing: list[CampaignCheck] = []
     for path in paths:
         if path.is_dir():
-            found = campaign_files(path)
-            if not found:
-                problems.append(Problem(path, None, None, "no campaign files (*.toml) in this "
-                                        "folder", "warning"))
-            files.extend(found)
+            files.extend(_folder_files(path, problems))
         elif path.is_file():
             files.append(path)
         else:
-            hint = ""
-            if path.resolve() == config.paths.campaigns:
-                hint = ": create it, or set [paths].campaigns in the config (--config FILE)"
-            message = f"no such file or folder{hint}"
-            missing.append(CampaignCheck(path, None, [Problem(path, None, None, message)]))
+            missing.append(_unreadable(path, config))
     return _unique(files), missing
+
+
+def _folder_files(folder: Path, problems: list[Problem]) -> list[Path]:
+    """The folder's campaign files; a symbolic link among them that loops or points nowhere
+    is a warning (the other files are still checked)."""
+    found = campaign_files(folder)
+    if not found:
+        problems.append(Problem(folder, None, None, "no campaign files (*.toml) in this "
+                                "folder", "warning"))
+    files = []
+    for path in found:
+        link = broken_link(path)
+        if link is None:
+            files.append(path)
+        else:
+            problems.append(Problem(path, None, None, f"cannot read: {link}", "warning"))
+    return files
+
+
+def _unreadable(path: Path, config: Config) -> CampaignCheck:
+    """The failed check of a path named on the command line that is neither file nor folder."""
+    link = broken_link(path)
+    if link is not None:
+        message = f"cannot read: {link}"
+    elif real_path(path) == config.paths.campaigns:
+        message = ("no such file or folder: create it, or set [paths].campaigns in the config "
+                   "(--config FILE)")
+    else:
+        message = "no such file or folder"
+    return CampaignCheck(path, None, [Problem(path, None, None, message)])
 
 
 def _unique(files: list[Path]) -> list[Path]:
@@ -94,18 +117,18 @@ def _unique(files: list[Path]) -> list[Path]:
     seen: set[Path] = set()
     unique = []
     for path in files:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        if real_path(path) not in seen:
+            seen.add(real_path(path))
             unique.append(path)
     return unique
 
 
 def _with_folder_duplicates(checks: list[CampaignCheck], config: Config) -> list[CampaignCheck]:
     """Also compare ids with the campaign files of the folder that were not checked this time."""
-    checked = {c.file.resolve() for c in checks}
+    checked = {real_path(c.file) for c in checks}
     folder = config.paths.campaigns
     others = {} if not folder.is_dir() else _ids_of(
-        p for p in campaign_files(folder) if p.resolve() not in checked
+        p for p in campaign_files(folder) if real_path(p) not in checked
     )
     result = []
     for check in checks:

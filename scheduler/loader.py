@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import re
 from collections.abc import Iterable
@@ -57,10 +58,43 @@ class CampaignCheck:
 
 
 def campaign_files(folder: Path) -> list[Path]:
-    """The campaign files (``*.toml``, not hidden, not recursive) of ``folder``, sorted."""
+    """The campaign files (``*.toml``, not hidden, not recursive) of ``folder``, sorted.
+
+    A symbolic link that loops or points nowhere is listed too (see `broken_link`): loading it
+    reports the problem, where skipping it would make its campaign vanish without a word.
+    """
     return sorted(
-        p for p in folder.glob("*.toml") if p.is_file() and not p.name.startswith(".")
+        p for p in folder.glob("*.toml")
+        if not p.name.startswith(".") and (p.is_file() or broken_link(p) is not None)
     )
+
+
+def broken_link(path: Path) -> str | None:
+    """What is wrong when ``path`` is a symbolic link that cannot be followed ("it is a
+    symbolic link that loops"), else None (a file, a folder, or missing altogether)."""
+    try:
+        path.stat()
+    except OSError as exc:
+        return _link_failure(path, exc)
+    return None
+
+
+def _link_failure(path: Path, exc: OSError) -> str | None:
+    """``exc`` (from following ``path``) in words, when a symbolic link is the cause."""
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link that loops"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR) and path.is_symlink():
+        target = real_path(path)  # links followed as far as they lead
+        return f"it is a symbolic link that points to {target}, which does not exist"
+    return None
+
+
+def real_path(path: Path) -> Path:
+    """``path`` with its symbolic links resolved, or only made absolute when they loop."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return path.absolute()
 
 
 def load_campaign(path: Path, config: Config, now: datetime) -> CampaignCheck:
@@ -108,8 +142,9 @@ def _load(path: Path, config: Config, now: datetime) -> _Loaded:
     except TomlProblem as exc:
         return _Loaded(CampaignCheck(path, None, [exc.problem]))
     except OSError as exc:
-        problem = Problem(path, None, None, f"cannot read file: {exc.strerror}")
-        return _Loaded(CampaignCheck(path, None, [problem]))
+        link = _link_failure(path, exc)
+        message = f"cannot read: {link}" if link else f"cannot read file: {exc.strerror}"
+        return _Loaded(CampaignCheck(path, None, [Problem(path, None, None, message)]))
     fingerprint = hashlib.sha256(raw).hexdigest()
     reader = _CampaignReader(document, config, now)
     campaign = reader.build(fingerprint)
@@ -205,7 +240,7 @@ class _CampaignReader:
             id=campaign_id, from_name=from_name, type=kind, send_at=send_at, ttl=ttl,
             text=None if template is None else template.source, survey_options=options,
             route=route, paused=paused, audience=audience,
-            file=self.doc.path.resolve(), fingerprint=fingerprint,
+            file=real_path(self.doc.path), fingerprint=fingerprint,
         )
 
     def unknown_keys(self, table: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:

@@ -15,7 +15,7 @@ from scheduler.campaign import Campaign, utc_text
 from scheduler.config import Config
 from scheduler.errors import UserError
 from scheduler.journal import JournalReader, journal_exists, open_journal
-from scheduler.loader import campaign_files, load_campaigns
+from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns
 from scheduler.vocabulary import ENDED
 
 PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta")
@@ -39,7 +39,7 @@ def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
         files = campaign_files(config.paths.campaigns) if config.paths.campaigns.is_dir() else []
         for check in load_campaigns(files, config, now):
             if check.campaign is None:
-                rows.append(_invalid_row(check.file.stem))
+                rows.append(_invalid_row(check.file.stem, _why_invalid(check)))
                 continue
             seen.add(check.campaign.id)
             rows.append(_row(config, check.campaign, journal, suppression, now))
@@ -55,9 +55,16 @@ def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["send_at"] or "~", r["campaign"]))
 
 
-def _invalid_row(name: str) -> dict[str, Any]:
+def _invalid_row(name: str, why: str = "run `check` for the errors") -> dict[str, Any]:
     return {"campaign": name, "type": "", "state": "invalid", "send_at": "", "valid": 0,
-            "skipped": 0, "sent": 0, "eta": "run `check` for the errors"}
+            "skipped": 0, "sent": 0, "eta": why}
+
+
+def _why_invalid(check: CampaignCheck) -> str:
+    """What the plan says about an invalid file: the problem itself when it is a symbolic link
+    that loops or points nowhere (`check` skips those in a folder), else where to look."""
+    link = broken_link(check.file)
+    return f"{check.file.name}: cannot read: {link}" if link else "run `check` for the errors"
 
 
 def _row(
