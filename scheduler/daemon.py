@@ -545,8 +545,13 @@ class Daemon:
         self._spawn(self._relaunch(tracked, wait))
 
     async def _relaunch(self, tracked: _Tracked, wait: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), wait)
+        """After ``wait``, and once the delivery log takes lines again, send on."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
+            if self._stop.is_set() or self._engine.log.writable():
+                break
+            wait = min(RETRY_CAP, wait * 2)
         current = self._campaigns.get(tracked.campaign.id)
         if current is tracked and not self._stop.is_set() and tracked.state == "running":
             self._launch(tracked)

@@ -8,11 +8,12 @@ delivery log and the operational log under the same name.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from scheduler.delivery_log import DeliveryLog
+from scheduler.delivery_log import DeliveryLog, DeliveryLogUnwritable
 from scheduler.journal import CampaignRecord, Journal, JournalConflict
 from scheduler.oplog import get_logger
 from scheduler.vocabulary import CampaignState, may_move
@@ -77,6 +78,11 @@ class Lifecycle:
         self.announce(event, level, campaign=after.id, **fields)
 
     def announce(self, event: str, level: str = "info", **fields: Any) -> None:
-        """Write one campaign event to the delivery log and the operational log alike."""
-        self.log.event(event, level=level, **fields)
+        """Write one campaign event to the operational log and the delivery log alike.
+
+        A delivery log that cannot be written does not stop a state change: the operational
+        log has the event, and the log reports its own failure (``delivery_log_unwritable``).
+        """
         getattr(self._oplog, level)(event, **fields)
+        with contextlib.suppress(DeliveryLogUnwritable):
+            self.log.event(event, level=level, **fields)
