@@ -273,7 +273,8 @@ class DeliveryLog:
         """Tracking ids of ``campaign``'s message lines in the last ``max_bytes`` of the file.
 
         Used after a crash, to write the lines that may be missing without doubling those that
-        made it to the file just before the process died.
+        made it to the file just before the process died. A file that cannot be read (say its
+        folder is blocked) raises `DeliveryLogUnwritable`: guessing "none" would double lines.
         """
         try:
             with self.path.open("rb") as handle:
@@ -282,6 +283,8 @@ class DeliveryLog:
                 tail = handle.read().split(b"\n")
         except FileNotFoundError:
             return set()
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
         needle = orjson.dumps(campaign)
         found = set()
         for raw in tail:

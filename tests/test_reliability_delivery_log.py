@@ -143,6 +143,18 @@ def test_failed_reopen_after_rotation_raises_unwritable_and_recovers(
     assert events(rotated) == ["before"]
 
 
+def test_the_tail_of_a_blocked_log_is_unwritable_not_empty(
+    delivery: DeliveryLog, log_path: Path
+) -> None:
+    """`recent_message_ids` (the crash-resume check) cannot read a blocked log: it raises
+    DeliveryLogUnwritable rather than answer "no lines", which would write them twice."""
+    delivery.messages("summer", "standard", OUTCOMES)
+    assert delivery.recent_message_ids("summer", 10_000) == {o.tracking_id for o in OUTCOMES}
+    rotate_into_a_blocked_folder(log_path)
+    with structlog.testing.capture_logs(), pytest.raises(DeliveryLogUnwritable):
+        delivery.recent_message_ids("summer", 10_000)
+
+
 def test_a_second_outage_is_reported_again(delivery: DeliveryLog, log_path: Path) -> None:
     """"Once" is per outage: after a recovery, the next failure is reported again."""
     with structlog.testing.capture_logs() as captured:
