@@ -300,13 +300,15 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
         raise ConfigError(
             pydantic_problems(exc, path, document.line_of, _CONFIG_KEYS)
         ) from None
-    base = path.resolve().parent
+    try:
+        paths = config.paths.resolved(path.resolve().parent)
+    except RuntimeError as exc:  # a symbolic link loop on one of the paths
+        raise ConfigError.single(
+            f"a path in [paths] cannot be used: {exc}: fix the symbolic link", file=path,
+            field="paths",
+        ) from None
     return config.model_copy(
-        update={
-            "paths": config.paths.resolved(base),
-            "credentials": credentials,
-            "source": path,
-        }
+        update={"paths": paths, "credentials": credentials, "source": path}
     )
 
 

@@ -132,3 +132,14 @@ def test_plan_names_each_broken_link_and_its_problem(workspace: Path) -> None:
         "pong": ("invalid", f"pong.toml: {LOOPS}"),
         "dangling": ("invalid", f"dangling.toml: {points_nowhere(workspace)}"),
     }
+
+
+def test_a_looping_campaigns_folder_in_the_config_is_one_clear_error(tmp_path: Path) -> None:
+    """`[paths] campaigns` naming a link that loops: exit 1, the file and field, no traceback."""
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "config.toml").write_text('[paths]\ncampaigns = "loop"\n', "utf-8")
+    done = run_cli(["check", "--config", str(tmp_path / "config.toml")])
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"{tmp_path / 'config.toml'}: paths: ")
+    assert "fix the symbolic link" in done.stderr
