@@ -33,7 +33,7 @@ from scheduler.config import Config, load_config
 from scheduler.daemon import run_daemon
 from scheduler.errors import UserError
 from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
-from scheduler.loader import CampaignCheck, load_campaign
+from scheduler.loader import CampaignCheck, load_campaign, real_path
 from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (
@@ -216,7 +216,7 @@ def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime)
     """The TOML content of a new campaign file, from the ``new`` command's arguments."""
     kind: MessageType = args.type
     send_at = args.send_at or datetime.combine(now.date() + timedelta(days=1), time(9), UTC)
-    audience = os.path.relpath(args.audience.resolve(), folder.resolve())
+    audience = os.path.relpath(real_path(args.audience), real_path(folder))
     document: dict[str, Any] = {
         "id": args.id, "from_name": args.from_name, "type": kind, "send_at": send_at,
         "ttl": DEFAULT_TTL[kind],
