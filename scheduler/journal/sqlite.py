@@ -21,14 +21,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
-import itertools
 import os
 import queue
 import sqlite3
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +51,16 @@ from scheduler.journal.base import (
     RecipientRow,
     Result,
     UnloggedBatch,
+)
+from scheduler.journal.codec import (
+    START,
+    Cursor,
+    batch_rows,
+    chunks,
+    decided,
+    encode_batches,
+    sent_messages,
+    unlogged_rows,
 )
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
@@ -220,33 +229,6 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _encode_default(value: object) -> object:
-    """orjson fallback: any Mapping is a dict, any other Sequence a list."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return list(value)
-    raise TypeError(f"cannot store {type(value).__name__} in a batch body")
-
-
-def encode_batches(
-    batches: Iterable[Sequence[Mapping[str, Any]]],
-) -> Iterator[tuple[int, bytes, int]]:
-    """Number and encode batches as ``(seq, orjson body, size)``, lazily; empty ones are dropped."""
-    seq = 0
-    for batch in batches:
-        if len(batch) == 0:
-            continue
-        yield seq, orjson.dumps(batch, default=_encode_default), len(batch)
-        seq += 1
-
-
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
 def _record(row: sqlite3.Row) -> CampaignRecord:
     return CampaignRecord(
         id=row["id"], type=row["type"], file=row["file"], fingerprint=row["fingerprint"],
@@ -256,33 +238,6 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"], stage=row["stage"],
     )
-
-
-def _decided(blob: bytes | None) -> frozenset[str]:
-    """The tracking ids a partly recorded batch already has final outcomes for."""
-    return frozenset() if blob is None else frozenset(r[0] for r in orjson.loads(blob))
-
-
-#: where `recipient_page` goes on: (0, last batch seq) then (1, last skip rowid)
-Cursor = tuple[int, int]
-START: Cursor = (0, -1)
-
-#: a message of a done batch whose result names another id: it may or may not have gone out
-_UNRECORDED: tuple[str, Outcome, str | None, int] = ("", "in_doubt", "no outcome recorded", 0)
-
-
-def _batch_rows(
-    body: bytes, blob: bytes | None, attempts: int, outcome: Outcome | None,
-) -> Iterator[RecipientRow]:
-    """The recipients of one done batch: the body gives phones, the results blob outcomes."""
-    messages = orjson.loads(body)
-    results: dict[str, tuple[str, Outcome, str | None, int]] = (
-        {} if blob is None else {r[0]: tuple(r) for r in orjson.loads(blob)}
-    )
-    for message in messages:
-        _, status, detail, tries = results.get(message["id"], _UNRECORDED)
-        if outcome is None or status == outcome:
-            yield RecipientRow(message["id"], message["toPhone"], status, detail, tries)
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,9 +337,9 @@ class SqliteConnection:
         snapshot = self._begin_snapshot(campaign_id)
         swapped = False
         try:
-            for rows in _chunks(encode_batches(batches), _BATCH_CHUNK):
+            for rows in chunks(encode_batches(batches), _BATCH_CHUNK):
                 self._add_batches(campaign_id, snapshot, rows)
-            for chunk in _chunks(skips, _SKIP_CHUNK):
+            for chunk in chunks(skips, _SKIP_CHUNK):
                 self._add_skips(campaign_id, snapshot, chunk)
             self._commit_snapshot(
                 snapshot, campaign_id=campaign_id, type=type, file=file,
@@ -567,7 +522,7 @@ class SqliteConnection:
             (self._snapshot(campaign_id), after_seq, limit),
         ).fetchall()
         return [
-            BatchRecord(seq, body, size, state, attempts, _decided(blob))
+            BatchRecord(seq, body, size, state, attempts, decided(blob))
             for seq, body, size, state, attempts, blob in rows
         ]
 
@@ -662,13 +617,8 @@ class SqliteConnection:
             " WHERE s.snapshot = ? AND s.logged < s.sent + s.rejected + s.expired + s.in_doubt"
             " ORDER BY s.seq", (self._snapshot(campaign_id),),
         ).fetchall():
-            phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
-            results = orjson.loads(blob)
-            rows = [
-                RecipientRow(tid, phones.get(tid, ""), outcome, detail, tries)
-                for tid, outcome, detail, tries in results[logged:]
-            ]
-            found.append(UnloggedBatch(seq, len(results), rows))
+            held, rows = unlogged_rows(body, blob, logged)
+            found.append(UnloggedBatch(seq, held, rows))
         return found
 
     def skips_logged(self, campaign_id: str) -> bool:
@@ -755,7 +705,7 @@ class SqliteConnection:
             ).fetchall()
             if page:
                 rows = [row for _, body, blob, attempts in page
-                        for row in _batch_rows(body, blob, attempts, outcome)]
+                        for row in batch_rows(body, blob, attempts, outcome)]
                 return rows, (0, page[-1][0])
         if outcome not in (None, "skipped"):
             return [], None
@@ -795,14 +745,12 @@ class SqliteConnection:
                 " WHERE s.state = 'done' AND s.indexed = 0 LIMIT ?", (max_batches,),
             ).fetchall()
             for snapshot, seq, done_at, campaign, kind, body, blob in batches:
-                phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
                 sent_at = done_at or _now()  # a batch closed by the first release has no time
                 self._db.executemany(
                     "INSERT OR IGNORE INTO messages (message_id, campaign, tracking_id, phone,"
                     " type, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    ((detail, campaign, tid, phones.get(tid, ""), kind, sent_at)
-                     for tid, outcome, detail, _ in (orjson.loads(blob) if blob else ())
-                     if outcome == "sent" and detail),
+                    ((message_id, campaign, tid, phone, kind, sent_at)
+                     for message_id, tid, phone in sent_messages(body, blob)),
                 )
                 self._db.execute(
                     "UPDATE batch_state SET indexed = 1 WHERE snapshot = ? AND seq = ?",
@@ -1058,10 +1006,10 @@ class SqliteJournal:
         snapshot = await self._call(SqliteConnection._begin_snapshot, campaign_id)
         swapped = False
         try:
-            encoded = _chunks(encode_batches(batches), _BATCH_CHUNK)
+            encoded = chunks(encode_batches(batches), _BATCH_CHUNK)
             while rows := await asyncio.to_thread(next, encoded, None):
                 await self._call(SqliteConnection._add_batches, campaign_id, snapshot, rows)
-            skip_chunks = _chunks(skips, _SKIP_CHUNK)
+            skip_chunks = chunks(skips, _SKIP_CHUNK)
             while chunk := await asyncio.to_thread(next, skip_chunks, None):
                 await self._call(SqliteConnection._add_skips, campaign_id, snapshot, chunk)
             await self._call(

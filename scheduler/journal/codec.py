@@ -1,0 +1,95 @@
+"""What every journal backend stores the same way: batch bodies and result blobs, as bytes.
+
+A batch's request body (orjson, without ``ttl``) is the snapshot; its final outcomes are one
+blob ``[[tracking_id, outcome, detail, attempts], ...]``, appended by partial records. These
+helpers encode and decode both, whatever database holds the bytes, so the backends list the
+same recipients in the same order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import orjson
+
+from scheduler.journal.base import RecipientRow
+from scheduler.vocabulary import Outcome
+
+T = TypeVar("T")
+
+#: where a backend's ``recipient_page`` goes on: (0, last batch seq) then (1, last skip id)
+Cursor = tuple[int, int]
+START: Cursor = (0, -1)
+
+#: a message of a done batch whose result names another id: it may or may not have gone out
+_UNRECORDED: tuple[str, Outcome, str | None, int] = ("", "in_doubt", "no outcome recorded", 0)
+
+
+def _encode_default(value: object) -> object:
+    """orjson fallback: any Mapping is a dict, any other Sequence a list."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a batch body")
+
+
+def encode_batches(
+    batches: Iterable[Sequence[Mapping[str, Any]]],
+) -> Iterator[tuple[int, bytes, int]]:
+    """Number and encode batches as ``(seq, orjson body, size)``, lazily; empty ones are dropped."""
+    seq = 0
+    for batch in batches:
+        if len(batch) == 0:
+            continue
+        yield seq, orjson.dumps(batch, default=_encode_default), len(batch)
+        seq += 1
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def decided(blob: bytes | None) -> frozenset[str]:
+    """The tracking ids a partly recorded batch already has final outcomes for."""
+    return frozenset() if blob is None else frozenset(r[0] for r in orjson.loads(blob))
+
+
+def batch_rows(
+    body: bytes, blob: bytes | None, attempts: int, outcome: Outcome | None,
+) -> Iterator[RecipientRow]:
+    """The recipients of one done batch: the body gives phones, the results blob outcomes."""
+    messages = orjson.loads(body)
+    results: dict[str, tuple[str, Outcome, str | None, int]] = (
+        {} if blob is None else {r[0]: tuple(r) for r in orjson.loads(blob)}
+    )
+    for message in messages:
+        _, status, detail, tries = results.get(message["id"], _UNRECORDED)
+        if outcome is None or status == outcome:
+            yield RecipientRow(message["id"], message["toPhone"], status, detail, tries)
+
+
+def unlogged_rows(body: bytes, blob: bytes, logged: int) -> tuple[int, list[RecipientRow]]:
+    """How many results a batch holds, and those after its first ``logged`` ones."""
+    phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
+    results = orjson.loads(blob)
+    rows = [
+        RecipientRow(tid, phones.get(tid, ""), outcome, detail, tries)
+        for tid, outcome, detail, tries in results[logged:]
+    ]
+    return len(results), rows
+
+
+def sent_messages(body: bytes, blob: bytes | None) -> Iterator[tuple[str, str, str]]:
+    """``(message_id, tracking_id, phone)`` of each message of a batch the API accepted."""
+    if blob is None:
+        return
+    phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
+    for tid, outcome, detail, _ in orjson.loads(blob):
+        if outcome == "sent" and detail:
+            yield detail, tid, phones.get(tid, "")
