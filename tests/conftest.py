@@ -1,4 +1,6 @@
-"""Shared fixtures: a clean structlog config per test, and in-process sandboxes."""
+"""Shared fixtures: a clean structlog config per test, in-process sandboxes, and one real
+PostgreSQL server per test session (started only by the tests that ask for it), with a fresh
+database per test."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import structlog
 
 from scheduler.sandbox import Sandbox, SandboxOptions
 from tests.helpers import StartSandbox
+from tests.pg_helpers import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +37,27 @@ async def start_sandbox() -> AsyncIterator[StartSandbox]:
     yield start
     for sandbox in started:
         await sandbox.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """ONE PostgreSQL server for the whole session, in a temporary folder, stopped and
+    deleted at the end (its start time, initdb included, is ``started_in``)."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server; its URL (trust: no password)."""
+    if not postgres_server.running:  # a test stopped it and failed before starting it again
+        postgres_server.start()
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    if not postgres_server.running:
+        postgres_server.start()
+    postgres_server.drop_database(name)

@@ -17,12 +17,13 @@ import pytest
 
 from scheduler.audience import Skip
 from scheduler.journal import Journal, JournalConflict, JournalFenced, Result
+from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.vocabulary import OUTCOMES, Outcome
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 DEADLINE = SEND_AT + timedelta(hours=1)
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 MakeJournal = Callable[[], Journal]
 
@@ -79,6 +80,9 @@ def make_journal(request: pytest.FixtureRequest, tmp_path: Path) -> MakeJournal:
     """A factory of (unstarted) journals that all open the same store."""
     if request.param == "sqlite":
         return lambda: SqliteJournal(tmp_path / "state" / "journal.sqlite3")
+    if request.param == "postgres":  # the server starts with the first test that needs it
+        url: str = request.getfixturevalue("postgres_url")
+        return lambda: PostgresJournal(url, location=url)
     raise AssertionError(f"unknown backend {request.param}")
 
 

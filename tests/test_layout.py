@@ -1,4 +1,4 @@
-"""The package's shape, checked: no import cycles, and the storage driver stays in its backend.
+"""The package's shape, checked: no import cycles, and each storage driver stays in its backend.
 
 Imports are read from the source (module level and inside functions alike), so a lazy import
 that closes a cycle is caught too.
@@ -7,6 +7,7 @@ that closes a cycle is caught too.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "scheduler"
@@ -78,3 +79,13 @@ def test_only_the_sqlite_backend_names_its_driver() -> None:
         if "import sqlite3" in path.read_text("utf-8") or "sqlite3." in path.read_text("utf-8")
     )
     assert users == ["scheduler.journal.sqlite"]
+
+
+def test_only_the_postgres_backend_names_its_driver() -> None:
+    """Nothing outside scheduler/journal/postgres.py imports psycopg or catches its errors."""
+    driver = re.compile(r"^\s*(import|from) psycopg\b|\bpsycopg\.", re.MULTILINE)
+    users = sorted(
+        module_name(path) for path in PACKAGE.rglob("*.py")
+        if driver.search(path.read_text("utf-8"))
+    )
+    assert users == ["scheduler.journal.postgres"]
