@@ -48,10 +48,20 @@ __all__ = [
 
 
 def open_journal(config: Config) -> Journal:
-    """The journal the config names (today: SQLite at ``[paths].state``), not started yet."""
-    return SqliteJournal(config.paths.state)
+    """The journal the config names, not started yet: PostgreSQL at ``[journal].url`` (its
+    password from the credentials), else SQLite at ``[paths].state``."""
+    url = config.journal.url
+    if url is None:
+        return SqliteJournal(config.paths.state)
+    from scheduler.journal.postgres import PostgresJournal  # only its users load the driver
+
+    password = config.credentials.journal_password
+    return PostgresJournal(  # the config refuses a URL that holds a password: url shows
+        url, password=None if password is None else password.get_secret_value(), location=url,
+    )
 
 
 def journal_exists(config: Config) -> bool:
-    """False when nothing was ever written (reading commands then have nothing to show)."""
-    return config.paths.state.exists()
+    """False when nothing was ever written (reading commands then have nothing to show).
+    A PostgreSQL journal is taken to exist: only connecting would tell."""
+    return config.journal.url is not None or config.paths.state.exists()
