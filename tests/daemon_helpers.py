@@ -90,6 +90,9 @@ class Workspace:
     root: Path
     base_url: str = "sandbox"
     sending: dict[str, Any] = field(default_factory=dict)
+    journal_url: str | None = None  # a PostgreSQL journal (else SQLite under state/)
+    lease: float | None = None  # [journal] lease, seconds
+    shared_campaigns: Path | None = None  # another workspace's campaigns folder (a 2nd daemon)
 
     def __post_init__(self) -> None:
         (self.root / "campaigns" / "audiences").mkdir(parents=True, exist_ok=True)
@@ -127,9 +130,13 @@ class Workspace:
         lines = ["[api]", f'base_url = "{self.base_url}"', "timeout = 10", "", "[sending]"]
         for key, value in sending.items():
             lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
-        lines += ["", "[paths]", 'campaigns = "campaigns"', 'state = "state/journal.sqlite3"',
+        campaigns = str(self.shared_campaigns or "campaigns")
+        lines += ["", "[paths]", f'campaigns = "{campaigns}"', 'state = "state/journal.sqlite3"',
                   'delivery_log = "logs/delivery.jsonl"', "", "[log]", 'format = "json"', ""]
-        self.config.write_text("\n".join(lines), "utf-8")
+        if self.journal_url is not None:
+            lines += ["[journal]", f'url = "{self.journal_url}"']
+            lines += [f"lease = {self.lease}"] if self.lease is not None else []
+        self.config.write_text("\n".join(lines) + "\n", "utf-8")
 
     def audience(self, name: str, rows: int, bad_rows: int = 0) -> Path:
         """A CSV of ``rows`` distinct valid phones, then ``bad_rows`` rows with a bad phone."""

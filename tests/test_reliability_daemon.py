@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from daemon_helpers import (
     API_KEY,
     DaemonProcess,

@@ -1,0 +1,248 @@
+"""Two daemons on one PostgreSQL journal: one sends, the other takes over when it goes.
+
+Real everything: a PostgreSQL server started by the test session (a fresh database per test),
+two `run` daemons as subprocesses sharing one campaigns folder, each posting to its own sandbox
+process (so the records tell who posted what, and when), real signals. The lease is shortened
+to 3 s through the config (renewed every second; the daemons give up 0.6 s early), so a
+takeover after a kill takes about 4 s instead of about 17.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_helpers import (
+    API_KEY,
+    DaemonProcess,
+    SandboxProcess,
+    Workspace,
+    clean_env,
+    expected_ids,
+    parse_ts,
+    poll,
+    utc_seconds_from_now,
+)
+
+from scheduler.config import load_config
+from scheduler.journal import JournalReader, open_journal
+
+LEASE = 3.0
+SENDING = {"batch_size": 50, "requests_per_second": 8, "concurrency": 2, "max_attempts": 3}
+COUNT = 2000  # 40 batches at 8/s: about 5 s of sending
+
+
+class Pair:
+    """Daemon A and daemon B on one journal and one campaigns folder, each with a sandbox."""
+
+    def __init__(self, root: Path, url: str, delivery: str = "at-least-once") -> None:
+        sending = {**SENDING, "delivery": delivery}
+        self.sandboxes = [SandboxProcess(root / f"record-{n}.jsonl", "--latency-ms", "150")
+                          for n in "ab"]
+        self.a = Workspace(root / "a", base_url=self.sandboxes[0].url, sending=sending,
+                           journal_url=url, lease=LEASE)
+        self.b = Workspace(root / "b", base_url=self.sandboxes[1].url, sending=sending,
+                           journal_url=url, lease=LEASE, shared_campaigns=self.a.campaigns)
+        self.daemons = [DaemonProcess(self.a, CASCADE_API_KEY=API_KEY),
+                        DaemonProcess(self.b, CASCADE_API_KEY=API_KEY)]
+
+    def start(self) -> tuple[DaemonProcess, DaemonProcess]:
+        """A first (it becomes the leader), then B (standby)."""
+        first, second = self.daemons
+        first.start()
+        poll(lambda: self.a.events("leadership_acquired"), 10, "A to lead")
+        second.start()
+        return first, second
+
+    def records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What each sandbox accepted."""
+        first, second = self.sandboxes
+        return first.record(), second.record()
+
+    def accepted(self, cid: str) -> Counter[str]:
+        """How often each tracking id was accepted, by either sandbox."""
+        a, b = self.records()
+        return Counter(r["trackinId"] for r in a + b if r["trackinId"].startswith(cid + "-"))
+
+    def close(self) -> None:
+        """Kill what is still running."""
+        for daemon in self.daemons:
+            daemon.kill()
+        for sandbox in self.sandboxes:
+            sandbox.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
+    """Two daemons (not started) on a fresh database."""
+    made = Pair(tmp_path, postgres_url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def journal_state(workspace: Workspace, cid: str) -> tuple[str | None, dict[str, int]]:
+    """The campaign's state and counts, read from the shared journal."""
+    with JournalReader(open_journal(load_config(workspace.config))) as journal:
+        record = journal.campaign(cid)
+        if record is None:
+            return None, {}
+        return record.state, journal.counts(cid)
+
+
+def campaign(pair: Pair, cid: str, count: int = COUNT) -> datetime:
+    """A promo campaign due in 3 s in the shared folder; returns its send time."""
+    pair.a.audience(cid, count)
+    send_at = utc_seconds_from_now(3)
+    pair.a.write_campaign(cid, send_at, kind="promo", ttl=600)
+    return send_at
+
+
+def wait_done(pair: Pair, cid: str, timeout: float = 60) -> dict[str, int]:
+    """Poll the journal until the campaign is done; its counts."""
+    found: dict[str, Any] = {}
+
+    def done() -> bool:
+        found["state"], found["counts"] = journal_state(pair.a, cid)
+        return bool(found["state"] == "done")
+
+    poll(done, timeout, f"{cid} to be done", step=0.3)
+    counts: dict[str, int] = found["counts"]
+    return counts
+
+
+def took_over_at(workspace: Workspace) -> datetime:
+    """When the workspace's daemon logged that it became the leader."""
+    events = poll(lambda: workspace.events("leadership_acquired"), 30, "a takeover")
+    return parse_ts(events[-1]["timestamp"])
+
+
+def bound(sending: dict[str, Any]) -> int:
+    """Messages that may be in flight at a kill: the engine's window of batches."""
+    return (2 * int(sending["concurrency"]) + 2) * int(sending["batch_size"])
+
+
+def test_kill_9_of_the_leader_mid_campaign(pair: Pair) -> None:
+    """B takes over within lease + 2 s; every recipient ends final; only batches that were in
+    flight at the kill are sent twice (at-least-once)."""
+    a, b = pair.start()
+    campaign(pair, "failover")
+    poll(lambda: len(pair.records()[0]) >= 400, 30, "A to be sending")
+    killed = datetime.now(UTC)
+    a.signal(signal.SIGKILL)
+    took = (took_over_at(pair.b) - killed).total_seconds()
+    print(f"takeover after kill -9: {took:.2f} s")
+    assert took <= LEASE + 2
+    counts = wait_done(pair, "failover")
+    assert (counts["sent"], counts["pending"]) == (COUNT, 0)
+    accepted = pair.accepted("failover")
+    assert set(accepted) == expected_ids("failover", COUNT)
+    twice = sum(n - 1 for n in accepted.values())
+    assert twice <= bound(SENDING)
+    assert b.stop() == 0
+
+
+def test_sigterm_hands_over_at_once_without_duplicates(pair: Pair) -> None:
+    """A graceful stop finishes in-flight batches and releases the lease: B leads within
+    a couple of seconds and sends the rest; nobody gets the message twice."""
+    a, b = pair.start()
+    campaign(pair, "handover")
+    poll(lambda: len(pair.records()[0]) >= 400, 30, "A to be sending")
+    stopped = datetime.now(UTC)
+    assert a.stop() == 0
+    took = (took_over_at(pair.b) - stopped).total_seconds()
+    print(f"takeover after SIGTERM: {took:.2f} s")
+    assert took <= 3
+    counts = wait_done(pair, "handover")
+    assert (counts["sent"], counts["pending"]) == (COUNT, 0)
+    assert pair.accepted("handover") == Counter(expected_ids("handover", COUNT))
+    assert b.stop() == 0
+
+
+def test_a_frozen_leader_posts_nothing_after_it_wakes(pair: Pair) -> None:
+    """SIGSTOP past the lease, B takes over, SIGCONT: A posts nothing more, steps down
+    (leadership_lost) and stays up as a standby; the campaign still ends complete."""
+    a, b = pair.start()
+    campaign(pair, "frozen")
+    poll(lambda: len(pair.records()[0]) >= 400, 30, "A to be sending")
+    a.signal(signal.SIGSTOP)
+    took_over_at(pair.b)
+    time.sleep(0.5)
+    woke = datetime.now(UTC)
+    a.signal(signal.SIGCONT)
+    poll(lambda: pair.a.events("leadership_lost"), 10, "A to step down")
+    counts = wait_done(pair, "frozen")
+    assert (counts["sent"], counts["pending"]) == (COUNT, 0)
+    late = [r for r in pair.records()[0] if parse_ts(r["ts"]) > woke + timedelta(seconds=0.2)]
+    assert late == [], f"A posted {len(late)} messages after waking"
+    assert set(pair.accepted("frozen")) == expected_ids("frozen", COUNT)
+    assert a.alive
+    assert a.stop() == 0 and b.stop() == 0
+
+
+def test_at_most_once_takeover_sends_nothing_twice(tmp_path: Path, postgres_url: str) -> None:
+    """Under at-most-once, what was in flight at the kill becomes in_doubt, never resent."""
+    pair = Pair(tmp_path, postgres_url, delivery="at-most-once")
+    try:
+        a, b = pair.start()
+        campaign(pair, "careful")
+        poll(lambda: len(pair.records()[0]) >= 400, 30, "A to be sending")
+        a.signal(signal.SIGKILL)
+        took_over_at(pair.b)
+        counts = wait_done(pair, "careful")
+        accepted = pair.accepted("careful")
+        assert max(accepted.values()) == 1
+        assert counts["sent"] + counts["in_doubt"] == COUNT and counts["pending"] == 0
+        assert counts["in_doubt"] <= bound(SENDING)
+        assert b.stop() == 0
+    finally:
+        pair.close()
+
+
+def test_the_database_restarting_mid_campaign(
+    tmp_path: Path, postgres_url: str, postgres_server: Any,
+) -> None:
+    """The leader stops sending while the journal is gone, never crashes, and the campaign
+    completes once the database is back (whichever daemon then leads)."""
+    pair = Pair(tmp_path, postgres_url)
+    try:
+        a, b = pair.start()
+        campaign(pair, "restart")
+        poll(lambda: len(pair.records()[0]) >= 400, 30, "A to be sending")
+        postgres_server.restart()
+        counts = wait_done(pair, "restart", timeout=90)
+        assert (counts["sent"], counts["pending"]) == (COUNT, 0)
+        assert set(pair.accepted("restart")) == expected_ids("restart", COUNT)
+        assert a.alive and b.alive
+        for daemon in (a, b):
+            assert "Traceback" not in daemon.stderr()
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        pair.close()
+
+
+def test_the_password_appears_nowhere(tmp_path: Path, postgres_url: str) -> None:
+    """A journal password given as a credential is in no output, even on a connection error."""
+    import subprocess
+    import sys
+
+    workspace = Workspace(tmp_path, journal_url=postgres_url.replace(
+        postgres_url.rsplit(":", 1)[1].split("/")[0], "1"))  # a closed port
+    secret = "pw-Zq81-never-printed"
+    done = subprocess.run(
+        [sys.executable, "-m", "scheduler", "run", "--config", str(workspace.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env=clean_env(CASCADE_JOURNAL_PASSWORD=secret),
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert secret not in done.stdout + done.stderr
+    log = workspace.delivery_log
+    assert not log.exists() or secret not in log.read_text("utf-8")
