@@ -116,6 +116,8 @@ async def test_prepare_records_the_snapshot(journal: Journal) -> None:
     assert await rows(journal, "c", "skipped") == [("c-x", "skipped"), ("", "skipped")]
     assert [r.detail async for r in journal.recipients("c", "skipped")] == [
         "invalid_phone", "invalid_id"]
+    # a skipped row is found again by its CSV line (issue 9, item 6)
+    assert [r.line async for r in journal.recipients("c", "skipped")] == [3, 9]
 
 
 async def test_a_new_snapshot_replaces_an_unstarted_one_whole(journal: Journal) -> None:
@@ -412,6 +414,17 @@ async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
 
 
 # --- leadership ---------------------------------------------------------------------------
+
+
+async def test_leader_names_the_holder_of_a_live_lease(journal: Journal) -> None:
+    """`leader` names whoever holds an unexpired lease, and None once it is released, so the
+    reading commands can tell a running campaign from one waiting for the next start."""
+    assert await journal.leader() is None
+    epoch = await journal.acquire_lease("host:1:a", 15)
+    assert epoch is not None
+    assert await journal.leader() == "host:1:a"
+    await journal.release_lease("host:1:a", epoch)
+    assert await journal.leader() is None
 
 
 async def test_lease_epochs_grow_and_only_the_holder_renews(journal: Journal) -> None:

@@ -135,6 +135,7 @@ class RecipientRow:
     outcome: Outcome
     detail: str | None
     attempts: int
+    line: int | None = None  # the CSV line of a skipped row (None for the others)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +293,10 @@ class Journal(Protocol):
 
     async def release_lease(self, holder: str, epoch: int) -> None:
         """Give the lease up at once (a graceful stop): a standby may take it immediately."""
+
+    async def leader(self) -> str | None:
+        """The holder of an unexpired lease (a daemon or `send` acting on this journal now),
+        or None: then a "running" campaign is waiting for the next start to resume."""
 
     def fence(self, holder: str, epoch: int | None) -> None:
         """From now on, every write of the send path (in-flight marks, outcomes, releases and

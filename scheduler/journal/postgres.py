@@ -611,8 +611,8 @@ class PostgresStore:
         if not skips:
             return [], None
         return [
-            RecipientRow(tracking_id or "", phone, "skipped", reason, 0)
-            for _, tracking_id, phone, reason in skips
+            RecipientRow(tracking_id or "", phone, "skipped", reason, 0, line)
+            for _, line, tracking_id, phone, reason in skips
         ], (1, skips[-1][0])
 
     async def _batch_page(
@@ -632,7 +632,7 @@ class PostgresStore:
 
     async def _skip_page(self, snapshot: int, after_id: int) -> list[TupleRow]:
         return await self._all(
-            "SELECT id, tracking_id, phone, reason FROM skips"
+            "SELECT id, line, tracking_id, phone, reason FROM skips"
             " WHERE snapshot = %s AND id > %s ORDER BY id LIMIT %s",
             (snapshot, after_id, _SKIP_CHUNK),
         )
@@ -739,6 +739,13 @@ class PostgresStore:
             "UPDATE lease SET expires_at = LEAST(expires_at, clock_timestamp())"
             " WHERE name = 'leader' AND holder = %s AND epoch = %s", (holder, epoch),
         )
+
+    async def leader(self) -> str | None:
+        """The holder of an unexpired lease (by the database's clock), or None."""
+        row = await self._one(
+            "SELECT holder FROM lease WHERE name = 'leader' AND expires_at > clock_timestamp()",
+        )
+        return None if row is None else str(row[0])
 
     async def check_fence(self, holder: str, epoch: int) -> None:
         """Raise `JournalFenced` unless ``holder`` holds an unexpired lease of ``epoch``."""
@@ -1140,6 +1147,10 @@ class PostgresJournal:
     async def release_lease(self, holder: str, epoch: int) -> None:
         """`Journal.release_lease`."""
         await self._call(PostgresStore.release_lease, holder, epoch)
+
+    async def leader(self) -> str | None:
+        """`Journal.leader`."""
+        return await self._call(PostgresStore.leader)
 
     def fence(self, holder: str, epoch: int | None) -> None:
         """`Journal.fence`."""

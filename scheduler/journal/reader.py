@@ -11,11 +11,12 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
 
-from scheduler.journal.base import CampaignRecord, Counts, Journal, RecipientRow
+from scheduler.journal.base import BatchRecord, CampaignRecord, Counts, Journal, RecipientRow
 from scheduler.vocabulary import Outcome
 
 T = TypeVar("T")
 PAGE = 2_000  # recipients handed over per loop turn
+BATCHES = 16  # open batches handed over per loop turn (up to 1,000 messages each)
 
 
 class JournalReader:
@@ -53,6 +54,10 @@ class JournalReader:
         """`Journal.counts`."""
         return self._runner.run(self.journal.counts(campaign_id))
 
+    def leader(self) -> str | None:
+        """`Journal.leader`."""
+        return self._runner.run(self.journal.leader())
+
     def recipients(
         self, campaign_id: str, outcome: Outcome | None = None,
     ) -> Iterator[RecipientRow]:
@@ -60,6 +65,13 @@ class JournalReader:
         stream = self.journal.recipients(campaign_id, outcome)
         while page := self._runner.run(_take(stream, PAGE)):
             yield from page
+
+    def open_batches(self, campaign_id: str) -> Iterator[BatchRecord]:
+        """Every batch not closed yet (`Journal.open_batches`), streamed in pages."""
+        after = -1
+        while page := self._runner.run(self.journal.open_batches(campaign_id, after, BATCHES)):
+            yield from page
+            after = page[-1].seq
 
 
 async def _take(stream: AsyncIterator[T], count: int) -> list[T]:

@@ -155,6 +155,15 @@ def _translate(exc: sqlite3.Error, location: str) -> JournalError:
     )
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that only reads: `report` and `plan` never write the journal (no schema
+    change, no checkpoint), whoever runs them. Beside it SQLite keeps only the ``-wal`` and
+    ``-shm`` files every WAL reader shares with the daemon (owned like the journal file even
+    when root opens it)."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+
+
 @contextlib.contextmanager
 def _translated(location: str) -> Iterator[None]:
     try:
@@ -252,20 +261,42 @@ class SqliteConnection:
     ``sqlite3.Error`` as they meet it; `SqliteJournal` translates at its boundary.
     """
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.commits = 0
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        if read_only:
+            self._db = _read_only(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000,
+            )
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
+            if read_only:
+                self._check_readable()
+            else:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._migrate()
         except BaseException:
             self._db.close()
             raise
+
+    def _check_readable(self) -> None:
+        """A reader takes the schema as it is: it never migrates (that is a write)."""
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise JournalCorrupt(
+                None, f"{self.path} has schema version {version}, newer than this program "
+                f"({SCHEMA_VERSION}): upgrade cascade-scheduler",
+            )
+        if version < SCHEMA_VERSION:
+            raise JournalUnavailable(
+                None, f"{self.path} was written by an earlier release: start the daemon (or "
+                "`send`) of this release once to upgrade it, then read it",
+            )
 
     def close(self) -> None:
         """Close the connection (committed data is already durable)."""
@@ -713,8 +744,8 @@ class SqliteConnection:
         if not skips:
             return [], None
         return [
-            RecipientRow(tracking_id or "", phone, "skipped", reason, 0)
-            for _, _, tracking_id, phone, reason, _ in skips
+            RecipientRow(tracking_id or "", phone, "skipped", reason, 0, line)
+            for _, line, tracking_id, phone, reason, _ in skips
         ], (1, skips[-1][0])
 
     def skips(self, campaign_id: str) -> Iterator[Skip]:
@@ -814,6 +845,13 @@ class SqliteConnection:
                 " AND epoch = ?", (_now(), holder, epoch),
             )
 
+    def leader(self) -> str | None:
+        """The holder of an unexpired lease, or None."""
+        row = self._db.execute(
+            "SELECT holder FROM lease WHERE name = 'leader' AND expires_at > ?", (_now(),),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def check_fence(self, holder: str, epoch: int) -> None:
         """Raise `JournalFenced` unless ``holder`` holds an unexpired lease of ``epoch``."""
         row = self._db.execute(
@@ -869,6 +907,7 @@ class SqliteJournal:
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closing = False
         self._fence: tuple[str, int] | None = None
+        self._read_only = False
 
     @property
     def commits(self) -> int:
@@ -879,6 +918,7 @@ class SqliteJournal:
         """Take the writer lock (``writer``), then open the journal in the writer thread."""
         if writer:
             self._lock.acquire()  # an OSError (no such folder...) names its path: let it go
+        self._read_only = not writer
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._serve, args=(ready,), name="journal-writer", daemon=True,
@@ -932,7 +972,7 @@ class SqliteJournal:
 
     def _serve(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            self._connection = SqliteConnection(self.path)
+            self._connection = SqliteConnection(self.path, read_only=self._read_only)
         except sqlite3.Error as exc:
             ready.set_exception(_translate(exc, self.location))
             self._stopped.set_result(None)
@@ -1120,6 +1160,10 @@ class SqliteJournal:
     async def release_lease(self, holder: str, epoch: int) -> None:
         """`Journal.release_lease`."""
         await self._call(SqliteConnection.release_lease, holder, epoch)
+
+    async def leader(self) -> str | None:
+        """`Journal.leader`."""
+        return await self._call(SqliteConnection.leader)
 
     def fence(self, holder: str, epoch: int | None) -> None:
         """`Journal.fence`."""
