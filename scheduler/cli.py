@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -37,20 +38,23 @@ from scheduler.loader import CampaignCheck, load_campaign, real_path
 from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (
-    RECIPIENT_COLUMNS,
+    LISTINGS,
     SUMMARY_COLUMNS,
+    Listing,
+    listed_total,
+    recipient_columns,
     recipient_rows,
     summary_rows,
     valid_status,
     write_rows,
 )
 from scheduler.sandbox import SandboxOptions
-from scheduler.vocabulary import OUTCOMES, Outcome
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 128 + signal.SIGPIPE  # 141, like `yes | head -1`'s yes
 
 Handler = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -74,7 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the flush at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except UserError as exc:
         print("\n".join(p.render() for p in exc.problems), file=sys.stderr)
         return EXIT_INVALID
@@ -86,6 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _stdout_closed() -> int:
+    """Whoever read our output went away (``report | head -1``): stop quietly, as Unix tools
+    do, with the exit code of a process ended by SIGPIPE. Later writes (the flush at exit) go
+    to /dev/null instead of raising again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE
 
 
 def _describe_os_error(exc: OSError | JournalError) -> str:
@@ -300,11 +318,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--campaign", metavar="ID", help="only this campaign")
     parser.add_argument("--status", type=_status, metavar="STATUS",
-                        help="list the recipients in this outcome: " + ", ".join(OUTCOMES))
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+                        help="list the recipients in this outcome: " + ", ".join(LISTINGS)
+                        + " (pending: no final outcome yet)")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="table (default; at most 1,000 rows), json or csv (every row)")
 
 
-def _status(value: str) -> Outcome:
+def _status(value: str) -> Listing:
     try:
         return valid_status(value)
     except ValueError as exc:
@@ -326,9 +346,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             rows = summary_rows(journal, args.campaign)
             write_rows(rows, SUMMARY_COLUMNS, args.format, sys.stdout, "Campaign outcomes")
         else:
+            total = listed_total(journal, args.status, args.campaign)
             recipients = recipient_rows(journal, args.status, args.campaign)
-            write_rows(recipients, RECIPIENT_COLUMNS, args.format, sys.stdout,
-                       f"Recipients: {args.status}")
+            write_rows(recipients, recipient_columns(args.status), args.format, sys.stdout,
+                       f"Recipients: {args.status}", total=total)
     return EXIT_OK
 
 

@@ -1,63 +1,207 @@
 """`plan`: every campaign with its state, send time, audience, progress and ETA at the set rate.
 
 Reads the campaign files and the journal; a campaign the daemon has not snapshotted yet is counted
-by streaming its audience, exactly as the daemon would.
+by streaming its audience, exactly as the daemon would. The ETAs share one rate limit as the
+daemon does: campaigns that overlap take turns (transactional ones first), a paused campaign
+has none, and a campaign that only waits for the daemon to start again says so instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from scheduler.audience import Suppression, summarize
-from scheduler.campaign import Campaign, utc_text
+from scheduler.campaign import TRANSACTIONAL, Campaign, utc_text
 from scheduler.config import Config
 from scheduler.errors import UserError
-from scheduler.journal import JournalReader, journal_exists, open_journal
-from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns
-from scheduler.vocabulary import ENDED
+from scheduler.journal import CampaignRecord, JournalReader, journal_exists, open_journal
+from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
+from scheduler.report import campaign_note
+from scheduler.vocabulary import FINISHED, SENDING
 
-PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta")
+PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta", "note")
 
 
 def eta(config: Config, start: datetime, pending: int) -> datetime:
-    """When ``pending`` messages will be through at the configured rate, starting at ``start``."""
-    per_second = config.sending.requests_per_second * config.sending.batch_size
-    return start + timedelta(seconds=pending / per_second)
+    """When ``pending`` messages will be through at the configured rate, starting at ``start``,
+    with nothing else to send."""
+    return start + timedelta(seconds=pending / _per_second(config))
+
+
+def _per_second(config: Config) -> float:
+    return config.sending.requests_per_second * config.sending.batch_size
+
+
+@dataclass
+class _Job:
+    """A campaign's remaining messages in the ETA simulation."""
+
+    row: dict[str, Any]
+    start: datetime
+    left: float
+    priority: int  # 0: transactional (goes first), 1: the rest
+    deadline: datetime
+
+
+def shared_etas(jobs: list[_Job], per_second: float) -> None:
+    """Fill each job's row ``eta``: campaigns share the one rate; among those due, the higher
+    priority takes it all and equals share it evenly (the daemon's queue, as a fluid)."""
+    waiting = sorted(jobs, key=lambda j: j.start)
+    active: list[_Job] = []
+    clock = waiting[0].start if waiting else None
+    while clock is not None and (waiting or active):
+        while waiting and waiting[0].start <= clock:
+            active.append(waiting.pop(0))
+        if not active:
+            clock = waiting[0].start
+            continue
+        top = min(job.priority for job in active)
+        group = [job for job in active if job.priority == top]
+        share = per_second / len(group)
+        step = min(job.left for job in group) / share
+        if waiting:
+            step = min(step, (waiting[0].start - clock).total_seconds())
+        clock += timedelta(seconds=step)
+        for job in group:
+            job.left -= share * step
+            if job.left <= 1e-6:
+                active.remove(job)
+                job.row["eta"] = utc_text(clock)
+                if clock > job.deadline:
+                    job.row["note"] = (f"at this rate it ends after send_at + ttl "
+                                       f"({utc_text(job.deadline)}): the rest would expire")
 
 
 def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
-    """One row per campaign file (and per journal-only campaign), in send order."""
+    """One row per campaign file (and per journal-only campaign), in send order.
+
+    A campaigns folder that does not exist is a `UserError`, as for `check`.
+    """
+    folder = config.paths.campaigns
+    if not folder.is_dir():
+        raise UserError.single(
+            "no such file or folder: create it, or set [paths].campaigns in the config "
+            "(--config FILE)", file=folder,
+        )
     suppression = Suppression.load(config.paths.suppression)
     with contextlib.ExitStack() as stack:
         journal = None
         if journal_exists(config):
             journal = stack.enter_context(JournalReader(open_journal(config)))
-        rows = []
-        seen: set[str] = set()
-        files = campaign_files(config.paths.campaigns) if config.paths.campaigns.is_dir() else []
-        for check in load_campaigns(files, config, now):
-            if check.campaign is None:
-                rows.append(_invalid_row(check.file.stem, _why_invalid(check)))
-                continue
-            seen.add(check.campaign.id)
-            rows.append(_row(config, check.campaign, journal, suppression, now))
-        if journal is not None:
-            for record in journal.campaigns():
-                if record.id not in seen:
-                    counts = journal.counts(record.id)
-                    rows.append({
-                        "campaign": record.id, "type": record.type, "state": record.state,
-                        "send_at": utc_text(record.send_at), "valid": record.recipients,
-                        "skipped": record.skipped, "sent": counts.get("sent", 0), "eta": "",
-                    })
+        planner = _Planner(config, journal, suppression, now)
+        for check in load_campaigns(campaign_files(folder), config, now):
+            planner.add(check)
+        rows = planner.finish()
     return sorted(rows, key=lambda r: (r["send_at"] or "~", r["campaign"]))
 
 
-def _invalid_row(name: str, why: str = "run `check` for the errors") -> dict[str, Any]:
-    return {"campaign": name, "type": "", "state": "invalid", "send_at": "", "valid": 0,
-            "skipped": 0, "sent": 0, "eta": why}
+class _Planner:
+    """Builds the plan's rows from the files, then the journal, then the shared ETAs."""
+
+    def __init__(
+        self, config: Config, journal: JournalReader | None, suppression: Suppression,
+        now: datetime,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.suppression = suppression
+        self.now = now
+        self.records = {r.id: r for r in journal.campaigns()} if journal is not None else {}
+        self.leading = journal is not None and journal.leader() is not None
+        self.rows: list[dict[str, Any]] = []
+        self.jobs: list[_Job] = []
+        self.seen: set[str] = set()
+
+    def add(self, check: CampaignCheck) -> None:
+        """The row of one campaign file."""
+        if check.campaign is None:
+            self.add_invalid(check)
+            return
+        self.seen.add(check.campaign.id)
+        record = self.records.get(check.campaign.id)
+        if record is not None and record.started_at is not None:
+            self.add_record(record, check.campaign)
+        else:
+            self.add_unstarted(check.campaign)
+
+    def add_invalid(self, check: CampaignCheck) -> None:
+        """An invalid file: the journal's campaign when it has one (a finished campaign stays
+        finished), else a row named after the file."""
+        record = self._record_of(check.file)
+        why = _why_invalid(check)
+        if record is None:
+            self.rows.append({
+                "campaign": check.file.name, "type": "", "state": "invalid", "send_at": "",
+                "valid": 0, "skipped": 0, "sent": 0, "eta": None, "note": why,
+            })
+            return
+        self.seen.add(record.id)
+        row = self.add_record(record, None)
+        if record.state in FINISHED:
+            row["note"] = f"its file is now invalid ({why}); a finished campaign stays as it is"
+        else:
+            row.update(state="invalid", eta=None, note=f"stopped: {why}")
+
+    def _record_of(self, file: Path) -> CampaignRecord | None:
+        path = str(real_path(file))
+        return next((r for r in self.records.values() if r.file == path), None)
+
+    def add_record(self, record: CampaignRecord, campaign: Campaign | None) -> dict[str, Any]:
+        """A campaign the journal has started (or knows only from the journal)."""
+        assert self.journal is not None  # a record came from it
+        counts = self.journal.counts(record.id)
+        pending = counts.get("pending", 0)
+        row: dict[str, Any] = {
+            "campaign": record.id, "type": record.type, "state": record.state,
+            "send_at": utc_text(record.send_at), "valid": record.recipients,
+            "skipped": record.skipped, "sent": counts.get("sent", 0), "eta": None,
+            "note": campaign_note(record, pending, self.leading),
+        }
+        paused = campaign is not None and campaign.paused
+        if record.state in SENDING and self.leading and pending and not paused:
+            self._job(row, self.now, pending, record.type, record.deadline)
+        self.rows.append(row)
+        return row
+
+    def add_unstarted(self, campaign: Campaign) -> None:
+        """A campaign that has sent nothing yet: its audience counted from the files."""
+        row: dict[str, Any] = {
+            "campaign": campaign.id, "type": campaign.type, "state": "scheduled",
+            "send_at": utc_text(campaign.send_at), "valid": 0, "skipped": 0, "sent": 0,
+            "eta": None, "note": "",
+        }
+        self.rows.append(row)
+        try:
+            summary = summarize(campaign, self.suppression)
+        except UserError:
+            row.update(state="invalid", note="its audience cannot be read: run `check`")
+            return
+        row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
+        if campaign.deadline <= self.now:
+            row["state"] = "expired"
+        elif campaign.paused:
+            row.update(state="paused", note="paused: no ETA until paused = false")
+        elif summary.valid:
+            start = max(self.now, campaign.send_at)
+            self._job(row, start, summary.valid, campaign.type, campaign.deadline)
+
+    def _job(
+        self, row: dict[str, Any], start: datetime, pending: int, kind: str, deadline: datetime,
+    ) -> None:
+        priority = 0 if kind in TRANSACTIONAL else 1
+        self.jobs.append(_Job(row, start, float(pending), priority, deadline))
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Every row, with the journal-only campaigns and the shared ETAs."""
+        for record in self.records.values():
+            if record.id not in self.seen:
+                self.add_record(record, None)
+        shared_etas(self.jobs, _per_second(self.config))
+        return self.rows
 
 
 def _why_invalid(check: CampaignCheck) -> str:
@@ -65,32 +209,3 @@ def _why_invalid(check: CampaignCheck) -> str:
     that loops or points nowhere (`check` skips those in a folder), else where to look."""
     link = broken_link(check.file)
     return f"{check.file.name}: cannot read: {link}" if link else "run `check` for the errors"
-
-
-def _row(
-    config: Config, campaign: Campaign, journal: JournalReader | None,
-    suppression: Suppression, now: datetime,
-) -> dict[str, Any]:
-    record = journal.campaign(campaign.id) if journal is not None else None
-    if record is not None and record.started_at is not None:
-        counts = journal.counts(campaign.id) if journal is not None else {}
-        state, valid, skipped = record.state, record.recipients, record.skipped
-        sent, pending = counts.get("sent", 0), counts.get("pending", 0)
-    else:
-        try:
-            summary = summarize(campaign, suppression)
-        except UserError:
-            return _invalid_row(campaign.id)
-        valid, skipped = summary.valid, sum(summary.skipped.values())
-        sent, pending = 0, summary.valid
-        state = "paused" if campaign.paused else "scheduled"
-        if campaign.deadline <= now:
-            state = "expired"
-    finish = ""
-    if state not in ENDED and pending:
-        finish = utc_text(eta(config, max(now, campaign.send_at), pending))
-    return {
-        "campaign": campaign.id, "type": campaign.type, "state": state,
-        "send_at": utc_text(campaign.send_at), "valid": valid, "skipped": skipped,
-        "sent": sent, "eta": finish,
-    }

@@ -1,39 +1,89 @@
 """`report`: outcomes per campaign from the journal, as a table, JSON or CSV.
 
 With ``--status`` it lists the recipients in that outcome (full phones: the export is for
-re-targeting), streamed so a million-row export needs no memory.
+re-targeting), streamed so a million-row export needs no memory. ``--status pending`` lists the
+recipients that have no final outcome yet (a cancelled campaign's unsent rows, for instance), so
+every row of every audience is accounted for.
+
+A terminal table shows at most `TABLE_ROWS` rows (then says how many more, and to use CSV), and
+never cuts a number, a time or an id: on a narrow terminal it hides whole columns, and says so.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
-from collections.abc import Iterator
-from typing import Any, Literal, TextIO
+import os
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any, Literal, TextIO, cast
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
 from scheduler.campaign import utc_text
-from scheduler.journal import JournalReader
-from scheduler.vocabulary import OUTCOMES, Outcome
+from scheduler.journal import CampaignRecord, JournalReader
+from scheduler.vocabulary import OUTCOMES, SENDING, Outcome
 
 Format = Literal["table", "json", "csv"]
+#: what ``--status`` takes: a final outcome, or ``pending`` (no final outcome yet)
+Listing = Outcome | Literal["pending"]
+LISTINGS: tuple[str, ...] = (*OUTCOMES, "pending")
+
 SUMMARY_COLUMNS = (
     "campaign", "type", "state", "send_at", "recipients", "skipped",
-    "sent", "rejected", "expired", "in_doubt", "pending",
+    "sent", "rejected", "expired", "in_doubt", "pending", "note",
 )
 NUMERIC_COLUMNS = frozenset(
     {"recipients", "valid", "skipped", "sent", "rejected", "expired", "in_doubt", "pending",
-     "attempts"}
+     "attempts", "line"}
 )
 RECIPIENT_COLUMNS = ("campaign", "tracking_id", "phone", "status", "detail", "attempts")
+#: skipped rows never went out (no attempts); their CSV line is what finds them again
+SKIPPED_COLUMNS = ("campaign", "line", "tracking_id", "phone", "status", "detail")
+
+#: a terminal table stops after this many rows: a longer listing is for --format csv or json
+TABLE_ROWS = 1_000
+#: columns a narrow terminal hides first, in this order; the others are never hidden
+_HIDE_FIRST = (
+    "type", "send_at", "attempts", "in_doubt", "expired", "rejected", "recipients", "skipped",
+    "valid", "status",
+)
+#: columns whose text may wrap onto more lines (everything else is kept whole on one line)
+_WRAPPING = frozenset({"detail", "note"})
+_WRAP_MIN = 12  # the narrowest a wrapping column gets
+
+
+def recipient_columns(status: Listing) -> tuple[str, ...]:
+    """The columns of ``report --status status``."""
+    return SKIPPED_COLUMNS if status == "skipped" else RECIPIENT_COLUMNS
+
+
+def campaign_note(record: CampaignRecord, pending: int, leading: bool) -> str:
+    """What a person needs to know beyond the state: why rows are still unsent and what will
+    happen to them. ``leading``: a daemon (or `send`) acts on this journal right now."""
+    state = record.state
+    if state == "cancelled" and pending:
+        return (f"{pending:,} not sent: its file was removed; restoring the file resumes "
+                "them (see --status pending)")
+    if state in SENDING and not leading:
+        return "not running now: resumes where it stopped when the daemon starts"
+    if state == "paused" and pending:
+        return f"{pending:,} not sent yet: set paused = false to send them"
+    if state == "failed":
+        return f"stopped: {record.error or 'the API refused the credentials'}; fix the key " \
+            "and reload the daemon"
+    if state == "invalid":
+        return "stopped: its file is invalid (run `check`); fixing it resumes the campaign"
+    return ""
 
 
 def summary_rows(journal: JournalReader, campaign_id: str | None = None) -> list[dict[str, Any]]:
     """One row per campaign in the journal (or just ``campaign_id``): state and counts."""
     rows = []
+    leading = journal.leader() is not None
     for record in journal.campaigns():
         if campaign_id is not None and record.id != campaign_id:
             continue
@@ -43,57 +93,209 @@ def summary_rows(journal: JournalReader, campaign_id: str | None = None) -> list
             "send_at": utc_text(record.send_at),
             "recipients": record.recipients,
         }
-        row.update({key: counts.get(key, 0) for key in SUMMARY_COLUMNS[5:]})
+        row.update({key: counts.get(key, 0) for key in SUMMARY_COLUMNS[5:-1]})
+        row["note"] = campaign_note(record, counts.get("pending", 0), leading)
         rows.append(row)
     return rows
 
 
+def listed_total(journal: JournalReader, status: Listing, campaign_id: str | None) -> int:
+    """How many recipients ``report --status status`` lists (from the counts: no listing)."""
+    return sum(
+        journal.counts(record.id).get(status, 0) for record in journal.campaigns()
+        if campaign_id is None or record.id == campaign_id
+    )
+
+
 def recipient_rows(
-    journal: JournalReader, status: Outcome, campaign_id: str | None = None
+    journal: JournalReader, status: Listing, campaign_id: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """Every recipient in outcome ``status`` (of one campaign, or of all), streamed."""
+    leading = None
     for record in journal.campaigns():
         if campaign_id is not None and record.id != campaign_id:
             continue
+        if status == "pending":
+            if leading is None:
+                leading = journal.leader() is not None
+            yield from _unsent_rows(journal, record, leading)
+            continue
         for row in journal.recipients(record.id, status):
-            yield {
+            item = {
                 "campaign": record.id, "tracking_id": row.tracking_id, "phone": row.phone,
                 "status": row.outcome, "detail": row.detail or "", "attempts": row.attempts,
             }
+            if status == "skipped":
+                item["line"] = row.line
+            yield item
+
+
+def _unsent_rows(
+    journal: JournalReader, record: CampaignRecord, leading: bool,
+) -> Iterator[dict[str, Any]]:
+    """The recipients of ``record`` with no final outcome yet, and why."""
+    why = _unsent_reason(record, leading)
+    for batch in journal.open_batches(record.id):
+        for message in orjson.loads(batch.body):
+            if message["id"] not in batch.decided:
+                yield {
+                    "campaign": record.id, "tracking_id": message["id"],
+                    "phone": message["toPhone"], "status": "pending", "detail": why,
+                    "attempts": batch.attempts,
+                }
+
+
+def _unsent_reason(record: CampaignRecord, leading: bool) -> str:
+    state = record.state
+    if state == "cancelled":
+        return "not sent: the campaign was cancelled (its file was removed); restoring the " \
+            "file resumes it"
+    if state in SENDING and not leading:
+        return "not sent yet: resumes when the daemon starts"
+    reasons = {
+        "scheduled": f"not sent yet: due at {utc_text(record.send_at)}",
+        "running": "not sent yet: sending",
+        "backing_off": "not sent yet: waiting for the API to answer again",
+        "paused": "not sent yet: the campaign is paused",
+        "failed": "not sent yet: the API refused the credentials",
+        "invalid": "not sent yet: the campaign file is invalid",
+    }
+    return reasons.get(state, "not sent")
 
 
 def write_rows(
-    rows: Iterator[dict[str, Any]] | list[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     columns: tuple[str, ...],
     fmt: Format,
     out: TextIO,
     title: str = "",
+    *,
+    total: int | None = None,
+    width: int | None = None,
 ) -> None:
-    """Render rows as a rich table, JSON lines-free JSON array, or CSV with a header."""
+    """Render rows as a rich table, a JSON array, or CSV with a header, streaming.
+
+    ``total``: how many rows there are, when known without reading them (the table stops at
+    `TABLE_ROWS` and says how many more there are). ``width``: the terminal's, for tests.
+    """
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n",
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     elif fmt == "json":
         out.write("[")
         for number, row in enumerate(rows):
-            out.write(("," if number else "") + "\n  " + orjson.dumps(row).decode())
+            item = {column: row.get(column) for column in columns}
+            out.write(("," if number else "") + "\n  " + orjson.dumps(item).decode())
         out.write("\n]\n")
     else:
-        table = Table(title=title or None, show_lines=False)
-        for column in columns:
-            numeric = column in NUMERIC_COLUMNS
-            table.add_column(column.replace("_", " "), justify="right" if numeric else "left")
-        for row in rows:
-            table.add_row(*(_cell(row[c]) for c in columns))
-        console = Console(file=out)
-        if not console.is_terminal:
-            console = Console(file=out, width=240)  # a file or pipe: never squeeze columns
-        console.print(table)
+        _write_table(iter(rows), columns, out, title, total, width)
 
 
-def _cell(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else str(value)
+def _write_table(
+    rows: Iterator[dict[str, Any]], columns: tuple[str, ...], out: TextIO, title: str,
+    total: int | None, width: int | None,
+) -> None:
+    shown = [[_cell(row.get(c), c) for c in columns] for row in islice(rows, TABLE_ROWS)]
+    more = (total - len(shown)) if total is not None else sum(1 for _ in rows)
+    console = _console(out, width)
+    kept = _fitting(columns, shown, console.width)
+    if kept is None:  # not even the essential columns fit: one "column: value" line each
+        _print_records(console, columns, shown, title)
+    else:
+        console.print(_table(columns, kept, shown, title))
+        hidden = [c.replace("_", " ") for c in columns if c not in kept]
+        if hidden:
+            console.print(f"(not shown at this width: {', '.join(hidden)}; widen the terminal "
+                          "or use --format csv)", highlight=False)
+    if more > 0:
+        console.print(f"… {more:,} more: use --format csv (or json) for the full list",
+                      highlight=False)
+
+
+class _Console(Console):
+    """rich's console, except that a closed pipe is the CLI's to handle (quietly, with the
+    exit code of SIGPIPE) instead of rich's own exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        """Let the `BrokenPipeError` reach the command line's edge."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+def _console(out: TextIO, width: int | None) -> Console:
+    if width is not None:
+        return _Console(file=out, width=width)
+    console = _Console(file=out)
+    if not console.is_terminal:
+        console = _Console(file=out, width=240)  # a file or pipe: never squeeze columns
+    return console
+
+
+def _needed(columns: Iterable[str], widths: dict[str, int]) -> int:
+    """The width a table of these columns takes (rich: 2 of padding and 1 border each)."""
+    chosen = list(columns)
+    return sum(widths[c] for c in chosen) + 3 * len(chosen) + 1
+
+
+def _fitting(
+    columns: tuple[str, ...], cells: list[list[str]], available: int,
+) -> tuple[str, ...] | None:
+    """The columns to show so that no cell is cut: hide `_HIDE_FIRST` ones in order until
+    the table fits; None when it does not fit even then."""
+    widths = {}
+    for index, column in enumerate(columns):
+        longest = max([len(column), *(len(row[index]) for row in cells)])
+        widths[column] = min(longest, _WRAP_MIN) if column in _WRAPPING else longest
+    kept = list(columns)
+    for column in _HIDE_FIRST:
+        if _needed(kept, widths) <= available:
+            break
+        if column in kept:
+            kept.remove(column)
+    return tuple(kept) if _needed(kept, widths) <= available else None
+
+
+def _table(
+    columns: tuple[str, ...], kept: tuple[str, ...], cells: list[list[str]], title: str,
+) -> Table:
+    table = Table(title=title or None, show_lines=False)
+    for column in kept:
+        justify: Literal["left", "right"] = "right" if column in NUMERIC_COLUMNS else "left"
+        if column in _WRAPPING:
+            table.add_column(column.replace("_", " "), justify=justify, overflow="fold",
+                             min_width=_WRAP_MIN)
+        else:
+            longest = max([len(column), *(len(row[columns.index(column)]) for row in cells)])
+            table.add_column(column.replace("_", " "), justify=justify, no_wrap=True,
+                             min_width=longest)
+    indexes = [columns.index(c) for c in kept]
+    for row in cells:
+        table.add_row(*(row[i] for i in indexes))
+    return table
+
+
+def _print_records(
+    console: Console, columns: tuple[str, ...], cells: list[list[str]], title: str,
+) -> None:
+    """The rows as blocks of ``column: value`` lines, for terminals too narrow for a table."""
+    if title:
+        console.print(title, highlight=False)
+    label = max(len(c) for c in columns)
+    for row in cells:
+        console.print("", highlight=False)
+        for column, value in zip(columns, row, strict=True):
+            console.print(f"{column.replace('_', ' '):<{label}}  {value}", highlight=False,
+                          soft_wrap=True)
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool) and column != "line":
+        return f"{value:,}"
+    return str(value)
 
 
 def render_summary(journal: JournalReader, campaign_id: str | None, fmt: Format) -> str:
@@ -104,8 +306,8 @@ def render_summary(journal: JournalReader, campaign_id: str | None, fmt: Format)
     return buffer.getvalue()
 
 
-def valid_status(value: str) -> Outcome:
+def valid_status(value: str) -> Listing:
     """Parse ``--status``; raises ValueError naming the allowed values."""
-    if value not in OUTCOMES:
-        raise ValueError(f"unknown status {value!r}: use one of {', '.join(OUTCOMES)}")
-    return value
+    if value in LISTINGS:
+        return cast("Listing", value)
+    raise ValueError(f"unknown status {value!r}: use one of {', '.join(LISTINGS)}")

@@ -30,6 +30,8 @@ FINISHED: frozenset[CampaignState] = frozenset({"done", "expired"})
 STARTED: frozenset[CampaignState] = frozenset(
     {"running", "backing_off", "done", "expired", "failed"}
 )
+#: a campaign in these states sends while a daemon leads, and resumes when one starts again
+SENDING: frozenset[CampaignState] = frozenset({"running", "backing_off"})
 #: states the journal stamps with ``finished_at`` (cancelled counts: nothing more is planned)
 ENDED: frozenset[CampaignState] = frozenset({"done", "expired", "cancelled"})
 

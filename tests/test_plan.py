@@ -4,7 +4,9 @@ and ETA at the configured rate, from the campaign files and a journal written by
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from daemon_helpers import Workspace
 
 from scheduler import cli
 from scheduler.config import Config, load_config
+from scheduler.journal.sqlite import SqliteJournal
 from scheduler.loader import load_campaign
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.service import open_engine
@@ -78,39 +81,44 @@ def _by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_plan_rows_every_state(sent: Config, workspace: Workspace) -> None:
-    """States, valid/skipped counts, sent so far and the ETA at the configured rate."""
+    """States, valid/skipped counts, sent so far, the ETA at the configured rate and a note.
+    No daemon holds the journal here, so the stopped campaign has no ETA: it says it resumes
+    at the next start; a paused one has none either (it would move with every look)."""
     running = workspace.counts("b-running")
     assert 0 < running["sent"] < 1000, "the running campaign did not stop half way"
     rows = plan_rows(sent, NOW)
     assert [tuple(row) for row in rows] == [PLAN_COLUMNS] * len(rows)
+    resumes = "not running now: resumes where it stopped when the daemon starts"
     assert _by_id(rows) == {
         "a-done": {"campaign": "a-done", "type": "transaction", "state": "done",
                    "send_at": _iso(NOW - timedelta(minutes=2)), "valid": 300, "skipped": 0,
-                   "sent": 300, "eta": ""},
+                   "sent": 300, "eta": None, "note": ""},
         "b-running": {"campaign": "b-running", "type": "transaction", "state": "running",
                       "send_at": _iso(NOW - timedelta(minutes=1)), "valid": 1000, "skipped": 0,
-                      "sent": running["sent"], "eta": _eta(NOW, running["pending"])},
+                      "sent": running["sent"], "eta": None, "note": resumes},
         "c-scheduled": {"campaign": "c-scheduled", "type": "promo", "state": "scheduled",
                         "send_at": _iso(NOW + timedelta(days=1)), "valid": 1000, "skipped": 3,
-                        "sent": 0, "eta": _eta(NOW + timedelta(days=1), 1000)},
+                        "sent": 0, "eta": _eta(NOW + timedelta(days=1), 1000), "note": ""},
         "d-paused": {"campaign": "d-paused", "type": "transaction", "state": "paused",
                      "send_at": _iso(NOW + timedelta(hours=2)), "valid": 500, "skipped": 0,
-                     "sent": 0, "eta": _eta(NOW + timedelta(hours=2), 500)},
-        "e-broken": {"campaign": "e-broken", "type": "", "state": "invalid", "send_at": "",
-                     "valid": 0, "skipped": 0, "sent": 0, "eta": "run `check` for the errors"},
+                     "sent": 0, "eta": None, "note": "paused: no ETA until paused = false"},
+        "e-broken.toml": {"campaign": "e-broken.toml", "type": "", "state": "invalid",
+                          "send_at": "", "valid": 0, "skipped": 0, "sent": 0, "eta": None,
+                          "note": "run `check` for the errors"},
         "f-expired": {"campaign": "f-expired", "type": "transaction", "state": "expired",
                       "send_at": _iso(NOW - timedelta(hours=2)), "valid": 50, "skipped": 0,
-                      "sent": 0, "eta": ""},
+                      "sent": 0, "eta": None, "note": ""},
     }
     order = [row["campaign"] for row in rows]
-    assert order == ["f-expired", "a-done", "b-running", "d-paused", "c-scheduled", "e-broken"]
+    assert order == ["f-expired", "a-done", "b-running", "d-paused", "c-scheduled",
+                     "e-broken.toml"]
 
 
 def test_plan_keeps_a_sent_campaign_whose_file_is_gone(sent: Config, workspace: Workspace) -> None:
     """A campaign known only to the journal (its file was removed) is still listed."""
     (workspace.campaigns / "a-done.toml").unlink()
     row = _by_id(plan_rows(sent, NOW))["a-done"]
-    assert (row["state"], row["valid"], row["sent"], row["eta"]) == ("done", 300, 300, "")
+    assert (row["state"], row["valid"], row["sent"], row["eta"]) == ("done", 300, 300, None)
 
 
 def test_plan_json_and_table_cli(
@@ -119,7 +127,7 @@ def test_plan_json_and_table_cli(
     """`plan --json` prints the rows as a JSON array; `plan` prints a table; both exit 0."""
     assert cli.main(["plan", "--json", "--config", str(workspace.config)]) == 0
     rows = _by_id(json.loads(capsys.readouterr().out))
-    assert set(rows) == {"a-done", "b-running", "c-scheduled", "d-paused", "e-broken",
+    assert set(rows) == {"a-done", "b-running", "c-scheduled", "d-paused", "e-broken.toml",
                          "f-expired"}
     assert rows["c-scheduled"]["eta"] == _eta(NOW + timedelta(days=1), 1000)
     assert (rows["c-scheduled"]["valid"], rows["c-scheduled"]["skipped"]) == (1000, 3)
@@ -136,5 +144,112 @@ def test_plan_without_journal(workspace: Workspace) -> None:
     journal."""
     rows = _by_id(plan_rows(load_config(workspace.config), NOW))
     assert (rows["a-done"]["state"], rows["a-done"]["valid"]) == ("scheduled", 300)
-    assert rows["a-done"]["eta"] == _eta(NOW, 300)
+    # a-done and b-running are both due now and transactional: they share the rate evenly
+    assert rows["a-done"]["eta"] == _iso(NOW + timedelta(seconds=2 * 300 / (RATE * BATCH)))
     assert not workspace.journal_path.exists()
+
+
+# --- issue 9, item 7: invalid files, the --json fields, shared ETAs, stopped campaigns --------
+
+
+def test_a_finished_campaign_whose_file_turned_invalid_is_listed_once(
+    sent: Config, workspace: Workspace,
+) -> None:
+    """Its row is the journal's (done, its counts), named by its id, with a note about the
+    file: not a second "invalid" row under the file's name."""
+    (workspace.campaigns / "a-done.toml").write_text(
+        'id = "a-done"\ntype = "promos"\n', "utf-8")
+    rows = plan_rows(sent, NOW)
+    named = [row for row in rows if row["campaign"].startswith("a-done")]
+    assert len(named) == 1, named
+    (row,) = named
+    assert (row["campaign"], row["type"], row["state"], row["sent"]) == (
+        "a-done", "transaction", "done", 300)
+    assert "its file is now invalid" in row["note"] and row["eta"] is None
+
+
+def test_plan_json_eta_is_a_time_or_null(
+    sent: Config, workspace: Workspace, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`plan --json`: ``eta`` holds a UTC time or null, never advice; advice is in ``note``."""
+    assert cli.main(["plan", "--json", "--config", str(workspace.config)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    for row in rows:
+        assert row["eta"] is None or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["eta"])
+    broken = _by_id(rows)["e-broken.toml"]
+    assert (broken["eta"], broken["note"]) == (None, "run `check` for the errors")
+
+
+def test_campaigns_due_together_share_the_rate(workspace: Workspace) -> None:
+    """Three campaigns due at the same time: the transactional one goes first, the two promo
+    ones share what is left, as the daemon's one rate limit makes them."""
+    due = NOW + timedelta(hours=1)
+    for cid, rows, kind in (("p1", 1000, "promo"), ("p2", 1000, "promo"),
+                            ("t1", 500, "transaction")):
+        workspace.audience(cid, rows)
+        workspace.write_campaign(cid, due, kind=kind, ttl=86400 if kind == "promo" else 3600)
+    for name in ("a-done", "b-running", "c-scheduled", "d-paused", "f-expired"):
+        (workspace.campaigns / f"{name}.toml").unlink()
+    rows = _by_id(plan_rows(load_config(workspace.config), NOW))
+    per_second = RATE * BATCH  # 500 messages a second
+    assert rows["t1"]["eta"] == _iso(due + timedelta(seconds=500 / per_second))
+    both = due + timedelta(seconds=(500 + 2000) / per_second)
+    assert rows["p1"]["eta"] == rows["p2"]["eta"] == _iso(both)
+
+
+def test_a_running_campaign_has_an_eta_while_a_daemon_leads(
+    sent: Config, workspace: Workspace,
+) -> None:
+    """With the journal's lease held (a daemon is running), the stopped-half-way campaign is
+    really running: it gets an ETA from now and no note."""
+    pending = workspace.counts("b-running")["pending"]
+
+    async def check_while_leading() -> dict[str, Any]:
+        journal = SqliteJournal(workspace.journal_path)
+        await journal.start(writer=True)
+        try:
+            epoch = await journal.acquire_lease("host:1:plan", 60)
+            assert epoch is not None
+            try:
+                return _by_id(await asyncio.to_thread(plan_rows, sent, NOW))["b-running"]
+            finally:
+                await journal.release_lease("host:1:plan", epoch)
+        finally:
+            await journal.close()
+
+    row = asyncio.run(check_while_leading())
+    assert (row["state"], row["note"]) == ("running", "")
+    assert row["eta"] == _eta(NOW, pending)
+
+
+async def test_an_interrupted_send_now_shows_the_time_it_was_sent_at(
+    workspace: Workspace,
+) -> None:
+    """`send --now` of a campaign whose file says tomorrow, interrupted after one batch: the
+    plan shows the time it was sent at (the journal's), and that it resumes, not tomorrow."""
+    workspace.audience("now", 500)
+    workspace.write_campaign("now", NOW + timedelta(days=1))
+    config = load_config(workspace.config)
+    campaign = load_campaign(workspace.campaigns / "now.toml", config, NOW).campaign
+    assert campaign is not None
+    campaign = campaign.model_copy(update={"send_at": NOW})  # what `send --now` does
+    async with open_engine(config) as engine:
+        run = engine.open_run(campaign, await engine.prepare(campaign))
+        run.on_progress = lambda _count: run.halt(None)
+        await engine.drive(run)
+    row = _by_id(await asyncio.to_thread(plan_rows, config, NOW))["now"]
+    assert (row["state"], row["send_at"], row["eta"]) == ("running", _iso(NOW), None)
+    assert "resumes" in row["note"]
+
+
+def test_plan_without_a_campaigns_folder_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Like `check`: a campaigns folder that does not exist is exit 1 and one sentence naming
+    it (issue 9, item 17), not an empty plan."""
+    monkeypatch.delenv("CASCADE_CONFIG", raising=False)
+    config = tmp_path / "config.toml"
+    config.write_text('[paths]\ncampaigns = "nowhere"\n', "utf-8")
+    assert cli.main(["plan", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere") in err and "no such file or folder" in err
