@@ -63,6 +63,7 @@ class MessageOutcome(NamedTuple):
     message_id: str | None = None  # for sent
     error_code: str | None = None  # for rejected
     reason: str | None = None  # why not sent (skip reason, expiry, doubt)
+    line: int | None = None  # the CSV line of a skipped row
 
 
 def mask_phone(phone: str) -> str:
@@ -232,6 +233,8 @@ class DeliveryLog:
             line["error_code"] = row.error_code
         if row.reason is not None:
             line["reason"] = row.reason
+        if row.line is not None:
+            line["line"] = row.line
         line["phone"] = mask_phone(row.phone) if self._mask else row.phone
         line["attempts"] = row.attempts
         line["channel_route"] = route

@@ -61,6 +61,8 @@ Outcome = Literal["sent", "rejected", "expired", "skipped", "in_doubt"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 SkipReason = Literal["invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long"]
+#: the reason an ``expired`` outcome carries (journal detail, delivery-log ``reason``)
+EXPIRED_REASON = "send_at + ttl passed"
 
 #: SMSBAT's delivery statuses (its "Check Message Status" page); ``unknown`` is ours: given up
 DeliveryStatus = Literal[

@@ -24,6 +24,7 @@ from scheduler.service import send_campaign
 from tests.helpers import (
     MACHINE_VARIABLES,
     phone,
+    read_jsonl,
     run_cli,
     write_audience,
     write_campaign,
@@ -189,3 +190,23 @@ def test_report_subprocess_pipe(sent: Sent) -> None:
     assert result.returncode == 0, result.stderr
     assert f"report-a-{REJECTED_INDEX + 1}" in result.stdout
     assert phone(REJECTED_INDEX) in result.stdout and "INVALID_PHONE" in result.stdout
+
+
+def test_skipped_rows_name_their_csv_line(sent: Sent, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every skipped row can be found again: `--status skipped` (every format) and its
+    delivery-log line carry the CSV line and the reason (issue 9, item 6)."""
+    code, out, _ = report(capsys, sent.config, "--status", "skipped", "--format", "json",
+                          "--campaign", "report-a")
+    assert code == 0
+    rows = orjson.loads(out)
+    # the header is line 1 and the 30 valid rows lines 2-31: the bad rows are 32 and 33
+    assert [(r["line"], r["phone"], r["detail"]) for r in rows] == [
+        (32, INVALID_PHONE, "invalid_phone"), (33, phone(2), "duplicate"),
+    ]
+    code, out, _ = report(capsys, sent.config, "--status", "skipped", "--campaign", "report-a")
+    assert code == 0 and "line" in out.splitlines()[2]  # the table's header row
+    log = read_jsonl(sent.config.parent / "logs" / "delivery.jsonl")
+    skipped = [e for e in log if e["event"] == "message" and e["status"] == "skipped"]
+    assert sorted((e["line"], e["reason"]) for e in skipped) == [
+        (32, "invalid_phone"), (33, "duplicate"),
+    ]

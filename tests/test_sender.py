@@ -308,6 +308,9 @@ async def test_ttl_expiry_against_a_closed_port(tmp_path: Path) -> None:
     assert events["campaign_backing_off"] >= 1 and events["batch_retry"] >= 1
     expired = [line for line in lines if line["event"] == "message"]
     assert len(expired) == 300 and {line["status"] for line in expired} == {"expired"}
+    # each expired line says why, and so does the journal (issue 9, item 6)
+    assert {line.get("reason") for line in expired} == {"send_at + ttl passed"}
+    assert {row.detail for row in setup.journal_rows()} == {"send_at + ttl passed"}
     finished = [line for line in lines if line["event"] == "campaign_finished"]
     assert finished[-1]["state"] == "expired" and finished[-1]["counts"]["expired"] == 300
 
