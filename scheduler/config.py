@@ -132,6 +132,30 @@ class JournalConfig(_Section):
         return value.strip()
 
 
+class MetricsConfig(_Section):
+    """``[metrics]``: Prometheus metrics and health checks over HTTP (off when absent)."""
+
+    listen: str | None = None  # "HOST:PORT", e.g. "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f'"{value}" is not HOST:PORT: write "127.0.0.1:9464"')
+        return value.strip()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when off."""
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class LogConfig(_Section):
     """``[log]``: the operational log on stderr and how phones appear in the delivery log."""
 
@@ -174,6 +198,7 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     log: LogConfig = LogConfig()
     journal: JournalConfig = JournalConfig()
+    metrics: MetricsConfig = MetricsConfig()
     credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
     source: Path | None = None
 
@@ -313,12 +338,13 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
 
 
 _CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"api", "sending", "paths", "log", "journal"},
+    "": {"api", "sending", "paths", "log", "journal", "metrics"},
     "api": set(ApiConfig.model_fields),
     "sending": set(SendingConfig.model_fields),
     "paths": set(PathsConfig.model_fields),
     "log": set(LogConfig.model_fields),
     "journal": set(JournalConfig.model_fields),
+    "metrics": set(MetricsConfig.model_fields),
 }
 
 

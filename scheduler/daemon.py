@@ -30,6 +30,7 @@ from scheduler.errors import ConfigError, UserError
 from scheduler.journal import CampaignRecord, JournalError, JournalFenced
 from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
+from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, Engine, utcnow
@@ -39,6 +40,7 @@ from scheduler.vocabulary import FINISHED, CampaignState
 STATUS_EVERY = 5.0  # seconds between STATUS= updates
 RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # seconds before a campaign whose storage failed goes again
 INDEX_EVERY = 5.0  # seconds between looks for sent messages to index (when idle)
+JOURNAL_PROBE_TIMEOUT = 5.0  # seconds the /readyz journal probe waits
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
 
@@ -76,11 +78,14 @@ async def run_daemon(
             file=config.source, field="paths.campaigns",
         )
     notifier = notifier or Notifier()
+    metrics = Metrics()
     try:
-        async with open_engine(config) as engine:
-            leadership = Leadership(engine.journal, config.journal.lease)
+        async with open_engine(config, metrics) as engine:
+            leadership = Leadership(engine.journal, config.journal.lease,
+                                    on_renew_failure=metrics.lease_renew_failures.inc)
             engine.may_send = leadership.may_send
-            await Daemon(config, engine, notifier, leadership, until_idle=until_idle).serve()
+            daemon = Daemon(config, engine, notifier, leadership, metrics, until_idle=until_idle)
+            await daemon.serve()
     finally:
         notifier.close()
     return 0
@@ -90,13 +95,20 @@ class Daemon:
     """Runs until SIGTERM/SIGINT (or, with ``until_idle``, until every campaign is final)."""
 
     def __init__(
-        self, config: Config, engine: Engine, notifier: Notifier, leadership: Leadership, *,
-        until_idle: bool = False,
+        self, config: Config, engine: Engine, notifier: Notifier, leadership: Leadership,
+        metrics: Metrics, *, until_idle: bool = False,
     ) -> None:
         self.config = config
         self.notifier = notifier
         self.until_idle = until_idle
         self.leadership = leadership
+        self.metrics = metrics
+        metrics.present.states = self.state_counts
+        metrics.present.leading = lambda: leadership.leading
+        self._journal_problem: str | None = None  # why the journal probe failed, if it did
+        readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
+        address = config.metrics.address
+        self._health = None if address is None else HealthServer(metrics, readiness, *address)
         self.log = get_logger("daemon")
         self._engine = engine
         self._lifecycle = engine.lifecycle
@@ -123,10 +135,29 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         try:
+            await self._start_health()
             await self._serve(self._engine)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            if self._health is not None:
+                await self._health.stop()
+
+    async def _start_health(self) -> None:
+        """Listen for /metrics, /livez and /readyz when ``[metrics] listen`` is set."""
+        if self._health is None:
+            return
+        try:
+            await self._health.start()
+        except OSError as exc:
+            raise ConfigError.single(
+                f"cannot listen on {self.config.metrics.listen}: {exc.strerror or exc}: "
+                "pick a free port", file=self.config.source, field="metrics.listen",
+            ) from None
+
+    def _credentials_problem(self) -> str | None:
+        refused = self._engine.refused
+        return None if refused is None else str(refused)
 
     async def _serve(self, engine: Engine) -> None:
         self._timer.start()
@@ -150,6 +181,7 @@ class Daemon:
             self._spawn(self._heartbeat()),
             self._spawn(self._index_when_idle()),
             self._spawn(self._lead()),
+            self._spawn(self._probe_journal()),
         ]
         self._check_idle()
         await self._stop.wait()
@@ -273,7 +305,20 @@ class Daemon:
             if interval:
                 self.notifier.watchdog()
             self.notifier.status(self.status_line())
+            self.metrics.tick()
             await asyncio.sleep(step)
+
+    async def _probe_journal(self) -> None:
+        """A cheap read every few seconds, so /readyz says when the journal stops answering."""
+        while True:
+            try:
+                await asyncio.wait_for(self._engine.journal.campaign(""), JOURNAL_PROBE_TIMEOUT)
+            except (JournalError, TimeoutError) as exc:
+                self._journal_problem = (
+                    f"the journal does not answer: {exc or 'no answer in time'}")
+            else:
+                self._journal_problem = None
+            await asyncio.sleep(STATUS_EVERY)
 
     async def _index_when_idle(self) -> None:
         """Copy sent messages into the journal's per-message rows while nothing is sending.
@@ -437,6 +482,7 @@ class Daemon:
         known = self._invalid.get(check.file)
         self._invalid[check.file] = _Invalid(rendered, cid)
         if known is None or known.rendered != rendered:
+            self.metrics.config_errors.inc()
             self._lifecycle.announce("campaign_invalid", "error", file=str(check.file),
                                      campaign=cid, errors=errors)
         tracked = self._campaigns.get(cid) if cid else None
@@ -558,8 +604,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ reporting
 
-    def status_line(self) -> str:
-        """One line for ``systemctl status``: how many campaigns in which state."""
+    def state_counts(self) -> dict[str, int]:
+        """How many campaigns this daemon tracks in each state (invalid files included)."""
         counts: dict[str, int] = {}
         for tracked in self._campaigns.values():
             if not tracked.removed:
@@ -567,6 +613,11 @@ class Daemon:
         invalid = sum(1 for i in self._invalid.values() if i.campaign_id not in self._campaigns)
         if invalid:
             counts["invalid"] = counts.get("invalid", 0) + invalid
+        return counts
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: leader or standby, campaigns in which state."""
+        counts = self.state_counts()
         summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         return f"{self.leadership.role}: {summary or 'no campaigns'}"
 

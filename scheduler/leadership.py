@@ -38,9 +38,10 @@ class Leadership:
 
     def __init__(
         self, journal: Journal, lease: float, *, holder: str | None = None,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.monotonic, on_renew_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.journal = journal
+        self._on_renew_failure = on_renew_failure
         self.lease = lease
         self.holder = holder or holder_name()
         self.epoch: int | None = None
@@ -85,6 +86,7 @@ class Leadership:
             )
         except (JournalError, TimeoutError) as exc:
             self._log.warning("lease_renew_failed", error=str(exc) or "no answer in time")
+            self._on_renew_failure()
             return None
         if kept:
             self._valid_until = asked + self.lease * (1 - SAFETY)

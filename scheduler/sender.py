@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,8 +47,9 @@ from scheduler.journal import (
     Result,
 )
 from scheduler.lifecycle import Lifecycle
+from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
-from scheduler.vocabulary import EXPIRED_REASON, FINISHED, CampaignState, Outcome
+from scheduler.vocabulary import FINISHED, CampaignState, Outcome
 
 Clock = Callable[[], datetime]
 ProgressCallback = Callable[[int], None]
@@ -96,6 +99,7 @@ class CampaignRun:
     stop_state: CampaignState | None = None
     reason: str | None = None  # why it stopped in stop_state, for the journal and the logs
     broken: JournalError | OSError | None = None  # the journal or log failed: drive raises it
+    first_post: bool = False  # the campaign's very first request is still to come (lag metric)
 
     def halt(self, state: CampaignState | None = None, reason: str | None = None) -> None:
         """Take no new batches; in-flight ones finish. ``state``: what to record (None: none)."""
@@ -145,6 +149,7 @@ class Engine:
         suppression_path: Path | None = None,
         clock: Clock = utcnow,
         may_send: Callable[[], bool] = lambda: True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -157,6 +162,7 @@ class Engine:
         self.clock = clock
         #: asked before every request: False (a daemon that is not the leader) posts nothing
         self.may_send = may_send
+        self.metrics = metrics or Metrics()
         self.refused: CredentialsRefused | None = None
         self._oplog = get_logger("engine")
         self.progress_every = PROGRESS_EVERY
@@ -259,6 +265,7 @@ class Engine:
             skipped=record.skipped, send_at=record.send_at.isoformat(),
             deadline=record.deadline.isoformat(), route=run.route,
         )
+        run.first_post = record.started_at is None  # the schedule lag is the first start's
         await self._log_skips(run)
         await self._log_unlogged(run)
         if self.clock() >= run.deadline:
@@ -361,7 +368,7 @@ class Engine:
         """Every message still open is past send_at + ttl: record and log it as expired."""
         while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):
             for batch in page:
-                results = _all(_open_messages(batch), "expired", EXPIRED_REASON, batch.attempts)
+                results = _all(_open_messages(batch), "expired", None, batch.attempts)
                 await self._record(run, batch.seq, results)
         counts = await self.journal.counts(run.campaign.id)
         await self._finish(run, record, counts, state="expired")
@@ -391,11 +398,12 @@ class Engine:
         if await self.journal.skips_logged(cid):
             return
         skipped = [row async for row in self.journal.recipients(cid, "skipped")]
+        for reason, count in Counter(row.detail for row in skipped).items():
+            self.metrics.skips.labels(reason or "unknown").inc(count)
         if skipped:
             seen = self.log.recent_message_ids(cid, TAIL_BYTES_PER_LINE * len(skipped))
             self.log.messages(cid, run.route, [
-                MessageOutcome(row.tracking_id, "skipped", row.phone, 0, None, None, row.detail,
-                               row.line)
+                MessageOutcome(row.tracking_id, "skipped", row.phone, 0, None, None, row.detail)
                 for row in skipped if not row.tracking_id or row.tracking_id not in seen
             ])
         await self.journal.mark_skips_logged(cid)
@@ -474,8 +482,9 @@ class Engine:
         if run.halted or self.refused is not None:
             return None  # never marked in flight: stays pending
         if self.clock() >= run.deadline:
-            return _all(job.messages, "expired", EXPIRED_REASON, 0)
-        await self.journal.mark_in_flight(run.campaign.id, [job.seq])
+            return _all(job.messages, "expired", None, 0)
+        with self.metrics.journal_write.time():
+            await self.journal.mark_in_flight(run.campaign.id, [job.seq])
         outcomes = _Outcomes()
         try:
             await self._deliver(run, job.messages, outcomes, job.body)
@@ -506,7 +515,7 @@ class Engine:
             if self.refused is not None or run.stop.is_set():
                 raise Deferred
             if self.clock() >= run.deadline:
-                out.add(part, "expired", EXPIRED_REASON, attempt)
+                out.add(part, "expired", None, attempt)
                 return
             attempt += 1
             reply = await self._post(run, part, body)
@@ -563,7 +572,23 @@ class Engine:
             # the ttl to all messages instead of decoding and re-encoding the batch.
             raw = orjson.dumps(part) if body is None else body
             body = raw.replace(b'"fromName":', b'"ttl":%d,"fromName":' % ttl)
-            return await self.client.post(run.route, body)
+            if run.first_post:
+                run.first_post = False
+                self.metrics.schedule_lag.observe(
+                    max(0.0, (self.clock() - run.campaign.send_at).total_seconds()))
+            started = time.monotonic()
+            reply = await self.client.post(run.route, body)
+            self._count_request(run.route, reply, time.monotonic() - started)
+            return reply
+
+    def _count_request(self, route: str, reply: PostResult, seconds: float) -> None:
+        """Per request, never per message: requests by route and answer, and their time."""
+        status = getattr(reply, "status", None)
+        code = "200" if isinstance(reply, Accepted) else str(status or "no answer")
+        self.metrics.api_requests.labels(route, code).inc()
+        self.metrics.api_duration.labels(route).observe(seconds)
+        if isinstance(reply, Accepted):
+            self.metrics.last_send.set(time.time())
 
     async def _retry_wait(
         self, run: CampaignRun, attempt: int, status: int | None, retry_after: float | None
@@ -600,11 +625,16 @@ class Engine:
     def _log_results(self, run: CampaignRun, results: Sequence[Result]) -> None:
         sent = [r for r in results if r.outcome == "sent"]
         self.log.sent(run.campaign.id, run.route, sent)
+        counted = self.metrics.messages
+        counted.labels(run.campaign.type, "sent").inc(len(sent))
         if len(sent) < len(results):
             self.log.messages(run.campaign.id, run.route, [
                 _outcome_line(r.tracking_id, r.outcome, r.phone, r.attempts, r.detail)
                 for r in results if r.outcome != "sent"
             ])
+            others = Counter(r.outcome for r in results if r.outcome != "sent")
+            for outcome, count in others.items():
+                counted.labels(run.campaign.type, outcome).inc(count)
         if run.on_progress is not None:
             run.on_progress(len(results))
 

@@ -19,6 +19,7 @@ from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
 from scheduler.journal import JournalBusy, JournalFenced, open_journal
 from scheduler.leadership import Leadership
+from scheduler.metrics import Metrics
 from scheduler.sandbox import Sandbox, SandboxOptions
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
 from scheduler.vocabulary import CampaignState
@@ -50,7 +51,7 @@ async def api_endpoint(config: Config) -> AsyncIterator[tuple[str, dict[str, str
 
 
 @contextlib.asynccontextmanager
-async def open_engine(config: Config) -> AsyncIterator[Engine]:
+async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Engine]:
     """A started `Engine` with everything it needs; everything is closed on exit."""
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
@@ -77,6 +78,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
             default_route=config.api.route,
             suppression=suppression,
             suppression_path=config.paths.suppression,
+            metrics=metrics,
         )
         engine.start()
         stack.push_async_callback(engine.close)

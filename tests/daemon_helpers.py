@@ -93,6 +93,7 @@ class Workspace:
     journal_url: str | None = None  # a PostgreSQL journal (else SQLite under state/)
     lease: float | None = None  # [journal] lease, seconds
     shared_campaigns: Path | None = None  # another workspace's campaigns folder (a 2nd daemon)
+    metrics_listen: str | None = None  # [metrics] listen, "HOST:PORT"
 
     def __post_init__(self) -> None:
         (self.root / "campaigns" / "audiences").mkdir(parents=True, exist_ok=True)
@@ -133,6 +134,8 @@ class Workspace:
         campaigns = str(self.shared_campaigns or "campaigns")
         lines += ["", "[paths]", f'campaigns = "{campaigns}"', 'state = "state/journal.sqlite3"',
                   'delivery_log = "logs/delivery.jsonl"', "", "[log]", 'format = "json"', ""]
+        if self.metrics_listen is not None:
+            lines += ["[metrics]", f'listen = "{self.metrics_listen}"', ""]
         if self.journal_url is not None:
             lines += ["[journal]", f'url = "{self.journal_url}"']
             lines += [f"lease = {self.lease}"] if self.lease is not None else []

@@ -1,0 +1,159 @@
+"""Prometheus metrics, and the daemon's /metrics, /livez and /readyz on ``[metrics] listen``.
+
+One `Metrics` per process, on its own registry (prometheus-client writes the exposition).
+Counters move per request or per batch, never per message (a label-less ``inc(n)`` per batch
+costs a microsecond), and no label ever names a recipient or a phone. Gauges that describe
+the present (campaigns by state, leader) are read from the daemon at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from scheduler import __version__
+
+LIVE_WITHIN = 10.0  # /livez: the event loop ticked within this many seconds
+TICK_EVERY = 1.0
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+
+
+@dataclass
+class Readiness:
+    """What /readyz asks: each answers None (fine) or the one-line reason it is not ready."""
+
+    checks: list[Callable[[], str | None]] = field(default_factory=list)
+
+    def reason(self) -> str | None:
+        """The first reason not to be ready, or None."""
+        for check in self.checks:
+            if (problem := check()) is not None:
+                return problem
+        return None
+
+
+class _Present(Collector):
+    """Gauges computed when scraped: campaigns by state, and whether this process leads."""
+
+    def __init__(self) -> None:
+        self.states: Callable[[], Mapping[str, int]] = dict
+        self.leading: Callable[[], bool] = lambda: False
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per campaign state this daemon tracks, and the leader flag."""
+        campaigns = GaugeMetricFamily(
+            "cascade_campaigns", "Campaigns this daemon tracks, by state", labels=["state"],
+        )
+        for state, count in sorted(self.states().items()):
+            campaigns.add_metric([state], count)
+        yield campaigns
+        yield GaugeMetricFamily(
+            "cascade_leader", "1 while this daemon holds the journal's lease and sends",
+            value=1 if self.leading() else 0,
+        )
+
+
+class Metrics:
+    """Every metric the product exports; hand it to the objects that count."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.present = _Present()
+        self.registry.register(self.present)
+        self.ticked = time.monotonic()
+        r = self.registry
+        self.api_requests = Counter(
+            "cascade_api_requests", "Requests to the Cascade API by route and answer",
+            ["route", "code"], registry=r,
+        )
+        self.api_duration = Histogram(
+            "cascade_api_request_duration_seconds", "Time to the API's answer, by route",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.messages = Counter(
+            "cascade_messages", "Recipients' final outcomes, by message type",
+            ["type", "outcome"], registry=r,
+        )
+        self.skips = Counter(
+            "cascade_skipped", "Audience rows skipped, by reason", ["reason"], registry=r,
+        )
+        self.schedule_lag = Histogram(
+            "cascade_schedule_lag_seconds", "From a campaign's send_at to its first request",
+            buckets=_LAG_BUCKETS, registry=r,
+        )
+        self.last_send = Gauge(
+            "cascade_last_successful_send_timestamp_seconds",
+            "When the API last accepted a request (Unix time)", registry=r,
+        )
+        self.journal_write = Histogram(
+            "cascade_journal_write_duration_seconds",
+            "Durable journal writes on the send path, as the engine waits for them",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.lease_renew_failures = Counter(
+            "cascade_lease_renew_failures", "Lease renewals that failed or went unanswered",
+            registry=r,
+        )
+        self.config_errors = Counter(
+            "cascade_config_errors", "Campaign files found invalid (each distinct problem once)",
+            registry=r,
+        )
+        Info("cascade_build", "The running release", registry=r).info({"version": __version__})
+
+    def tick(self) -> None:
+        """The event loop is alive (called every `TICK_EVERY` s by the daemon)."""
+        self.ticked = time.monotonic()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything."""
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """/metrics, /livez and /readyz on one aiohttp site (loopback by default)."""
+
+    def __init__(self, metrics: Metrics, readiness: Readiness, host: str, port: int) -> None:
+        self.metrics = metrics
+        self.readiness = readiness
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listen; a port in use raises OSError (the caller names the config key)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _livez(self, _: web.Request) -> web.Response:
+        quiet = time.monotonic() - self.metrics.ticked
+        if quiet > LIVE_WITHIN:
+            return web.Response(status=503, text=f"event loop quiet for {quiet:.0f} s\n")
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        reason = self.readiness.reason()
+        if reason is not None:
+            return web.Response(status=503, text=reason + "\n")
+        return web.Response(text="ok\n")
