@@ -219,7 +219,7 @@ def test_a_running_campaign_with_no_daemon_says_it_will_resume(
     report says it resumes at the next start; while one holds it, it says nothing more."""
     code, out = report(capsys, config, "--format", "json", "--campaign", "stopped")
     (row,) = orjson.loads(out)
-    assert row["state"] == "running" and "resumes" in row["note"]
+    assert code == 0 and row["state"] == "running" and "resumes" in row["note"]
 
     async def lead() -> tuple[SqliteJournal, int]:
         journal = SqliteJournal(load_config(config).paths.state)
@@ -234,7 +234,7 @@ def test_a_running_campaign_with_no_daemon_says_it_will_resume(
         try:
             code, out = report(capsys, config, "--format", "json", "--campaign", "stopped")
             (row,) = orjson.loads(out)
-            assert row["state"] == "running" and row["note"] == ""
+            assert code == 0 and row["state"] == "running" and row["note"] == ""
         finally:
             loop.run_until_complete(journal.release_lease("host:1:test", epoch))
             loop.run_until_complete(journal.close())
