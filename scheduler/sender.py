@@ -49,7 +49,7 @@ from scheduler.journal import (
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
-from scheduler.vocabulary import FINISHED, CampaignState, Outcome
+from scheduler.vocabulary import EXPIRED_REASON, FINISHED, CampaignState, Outcome
 
 Clock = Callable[[], datetime]
 ProgressCallback = Callable[[int], None]
@@ -368,7 +368,7 @@ class Engine:
         """Every message still open is past send_at + ttl: record and log it as expired."""
         while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):
             for batch in page:
-                results = _all(_open_messages(batch), "expired", None, batch.attempts)
+                results = _all(_open_messages(batch), "expired", EXPIRED_REASON, batch.attempts)
                 await self._record(run, batch.seq, results)
         counts = await self.journal.counts(run.campaign.id)
         await self._finish(run, record, counts, state="expired")
@@ -403,7 +403,8 @@ class Engine:
         if skipped:
             seen = self.log.recent_message_ids(cid, TAIL_BYTES_PER_LINE * len(skipped))
             self.log.messages(cid, run.route, [
-                MessageOutcome(row.tracking_id, "skipped", row.phone, 0, None, None, row.detail)
+                MessageOutcome(row.tracking_id, "skipped", row.phone, 0, None, None, row.detail,
+                               row.line)
                 for row in skipped if not row.tracking_id or row.tracking_id not in seen
             ])
         await self.journal.mark_skips_logged(cid)
@@ -482,7 +483,7 @@ class Engine:
         if run.halted or self.refused is not None:
             return None  # never marked in flight: stays pending
         if self.clock() >= run.deadline:
-            return _all(job.messages, "expired", None, 0)
+            return _all(job.messages, "expired", EXPIRED_REASON, 0)
         with self.metrics.journal_write.time():
             await self.journal.mark_in_flight(run.campaign.id, [job.seq])
         outcomes = _Outcomes()
@@ -515,7 +516,7 @@ class Engine:
             if self.refused is not None or run.stop.is_set():
                 raise Deferred
             if self.clock() >= run.deadline:
-                out.add(part, "expired", None, attempt)
+                out.add(part, "expired", EXPIRED_REASON, attempt)
                 return
             attempt += 1
             reply = await self._post(run, part, body)
