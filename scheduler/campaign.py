@@ -35,6 +35,9 @@ TRANSACTIONAL: frozenset[MessageType] = frozenset({"transaction", "flashcall"})
 HORIZON = timedelta(days=30)
 TTL_MAX = 30 * 24 * 3600  # the API keeps nothing longer than its 30-day scheduling horizon
 SURVEY_TEXT_MAX = 85
+#: an alphanumeric SMS sender name (GSM): the API's pages give no other limit for fromName, and
+#: the cascade's last step is SMS
+SENDER_NAME_MAX = 11
 SURVEY_OPTION_MAX = 29  # "each under 30 characters"
 TRACKING_ID_MAX = 254  # "under 255 characters"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

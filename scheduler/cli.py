@@ -34,7 +34,7 @@ from scheduler.config import Config, load_config
 from scheduler.daemon import run_daemon
 from scheduler.errors import UserError
 from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
-from scheduler.loader import CampaignCheck, load_campaign, real_path
+from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
 from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (
@@ -191,9 +191,13 @@ def _utc_moment(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        moment = None
-    if moment is None or moment.utcoffset() is None or moment.utcoffset():
-        raise argparse.ArgumentTypeError(f'"{value}" is not a UTC time: write 2026-12-01T09:00:00Z')
+        raise argparse.ArgumentTypeError(
+            f'"{value}" is not a date and time: write it like 2026-12-01T09:00:00Z (UTC)'
+        ) from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(naive_time_hint(moment))
+    if moment.utcoffset():
+        raise argparse.ArgumentTypeError(f'"{value}" is not UTC: write {utc_text(moment)}')
     return moment.astimezone(UTC)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from scheduler.audience import read_header
 from scheduler.campaign import (
@@ -19,6 +20,7 @@ from scheduler.campaign import (
     ID_PATTERN,
     MESSAGE_TYPES,
     RECOMMENDED_TTL,
+    SENDER_NAME_MAX,
     SURVEY_OPTION_MAX,
     SURVEY_TEXT_MAX,
     TTL_MAX,
@@ -198,6 +200,7 @@ class _CampaignReader:
         self.config = config
         self.now = now
         self.problems: list[Problem] = []
+        self.text_fields: frozenset[str] = frozenset()  # of an invalid text's good placeholders
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -222,7 +225,7 @@ class _CampaignReader:
         """Check every key; return the `Campaign`, or None when any error was found."""
         self.unknown_keys(self.data, "", _TOP_KEYS)
         campaign_id = self.campaign_id()
-        from_name = self.string("from_name", required=True)
+        from_name = self.from_name()
         kind = self.message_type()
         ttl = self.ttl(kind)
         send_at = self.send_at(ttl)
@@ -230,7 +233,7 @@ class _CampaignReader:
         paused = self.paused()
         template = self.text(kind)
         options = self.survey_options(kind)
-        audience = self.audience(template)
+        audience = self.audience(template.fields if template else self.text_fields)
         if (
             self.failed or campaign_id is None or from_name is None or kind is None
             or ttl is None or send_at is None or audience is None
@@ -278,6 +281,18 @@ class _CampaignReader:
         if not value.strip():
             self.error(dotted, "must not be empty")
             return None
+        return value
+
+    def from_name(self) -> str | None:
+        """``from_name``: required; longer than an SMS sender name can be is a warning."""
+        value = self.string("from_name", required=True)
+        if value is not None and len(value) > SENDER_NAME_MAX:
+            self.warn(
+                "from_name",
+                f'"{value}" has {len(value)} characters: a sender name shown by SMS has at most '
+                f"{SENDER_NAME_MAX} (letters and digits), so the SMS step of the cascade may "
+                "cut or refuse it; use the short name registered with SMSBAT",
+            )
         return value
 
     def campaign_id(self) -> str | None:
@@ -381,7 +396,7 @@ class _CampaignReader:
         """``value`` if it is UTC (Z or +00:00); else an error with the fix."""
         offset = value.utcoffset()
         if offset is None:
-            self.error("send_at", f"must be UTC: write {value.isoformat()}Z")
+            self.error("send_at", naive_time_hint(value))
             return None
         try:
             utc = value.astimezone(UTC)
@@ -429,7 +444,9 @@ class _CampaignReader:
         try:
             template = Template(value)
         except TemplateError as exc:
-            self.error("text", str(exc))
+            for message in exc.messages:
+                self.error("text", message)
+            self.text_fields = exc.fields
             return None
         if kind == "viber_survey":
             self.survey_text_length(template)
@@ -477,7 +494,7 @@ class _CampaignReader:
 
     # -- the audience ---------------------------------------------------------------------
 
-    def audience(self, template: Template | None) -> AudienceSpec | None:
+    def audience(self, fields: frozenset[str]) -> AudienceSpec | None:
         """``[audience]``: a readable CSV inside an allowed folder, with the named columns."""
         table = self.data.get("audience")
         if table is None:
@@ -495,7 +512,7 @@ class _CampaignReader:
         header = self.header(spec)
         if header is None:
             return None
-        self.columns(spec, header, str(table["csv"]), template)
+        self.columns(spec, header, str(table["csv"]), fields)
         return spec
 
     def audience_spec(self, table: dict[str, Any]) -> AudienceSpec | None:
@@ -556,7 +573,7 @@ class _CampaignReader:
             return None
 
     def columns(
-        self, spec: AudienceSpec, header: list[str], csv: str, template: Template | None
+        self, spec: AudienceSpec, header: list[str], csv: str, fields: frozenset[str]
     ) -> None:
         """The phone and id columns, and every ``{placeholder}``, must be columns of the CSV."""
         listing = f"its columns are {_quoted_list(header)}" if header else "it has no columns"
@@ -567,11 +584,51 @@ class _CampaignReader:
             if column not in header:
                 hint = _did_you_mean(column, header)
                 self.error(key, f'"{column}" is not a column of {csv}{hint} ({listing})')
-        for name in sorted(template.fields if template else ()):
+        for name in sorted(fields):
             if name not in header:
                 self.error("text", f"{{{name}}} is not a column of {csv}"
                            f"{_did_you_mean(name, header)} ({listing}; write {{{{ and }}}} "
                            "for literal braces)")
+
+
+def naive_time_hint(value: datetime) -> str:
+    """What to say about a send time written without a zone: it must be UTC, and here is the
+    UTC time it is on this machine's clock (or, on a UTC machine, in Kyiv, for the example),
+    so that following the hint never sends hours early or late."""
+    shown = value.replace(microsecond=0).isoformat()
+    as_utc = f"{shown}Z"
+    clock = value.strftime("%H:%M")
+    try:
+        local = value.astimezone()  # a naive time is read as this machine's, DST included
+    except (OverflowError, OSError, ValueError):
+        local = value.replace(tzinfo=UTC)
+    head = f"{shown} has no time zone, and send_at must be UTC"
+    if local.utcoffset():
+        zone = f"{local.tzname()}, UTC{_offset(local)}"
+        return (f"{head}: {clock} on this machine's clock ({zone}) is "
+                f"{utc_text(local)}: write that; if {clock} was meant as UTC, write {as_utc}")
+    example = _kyiv_example(value)
+    return (f"{head}: if {clock} is UTC, write {as_utc}; if it is a local time, convert it "
+            f"to UTC first{example}")
+
+
+def _offset(moment: datetime) -> str:
+    """``+02:00`` for a moment two hours ahead of UTC."""
+    text = moment.strftime("%z")
+    return f"{text[:3]}:{text[3:]}"
+
+
+def _kyiv_example(value: datetime) -> str:
+    """`` (11:00 in Kyiv on 2026-11-28 is 2026-11-28T09:00:00Z)`` when the zone is known."""
+    for key in ("Europe/Kyiv", "Europe/Kiev"):
+        try:
+            zone = ZoneInfo(key)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            continue
+        moment = value.replace(tzinfo=zone)
+        return (f" ({value.strftime('%H:%M')} in Kyiv on {value.date().isoformat()} is "
+                f"{utc_text(moment)})")
+    return ""
 
 
 def _parse_iso(text: str) -> datetime | date | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,13 +114,13 @@ BAD_FILES: list[tuple[str, dict[str, object], int, int | None, str | None, str]]
      "transaction, promo, viber_survey, flashcall"),
     ("missing-send-at", {"send_at": None}, 1, None, "send_at", "missing: write send_at = 2026-"),
     ("send-at-local", {"send_at": "2026-12-01T09:00:00"}, 1, 4, "send_at",
-     "must be UTC: write 2026-12-01T09:00:00Z"),
+     "2026-12-01T09:00:00 has no time zone, and send_at must be UTC"),
     ("send-at-offset", {"send_at": "2026-12-01T11:00:00+02:00"}, 1, 4, "send_at",
      "2026-12-01T11:00:00+02:00 is not UTC: write 2026-12-01T09:00:00Z"),
     ("send-at-string-offset", {"send_at": '"2026-12-01T09:00:00-05:00"'}, 1, 4, "send_at",
      "write 2026-12-01T14:00:00Z"),
     ("send-at-string-local", {"send_at": '"2026-12-01 09:00"'}, 1, 4, "send_at",
-     "must be UTC: write 2026-12-01T09:00:00Z"),
+     "2026-12-01T09:00:00 has no time zone, and send_at must be UTC"),
     ("send-at-not-a-date", {"send_at": '"tomorrow"'}, 1, 4, "send_at", "not a date and time"),
     ("send-at-bare-date", {"send_at": "2026-12-01"}, 1, 4, "send_at",
      "needs a time of day too: write 2026-12-01T09:00:00Z"),
@@ -388,3 +390,117 @@ def test_check_result_properties(ws: Workspace) -> None:
     check: CampaignCheck = load_campaign(path, ws.config(), NOW)
     assert check.ok and check.campaign is not None
     assert check.errors == [] and len(check.warnings) == 1
+
+
+# --- issue 9: hints a marketer can follow (items 9, 10, 11, 16) --------------------------------
+
+
+@pytest.fixture
+def machine_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Set this process's time zone (as the machine's) for one test; restored afterwards."""
+
+    def use(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+
+    yield use
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_local_time_is_converted_for_the_machines_zone(
+    ws: Workspace, machine_zone: Callable[[str], None],
+) -> None:
+    """A Kyiv marketer writes 11:00 without Z: the error does not tell them to add Z (which
+    sends two hours late) but shows the UTC time of 11:00 on their clock."""
+    machine_zone("Europe/Kyiv")
+    for local, utc in (("2026-11-28T11:00:00", "2026-11-28T09:00:00Z"),
+                       ("2026-12-20T11:00:00", "2026-12-20T09:00:00Z")):
+        path = ws.write("c.toml", campaign_text(send_at=local))
+        (problem,) = load_campaign(path, ws.config(), NOW).problems
+        assert problem.field == "send_at" and problem.line == 4
+        assert problem.message.startswith(f"{local} has no time zone, and send_at must be UTC")
+        assert f"11:00 on this machine's clock (EET, UTC+02:00) is {utc}: write that" in (
+            problem.message)
+
+
+def test_a_local_time_on_a_utc_machine_shows_both_readings(
+    ws: Workspace, machine_zone: Callable[[str], None],
+) -> None:
+    """On a UTC machine the time may be either: the message gives the UTC reading and, for a
+    local time, the conversion (Kyiv's, the example the README uses)."""
+    machine_zone("UTC")
+    path = ws.write("c.toml", campaign_text(send_at="2026-11-28T11:00:00"))
+    (problem,) = load_campaign(path, ws.config(), NOW).problems
+    assert "if 11:00 is UTC, write 2026-11-28T11:00:00Z" in problem.message
+    assert "11:00 in Kyiv on 2026-11-28 is 2026-11-28T09:00:00Z" in problem.message
+
+
+def test_new_send_at_without_a_zone_gets_the_same_hint(
+    ws: Workspace, machine_zone: Callable[[str], None], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`new --send-at` with a local time: the same conversion, as a usage error."""
+    machine_zone("Europe/Kyiv")
+    code = cli.main(["new", "x", "--type", "promo", "--audience",
+                     str(ws.campaigns / "audiences" / "people.csv"), "--send-at",
+                     "2026-11-28T11:00", "--config", str(ws.config_file)])
+    assert code == 2
+    assert "is 2026-11-28T09:00:00Z: write that" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ('id = "spring-2026\nfrom_name = "YourBrand"\n', 1,
+     "the text is missing its closing quote"),
+    ('id = "a"\nsend_at = 2026-12-01T09:00:00Z\nttl = 3600\nsend_at = 2026-12-01T10:00:00Z\n',
+     4, "send_at is written twice (also on line 2): keep one"),
+    ('id = "a"\n[audience]\ncsv = "a.csv"\ncsv = "b.csv"\n', 4,
+     "csv is written twice (also on line 3)"),
+    ('[audience]\ncsv = "a.csv"\n[audience]\n', 3, "[audience] is written twice (also on line 1)"),
+    ("type = promo\n", 1, "text goes in double quotes"),
+    ("id = “spring”\n", 1, "curly quotes"),
+    ("send_at = 2026-12-01 09:00\n", 1, "write it like 2026-12-01T09:00:00Z"),
+    ('id "spring"\n', 1, "a key must be followed by ="),
+    ('survey_options = ["Yes", "No"\nttl = 1\n', 2, "missing its closing ]"),
+    ("text = 'abc\n", 1, "missing its closing quote"),
+])
+def test_toml_syntax_errors_in_plain_words(
+    ws: Workspace, text: str, line: int, words: str,
+) -> None:
+    """The usual TOML mistakes are explained in words a marketer knows, at their line (not
+    "Illegal character '\\n'" or "Cannot overwrite a value")."""
+    path = ws.write("c.toml", text)
+    (problem,) = load_campaign(path, ws.config(), NOW).problems
+    assert problem.line == line, problem
+    assert problem.message.startswith("TOML syntax error: ") and words in problem.message
+    assert "Illegal character" not in problem.message
+    assert "Cannot overwrite" not in problem.message
+
+
+def test_every_placeholder_problem_at_once(ws: Workspace) -> None:
+    """An empty `{}` does not hide the other placeholder mistakes: each bad brace is listed,
+    and the good placeholders are still checked against the CSV's columns."""
+    path = ws.write("c.toml", campaign_text(
+        text='"Hi {}, {first_name!r}, {frist_name} and {customer_id:>4}} {"'))
+    messages = [p.message for p in load_campaign(path, ws.config(), NOW).problems]
+    assert any(m.startswith("{} has no column name") for m in messages), messages
+    assert any(m.startswith("{first_name!r} is not a placeholder") for m in messages)
+    assert any(m.startswith("{customer_id:>4} is not a placeholder") for m in messages)
+    assert any("closes nothing" in m for m in messages)
+    assert any("is never closed" in m for m in messages)
+    assert any(m.startswith("{frist_name} is not a column of audiences/people.csv: did you "
+                            'mean "first_name"?') for m in messages), messages
+    assert len(messages) == 6
+
+
+def test_a_long_sender_name_is_a_warning(ws: Workspace) -> None:
+    """A from_name longer than an SMS sender name (11 characters) is a warning that says so;
+    11 characters pass quietly."""
+    path = ws.write("c.toml", campaign_text(from_name='"YourBrandOnline"'))
+    check = load_campaign(path, ws.config(), NOW)
+    (problem,) = check.problems
+    assert check.ok and (problem.severity, problem.field, problem.line) == (
+        "warning", "from_name", 2)
+    assert '"YourBrandOnline" has 15 characters' in problem.message and "at most 11" in (
+        problem.message)
+    path = ws.write("c.toml", campaign_text(from_name='"YourBrand01"'))
+    assert load_campaign(path, ws.config(), NOW).problems == []
