@@ -60,6 +60,11 @@ TRACKING_ID_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 FIRST_LINES = 5  # line numbers kept per skip reason, for `check`
 EXAMPLE_PHONE = "+380501234567"
 _SEPARATORS = re.compile(r"[\s().\-/]")
+#: the first line Excel writes to name a CSV's delimiter: ``sep=;``
+_EXCEL_SEP = re.compile(r'"?sep=([^"\r\n])"?\s*')
+#: a phone a spreadsheet turned into a number: ``3.80501E+11`` (digits lost) or ``380501234567.0``
+_SCIENTIFIC = re.compile(r"[0-9](?:[.,][0-9]+)?[eE]\+?[0-9]+")
+_DECIMAL = re.compile(r"\+?[0-9]{7,15}[.,]0+")
 _CHUNK = 1 << 20
 #: pass 1's Bloom filter size; a module constant so tests can force false positives
 DEDUPE_BITS = DEFAULT_BITS
@@ -145,11 +150,18 @@ class _Table:
             first = text
         if not first.strip():
             raise _CsvProblem(None, _EMPTY)
+        excel = _EXCEL_SEP.fullmatch(first.rstrip("\r\n"))
+        if excel is not None:  # Excel's "sep=;": the delimiter, then the real header line
+            first = ""
+            while not first.strip() and (text := file.readline()):
+                first = text
         file.seek(0)
-        self.delimiter = delimiter or _sniff(first)
+        self.delimiter = delimiter or (excel.group(1) if excel else _sniff(first))
         self.reader = csv.reader(file, delimiter=self.delimiter, strict=True)
         row = self._next_row()
-        while not _has_values(row):
+        while not _has_values(row) or excel is not None:
+            if _has_values(row):
+                excel = None  # that was the sep= line: the csv reader still counts it
             row = self._next_row()
         self.header = [name.strip() for name in row]
         self._check_header()
@@ -302,23 +314,41 @@ def _cell(row: list[str], index: int) -> str:
 
 
 def _phone_detail(phone: str) -> str:
-    """Why ``phone`` is not E.164, and the fix when it is obvious."""
+    """Why ``phone`` is not E.164, and the fix: the shapes spreadsheets and people produce
+    (a missing +, a local number, spaces and dashes, a number turned into 3.8E+11)."""
     if not phone:
         return "no phone number"
     shown = phone if len(phone) <= 40 else phone[:40] + "…"
+    if _SCIENTIFIC.fullmatch(phone):
+        return (f'"{shown}" was turned into a number by a spreadsheet (its last digits are '
+                "lost): format the phone column as text and export the phones again, "
+                f"like {EXAMPLE_PHONE}")
+    if _DECIMAL.fullmatch(phone):
+        digits = re.split(r"[.,]", phone.lstrip("+"))[0]
+        return (f'"{shown}" was turned into a number by a spreadsheet: format the phone '
+                f"column as text; this one is +{digits}")
     compact = _SEPARATORS.sub("", phone)
+    spaced = compact != phone
     digits = compact[1:] if compact.startswith("+") else compact
     if not compact.startswith("+") and compact.startswith("00"):
         digits = compact[2:]
     if not (digits.isascii() and digits.isdigit()):
         return f'"{shown}" is not a phone number: write it in E.164, e.g. {EXAMPLE_PHONE}'
     if digits.startswith("0"):
-        return f'"{shown}" has no country code: write it in E.164, e.g. {EXAMPLE_PHONE}'
+        return (f'"{shown}" has no country code: write the international number with +, '
+                f"e.g. {EXAMPLE_PHONE} for 0501234567 in Ukraine")
     if not 7 <= len(digits) <= 15:
         size = "short" if len(digits) < 7 else "long"
         return f'"{shown}" is too {size}: E.164 numbers have 7 to 15 digits after the +'
-    return f'"{shown}" is not E.164: write +{digits}'
+    if spaced:
+        return f'"{shown}" has spaces or other signs between the digits: write +{digits}'
+    if compact.startswith("00"):
+        return f'"{shown}" starts with 00 instead of +: write +{digits}'
+    return f'"{shown}" is missing the + in front: write +{digits}'
 
+
+#: told ``(placeholder, line)`` for each valid row whose value for the placeholder is empty
+EmptyField = Callable[[str, int], None]
 
 #: a valid row as a plain tuple of `Recipient`'s fields: (line, tracking_id, phone, text). It is
 #: ~10x cheaper to build than the frozen dataclass: `summarize` only counts them and the snapshot
@@ -331,7 +361,7 @@ class _RowChecker:
 
     def __init__(
         self, campaign: Campaign, columns: _Columns, template: Template | None,
-        suppression: Suppression | None, dedupe: Dedupe,
+        suppression: Suppression | None, dedupe: Dedupe, on_empty: EmptyField | None = None,
     ) -> None:
         self.campaign = campaign
         self.columns = columns
@@ -339,6 +369,7 @@ class _RowChecker:
         self.suppression = suppression if suppression and not campaign.is_transactional else None
         self.survey = campaign.type == "viber_survey"
         self.dedupe = dedupe
+        self.on_empty = on_empty
 
     def rows(self, reader: _CsvReader) -> Iterator[ValidRow | Skip]:
         """One result per non-blank row of ``reader`` (positioned after the header)."""
@@ -352,6 +383,7 @@ class _RowChecker:
         # the sorted array; it is never empty (`__init__` keeps only a non-empty list).
         opted_out = self.suppression._numbers if self.suppression is not None else None
         text_of, text_max = self._renderer(), SURVEY_TEXT_MAX if self.survey else sys.maxsize
+        empty_in = self._empty_checker()
         start, number = reader.line_num + 1, 0
         try:
             for row in reader:
@@ -385,9 +417,25 @@ class _RowChecker:
                 if text is not None and len(text) > text_max:
                     yield Skip(line, tracking_id, phone, "text_too_long", _survey_detail(text))
                     continue
+                if empty_in is not None:
+                    empty_in(row, size, line)
                 yield (line, tracking_id, phone, text)
         except csv.Error as exc:
             raise _CsvProblem(start, _csv_message(exc)) from None
+
+    def _empty_checker(self) -> Callable[[list[str], int, int], None] | None:
+        """A function that reports each placeholder a valid row leaves empty (for `check`);
+        None when nobody asked or nothing is personalised."""
+        on_empty, fields = self.on_empty, self.columns.fields
+        if on_empty is None or self.template is None or not fields:
+            return None
+
+        def check(row: list[str], size: int, line: int) -> None:
+            for name, index in fields:
+                if index >= size or not row[index].strip():
+                    on_empty(name, line)
+
+        return check
 
     def _renderer(self) -> Callable[[list[str], int], str | None]:
         """A function that personalises the text for one row (given the row and its length)."""
@@ -488,7 +536,9 @@ def _changed() -> _CsvProblem:
     )
 
 
-def _stream(campaign: Campaign, suppression: Suppression | None) -> Iterator[ValidRow | Skip]:
+def _stream(
+    campaign: Campaign, suppression: Suppression | None, on_empty: EmptyField | None = None,
+) -> Iterator[ValidRow | Skip]:
     """Both passes; raises OSError or `_CsvProblem` for file-level problems."""
     spec = campaign.audience
     template = _template(campaign)
@@ -501,17 +551,19 @@ def _stream(campaign: Campaign, suppression: Suppression | None) -> Iterator[Val
     with _open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
             raise _changed()
-        checker = _RowChecker(campaign, columns, template, suppression, dedupe)
+        checker = _RowChecker(campaign, columns, template, suppression, dedupe, on_empty)
         yield from checker.rows(table.reader)
         if table.signature() != signature:
             raise _changed()
 
 
-def _checked(campaign: Campaign, suppression: Suppression | None) -> Iterator[ValidRow | Skip]:
+def _checked(
+    campaign: Campaign, suppression: Suppression | None, on_empty: EmptyField | None = None,
+) -> Iterator[ValidRow | Skip]:
     """`_stream` with its file-level problems turned into `CampaignError`."""
     spec = campaign.audience
     try:
-        yield from _stream(campaign, suppression)
+        yield from _stream(campaign, suppression, on_empty)
     except OSError as exc:
         raise _header_error(spec, campaign.file, exc) from None
     except _CsvProblem as exc:
@@ -543,11 +595,15 @@ def iter_rows(
 
 @dataclass
 class AudienceSummary:
-    """Counts for `check` and `plan`: valid rows, and skips per reason with their first lines."""
+    """Counts for `check` and `plan`: valid rows, skips per reason with their first lines (and
+    the first one's detail), and placeholders that valid rows leave empty, with their lines."""
 
     valid: int = 0
     skipped: dict[SkipReason, int] = field(default_factory=dict)
     first_lines: dict[SkipReason, list[int]] = field(default_factory=dict)
+    first_details: dict[SkipReason, str] = field(default_factory=dict)
+    empty: dict[str, int] = field(default_factory=dict)
+    empty_lines: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -561,15 +617,23 @@ class AudienceSummary:
             return
         reason = item.reason
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.first_details.setdefault(reason, item.detail)
         lines = self.first_lines.setdefault(reason, [])
         if len(lines) < FIRST_LINES:
             lines.append(item.line)
+
+    def add_empty(self, name: str, line: int) -> None:
+        """Count a valid row whose ``{name}`` is empty."""
+        self.empty[name] = self.empty.get(name, 0) + 1
+        lines = self.empty_lines.setdefault(name, [])
+        if len(lines) < FIRST_LINES:
+            lines.append(line)
 
 
 def summarize(campaign: Campaign, suppression: Suppression | None = None) -> AudienceSummary:
     """Stream the whole audience once and count it; raises `CampaignError` like `iter_audience`."""
     summary = AudienceSummary()
-    for item in _checked(campaign, suppression):
+    for item in _checked(campaign, suppression, summary.add_empty):
         if isinstance(item, Skip):
             summary.add(item)
         else:
@@ -698,7 +762,8 @@ def _phone_column(header: list[str]) -> int | None:
 def _suppression_entries(path: Path) -> Iterator[tuple[int, str]]:
     """(line, value) of each entry: a CSV whose first line names a ``phone`` column, else lines."""
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
-        first = next((text for text in file if text.strip()), "")
+        lines = (text for text in file if text.strip() and not _EXCEL_SEP.fullmatch(text))
+        first = next(lines, "")
     if _phone_column(next(csv.reader([first], delimiter=_sniff(first)), [])) is None:
         yield from _plain_entries(path)
         return
@@ -714,5 +779,5 @@ def _plain_entries(path: Path) -> Iterator[tuple[int, str]]:
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
         for line, text in enumerate(file, 1):
             value = text.strip()
-            if value and not value.startswith("#"):
+            if value and not value.startswith("#") and not _EXCEL_SEP.fullmatch(value):
                 yield line, value

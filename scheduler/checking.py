@@ -7,7 +7,8 @@ against the other files of the campaigns folder, and config problems that would 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,8 @@ from scheduler.campaign import utc_text
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
-from scheduler.tomlsource import TomlProblem, read_toml
+from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
+from scheduler.vocabulary import SkipReason
 
 #: how many line numbers per skip reason the report shows
 LINES_SHOWN = 5
@@ -38,9 +40,17 @@ class CheckReport:
         return not any(p.is_error for p in problems)
 
 
-def check_paths(paths: Sequence[Path], config: Config, now: datetime) -> CheckReport:
-    """Check the given files and folders (none: the configured campaigns folder)."""
-    config_problems = _credential_problems(config)
+def check_paths(
+    paths: Sequence[Path], config: Config, now: datetime, *, strict: bool = False,
+) -> CheckReport:
+    """Check the given files and folders (none: the configured campaigns folder).
+
+    ``strict``: also what the daemon needs on this machine (a credential for a real API);
+    marketers checking their files are not told about the operator's credentials.
+    """
+    config_problems = [*_sending_problems(config)]
+    if strict:
+        config_problems.extend(_credential_problems(config))
     folders = paths or [display_path(config.paths.campaigns)]
     files, missing = _expand(folders, config, config_problems)
     checks = _with_folder_duplicates(load_campaigns(files, config, now), config)
@@ -48,13 +58,108 @@ def check_paths(paths: Sequence[Path], config: Config, now: datetime) -> CheckRe
     suppression = _suppression(config, config_problems)
     summaries: dict[Path, AudienceSummary] = {}
     for index, check in enumerate(checks):
-        if check.campaign is None:
-            continue
-        try:
-            summaries[check.file] = summarize(check.campaign, suppression)
-        except CampaignError as exc:
-            checks[index] = CampaignCheck(check.file, None, [*check.problems, *exc.problems])
+        if check.campaign is not None:
+            checks[index], summary = check_audience(check, suppression)
+            if summary is not None:
+                summaries[check.file] = summary
     return CheckReport(checks, summaries, config_problems)
+
+
+def check_audience(
+    check: CampaignCheck, suppression: Suppression | None,
+) -> tuple[CampaignCheck, AudienceSummary | None]:
+    """Read a valid campaign's whole audience: the check with what its rows add (an unreadable
+    CSV, no valid recipient, a large invalid share, empty personalisation), and the counts."""
+    assert check.campaign is not None
+    try:
+        summary = summarize(check.campaign, suppression)
+    except CampaignError as exc:
+        return CampaignCheck(check.file, None, [*check.problems, *exc.problems]), None
+    problems = audience_problems(check.file, summary)
+    failed = any(p.is_error for p in problems)
+    campaign = None if failed else check.campaign
+    return CampaignCheck(check.file, campaign, [*check.problems, *problems]), summary
+
+
+#: skip reasons that mean the row itself is wrong (duplicates and opt-outs are expected)
+_BROKEN_ROWS: tuple[SkipReason, ...] = ("invalid_phone", "invalid_id", "text_too_long")
+#: over this share of broken rows, the audience is probably exported wrong: a warning
+BROKEN_SHARE = 0.10
+
+
+def audience_problems(file: Path, summary: AudienceSummary) -> list[Problem]:
+    """What the rows say about the campaign: no valid recipient is an error (it would send
+    nothing); many broken rows and placeholders left empty are warnings."""
+    lines = _lines(file)
+    at_csv, at_text = lines.line_of("audience.csv"), lines.line_of("text")
+    if summary.total == 0:
+        return [Problem(file, at_csv, "audience.csv", "has no recipients: the CSV has its "
+                        "header line but no rows below it")]
+    if summary.valid == 0:
+        return [Problem(file, at_csv, "audience.csv", f"no valid recipient: all "
+                        f"{summary.total:,} rows are skipped ({_reasons(summary)}), so the "
+                        f"campaign would send nothing; {_first(summary, summary.skipped)}")]
+    problems = []
+    broken = {r: n for r in _BROKEN_ROWS if (n := summary.skipped.get(r, 0))}
+    share = sum(broken.values()) / summary.total
+    if share > BROKEN_SHARE:
+        problems.append(Problem(
+            file, at_csv, "audience.csv",
+            f"{sum(broken.values()):,} of {summary.total:,} rows ({share:.0%}) cannot be sent "
+            f"({', '.join(f'{r} {n:,}' for r, n in broken.items())}): is the CSV exported "
+            f"right? {_first(summary, broken)}", "warning",
+        ))
+    for name, count in summary.empty.items():
+        shown = ", ".join(map(str, summary.empty_lines[name]))
+        more = ", …" if count > len(summary.empty_lines[name]) else ""
+        rows = "row" if count == 1 else "rows"
+        problems.append(Problem(
+            file, at_text, "text",
+            f"{{{name}}} is empty in {count:,} {rows} (line{'s' if count > 1 else ''} "
+            f"{shown}{more}): those messages go out with nothing in its place; fill the "
+            "column, or word the text so it reads well without it", "warning",
+        ))
+    return problems
+
+
+def _reasons(summary: AudienceSummary) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in summary.skipped.items())
+
+
+def _first(summary: AudienceSummary, reasons: Mapping[SkipReason, int]) -> str:
+    """``line 2: "380…" is missing the +: write +380…`` for the first of these reasons."""
+    reason = next(iter(reasons))
+    line = summary.first_lines[reason][0]
+    detail = summary.first_details.get(reason) or reason
+    return f"line {line}: {detail}"
+
+
+def _lines(file: Path) -> TomlDocument:
+    """The campaign file's key lines (it was just read: a failure here only loses lines)."""
+    try:
+        return read_toml(file)
+    except TomlProblem:
+        return TomlDocument(file, {})
+
+
+#: the account's documented request rate (SPEC §3: 100 requests/s, bursts of 150)
+ACCOUNT_RATE = 100
+
+
+def _sending_problems(config: Config) -> list[Problem]:
+    """A request rate above what the account allows: a warning (the API answers 429)."""
+    rate = config.sending.requests_per_second
+    if rate <= ACCOUNT_RATE or config.api.is_sandbox:
+        return []
+    line = None
+    if config.source is not None:
+        with contextlib.suppress(TomlProblem):
+            line = read_toml(config.source).line_of("sending.requests_per_second")
+    return [Problem(
+        config.source, line, "sending.requests_per_second",
+        f"{rate:g} requests/s is above the account's documented {ACCOUNT_RATE}/s (bursts of "
+        "150): the API answers 429 and sending slows down; set it to 100 or less", "warning",
+    )]
 
 
 def display_path(path: Path) -> Path:
@@ -166,14 +271,15 @@ def _ids_of(files: Iterable[Path]) -> dict[str, Path]:
 
 
 def _credential_problems(config: Config) -> list[Problem]:
-    """A real API without credentials: a warning here (marketers check without them)."""
+    """A real API without credentials in this environment: a warning, for ``check --strict``
+    on the daemon's machine (under systemd, ``LoadCredential=`` gives the daemon its own)."""
     try:
         config.require_credentials()
     except ConfigError as exc:
         names = ", ".join(env for env, _, _ in CREDENTIAL_SOURCES)
         return [
-            Problem(p.file, p.line, p.field, f"no credential set ({names}): the daemon will "
-                    "refuse to start on this machine", "warning")
+            Problem(p.file, p.line, p.field, f"no credential set ({names}): a daemon "
+                    "started with this environment would refuse to start", "warning")
             for p in exc.problems
         ]
     return []

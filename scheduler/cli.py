@@ -155,12 +155,16 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
         "paths", nargs="*", type=Path, metavar="PATH",
         help="campaign files or folders (default: the configured campaigns folder)",
     )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="also check what the daemon needs on this machine (a credential for a real API)",
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and campaign files; 0 when valid (warnings allowed), else 1."""
     config = _config(args)
-    report = check_paths(args.paths, config, datetime.now(UTC))
+    report = check_paths(args.paths, config, datetime.now(UTC), strict=args.strict)
     print(render_report(report))
     return EXIT_OK if report.ok else EXIT_INVALID
 

@@ -191,10 +191,16 @@ def test_valid_e164_phones(make_campaign: MakeCampaign, phone: str) -> None:
 @pytest.mark.parametrize(
     ("phone", "advice"),
     [
-        ("380501234567", "write +380501234567"),
+        ("380501234567", "is missing the + in front: write +380501234567"),
+        ("3.80501E+11", "was turned into a number by a spreadsheet (its last digits are lost)"),
+        ("380501234567.0", "was turned into a number by a spreadsheet: format the phone column "
+         "as text; this one is +380501234567"),
+        ("+38 050 123 45 67", "has spaces or other signs between the digits: write "
+         "+380501234567"),
+        ("00380501234567", "starts with 00 instead of +"),
         ("+38 (050) 123-45-67", "write +380501234567"),
         ("00380501234567", "write +380501234567"),
-        ("0501234567", "no country code"),
+        ("0501234567", "has no country code: write the international number with +"),
         ("+0501234567", "no country code"),
         ("+123456", "too short"),
         ("+1234567890123456", "too long"),
@@ -442,6 +448,8 @@ def test_summarize_counts_and_first_lines(make_campaign: MakeCampaign) -> None:
         valid=1,
         skipped={"invalid_phone": 7, "duplicate": 1},
         first_lines={"invalid_phone": [2, 3, 4, 5, 6], "duplicate": [10]},
+        first_details={"invalid_phone": '"bad0" is not a phone number: write it in E.164, '
+                       "e.g. +380501234567", "duplicate": "same phone as line 9"},
     )
     assert summary.total == 9
 
@@ -744,3 +752,36 @@ def test_snapshot_fast_path_matches_iter_audience(
     assert [(*row,) for row in iter_rows(campaign, suppression) if not isinstance(row, Skip)] == [
         (r.line, r.tracking_id, r.phone, r.text) for r in expected if isinstance(r, Recipient)
     ]
+
+
+# -- issue 9: Excel's sep= line (item 12), empty personalisation (item 16) ----------------------
+
+
+@pytest.mark.parametrize("sep", [";", ",", "\t"])
+def test_excel_sep_line_names_the_delimiter(make_campaign: MakeCampaign, sep: str) -> None:
+    """Excel's first line ``sep=;`` is the delimiter, not the header; lines stay the file's."""
+    body = f"sep={sep}\n" + sep.join(["phone", "customer_id", "name"]) + "\n"
+    body += sep.join(["+380501234567", "c1", "Ann"]) + "\n" + sep.join(["bad", "c2", "Bo"]) + "\n"
+    campaign = make_campaign(body)
+    result = rows(campaign)
+    assert result[0] == Recipient(3, "sale-c1", "+380501234567", "Hi Ann")
+    assert skip_of(result[1]).line == 4
+    assert read_header(campaign.audience, campaign.file) == ["phone", "customer_id", "name"]
+    assert summarize(campaign).valid == 1
+
+
+def test_sep_line_in_a_suppression_list(tmp_path: Path) -> None:
+    """A suppression CSV saved by Excel with its sep= line reads like any other."""
+    listed = write_list(tmp_path / "optout.csv", "sep=;\nphone;name\n+380501234567;A\n")
+    assert "+380501234567" in listed and len(listed) == 1
+
+
+def test_summary_counts_placeholders_left_empty(make_campaign: MakeCampaign) -> None:
+    """Valid rows whose ``{name}`` is empty (or missing) are counted with their first lines;
+    skipped rows are not (they are not sent)."""
+    body = "+380501234561,c1,Ann\n+380501234562,c2,\n+380501234563,c3,  \nbad,c4,\n"
+    body += "+380501234565,c5\n"
+    summary = summarize(make_campaign(HEADER + body))
+    assert (summary.valid, summary.empty, summary.empty_lines) == (
+        4, {"name": 3}, {"name": [3, 4, 6]})
+    assert summarize(make_campaign(HEADER + body, text="No placeholder")).empty == {}

@@ -188,7 +188,7 @@ def test_keyboard_interrupt_exits_130(
 ) -> None:
     """Ctrl-C during a command is exit 130 with one word, not a traceback."""
 
-    def interrupted(*args: object) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "check_paths", interrupted)
@@ -211,3 +211,60 @@ def test_python_m_scheduler_has_no_traceback(workspace: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
     assert "syntax.toml:1: TOML syntax error" in result.stdout
     assert "3 campaign files: 0 valid, 3 invalid" in result.stdout
+
+
+# --- issue 9: campaigns that would send nothing, `new` as strict as `check` (items 2, 4, 17) --
+
+
+def _check(workspace: Path, capsys: pytest.CaptureFixture[str], csv: str) -> tuple[int, str]:
+    """`check` of one promo campaign whose audience CSV is ``csv``."""
+    (workspace / "campaigns" / "audiences" / "list.csv").write_text(csv, "utf-8")
+    (workspace / "campaigns" / "c.toml").write_text(
+        'id = "c"\nfrom_name = "Shop"\ntype = "promo"\nsend_at = 2026-12-01T09:00:00Z\n'
+        'text = "Hi {name}"\n\n[audience]\ncsv = "audiences/list.csv"\n', "utf-8")
+    with time_machine.travel(NOW, tick=False):
+        code = cli.main(["check", str(workspace / "campaigns" / "c.toml"),
+                         "--config", str(workspace / "config.toml")])
+    return code, capsys.readouterr().out
+
+
+def test_a_campaign_that_would_send_nothing_is_invalid(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """5,000 phones exported without the + (an Excel export), or a header-only CSV: INVALID,
+    exit 1, saying why and how to fix the first row."""
+    rows = "".join(f"38050{n:07d},N{n}\n" for n in range(5000))
+    code, out = _check(workspace, capsys, "phone,name\n" + rows)
+    assert code == 1 and "INVALID" in out, out
+    assert ("c.toml:8: audience.csv: no valid recipient: all 5,000 rows are skipped "
+            "(invalid_phone 5,000), so the campaign would send nothing; line 2: "
+            '"380500000000" is missing the + in front: write +380500000000') in out
+    code, out = _check(workspace, capsys, "phone,name\n")
+    assert code == 1 and "INVALID" in out
+    assert "audience.csv: has no recipients: the CSV has its header line but no rows" in out
+
+
+def test_many_rows_that_cannot_be_sent_is_a_warning(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Over 10% of the rows broken (here 2 of 10): OK with a warning naming the share and the
+    first bad row; duplicates do not count (they are expected)."""
+    good = "".join(f"+38050{n:07d},N{n}\n" for n in range(8))
+    code, out = _check(workspace, capsys, "phone,name\n" + good + "3.80501E+11,X\n0501234567,Y\n")
+    assert code == 0 and "OK" in out, out
+    assert ("warning: audience.csv: 2 of 10 rows (20%) cannot be sent (invalid_phone 2): is the "
+            "CSV exported right? line 10: \"3.80501E+11\" was turned into a number by a "
+            "spreadsheet") in out
+    code, out = _check(workspace, capsys, "phone,name\n" + good + good[:40])
+    assert code == 0 and "cannot be sent" not in out, out
+
+
+def test_empty_personalisation_is_a_warning_with_the_count(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`{name}` empty in some rows: a warning on the text's line with the count and lines."""
+    code, out = _check(workspace, capsys,
+                       "phone,name\n+380501234561,Ann\n+380501234562,\n+380501234563,\n")
+    assert code == 0, out
+    assert ("c.toml:5: warning: text: {name} is empty in 2 rows (lines 3, 4): those messages "
+            "go out with nothing in its place") in out

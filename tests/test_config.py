@@ -186,17 +186,24 @@ def test_require_credentials(folder: Path) -> None:
     load_config(real, env={"CASCADE_VIBER_TOKEN": "v"}).require_credentials()
 
 
-def test_check_warns_about_missing_credentials(
+def test_check_warns_about_missing_credentials_only_when_strict(
     folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`check` on a machine without credentials passes with a warning (marketers run it)."""
+    """A marketer's `check` says nothing about the daemon's credentials (issue 9, item 13);
+    `check --strict`, on the daemon's machine, warns once and still passes."""
     for variable in ("CASCADE_API_KEY", "CASCADE_VIBER_TOKEN", "CASCADE_TG_BOT_KEY",
                      "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(variable, raising=False)
     path = write_config(folder, '[api]\nbase_url = "https://restapi.smsbat.com"\n')
     assert cli.main(["check", "--config", str(path)]) == 0
+    assert "credential" not in capsys.readouterr().out
+    assert cli.main(["check", "--strict", "--config", str(path)]) == 0
     out = capsys.readouterr().out
+    assert out.count("no credential set") == 1
     assert f"{path}: warning: api.base_url: no credential set" in out
+    sandbox = write_config(folder, '[api]\nbase_url = "sandbox"\n')
+    assert cli.main(["check", "--strict", "--config", str(sandbox)]) == 0
+    assert "credential" not in capsys.readouterr().out
 
 
 def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,3 +213,18 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config == Config(paths=config.paths)
     assert config.paths.campaigns == tmp_path.resolve() / "campaigns"
     assert config.api.is_sandbox and config.sending.batch_size == 500
+
+
+def test_check_warns_about_a_rate_above_the_account_limit(
+    folder: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`requests_per_second` above the account's documented 100/s: a warning at its line
+    (issue 9, item 16); 100 is fine."""
+    body = '[api]\nbase_url = "https://restapi.smsbat.com"\n[sending]\nrequests_per_second = {}\n'
+    path = write_config(folder, body.format(150))
+    assert cli.main(["check", "--config", str(path)]) == 0
+    assert (f"{path}:6: warning: sending.requests_per_second: 150 requests/s is above the "
+            "account's documented 100/s") in capsys.readouterr().out
+    path = write_config(folder, body.format(100))
+    assert cli.main(["check", "--config", str(path)]) == 0
+    assert "requests/s" not in capsys.readouterr().out
