@@ -22,6 +22,7 @@ from typing import Any
 import tomli_w
 
 from scheduler import __version__, console
+from scheduler.audience import Suppression
 from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
@@ -29,10 +30,10 @@ from scheduler.campaign import (
     MessageType,
     utc_text,
 )
-from scheduler.checking import check_paths, display_path, render_report
+from scheduler.checking import check_audience, check_paths, display_path, render_report
 from scheduler.config import Config, load_config
 from scheduler.daemon import run_daemon
-from scheduler.errors import UserError
+from scheduler.errors import Problem, UserError
 from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
 from scheduler.oplog import configure_logging
@@ -215,6 +216,11 @@ def _configure_new(parser: argparse.ArgumentParser) -> None:
                         "09:00Z)")
     parser.add_argument("--from-name", default="YourBrand", metavar="NAME",
                         help="sender name shown to recipients (default: YourBrand)")
+    parser.add_argument("--phone-column", default="phone", metavar="NAME",
+                        help="the CSV column with the phones (default: phone)")
+    parser.add_argument("--id-column", metavar="NAME",
+                        help="a CSV column with your own id per recipient (default: the row "
+                        "number)")
     parser.add_argument("--dir", type=Path, metavar="DIR",
                         help="where to write ID.toml (default: the configured campaigns folder)")
 
@@ -231,7 +237,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     document = new_campaign_document(args, folder, now)
     check = write_new_campaign(target, _toml_text(document), config, now)
-    for problem in check.problems:
+    for problem in check.problems:  # warnings only: the file is written
         print(problem.render(), file=sys.stderr)
     shown = display_path(target.absolute())
     print(f"wrote {shown}: check it with  cascade-scheduler check {shown}")
@@ -252,7 +258,9 @@ def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime)
     if kind == "viber_survey":
         document["survey_options"] = DEFAULT_SURVEY_OPTIONS
     document["paused"] = False
-    document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": "phone"}
+    document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": args.phone_column}
+    if args.id_column is not None:
+        document["audience"]["id_column"] = args.id_column
     return document
 
 
@@ -262,20 +270,36 @@ def _toml_text(document: dict[str, Any]) -> str:
     return re.sub(r"(?m)^send_at = .*$", f"send_at = {utc_text(document['send_at'])}", text)
 
 
+#: which ``new`` argument sets each key of the file it writes
+_NEW_ARGUMENTS = {
+    "id": "ID", "type": "--type", "from_name": "--from-name", "send_at": "--send-at",
+    "audience.csv": "--audience", "audience.phone_column": "--phone-column",
+    "audience.id_column": "--id-column",
+}
+
+
 def write_new_campaign(
     target: Path, text: str, config: Config, now: datetime
 ) -> CampaignCheck:
-    """Validate ``text`` as ``target`` would be, then create ``target`` without overwriting.
+    """Validate ``text`` as ``target`` would be, exactly as `check` does (the whole audience
+    included), then create ``target`` without overwriting; the check (warnings) is returned
+    naming ``target``.
 
     The draft is checked under a hidden name in the same folder (so relative paths resolve the
-    same and the daemon's watcher ignores it); only a valid draft becomes the real file.
+    same and the daemon's watcher ignores it); only a valid draft becomes the real file. Errors
+    name the argument to change (or the CSV line), never the file that was not written.
     """
     draft = target.with_name(f".{target.name}.new")
     draft.write_text(text, "utf-8")
     try:
         check = load_campaign(draft, config, now)
+        if check.campaign is not None:
+            check, _ = check_audience(check, Suppression.load(config.paths.suppression))
         if not check.ok:
-            raise UserError(replace(p, file=target) for p in check.problems)
+            problems = [_as_argument(p, draft) for p in check.problems if p.is_error]
+            problems.append(Problem(None, None, None, f"{display_path(target)} was not "
+                                    "written: fix the above and run `new` again"))
+            raise UserError(problems)
         try:
             os.link(draft, target)  # atomic, and fails instead of overwriting
         except FileExistsError:
@@ -283,7 +307,16 @@ def write_new_campaign(
                                    file=target) from None
     finally:
         draft.unlink(missing_ok=True)
-    return check
+    return CampaignCheck(target, check.campaign, [replace(p, file=target)
+                                                  for p in check.problems])
+
+
+def _as_argument(problem: Problem, draft: Path) -> Problem:
+    """A problem of the draft as one of the argument that caused it (the CSV's own stay)."""
+    if problem.file != draft:
+        return problem
+    return Problem(None, None, _NEW_ARGUMENTS.get(problem.field or "", problem.field),
+                   problem.message)
 
 
 # --------------------------------------------------------------------------------------------

@@ -179,7 +179,8 @@ def test_new_refuses_an_invalid_file(
                      "--config", str(workspace / "config.toml")])
     assert code == 1
     err = capsys.readouterr().err
-    assert "mine.toml:" in err and "audience CSV must be inside" in err
+    assert "--audience: " in err and "audience CSV must be inside" in err
+    assert "mine.toml was not written" in err and "mine.toml:" not in err
     assert sorted(p.name for p in (workspace / "campaigns").iterdir()) == ["audiences"]
 
 
@@ -268,3 +269,53 @@ def test_empty_personalisation_is_a_warning_with_the_count(
     assert code == 0, out
     assert ("c.toml:5: warning: text: {name} is empty in 2 rows (lines 3, 4): those messages "
             "go out with nothing in its place") in out
+
+
+def test_new_checks_the_whole_audience_like_check(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Windows-1251 CSV (an ASCII header, Cyrillic names below it): `new` writes nothing and
+    names the CSV's bad line, where `check` would have called the file INVALID afterwards."""
+    csv = workspace / "campaigns" / "audiences" / "cp1251.csv"
+    csv.write_bytes("phone,name\n+380501234567,Олена\n".encode("cp1251"))
+    code = cli.main(["new", "w", "--type", "promo", "--audience", str(csv),
+                     "--config", str(workspace / "config.toml")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"{csv}:2: not UTF-8 text" in err and "w.toml was not written" in err
+    assert not (workspace / "campaigns" / "w.toml").exists()
+
+
+def test_new_takes_the_phone_and_id_columns(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A CSV whose phones are in `tel`: without --phone-column the error names the option and
+    the columns; with it (and --id-column) the file is written and passes `check`."""
+    csv = workspace / "campaigns" / "audiences" / "tel.csv"
+    csv.write_text("tel,customer,name\n+380501234567,C1,Ann\n", "utf-8")
+    config = str(workspace / "config.toml")
+    args = ["new", "t", "--type", "promo", "--audience", str(csv), "--config", config]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert '--phone-column: "phone" is not a column of audiences/tel.csv' in err
+    assert 'its columns are "tel", "customer", "name"' in err and "t.toml:" not in err
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main([*args, "--phone-column", "tel", "--id-column", "customer"]) == 0
+        capsys.readouterr()
+        target = workspace / "campaigns" / "t.toml"
+        assert cli.main(["check", str(target), "--config", config]) == 0
+    written = target.read_text("utf-8")
+    assert 'phone_column = "tel"' in written and 'id_column = "customer"' in written
+
+
+def test_new_warnings_name_the_file_it_wrote(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Warnings of a written file point at it, never at the hidden draft it was checked as."""
+    csv = workspace / "campaigns" / "audiences" / "people.csv"
+    code = cli.main(["new", "long", "--type", "promo", "--audience", str(csv), "--from-name",
+                     "AVeryLongBrandName", "--config", str(workspace / "config.toml")])
+    assert code == 0
+    err = capsys.readouterr().err
+    target = workspace / "campaigns" / "long.toml"
+    assert f"{target}:2: warning: from_name:" in err and ".new" not in err
