@@ -124,7 +124,6 @@ def run_sandbox(options: SandboxOptions, host: str, port: int) -> int:
 def run_demo(directory: Path | None) -> int:
     """`demo`: write a workspace, run the daemon until every campaign is final, show the report."""
     root = directory or Path(tempfile.mkdtemp(prefix="cascade-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
     out = Console()
     config_path = write_workspace(root, datetime.now(UTC))
     config = load_config(config_path)

@@ -3,12 +3,16 @@
 Writes a fresh workspace (config, four campaigns of every message type with their audiences, a
 suppression list), due a few seconds from now; runs the daemon until every campaign is final;
 returns the paths so the CLI can print the report.
+
+It writes only into a new or empty folder, or into the workspace of an earlier demo (which it
+starts afresh): never over someone's own config or campaigns.
 """
 
 from __future__ import annotations
 
 import csv
 import random
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from scheduler.campaign import DEFAULT_TTL
+from scheduler.errors import UserError
 
 FIRST_NAMES = ("Olena", "Taras", "Iryna", "Andrii", "Sofiia", "Dmytro", "Mariia", "Bohdan")
 
@@ -65,8 +70,55 @@ def _write_audience(path: Path, spec: DemoCampaign, rng: random.Random) -> list[
     return phones
 
 
+#: the file that marks a folder as a demo's workspace (so a second run may start it afresh)
+MARK = ".cascade-demo"
+#: what a demo workspace holds at its top, and in its campaigns folder
+_TOP = frozenset({MARK, "config.toml", "suppression.txt", "campaigns", "state", "logs"})
+_CAMPAIGN_FILES = frozenset({"audiences", *(f"{c.id}.toml" for c in CAMPAIGNS)})
+_AUDIENCES = frozenset(f"{c.id}.csv" for c in CAMPAIGNS)
+
+
+def prepare_folder(root: Path) -> None:
+    """Make ``root`` ready for a fresh demo: create it, use it empty, or clear an earlier demo's
+    workspace; a folder holding anything else is a `UserError` (nothing is touched)."""
+    if not root.exists():
+        root.mkdir(parents=True)
+        return
+    if not root.is_dir():
+        raise UserError.single("is not a folder: give the demo a new or empty folder",
+                               file=root)
+    entries = {p.name for p in root.iterdir()}
+    if not entries:
+        return
+    if not _is_earlier_demo(root, entries):
+        raise UserError.single(
+            "is not empty: the demo writes its own config.toml, campaigns and journal, so it "
+            "only uses a new or empty folder (or leave out --dir for a temporary one)",
+            file=root,
+        )
+    for name in entries - {MARK}:
+        path = root / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _is_earlier_demo(root: Path, entries: set[str]) -> bool:
+    """True when ``root`` holds an earlier demo's files and nothing else."""
+    if MARK not in entries or not entries <= _TOP:
+        return False
+    campaigns, audiences = root / "campaigns", root / "campaigns" / "audiences"
+    if campaigns.is_dir() and not {p.name for p in campaigns.iterdir()} <= _CAMPAIGN_FILES:
+        return False
+    return not audiences.is_dir() or {p.name for p in audiences.iterdir()} <= _AUDIENCES
+
+
 def write_workspace(root: Path, now: datetime, seed: int = 7) -> Path:
-    """Create the demo workspace under ``root``; return the config file's path."""
+    """Create the demo workspace in ``root`` (see `prepare_folder`); return the config file."""
+    prepare_folder(root)
+    (root / MARK).write_text("a cascade-scheduler demo workspace: `demo --dir` may clear it\n",
+                             "utf-8")
     rng = random.Random(seed)
     campaigns = root / "campaigns"
     (campaigns / "audiences").mkdir(parents=True, exist_ok=True)

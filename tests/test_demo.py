@@ -1,26 +1,30 @@
-"""The README's main command: `cascade-scheduler demo` sends every example campaign and reports."""
+"""The README's main command: `cascade-scheduler demo` sends every example campaign and reports;
+it writes only into a new or empty folder (or its own earlier workspace), and runs again."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from scheduler import cli
 from scheduler.journal.sqlite import SqliteConnection
 
 
-@pytest.mark.timeout(90)
-def test_demo_sends_every_campaign_through_the_embedded_sandbox(tmp_path: Path) -> None:
-    """The demo exits 0, every campaign ends `done`, every recipient has one final outcome and
-    one delivery-log line, and the embedded sandbox accepted each sent message once."""
-    workspace = tmp_path / "demo"
-    done = subprocess.run(
+def _run_demo(workspace: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "scheduler", "demo", "--dir", str(workspace)],
         capture_output=True, text=True, timeout=80, check=False,
     )
+
+
+def _assert_everything_sent(workspace: Path, done: subprocess.CompletedProcess[str]) -> None:
+    """Exit 0, every campaign `done`, every recipient one final outcome and one delivery-log
+    line, and the embedded sandbox accepted each sent message once."""
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "Campaign outcomes" in done.stdout
@@ -44,3 +48,42 @@ def test_demo_sends_every_campaign_through_the_embedded_sandbox(tmp_path: Path) 
               (workspace / "state" / "sandbox.jsonl").read_text().splitlines()]
     assert len(record) == sum(c["sent"] for c in counts.values())
     assert len({r["trackinId"] for r in record}) == len(record)
+
+
+@pytest.mark.timeout(180)
+def test_demo_sends_every_campaign_and_runs_again_in_its_folder(tmp_path: Path) -> None:
+    """The demo sends everything; a second run in the same folder starts its workspace
+    afresh and sends everything again (it once sent nothing and showed the old table)."""
+    workspace = tmp_path / "demo"
+    _assert_everything_sent(workspace, _run_demo(workspace))
+    second = datetime.now(UTC)
+    _assert_everything_sent(workspace, _run_demo(workspace))
+    with SqliteConnection(workspace / "state" / "journal.sqlite3") as journal:
+        started = [r.started_at for r in journal.campaigns()]
+    assert all(at is not None and at >= second for at in started), started
+    finished = [line for line in (workspace / "logs" / "delivery.jsonl").read_text().splitlines()
+                if '"campaign_finished"' in line]
+    assert len(finished) == 4  # this run's, not the first run's as well
+
+
+def test_demo_never_writes_into_someone_elses_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder holding the user's own config and campaign: exit 1, one sentence, nothing
+    touched (the demo once overwrote config.toml and sent the user's campaign)."""
+    mine = tmp_path / "work"
+    (mine / "campaigns").mkdir(parents=True)
+    (mine / "config.toml").write_text("# my config\n", "utf-8")
+    (mine / "campaigns" / "mine.toml").write_text('id = "mine"\n', "utf-8")
+    before = {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    assert cli.main(["demo", "--dir", str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert f"{mine}: is not empty" in err and "new or empty folder" in err
+    assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+    # an earlier demo's folder that the user added a campaign to is theirs now, too
+    demo = tmp_path / "demo"
+    (demo / "campaigns").mkdir(parents=True)
+    (demo / ".cascade-demo").write_text("", "utf-8")
+    (demo / "campaigns" / "mine.toml").write_text('id = "mine"\n', "utf-8")
+    assert cli.main(["demo", "--dir", str(demo)]) == 1
+    assert (demo / "campaigns" / "mine.toml").exists()
