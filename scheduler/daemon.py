@@ -278,9 +278,10 @@ class Daemon:
             await self._reload.wait()
             self._reload.clear()
             self.notifier.reloading()
-            self.log.info("reloading")
+            self._lifecycle.announce("daemon_reloading")
             self._reload_credentials()
             await self._reconcile()
+            self._lifecycle.announce("daemon_reloaded", status=self.status_line())
             self.notifier.ready(self.status_line())
 
     def _reload_credentials(self) -> None:

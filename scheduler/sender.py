@@ -332,7 +332,7 @@ class Engine:
         while True:
             await asyncio.sleep(self.progress_every)
             counts = await self.journal.counts(run.campaign.id)
-            self.log.event("campaign_progress", campaign=run.campaign.id, counts=counts)
+            self.lifecycle.announce("campaign_progress", campaign=run.campaign.id, counts=counts)
 
     async def _back_off(self, run: CampaignRun, rounds: int) -> bool:
         """Wait out an outage as a whole campaign; False means "try again", True "deadline"."""
@@ -595,8 +595,8 @@ class Engine:
         self, run: CampaignRun, attempt: int, status: int | None, retry_after: float | None
     ) -> None:
         wait = backoff_delay(attempt, retry_after=retry_after)
-        self.log.event(
-            "batch_retry", level="warning", campaign=run.campaign.id, status=status,
+        self.lifecycle.announce(
+            "batch_retry", "warning", campaign=run.campaign.id, status=status,
             attempt=attempt, wait=round(wait, 3),
         )
         with contextlib.suppress(TimeoutError):
