@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from scheduler.config import Config
 from scheduler.journal.base import (
+    DUMP_TABLES,
     BatchRecord,
     CampaignRecord,
     Counts,
+    DumpChunk,
     Journal,
     JournalBusy,
     JournalConflict,
     JournalCorrupt,
     JournalError,
     JournalFenced,
+    JournalNotEmpty,
     JournalUnavailable,
     MessageRecord,
     RecipientRow,
@@ -27,15 +30,18 @@ from scheduler.journal.reader import JournalReader
 from scheduler.journal.sqlite import SqliteJournal
 
 __all__ = [
+    "DUMP_TABLES",
     "BatchRecord",
     "CampaignRecord",
     "Counts",
+    "DumpChunk",
     "Journal",
     "JournalBusy",
     "JournalConflict",
     "JournalCorrupt",
     "JournalError",
     "JournalFenced",
+    "JournalNotEmpty",
     "JournalReader",
     "JournalUnavailable",
     "MessageRecord",

@@ -14,7 +14,7 @@ path costs more than the whole budget). Per-message rows, for look-ups by the AP
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -60,6 +60,18 @@ class JournalFenced(JournalConflict):
     def __init__(self, holder: str) -> None:
         self.holder = holder
         super().__init__(None, f"{holder} no longer holds the leadership lease")
+
+
+class JournalNotEmpty(JournalConflict):
+    """`Journal.load` was asked to fill a journal that already holds something: a copy goes
+    into an empty database only, so it can never mix with (or overwrite) another history."""
+
+    def __init__(self, location: str, campaigns: int, table: str = "campaigns") -> None:
+        self.location = location
+        self.campaigns = campaigns
+        held = (f"{campaigns} campaign{'s' if campaigns != 1 else ''}" if campaigns
+                else f"rows in its {table} table")
+        super().__init__(None, f"{location} already holds {held}: copy into an empty database")
 
 
 class JournalBusy(JournalUnavailable):
@@ -161,6 +173,33 @@ class MessageRecord:
 
 Counts = dict[str, int]
 Message = Mapping[str, Any]
+
+#: What `Journal.dump` yields and `Journal.load` takes: every table of a journal, in this order
+#: (a campaign and its snapshot before the rows that refer to them), each row a tuple of these
+#: columns. The values are neutral, the same whatever the backend: str, int, float, bool, bytes
+#: (bodies, result blobs), None, and timezone-aware datetimes for times. ``skips.id`` keeps the
+#: skipped rows in CSV order. The leadership lease is left out: a copy starts with no leader.
+DUMP_TABLES: dict[str, tuple[str, ...]] = {
+    "campaigns": (
+        "id", "type", "file", "fingerprint", "state", "send_at", "deadline", "recipients",
+        "skipped", "batches", "prepared_at", "started_at", "finished_at", "error", "snapshot",
+        "skips_logged", "stage", "stage_at",
+    ),
+    "snapshots": ("id", "campaign", "created_at"),
+    "bodies": ("snapshot", "seq", "body"),
+    "batch_state": (
+        "snapshot", "seq", "size", "state", "attempts", "sent", "rejected", "expired",
+        "in_doubt", "logged", "not_before", "done_at", "indexed",
+    ),
+    "results": ("snapshot", "seq", "blob"),
+    "skips": ("id", "snapshot", "line", "tracking_id", "phone", "reason", "detail"),
+    "messages": (
+        "message_id", "campaign", "tracking_id", "phone", "type", "sent_at", "status",
+        "status_at", "channel", "parts", "cost", "currency",
+    ),
+}
+#: one chunk of `Journal.dump`: a table's name and some of its rows
+DumpChunk = tuple[str, list[tuple[Any, ...]]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,3 +342,18 @@ class Journal(Protocol):
         state changes) checks in its own transaction that ``holder`` still holds an unexpired
         lease of ``epoch``, and raises `JournalFenced` (writing nothing) otherwise. None turns
         the check off."""
+
+    # --- copying a whole journal into another (`scheduler.journal.copy`) --------------------
+
+    def dump(self) -> AsyncIterator[DumpChunk]:
+        """Stream every row of every table of `DUMP_TABLES`, table by table in that order, as
+        ``(table, rows)`` chunks of neutral values. Memory stays bounded at any size. The
+        result is consistent only if nobody writes meanwhile: dump a journal started as the
+        writer."""
+
+    async def load(self, chunks: AsyncIterable[DumpChunk]) -> Counts:
+        """Insert another journal's `dump`, verbatim (ids, states, times and blobs as they
+        are), into this one in ONE transaction, and return the rows loaded per table. This
+        journal must be empty: one that holds anything raises `JournalNotEmpty` and is left
+        as it was; any other failure leaves it empty too. Later snapshots and skipped rows get
+        ids past the loaded ones."""

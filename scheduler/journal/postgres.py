@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
@@ -38,13 +38,16 @@ from psycopg.rows import TupleRow
 
 from scheduler.audience import Skip
 from scheduler.journal.base import (
+    DUMP_TABLES,
     BatchRecord,
     CampaignRecord,
     Counts,
+    DumpChunk,
     JournalConflict,
     JournalCorrupt,
     JournalError,
     JournalFenced,
+    JournalNotEmpty,
     JournalUnavailable,
     Message,
     MessageRecord,
@@ -142,6 +145,20 @@ _CONNECT_DEFAULTS = {
     "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3",
     "tcp_user_timeout": "30000",
 }
+
+#: a bulk copy runs at the other journal's pace: its transaction may wait on it a while
+_BULK_SESSION = "SET idle_in_transaction_session_timeout = '1min'"
+#: rows per chunk of a dump; tables of blobs (a batch body can be ~200 kB) in smaller chunks
+_DUMP_ROWS = 5_000
+_DUMP_BLOBS = 64
+#: each table's primary key: a dump goes in its order (for skips, their CSV order)
+_DUMP_ORDER: dict[str, LiteralString] = {
+    "campaigns": "id", "snapshots": "id", "bodies": "snapshot, seq",
+    "batch_state": "snapshot, seq", "results": "snapshot, seq", "skips": "id",
+    "messages": "message_id",
+}
+#: ids a load brings along, whose sequences must then go on past them
+_LOADED_IDS = (("snapshots", "id"), ("skips", "id"))
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -771,6 +788,87 @@ def _check_results(
 
 
 # --------------------------------------------------------------------------------------------
+# copying a whole journal: COPY in, server-side cursors out, each on a connection of its own
+
+
+async def dump_table(db: Connection, table: str) -> AsyncIterator[list[TupleRow]]:
+    """``table``'s rows in chunks, in the order of its primary key (inside the caller's
+    transaction: a server-side cursor lives as long as it)."""
+    query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, DUMP_TABLES[table])), sql.Identifier(table),
+        sql.SQL(_DUMP_ORDER[table]),
+    )
+    size = _DUMP_BLOBS if table in ("bodies", "results") else _DUMP_ROWS
+    async with db.cursor(name=f"dump_{table}") as cursor:
+        await cursor.execute(query)
+        while rows := await cursor.fetchmany(size):
+            yield rows
+
+
+async def load_all(db: Connection, location: str, chunks: AsyncIterable[DumpChunk]) -> Counts:
+    """Insert a dump into an empty journal inside the caller's transaction; the rows per
+    table. Every table is locked against writers first, so nothing can slip in meanwhile."""
+    tables = sql.SQL(", ").join(map(sql.Identifier, DUMP_TABLES))
+    await db.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables))
+    await _refuse_unless_empty(db, location)
+    types = {table: await _column_types(db, location, table) for table in DUMP_TABLES}
+    loaded = dict.fromkeys(DUMP_TABLES, 0)
+    async for table, rows in chunks:
+        if table not in DUMP_TABLES:
+            raise JournalConflict(None, f"no table {table!r} in a journal")
+        await _copy_in(db, table, types[table], rows)
+        loaded[table] += len(rows)
+    for table, column in _LOADED_IDS:
+        await db.execute(
+            sql.SQL("SELECT setval(pg_get_serial_sequence(%s, %s), max({})) FROM {}").format(
+                sql.Identifier(column), sql.Identifier(table)),
+            (table, column),
+        )
+    return loaded
+
+
+async def _refuse_unless_empty(db: Connection, location: str) -> None:
+    row = await (await db.execute("SELECT COUNT(*) FROM campaigns")).fetchone()
+    if row is not None and row[0]:
+        raise JournalNotEmpty(location, int(row[0]))
+    for table in DUMP_TABLES:
+        query = sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(table))
+        if await (await db.execute(query)).fetchone() is not None:
+            raise JournalNotEmpty(location, 0, table)
+
+
+async def _column_types(db: Connection, location: str, table: str) -> list[int]:
+    """The type oids of ``table``'s dump columns, as this database's schema has them."""
+    columns = DUMP_TABLES[table]
+    cursor = await db.execute(
+        "SELECT a.atttypid FROM unnest(%s::text[]) WITH ORDINALITY AS c (name, n)"
+        " JOIN pg_attribute a ON a.attrelid = %s::regclass AND a.attname = c.name"
+        " ORDER BY c.n", (list(columns), table),
+    )
+    types = [int(row[0]) for row in await cursor.fetchall()]
+    if len(types) != len(columns):
+        raise JournalCorrupt(None, f"{location}: the {table} table lacks columns of this release")
+    return types
+
+
+async def _copy_in(
+    db: Connection, table: str, types: list[int], rows: Sequence[tuple[Any, ...]],
+) -> None:
+    columns = DUMP_TABLES[table]
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)),
+    )
+    async with db.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            if len(row) != len(columns):
+                raise JournalConflict(
+                    None, f"a {table} row to load has {len(row)} values, not {len(columns)}",
+                )
+            await copy.write_row([_text(v) if isinstance(v, str) else v for v in row])
+
+
+# --------------------------------------------------------------------------------------------
 # the journal: one writer task, one connection, group commit
 
 
@@ -1155,3 +1253,35 @@ class PostgresJournal:
     def fence(self, holder: str, epoch: int | None) -> None:
         """`Journal.fence`."""
         self._fence = None if epoch is None else (holder, epoch)
+
+    async def dump(self) -> AsyncIterator[DumpChunk]:
+        """`Journal.dump`: on a connection of its own, in one read-only REPEATABLE READ
+        transaction, so the picture is consistent even beside a running daemon."""
+        db = await self._connect()
+        try:
+            await db.execute(_BULK_SESSION)
+            async with db.transaction():
+                await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                for table in DUMP_TABLES:
+                    async for rows in dump_table(db, table):
+                        yield table, rows
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        finally:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await db.close()
+
+    async def load(self, chunks: AsyncIterable[DumpChunk]) -> Counts:
+        """`Journal.load`: by COPY, on a connection of its own, in ONE transaction (never a
+        group of the writer's: a failure there would run the operations again, and the chunks
+        can be read only once)."""
+        db = await self._connect()
+        try:
+            await db.execute(_BULK_SESSION)
+            async with db.transaction():
+                return await load_all(db, self.location, chunks)
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        finally:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await db.close()

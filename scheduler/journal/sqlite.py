@@ -27,7 +27,7 @@ import sqlite3
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,14 +37,17 @@ import orjson
 
 from scheduler.audience import Skip
 from scheduler.journal.base import (
+    DUMP_TABLES,
     BatchRecord,
     CampaignRecord,
     Counts,
+    DumpChunk,
     JournalBusy,
     JournalConflict,
     JournalCorrupt,
     JournalError,
     JournalFenced,
+    JournalNotEmpty,
     JournalUnavailable,
     Message,
     MessageRecord,
@@ -137,6 +140,15 @@ _BATCH_CHUNK = 64  # batches written per transaction while preparing
 _SKIP_CHUNK = 10_000
 _PAGE = 16  # batches decoded per query while streaming recipients
 _BUSY_TIMEOUT_MS = 30_000
+#: rows per chunk of a dump; tables of blobs (a batch body can be ~200 kB) in smaller chunks
+_DUMP_ROWS = 5_000
+_DUMP_BLOBS = 64
+#: columns stored as ISO text here, aware datetimes in a dump; and as 0/1 here, bools there
+_TIME_COLUMNS = frozenset({
+    "send_at", "deadline", "prepared_at", "started_at", "finished_at", "stage_at",
+    "created_at", "not_before", "done_at", "sent_at", "status_at",
+})
+_FLAG_COLUMNS = frozenset({"skips_logged", "indexed"})
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -247,6 +259,60 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"], stage=row["stage"],
     )
+
+
+def _neutral_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    # every time this journal writes is UTC (with its offset); one without an offset is UTC too
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _neutral_flag(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _stored_time(value: datetime | None) -> str | None:
+    return None if value is None else _utc_text(value)
+
+
+def _stored_flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+Convert = Callable[[tuple[Any, ...]], tuple[Any, ...]]
+
+
+def _converter(table: str, *, to_neutral: bool) -> Convert:
+    """A function turning one row of ``table`` between this journal's values (ISO text times,
+    0/1 flags) and a dump's neutral ones (aware datetimes, bools)."""
+    steps: list[tuple[int, Callable[[Any], Any]]] = []
+    columns = DUMP_TABLES[table]
+    for index, column in enumerate(columns):
+        if column in _TIME_COLUMNS:
+            steps.append((index, _neutral_time if to_neutral else _stored_time))
+        elif column in _FLAG_COLUMNS:
+            steps.append((index, _neutral_flag if to_neutral else _stored_flag))
+
+    def convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        if len(row) != len(columns):
+            raise JournalConflict(
+                None, f"a {table} row to load has {len(row)} values, not {len(columns)}",
+            )
+        values = list(row)
+        for index, step in steps:
+            values[index] = step(values[index])
+        return tuple(values)
+
+    return convert
+
+
+def _columns(table: str) -> str:
+    """``table``'s dump columns as this journal names them (skips keep their order by rowid)."""
+    if table not in DUMP_TABLES:  # never a name from elsewhere in SQL
+        raise JournalConflict(None, f"no table {table!r} in a journal")
+    return ", ".join("rowid" if (table, c) == ("skips", "id") else c for c in DUMP_TABLES[table])
 
 
 # --------------------------------------------------------------------------------------------
@@ -812,6 +878,50 @@ class SqliteConnection:
         return count
 
 
+    # --- copying a whole journal --------------------------------------------------------------
+    # A dump pages each table by rowid (for skips, that is their CSV order, carried as
+    # skips.id); times become aware datetimes and flags bools, and a load turns them back.
+
+    def dump_page(self, table: str, after: int) -> tuple[list[tuple[Any, ...]], int]:
+        """``table``'s next rows after rowid ``after``, as neutral values, and the rowid to go
+        on from (no rows: the table is done)."""
+        rows = self._db.execute(
+            f"SELECT rowid, {_columns(table)} FROM {table} WHERE rowid > ? ORDER BY rowid"
+            " LIMIT ?", (after, _DUMP_BLOBS if table in ("bodies", "results") else _DUMP_ROWS),
+        ).fetchall()
+        convert = _converter(table, to_neutral=True)
+        try:
+            return [convert(tuple(row)[1:]) for row in rows], rows[-1][0] if rows else after
+        except ValueError as exc:  # a time that is not ISO text
+            raise JournalCorrupt(
+                None, f"{self.path} holds a bad time in {table} ({exc}): restore it from a backup",
+            ) from None
+
+    def load(self, pull: Callable[[], DumpChunk | None]) -> Counts:
+        """Insert the chunks ``pull`` returns (until None) in ONE transaction, into an empty
+        journal (else `JournalNotEmpty`); the rows loaded per table."""
+        loaded = dict.fromkeys(DUMP_TABLES, 0)
+        with self.transaction():
+            self._refuse_unless_empty()
+            while (chunk := pull()) is not None:
+                table, rows = chunk
+                columns = _columns(table)
+                marks = ", ".join("?" for _ in DUMP_TABLES[table])
+                self._db.executemany(
+                    f"INSERT INTO {table} ({columns}) VALUES ({marks})",
+                    map(_converter(table, to_neutral=False), rows),
+                )
+                loaded[table] += len(rows)
+        return loaded
+
+    def _refuse_unless_empty(self) -> None:
+        campaigns: int = self._db.execute("SELECT COUNT(*) FROM campaigns").fetchone()[0]
+        if campaigns:
+            raise JournalNotEmpty(str(self.path), campaigns)
+        for table in DUMP_TABLES:
+            if self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+                raise JournalNotEmpty(str(self.path), 0, table)
+
     # --- leadership ---------------------------------------------------------------------------
     # On SQLite the writer lock already makes one process the only writer: the lease is kept
     # so the daemon runs one code path on every backend, and taking it never waits (a killed
@@ -1168,3 +1278,28 @@ class SqliteJournal:
     def fence(self, holder: str, epoch: int | None) -> None:
         """`Journal.fence`."""
         self._fence = None if epoch is None else (holder, epoch)
+
+    async def dump(self) -> AsyncIterator[DumpChunk]:
+        """`Journal.dump`: one page per trip to the writer thread."""
+        for table in DUMP_TABLES:
+            after = 0  # rowids start at 1
+            while True:
+                rows, after = await self._call(SqliteConnection.dump_page, table, after)
+                if not rows:
+                    break
+                yield table, rows
+
+    async def load(self, chunks: AsyncIterable[DumpChunk]) -> Counts:
+        """`Journal.load`: ONE transaction on the writer thread, which takes ``chunks`` from
+        this event loop one at a time (so they must come from another journal: this one's
+        own `dump` would wait for the thread that waits for it)."""
+        loop = asyncio.get_running_loop()
+        source = aiter(chunks)
+
+        async def following() -> DumpChunk | None:
+            return await anext(source, None)
+
+        def pull() -> DumpChunk | None:
+            return asyncio.run_coroutine_threadsafe(following(), loop).result()
+
+        return await self._call(SqliteConnection.load, pull)
