@@ -319,3 +319,14 @@ def test_new_warnings_name_the_file_it_wrote(
     err = capsys.readouterr().err
     target = workspace / "campaigns" / "long.toml"
     assert f"{target}:2: warning: from_name:" in err and ".new" not in err
+
+
+def test_sandbox_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """`sandbox --help`: each option says what happens when it is left out (item 17)."""
+    assert cli.main(["sandbox", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ("--host", "--port", "--api-key", "--fail-rate", "--rate-limit", "--latency-ms",
+                   "--reject-phone", "--drop-rate", "--omit-rate", "--record", "--seed"):
+        described = out.split(f" {option} ", 1)[1].split(" --", 1)[0]
+        assert "default" in described, (option, described)
+    assert "(default: 8080; 0: any free port)" in out and "(default: 127.0.0.1)" in out

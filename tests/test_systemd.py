@@ -105,3 +105,14 @@ def test_unit_loads_the_api_key_as_a_credential(service: dict[str, list[str]]) -
     assert [v.split(":", 1)[0] for v in service["LoadCredential"]] == ["api-key"]
     environment = " ".join(service.get("Environment", []))
     assert "CASCADE_API_KEY" not in environment
+
+
+def test_unit_documentation_is_the_readme_the_install_steps_put_there() -> None:
+    """`Documentation=` names the project's README at the path the README's own install steps
+    copy it to (not systemd's man page, not a placeholder URL), so `systemctl help
+    cascade-scheduler` opens it on the server (issue 9, item 17)."""
+    (documentation,) = _sections(UNIT.read_text("utf-8"))["Unit"]["Documentation"]
+    assert documentation.startswith("file:/"), documentation
+    installed = documentation.removeprefix("file:")
+    readme = (REPO / "README.md").read_text("utf-8")
+    assert f"sudo install -D -m 0644 README.md {installed}" in readme
