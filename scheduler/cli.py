@@ -35,6 +35,7 @@ from scheduler.config import Config, load_config
 from scheduler.daemon import run_daemon
 from scheduler.errors import Problem, UserError
 from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
+from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
 from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
@@ -422,32 +423,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=8080,
-                        help="port (default: %(default)s; 0: any free port)")
-    parser.add_argument("--api-key",
-                        help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=_port, default=8080, help="port (0: any free port)")
+    parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
     parser.add_argument("--fail-rate", type=float, default=0.0,
-                        help="share of requests answered with a 5xx, 0..1 (default: %(default)s)")
-    parser.add_argument("--rate-limit", type=float,
-                        help="requests/s before answering 429 (default: no limit)")
-    parser.add_argument("--latency-ms", type=float, default=0.0,
-                        help="milliseconds added to every request (default: %(default)s)")
+                        help="share of requests answered with a 5xx (0..1)")
+    parser.add_argument("--rate-limit", type=float, help="requests/s before answering 429")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     parser.add_argument("--reject-phone", action="append", default=[], metavar="PHONE",
-                        help="answer 400 for this toPhone; repeatable (default: none)")
+                        help="answer 400 for this toPhone (repeatable)")
     parser.add_argument("--drop-rate", type=float, default=0.0,
-                        help="share of requests read and then hung up on with no answer "
-                        "(default: %(default)s)")
+                        help="share of requests read and then hung up on with no answer")
     parser.add_argument("--omit-rate", type=float, default=0.0,
-                        help="share of 200 answers that leave out one message's id "
-                        "(default: %(default)s)")
+                        help="share of 200 answers that leave out one message's id")
     parser.add_argument("--record", type=Path, metavar="FILE",
-                        help="append every accepted message to this JSONL file (default: "
-                        "record nothing)")
-    parser.add_argument("--seed", type=int,
-                        help="make the injected faults reproducible (default: different "
-                        "faults every run)")
+                        help="append every accepted message to this JSONL file")
+    parser.add_argument("--seed", type=int, help="make the injected faults reproducible")
 
 
 def _port(value: str) -> int:
@@ -484,6 +475,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return console.run_demo(args.dir)
 
 
+# --------------------------------------------------------------------------------------------
+# journal
+
+
+def _configure_journal(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+    copy = actions.add_parser(
+        "copy", help="copy the SQLite journal ([paths].state) into an empty PostgreSQL one",
+        description="Copy the SQLite journal ([paths].state) into an empty PostgreSQL "
+        "journal, then check every campaign on both sides. Stop the daemon first. The "
+        "password comes from CASCADE_JOURNAL_PASSWORD, the journal-password credential or "
+        "PGPASSFILE, never the URL.",
+    )
+    _add_config_option(copy, default=argparse.SUPPRESS)
+    copy.add_argument("--to", required=True, metavar="URL",
+                      help="the PostgreSQL journal, postgresql://USER@HOST:5432/DB")
+    copy.set_defaults(journal_action=cmd_journal_copy)
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    """`journal ACTION`: run the action chosen."""
+    action: Handler = args.journal_action
+    return action(args)
+
+
+def cmd_journal_copy(args: argparse.Namespace) -> int:
+    """`journal copy --to URL`: one line per campaign copied, then the summary."""
+    config = _config(args)
+    report = asyncio.run(copy_to_postgres(config, args.to))
+    print("\n".join(report.lines()))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "check": Command(
         "validate the config and campaign files (default: the campaigns folder)",
@@ -502,6 +526,10 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "outcomes per campaign from the journal; --status lists recipients",
         _configure_report, cmd_report,
+    ),
+    "journal": Command(
+        "journal maintenance: copy moves the SQLite journal into PostgreSQL",
+        _configure_journal, cmd_journal,
     ),
     "sandbox": Command(
         "run the local Cascade API emulator", _configure_sandbox, cmd_sandbox,

@@ -1,0 +1,136 @@
+"""Copying a journal into another backend (`cascade-scheduler journal copy --to URL`): the
+SQLite journal of one machine into PostgreSQL, so a site can grow to several daemons without
+losing its history.
+
+The copy is safe or it is nothing: the source is opened as the writer (a daemon writing it
+meanwhile would make the copy inconsistent, so it is refused), the target must be empty and
+takes everything in ONE transaction, and afterwards every campaign's record and counts are
+compared on both sides. Only the `Journal` interface is used (`dump`, `load`): no driver here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from scheduler.config import Config, JournalConfig
+from scheduler.errors import UserError
+from scheduler.journal import CampaignRecord, Counts, Journal, JournalCorrupt, open_journal
+
+
+@dataclass(frozen=True, slots=True)
+class CopiedCampaign:
+    """One campaign as found equal on both sides after the copy."""
+
+    record: CampaignRecord
+    counts: Counts
+
+    def line(self) -> str:
+        """``ID: STATE (sent 600, pending 600, skipped 2)``, as `send` ends."""
+        counts = ", ".join(f"{name} {n:,}" for name, n in self.counts.items() if n)
+        return f"{self.record.id}: {self.record.state} ({counts or 'no recipients'})"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyReport:
+    """What a copy moved: the campaigns (checked), the rows per table, where, how long."""
+
+    target: str
+    campaigns: list[CopiedCampaign]
+    rows: Counts
+    seconds: float
+
+    @property
+    def recipients(self) -> int:
+        """Valid recipients of every campaign copied (skipped rows not included)."""
+        return sum(c.record.recipients for c in self.campaigns)
+
+    def lines(self) -> list[str]:
+        """One line per campaign, then the summary and what to do next."""
+        count = len(self.campaigns)
+        return [*(c.line() for c in self.campaigns), (
+            f"copied {count:,} campaign{'' if count == 1 else 's'}, {self.recipients:,} "
+            f"recipients into {self.target} in {self.seconds:.1f} s; set [journal] url to it "
+            "and restart the daemons"
+        )]
+
+
+async def copy_journal(source: Journal, target: Journal) -> CopyReport:
+    """Copy every row of ``source`` (started as the writer, so nobody else writes it) into
+    ``target`` (started and empty), then check every campaign on both sides."""
+    began = time.monotonic()
+    rows = await target.load(source.dump())
+    campaigns = await compare(source, target)
+    return CopyReport(target.location, campaigns, rows, time.monotonic() - began)
+
+
+async def compare(source: Journal, target: Journal) -> list[CopiedCampaign]:
+    """Every campaign of ``source`` with the same record and counts in ``target``, and no
+    other; else `JournalCorrupt` saying what differs."""
+    copied = {record.id: record for record in await target.campaigns()}
+    checked = []
+    for record in await source.campaigns():
+        other = copied.pop(record.id, None)
+        if other is None:
+            raise _differs(target, record.id, "it is missing")
+        if other != record:
+            fields = [f.name for f in dataclasses.fields(record)
+                      if getattr(record, f.name) != getattr(other, f.name)]
+            raise _differs(target, record.id, "its " + ", ".join(fields))
+        counts = await source.counts(record.id)
+        if await target.counts(record.id) != counts:
+            raise _differs(target, record.id, "its counts")
+        checked.append(CopiedCampaign(record, counts))
+    if copied:
+        raise _differs(target, None, "campaigns the source does not have: " + ", ".join(copied))
+    return checked
+
+
+def _differs(target: Journal, campaign_id: str | None, what: str) -> JournalCorrupt:
+    return JournalCorrupt(
+        campaign_id, f"the copy in {target.location} differs from the source ({what}): "
+        "empty that database and copy again",
+    )
+
+
+def postgres_url(url: str) -> str:
+    """``url`` checked as ``[journal] url`` is (postgresql://, no password in it), or a
+    `UserError` for ``--to`` that never shows a password."""
+    try:
+        checked = JournalConfig(url=url).url
+    except ValidationError as exc:
+        message = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            message = message.replace(password, "***")
+        raise UserError.single(message, field="--to") from None
+    assert checked is not None  # a URL was given
+    return checked
+
+
+async def copy_to_postgres(config: Config, url: str) -> CopyReport:
+    """`journal copy --to URL`: the SQLite journal at ``[paths].state`` into the empty
+    PostgreSQL journal at ``url`` (password from the credentials, or PGPASSFILE)."""
+    url = postgres_url(url)
+    if not config.paths.state.exists():
+        raise UserError.single(
+            f"no journal at {config.paths.state}: nothing to copy", field="[paths].state",
+        )
+    source = open_journal(config.model_copy(update={"journal": JournalConfig()}))
+    target = open_journal(config.model_copy(update={"journal": JournalConfig(url=url)}))
+    await source.start(writer=True)  # first: a running daemon is refused before any change
+    try:
+        await target.start(writer=True)
+        try:
+            return await copy_journal(source, target)
+        finally:
+            await target.close()
+    finally:
+        await source.close()
