@@ -423,22 +423,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=_port, default=8080, help="port (0: any free port)")
-    parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=8080,
+                        help="port (default: %(default)s; 0: any free port)")
+    parser.add_argument("--api-key",
+                        help="accept only this key (default: any non-empty key)")
     parser.add_argument("--fail-rate", type=float, default=0.0,
-                        help="share of requests answered with a 5xx (0..1)")
-    parser.add_argument("--rate-limit", type=float, help="requests/s before answering 429")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+                        help="share of requests answered with a 5xx, 0..1 (default: %(default)s)")
+    parser.add_argument("--rate-limit", type=float,
+                        help="requests/s before answering 429 (default: no limit)")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="milliseconds added to every request (default: %(default)s)")
     parser.add_argument("--reject-phone", action="append", default=[], metavar="PHONE",
-                        help="answer 400 for this toPhone (repeatable)")
+                        help="answer 400 for this toPhone; repeatable (default: none)")
     parser.add_argument("--drop-rate", type=float, default=0.0,
-                        help="share of requests read and then hung up on with no answer")
+                        help="share of requests read and then hung up on with no answer "
+                        "(default: %(default)s)")
     parser.add_argument("--omit-rate", type=float, default=0.0,
-                        help="share of 200 answers that leave out one message's id")
+                        help="share of 200 answers that leave out one message's id "
+                        "(default: %(default)s)")
     parser.add_argument("--record", type=Path, metavar="FILE",
-                        help="append every accepted message to this JSONL file")
-    parser.add_argument("--seed", type=int, help="make the injected faults reproducible")
+                        help="append every accepted message to this JSONL file (default: "
+                        "record nothing)")
+    parser.add_argument("--seed", type=int,
+                        help="make the injected faults reproducible (default: different "
+                        "faults every run)")
 
 
 def _port(value: str) -> int:
