@@ -19,6 +19,7 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import tomli_w
 
 from scheduler import __version__, console
@@ -51,10 +52,12 @@ from scheduler.report import (
     write_rows,
 )
 from scheduler.sandbox import SandboxOptions
+from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, read_status
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_NO_LEADER = 3  # `status`: no daemon holds the lease (for scripts and monitoring)
 EXIT_INTERRUPTED = 130
 EXIT_PIPE = 128 + signal.SIGPIPE  # 141, like `yes | head -1`'s yes
 
@@ -407,6 +410,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_status(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="JSON instead of tables")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The journal's view now: daemons and unfinished campaigns; 3 when nobody leads."""
+    config = _config(args)
+    if not journal_exists(config):
+        print(f"no journal at {config.paths.state} yet: no daemon has run", file=sys.stderr)
+        return EXIT_NO_LEADER
+    with JournalReader(open_journal(config)) as journal:
+        status = read_status(journal, datetime.now(UTC))
+    if args.json:
+        sys.stdout.write(orjson.dumps(status.as_json(), option=orjson.OPT_INDENT_2).decode()
+                         + "\n")
+    else:
+        leader = status.leader or "none: nothing is being sent (start a daemon)"
+        print(f"leader: {leader}")
+        write_rows(status.daemons, DAEMON_COLUMNS, "table", sys.stdout, "Daemons")
+        write_rows(status.campaigns, CAMPAIGN_COLUMNS, "table", sys.stdout,
+                   "Campaigns not ended")
+    return EXIT_OK if status.has_leader else EXIT_NO_LEADER
+
+
 # --------------------------------------------------------------------------------------------
 # run, sandbox, demo
 
@@ -536,6 +563,10 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "outcomes per campaign from the journal; --status lists recipients",
         _configure_report, cmd_report,
+    ),
+    "status": Command(
+        "the daemons (leader, standbys) and every unfinished campaign; exit 3 without a leader",
+        _configure_status, cmd_status,
     ),
     "journal": Command(
         "journal maintenance: copy moves the SQLite journal into PostgreSQL",

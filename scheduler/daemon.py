@@ -105,7 +105,8 @@ class Daemon:
         self.metrics = metrics
         metrics.present.states = self.state_counts
         metrics.present.leading = lambda: leadership.leading
-        self._journal_problem: str | None = None  # why the journal probe failed, if it did
+        self._journal_problem: str | None = None  # why the last heartbeat failed, if it did
+        self._since = utcnow()
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
@@ -181,7 +182,7 @@ class Daemon:
             self._spawn(self._heartbeat()),
             self._spawn(self._index_when_idle()),
             self._spawn(self._lead()),
-            self._spawn(self._probe_journal()),
+            self._spawn(self._keep_presence()),
         ]
         self._check_idle()
         await self._stop.wait()
@@ -192,6 +193,8 @@ class Daemon:
         await self._shutdown_runs()
         self._timer.shutdown(wait=False)
         await self.leadership.release()  # SIGTERM hands over: a standby takes it at once
+        with contextlib.suppress(JournalError):
+            await self._engine.journal.leave(self.leadership.holder)
 
     async def _shutdown_runs(self) -> None:
         """Stop taking batches, let in-flight ones finish, leave campaigns resumable."""
@@ -309,11 +312,16 @@ class Daemon:
             self.metrics.tick()
             await asyncio.sleep(step)
 
-    async def _probe_journal(self) -> None:
-        """A cheap read every few seconds, so /readyz says when the journal stops answering."""
+    async def _keep_presence(self) -> None:
+        """Every few seconds, tell the journal this daemon is alive (for `status`); a failure
+        is what /readyz reports as the journal not answering."""
+        holder, since = self.leadership.holder, self._since
         while True:
             try:
-                await asyncio.wait_for(self._engine.journal.campaign(""), JOURNAL_PROBE_TIMEOUT)
+                await asyncio.wait_for(
+                    self._engine.journal.heartbeat(holder, since, 3 * STATUS_EVERY),
+                    JOURNAL_PROBE_TIMEOUT,
+                )
             except (JournalError, TimeoutError) as exc:
                 self._journal_problem = (
                     f"the journal does not answer: {exc or 'no answer in time'}")

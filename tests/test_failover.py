@@ -246,3 +246,20 @@ def test_the_password_appears_nowhere(tmp_path: Path, postgres_url: str) -> None
     assert secret not in done.stdout + done.stderr
     log = workspace.delivery_log
     assert not log.exists() or secret not in log.read_text("utf-8")
+
+
+def test_status_names_the_leader_and_the_standby(pair: Pair) -> None:
+    """`status` from either machine shows both daemons with their roles; exit 0."""
+    import json
+
+    from tests.helpers import run_cli
+
+    a, b = pair.start()
+    poll(lambda: len(json.loads(run_cli(["status", "--json", "--config",
+                                         str(pair.b.config)]).stdout)["daemons"]) == 2,
+         10, "both daemons' presence")
+    done = run_cli(["status", "--json", "--config", str(pair.b.config)])
+    assert done.returncode == 0
+    roles = {(d["role"], d["pid"]) for d in json.loads(done.stdout)["daemons"]}
+    assert roles == {("leader", a.pid), ("standby", b.pid)}
+    assert a.stop() == 0 and b.stop() == 0

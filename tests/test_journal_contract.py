@@ -7,6 +7,7 @@ writer lock, group commit) is in test_journal_sqlite.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -466,3 +467,21 @@ async def test_a_fenced_writer_writes_nothing_once_deposed(journal: Journal) -> 
     journal.fence("new", newer)
     await journal.record_results("c", 0, results(batch.body))
     assert (await journal.counts("c"))["sent"] == 2
+
+
+async def test_presence_lists_live_daemons_and_is_not_the_lease(journal: Journal) -> None:
+    """Heartbeats make a daemon present until they stop; leaving drops it at once; presence
+    never counts as the leadership lease."""
+    since = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    await journal.heartbeat("host-a:11:aa", since, 30)
+    await journal.heartbeat("host-b:22:bb", since + timedelta(seconds=5), 30)
+    await journal.heartbeat("host-c:33:cc", since, 0.05)
+    await asyncio.sleep(0.2)  # host-c's presence runs out (on the journal's clock)
+    present = await journal.daemons()
+    assert [(d.holder, d.host, d.pid) for d in present] == [
+        ("host-a:11:aa", "host-a", 11), ("host-b:22:bb", "host-b", 22)]
+    assert present[0].since == since
+    assert await journal.leader() is None
+    await journal.heartbeat("host-a:11:aa", since, 30)  # renewing keeps one row
+    await journal.leave("host-a:11:aa")
+    assert [d.holder for d in await journal.daemons()] == ["host-b:22:bb"]

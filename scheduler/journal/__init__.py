@@ -12,6 +12,7 @@ from scheduler.journal.base import (
     BatchRecord,
     CampaignRecord,
     Counts,
+    DaemonRecord,
     DumpChunk,
     Journal,
     JournalBusy,
@@ -25,6 +26,7 @@ from scheduler.journal.base import (
     RecipientRow,
     Result,
     UnloggedBatch,
+    holder_parts,
 )
 from scheduler.journal.reader import JournalReader
 from scheduler.journal.sqlite import SqliteJournal
@@ -34,6 +36,7 @@ __all__ = [
     "BatchRecord",
     "CampaignRecord",
     "Counts",
+    "DaemonRecord",
     "DumpChunk",
     "Journal",
     "JournalBusy",
@@ -48,6 +51,7 @@ __all__ = [
     "RecipientRow",
     "Result",
     "UnloggedBatch",
+    "holder_parts",
     "journal_exists",
     "open_journal",
 ]

@@ -160,6 +160,32 @@ class UnloggedBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonRecord:
+    """A daemon present on the journal: its holder name ("host:pid:tag") and start time."""
+
+    holder: str
+    since: datetime
+
+    @property
+    def host(self) -> str:
+        """The machine it runs on."""
+        return holder_parts(self.holder)[0]
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id on that machine."""
+        return holder_parts(self.holder)[1]
+
+
+def holder_parts(holder: str) -> tuple[str, int | None]:
+    """(host, pid) of a lease holder named "host:pid:tag" (the whole name and None if not)."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return holder, None
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     """One sent message, by the API's messageId (from `index_messages`)."""
 
@@ -336,6 +362,19 @@ class Journal(Protocol):
     async def leader(self) -> str | None:
         """The holder of an unexpired lease (a daemon or `send` acting on this journal now),
         or None: then a "running" campaign is waiting for the next start to resume."""
+
+    # --- presence: which daemons share this journal (for `status`) -------------------------
+    # Each daemon's presence is a lease of its own, named "daemon:<holder>", that it renews
+    # with every heartbeat: no schema of its own, and a dead daemon simply expires.
+
+    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
+        """Say that ``holder`` (running since ``since``) is alive for ``seconds`` more."""
+
+    async def leave(self, holder: str) -> None:
+        """``holder`` stops (a clean shutdown): drop its presence at once."""
+
+    async def daemons(self) -> list[DaemonRecord]:
+        """The daemons whose presence has not expired, oldest first."""
 
     def fence(self, holder: str, epoch: int | None) -> None:
         """From now on, every write of the send path (in-flight marks, outcomes, releases and

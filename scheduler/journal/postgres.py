@@ -42,6 +42,7 @@ from scheduler.journal.base import (
     BatchRecord,
     CampaignRecord,
     Counts,
+    DaemonRecord,
     DumpChunk,
     JournalConflict,
     JournalCorrupt,
@@ -764,6 +765,28 @@ class PostgresStore:
         )
         return None if row is None else str(row[0])
 
+    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
+        """Renew ``holder``'s presence (a lease named "daemon:<holder>"; epoch: start time)."""
+        await self.db.execute(
+            "INSERT INTO lease (name, holder, epoch, expires_at)"
+            " VALUES (%s, %s, %s, clock_timestamp() + %s)"
+            " ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder,"
+            " epoch = EXCLUDED.epoch, expires_at = EXCLUDED.expires_at",
+            (f"daemon:{holder}", holder, int(since.timestamp()), timedelta(seconds=seconds)),
+        )
+
+    async def leave(self, holder: str) -> None:
+        """Drop ``holder``'s presence."""
+        await self.db.execute("DELETE FROM lease WHERE name = %s", (f"daemon:{holder}",))
+
+    async def daemons(self) -> list[DaemonRecord]:
+        """Daemons whose presence has not expired (the database's clock), oldest first."""
+        rows = await self._all(
+            "SELECT holder, epoch FROM lease WHERE name LIKE 'daemon:%%'"
+            " AND expires_at > clock_timestamp() ORDER BY epoch, holder",
+        )
+        return [DaemonRecord(holder, datetime.fromtimestamp(epoch, UTC)) for holder, epoch in rows]
+
     async def check_fence(self, holder: str, epoch: int) -> None:
         """Raise `JournalFenced` unless ``holder`` holds an unexpired lease of ``epoch``."""
         row = await self._one(
@@ -1249,6 +1272,18 @@ class PostgresJournal:
     async def leader(self) -> str | None:
         """`Journal.leader`."""
         return await self._call(PostgresStore.leader)
+
+    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
+        """`Journal.heartbeat`."""
+        await self._call(PostgresStore.heartbeat, holder, since, seconds)
+
+    async def leave(self, holder: str) -> None:
+        """`Journal.leave`."""
+        await self._call(PostgresStore.leave, holder)
+
+    async def daemons(self) -> list[DaemonRecord]:
+        """`Journal.daemons`."""
+        return await self._call(PostgresStore.daemons)
 
     def fence(self, holder: str, epoch: int | None) -> None:
         """`Journal.fence`."""

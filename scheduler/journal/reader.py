@@ -11,7 +11,14 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
 
-from scheduler.journal.base import BatchRecord, CampaignRecord, Counts, Journal, RecipientRow
+from scheduler.journal.base import (
+    BatchRecord,
+    CampaignRecord,
+    Counts,
+    DaemonRecord,
+    Journal,
+    RecipientRow,
+)
 from scheduler.vocabulary import Outcome
 
 T = TypeVar("T")
@@ -53,6 +60,10 @@ class JournalReader:
     def counts(self, campaign_id: str) -> Counts:
         """`Journal.counts`."""
         return self._runner.run(self.journal.counts(campaign_id))
+
+    def daemons(self) -> list[DaemonRecord]:
+        """`Journal.daemons`."""
+        return self._runner.run(self.journal.daemons())
 
     def leader(self) -> str | None:
         """`Journal.leader`."""

@@ -41,6 +41,7 @@ from scheduler.journal.base import (
     BatchRecord,
     CampaignRecord,
     Counts,
+    DaemonRecord,
     DumpChunk,
     JournalBusy,
     JournalConflict,
@@ -962,6 +963,28 @@ class SqliteConnection:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
+        """Renew ``holder``'s presence (a lease named "daemon:<holder>"; epoch: start time)."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO lease (name, holder, epoch, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (f"daemon:{holder}", holder, int(since.timestamp()), _later(seconds)),
+            )
+
+    def leave(self, holder: str) -> None:
+        """Drop ``holder``'s presence."""
+        with self.transaction():
+            self._db.execute("DELETE FROM lease WHERE name = ?", (f"daemon:{holder}",))
+
+    def daemons(self) -> list[DaemonRecord]:
+        """Daemons whose presence has not expired, oldest first."""
+        rows = self._db.execute(
+            "SELECT holder, epoch FROM lease WHERE name LIKE 'daemon:%' AND expires_at > ?"
+            " ORDER BY epoch, holder", (_now(),),
+        ).fetchall()
+        return [DaemonRecord(holder, datetime.fromtimestamp(epoch, UTC)) for holder, epoch in rows]
+
     def check_fence(self, holder: str, epoch: int) -> None:
         """Raise `JournalFenced` unless ``holder`` holds an unexpired lease of ``epoch``."""
         row = self._db.execute(
@@ -1274,6 +1297,18 @@ class SqliteJournal:
     async def leader(self) -> str | None:
         """`Journal.leader`."""
         return await self._call(SqliteConnection.leader)
+
+    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
+        """`Journal.heartbeat`."""
+        await self._call(SqliteConnection.heartbeat, holder, since, seconds)
+
+    async def leave(self, holder: str) -> None:
+        """`Journal.leave`."""
+        await self._call(SqliteConnection.leave, holder)
+
+    async def daemons(self) -> list[DaemonRecord]:
+        """`Journal.daemons`."""
+        return await self._call(SqliteConnection.daemons)
 
     def fence(self, holder: str, epoch: int | None) -> None:
         """`Journal.fence`."""

@@ -1,0 +1,83 @@
+"""`status`: what the journal says is happening now — the daemons, the leader, and every
+campaign that has not ended, with its progress, rate and ETA.
+
+It reads the journal only (either backend), so it answers from any machine that can reach it
+and does not need a daemon's cooperation; a daemon's presence is the heartbeat it writes every
+few seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from scheduler.campaign import utc_text
+from scheduler.journal import CampaignRecord, JournalReader, holder_parts
+from scheduler.vocabulary import ENDED
+
+DAEMON_COLUMNS = ("role", "host", "pid", "since")
+CAMPAIGN_COLUMNS = (
+    "campaign", "type", "state", "sent", "recipients", "pending", "rate_per_s", "eta", "stage",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class Status:
+    """The journal's view, ready to print: daemons, the leader, campaigns not ended."""
+
+    leader: str | None
+    daemons: list[dict[str, Any]]
+    campaigns: list[dict[str, Any]]
+
+    @property
+    def has_leader(self) -> bool:
+        """True when some daemon (or a foreground `send`) holds the lease: campaigns move."""
+        return self.leader is not None
+
+    def as_json(self) -> dict[str, Any]:
+        """The whole status as one JSON object."""
+        return asdict(self)
+
+
+def read_status(journal: JournalReader, now: datetime) -> Status:
+    """Gather the status from a started journal reader."""
+    leader = journal.leader()
+    daemons = [
+        {"role": "leader" if d.holder == leader else "standby", "host": d.host, "pid": d.pid,
+         "since": utc_text(d.since), "holder": d.holder}
+        for d in journal.daemons()
+    ]
+    if leader is not None and all(d["holder"] != leader for d in daemons):
+        daemons.insert(0, _lease_only(leader))  # a foreground `send` holds it
+    campaigns = [_campaign(journal, record, now) for record in journal.campaigns()
+                 if record.state not in ENDED]
+    return Status(leader, daemons, campaigns)
+
+
+def _lease_only(holder: str) -> dict[str, Any]:
+    host, pid = holder_parts(holder)
+    return {"role": "leader", "host": host, "pid": pid, "since": "", "holder": holder}
+
+
+def _campaign(journal: JournalReader, record: CampaignRecord, now: datetime) -> dict[str, Any]:
+    counts = journal.counts(record.id)
+    sent, pending = counts.get("sent", 0), counts.get("pending", 0)
+    rate = _rate(record, counts, now)
+    eta = utc_text(now + timedelta(seconds=pending / rate)) if rate and pending else None
+    return {
+        "campaign": record.id, "type": record.type, "state": record.state, "sent": sent,
+        "recipients": record.recipients, "pending": pending,
+        "rate_per_s": round(rate, 1) if rate else None, "eta": eta, "stage": record.stage,
+        "error": record.error or "",
+    }
+
+
+def _rate(record: CampaignRecord, counts: dict[str, int], now: datetime) -> float | None:
+    """Recipients decided per second since the campaign started (None before any)."""
+    if record.started_at is None or record.state not in ("running", "backing_off"):
+        return None
+    decided = record.recipients - counts.get("pending", 0)
+    seconds = (now - record.started_at).total_seconds()
+    return decided / seconds if decided and seconds > 0 else None
