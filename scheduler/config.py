@@ -76,6 +76,17 @@ class SendingConfig(_Section):
     concurrency: int = Field(default=4, ge=1, le=64)
     max_attempts: int = Field(default=6, ge=1, le=100)
     delivery: Delivery = "at-least-once"
+    brake_rate: float = Field(default=0.05, gt=0, lt=1)  # share of recent messages rejected
+    brake_window: int = Field(default=500, ge=0, le=1_000_000)  # recent messages; 0 = off
+
+    @field_validator("brake_window")
+    @classmethod
+    def _check_window(cls, value: int) -> int:
+        if 0 < value < 100:
+            raise ValueError(
+                f"{value} is too few to judge: write 100 or more (or 0 to turn the brake off)"
+            )
+        return value
 
 
 class PathsConfig(_Section):

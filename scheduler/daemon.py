@@ -24,6 +24,7 @@ import watchfiles
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from scheduler.brake import released
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
 from scheduler.errors import ConfigError, UserError
@@ -427,7 +428,7 @@ class Daemon:
     ) -> None:
         """Once started only ``paused`` and removal have effect; finished ones stay finished."""
         edited = tracked.campaign.fingerprint != campaign.fingerprint
-        if edited and tracked.campaign.paused == campaign.paused:
+        if edited and tracked.campaign.paused == campaign.paused and record.state != "braked":
             self._lifecycle.announce("campaign_edit_ignored", "warning", campaign=campaign.id,
                                      reason="the campaign already started; only paused and "
                                      "removal take effect now")
@@ -439,6 +440,8 @@ class Daemon:
             await self._pause(tracked)
         elif record.state == "failed" and self._engine.refused is not None:
             return
+        elif record.state == "braked" and not released(campaign.file, record.finished_at):
+            return  # the brake holds until the file is saved again
         else:
             self._launch(tracked)
 

@@ -31,6 +31,7 @@ EVENTS: dict[CampaignState, tuple[str, str] | None] = {
     "failed": ("campaign_failed", "error"),
     "invalid": None,
     "cancelled": ("campaign_cancelled", "info"),
+    "braked": ("campaign_braked", "error"),
 }
 
 

@@ -27,6 +27,7 @@ from aiolimiter import AsyncLimiter
 
 from scheduler.audience import Suppression
 from scheduler.batching import Message, Snapshot, snapshot_key
+from scheduler.brake import Brake, released
 from scheduler.campaign import Campaign
 from scheduler.cascade import (
     Accepted,
@@ -100,6 +101,8 @@ class CampaignRun:
     reason: str | None = None  # why it stopped in stop_state, for the journal and the logs
     broken: JournalError | OSError | None = None  # the journal or log failed: drive raises it
     first_post: bool = False  # the campaign's very first request is still to come (lag metric)
+    brake: Brake | None = None  # None: brake_window = 0
+    details: dict[str, Any] = field(default_factory=dict)  # fields for the stop's event
 
     def halt(self, state: CampaignState | None = None, reason: str | None = None) -> None:
         """Take no new batches; in-flight ones finish. ``state``: what to record (None: none)."""
@@ -247,6 +250,8 @@ class Engine:
             # this campaign queued (transactional work must be waiting to go first)
             window=asyncio.Semaphore(self.sending.concurrency * 2 + 2),
             on_progress=on_progress,
+            brake=(Brake(self.sending.brake_rate, self.sending.brake_window)
+                   if self.sending.brake_window else None),
         )
 
     async def drive(self, run: CampaignRun) -> CampaignState:
@@ -256,6 +261,8 @@ class Engine:
         assert record is not None  # prepare() comes first
         if record.state in FINISHED:
             return record.state  # finished long ago: nothing to send, nothing to log again
+        if record.state == "braked" and not released(run.campaign.file, record.finished_at):
+            return "braked"  # until its file is saved again after the brake
         if self.refused is not None:
             return await self._fail(run)
         # "running" freezes the snapshot (started_at) even when it expires at once, so an
@@ -360,7 +367,7 @@ class Engine:
     async def _halted(self, run: CampaignRun) -> CampaignState:
         state = run.stop_state
         if state is not None:
-            await self.lifecycle.move(run.campaign.id, state, error=run.reason)
+            await self.lifecycle.move(run.campaign.id, state, error=run.reason, **run.details)
             return state
         return "running"  # shutdown: left running, resumed from the journal at the next start
 
@@ -500,8 +507,7 @@ class Engine:
             await self.journal.release(run.campaign.id, [job.seq])
             return
         held = await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results)
-        self._log_results(run, outcomes.results)
-        self._mark_logged(run, job.seq, held)
+        self._recorded(run, job.seq, held, outcomes.results)
 
     async def _deliver(
         self, run: CampaignRun, part: list[Message], out: _Outcomes, body: bytes | None = None
@@ -605,8 +611,19 @@ class Engine:
     async def _record(self, run: CampaignRun, seq: int, results: Sequence[Result]) -> None:
         """Journal first (durable), then the delivery log, then progress."""
         held = await self.journal.record_results(run.campaign.id, seq, results)
+        self._recorded(run, seq, held, results)
+
+    def _recorded(
+        self, run: CampaignRun, seq: int, held: int, results: Sequence[Result],
+    ) -> None:
+        """After outcomes are durable: their log lines, the logged mark, the brake's look."""
         self._log_results(run, results)
         self._mark_logged(run, seq, held)
+        if run.brake is not None and not run.stop.is_set():
+            reading = run.brake.observe(results)
+            if reading is not None:
+                run.details = reading.fields()
+                run.halt("braked", reading.reason)
 
     def _mark_logged(self, run: CampaignRun, seq: int, held: int) -> None:
         """Note (off the hot path) that the batch's lines are written; awaited by `close`."""

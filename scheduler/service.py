@@ -133,6 +133,9 @@ async def send_campaign(
                 watcher.cancel()
         counts = await engine.journal.counts(campaign.id)
         error = str(engine.refused) if engine.refused is not None else None
+        if state == "braked":
+            latest = await engine.journal.campaign(campaign.id)
+            error = latest.error if latest is not None else None
         return SendOutcome(state, counts, error)
 
 

@@ -19,6 +19,7 @@ CampaignState = Literal[
     "failed",       # the API refused the credentials; resumes after a reload with new ones
     "invalid",      # its file (or CSV) no longer validates
     "cancelled",    # its file was removed before it finished; restoring the file resumes it
+    "braked",       # the error brake stopped it (too many refused); saving its file resumes it
 ]
 CAMPAIGN_STATES: tuple[CampaignState, ...] = get_args(CampaignState)
 
@@ -28,12 +29,15 @@ FINISHED: frozenset[CampaignState] = frozenset({"done", "expired"})
 #: is not here: a campaign paused before its send time has sent nothing and may be re-planned
 #: (the journal's ``started_at`` is what really tells)
 STARTED: frozenset[CampaignState] = frozenset(
-    {"running", "backing_off", "done", "expired", "failed"}
+    {"running", "backing_off", "done", "expired", "failed", "braked"}
 )
 #: a campaign in these states sends while a daemon leads, and resumes when one starts again
 SENDING: frozenset[CampaignState] = frozenset({"running", "backing_off"})
 #: states the journal stamps with ``finished_at`` (cancelled counts: nothing more is planned)
 ENDED: frozenset[CampaignState] = frozenset({"done", "expired", "cancelled"})
+#: states the journal stamps in ``finished_at``: when it ended, or when the brake stopped it
+#: (a braked campaign resumes only if its file was saved after that moment)
+STAMPED: frozenset[CampaignState] = ENDED | {"braked"}
 
 #: the legal moves; staying in a state is always allowed. A finished campaign never moves;
 #: "scheduled" is re-entered only by a fresh snapshot (the journal refuses one once started);
@@ -41,12 +45,13 @@ ENDED: frozenset[CampaignState] = frozenset({"done", "expired", "cancelled"})
 _STOPPED: frozenset[CampaignState] = frozenset({"paused", "failed", "invalid", "cancelled"})
 TRANSITIONS: dict[CampaignState, frozenset[CampaignState]] = {
     "scheduled": _STOPPED | {"running"},
-    "running": _STOPPED | FINISHED | {"backing_off"},
-    "backing_off": _STOPPED | FINISHED | {"running"},
+    "running": _STOPPED | FINISHED | {"backing_off", "braked"},
+    "backing_off": _STOPPED | FINISHED | {"running", "braked"},
     "paused": _STOPPED | {"scheduled", "running"},
     "failed": _STOPPED | {"running"},
     "invalid": _STOPPED | {"scheduled", "running"},
     "cancelled": _STOPPED | {"scheduled", "running"},
+    "braked": _STOPPED | {"running"},
     "done": frozenset(),
     "expired": frozenset(),
 }

@@ -66,7 +66,7 @@ from scheduler.journal.codec import (
     sent_messages,
     unlogged_rows,
 )
-from scheduler.vocabulary import CAMPAIGN_STATES, ENDED, STARTED, CampaignState, Outcome, may_move
+from scheduler.vocabulary import CAMPAIGN_STATES, STAMPED, STARTED, CampaignState, Outcome, may_move
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
 SCHEMA_VERSION = 2
@@ -474,7 +474,7 @@ class PostgresStore:
             " finished_at = CASE WHEN %(ended)s THEN clock_timestamp() ELSE NULL END"
             f" WHERE id = %(id)s RETURNING {_CAMPAIGN_COLUMNS}",
             {"state": state, "error": error, "running": state == "running",
-             "ended": state in ENDED, "id": campaign_id},
+             "ended": state in STAMPED, "id": campaign_id},
         )
         assert fresh is not None  # locked just above, in the same transaction
         return _record(fresh)

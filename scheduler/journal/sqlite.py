@@ -68,7 +68,7 @@ from scheduler.journal.codec import (
 )
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
-    ENDED,
+    STAMPED,
     STARTED,
     CampaignState,
     Outcome,
@@ -600,7 +600,7 @@ class SqliteConnection:
                 " started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?3)"
                 "   ELSE started_at END,"
                 " finished_at = CASE WHEN ?4 THEN ?3 ELSE NULL END WHERE id = ?5",
-                (state, error, now, state in ENDED, campaign_id),
+                (state, error, now, state in STAMPED, campaign_id),
             )
             fresh = self.campaign(campaign_id)
         assert fresh is not None  # updated just above, in the same transaction

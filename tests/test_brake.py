@@ -1,0 +1,128 @@
+"""The error brake on a real engine, sandbox and journal: it trips early on a 20% reject rate,
+stays tripped across runs until the campaign file is saved again, and ignores 2%."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from scheduler.config import SendingConfig
+from tests.helpers import StartSandbox, phone
+from tests.test_sender import KEY, drive, make_setup
+
+COUNT = 2000
+
+
+def every(n: int) -> frozenset[str]:
+    """The phones of every ``n``-th recipient (what the sandbox will refuse with 400)."""
+    return frozenset(phone(i) for i in range(0, COUNT, n))
+
+
+async def test_a_20_percent_reject_rate_brakes_early_and_holds_until_saved(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Braked long before every recipient was tried; the event names the figures and the top
+    code with an example; a second run sends nothing; after the file is saved, it resumes."""
+    rejecting = await start_sandbox(api_key=KEY, reject_phones=every(5))
+    setup = make_setup(tmp_path, rejecting.base_url, COUNT, batch_size=20, concurrency=2,
+                       requests_per_second=1000)
+    assert await drive(setup) == "braked"
+    counts = setup.counts()
+    tried = counts["sent"] + counts["rejected"]
+    assert 100 <= tried < COUNT // 2 and counts["pending"] == COUNT - tried
+    braked = [e for e in setup.log_lines() if e["event"] == "campaign_braked"]
+    assert len(braked) == 1
+    event = braked[0]
+    assert event["decided"] >= 100 and event["rate"] > 0.05 and event["brake_rate"] == 0.05
+    top = event["top_error_codes"][0]
+    assert top["code"] == "INVALID_PHONE" and top["example"].startswith("engine-test-")
+    assert "save its file again" in event["error"]
+
+    assert await drive(setup) == "braked"  # not saved since: nothing more is sent
+    assert setup.counts() == counts
+
+    later = time.time() + 2
+    os.utime(setup.campaign.file, (later, later))  # saved again after the brake
+    fixed = await start_sandbox(api_key=KEY)  # (the API no longer refuses anyone)
+    config = setup.config.model_copy(update={"api": setup.config.api.model_copy(
+        update={"base_url": fixed.base_url})})
+    assert await drive(setup, config) == "done"
+    final = setup.counts()
+    assert final["pending"] == 0 and final["rejected"] == counts["rejected"]
+    assert final["sent"] == COUNT - counts["rejected"]
+
+
+async def test_two_percent_rejects_do_not_brake(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Under the 5% limit the campaign runs to the end, the bad ones rejected."""
+    sandbox = await start_sandbox(api_key=KEY, reject_phones=every(50))
+    setup = make_setup(tmp_path, sandbox.base_url, COUNT, batch_size=20, concurrency=2,
+                       requests_per_second=1000)
+    assert await drive(setup) == "done"
+    assert setup.counts()["rejected"] == COUNT // 50
+    assert not [e for e in setup.log_lines() if e["event"] == "campaign_braked"]
+
+
+async def test_brake_window_zero_turns_it_off(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """`brake_window = 0`: even 20% rejects run to the end."""
+    sandbox = await start_sandbox(api_key=KEY, reject_phones=every(5))
+    setup = make_setup(tmp_path, sandbox.base_url, COUNT, batch_size=20, concurrency=2,
+                       requests_per_second=1000, brake_window=0)
+    assert setup.config.sending.brake_window == 0
+    assert await drive(setup) == "done"
+    assert setup.counts()["rejected"] == COUNT // 5
+
+
+def test_a_window_too_small_to_judge_is_refused() -> None:
+    """1 to 99 is an error with the fix; 0 and 100+ are fine."""
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="write 100 or more"):
+        SendingConfig(brake_window=50)
+    assert SendingConfig(brake_window=0).brake_window == 0
+
+
+def test_a_braked_campaign_stays_braked_across_a_restart_until_its_file_is_saved(
+    tmp_path: Path,
+) -> None:
+    """Real daemon: braked, journaled; a restart sends nothing more; saving the file resumes
+    it (and with the same bad list, the brake trips again)."""
+    from daemon_helpers import (
+        API_KEY,
+        DaemonProcess,
+        SandboxProcess,
+        Workspace,
+        poll,
+        utc_seconds_from_now,
+        write_atomic,
+    )
+
+    bad = [f"+38050{i:07d}" for i in range(5, 3001, 5)]
+    sandbox = SandboxProcess(tmp_path / "record.jsonl",
+                             *[arg for p in bad for arg in ("--reject-phone", p)])
+    try:
+        workspace = Workspace(tmp_path / "ws", base_url=sandbox.url, sending={
+            "batch_size": 20, "requests_per_second": 200, "concurrency": 2})
+        workspace.audience("risky", 3000)
+        path = workspace.write_campaign("risky", utc_seconds_from_now(1), kind="promo")
+        first = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY).start()
+        poll(lambda: workspace.state("risky") == "braked", 30, "the brake")
+        assert first.stop() == 0
+        accepted = len(sandbox.record())
+        assert accepted < 3000 // 2
+
+        second = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY).start()
+        time.sleep(1.5)
+        assert workspace.state("risky") == "braked" and len(sandbox.record()) == accepted
+        write_atomic(path, path.read_text("utf-8"))  # saved again: the brake lets go
+        poll(lambda: len(sandbox.record()) > accepted, 10, "sending to resume")
+        poll(lambda: workspace.state("risky") == "braked", 30, "the brake to trip again")
+        assert len(workspace.events("campaign_braked")) == 2
+        assert second.stop() == 0
+    finally:
+        sandbox.close()
