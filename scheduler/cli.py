@@ -53,6 +53,7 @@ from scheduler.report import (
 )
 from scheduler.sandbox import SandboxOptions
 from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, read_status
+from scheduler.testsend import parse_phones
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -333,6 +334,11 @@ def _configure_send(parser: argparse.ArgumentParser) -> None:
                         help="ignore send_at and send now (the TTL counts from now)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and render the first messages; send nothing")
+    parser.add_argument("--test", metavar="PHONE[,PHONE...]",
+                        help="send the first valid row's message to these phones only (nothing "
+                        "is counted, the campaign is not started)")
+    parser.add_argument("--row", type=int, metavar="N",
+                        help="with --test: render the row on CSV line N instead")
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -352,7 +358,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(console.dry_run(campaign, config))
         return EXIT_OK
+    if args.row is not None and args.test is None:
+        raise UserError.single("--row goes with --test: it picks the row a test send renders")
     configure_logging(config.log.level, "console", config.credentials.secrets())
+    if args.test is not None:
+        return console.run_test_send(config, campaign, parse_phones(args.test), args.row)
     return console.run_send(config, campaign)
 
 

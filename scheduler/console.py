@@ -30,8 +30,21 @@ from scheduler.oplog import configure_logging
 from scheduler.report import render_summary
 from scheduler.sandbox import SandboxOptions, serve
 from scheduler.service import SendOutcome, send_campaign
+from scheduler.testsend import describe, send_test
 
 EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def run_test_send(config: Config, campaign: Campaign, phones: list[str], line: int | None) -> int:
+    """`send --test`: post the rendered row to ``phones``, print what went and the answer."""
+    result = asyncio.run(send_test(config, campaign, phones, line))
+    print(f"test send of {campaign.id} (CSV line {result.line}) to {len(phones)} phone(s):")
+    ids = result.message_ids
+    for message in result.messages:
+        print(f"  {message['id']} -> {message['toPhone']}: {message.get('text', '(no text)')!r}"
+              + (f"  messageId {ids[message['id']]}" if message["id"] in ids else ""))
+    print(f"API answer: {describe(result.reply)}")
+    return EXIT_OK if result.accepted else EXIT_FAILED
 
 
 def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
