@@ -17,7 +17,8 @@ import io
 import os
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Any, Literal, TextIO, cast
+from operator import itemgetter
+from typing import Any, Literal, TextIO, TypeVar, cast
 
 import orjson
 from rich.console import Console
@@ -27,6 +28,7 @@ from scheduler.campaign import utc_text
 from scheduler.journal import CampaignRecord, JournalReader
 from scheduler.vocabulary import OUTCOMES, SENDING, Outcome
 
+T = TypeVar("T")
 Format = Literal["table", "json", "csv"]
 #: what ``--status`` takes: a final outcome, or ``pending`` (no final outcome yet)
 Listing = Outcome | Literal["pending"]
@@ -54,6 +56,7 @@ _HIDE_FIRST = (
 #: columns whose text may wrap onto more lines (everything else is kept whole on one line)
 _WRAPPING = frozenset({"detail", "note"})
 _WRAP_MIN = 12  # the narrowest a wrapping column gets
+_JSON_CHUNK = 1_000  # JSON rows written at once
 
 
 def recipient_columns(status: Listing) -> tuple[str, ...]:
@@ -120,14 +123,14 @@ def recipient_rows(
                 leading = journal.leader() is not None
             yield from _unsent_rows(journal, record, leading)
             continue
+        if status == "skipped":
+            for row in journal.recipients(record.id, status):
+                yield {"campaign": record.id, "line": row.line, "tracking_id": row.tracking_id,
+                       "phone": row.phone, "status": row.outcome, "detail": row.detail or ""}
+            continue
         for row in journal.recipients(record.id, status):
-            item = {
-                "campaign": record.id, "tracking_id": row.tracking_id, "phone": row.phone,
-                "status": row.outcome, "detail": row.detail or "", "attempts": row.attempts,
-            }
-            if status == "skipped":
-                item["line"] = row.line
-            yield item
+            yield {"campaign": record.id, "tracking_id": row.tracking_id, "phone": row.phone,
+                   "status": row.outcome, "detail": row.detail or "", "attempts": row.attempts}
 
 
 def _unsent_rows(
@@ -175,19 +178,20 @@ def write_rows(
 ) -> None:
     """Render rows as a rich table, a JSON array, or CSV with a header, streaming.
 
-    ``total``: how many rows there are, when known without reading them (the table stops at
-    `TABLE_ROWS` and says how many more there are). ``width``: the terminal's, for tests.
+    Each row holds exactly ``columns``, in that order. ``total``: how many rows there are, when
+    known without reading them (the table stops at `TABLE_ROWS` and says how many more there
+    are). ``width``: the terminal's, for tests.
     """
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n",
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(map(itemgetter(*columns), rows))
     elif fmt == "json":
         out.write("[")
-        for number, row in enumerate(rows):
-            item = {column: row.get(column) for column in columns}
-            out.write(("," if number else "") + "\n  " + orjson.dumps(item).decode())
+        separator = "\n  "
+        for chunk in batched(rows, _JSON_CHUNK):
+            out.write(separator + ",\n  ".join(orjson.dumps(row).decode() for row in chunk))
+            separator = ",\n  "
         out.write("\n]\n")
     else:
         _write_table(iter(rows), columns, out, title, total, width)
@@ -222,6 +226,13 @@ class _Console(Console):
         """Let the `BrokenPipeError` reach the command line's edge."""
         self.quiet = True
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+def batched(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``rows`` in lists of ``size`` (the last one shorter), lazily."""
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def _console(out: TextIO, width: int | None) -> Console:

@@ -8,8 +8,8 @@ million-row listing costs a few hundred loop turns, not a million.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from scheduler.journal.base import (
     BatchRecord,
@@ -32,6 +32,7 @@ class JournalReader:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._runner = asyncio.Runner()
+        self._ahead: set[asyncio.Task[Any]] = set()  # pages asked for and not handed over yet
 
     def __enter__(self) -> JournalReader:
         """Open the journal as a reader."""
@@ -43,7 +44,10 @@ class JournalReader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        """Close the journal and the private loop."""
+        """Close the journal and the private loop (pages read ahead are not wanted any more:
+        the caller stopped reading, e.g. its pipe closed)."""
+        for task in self._ahead:
+            task.cancel()
         try:
             self._runner.run(self.journal.close())
         finally:
@@ -72,10 +76,20 @@ class JournalReader:
     def recipients(
         self, campaign_id: str, outcome: Outcome | None = None,
     ) -> Iterator[RecipientRow]:
-        """`Journal.recipients`, streamed in pages."""
+        """`Journal.recipients`, streamed in pages. The next page is asked for before this one
+        is handed over, so the journal reads it while the caller writes this one out."""
         stream = self.journal.recipients(campaign_id, outcome)
-        while page := self._runner.run(_take(stream, PAGE)):
+        ahead = self._read_ahead(_take(stream, PAGE))
+        while page := self._runner.run(_done(ahead)):
+            ahead = self._read_ahead(_take(stream, PAGE))
+            self._runner.run(asyncio.sleep(0))  # one step: it queues its read, if it needs one
             yield from page
+
+    def _read_ahead(self, page: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = self._runner.get_loop().create_task(page)
+        self._ahead.add(task)
+        task.add_done_callback(self._ahead.discard)
+        return task
 
     def open_batches(self, campaign_id: str) -> Iterator[BatchRecord]:
         """Every batch not closed yet (`Journal.open_batches`), streamed in pages."""
@@ -83,6 +97,10 @@ class JournalReader:
         while page := self._runner.run(self.journal.open_batches(campaign_id, after, BATCHES)):
             yield from page
             after = page[-1].seq
+
+
+async def _done(task: asyncio.Task[T]) -> T:
+    return await task
 
 
 async def _take(stream: AsyncIterator[T], count: int) -> list[T]:
