@@ -486,6 +486,22 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int,
                         help="make the injected faults reproducible (default: different "
                         "faults every run)")
+    status = parser.add_argument_group(
+        "status API", "GET /bat/message/{messageId}: each accepted message goes scheduled, "
+        "processing, then delivered (on its channel), undeliverable or permanenterror")
+    status.add_argument("--dlr-delay", type=float, default=5.0, metavar="SECONDS",
+                        help="mean seconds from acceptance to a final status; each message "
+                        "takes 0.5x to 1.5x of it (default: %(default)s)")
+    status.add_argument("--undeliverable-rate", type=float, default=0.05,
+                        help="share of messages no channel delivers, 0..1 (default: "
+                        "%(default)s)")
+    status.add_argument("--permanent-error-rate", type=float, default=0.01,
+                        help="share of messages refused for good, 0..1 (default: %(default)s)")
+    status.add_argument("--status-fail-rate", type=float, default=0.0,
+                        help="share of status requests answered with a 5xx, 0..1 (default: "
+                        "%(default)s)")
+    status.add_argument("--status-rate-limit", type=float,
+                        help="status requests/s before answering 429 (default: no limit)")
 
 
 def _port(value: str) -> int:
@@ -505,7 +521,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             api_key=args.api_key, fail_rate=args.fail_rate, rate_limit=args.rate_limit,
             latency_ms=args.latency_ms, reject_phones=frozenset(args.reject_phone),
             drop_rate=args.drop_rate, omit_rate=args.omit_rate, record=args.record,
-            seed=args.seed,
+            seed=args.seed, dlr_delay=args.dlr_delay, undeliverable_rate=args.undeliverable_rate,
+            permanent_error_rate=args.permanent_error_rate,
+            status_fail_rate=args.status_fail_rate, status_rate_limit=args.status_rate_limit,
         )
     except ValueError as exc:
         raise UserError.single(str(exc), field="sandbox") from None

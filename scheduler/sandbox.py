@@ -4,13 +4,21 @@ It answers both routes the way the documentation describes (credential check, va
 documented error body, UUID message ids, a simulated channel per message) and can misbehave on
 purpose: latency, dropped connections, 429 rate limiting, 5xx failures, rejected phones and 200
 answers that leave an id out. It is also the sink of the 1M-message benchmark, so the success path
-does no per-message work beyond validating and answering.
+does no per-message work beyond validating, answering and noting two bytes per message.
+
+It also answers SMSBAT's status API (SPEC §11.3), ``GET /bat/message/{messageId}``: every accepted
+message goes scheduled -> processing -> delivered (on its channel), undeliverable or
+permanenterror after a delay of its own, with the channels the cascade tried, SMS parts and a
+cost. A message's fate and delay follow from its id (and ``seed``), so asking twice gives the
+same story; what is kept per accepted request is its time, route and a channel and SMS-part
+count per message (two bytes a message).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import hmac
 import math
 import random
@@ -36,10 +44,23 @@ MAX_BATCH: Final = 1000
 MAX_BODY: Final = 16 * 1024 * 1024
 #: seconds `stop` lets in-flight requests finish (only injected latency makes them slow)
 SHUTDOWN_GRACE: Final = 1.0
+#: the channels of each route, in the order the cascade tries them
 CHANNELS: Final[dict[Route, tuple[str, ...]]] = {
     "standard": ("telegram", "viber", "viber_bm", "rcs", "sms"),
-    "tg-viber": ("telegram", "viber", "sms"),
+    "tg-viber": ("telegram", "viber"),
 }
+#: the status API's route (SMSBAT's "Check Message Status")
+STATUS_PATH: Final = "/bat/message/{message_id}"
+#: what one delivered message part costs on each channel (a made-up tariff, in `CURRENCY`)
+PRICES: Final[dict[str, float]] = {
+    "telegram": 0.25, "viber": 0.55, "viber_bm": 0.85, "rcs": 0.75, "sms": 1.15,
+}
+CURRENCY: Final = "UAH"
+#: SMS parts: GSM-7 (taken as: ASCII) fits 160 characters, or 153 a part when split; UCS-2 70/67
+_SMS_SINGLE, _SMS_PART = {True: 160, False: 70}, {True: 153, False: 67}
+#: the share of a message's delay it spends "scheduled" before "processing"
+_SCHEDULED_SHARE: Final = 0.2
+_ID_COUNTER_BITS: Final = 48
 _CREDENTIAL_HEADERS: Final = tuple(header for _, _, header in CREDENTIAL_SOURCES)
 _API_KEY_HEADER: Final = "X-Authorization-Key"
 _TYPES: Final = frozenset(MESSAGE_TYPES)
@@ -73,17 +94,30 @@ class SandboxOptions:
     drop_rate: float = 0.0  # share of requests read, then hung up on without an answer
     omit_rate: float = 0.0  # share of 200 answers that leave out one message's id
     record: Path | None = None  # JSONL, one line per accepted message
-    seed: int | None = None  # for reproducible fault injection
+    seed: int | None = None  # for reproducible fault injection (and message fates)
+    # the status API
+    dlr_delay: float = 5.0  # mean seconds from acceptance to a final status (0.5x to 1.5x)
+    undeliverable_rate: float = 0.05  # share of messages no channel delivers
+    permanent_error_rate: float = 0.01  # share refused for good (a number that does not exist)
+    status_fail_rate: float = 0.0  # share of status requests answered 500/502/503
+    status_rate_limit: float | None = None  # status requests/s, then 429 with Retry-After
 
     def __post_init__(self) -> None:
-        for name in ("fail_rate", "drop_rate", "omit_rate"):
+        for name in ("fail_rate", "drop_rate", "omit_rate", "undeliverable_rate",
+                     "permanent_error_rate", "status_fail_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
-        if self.rate_limit is not None and not self.rate_limit > 0:
-            raise ValueError(f"rate_limit must be positive, not {self.rate_limit}")
+        if self.undeliverable_rate + self.permanent_error_rate > 1.0:
+            raise ValueError("undeliverable_rate and permanent_error_rate add up to more than 1")
+        for name in ("rate_limit", "status_rate_limit"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, not {value}")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must not be negative, not {self.latency_ms}")
+        if not 0 <= self.dlr_delay <= 86_400:
+            raise ValueError(f"dlr_delay must be 0 to 86400 seconds, not {self.dlr_delay}")
 
 
 class TokenBucket:
@@ -106,6 +140,27 @@ class TokenBucket:
         return (1.0 - self._tokens) / self.rate
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What the status API keeps of one accepted request: when, which route, and for each
+    message (in id order) its channel's index in ``CHANNELS[route]`` and its SMS parts."""
+
+    accepted_at: float  # Unix time
+    route: Route
+    first: int  # the counter (last 48 bits) of its first message id
+    channels: bytes
+    parts: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """How one message's story ends, and when: its final status ``delay`` seconds after it
+    was accepted."""
+
+    status: str  # delivered | undeliverable | permanenterror
+    delay: float
+
+
 class Sandbox:
     """The emulator server: start it, point a client at `base_url`, read the counters after."""
 
@@ -116,8 +171,14 @@ class Sandbox:
         self.requests = 0
         self.dropped = 0
         self.statuses: collections.Counter[int] = collections.Counter()
+        #: answers of the status API, by HTTP status
+        self.status_answers: collections.Counter[int] = collections.Counter()
         self._rng = random.Random(options.seed)
         self._bucket = _bucket_for(options.rate_limit)
+        self._status_bucket = _bucket_for(options.status_rate_limit)
+        self._fate_key = str(options.seed).encode()
+        #: accepted requests by the first 24 characters of their message ids
+        self._requests: dict[str, _Request] = {}
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._record: IO[bytes] | None = None
@@ -133,6 +194,7 @@ class Sandbox:
         """Forget every counter (accepted, requests, statuses, dropped)."""
         self.accepted.clear()
         self.statuses.clear()
+        self.status_answers.clear()
         self.requests = 0
         self.dropped = 0
 
@@ -143,6 +205,7 @@ class Sandbox:
         app = web.Application(client_max_size=MAX_BODY)
         for route, path in ENDPOINTS.items():
             app.router.add_post(path, self._handler(route))
+        app.router.add_get(STATUS_PATH, self._status)
         app.router.add_route("*", "/{tail:.*}", _not_found)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
@@ -247,11 +310,17 @@ class Sandbox:
 
     def _accept(self, messages: list[dict[str, Any]], route: Route) -> web.Response:
         channels = CHANNELS[route]
+        prefix, first, ids = _id_block(len(messages))
         results = [
             {"messageId": message_id, "trackinId": message["id"]}
-            for message, message_id in zip(messages, message_ids(len(messages)), strict=True)
+            for message, message_id in zip(messages, ids, strict=True)
         ]
         self.accepted.update(message["id"] for message in messages)
+        self._requests[prefix] = _Request(
+            time.time(), route, first,
+            bytes(zlib.crc32(m["toPhone"].encode()) % len(channels) for m in messages),
+            bytes(min(255, sms_parts(m.get("text") or "")) for m in messages),
+        )
         if self._record is not None:
             self._write_record(messages, results, channels, route)
         if self._chance(self.options.omit_rate):
@@ -284,15 +353,126 @@ class Sandbox:
         self._record.flush()
 
 
+    # --- the status API -------------------------------------------------------------------
+
+    async def _status(self, request: web.Request) -> web.Response:
+        response = await self._status_answer(request)
+        self.status_answers[response.status] += 1
+        return response
+
+    async def _status_answer(self, request: web.Request) -> web.Response:
+        """``GET /bat/message/{messageId}``: faults first, as on the send routes."""
+        if self.options.latency_ms:
+            await asyncio.sleep(self.options.latency_ms / 1000)
+        if not self._authorized(request):
+            return _error(401, "UNAUTHORIZED", _unauthorized_message(request))
+        if self._status_bucket is not None and (wait := self._status_bucket.take()):
+            return _too_many_requests(self._status_bucket.rate, wait)
+        if self._chance(self.options.status_fail_rate):
+            return self._server_error()
+        message_id = request.match_info["message_id"]
+        body = self.message_status(message_id, time.time())
+        if body is None:
+            return _error(404, "NOT_FOUND", f"No message with id {message_id[:64]}")
+        return _json(200, body)
+
+    def fate(self, message_id: str) -> Fate:
+        """Where ``message_id``'s story ends, and after how many seconds: the same answer
+        every time for the same id and seed."""
+        digest = hashlib.blake2b(message_id.encode(), digest_size=8, key=self._fate_key).digest()
+        luck = int.from_bytes(digest[:4]) / 2**32
+        pace = int.from_bytes(digest[4:]) / 2**32
+        options = self.options
+        if luck < options.undeliverable_rate:
+            status = "undeliverable"
+        elif luck < options.undeliverable_rate + options.permanent_error_rate:
+            status = "permanenterror"
+        else:
+            status = "delivered"
+        return Fate(status, options.dlr_delay * (0.5 + pace))
+
+    def message_status(self, message_id: str, now: float) -> dict[str, Any] | None:
+        """The status API's answer for ``message_id`` at Unix time ``now`` (None: unknown)."""
+        found = self._find(message_id)
+        if found is None:
+            return None
+        accepted, index = found
+        channels = CHANNELS[accepted.route]
+        channel = channels[accepted.channels[index]]
+        fate = self.fate(message_id)
+        elapsed = now - accepted.accepted_at
+        if elapsed >= fate.delay:
+            status, tried = fate.status, _tried(fate.status, channels, channel)
+        elif elapsed >= fate.delay * _SCHEDULED_SHARE:
+            status, tried = "processing", {channels[0]: "processing"}
+        else:
+            status, tried = "scheduled", {}
+        parts = accepted.parts[index] if channel == "sms" else 1
+        cost = round(PRICES[channel] * parts, 2) if status == "delivered" else 0.0
+        body: dict[str, Any] = {
+            "messagelistId": int(message_id[:8], 16), "messageId": message_id,
+            "deliverystatus": status, "partscount": parts, "cost": cost,
+            "billAmount": cost, "billCurrency": CURRENCY,
+        }
+        if tried:
+            body["extendedStatuses"] = {c: tried.get(c, "not_used") for c in channels}
+            body["fallbacks"] = [{"type": c, "status": s} for c, s in tried.items()][1:]
+        if status in ("delivered", "undeliverable", "permanenterror"):
+            body["timestamp"] = _iso(accepted.accepted_at + fate.delay)
+        return body
+
+    def _find(self, message_id: str) -> tuple[_Request, int] | None:
+        """The accepted request that gave out ``message_id``, and the message's index in it."""
+        accepted = self._requests.get(message_id[:24])
+        if accepted is None or len(message_id) != 36:
+            return None
+        try:
+            counter = int(message_id[24:], 16)
+        except ValueError:
+            return None
+        index = (counter - accepted.first) & ((1 << _ID_COUNTER_BITS) - 1)
+        return (accepted, index) if index < len(accepted.channels) else None
+
+
+def _tried(status: str, channels: tuple[str, ...], channel: str) -> dict[str, str]:
+    """What each channel the cascade tried says, in order, for a final ``status``."""
+    if status == "permanenterror":
+        return {channels[0]: "permanenterror"}
+    if status == "undeliverable":
+        return dict.fromkeys(channels, "undeliverable")
+    reached = channels.index(channel)
+    return {**dict.fromkeys(channels[:reached], "undeliverable"), channel: "delivered"}
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def sms_parts(text: str) -> int:
+    """How many SMS parts ``text`` takes: 160 GSM-7 (here: ASCII) characters in one, 153 a
+    part when split; 70 and 67 for anything else (UCS-2). Flashcall's empty text: 1."""
+    gsm = text.isascii()
+    if len(text) <= _SMS_SINGLE[gsm]:
+        return 1
+    return math.ceil(len(text) / _SMS_PART[gsm])
+
+
 def message_ids(count: int) -> list[str]:
     """``count`` distinct version-4 UUIDs: one random UUID per request, the last 48 bits counted.
 
     ``uuid.uuid4()`` per message cost 3.7 µs, more than everything else the sink does.
     """
+    return _id_block(count)[2]
+
+
+def _id_block(count: int) -> tuple[str, int, list[str]]:
+    """`message_ids`, with the ids' shared first 24 characters and the first one's counter."""
     head = uuid.uuid4().hex
     prefix = f"{head[:8]}-{head[8:12]}-{head[12:16]}-{head[16:20]}-"
     start = int(head[20:], 16)
-    return [f"{prefix}{(start + i) & 0xFFFFFFFFFFFF:012x}" for i in range(count)]
+    mask = (1 << _ID_COUNTER_BITS) - 1
+    return prefix, start, [f"{prefix}{(start + i) & mask:012x}" for i in range(count)]
 
 
 def channel_for(phone: str, channels: tuple[str, ...]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,17 @@ import pytest
 from scheduler.cascade import ENDPOINTS
 from scheduler.sandbox import (
     CHANNELS,
+    CURRENCY,
+    PRICES,
+    STATUS_PATH,
     Sandbox,
     SandboxOptions,
     channel_for,
     message_ids,
     serve,
+    sms_parts,
 )
-from tests.helpers import StartSandbox
+from tests.helpers import StartSandbox, run_cli
 
 KEY = {"X-Authorization-Key": "sandbox-key"}
 STANDARD = ENDPOINTS["standard"]
@@ -256,7 +261,7 @@ def test_channels_are_deterministic_and_varied() -> None:
         first = [channel_for(p, channels) for p in phones]
         assert first == [channel_for(p, channels) for p in phones]
         assert set(first) == set(channels), route
-    assert set(CHANNELS["tg-viber"]) == {"telegram", "viber", "sms"}
+    assert CHANNELS["tg-viber"] == ("telegram", "viber")
 
 
 async def test_drop_hangs_up_after_reading(
@@ -368,7 +373,8 @@ async def test_base_url_needs_a_running_sandbox() -> None:
 @pytest.mark.parametrize(
     "options",
     [{"fail_rate": 1.5}, {"drop_rate": -0.1}, {"omit_rate": 2}, {"rate_limit": 0},
-     {"latency_ms": -1}],
+     {"latency_ms": -1}, {"undeliverable_rate": 1.2}, {"status_fail_rate": -1},
+     {"status_rate_limit": 0}, {"dlr_delay": -1}],
 )
 def test_options_are_validated(options: dict[str, Any]) -> None:
     """Impossible option values are refused up front."""
@@ -399,3 +405,162 @@ def test_message_ids_are_distinct_version_4_uuids() -> None:
         parsed = uuid.UUID(value)
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
         assert str(parsed) == value
+
+
+# --- the status API (SPEC §11.3) ------------------------------------------------------------
+
+
+async def status_of(
+    http: aiohttp.ClientSession, sandbox: Sandbox, message_id: str,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """GET the status API for one message id: the HTTP status and the JSON answer."""
+    url = sandbox.base_url + STATUS_PATH.format(message_id=message_id)
+    async with http.get(url, headers=KEY if headers is None else headers) as response:
+        answer = await response.read()
+        return response.status, orjson.loads(answer) if answer.startswith(b"{") else None
+
+
+async def send_ids(
+    http: aiohttp.ClientSession, sandbox: Sandbox, messages: list[dict[str, Any]],
+    path: str = STANDARD,
+) -> dict[str, str]:
+    """Send ``messages``; tracking id -> messageId."""
+    status, body = await call(http, sandbox, messages, path=path)
+    assert status == 200
+    return {entry["trackinId"]: entry["messageId"] for entry in body}
+
+
+async def test_status_moves_from_scheduled_through_processing_to_final(
+    start_sandbox: StartSandbox, http: aiohttp.ClientSession
+) -> None:
+    """A message is scheduled, then processing, then final after its own delay; the answer
+    has SMSBAT's fields, and asking again after the end tells the same story."""
+    sandbox = await start_sandbox(dlr_delay=0.6, undeliverable_rate=0, permanent_error_rate=0)
+    ids = await send_ids(http, sandbox, [message(i) for i in range(20)])
+    seen: dict[str, list[str]] = {mid: [] for mid in ids.values()}
+    for _ in range(40):
+        for mid, statuses in seen.items():
+            _, body = await status_of(http, sandbox, mid)
+            if not statuses or statuses[-1] != body["deliverystatus"]:
+                statuses.append(body["deliverystatus"])
+        if all(s[-1] == "delivered" for s in seen.values()):
+            break
+        await asyncio.sleep(0.05)
+    order = ["scheduled", "processing", "delivered"]
+    for statuses in seen.values():
+        assert statuses[-1] == "delivered"
+        assert statuses == sorted(statuses, key=order.index)  # only ever forward
+    assert any(len(s) == 3 for s in seen.values())
+    mid = ids["t-3"]
+    _, body = await status_of(http, sandbox, mid)
+    channel = channel_for(message(3)["toPhone"], CHANNELS["standard"])
+    assert body["messageId"] == mid and isinstance(body["messagelistId"], int)
+    assert body["extendedStatuses"][channel] == "delivered"
+    assert body["partscount"] == 1
+    assert body["cost"] == body["billAmount"] == PRICES[channel]
+    assert body["billCurrency"] == CURRENCY
+    assert body["timestamp"].endswith("Z")
+    assert (await status_of(http, sandbox, mid))[1] == body
+
+
+async def test_channel_mix_per_route_and_fates(
+    start_sandbox: StartSandbox, http: aiohttp.ClientSession
+) -> None:
+    """Delivered messages come through every channel of their route, the channel the record
+    names; undeliverable and permanenterror shares follow the options; only delivered costs."""
+    sandbox = await start_sandbox(dlr_delay=0, undeliverable_rate=0.2, permanent_error_rate=0.1,
+                                  seed=7)
+    bodies: dict[str, list[dict[str, Any]]] = {}
+    for route, path in (("standard", STANDARD), ("tg-viber", TG_VIBER)):
+        batch = [message(i, id=f"{route}-{i}") for i in range(400)]
+        ids = await send_ids(http, sandbox, batch, path)
+        bodies[route] = []
+        for m in batch:
+            _, body = await status_of(http, sandbox, ids[m["id"]])
+            body["phone"] = m["toPhone"]
+            bodies[route].append(body)
+    for route, answers in bodies.items():
+        channels = CHANNELS[route]
+        fates = Counter(b["deliverystatus"] for b in answers)
+        assert 50 <= fates["undeliverable"] <= 110, fates
+        assert 15 <= fates["permanenterror"] <= 70, fates
+        delivered = [b for b in answers if b["deliverystatus"] == "delivered"]
+        used = {c for b in delivered for c, s in b["extendedStatuses"].items() if s == "delivered"}
+        assert used == set(channels), route
+        for body in answers:
+            assert list(body["extendedStatuses"]) == list(channels)
+            if body["deliverystatus"] == "delivered":
+                channel = channel_for(body["phone"], channels)
+                assert body["extendedStatuses"][channel] == "delivered"
+                assert body["cost"] == PRICES[channel]
+            else:
+                assert body["cost"] == 0
+            if body["deliverystatus"] == "undeliverable":
+                assert set(body["extendedStatuses"].values()) == {"undeliverable"}
+
+
+async def test_sms_parts_and_their_cost(
+    start_sandbox: StartSandbox, http: aiohttp.ClientSession
+) -> None:
+    """A long text delivered by SMS costs one price per part; other channels count one part."""
+    assert [sms_parts("a" * n) for n in (0, 160, 161, 306, 307)] == [1, 1, 2, 2, 3]
+    assert [sms_parts("я" * n) for n in (70, 71, 134, 135)] == [1, 2, 2, 3]
+    sandbox = await start_sandbox(dlr_delay=0, undeliverable_rate=0, permanent_error_rate=0)
+    batch = [message(i, text="x" * 200) for i in range(60)]
+    ids = await send_ids(http, sandbox, batch)
+    for m in batch:
+        _, body = await status_of(http, sandbox, ids[m["id"]])
+        channel = channel_for(m["toPhone"], CHANNELS["standard"])
+        parts = 2 if channel == "sms" else 1
+        assert (body["partscount"], body["cost"]) == (parts, round(PRICES[channel] * parts, 2))
+
+
+async def test_fates_are_reproducible_with_a_seed(
+    start_sandbox: StartSandbox, http: aiohttp.ClientSession
+) -> None:
+    """The same message id with the same seed always meets the same fate after the same delay."""
+    options = {"seed": 5, "undeliverable_rate": 0.5, "permanent_error_rate": 0}
+    first, second = await start_sandbox(**options), await start_sandbox(**options)
+    ids = message_ids(50)
+    assert [first.fate(i) for i in ids] == [second.fate(i) for i in ids]
+    assert {first.fate(i).status for i in ids} == {"delivered", "undeliverable"}
+
+
+async def test_status_errors_unknown_ids_credentials_and_faults(
+    start_sandbox: StartSandbox, http: aiohttp.ClientSession
+) -> None:
+    """Unknown or malformed ids are 404, a missing key 401; the status route has its own 5xx
+    share and its own rate limit (429 with Retry-After), and sending is untouched by both."""
+    sandbox = await start_sandbox(api_key="sandbox-key")
+    ids = await send_ids(http, sandbox, [message(1)])
+    mid = ids["t-1"]
+    assert (await status_of(http, sandbox, str(uuid.uuid4())))[0] == 404
+    assert (await status_of(http, sandbox, mid[:24] + "ffffffffffff"))[0] == 404
+    status, body = await status_of(http, sandbox, "not-a-message-id")
+    assert (status, body["error"]["code"]) == (404, "NOT_FOUND")
+    assert (await status_of(http, sandbox, mid, headers={}))[0] == 401
+    assert (await status_of(http, sandbox, mid, headers={"X-Authorization-Key": "x"}))[0] == 401
+    assert sandbox.status_answers == {404: 3, 401: 2}
+
+    failing = await start_sandbox(status_fail_rate=1.0)
+    ids = await send_ids(http, failing, [message(1)])
+    assert {(await status_of(http, failing, ids["t-1"]))[0] for _ in range(10)} <= {
+        500, 502, 503}
+    limited = await start_sandbox(status_rate_limit=1)
+    ids = await send_ids(http, limited, [message(1)])
+    url = limited.base_url + STATUS_PATH.format(message_id=ids["t-1"])
+    async with http.get(url, headers=KEY) as response:
+        assert response.status == 200
+    async with http.get(url, headers=KEY) as response:
+        assert (response.status, response.headers["Retry-After"]) == (429, "1")
+    assert (await call(http, limited, [message(2)]))[0] == 200  # sending has its own limit
+
+
+def test_status_options_on_the_command_line(tmp_path: Path) -> None:
+    """`sandbox --help` lists the status API's options with their defaults."""
+    result = run_cli(["sandbox", "--help"], cwd=tmp_path)
+    for option in ("--dlr-delay", "--undeliverable-rate", "--permanent-error-rate",
+                   "--status-fail-rate", "--status-rate-limit"):
+        assert option in result.stdout
+    assert "default: 5.0" in result.stdout
