@@ -5,6 +5,7 @@ Reading and validating campaign files into these models is `scheduler.loader`'s 
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,20 @@ class AudienceSpec(BaseModel):
     delimiter: str | None = None  # None: sniffed from the header line among "," ";" "\t"
 
 
+class Rollout(BaseModel):
+    """``[rollout]``: send in stages (cumulative shares of the audience, in snapshot order),
+    waiting ``hold`` seconds between them so the brake can judge a small share first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stages: tuple[float, ...]  # increasing, each in (0, 1], the last 1.0
+    hold: int  # seconds between one stage's end and the next one's start
+
+    def batches(self, stage: int, total: int) -> int:
+        """How many of ``total`` batches stages 0..``stage`` cover (at least one each)."""
+        return min(total, max(stage + 1, math.ceil(self.stages[stage] * total)))
+
+
 class Campaign(BaseModel):
     """One validated campaign file. Row-level problems are the audience reader's business."""
 
@@ -68,6 +83,7 @@ class Campaign(BaseModel):
     survey_options: tuple[str, ...] | None = None
     route: Route | None = None
     paused: bool = False
+    rollout: Rollout | None = None
     audience: AudienceSpec
     file: Path  # absolute path of the campaign file
     fingerprint: str  # sha256 of the campaign file's bytes; changes when the file is edited

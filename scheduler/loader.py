@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import errno
 import hashlib
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from scheduler.campaign import (
     AudienceSpec,
     Campaign,
     MessageType,
+    Rollout,
     utc_text,
 )
 from scheduler.config import Config, Route
@@ -164,8 +166,10 @@ def _in_line_order(problems: list[Problem]) -> list[Problem]:
 
 _TOP_KEYS = (
     "id", "from_name", "type", "send_at", "ttl", "text", "survey_options", "route", "paused",
-    "audience",
+    "audience", "rollout",
 )
+_ROLLOUT_KEYS = ("stages", "hold")
+_ROLLOUT_EXAMPLE = "stages = [0.01, 0.1, 1.0] and hold = 900"
 _AUDIENCE_KEYS = ("csv", "phone_column", "id_column", "delimiter")
 _DELIMITERS = (",", ";", "\t")
 _ROUTES: tuple[str, ...] = get_args(Route)
@@ -231,6 +235,7 @@ class _CampaignReader:
         send_at = self.send_at(ttl)
         route = self.route()
         paused = self.paused()
+        rollout = self.rollout()
         template = self.text(kind)
         options = self.survey_options(kind)
         audience = self.audience(template.fields if template else self.text_fields)
@@ -242,7 +247,7 @@ class _CampaignReader:
         return Campaign(
             id=campaign_id, from_name=from_name, type=kind, send_at=send_at, ttl=ttl,
             text=None if template is None else template.source, survey_options=options,
-            route=route, paused=paused, audience=audience,
+            route=route, paused=paused, rollout=rollout, audience=audience,
             file=real_path(self.doc.path), fingerprint=fingerprint,
         )
 
@@ -261,6 +266,40 @@ class _CampaignReader:
                 hint = _did_you_mean(key, known)
             hint = hint or f"; the keys are {', '.join(known)}"
             self.error(dotted, f"unknown key{hint}")
+
+    def rollout(self) -> Rollout | None:
+        """``[rollout]``: ``stages`` increasing shares in (0, 1] ending at 1.0, ``hold`` s."""
+        table = self.data.get("rollout")
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            self.error("rollout", f"must be a table ([rollout] with {_ROLLOUT_EXAMPLE})")
+            return None
+        self.unknown_keys(table, "rollout", _ROLLOUT_KEYS)
+        stages, hold = self._stages(table.get("stages")), self._hold(table.get("hold", 900))
+        return None if stages is None or hold is None else Rollout(stages=stages, hold=hold)
+
+    def _stages(self, value: object) -> tuple[float, ...] | None:
+        shares = value if isinstance(value, list) else None
+        if not shares or any(isinstance(v, bool) or not isinstance(v, int | float)
+                             for v in shares):
+            self.error("rollout.stages", "must be an array of shares of the audience, like "
+                       "[0.01, 0.1, 1.0]")
+            return None
+        floats = tuple(float(v) for v in shares)
+        if any(b <= a for a, b in itertools.pairwise(floats)) or not (
+                floats[0] > 0 and floats[-1] == 1.0):
+            self.error("rollout.stages", f"{list(floats)} must grow from above 0 to exactly 1.0 "
+                       "(cumulative shares: the last stage sends everyone)")
+            return None
+        return floats
+
+    def _hold(self, value: object) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 86_400:
+            self.error("rollout.hold", "must be a whole number of seconds from 0 to 86400 "
+                       "(the wait between stages), like 900")
+            return None
+        return value
 
     # -- typed values ---------------------------------------------------------------------
 

@@ -161,6 +161,8 @@ class _Planner:
             "skipped": record.skipped, "sent": counts.get("sent", 0), "eta": None,
             "note": campaign_note(record, pending, self.leading),
         }
+        if campaign is not None and campaign.rollout is not None:
+            row["note"] = _joined(row["note"], _stage_note(campaign, record, self.now))
         paused = campaign is not None and campaign.paused
         if record.state in SENDING and self.leading and pending and not paused:
             self._job(row, self.now, pending, record.type, record.deadline)
@@ -181,6 +183,9 @@ class _Planner:
             row.update(state="invalid", note="its audience cannot be read: run `check`")
             return
         row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
+        if campaign.rollout is not None:
+            row["note"] = (f"in {len(campaign.rollout.stages)} stages, "
+                           f"{campaign.rollout.hold} s apart")
         if campaign.deadline <= self.now:
             row["state"] = "expired"
         elif campaign.paused:
@@ -209,3 +214,16 @@ def _why_invalid(check: CampaignCheck) -> str:
     that loops or points nowhere (`check` skips those in a folder), else where to look."""
     link = broken_link(check.file)
     return f"{check.file.name}: cannot read: {link}" if link else "run `check` for the errors"
+
+
+def _stage_note(campaign: Campaign, record: CampaignRecord, now: datetime) -> str:
+    """Roll-out: the stage in progress, and when it starts if it is still on hold."""
+    assert campaign.rollout is not None
+    note = f"stage {record.stage + 1}/{len(campaign.rollout.stages)}"
+    if record.stage_at is not None and record.stage_at > now:
+        note += f", starts {utc_text(record.stage_at)}"
+    return note
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)

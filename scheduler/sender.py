@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ class CampaignRun:
     broken: JournalError | OSError | None = None  # the journal or log failed: drive raises it
     first_post: bool = False  # the campaign's very first request is still to come (lag metric)
     brake: Brake | None = None  # None: brake_window = 0
+    stage: int = 0  # roll-out: the stage in progress
+    limit: int | None = None  # roll-out: batches below this seq belong to stages so far
     details: dict[str, Any] = field(default_factory=dict)  # fields for the stop's event
 
     def halt(self, state: CampaignState | None = None, reason: str | None = None) -> None:
@@ -278,6 +280,7 @@ class Engine:
         if self.clock() >= run.deadline:
             return await self._expire(run, record)
         await self._settle_crashed(run)
+        await self._resume_stage(run, record)
         ticker = asyncio.create_task(self._report_progress(run))
         try:
             return await self._rounds(run, record)
@@ -305,6 +308,48 @@ class Engine:
                 return await self._finish(run, record, counts)
             if self.clock() >= run.deadline:
                 return await self._expire(run, record)
+            if await self._stage_complete(run):
+                await self._next_stage(run, record)
+
+    # ----------------------------------------------------------------- roll-out
+
+    async def _resume_stage(self, run: CampaignRun, record: CampaignRecord) -> None:
+        """Continue the journaled stage (never repeat one); wait out a hold that is running."""
+        rollout = run.campaign.rollout
+        if rollout is None:
+            return
+        run.stage = min(record.stage, len(rollout.stages) - 1)
+        run.limit = rollout.batches(run.stage, record.batches)
+        if record.stage_at is not None:
+            await self._hold_until(run, record.stage_at)
+
+    async def _stage_complete(self, run: CampaignRun) -> bool:
+        """True when every batch of the stage in progress is final and a later one waits."""
+        if run.limit is None:
+            return False
+        first_open = await self.journal.open_batches(run.campaign.id, -1, 1)
+        return bool(first_open) and first_open[0].seq >= run.limit
+
+    async def _next_stage(self, run: CampaignRun, record: CampaignRecord) -> None:
+        """Journal the next stage with its start after the hold, announce it, and wait."""
+        rollout = run.campaign.rollout
+        assert rollout is not None  # only staged campaigns have a limit
+        run.stage += 1
+        starts = self.clock() + timedelta(seconds=rollout.hold)
+        await self.journal.set_stage(run.campaign.id, run.stage, starts)
+        run.limit = rollout.batches(run.stage, record.batches)
+        self.lifecycle.announce(
+            "campaign_stage", campaign=run.campaign.id, stage=run.stage + 1,
+            stages=len(rollout.stages), share=rollout.stages[run.stage],
+            starts_at=starts.isoformat(),
+        )
+        await self._hold_until(run, starts)
+
+    async def _hold_until(self, run: CampaignRun, moment: datetime) -> None:
+        """Wait until ``moment`` (or the deadline, or a stop)."""
+        wait = (min(moment, run.deadline) - self.clock()).total_seconds()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stop.wait(), max(0.0, wait))
 
     async def _feed(self, run: CampaignRun) -> None:
         """Queue the campaign's open batches (a bounded window at a time) and wait for them."""
@@ -312,9 +357,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         while not run.halted and self.refused is None:
             page = await self.journal.open_batches(run.campaign.id, after, PAGE)
-            if not page:
+            staged = [b for b in page if run.limit is None or b.seq < run.limit]
+            if not staged:
                 break
-            for batch in page:
+            for batch in staged:
                 await run.window.acquire()
                 if run.halted or self.refused is not None:
                     run.window.release()
@@ -330,6 +376,8 @@ class Engine:
                     _Job(run.priority, next(self._order), run, batch.seq, messages, done, body)
                 )
                 after = batch.seq
+            if len(staged) < len(page):
+                break  # the rest belongs to later roll-out stages
         await asyncio.gather(*list(run.outstanding))
         if run.broken is not None:
             raise run.broken

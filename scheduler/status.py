@@ -19,7 +19,7 @@ from scheduler.vocabulary import ENDED
 DAEMON_COLUMNS = ("role", "host", "pid", "since")
 CAMPAIGN_COLUMNS = (
     "campaign", "type", "state", "sent", "recipients", "pending", "rate_per_s", "eta", "stage",
-    "error",
+    "stage_starts", "error",
 )
 
 
@@ -69,7 +69,9 @@ def _campaign(journal: JournalReader, record: CampaignRecord, now: datetime) -> 
     return {
         "campaign": record.id, "type": record.type, "state": record.state, "sent": sent,
         "recipients": record.recipients, "pending": pending,
-        "rate_per_s": round(rate, 1) if rate else None, "eta": eta, "stage": record.stage,
+        "rate_per_s": round(rate, 1) if rate else None, "eta": eta,
+        "stage": record.stage + 1 if record.stage or record.stage_at else None,
+        "stage_starts": utc_text(record.stage_at) if record.stage_at else None,
         "error": record.error or "",
     }
 

@@ -485,3 +485,21 @@ async def test_presence_lists_live_daemons_and_is_not_the_lease(journal: Journal
     await journal.heartbeat("host-a:11:aa", since, 30)  # renewing keeps one row
     await journal.leave("host-a:11:aa")
     assert [d.holder for d in await journal.daemons()] == ["host-b:22:bb"]
+
+
+async def test_the_rollout_stage_is_journaled_and_fenced(journal: Journal) -> None:
+    """set_stage keeps the stage and its start time; a deposed writer cannot move it."""
+    await prepare(journal, "c")
+    starts = datetime(2026, 12, 1, 9, 15, tzinfo=UTC)
+    await journal.set_stage("c", 1, starts)
+    record = await journal.campaign("c")
+    assert record is not None and (record.stage, record.stage_at) == (1, starts)
+    with pytest.raises(JournalConflict, match="no such campaign"):
+        await journal.set_stage("nope", 1, starts)
+    epoch = await journal.acquire_lease("old", 15)
+    assert epoch is not None
+    journal.fence("old", epoch)
+    await journal.release_lease("old", epoch)
+    await journal.acquire_lease("new", 15)
+    with pytest.raises(JournalFenced):
+        await journal.set_stage("c", 2, starts)

@@ -108,7 +108,8 @@ class CampaignRecord:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
-    stage: int = 0  # roll-out stage reached (0: none yet)
+    stage: int = 0  # roll-out: the stage in progress (0: the first)
+    stage_at: datetime | None = None  # roll-out: when that stage may start (after the hold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,10 @@ class Journal(Protocol):
         `JournalConflict`; an unknown campaign too. Only `lifecycle` calls this."""
 
     # --- batches: the send path -------------------------------------------------------------
+
+    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
+        """Roll-out: the campaign moves on to ``stage``, which may start at ``stage_at``
+        (durable, fenced like the send path: a restart or a new leader continues it)."""
 
     async def open_batches(
         self, campaign_id: str, after_seq: int = -1, limit: int = 64,

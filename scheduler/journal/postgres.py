@@ -130,7 +130,7 @@ _SNAPSHOT_DELETES = (
 )
 _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
-    " prepared_at, started_at, finished_at, error, stage"
+    " prepared_at, started_at, finished_at, error, stage, stage_at"
 )
 _BATCH_CHUNK = 64  # batches written per operation while preparing
 _SKIP_CHUNK = 10_000
@@ -209,13 +209,13 @@ def _text(value: str) -> str:
 
 def _record(row: TupleRow) -> CampaignRecord:
     (id_, type_, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,
-     prepared_at, started_at, finished_at, error, stage) = row
+     prepared_at, started_at, finished_at, error, stage, stage_at) = row
     return CampaignRecord(
         id=id_, type=type_, file=file, fingerprint=fingerprint, state=state,
         send_at=send_at.astimezone(UTC), deadline=deadline.astimezone(UTC),
         recipients=recipients, skipped=skipped, batches=batches,
         prepared_at=_utc(prepared_at), started_at=_utc(started_at),
-        finished_at=_utc(finished_at), error=error, stage=stage,
+        finished_at=_utc(finished_at), error=error, stage=stage, stage_at=_utc(stage_at),
     )
 
 
@@ -765,6 +765,15 @@ class PostgresStore:
         )
         return None if row is None else str(row[0])
 
+    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
+        """Roll-out: record the stage in progress and when it may start."""
+        cursor = await self.db.execute(
+            "UPDATE campaigns SET stage = %s, stage_at = %s WHERE id = %s",
+            (stage, stage_at, campaign_id),
+        )
+        if cursor.rowcount == 0:
+            raise JournalConflict(campaign_id, "no such campaign in the journal")
+
     async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
         """Renew ``holder``'s presence (a lease named "daemon:<holder>"; epoch: start time)."""
         await self.db.execute(
@@ -1272,6 +1281,10 @@ class PostgresJournal:
     async def leader(self) -> str | None:
         """`Journal.leader`."""
         return await self._call(PostgresStore.leader)
+
+    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
+        """`Journal.set_stage`."""
+        await self._fenced(PostgresStore.set_stage, campaign_id, stage, stage_at)
 
     async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
         """`Journal.heartbeat`."""

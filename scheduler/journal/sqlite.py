@@ -258,7 +258,7 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         deadline=datetime.fromisoformat(row["deadline"]), recipients=row["recipients"],
         skipped=row["skipped"], batches=row["batches"], prepared_at=_time(row["prepared_at"]),
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
-        error=row["error"], stage=row["stage"],
+        error=row["error"], stage=row["stage"], stage_at=_time(row["stage_at"]),
     )
 
 
@@ -963,6 +963,16 @@ class SqliteConnection:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
+        """Roll-out: record the stage in progress and when it may start."""
+        with self.transaction():
+            cursor = self._db.execute(
+                "UPDATE campaigns SET stage = ?, stage_at = ? WHERE id = ?",
+                (stage, _utc_text(stage_at), campaign_id),
+            )
+            if cursor.rowcount == 0:
+                raise JournalConflict(campaign_id, "no such campaign in the journal")
+
     def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
         """Renew ``holder``'s presence (a lease named "daemon:<holder>"; epoch: start time)."""
         with self.transaction():
@@ -1297,6 +1307,10 @@ class SqliteJournal:
     async def leader(self) -> str | None:
         """`Journal.leader`."""
         return await self._call(SqliteConnection.leader)
+
+    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
+        """`Journal.set_stage`."""
+        await self._fenced(SqliteConnection.set_stage, campaign_id, stage, stage_at)
 
     async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
         """`Journal.heartbeat`."""
