@@ -77,3 +77,16 @@ DeliveryStatus = Literal[
 DELIVERY_FINAL: frozenset[DeliveryStatus] = frozenset(
     {"delivered", "undeliverable", "permanenterror", "unknown"}
 )
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
+#: how far along each status is; a message's status only ever moves to a higher rank (a late
+#: "processing" after "delivered", or a second final status, changes nothing)
+DELIVERY_RANK: dict[DeliveryStatus, int] = {
+    "scheduled": 1, "processing": 2,
+    "delivered": 3, "undeliverable": 3, "permanenterror": 3, "unknown": 3,
+}
+
+
+def may_advance(current: DeliveryStatus | None, reported: DeliveryStatus) -> bool:
+    """True when a report of ``reported`` moves a message whose status is ``current`` (None:
+    nothing heard yet) forward."""
+    return DELIVERY_RANK[reported] > (0 if current is None else DELIVERY_RANK[current])

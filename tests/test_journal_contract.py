@@ -17,7 +17,14 @@ import orjson
 import pytest
 
 from scheduler.audience import Skip
-from scheduler.journal import Journal, JournalConflict, JournalFenced, Result
+from scheduler.journal import (
+    Journal,
+    JournalBusy,
+    JournalConflict,
+    JournalFenced,
+    Result,
+    StatusReport,
+)
 from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.vocabulary import OUTCOMES, Outcome
@@ -412,6 +419,153 @@ async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
     assert await journal.sent_count("+380500000000", ["promo"], datetime.now(UTC)
                                     + timedelta(seconds=1)) == 0
     assert await journal.index_messages() == 0
+
+
+# --- delivery status (SPEC §11.3) -----------------------------------------------------------
+
+
+async def send_and_index(
+    journal: Journal, campaign: str, count: int = 2, size: int = 3, first_poll: float = 0.0,
+) -> list[str]:
+    """Prepare, send (every message "sent", messageId ``mid-<tracking id>``) and index a
+    campaign; its message ids in order."""
+    await prepare(journal, campaign, count=count, size=size)
+    sent = []
+    for batch in await journal.open_batches(campaign):
+        outcomes = results(batch.body)
+        await journal.record_results(campaign, batch.seq, outcomes)
+        sent += [str(r.detail) for r in outcomes]
+    while await journal.index_messages(max_batches=1, first_poll=first_poll):
+        pass
+    return sent
+
+
+async def test_statuses_only_move_forward(journal: Journal) -> None:
+    """scheduled -> processing -> final; duplicates, older statuses and a second final one
+    change nothing; the first final status is reported as such exactly once."""
+    mid = (await send_and_index(journal, "c"))[0]
+    at = datetime(2026, 12, 1, 9, 0, 40, tzinfo=UTC)
+    assert not await journal.record_status(mid, "processing")
+    assert not await journal.record_status(mid, "scheduled")
+    assert await journal.record_status(mid, "delivered", "viber", 1, 0.55, "UAH", at)
+    for late in ("delivered", "undeliverable", "processing", "unknown"):
+        assert not await journal.record_status(mid, late, "sms", 2, 9.0, "EUR")
+    rows = [r async for r in journal.delivery_recipients("c", "delivered")]
+    assert [(r.message_id, r.tracking_id, r.phone, r.channel, r.parts, r.cost, r.currency,
+             r.status_at) for r in rows] == [
+        (mid, "c-0", "+380500000000", "viber", 1, 0.55, "UAH", at)]
+    assert [r async for r in journal.delivery_recipients("c", "undeliverable")] == []
+    changes = await journal.record_statuses([
+        StatusReport("mid-c-1", "processing"), StatusReport("mid-c-1", "undeliverable", "sms"),
+        StatusReport("mid-c-1", "delivered"), StatusReport("nobody", "delivered"),
+        StatusReport(mid, "delivered"),
+    ])
+    assert [c.result for c in changes] == ["moved", "final", "unchanged", "unknown", "unchanged"]
+    record = changes[1].message
+    assert record is not None and (record.campaign, record.tracking_id, record.phone) == (
+        "c", "c-1", "+380500000001")
+    assert changes[3].message is None
+
+
+async def test_a_final_status_is_final_once_among_concurrent_reports(
+    make_journal: MakeJournal, journal: Journal,
+) -> None:
+    """Two journals (two daemons: one polling, one taking webhooks) report the same final
+    status at once: exactly one of them is told "final"."""
+    ids = await send_and_index(journal, "c", count=1, size=50)
+    other = make_journal()
+    try:
+        await other.start(writer=True)
+    except JournalBusy:  # one writer per journal on this backend: its calls queue up anyway
+        other = journal
+    try:
+        first, second = await asyncio.gather(
+            journal.record_statuses([StatusReport(m, "delivered", "sms") for m in ids]),
+            other.record_statuses([StatusReport(m, "undeliverable") for m in reversed(ids)]),
+        )
+    finally:
+        if other is not journal:
+            await other.close()
+    finals = [c.result for c in first].count("final") + [c.result for c in second].count("final")
+    assert finals == 50
+    counts = await journal.delivery_counts("c")
+    assert sum(counts.statuses.values()) == 50
+
+
+async def test_polls_are_due_from_the_journal_and_resume(make_journal: MakeJournal) -> None:
+    """A message is due ``first_poll`` s after sending, the most overdue first; each poll moves
+    its next time and counts; a final status ends polling; due times survive reopening."""
+    journal = make_journal()
+    await journal.start(writer=True)
+    ids = await send_and_index(journal, "c", count=2, size=3, first_poll=30)
+    now = datetime.now(UTC)
+    assert await journal.messages_awaiting_status(now, 100) == []
+    due = await journal.messages_awaiting_status(now + timedelta(seconds=31), 100)
+    assert {d.message.message_id for d in due} == set(ids)
+    assert {(d.deadline, d.polls, d.message.campaign) for d in due} == {(DEADLINE, 0, "c")}
+    assert [d.message.message_id for d in
+            await journal.messages_awaiting_status(now + timedelta(seconds=31), 2)] == [
+        d.message.message_id for d in due[:2]]
+    later = now + timedelta(minutes=5)
+    await journal.schedule_polls([(ids[0], later), (ids[1], later - timedelta(minutes=1))])
+    assert await journal.record_status(ids[2], "delivered", "telegram")
+    await journal.schedule_polls([(ids[2], later)])  # final meanwhile: stays unpolled
+    await journal.close()
+
+    journal = make_journal()
+    await journal.start(writer=True)
+    try:
+        soon = await journal.messages_awaiting_status(now + timedelta(seconds=31), 100)
+        assert {d.message.message_id for d in soon} == set(ids[3:])
+        after = await journal.messages_awaiting_status(later, 100)
+        assert [d.message.message_id for d in after][-2:] == [ids[1], ids[0]]
+        assert {d.polls for d in after if d.message.message_id in ids[:2]} == {1}
+        assert ids[2] not in {d.message.message_id for d in after}
+    finally:
+        await journal.close()
+
+
+async def test_delivery_counts_by_status_channel_and_currency(journal: Journal) -> None:
+    """Per campaign: counts per final status and "awaiting", delivered ones per channel, the
+    cost per currency and the median seconds to delivery; other campaigns apart."""
+    ids = await send_and_index(journal, "c", count=2, size=4)
+    await send_and_index(journal, "other", count=1, size=2)
+    found = await journal.message(ids[0])
+    assert found is not None
+    sent = found.sent_at
+    reports = [
+        StatusReport(ids[0], "delivered", "viber", 1, 0.55, "UAH", sent + timedelta(seconds=4)),
+        StatusReport(ids[1], "delivered", "viber", 1, 0.55, "UAH", sent + timedelta(seconds=8)),
+        StatusReport(ids[2], "delivered", "sms", 2, 2.3, "UAH", sent + timedelta(seconds=60)),
+        StatusReport(ids[3], "delivered", "telegram", 1, 0.01, "EUR",
+                     sent + timedelta(seconds=6)),
+        StatusReport(ids[4], "undeliverable", "sms", 1, 0.0, "UAH"),
+        StatusReport(ids[5], "permanenterror"),
+        StatusReport(ids[6], "processing"),
+        StatusReport("mid-other-0", "delivered", "rcs", 1, 100.0, "UAH"),
+    ]
+    await journal.record_statuses(reports)
+    await journal.record_status(ids[7], "unknown")
+    counts = await journal.delivery_counts("c")
+    assert counts.statuses == {"delivered": 4, "undeliverable": 1, "permanenterror": 1,
+                               "unknown": 1, "awaiting": 1}
+    assert counts.delivered_by_channel == {"viber": 2, "sms": 1, "telegram": 1}
+    assert counts.cost == {"UAH": pytest.approx(3.4), "EUR": pytest.approx(0.01)}
+    assert counts.delivery_seconds == pytest.approx(6, abs=0.01)
+    empty = await journal.delivery_counts("nothing-sent")
+    assert (empty.statuses, empty.cost, empty.delivery_seconds) == ({}, {}, None)
+    assert [r.tracking_id async for r in journal.delivery_recipients("c", "unknown")] == ["c-7"]
+
+
+async def test_a_long_listing_and_many_reports_at_once(journal: Journal) -> None:
+    """Thousands of reports in one call, and a listing that spans several pages, in order."""
+    ids = await send_and_index(journal, "c", count=5, size=1000)
+    changes = await journal.record_statuses(
+        [StatusReport(m, "delivered", "sms", 1, 1.15, "UAH") for m in ids])
+    assert {c.result for c in changes} == {"final"}
+    listed = [r.message_id async for r in journal.delivery_recipients("c", "delivered")]
+    assert listed == sorted(ids)
+    assert await journal.messages_awaiting_status(datetime.now(UTC) + timedelta(days=9), 10) == []
 
 
 # --- leadership ---------------------------------------------------------------------------

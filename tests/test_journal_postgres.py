@@ -21,13 +21,14 @@ from psycopg import sql
 
 from scheduler.audience import Skip
 from scheduler.journal import (
+    DUMP_TABLES,
     JournalConflict,
     JournalCorrupt,
     JournalFenced,
     JournalUnavailable,
     Result,
 )
-from scheduler.journal.postgres import SCHEMA_VERSION, PostgresJournal, PostgresStore
+from scheduler.journal.postgres import _SCHEMA, SCHEMA_VERSION, PostgresJournal, PostgresStore
 from tests.pg_helpers import PostgresServer, free_port
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -160,6 +161,41 @@ async def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         await db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(JournalCorrupt, match=r"newer than this program.*upgrade cascade"):
         await started(postgres_url)
+
+
+async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) -> None:
+    """A database of the release before delivery status (schema 2) is migrated at start: its
+    sent messages are due for a poll at once, a final one is not; a copy dumps the new
+    columns."""
+    sent_at = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
+        for statement in _SCHEMA:
+            await db.execute(statement)
+        await db.execute("INSERT INTO schema_version VALUES (2)")
+        await db.execute(
+            "INSERT INTO campaigns (id, type, file, fingerprint, state, send_at, deadline,"
+            " recipients, skipped, batches, snapshot) VALUES ('old', 'promo', '/c/old.toml',"
+            " 'f', 'done', %s, %s, 2, 0, 1, 1)", (sent_at, sent_at + timedelta(days=1)))
+        for mid, status in (("m-1", None), ("m-2", "delivered")):
+            await db.execute(
+                "INSERT INTO messages (message_id, campaign, tracking_id, phone, type, sent_at,"
+                " status) VALUES (%s, 'old', %s, '+380500000001', 'promo', %s, %s)",
+                (mid, f"old-{mid}", sent_at, status))
+    journal = await started(postgres_url)
+    try:
+        due = await journal.messages_awaiting_status(datetime.now(UTC), 10)
+        assert [(d.message.message_id, d.polls, d.message.sent_at) for d in due] == [
+            ("m-1", 0, sent_at)]
+        assert await journal.record_status("m-1", "undeliverable", "sms")
+        assert (await journal.delivery_counts("old")).statuses == {
+            "delivered": 1, "undeliverable": 1}
+        dumped = [rows async for table, rows in journal.dump() if table == "messages"]
+        assert {len(row) for rows in dumped for row in rows} == {len(DUMP_TABLES["messages"])}
+    finally:
+        await journal.close()
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
+        row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
+    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 3
 
 
 async def test_times_are_the_databases_in_utc_and_text_may_hold_nul(postgres_url: str) -> None:

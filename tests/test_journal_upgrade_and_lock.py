@@ -20,7 +20,12 @@ import pytest
 from daemon_helpers import DaemonProcess, Workspace, clean_env, json_lines
 
 from scheduler.journal import JournalBusy
-from scheduler.journal.sqlite import SCHEMA_VERSION, SqliteConnection, SqliteJournal
+from scheduler.journal.sqlite import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
+    SqliteConnection,
+    SqliteJournal,
+)
 
 V1 = Path(__file__).parent / "data" / "v1-journal"
 CAMPAIGN = "v1-sale"
@@ -112,6 +117,45 @@ def test_a_v1_journal_resumes_where_it_stopped(v1_workspace: Path) -> None:
         assert first is not None and first.tracking_id == "v1-sale-1"
         yesterday = datetime.now(UTC) - timedelta(days=1)
         assert journal.sent_count(first.phone, ["promo"], yesterday) == 1
+
+
+async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> None:
+    """A journal of the release before delivery status (schema 2) is migrated in one step: its
+    sent messages are due for a poll at once, a final one is not, and statuses record."""
+    path = tmp_path / "state" / "journal.sqlite3"
+    path.parent.mkdir()
+    sent_at = "2026-11-27T08:00:00+00:00"
+    with sqlite3.connect(path) as db:
+        for statement in (*_MIGRATIONS[0], *_MIGRATIONS[1]):
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO campaigns (id, type, file, fingerprint, state, send_at, deadline,"
+            " recipients, skipped, batches, snapshot) VALUES ('old', 'promo', '/c/old.toml',"
+            " 'f', 'done', ?, '2026-11-28T08:00:00+00:00', 2, 0, 1, 1)", (sent_at,))
+        db.executemany(
+            "INSERT INTO messages (message_id, campaign, tracking_id, phone, type, sent_at,"
+            " status) VALUES (?, 'old', ?, ?, 'promo', ?, ?)",
+            [("m-1", "old-1", "+380500000001", sent_at, None),
+             ("m-2", "old-2", "+380500000002", sent_at, "delivered")])
+        db.execute("PRAGMA user_version=2")
+    db.close()
+    journal = SqliteJournal(path)
+    await journal.start(writer=True)
+    try:
+        due = await journal.messages_awaiting_status(datetime.now(UTC), 10)
+        assert [(d.message.message_id, d.polls, d.message.sent_at.isoformat()) for d in due] == [
+            ("m-1", 0, sent_at)]
+        assert await journal.record_status("m-1", "undeliverable", "sms")
+        assert not await journal.record_status("m-2", "undeliverable")
+        counts = await journal.delivery_counts("old")
+        assert counts.statuses == {"delivered": 1, "undeliverable": 1}
+    finally:
+        await journal.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert {"messages_due", "messages_by_campaign"} <= indexes
 
 
 async def test_a_second_writer_is_refused_until_the_first_closes(tmp_path: Path) -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 from scheduler.config import Config
 from scheduler.journal.base import (
     DUMP_TABLES,
+    AwaitingMessage,
     BatchRecord,
     CampaignRecord,
     Counts,
     DaemonRecord,
+    DeliveryCounts,
+    DeliveryRow,
     DumpChunk,
     Journal,
     JournalBusy,
@@ -25,6 +28,8 @@ from scheduler.journal.base import (
     MessageRecord,
     RecipientRow,
     Result,
+    StatusChange,
+    StatusReport,
     UnloggedBatch,
     holder_parts,
 )
@@ -33,10 +38,13 @@ from scheduler.journal.sqlite import SqliteJournal
 
 __all__ = [
     "DUMP_TABLES",
+    "AwaitingMessage",
     "BatchRecord",
     "CampaignRecord",
     "Counts",
     "DaemonRecord",
+    "DeliveryCounts",
+    "DeliveryRow",
     "DumpChunk",
     "Journal",
     "JournalBusy",
@@ -50,6 +58,8 @@ __all__ = [
     "MessageRecord",
     "RecipientRow",
     "Result",
+    "StatusChange",
+    "StatusReport",
     "UnloggedBatch",
     "holder_parts",
     "journal_exists",

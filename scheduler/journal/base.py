@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from scheduler.audience import Skip
-from scheduler.vocabulary import CampaignState, Outcome
+from scheduler.vocabulary import CampaignState, DeliveryStatus, Outcome
 
 BatchState = str  # "pending" | "in_flight" | "done"
 
@@ -201,6 +201,67 @@ class MessageRecord:
     sent_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What a status source (a poll of the status API, a webhook) says about one message."""
+
+    message_id: str
+    status: DeliveryStatus
+    channel: str | None = None  # the channel that delivered it (or the last one tried)
+    parts: int | None = None
+    cost: float | None = None
+    currency: str | None = None
+    at: datetime | None = None  # when it got there, if the source says; else: when recorded
+
+
+#: what `Journal.record_statuses` did with one report: "final" (the message's first final
+#: status: log it), "moved" (forward, not final), "unchanged" (a duplicate, an older status or
+#: a second final one) or "unknown" (no indexed message has this id)
+StatusResult = Literal["final", "moved", "unchanged", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """The result of one report, and the message it names (None when "unknown")."""
+
+    result: StatusResult
+    message: MessageRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingMessage:
+    """A sent message whose delivery status is not final yet and whose next poll is due."""
+
+    message: MessageRecord
+    deadline: datetime  # its campaign's send_at + ttl (polling gives up an hour after it)
+    polls: int  # status polls made so far
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryCounts:
+    """A campaign's delivery statuses, over its indexed messages (see `index_messages`)."""
+
+    statuses: dict[str, int]  # per status; "awaiting": no final status yet (none heard, too)
+    delivered_by_channel: dict[str, int]
+    cost: dict[str, float]  # total per currency, of every message with a cost
+    delivery_seconds: float | None  # median seconds from sending to "delivered"
+
+
+class DeliveryRow(NamedTuple):
+    """One recipient with a final delivery status, for ``report --status delivered`` etc."""
+
+    tracking_id: str
+    phone: str
+    status: DeliveryStatus
+    channel: str | None
+    parts: int | None
+    cost: float | None
+    currency: str | None
+    sent_at: datetime
+    status_at: datetime | None
+    message_id: str
+
+
 Counts = dict[str, int]
 Message = Mapping[str, Any]
 
@@ -225,7 +286,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "skips": ("id", "snapshot", "line", "tracking_id", "phone", "reason", "detail"),
     "messages": (
         "message_id", "campaign", "tracking_id", "phone", "type", "sent_at", "status",
-        "status_at", "channel", "parts", "cost", "currency",
+        "status_at", "channel", "parts", "cost", "currency", "next_poll_at", "polls",
     ),
 }
 #: one chunk of `Journal.dump`: a table's name and some of its rows
@@ -343,15 +404,54 @@ class Journal(Protocol):
 
     # --- per-message rows, off the hot path -------------------------------------------------
 
-    async def index_messages(self, max_batches: int = 8) -> int:
+    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
         """Copy the sent messages of up to ``max_batches`` closed batches into per-message rows
-        (messageId, phone, type, time); returns how many batches it indexed (0: caught up)."""
+        (messageId, phone, type, time), each due for its first status poll ``first_poll``
+        seconds after it was sent; returns how many batches it indexed (0: caught up)."""
 
     async def message(self, message_id: str) -> MessageRecord | None:
         """The indexed message with the API's ``message_id``, or None."""
 
     async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
         """Indexed messages of ``types`` sent to ``phone`` at or after ``since`` (all campaigns)."""
+
+    # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
+
+    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+        """Apply status reports in order, in one transaction: a report moves its message only
+        forward (`vocabulary.may_advance`: scheduled -> processing -> a final status, with its
+        channel, parts, cost and currency); duplicates, older statuses and a second final one
+        change nothing. A final status ends polling. One `StatusChange` per report: "final"
+        exactly once per message, whoever reports it (several daemons, polls and webhooks)."""
+
+    async def record_status(
+        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
+        parts: int | None = None, cost: float | None = None, currency: str | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """`record_statuses` for one report; True when it was the message's first final
+        status (log it then, and only then)."""
+
+    async def messages_awaiting_status(
+        self, due_before: datetime, limit: int,
+    ) -> list[AwaitingMessage]:
+        """Messages without a final status whose next poll is due at or before
+        ``due_before``, the most overdue first, at most ``limit``. The due times live in the
+        journal, so polling resumes where it was after a restart."""
+
+    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
+        """Per ``(message_id, when)``: one poll more was made, the next is due ``when``
+        (a message that became final meanwhile stays final and unpolled)."""
+
+    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
+        """The campaign's indexed messages per delivery status, delivered ones per channel,
+        and the cost per currency."""
+
+    def delivery_recipients(
+        self, campaign_id: str, status: DeliveryStatus,
+    ) -> AsyncIterator[DeliveryRow]:
+        """Stream the campaign's messages in one delivery status (for re-targeting), in pages:
+        memory stays flat whatever their number."""
 
     # --- leadership: one sender among the daemons sharing a journal --------------------------
 

@@ -14,8 +14,14 @@ from typing import Any, TypeVar
 
 import orjson
 
-from scheduler.journal.base import RecipientRow
-from scheduler.vocabulary import Outcome
+from scheduler.journal.base import (
+    DeliveryCounts,
+    MessageRecord,
+    RecipientRow,
+    StatusChange,
+    StatusReport,
+)
+from scheduler.vocabulary import DELIVERY_FINAL, DeliveryStatus, Outcome, may_advance
 
 T = TypeVar("T")
 
@@ -93,3 +99,48 @@ def sent_messages(body: bytes, blob: bytes | None) -> Iterator[tuple[str, str, s
     for tid, outcome, detail, _ in orjson.loads(blob):
         if outcome == "sent" and detail:
             yield detail, tid, phones.get(tid, "")
+
+
+def decide_statuses(
+    reports: Sequence[StatusReport],
+    current: dict[str, tuple[DeliveryStatus | None, MessageRecord]],
+) -> tuple[list[StatusChange], dict[str, StatusReport]]:
+    """Weigh each report against its message's status so far (``current``: message id ->
+    (status, record), as locked by the caller; the reports before it in the same call count
+    too). Returns one change per report, and per message the report to write (the furthest)."""
+    changes: list[StatusChange] = []
+    writes: dict[str, StatusReport] = {}
+    for report in reports:
+        found = current.get(report.message_id)
+        if found is None:
+            changes.append(StatusChange("unknown"))
+            continue
+        status, record = found
+        if not may_advance(status, report.status):
+            changes.append(StatusChange("unchanged", record))
+            continue
+        current[report.message_id] = (report.status, record)
+        writes[report.message_id] = report
+        final = report.status in DELIVERY_FINAL
+        changes.append(StatusChange("final" if final else "moved", record))
+    return changes, writes
+
+
+def count_deliveries(
+    groups: Iterable[Sequence[Any]], median: float | None,
+) -> DeliveryCounts:
+    """`DeliveryCounts` from ``(status, channel, currency, count, cost)`` groups of messages
+    (status None: nothing heard yet) and the median seconds to delivery."""
+    statuses: dict[str, int] = {}
+    channels: dict[str, int] = {}
+    cost: dict[str, float] = {}
+    for status, channel, currency, count, total in groups:
+        final = status in DELIVERY_FINAL
+        key = status if final else "awaiting"
+        statuses[key] = statuses.get(key, 0) + int(count)
+        if status == "delivered":
+            name = channel or "unknown"
+            channels[name] = channels.get(name, 0) + int(count)
+        if total and currency:
+            cost[currency] = round(cost.get(currency, 0.0) + float(total), 6)
+    return DeliveryCounts(statuses, channels, cost, None if median is None else float(median))

@@ -39,10 +39,13 @@ from psycopg.rows import TupleRow
 from scheduler.audience import Skip
 from scheduler.journal.base import (
     DUMP_TABLES,
+    AwaitingMessage,
     BatchRecord,
     CampaignRecord,
     Counts,
     DaemonRecord,
+    DeliveryCounts,
+    DeliveryRow,
     DumpChunk,
     JournalConflict,
     JournalCorrupt,
@@ -54,6 +57,8 @@ from scheduler.journal.base import (
     MessageRecord,
     RecipientRow,
     Result,
+    StatusChange,
+    StatusReport,
     UnloggedBatch,
 )
 from scheduler.journal.codec import (
@@ -61,17 +66,30 @@ from scheduler.journal.codec import (
     Cursor,
     batch_rows,
     chunks,
+    count_deliveries,
+    decide_statuses,
     decided,
     encode_batches,
     sent_messages,
     unlogged_rows,
 )
-from scheduler.vocabulary import CAMPAIGN_STATES, STAMPED, STARTED, CampaignState, Outcome, may_move
+from scheduler.vocabulary import (
+    CAMPAIGN_STATES,
+    DELIVERY_FINAL,
+    STAMPED,
+    STARTED,
+    CampaignState,
+    DeliveryStatus,
+    Outcome,
+    may_move,
+)
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 2
-#: a new database gets everything at once, at `SCHEMA_VERSION` (there never was a version 1
-#: on PostgreSQL); same tables and columns as SQLite's versions 1 and 2 together
+SCHEMA_VERSION = 3
+#: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
+#: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
+#: step of _MIGRATIONS after it, in the same transaction
+_SCHEMA_BASE = 2
 _SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
     """CREATE TABLE campaigns (
@@ -112,8 +130,21 @@ _SCHEMA = (
     """CREATE TABLE lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
         epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)""",
 )
-#: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2; none yet)
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+#: version 3: delivery status polling, resumable from the journal (SPEC §11.3)
+_TO_V3 = (
+    # when the next status poll of a message is due (NULL once its status is final) and how
+    # many were made (the interval doubles with each)
+    "ALTER TABLE messages ADD COLUMN next_poll_at TIMESTAMPTZ",
+    "ALTER TABLE messages ADD COLUMN polls INTEGER NOT NULL DEFAULT 0",
+    # messages indexed before: due at once
+    "UPDATE messages SET next_poll_at = sent_at WHERE status IS NULL"
+    " OR status IN ('scheduled', 'processing')",
+    "CREATE INDEX messages_due ON messages (next_poll_at) WHERE next_poll_at IS NOT NULL",
+    # report: counts per campaign and status, and listings of one status
+    "CREATE INDEX messages_by_campaign ON messages (campaign, status, message_id)",
+)
+#: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3}
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
 _SNAPSHOT_LOCK = 0x636173  # "cas"
@@ -135,6 +166,7 @@ _CAMPAIGN_COLUMNS = (
 _BATCH_CHUNK = 64  # batches written per operation while preparing
 _SKIP_CHUNK = 10_000
 _PAGE = 16  # batches decoded per query while streaming recipients
+_DELIVERY_PAGE = 2_000  # messages per page of a delivery-status listing
 #: session settings: UTC times; a frozen or cut-off peer must not hold a lock for long
 _SESSION = (
     "SET TIME ZONE 'UTC'; SET lock_timeout = '5s';"
@@ -219,6 +251,13 @@ def _record(row: TupleRow) -> CampaignRecord:
     )
 
 
+def _message_record(row: TupleRow) -> MessageRecord:
+    """A `MessageRecord` from a row that starts (message_id, campaign, tracking_id, phone,
+    type, sent_at)."""
+    message_id, campaign, tracking_id, phone, kind, sent_at = row[:6]
+    return MessageRecord(message_id, campaign, tracking_id, phone, kind, sent_at.astimezone(UTC))
+
+
 # --------------------------------------------------------------------------------------------
 # the schema
 
@@ -256,8 +295,8 @@ async def migrate(db: Connection, location: str) -> None:
         if version == 0:
             for statement in _SCHEMA:
                 await db.execute(statement)
-            await db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
-            return
+            await db.execute("INSERT INTO schema_version VALUES (%s)", (_SCHEMA_BASE,))
+            version = _SCHEMA_BASE
         for step in range(version, SCHEMA_VERSION):
             for statement in _MIGRATIONS[step]:
                 await db.execute(statement)
@@ -657,8 +696,9 @@ class PostgresStore:
 
     # --- per-message rows (off the hot path) -----------------------------------------------
 
-    async def index_messages(self, max_batches: int = 8) -> int:
-        """Copy the sent messages of up to ``max_batches`` closed batches into ``messages``."""
+    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
+        """Copy the sent messages of up to ``max_batches`` closed batches into ``messages``,
+        each due for a status poll ``first_poll`` seconds after it was sent."""
         batches = await self._all(
             "SELECT s.snapshot, s.seq, COALESCE(s.done_at, clock_timestamp()), c.id, c.type,"
             " b.body, r.blob FROM batch_state s JOIN campaigns c ON c.snapshot = s.snapshot"
@@ -670,11 +710,12 @@ class PostgresStore:
         for snapshot, seq, sent_at, campaign, kind, body, blob in batches:
             sent = list(sent_messages(body, blob))
             await self.db.execute(
-                "INSERT INTO messages (message_id, campaign, tracking_id, phone, type, sent_at)"
-                " SELECT m, %s, t, p, %s, %s FROM unnest(%b::text[], %b::text[], %b::text[])"
+                "INSERT INTO messages (message_id, campaign, tracking_id, phone, type, sent_at,"
+                " next_poll_at) SELECT m, %s, t, p, %s, %s, %s"
+                " FROM unnest(%b::text[], %b::text[], %b::text[])"
                 " AS u (m, t, p) ON CONFLICT (message_id) DO NOTHING",
-                (campaign, kind, sent_at, [m for m, _, _ in sent], [t for _, t, _ in sent],
-                 [p for _, _, p in sent]),
+                (campaign, kind, sent_at, sent_at + timedelta(seconds=first_poll),
+                 [m for m, _, _ in sent], [t for _, t, _ in sent], [p for _, _, p in sent]),
             )
             await self.db.execute(
                 "UPDATE batch_state SET indexed = true WHERE snapshot = %s AND seq = %s",
@@ -702,6 +743,94 @@ class PostgresStore:
             " AND type = ANY(%s::text[])", (phone, _aware(since), list(types)),
         )
         return 0 if row is None else int(row[0])
+
+    # --- delivery status ------------------------------------------------------------------
+
+    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+        """Apply status reports in order, only ever forward (see `Journal.record_statuses`).
+        The messages are locked first (in id order: two daemons recording webhooks at once
+        cannot deadlock), so "final" is decided once whoever reports it."""
+        rows = await self._all(
+            "SELECT message_id, campaign, tracking_id, phone, type, sent_at, status"
+            " FROM messages WHERE message_id = ANY(%s::text[]) ORDER BY message_id FOR UPDATE",
+            (list(dict.fromkeys(r.message_id for r in reports)),),
+        )
+        current: dict[str, tuple[DeliveryStatus | None, MessageRecord]] = {
+            row[0]: (row[6], _message_record(row)) for row in rows
+        }
+        changes, writes = decide_statuses(reports, current)
+        if writes:
+            w = list(writes.values())
+            await self.db.execute(
+                "UPDATE messages m SET status = u.status,"
+                " status_at = COALESCE(u.at, clock_timestamp()),"
+                " channel = COALESCE(u.channel, m.channel), parts = COALESCE(u.parts, m.parts),"
+                " cost = COALESCE(u.cost, m.cost), currency = COALESCE(u.currency, m.currency),"
+                " next_poll_at = CASE WHEN u.final THEN NULL ELSE m.next_poll_at END"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[],"
+                " %s::text[], %s::timestamptz[], %s::bool[])"
+                " AS u (mid, status, channel, parts, cost, currency, at, final)"
+                " WHERE m.message_id = u.mid",
+                ([r.message_id for r in w], [r.status for r in w], [r.channel for r in w],
+                 [r.parts for r in w], [r.cost for r in w], [r.currency for r in w],
+                 [None if r.at is None else _aware(r.at) for r in w],
+                 [r.status in DELIVERY_FINAL for r in w]),
+            )
+        return changes
+
+    async def messages_awaiting_status(
+        self, due_before: datetime, limit: int,
+    ) -> list[AwaitingMessage]:
+        """Messages not final whose next poll is due by ``due_before``, most overdue first."""
+        rows = await self._all(
+            "SELECT m.message_id, m.campaign, m.tracking_id, m.phone, m.type, m.sent_at,"
+            " c.deadline, m.polls FROM messages m JOIN campaigns c ON c.id = m.campaign"
+            " WHERE m.next_poll_at IS NOT NULL AND m.next_poll_at <= %s"
+            " ORDER BY m.next_poll_at LIMIT %s", (_aware(due_before), limit),
+        )
+        return [
+            AwaitingMessage(_message_record(row), row[6].astimezone(UTC), row[7])
+            for row in rows
+        ]
+
+    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
+        """One poll more per message; its next one is due at the given time (unless final)."""
+        await self.db.execute(
+            "UPDATE messages m SET next_poll_at = u.due, polls = m.polls + 1"
+            " FROM unnest(%s::text[], %s::timestamptz[]) AS u (mid, due)"
+            " WHERE m.message_id = u.mid AND m.next_poll_at IS NOT NULL",
+            ([message_id for message_id, _ in polls], [_aware(when) for _, when in polls]),
+        )
+
+    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
+        """The campaign's indexed messages per status, delivered per channel, cost per currency."""
+        groups = await self._all(
+            "SELECT status, channel, currency, COUNT(*), SUM(cost) FROM messages"
+            " WHERE campaign = %s GROUP BY status, channel, currency", (campaign_id,),
+        )
+        median = await self._one(
+            "SELECT percentile_disc(0.5) WITHIN GROUP"
+            " (ORDER BY EXTRACT(EPOCH FROM status_at - sent_at)) FROM messages"
+            " WHERE campaign = %s AND status = 'delivered'", (campaign_id,),
+        )
+        return count_deliveries(groups, None if median is None else median[0])
+
+    async def delivery_page(
+        self, campaign_id: str, status: DeliveryStatus, after: str,
+    ) -> list[DeliveryRow]:
+        """One page of `Journal.delivery_recipients`: message ids after ``after``."""
+        rows = await self._all(
+            "SELECT tracking_id, phone, status, channel, parts, cost, currency, sent_at,"
+            " status_at, message_id FROM messages WHERE campaign = %s AND status = %s"
+            " AND message_id > %s ORDER BY message_id LIMIT %s",
+            (campaign_id, status, after, _DELIVERY_PAGE),
+        )
+        return [
+            DeliveryRow(tid, phone, status_, channel, parts, cost, currency,
+                        sent_at.astimezone(UTC), _utc(status_at), message_id)
+            for tid, phone, status_, channel, parts, cost, currency, sent_at, status_at,
+            message_id in rows
+        ]
 
     # --- leadership ---------------------------------------------------------------------------
     # The lease row is locked FOR UPDATE by whoever takes it, and FOR SHARE by every fenced
@@ -1254,9 +1383,9 @@ class PostgresJournal:
             for row in rows:
                 yield row
 
-    async def index_messages(self, max_batches: int = 8) -> int:
+    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
         """`Journal.index_messages`."""
-        return await self._call(PostgresStore.index_messages, max_batches)
+        return await self._call(PostgresStore.index_messages, max_batches, first_poll)
 
     async def message(self, message_id: str) -> MessageRecord | None:
         """`Journal.message`."""
@@ -1265,6 +1394,43 @@ class PostgresJournal:
     async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
         """`Journal.sent_count`."""
         return await self._call(PostgresStore.sent_count, phone, types, since)
+
+    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+        """`Journal.record_statuses`."""
+        return await self._call(PostgresStore.record_statuses, reports)
+
+    async def record_status(
+        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
+        parts: int | None = None, cost: float | None = None, currency: str | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """`Journal.record_status`."""
+        report = StatusReport(message_id, status, channel, parts, cost, currency, at)
+        return (await self.record_statuses([report]))[0].result == "final"
+
+    async def messages_awaiting_status(
+        self, due_before: datetime, limit: int,
+    ) -> list[AwaitingMessage]:
+        """`Journal.messages_awaiting_status`."""
+        return await self._call(PostgresStore.messages_awaiting_status, due_before, limit)
+
+    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
+        """`Journal.schedule_polls`."""
+        await self._call(PostgresStore.schedule_polls, polls)
+
+    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
+        """`Journal.delivery_counts`."""
+        return await self._call(PostgresStore.delivery_counts, campaign_id)
+
+    async def delivery_recipients(
+        self, campaign_id: str, status: DeliveryStatus,
+    ) -> AsyncIterator[DeliveryRow]:
+        """`Journal.delivery_recipients`: one page per trip to the writer task."""
+        after = ""
+        while page := await self._call(PostgresStore.delivery_page, campaign_id, status, after):
+            for row in page:
+                yield row
+            after = page[-1].message_id
 
     async def acquire_lease(self, holder: str, seconds: float) -> int | None:
         """`Journal.acquire_lease`: judged by the database's clock."""

@@ -38,10 +38,13 @@ import orjson
 from scheduler.audience import Skip
 from scheduler.journal.base import (
     DUMP_TABLES,
+    AwaitingMessage,
     BatchRecord,
     CampaignRecord,
     Counts,
     DaemonRecord,
+    DeliveryCounts,
+    DeliveryRow,
     DumpChunk,
     JournalBusy,
     JournalConflict,
@@ -54,6 +57,8 @@ from scheduler.journal.base import (
     MessageRecord,
     RecipientRow,
     Result,
+    StatusChange,
+    StatusReport,
     UnloggedBatch,
 )
 from scheduler.journal.codec import (
@@ -61,6 +66,8 @@ from scheduler.journal.codec import (
     Cursor,
     batch_rows,
     chunks,
+    count_deliveries,
+    decide_statuses,
     decided,
     encode_batches,
     sent_messages,
@@ -68,15 +75,17 @@ from scheduler.journal.codec import (
 )
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
+    DELIVERY_FINAL,
     STAMPED,
     STARTED,
     CampaignState,
+    DeliveryStatus,
     Outcome,
     may_move,
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -130,8 +139,21 @@ _TO_V2 = (
     """CREATE TABLE lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
         epoch INTEGER NOT NULL, expires_at TEXT NOT NULL)""",
 )
+#: version 3: delivery status polling, resumable from the journal (SPEC §11.3)
+_TO_V3 = (
+    # when the next status poll of a message is due (NULL once its status is final) and how
+    # many were made (the interval doubles with each)
+    "ALTER TABLE messages ADD COLUMN next_poll_at TEXT",
+    "ALTER TABLE messages ADD COLUMN polls INTEGER NOT NULL DEFAULT 0",
+    # messages indexed before: due at once
+    "UPDATE messages SET next_poll_at = sent_at WHERE status IS NULL"
+    " OR status IN ('scheduled', 'processing')",
+    "CREATE INDEX messages_due ON messages (next_poll_at) WHERE next_poll_at IS NOT NULL",
+    # report: counts per campaign and status, and listings of one status
+    "CREATE INDEX messages_by_campaign ON messages (campaign, status, message_id)",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
-_MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3}
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
@@ -141,13 +163,15 @@ _BATCH_CHUNK = 64  # batches written per transaction while preparing
 _SKIP_CHUNK = 10_000
 _PAGE = 16  # batches decoded per query while streaming recipients
 _BUSY_TIMEOUT_MS = 30_000
+_STATUS_CHUNK = 500  # message ids per look-up while recording statuses (bound variables)
+_DELIVERY_PAGE = 2_000  # messages per page of a delivery-status listing
 #: rows per chunk of a dump; tables of blobs (a batch body can be ~200 kB) in smaller chunks
 _DUMP_ROWS = 5_000
 _DUMP_BLOBS = 64
 #: columns stored as ISO text here, aware datetimes in a dump; and as 0/1 here, bools there
 _TIME_COLUMNS = frozenset({
     "send_at", "deadline", "prepared_at", "started_at", "finished_at", "stage_at",
-    "created_at", "not_before", "done_at", "sent_at", "status_at",
+    "created_at", "not_before", "done_at", "sent_at", "status_at", "next_poll_at",
 })
 _FLAG_COLUMNS = frozenset({"skips_logged", "indexed"})
 
@@ -259,6 +283,15 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         skipped=row["skipped"], batches=row["batches"], prepared_at=_time(row["prepared_at"]),
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"], stage=row["stage"], stage_at=_time(row["stage_at"]),
+    )
+
+
+def _message_record(row: sqlite3.Row | tuple[Any, ...]) -> MessageRecord:
+    """A `MessageRecord` from a row that starts (message_id, campaign, tracking_id, phone,
+    type, sent_at)."""
+    message_id, campaign, tracking_id, phone, kind, sent_at = tuple(row)[:6]
+    return MessageRecord(
+        message_id, campaign, tracking_id, phone, kind, datetime.fromisoformat(sent_at),
     )
 
 
@@ -832,8 +865,9 @@ class SqliteConnection:
 
     # --- per-message rows (off the hot path) -----------------------------------------------
 
-    def index_messages(self, max_batches: int = 8) -> int:
-        """Copy the sent messages of up to ``max_batches`` closed batches into ``messages``."""
+    def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
+        """Copy the sent messages of up to ``max_batches`` closed batches into ``messages``,
+        each due for a status poll ``first_poll`` seconds after it was sent."""
         with self.transaction():
             batches = self._db.execute(
                 "SELECT s.snapshot, s.seq, s.done_at, c.id, c.type, b.body, r.blob"
@@ -844,10 +878,11 @@ class SqliteConnection:
             ).fetchall()
             for snapshot, seq, done_at, campaign, kind, body, blob in batches:
                 sent_at = done_at or _now()  # a batch closed by the first release has no time
+                due = (datetime.fromisoformat(sent_at) + timedelta(seconds=first_poll)).isoformat()
                 self._db.executemany(
                     "INSERT OR IGNORE INTO messages (message_id, campaign, tracking_id, phone,"
-                    " type, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    ((message_id, campaign, tid, phone, kind, sent_at)
+                    " type, sent_at, next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ((message_id, campaign, tid, phone, kind, sent_at, due)
                      for message_id, tid, phone in sent_messages(body, blob)),
                 )
                 self._db.execute(
@@ -877,6 +912,90 @@ class SqliteConnection:
             (phone, _utc_text(since), *types),
         ).fetchone()[0]
         return count
+
+    # --- delivery status ------------------------------------------------------------------
+
+    def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+        """Apply status reports in order, only ever forward (see `Journal.record_statuses`)."""
+        now = _now()
+        with self.transaction():
+            current: dict[str, tuple[DeliveryStatus | None, MessageRecord]] = {}
+            ids = list(dict.fromkeys(r.message_id for r in reports))
+            for chunk in chunks(ids, _STATUS_CHUNK):
+                marks = ", ".join("?" for _ in chunk)
+                for row in self._db.execute(
+                    "SELECT message_id, campaign, tracking_id, phone, type, sent_at, status"
+                    f" FROM messages WHERE message_id IN ({marks})", chunk,
+                ):
+                    current[row[0]] = (row[6], _message_record(row))
+            changes, writes = decide_statuses(reports, current)
+            self._db.executemany(
+                "UPDATE messages SET status = ?, status_at = ?, channel = COALESCE(?, channel),"
+                " parts = COALESCE(?, parts), cost = COALESCE(?, cost),"
+                " currency = COALESCE(?, currency),"
+                " next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END"
+                " WHERE message_id = ?",
+                ((r.status, now if r.at is None else _utc_text(r.at), r.channel, r.parts, r.cost,
+                  r.currency, r.status in DELIVERY_FINAL, r.message_id) for r in writes.values()),
+            )
+        return changes
+
+    def messages_awaiting_status(
+        self, due_before: datetime, limit: int,
+    ) -> list[AwaitingMessage]:
+        """Messages not final whose next poll is due by ``due_before``, most overdue first."""
+        rows = self._db.execute(
+            "SELECT m.message_id, m.campaign, m.tracking_id, m.phone, m.type, m.sent_at,"
+            " c.deadline, m.polls FROM messages m JOIN campaigns c ON c.id = m.campaign"
+            " WHERE m.next_poll_at IS NOT NULL AND m.next_poll_at <= ?"
+            " ORDER BY m.next_poll_at LIMIT ?", (_utc_text(due_before), limit),
+        ).fetchall()
+        return [
+            AwaitingMessage(_message_record(row), datetime.fromisoformat(row[6]), row[7])
+            for row in rows
+        ]
+
+    def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
+        """One poll more per message; its next one is due at the given time (unless final)."""
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE messages SET next_poll_at = ?, polls = polls + 1"
+                " WHERE message_id = ? AND next_poll_at IS NOT NULL",
+                ((_utc_text(when), message_id) for message_id, when in polls),
+            )
+
+    def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
+        """The campaign's indexed messages per status, delivered per channel, cost per currency."""
+        groups = self._db.execute(
+            "SELECT status, channel, currency, COUNT(*), SUM(cost) FROM messages"
+            " WHERE campaign = ? GROUP BY status, channel, currency", (campaign_id,),
+        ).fetchall()
+        delivered: int = sum(count for status, _, _, count, _ in groups if status == "delivered")
+        median = None
+        if delivered:
+            median = self._db.execute(
+                "SELECT (julianday(status_at) - julianday(sent_at)) * 86400 AS took"
+                " FROM messages WHERE campaign = ? AND status = 'delivered'"
+                " ORDER BY took LIMIT 1 OFFSET ?", (campaign_id, (delivered - 1) // 2),
+            ).fetchone()[0]
+        return count_deliveries(groups, median)
+
+    def delivery_page(
+        self, campaign_id: str, status: DeliveryStatus, after: str,
+    ) -> list[DeliveryRow]:
+        """One page of `Journal.delivery_recipients`: message ids after ``after``."""
+        rows = self._db.execute(
+            "SELECT tracking_id, phone, status, channel, parts, cost, currency, sent_at,"
+            " status_at, message_id FROM messages WHERE campaign = ? AND status = ?"
+            " AND message_id > ? ORDER BY message_id LIMIT ?",
+            (campaign_id, status, after, _DELIVERY_PAGE),
+        ).fetchall()
+        return [
+            DeliveryRow(tid, phone, status, channel, parts, cost, currency,
+                        datetime.fromisoformat(sent_at), _time(status_at), message_id)
+            for tid, phone, status, channel, parts, cost, currency, sent_at, status_at,
+            message_id in rows
+        ]
 
 
     # --- copying a whole journal --------------------------------------------------------------
@@ -1280,9 +1399,9 @@ class SqliteJournal:
             for row in rows:
                 yield row
 
-    async def index_messages(self, max_batches: int = 8) -> int:
+    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
         """`Journal.index_messages`."""
-        return await self._call(SqliteConnection.index_messages, max_batches)
+        return await self._call(SqliteConnection.index_messages, max_batches, first_poll)
 
     async def message(self, message_id: str) -> MessageRecord | None:
         """`Journal.message`."""
@@ -1291,6 +1410,44 @@ class SqliteJournal:
     async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
         """`Journal.sent_count`."""
         return await self._call(SqliteConnection.sent_count, phone, types, since)
+
+    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+        """`Journal.record_statuses`."""
+        return await self._call(SqliteConnection.record_statuses, reports)
+
+    async def record_status(
+        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
+        parts: int | None = None, cost: float | None = None, currency: str | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """`Journal.record_status`."""
+        report = StatusReport(message_id, status, channel, parts, cost, currency, at)
+        return (await self.record_statuses([report]))[0].result == "final"
+
+    async def messages_awaiting_status(
+        self, due_before: datetime, limit: int,
+    ) -> list[AwaitingMessage]:
+        """`Journal.messages_awaiting_status`."""
+        return await self._call(SqliteConnection.messages_awaiting_status, due_before, limit)
+
+    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
+        """`Journal.schedule_polls`."""
+        await self._call(SqliteConnection.schedule_polls, polls)
+
+    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
+        """`Journal.delivery_counts`."""
+        return await self._call(SqliteConnection.delivery_counts, campaign_id)
+
+    async def delivery_recipients(
+        self, campaign_id: str, status: DeliveryStatus,
+    ) -> AsyncIterator[DeliveryRow]:
+        """`Journal.delivery_recipients`: one page per trip to the writer thread."""
+        after = ""
+        while page := await self._call(SqliteConnection.delivery_page, campaign_id, status,
+                                       after):
+            for row in page:
+                yield row
+            after = page[-1].message_id
 
     async def acquire_lease(self, holder: str, seconds: float) -> int | None:
         """`Journal.acquire_lease` (on SQLite, always granted: see `SqliteConnection`)."""
