@@ -97,6 +97,7 @@ class CascadeClient:
         self, base_url: str, headers: Mapping[str, str], *, timeout: float, pool_size: int
     ) -> None:
         base = base_url.rstrip("/")
+        self.base_url = base  # the API it posts to (the embedded sandbox's, with "sandbox")
         self._urls: dict[Route, str] = {route: base + path for route, path in ENDPOINTS.items()}
         self._host = urlsplit(base).netloc.rpartition("@")[2]
         self._header_names: tuple[str, ...] = ()

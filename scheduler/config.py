@@ -24,6 +24,8 @@ from scheduler.tomlsource import TomlProblem, read_toml
 Route = Literal["standard", "tg-viber"]
 Delivery = Literal["at-least-once", "at-most-once"]
 SANDBOX = "sandbox"
+#: SMSBAT's status API (its "Check Message Status" page)
+SMSBAT_STATUS_URL = "https://api.smsbat.com"
 
 #: environment variable -> file in $CREDENTIALS_DIRECTORY -> HTTP header
 CREDENTIAL_SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -47,20 +49,7 @@ class ApiConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if value == SANDBOX:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f'"{value}" is not a URL: write "sandbox" or "https://restapi.smsbat.com"'
-            )
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ValueError(
-                "plain http:// would send the API key in clear text: use https:// "
-                "(http:// is only allowed for 127.0.0.1 / localhost)"
-            )
-        return value
+        return _api_url(value, "https://restapi.smsbat.com")
 
     @property
     def is_sandbox(self) -> bool:
@@ -175,6 +164,30 @@ class LogConfig(_Section):
     phones: Literal["masked", "full"] = "masked"
 
 
+class DeliveryReportsConfig(_Section):
+    """``[delivery_reports]``: follow each sent message to its delivery status (SPEC §11.3)."""
+
+    poll: bool = False  # ask the status API about every sent message until it is final
+    #: None: the embedded sandbox with ``[api] base_url = "sandbox"``, else SMSBAT's
+    status_url: str | None = None
+    poll_rate: float = Field(default=10, gt=0, le=1000)  # status requests/s, its own limit
+    # not in config.example.toml (tests use seconds): the first poll this long after sending,
+    # then the interval doubles up to max_interval
+    first_poll: float = Field(default=30, gt=0, le=3600)
+    max_interval: float = Field(default=1800, gt=0, le=86_400)
+
+    @field_validator("status_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else _api_url(value, SMSBAT_STATUS_URL)
+
+    def status_base(self, api: ApiConfig) -> str:
+        """The status API to poll: a URL, or "sandbox" (the embedded emulator)."""
+        if self.status_url is not None:
+            return self.status_url
+        return SANDBOX if api.is_sandbox else SMSBAT_STATUS_URL
+
+
 class Credentials(_Section):
     """The API credentials; `SecretStr` keeps them out of reprs, logs and errors."""
 
@@ -210,6 +223,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     journal: JournalConfig = JournalConfig()
     metrics: MetricsConfig = MetricsConfig()
+    delivery_reports: DeliveryReportsConfig = DeliveryReportsConfig()
     credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
     source: Path | None = None
 
@@ -223,6 +237,23 @@ class Config(_Section):
             "(or LoadCredential= api-key in the systemd unit)",
             file=self.source, field="api.base_url",
         )
+
+
+def _api_url(value: str, example: str) -> str:
+    """``value`` without a trailing slash when it is "sandbox" or an http(s) URL that keeps
+    credentials off the network in clear text (http:// only to this machine)."""
+    value = value.strip().rstrip("/")
+    if value == SANDBOX:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'"{value}" is not a URL: write "sandbox" or "{example}"')
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            "plain http:// would send the API key in clear text: use https:// "
+            "(http:// is only allowed for 127.0.0.1 / localhost)"
+        )
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -349,13 +380,14 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
 
 
 _CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"api", "sending", "paths", "log", "journal", "metrics"},
+    "": {"api", "sending", "paths", "log", "journal", "metrics", "delivery_reports"},
     "api": set(ApiConfig.model_fields),
     "sending": set(SendingConfig.model_fields),
     "paths": set(PathsConfig.model_fields),
     "log": set(LogConfig.model_fields),
     "journal": set(JournalConfig.model_fields),
     "metrics": set(MetricsConfig.model_fields),
+    "delivery_reports": set(DeliveryReportsConfig.model_fields),
 }
 
 

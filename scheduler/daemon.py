@@ -26,7 +26,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.brake import released
 from scheduler.campaign import Campaign
-from scheduler.config import Config, load_config
+from scheduler.config import SANDBOX, Config, load_config
+from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
 from scheduler.journal import CampaignRecord, JournalError, JournalFenced
 from scheduler.leadership import Leadership
@@ -35,12 +36,14 @@ from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, Engine, utcnow
-from scheduler.service import open_engine
+from scheduler.service import SANDBOX_HEADERS, open_engine
 from scheduler.vocabulary import FINISHED, CampaignState
 
 STATUS_EVERY = 5.0  # seconds between STATUS= updates
 RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # seconds before a campaign whose storage failed goes again
-INDEX_EVERY = 5.0  # seconds between looks for sent messages to index (when idle)
+INDEX_EVERY = 2.0  # seconds between looks for sent messages to index
+INDEX_BATCHES = 2  # closed batches indexed per writer transaction (a few ms of the writer)
+INDEX_PAUSE = 0.05  # seconds between those transactions while a campaign sends
 JOURNAL_PROBE_TIMEOUT = 5.0  # seconds the /readyz journal probe waits
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
@@ -72,6 +75,13 @@ async def run_daemon(
     config: Config, *, notifier: Notifier | None = None, until_idle: bool = False,
 ) -> int:
     """`cascade-scheduler run`: open the engine, serve until stopped; 0 on a clean stop."""
+    if (config.delivery_reports.poll and not config.api.is_sandbox
+            and config.delivery_reports.status_base(config.api) == SANDBOX):
+        raise ConfigError.single(
+            'status_url = "sandbox" needs [api] base_url = "sandbox" (the embedded emulator '
+            "answers both); write SMSBAT's status API URL, https://api.smsbat.com",
+            file=config.source, field="delivery_reports.status_url",
+        )
     folder = config.paths.campaigns
     if not folder.is_dir():
         raise ConfigError.single(
@@ -181,10 +191,12 @@ class Daemon:
             watcher,
             self._spawn(self._reloader()),
             self._spawn(self._heartbeat()),
-            self._spawn(self._index_when_idle()),
+            self._spawn(self._index_messages()),
             self._spawn(self._lead()),
             self._spawn(self._keep_presence()),
         ]
+        if self.config.delivery_reports.poll:
+            background.append(self._spawn(self._poll_statuses()))
         self._check_idle()
         await self._stop.wait()
         self.notifier.stopping()
@@ -330,21 +342,44 @@ class Daemon:
                 self._journal_problem = None
             await asyncio.sleep(STATUS_EVERY)
 
-    async def _index_when_idle(self) -> None:
-        """Copy sent messages into the journal's per-message rows while nothing is sending.
+    async def _index_messages(self) -> None:
+        """Copy sent messages into the journal's per-message rows, every few seconds.
 
-        The send path stays per batch (SPEC §12); the index serves look-ups by messageId and
-        by phone, and catches up between campaigns, a few batches per writer transaction.
+        The send path stays per batch (SPEC §12); the index serves look-ups by messageId
+        (delivery status: a message is polled once indexed) and by phone. It goes a couple of
+        batches per writer transaction, with a pause between them while a campaign sends, so
+        the send path's writes (and its fire lag) never wait long behind it.
         """
+        first_poll = self.config.delivery_reports.first_poll
         while True:
             await asyncio.sleep(INDEX_EVERY)
             try:
-                # one small transaction at a time: other writes queue between them
-                while self.leadership.leading and not self._sending():
-                    if not await self._engine.journal.index_messages():
+                while self.leadership.leading:
+                    if not await self._engine.journal.index_messages(INDEX_BATCHES, first_poll):
                         break
+                    await asyncio.sleep(INDEX_PAUSE if self._sending() else 0)
             except JournalError as exc:  # a full disk...: say so, try again later
                 self.log.warning("message_index_failed", error=str(exc))
+
+    async def _poll_statuses(self) -> None:
+        """Ask the status API about every sent message until it is final (leader only), on
+        a session and rate limit of its own: it never holds sending back."""
+        settings = self.config.delivery_reports
+        base = settings.status_base(self.config.api)
+        sandbox = base == SANDBOX
+        client = StatusClient(
+            self._engine.client.base_url if sandbox else base,
+            lambda: self.config.credentials.headers() or (SANDBOX_HEADERS if sandbox else {}),
+            timeout=self.config.api.timeout,
+        )
+        deliveries = Deliveries(self._engine.journal, self._engine.log, self.metrics)
+        poller = Poller(
+            self._engine.journal, client, deliveries,
+            PollSettings(settings.poll_rate, settings.first_poll, settings.max_interval),
+            leading=lambda: self.leadership.leading,
+        )
+        async with client:
+            await poller.run(self._stop)
 
     def _sending(self) -> bool:
         return any(t.task is not None and not t.task.done() for t in self._campaigns.values())

@@ -66,6 +66,20 @@ class MessageOutcome(NamedTuple):
     line: int | None = None  # the CSV line of a skipped row
 
 
+class DeliveryLine(NamedTuple):
+    """One message's final delivery status (SPEC §11.3), for its one ``delivery`` line."""
+
+    campaign: str
+    tracking_id: str
+    message_id: str
+    status: str  # delivered | undeliverable | permanenterror | unknown
+    channel: str | None
+    cost: float | None
+    currency: str | None
+    phone: str
+    seconds: float  # from sending to the final status
+
+
 def mask_phone(phone: str) -> str:
     """Hide the middle of a phone number: ``+380501234567`` -> ``+380*****4567``.
 
@@ -217,6 +231,22 @@ class DeliveryLog:
         if lines:
             lines.append("")
             self.write("\n".join(lines).encode())
+
+    def deliveries(self, rows: Iterable[DeliveryLine]) -> None:
+        """Write one ``delivery`` line per final delivery status, with ONE write for them all
+        (a status that is not "delivered" is a warning). Raises `DeliveryLogUnwritable`."""
+        stamp = _timestamp()
+        lines = []
+        for row in rows:
+            line = {"timestamp": stamp,
+                    "level": "info" if row.status == "delivered" else "warning",
+                    "event": "delivery", **row._asdict()}
+            line["phone"] = mask_phone(row.phone) if self._mask else row.phone
+            line["seconds"] = round(row.seconds, 3)
+            lines.append(orjson.dumps(line))
+        if lines:
+            lines.append(b"")
+            self.write(b"\n".join(lines))
 
     def _message(
         self, stamp: str, campaign: str, route: str, row: MessageOutcome,

@@ -98,6 +98,18 @@ class Metrics:
             "Durable journal writes on the send path, as the engine waits for them",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+        self.deliveries = Counter(
+            "cascade_deliveries", "Final delivery statuses (SPEC 11.3), by status and channel",
+            ["status", "channel"], registry=r,
+        )
+        self.cost = Counter(
+            "cascade_cost", "What delivered messages cost, as the status reports say, by currency",
+            ["currency"], registry=r,
+        )
+        self.status_requests = Counter(
+            "cascade_status_requests", "Requests to the status API, by answer",
+            ["code"], registry=r,
+        )
         self.lease_renew_failures = Counter(
             "cascade_lease_renew_failures", "Lease renewals that failed or went unanswered",
             registry=r,

@@ -94,6 +94,7 @@ class Workspace:
     lease: float | None = None  # [journal] lease, seconds
     shared_campaigns: Path | None = None  # another workspace's campaigns folder (a 2nd daemon)
     metrics_listen: str | None = None  # [metrics] listen, "HOST:PORT"
+    delivery_reports: dict[str, Any] | None = None  # the [delivery_reports] table, if any
 
     def __post_init__(self) -> None:
         (self.root / "campaigns" / "audiences").mkdir(parents=True, exist_ok=True)
@@ -136,6 +137,9 @@ class Workspace:
                   'delivery_log = "logs/delivery.jsonl"', "", "[log]", 'format = "json"', ""]
         if self.metrics_listen is not None:
             lines += ["[metrics]", f'listen = "{self.metrics_listen}"', ""]
+        if self.delivery_reports is not None:
+            lines += ["[delivery_reports]", *(_toml_pair(key, value) for key, value in
+                                              self.delivery_reports.items()), ""]
         if self.journal_url is not None:
             lines += ["[journal]", f'url = "{self.journal_url}"']
             lines += [f"lease = {self.lease}"] if self.lease is not None else []
@@ -201,6 +205,13 @@ class Workspace:
         """Every recipient of a campaign with a final outcome in the journal."""
         with SqliteConnection(self.journal_path) as journal:
             return list(journal.recipients(cid))
+
+
+def _toml_pair(key: str, value: Any) -> str:
+    """``key = value`` in TOML, for the plain values a test config holds."""
+    if isinstance(value, bool):
+        return f"{key} = {'true' if value else 'false'}"
+    return f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
 
 
 def expected_ids(cid: str, rows: int) -> set[str]:
