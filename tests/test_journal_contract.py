@@ -262,6 +262,8 @@ async def test_partial_then_final_outcomes(journal: Journal) -> None:
     assert await journal.record_partial("c", 0, decided) == 1
     again = (await journal.open_batches("c", limit=1))[0]
     assert again.state == "pending" and again.decided == frozenset({"c-0"})
+    partly = await journal.counts("c")  # the decided one is not pending any more
+    assert (partly["rejected"], partly["pending"]) == (1, 7)
     rest = [r for r in results(batch.body) if r.tracking_id != "c-0"]
     assert await journal.record_results("c", 0, rest) == 4
     assert [b.seq for b in await journal.open_batches("c")] == [1]

@@ -637,7 +637,8 @@ class PostgresStore:
         row = await self._one(
             "SELECT c.skipped, COALESCE(SUM(s.sent), 0), COALESCE(SUM(s.rejected), 0),"
             " COALESCE(SUM(s.expired), 0), COALESCE(SUM(s.in_doubt), 0),"
-            " COALESCE(SUM(s.size) FILTER (WHERE s.state <> 'done'), 0)"
+            " COALESCE(SUM(s.size - s.sent - s.rejected - s.expired - s.in_doubt)"
+            "   FILTER (WHERE s.state <> 'done'), 0)"
             " FROM campaigns c LEFT JOIN batch_state s ON s.snapshot = c.snapshot"
             " WHERE c.id = %s GROUP BY c.skipped", (campaign_id,),
         )

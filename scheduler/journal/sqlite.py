@@ -795,7 +795,8 @@ class SqliteConnection:
         row = self._db.execute(
             "SELECT COALESCE(SUM(sent), 0), COALESCE(SUM(rejected), 0),"
             " COALESCE(SUM(expired), 0), COALESCE(SUM(in_doubt), 0),"
-            " COALESCE(SUM(CASE WHEN state <> 'done' THEN size END), 0)"
+            " COALESCE(SUM(CASE WHEN state <> 'done'"
+            "   THEN size - sent - rejected - expired - in_doubt END), 0)"
             " FROM batch_state WHERE snapshot = ?", (snapshot,),
         ).fetchone()
         skipped = self._db.execute(
