@@ -42,14 +42,13 @@ from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (
     LISTINGS,
-    SUMMARY_COLUMNS,
     Listing,
     listed_total,
     recipient_columns,
     recipient_rows,
-    summary_rows,
     valid_status,
     write_rows,
+    write_summary,
 )
 from scheduler.sandbox import SandboxOptions
 from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, read_status
@@ -398,8 +397,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
             )
         if args.status is None:
-            rows = summary_rows(journal, args.campaign)
-            write_rows(rows, SUMMARY_COLUMNS, args.format, sys.stdout, "Campaign outcomes")
+            write_summary(journal, args.campaign, args.format, sys.stdout,
+                          delivery=config.delivery_reports.poll)
         else:
             total = listed_total(journal, args.status, args.campaign)
             recipients = recipient_rows(journal, args.status, args.campaign)

@@ -5,6 +5,11 @@ re-targeting), streamed so a million-row export needs no memory. ``--status pend
 recipients that have no final outcome yet (a cancelled campaign's unsent rows, for instance), so
 every row of every audience is accounted for.
 
+With delivery reports (SPEC §11.3), the summary also says what became of the sent messages
+(delivered, undeliverable, permanenterror, unknown, awaiting; delivered per channel; the cost
+per currency; the median time to delivery), and ``--status delivered`` (or undeliverable,
+permanenterror, unknown) lists those recipients with their channel and cost.
+
 A terminal table shows at most `TABLE_ROWS` rows (then says how many more, and to use CSV), and
 never cuts a number, a time or an id: on a narrow terminal it hides whole columns, and says so.
 """
@@ -18,7 +23,7 @@ import os
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Literal, TextIO, TypeVar, cast
+from typing import Any, Literal, TextIO, TypeGuard, TypeVar, cast
 
 import orjson
 from rich.console import Console
@@ -30,9 +35,15 @@ from scheduler.vocabulary import OUTCOMES, SENDING, Outcome
 
 T = TypeVar("T")
 Format = Literal["table", "json", "csv"]
-#: what ``--status`` takes: a final outcome, or ``pending`` (no final outcome yet)
-Listing = Outcome | Literal["pending"]
-LISTINGS: tuple[str, ...] = (*OUTCOMES, "pending")
+#: the final delivery statuses ``--status`` lists (SPEC §11.3)
+DeliveryListing = Literal["delivered", "undeliverable", "permanenterror", "unknown"]
+DELIVERY_LISTINGS: tuple[DeliveryListing, ...] = (
+    "delivered", "undeliverable", "permanenterror", "unknown",
+)
+#: what ``--status`` takes: a final outcome, ``pending`` (no final outcome yet), or a final
+#: delivery status
+Listing = Outcome | Literal["pending"] | DeliveryListing
+LISTINGS: tuple[str, ...] = (*OUTCOMES, "pending", *DELIVERY_LISTINGS)
 
 SUMMARY_COLUMNS = (
     "campaign", "type", "state", "send_at", "recipients", "skipped",
@@ -40,11 +51,22 @@ SUMMARY_COLUMNS = (
 )
 NUMERIC_COLUMNS = frozenset(
     {"recipients", "valid", "skipped", "sent", "rejected", "expired", "in_doubt", "pending",
-     "attempts", "line"}
+     "attempts", "line", "delivered", "undeliverable", "permanenterror", "unknown", "awaiting",
+     "parts", "median_delivery"}
 )
 RECIPIENT_COLUMNS = ("campaign", "tracking_id", "phone", "status", "detail", "attempts")
 #: skipped rows never went out (no attempts); their CSV line is what finds them again
 SKIPPED_COLUMNS = ("campaign", "line", "tracking_id", "phone", "status", "detail")
+#: ``--status delivered`` etc.: what re-targeting needs ("undelivered by Viber: try SMS")
+DELIVERY_RECIPIENT_COLUMNS = (
+    "campaign", "tracking_id", "phone", "status", "channel", "parts", "cost", "currency",
+    "sent_at", "status_at", "message_id",
+)
+#: the summary's delivery part (a table of its own; extra columns in CSV; "delivery" in JSON)
+DELIVERY_COLUMNS = (
+    "campaign", "sent", "delivered", "undeliverable", "permanenterror", "unknown", "awaiting",
+    "by_channel", "cost", "median_delivery",
+)
 
 #: a terminal table stops after this many rows: a longer listing is for --format csv or json
 TABLE_ROWS = 1_000
@@ -54,14 +76,21 @@ _HIDE_FIRST = (
     "valid", "status",
 )
 #: columns whose text may wrap onto more lines (everything else is kept whole on one line)
-_WRAPPING = frozenset({"detail", "note"})
+_WRAPPING = frozenset({"detail", "note", "by_channel", "cost"})
 _WRAP_MIN = 12  # the narrowest a wrapping column gets
 _JSON_CHUNK = 1_000  # JSON rows written at once
 
 
 def recipient_columns(status: Listing) -> tuple[str, ...]:
     """The columns of ``report --status status``."""
+    if is_delivery(status):
+        return DELIVERY_RECIPIENT_COLUMNS
     return SKIPPED_COLUMNS if status == "skipped" else RECIPIENT_COLUMNS
+
+
+def is_delivery(status: Listing) -> TypeGuard[DeliveryListing]:
+    """True for the delivery statuses (they list sent messages by what became of them)."""
+    return status in DELIVERY_LISTINGS
 
 
 def campaign_note(record: CampaignRecord, pending: int, leading: bool) -> str:
@@ -105,8 +134,9 @@ def summary_rows(journal: JournalReader, campaign_id: str | None = None) -> list
 def listed_total(journal: JournalReader, status: Listing, campaign_id: str | None) -> int:
     """How many recipients ``report --status status`` lists (from the counts: no listing)."""
     return sum(
-        journal.counts(record.id).get(status, 0) for record in journal.campaigns()
-        if campaign_id is None or record.id == campaign_id
+        (journal.delivery_counts(record.id).statuses if is_delivery(status)
+         else journal.counts(record.id)).get(status, 0)
+        for record in journal.campaigns() if campaign_id is None or record.id == campaign_id
     )
 
 
@@ -123,14 +153,98 @@ def recipient_rows(
                 leading = journal.leader() is not None
             yield from _unsent_rows(journal, record, leading)
             continue
+        if is_delivery(status):
+            yield from _delivery_rows(journal, record.id, status)
+            continue
         if status == "skipped":
             for row in journal.recipients(record.id, status):
                 yield {"campaign": record.id, "line": row.line, "tracking_id": row.tracking_id,
                        "phone": row.phone, "status": row.outcome, "detail": row.detail or ""}
             continue
-        for row in journal.recipients(record.id, status):
+        for row in journal.recipients(record.id, cast("Outcome", status)):
             yield {"campaign": record.id, "tracking_id": row.tracking_id, "phone": row.phone,
                    "status": row.outcome, "detail": row.detail or "", "attempts": row.attempts}
+
+
+def _delivery_rows(
+    journal: JournalReader, campaign_id: str, status: DeliveryListing,
+) -> Iterator[dict[str, Any]]:
+    """The campaign's sent messages whose final delivery status is ``status``."""
+    for row in journal.delivery_recipients(campaign_id, status):
+        yield {"campaign": campaign_id, "tracking_id": row.tracking_id, "phone": row.phone,
+               "status": row.status, "channel": row.channel or "", "parts": row.parts,
+               "cost": row.cost, "currency": row.currency or "",
+               "sent_at": utc_text(row.sent_at),
+               "status_at": "" if row.status_at is None else utc_text(row.status_at),
+               "message_id": row.message_id}
+
+
+def delivery_summaries(
+    journal: JournalReader, campaign_id: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per campaign (or just ``campaign_id``): its sent messages by final delivery status,
+    ``awaiting`` (no final status yet), delivered ones per channel, the cost per currency
+    and the median seconds to delivery."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in journal.campaigns():
+        if campaign_id is not None and record.id != campaign_id:
+            continue
+        sent = journal.counts(record.id).get("sent", 0)
+        counts = journal.delivery_counts(record.id)
+        finals: dict[str, int] = {s: counts.statuses.get(s, 0) for s in DELIVERY_LISTINGS}
+        median = counts.delivery_seconds
+        found[record.id] = {
+            "campaign": record.id, "sent": sent, **finals,
+            "awaiting": max(0, sent - sum(finals.values())),
+            "by_channel": dict(sorted(counts.delivered_by_channel.items(),
+                                      key=lambda item: (-item[1], item[0]))),
+            "cost": {currency: round(total, 2) for currency, total in sorted(counts.cost.items())},
+            "median_delivery": None if median is None else round(median, 1),
+        }
+    return found
+
+
+def delivery_text(entry: dict[str, Any]) -> dict[str, Any]:
+    """A `delivery_summaries` entry for a table or CSV: channels with their shares of the
+    delivered, costs with their currencies, the median in seconds."""
+    delivered = entry["delivered"] or 1
+    return {
+        **entry,
+        "by_channel": ", ".join(f"{channel} {count:,} ({count / delivered:.0%})"
+                                for channel, count in entry["by_channel"].items()),
+        "cost": ", ".join(f"{total:,.2f} {currency}" for currency, total in entry["cost"].items()),
+        "median_delivery": "" if entry["median_delivery"] is None else
+        f"{entry['median_delivery']:,.1f} s",
+    }
+
+
+def write_summary(
+    journal: JournalReader, campaign_id: str | None, fmt: Format, out: TextIO, *,
+    delivery: bool = False, width: int | None = None,
+) -> None:
+    """The summary: outcomes per campaign and, when delivery reports are on (``delivery``)
+    or any message has a final delivery status, what became of the sent messages: a table
+    of its own, more CSV columns, or a ``delivery`` object in each JSON row."""
+    rows = summary_rows(journal, campaign_id)
+    entries = delivery_summaries(journal, campaign_id)
+    if not delivery and not any(e[s] for e in entries.values() for s in DELIVERY_LISTINGS):
+        write_rows(rows, SUMMARY_COLUMNS, fmt, out, "Campaign outcomes", width=width)
+        return
+    empty: dict[str, Any] = dict.fromkeys(DELIVERY_COLUMNS[1:], 0) | {
+        "by_channel": {}, "cost": {}, "median_delivery": None}
+    matched = [(row, entries.get(row["campaign"]) or {**empty, "campaign": row["campaign"]})
+               for row in rows]
+    if fmt == "json":
+        for row, entry in matched:
+            row["delivery"] = {k: v for k, v in entry.items() if k not in ("campaign", "sent")}
+        write_rows(rows, SUMMARY_COLUMNS, fmt, out)
+    elif fmt == "csv":
+        write_rows([row | delivery_text(entry) for row, entry in matched],
+                   SUMMARY_COLUMNS + DELIVERY_COLUMNS[2:], fmt, out)
+    else:
+        write_rows(rows, SUMMARY_COLUMNS, fmt, out, "Campaign outcomes", width=width)
+        write_rows([delivery_text(entry) for _, entry in matched], DELIVERY_COLUMNS, fmt, out,
+                   "Delivery status", width=width)
 
 
 def _unsent_rows(

@@ -170,7 +170,7 @@ def test_unknown_campaign_exit_1(sent: Sent, capsys: pytest.CaptureFixture[str])
 
 def test_unknown_status_is_a_usage_error(sent: Sent, capsys: pytest.CaptureFixture[str]) -> None:
     """A `--status` that is no outcome: usage error (exit 2) listing the valid ones."""
-    code, _, err = report(capsys, sent.config, "--status", "delivered")
+    code, _, err = report(capsys, sent.config, "--status", "lost")
     assert code == 2
     assert "sent, rejected, expired, skipped, in_doubt" in err
 

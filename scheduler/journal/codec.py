@@ -143,4 +143,7 @@ def count_deliveries(
             channels[name] = channels.get(name, 0) + int(count)
         if total and currency:
             cost[currency] = round(cost.get(currency, 0.0) + float(total), 6)
-    return DeliveryCounts(statuses, channels, cost, None if median is None else float(median))
+    # a status time is the API's clock, our sent time ours: a skew must not look negative
+    return DeliveryCounts(
+        statuses, channels, cost, None if median is None else max(0.0, float(median)),
+    )

@@ -16,10 +16,12 @@ from scheduler.journal.base import (
     CampaignRecord,
     Counts,
     DaemonRecord,
+    DeliveryCounts,
+    DeliveryRow,
     Journal,
     RecipientRow,
 )
-from scheduler.vocabulary import Outcome
+from scheduler.vocabulary import DeliveryStatus, Outcome
 
 T = TypeVar("T")
 PAGE = 2_000  # recipients handed over per loop turn
@@ -83,6 +85,21 @@ class JournalReader:
         while page := self._runner.run(_done(ahead)):
             ahead = self._read_ahead(_take(stream, PAGE))
             self._runner.run(asyncio.sleep(0))  # one step: it queues its read, if it needs one
+            yield from page
+
+    def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
+        """`Journal.delivery_counts`."""
+        return self._runner.run(self.journal.delivery_counts(campaign_id))
+
+    def delivery_recipients(
+        self, campaign_id: str, status: DeliveryStatus,
+    ) -> Iterator[DeliveryRow]:
+        """`Journal.delivery_recipients`, streamed in pages (read ahead, as `recipients`)."""
+        stream = self.journal.delivery_recipients(campaign_id, status)
+        ahead = self._read_ahead(_take(stream, PAGE))
+        while page := self._runner.run(_done(ahead)):
+            ahead = self._read_ahead(_take(stream, PAGE))
+            self._runner.run(asyncio.sleep(0))
             yield from page
 
     def _read_ahead(self, page: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
