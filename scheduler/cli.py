@@ -501,6 +501,18 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
                         "%(default)s)")
     status.add_argument("--status-rate-limit", type=float,
                         help="status requests/s before answering 429 (default: no limit)")
+    push = parser.add_argument_group(
+        "webhooks", "push each final status to a URL, as SMSBAT's delivery-report webhook does")
+    push.add_argument("--dlr-url", metavar="URL",
+                      help="POST reports here (e.g. a daemon's http://127.0.0.1:8088/"
+                      "delivery-reports/TOKEN; default: push nothing)")
+    push.add_argument("--dlr-duplicate-rate", type=float, default=0.0,
+                      help="share of reports pushed twice (default: %(default)s)")
+    push.add_argument("--dlr-reorder-rate", type=float, default=0.0,
+                      help="share of messages whose older 'processing' report comes after the "
+                      "final one (default: %(default)s)")
+    push.add_argument("--dlr-missing-rate", type=float, default=0.0,
+                      help="share of final reports never pushed (default: %(default)s)")
 
 
 def _port(value: str) -> int:
@@ -523,6 +535,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             seed=args.seed, dlr_delay=args.dlr_delay, undeliverable_rate=args.undeliverable_rate,
             permanent_error_rate=args.permanent_error_rate,
             status_fail_rate=args.status_fail_rate, status_rate_limit=args.status_rate_limit,
+            dlr_url=args.dlr_url, dlr_duplicate_rate=args.dlr_duplicate_rate,
+            dlr_reorder_rate=args.dlr_reorder_rate, dlr_missing_rate=args.dlr_missing_rate,
         )
     except ValueError as exc:
         raise UserError.single(str(exc), field="sandbox") from None

@@ -175,6 +175,18 @@ class DeliveryReportsConfig(_Section):
     # then the interval doubles up to max_interval
     first_poll: float = Field(default=30, gt=0, le=3600)
     max_interval: float = Field(default=1800, gt=0, le=86_400)
+    #: "HOST:PORT" of the webhook receiver (off when absent); the path holds a secret token
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        return None if value is None else _host_port(value, "127.0.0.1:8088")
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of the webhook receiver, or None when off."""
+        return None if self.listen is None else _address(self.listen)
 
     @field_validator("status_url")
     @classmethod
@@ -195,6 +207,7 @@ class Credentials(_Section):
     viber_token: SecretStr | None = None
     tg_bot_key: SecretStr | None = None
     journal_password: SecretStr | None = None
+    webhook_token: SecretStr | None = None  # the secret in the delivery-report webhook's path
 
     def headers(self) -> dict[str, str]:
         """Every configured credential as the header the API expects."""
@@ -207,8 +220,8 @@ class Credentials(_Section):
 
     def secrets(self) -> list[str]:
         """The raw secret values, for redaction filters."""
-        password = self.journal_password
-        return [*self.headers().values(), *([password.get_secret_value()] if password else [])]
+        others = (self.journal_password, self.webhook_token)
+        return [*self.headers().values(), *(s.get_secret_value() for s in others if s)]
 
     def __bool__(self) -> bool:
         return bool(self.headers())
@@ -256,6 +269,19 @@ def _api_url(value: str, example: str) -> str:
     return value
 
 
+def _host_port(value: str, example: str) -> str:
+    """``value`` when it is HOST:PORT with a port of 1..65535."""
+    host, _, port = value.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'"{value}" is not HOST:PORT: write "{example}"')
+    return value.strip()
+
+
+def _address(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -267,6 +293,8 @@ def _is_loopback(host: str) -> bool:
 
 #: the journal's password: environment variable, file in $CREDENTIALS_DIRECTORY
 JOURNAL_PASSWORD_SOURCE = ("CASCADE_JOURNAL_PASSWORD", "journal-password")
+#: the delivery-report webhook's token: environment variable, file in $CREDENTIALS_DIRECTORY
+WEBHOOK_TOKEN_SOURCE = ("CASCADE_WEBHOOK_TOKEN", "webhook-token")
 
 
 def load_credentials(env: Mapping[str, str]) -> Credentials:
@@ -281,8 +309,8 @@ def load_credentials(env: Mapping[str, str]) -> Credentials:
     problems: list[Problem] = []
     sources = [(variable, filename) for variable, filename, _ in CREDENTIAL_SOURCES]
     for field_name, (variable, filename) in zip(
-        ("api_key", "viber_token", "tg_bot_key", "journal_password"),
-        [*sources, JOURNAL_PASSWORD_SOURCE], strict=True,
+        ("api_key", "viber_token", "tg_bot_key", "journal_password", "webhook_token"),
+        [*sources, JOURNAL_PASSWORD_SOURCE, WEBHOOK_TOKEN_SOURCE], strict=True,
     ):
         try:
             value = _credential(env, variable, directory, filename)

@@ -38,6 +38,7 @@ from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, Engine, utcnow
 from scheduler.service import SANDBOX_HEADERS, open_engine
 from scheduler.vocabulary import FINISHED, CampaignState
+from scheduler.webhooks import WebhookServer
 
 STATUS_EVERY = 5.0  # seconds between STATUS= updates
 RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # seconds before a campaign whose storage failed goes again
@@ -82,6 +83,12 @@ async def run_daemon(
             "answers both); write SMSBAT's status API URL, https://api.smsbat.com",
             file=config.source, field="delivery_reports.status_url",
         )
+    if config.delivery_reports.listen is not None and config.credentials.webhook_token is None:
+        raise ConfigError.single(
+            "listen needs the webhook token: set CASCADE_WEBHOOK_TOKEN (or LoadCredential= "
+            "webhook-token in the systemd unit); it is the secret part of the webhook's URL",
+            file=config.source, field="delivery_reports.listen",
+        )
     folder = config.paths.campaigns
     if not folder.is_dir():
         raise ConfigError.single(
@@ -121,6 +128,10 @@ class Daemon:
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
+        self._deliveries = Deliveries(engine.journal, engine.log, metrics)
+        hook = config.delivery_reports.address
+        self._webhooks = None if hook is None else WebhookServer(
+            self._deliveries, self._webhook_token, *hook, index=self._index_some)
         self.log = get_logger("daemon")
         self._engine = engine
         self._lifecycle = engine.lifecycle
@@ -148,12 +159,15 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         try:
             await self._start_health()
+            await self._start_webhooks()
             await self._serve(self._engine)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             if self._health is not None:
                 await self._health.stop()
+            if self._webhooks is not None:
+                await self._webhooks.stop()
 
     async def _start_health(self) -> None:
         """Listen for /metrics, /livez and /readyz when ``[metrics] listen`` is set."""
@@ -166,6 +180,29 @@ class Daemon:
                 f"cannot listen on {self.config.metrics.listen}: {exc.strerror or exc}: "
                 "pick a free port", file=self.config.source, field="metrics.listen",
             ) from None
+
+    async def _start_webhooks(self) -> None:
+        """Take delivery reports at ``[delivery_reports] listen`` (every daemon does: SMSBAT
+        may reach any of them, and each journals what it gets)."""
+        if self._webhooks is None:
+            return
+        try:
+            await self._webhooks.start()
+        except OSError as exc:
+            raise ConfigError.single(
+                f"cannot listen on {self.config.delivery_reports.listen}: "
+                f"{exc.strerror or exc}: pick a free port", file=self.config.source,
+                field="delivery_reports.listen",
+            ) from None
+
+    def _webhook_token(self) -> str | None:
+        token = self.config.credentials.webhook_token
+        return None if token is None else token.get_secret_value()
+
+    async def _index_some(self) -> int:
+        """Index a few closed batches now (a webhook came before its message was indexed)."""
+        return await self._engine.journal.index_messages(
+            INDEX_BATCHES, self.config.delivery_reports.first_poll)
 
     def _credentials_problem(self) -> str | None:
         refused = self._engine.refused
@@ -372,9 +409,8 @@ class Daemon:
             lambda: self.config.credentials.headers() or (SANDBOX_HEADERS if sandbox else {}),
             timeout=self.config.api.timeout,
         )
-        deliveries = Deliveries(self._engine.journal, self._engine.log, self.metrics)
         poller = Poller(
-            self._engine.journal, client, deliveries,
+            self._engine.journal, client, self._deliveries,
             PollSettings(settings.poll_rate, settings.first_poll, settings.max_interval),
             leading=lambda: self.leadership.leading,
         )

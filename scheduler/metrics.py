@@ -106,6 +106,11 @@ class Metrics:
             "cascade_cost", "What delivered messages cost, as the status reports say, by currency",
             ["currency"], registry=r,
         )
+        self.webhook_reports = Counter(
+            "cascade_webhook_reports", "Delivery reports received by the webhook, by what became "
+            "of them (final, moved, unchanged, unknown; malformed and wrong_token per request)",
+            ["result"], registry=r,
+        )
         self.status_requests = Counter(
             "cascade_status_requests", "Requests to the status API, by answer",
             ["code"], registry=r,

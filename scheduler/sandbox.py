@@ -11,14 +11,18 @@ message goes scheduled -> processing -> delivered (on its channel), undeliverabl
 permanenterror after a delay of its own, with the channels the cascade tried, SMS parts and a
 cost. A message's fate and delay follow from its id (and ``seed``), so asking twice gives the
 same story; what is kept per accepted request is its time, route and a channel and SMS-part
-count per message (two bytes a message).
+count per message (two bytes a message). With ``dlr_url`` it also pushes each final status
+there as a webhook would (arrays of reports), with faults: reports pushed twice, an older
+"processing" pushed after the final one, reports never pushed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
+import heapq
 import hmac
 import math
 import random
@@ -31,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -61,6 +66,9 @@ _SMS_SINGLE, _SMS_PART = {True: 160, False: 70}, {True: 153, False: 67}
 #: the share of a message's delay it spends "scheduled" before "processing"
 _SCHEDULED_SHARE: Final = 0.2
 _ID_COUNTER_BITS: Final = 48
+#: pushed reports: at most this many in one POST; failed POSTs are tried this often
+_PUSH_BATCH: Final = 500
+_PUSH_TRIES: Final = 5
 _CREDENTIAL_HEADERS: Final = tuple(header for _, _, header in CREDENTIAL_SOURCES)
 _API_KEY_HEADER: Final = "X-Authorization-Key"
 _TYPES: Final = frozenset(MESSAGE_TYPES)
@@ -101,10 +109,16 @@ class SandboxOptions:
     permanent_error_rate: float = 0.01  # share refused for good (a number that does not exist)
     status_fail_rate: float = 0.0  # share of status requests answered 500/502/503
     status_rate_limit: float | None = None  # status requests/s, then 429 with Retry-After
+    # webhooks: push each final status to this URL, with faults
+    dlr_url: str | None = None
+    dlr_duplicate_rate: float = 0.0  # share of final reports pushed twice
+    dlr_reorder_rate: float = 0.0  # share of messages whose "processing" comes after the final
+    dlr_missing_rate: float = 0.0  # share of final reports never pushed
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "drop_rate", "omit_rate", "undeliverable_rate",
-                     "permanent_error_rate", "status_fail_rate"):
+                     "permanent_error_rate", "status_fail_rate", "dlr_duplicate_rate",
+                     "dlr_reorder_rate", "dlr_missing_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
@@ -118,6 +132,8 @@ class SandboxOptions:
             raise ValueError(f"latency_ms must not be negative, not {self.latency_ms}")
         if not 0 <= self.dlr_delay <= 86_400:
             raise ValueError(f"dlr_delay must be 0 to 86400 seconds, not {self.dlr_delay}")
+        if self.dlr_url is not None and not self.dlr_url.startswith(("http://", "https://")):
+            raise ValueError(f"dlr_url must be an http(s) URL, not {self.dlr_url!r}")
 
 
 class TokenBucket:
@@ -179,6 +195,7 @@ class Sandbox:
         self._fate_key = str(options.seed).encode()
         #: accepted requests by the first 24 characters of their message ids
         self._requests: dict[str, _Request] = {}
+        self.pusher = None if options.dlr_url is None else ReportPusher(self, options.dlr_url)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._record: IO[bytes] | None = None
@@ -221,12 +238,16 @@ class Sandbox:
         bound_host, bound_port = runner.addresses[0][:2]
         self._base_url = f"http://{_url_host(bound_host)}:{bound_port}"
         self._open_record()
+        if self.pusher is not None:
+            self.pusher.start()
         return self._base_url
 
     async def stop(self) -> None:
         """Stop listening and close the record file; safe to call twice."""
         runner, self._runner = self._runner, None
         self._base_url = None
+        if self.pusher is not None:
+            await self.pusher.stop()
         if runner is not None:
             await runner.cleanup()
         if self._record is not None:
@@ -316,11 +337,14 @@ class Sandbox:
             for message, message_id in zip(messages, ids, strict=True)
         ]
         self.accepted.update(message["id"] for message in messages)
+        accepted_at = time.time()
         self._requests[prefix] = _Request(
-            time.time(), route, first,
+            accepted_at, route, first,
             bytes(zlib.crc32(m["toPhone"].encode()) % len(channels) for m in messages),
             bytes(min(255, sms_parts(m.get("text") or "")) for m in messages),
         )
+        if self.pusher is not None:
+            self.pusher.schedule(ids, accepted_at)
         if self._record is not None:
             self._write_record(messages, results, channels, route)
         if self._chance(self.options.omit_rate):
@@ -432,6 +456,98 @@ class Sandbox:
             return None
         index = (counter - accepted.first) & ((1 << _ID_COUNTER_BITS) - 1)
         return (accepted, index) if index < len(accepted.channels) else None
+
+
+class ReportPusher:
+    """Pushes each accepted message's final status to ``url`` when it is reached, in arrays,
+    as SMSBAT's webhook would; with the sandbox's ``dlr_*`` faults. Counters: ``pushed``
+    (reports a 2xx took), ``answers`` (per HTTP status), ``failed`` (reports given up)."""
+
+    def __init__(self, sandbox: Sandbox, url: str) -> None:
+        self.sandbox = sandbox
+        self.url = url
+        self.pushed = 0
+        self.failed = 0
+        self.answers: collections.Counter[int] = collections.Counter()
+        self._due: list[tuple[float, int, str, str]] = []  # (when, order, message id, status)
+        self._order = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start pushing (from the sandbox's event loop)."""
+        self._task = asyncio.create_task(self._run(), name="sandbox-dlr-push")
+
+    async def stop(self) -> None:
+        """Stop pushing; what is not pushed yet never will be."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def waiting(self) -> int:
+        """Reports not pushed yet."""
+        return len(self._due)
+
+    def schedule(self, message_ids: list[str], accepted_at: float) -> None:
+        """Plan the reports of freshly accepted messages (faults decided now)."""
+        options, chance = self.sandbox.options, self.sandbox._chance
+        for message_id in message_ids:
+            final = accepted_at + self.sandbox.fate(message_id).delay
+            if not chance(options.dlr_missing_rate):
+                self._add(final, message_id, "final")
+                if chance(options.dlr_duplicate_rate):
+                    self._add(final + 0.05, message_id, "final")
+            if chance(options.dlr_reorder_rate):
+                self._add(final + 0.1, message_id, "processing")
+        self._wake.set()
+
+    def _add(self, when: float, message_id: str, status: str) -> None:
+        self._order += 1
+        heapq.heappush(self._due, (when, self._order, message_id, status))
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while True:
+                batch = self._take(time.time())
+                if batch:
+                    await self._push(session, batch)
+                    continue
+                self._wake.clear()
+                wait = self._due[0][0] - time.time() if self._due else 60.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.01, wait))
+
+    def _take(self, now: float) -> list[dict[str, Any]]:
+        """The reports due by ``now`` (at most one POST's worth), as webhook bodies."""
+        bodies: list[dict[str, Any]] = []
+        while self._due and self._due[0][0] <= now and len(bodies) < _PUSH_BATCH:
+            when, _, message_id, status = heapq.heappop(self._due)
+            body = self.sandbox.message_status(message_id, max(now, when))
+            if body is None:
+                continue
+            if status == "processing":  # the older report, late
+                body = {"messageId": message_id, "deliverystatus": "processing"}
+            bodies.append(body)
+        return bodies
+
+    async def _push(self, session: aiohttp.ClientSession, bodies: list[dict[str, Any]]) -> None:
+        """POST one array; a failure is tried again a few times, then given up."""
+        data = orjson.dumps(bodies)
+        for attempt in range(_PUSH_TRIES):
+            try:
+                async with session.post(self.url, data=data,
+                                        headers={"Content-Type": "application/json"}) as answer:
+                    self.answers[answer.status] += 1
+                    if answer.status < 300:
+                        self.pushed += len(bodies)
+                        return
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                self.answers[0] += 1
+            await asyncio.sleep(0.2 * 2**attempt)
+        self.failed += len(bodies)
 
 
 def _tried(status: str, channels: tuple[str, ...], channel: str) -> dict[str, str]:

@@ -1,0 +1,158 @@
+"""The delivery-report webhook (SPEC §11.3): SMSBAT POSTs statuses, the journal keeps them.
+
+``POST /delivery-reports/{token}`` takes one SMSBAT status object or an array of them. A wrong
+token is a 404 (as if nothing listened there), a body that is not JSON status objects a 400
+(nothing of it kept), and a report is durable in the journal before the answer: 200 when every
+report named a message we sent, 202 when some named none (they are counted, and kept nowhere).
+The same report twice, or an older status after a newer one, changes nothing: a sender may
+retry freely. A report that comes before the daemon indexed its message (a batch closes, its
+webhook arrives within the index's next two seconds) makes the receiver index first, once,
+and try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from scheduler.dlr import Deliveries, parse_report
+from scheduler.journal import JournalError, StatusChange, StatusReport
+from scheduler.oplog import get_logger
+
+PATH: Final = "/delivery-reports/{token}"
+#: the largest body read (about 40,000 reports in one array)
+MAX_BODY: Final = 16 * 1024 * 1024
+MAX_REPORTS: Final = 50_000
+#: seconds a sender should wait before retrying when the journal cannot take reports now
+RETRY_AFTER: Final = 5
+#: rounds of indexing a receiver runs for reports whose message is not indexed yet
+_CATCH_UP_ROUNDS: Final = 64
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+class WebhookServer:
+    """The receiver on ``host:port``; ``token`` is asked for at every request (None: every
+    request is refused, as with a wrong token); ``index`` indexes a few closed batches and
+    says how many (0: caught up)."""
+
+    def __init__(
+        self, deliveries: Deliveries, token: Callable[[], str | None], host: str, port: int,
+        *, index: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        self.deliveries = deliveries
+        self.host, self.port = host, port
+        self._token = token
+        self._index = index
+        self._catching_up = asyncio.Lock()
+        self._runner: web.AppRunner | None = None
+        self._oplog = get_logger("webhooks")
+        self.received: Counter[str] = Counter()  # reports (and refused requests) by result
+
+    async def start(self) -> None:
+        """Listen; a port in use raises OSError (the caller names the config key)."""
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post(PATH, self._receive)
+        app.router.add_route("*", "/{tail:.*}", _not_found)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+
+    async def stop(self) -> None:
+        """Stop listening (a request being answered finishes first)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        expected = self._token()
+        given = request.match_info["token"]
+        if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+            self._count("wrong_token")
+            return await _not_found(request)
+        try:
+            reports = _reports(await request.read())
+        except ValueError as exc:
+            self._count("malformed")
+            return _json(400, {"error": {"code": "MALFORMED", "message": str(exc)}})
+        except web.HTTPRequestEntityTooLarge:
+            self._count("malformed")
+            return _json(413, {"error": {"code": "TOO_LARGE",
+                                         "message": f"bodies are limited to {MAX_BODY} bytes"}})
+        try:
+            changes = await self._record(reports)
+        except JournalError as exc:
+            self._oplog.error("webhook_not_recorded", reports=len(reports), error=str(exc))
+            return _json(503, {"error": {"code": "UNAVAILABLE",
+                                         "message": "the journal cannot take reports now"}},
+                         headers={"Retry-After": str(RETRY_AFTER)})
+        results = Counter(change.result for change in changes)
+        for result, count in results.items():
+            self._count(result, count)
+        unknown = results["unknown"]
+        return _json(202 if unknown else 200,
+                     {"recorded": len(changes) - unknown, "unknown": unknown})
+
+    async def _record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+        """Journal the reports; those naming no indexed message get one more chance after
+        the journal indexed what it has not yet."""
+        changes = await self.deliveries.record(reports)
+        missing = [i for i, change in enumerate(changes) if change.result == "unknown"]
+        if not missing or self._index is None:
+            return changes
+        await self._catch_up()
+        again = await self.deliveries.record([reports[i] for i in missing])
+        for i, change in zip(missing, again, strict=True):
+            changes[i] = change
+        return changes
+
+    async def _catch_up(self) -> None:
+        """Index closed batches until caught up (one request at a time does it; the others
+        wait for it rather than index the same batches again)."""
+        assert self._index is not None
+        async with self._catching_up:
+            for _ in range(_CATCH_UP_ROUNDS):
+                if not await self._index():
+                    break
+
+    def _count(self, result: str, count: int = 1) -> None:
+        self.received[result] += count
+        self.deliveries.metrics.webhook_reports.labels(result).inc(count)
+
+
+def _reports(body: bytes) -> list[StatusReport]:
+    """The status reports of a webhook body, or ValueError saying what is wrong with it."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError("the body is not JSON") from None
+    items = data if isinstance(data, list) else [data]
+    if not 0 < len(items) <= MAX_REPORTS:
+        raise ValueError(f"send 1 to {MAX_REPORTS} reports, not {len(items)}")
+    reports = []
+    for index, item in enumerate(items):
+        report = parse_report(item)
+        if report is None:
+            raise ValueError(
+                f"report {index} is not a status: it needs messageId and deliverystatus "
+                "(scheduled, processing, delivered, undeliverable or permanenterror)")
+        reports.append(report)
+    return reports
+
+
+async def _not_found(_: web.Request) -> web.Response:
+    return _json(404, {"error": {"code": "NOT_FOUND", "message": "No such endpoint"}})

@@ -1,0 +1,268 @@
+"""The delivery-report webhook (SPEC §11.3) on a real port with a real SQLite journal, the
+sandbox pushing reports to it (duplicated, reordered, missing), and real daemons taking them,
+a kill -9 right after a 200 included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from daemon_helpers import (
+    API_KEY,
+    DaemonProcess,
+    SandboxProcess,
+    Workspace,
+    poll,
+    utc_seconds_from_now,
+)
+
+from scheduler.delivery_log import DeliveryLog
+from scheduler.dlr import Deliveries
+from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
+from scheduler.metrics import Metrics
+from scheduler.webhooks import WebhookServer
+from tests.helpers import StartSandbox, free_port
+from tests.test_delivery_status import send_through
+
+TOKEN = "hook-Secret-42"
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+    """A started SQLite journal."""
+    started = SqliteJournal(tmp_path / "state" / "journal.sqlite3")
+    await started.start(writer=True)
+    yield started
+    await started.close()
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[DeliveryLog]:
+    """The delivery log the receiver writes."""
+    opened = DeliveryLog(tmp_path / "logs" / "delivery.jsonl", phones="masked")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+async def receiver(journal: SqliteJournal, log: DeliveryLog) -> AsyncIterator[WebhookServer]:
+    """The webhook receiver on a free loopback port, indexing on demand."""
+    server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
+                           free_port(), index=lambda: journal.index_messages(2, 30))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def url(server: WebhookServer, token: str = TOKEN) -> str:
+    """The receiver's URL for ``token``."""
+    return f"http://127.0.0.1:{server.port}/delivery-reports/{token}"
+
+
+async def post(target: str, body: object | bytes) -> tuple[int, Any]:
+    """POST a JSON body (or raw bytes); (status, JSON answer)."""
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with aiohttp.ClientSession() as http, http.post(
+            target, data=data, headers={"Content-Type": "application/json"}) as answer:
+        return answer.status, orjson.loads(await answer.read())
+
+
+def delivery_lines(log: DeliveryLog) -> list[dict[str, Any]]:
+    """The ``delivery`` lines written so far."""
+    if not log.path.exists():
+        return []
+    return [line for line in map(orjson.loads, log.path.read_bytes().splitlines())
+            if line["event"] == "delivery"]
+
+
+def report(message_id: str, status: str = "delivered", **extra: Any) -> dict[str, Any]:
+    """One webhook report as SMSBAT sends it."""
+    return {"messageId": message_id, "deliverystatus": status,
+            "timestamp": "2026-12-01T09:00:05Z", "cost": 0.55,
+            "extendedStatuses": {"telegram": "undeliverable", "viber": "delivered"}, **extra}
+
+
+async def test_token_and_malformed_bodies_are_refused_and_keep_nothing(
+    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+) -> None:
+    """A wrong (or no) token is a 404 like any unknown path; a body that is no status report,
+    or an array with one bad report, is a 400 and nothing of it is kept."""
+    sandbox = await start_sandbox()
+    sent = await send_through(journal, sandbox.base_url, "c", 3,
+                              deadline=datetime.now(UTC) + timedelta(hours=1))
+    mid = sent[0][1]
+    assert (await post(url(receiver, "wrong"), report(mid)))[0] == 404
+    assert (await post(url(receiver, TOKEN + "x"), report(mid)))[0] == 404
+    assert (await post(f"http://127.0.0.1:{receiver.port}/delivery-reports/", report(mid)))[
+        0] == 404
+    for bad in (b"not json", [], {"deliverystatus": "delivered"},
+                {"messageId": mid, "deliverystatus": "lost"}, [report(mid), {"messageId": 5}]):
+        status, answer = await post(url(receiver), bad)
+        assert status == 400, bad
+        assert answer["error"]["code"] == "MALFORMED"
+    assert (await journal.delivery_counts("c")).statuses == {"awaiting": 3}
+    assert receiver.received == {"wrong_token": 2, "malformed": 5}  # no token: no route
+
+
+async def test_reports_are_durable_before_200_and_idempotent(
+    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    log: DeliveryLog,
+) -> None:
+    """200 once journaled (another reader sees it at once); the same report again, or an
+    older status after it, changes nothing and logs nothing twice; unknown ids are 202."""
+    sandbox = await start_sandbox()
+    sent = await send_through(journal, sandbox.base_url, "c", 3,
+                              deadline=datetime.now(UTC) + timedelta(hours=1))
+    mid = sent[0][1]
+    status, answer = await post(url(receiver), report(mid, partscount=1, billCurrency="UAH"))
+    assert (status, answer) == (200, {"recorded": 1, "unknown": 0})
+    with SqliteConnection(journal.path, read_only=True) as reader:
+        rows = list(reader.delivery_page("c", "delivered", ""))
+    assert [(r.message_id, r.channel, r.cost, r.currency) for r in rows] == [
+        (mid, "viber", 0.55, "UAH")]
+    for again in (report(mid), report(mid, "processing"), report(mid, "undeliverable")):
+        assert (await post(url(receiver), again))[0] == 200
+    assert [line["message_id"] for line in delivery_lines(log)] == [mid]
+    assert (await journal.delivery_counts("c")).statuses == {"delivered": 1, "awaiting": 2}
+    status, answer = await post(url(receiver), [report(sent[1][1], "undeliverable"),
+                                                report("not-ours"), report(sent[2][1])])
+    assert (status, answer) == (202, {"recorded": 2, "unknown": 1})
+    assert receiver.received["unknown"] == 1 and receiver.received["final"] == 3
+    assert len(delivery_lines(log)) == 3
+
+
+async def test_a_report_before_its_message_was_indexed_is_kept(
+    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+) -> None:
+    """The webhook can beat the daemon's index: the receiver indexes, then records."""
+    sandbox = await start_sandbox()
+    sent = await send_through(journal, sandbox.base_url, "c", 2,
+                              deadline=datetime.now(UTC) + timedelta(hours=1))
+    more = await send_through(journal, sandbox.base_url, "d", 2,
+                              deadline=datetime.now(UTC) + timedelta(hours=1), index=False)
+    assert await journal.message(more[0][1]) is None
+    status, _ = await post(url(receiver), [report(more[0][1]), report(sent[0][1])])
+    assert status == 200
+    assert (await journal.delivery_counts("d")).statuses == {"delivered": 1, "awaiting": 1}
+
+
+async def test_the_sandbox_pushes_duplicated_reordered_and_missing_reports(
+    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    log: DeliveryLog,
+) -> None:
+    """With every fault on: each pushed message ends in its final status, logged once; the
+    missing ones stay awaiting (polling would find them)."""
+    sandbox = await start_sandbox(dlr_url=url(receiver), dlr_delay=0.3, seed=8,
+                                  dlr_duplicate_rate=0.5, dlr_reorder_rate=0.5,
+                                  dlr_missing_rate=0.2)
+    sent = await send_through(journal, sandbox.base_url, "c", 100,
+                              deadline=datetime.now(UTC) + timedelta(hours=1))
+    pusher = sandbox.pusher
+    assert pusher is not None
+    for _ in range(100):
+        if not pusher.waiting:
+            break
+        await asyncio.sleep(0.05)
+    assert pusher.waiting == 0 and pusher.failed == 0
+    lines = delivery_lines(log)
+    ids = Counter(line["message_id"] for line in lines)
+    assert set(ids.values()) == {1}
+    assert 60 <= len(ids) <= 95  # about 20% never pushed
+    fates = {mid: sandbox.fate(mid).status for _, mid, _ in sent}
+    assert all(line["status"] == fates[line["message_id"]] for line in lines)
+    counts = (await journal.delivery_counts("c")).statuses
+    assert counts.get("awaiting", 0) == 100 - len(ids)
+    assert receiver.received["unchanged"] > 10  # duplicates and late "processing" reports
+
+
+# --- real daemons -------------------------------------------------------------------------
+
+
+def _finals(workspace: Workspace, cid: str) -> int:
+    with SqliteConnection(workspace.journal_path, read_only=True) as journal:
+        statuses = journal.delivery_counts(cid).statuses
+    return sum(n for status, n in statuses.items() if status != "awaiting")
+
+
+def _daemon(workspace: Workspace) -> DaemonProcess:
+    return DaemonProcess(workspace, CASCADE_API_KEY=API_KEY, CASCADE_WEBHOOK_TOKEN=TOKEN)
+
+
+@pytest.mark.parametrize("polling", [False, True])
+def test_a_daemon_takes_pushed_reports(tmp_path: Path, polling: bool) -> None:
+    """The sandbox pushes to the daemon's webhook with duplicates and reordering; without
+    polling every pushed message ends final once; with polling on too, so do the ones whose
+    report never came."""
+    listen = f"127.0.0.1:{free_port()}"
+    settings: dict[str, Any] = {"listen": listen}
+    missing = "0.3" if polling else "0"
+    hook = f"http://{listen}/delivery-reports/{TOKEN}"
+    sandbox = SandboxProcess(tmp_path / "record.jsonl", "--dlr-url", hook, "--dlr-delay", "0.5",
+                             "--dlr-duplicate-rate", "0.3", "--dlr-reorder-rate", "0.3",
+                             "--dlr-missing-rate", missing, "--seed", "4")
+    if polling:
+        settings |= {"poll": True, "status_url": sandbox.url, "first_poll": 1,
+                     "max_interval": 2, "poll_rate": 200}
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url, delivery_reports=settings)
+    daemon = _daemon(workspace)
+    try:
+        workspace.audience("hooked", 80)
+        workspace.write_campaign("hooked", utc_seconds_from_now(1))
+        daemon.start()
+        poll(lambda: _finals(workspace, "hooked") == 80, 40, "80 final statuses")
+        poll(lambda: len(workspace.events("delivery")) >= 80, 5, "80 delivery lines")
+        ids = Counter(line["message_id"] for line in workspace.events("delivery"))
+        assert len(ids) == 80 and set(ids.values()) == {1}
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        sandbox.close()
+
+
+def test_a_report_answered_200_survives_kill_9(tmp_path: Path) -> None:
+    """kill -9 right after the 200: the status is in the journal."""
+    listen = f"127.0.0.1:{free_port()}"
+    sandbox = SandboxProcess(tmp_path / "record.jsonl")
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url,
+                          delivery_reports={"listen": listen})
+    daemon = _daemon(workspace)
+    try:
+        workspace.audience("k", 10)
+        workspace.write_campaign("k", utc_seconds_from_now(1))
+        daemon.start()
+        poll(lambda: len(sandbox.record()) == 10, 20, "10 messages sent")
+        poll(lambda: workspace.counts("k")["sent"] == 10, 10, "10 sent in the journal")
+        message_ids = [r["messageId"] for r in sandbox.record()]
+        body = json.dumps([report(mid, "undeliverable") for mid in message_ids]).encode()
+        request = urllib.request.Request(f"http://{listen}/delivery-reports/{TOKEN}", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        daemon.kill()
+        assert _finals(workspace, "k") == 10
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(request, timeout=2)
+    finally:
+        daemon.kill()
+        sandbox.close()
+
+
+def test_listen_needs_the_token(tmp_path: Path) -> None:
+    """``listen`` without the webhook-token credential: the daemon refuses to start, saying
+    which credential to set."""
+    workspace = Workspace(tmp_path, delivery_reports={"listen": f"127.0.0.1:{free_port()}"})
+    daemon = DaemonProcess(workspace).start(wait=False)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(20) == 1
+    assert "CASCADE_WEBHOOK_TOKEN" in daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
