@@ -1,0 +1,38 @@
+"""CPU seconds of running processes from /proc, for the benchmarks (Linux). Not a benchmark.
+
+`os.wait4` gives a child's CPU once it has exited; a server that keeps running (the sink,
+PostgreSQL) is measured by reading ``/proc/PID/stat`` before and after a client's turn.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (None: the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text("ascii", "replace")
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid``, of its reaped children, and of its live
+    children (one level: enough for PostgreSQL's postmaster and for the sink)."""
+    own = _stat(pid)
+    if own is None:
+        return 0.0
+    # after the name: [0] state, [1] ppid, ..., [11] utime, [12] stime, [13] cutime, [14] cstime
+    ticks = sum(int(v) for v in own[11:15])
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields is not None and fields[1] == str(pid):
+            ticks += sum(int(v) for v in fields[11:15])
+    return ticks / _TICKS
