@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +111,7 @@ async def send_campaign(
 
     Like a daemon, it sends only while it holds the journal's leadership lease.
     """
-    async with open_engine(config) as engine, _leading(config, engine) as leadership:
+    async with open_engine(config) as engine, _leading(config, engine) as lost:
         record = await engine.prepare(campaign)
         delay = (record.send_at - utcnow()).total_seconds()
         if delay > 0 and record.started_at is None:
@@ -123,7 +123,7 @@ async def send_campaign(
                      - counts.get("pending", 0))
         run = engine.open_run(campaign, record, on_progress)
         watchers = [asyncio.create_task(_halt_on(stop, run)),
-                    asyncio.create_task(leadership.hold(stop, _halt_when_lost(run)))]
+                    asyncio.create_task(_halt_on(lost, run))]
         try:
             state = await engine.drive(run) if not stop.is_set() else "running"
         except JournalFenced:
@@ -140,23 +140,26 @@ async def send_campaign(
 
 
 @contextlib.asynccontextmanager
-async def _leading(config: Config, engine: Engine) -> AsyncIterator[Leadership]:
-    """The journal's leadership lease for a foreground send, or `JournalBusy`."""
+async def _leading(config: Config, engine: Engine) -> AsyncIterator[asyncio.Event]:
+    """Take the journal's leadership lease for a foreground send (or raise `JournalBusy`)
+    and renew it from the start: a big snapshot can take longer than the lease. The event
+    is set if the lease is lost anyway."""
     leadership = Leadership(engine.journal, config.journal.lease)
     if not await leadership.acquire():
         raise JournalBusy(engine.journal.location, "the daemon that leads it")
     engine.may_send = leadership.may_send
+    lost, done = asyncio.Event(), asyncio.Event()
+
+    async def on_lost(reason: str) -> None:
+        lost.set()
+
+    renewing = asyncio.create_task(leadership.hold(done, on_lost))
     try:
-        yield leadership
+        yield lost
     finally:
+        done.set()
+        await renewing
         await leadership.release()
-
-
-def _halt_when_lost(run: CampaignRun) -> Callable[[str], Awaitable[None]]:
-    async def lost(reason: str) -> None:
-        run.halt(None)
-
-    return lost
 
 
 async def _halt_on(event: asyncio.Event, run: CampaignRun) -> None:

@@ -324,3 +324,19 @@ def test_deadline_already_passed_expires_everything(tmp_path: Path) -> None:
         assert journal.counts(CAMPAIGN)["expired"] == 25
         record = journal.campaign(CAMPAIGN)
     assert record is not None and record.state == "expired"
+
+
+def test_a_snapshot_longer_than_the_lease_does_not_stop_send(tmp_path: Path) -> None:
+    """`send --now` renews its lease from the start: with the shortest lease (3 s, the leader
+    acts for 2.4 s of it) and a snapshot that takes longer, it still sends everyone."""
+    count = 300_000
+    with sandbox_process() as url:
+        config, campaign = workspace(tmp_path, url, count, batch_size=1000, concurrency=4,
+                                     requests_per_second=1000)
+        with config.open("a", encoding="utf-8") as extra:
+            extra.write("\n[journal]\nlease = 3\n")
+        done = run_cli(["send", str(campaign), "--now", "--config", str(config)],
+                       env=clean_env(CASCADE_API_KEY="cli-key"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    with journal_of(tmp_path) as journal:
+        assert journal.counts(CAMPAIGN)["sent"] == count
