@@ -236,14 +236,15 @@ class DeliveryLog:
         """Write one ``delivery`` line per final delivery status, with ONE write for them all
         (a status that is not "delivered" is a warning). Raises `DeliveryLogUnwritable`."""
         stamp = _timestamp()
-        lines = []
-        for row in rows:
-            line = {"timestamp": stamp,
-                    "level": "info" if row.status == "delivered" else "warning",
-                    "event": "delivery", **row._asdict()}
-            line["phone"] = mask_phone(row.phone) if self._mask else row.phone
-            line["seconds"] = round(row.seconds, 3)
-            lines.append(orjson.dumps(line))
+        mask = self._mask
+        lines = [orjson.dumps({
+            "timestamp": stamp, "level": "info" if row.status == "delivered" else "warning",
+            "event": "delivery", "campaign": row.campaign, "tracking_id": row.tracking_id,
+            "message_id": row.message_id, "status": row.status, "channel": row.channel,
+            "cost": row.cost, "currency": row.currency,
+            "phone": mask_phone(row.phone) if mask else row.phone,
+            "seconds": round(row.seconds, 3),
+        }) for row in rows]
         if lines:
             lines.append(b"")
             self.write(b"\n".join(lines))

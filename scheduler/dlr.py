@@ -88,11 +88,15 @@ def parse_report(data: object) -> StatusReport | None:
 def _channel(extended: object, status: DeliveryStatus) -> str | None:
     if not isinstance(extended, dict):
         return None
-    said = {str(k).strip().lower()[:32]: str(v).strip().lower() for k, v in extended.items()}
     if status == "delivered":
-        return next((c for c, s in said.items() if s == "delivered"), None)
-    tried = [c for c, s in said.items() if s not in ("not_used", "")]
-    return tried[-1] if tried else None
+        for channel, said in extended.items():
+            if said == "delivered" or (isinstance(said, str) and said.strip().lower()
+                                       == "delivered"):
+                return str(channel).strip().lower()[:32]
+        return None
+    tried = [channel for channel, said in extended.items()
+             if str(said).strip().lower() not in ("not_used", "")]
+    return str(tried[-1]).strip().lower()[:32] if tried else None
 
 
 def _number(value: object) -> float | None:

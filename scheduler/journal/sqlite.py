@@ -149,8 +149,9 @@ _TO_V3 = (
     "UPDATE messages SET next_poll_at = sent_at WHERE status IS NULL"
     " OR status IN ('scheduled', 'processing')",
     "CREATE INDEX messages_due ON messages (next_poll_at) WHERE next_poll_at IS NOT NULL",
-    # report: counts per campaign and status, and listings of one status
-    "CREATE INDEX messages_by_campaign ON messages (campaign, status, message_id)",
+    # report: counts per campaign, and listings of one status by message id (without the
+    # status in it: recording a status, 20,000 a second from webhooks, then leaves it alone)
+    "CREATE INDEX messages_by_campaign ON messages (campaign, message_id)",
 )
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
 _MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3}
@@ -922,13 +923,16 @@ class SqliteConnection:
         with self.transaction():
             current: dict[str, tuple[DeliveryStatus | None, MessageRecord]] = {}
             ids = list(dict.fromkeys(r.message_id for r in reports))
+            cursor = self._db.cursor()
+            cursor.row_factory = None  # plain tuples: ~1 µs a row cheaper than sqlite3.Row
             for chunk in chunks(ids, _STATUS_CHUNK):
                 marks = ", ".join("?" for _ in chunk)
-                for row in self._db.execute(
+                for mid, campaign, tid, phone, kind, sent_at, status in cursor.execute(
                     "SELECT message_id, campaign, tracking_id, phone, type, sent_at, status"
                     f" FROM messages WHERE message_id IN ({marks})", chunk,
                 ):
-                    current[row[0]] = (row[6], _message_record(row))
+                    current[mid] = (status, MessageRecord(
+                        mid, campaign, tid, phone, kind, datetime.fromisoformat(sent_at)))
             changes, writes = decide_statuses(reports, current)
             self._db.executemany(
                 "UPDATE messages SET status = ?, status_at = ?, channel = COALESCE(?, channel),"
