@@ -1,5 +1,6 @@
 """`status`: what the journal says is happening now — the daemons, the leader, and every
-campaign that has not ended, with its progress, rate and ETA.
+campaign that has not ended (or still awaits delivery statuses), with its progress, rate and
+ETA.
 
 It reads the journal only (either backend), so it answers from any machine that can reach it
 and does not need a daemon's cooperation; a daemon's presence is the heartbeat it writes every
@@ -19,7 +20,7 @@ from scheduler.vocabulary import ENDED
 DAEMON_COLUMNS = ("role", "host", "pid", "since")
 CAMPAIGN_COLUMNS = (
     "campaign", "type", "state", "sent", "recipients", "pending", "rate_per_s", "eta", "stage",
-    "stage_starts", "error",
+    "stage_starts", "awaiting_status", "error",
 )
 
 
@@ -51,8 +52,9 @@ def read_status(journal: JournalReader, now: datetime) -> Status:
     ]
     if leader is not None and all(d["holder"] != leader for d in daemons):
         daemons.insert(0, _lease_only(leader))  # a foreground `send` holds it
-    campaigns = [_campaign(journal, record, now) for record in journal.campaigns()
-                 if record.state not in ENDED]
+    campaigns = [row for row in (_campaign(journal, record, now)
+                                 for record in journal.campaigns())
+                 if row["state"] not in ENDED or row["awaiting_status"]]
     return Status(leader, daemons, campaigns)
 
 
@@ -72,6 +74,8 @@ def _campaign(journal: JournalReader, record: CampaignRecord, now: datetime) -> 
         "rate_per_s": round(rate, 1) if rate else None, "eta": eta,
         "stage": record.stage + 1 if record.stage or record.stage_at else None,
         "stage_starts": utc_text(record.stage_at) if record.stage_at else None,
+        # sent messages whose delivery status is not final yet (delivery reports)
+        "awaiting_status": journal.delivery_counts(record.id).statuses.get("awaiting", 0),
         "error": record.error or "",
     }
 
