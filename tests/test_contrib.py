@@ -33,8 +33,8 @@ def test_alert_rules_parse_and_use_exported_metrics() -> None:
     """Every rule has a name, an expression and a summary; every metric it names exists."""
     rules = yaml.safe_load((CONTRIB / "prometheus-alerts.yml").read_text("utf-8"))
     found = [rule for group in rules["groups"] for rule in group["rules"]]
-    assert {"CascadeNoLeader", "CascadeCampaignStuck", "CascadeHighErrorRate",
-            "CascadeScheduleLag"} <= {rule["alert"] for rule in found}
+    assert {"CascadeNoLeader", "CascadeCampaignStuck", "CascadeBrakeTripped",
+            "CascadeHighErrorRate", "CascadeScheduleLag"} <= {rule["alert"] for rule in found}
     names = exported()
     for rule in found:
         assert rule["annotations"]["summary"]
