@@ -1,9 +1,9 @@
 """The one owner of a campaign's state: every change is journaled, then announced once.
 
 The engine and the daemon never write a state themselves; they call `Lifecycle.move`, which
-checks the move against `vocabulary.may_move` (the journal checks it again, in the same
-transaction as the write), makes it durable, and writes the event that goes with it to the
-delivery log and the operational log under the same name.
+makes the change durable (the journal checks it against `vocabulary.may_move` in the same
+transaction as the write) and writes the event that goes with it to the delivery log and the
+operational log under the same name.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from scheduler.delivery_log import DeliveryLog, DeliveryLogUnwritable
-from scheduler.journal import CampaignRecord, Journal, JournalConflict
+from scheduler.journal import CampaignRecord, Journal
 from scheduler.oplog import get_logger
-from scheduler.vocabulary import CampaignState, may_move
+from scheduler.vocabulary import CampaignState
 
 #: the event each state change announces, and at which level; None: the change is announced
 #: by the event that caused it ("campaign_invalid" names the file's problems when it is read,
@@ -53,12 +53,8 @@ class Lifecycle:
         the vocabulary forbids, e.g. anything out of "done", and for an unknown campaign.
         """
         before = await self.journal.campaign(campaign_id)
-        if before is None:
-            raise JournalConflict(campaign_id, "no such campaign in the journal")
-        if not may_move(before.state, state):
-            raise JournalConflict(campaign_id, f"a {before.state} campaign cannot become {state}")
-        record = await self.journal.set_state(campaign_id, state, error)
-        if before.state != state:
+        record = await self.journal.set_state(campaign_id, state, error)  # checks the move
+        if before is not None and before.state != state:
             self._announce(before, record, error, fields)
         return record
 
