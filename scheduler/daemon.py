@@ -24,7 +24,6 @@ import watchfiles
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from scheduler.brake import released
 from scheduler.campaign import Campaign
 from scheduler.config import SANDBOX, Config, load_config
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
@@ -511,8 +510,6 @@ class Daemon:
             await self._pause(tracked)
         elif record.state == "failed" and self._engine.refused is not None:
             return
-        elif record.state == "braked" and not released(campaign.file, record.finished_at):
-            return  # the brake holds until the file is saved again
         else:
             self._launch(tracked)
 
