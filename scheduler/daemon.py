@@ -199,7 +199,8 @@ class Daemon:
         return None if token is None else token.get_secret_value()
 
     async def _index_some(self) -> int:
-        """Index a few closed batches now (a webhook came before its message was indexed)."""
+        """Index a few closed batches (the loop below; and at once when a webhook came before
+        its message was indexed); how many it indexed."""
         return await self._engine.journal.index_messages(
             INDEX_BATCHES, self.config.delivery_reports.first_poll)
 
@@ -386,12 +387,11 @@ class Daemon:
         batches per writer transaction, with a pause between them while a campaign sends, so
         the send path's writes (and its fire lag) never wait long behind it.
         """
-        first_poll = self.config.delivery_reports.first_poll
         while True:
             await asyncio.sleep(INDEX_EVERY)
             try:
                 while self.leadership.leading:
-                    if not await self._engine.journal.index_messages(INDEX_BATCHES, first_poll):
+                    if not await self._index_some():
                         break
                     await asyncio.sleep(INDEX_PAUSE if self._sending() else 0)
             except JournalError as exc:  # a full disk...: say so, try again later
