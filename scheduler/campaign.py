@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from scheduler.config import Route
+from scheduler.window import Window
 
 MessageType = Literal["transaction", "promo", "viber_survey", "flashcall"]
 MESSAGE_TYPES: tuple[MessageType, ...] = ("transaction", "promo", "viber_survey", "flashcall")
@@ -53,6 +54,7 @@ class AudienceSpec(BaseModel):
     phone_column: str = "phone"
     id_column: str | None = None
     delimiter: str | None = None  # None: sniffed from the header line among "," ";" "\t"
+    tz_column: str | None = None  # each recipient's IANA zone (else the phone's, else policy)
 
 
 class Rollout(BaseModel):
@@ -84,6 +86,9 @@ class Campaign(BaseModel):
     route: Route | None = None
     paused: bool = False
     rollout: Rollout | None = None
+    #: when recipients may be reached, in their local time (None: any time); see `window`
+    window: Window | None = None
+    timezone: str = "UTC"  # the zone of recipients whose own zone is unknown ([policy])
     audience: AudienceSpec
     file: Path  # absolute path of the campaign file
     fingerprint: str  # sha256 of the campaign file's bytes; changes when the file is edited

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from scheduler.errors import ConfigError, Problem
 from scheduler.tomlsource import TomlProblem, read_toml
+from scheduler.window import Window, parse_days, zone
 
 Route = Literal["standard", "tg-viber"]
 Delivery = Literal["at-least-once", "at-most-once"]
@@ -164,6 +165,50 @@ class LogConfig(_Section):
     phones: Literal["masked", "full"] = "masked"
 
 
+class CapConfig(_Section):
+    """One ``[[policy.caps]]``: at most ``max`` sent messages of ``types`` per phone in any
+    ``days`` (rolling), across every campaign in the journal."""
+
+    types: tuple[Literal["promo", "viber_survey"], ...] = Field(min_length=1)
+    max: int = Field(ge=1, le=1000)
+    days: float = Field(gt=0, le=366)
+
+
+class PolicyConfig(_Section):
+    """``[policy]``: send windows and frequency caps that hold for every campaign (SPEC §11.4)."""
+
+    #: the default send window of promo and viber_survey campaigns (None: no window)
+    window: str | None = None
+    window_days: tuple[str, ...] | None = None
+    #: the zone of recipients whose own zone is unknown (no tz column, an unmapped phone)
+    timezone: str = "UTC"
+    caps: tuple[CapConfig, ...] = ()
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str | None) -> str | None:
+        if value is not None:
+            Window.parse(value)
+        return value
+
+    @field_validator("window_days")
+    @classmethod
+    def _check_days(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            parse_days(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    def default_window(self) -> Window | None:
+        """The window for promo and viber_survey campaigns whose file sets none."""
+        return None if self.window is None else Window.parse(self.window, self.window_days)
+
+
 class DeliveryReportsConfig(_Section):
     """``[delivery_reports]``: follow each sent message to its delivery status (SPEC §11.3)."""
 
@@ -237,6 +282,7 @@ class Config(_Section):
     journal: JournalConfig = JournalConfig()
     metrics: MetricsConfig = MetricsConfig()
     delivery_reports: DeliveryReportsConfig = DeliveryReportsConfig()
+    policy: PolicyConfig = PolicyConfig()
     credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
     source: Path | None = None
 

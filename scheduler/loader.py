@@ -24,6 +24,7 @@ from scheduler.campaign import (
     SENDER_NAME_MAX,
     SURVEY_OPTION_MAX,
     SURVEY_TEXT_MAX,
+    TRANSACTIONAL,
     TTL_MAX,
     AudienceSpec,
     Campaign,
@@ -35,6 +36,7 @@ from scheduler.config import Config, Route
 from scheduler.errors import CampaignError, Problem
 from scheduler.template import Template, TemplateError
 from scheduler.tomlsource import TomlDocument, TomlProblem, parse_toml
+from scheduler.window import Window, parse_days
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,11 @@ def _in_line_order(problems: list[Problem]) -> list[Problem]:
 
 _TOP_KEYS = (
     "id", "from_name", "type", "send_at", "ttl", "text", "survey_options", "route", "paused",
-    "audience", "rollout",
+    "audience", "rollout", "window", "window_days",
 )
 _ROLLOUT_KEYS = ("stages", "hold")
 _ROLLOUT_EXAMPLE = "stages = [0.01, 0.1, 1.0] and hold = 900"
-_AUDIENCE_KEYS = ("csv", "phone_column", "id_column", "delimiter")
+_AUDIENCE_KEYS = ("csv", "phone_column", "id_column", "delimiter", "tz_column")
 _DELIMITERS = (",", ";", "\t")
 _ROUTES: tuple[str, ...] = get_args(Route)
 _EXAMPLE_TIME = "2026-12-01T09:00:00Z"
@@ -236,6 +238,7 @@ class _CampaignReader:
         route = self.route()
         paused = self.paused()
         rollout = self.rollout()
+        window = self.window(kind)
         template = self.text(kind)
         options = self.survey_options(kind)
         audience = self.audience(template.fields if template else self.text_fields)
@@ -247,7 +250,8 @@ class _CampaignReader:
         return Campaign(
             id=campaign_id, from_name=from_name, type=kind, send_at=send_at, ttl=ttl,
             text=None if template is None else template.source, survey_options=options,
-            route=route, paused=paused, rollout=rollout, audience=audience,
+            route=route, paused=paused, rollout=rollout, window=window,
+            timezone=self.config.policy.timezone, audience=audience,
             file=real_path(self.doc.path), fingerprint=fingerprint,
         )
 
@@ -300,6 +304,37 @@ class _CampaignReader:
                        "(the wait between stages), like 900")
             return None
         return value
+
+    def window(self, kind: MessageType | None) -> Window | None:
+        """``window`` / ``window_days`` in the file, else ``[policy] window`` for promo and
+        viber_survey (transaction and flashcall have none unless their file sets one)."""
+        text, days = self.data.get("window"), self.data.get("window_days")
+        if days is not None and not (
+            isinstance(days, list) and all(isinstance(d, str) for d in days)
+        ):
+            self.error("window_days", 'must be an array of days, like ["mon", "tue", "wed", '
+                       '"thu", "fri", "sat"]')
+            return None
+        if text is None:
+            if days is not None:
+                self.error("window_days", 'needs a window: add window = "09:00-20:00"')
+                return None
+            if kind is None or kind in TRANSACTIONAL:
+                return None
+            return self.config.policy.default_window()
+        if not isinstance(text, str):
+            self.error("window", f'must be text like "09:00-20:00", not {_kind(text)}')
+            return None
+        try:
+            hours = Window.parse(text)
+        except ValueError as exc:
+            self.error("window", str(exc))
+            return None
+        try:
+            return hours if days is None else replace(hours, days=parse_days(days))
+        except ValueError as exc:
+            self.error("window_days", str(exc))
+            return None
 
     # -- typed values ---------------------------------------------------------------------
 
@@ -561,12 +596,13 @@ class _CampaignReader:
         phone = self.string("phone_column", required=False, table=table, prefix="audience")
         id_column = self.string("id_column", required=False, table=table, prefix="audience")
         delimiter = self.delimiter(table)
+        tz_column = self.string("tz_column", required=False, table=table, prefix="audience")
         csv = None if written is None else self.csv_path(written)
         if csv is None or any(p.is_error for p in self.problems[before:]):
             return None
         return AudienceSpec(
             csv=csv, phone_column=phone or "phone", id_column=id_column,
-            delimiter=delimiter if isinstance(delimiter, str) else None,
+            delimiter=delimiter if isinstance(delimiter, str) else None, tz_column=tz_column,
         )
 
     def delimiter(self, table: dict[str, Any]) -> str | Literal[False] | None:
@@ -619,6 +655,8 @@ class _CampaignReader:
         needed = [("audience.phone_column", spec.phone_column)]
         if spec.id_column is not None:
             needed.append(("audience.id_column", spec.id_column))
+        if spec.tz_column is not None:
+            needed.append(("audience.tz_column", spec.tz_column))
         for key, column in needed:
             if column not in header:
                 hint = _did_you_mean(column, header)

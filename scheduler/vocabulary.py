@@ -65,9 +65,15 @@ def may_move(current: CampaignState, target: CampaignState) -> bool:
 Outcome = Literal["sent", "rejected", "expired", "skipped", "in_doubt"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
-SkipReason = Literal["invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long"]
+SkipReason = Literal[
+    "invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long",
+    "invalid_timezone",  # the audience's tz_column holds no IANA zone name
+    "frequency_cap",  # decided when the message was about to go: [[policy.caps]]
+]
 #: the reason an ``expired`` outcome carries (journal detail, delivery-log ``reason``)
 EXPIRED_REASON = "send_at + ttl passed"
+#: the reason of a message whose send window did not open before send_at + ttl
+OUTSIDE_WINDOW = "outside_window"
 
 #: SMSBAT's delivery statuses (its "Check Message Status" page); ``unknown`` is ours: given up
 DeliveryStatus = Literal[

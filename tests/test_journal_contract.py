@@ -393,6 +393,37 @@ async def test_a_reader_sees_the_writer(make_journal: MakeJournal, journal: Jour
         await reader.close()
 
 
+# --- send windows and frequency caps (SPEC §11.4) ------------------------------------------
+
+
+async def test_batches_keep_their_zones(journal: Journal) -> None:
+    """A windowed snapshot's zones come back with each open batch; others have none."""
+    await prepare(journal, "w", count=3, size=2, zones=["Europe/Kyiv", None, "America/New_York"])
+    assert [b.zones for b in await journal.open_batches("w")] == [
+        "Europe/Kyiv", None, "America/New_York"]
+    await prepare(journal, "plain", count=1, size=2)
+    assert [b.zones for b in await journal.open_batches("plain")] == [None]
+
+
+async def test_a_frequency_cap_skips_inside_a_batch(journal: Journal) -> None:
+    """Messages skipped when about to go count as skipped (never pending), are listed with
+    the skipped rows, and reach the delivery log once like every other outcome."""
+    skip = Skip(3, None, "+1", "invalid_phone", "bad")
+    await prepare(journal, "c", count=1, size=3, skips=[skip])
+    body = (await journal.open_batches("c"))[0].body
+    sent = results(body, only=2)
+    capped = [r._replace(outcome="skipped", detail="frequency_cap")
+              for r in results(body)[2:]]
+    await journal.record_results("c", 0, sent + capped)
+    assert await journal.counts("c") == {
+        "sent": 2, "rejected": 0, "expired": 0, "in_doubt": 0, "skipped": 2, "pending": 0}
+    listed = [(r.tracking_id, r.detail) async for r in journal.recipients("c", "skipped")]
+    assert listed == [(capped[0].tracking_id, "frequency_cap"), ("", "invalid_phone")]
+    assert [len(b.rows) for b in await journal.unlogged("c")] == [3]
+    await journal.mark_logged("c", [(0, 3)])
+    assert await journal.unlogged("c") == []
+
+
 # --- per-message rows, off the hot path ---------------------------------------------------
 
 
@@ -416,10 +447,13 @@ async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
         "a", "a-1", "+380500000001", "promo")
     assert found.sent_at >= before
     assert await journal.message("mid-a-2") is None  # rejected: never sent
-    assert await journal.sent_count("+380500000000", ["promo"], before) == 1
-    assert await journal.sent_count("+380500000000", ["promo", "transaction"], before) == 2
-    assert await journal.sent_count("+380500000000", ["promo"], datetime.now(UTC)
-                                    + timedelta(seconds=1)) == 0
+    phones = ["+380500000000", "+380500000001", "+380500000009", "+380500000000"]
+    assert await journal.sent_counts(phones, ["promo"], before) == {
+        "+380500000000": 1, "+380500000001": 1}
+    assert (await journal.sent_counts(phones, ["promo", "transaction"], before))[
+        "+380500000000"] == 2
+    assert await journal.sent_counts(phones, ["promo"], datetime.now(UTC)
+                                     + timedelta(seconds=1)) == {}
     assert await journal.index_messages() == 0
 
 

@@ -137,7 +137,7 @@ async def views(journal: Journal) -> dict[str, Any]:
         }
     sent = shown["done"]["sent"][0]
     shown["message"] = await journal.message(sent.detail)
-    shown["sent_count"] = await journal.sent_count(sent.phone, ["promo"], SEND_AT)
+    shown["sent_counts"] = await journal.sent_counts([sent.phone], ["promo"], SEND_AT)
     return shown
 
 

@@ -282,7 +282,7 @@ def test_results_counts_and_recipients(journal: SqliteConnection) -> None:
 
 
 def test_record_results_guards(journal: SqliteConnection) -> None:
-    """Results must cover the open batch one to one; skipped is not a batch outcome."""
+    """Results must cover the open batch one to one."""
     prepare(journal, "c", count=2, size=3)
     body = journal.open_batches("c")[0].body
     good = results_for(body)
@@ -290,8 +290,6 @@ def test_record_results_guards(journal: SqliteConnection) -> None:
         journal.record_results("c", 0, good[:2])
     with pytest.raises(JournalError, match="distinct"):
         journal.record_results("c", 0, [good[0], good[0], good[1]])
-    with pytest.raises(ValueError, match="skipped"):
-        journal.record_results("c", 0, results_for(body, "skipped"))
     with pytest.raises(JournalError, match="not open"):
         journal.record_results("c", 7, good)
     journal.record_results("c", 0, good)

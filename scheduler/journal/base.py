@@ -122,6 +122,7 @@ class BatchRecord:
     state: BatchState
     attempts: int
     decided: frozenset[str] = frozenset()  # ids already final (a partly recorded batch)
+    zones: str | None = None  # its recipients' zones (`scheduler.window.zone_group`) if windowed
 
 
 class Result(NamedTuple):
@@ -280,7 +281,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "bodies": ("snapshot", "seq", "body"),
     "batch_state": (
         "snapshot", "seq", "size", "state", "attempts", "sent", "rejected", "expired",
-        "in_doubt", "logged", "not_before", "done_at", "indexed",
+        "in_doubt", "logged", "not_before", "done_at", "indexed", "zones", "skipped",
     ),
     "results": ("snapshot", "seq", "blob"),
     "skips": ("id", "snapshot", "line", "tracking_id", "phone", "reason", "detail"),
@@ -320,11 +321,15 @@ class Journal(Protocol):
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
+        zones: Sequence[str | None] = (),
     ) -> None:
         """Snapshot a campaign: its batches (consumed first, written in chunks while other
         writes go on), then its skipped rows, swapped in at the end in one small transaction,
         so readers see the old snapshot or the new one, never a mix. Replaces an unstarted
-        earlier snapshot; a started campaign raises `JournalConflict`. Lands in "scheduled"."""
+        earlier snapshot; a started campaign raises `JournalConflict`. Lands in "scheduled".
+
+        ``zones[seq]``, read after the batches are consumed (a streaming snapshot fills it as
+        it goes), is batch ``seq``'s `BatchRecord.zones` (send windows; absent: None)."""
 
     async def forget(self, campaign_id: str) -> None:
         """Delete an unstarted campaign and its snapshot; a started one raises
@@ -412,8 +417,11 @@ class Journal(Protocol):
     async def message(self, message_id: str) -> MessageRecord | None:
         """The indexed message with the API's ``message_id``, or None."""
 
-    async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
-        """Indexed messages of ``types`` sent to ``phone`` at or after ``since`` (all campaigns)."""
+    async def sent_counts(
+        self, phones: Sequence[str], types: Sequence[str], since: datetime,
+    ) -> dict[str, int]:
+        """Indexed messages of ``types`` sent to each of ``phones`` at or after ``since``,
+        across all campaigns (frequency caps); phones with none are left out."""
 
     # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
 

@@ -85,7 +85,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -144,14 +144,23 @@ _TO_V3 = (
     # status in it: recording a status, 20,000 a second from webhooks, then leaves it alone)
     "CREATE INDEX messages_by_campaign ON messages (campaign, message_id)",
 )
+#: version 4: send windows and frequency caps (SPEC §11.4)
+_TO_V4 = (
+    # the zones of a batch's recipients (a send window opens for all of them at once); NULL
+    # for a campaign without a window
+    "ALTER TABLE batch_state ADD COLUMN zones TEXT",
+    # messages skipped when about to go (a frequency cap), counted like the other outcomes
+    "ALTER TABLE batch_state ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4}
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
 _SNAPSHOT_LOCK = 0x636173  # "cas"
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
+    "skipped": "skipped",
 }
 _SNAPSHOT_DELETES = (
     "DELETE FROM bodies WHERE snapshot = %s",
@@ -409,9 +418,16 @@ class PostgresStore:
     async def commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
+        zones: Sequence[str | None] = (),
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         await self._check_staging(campaign_id, snapshot)
+        zoned = [(group, snapshot, seq) for seq, group in enumerate(zones) if group]
+        if zoned:
+            async with self.db.cursor() as cursor:
+                await cursor.executemany(
+                    "UPDATE batch_state SET zones = %s WHERE snapshot = %s AND seq = %s", zoned,
+                )
         previous = await self._refuse_if_started(campaign_id)
         if previous is not None:
             await self._delete_snapshot(previous[2])
@@ -526,16 +542,16 @@ class PostgresStore:
     ) -> list[BatchRecord]:
         """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
         rows = await self._all(
-            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob FROM batch_state s"
-            " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones"
+            " FROM batch_state s JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq > %s AND s.state <> 'done'"
             " ORDER BY s.seq LIMIT %s",
             (await self._snapshot(campaign_id), after_seq, limit),
         )
         return [
-            BatchRecord(seq, body, size, state, attempts, decided(blob))
-            for seq, body, size, state, attempts, blob in rows
+            BatchRecord(seq, body, size, state, attempts, decided(blob), zones)
+            for seq, body, size, state, attempts, blob, zones in rows
         ]
 
     async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
@@ -564,8 +580,6 @@ class PostgresStore:
         """Append ``results`` to the batch's outcomes (closing it, or back to pending when
         ``close`` is False); returns how many it holds now."""
         counts = Counter(r.outcome for r in results)
-        if "skipped" in counts:
-            raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
         snapshot = await self._snapshot(campaign_id)
         row = await self._one(
             "SELECT s.state, s.size, r.blob FROM batch_state s"
@@ -580,11 +594,11 @@ class PostgresStore:
         async with self.db.pipeline():  # two writes, one round trip
             await self.db.execute(
                 "UPDATE batch_state SET state = %s, sent = sent + %s, rejected = rejected + %s,"
-                " expired = expired + %s, in_doubt = in_doubt + %s,"
+                " expired = expired + %s, in_doubt = in_doubt + %s, skipped = skipped + %s,"
                 " done_at = CASE WHEN %s THEN clock_timestamp() END"
                 " WHERE snapshot = %s AND seq = %s",
                 ("done" if close else "pending", counts["sent"], counts["rejected"],
-                 counts["expired"], counts["in_doubt"], close, snapshot, seq),
+                 counts["expired"], counts["in_doubt"], counts["skipped"], close, snapshot, seq),
             )
             await self.db.execute(
                 "INSERT INTO results (snapshot, seq, blob) VALUES (%s, %s, %s)"
@@ -612,6 +626,7 @@ class PostgresStore:
             " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.logged < s.sent + s.rejected + s.expired + s.in_doubt"
+            " + s.skipped"
             " ORDER BY s.seq", (await self._snapshot(campaign_id),),
         )
         found = []
@@ -638,17 +653,18 @@ class PostgresStore:
         row = await self._one(
             "SELECT c.skipped, COALESCE(SUM(s.sent), 0), COALESCE(SUM(s.rejected), 0),"
             " COALESCE(SUM(s.expired), 0), COALESCE(SUM(s.in_doubt), 0),"
-            " COALESCE(SUM(s.size - s.sent - s.rejected - s.expired - s.in_doubt)"
+            " COALESCE(SUM(s.skipped), 0),"
+            " COALESCE(SUM(s.size - s.sent - s.rejected - s.expired - s.in_doubt - s.skipped)"
             "   FILTER (WHERE s.state <> 'done'), 0)"
             " FROM campaigns c LEFT JOIN batch_state s ON s.snapshot = c.snapshot"
             " WHERE c.id = %s GROUP BY c.skipped", (campaign_id,),
         )
         if row is None:
             raise JournalConflict(campaign_id, "no such campaign in the journal")
-        skipped, sent, rejected, expired, in_doubt, pending = (int(n) for n in row)
+        skipped, sent, rejected, expired, in_doubt, capped, pending = (int(n) for n in row)
         return {
             "sent": sent, "rejected": rejected, "expired": expired, "in_doubt": in_doubt,
-            "skipped": skipped, "pending": pending,
+            "skipped": skipped + capped, "pending": pending,
         }
 
     async def recipient_page(
@@ -658,7 +674,7 @@ class PostgresStore:
         done batches in order, then skipped rows in CSV order."""
         snapshot = await self._snapshot(campaign_id)
         phase, last = cursor
-        if phase == 0 and outcome != "skipped":
+        if phase == 0:  # "skipped" too: a frequency cap skips inside a batch
             page = await self._batch_page(snapshot, last, outcome)
             if page:
                 rows = [row for _, body, blob, attempts in page
@@ -738,13 +754,16 @@ class PostgresStore:
             message_id, campaign, tracking_id, phone, kind, sent_at.astimezone(UTC),
         )
 
-    async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
-        """Indexed messages of ``types`` sent to ``phone`` at or after ``since``."""
-        row = await self._one(
-            "SELECT COUNT(*) FROM messages WHERE phone = %s AND sent_at >= %s"
-            " AND type = ANY(%s::text[])", (phone, _aware(since), list(types)),
+    async def sent_counts(
+        self, phones: Sequence[str], types: Sequence[str], since: datetime,
+    ) -> dict[str, int]:
+        """Indexed messages of ``types`` sent to each of ``phones`` at or after ``since``."""
+        rows = await self._all(
+            "SELECT phone, COUNT(*) FROM messages WHERE phone = ANY(%s::text[])"
+            " AND sent_at >= %s AND type = ANY(%s::text[]) GROUP BY phone",
+            (list(dict.fromkeys(phones)), _aware(since), list(types)),
         )
-        return 0 if row is None else int(row[0])
+        return {phone: int(count) for phone, count in rows}
 
     # --- delivery status ------------------------------------------------------------------
 
@@ -1285,6 +1304,7 @@ class PostgresJournal:
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
+        zones: Sequence[str | None] = (),
     ) -> None:
         """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
 
@@ -1302,6 +1322,7 @@ class PostgresJournal:
             await self._call(
                 PostgresStore.commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
                 file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+                zones=zones,
             )
             swapped = True
         finally:
@@ -1393,9 +1414,11 @@ class PostgresJournal:
         """`Journal.message`."""
         return await self._call(PostgresStore.message, message_id)
 
-    async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
-        """`Journal.sent_count`."""
-        return await self._call(PostgresStore.sent_count, phone, types, since)
+    async def sent_counts(
+        self, phones: Sequence[str], types: Sequence[str], since: datetime,
+    ) -> dict[str, int]:
+        """`Journal.sent_counts`."""
+        return await self._call(PostgresStore.sent_counts, phones, types, since)
 
     async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """`Journal.record_statuses`."""

@@ -85,7 +85,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -153,11 +153,20 @@ _TO_V3 = (
     # status in it: recording a status, 20,000 a second from webhooks, then leaves it alone)
     "CREATE INDEX messages_by_campaign ON messages (campaign, message_id)",
 )
+#: version 4: send windows and frequency caps (SPEC §11.4)
+_TO_V4 = (
+    # the zones of a batch's recipients (a send window opens for all of them at once); NULL
+    # for a campaign without a window
+    "ALTER TABLE batch_state ADD COLUMN zones TEXT",
+    # messages skipped when about to go (a frequency cap), counted like the other outcomes
+    "ALTER TABLE batch_state ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
-_MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4}
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
+    "skipped": "skipped",
 }
 _SNAPSHOT_TABLES = ("bodies", "batch_state", "results", "skips")
 _BATCH_CHUNK = 64  # batches written per transaction while preparing
@@ -461,10 +470,12 @@ class SqliteConnection:
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
+        zones: Sequence[str | None] = (),
     ) -> None:
         """Snapshot a campaign (streaming), replacing an unstarted earlier snapshot atomically.
 
-        Batches are consumed first, then skips. Raises `JournalConflict` if it started.
+        Batches are consumed first, then skips, then ``zones``. Raises `JournalConflict` if it
+        started.
         """
         snapshot = self._begin_snapshot(campaign_id)
         swapped = False
@@ -475,7 +486,7 @@ class SqliteConnection:
                 self._add_skips(campaign_id, snapshot, chunk)
             self._commit_snapshot(
                 snapshot, campaign_id=campaign_id, type=type, file=file,
-                fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+                fingerprint=fingerprint, send_at=send_at, deadline=deadline, zones=zones,
             )
             swapped = True
         finally:
@@ -539,10 +550,15 @@ class SqliteConnection:
     def _commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
+        zones: Sequence[str | None] = (),
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         with self.transaction():
             self._check_staging(campaign_id, snapshot)
+            self._db.executemany(
+                "UPDATE batch_state SET zones = ? WHERE snapshot = ? AND seq = ?",
+                ((group, snapshot, seq) for seq, group in enumerate(zones) if group),
+            )
             previous = self._refuse_if_started(campaign_id)
             if previous is not None:
                 self._delete_snapshot(previous["snapshot"])
@@ -647,15 +663,15 @@ class SqliteConnection:
     ) -> list[BatchRecord]:
         """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
         rows = self._db.execute(
-            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob FROM batch_state s"
-            " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones"
+            " FROM batch_state s JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = ? AND s.seq > ? AND s.state <> 'done' ORDER BY s.seq LIMIT ?",
             (self._snapshot(campaign_id), after_seq, limit),
         ).fetchall()
         return [
-            BatchRecord(seq, body, size, state, attempts, decided(blob))
-            for seq, body, size, state, attempts, blob in rows
+            BatchRecord(seq, body, size, state, attempts, decided(blob), zones)
+            for seq, body, size, state, attempts, blob, zones in rows
         ]
 
     def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
@@ -702,8 +718,6 @@ class SqliteConnection:
     ) -> int:
         """Append ``results`` to the batch's outcomes; returns how many it holds now."""
         counts = Counter(r.outcome for r in results)
-        if "skipped" in counts:
-            raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
         rows = [r[:4] for r in results]  # the blob keeps id, outcome, detail, attempts
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
@@ -714,10 +728,11 @@ class SqliteConnection:
             self._check_results(campaign_id, snapshot, seq, len(previous), results, close)
             self._db.execute(
                 "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
-                " expired = expired + ?, in_doubt = in_doubt + ?, done_at = ?"
-                " WHERE snapshot = ? AND seq = ?",
+                " expired = expired + ?, in_doubt = in_doubt + ?, skipped = skipped + ?,"
+                " done_at = ? WHERE snapshot = ? AND seq = ?",
                 ("done" if close else "pending", counts["sent"], counts["rejected"],
-                 counts["expired"], counts["in_doubt"], _now() if close else None, snapshot, seq),
+                 counts["expired"], counts["in_doubt"], counts["skipped"],
+                 _now() if close else None, snapshot, seq),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
@@ -747,6 +762,7 @@ class SqliteConnection:
             " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = ? AND s.logged < s.sent + s.rejected + s.expired + s.in_doubt"
+            " + s.skipped"
             " ORDER BY s.seq", (self._snapshot(campaign_id),),
         ).fetchall():
             held, rows = unlogged_rows(body, blob, logged)
@@ -795,18 +811,18 @@ class SqliteConnection:
         snapshot = self._snapshot(campaign_id)
         row = self._db.execute(
             "SELECT COALESCE(SUM(sent), 0), COALESCE(SUM(rejected), 0),"
-            " COALESCE(SUM(expired), 0), COALESCE(SUM(in_doubt), 0),"
+            " COALESCE(SUM(expired), 0), COALESCE(SUM(in_doubt), 0), COALESCE(SUM(skipped), 0),"
             " COALESCE(SUM(CASE WHEN state <> 'done'"
-            "   THEN size - sent - rejected - expired - in_doubt END), 0)"
+            "   THEN size - sent - rejected - expired - in_doubt - skipped END), 0)"
             " FROM batch_state WHERE snapshot = ?", (snapshot,),
         ).fetchone()
         skipped = self._db.execute(
             "SELECT skipped FROM campaigns WHERE id = ?", (campaign_id,),
         ).fetchone()[0]
-        sent, rejected, expired, in_doubt, pending = row
+        sent, rejected, expired, in_doubt, capped, pending = row
         return {
             "sent": sent, "rejected": rejected, "expired": expired, "in_doubt": in_doubt,
-            "skipped": skipped, "pending": pending,
+            "skipped": skipped + capped, "pending": pending,
         }
 
     def recipients(
@@ -827,7 +843,7 @@ class SqliteConnection:
         """
         snapshot = self._snapshot(campaign_id)
         phase, last = cursor
-        if phase == 0 and outcome != "skipped":
+        if phase == 0:  # "skipped" too: a frequency cap skips inside a batch
             having = f" AND s.{_COUNT_COLUMNS[outcome]} > 0" if outcome is not None else ""
             page = self._db.execute(
                 "SELECT s.seq, b.body, r.blob, s.attempts FROM batch_state s"
@@ -906,14 +922,21 @@ class SqliteConnection:
             message_id, campaign, tracking_id, phone, kind, datetime.fromisoformat(sent_at),
         )
 
-    def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
-        """Indexed messages of ``types`` sent to ``phone`` at or after ``since``."""
-        marks = ", ".join("?" for _ in types)
-        count: int = self._db.execute(
-            f"SELECT COUNT(*) FROM messages WHERE phone = ? AND sent_at >= ? AND type IN ({marks})",
-            (phone, _utc_text(since), *types),
-        ).fetchone()[0]
-        return count
+    def sent_counts(
+        self, phones: Sequence[str], types: Sequence[str], since: datetime,
+    ) -> dict[str, int]:
+        """Indexed messages of ``types`` sent to each of ``phones`` at or after ``since``
+        (phones with none are left out)."""
+        kinds = ", ".join("?" for _ in types)
+        found: dict[str, int] = {}
+        for chunk in chunks(list(dict.fromkeys(phones)), _STATUS_CHUNK):
+            marks = ", ".join("?" for _ in chunk)
+            found.update(self._db.execute(
+                f"SELECT phone, COUNT(*) FROM messages WHERE phone IN ({marks})"
+                f" AND sent_at >= ? AND type IN ({kinds}) GROUP BY phone",
+                (*chunk, _utc_text(since), *types),
+            ).fetchall())
+        return found
 
     # --- delivery status ------------------------------------------------------------------
 
@@ -1305,6 +1328,7 @@ class SqliteJournal:
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
+        zones: Sequence[str | None] = (),
     ) -> None:
         """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
 
@@ -1322,6 +1346,7 @@ class SqliteJournal:
             await self._call(
                 SqliteConnection._commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
                 file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+                zones=zones,
             )
             swapped = True
         finally:
@@ -1412,9 +1437,11 @@ class SqliteJournal:
         """`Journal.message`."""
         return await self._call(SqliteConnection.message, message_id)
 
-    async def sent_count(self, phone: str, types: Sequence[str], since: datetime) -> int:
-        """`Journal.sent_count`."""
-        return await self._call(SqliteConnection.sent_count, phone, types, since)
+    async def sent_counts(
+        self, phones: Sequence[str], types: Sequence[str], since: datetime,
+    ) -> dict[str, int]:
+        """`Journal.sent_counts`."""
+        return await self._call(SqliteConnection.sent_counts, phones, types, since)
 
     async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """`Journal.record_statuses`."""
