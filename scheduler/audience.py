@@ -648,6 +648,7 @@ class AudienceSummary:
     the first one's detail), and placeholders that valid rows leave empty, with their lines."""
 
     valid: int = 0
+    zones: dict[str, int] = field(default_factory=dict)  # valid rows per zone group (windows)
     skipped: dict[SkipReason, int] = field(default_factory=dict)
     first_lines: dict[SkipReason, list[int]] = field(default_factory=dict)
     first_details: dict[SkipReason, str] = field(default_factory=dict)
@@ -687,6 +688,8 @@ def summarize(campaign: Campaign, suppression: Suppression | None = None) -> Aud
             summary.add(item)
         else:
             summary.valid += 1
+            if (group := item[4]) is not None:
+                summary.zones[group] = summary.zones.get(group, 0) + 1
     return summary
 
 

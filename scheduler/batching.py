@@ -44,15 +44,23 @@ def to_message(campaign: Campaign, recipient: Recipient) -> Message:
 
 @dataclass
 class Snapshot:
-    """Streams a campaign's batches; the skipped rows are collected as the stream is consumed."""
+    """Streams a campaign's batches; the skipped rows are collected as the stream is consumed.
+
+    With a send window, each batch holds recipients of one zone group only (their window opens
+    and closes at the same moments), and ``zones`` gets each batch's group as it is yielded.
+    """
 
     campaign: Campaign
     suppression: Suppression | None
     batch_size: int
     skips: list[Skip] = field(default_factory=list)
+    zones: list[str | None] = field(default_factory=list)
 
     def batches(self) -> Iterator[list[Message]]:
-        """Yield lists of at most ``batch_size`` messages, in audience order."""
+        """Yield lists of at most ``batch_size`` messages, in audience order (per zone group)."""
+        if self.campaign.window is not None:
+            yield from self._zoned()
+            return
         # Valid rows come as plain tuples, never `Recipient`s: the hot path of a snapshot.
         make, skips, size = message_maker(self.campaign), self.skips, self.batch_size
         batch: list[Message] = []
@@ -65,6 +73,26 @@ class Snapshot:
                 yield batch
                 batch = []
         if batch:
+            yield batch
+
+    def _zoned(self) -> Iterator[list[Message]]:
+        """One open batch per zone group (memory: groups x batch_size, a few hundred groups
+        at most), each yielded when full, the partial ones at the end."""
+        make, skips, size = message_maker(self.campaign), self.skips, self.batch_size
+        open_batches: dict[str, list[Message]] = {}
+        for row in iter_rows(self.campaign, self.suppression):
+            if isinstance(row, Skip):
+                skips.append(row)
+                continue
+            group = row[4] or self.campaign.timezone
+            batch = open_batches.setdefault(group, [])
+            batch.append(make(row[1], row[2], row[3]))
+            if len(batch) >= size:
+                del open_batches[group]
+                self.zones.append(group)
+                yield batch
+        for group, batch in open_batches.items():
+            self.zones.append(group)
             yield batch
 
 
@@ -83,6 +111,8 @@ def snapshot_key(campaign: Campaign, suppression_path: Path | None, batch_size: 
     parts = (
         campaign.fingerprint,
         campaign.send_at.isoformat(),
+        # a window (the file's or [policy]'s) and the default zone shape the batches too
+        *((campaign.window.text(), campaign.timezone) if campaign.window else ()),
         _stat_key(campaign.audience.csv),
         _stat_key(suppression_path),
         str(batch_size),

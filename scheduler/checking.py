@@ -15,8 +15,11 @@ from pathlib import Path
 
 from scheduler.audience import AudienceSummary, Suppression, summarize
 from scheduler.campaign import utc_text
+from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
+from scheduler.forecast import capped_now, describe, forecast
+from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
 from scheduler.vocabulary import SkipReason
@@ -32,6 +35,8 @@ class CheckReport:
     checks: list[CampaignCheck]
     summaries: dict[Path, AudienceSummary] = field(default_factory=dict)
     config_problems: list[Problem] = field(default_factory=list)
+    #: what send windows and frequency caps will do, per valid campaign file (lines of text)
+    notes: dict[Path, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +67,38 @@ def check_paths(
             checks[index], summary = check_audience(check, suppression)
             if summary is not None:
                 summaries[check.file] = summary
-    return CheckReport(checks, summaries, config_problems)
+    notes = _policy_notes(checks, summaries, config, suppression, now)
+    return CheckReport(checks, summaries, config_problems, notes)
+
+
+def _policy_notes(
+    checks: list[CampaignCheck], summaries: Mapping[Path, AudienceSummary], config: Config,
+    suppression: Suppression | None, now: datetime,
+) -> dict[Path, list[str]]:
+    """Per valid campaign: its send-window forecast, and how many the caps would skip now
+    (counted against the journal's sent messages, when there is a journal)."""
+    notes: dict[Path, list[str]] = {}
+    with contextlib.ExitStack() as stack:
+        journal: JournalReader | None = None
+        for check in checks:
+            campaign, summary = check.campaign, summaries.get(check.file)
+            if campaign is None or summary is None:
+                continue
+            lines = notes.setdefault(check.file, [])
+            seen = forecast(campaign, summary.zones, now)
+            if seen is not None:
+                lines.extend(describe(seen))
+            if not caps_for(campaign, config.policy.caps) or not journal_exists(config):
+                continue
+            try:
+                if journal is None:
+                    journal = stack.enter_context(JournalReader(open_journal(config)))
+                capped = capped_now(campaign, config.policy.caps, journal, suppression, now)
+            except JournalError as exc:
+                lines.append(f"frequency caps: cannot tell ({exc})")
+                continue
+            lines.append(f"frequency caps would skip {capped:,} now")
+    return notes
 
 
 def check_audience(
@@ -303,6 +339,7 @@ def render_report(report: CheckReport) -> str:
     lines = [p.render() for p in report.config_problems]
     for check in report.checks:
         lines.append(_headline(check, report.summaries.get(check.file)))
+        lines.extend(f"    {note}" for note in report.notes.get(check.file, []))
         lines.extend(f"    {p.render()}" for p in check.problems)
     lines.append(_totals(report))
     return "\n".join(lines)

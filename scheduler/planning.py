@@ -9,6 +9,7 @@ has none, and a campaign that only waits for the daemon to start again says so i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 
 from scheduler.audience import Suppression, summarize
 from scheduler.campaign import TRANSACTIONAL, Campaign, utc_text
+from scheduler.caps import caps_for
 from scheduler.config import Config
 from scheduler.errors import UserError
+from scheduler.forecast import Forecast, capped_now, forecast, zones_of_batches
 from scheduler.journal import CampaignRecord, JournalReader, journal_exists, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
@@ -115,6 +118,7 @@ class _Planner:
         self.rows: list[dict[str, Any]] = []
         self.jobs: list[_Job] = []
         self.seen: set[str] = set()
+        self.last_opens: list[tuple[dict[str, Any], datetime]] = []  # held till then at least
 
     def add(self, check: CampaignCheck) -> None:
         """The row of one campaign file."""
@@ -163,6 +167,12 @@ class _Planner:
         }
         if campaign is not None and campaign.rollout is not None:
             row["note"] = _joined(row["note"], _stage_note(campaign, record, self.now))
+        if campaign is not None and campaign.window is not None and pending:
+            open_by_zone = zones_of_batches(
+                (batch.zones, batch.size - len(batch.decided))
+                for batch in self.journal.open_batches(record.id)
+            )
+            self._window_note(row, campaign, open_by_zone)
         paused = campaign is not None and campaign.paused
         if record.state in SENDING and self.leading and pending and not paused:
             self._job(row, self.now, pending, record.type, record.deadline)
@@ -186,13 +196,48 @@ class _Planner:
         if campaign.rollout is not None:
             row["note"] = (f"in {len(campaign.rollout.stages)} stages, "
                            f"{campaign.rollout.hold} s apart")
+        seen = self._window_note(row, campaign, summary.zones)
+        self._caps_note(row, campaign)
         if campaign.deadline <= self.now:
             row["state"] = "expired"
         elif campaign.paused:
             row.update(state="paused", note="paused: no ETA until paused = false")
         elif summary.valid:
-            start = max(self.now, campaign.send_at)
-            self._job(row, start, summary.valid, campaign.type, campaign.deadline)
+            start, count = max(self.now, campaign.send_at), summary.valid
+            if seen is not None:  # the window decides when they start, and who never does
+                count -= seen.unreachable
+                start = start if seen.at_once or not seen.held else min(seen.held)
+            if count:
+                self._job(row, start, count, campaign.type, campaign.deadline)
+
+    def _window_note(
+        self, row: dict[str, Any], campaign: Campaign, zones: Mapping[str, int],
+    ) -> Forecast | None:
+        """A windowed campaign: how many are held and till when, how many cannot be reached."""
+        seen = forecast(campaign, zones, self.now)
+        if seen is None:
+            return None
+        row.update(held=seen.held_total, unreachable=seen.unreachable)
+        note = f"window {seen.window}: {seen.held_total:,} held"
+        if seen.held:
+            first, last = min(seen.held), max(seen.held)
+            self.last_opens.append((row, last))
+            note += f" ({utc_text(first)[:-4]}Z" + (
+                f" to {utc_text(last)[:-4]}Z)" if last != first else ")")
+        if seen.unreachable:
+            note += f", {seen.unreachable:,} cannot be reached in the ttl"
+        row["note"] = _joined(row["note"], note)
+        return seen
+
+    def _caps_note(self, row: dict[str, Any], campaign: Campaign) -> None:
+        """How many recipients the frequency caps would skip if the campaign sent now."""
+        if self.journal is None or not caps_for(campaign, self.config.policy.caps):
+            return
+        capped = capped_now(campaign, self.config.policy.caps, self.journal, self.suppression,
+                            self.now)
+        row["capped"] = capped
+        if capped:
+            row["note"] = _joined(row["note"], f"caps would skip {capped:,} now")
 
     def _job(
         self, row: dict[str, Any], start: datetime, pending: int, kind: str, deadline: datetime,
@@ -206,6 +251,9 @@ class _Planner:
             if record.id not in self.seen:
                 self.add_record(record, None)
         shared_etas(self.jobs, _per_second(self.config))
+        for row, opens in self.last_opens:  # the last zone to open ends no sooner
+            if row["eta"] is not None and row["eta"] < utc_text(opens):
+                row["eta"] = utc_text(opens)
         return self.rows
 
 

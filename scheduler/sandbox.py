@@ -369,6 +369,7 @@ class Sandbox:
                 "messageType": message["messageType"],
                 "channel": channel_for(message["toPhone"], channels),
                 "route": route,
+                "ttl": message.get("ttl"),
             })
             for message, result in zip(messages, results, strict=True)
         ]

@@ -29,6 +29,7 @@ from scheduler.audience import Suppression
 from scheduler.batching import Message, Snapshot, snapshot_key
 from scheduler.brake import Brake, released
 from scheduler.campaign import Campaign
+from scheduler.caps import CAP_REASON, caps_for, over, since
 from scheduler.cascade import (
     Accepted,
     CascadeClient,
@@ -37,7 +38,7 @@ from scheduler.cascade import (
     Unauthorized,
     backoff_delay,
 )
-from scheduler.config import Route, SendingConfig
+from scheduler.config import CapConfig, Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
 from scheduler.journal import (
     BatchRecord,
@@ -50,7 +51,14 @@ from scheduler.journal import (
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
-from scheduler.vocabulary import EXPIRED_REASON, FINISHED, CampaignState, Outcome
+from scheduler.vocabulary import (
+    EXPIRED_REASON,
+    FINISHED,
+    OUTSIDE_WINDOW,
+    CampaignState,
+    Outcome,
+)
+from scheduler.window import Stretch, zones_of_group
 
 Clock = Callable[[], datetime]
 ProgressCallback = Callable[[int], None]
@@ -105,6 +113,10 @@ class CampaignRun:
     stage: int = 0  # roll-out: the stage in progress
     limit: int | None = None  # roll-out: batches below this seq belong to stages so far
     details: dict[str, Any] = field(default_factory=dict)  # fields for the stop's event
+    caps: tuple[CapConfig, ...] = ()  # the [[policy.caps]] its messages are checked against
+    #: send windows: the stretch each zone group may be sent in (None: not before the deadline)
+    stretches: dict[str, Stretch | None] = field(default_factory=dict)
+    held_until: datetime | None = None  # the earliest opening of a batch held by its window
 
     def halt(self, state: CampaignState | None = None, reason: str | None = None) -> None:
         """Take no new batches; in-flight ones finish. ``state``: what to record (None: none)."""
@@ -137,6 +149,7 @@ class _Job:
     messages: list[Message] = field(compare=False)
     done: asyncio.Future[None] = field(compare=False)
     body: bytes | None = field(compare=False, default=None)  # the stored JSON, if all open
+    until: datetime | None = field(compare=False, default=None)  # its send window closes
 
 
 class Engine:
@@ -155,6 +168,7 @@ class Engine:
         clock: Clock = utcnow,
         may_send: Callable[[], bool] = lambda: True,
         metrics: Metrics | None = None,
+        caps: Sequence[CapConfig] = (),
     ) -> None:
         self.client = client
         self.journal = journal
@@ -168,6 +182,7 @@ class Engine:
         #: asked before every request: False (a daemon that is not the leader) posts nothing
         self.may_send = may_send
         self.metrics = metrics or Metrics()
+        self.caps = tuple(caps)
         self.refused: CredentialsRefused | None = None
         self._oplog = get_logger("engine")
         self.progress_every = PROGRESS_EVERY
@@ -230,6 +245,7 @@ class Engine:
                 deadline=campaign.deadline,
                 batches=snapshot.batches(),
                 skips=snapshot.skips,
+                zones=snapshot.zones,
             )
         elif record.state in ("invalid", "cancelled"):
             await self.lifecycle.move(campaign.id, "scheduled")  # valid (or back) again
@@ -254,6 +270,7 @@ class Engine:
             on_progress=on_progress,
             brake=(Brake(self.sending.brake_rate, self.sending.brake_window)
                    if self.sending.brake_window else None),
+            caps=caps_for(campaign, self.caps),
         )
 
     async def drive(self, run: CampaignRun) -> CampaignState:
@@ -280,6 +297,7 @@ class Engine:
         if self.clock() >= run.deadline:
             return await self._expire(run, record)
         await self._settle_crashed(run)
+        await self._catch_up_index(run)
         await self._resume_stage(run, record)
         ticker = asyncio.create_task(self._report_progress(run))
         try:
@@ -310,6 +328,8 @@ class Engine:
                 return await self._expire(run, record)
             if await self._stage_complete(run):
                 await self._next_stage(run, record)
+            elif run.held_until is not None:
+                await self._hold_until(run, run.held_until)  # a send window opens then
 
     # ----------------------------------------------------------------- roll-out
 
@@ -355,12 +375,17 @@ class Engine:
         """Queue the campaign's open batches (a bounded window at a time) and wait for them."""
         after = -1
         loop = asyncio.get_running_loop()
+        run.held_until = None
         while not run.halted and self.refused is None:
             page = await self.journal.open_batches(run.campaign.id, after, PAGE)
             staged = [b for b in page if run.limit is None or b.seq < run.limit]
             if not staged:
                 break
             for batch in staged:
+                after = batch.seq
+                until = await self._window_of(run, batch)
+                if until is None:
+                    continue  # held by its send window, or expired by it
                 await run.window.acquire()
                 if run.halted or self.refused is not None:
                     run.window.release()
@@ -372,15 +397,60 @@ class Engine:
                 done.add_done_callback(run.outstanding.discard)
                 messages = _open_messages(batch)
                 body = None if batch.decided else batch.body
-                self._queue.put_nowait(
-                    _Job(run.priority, next(self._order), run, batch.seq, messages, done, body)
-                )
-                after = batch.seq
+                self._queue.put_nowait(_Job(
+                    run.priority, next(self._order), run, batch.seq, messages, done, body, until,
+                ))
             if len(staged) < len(page):
                 break  # the rest belongs to later roll-out stages
         await asyncio.gather(*list(run.outstanding))
         if run.broken is not None:
             raise run.broken
+
+    # ----------------------------------------------------------------- windows and caps
+
+    async def _window_of(self, run: CampaignRun, batch: BatchRecord) -> datetime | None:
+        """When the batch must have gone by: the deadline, or its send window's close. None
+        when it may not go now: its window opens later (``run.held_until`` learns when), or
+        not before the deadline (then its messages are recorded ``expired``, outside_window)."""
+        hours = run.campaign.window
+        if hours is None or batch.zones is None:
+            return run.deadline
+        now = self.clock()
+        known = batch.zones in run.stretches
+        stretch = run.stretches.get(batch.zones)
+        if not known or (stretch is not None and now >= stretch[1]):
+            stretch = hours.next_stretch(zones_of_group(batch.zones), now, run.deadline)
+            run.stretches[batch.zones] = stretch
+        if stretch is None:
+            results = _all(_open_messages(batch), "expired", OUTSIDE_WINDOW, batch.attempts)
+            await self._record(run, batch.seq, results)
+            return None
+        opens, closes = stretch
+        if opens > now:
+            run.held_until = opens if run.held_until is None else min(run.held_until, opens)
+            return None
+        return min(closes, run.deadline)
+
+    async def _catch_up_index(self, run: CampaignRun) -> None:
+        """Frequency caps count indexed messages: index every closed batch before sending."""
+        if run.caps:
+            while await self.journal.index_messages(64):
+                pass
+
+    async def _capped(
+        self, run: CampaignRun, messages: list[Message], out: _Outcomes,
+    ) -> list[Message]:
+        """Record as skipped (frequency_cap) the messages whose phone reached a cap; return
+        the others."""
+        phones = [m["toPhone"] for m in messages]
+        capped: set[str] = set()
+        now = self.clock()
+        for cap in run.caps:
+            capped |= over(cap, await self.journal.sent_counts(phones, cap.types, since(cap, now)))
+        if not capped:
+            return messages
+        out.add([m for m in messages if m["toPhone"] in capped], "skipped", CAP_REASON, 0)
+        return [m for m in messages if m["toPhone"] not in capped]
 
     async def _report_progress(self, run: CampaignRun) -> None:
         """A ``campaign_progress`` event with the journal's counts every `progress_every` s."""
@@ -539,11 +609,20 @@ class Engine:
             return None  # never marked in flight: stays pending
         if self.clock() >= run.deadline:
             return _all(job.messages, "expired", EXPIRED_REASON, 0)
+        until = job.until or run.deadline
+        if self.clock() >= until:
+            return None  # its send window closed while it waited: pending, for the next one
+        outcomes = _Outcomes()
+        messages, body = job.messages, job.body
+        if run.caps:
+            messages = await self._capped(run, messages, outcomes)
+            body = body if len(messages) == len(job.messages) else None
+            if not messages:
+                return outcomes.results
         with self.metrics.journal_write.time():
             await self.journal.mark_in_flight(run.campaign.id, [job.seq])
-        outcomes = _Outcomes()
         try:
-            await self._deliver(run, job.messages, outcomes, job.body)
+            await self._deliver(run, messages, outcomes, body, until)
         except Deferred:
             await self._defer(run, job, outcomes)
             raise
@@ -558,11 +637,13 @@ class Engine:
         self._recorded(run, job.seq, held, outcomes.results)
 
     async def _deliver(
-        self, run: CampaignRun, part: list[Message], out: _Outcomes, body: bytes | None = None
+        self, run: CampaignRun, part: list[Message], out: _Outcomes, body: bytes | None,
+        until: datetime,
     ) -> None:
         """Post ``part`` until each message is final; raise `Deferred` to stop trying for now.
 
-        ``body``, when given, is ``part`` already serialised (a whole batch as stored).
+        ``body``, when given, is ``part`` already serialised (a whole batch as stored);
+        ``until`` is when its send window closes (else the deadline).
         """
         at_most_once = self.sending.delivery == "at-most-once"
         attempt = 0
@@ -572,8 +653,10 @@ class Engine:
             if self.clock() >= run.deadline:
                 out.add(part, "expired", EXPIRED_REASON, attempt)
                 return
+            if self.clock() >= until:
+                raise Deferred  # its send window closed: the rest waits for the next one
             attempt += 1
-            reply = await self._post(run, part, body)
+            reply = await self._post(run, part, body, until)
             if isinstance(reply, Accepted):
                 body = None
                 part = out.accept(part, reply.message_ids, attempt)
@@ -583,7 +666,7 @@ class Engine:
                 reply_status: int | None = 200
                 retry_after: float | None = None
             elif isinstance(reply, Rejected):
-                await self._split(run, part, reply, out, attempt)
+                await self._split(run, part, reply, out, attempt, until)
                 return
             elif isinstance(reply, Unauthorized):
                 self.refused = CredentialsRefused(reply.status)
@@ -601,18 +684,22 @@ class Engine:
             await self._retry_wait(run, attempt, reply_status, retry_after)
 
     async def _split(
-        self, run: CampaignRun, part: list[Message], reply: Rejected, out: _Outcomes, attempt: int
+        self, run: CampaignRun, part: list[Message], reply: Rejected, out: _Outcomes,
+        attempt: int, until: datetime,
     ) -> None:
         """A 400 refuses the whole request: halve it until the bad messages stand alone."""
         if len(part) == 1:
             out.add(part, "rejected", reply.code or f"HTTP {reply.status}", attempt)
             return
         middle = len(part) // 2
-        await self._deliver(run, part[:middle], out)
-        await self._deliver(run, part[middle:], out)
+        await self._deliver(run, part[:middle], out, None, until)
+        await self._deliver(run, part[middle:], out, None, until)
 
-    async def _post(self, run: CampaignRun, part: list[Message], body: bytes | None) -> PostResult:
-        """POST ``part`` (``body`` is its stored JSON when it is a whole batch) with its ttl."""
+    async def _post(
+        self, run: CampaignRun, part: list[Message], body: bytes | None, until: datetime,
+    ) -> PostResult:
+        """POST ``part`` (``body`` is its stored JSON when it is a whole batch) with a ttl
+        that ends at ``until`` (the deadline, or sooner: its send window's close)."""
         async with self._limiter:
             if self.refused is not None:
                 raise Deferred  # a 401 came back while this one waited for its turn
@@ -621,7 +708,7 @@ class Engine:
                 # here; its open batches are for whoever leads next
                 run.halt(None)
                 raise Deferred
-            ttl = max(1, int((run.deadline - self.clock()).total_seconds()))
+            ttl = max(1, int((until - self.clock()).total_seconds()))
             # Every message has exactly one "fromName" key, and inside a JSON string a quote is
             # always escaped, so this byte pattern only matches keys: one C-speed replace adds
             # the ttl to all messages instead of decoding and re-encoding the batch.

@@ -79,6 +79,7 @@ async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIt
             suppression=suppression,
             suppression_path=config.paths.suppression,
             metrics=metrics,
+            caps=config.policy.caps,
         )
         engine.start()
         stack.push_async_callback(engine.close)

@@ -750,7 +750,8 @@ def test_snapshot_fast_path_matches_iter_audience(
     assert snapshot.skips == [item for item in expected if isinstance(item, Skip)]
     assert all(len(batch) == batch_size for batch in batches[:-1])
     assert [(*row,) for row in iter_rows(campaign, suppression) if not isinstance(row, Skip)] == [
-        (r.line, r.tracking_id, r.phone, r.text) for r in expected if isinstance(r, Recipient)
+        (r.line, r.tracking_id, r.phone, r.text, r.zone) for r in expected
+        if isinstance(r, Recipient)
     ]
 
 

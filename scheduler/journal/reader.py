@@ -8,7 +8,8 @@ million-row listing costs a few hundred loop turns, not a million.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from scheduler.journal.base import (
@@ -107,6 +108,12 @@ class JournalReader:
         self._ahead.add(task)
         task.add_done_callback(self._ahead.discard)
         return task
+
+    def sent_counts(
+        self, phones: Sequence[str], types: Sequence[str], since: datetime,
+    ) -> dict[str, int]:
+        """`Journal.sent_counts`."""
+        return self._runner.run(self.journal.sent_counts(phones, types, since))
 
     def open_batches(self, campaign_id: str) -> Iterator[BatchRecord]:
         """Every batch not closed yet (`Journal.open_batches`), streamed in pages."""

@@ -1,0 +1,137 @@
+"""What send windows and frequency caps will do to a campaign, for `check` and `plan`
+(SPEC §11.4): recipients by zone, how many go at once, how many are held and when their window
+opens (by UTC hour, with the local time of the largest zone of that hour), how many cannot be
+reached before ``send_at + ttl``, and how many the caps would skip now.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from scheduler.audience import Skip, Suppression, iter_rows
+from scheduler.campaign import Campaign, utc_text
+from scheduler.caps import caps_for, over, since
+from scheduler.config import CapConfig
+from scheduler.window import zones_of_group
+
+ZONES_SHOWN = 5  # zone groups listed by name; the rest are counted together
+HOURS_SHOWN = 6  # hours of the held histogram listed; the rest are counted together
+_CAP_CHUNK = 1000  # phones per look-up
+
+
+class SentCounts(Protocol):
+    """What the cap forecast needs of a journal (`JournalReader.sent_counts`)."""
+
+    def sent_counts(
+        self, phones: Sequence[str], types: Sequence[str], since: datetime,
+    ) -> dict[str, int]: ...
+
+
+@dataclass
+class Forecast:
+    """A windowed campaign's recipients by when their window lets them go."""
+
+    window: str
+    by_zone: Counter[str] = field(default_factory=Counter)
+    at_once: int = 0
+    held: Counter[datetime] = field(default_factory=Counter)  # UTC hour -> recipients
+    largest: dict[datetime, tuple[str, int]] = field(default_factory=dict)  # hour -> zone
+    unreachable: int = 0
+
+    @property
+    def held_total(self) -> int:
+        """Recipients who wait for their window."""
+        return sum(self.held.values())
+
+
+def forecast(campaign: Campaign, zones: Mapping[str, int], now: datetime) -> Forecast | None:
+    """When each zone group of ``zones`` (recipients per group) may go, from the later of now
+    and send_at until the deadline; None for a campaign without a window."""
+    window = campaign.window
+    if window is None:
+        return None
+    start, deadline = max(now, campaign.send_at), campaign.deadline
+    seen = Forecast(window.text())
+    for group, count in zones.items():
+        seen.by_zone[group] += count
+        stretch = window.next_stretch(zones_of_group(group), start, deadline)
+        if stretch is None:
+            seen.unreachable += count
+        elif stretch[0] <= start:
+            seen.at_once += count
+        else:
+            hour = stretch[0].replace(minute=0, second=0, microsecond=0)
+            seen.held[hour] += count
+            if count > seen.largest.get(hour, ("", 0))[1]:
+                seen.largest[hour] = (group, count)
+    return seen
+
+
+def describe(seen: Forecast) -> list[str]:
+    """The forecast as a few lines of text for people."""
+    lines = [
+        f"window {seen.window} local: {seen.at_once:,} may go at once, "
+        f"{seen.held_total:,} held for their window, "
+        f"{seen.unreachable:,} cannot be reached before send_at + ttl (expired, outside_window)",
+        "by zone: " + _zones_text(seen.by_zone),
+    ]
+    if seen.held:
+        hours = sorted(seen.held)
+        shown = [f"{utc_text(hour)[:-4]}Z{_local(hour, seen.largest[hour][0])} "
+                 f"{seen.held[hour]:,}" for hour in hours[:HOURS_SHOWN]]
+        rest = sum(seen.held[hour] for hour in hours[HOURS_SHOWN:])
+        more = f", {rest:,} later" if rest else ""
+        lines.append("held, by the hour their window opens: " + ", ".join(shown) + more)
+    return lines
+
+
+def _zones_text(by_zone: Counter[str]) -> str:
+    ranked = by_zone.most_common()
+    shown = [f"{_group_name(group)} {count:,}" for group, count in ranked[:ZONES_SHOWN]]
+    rest = sum(count for _, count in ranked[ZONES_SHOWN:])
+    return ", ".join(shown) + (f", {rest:,} in {len(ranked) - ZONES_SHOWN} more" if rest else "")
+
+
+def _group_name(group: str) -> str:
+    """``Europe/Kyiv``, or ``Europe/Moscow +15 zones`` for a prefix of several."""
+    names = group.split()
+    return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1} zones"
+
+
+def _local(hour: datetime, group: str) -> str:
+    """`` (Europe/Kyiv 09:00)``: the hour's local time in the first zone of ``group``."""
+    zone = zones_of_group(group)[0]
+    return f" ({zone.key} {hour.astimezone(zone):%H:%M})"
+
+
+def zones_of_batches(batches: Iterable[tuple[str | None, int]]) -> dict[str, int]:
+    """Open messages per zone group of a started campaign's open batches (zones, open)."""
+    found: Counter[str] = Counter()
+    for group, count in batches:
+        if group is not None:
+            found[group] += count
+    return dict(found)
+
+
+def capped_now(
+    campaign: Campaign, caps: Sequence[CapConfig], journal: SentCounts,
+    suppression: Suppression | None, now: datetime,
+) -> int:
+    """How many of the campaign's valid recipients a frequency cap would skip if it sent now
+    (transactional and flashcall: none)."""
+    mine = caps_for(campaign, caps)
+    if not mine:
+        return 0
+    phones = (row[2] for row in iter_rows(campaign, suppression) if not isinstance(row, Skip))
+    capped = 0
+    while chunk := list(itertools.islice(phones, _CAP_CHUNK)):
+        found: set[str] = set()
+        for cap in mine:
+            found.update(over(cap, journal.sent_counts(chunk, cap.types, since(cap, now))))
+        capped += len(found)
+    return capped

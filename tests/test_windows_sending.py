@@ -1,0 +1,194 @@
+"""Send windows and frequency caps on a real engine, sandbox and SQLite journal (SPEC §11.4).
+
+Time is the engine's clock shifted to a chosen Monday in December (Kyiv UTC+2, New York UTC-5),
+a few seconds before New York's window opens: the waits are real but short, and nothing
+depends on the hour the tests run at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scheduler.config import load_config
+from scheduler.journal.sqlite import SqliteConnection
+from scheduler.loader import load_campaign
+from scheduler.planning import plan_rows
+from scheduler.service import open_engine
+from tests.helpers import StartSandbox, read_jsonl, write_campaign, write_config
+from tests.test_sender import KEY, Setup
+
+KYIV = [f"+38050{n:07d}" for n in range(20)]
+NEW_YORK = [f"+1212555{n:04d}" for n in range(20)]
+WINDOW = 'window = "09:00-20:00"\n'
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def shifted(to: datetime) -> Callable[[], datetime]:
+    """A clock that reads ``to`` now and runs at the real pace."""
+    offset = to - datetime.now(UTC)
+    return lambda: datetime.now(UTC) + offset
+
+
+def windowed_setup(root: Path, base_url: str, send_at: datetime, *, ttl: int = 86400,
+                   policy: str = "", phones: list[str] | None = None, cid: str = "promo",
+                   kind: str = "promo", extra: str = WINDOW) -> Setup:
+    """A campaign of Kyiv and New York phones, batches of 5."""
+    config_path = write_config(root, base_url, batch_size=5, concurrency=2,
+                               requests_per_second=1000)
+    if policy:
+        config_path.write_text(config_path.read_text() + "\n" + policy)
+    rows = phones if phones is not None else KYIV + NEW_YORK
+    (root / "campaigns" / f"{cid}.csv").write_text(
+        "phone,name\n" + "\n".join(f"{p},P{n}" for n, p in enumerate(rows)) + "\n")
+    file = write_campaign(root / "campaigns", cid, f"{cid}.csv", type=kind, ttl=ttl,
+                          text="Hi {name}", extra=extra)
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None, check.problems
+    return Setup(root, config, check.campaign.model_copy(update={"send_at": send_at}))
+
+
+def accepted(record: Path, offset_to: Callable[[], datetime]) -> dict[str, dict[str, Any]]:
+    """The sandbox's accepted messages by phone, each with ``at``: when, on the test clock."""
+    skew = offset_to() - datetime.now(UTC)
+    found = {}
+    for line in read_jsonl(record):
+        line["at"] = datetime.fromisoformat(line["ts"].replace("Z", "+00:00")) + skew
+        assert line["toPhone"] not in found, f"{line['toPhone']} sent twice"
+        found[line["toPhone"]] = line
+    return found
+
+
+async def test_a_closed_zone_waits_for_its_window_while_an_open_one_goes(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Due at 13:59:57Z: Kyiv (15:59) goes at once with a ttl ending at 20:00 Kyiv; New York
+    (08:59) waits for 09:00 and then goes with a ttl ending at 20:00 New York."""
+    record = tmp_path / "accepted.jsonl"
+    sandbox = await start_sandbox(api_key=KEY, record=record)
+    start = at("2026-12-07T13:59:57Z")
+    setup = windowed_setup(tmp_path, sandbox.base_url, start)
+    clock = shifted(start)
+    async with open_engine(setup.config) as engine:
+        engine.clock = clock
+        prepared = await engine.prepare(setup.campaign)
+        assert await engine.drive(engine.open_run(setup.campaign, prepared)) == "done"
+    sent = accepted(record, clock)
+    assert set(sent) == set(KYIV + NEW_YORK)
+    kyiv_close, new_york_opens = at("2026-12-07T18:00:00Z"), at("2026-12-07T14:00:00Z")
+    for phone in KYIV:
+        assert sent[phone]["at"] < new_york_opens
+        assert 0 < sent[phone]["ttl"] <= (kyiv_close - start).total_seconds()
+    for phone in NEW_YORK:
+        assert sent[phone]["at"] >= new_york_opens
+        assert 39_000 < sent[phone]["ttl"] <= 11 * 3600  # until 20:00 in New York
+    assert setup.counts()["sent"] == 40
+
+
+async def test_a_window_that_never_opens_in_the_ttl_expires_at_once(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Due 10:00Z with a one-hour ttl: New York opens at 14:00Z, after send_at + ttl, so its
+    recipients end expired (outside_window) at once; Kyiv's are sent; the campaign is done."""
+    record = tmp_path / "accepted.jsonl"
+    sandbox = await start_sandbox(api_key=KEY, record=record)
+    start = at("2026-12-07T10:00:00Z")
+    setup = windowed_setup(tmp_path, sandbox.base_url, start, ttl=3600)
+    async with open_engine(setup.config) as engine:
+        engine.clock = shifted(start)
+        prepared = await engine.prepare(setup.campaign)
+        assert await engine.drive(engine.open_run(setup.campaign, prepared)) == "done"
+    assert {line["toPhone"] for line in read_jsonl(record)} == set(KYIV)
+    counts = setup.counts()
+    assert (counts["sent"], counts["expired"], counts["pending"]) == (20, 20, 0)
+    expired = [line for line in setup.log_lines()
+               if line["event"] == "message" and line["status"] == "expired"]
+    assert sorted(line["tracking_id"] for line in expired) == sorted(
+        f"promo-{n}" for n in range(21, 41))
+    assert {line["reason"] for line in expired} == {"outside_window"}
+
+
+async def test_a_restart_while_held_keeps_the_due_time_and_sends_each_once(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Stopped while New York waits for its window: the journal keeps its batches (and their
+    zones); the next engine sends them when the window opens, and nothing twice."""
+    record = tmp_path / "accepted.jsonl"
+    sandbox = await start_sandbox(api_key=KEY, record=record)
+    start = at("2026-12-07T13:59:55Z")
+    setup = windowed_setup(tmp_path, sandbox.base_url, start)
+    clock = shifted(start)
+    async with open_engine(setup.config) as engine:
+        engine.clock = clock
+        prepared = await engine.prepare(setup.campaign)
+        run = engine.open_run(setup.campaign, prepared)
+        driving = asyncio.create_task(engine.drive(run))
+        for _ in range(500):  # bounded: 10 s for Kyiv to be through
+            if record.exists() and len(read_jsonl(record)) >= len(KYIV):
+                break
+            await asyncio.sleep(0.02)
+        assert clock() < at("2026-12-07T14:00:00Z"), "too slow to stop inside the hold"
+        run.halt(None)  # a shutdown: left running, resumed from the journal
+        assert await driving == "running"
+    with SqliteConnection(setup.journal_path) as journal:
+        held = journal.open_batches("promo")
+        assert {batch.zones for batch in held} == {"America/New_York"}
+        assert sum(batch.size for batch in held) == len(NEW_YORK)
+    async with open_engine(setup.config) as engine:
+        engine.clock = clock
+        prepared = await engine.prepare(setup.campaign)
+        assert await engine.drive(engine.open_run(setup.campaign, prepared)) == "done"
+    sent = accepted(record, clock)  # raises if any phone was sent twice
+    assert set(sent) == set(KYIV + NEW_YORK)
+    assert all(sent[p]["at"] >= at("2026-12-07T14:00:00Z") for p in NEW_YORK)
+
+
+CAPS = '[policy]\n[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 7\n'
+
+
+async def test_caps_count_across_campaigns_and_spare_transactional(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """At most one promo per phone a week: a second promo skips the phones the first reached
+    (frequency_cap, in the journal and the delivery log); a transactional one reaches all."""
+    record = tmp_path / "accepted.jsonl"
+    sandbox = await start_sandbox(api_key=KEY, record=record)
+    now = datetime.now(UTC)
+    phones = [f"+38050{n:07d}" for n in range(15)]
+    first = windowed_setup(tmp_path, sandbox.base_url, now, policy=CAPS, phones=phones[:10],
+                           cid="first", extra="")
+    second = windowed_setup(tmp_path, sandbox.base_url, now, policy=CAPS, phones=phones[5:],
+                            cid="second", extra="")
+    receipt = windowed_setup(tmp_path, sandbox.base_url, now, policy=CAPS, phones=phones[:5],
+                             cid="receipt", kind="transaction", extra="")
+    async with open_engine(first.config) as engine:
+        for setup in (first, second, receipt):
+            prepared = await engine.prepare(setup.campaign)
+            assert await engine.drive(engine.open_run(setup.campaign, prepared)) == "done"
+        while await engine.journal.index_messages():
+            pass  # as the daemon's indexing loop does
+    assert first.counts()["sent"] == 10
+    assert (second.counts()["sent"], second.counts()["skipped"]) == (5, 5)
+    assert receipt.counts()["sent"] == 5
+    by_phone = Counter(line["toPhone"] for line in read_jsonl(record))
+    assert by_phone == Counter(phones[:10] * 1 + phones[10:] + phones[:5])
+    capped = [line for line in second.log_lines() if line["event"] == "message"
+              and line["campaign"] == "second" and line["status"] == "skipped"]
+    assert sorted(line["tracking_id"] for line in capped) == [f"second-{n}" for n in range(1, 6)]
+    assert {line["reason"] for line in capped} == {"frequency_cap"}
+    # plan forecasts what the caps would skip for a campaign not started yet
+    windowed_setup(tmp_path, sandbox.base_url, now, policy=CAPS, phones=phones, cid="third",
+                   extra="")
+    planned = await asyncio.to_thread(plan_rows, first.config, datetime.now(UTC))
+    rows = {row["campaign"]: row for row in planned}
+    assert rows["third"]["capped"] == 15
+    assert "caps would skip 15 now" in rows["third"]["note"]
+
