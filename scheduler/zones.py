@@ -4,13 +4,20 @@ site's default (SPEC §11.4).
 The phone's zones come from libphonenumber's time-zone data (the `phonenumbers` package). Its
 public look-up parses and classifies every number (~30 µs), too slow for a million rows, so the
 slow part (is the number geographic, and if not, which zones does its country have?) is cached
-by the number's first six digits and length, and the geographic look-up itself is the data's
-longest-prefix match, a handful of dictionary probes.
+by the country code and the next three digits (what decides a number's type in the plans that
+span zones), and the geographic look-up itself is the data's longest-prefix match, cached by
+six digits wherever the data has nothing longer under them.
 """
 
 from __future__ import annotations
 
-from phonenumbers import NumberParseException, PhoneNumberType, number_type, parse
+from phonenumbers import (
+    COUNTRY_CODE_TO_REGION_CODE,
+    NumberParseException,
+    PhoneNumberType,
+    number_type,
+    parse,
+)
 from phonenumbers.phonenumberutil import is_number_type_geographical
 from phonenumbers.timezone import time_zones_for_number
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
@@ -21,11 +28,14 @@ UNKNOWN_ZONE = "Etc/Unknown"  # libphonenumber's answer when it cannot tell
 _GEOGRAPHIC = ""  # cache value: look the zones up by the number's longest known prefix
 _UNCLASSIFIED = "?"  # not cached: an invalid number says nothing of others with its prefix
 _MISSES_TRUSTED = 16  # ... until this many of a prefix were: then the prefix gets the default
-_KEY_DIGITS = 7  # "+" and the first six digits
+#: national digits after the country code that decide a number's type (mobile, fixed line,
+#: toll-free…) in the numbering plans that span several zones: +1 area codes, +7 9xx, +61 4xx
+_TYPE_DIGITS = 3
+_DEEP_DIGITS = 6
 #: six-digit prefixes under which the data has longer ones (NANP exchanges, some of Brazil…):
 #: only there does the rest of the number matter
-_DEEP = frozenset(prefix[:_KEY_DIGITS - 1] for prefix in TIMEZONE_DATA
-                  if len(prefix) >= _KEY_DIGITS)
+_DEEP = frozenset(prefix[:_DEEP_DIGITS] for prefix in TIMEZONE_DATA
+                  if len(prefix) > _DEEP_DIGITS)
 
 
 class ZoneFinder:
@@ -33,13 +43,14 @@ class ZoneFinder:
 
     def __init__(self, default: str) -> None:
         self.default = default
-        self._kinds: dict[tuple[str, int], str] = {}
+        self._kinds: dict[str, str] = {}  # country code + 3 digits -> kind or zone group
         self._groups: dict[tuple[str, ...], str] = {}
-        self._misses: dict[tuple[str, int], int] = {}
+        self._misses: dict[str, int] = {}
+        self._geographic: dict[str, str] = {}  # six digits -> zone group, when they decide
 
     def of_phone(self, phone: str) -> str:
         """The zones of an E.164 ``phone`` (``+`` and digits), the default when unknown."""
-        key = (phone[:_KEY_DIGITS], len(phone))
+        key = phone[:_KEY_LENGTHS.get(phone[1:4], 7)]
         kind = self._kinds.get(key)
         if kind is None:
             kind = self._classify(phone)
@@ -52,19 +63,28 @@ class ZoneFinder:
                     self._kinds[key] = kind
             else:
                 self._kinds[key] = kind
-        return kind if kind != _GEOGRAPHIC else self._by_prefix(phone, TIMEZONE_LONGEST_PREFIX)
+        return kind if kind != _GEOGRAPHIC else self._by_prefix(phone)
 
-    def _by_prefix(self, phone: str, longest: int) -> str:
-        """The zones of the longest prefix of ``phone`` (at most ``longest`` digits) in the data."""
-        for size in range(min(longest, len(phone) - 1), 0, -1):
-            names = TIMEZONE_DATA.get(phone[1:1 + size])
+    def _by_prefix(self, phone: str) -> str:
+        """The zones of the longest prefix of ``phone`` in the data (geographic numbers)."""
+        six = phone[1:1 + _DEEP_DIGITS]
+        if six not in _DEEP:
+            group = self._geographic.get(six)
+            if group is None:
+                group = self._geographic[six] = self._longest(six)
+            return group
+        return self._longest(phone[1:1 + TIMEZONE_LONGEST_PREFIX])
+
+    def _longest(self, digits: str) -> str:
+        for size in range(len(digits), 0, -1):
+            names = TIMEZONE_DATA.get(digits[:size])
             if names is not None:
                 return self._group(names)
         return self.default
 
     def _classify(self, phone: str) -> str:
-        """`_GEOGRAPHIC` when the rest of the number matters, else the zone group every number
-        of this prefix and length gets."""
+        """`_GEOGRAPHIC` when the number's own prefix tells its zones, else the zone group of
+        its whole country (a mobile in most countries), or `_UNCLASSIFIED`."""
         try:
             number = parse(phone)
         except NumberParseException:
@@ -73,9 +93,7 @@ class ZoneFinder:
         if kind == PhoneNumberType.UNKNOWN or number.country_code is None:
             return _UNCLASSIFIED
         if is_number_type_geographical(kind, number.country_code):
-            if phone[1:_KEY_DIGITS] in _DEEP:
-                return _GEOGRAPHIC
-            return self._by_prefix(phone, _KEY_DIGITS - 1)
+            return _GEOGRAPHIC
         return self._group(time_zones_for_number(number))
 
     def _group(self, names: tuple[str, ...] | list[str]) -> str:
@@ -85,3 +103,17 @@ class ZoneFinder:
             known = [name for name in names if name != UNKNOWN_ZONE]
             group = self._groups[key] = zone_group(known) if known else self.default
         return group
+
+
+def _key_lengths() -> dict[str, int]:
+    """For every first three digits of a number: how long its "+", country code and next
+    three digits are (country codes have one to three digits and none is a prefix of another)."""
+    lengths = {}
+    for number in range(1000):
+        digits = f"{number:03d}"
+        size = next((n for n in (1, 2, 3) if int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE), 3)
+        lengths[digits] = 1 + size + _TYPE_DIGITS
+    return lengths
+
+
+_KEY_LENGTHS = _key_lengths()
