@@ -117,6 +117,8 @@ class CampaignRun:
     #: send windows: the stretch each zone group may be sent in (None: not before the deadline)
     stretches: dict[str, Stretch | None] = field(default_factory=dict)
     held_until: datetime | None = None  # the earliest opening of a batch held by its window
+    held: int = 0  # messages held by their send window at the last feed
+    announced_hold: datetime | None = None  # the opening last said in a campaign_held event
 
     def halt(self, state: CampaignState | None = None, reason: str | None = None) -> None:
         """Take no new batches; in-flight ones finish. ``state``: what to record (None: none)."""
@@ -329,6 +331,7 @@ class Engine:
             if await self._stage_complete(run):
                 await self._next_stage(run, record)
             elif run.held_until is not None:
+                self._announce_hold(run)
                 await self._hold_until(run, run.held_until)  # a send window opens then
 
     # ----------------------------------------------------------------- roll-out
@@ -375,7 +378,7 @@ class Engine:
         """Queue the campaign's open batches (a bounded window at a time) and wait for them."""
         after = -1
         loop = asyncio.get_running_loop()
-        run.held_until = None
+        run.held_until, run.held = None, 0
         while not run.halted and self.refused is None:
             page = await self.journal.open_batches(run.campaign.id, after, PAGE)
             staged = [b for b in page if run.limit is None or b.seq < run.limit]
@@ -428,8 +431,22 @@ class Engine:
         opens, closes = stretch
         if opens > now:
             run.held_until = opens if run.held_until is None else min(run.held_until, opens)
+            run.held += batch.size - len(batch.decided)
             return None
         return min(closes, run.deadline)
+
+    def _announce_hold(self, run: CampaignRun) -> None:
+        """``campaign_held``: how many wait for their send window, and the next opening (once
+        per opening, not per round)."""
+        if run.announced_hold == run.held_until:
+            return
+        run.announced_hold = run.held_until
+        assert run.held_until is not None  # only called while something is held
+        self.lifecycle.announce(
+            "campaign_held", campaign=run.campaign.id, held=run.held,
+            next_opening=run.held_until.isoformat(), window=run.campaign.window.text()
+            if run.campaign.window else None,
+        )
 
     async def _catch_up_index(self, run: CampaignRun) -> None:
         """Frequency caps count indexed messages: index every closed batch before sending."""
