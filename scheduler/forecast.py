@@ -6,7 +6,6 @@ reached before ``send_at + ttl``, and how many the caps would skip now.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,21 +14,21 @@ from typing import Protocol
 
 from scheduler.audience import Skip, Suppression, iter_rows
 from scheduler.campaign import Campaign, utc_text
-from scheduler.caps import caps_for, over, since
+from scheduler.caps import PAGE, CapSummary, caps_for, since
 from scheduler.config import CapConfig
 from scheduler.window import zones_of_group
 
 ZONES_SHOWN = 5  # zone groups listed by name; the rest are counted together
 HOURS_SHOWN = 6  # hours of the held histogram listed; the rest are counted together
-_CAP_CHUNK = 1000  # phones per look-up
 
 
-class SentCounts(Protocol):
-    """What the cap forecast needs of a journal (`JournalReader.sent_counts`)."""
+class CappedPhones(Protocol):
+    """What the cap forecast needs of a journal (`JournalReader.capped_phones`)."""
 
-    def sent_counts(
-        self, phones: Sequence[str], types: Sequence[str], since: datetime,
-    ) -> dict[str, int]: ...
+    def capped_phones(
+        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
+        limit: int = 50_000,
+    ) -> list[str]: ...
 
 
 @dataclass
@@ -119,7 +118,7 @@ def zones_of_batches(batches: Iterable[tuple[str | None, int]]) -> dict[str, int
 
 
 def capped_now(
-    campaign: Campaign, caps: Sequence[CapConfig], journal: SentCounts,
+    campaign: Campaign, caps: Sequence[CapConfig], journal: CappedPhones,
     suppression: Suppression | None, now: datetime,
 ) -> int:
     """How many of the campaign's valid recipients a frequency cap would skip if it sent now
@@ -127,11 +126,10 @@ def capped_now(
     mine = caps_for(campaign, caps)
     if not mine:
         return 0
-    phones = (row[2] for row in iter_rows(campaign, suppression) if not isinstance(row, Skip))
-    capped = 0
-    while chunk := list(itertools.islice(phones, _CAP_CHUNK)):
-        found: set[str] = set()
-        for cap in mine:
-            found.update(over(cap, journal.sent_counts(chunk, cap.types, since(cap, now))))
-        capped += len(found)
-    return capped
+    summary = CapSummary.of(
+        mine, lambda cap, after: journal.capped_phones(
+            cap.types, since(cap, now), cap.max, after, PAGE), now)
+    if not summary:
+        return 0
+    return sum(1 for row in iter_rows(campaign, suppression)
+               if not isinstance(row, Skip) and row[2] in summary)

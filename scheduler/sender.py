@@ -29,7 +29,8 @@ from scheduler.audience import Suppression
 from scheduler.batching import Message, Snapshot, snapshot_key
 from scheduler.brake import Brake, released
 from scheduler.campaign import Campaign
-from scheduler.caps import CAP_REASON, caps_for, over, since
+from scheduler.caps import CAP_REASON, REFRESH, CapSummary, caps_for, since
+from scheduler.caps import PAGE as CAP_PAGE
 from scheduler.cascade import (
     Accepted,
     CascadeClient,
@@ -114,6 +115,8 @@ class CampaignRun:
     limit: int | None = None  # roll-out: batches below this seq belong to stages so far
     details: dict[str, Any] = field(default_factory=dict)  # fields for the stop's event
     caps: tuple[CapConfig, ...] = ()  # the [[policy.caps]] its messages are checked against
+    capped: CapSummary | None = None  # the phones over them, rebuilt every caps.REFRESH s
+    capped_ready: asyncio.Event = field(default_factory=asyncio.Event)  # the first is built
     #: send windows: the stretch each zone group may be sent in (None: not before the deadline)
     stretches: dict[str, Stretch | None] = field(default_factory=dict)
     held_until: datetime | None = None  # the earliest opening of a batch held by its window
@@ -188,6 +191,7 @@ class Engine:
         self.refused: CredentialsRefused | None = None
         self._oplog = get_logger("engine")
         self.progress_every = PROGRESS_EVERY
+        self.caps_refresh = REFRESH
         self._limiter = AsyncLimiter(sending.requests_per_second, 1)
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._order = itertools.count()
@@ -299,13 +303,17 @@ class Engine:
         if self.clock() >= run.deadline:
             return await self._expire(run, record)
         await self._settle_crashed(run)
-        await self._catch_up_index(run)
         await self._resume_stage(run, record)
         ticker = asyncio.create_task(self._report_progress(run))
+        summaries = asyncio.create_task(self._summarise_caps(run)) if run.caps else None
         try:
+            if summaries is not None:
+                await run.capped_ready.wait()
             return await self._rounds(run, record)
         finally:
             ticker.cancel()
+            if summaries is not None:
+                summaries.cancel()
 
     async def _rounds(self, run: CampaignRun, record: CampaignRecord) -> CampaignState:
         """Feed the batches, then decide: finished, halted, failed, backing off or expired."""
@@ -448,26 +456,34 @@ class Engine:
             if run.campaign.window else None,
         )
 
-    async def _catch_up_index(self, run: CampaignRun) -> None:
-        """Frequency caps count indexed messages: index every closed batch before sending."""
-        if run.caps:
+    async def _summarise_caps(self, run: CampaignRun) -> None:
+        """Keep ``run.capped`` fresh: index every closed batch (the caps count indexed sends,
+        and `send` has no daemon indexing for it), then rebuild, every `caps.REFRESH` s."""
+        while True:
             while await self.journal.index_messages(64):
                 pass
+            now = self.clock()
+            run.capped = await CapSummary.gather(run.caps, functools.partial(
+                self._capped_page, now=now), now)
+            run.capped_ready.set()
+            await asyncio.sleep(self.caps_refresh)
 
-    async def _capped(
-        self, run: CampaignRun, messages: list[Message], out: _Outcomes,
-    ) -> list[Message]:
+    async def _capped_page(self, cap: CapConfig, after: str, *, now: datetime) -> list[str]:
+        return await self.journal.capped_phones(
+            cap.types, since(cap, now), cap.max, after, CAP_PAGE)
+
+    def _capped(self, run: CampaignRun, messages: list[Message], out: _Outcomes) -> list[Message]:
         """Record as skipped (frequency_cap) the messages whose phone reached a cap; return
         the others."""
-        phones = [m["toPhone"] for m in messages]
-        capped: set[str] = set()
-        now = self.clock()
-        for cap in run.caps:
-            capped |= over(cap, await self.journal.sent_counts(phones, cap.types, since(cap, now)))
+        summary = run.capped
+        assert summary is not None  # drive waits for the first one
+        if not summary:
+            return messages
+        capped = [m for m in messages if m["toPhone"] in summary]
         if not capped:
             return messages
-        out.add([m for m in messages if m["toPhone"] in capped], "skipped", CAP_REASON, 0)
-        return [m for m in messages if m["toPhone"] not in capped]
+        out.add(capped, "skipped", CAP_REASON, 0)
+        return [m for m in messages if m["toPhone"] not in summary]
 
     async def _report_progress(self, run: CampaignRun) -> None:
         """A ``campaign_progress`` event with the journal's counts every `progress_every` s."""
@@ -632,7 +648,7 @@ class Engine:
         outcomes = _Outcomes()
         messages, body = job.messages, job.body
         if run.caps:
-            messages = await self._capped(run, messages, outcomes)
+            messages = self._capped(run, messages, outcomes)
             body = body if len(messages) == len(job.messages) else None
             if not messages:
                 return outcomes.results

@@ -447,13 +447,17 @@ async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
         "a", "a-1", "+380500000001", "promo")
     assert found.sent_at >= before
     assert await journal.message("mid-a-2") is None  # rejected: never sent
-    phones = ["+380500000000", "+380500000001", "+380500000009", "+380500000000"]
-    assert await journal.sent_counts(phones, ["promo"], before) == {
-        "+380500000000": 1, "+380500000001": 1}
-    assert (await journal.sent_counts(phones, ["promo", "transaction"], before))[
-        "+380500000000"] == 2
-    assert await journal.sent_counts(phones, ["promo"], datetime.now(UTC)
-                                     + timedelta(seconds=1)) == {}
+    # frequency caps: the phones with at least N sends of some types since a moment, in order
+    assert await journal.capped_phones(["promo"], before, 1) == ["+380500000000",
+                                                                "+380500000001"]
+    assert await journal.capped_phones(["promo"], before, 2) == []
+    assert await journal.capped_phones(["promo", "transaction"], before, 2) == [
+        "+380500000000", "+380500000001"]
+    assert await journal.capped_phones(["promo"], before, 1, after="+380500000000") == [
+        "+380500000001"]
+    assert await journal.capped_phones(["promo"], before, 1, limit=1) == ["+380500000000"]
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert await journal.capped_phones(["promo"], later, 1) == []
     assert await journal.index_messages() == 0
 
 

@@ -137,7 +137,7 @@ async def views(journal: Journal) -> dict[str, Any]:
         }
     sent = shown["done"]["sent"][0]
     shown["message"] = await journal.message(sent.detail)
-    shown["sent_counts"] = await journal.sent_counts([sent.phone], ["promo"], SEND_AT)
+    shown["capped"] = await journal.capped_phones(["promo"], SEND_AT, 1)
     return shown
 
 

@@ -116,7 +116,7 @@ def test_a_v1_journal_resumes_where_it_stopped(v1_workspace: Path) -> None:
         first = journal.message(before["v1-sale-1"])  # a batch closed by the first release
         assert first is not None and first.tracking_id == "v1-sale-1"
         yesterday = datetime.now(UTC) - timedelta(days=1)
-        assert journal.sent_counts([first.phone], ["promo"], yesterday) == {first.phone: 1}
+        assert first.phone in journal.capped_phones(["promo"], yesterday, 1)
 
 
 async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> None:

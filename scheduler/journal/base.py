@@ -417,11 +417,13 @@ class Journal(Protocol):
     async def message(self, message_id: str) -> MessageRecord | None:
         """The indexed message with the API's ``message_id``, or None."""
 
-    async def sent_counts(
-        self, phones: Sequence[str], types: Sequence[str], since: datetime,
-    ) -> dict[str, int]:
-        """Indexed messages of ``types`` sent to each of ``phones`` at or after ``since``,
-        across all campaigns (frequency caps); phones with none are left out."""
+    async def capped_phones(
+        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
+        limit: int = 50_000,
+    ) -> list[str]:
+        """Phones with at least ``at_least`` indexed messages of ``types`` sent at or after
+        ``since``, across all campaigns (a frequency cap's summary): in ascending order, those
+        after ``after``, at most ``limit`` (the next page starts after the last one)."""
 
     # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
 

@@ -154,7 +154,7 @@ _TO_V4 = (
     # frequency caps count a batch of phones' sent messages by type and time: from the index
     # alone, without a look at each message's row
     "DROP INDEX messages_by_phone",
-    "CREATE INDEX messages_by_phone ON messages (phone, type, sent_at)",
+    'CREATE INDEX messages_by_phone ON messages (phone COLLATE "C", type, sent_at)',
 )
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4}
@@ -758,16 +758,19 @@ class PostgresStore:
             message_id, campaign, tracking_id, phone, kind, sent_at.astimezone(UTC),
         )
 
-    async def sent_counts(
-        self, phones: Sequence[str], types: Sequence[str], since: datetime,
-    ) -> dict[str, int]:
-        """Indexed messages of ``types`` sent to each of ``phones`` at or after ``since``."""
+    async def capped_phones(
+        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
+        limit: int = 50_000,
+    ) -> list[str]:
+        """Phones with at least ``at_least`` messages of ``types`` sent since ``since``, in
+        order (byte order, as SQLite's), after ``after``, at most ``limit``."""
         rows = await self._all(
-            "SELECT phone, COUNT(*) FROM messages WHERE phone = ANY(%s::text[])"
-            " AND sent_at >= %s AND type = ANY(%s::text[]) GROUP BY phone",
-            (list(dict.fromkeys(phones)), _aware(since), list(types)),
+            "SELECT phone FROM messages WHERE phone COLLATE \"C\" > %s"
+            " AND type = ANY(%s::text[]) AND sent_at >= %s GROUP BY phone"
+            " HAVING COUNT(*) >= %s ORDER BY phone COLLATE \"C\" LIMIT %s",
+            (after, list(types), _aware(since), at_least, limit),
         )
-        return {phone: int(count) for phone, count in rows}
+        return [phone for (phone,) in rows]
 
     # --- delivery status ------------------------------------------------------------------
 
@@ -1418,11 +1421,13 @@ class PostgresJournal:
         """`Journal.message`."""
         return await self._call(PostgresStore.message, message_id)
 
-    async def sent_counts(
-        self, phones: Sequence[str], types: Sequence[str], since: datetime,
-    ) -> dict[str, int]:
-        """`Journal.sent_counts`."""
-        return await self._call(PostgresStore.sent_counts, phones, types, since)
+    async def capped_phones(
+        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
+        limit: int = 50_000,
+    ) -> list[str]:
+        """`Journal.capped_phones`."""
+        return await self._call(
+            PostgresStore.capped_phones, types, since, at_least, after, limit)
 
     async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """`Journal.record_statuses`."""

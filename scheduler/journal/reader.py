@@ -109,11 +109,12 @@ class JournalReader:
         task.add_done_callback(self._ahead.discard)
         return task
 
-    def sent_counts(
-        self, phones: Sequence[str], types: Sequence[str], since: datetime,
-    ) -> dict[str, int]:
-        """`Journal.sent_counts`."""
-        return self._runner.run(self.journal.sent_counts(phones, types, since))
+    def capped_phones(
+        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
+        limit: int = 50_000,
+    ) -> list[str]:
+        """`Journal.capped_phones`."""
+        return self._runner.run(self.journal.capped_phones(types, since, at_least, after, limit))
 
     def open_batches(self, campaign_id: str) -> Iterator[BatchRecord]:
         """Every batch not closed yet (`Journal.open_batches`), streamed in pages."""

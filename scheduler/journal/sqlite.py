@@ -926,21 +926,20 @@ class SqliteConnection:
             message_id, campaign, tracking_id, phone, kind, datetime.fromisoformat(sent_at),
         )
 
-    def sent_counts(
-        self, phones: Sequence[str], types: Sequence[str], since: datetime,
-    ) -> dict[str, int]:
-        """Indexed messages of ``types`` sent to each of ``phones`` at or after ``since``
-        (phones with none are left out)."""
+    def capped_phones(
+        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
+        limit: int = 50_000,
+    ) -> list[str]:
+        """Phones with at least ``at_least`` messages of ``types`` sent since ``since``, in
+        order, after ``after``, at most ``limit``: one walk of the phone index, no table."""
         kinds = ", ".join("?" for _ in types)
-        found: dict[str, int] = {}
-        for chunk in chunks(list(dict.fromkeys(phones)), _STATUS_CHUNK):
-            marks = ", ".join("?" for _ in chunk)
-            found.update(self._db.execute(
-                f"SELECT phone, COUNT(*) FROM messages WHERE phone IN ({marks})"
-                f" AND sent_at >= ? AND type IN ({kinds}) GROUP BY phone",
-                (*chunk, _utc_text(since), *types),
-            ).fetchall())
-        return found
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        return [phone for (phone,) in cursor.execute(
+            f"SELECT phone FROM messages WHERE phone > ? AND type IN ({kinds})"
+            " AND sent_at >= ? GROUP BY phone HAVING COUNT(*) >= ? ORDER BY phone LIMIT ?",
+            (after, *types, _utc_text(since), at_least, limit),
+        )]
 
     # --- delivery status ------------------------------------------------------------------
 
@@ -1441,11 +1440,13 @@ class SqliteJournal:
         """`Journal.message`."""
         return await self._call(SqliteConnection.message, message_id)
 
-    async def sent_counts(
-        self, phones: Sequence[str], types: Sequence[str], since: datetime,
-    ) -> dict[str, int]:
-        """`Journal.sent_counts`."""
-        return await self._call(SqliteConnection.sent_counts, phones, types, since)
+    async def capped_phones(
+        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
+        limit: int = 50_000,
+    ) -> list[str]:
+        """`Journal.capped_phones`."""
+        return await self._call(
+            SqliteConnection.capped_phones, types, since, at_least, after, limit)
 
     async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """`Journal.record_statuses`."""

@@ -1,0 +1,47 @@
+"""The frequency-cap summary: phones over a cap as a sorted array, looked up per message."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler.caps import PAGE, CapSummary
+from scheduler.config import CapConfig
+
+NOW = datetime(2026, 12, 7, tzinfo=UTC)
+PROMO = CapConfig(types=("promo",), max=2, days=7)
+SURVEY = CapConfig(types=("viber_survey",), max=1, days=30)
+
+phones = st.lists(st.integers(1_000_000, 999_999_999_999_999).map(lambda n: f"+{n}"),
+                  max_size=300)
+
+
+@given(inside=phones, outside=phones)
+def test_membership_is_exact(inside: list[str], outside: list[str]) -> None:
+    """Exactly the phones given are in it, whatever their lengths (number order is not text
+    order: +1... and +380... interleave)."""
+    summary = CapSummary.of([PROMO], lambda cap, after: inside if after == "" else [], NOW)
+    for phone in inside:
+        assert phone in summary
+    for phone in set(outside) - set(inside):
+        assert phone not in summary
+    assert "not a phone" not in summary
+
+
+def test_pages_are_followed_until_a_short_one_and_caps_are_joined() -> None:
+    """A full page asks for the next one after its last phone; every cap adds its phones."""
+    asked: list[tuple[str, str]] = []
+    full = [f"+38050{n:07d}" for n in range(PAGE)]
+
+    def page(cap: CapConfig, after: str) -> list[str]:
+        asked.append((cap.types[0], after))
+        if cap is SURVEY:
+            return ["+12125550000"]
+        return full if after == "" else ["+380509999999"]
+
+    summary = CapSummary.of([PROMO, SURVEY], page, NOW)
+    assert asked == [("promo", ""), ("promo", full[-1]), ("viber_survey", "")]
+    assert len(summary) == PAGE + 2
+    assert "+380509999999" in summary and "+12125550000" in summary
