@@ -10,10 +10,10 @@ rate limit that never binds, SQLite journal, delivery log on):
 - ``window``: ``window = "00:00-24:00"`` (open now, so the same messages go): each recipient's
   zone found from the phone (libphonenumber, cached by prefix), batches cut by zone group, each
   batch's window looked up before it is queued.
-- ``caps``: ``[[policy.caps]] types = ["promo"], max = 1000, days = 7`` (nothing is skipped, so
-  the same messages go) against a journal whose per-message index already holds ``--index``
-  sent messages, one for every other recipient of this audience and the rest for other phones:
-  one indexed look-up per batch of phones.
+- ``caps``: ``[[policy.caps]] types = ["promo"], max = 1, days = 7`` against a journal whose
+  per-message index already holds ``--index`` promo messages sent yesterday to as many phones
+  outside this audience (so the same messages go): the campaign reads the ``--index`` capped
+  phones from the index once at its start, and checks each message against them.
 - ``both``: window and caps together.
 
 Each variant starts from a copy of the same journal file. Printed per variant: wall seconds
@@ -40,7 +40,7 @@ from sink import SinkProcess
 API_KEY = "bench-key"
 VARIANTS = ("plain", "window", "caps", "both")
 WINDOW = 'window = "00:00-24:00"\n'
-CAPS = '\n[policy]\n[[policy.caps]]\ntypes = ["promo"]\nmax = 1000\ndays = 7\n'
+CAPS = '\n[policy]\n[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 7\n'
 
 
 def write_workspace(folder: Path, rows: int) -> None:
@@ -69,9 +69,9 @@ def write_config(folder: Path, base_url: str, name: str, caps: bool) -> Path:
     return path
 
 
-def seeded_journal(folder: Path, rows: int, index: int) -> Path:
-    """A journal whose per-message index holds ``index`` sent promo messages of yesterday:
-    every other phone of the audience, then phones outside it."""
+def seeded_journal(folder: Path, index: int) -> Path:
+    """A journal whose per-message index holds ``index`` promo messages sent yesterday, one
+    to each of as many phones outside the audience."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from scheduler.journal.sqlite import SqliteConnection
 
@@ -79,8 +79,7 @@ def seeded_journal(folder: Path, rows: int, index: int) -> Path:
     with SqliteConnection(path):
         pass  # the schema, at its current version
     yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-    phones = (f"+38050{n:07d}" if n < rows else f"+38067{n:07d}"
-              for n in range(0, 2 * index, 2))
+    phones = (f"+38067{n:07d}" for n in range(index))
     with sqlite3.connect(path) as db:
         db.executemany(
             "INSERT INTO messages (message_id, campaign, tracking_id, phone, type, sent_at)"
@@ -136,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as temp:
         folder = Path(temp)
         write_workspace(folder, args.rows)
-        seed = seeded_journal(folder, args.rows, args.index)
+        seed = seeded_journal(folder, args.index)
         best: dict[str, dict[str, float]] = {}
         with SinkProcess() as sink:
             for _ in range(args.repeat):

@@ -10,6 +10,7 @@ a second or so); `check` and `plan` build one to forecast.
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -43,48 +44,69 @@ def since(cap: CapConfig, now: datetime) -> datetime:
 
 
 class CapSummary:
-    """The phones that reached any of some caps, as a sorted array of their digits."""
+    """The phones that reached a cap, one sorted array of `phone_key` per cap (8 bytes a
+    phone: a million capped phones cost 8 MB)."""
 
-    __slots__ = ("_numbers", "built_at")
+    __slots__ = ("_runs", "built_at")
 
-    def __init__(self, numbers: array[int], built_at: datetime) -> None:
+    def __init__(self, runs: list[array[int]], built_at: datetime) -> None:
         self.built_at = built_at
-        self._numbers = array("q", sorted(numbers))  # sorting costs a list for a moment
+        self._runs = runs
 
     def __len__(self) -> int:
-        return len(self._numbers)
+        return sum(len(run) for run in self._runs)
 
     def __contains__(self, phone: object) -> bool:
         if not isinstance(phone, str) or not phone[1:].isdigit():
             return False
-        number = int(phone[1:])
-        at = bisect_left(self._numbers, number)
-        return at < len(self._numbers) and self._numbers[at] == number
+        key = phone_key(phone)
+        for run in self._runs:
+            at = bisect_left(run, key)
+            if at < len(run) and run[at] == key:
+                return True
+        return False
 
     @classmethod
     def of(cls, caps: Sequence[CapConfig], page: Pages, now: datetime) -> CapSummary:
         """Every phone over any of ``caps`` now, read page by page."""
-        numbers: array[int] = array("q")
+        runs = []
         for cap in caps:
+            run: array[int] = array("q")
             after: str | None = ""
             while after is not None:
-                after = _add(numbers, page(cap, after))
-        return cls(numbers, now)
+                after = _add(run, page(cap, after))
+            runs.append(run)
+        return cls(runs, now)
 
     @classmethod
     async def gather(
         cls, caps: Sequence[CapConfig], page: AsyncPages, now: datetime,
     ) -> CapSummary:
         """`of`, with an asynchronous journal."""
-        numbers: array[int] = array("q")
+        runs = []
         for cap in caps:
+            run: array[int] = array("q")
             after: str | None = ""
             while after is not None:
-                after = _add(numbers, await page(cap, after))
-        return cls(numbers, now)
+                after = _add(run, await page(cap, after))
+            runs.append(run)
+        return cls(runs, now)
 
 
-def _add(numbers: array[int], phones: list[str]) -> str | None:
-    """Append a page's phones; where the next page starts (None: that was the last)."""
-    numbers.extend(int(phone[1:]) for phone in phones)
+def phone_key(phone: str) -> int:
+    """An E.164 phone as an integer in the phones' text order (the journal's order): its
+    digits padded to 15, times 16, plus their count (a prefix comes first: +12 < +120)."""
+    digits = phone[1:]
+    return int(digits.ljust(15, "0")) * 16 + len(digits)
+
+
+def _add(run: array[int], phones: list[str]) -> str | None:
+    """Append a page's phones to ``run``, keeping it sorted; where the next page starts (None:
+    that was the last). The journal gives them in order (SQLite, PostgreSQL "C"), so sorting
+    only happens if it ever does not."""
+    keys = [phone_key(phone) for phone in phones]
+    in_order = all(a <= b for a, b in itertools.pairwise([run[-1] if run else -1, *keys]))
+    run.extend(keys)
+    if not in_order:
+        run[:] = array("q", sorted(run))
     return phones[-1] if len(phones) == PAGE else None

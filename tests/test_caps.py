@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.caps import PAGE, CapSummary
+from scheduler.caps import PAGE, CapSummary, phone_key
 from scheduler.config import CapConfig
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
@@ -45,3 +45,10 @@ def test_pages_are_followed_until_a_short_one_and_caps_are_joined() -> None:
     assert asked == [("promo", ""), ("promo", full[-1]), ("viber_survey", "")]
     assert len(summary) == PAGE + 2
     assert "+380509999999" in summary and "+12125550000" in summary
+
+
+@given(phones)
+def test_phone_keys_keep_the_journals_text_order(listed: list[str]) -> None:
+    """The journal pages phones in text order; their keys sort the same way, so a page is
+    appended as it comes."""
+    assert sorted(listed, key=phone_key) == sorted(listed)
