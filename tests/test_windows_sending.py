@@ -192,3 +192,32 @@ async def test_caps_count_across_campaigns_and_spare_transactional(
     assert rows["third"]["capped"] == 15
     assert "caps would skip 15 now" in rows["third"]["note"]
 
+
+
+async def test_a_sending_campaign_rereads_the_caps_and_skips_what_others_sent_meanwhile(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """A staged promo holds between its stages; meanwhile another promo reaches the phones of
+    its second stage. The first campaign's cap summary is rebuilt (every caps_refresh s, the
+    index caught up first), so its second stage skips them (frequency_cap)."""
+    record = tmp_path / "accepted.jsonl"
+    sandbox = await start_sandbox(api_key=KEY, record=record)
+    now = datetime.now(UTC)
+    phones = [f"+38050{n:07d}" for n in range(10)]
+    staged = windowed_setup(tmp_path, sandbox.base_url, now, policy=CAPS, phones=phones,
+                            cid="staged", extra="[rollout]\nstages = [0.5, 1.0]\nhold = 2\n")
+    other = windowed_setup(tmp_path, sandbox.base_url, now, policy=CAPS, phones=phones[5:],
+                           cid="other", extra="")
+    async with open_engine(staged.config) as engine:
+        engine.caps_refresh = 0.05
+        prepared = await engine.prepare(staged.campaign)
+        driving = asyncio.create_task(engine.drive(engine.open_run(staged.campaign, prepared)))
+        for _ in range(500):  # bounded: 10 s for the first stage to end and the hold to begin
+            if [e for e in staged.log_lines() if e["event"] == "campaign_stage"]:
+                break
+            await asyncio.sleep(0.02)
+        prepared = await engine.prepare(other.campaign)
+        assert await engine.drive(engine.open_run(other.campaign, prepared)) == "done"
+        assert await driving == "done"
+    assert staged.counts()["sent"] == 5 and staged.counts()["skipped"] == 5
+    assert Counter(line["toPhone"] for line in read_jsonl(record)) == Counter(phones)
