@@ -66,6 +66,21 @@ class CapSummary:
                 return True
         return False
 
+    def over(self, phones: Sequence[str]) -> list[bool] | None:
+        """For each E.164 phone, whether it reached a cap; None when none did (the usual
+        batch: one pass of binary searches, nothing built)."""
+        found = None
+        for run in self._runs:
+            size = len(run)
+            for index, phone in enumerate(phones):
+                key = phone_key(phone)
+                at = bisect_left(run, key)
+                if at < size and run[at] == key:
+                    if found is None:
+                        found = [False] * len(phones)
+                    found[index] = True
+        return found
+
     @classmethod
     def of(cls, caps: Sequence[CapConfig], page: Pages, now: datetime) -> CapSummary:
         """Every phone over any of ``caps`` now, read page by page."""

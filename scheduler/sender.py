@@ -479,11 +479,11 @@ class Engine:
         assert summary is not None  # drive waits for the first one
         if not summary:
             return messages
-        capped = [m for m in messages if m["toPhone"] in summary]
-        if not capped:
+        over = summary.over([m["toPhone"] for m in messages])
+        if not over:
             return messages
-        out.add(capped, "skipped", CAP_REASON, 0)
-        return [m for m in messages if m["toPhone"] not in summary]
+        out.add([m for m, o in zip(messages, over, strict=True) if o], "skipped", CAP_REASON, 0)
+        return [m for m, o in zip(messages, over, strict=True) if not o]
 
     async def _report_progress(self, run: CampaignRun) -> None:
         """A ``campaign_progress`` event with the journal's counts every `progress_every` s."""
