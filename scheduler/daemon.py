@@ -14,7 +14,7 @@ import functools
 import logging
 import signal
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -26,6 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
 from scheduler.config import SANDBOX, Config, load_config
+from scheduler.delivery_log import DeliveryLine
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
 from scheduler.journal import CampaignRecord, JournalError, JournalFenced
@@ -127,7 +128,8 @@ class Daemon:
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(engine.journal, engine.log, metrics)
+        self._deliveries = Deliveries(engine.journal, engine.log, metrics,
+                                      on_final=self._brake_on_deliveries)
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
             self._deliveries, self._webhook_token, *hook, index=self._index_some)
@@ -203,6 +205,22 @@ class Daemon:
         its message was indexed); how many it indexed."""
         return await self._engine.journal.index_messages(
             INDEX_BATCHES, self.config.delivery_reports.first_poll)
+
+    def _brake_on_deliveries(self, lines: Sequence[DeliveryLine]) -> None:
+        """Final delivery statuses reach the brake of their campaign while it sends (or holds
+        between roll-out stages): too many undeliverable or permanenterror ones stop it."""
+        by_campaign: dict[str, list[DeliveryLine]] = {}
+        for line in lines:
+            by_campaign.setdefault(line.campaign, []).append(line)
+        for cid, finals in by_campaign.items():
+            tracked = self._campaigns.get(cid)
+            run = None if tracked is None else tracked.run
+            if run is None or run.brake is None or run.stop.is_set():
+                continue
+            reading = run.brake.observe_deliveries(finals)
+            if reading is not None:
+                run.details = reading.fields()
+                run.halt("braked", reading.reason)
 
     def _credentials_problem(self) -> str | None:
         refused = self._engine.refused

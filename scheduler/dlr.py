@@ -269,11 +269,13 @@ class Deliveries:
     """Journals status reports; each message's first final status is logged and counted once."""
 
     def __init__(self, journal: Journal, log: DeliveryLog, metrics: Metrics,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 on_final: Callable[[Sequence[DeliveryLine]], None] | None = None) -> None:
         self.journal = journal
         self.log = log
         self.metrics = metrics
         self.clock = clock
+        self.on_final = on_final  # told every first final status (the daemon: the brakes)
         self._oplog = get_logger("delivery_status")
 
     async def record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
@@ -300,6 +302,8 @@ class Deliveries:
                 self.log.deliveries(lines)
             except DeliveryLogUnwritable as exc:
                 self._oplog.error("delivery_lines_lost", count=len(lines), error=str(exc))
+            if self.on_final is not None:
+                self.on_final(lines)
         return changes
 
     def _count(self, lines: Sequence[DeliveryLine]) -> None:
