@@ -16,7 +16,7 @@ import signal
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ INDEX_PAUSE = 0.05  # seconds between those transactions while a campaign sends
 JOURNAL_PROBE_TIMEOUT = 5.0  # seconds the /readyz journal probe waits
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
+IDLE_POLL = 0.5  # seconds between looks for messages awaiting a status (until_idle)
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
 
     # ------------------------------------------------------------------ main
 
@@ -720,12 +722,36 @@ class Daemon:
         return f"{self.leadership.role}: {summary or 'no campaigns'}"
 
     def _check_idle(self) -> None:
-        """With ``until_idle`` (the demo), stop once nothing is scheduled or sending."""
-        if not self.until_idle:
+        """With ``until_idle`` (the demo), stop once nothing is scheduled or sending (and,
+        while polling, once every sent message has its final delivery status)."""
+        if not self.until_idle or self._idle_waiter is not None:
             return
-        busy: Iterable[str] = ("scheduled", "running", "backing_off")
-        if not any(t.state in busy for t in self._campaigns.values()):
+        if not self._campaigns_idle():
+            return
+        if not self.config.delivery_reports.poll:
             self._stop.set()
+            return
+        self._idle_waiter = self._spawn(self._stop_when_polled())
+
+    def _campaigns_idle(self) -> bool:
+        busy: Iterable[str] = ("scheduled", "running", "backing_off")
+        return not any(t.state in busy for t in self._campaigns.values())
+
+    async def _stop_when_polled(self) -> None:
+        """Stop once every sent message is indexed and final (or campaigns got busy again)."""
+        far = utcnow() + timedelta(days=36_500)
+        try:
+            while not self._stop.is_set():
+                if not self._campaigns_idle():
+                    return  # a campaign started again: its end checks once more
+                with contextlib.suppress(JournalError):
+                    if (not await self._index_some()
+                            and not await self._engine.journal.messages_awaiting_status(far, 1)):
+                        self._stop.set()
+                        return
+                await asyncio.sleep(IDLE_POLL)
+        finally:
+            self._idle_waiter = None
 
 
 def _declared_id(path: Path) -> str | None:
