@@ -16,7 +16,7 @@ import signal
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
 from scheduler.config import SANDBOX, Config, load_config
-from scheduler.delivery_log import DeliveryLine
+from scheduler.delivery_log import DeliveryLine, DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
 from scheduler.journal import CampaignRecord, JournalError, JournalFenced
@@ -49,6 +49,8 @@ JOURNAL_PROBE_TIMEOUT = 5.0  # seconds the /readyz journal probe waits
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
 IDLE_POLL = 0.5  # seconds between looks for messages awaiting a status (until_idle)
+REPLAY_EVERY = 30.0  # seconds between the leader's looks for delivery lines never written
+REPLAY_AFTER = 60.0  # ... that many seconds after their final status was journaled
 
 
 @dataclass
@@ -162,6 +164,8 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         try:
             await self._start_health()
+            # lines a crash kept from the delivery log, before new ones come after them
+            await self._replay_deliveries(utcnow())
             await self._start_webhooks()
             await self._serve(self._engine)
         finally:
@@ -171,6 +175,7 @@ class Daemon:
                 await self._health.stop()
             if self._webhooks is not None:
                 await self._webhooks.stop()
+            await self._deliveries.flush()  # the marks of the lines written
 
     async def _start_health(self) -> None:
         """Listen for /metrics, /livez and /readyz when ``[metrics] listen`` is set."""
@@ -251,6 +256,7 @@ class Daemon:
             self._spawn(self._index_messages()),
             self._spawn(self._lead()),
             self._spawn(self._keep_presence()),
+            self._spawn(self._replay_stale_deliveries()),
         ]
         if self.config.delivery_reports.poll:
             background.append(self._spawn(self._poll_statuses()))
@@ -398,6 +404,23 @@ class Daemon:
             else:
                 self._journal_problem = None
             await asyncio.sleep(STATUS_EVERY)
+
+    async def _replay_deliveries(self, before: datetime) -> None:
+        """Write the ``delivery`` lines of final statuses journaled before ``before`` that never
+        reached the delivery log (a crash between the two, a log that refused them); trouble
+        is said and left for the next look."""
+        try:
+            await self._deliveries.replay(before)
+        except (JournalError, DeliveryLogUnwritable) as exc:
+            self.log.warning("delivery_replay_failed", error=str(exc))
+
+    async def _replay_stale_deliveries(self) -> None:
+        """The leader looks now and then for lines still unwritten a while after their status
+        was journaled (a log that refused them, a daemon that died and did not come back)."""
+        while True:
+            await asyncio.sleep(REPLAY_EVERY)
+            if self.leadership.leading:
+                await self._replay_deliveries(utcnow() - timedelta(seconds=REPLAY_AFTER))
 
     async def _index_messages(self) -> None:
         """Copy sent messages into the journal's per-message rows, every few seconds.

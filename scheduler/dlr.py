@@ -28,7 +28,14 @@ from aiolimiter import AsyncLimiter
 from scheduler import __version__
 from scheduler.cascade import CONNECT_TIMEOUT_CAP, clip, parse_error_body, parse_retry_after
 from scheduler.delivery_log import DeliveryLine, DeliveryLog, DeliveryLogUnwritable
-from scheduler.journal import AwaitingMessage, Journal, JournalError, StatusChange, StatusReport
+from scheduler.journal import (
+    AwaitingMessage,
+    Journal,
+    JournalError,
+    MessageRecord,
+    StatusChange,
+    StatusReport,
+)
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
 from scheduler.vocabulary import DELIVERY_FINAL, DELIVERY_STATUSES, DeliveryStatus
@@ -43,6 +50,8 @@ BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 IDLE_WAIT: Final = 1.0  # seconds between looks for due messages while none is due
 CONCURRENCY: Final = 8  # status requests in flight at once
 _LONGEST_ID: Final = 128
+REPLAY_CHUNK: Final = 2_000  # unlogged final statuses written at once after a crash
+TAIL_BYTES_PER_LINE: Final = 1024  # how far back the log is read for lines written before it
 
 
 def utcnow() -> datetime:
@@ -277,34 +286,73 @@ class Deliveries:
         self.clock = clock
         self.on_final = on_final  # told every first final status (the daemon: the brakes)
         self._oplog = get_logger("delivery_status")
+        self._written: list[str] = []  # message ids whose lines are written, to mark
+        self._marking: asyncio.Task[None] | None = None
 
     async def record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """Journal ``reports`` (durable on return), then write a ``delivery`` line per message
-        that reached its first final status. A delivery log that cannot be written loses
-        those lines (the journal has them; `report` shows them) and says so."""
+        that reached its first final status, then (off the caller's path) mark those lines
+        written in the journal. A crash before the mark leaves them for `replay`; a delivery
+        log that cannot be written now leaves them too (said as ``delivery_lines_deferred``)."""
         if not reports:
             return []
         changes = await self.journal.record_statuses(reports)
         now = self.clock()
-        lines: list[DeliveryLine] = []
-        for report, change in zip(reports, changes, strict=True):
-            message = change.message
-            if change.result != "final" or message is None:
-                continue
-            took = ((report.at or now) - message.sent_at).total_seconds()
-            lines.append(DeliveryLine(
-                message.campaign, message.tracking_id, message.message_id, report.status,
-                report.channel, report.cost, report.currency, message.phone, max(0.0, took),
-            ))
+        lines = [_line(change.message, report, now)
+                 for report, change in zip(reports, changes, strict=True)
+                 if change.result == "final" and change.message is not None]
         self._count(lines)
         if lines:
             try:
                 self.log.deliveries(lines)
             except DeliveryLogUnwritable as exc:
-                self._oplog.error("delivery_lines_lost", count=len(lines), error=str(exc))
+                self._oplog.error("delivery_lines_deferred", count=len(lines), error=str(exc))
+            else:
+                self._mark([line.message_id for line in lines])
             if self.on_final is not None:
                 self.on_final(lines)
         return changes
+
+    async def replay(self, before: datetime) -> int:
+        """Write the ``delivery`` lines of final statuses journaled before ``before`` and never
+        marked written (the process died between the two, or the log could not take them),
+        except those the log's tail already holds; mark them all. How many were written.
+        Raises `JournalError` or `DeliveryLogUnwritable` (the rest stay for the next time)."""
+        written = 0
+        while waiting := await self.journal.unlogged_statuses(before, REPLAY_CHUNK):
+            seen = self.log.recent_delivery_ids(TAIL_BYTES_PER_LINE * len(waiting))
+            lines = [_line(u.message, u.report, u.recorded_at) for u in waiting
+                     if u.message.message_id not in seen]
+            self._count(lines)
+            self.log.deliveries(lines)
+            await self.journal.mark_statuses_logged([u.message.message_id for u in waiting])
+            written += len(lines)
+        if written:
+            self._oplog.info("delivery_lines_replayed", count=written)
+        return written
+
+    def _mark(self, message_ids: list[str]) -> None:
+        """Mark these lines written, together with others written meanwhile, in the
+        background (one journal write at a time, whatever the rate of reports)."""
+        self._written += message_ids
+        if self._marking is None:
+            self._marking = asyncio.create_task(self._mark_written())
+
+    async def _mark_written(self) -> None:
+        try:
+            while self._written:
+                ids, self._written = self._written, []
+                try:
+                    await self.journal.mark_statuses_logged(ids)
+                except JournalError as exc:  # left unmarked: `replay` checks the log's tail
+                    self._oplog.warning("delivery_mark_failed", count=len(ids), error=str(exc))
+        finally:
+            self._marking = None
+
+    async def flush(self) -> None:
+        """Wait until the marks of the lines written so far are in the journal."""
+        while self._marking is not None:
+            await asyncio.shield(self._marking)
 
     def _count(self, lines: Sequence[DeliveryLine]) -> None:
         """Move the metrics once per status, channel and currency, never per message."""
@@ -317,6 +365,15 @@ class Deliveries:
                 costs[line.currency] = costs.get(line.currency, 0.0) + line.cost
         for currency, total in costs.items():
             self.metrics.cost.labels(currency).inc(total)
+
+
+def _line(message: MessageRecord, report: StatusReport, now: datetime) -> DeliveryLine:
+    """The ``delivery`` line of a message's first final status (``now``: when it was taken,
+    for a report without a time of its own)."""
+    took = ((report.at or now) - message.sent_at).total_seconds()
+    return DeliveryLine(message.campaign, message.tracking_id, message.message_id,
+                        report.status, report.channel, report.cost, report.currency,
+                        message.phone, max(0.0, took))
 
 
 # --------------------------------------------------------------------------------------------

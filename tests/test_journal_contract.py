@@ -532,6 +532,47 @@ async def test_a_final_status_is_final_once_among_concurrent_reports(
     assert sum(counts.statuses.values()) == 50
 
 
+async def test_first_final_statuses_wait_for_their_delivery_line(
+    make_journal: MakeJournal,
+) -> None:
+    """Each first final status is journaled unlogged, in its own transaction: listed (oldest
+    first, with what its delivery line needs) until marked, across reopening; a move that is
+    not final, a duplicate and a later final report add nothing."""
+    journal = make_journal()
+    await journal.start(writer=True)
+    ids = await send_and_index(journal, "c", count=1, size=4)
+    at = datetime(2026, 12, 1, 9, 0, 40, tzinfo=UTC)
+    before = datetime.now(UTC)
+    assert not await journal.record_status(ids[0], "processing")
+    assert await journal.record_status(ids[0], "delivered", "viber", 2, 1.1, "UAH", at)
+    assert await journal.record_status(ids[1], "undeliverable", "sms")
+    assert not await journal.record_status(ids[1], "delivered")
+    assert await journal.unlogged_statuses(before, 10) == []  # nothing taken before then
+    await journal.close()
+
+    journal = make_journal()
+    await journal.start(writer=True)
+    try:
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        waiting = await journal.unlogged_statuses(later, 10)
+        assert [(u.message.message_id, u.message.tracking_id, u.report.status,
+                 u.report.channel, u.report.parts, u.report.cost, u.report.currency)
+                for u in waiting] == [
+            (ids[0], "c-0", "delivered", "viber", 2, 1.1, "UAH"),
+            (ids[1], "c-1", "undeliverable", "sms", None, None, None)]
+        assert waiting[0].report.at == at and before <= waiting[0].recorded_at <= later
+        assert [u.message.message_id for u in await journal.unlogged_statuses(later, 1)] == [
+            ids[0]]
+        await journal.mark_statuses_logged([ids[0]])
+        assert [u.message.message_id for u in await journal.unlogged_statuses(later, 10)] == [
+            ids[1]]
+        await journal.mark_statuses_logged([ids[1], "nobody"])
+        assert not await journal.record_status(ids[0], "undeliverable")
+        assert await journal.unlogged_statuses(later + timedelta(hours=1), 10) == []
+    finally:
+        await journal.close()
+
+
 async def test_polls_are_due_from_the_journal_and_resume(make_journal: MakeJournal) -> None:
     """A message is due ``first_poll`` s after sending, the most overdue first; each poll moves
     its next time and counts; a final status ends polling; due times survive reopening."""

@@ -189,13 +189,17 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
         assert await journal.record_status("m-1", "undeliverable", "sms")
         assert (await journal.delivery_counts("old")).statuses == {
             "delivered": 1, "undeliverable": 1}
+        # only the status final since the upgrade waits for its delivery line
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert [u.message.message_id for u in await journal.unlogged_statuses(later, 10)] == [
+            "m-1"]
         dumped = [rows async for table, rows in journal.dump() if table == "messages"]
         assert {len(row) for rows in dumped for row in rows} == {len(DUMP_TABLES["messages"])}
     finally:
         await journal.close()
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
         row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
-    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 4
+    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 5
 
 
 async def test_times_are_the_databases_in_utc_and_text_may_hold_nul(postgres_url: str) -> None:

@@ -149,10 +149,14 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
         assert not await journal.record_status("m-2", "undeliverable")
         counts = await journal.delivery_counts("old")
         assert counts.statuses == {"delivered": 1, "undeliverable": 1}
+        # only the status final since the upgrade waits for its delivery line
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert [u.message.message_id for u in await journal.unlogged_statuses(later, 10)] == [
+            "m-1"]
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes

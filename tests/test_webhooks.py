@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -266,3 +269,73 @@ def test_listen_needs_the_token(tmp_path: Path) -> None:
     assert daemon.proc.wait(20) == 1
     assert "CASCADE_WEBHOOK_TOKEN" in daemon.stderr()
     assert "Traceback" not in daemon.stderr()
+
+
+def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path: Path) -> None:
+    """Reports pour in; the daemon is frozen (SIGSTOP) until the journal holds final statuses
+    whose delivery lines are not written yet, then killed right there. The next start writes
+    the missing lines (and not the ones already written): every message has exactly one."""
+    count = 4000
+    listen = f"127.0.0.1:{free_port()}"
+    sandbox = SandboxProcess(tmp_path / "record.jsonl")
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url,
+                          sending={"batch_size": 200, "requests_per_second": 50},
+                          delivery_reports={"listen": listen})
+    hook = f"http://{listen}/delivery-reports/{TOKEN}"
+    first = _daemon(workspace)
+    second = _daemon(workspace)
+
+    def awaiting() -> int:
+        with SqliteConnection(workspace.journal_path, read_only=True) as journal:
+            return journal.delivery_counts("k").statuses.get("awaiting", 0)
+
+    def logged() -> int:
+        return workspace.delivery_log.read_bytes().count(b'"event":"delivery"')
+
+    def push(bodies: list[bytes], stop_on_error: bool) -> None:
+        for body in bodies:
+            request = urllib.request.Request(hook, body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    assert answer.status == 200
+            except (urllib.error.URLError, ConnectionError):
+                if stop_on_error:
+                    return
+                raise
+
+    try:
+        workspace.audience("k", count)
+        workspace.write_campaign("k", utc_seconds_from_now(1))
+        first.start()
+        poll(lambda: awaiting() == count, 40, f"{count} messages sent and indexed")
+        ids = [r["messageId"] for r in sandbox.record()]
+        bodies = [orjson.dumps([report(mid, "delivered" if i % 3 else "undeliverable")
+                                for i, mid in enumerate(ids[start:start + 400])])
+                  for start in range(0, count, 400)]
+        pusher = threading.Thread(target=push, args=(bodies, True))
+        pusher.start()
+        caught = False
+        while not caught and pusher.is_alive():
+            first.signal(signal.SIGSTOP)
+            caught = _finals(workspace, "k") > logged()
+            if not caught:
+                first.signal(signal.SIGCONT)
+                time.sleep(0.001)
+        first.signal(signal.SIGKILL)
+        pusher.join(30)
+        assert caught, "never caught the daemon between the journal and the log"
+        finals, lines = _finals(workspace, "k"), logged()
+        assert finals > lines  # some lines are missing right now
+
+        second.start()
+        poll(lambda: logged() >= finals, 20, "the missing lines written at the start")
+        push(bodies, False)  # the sender retries all: duplicates change nothing
+        poll(lambda: _finals(workspace, "k") == count, 20, "every status final")
+        poll(lambda: logged() >= count, 10, "every delivery line")
+        written = Counter(line["message_id"] for line in workspace.events("delivery"))
+        assert set(written) == set(ids) and set(written.values()) == {1}
+        assert second.stop() == 0
+    finally:
+        first.kill()
+        second.kill()
+        sandbox.close()

@@ -239,6 +239,16 @@ class AwaitingMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class UnloggedStatus:
+    """A message's first final status, journaled but not yet marked as written to the
+    delivery log (the process may have died between the two)."""
+
+    message: MessageRecord
+    report: StatusReport  # ``at``: the status time the journal keeps
+    recorded_at: datetime  # when the journal took it
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     """A campaign's delivery statuses, over its indexed messages (see `index_messages`)."""
 
@@ -288,6 +298,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "messages": (
         "message_id", "campaign", "tracking_id", "phone", "type", "sent_at", "status",
         "status_at", "channel", "parts", "cost", "currency", "next_poll_at", "polls",
+        "unlogged_at",
     ),
 }
 #: one chunk of `Journal.dump`: a table's name and some of its rows
@@ -452,6 +463,14 @@ class Journal(Protocol):
     async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
         """Per ``(message_id, when)``: one poll more was made, the next is due ``when``
         (a message that became final meanwhile stays final and unpolled)."""
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """First final statuses journaled before ``before`` whose ``delivery`` line is not
+        marked as written (`mark_statuses_logged`), oldest first, at most ``limit``. Every
+        first final status starts unmarked, in the transaction that records it."""
+
+    async def mark_statuses_logged(self, message_ids: Sequence[str]) -> None:
+        """The ``delivery`` lines of these messages' final statuses are in the delivery log."""
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """The campaign's indexed messages per delivery status, delivered ones per channel,

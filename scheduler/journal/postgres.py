@@ -60,6 +60,7 @@ from scheduler.journal.base import (
     StatusChange,
     StatusReport,
     UnloggedBatch,
+    UnloggedStatus,
 )
 from scheduler.journal.codec import (
     START,
@@ -85,7 +86,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -156,8 +157,15 @@ _TO_V4 = (
     "DROP INDEX messages_by_phone",
     'CREATE INDEX messages_by_phone ON messages (phone COLLATE "C", type, sent_at)',
 )
+#: version 5: a final status's delivery line survives a crash before it is written
+_TO_V5 = (
+    # when the journal took the message's first final status, until its `delivery` line is
+    # written (NULL then): the lines a crash lost are written at the next start
+    "ALTER TABLE messages ADD COLUMN unlogged_at TIMESTAMPTZ",
+    "CREATE INDEX messages_unlogged ON messages (unlogged_at) WHERE unlogged_at IS NOT NULL",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4, 4: _TO_V5}
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
 _SNAPSHOT_LOCK = 0x636173  # "cas"
@@ -794,7 +802,8 @@ class PostgresStore:
                 " status_at = COALESCE(u.at, clock_timestamp()),"
                 " channel = COALESCE(u.channel, m.channel), parts = COALESCE(u.parts, m.parts),"
                 " cost = COALESCE(u.cost, m.cost), currency = COALESCE(u.currency, m.currency),"
-                " next_poll_at = CASE WHEN u.final THEN NULL ELSE m.next_poll_at END"
+                " next_poll_at = CASE WHEN u.final THEN NULL ELSE m.next_poll_at END,"
+                " unlogged_at = CASE WHEN u.final THEN clock_timestamp() ELSE m.unlogged_at END"
                 " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[],"
                 " %s::text[], %s::timestamptz[], %s::bool[])"
                 " AS u (mid, status, channel, parts, cost, currency, at, final)"
@@ -828,6 +837,28 @@ class PostgresStore:
             " FROM unnest(%s::text[], %s::timestamptz[]) AS u (mid, due)"
             " WHERE m.message_id = u.mid AND m.next_poll_at IS NOT NULL",
             ([message_id for message_id, _ in polls], [_aware(when) for _, when in polls]),
+        )
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """First final statuses whose delivery line is not marked written, oldest first."""
+        rows = await self._all(
+            "SELECT message_id, campaign, tracking_id, phone, type, sent_at, status, channel,"
+            " parts, cost, currency, status_at, unlogged_at FROM messages"
+            " WHERE unlogged_at IS NOT NULL AND unlogged_at < %s ORDER BY unlogged_at LIMIT %s",
+            (_aware(before), limit),
+        )
+        return [UnloggedStatus(
+            _message_record(row),
+            StatusReport(row[0], row[6], row[7], row[8], row[9], row[10],
+                         None if row[11] is None else row[11].astimezone(UTC)),
+            row[12].astimezone(UTC),
+        ) for row in rows]
+
+    async def mark_statuses_logged(self, message_ids: Sequence[str]) -> None:
+        """Their delivery lines are written."""
+        await self.db.execute(
+            "UPDATE messages SET unlogged_at = NULL WHERE message_id = ANY(%s::text[])",
+            (list(message_ids),),
         )
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
@@ -1451,6 +1482,14 @@ class PostgresJournal:
     async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
         """`Journal.schedule_polls`."""
         await self._call(PostgresStore.schedule_polls, polls)
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """`Journal.unlogged_statuses`."""
+        return await self._call(PostgresStore.unlogged_statuses, before, limit)
+
+    async def mark_statuses_logged(self, message_ids: Sequence[str]) -> None:
+        """`Journal.mark_statuses_logged`."""
+        await self._call(PostgresStore.mark_statuses_logged, message_ids)
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """`Journal.delivery_counts`."""

@@ -60,6 +60,7 @@ from scheduler.journal.base import (
     StatusChange,
     StatusReport,
     UnloggedBatch,
+    UnloggedStatus,
 )
 from scheduler.journal.codec import (
     START,
@@ -85,7 +86,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -165,8 +166,17 @@ _TO_V4 = (
     "DROP INDEX messages_by_phone",
     "CREATE INDEX messages_by_phone ON messages (phone, type, sent_at)",
 )
+#: version 5: a final status's delivery line survives a crash before it is written
+_TO_V5 = (
+    # when the journal took the message's first final status, until its `delivery` line is
+    # written (NULL then): the lines a crash lost are written at the next start
+    "ALTER TABLE messages ADD COLUMN unlogged_at TEXT",
+    "CREATE INDEX messages_unlogged ON messages (unlogged_at) WHERE unlogged_at IS NOT NULL",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
-_MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5,
+}
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
@@ -186,6 +196,7 @@ _DUMP_BLOBS = 64
 _TIME_COLUMNS = frozenset({
     "send_at", "deadline", "prepared_at", "started_at", "finished_at", "stage_at",
     "created_at", "not_before", "done_at", "sent_at", "status_at", "next_poll_at",
+    "unlogged_at",
 })
 _FLAG_COLUMNS = frozenset({"skips_logged", "indexed"})
 
@@ -964,12 +975,36 @@ class SqliteConnection:
                 "UPDATE messages SET status = ?, status_at = ?, channel = COALESCE(?, channel),"
                 " parts = COALESCE(?, parts), cost = COALESCE(?, cost),"
                 " currency = COALESCE(?, currency),"
-                " next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END"
+                " next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END,"
+                " unlogged_at = CASE WHEN ? THEN ? ELSE unlogged_at END"
                 " WHERE message_id = ?",
                 ((r.status, now if r.at is None else _utc_text(r.at), r.channel, r.parts, r.cost,
-                  r.currency, r.status in DELIVERY_FINAL, r.message_id) for r in writes.values()),
+                  r.currency, final, final, now, r.message_id)
+                 for r in writes.values() for final in (r.status in DELIVERY_FINAL,)),
             )
         return changes
+
+    def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """First final statuses whose delivery line is not marked written, oldest first."""
+        rows = self._db.execute(
+            "SELECT message_id, campaign, tracking_id, phone, type, sent_at, status, channel,"
+            " parts, cost, currency, status_at, unlogged_at FROM messages"
+            " WHERE unlogged_at IS NOT NULL AND unlogged_at < ? ORDER BY unlogged_at LIMIT ?",
+            (_utc_text(before), limit),
+        ).fetchall()
+        return [UnloggedStatus(
+            _message_record(row),
+            StatusReport(row[0], row[6], row[7], row[8], row[9], row[10], _time(row[11])),
+            datetime.fromisoformat(row[12]),
+        ) for row in rows]
+
+    def mark_statuses_logged(self, message_ids: Sequence[str]) -> None:
+        """Their delivery lines are written."""
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE messages SET unlogged_at = NULL WHERE message_id = ?",
+                ((message_id,) for message_id in message_ids),
+            )
 
     def messages_awaiting_status(
         self, due_before: datetime, limit: int,
@@ -1470,6 +1505,14 @@ class SqliteJournal:
     async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
         """`Journal.schedule_polls`."""
         await self._call(SqliteConnection.schedule_polls, polls)
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """`Journal.unlogged_statuses`."""
+        return await self._call(SqliteConnection.unlogged_statuses, before, limit)
+
+    async def mark_statuses_logged(self, message_ids: Sequence[str]) -> None:
+        """`Journal.mark_statuses_logged`."""
+        await self._call(SqliteConnection.mark_statuses_logged, message_ids)
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """`Journal.delivery_counts`."""
