@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
-from scheduler.config import SANDBOX, Config, load_config
+from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
 from scheduler.delivery_log import DeliveryLine, DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
@@ -135,7 +136,8 @@ class Daemon:
                                       on_final=self._brake_on_deliveries)
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
-            self._deliveries, self._webhook_token, *hook, index=self._index_some)
+            self._deliveries, self._webhook_token, *hook, index=self._index_some,
+            refresh=self._refresh_webhook_token)
         self.log = get_logger("daemon")
         self._engine = engine
         self._lifecycle = engine.lifecycle
@@ -370,12 +372,37 @@ class Daemon:
             self.log.error("config_invalid", error=str(exc))
             return
         if fresh.credentials.headers() != self.config.credentials.headers() or self._engine.refused:
+            self._take_webhook_token(fresh.credentials)
             self.config = self.config.model_copy(update={"credentials": fresh.credentials})
             self._engine.log.add_secrets(fresh.credentials.secrets())
             if self.config.api.is_sandbox:
                 self._engine.refused = None
             else:
                 self._engine.use_credentials(fresh.credentials.headers())
+        else:
+            self._take_webhook_token(fresh.credentials)
+
+    def _refresh_webhook_token(self) -> bool:
+        """A request came with a token that is not ours: maybe the credential was rotated.
+        Re-read it (the webhook server asks at most every few seconds); True if it changed."""
+        try:
+            fresh = load_credentials(os.environ)
+        except UserError as exc:
+            self.log.error("config_invalid", error=str(exc))
+            return False
+        return self._take_webhook_token(fresh)
+
+    def _take_webhook_token(self, fresh: Credentials) -> bool:
+        """Use ``fresh``'s webhook token from now on, if it is another one (the old one is
+        refused from then on); True if it changed."""
+        token = fresh.webhook_token
+        if token is None or token == self.config.credentials.webhook_token:
+            return False
+        credentials = self.config.credentials.model_copy(update={"webhook_token": token})
+        self.config = self.config.model_copy(update={"credentials": credentials})
+        self._engine.log.add_secrets(credentials.secrets())
+        self.log.info("webhook_token_changed")
+        return True
 
     async def _heartbeat(self) -> None:
         """WATCHDOG=1 from the event loop itself, and a STATUS= line now and then."""

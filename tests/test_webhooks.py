@@ -339,3 +339,45 @@ def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path:
         first.kill()
         second.kill()
         sandbox.close()
+
+
+def test_a_rotated_token_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    """The token in $CREDENTIALS_DIRECTORY is replaced: a request with the new one makes the
+    daemon re-read it (and is taken); the old one is refused from then on. SIGHUP re-reads it
+    too. No token ever reaches a log."""
+    listen = f"127.0.0.1:{free_port()}"
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "webhook-token").write_text("old-Token-1\n", "utf-8")
+    workspace = Workspace(tmp_path / "ws", delivery_reports={"listen": listen})
+    daemon = DaemonProcess(workspace, CREDENTIALS_DIRECTORY=str(credentials))
+    body = orjson.dumps(report("not-ours"))
+
+    def answer(token: str) -> int:
+        request = urllib.request.Request(f"http://{listen}/delivery-reports/{token}", body,
+                                         {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        daemon.start()
+        assert answer("old-Token-1") == 202  # taken (the id is not ours: counted, kept nowhere)
+        assert answer("new-Token-2") == 404
+        (credentials / "webhook-token").write_text("new-Token-2\n", "utf-8")
+        time.sleep(5.2)  # the re-reads a wrong token prompts come at most every 5 s
+        assert answer("new-Token-2") == 202
+        assert answer("old-Token-1") == 404
+        (credentials / "webhook-token").write_text("third-Token-3\n", "utf-8")
+        daemon.signal(signal.SIGHUP)
+        poll(lambda: len(workspace.events("daemon_reloaded")) >= 1, 10, "the reload")
+        assert answer("new-Token-2") == 404  # refused at once: no re-read can bring it back
+        assert answer("third-Token-3") == 202
+        assert daemon.stop() == 0
+        logs = daemon.stderr() + workspace.delivery_log.read_text("utf-8")
+        assert "webhook_token_changed" in logs
+        assert not any(token in logs for token in ("old-Token", "new-Token", "third-Token"))
+    finally:
+        daemon.kill()
