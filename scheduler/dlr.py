@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 IDLE_WAIT: Final = 1.0  # seconds between looks for due messages while none is due
 CONCURRENCY: Final = 8  # status requests in flight at once
 _LONGEST_ID: Final = 128
-REPLAY_CHUNK: Final = 2_000  # unlogged final statuses written at once after a crash
+REPLAY_CHUNK: Final = 20  # record_statuses calls whose unlogged lines are written at once
 TAIL_BYTES_PER_LINE: Final = 1024  # how far back the log is read for lines written before it
 
 
@@ -286,7 +287,7 @@ class Deliveries:
         self.clock = clock
         self.on_final = on_final  # told every first final status (the daemon: the brakes)
         self._oplog = get_logger("delivery_status")
-        self._written: list[str] = []  # message ids whose lines are written, to mark
+        self._written: list[str] = []  # keys of record_statuses calls whose lines are written
         self._marking: asyncio.Task[None] | None = None
 
     async def record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
@@ -296,7 +297,8 @@ class Deliveries:
         log that cannot be written now leaves them too (said as ``delivery_lines_deferred``)."""
         if not reports:
             return []
-        changes = await self.journal.record_statuses(reports)
+        key = uuid.uuid4().hex
+        changes = await self.journal.record_statuses(reports, key)
         now = self.clock()
         lines = [_line(change.message, report, now)
                  for report, change in zip(reports, changes, strict=True)
@@ -308,7 +310,7 @@ class Deliveries:
             except DeliveryLogUnwritable as exc:
                 self._oplog.error("delivery_lines_deferred", count=len(lines), error=str(exc))
             else:
-                self._mark([line.message_id for line in lines])
+                self._mark([key])
             if self.on_final is not None:
                 self.on_final(lines)
         return changes
@@ -325,16 +327,16 @@ class Deliveries:
                      if u.message.message_id not in seen]
             self._count(lines)
             self.log.deliveries(lines)
-            await self.journal.mark_statuses_logged([u.message.message_id for u in waiting])
+            await self.journal.mark_statuses_logged(list({u.key: 0 for u in waiting}))
             written += len(lines)
         if written:
             self._oplog.info("delivery_lines_replayed", count=written)
         return written
 
-    def _mark(self, message_ids: list[str]) -> None:
-        """Mark these lines written, together with others written meanwhile, in the
+    def _mark(self, keys: list[str]) -> None:
+        """Mark these calls' lines written, together with others written meanwhile, in the
         background (one journal write at a time, whatever the rate of reports)."""
-        self._written += message_ids
+        self._written += keys
         if self._marking is None:
             self._marking = asyncio.create_task(self._mark_written())
 

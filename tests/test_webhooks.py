@@ -282,8 +282,7 @@ def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path:
                           sending={"batch_size": 200, "requests_per_second": 50},
                           delivery_reports={"listen": listen})
     hook = f"http://{listen}/delivery-reports/{TOKEN}"
-    first = _daemon(workspace)
-    second = _daemon(workspace)
+    daemon = _daemon(workspace)
 
     def awaiting() -> int:
         with SqliteConnection(workspace.journal_path, read_only=True) as journal:
@@ -306,7 +305,7 @@ def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path:
     try:
         workspace.audience("k", count)
         workspace.write_campaign("k", utc_seconds_from_now(1))
-        first.start()
+        daemon.start()
         poll(lambda: awaiting() == count, 40, f"{count} messages sent and indexed")
         ids = [r["messageId"] for r in sandbox.record()]
         bodies = [orjson.dumps([report(mid, "delivered" if i % 3 else "undeliverable")
@@ -316,28 +315,29 @@ def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path:
         pusher.start()
         caught = False
         while not caught and pusher.is_alive():
-            first.signal(signal.SIGSTOP)
+            daemon.signal(signal.SIGSTOP)
             caught = _finals(workspace, "k") > logged()
             if not caught:
-                first.signal(signal.SIGCONT)
+                daemon.signal(signal.SIGCONT)
                 time.sleep(0.001)
-        first.signal(signal.SIGKILL)
+        daemon.signal(signal.SIGKILL)
+        assert daemon.proc is not None
+        daemon.proc.wait(10)
         pusher.join(30)
         assert caught, "never caught the daemon between the journal and the log"
         finals, lines = _finals(workspace, "k"), logged()
         assert finals > lines  # some lines are missing right now
 
-        second.start()
+        daemon.start()  # (returns once it says daemon_started: listening by then)
         poll(lambda: logged() >= finals, 20, "the missing lines written at the start")
         push(bodies, False)  # the sender retries all: duplicates change nothing
         poll(lambda: _finals(workspace, "k") == count, 20, "every status final")
         poll(lambda: logged() >= count, 10, "every delivery line")
         written = Counter(line["message_id"] for line in workspace.events("delivery"))
         assert set(written) == set(ids) and set(written.values()) == {1}
-        assert second.stop() == 0
+        assert daemon.stop() == 0
     finally:
-        first.kill()
-        second.kill()
+        daemon.kill()
         sandbox.close()
 
 

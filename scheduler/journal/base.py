@@ -246,6 +246,7 @@ class UnloggedStatus:
     message: MessageRecord
     report: StatusReport  # ``at``: the status time the journal keeps
     recorded_at: datetime  # when the journal took it
+    key: str  # the ``log_key`` of the `record_statuses` call that took it
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +299,8 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "messages": (
         "message_id", "campaign", "tracking_id", "phone", "type", "sent_at", "status",
         "status_at", "channel", "parts", "cost", "currency", "next_poll_at", "polls",
-        "unlogged_at",
     ),
+    "unlogged_statuses": ("log_key", "recorded_at", "message_ids"),
 }
 #: one chunk of `Journal.dump`: a table's name and some of its rows
 DumpChunk = tuple[str, list[tuple[Any, ...]]]
@@ -438,12 +439,16 @@ class Journal(Protocol):
 
     # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
 
-    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+    async def record_statuses(
+        self, reports: Sequence[StatusReport], log_key: str | None = None,
+    ) -> list[StatusChange]:
         """Apply status reports in order, in one transaction: a report moves its message only
         forward (`vocabulary.may_advance`: scheduled -> processing -> a final status, with its
         channel, parts, cost and currency); duplicates, older statuses and a second final one
         change nothing. A final status ends polling. One `StatusChange` per report: "final"
-        exactly once per message, whoever reports it (several daemons, polls and webhooks)."""
+        exactly once per message, whoever reports it (several daemons, polls and webhooks).
+        With ``log_key`` (unique per call), the messages told "final" are kept, in the same
+        transaction, as unlogged under that key until `mark_statuses_logged`."""
 
     async def record_status(
         self, message_id: str, status: DeliveryStatus, channel: str | None = None,
@@ -465,12 +470,12 @@ class Journal(Protocol):
         (a message that became final meanwhile stays final and unpolled)."""
 
     async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
-        """First final statuses journaled before ``before`` whose ``delivery`` line is not
-        marked as written (`mark_statuses_logged`), oldest first, at most ``limit``. Every
-        first final status starts unmarked, in the transaction that records it."""
+        """The first final statuses kept unlogged (`record_statuses` with a ``log_key``) by
+        calls before ``before`` whose key is not marked yet: every status of the oldest
+        ``limit`` such calls, oldest first."""
 
-    async def mark_statuses_logged(self, message_ids: Sequence[str]) -> None:
-        """The ``delivery`` lines of these messages' final statuses are in the delivery log."""
+    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
+        """The ``delivery`` lines of the statuses kept under these keys are in the log."""
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """The campaign's indexed messages per delivery status, delivered ones per channel,
