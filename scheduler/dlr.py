@@ -51,6 +51,7 @@ BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 IDLE_WAIT: Final = 1.0  # seconds between looks for due messages while none is due
 CONCURRENCY: Final = 8  # status requests in flight at once
 _LONGEST_ID: Final = 128
+MARK_EVERY: Final = 0.5  # seconds between the journal writes that mark lines written
 REPLAY_CHUNK: Final = 20  # record_statuses calls whose unlogged lines are written at once
 TAIL_BYTES_PER_LINE: Final = 1024  # how far back the log is read for lines written before it
 
@@ -289,6 +290,7 @@ class Deliveries:
         self._oplog = get_logger("delivery_status")
         self._written: list[str] = []  # keys of record_statuses calls whose lines are written
         self._marking: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Event()
 
     async def record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """Journal ``reports`` (durable on return), then write a ``delivery`` line per message
@@ -335,7 +337,9 @@ class Deliveries:
 
     def _mark(self, keys: list[str]) -> None:
         """Mark these calls' lines written, together with others written meanwhile, in the
-        background (one journal write at a time, whatever the rate of reports)."""
+        background: one journal write every `MARK_EVERY` s at most, whatever the rate of
+        reports (each write is a commit of its own; a crash before it leaves lines that
+        `replay` finds in the log's tail)."""
         self._written += keys
         if self._marking is None:
             self._marking = asyncio.create_task(self._mark_written())
@@ -343,18 +347,25 @@ class Deliveries:
     async def _mark_written(self) -> None:
         try:
             while self._written:
-                ids, self._written = self._written, []
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flushing.wait(), MARK_EVERY)
+                keys, self._written = self._written, []
                 try:
-                    await self.journal.mark_statuses_logged(ids)
+                    await self.journal.mark_statuses_logged(keys)
                 except JournalError as exc:  # left unmarked: `replay` checks the log's tail
-                    self._oplog.warning("delivery_mark_failed", count=len(ids), error=str(exc))
+                    self._oplog.warning("delivery_mark_failed", count=len(keys),
+                                        error=str(exc))
         finally:
             self._marking = None
 
     async def flush(self) -> None:
-        """Wait until the marks of the lines written so far are in the journal."""
-        while self._marking is not None:
-            await asyncio.shield(self._marking)
+        """Write the marks of the lines written so far to the journal now."""
+        self._flushing.set()
+        try:
+            while self._marking is not None:
+                await asyncio.shield(self._marking)
+        finally:
+            self._flushing.clear()
 
     def _count(self, lines: Sequence[DeliveryLine]) -> None:
         """Move the metrics once per status, channel and currency, never per message."""
