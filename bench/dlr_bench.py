@@ -111,8 +111,8 @@ async def ingest(path: Path, log_path: Path, messages: int, array: int,
     await journal.start(writer=True)
     log = DeliveryLog(log_path, phones="masked")
     port = _free_port()
-    server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
-                           port)
+    deliveries = Deliveries(journal, log, Metrics())
+    server = WebhookServer(deliveries, lambda: TOKEN, "127.0.0.1", port)
     await server.start()
     url = f"http://127.0.0.1:{port}/delivery-reports/{TOKEN}"
     shares = [list(range(i, messages, connections)) for i in range(connections)]
@@ -122,6 +122,7 @@ async def ingest(path: Path, log_path: Path, messages: int, array: int,
         with multiprocessing.Pool(connections) as pool:
             pending = pool.starmap_async(post_all, [(url, share, array) for share in shares])
             bad = sum(await asyncio.to_thread(pending.get))
+        await deliveries.flush()  # the journal knows every line is written
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu
         counts = await journal.delivery_counts(CAMPAIGN)

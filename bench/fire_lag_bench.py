@@ -23,6 +23,7 @@ same second shares it. ``--skip-many`` / ``--skip-million`` run one half.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import csv
 import json
@@ -37,10 +38,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import procstat
 from sink import SinkProcess
+
+from scheduler.journal import Result
+from scheduler.journal.sqlite import SqliteJournal
 
 API_KEY = "bench-key"
 TEXT = "Hi {first_name}, your order is on its way"
@@ -49,15 +54,19 @@ TEXT = "Hi {first_name}, your order is on its way"
 # -- workspace ----------------------------------------------------------------------------------
 
 
-def write_config(folder: Path, base_url: str, rps: float) -> Path:
-    """A daemon config pointing at the sink."""
+def write_config(folder: Path, base_url: str, rps: float, poll_rate: float | None = None) -> Path:
+    """A daemon config pointing at the sink (with ``poll_rate``: polling statuses there)."""
     path = folder / "config.toml"
+    polling = ("" if poll_rate is None else
+               f'\n[delivery_reports]\npoll = true\nstatus_url = "{base_url}"\n'
+               f"poll_rate = {poll_rate}\n")
     path.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = 30\n\n'
         f"[sending]\nbatch_size = 1000\nrequests_per_second = {rps}\nconcurrency = 4\n"
         'max_attempts = 6\ndelivery = "at-least-once"\n\n'
         '[paths]\ncampaigns = "campaigns"\nstate = "state/journal.sqlite3"\n'
-        'delivery_log = "logs/delivery.jsonl"\n\n[log]\nformat = "json"\nlevel = "info"\n',
+        'delivery_log = "logs/delivery.jsonl"\n\n[log]\nformat = "json"\nlevel = "info"\n'
+        + polling,
         encoding="utf-8",
     )
     return path
@@ -203,15 +212,16 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def run_many(folder: Path, campaigns: int, rows: int, spread: tuple[float, float],
-             rps: float) -> None:
-    """Many small campaigns due within a minute: load time and fire-lag distribution."""
+             rps: float, poll_rate: float | None = None, label: str = "many") -> list[float]:
+    """Many small campaigns due within a minute: load time and fire-lag distribution (with
+    ``poll_rate``, the daemon polls delivery statuses at the sink meanwhile). The lags."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for n in range(campaigns):
         write_audience(folder / "campaigns" / "audiences" / f"lag-{n:04d}.csv", rows, n * rows)
     record = folder / "requests.jsonl"
     with SinkProcess(record) as sink:
-        config = write_config(folder, sink.base_url, rps)
+        config = write_config(folder, sink.base_url, rps, poll_rate)
         base = time.time()
         low, high = spread
         due: dict[str, int] = {}
@@ -219,14 +229,17 @@ def run_many(folder: Path, campaigns: int, rows: int, spread: tuple[float, float
             cid = f"lag-{n:04d}"
             due[cid] = round(base + low + (high - low) * n / max(campaigns - 1, 1))
             write_campaign(folder, cid, due[cid], f"audiences/{cid}.csv")
-        print(f"many: wrote {campaigns:,} campaigns of {rows} rows in "
+        print(f"{label}: wrote {campaigns:,} campaigns of {rows} rows in "
               f"{time.perf_counter() - started:.1f} s, due {low:g}-{high:g} s from now")
         with daemon(folder, config) as run:
             load = run.load_seconds()
-            print(f"many: load (spawn -> READY=1) {load:.2f} s", flush=True)
+            print(f"{label}: load (spawn -> READY=1) {load:.2f} s", flush=True)
             received = wait_for(sink, campaigns * rows, time.monotonic() + high + 30)
-        sink.stats()  # flush the record
-    lags = report_many(record, due)
+            polls = sink.stats().get("status_requests", 0)  # (flushes the record too)
+            cpu = procstat.process_tree_cpu(run.process.pid)
+        if poll_rate is not None:
+            print(f"{label}: {polls:,} status polls answered; daemon CPU {cpu:.1f} s")
+    lags = report_many(record, due, label)
     verdicts = [("load <= 5 s", load <= 5, f"{load:.2f} s")]
     if lags:
         p99 = percentile(lags, 0.99)
@@ -235,18 +248,19 @@ def run_many(folder: Path, campaigns: int, rows: int, spread: tuple[float, float
         print(f"WARNING: the sink received {received:,} of {campaigns * rows:,} messages")
     for name, ok, value in verdicts:
         print(f"target {name}: {'meets' if ok else 'MISSES'} ({value})")
+    return lags
 
 
-def report_many(record: Path, due: dict[str, int]) -> list[float]:
+def report_many(record: Path, due: dict[str, int], label: str = "many") -> list[float]:
     """Print the fire-lag distribution; return the lags (seconds)."""
     first = first_requests(record)
     lags = [first[cid] - when for cid, when in due.items() if cid in first]
     missing = len(due) - len(lags)
     if not lags:
-        print("many: no campaign reached the sink")
+        print(f"{label}: no campaign reached the sink")
         return lags
     late = sum(1 for lag in lags if lag >= 1)
-    print(f"many: fire lag over {len(lags):,} campaigns: p50 {statistics.median(lags):.3f} s, "
+    print(f"{label}: fire lag over {len(lags):,} campaigns: p50 {statistics.median(lags):.3f} s, "
           f"p99 {percentile(lags, 0.99):.3f} s, max {max(lags):.3f} s, "
           f"min {min(lags):.3f} s; >= 1 s: {late}; never fired: {missing}")
     return lags
@@ -294,6 +308,57 @@ def snapshot_seconds(log: Path) -> str:
     return f"daemon_started -> campaign_started {(fired - start).total_seconds():.2f} s"
 
 
+def build_backlog(path: Path, messages: int) -> float:
+    """A journal holding one finished campaign of ``messages`` sent, indexed messages, every
+    one due for a status poll at once (as if a million waited for their status); the
+    seconds it took. Its message ids cannot meet the sink's."""
+
+    async def build() -> None:
+        journal = SqliteJournal(path)
+        await journal.start(writer=True)
+        try:
+            now = datetime.now(UTC)
+            bodies = [[{"id": f"backlog-{n}", "fromName": "Shop", "toPhone": f"+38067{n:07d}",
+                        "messageType": "transaction", "text": "Sale"}
+                       for n in range(b, min(b + 1000, messages))]
+                      for b in range(0, messages, 1000)]
+            await journal.prepare(campaign_id="backlog", type="transaction",
+                                  file="/nowhere/backlog.toml", fingerprint="f", send_at=now,
+                                  deadline=now + timedelta(days=2), batches=bodies, skips=[])
+            await journal.set_state("backlog", "running")
+            for seq, body in enumerate(bodies):
+                await journal.record_results("backlog", seq, [
+                    Result(m["id"], "sent", f"11111111-0000-4000-8000-{seq:06x}{i:06x}", 1,
+                           m["toPhone"]) for i, m in enumerate(body)])
+            await journal.set_state("backlog", "done")
+            while await journal.index_messages(64, first_poll=0):
+                pass
+        finally:
+            await journal.close()
+
+    started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(build())
+    return time.perf_counter() - started
+
+
+def run_pending(root: Path, args: argparse.Namespace) -> None:
+    """Transactional fire lag with delivery reports polled, without then with ``--pending``
+    messages awaiting their status (polled at ``--poll-rate``), in the same run."""
+    spread = tuple(args.spread)
+    quiet = run_many(root / "no-backlog", args.campaigns, args.rows, spread, args.rps,
+                     args.poll_rate, "pending 0")
+    built = build_backlog(root / "backlog" / "state" / "journal.sqlite3", args.pending)
+    print(f"pending: built a journal with {args.pending:,} messages awaiting a status in "
+          f"{built:.0f} s", flush=True)
+    busy = run_many(root / "backlog", args.campaigns, args.rows, spread, args.rps,
+                    args.poll_rate, f"pending {args.pending:,}")
+    if quiet and busy:
+        print(f"pending: fire lag p50 / p99 without a backlog {statistics.median(quiet):.3f} / "
+              f"{percentile(quiet, 0.99):.3f} s; with {args.pending:,} awaiting a status "
+              f"{statistics.median(busy):.3f} / {percentile(busy, 0.99):.3f} s")
+
+
 def main() -> None:
     """Parse arguments and run the two benchmarks."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -307,10 +372,18 @@ def main() -> None:
     parser.add_argument("--skip-many", action="store_true")
     parser.add_argument("--skip-million", action="store_true")
     parser.add_argument("--keep", type=Path, help="write the workspaces here and keep them")
+    parser.add_argument("--pending", type=int, metavar="N",
+                        help="instead: the 'many' run with delivery reports polled, first "
+                        "without, then with N messages awaiting their status (1000000)")
+    parser.add_argument("--poll-rate", type=float, default=1000.0,
+                        help="[delivery_reports].poll_rate with --pending (default: the most)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run")
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch)
+        if args.pending:
+            run_pending(root, args)
+            return
         if not args.skip_many:
             run_many(root / "many", args.campaigns, args.rows, tuple(args.spread), args.rps)
         if not args.skip_million:

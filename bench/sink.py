@@ -6,7 +6,8 @@ It answers ``POST /api/CascadeMessage/send_message[/tg-viber]/async`` the way th
 success: it parses the JSON body and returns ``[{"messageId", "trackinId"}]`` for every message,
 matched by id. It validates nothing, so it costs less per message than the sandbox and the client
 under test stays the bottleneck. ``GET /stats`` returns the request and message counters (and
-flushes the record file). With ``--record`` it appends one JSON line per request: ``t`` (Unix
+flushes the record file); ``GET /bat/message/{id}`` answers every status poll "processing".
+With ``--record`` it appends one JSON line per request: ``t`` (Unix
 time when the handler was entered, before the body was read), ``n`` (messages), ``first`` and
 ``last`` (tracking ids); the fire-lag benchmark reads it.
 
@@ -44,6 +45,7 @@ class Counters:
     def __init__(self, record: IO[bytes] | None) -> None:
         self.requests = 0
         self.messages = 0
+        self.status_requests = 0
         self.record = record
         self._serial = 0
 
@@ -72,12 +74,21 @@ async def handle_send(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
+async def handle_status(request: web.Request) -> web.Response:
+    """SMSBAT's status API for any message: still ``processing`` (so it stays to be polled)."""
+    counters: Counters = request.app["counters"]
+    counters.status_requests += 1
+    body = {"messageId": request.match_info["message_id"], "deliverystatus": "processing"}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
 async def handle_stats(request: web.Request) -> web.Response:
     """The counters so far; flushes the record file so a reader sees every request."""
     counters: Counters = request.app["counters"]
     if counters.record is not None:
         counters.record.flush()
-    body = {"requests": counters.requests, "messages": counters.messages}
+    body = {"requests": counters.requests, "messages": counters.messages,
+            "status_requests": counters.status_requests}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -89,6 +100,7 @@ async def serve(port: int, record: Path | None) -> None:
     for route in ROUTES:
         app.router.add_post(route, handle_send)
     app.router.add_get("/stats", handle_stats)
+    app.router.add_get("/bat/message/{message_id}", handle_status)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)

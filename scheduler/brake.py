@@ -1,78 +1,120 @@
-"""The error brake: stop a campaign early when too many of its recent messages are refused.
+"""The error brake: stop a campaign early when too many of its recent messages fail.
 
 A broken template or a bad list sent to a million people is the costliest mistake in this
-trade. The brake watches the last ``window`` decided messages of a running campaign (sent,
-rejected or in doubt; an expiry is not the API's verdict) and trips once at least `MINIMUM` are
-decided and more than ``rate`` of them were rejected. The campaign then stops in state
-``braked``, journaled (so it survives restarts and failover), and goes on only once its file is
-saved again after the brake (`released`).
+trade. The brake watches a running campaign two ways, each over its last ``window`` messages:
+
+- the API's verdicts: of the decided messages (sent, rejected or in doubt; an expiry is not
+  the API's verdict), how many were ``rejected``;
+- with delivery reports on, the final delivery statuses that reached the campaign while it
+  runs (polled or pushed; ``unknown`` is ours, not the network's): how many were
+  ``undeliverable`` or ``permanenterror``.
+
+Either trips it once at least `MINIMUM` are counted and more than ``rate`` of them failed. The
+campaign then stops in state ``braked``, journaled (so it survives restarts and failover), and
+goes on only once its file is saved again after the brake (`released`). Each run of the
+campaign watches afresh: the journal keeps the state and `campaign_braked` the figures.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from scheduler.delivery_log import DeliveryLine
 from scheduler.journal import Result
 
 MINIMUM = 100  # decided messages before the brake may judge
 TOP_CODES = 3  # error codes named in campaign_braked
 _DECIDED = frozenset({"sent", "rejected", "in_doubt"})
+_UNDELIVERED = frozenset({"undeliverable", "permanenterror"})
+_FINAL = frozenset({"delivered"}) | _UNDELIVERED
+
+#: what the brake judged: the API's answers, or the delivery statuses
+Judged = Literal["sending", "delivery"]
 
 
 @dataclass(frozen=True)
 class Reading:
     """Why the brake tripped: the figures and the most common error codes."""
 
-    rejected: int
+    failed: int
     decided: int
     rate: float
     limit: float
     codes: list[dict[str, Any]]  # [{"code", "count", "example"}], most common first
+    judged: Judged = "sending"
 
     @property
     def reason(self) -> str:
         """One sentence for the journal's error field and `status`."""
         top = ", ".join(f"{c['code']} x{c['count']}" for c in self.codes) or "no code"
-        return (f"error brake: {self.rejected} of the last {self.decided} messages rejected "
+        what = ("messages rejected" if self.judged == "sending" else
+                "delivery statuses undeliverable or permanenterror")
+        return (f"error brake: {self.failed} of the last {self.decided} {what} "
                 f"({self.rate:.1%} > {self.limit:.1%}; {top}): fix the campaign, then save its "
                 "file again to resume")
 
     def fields(self) -> dict[str, Any]:
         """The figures as `campaign_braked` event fields."""
-        return {"rejected": self.rejected, "decided": self.decided, "rate": round(self.rate, 4),
-                "brake_rate": self.limit, "top_error_codes": self.codes}
+        failed = "rejected" if self.judged == "sending" else "undelivered"
+        return {"judged": self.judged, failed: self.failed, "decided": self.decided,
+                "rate": round(self.rate, 4), "brake_rate": self.limit,
+                "top_error_codes": self.codes}
+
+
+class _Window:
+    """The last ``size`` verdicts (failed or not) and every failure's code with an example."""
+
+    def __init__(self, size: int) -> None:
+        self.recent: collections.deque[bool] = collections.deque(maxlen=size)
+        self.codes: dict[str, list[Any]] = {}  # code -> [count, an example tracking id]
+
+    def add(self, verdicts: Iterable[bool], failures: Iterable[tuple[str, str]]) -> None:
+        self.recent.extend(verdicts)
+        for code, tracking_id in failures:
+            self.codes.setdefault(code, [0, tracking_id])[0] += 1
+
+    def judge(self, limit: float, judged: Judged) -> Reading | None:
+        decided = len(self.recent)
+        if decided < MINIMUM:
+            return None
+        failed = sum(self.recent)
+        if failed / decided <= limit:
+            return None
+        top = sorted(self.codes.items(), key=lambda item: -item[1][0])[:TOP_CODES]
+        codes = [{"code": code, "count": n, "example": example} for code, (n, example) in top]
+        return Reading(failed, decided, failed / decided, limit, codes, judged)
 
 
 class Brake:
-    """Counts one campaign run's recent outcomes, batch by batch."""
+    """Counts one campaign run's recent outcomes (batch by batch) and delivery statuses."""
 
     def __init__(self, rate: float, window: int) -> None:
         self.rate = rate
-        self._recent: collections.deque[bool] = collections.deque(maxlen=window)
-        self._codes: dict[str, list[Any]] = {}  # code -> [count, an example tracking id]
+        self._sending = _Window(window)
+        self._delivery = _Window(window)
 
     def observe(self, results: Sequence[Result]) -> Reading | None:
         """Take a batch's final outcomes; a `Reading` when the brake trips now."""
-        recent = self._recent
-        recent.extend(r.outcome == "rejected" for r in results if r.outcome in _DECIDED)
-        for result in results:
-            if result.outcome == "rejected":
-                seen = self._codes.setdefault(result.detail or "unknown", [0, result.tracking_id])
-                seen[0] += 1
-        decided = len(recent)
-        if decided < MINIMUM:
-            return None
-        rejected = sum(recent)
-        if rejected / decided <= self.rate:
-            return None
-        top = sorted(self._codes.items(), key=lambda item: -item[1][0])[:TOP_CODES]
-        codes = [{"code": code, "count": n, "example": example} for code, (n, example) in top]
-        return Reading(rejected, decided, rejected / decided, self.rate, codes)
+        self._sending.add(
+            (r.outcome == "rejected" for r in results if r.outcome in _DECIDED),
+            ((r.detail or "unknown", r.tracking_id) for r in results if r.outcome == "rejected"),
+        )
+        return self._sending.judge(self.rate, "sending")
+
+    def observe_deliveries(self, lines: Sequence[DeliveryLine]) -> Reading | None:
+        """Take final delivery statuses of the campaign's messages; a `Reading` when the
+        brake trips now. The code of a failure is its status and the last channel tried."""
+        self._delivery.add(
+            (line.status in _UNDELIVERED for line in lines if line.status in _FINAL),
+            ((f"{line.status}/{line.channel}" if line.channel else line.status,
+              line.tracking_id) for line in lines if line.status in _UNDELIVERED),
+        )
+        return self._delivery.judge(self.rate, "delivery")
 
 
 def released(file: Path, braked_at: datetime | None) -> bool:

@@ -491,10 +491,12 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
     status.add_argument("--dlr-delay", type=float, default=5.0, metavar="SECONDS",
                         help="mean seconds from acceptance to a final status; each message "
                         "takes 0.5x to 1.5x of it (default: %(default)s)")
-    status.add_argument("--undeliverable-rate", type=float, default=0.05,
+    status.add_argument("--undeliverable-rate", type=float,
+                        default=SandboxOptions.undeliverable_rate,
                         help="share of messages no channel delivers, 0..1 (default: "
                         "%(default)s)")
-    status.add_argument("--permanent-error-rate", type=float, default=0.01,
+    status.add_argument("--permanent-error-rate", type=float,
+                        default=SandboxOptions.permanent_error_rate,
                         help="share of messages refused for good, 0..1 (default: %(default)s)")
     status.add_argument("--status-fail-rate", type=float, default=0.0,
                         help="share of status requests answered with a 5xx, 0..1 (default: "

@@ -27,7 +27,7 @@ from scheduler.delivery_log import mask_phone
 from scheduler.demo import write_workspace
 from scheduler.journal import JournalReader, open_journal
 from scheduler.oplog import configure_logging
-from scheduler.report import render_summary
+from scheduler.report import write_summary
 from scheduler.sandbox import SandboxOptions, serve
 from scheduler.service import SendOutcome, send_campaign
 from scheduler.testsend import describe, send_test
@@ -142,15 +142,17 @@ def run_demo(directory: Path | None) -> int:
     config = load_config(config_path)
     out.print(f"[bold]cascade-scheduler demo[/] in {root}\n"
               "four campaigns (transaction, promo, viber_survey, flashcall) are due in 3-6 s;\n"
-              "the daemon sends them through the embedded sandbox (no account, no network).\n")
+              "the daemon sends them through the embedded sandbox (no account, no network)\n"
+              "and follows each message to its delivery status.\n")
     configure_logging("info", "console", ())
     asyncio.run(run_daemon(config, until_idle=True))
     with JournalReader(open_journal(config)) as journal:
-        print(render_summary(journal, None, "table"))
+        write_summary(journal, None, "table", sys.stdout, delivery=True)
     out.print(
         f"delivery log: {config.paths.delivery_log}\n"
         f"journal:      {config.paths.state}\n"
         f"try:  cascade-scheduler report --config {config_path} --status skipped\n"
+        f"      cascade-scheduler report --config {config_path} --status undeliverable\n"
         f"      cascade-scheduler plan --config {config_path}"
     )
     return EXIT_OK

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
-from scheduler.config import SANDBOX, Config, load_config
+from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
+from scheduler.delivery_log import DeliveryLine, DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
 from scheduler.journal import CampaignRecord, JournalError, JournalFenced
@@ -47,6 +49,9 @@ INDEX_PAUSE = 0.05  # seconds between those transactions while a campaign sends
 JOURNAL_PROBE_TIMEOUT = 5.0  # seconds the /readyz journal probe waits
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
+IDLE_POLL = 0.5  # seconds between looks for messages awaiting a status (until_idle)
+REPLAY_EVERY = 30.0  # seconds between the leader's looks for delivery lines never written
+REPLAY_AFTER = 60.0  # ... that many seconds after their final status was journaled
 
 
 @dataclass
@@ -127,10 +132,12 @@ class Daemon:
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(engine.journal, engine.log, metrics)
+        self._deliveries = Deliveries(engine.journal, engine.log, metrics,
+                                      on_final=self._brake_on_deliveries)
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
-            self._deliveries, self._webhook_token, *hook, index=self._index_some)
+            self._deliveries, self._webhook_token, *hook, index=self._index_some,
+            refresh=self._refresh_webhook_token)
         self.log = get_logger("daemon")
         self._engine = engine
         self._lifecycle = engine.lifecycle
@@ -146,6 +153,7 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
 
     # ------------------------------------------------------------------ main
 
@@ -158,6 +166,8 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         try:
             await self._start_health()
+            # lines a crash kept from the delivery log, before new ones come after them
+            await self._replay_deliveries(utcnow())
             await self._start_webhooks()
             await self._serve(self._engine)
         finally:
@@ -167,6 +177,7 @@ class Daemon:
                 await self._health.stop()
             if self._webhooks is not None:
                 await self._webhooks.stop()
+            await self._deliveries.flush()  # the marks of the lines written
 
     async def _start_health(self) -> None:
         """Listen for /metrics, /livez and /readyz when ``[metrics] listen`` is set."""
@@ -204,6 +215,22 @@ class Daemon:
         return await self._engine.journal.index_messages(
             INDEX_BATCHES, self.config.delivery_reports.first_poll)
 
+    def _brake_on_deliveries(self, lines: Sequence[DeliveryLine]) -> None:
+        """Final delivery statuses reach the brake of their campaign while it sends (or holds
+        between roll-out stages): too many undeliverable or permanenterror ones stop it."""
+        by_campaign: dict[str, list[DeliveryLine]] = {}
+        for line in lines:
+            by_campaign.setdefault(line.campaign, []).append(line)
+        for cid, finals in by_campaign.items():
+            tracked = self._campaigns.get(cid)
+            run = None if tracked is None else tracked.run
+            if run is None or run.brake is None or run.stop.is_set():
+                continue
+            reading = run.brake.observe_deliveries(finals)
+            if reading is not None:
+                run.details = reading.fields()
+                run.halt("braked", reading.reason)
+
     def _credentials_problem(self) -> str | None:
         refused = self._engine.refused
         return None if refused is None else str(refused)
@@ -231,6 +258,7 @@ class Daemon:
             self._spawn(self._index_messages()),
             self._spawn(self._lead()),
             self._spawn(self._keep_presence()),
+            self._spawn(self._replay_stale_deliveries()),
         ]
         if self.config.delivery_reports.poll:
             background.append(self._spawn(self._poll_statuses()))
@@ -344,12 +372,37 @@ class Daemon:
             self.log.error("config_invalid", error=str(exc))
             return
         if fresh.credentials.headers() != self.config.credentials.headers() or self._engine.refused:
+            self._take_webhook_token(fresh.credentials)
             self.config = self.config.model_copy(update={"credentials": fresh.credentials})
             self._engine.log.add_secrets(fresh.credentials.secrets())
             if self.config.api.is_sandbox:
                 self._engine.refused = None
             else:
                 self._engine.use_credentials(fresh.credentials.headers())
+        else:
+            self._take_webhook_token(fresh.credentials)
+
+    def _refresh_webhook_token(self) -> bool:
+        """A request came with a token that is not ours: maybe the credential was rotated.
+        Re-read it (the webhook server asks at most every few seconds); True if it changed."""
+        try:
+            fresh = load_credentials(os.environ)
+        except UserError as exc:
+            self.log.error("config_invalid", error=str(exc))
+            return False
+        return self._take_webhook_token(fresh)
+
+    def _take_webhook_token(self, fresh: Credentials) -> bool:
+        """Use ``fresh``'s webhook token from now on, if it is another one (the old one is
+        refused from then on); True if it changed."""
+        token = fresh.webhook_token
+        if token is None or token == self.config.credentials.webhook_token:
+            return False
+        credentials = self.config.credentials.model_copy(update={"webhook_token": token})
+        self.config = self.config.model_copy(update={"credentials": credentials})
+        self._engine.log.add_secrets(credentials.secrets())
+        self.log.info("webhook_token_changed")
+        return True
 
     async def _heartbeat(self) -> None:
         """WATCHDOG=1 from the event loop itself, and a STATUS= line now and then."""
@@ -378,6 +431,23 @@ class Daemon:
             else:
                 self._journal_problem = None
             await asyncio.sleep(STATUS_EVERY)
+
+    async def _replay_deliveries(self, before: datetime) -> None:
+        """Write the ``delivery`` lines of final statuses journaled before ``before`` that never
+        reached the delivery log (a crash between the two, a log that refused them); trouble
+        is said and left for the next look."""
+        try:
+            await self._deliveries.replay(before)
+        except (JournalError, DeliveryLogUnwritable) as exc:
+            self.log.warning("delivery_replay_failed", error=str(exc))
+
+    async def _replay_stale_deliveries(self) -> None:
+        """The leader looks now and then for lines still unwritten a while after their status
+        was journaled (a log that refused them, a daemon that died and did not come back)."""
+        while True:
+            await asyncio.sleep(REPLAY_EVERY)
+            if self.leadership.leading:
+                await self._replay_deliveries(utcnow() - timedelta(seconds=REPLAY_AFTER))
 
     async def _index_messages(self) -> None:
         """Copy sent messages into the journal's per-message rows, every few seconds.
@@ -702,12 +772,36 @@ class Daemon:
         return f"{self.leadership.role}: {summary or 'no campaigns'}"
 
     def _check_idle(self) -> None:
-        """With ``until_idle`` (the demo), stop once nothing is scheduled or sending."""
-        if not self.until_idle:
+        """With ``until_idle`` (the demo), stop once nothing is scheduled or sending (and,
+        while polling, once every sent message has its final delivery status)."""
+        if not self.until_idle or self._idle_waiter is not None:
             return
-        busy: Iterable[str] = ("scheduled", "running", "backing_off")
-        if not any(t.state in busy for t in self._campaigns.values()):
+        if not self._campaigns_idle():
+            return
+        if not self.config.delivery_reports.poll:
             self._stop.set()
+            return
+        self._idle_waiter = self._spawn(self._stop_when_polled())
+
+    def _campaigns_idle(self) -> bool:
+        busy: Iterable[str] = ("scheduled", "running", "backing_off")
+        return not any(t.state in busy for t in self._campaigns.values())
+
+    async def _stop_when_polled(self) -> None:
+        """Stop once every sent message is indexed and final (or campaigns got busy again)."""
+        far = utcnow() + timedelta(days=36_500)
+        try:
+            while not self._stop.is_set():
+                if not self._campaigns_idle():
+                    return  # a campaign started again: its end checks once more
+                with contextlib.suppress(JournalError):
+                    if (not await self._index_some()
+                            and not await self._engine.journal.messages_awaiting_status(far, 1)):
+                        self._stop.set()
+                        return
+                await asyncio.sleep(IDLE_POLL)
+        finally:
+            self._idle_waiter = None
 
 
 def _declared_id(path: Path) -> str | None:

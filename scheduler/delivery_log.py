@@ -332,6 +332,27 @@ class DeliveryLog:
                 found.add(str(line.get("tracking_id")))
         return found
 
+    def recent_delivery_ids(self, max_bytes: int) -> set[str]:
+        """Message ids of the ``delivery`` lines in the last ``max_bytes`` of the file (after
+        a crash: which final statuses made it to the file before the process died)."""
+        try:
+            with self.path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - max_bytes))
+                tail = handle.read().split(b"\n")
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+        found = set()
+        for raw in tail:
+            if b'"event":"delivery"' in raw:
+                with contextlib.suppress(orjson.JSONDecodeError):  # a line cut short
+                    line = orjson.loads(raw)
+                    if isinstance(line, dict):
+                        found.add(str(line.get("message_id")))
+        return found
+
     def _current(self) -> io.FileIO:
         """The handle to write to; the path is re-checked at most once per ``check_every``
         seconds (like logging's WatchedFileHandler), and on every write while it is stale."""

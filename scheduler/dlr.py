@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ from aiolimiter import AsyncLimiter
 from scheduler import __version__
 from scheduler.cascade import CONNECT_TIMEOUT_CAP, clip, parse_error_body, parse_retry_after
 from scheduler.delivery_log import DeliveryLine, DeliveryLog, DeliveryLogUnwritable
-from scheduler.journal import AwaitingMessage, Journal, JournalError, StatusChange, StatusReport
+from scheduler.journal import (
+    AwaitingMessage,
+    Journal,
+    JournalError,
+    MessageRecord,
+    StatusChange,
+    StatusReport,
+)
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
 from scheduler.vocabulary import DELIVERY_FINAL, DELIVERY_STATUSES, DeliveryStatus
@@ -43,6 +51,9 @@ BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 IDLE_WAIT: Final = 1.0  # seconds between looks for due messages while none is due
 CONCURRENCY: Final = 8  # status requests in flight at once
 _LONGEST_ID: Final = 128
+MARK_EVERY: Final = 0.5  # seconds between the journal writes that mark lines written
+REPLAY_CHUNK: Final = 20  # record_statuses calls whose unlogged lines are written at once
+TAIL_BYTES_PER_LINE: Final = 1024  # how far back the log is read for lines written before it
 
 
 def utcnow() -> datetime:
@@ -269,38 +280,92 @@ class Deliveries:
     """Journals status reports; each message's first final status is logged and counted once."""
 
     def __init__(self, journal: Journal, log: DeliveryLog, metrics: Metrics,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 on_final: Callable[[Sequence[DeliveryLine]], None] | None = None) -> None:
         self.journal = journal
         self.log = log
         self.metrics = metrics
         self.clock = clock
+        self.on_final = on_final  # told every first final status (the daemon: the brakes)
         self._oplog = get_logger("delivery_status")
+        self._written: list[str] = []  # keys of record_statuses calls whose lines are written
+        self._marking: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Event()
 
     async def record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """Journal ``reports`` (durable on return), then write a ``delivery`` line per message
-        that reached its first final status. A delivery log that cannot be written loses
-        those lines (the journal has them; `report` shows them) and says so."""
+        that reached its first final status, then (off the caller's path) mark those lines
+        written in the journal. A crash before the mark leaves them for `replay`; a delivery
+        log that cannot be written now leaves them too (said as ``delivery_lines_deferred``)."""
         if not reports:
             return []
-        changes = await self.journal.record_statuses(reports)
+        key = uuid.uuid4().hex
+        changes = await self.journal.record_statuses(reports, key)
         now = self.clock()
-        lines: list[DeliveryLine] = []
-        for report, change in zip(reports, changes, strict=True):
-            message = change.message
-            if change.result != "final" or message is None:
-                continue
-            took = ((report.at or now) - message.sent_at).total_seconds()
-            lines.append(DeliveryLine(
-                message.campaign, message.tracking_id, message.message_id, report.status,
-                report.channel, report.cost, report.currency, message.phone, max(0.0, took),
-            ))
+        lines = [_line(change.message, report, now)
+                 for report, change in zip(reports, changes, strict=True)
+                 if change.result == "final" and change.message is not None]
         self._count(lines)
         if lines:
             try:
                 self.log.deliveries(lines)
             except DeliveryLogUnwritable as exc:
-                self._oplog.error("delivery_lines_lost", count=len(lines), error=str(exc))
+                self._oplog.error("delivery_lines_deferred", count=len(lines), error=str(exc))
+            else:
+                self._mark([key])
+            if self.on_final is not None:
+                self.on_final(lines)
         return changes
+
+    async def replay(self, before: datetime) -> int:
+        """Write the ``delivery`` lines of final statuses journaled before ``before`` and never
+        marked written (the process died between the two, or the log could not take them),
+        except those the log's tail already holds; mark them all. How many were written.
+        Raises `JournalError` or `DeliveryLogUnwritable` (the rest stay for the next time)."""
+        written = 0
+        while waiting := await self.journal.unlogged_statuses(before, REPLAY_CHUNK):
+            seen = self.log.recent_delivery_ids(TAIL_BYTES_PER_LINE * len(waiting))
+            lines = [_line(u.message, u.report, u.recorded_at) for u in waiting
+                     if u.message.message_id not in seen]
+            self._count(lines)
+            self.log.deliveries(lines)
+            await self.journal.mark_statuses_logged(list({u.key: 0 for u in waiting}))
+            written += len(lines)
+        if written:
+            self._oplog.info("delivery_lines_replayed", count=written)
+        return written
+
+    def _mark(self, keys: list[str]) -> None:
+        """Mark these calls' lines written, together with others written meanwhile, in the
+        background: one journal write every `MARK_EVERY` s at most, whatever the rate of
+        reports (each write is a commit of its own; a crash before it leaves lines that
+        `replay` finds in the log's tail)."""
+        self._written += keys
+        if self._marking is None:
+            self._marking = asyncio.create_task(self._mark_written())
+
+    async def _mark_written(self) -> None:
+        try:
+            while self._written:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flushing.wait(), MARK_EVERY)
+                keys, self._written = self._written, []
+                try:
+                    await self.journal.mark_statuses_logged(keys)
+                except JournalError as exc:  # left unmarked: `replay` checks the log's tail
+                    self._oplog.warning("delivery_mark_failed", count=len(keys),
+                                        error=str(exc))
+        finally:
+            self._marking = None
+
+    async def flush(self) -> None:
+        """Write the marks of the lines written so far to the journal now."""
+        self._flushing.set()
+        try:
+            while self._marking is not None:
+                await asyncio.shield(self._marking)
+        finally:
+            self._flushing.clear()
 
     def _count(self, lines: Sequence[DeliveryLine]) -> None:
         """Move the metrics once per status, channel and currency, never per message."""
@@ -313,6 +378,15 @@ class Deliveries:
                 costs[line.currency] = costs.get(line.currency, 0.0) + line.cost
         for currency, total in costs.items():
             self.metrics.cost.labels(currency).inc(total)
+
+
+def _line(message: MessageRecord, report: StatusReport, now: datetime) -> DeliveryLine:
+    """The ``delivery`` line of a message's first final status (``now``: when it was taken,
+    for a report without a time of its own)."""
+    took = ((report.at or now) - message.sent_at).total_seconds()
+    return DeliveryLine(message.campaign, message.tracking_id, message.message_id,
+                        report.status, report.channel, report.cost, report.currency,
+                        message.phone, max(0.0, took))
 
 
 # --------------------------------------------------------------------------------------------

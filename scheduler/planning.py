@@ -26,7 +26,8 @@ from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_ca
 from scheduler.report import campaign_note
 from scheduler.vocabulary import FINISHED, SENDING
 
-PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent", "eta", "note")
+PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent",
+                "awaiting_status", "eta", "note")
 
 
 def eta(config: Config, start: datetime, pending: int) -> datetime:
@@ -115,6 +116,8 @@ class _Planner:
         self.now = now
         self.records = {r.id: r for r in journal.campaigns()} if journal is not None else {}
         self.leading = journal is not None and journal.leader() is not None
+        reports = config.delivery_reports
+        self.reports = reports.poll or reports.address is not None  # delivery statuses come
         self.rows: list[dict[str, Any]] = []
         self.jobs: list[_Job] = []
         self.seen: set[str] = set()
@@ -140,7 +143,8 @@ class _Planner:
         if record is None:
             self.rows.append({
                 "campaign": check.file.name, "type": "", "state": "invalid", "send_at": "",
-                "valid": 0, "skipped": 0, "sent": 0, "eta": None, "note": why,
+                "valid": 0, "skipped": 0, "sent": 0, "awaiting_status": None, "eta": None,
+                "note": why,
             })
             return
         self.seen.add(record.id)
@@ -158,11 +162,12 @@ class _Planner:
         """A campaign the journal has started (or knows only from the journal)."""
         assert self.journal is not None  # a record came from it
         counts = self.journal.counts(record.id)
-        pending = counts.get("pending", 0)
+        pending, sent = counts.get("pending", 0), counts.get("sent", 0)
         row: dict[str, Any] = {
             "campaign": record.id, "type": record.type, "state": record.state,
             "send_at": utc_text(record.send_at), "valid": record.recipients,
-            "skipped": record.skipped, "sent": counts.get("sent", 0), "eta": None,
+            "skipped": record.skipped, "sent": sent,
+            "awaiting_status": self._awaiting(record.id, sent), "eta": None,
             "note": campaign_note(record, pending, self.leading),
         }
         if campaign is not None and campaign.rollout is not None:
@@ -179,12 +184,22 @@ class _Planner:
         self.rows.append(row)
         return row
 
+    def _awaiting(self, campaign_id: str, sent: int) -> int | None:
+        """Sent messages without a final delivery status yet (as `report` counts them); None
+        when delivery reports are off and no status ever came."""
+        assert self.journal is not None
+        if not sent:
+            return 0 if self.reports else None
+        statuses = self.journal.delivery_counts(campaign_id).statuses
+        finals = sum(n for status, n in statuses.items() if status != "awaiting")
+        return max(0, sent - finals) if self.reports or finals else None
+
     def add_unstarted(self, campaign: Campaign) -> None:
         """A campaign that has sent nothing yet: its audience counted from the files."""
         row: dict[str, Any] = {
             "campaign": campaign.id, "type": campaign.type, "state": "scheduled",
             "send_at": utc_text(campaign.send_at), "valid": 0, "skipped": 0, "sent": 0,
-            "eta": None, "note": "",
+            "awaiting_status": None, "eta": None, "note": "",
         }
         self.rows.append(row)
         try:

@@ -52,7 +52,7 @@ SUMMARY_COLUMNS = (
 NUMERIC_COLUMNS = frozenset(
     {"recipients", "valid", "skipped", "sent", "rejected", "expired", "in_doubt", "pending",
      "attempts", "line", "delivered", "undeliverable", "permanenterror", "unknown", "awaiting",
-     "parts", "median_delivery"}
+     "awaiting_status", "parts", "median_delivery"}
 )
 RECIPIENT_COLUMNS = ("campaign", "tracking_id", "phone", "status", "detail", "attempts")
 #: skipped rows never went out (no attempts); their CSV line is what finds them again

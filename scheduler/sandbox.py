@@ -105,8 +105,10 @@ class SandboxOptions:
     seed: int | None = None  # for reproducible fault injection (and message fates)
     # the status API
     dlr_delay: float = 5.0  # mean seconds from acceptance to a final status (0.5x to 1.5x)
-    undeliverable_rate: float = 0.05  # share of messages no channel delivers
-    permanent_error_rate: float = 0.01  # share refused for good (a number that does not exist)
+    # (together well under the error brake's default 5%, which a daemon polling the
+    # embedded sandbox applies to these statuses too)
+    undeliverable_rate: float = 0.02  # share of messages no channel delivers
+    permanent_error_rate: float = 0.005  # share refused for good (a number that does not exist)
     status_fail_rate: float = 0.0  # share of status requests answered 500/502/503
     status_rate_limit: float | None = None  # status requests/s, then 429 with Retry-After
     # webhooks: push each final status to this URL, with faults

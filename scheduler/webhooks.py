@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -31,6 +32,8 @@ MAX_BODY: Final = 16 * 1024 * 1024
 MAX_REPORTS: Final = 50_000
 #: seconds a sender should wait before retrying when the journal cannot take reports now
 RETRY_AFTER: Final = 5
+#: seconds between re-reads of the token credential prompted by requests with a wrong one
+REFRESH_EVERY: Final = 5.0
 #: rounds of indexing a receiver runs for reports whose message is not indexed yet
 _CATCH_UP_ROUNDS: Final = 64
 
@@ -48,11 +51,14 @@ class WebhookServer:
     def __init__(
         self, deliveries: Deliveries, token: Callable[[], str | None], host: str, port: int,
         *, index: Callable[[], Awaitable[int]] | None = None,
+        refresh: Callable[[], bool] | None = None,
     ) -> None:
         self.deliveries = deliveries
         self.host, self.port = host, port
         self._token = token
         self._index = index
+        self._refresh = refresh
+        self._refreshed = -REFRESH_EVERY  # monotonic time of the last re-read
         self._catching_up = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._oplog = get_logger("webhooks")
@@ -79,9 +85,8 @@ class WebhookServer:
             self._runner = None
 
     async def _receive(self, request: web.Request) -> web.Response:
-        expected = self._token()
         given = request.match_info["token"]
-        if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        if not self._known(given):
             self._count("wrong_token")
             return await _not_found(request)
         try:
@@ -106,6 +111,17 @@ class WebhookServer:
         unknown = results["unknown"]
         return _json(202 if unknown else 200,
                      {"recorded": len(changes) - unknown, "unknown": unknown})
+
+    def _known(self, given: str) -> bool:
+        """True when ``given`` is the token; a wrong one makes the server re-read the
+        credential (at most every `REFRESH_EVERY` s: it may have been rotated) and look again."""
+        if _same(given, self._token()):
+            return True
+        now = time.monotonic()
+        if self._refresh is None or now - self._refreshed < REFRESH_EVERY:
+            return False
+        self._refreshed = now
+        return self._refresh() and _same(given, self._token())
 
     async def _record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """Journal the reports; those naming no indexed message get one more chance after
@@ -132,6 +148,10 @@ class WebhookServer:
     def _count(self, result: str, count: int = 1) -> None:
         self.received[result] += count
         self.deliveries.metrics.webhook_reports.labels(result).inc(count)
+
+
+def _same(given: str, expected: str | None) -> bool:
+    return expected is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _reports(body: bytes) -> list[StatusReport]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from scheduler.config import SendingConfig
 from tests.helpers import StartSandbox, phone
@@ -125,4 +126,83 @@ def test_a_braked_campaign_stays_braked_across_a_restart_until_its_file_is_saved
         assert len(workspace.events("campaign_braked")) == 2
         assert second.stop() == 0
     finally:
+        sandbox.close()
+
+
+def _statuses_daemon(tmp_path: Path, undeliverable: str, permanent: str) -> tuple[Any, Any]:
+    """A sandbox whose messages end undeliverable/permanenterror at the given shares within
+    about half a second, and a workspace whose daemon polls them while it sends slowly
+    (100 messages/s), so the statuses reach the brake while the campaign runs."""
+    from daemon_helpers import SandboxProcess, Workspace
+
+    sandbox = SandboxProcess(tmp_path / "record.jsonl", "--dlr-delay", "0.5", "--seed", "5",
+                             "--undeliverable-rate", undeliverable,
+                             "--permanent-error-rate", permanent)
+    workspace = Workspace(
+        tmp_path / "ws", base_url=sandbox.url,
+        sending={"batch_size": 20, "requests_per_second": 5, "concurrency": 2},
+        delivery_reports={"poll": True, "status_url": sandbox.url, "first_poll": 1,
+                          "max_interval": 2, "poll_rate": 200},
+    )
+    return sandbox, workspace
+
+
+def test_undeliverable_statuses_brake_a_running_campaign(tmp_path: Path) -> None:
+    """Real daemon polling the sandbox: 35% of the messages end undeliverable or
+    permanenterror; the brake trips on those statuses long before the list is sent, with the
+    figures, and the campaign stays braked across a restart."""
+    from daemon_helpers import API_KEY, DaemonProcess, poll, utc_seconds_from_now
+
+    sandbox, workspace = _statuses_daemon(tmp_path, "0.3", "0.05")
+    daemon = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY)
+    try:
+        workspace.audience("stale", 3000)
+        workspace.write_campaign("stale", utc_seconds_from_now(1))
+        daemon.start()
+        poll(lambda: workspace.state("stale") == "braked", 40, "the brake")
+        assert daemon.stop() == 0
+        accepted = len(sandbox.record())
+        assert accepted < 3000 * 0.6  # stopped early, not at the end of the list
+        (event,) = workspace.events("campaign_braked")
+        assert event["judged"] == "delivery" and event["brake_rate"] == 0.05
+        assert event["decided"] >= 100 and event["undelivered"] > 0.05 * event["decided"]
+        assert event["rate"] == round(event["undelivered"] / event["decided"], 4)
+        codes = {c["code"].split("/")[0] for c in event["top_error_codes"]}
+        assert codes <= {"undeliverable", "permanenterror"} and "undeliverable" in codes
+        example = event["top_error_codes"][0]["example"]
+        assert example.startswith("stale-")
+        lines = {line["tracking_id"]: line for line in workspace.events("delivery")}
+        assert lines[example]["status"] in ("undeliverable", "permanenterror")
+        record = workspace.campaign_record("stale")
+        assert record is not None and "delivery statuses undeliverable" in (record.error or "")
+
+        again = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY).start()
+        time.sleep(2)
+        assert workspace.state("stale") == "braked" and len(sandbox.record()) == accepted
+        assert again.stop() == 0
+    finally:
+        daemon.kill()
+        sandbox.close()
+
+
+def test_a_low_undeliverable_share_does_not_brake(tmp_path: Path) -> None:
+    """1% undeliverable: the campaign runs to the end although its brake saw well over 100
+    final statuses while it was sending."""
+    from daemon_helpers import API_KEY, DaemonProcess, poll, utc_seconds_from_now
+
+    sandbox, workspace = _statuses_daemon(tmp_path, "0.01", "0")
+    daemon = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY)
+    try:
+        workspace.audience("fresh", 1500)
+        workspace.write_campaign("fresh", utc_seconds_from_now(1))
+        daemon.start()
+        poll(lambda: workspace.state("fresh") == "done", 60, "the campaign to finish")
+        assert daemon.stop() == 0
+        events = [e["event"] for e in workspace.events()]
+        finished = events.index("campaign_finished")
+        assert events[:finished].count("delivery") >= 200  # judged while it ran
+        assert "campaign_braked" not in events
+        assert len(sandbox.record()) == 1500
+    finally:
+        daemon.kill()
         sandbox.close()

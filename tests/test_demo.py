@@ -49,6 +49,13 @@ def _assert_everything_sent(workspace: Path, done: subprocess.CompletedProcess[s
     assert len(record) == sum(c["sent"] for c in counts.values())
     assert len({r["trackinId"] for r in record}) == len(record)
 
+    # every sent message followed to its final status, one delivery line each, shown at the end
+    deliveries = [line for line in lines if line["event"] == "delivery"]
+    assert sorted(d["message_id"] for d in deliveries) == sorted(r["messageId"] for r in record)
+    assert {d["status"] for d in deliveries} <= {"delivered", "undeliverable", "permanenterror"}
+    assert "Delivery status" in done.stdout and "by channel" in done.stdout
+    assert "UAH" in done.stdout and "telegram" in done.stdout
+
 
 @pytest.mark.timeout(180)
 def test_demo_sends_every_campaign_and_runs_again_in_its_folder(tmp_path: Path) -> None:

@@ -532,6 +532,53 @@ async def test_a_final_status_is_final_once_among_concurrent_reports(
     assert sum(counts.statuses.values()) == 50
 
 
+async def test_first_final_statuses_wait_for_their_delivery_line(
+    make_journal: MakeJournal,
+) -> None:
+    """A call with a ``log_key`` keeps its first final statuses unlogged, in its own
+    transaction: listed (oldest call first, with what their lines need) until its key is
+    marked, across reopening; moves that are not final, duplicates, later final reports and
+    calls without a key keep nothing."""
+    journal = make_journal()
+    await journal.start(writer=True)
+    ids = await send_and_index(journal, "c", count=1, size=5)
+    at = datetime(2026, 12, 1, 9, 0, 40, tzinfo=UTC)
+    before = datetime.now(UTC)
+    await journal.record_statuses([StatusReport(ids[0], "processing")], "nothing-final")
+    await journal.record_statuses([
+        StatusReport(ids[0], "delivered", "viber", 2, 1.1, "UAH", at),
+        StatusReport(ids[1], "undeliverable", "sms"), StatusReport(ids[1], "delivered"),
+        StatusReport(ids[2], "processing"), StatusReport("nobody", "delivered"),
+    ], "first")
+    await journal.record_statuses([StatusReport(ids[3], "permanenterror"),
+                                   StatusReport(ids[0], "undeliverable")], "second")
+    assert await journal.record_status(ids[4], "delivered")  # no key: nothing kept
+    assert await journal.unlogged_statuses(before, 10) == []  # nothing taken before then
+    await journal.close()
+
+    journal = make_journal()
+    await journal.start(writer=True)
+    try:
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        waiting = await journal.unlogged_statuses(later, 10)
+        assert [(u.key, u.message.message_id, u.message.tracking_id, u.report.status,
+                 u.report.channel, u.report.parts, u.report.cost, u.report.currency)
+                for u in waiting] == [
+            ("first", ids[0], "c-0", "delivered", "viber", 2, 1.1, "UAH"),
+            ("first", ids[1], "c-1", "undeliverable", "sms", None, None, None),
+            ("second", ids[3], "c-3", "permanenterror", None, None, None, None)]
+        assert waiting[0].report.at == at and before <= waiting[0].recorded_at <= later
+        assert waiting[0].recorded_at <= waiting[2].recorded_at
+        assert {u.key for u in await journal.unlogged_statuses(later, 1)} == {"first"}
+        await journal.mark_statuses_logged(["first"])
+        assert [u.message.message_id for u in await journal.unlogged_statuses(later, 10)] == [
+            ids[3]]
+        await journal.mark_statuses_logged(["second", "no-such-key"])
+        assert await journal.unlogged_statuses(later + timedelta(hours=1), 10) == []
+    finally:
+        await journal.close()
+
+
 async def test_polls_are_due_from_the_journal_and_resume(make_journal: MakeJournal) -> None:
     """A message is due ``first_poll`` s after sending, the most overdue first; each poll moves
     its next time and counts; a final status ends polling; due times survive reopening."""

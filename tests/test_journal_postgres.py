@@ -27,6 +27,7 @@ from scheduler.journal import (
     JournalFenced,
     JournalUnavailable,
     Result,
+    StatusReport,
 )
 from scheduler.journal.postgres import _SCHEMA, SCHEMA_VERSION, PostgresJournal, PostgresStore
 from tests.pg_helpers import PostgresServer, free_port
@@ -189,13 +190,18 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
         assert await journal.record_status("m-1", "undeliverable", "sms")
         assert (await journal.delivery_counts("old")).statuses == {
             "delivered": 1, "undeliverable": 1}
+        # a status final since the upgrade can wait for its delivery line
+        await journal.record_statuses([StatusReport("m-1", "delivered"),
+                                       StatusReport("m-2", "undeliverable")], "call-1")
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert await journal.unlogged_statuses(later, 10) == []  # nothing newly final
         dumped = [rows async for table, rows in journal.dump() if table == "messages"]
         assert {len(row) for rows in dumped for row in rows} == {len(DUMP_TABLES["messages"])}
     finally:
         await journal.close()
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
         row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
-    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 4
+    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 5
 
 
 async def test_times_are_the_databases_in_utc_and_text_may_hold_nul(postgres_url: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonProcess, Workspace, clean_env, json_lines
 
-from scheduler.journal import JournalBusy
+from scheduler.journal import JournalBusy, StatusReport
 from scheduler.journal.sqlite import (
     _MIGRATIONS,
     SCHEMA_VERSION,
@@ -149,10 +149,15 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
         assert not await journal.record_status("m-2", "undeliverable")
         counts = await journal.delivery_counts("old")
         assert counts.statuses == {"delivered": 1, "undeliverable": 1}
+        # a status final since the upgrade can wait for its delivery line
+        await journal.record_statuses([StatusReport("m-1", "delivered"),
+                                       StatusReport("m-2", "undeliverable")], "call-1")
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert await journal.unlogged_statuses(later, 10) == []  # nothing newly final
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes

@@ -212,3 +212,24 @@ def test_without_statuses_the_summary_is_as_before(
     assert "Delivery status" not in out
     assert cli.main(["report", "--config", str(polled.config), "--status", "lost"]) == 2
     assert "undeliverable, permanenterror, unknown" in capsys.readouterr().err
+
+
+def test_plan_shows_how_many_messages_await_a_status(
+    polled: Polled, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`plan` counts, per campaign, the sent messages without a final status (as `report`
+    does); with delivery reports off, only where some status came."""
+    code = cli.main(["plan", "--config", str(polled.config), "--json"])
+    assert code == 0
+    rows = {row["campaign"]: row for row in orjson.loads(capsys.readouterr().out)}
+    assert {cid: rows[cid]["awaiting_status"] for cid in ("mix", "tiny", "waiting")} == {
+        "mix": 0, "tiny": 0, "waiting": None}
+    polling = polled.config.with_name("polling.toml")
+    polling.write_text(polled.config.read_text("utf-8") + "\n[delivery_reports]\npoll = true\n",
+                       "utf-8")
+    assert cli.main(["plan", "--config", str(polling), "--json"]) == 0
+    rows = {row["campaign"]: row for row in orjson.loads(capsys.readouterr().out)}
+    assert {cid: rows[cid]["awaiting_status"] for cid in ("mix", "tiny", "waiting")} == {
+        "mix": 0, "tiny": 0, "waiting": 7}
+    assert cli.main(["plan", "--config", str(polling)]) == 0
+    assert "awaiting status" in capsys.readouterr().out

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -266,3 +269,115 @@ def test_listen_needs_the_token(tmp_path: Path) -> None:
     assert daemon.proc.wait(20) == 1
     assert "CASCADE_WEBHOOK_TOKEN" in daemon.stderr()
     assert "Traceback" not in daemon.stderr()
+
+
+def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path: Path) -> None:
+    """Reports pour in; the daemon is frozen (SIGSTOP) until the journal holds final statuses
+    whose delivery lines are not written yet, then killed right there. The next start writes
+    the missing lines (and not the ones already written): every message has exactly one."""
+    count = 4000
+    listen = f"127.0.0.1:{free_port()}"
+    sandbox = SandboxProcess(tmp_path / "record.jsonl")
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url,
+                          sending={"batch_size": 200, "requests_per_second": 50},
+                          delivery_reports={"listen": listen})
+    hook = f"http://{listen}/delivery-reports/{TOKEN}"
+    daemon = _daemon(workspace)
+
+    def awaiting() -> int:
+        with SqliteConnection(workspace.journal_path, read_only=True) as journal:
+            return journal.delivery_counts("k").statuses.get("awaiting", 0)
+
+    def logged() -> int:
+        return workspace.delivery_log.read_bytes().count(b'"event":"delivery"')
+
+    def push(bodies: list[bytes], stop_on_error: bool) -> None:
+        for body in bodies:
+            request = urllib.request.Request(hook, body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    assert answer.status == 200
+            except (urllib.error.URLError, ConnectionError):
+                if stop_on_error:
+                    return
+                raise
+
+    try:
+        workspace.audience("k", count)
+        workspace.write_campaign("k", utc_seconds_from_now(1))
+        daemon.start()
+        poll(lambda: awaiting() == count, 40, f"{count} messages sent and indexed")
+        ids = [r["messageId"] for r in sandbox.record()]
+        bodies = [orjson.dumps([report(mid, "delivered" if i % 3 else "undeliverable")
+                                for i, mid in enumerate(ids[start:start + 400])])
+                  for start in range(0, count, 400)]
+        pusher = threading.Thread(target=push, args=(bodies, True))
+        pusher.start()
+        caught = False
+        while not caught and pusher.is_alive():
+            daemon.signal(signal.SIGSTOP)
+            caught = _finals(workspace, "k") > logged()
+            if not caught:
+                daemon.signal(signal.SIGCONT)
+                time.sleep(0.001)
+        daemon.signal(signal.SIGKILL)
+        assert daemon.proc is not None
+        daemon.proc.wait(10)
+        pusher.join(30)
+        assert caught, "never caught the daemon between the journal and the log"
+        finals, lines = _finals(workspace, "k"), logged()
+        assert finals > lines  # some lines are missing right now
+
+        daemon.start()  # (returns once it says daemon_started: listening by then)
+        poll(lambda: logged() >= finals, 20, "the missing lines written at the start")
+        push(bodies, False)  # the sender retries all: duplicates change nothing
+        poll(lambda: _finals(workspace, "k") == count, 20, "every status final")
+        poll(lambda: logged() >= count, 10, "every delivery line")
+        written = Counter(line["message_id"] for line in workspace.events("delivery"))
+        assert set(written) == set(ids) and set(written.values()) == {1}
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        sandbox.close()
+
+
+def test_a_rotated_token_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    """The token in $CREDENTIALS_DIRECTORY is replaced: a request with the new one makes the
+    daemon re-read it (and is taken); the old one is refused from then on. SIGHUP re-reads it
+    too. No token ever reaches a log."""
+    listen = f"127.0.0.1:{free_port()}"
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "webhook-token").write_text("old-Token-1\n", "utf-8")
+    workspace = Workspace(tmp_path / "ws", delivery_reports={"listen": listen})
+    daemon = DaemonProcess(workspace, CREDENTIALS_DIRECTORY=str(credentials))
+    body = orjson.dumps(report("not-ours"))
+
+    def answer(token: str) -> int:
+        request = urllib.request.Request(f"http://{listen}/delivery-reports/{token}", body,
+                                         {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        daemon.start()
+        assert answer("old-Token-1") == 202  # taken (the id is not ours: counted, kept nowhere)
+        assert answer("new-Token-2") == 404
+        (credentials / "webhook-token").write_text("new-Token-2\n", "utf-8")
+        time.sleep(5.2)  # the re-reads a wrong token prompts come at most every 5 s
+        assert answer("new-Token-2") == 202
+        assert answer("old-Token-1") == 404
+        (credentials / "webhook-token").write_text("third-Token-3\n", "utf-8")
+        daemon.signal(signal.SIGHUP)
+        poll(lambda: len(workspace.events("daemon_reloaded")) >= 1, 10, "the reload")
+        assert answer("new-Token-2") == 404  # refused at once: no re-read can bring it back
+        assert answer("third-Token-3") == 202
+        assert daemon.stop() == 0
+        logs = daemon.stderr() + workspace.delivery_log.read_text("utf-8")
+        assert "webhook_token_changed" in logs
+        assert not any(token in logs for token in ("old-Token", "new-Token", "third-Token"))
+    finally:
+        daemon.kill()

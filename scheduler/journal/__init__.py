@@ -31,6 +31,7 @@ from scheduler.journal.base import (
     StatusChange,
     StatusReport,
     UnloggedBatch,
+    UnloggedStatus,
     holder_parts,
 )
 from scheduler.journal.reader import JournalReader
@@ -61,6 +62,7 @@ __all__ = [
     "StatusChange",
     "StatusReport",
     "UnloggedBatch",
+    "UnloggedStatus",
     "holder_parts",
     "journal_exists",
     "open_journal",

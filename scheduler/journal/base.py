@@ -239,6 +239,17 @@ class AwaitingMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class UnloggedStatus:
+    """A message's first final status, journaled but not yet marked as written to the
+    delivery log (the process may have died between the two)."""
+
+    message: MessageRecord
+    report: StatusReport  # ``at``: the status time the journal keeps
+    recorded_at: datetime  # when the journal took it
+    key: str  # the ``log_key`` of the `record_statuses` call that took it
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     """A campaign's delivery statuses, over its indexed messages (see `index_messages`)."""
 
@@ -289,6 +300,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
         "message_id", "campaign", "tracking_id", "phone", "type", "sent_at", "status",
         "status_at", "channel", "parts", "cost", "currency", "next_poll_at", "polls",
     ),
+    "unlogged_statuses": ("log_key", "recorded_at", "message_ids"),
 }
 #: one chunk of `Journal.dump`: a table's name and some of its rows
 DumpChunk = tuple[str, list[tuple[Any, ...]]]
@@ -427,12 +439,16 @@ class Journal(Protocol):
 
     # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
 
-    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+    async def record_statuses(
+        self, reports: Sequence[StatusReport], log_key: str | None = None,
+    ) -> list[StatusChange]:
         """Apply status reports in order, in one transaction: a report moves its message only
         forward (`vocabulary.may_advance`: scheduled -> processing -> a final status, with its
         channel, parts, cost and currency); duplicates, older statuses and a second final one
         change nothing. A final status ends polling. One `StatusChange` per report: "final"
-        exactly once per message, whoever reports it (several daemons, polls and webhooks)."""
+        exactly once per message, whoever reports it (several daemons, polls and webhooks).
+        With ``log_key`` (unique per call), the messages told "final" are kept, in the same
+        transaction, as unlogged under that key until `mark_statuses_logged`."""
 
     async def record_status(
         self, message_id: str, status: DeliveryStatus, channel: str | None = None,
@@ -452,6 +468,14 @@ class Journal(Protocol):
     async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
         """Per ``(message_id, when)``: one poll more was made, the next is due ``when``
         (a message that became final meanwhile stays final and unpolled)."""
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """The first final statuses kept unlogged (`record_statuses` with a ``log_key``) by
+        calls before ``before`` whose key is not marked yet: every status of the oldest
+        ``limit`` such calls, oldest first."""
+
+    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
+        """The ``delivery`` lines of the statuses kept under these keys are in the log."""
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """The campaign's indexed messages per delivery status, delivered ones per channel,

@@ -60,6 +60,7 @@ from scheduler.journal.base import (
     StatusChange,
     StatusReport,
     UnloggedBatch,
+    UnloggedStatus,
 )
 from scheduler.journal.codec import (
     START,
@@ -85,7 +86,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -156,8 +157,16 @@ _TO_V4 = (
     "DROP INDEX messages_by_phone",
     'CREATE INDEX messages_by_phone ON messages (phone COLLATE "C", type, sent_at)',
 )
+#: version 5: a final status's delivery line survives a crash before it is written
+_TO_V5 = (
+    # the first final statuses one record_statuses call took (their message ids, orjson),
+    # until the caller has written their `delivery` lines: one row per call, never per
+    # message, so webhooks keep their pace; what a crash left here is written at the next start
+    """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY,
+        recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), message_ids BYTEA NOT NULL)""",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4, 4: _TO_V5}
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
 _SNAPSHOT_LOCK = 0x636173  # "cas"
@@ -202,7 +211,7 @@ _DUMP_BLOBS = 64
 _DUMP_ORDER: dict[str, LiteralString] = {
     "campaigns": "id", "snapshots": "id", "bodies": "snapshot, seq",
     "batch_state": "snapshot, seq", "results": "snapshot, seq", "skips": "id",
-    "messages": "message_id",
+    "messages": "message_id", "unlogged_statuses": "log_key",
 }
 #: ids a load brings along, whose sequences must then go on past them
 _LOADED_IDS = (("snapshots", "id"), ("skips", "id"))
@@ -774,7 +783,9 @@ class PostgresStore:
 
     # --- delivery status ------------------------------------------------------------------
 
-    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+    async def record_statuses(
+        self, reports: Sequence[StatusReport], log_key: str | None = None,
+    ) -> list[StatusChange]:
         """Apply status reports in order, only ever forward (see `Journal.record_statuses`).
         The messages are locked first (in id order: two daemons recording webhooks at once
         cannot deadlock), so "final" is decided once whoever reports it."""
@@ -804,6 +815,11 @@ class PostgresStore:
                  [None if r.at is None else _aware(r.at) for r in w],
                  [r.status in DELIVERY_FINAL for r in w]),
             )
+            finals = [r.message_id for r in w if r.status in DELIVERY_FINAL]
+            if log_key is not None and finals:
+                await self.db.execute(
+                    "INSERT INTO unlogged_statuses (log_key, message_ids) VALUES (%s, %s)",
+                    (log_key, orjson.dumps(finals)))
         return changes
 
     async def messages_awaiting_status(
@@ -829,6 +845,33 @@ class PostgresStore:
             " WHERE m.message_id = u.mid AND m.next_poll_at IS NOT NULL",
             ([message_id for message_id, _ in polls], [_aware(when) for _, when in polls]),
         )
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """The statuses kept unlogged by the oldest ``limit`` calls before ``before``."""
+        found: list[UnloggedStatus] = []
+        for key, recorded_at, blob in await self._all(
+            "SELECT log_key, recorded_at, message_ids FROM unlogged_statuses"
+            " WHERE recorded_at < %s ORDER BY recorded_at, log_key LIMIT %s",
+            (_aware(before), limit),
+        ):
+            rows = await self._all(
+                "SELECT message_id, campaign, tracking_id, phone, type, sent_at, status,"
+                " channel, parts, cost, currency, status_at FROM messages"
+                " WHERE message_id = ANY(%s::text[]) ORDER BY message_id",
+                (orjson.loads(blob),),
+            )
+            found += [UnloggedStatus(
+                _message_record(row),
+                StatusReport(row[0], row[6], row[7], row[8], row[9], row[10],
+                             None if row[11] is None else row[11].astimezone(UTC)),
+                recorded_at.astimezone(UTC), key,
+            ) for row in rows]
+        return found
+
+    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
+        """The lines of the statuses kept under these keys are written."""
+        await self.db.execute("DELETE FROM unlogged_statuses WHERE log_key = ANY(%s::text[])",
+                              (list(log_keys),))
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """The campaign's indexed messages per status, delivered per channel, cost per currency."""
@@ -1429,9 +1472,11 @@ class PostgresJournal:
         return await self._call(
             PostgresStore.capped_phones, types, since, at_least, after, limit)
 
-    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+    async def record_statuses(
+        self, reports: Sequence[StatusReport], log_key: str | None = None,
+    ) -> list[StatusChange]:
         """`Journal.record_statuses`."""
-        return await self._call(PostgresStore.record_statuses, reports)
+        return await self._call(PostgresStore.record_statuses, reports, log_key)
 
     async def record_status(
         self, message_id: str, status: DeliveryStatus, channel: str | None = None,
@@ -1451,6 +1496,14 @@ class PostgresJournal:
     async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
         """`Journal.schedule_polls`."""
         await self._call(PostgresStore.schedule_polls, polls)
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """`Journal.unlogged_statuses`."""
+        return await self._call(PostgresStore.unlogged_statuses, before, limit)
+
+    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
+        """`Journal.mark_statuses_logged`."""
+        await self._call(PostgresStore.mark_statuses_logged, log_keys)
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """`Journal.delivery_counts`."""

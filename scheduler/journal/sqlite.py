@@ -60,6 +60,7 @@ from scheduler.journal.base import (
     StatusChange,
     StatusReport,
     UnloggedBatch,
+    UnloggedStatus,
 )
 from scheduler.journal.codec import (
     START,
@@ -85,7 +86,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -165,8 +166,18 @@ _TO_V4 = (
     "DROP INDEX messages_by_phone",
     "CREATE INDEX messages_by_phone ON messages (phone, type, sent_at)",
 )
+#: version 5: a final status's delivery line survives a crash before it is written
+_TO_V5 = (
+    # the first final statuses one record_statuses call took (their message ids, orjson),
+    # until the caller has written their `delivery` lines: one row per call, never per
+    # message, so webhooks keep their pace; what a crash left here is written at the next start
+    """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY, recorded_at TEXT NOT NULL,
+        message_ids BLOB NOT NULL)""",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
-_MIGRATIONS: dict[int, tuple[str, ...]] = {0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5,
+}
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
@@ -186,6 +197,7 @@ _DUMP_BLOBS = 64
 _TIME_COLUMNS = frozenset({
     "send_at", "deadline", "prepared_at", "started_at", "finished_at", "stage_at",
     "created_at", "not_before", "done_at", "sent_at", "status_at", "next_poll_at",
+    "recorded_at",
 })
 _FLAG_COLUMNS = frozenset({"skips_logged", "indexed"})
 
@@ -943,7 +955,9 @@ class SqliteConnection:
 
     # --- delivery status ------------------------------------------------------------------
 
-    def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+    def record_statuses(
+        self, reports: Sequence[StatusReport], log_key: str | None = None,
+    ) -> list[StatusChange]:
         """Apply status reports in order, only ever forward (see `Journal.record_statuses`)."""
         now = _now()
         with self.transaction():
@@ -969,7 +983,40 @@ class SqliteConnection:
                 ((r.status, now if r.at is None else _utc_text(r.at), r.channel, r.parts, r.cost,
                   r.currency, r.status in DELIVERY_FINAL, r.message_id) for r in writes.values()),
             )
+            finals = [r.message_id for r in writes.values() if r.status in DELIVERY_FINAL]
+            if log_key is not None and finals:
+                self._db.execute(
+                    "INSERT INTO unlogged_statuses (log_key, recorded_at, message_ids)"
+                    " VALUES (?, ?, ?)", (log_key, now, orjson.dumps(finals)))
         return changes
+
+    def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """The statuses kept unlogged by the oldest ``limit`` calls before ``before``."""
+        found: list[UnloggedStatus] = []
+        for key, recorded_at, blob in self._db.execute(
+            "SELECT log_key, recorded_at, message_ids FROM unlogged_statuses"
+            " WHERE recorded_at < ? ORDER BY recorded_at, log_key LIMIT ?",
+            (_utc_text(before), limit),
+        ).fetchall():
+            recorded = datetime.fromisoformat(recorded_at)
+            for chunk in chunks(orjson.loads(blob), _STATUS_CHUNK):
+                marks = ", ".join("?" for _ in chunk)
+                found += [UnloggedStatus(
+                    _message_record(row),
+                    StatusReport(row[0], row[6], row[7], row[8], row[9], row[10], _time(row[11])),
+                    recorded, key,
+                ) for row in self._db.execute(
+                    "SELECT message_id, campaign, tracking_id, phone, type, sent_at, status,"
+                    " channel, parts, cost, currency, status_at FROM messages"
+                    f" WHERE message_id IN ({marks}) ORDER BY message_id", chunk,
+                )]
+        return found
+
+    def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
+        """The lines of the statuses kept under these keys are written."""
+        with self.transaction():
+            self._db.executemany("DELETE FROM unlogged_statuses WHERE log_key = ?",
+                                 ((key,) for key in log_keys))
 
     def messages_awaiting_status(
         self, due_before: datetime, limit: int,
@@ -1448,9 +1495,11 @@ class SqliteJournal:
         return await self._call(
             SqliteConnection.capped_phones, types, since, at_least, after, limit)
 
-    async def record_statuses(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+    async def record_statuses(
+        self, reports: Sequence[StatusReport], log_key: str | None = None,
+    ) -> list[StatusChange]:
         """`Journal.record_statuses`."""
-        return await self._call(SqliteConnection.record_statuses, reports)
+        return await self._call(SqliteConnection.record_statuses, reports, log_key)
 
     async def record_status(
         self, message_id: str, status: DeliveryStatus, channel: str | None = None,
@@ -1470,6 +1519,14 @@ class SqliteJournal:
     async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
         """`Journal.schedule_polls`."""
         await self._call(SqliteConnection.schedule_polls, polls)
+
+    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
+        """`Journal.unlogged_statuses`."""
+        return await self._call(SqliteConnection.unlogged_statuses, before, limit)
+
+    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
+        """`Journal.mark_statuses_logged`."""
+        await self._call(SqliteConnection.mark_statuses_logged, log_keys)
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """`Journal.delivery_counts`."""
