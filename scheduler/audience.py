@@ -472,8 +472,6 @@ class _RowChecker:
                         yield Skip(line, prefix + value, phone, "text_too_long",
                                    _survey_detail(text))
                         continue
-                if empty_at >= 0 and (empty_at >= size or not row[empty_at].strip()):
-                    on_empty(empty_name, line)
                 if zone_of is not None:
                     zone = zone_of(row, size, phone)
                     if zone is None:
@@ -482,6 +480,8 @@ class _RowChecker:
                         continue
                     if not emit:
                         zones[zone] = zones.get(zone, 0) + 1
+                if empty_at >= 0 and (empty_at >= size or not row[empty_at].strip()):
+                    on_empty(empty_name, line)
                 for name, index in empty_fields:
                     if index >= size or not row[index].strip():
                         on_empty(name, line)

@@ -532,6 +532,22 @@ def test_a_malformed_row_is_reported_the_same_with_helper_processes(
     assert plain.value.problems[0].line == cut + 2
 
 
+def test_a_skipped_row_reports_no_empty_placeholder(make_campaign: MakeCampaign) -> None:
+    """Placeholders are checked last: a row skipped for its time zone (or anything else) is
+    not also counted as leaving ``{name}`` empty, with one placeholder or several."""
+    body = "+380501234567,c1,,Kyiv\n+380501234568,c2,,\n+380501234569,c3,A,Mars/Base\n"
+    for text in ("Hi {name}", "Hi {name} {tz}"):
+        campaign = make_campaign("phone,customer_id,name,tz\n" + body, text=text)
+        spec = campaign.audience.model_copy(update={"tz_column": "tz"})
+        campaign = campaign.model_copy(
+            update={"audience": spec, "window": Window.parse("09:00-20:00")}
+        )
+        summary = summarize(campaign)
+        assert summary.skipped == {"invalid_timezone": 2}
+        assert summary.empty_lines["name"] == [3]
+        assert summary.zones == {"Europe/Kyiv": 1}
+
+
 def _broken_scan(*args: object) -> None:
     raise SystemExit(3)
 
