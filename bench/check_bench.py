@@ -4,11 +4,12 @@
 
 Writes a config, a promo campaign file, a suppression list and an audience CSV (a few % invalid
 phones and repeated phones, unique customer ids) to a temporary folder, then runs each variant
-in its own child process, so each gets its own peak RSS (the child reports its own
-``ru_maxrss``). Variants: the bare csv.DictReader pass, the full `check` path
+in its own child process, so each gets its own peak RSS and CPU time (the child reports its own
+``ru_maxrss`` and user + system seconds over the timed work; printed per million rows).
+Variants: the bare csv.DictReader pass, the full `check` path
 (`scheduler.checking.check_paths`), the same with the garbage collector off, and `check` at a
-tenth of the rows to show the peak RSS does not grow with the row count. Target (SPEC §12):
-1,000,000 rows checked in at most 10 s.
+tenth of the rows to show the peak RSS does not grow with the row count. Target (SPEC §12,
+second version): 1,000,000 rows checked in at most 3 s.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 INVALID_SHARE = 0.03
 REPEAT_SHARE = 0.02
 SUPPRESSED = 10_000
+#: SPEC §12, second version (the first version's was 10 s)
+TARGET_S = 3.0
 
 
 def write_workspace(folder: Path, rows: int, name: str) -> Path:
@@ -101,11 +104,19 @@ def run_child(variant: str, config: Path, name: str) -> None:
     if variant == "check-nogc":
         gc.disable()
     work = child_csv if variant == "csv" else child_check
-    started = time.perf_counter()
+    cpu, started = cpu_now(), time.perf_counter()
     rows = work(config, name)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_now() - cpu
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rows": rows, "seconds": seconds, "peak_mib": peak_kib / 1024}))
+    print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024}))
+
+
+def cpu_now() -> float:
+    """User + system CPU seconds of this process and of its finished children so far (`check`
+    forks a helper for pass 1 of the id column on big audiences: its CPU counts too)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # -- parent ------------------------------------------------------------------------------------
@@ -153,18 +164,21 @@ def run_all(folder: Path, rows: int) -> None:
         ("check, gc off", measure("check-nogc", big, "big")),
         (f"check, {small_rows:,} rows", measure("check", small, "small")),
     ]
-    print(f"{'variant':<24}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MiB':>14}")
+    print(f"{'variant':<24}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'CPU s/M':>9}"
+          f"{'peak RSS MiB':>14}")
     for label, r in runs:
         rate = r["rows"] / r["seconds"]
+        per_million = r["cpu"] * 1_000_000 / r["rows"]
         print(f"{label:<24}{r['rows']:>12,.0f}{r['seconds']:>10.2f}{rate:>12,.0f}"
-              f"{r['peak_mib']:>14.1f}")
+              f"{per_million:>9.2f}{r['peak_mib']:>14.1f}")
     bare, check, small_check = runs[0][1], runs[1][1], runs[3][1]
     print(f"check / bare DictReader time: {check['seconds'] / bare['seconds']:.2f}x")
     print(f"peak RSS at {rows:,} rows / at {small_rows:,}: "
           f"{check['peak_mib'] / small_check['peak_mib']:.2f}x")
     if rows >= 1_000_000:
-        verdict = "meets" if check["seconds"] <= 10 else "MISSES"
-        print(f"target: 1,000,000 rows in <= 10 s: {verdict} ({check['seconds']:.2f} s)")
+        verdict = "meets" if check["seconds"] <= TARGET_S else "MISSES"
+        print(f"target: 1,000,000 rows in <= {TARGET_S:g} s: {verdict} "
+              f"({check['seconds']:.2f} s, {check['cpu']:.2f} CPU s)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()
 
 
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) of ``pid`` alone so far; None once it is gone."""
+    own = _stat(pid)
+    return None if own is None else sum(int(v) for v in own[11:13]) / _TICKS
+
+
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of ``pid``, of its reaped children, and of its live
     children (one level: enough for PostgreSQL's postmaster and for the sink)."""

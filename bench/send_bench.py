@@ -48,13 +48,14 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from procstat import process_tree_cpu
+from procstat import process_cpu, process_tree_cpu
 from sink import SinkProcess
 
 if TYPE_CHECKING:
@@ -330,7 +331,9 @@ def measure_ours(
              str(config)],
             stdout=out, stderr=err, text=True, env=env,
         )
+    phases = PhaseCpu(process.pid, folder / "logs" / f"delivery-{name}.jsonl")
     code, peak, cpu = wait_rusage(process)
+    phases.stop()
     seconds = time.perf_counter() - started
     sink_cpu = process_tree_cpu(sink.pid) - sink_before
     server_cpu = None if server is None or server_before is None \
@@ -354,8 +357,53 @@ def measure_ours(
         "sending_s": float(events["campaign_finished"]["duration_s"]),
         "shutdown_s": spawned + seconds - finished_at,
     }
+    if phases.at_start is not None and phases.at_finish is not None:
+        notes["startup_and_snapshot_cpu"] = phases.at_start
+        notes["sending_cpu"] = phases.at_finish - phases.at_start
     return Measured(f"ours/{journal}", sent, seconds, peak, received, notes, cpu=cpu,
                     sink_cpu=sink_cpu, server_cpu=server_cpu)
+
+
+class PhaseCpu:
+    """Samples a running `send`'s CPU seconds (every 20 ms, from /proc) and notes them when its
+    delivery log first shows ``campaign_started`` and ``campaign_finished``: the CPU of the
+    startup + snapshot and of the sending phase, to ±20 ms each."""
+
+    POLL = 0.02
+
+    def __init__(self, pid: int, log: Path) -> None:
+        self.pid, self.log = pid, log
+        self.at_start: float | None = None
+        self.at_finish: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        offset, pending = 0, b""
+        while not self._done.is_set() and self.at_finish is None:
+            cpu = process_cpu(self.pid)
+            if cpu is None:
+                return
+            try:
+                with self.log.open("rb") as file:
+                    file.seek(offset)
+                    data = file.read()
+            except FileNotFoundError:
+                data = b""
+            offset += len(data)
+            pending += data
+            if self.at_start is None and b'"event":"campaign_started"' in pending:
+                self.at_start = cpu
+            if self.at_start is not None and b'"event":"campaign_finished"' in pending:
+                self.at_finish = cpu
+            pending = pending[pending.rfind(b"\n") + 1:]
+            self._done.wait(self.POLL)
+
+    def stop(self) -> None:
+        """Stop sampling (the process has exited)."""
+        self._done.set()
+        self._thread.join()
 
 
 def lifecycle(path: Path) -> dict[str, dict[str, Any]]:
@@ -396,8 +444,12 @@ def report(runs: list[Measured], rows: int) -> None:
     for ours in (r for r in runs if r.label.startswith("ours")):
         split = ours.notes
         sending[ours.label] = rate = ours.sent / split["sending_s"]
-        print(f"{ours.label}, split: startup + snapshot {split['startup_and_snapshot_s']:.2f} s, "
-              f"sending {split['sending_s']:.2f} s ({rate:,.0f}/s), "
+        snapshot_cpu, sending_cpu = "", ""
+        if "sending_cpu" in split:
+            snapshot_cpu = f", {split['startup_and_snapshot_cpu']:.2f} CPU s"
+            sending_cpu = f", CPU {ours.per_million(split['sending_cpu'])} s/M"
+        print(f"{ours.label}, split: startup + snapshot {split['startup_and_snapshot_s']:.2f} s"
+              f"{snapshot_cpu}, sending {split['sending_s']:.2f} s ({rate:,.0f}/s{sending_cpu}), "
               f"shutdown {split['shutdown_s']:.2f} s")
     for ours in (r for r in runs if r.label.startswith("ours")):
         rate = sending[ours.label]

@@ -8,23 +8,29 @@ Memory stays flat whatever the row count. The opt-out list (`Suppression`) lives
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
 import difflib
+import multiprocessing
 import os
 import re
 import string
 import sys
+import threading
 from array import array
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+import orjson
 
 from scheduler.campaign import SURVEY_TEXT_MAX, TRACKING_ID_MAX, AudienceSpec, Campaign
-from scheduler.dedupe import DEFAULT_BITS, Dedupe
+from scheduler.dedupe import ColumnScan, Dedupe, filter_bits, scan_columns
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.phones import E164
 from scheduler.template import Template, TemplateError
@@ -34,6 +40,8 @@ from scheduler.zones import ZoneFinder
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 
 
@@ -70,13 +78,17 @@ _EXCEL_SEP = re.compile(r'"?sep=([^"\r\n])"?\s*')
 _SCIENTIFIC = re.compile(r"[0-9](?:[.,][0-9]+)?[eE]\+?[0-9]+")
 _DECIMAL = re.compile(r"\+?[0-9]{7,15}[.,]0+")
 _CHUNK = 1 << 20
-#: pass 1's Bloom filter size; a module constant so tests can force false positives
-DEDUPE_BITS = DEFAULT_BITS
+#: suppression lists up to this size are also held as a set of E.164 strings (~9 MB at most)
+SMALL_SUPPRESSION = 100_000
+#: pass 1's Bloom filter size; None: sized from the file's line count (`filter_bits`). A module
+#: constant so tests can force false positives.
+DEDUPE_BITS: int | None = None
 _NUL = "NUL bytes (is it UTF-16?): save the file as CSV UTF-8"
 _NOT_UTF8 = "not UTF-8 text: save the file as CSV UTF-8"
 _EMPTY = "is empty: it needs a header line with the column names"
 
 _Signature = tuple[int, int, int, int]
+_Key = TypeVar("_Key", bound=str)
 
 
 # -- reading a CSV file safely ------------------------------------------------------------------
@@ -112,13 +124,15 @@ def _line_at(path: Path, offset: int) -> int:
     return breaks + 1
 
 
-def _scan_bytes(path: Path) -> _Signature:
-    """Check the whole file is UTF-8 without NUL bytes (fast, in C); return its signature."""
+def _scan_bytes(path: Path) -> tuple[_Signature, int]:
+    """Check the whole file is UTF-8 without NUL bytes (fast, in C); return its signature and
+    about how many lines it has (to size pass 1's filters)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    offset = lines = 0
     with path.open("rb") as raw:
         signature = _signature(raw.fileno())
         while chunk := raw.read(_CHUNK):
+            lines += max(chunk.count(b"\n"), chunk.count(b"\r"))
             nul = chunk.find(b"\0")
             if nul >= 0:
                 raise _CsvProblem(_line_at(path, offset + nul), _NUL)
@@ -132,7 +146,7 @@ def _scan_bytes(path: Path) -> _Signature:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:
             raise _not_utf8(path, offset - len(exc.object) + exc.start) from None
-    return signature
+    return signature, lines + 1
 
 
 def _not_utf8(path: Path, offset: int) -> _CsvProblem:
@@ -363,6 +377,10 @@ EmptyField = Callable[[str, int], None]
 ValidRow = tuple[int, str, str, str | None, str | None]
 
 
+def _ignore_empty(name: str, line: int) -> None:
+    """The `EmptyField` of callers that do not ask (never called: they check no field)."""
+
+
 class _RowChecker:
     """Turns data rows into valid rows or `Skip`s, applying SPEC §5's rules in order."""
 
@@ -377,25 +395,45 @@ class _RowChecker:
         self.survey = campaign.type == "viber_survey"
         self.dedupe = dedupe
         self.on_empty = on_empty
+        self.valid = 0  # valid rows that `rows(emit=False)` counted instead of yielding
+        self.zones: dict[str, int] = {}  # and per zone group, with a send window
 
-    def rows(self, reader: _CsvReader) -> Iterator[ValidRow | Skip]:
-        """One result per non-blank row of ``reader`` (positioned after the header)."""
+    def rows(
+        self, reader: _CsvReader | _Replay, emit: bool = True, limit: int | None = None,
+        defer: list[tuple[int, list[str]]] | None = None,
+    ) -> Iterator[ValidRow | Skip]:
+        """One result per non-blank row of ``reader`` (positioned after the header), or of
+        its next ``limit`` rows.
+
+        ``defer`` (counting half of the file elsewhere): a row that reaches the duplicate check
+        with a suspect key is appended there with its line instead, for the process that knows
+        the earlier rows to replay in order (`_Replay`).
+
+        ``emit=False`` (for counting): valid rows are only counted in ``self.valid``, not
+        yielded, their text is rendered only when its length is checked (surveys), and only
+        the first invalid_phone and invalid_id skips carry a detail (the costly ones; a summary
+        keeps the first detail of each reason).
+        """
         # The hot loop of `check` and of the snapshot: one function with local names on purpose,
-        # the rare paths in helpers (1M rows must check in well under 10 s).
+        # the rare paths in helpers (1M rows must check in well under 3 s).
         phone_at, id_at = self.columns.phone, self.columns.id
         prefix = self.campaign.id + "-"
-        e164, id_ok, max_id = E164.fullmatch, TRACKING_ID_VALUE.fullmatch, TRACKING_ID_MAX
-        phone_suspects, id_suspects = self.dedupe.suspects_of("p"), self.dedupe.suspects_of("i")
-        # The phone is E.164 by then, so the opt-out look-up is int() and a binary search on
-        # the sorted array; it is never empty (`__init__` keeps only a non-empty list).
-        opted_out = self.suppression._numbers if self.suppression is not None else None
-        text_of, text_max = self._renderer(), SURVEY_TEXT_MAX if self.survey else sys.maxsize
-        empty_in = self._empty_checker()
-        zone_of = self._zone_finder()
-        zone = None
-        start, number = reader.line_num + 1, 0
+        max_value = TRACKING_ID_MAX - len(prefix)
+        e164, id_ok = E164.fullmatch, TRACKING_ID_VALUE.fullmatch
+        phone_suspects = self.dedupe.suspects(0)
+        id_suspects = self.dedupe.suspects(1) if id_at is not None else frozenset[str]()
+        opted_out = self.suppression.e164_lookup() if self.suppression else frozenset[str]()
+        text_of = self._renderer() if emit or self.survey else None
+        text_max = SURVEY_TEXT_MAX if self.survey else sys.maxsize
+        empty_fields, on_empty = self._empty_fields(), self.on_empty or _ignore_empty
+        empty_name, empty_at = "", -1  # the common single placeholder, checked inline
+        if len(empty_fields) == 1:
+            ((empty_name, empty_at),), empty_fields = empty_fields, ()
+        zone_of, zones = self._zone_finder(), self.zones
+        start, number, valid, text, zone = reader.line_num + 1, 0, 0, None, None
+        explain_phone = explain_id = True  # counting keeps the first detail only: skip the rest
         try:
-            for row in reader:
+            for row in reader if limit is None else islice(reader, limit):
                 line, start = start, reader.line_num + 1
                 size = len(row)
                 phone = row[phone_at].strip() if phone_at < size else ""
@@ -403,40 +441,58 @@ class _RowChecker:
                     continue  # a blank line is not a row
                 number += 1
                 if not e164(phone):
-                    yield Skip(line, None, phone, "invalid_phone", _phone_detail(phone))
+                    detail = _phone_detail(phone) if explain_phone else ""
+                    explain_phone = emit
+                    yield Skip(line, None, phone, "invalid_phone", detail)
                     continue
                 value = (
                     str(number) if id_at is None else row[id_at].strip() if id_at < size else ""
                 )
-                tracking_id = prefix + value
-                if not id_ok(value) or len(tracking_id) > max_id:
-                    yield Skip(line, None, phone, "invalid_id", self._id_detail(value, tracking_id))
-                    continue
-                if (phone in phone_suspects or value in id_suspects) and (
-                    duplicate := self._duplicate(line, phone, value)
+                # isalnum() alone would take any Unicode letter; ASCII ones need no regex
+                if not (value.isalnum() and value.isascii() and len(value) <= max_value) and (
+                    len(value) > max_value or not id_ok(value)
                 ):
-                    yield Skip(line, None, phone, "duplicate", duplicate)
+                    detail = self._id_detail(value, prefix + value) if explain_id else ""
+                    explain_id = emit
+                    yield Skip(line, None, phone, "invalid_id", detail)
                     continue
-                if opted_out is not None and (
-                    opted_out[bisect_right(opted_out, n := int(phone)) - 1] == n
-                ):
-                    yield Skip(line, tracking_id, phone, "suppressed", "on the suppression list")
+                if phone in phone_suspects or value in id_suspects:
+                    if defer is not None:
+                        defer.append((line, row))
+                        continue
+                    if duplicate := self._duplicate(line, phone, value):
+                        yield Skip(line, None, phone, "duplicate", duplicate)
+                        continue
+                if phone in opted_out:
+                    yield Skip(line, prefix + value, phone, "suppressed", "on the suppression list")
                     continue
-                text = text_of(row, size)
-                if text is not None and len(text) > text_max:
-                    yield Skip(line, tracking_id, phone, "text_too_long", _survey_detail(text))
-                    continue
+                if text_of is not None:
+                    text = text_of(row, size)
+                    if text is not None and len(text) > text_max:
+                        yield Skip(line, prefix + value, phone, "text_too_long",
+                                   _survey_detail(text))
+                        continue
                 if zone_of is not None:
                     zone = zone_of(row, size, phone)
                     if zone is None:
-                        yield Skip(line, tracking_id, phone, "invalid_timezone",
+                        yield Skip(line, prefix + value, phone, "invalid_timezone",
                                    self._zone_detail(row, size))
                         continue
-                if empty_in is not None:
-                    empty_in(row, size, line)
-                yield (line, tracking_id, phone, text, zone)
+                    if not emit:
+                        zones[zone] = zones.get(zone, 0) + 1
+                if empty_at >= 0 and (empty_at >= size or not row[empty_at].strip()):
+                    on_empty(empty_name, line)
+                for name, index in empty_fields:
+                    if index >= size or not row[index].strip():
+                        on_empty(name, line)
+                if emit:
+                    yield (line, prefix + value, phone, text, zone)
+                else:
+                    valid += 1
         except csv.Error as exc:
             raise _CsvProblem(start, _csv_message(exc)) from None
+        finally:
+            self.valid += valid
 
     def _zone_finder(self) -> Callable[[list[str], int, str], str | None] | None:
         """With a send window: a function giving each row's zone group (its ``tz_column``
@@ -464,19 +520,12 @@ class _RowChecker:
         return (f'"{name}" in column "{self.campaign.audience.tz_column}" is not an IANA time '
                 f'zone: write e.g. "{hint}" (or leave it empty to use the phone\'s zone)')
 
-    def _empty_checker(self) -> Callable[[list[str], int, int], None] | None:
-        """A function that reports each placeholder a valid row leaves empty (for `check`);
-        None when nobody asked or nothing is personalised."""
-        on_empty, fields = self.on_empty, self.columns.fields
-        if on_empty is None or self.template is None or not fields:
-            return None
-
-        def check(row: list[str], size: int, line: int) -> None:
-            for name, index in fields:
-                if index >= size or not row[index].strip():
-                    on_empty(name, line)
-
-        return check
+    def _empty_fields(self) -> tuple[tuple[str, int], ...]:
+        """The (placeholder, column) pairs whose empty cells are reported to ``on_empty`` (for
+        `check`): none when nobody asked or nothing is personalised."""
+        if self.on_empty is None or self.template is None:
+            return ()
+        return self.columns.fields
 
     def _renderer(self) -> Callable[[list[str], int], str | None]:
         """A function that personalises the text for one row (given the row and its length)."""
@@ -490,10 +539,10 @@ class _RowChecker:
 
     def _duplicate(self, line: int, phone: str, value: str) -> str | None:
         """Register both keys; describe the earlier use of either, None when both are new."""
-        first_phone = self.dedupe.first_line("p" + phone, line)
+        first_phone = self.dedupe.first_line(phone, line, 0)
         first_id = None
         if self.columns.id is not None:
-            first_id = self.dedupe.first_line("i" + value, line)
+            first_id = self.dedupe.first_line(value, line, 1)
         if first_phone is not None:
             return f"same phone as line {first_phone}"
         if first_id is not None:
@@ -561,22 +610,190 @@ def _survey_detail(text: str) -> str:
     return f"the survey text is {len(text)} characters; the limit is {SURVEY_TEXT_MAX}"
 
 
-def _keys(reader: _CsvReader, columns: _Columns) -> Iterator[str]:
-    """Pass 1's keys: every row's phone and id, prefixed so the two never collide.
+def _pass_one(
+    spec: AudienceSpec, reader: _CsvReader, columns: _Columns, bits: int, helper: int | None,
+) -> tuple[Dedupe, int | None]:
+    """Pass 1: every row's phone and id through the Bloom filters.
 
-    Blank and invalid rows add keys too: a superset of pass 2's keys keeps it exact. At a
-    malformed row pass 1 just stops; pass 2 reaches the same row and reports it with its line,
-    having only met rows that pass 1 did scan.
+    Rows too short to hold both leave no key, which keeps it exact: pass 2 reads their missing
+    cell as empty, so they are invalid and register nothing. At a malformed row pass 1 just
+    stops; pass 2 reaches the same row and reports it with its line, having only met rows that
+    pass 1 did scan.
+
+    With ``helper`` (a row count), a forked process scans the id column while this one scans the
+    phones (`_IdScan`), noting the line that ends row ``helper``: where pass 2 can be split
+    (returned, else None).
     """
-    phone, ident = columns.phone, columns.id
+    stop = (csv.Error,)
+    if columns.id is None:
+        return Dedupe(*scan_columns(reader, (columns.phone,), bits, stop)), None
+    scan = _IdScan.start(spec, columns.id, bits) if helper is not None else None
+    if scan is None or helper is None:
+        return Dedupe(*scan_columns(reader, (columns.phone, columns.id), bits, stop)), None
+    phones, split = ColumnScan((columns.phone,), bits), None
+    if phones.feed(islice(reader, helper), stop):
+        split = reader.line_num
+        if not phones.feed(reader, stop):
+            split = None  # a malformed row: pass 2 goes the plain way and reports it
+    ids = scan.result()
+    if ids is None:  # the helper failed: scan the ids here
+        with _open_table(spec.csv, spec.delimiter) as table:
+            (ids,) = scan_columns(table.reader, (columns.id,), bits, stop)
+    return Dedupe(phones.found[0], ids), split
+
+
+class _Forked:
+    """A function run in a forked process, its bytes sent back through a pipe, so counting a big
+    audience uses the second core (`check`, `plan`, `new`).
+
+    Only where forking is safe: a single-threaded process (the daemon and `send` run threads,
+    so they never get here with a helper).
+    """
+
+    def __init__(self, process: BaseProcess, pipe: Connection) -> None:
+        self._process, self._pipe = process, pipe
+
+    @classmethod
+    def start(cls, function: Callable[..., bytes], *args: object) -> _Forked | None:
+        """Fork ``function(*args)``, or None when this process should not fork."""
+        if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+            return None
+        context = multiprocessing.get_context("fork")
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_run_forked, args=(function, args, send), daemon=True)
+        process.start()
+        send.close()
+        return cls(process, receive)
+
+    def result(self) -> Any:
+        """The function's result, parsed from JSON; None if the process failed."""
+        try:
+            data = self._pipe.recv_bytes()
+        except (EOFError, OSError):
+            data = None
+        finally:
+            self._pipe.close()
+            self._process.join()
+        if data is None or self._process.exitcode != 0:
+            return None
+        return orjson.loads(data)
+
+
+def _run_forked(function: Callable[..., bytes], args: tuple[object, ...], pipe: Connection) -> None:
+    """`_Forked`'s process: run, send, or exit 1 in silence (the parent then does the work
+    itself and reports any problem with the file)."""
     try:
-        for row in reader:
-            size = len(row)
-            yield "p" + (row[phone].strip() if phone < size else "")
-            if ident is not None:
-                yield "i" + (row[ident].strip() if ident < size else "")
-    except csv.Error:
+        data = function(*args)
+    except (OSError, ValueError, TypeError, csv.Error):  # a file changed or gone, a bad row
+        pipe.close()
+        sys.exit(1)
+    pipe.send_bytes(data)
+    pipe.close()
+
+
+class _IdScan:
+    """Pass 1 of the id column in a forked process (`_Forked`), while this one scans phones."""
+
+    def __init__(self, forked: _Forked) -> None:
+        self._forked = forked
+
+    @classmethod
+    def start(cls, spec: AudienceSpec, column: int, bits: int) -> _IdScan | None:
+        """Fork the scan, or None when this process should not fork (then scan here)."""
+        forked = _Forked.start(_scan_ids, spec.csv, spec.delimiter, column, bits)
+        return None if forked is None else cls(forked)
+
+    def result(self) -> set[str] | None:
+        """The id column's suspects; None if the process failed (it is gone either way)."""
+        keys = self._forked.result()
+        return None if keys is None else set(keys)
+
+
+def _scan_ids(path: Path, delimiter: str | None, column: int, bits: int) -> bytes:
+    """`_IdScan`'s process: the id column's suspects, as one JSON array."""
+    with _open_table(path, delimiter) as table:
+        (ids,) = scan_columns(table.reader, (column,), bits, (csv.Error,))
+    return orjson.dumps(list(ids))
+
+
+#: below this many lines a helper process costs more than it saves
+HELPER_LINES = 200_000
+#: the share of the rows the process counts itself when a helper counts the rest: the helper
+#: first reads its way past them (~a third of the cost of counting them)
+OWN_SHARE = 0.58
+
+
+class _Replay:
+    """Rows read elsewhere (their first line, their cells), read by `_RowChecker.rows` as if
+    from the csv reader: ``line_num`` is always the line before the next row's."""
+
+    def __init__(self, rows: list[tuple[int, list[str]]]) -> None:
+        self._rows = rows
+        self._next = 0
+        self.line_num = rows[0][0] - 1 if rows else 0
+
+    def __iter__(self) -> _Replay:
+        return self
+
+    def __next__(self) -> list[str]:
+        if self._next >= len(self._rows):
+            raise StopIteration
+        _, row = self._rows[self._next]
+        self._next += 1
+        if self._next < len(self._rows):
+            self.line_num = self._rows[self._next][0] - 1
+        return row
+
+
+def _count_halves(
+    checker: _RowChecker, spec: AudienceSpec, reader: _CsvReader, own: int, split: int,
+    counted: AudienceSummary,
+) -> Iterator[Skip]:
+    """Count the first ``own`` rows (ending at line ``split``) here while a forked helper
+    counts the rest, then replay, in order, the helper's rows that met a suspect key.
+
+    Exact: rows without a suspect key depend on no other row, and the replayed ones register
+    and look up their keys after every earlier row did, as in one pass.
+    """
+    helper = _Forked.start(_count_rest, checker, spec, own)
+    for item in checker.rows(reader, emit=False, limit=own):
+        assert isinstance(item, Skip)  # counting yields only skips
+        yield item
+    if reader.line_num != split:
+        raise _changed()
+    data = helper.result() if helper is not None else None
+    if data is None:  # no helper, or it failed: count the rest here
+        for item in checker.rows(reader, emit=False):
+            assert isinstance(item, Skip)
+            yield item
         return
+    rest = AudienceSummary.from_json(data["summary"])
+    if data["problem"] is not None:
+        raise _CsvProblem(*data["problem"])
+    replayed = AudienceSummary()
+    for item in checker.rows(_Replay([(line, row) for line, row in data["deferred"]]),
+                             emit=False):
+        assert isinstance(item, Skip)
+        replayed.add(item)
+    counted.merge(rest)
+    counted.merge(replayed)
+
+
+def _count_rest(checker: _RowChecker, spec: AudienceSpec, own: int) -> bytes:
+    """The helper's part of `_count_halves`: the rows after the first ``own``, counted, and
+    those that met a suspect key, set aside."""
+    summary, deferred = AudienceSummary(), list[tuple[int, list[str]]]()
+    checker.on_empty, checker.valid, checker.zones, problem = summary.add_empty, 0, {}, None
+    with _open_table(spec.csv, spec.delimiter) as table:
+        collections.deque(islice(table.reader, own), maxlen=0)  # read past them (in C)
+        try:
+            for item in checker.rows(table.reader, emit=False, defer=deferred):
+                assert isinstance(item, Skip)
+                summary.add(item)
+        except _CsvProblem as exc:
+            problem = (exc.line, exc.message)
+    summary.valid, summary.zones = checker.valid, checker.zones
+    return orjson.dumps({"summary": summary.to_json(), "deferred": deferred, "problem": problem})
 
 
 def _changed() -> _CsvProblem:
@@ -586,33 +803,45 @@ def _changed() -> _CsvProblem:
 
 
 def _stream(
-    campaign: Campaign, suppression: Suppression | None, on_empty: EmptyField | None = None,
+    campaign: Campaign, suppression: Suppression | None, counted: AudienceSummary | None = None,
 ) -> Iterator[ValidRow | Skip]:
-    """Both passes; raises OSError or `_CsvProblem` for file-level problems."""
+    """Both passes; raises OSError or `_CsvProblem` for file-level problems.
+
+    With ``counted``, valid rows are counted into it (with the placeholders they leave empty)
+    instead of being yielded: only the skips come out.
+    """
     spec = campaign.audience
     template = _template(campaign)
-    signature = _scan_bytes(spec.csv)
+    signature, lines = _scan_bytes(spec.csv)
     with _open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
             raise _changed()
         columns = _Columns.find(campaign, table, template)
-        dedupe = Dedupe.scan(_keys(table.reader, columns), DEDUPE_BITS)
+        bits = DEDUPE_BITS or filter_bits(lines)
+        own = int(lines * OWN_SHARE) if counted is not None and lines >= HELPER_LINES else None
+        dedupe, split = _pass_one(spec, table.reader, columns, bits, own)
     with _open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
             raise _changed()
+        on_empty = counted.add_empty if counted is not None else None
         checker = _RowChecker(campaign, columns, template, suppression, dedupe, on_empty)
-        yield from checker.rows(table.reader)
+        if counted is not None and own is not None and split is not None:
+            yield from _count_halves(checker, spec, table.reader, own, split, counted)
+        else:
+            yield from checker.rows(table.reader, emit=counted is None)
+        if counted is not None:
+            counted.merge(AudienceSummary(valid=checker.valid, zones=checker.zones))
         if table.signature() != signature:
             raise _changed()
 
 
 def _checked(
-    campaign: Campaign, suppression: Suppression | None, on_empty: EmptyField | None = None,
+    campaign: Campaign, suppression: Suppression | None, counted: AudienceSummary | None = None,
 ) -> Iterator[ValidRow | Skip]:
     """`_stream` with its file-level problems turned into `CampaignError`."""
     spec = campaign.audience
     try:
-        yield from _stream(campaign, suppression, on_empty)
+        yield from _stream(campaign, suppression, counted)
     except OSError as exc:
         raise _header_error(spec, campaign.file, exc) from None
     except _CsvProblem as exc:
@@ -679,17 +908,48 @@ class AudienceSummary:
         if len(lines) < FIRST_LINES:
             lines.append(line)
 
+    def merge(self, other: AudienceSummary) -> None:
+        """Add the counts of other rows of the same audience, wherever they are in the file:
+        first lines and details stay those of the earliest rows, reasons and placeholders in the
+        order they first occur."""
+        self.valid += other.valid
+        for group, count in other.zones.items():
+            self.zones[group] = self.zones.get(group, 0) + count
+        for reason, count in other.skipped.items():
+            mine, theirs = self.first_lines.get(reason), other.first_lines[reason]
+            if not mine or theirs[0] < mine[0]:
+                self.first_details[reason] = other.first_details[reason]
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+            self.first_lines[reason] = sorted((mine or []) + theirs)[:FIRST_LINES]
+        for name, count in other.empty.items():
+            self.empty[name] = self.empty.get(name, 0) + count
+            self.empty_lines[name] = sorted(
+                self.empty_lines.get(name, []) + other.empty_lines[name]
+            )[:FIRST_LINES]
+        self.skipped = _by_first(self.skipped, self.first_lines)
+        self.empty = _by_first(self.empty, self.empty_lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (`from_json` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AudienceSummary:
+        """A summary from `to_json`'s data."""
+        return cls(**data)
+
+
+def _by_first(counts: dict[_Key, int], lines: dict[_Key, list[int]]) -> dict[_Key, int]:
+    """``counts`` reordered by the first line of each key."""
+    return dict(sorted(counts.items(), key=lambda item: lines[item[0]][0]))
+
 
 def summarize(campaign: Campaign, suppression: Suppression | None = None) -> AudienceSummary:
     """Stream the whole audience once and count it; raises `CampaignError` like `iter_audience`."""
     summary = AudienceSummary()
-    for item in _checked(campaign, suppression, summary.add_empty):
-        if isinstance(item, Skip):
-            summary.add(item)
-        else:
-            summary.valid += 1
-            if (group := item[4]) is not None:
-                summary.zones[group] = summary.zones.get(group, 0) + 1
+    for item in _checked(campaign, suppression, summary):
+        assert isinstance(item, Skip)  # valid rows are counted into the summary, not yielded
+        summary.add(item)
     return summary
 
 
@@ -718,10 +978,23 @@ class Suppression:
     Held as a sorted array of 64-bit integers (8 bytes a number) so a large list stays small.
     """
 
-    __slots__ = ("_numbers",)
+    __slots__ = ("_e164", "_numbers")
 
     def __init__(self, numbers: array[int] | None = None) -> None:
         self._numbers = numbers if numbers is not None else array("q")
+        self._e164: Container[str] | None = None
+
+    def e164_lookup(self) -> Container[str]:
+        """What the audience reader asks, with E.164 phones only: the list as a set of E.164
+        strings while it is small (a look-up is a hash, ~10x cheaper than parsing the phone and
+        a binary search), else the list itself."""
+        if self._e164 is None:
+            lookup: Container[str] = self
+            if len(self._numbers) <= SMALL_SUPPRESSION:
+                # "+" and the number is the phone's only E.164 spelling (no leading zero)
+                lookup = frozenset(f"+{n}" for n in self._numbers)
+            self._e164 = lookup
+        return self._e164
 
     @classmethod
     def load(cls, path: Path | None) -> Suppression:
@@ -737,9 +1010,9 @@ class Suppression:
             raise _suppression_error(path, exc.line, exc.message) from None
         return cls(_sorted_unique(numbers))
 
-    def __contains__(self, phone: str) -> bool:
+    def __contains__(self, phone: object) -> bool:
         numbers = self._numbers
-        if not numbers:
+        if not numbers or not isinstance(phone, str):
             return False
         # The audience reader asks with E.164 phones: parse those without the regex.
         number = int(phone) if E164.fullmatch(phone) else _number(phone)

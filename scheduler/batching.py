@@ -8,10 +8,15 @@ whenever the campaign file, its CSV or the suppression list change before the ca
 from __future__ import annotations
 
 import hashlib
+import io
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import orjson
 
 from scheduler.audience import Recipient, Skip, Suppression, iter_rows
 from scheduler.campaign import Campaign
@@ -42,6 +47,44 @@ def to_message(campaign: Campaign, recipient: Recipient) -> Message:
     return message_maker(campaign)(recipient.tracking_id, recipient.phone, recipient.text)
 
 
+#: skipped rows a snapshot holds in memory before it moves them to a temporary file
+SKIPS_HELD = 10_000
+
+
+class SkipList:
+    """A snapshot's skipped rows, in CSV order, in flat memory: up to ``SKIPS_HELD`` are held,
+    the rest go to an unnamed temporary file (a 10,000,000-row audience with 5% bad rows would
+    otherwise hold 500,000 `Skip` objects, ~100 MB, until the journal has them)."""
+
+    def __init__(self) -> None:
+        self._held: list[Skip] = []
+        self._spilled: IO[bytes] | None = None
+
+    def append(self, skip: Skip) -> None:
+        """Add the next skipped row."""
+        self._held.append(skip)
+        if len(self._held) >= SKIPS_HELD:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self._spilled is None:
+            self._spilled = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the finalizer)
+            weakref.finalize(self, self._spilled.close)
+        self._spilled.seek(0, io.SEEK_END)
+        self._spilled.write(b"".join(
+            orjson.dumps((s.line, s.tracking_id, s.phone, s.reason, s.detail)) + b"\n"
+            for s in self._held
+        ))
+        self._held = []
+
+    def __iter__(self) -> Iterator[Skip]:
+        if self._spilled is not None:
+            self._spilled.seek(0)
+            for line in self._spilled:
+                yield Skip(*orjson.loads(line))
+        yield from list(self._held)
+
+
 @dataclass
 class Snapshot:
     """Streams a campaign's batches; the skipped rows are collected as the stream is consumed.
@@ -53,7 +96,7 @@ class Snapshot:
     campaign: Campaign
     suppression: Suppression | None
     batch_size: int
-    skips: list[Skip] = field(default_factory=list)
+    skips: SkipList = field(default_factory=SkipList)
     zones: list[str | None] = field(default_factory=list)
 
     def batches(self) -> Iterator[list[Message]]:

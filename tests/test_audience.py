@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler import audience
+from scheduler import audience, batching
 from scheduler.audience import (
     AudienceSummary,
     Recipient,
@@ -35,6 +36,7 @@ from scheduler.campaign import (
 )
 from scheduler.errors import CampaignError, ConfigError
 from scheduler.template import Template
+from scheduler.window import Window
 
 HEADER = "phone,customer_id,name\n"
 TEXTS: dict[MessageType, str | None] = {
@@ -454,6 +456,102 @@ def test_summarize_counts_and_first_lines(make_campaign: MakeCampaign) -> None:
     assert summary.total == 9
 
 
+def summary_by_hand(campaign: Campaign, suppression: Suppression | None) -> AudienceSummary:
+    """`summarize` rebuilt from `iter_audience` (no counting mode, no helper process)."""
+    summary = AudienceSummary()
+    for item in iter_audience(campaign, suppression):
+        summary.add(item)
+        if isinstance(item, Recipient) and item.zone is not None:
+            summary.zones[item.zone] = summary.zones.get(item.zone, 0) + 1
+    for item in iter_audience(campaign, suppression):
+        if isinstance(item, Recipient) and not item.text.split(" ")[1].strip(","):
+            summary.add_empty("name", item.line)
+    return summary
+
+
+HELPER_BODY = "".join(
+    f"{'+38050' if n % 7 else '050'}{n % 900:07d},{'c' if n % 5 else 'x'}{n % 950}"
+    f",{'' if n % 11 == 0 else 'Ann'}\n"
+    for n in range(3000)
+) + "+380501\n\n,,\n\"+380509\",\"q\nuoted\",Bo\n+380501234567,c,A\n+380671234567,b d,A\n"
+
+
+@pytest.mark.parametrize("helper", ["none", "forked", "ids fail", "counting fails"])
+def test_summarize_counts_the_same_with_helper_processes(
+    make_campaign: MakeCampaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper: str,
+) -> None:
+    """Counts, first lines, details and their order are the same whether pass 1 of the ids and
+    the counting of the last rows run here, in forked helpers, or here again after a helper
+    failed."""
+    campaign = make_campaign(HEADER + HELPER_BODY, text="Hi {name}, hello")
+    campaign = campaign.model_copy(update={"window": Window.parse("09:00-20:00")})
+    suppression = write_list(tmp_path / "optout.txt", "+3805000000014\n+380500000028\n")
+    expected = summary_by_hand(campaign, suppression)
+    if helper != "none":
+        monkeypatch.setattr(audience, "HELPER_LINES", 0)
+        monkeypatch.setattr(audience, "DEDUPE_BITS", 64)  # many false positives on both sides
+    if helper == "ids fail":
+        monkeypatch.setattr(audience, "_scan_ids", _broken_scan)
+    if helper == "counting fails":
+        monkeypatch.setattr(audience, "_count_rest", _broken_scan)
+    started: list[object] = []
+    start = audience._Forked.start
+
+    def recorded(*args: Any) -> object:
+        started.append(start(*args))
+        return started[-1]
+
+    monkeypatch.setattr(audience._Forked, "start", recorded)
+    summary = summarize(campaign, suppression)
+    assert summary == expected
+    assert list(summary.skipped) == list(expected.skipped)  # the same order too
+    assert list(summary.empty) == list(expected.empty)
+    assert summary.skipped["duplicate"] > 100
+    assert summary.skipped["invalid_id"] == 1  # first met in the last rows
+    assert summary.empty["name"] > 50
+    assert sum(summary.zones.values()) == summary.valid  # every valid row has its zone group
+    forked = [process for process in started if process is not None]
+    assert len(forked) == (0 if helper == "none" else 2)
+
+
+@pytest.mark.parametrize("at", [0.1, 0.9])
+def test_a_malformed_row_is_reported_the_same_with_helper_processes(
+    make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch, at: float,
+) -> None:
+    """A row the csv module cannot read, early or late in the file: the same error and line
+    whether or not helpers counted part of the audience."""
+    lines = HELPER_BODY.splitlines(keepends=True)
+    cut = int(len(lines) * at)
+    campaign = make_campaign(HEADER + "".join(lines[:cut]) + '"+38050,x,y\n' + "".join(lines[cut:]))
+    with pytest.raises(CampaignError) as plain:
+        summarize(campaign)
+    monkeypatch.setattr(audience, "HELPER_LINES", 0)
+    with pytest.raises(CampaignError) as helped:
+        summarize(campaign)
+    assert helped.value.problems == plain.value.problems
+    assert plain.value.problems[0].line == cut + 2
+
+
+def test_a_skipped_row_reports_no_empty_placeholder(make_campaign: MakeCampaign) -> None:
+    """Placeholders are checked last: a row skipped for its time zone (or anything else) is
+    not also counted as leaving ``{name}`` empty, with one placeholder or several."""
+    body = "+380501234567,c1,,Kyiv\n+380501234568,c2,,\n+380501234569,c3,A,Mars/Base\n"
+    for text in ("Hi {name}", "Hi {name} {tz}"):
+        campaign = make_campaign("phone,customer_id,name,tz\n" + body, text=text)
+        spec = campaign.audience.model_copy(update={"tz_column": "tz"})
+        campaign = campaign.model_copy(
+            update={"audience": spec, "window": Window.parse("09:00-20:00")}
+        )
+        summary = summarize(campaign)
+        assert summary.skipped == {"invalid_timezone": 2}
+        assert summary.empty_lines["name"] == [3]
+        assert summary.zones == {"Europe/Kyiv": 1}
+
+
+def _broken_scan(*args: object) -> None:
+    raise SystemExit(3)
+
+
 # -- file-level problems -----------------------------------------------------------------------
 
 
@@ -747,12 +845,32 @@ def test_snapshot_fast_path_matches_iter_audience(
     assert [message for batch in batches for message in batch] == [
         to_message(campaign, item) for item in expected if isinstance(item, Recipient)
     ]
-    assert snapshot.skips == [item for item in expected if isinstance(item, Skip)]
+    assert list(snapshot.skips) == [item for item in expected if isinstance(item, Skip)]
     assert all(len(batch) == batch_size for batch in batches[:-1])
     assert [(*row,) for row in iter_rows(campaign, suppression) if not isinstance(row, Skip)] == [
         (r.line, r.tracking_id, r.phone, r.text, r.zone) for r in expected
         if isinstance(r, Recipient)
     ]
+
+
+def test_snapshot_skips_past_the_held_ones_go_to_a_file(
+    make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped rows beyond `SKIPS_HELD` wait in a temporary file (flat memory), and come back
+    complete and in CSV order, as often as they are read."""
+    monkeypatch.setattr(batching, "SKIPS_HELD", 3)
+    body = "".join(
+        f"0501234{n:03d},c{n}\n" if n % 3 else f"+380501234{n:03d},c{n}\n" for n in range(20)
+    )
+    campaign = make_campaign("phone,customer_id\n" + body, text="Hi", id_column="customer_id")
+    snapshot = Snapshot(campaign, None, 5)
+    sent = [message for batch in snapshot.batches() for message in batch]
+    expected = [item for item in iter_audience(campaign) if isinstance(item, Skip)]
+    assert len(sent) == 7
+    assert len(expected) == 13
+    assert snapshot.skips._spilled is not None  # some did go to the file
+    assert list(snapshot.skips) == expected
+    assert list(snapshot.skips) == expected
 
 
 # -- issue 9: Excel's sep= line (item 12), empty personalisation (item 16) ----------------------
