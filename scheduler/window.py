@@ -25,6 +25,7 @@ _HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 WINDOW_EXAMPLE = '"09:00-20:00"'
 
 Stretch = tuple[datetime, datetime]  # [opens, closes) in UTC
+_SECOND = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +109,29 @@ def parse_days(days: Iterable[str]) -> frozenset[int]:
 
 
 def _local(day: date, since_midnight: timedelta, zone: ZoneInfo) -> datetime:
-    """``day`` + ``since_midnight`` on the local wall clock of ``zone``, in UTC. 24:00 is the
-    next day's midnight; a time skipped by a clock change lands just after it (zoneinfo)."""
-    wall = datetime.combine(day, time(), tzinfo=zone) + since_midnight
-    return wall.astimezone(UTC)
+    """The first moment at which the wall clock of ``zone`` reads ``day`` + ``since_midnight``
+    or later, in UTC (24:00 is the next day's midnight). For a time a clock change skips (02:30
+    when 02:00 jumps to 03:00) that is the moment of the jump; for a time it repeats, the
+    first of the two."""
+    wall = datetime.combine(day, time()) + since_midnight
+    moment = wall.replace(tzinfo=zone).astimezone(UTC)
+    if _wall(moment, zone) == wall:
+        return moment
+    # skipped: the jump lies between the two readings of the offset; find it to the second
+    early = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    early, late = min(early, moment), max(early, moment)
+    while late - early > _SECOND:
+        middle = early + (late - early) / 2
+        if _wall(middle, zone) >= wall:
+            late = middle
+        else:
+            early = middle
+    return late.replace(microsecond=0) + (_SECOND if late.microsecond else timedelta())
+
+
+def _wall(moment: datetime, zone: ZoneInfo) -> datetime:
+    """What the wall clock of ``zone`` reads at ``moment`` (naive)."""
+    return moment.astimezone(zone).replace(tzinfo=None)
 
 
 def _intersect(left: list[Stretch], right: list[Stretch]) -> list[Stretch]:

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scheduler.audience import Skip, iter_audience
@@ -95,8 +95,10 @@ ZONES_WITH_DST = ["Europe/Kyiv", "Europe/Paris", "America/New_York", "Australia/
     day=st.dates(min_value=date(2026, 1, 1), max_value=date(2030, 12, 31)),
     minute=st.integers(0, 24 * 60 - 1),
     names=st.lists(st.sampled_from(ZONES_WITH_DST), min_size=1, max_size=2, unique=True),
-    hours=st.sampled_from(["08:00-21:00", "09:00-20:00", "00:30-03:30", "10:00-24:00"]),
+    hours=st.sampled_from(["08:00-21:00", "09:00-20:00", "00:30-03:30", "10:00-24:00",
+                           "02:30-20:00", "01:00-02:30"]),  # edges a clock change may skip
 )
+@example(day=date(2028, 3, 25), minute=90, names=["Europe/Kyiv"], hours="00:30-03:30")
 def test_a_stretch_is_inside_the_local_window_everywhere_across_clock_changes(
     day: date, minute: int, names: list[str], hours: str,
 ) -> None:
