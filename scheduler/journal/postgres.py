@@ -175,6 +175,21 @@ _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
     "skipped": "skipped",
 }
+#: `PostgresStore.stage_record` for a batch with no outcomes yet (its counts sum to 0, as its
+#: blob is empty), checking what `record` checks, in one statement: no row means "not that
+#: case", and nothing was written
+_RECORD_FIRST: LiteralString = (
+    "WITH s AS (UPDATE batch_state SET state = %(state)s, sent = sent + %(sent)s,"
+    " rejected = rejected + %(rejected)s, expired = expired + %(expired)s,"
+    " in_doubt = in_doubt + %(in_doubt)s,"
+    " done_at = CASE WHEN %(close)s THEN clock_timestamp() END"
+    " WHERE snapshot = %(snapshot)s AND seq = %(seq)s AND state <> 'done'"
+    " AND sent + rejected + expired + in_doubt = 0"
+    " AND CASE WHEN %(close)s THEN size = %(n)s ELSE size > %(n)s END"
+    " RETURNING snapshot, seq)"
+    " INSERT INTO results (snapshot, seq, blob) SELECT snapshot, seq, %(blob)s FROM s"
+    " ON CONFLICT (snapshot, seq) DO UPDATE SET blob = EXCLUDED.blob"
+)
 _SNAPSHOT_DELETES = (
     "DELETE FROM bodies WHERE snapshot = %s",
     "DELETE FROM batch_state WHERE snapshot = %s",
@@ -220,6 +235,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
 Query = LiteralString | sql.SQL | sql.Composed
+#: the second step of a staged write: read its results once they are in (see `PostgresStore`)
+Finish = Callable[[], Awaitable[Any]]
+
+
+async def _nothing() -> None:
+    """The `Finish` of a write with nothing to check."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,25 +588,69 @@ class PostgresStore:
             for seq, body, size, state, attempts, blob, zones in rows
         ]
 
-    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
+    # The send path's writes come in two steps: ``stage_*`` sends the statements without
+    # reading their results, and the `Finish` it returns reads them (and raises) once the
+    # group's pipeline has synced; the plain method runs both steps at once.
+
+    async def stage_mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> Finish:
         """Mark open batches in flight (attempts + 1) before they are posted."""
         if not seqs:
-            return
+            return _nothing
         cursor = await self.db.execute(
             "UPDATE batch_state SET state = 'in_flight', attempts = attempts + 1"
             " WHERE snapshot = %s AND seq = ANY(%s::int[]) AND state <> 'done'",
             (await self._snapshot(campaign_id), list(seqs)),
         )
-        if cursor.rowcount != len(set(seqs)):
-            raise JournalConflict(campaign_id, f"not every batch of {list(seqs)} is open")
+        wanted = len(set(seqs))
 
-    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        async def finish() -> None:
+            if cursor.rowcount != wanted:
+                raise JournalConflict(campaign_id, f"not every batch of {list(seqs)} is open")
+
+        return finish
+
+    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """`stage_mark_in_flight`, at once."""
+        await (await self.stage_mark_in_flight(campaign_id, seqs))()
+
+    async def stage_release(self, campaign_id: str, seqs: Sequence[int]) -> Finish:
         """Return in-flight batches to pending (certainly not delivered: they will be resent)."""
         await self.db.execute(
             "UPDATE batch_state SET state = 'pending'"
             " WHERE snapshot = %s AND seq = ANY(%s::int[]) AND state = 'in_flight'",
             (await self._snapshot(campaign_id), list(seqs)),
         )
+        return _nothing
+
+    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+        """`stage_release`, at once."""
+        await (await self.stage_release(campaign_id, seqs))()
+
+    async def stage_record(
+        self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool,
+    ) -> Finish:
+        """`record` in one statement for a batch that holds no outcomes yet (the common case:
+        nothing to read first); any other batch takes `record`'s way once this one has found
+        nothing to change."""
+        counts = Counter(r.outcome for r in results)
+        if "skipped" in counts:
+            raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
+        if len({r.tracking_id for r in results}) != len(results):
+            return lambda: self.record(campaign_id, seq, results, close=close)  # it refuses
+        cursor = await self.db.execute(_RECORD_FIRST, {
+            "state": "done" if close else "pending", "sent": counts["sent"],
+            "rejected": counts["rejected"], "expired": counts["expired"],
+            "in_doubt": counts["in_doubt"], "close": close, "n": len(results),
+            "snapshot": await self._snapshot(campaign_id), "seq": seq,
+            "blob": orjson.dumps([r[:4] for r in results]),
+        })
+
+        async def finish() -> int:
+            if cursor.rowcount == 1:
+                return len(results)
+            return await self.record(campaign_id, seq, results, close=close)
+
+        return finish
 
     async def record(
         self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool,
@@ -622,15 +687,24 @@ class PostgresStore:
 
     # --- what reached the delivery log ----------------------------------------------------
 
-    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
+    async def stage_mark_logged(
+        self, campaign_id: str, marks: Sequence[tuple[int, int]],
+    ) -> Finish:
         """Record that the first ``count`` results of batch ``seq`` are in the delivery log."""
-        snapshot = await self._snapshot(campaign_id)
-        async with self.db.cursor() as cursor:
-            await cursor.executemany(
-                "UPDATE batch_state SET logged = GREATEST(logged, %s)"
-                " WHERE snapshot = %s AND seq = %s",
-                [(count, snapshot, seq) for seq, count in marks],
-            )
+        highest: dict[int, int] = {}
+        for seq, count in marks:
+            highest[seq] = max(count, highest.get(seq, count))
+        await self.db.execute(
+            "UPDATE batch_state s SET logged = GREATEST(s.logged, u.count)"
+            " FROM unnest(%s::int[], %s::int[]) AS u (seq, count)"
+            " WHERE s.snapshot = %s AND s.seq = u.seq",
+            (list(highest), list(highest.values()), await self._snapshot(campaign_id)),
+        )
+        return _nothing
+
+    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
+        """`stage_mark_logged`, at once."""
+        await (await self.stage_mark_logged(campaign_id, marks))()
 
     async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
         """Outcomes not yet in the delivery log, by batch."""
@@ -996,14 +1070,14 @@ class PostgresStore:
         )
         return [DaemonRecord(holder, datetime.fromtimestamp(epoch, UTC)) for holder, epoch in rows]
 
-    async def check_fence(self, holder: str, epoch: int) -> None:
-        """Raise `JournalFenced` unless ``holder`` holds an unexpired lease of ``epoch``."""
-        row = await self._one(
+    async def stage_fence(self, holder: str, epoch: int) -> Callable[[], bool]:
+        """Whether ``holder`` holds an unexpired lease of ``epoch``; the lease row stays
+        locked (FOR SHARE) until the transaction ends, so no one can take it meanwhile."""
+        cursor = await self.db.execute(
             "SELECT 1 FROM lease WHERE name = 'leader' AND holder = %s AND epoch = %s"
             " AND expires_at > clock_timestamp() FOR SHARE", (holder, epoch),
         )
-        if row is None:
-            raise JournalFenced(holder)
+        return lambda: cursor.rowcount == 1
 
 
 def _check_results(
@@ -1106,10 +1180,17 @@ async def _copy_in(
 
 @dataclass(slots=True)
 class _Op:
-    """One queued call: what to run on the store, and whom to tell."""
+    """One queued call: what to run on the store, and whom to tell.
+
+    ``fence``: the lease (holder, epoch) the write must still hold, checked in its group's
+    transaction (None: not fenced). ``stage``: the write in two steps (see `PostgresStore`),
+    so a group of such writes goes to the server in one pipeline; ``fn`` runs both at once.
+    """
 
     fn: Callable[[PostgresStore], Awaitable[Any]]
     future: asyncio.Future[Any]
+    fence: tuple[str, int] | None = None
+    stage: Callable[[PostgresStore], Awaitable[Finish]] | None = None
 
 
 _Settled = tuple[_Op, object, BaseException | None]
@@ -1212,10 +1293,16 @@ class PostgresJournal:
 
     async def run(self, fn: Callable[[PostgresStore], Awaitable[T]]) -> T:
         """Run ``fn(store)`` in the writer task, inside the group's transaction."""
+        return await self._submit(fn)
+
+    async def _submit(
+        self, fn: Callable[[PostgresStore], Awaitable[T]], fence: tuple[str, int] | None = None,
+        stage: Callable[[PostgresStore], Awaitable[Finish]] | None = None,
+    ) -> T:
         if self._queue is None or self._closing:
             raise RuntimeError("the journal is not running (call start() first, not after close)")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Op(fn, future))
+        self._queue.put_nowait(_Op(fn, future, fence, stage))
         return await future
 
     async def _call(
@@ -1228,15 +1315,22 @@ class PostgresJournal:
         self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
         *args: P.args, **kwargs: P.kwargs,
     ) -> T:
-        """`_call`, after checking the lease in the same savepoint (when fenced)."""
-        fence = self._fence
+        """`_call`, once the group's transaction has checked the lease (when fenced)."""
+        return await self._submit(lambda store: method(store, *args, **kwargs), self._fence)
 
-        async def guarded(store: PostgresStore) -> T:
-            if fence is not None:
-                await store.check_fence(*fence)
-            return await method(store, *args, **kwargs)
+    async def _staged(
+        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[Finish]],
+        fenced: bool, *args: P.args, **kwargs: P.kwargs,
+    ) -> Any:
+        """A two-step write of the send path (fenced or not): pipelined with its group."""
 
-        return await self.run(guarded)
+        def stage(store: PostgresStore) -> Awaitable[Finish]:
+            return method(store, *args, **kwargs)
+
+        async def at_once(store: PostgresStore) -> Any:
+            return await (await stage(store))()
+
+        return await self._submit(at_once, self._fence if fenced else None, stage)
 
     async def _serve(self) -> None:
         assert self._queue is not None
@@ -1281,13 +1375,14 @@ class PostgresJournal:
         operation). If an operation fails, it is all rolled back; a lone operation's error
         is final, a group runs again with a savepoint each so the error stays its own."""
         outcomes = await self._transaction(ops, savepoints=False)
-        if len(outcomes) < len(ops) or (len(ops) > 1 and outcomes[-1][2] is not None):
+        if outcomes is None:
             outcomes = await self._transaction(ops, savepoints=True)
+            assert outcomes is not None  # with savepoints, every failure stays its own
         return outcomes
 
-    async def _transaction(self, ops: list[_Op], *, savepoints: bool) -> list[_Settled]:
-        """`_commit` on a live connection; one found dead at BEGIN (it died while idle, so
-        nothing was sent) is replaced once."""
+    async def _transaction(self, ops: list[_Op], *, savepoints: bool) -> list[_Settled] | None:
+        """`_commit` on a live connection; one found dead before anything of the group came
+        back (nothing of it can have been committed) is replaced once."""
         try:
             return await self._commit(await self._live_store(), ops, savepoints)
         except _LostAtBegin:
@@ -1297,16 +1392,27 @@ class PostgresJournal:
 
     async def _commit(
         self, store: PostgresStore, ops: list[_Op], savepoints: bool, retry: bool = True,
-    ) -> list[_Settled]:
-        """Run ``ops`` in one transaction and commit it, unless one failed outside a
-        savepoint: then roll back and return the outcomes up to that one."""
+    ) -> list[_Settled] | None:
+        """Run ``ops`` in one transaction and commit it, checking each lease they are fenced
+        by once, in that transaction (the lease row stays locked until the commit). An
+        operation that failed outside a savepoint rolls it all back: then None (run the group
+        again with savepoints), or for a lone operation its error."""
+        if not savepoints and all(op.stage is not None for op in ops):
+            return await self._commit_pipelined(store, ops, retry)
         began = failed = False
         outcomes: list[_Settled] = []
         store.learned.clear()
         try:
             async with store.db.transaction():
                 began = True
+                refused = await self._check_fences(store, ops, savepoints)
+                if refused is None:
+                    failed = True
+                    raise psycopg.Rollback
                 for op in ops:
+                    if op.fence is not None and op.fence in refused:
+                        outcomes.append((op, None, refused[op.fence]))
+                        continue
                     outcomes.append(await self._run_one(store, op, savepoint=savepoints))
                     if outcomes[-1][2] is not None and not savepoints:
                         failed = True
@@ -1315,9 +1421,93 @@ class PostgresJournal:
             if retry and not began and store.db.broken:
                 raise _LostAtBegin from exc
             raise self._error(exc) from None
-        if not failed:
-            store.committed()
-            self.commits += 1
+        if failed:
+            return outcomes if len(ops) == 1 and outcomes else None
+        store.committed()
+        self.commits += 1
+        return outcomes
+
+    async def _check_fences(
+        self, store: PostgresStore, ops: list[_Op], savepoints: bool,
+    ) -> dict[tuple[str, int], BaseException] | None:
+        """Check each lease the group's operations are fenced by, once: the error of each
+        fence that does not hold. None: a check failed outside a savepoint (roll back)."""
+        refused: dict[tuple[str, int], BaseException] = {}
+        for fence in dict.fromkeys(op.fence for op in ops if op.fence is not None):
+            try:
+                if savepoints:
+                    async with store.db.transaction():
+                        holds = (await store.stage_fence(*fence))()
+                else:
+                    holds = (await store.stage_fence(*fence))()
+            except psycopg.Error as exc:
+                if not savepoints:
+                    return None
+                refused[fence] = self._error(exc)
+                continue
+            if not holds:
+                refused[fence] = JournalFenced(fence[0])
+        return refused
+
+    async def _commit_pipelined(
+        self, store: PostgresStore, ops: list[_Op], retry: bool,
+    ) -> list[_Settled] | None:
+        """`_commit` for a group of two-step writes (the send path's) in two round trips:
+        BEGIN, the lease checks and every write go out in one pipeline and their results come
+        back at once; if all is well, COMMIT. A lease that does not hold rolls it all back:
+        its operations fail `JournalFenced` and the others run again without them."""
+        store.learned.clear()
+        outcomes: list[_Settled] = []
+        staged: list[tuple[_Op, Finish]] = []
+        refused: set[tuple[str, int]] = set()
+        failed = committing = False
+        try:
+            async with store.db.pipeline() as pipeline, store.db.transaction():
+                checks = [(fence, await store.stage_fence(*fence))
+                          for fence in dict.fromkeys(op.fence for op in ops if op.fence)]
+                for op in ops:
+                    assert op.stage is not None
+                    try:
+                        staged.append((op, await op.stage(store)))
+                    except psycopg.Error:
+                        raise
+                    # refused before it wrote anything (bad arguments, no such campaign): the
+                    # error is its caller's, the group goes on
+                    except Exception as exc:  # noqa: BLE001
+                        outcomes.append((op, None, exc))
+                await pipeline.sync()
+                refused = {fence for fence, holds in checks if not holds()}
+                if refused:
+                    raise psycopg.Rollback
+                for op, finish in staged:
+                    try:
+                        outcomes.append((op, await finish(), None))
+                    except psycopg.Error:
+                        raise
+                    # its statements ran: the error is its caller's, the rest runs again
+                    except Exception as exc:  # noqa: BLE001
+                        outcomes.append((op, None, exc))
+                        failed = True
+                        raise psycopg.Rollback from None
+                committing = True
+        except psycopg.Error as exc:
+            if not committing and store.db.broken and retry:
+                raise _LostAtBegin from exc
+            if committing or store.db.broken:
+                raise self._error(exc) from None
+            # a statement failed, and the pipeline does not say whose: ask each alone
+            return [(ops[0], None, self._error(exc))] if len(ops) == 1 else None
+        if failed:
+            return outcomes if len(ops) == 1 else None
+        if refused:
+            done = {id(op) for op, _, _ in outcomes}
+            for op in ops:
+                if op.fence in refused and id(op) not in done:
+                    outcomes.append((op, None, JournalFenced(op.fence[0])))
+            rest = [op for op in ops if op.fence not in refused and id(op) not in done]
+            return outcomes + (await self._group(rest) if rest else [])
+        store.committed()
+        self.commits += 1
         return outcomes
 
     async def _live_store(self) -> PostgresStore:
@@ -1406,27 +1596,33 @@ class PostgresJournal:
 
     async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
         """`Journal.mark_in_flight`."""
-        await self._fenced(PostgresStore.mark_in_flight, campaign_id, seqs)
+        await self._staged(PostgresStore.stage_mark_in_flight, True, campaign_id, seqs)
 
     async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
         """`Journal.release`."""
-        await self._fenced(PostgresStore.release, campaign_id, seqs)
+        await self._staged(PostgresStore.stage_release, True, campaign_id, seqs)
 
     async def record_results(
         self, campaign_id: str, seq: int, results: Sequence[Result],
     ) -> int:
         """`Journal.record_results`."""
-        return await self._fenced(PostgresStore.record, campaign_id, seq, results, close=True)
+        held: int = await self._staged(
+            PostgresStore.stage_record, True, campaign_id, seq, results, close=True,
+        )
+        return held
 
     async def record_partial(
         self, campaign_id: str, seq: int, results: Sequence[Result],
     ) -> int:
         """`Journal.record_partial`."""
-        return await self._fenced(PostgresStore.record, campaign_id, seq, results, close=False)
+        held: int = await self._staged(
+            PostgresStore.stage_record, True, campaign_id, seq, results, close=False,
+        )
+        return held
 
     async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
         """`Journal.mark_logged`."""
-        await self._call(PostgresStore.mark_logged, campaign_id, marks)
+        await self._staged(PostgresStore.stage_mark_logged, False, campaign_id, marks)
 
     async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
         """`Journal.unlogged`."""
