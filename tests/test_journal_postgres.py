@@ -326,6 +326,52 @@ async def test_group_commit_one_commit_and_one_failure_fails_alone(postgres_url:
         await journal.close()
 
 
+async def test_a_deposed_leaders_group_commits_only_its_unfenced_writes(
+    postgres_url: str,
+) -> None:
+    """One group, sent in one round trip: writes fenced by a lease that has passed on fail
+    JournalFenced and write nothing; the unfenced write of the same group, and the writes
+    fenced by the new lease, are committed (and one needing `record`'s whole way, a batch
+    that already holds outcomes, gets it)."""
+    journal = await started(postgres_url)
+    try:
+        await prepare(journal, "c", count=4)
+        old = await journal.acquire_lease("old", 15)
+        assert old is not None
+        journal.fence("old", old)
+        await journal.set_state("c", "running")
+        await journal.mark_in_flight("c", [0, 1])
+        first, second = (await journal.open_batches("c", limit=2))
+        await journal.record_partial("c", 1, sent(second.body)[:1])
+        await journal.release_lease("old", old)
+        new = await journal.acquire_lease("new", 15)
+        assert new is not None
+        release, parked = await hold_writer(journal)
+        before = journal.commits
+        stale = [journal.mark_in_flight("c", [2]), journal.record_results("c", 0, sent(
+            first.body))]
+        stale_calls = [asyncio.ensure_future(call) for call in stale]
+        await asyncio.sleep(0)  # queued, under the fence of their time
+        journal.fence("new", new)
+        fresh = [asyncio.ensure_future(call) for call in (
+            journal.mark_logged("c", [(1, 1)]), journal.mark_in_flight("c", [3]),
+            journal.record_results("c", 1, sent(second.body)[1:]))]
+        await asyncio.sleep(0)
+        release.set()
+        await parked
+        for call in stale_calls:
+            with pytest.raises(JournalFenced):
+                await call
+        assert await asyncio.gather(*fresh) == [None, None, 2]
+        assert journal.commits - before <= 3  # the parked op's, this group's, record's
+        states = {b.seq: (b.state, b.attempts) for b in await journal.open_batches("c")}
+        assert states == {0: ("in_flight", 1), 2: ("pending", 0), 3: ("in_flight", 1)}
+        assert (await journal.counts("c"))["sent"] == 2
+        assert [u.seq for u in await journal.unlogged("c")] == [1]
+    finally:
+        await journal.close()
+
+
 async def test_a_connection_cut_mid_transaction_fails_the_whole_group(
     postgres_server: PostgresServer, postgres_url: str,
 ) -> None:

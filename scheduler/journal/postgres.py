@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
 import orjson
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
@@ -175,6 +176,20 @@ _COUNT_COLUMNS: dict[str, str] = {
     "sent": "sent", "rejected": "rejected", "expired": "expired", "in_doubt": "in_doubt",
     "skipped": "skipped",
 }
+_MARK: LiteralString = (
+    "UPDATE batch_state SET state = 'in_flight', attempts = attempts + 1"
+    " WHERE snapshot = %s AND seq = ANY(%s::int[]) AND state <> 'done'"
+)
+#: a group sent ahead with its COMMIT cannot look at a result before committing: these fail
+#: the transaction instead (division by zero), so a check that does not pass rolls it back
+_MARK_GUARDED: LiteralString = (
+    f"WITH marked AS ({_MARK} RETURNING 1) SELECT 1 / (count(*) = %s)::int FROM marked"
+)
+_FENCE: LiteralString = (
+    "SELECT 1 FROM lease WHERE name = 'leader' AND holder = %s AND epoch = %s"
+    " AND expires_at > clock_timestamp() FOR SHARE"
+)
+_FENCE_GUARDED: LiteralString = f"SELECT 1 / count(*) FROM ({_FENCE}) AS held"
 #: `PostgresStore.stage_record` for a batch with no outcomes yet (its counts sum to 0, as its
 #: blob is empty), checking what `record` checks, in one statement: no row means "not that
 #: case", and nothing was written
@@ -365,6 +380,9 @@ class PostgresStore:
         self.frozen = {} if frozen is None else frozen
         #: what this transaction saw started, kept in `frozen` only once it commits
         self.learned: dict[str, int] = {}
+        #: set while a group is sent ahead with its COMMIT (see `PostgresJournal`): a staged
+        #: write must then fail its statement (a guard) rather than be checked afterwards
+        self.ahead = False
 
     def committed(self) -> None:
         """The transaction committed: what it saw is settled."""
@@ -596,12 +614,12 @@ class PostgresStore:
         """Mark open batches in flight (attempts + 1) before they are posted."""
         if not seqs:
             return _nothing
-        cursor = await self.db.execute(
-            "UPDATE batch_state SET state = 'in_flight', attempts = attempts + 1"
-            " WHERE snapshot = %s AND seq = ANY(%s::int[]) AND state <> 'done'",
-            (await self._snapshot(campaign_id), list(seqs)),
-        )
         wanted = len(set(seqs))
+        params = (await self._snapshot(campaign_id), list(seqs))
+        if self.ahead:
+            await self.db.execute(_MARK_GUARDED, (*params, wanted))
+            return _nothing
+        cursor = await self.db.execute(_MARK, params)
 
         async def finish() -> None:
             if cursor.rowcount != wanted:
@@ -635,8 +653,15 @@ class PostgresStore:
         counts = Counter(r.outcome for r in results)
         if "skipped" in counts:
             raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
+        ahead = self.ahead
+
+        async def whole_way() -> int:
+            if ahead:  # committed untouched: the whole way, in a transaction of its own
+                raise _Again(lambda store: store.record(campaign_id, seq, results, close=close))
+            return await self.record(campaign_id, seq, results, close=close)
+
         if len({r.tracking_id for r in results}) != len(results):
-            return lambda: self.record(campaign_id, seq, results, close=close)  # it refuses
+            return whole_way  # where it is refused
         cursor = await self.db.execute(_RECORD_FIRST, {
             "state": "done" if close else "pending", "sent": counts["sent"],
             "rejected": counts["rejected"], "expired": counts["expired"],
@@ -646,9 +671,7 @@ class PostgresStore:
         })
 
         async def finish() -> int:
-            if cursor.rowcount == 1:
-                return len(results)
-            return await self.record(campaign_id, seq, results, close=close)
+            return len(results) if cursor.rowcount == 1 else await whole_way()
 
         return finish
 
@@ -1073,11 +1096,13 @@ class PostgresStore:
     async def stage_fence(self, holder: str, epoch: int) -> Callable[[], bool]:
         """Whether ``holder`` holds an unexpired lease of ``epoch``; the lease row stays
         locked (FOR SHARE) until the transaction ends, so no one can take it meanwhile."""
-        cursor = await self.db.execute(
-            "SELECT 1 FROM lease WHERE name = 'leader' AND holder = %s AND epoch = %s"
-            " AND expires_at > clock_timestamp() FOR SHARE", (holder, epoch),
-        )
+        cursor = await self.db.execute(_FENCE, (holder, epoch))
         return lambda: cursor.rowcount == 1
+
+    async def guard_fence(self, holder: str, epoch: int) -> None:
+        """`stage_fence` that fails the transaction (division by zero) when the lease does
+        not hold, so a group sent ahead with its COMMIT is rolled back."""
+        await self.db.execute(_FENCE_GUARDED, (holder, epoch))
 
 
 def _check_results(
@@ -1196,8 +1221,34 @@ class _Op:
 _Settled = tuple[_Op, object, BaseException | None]
 
 
+class _Again(Exception):
+    """A write sent ahead found it could not be done in its one statement, and changed
+    nothing: ``slow`` does it the whole way, in a transaction of its own."""
+
+    def __init__(self, slow: Callable[[PostgresStore], Awaitable[Any]]) -> None:
+        super().__init__("again")
+        self.slow = slow
+
+
 class _LostAtBegin(Exception):
     """The connection was found dead at a group's BEGIN: nothing was sent, try once more."""
+
+
+def _lost_while_idle(db: Connection) -> bool:
+    """Whether an idle connection is gone, without a round trip: the server has nothing to
+    say to an idle client, so a readable socket means it closed the connection (a restart,
+    a terminated backend; anything else, a notice, is read and kept)."""
+    if db.closed or db.broken:
+        return True
+    try:
+        for _ in range(3):  # the server's last word (FATAL ...), then the end of the stream
+            readable, _, _ = select.select([db.pgconn.socket], [], [], 0)
+            if not readable or db.pgconn.status == pq.ConnStatus.BAD:
+                break
+            db.pgconn.consume_input()
+    except (psycopg.Error, OSError, ValueError):
+        return True
+    return db.pgconn.status == pq.ConnStatus.BAD
 
 
 def _settle(op: _Op, value: object, error: BaseException | None) -> None:
@@ -1452,67 +1503,67 @@ class PostgresJournal:
     async def _commit_pipelined(
         self, store: PostgresStore, ops: list[_Op], retry: bool,
     ) -> list[_Settled] | None:
-        """`_commit` for a group of two-step writes (the send path's) in two round trips:
-        BEGIN, the lease checks and every write go out in one pipeline and their results come
-        back at once; if all is well, COMMIT. A lease that does not hold rolls it all back:
-        its operations fail `JournalFenced` and the others run again without them."""
+        """`_commit` for a group of two-step writes (the send path's) in ONE round trip:
+        BEGIN, a guard per lease (it fails the transaction if the lease does not hold), every
+        write (a check that does not pass fails it too) and COMMIT go out in one pipeline.
+        If anything failed, the server rolled it all back: roll back and return None, and the
+        group runs again with savepoints, where each error, `JournalFenced` included, is its
+        own. A record that could not be done in one statement was left untouched: it runs
+        the whole way in a group of its own once this one is committed."""
         store.learned.clear()
         outcomes: list[_Settled] = []
         staged: list[tuple[_Op, Finish]] = []
-        refused: set[tuple[str, int]] = set()
-        failed = committing = False
+        db = store.db
         try:
-            async with store.db.pipeline() as pipeline, store.db.transaction():
-                checks = [(fence, await store.stage_fence(*fence))
-                          for fence in dict.fromkeys(op.fence for op in ops if op.fence)]
-                for op in ops:
-                    assert op.stage is not None
-                    try:
-                        staged.append((op, await op.stage(store)))
-                    except psycopg.Error:
-                        raise
-                    # refused before it wrote anything (bad arguments, no such campaign): the
-                    # error is its caller's, the group goes on
-                    except Exception as exc:  # noqa: BLE001
-                        outcomes.append((op, None, exc))
+            async with db.pipeline() as pipeline:
+                await db.execute("BEGIN")
+                for fence in dict.fromkeys(op.fence for op in ops if op.fence is not None):
+                    await store.guard_fence(*fence)
+                store.ahead = True
+                try:
+                    for op in ops:
+                        assert op.stage is not None
+                        try:
+                            staged.append((op, await op.stage(store)))
+                        except psycopg.Error:
+                            raise
+                        # refused before it wrote anything (bad arguments, no such campaign):
+                        # the error is its caller's, the group goes on
+                        except Exception as exc:  # noqa: BLE001
+                            outcomes.append((op, None, exc))
+                finally:
+                    store.ahead = False
+                await db.execute("COMMIT")
                 await pipeline.sync()
-                refused = {fence for fence, holds in checks if not holds()}
-                if refused:
-                    raise psycopg.Rollback
-                for op, finish in staged:
-                    try:
-                        outcomes.append((op, await finish(), None))
-                    except psycopg.Error:
-                        raise
-                    # its statements ran: the error is its caller's, the rest runs again
-                    except Exception as exc:  # noqa: BLE001
-                        outcomes.append((op, None, exc))
-                        failed = True
-                        raise psycopg.Rollback from None
-                committing = True
         except psycopg.Error as exc:
-            if not committing and store.db.broken and retry:
-                raise _LostAtBegin from exc
-            if committing or store.db.broken:
+            if db.broken or db.closed:
+                # Lost before the answer came: most likely it was gone before this began (a
+                # restart `_live_store` could not see yet), so run it once more on a new
+                # connection. Had it committed after all, the repeat is harmless: marks and
+                # releases land again (an attempt counted twice at worst), and a closed
+                # batch refuses a second record.
+                if retry:
+                    raise _LostAtBegin from exc
                 raise self._error(exc) from None
-            # a statement failed, and the pipeline does not say whose: ask each alone
-            return [(ops[0], None, self._error(exc))] if len(ops) == 1 else None
-        if failed:
-            return outcomes if len(ops) == 1 else None
-        if refused:
-            done = {id(op) for op, _, _ in outcomes}
-            for op in ops:
-                if op.fence in refused and id(op) not in done:
-                    outcomes.append((op, None, JournalFenced(op.fence[0])))
-            rest = [op for op in ops if op.fence not in refused and id(op) not in done]
-            return outcomes + (await self._group(rest) if rest else [])
+            with contextlib.suppress(psycopg.Error):
+                await db.execute("ROLLBACK")
+            return None
         store.committed()
         self.commits += 1
-        return outcomes
+        again: list[_Op] = []
+        for op, finish in staged:
+            try:
+                outcomes.append((op, await finish(), None))
+            except _Again as slow:
+                again.append(_Op(slow.slow, op.future, op.fence))
+            # Task boundary: any error is handed to the awaiting caller (see `_run_one`).
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append((op, None, exc))
+        return outcomes + (await self._group(again) if again else [])
 
     async def _live_store(self) -> PostgresStore:
         """The store, on a new connection if the last one was lost (one try per group)."""
-        if self._store is None or self._store.db.closed or self._store.db.broken:
+        if self._store is None or _lost_while_idle(self._store.db):
             await self._reconnect()
         assert self._store is not None
         return self._store
@@ -1549,12 +1600,15 @@ class PostgresJournal:
         """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
 
         Other operations run between chunks, so a million-row snapshot never stalls sending.
+        The worker encodes the next chunk of batches while the server writes this one.
         """
         snapshot = await self._call(PostgresStore.begin_snapshot, campaign_id)
         swapped = False
+        encoded = chunks(encode_batches(batches), _BATCH_CHUNK)
+        ahead = asyncio.ensure_future(asyncio.to_thread(next, encoded, None))
         try:
-            encoded = chunks(encode_batches(batches), _BATCH_CHUNK)
-            while rows := await asyncio.to_thread(next, encoded, None):
+            while rows := await ahead:
+                ahead = asyncio.ensure_future(asyncio.to_thread(next, encoded, None))
                 await self._call(PostgresStore.add_batches, campaign_id, snapshot, rows)
             skip_chunks = chunks(skips, _SKIP_CHUNK)
             while chunk := await asyncio.to_thread(next, skip_chunks, None):
@@ -1566,6 +1620,9 @@ class PostgresJournal:
             )
             swapped = True
         finally:
+            # a write failed while the worker encoded ahead: its chunk is not wanted (and an
+            # error in it is not news)
+            ahead.add_done_callback(lambda done: done.cancelled() or done.exception())
             if not swapped:  # best effort: the next prepare or forget drops it too
                 with contextlib.suppress(JournalError):
                     await self._call(PostgresStore.drop_snapshot, campaign_id, snapshot)
