@@ -196,10 +196,10 @@ _FENCE_GUARDED: LiteralString = f"SELECT 1 / count(*) FROM ({_FENCE}) AS held"
 _RECORD_FIRST: LiteralString = (
     "WITH s AS (UPDATE batch_state SET state = %(state)s, sent = sent + %(sent)s,"
     " rejected = rejected + %(rejected)s, expired = expired + %(expired)s,"
-    " in_doubt = in_doubt + %(in_doubt)s,"
+    " in_doubt = in_doubt + %(in_doubt)s, skipped = skipped + %(skipped)s,"
     " done_at = CASE WHEN %(close)s THEN clock_timestamp() END"
     " WHERE snapshot = %(snapshot)s AND seq = %(seq)s AND state <> 'done'"
-    " AND sent + rejected + expired + in_doubt = 0"
+    " AND sent + rejected + expired + in_doubt + skipped = 0"
     " AND CASE WHEN %(close)s THEN size = %(n)s ELSE size > %(n)s END"
     " RETURNING snapshot, seq)"
     " INSERT INTO results (snapshot, seq, blob) SELECT snapshot, seq, %(blob)s FROM s"
@@ -651,8 +651,6 @@ class PostgresStore:
         nothing to read first); any other batch takes `record`'s way once this one has found
         nothing to change."""
         counts = Counter(r.outcome for r in results)
-        if "skipped" in counts:
-            raise ValueError("skipped rows belong to the snapshot, not to a batch's results")
         ahead = self.ahead
 
         async def whole_way() -> int:
@@ -665,7 +663,8 @@ class PostgresStore:
         cursor = await self.db.execute(_RECORD_FIRST, {
             "state": "done" if close else "pending", "sent": counts["sent"],
             "rejected": counts["rejected"], "expired": counts["expired"],
-            "in_doubt": counts["in_doubt"], "close": close, "n": len(results),
+            "in_doubt": counts["in_doubt"], "skipped": counts["skipped"], "close": close,
+            "n": len(results),
             "snapshot": await self._snapshot(campaign_id), "seq": seq,
             "blob": orjson.dumps([r[:4] for r in results]),
         })
