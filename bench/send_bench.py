@@ -476,7 +476,9 @@ def report(runs: list[Measured], rows: int,
     if lite is not None and pg is not None:
         whole = pg.rate / lite.rate
         phase = sending[pg.label] / sending[lite.label]
-        print(f"ours/pg / ours/sqlite: {whole:.2f}x end to end, {phase:.2f}x sending only; "
+        which = " (the runs above, maybe of different turns)" if turns and len(turns) > 1 else ""
+        print(f"ours/pg / ours/sqlite{which}: {whole:.2f}x end to end, "
+              f"{phase:.2f}x sending only; "
               f"CPU s/M ours {pg.per_million(pg.cpu)} vs {lite.per_million(lite.cpu)}, "
               f"ours + server {pg.per_million(pg.cpu + (pg.server_cpu or 0.0))} vs "
               f"{lite.per_million(lite.cpu)}")
@@ -485,7 +487,8 @@ def report(runs: list[Measured], rows: int,
                 f"{w:.2f}x ({p:.2f}x sending)" for w, p in turns))
             whole = statistics.median(w for w, _ in turns)
             phase = statistics.median(p for _, p in turns)
-            print(f"median of the turns: {whole:.2f}x end to end, {phase:.2f}x sending only")
+            print(f"median of the turns: {whole:.2f}x end to end, {phase:.2f}x sending only "
+                  "(the verdict's)")
         verdicts.append(("PostgreSQL >= 0.8 x SQLite", whole >= 0.8, f"{whole:.2f}x end to end"))
         verdicts.append(("PostgreSQL >= 0.8 x SQLite, sending phase", phase >= 0.8,
                          f"{phase:.2f}x sending only"))
