@@ -18,16 +18,23 @@ phones = st.lists(st.integers(1_000_000, 999_999_999_999_999).map(lambda n: f"+{
                   max_size=300)
 
 
-@given(inside=phones, outside=phones)
-def test_membership_is_exact(inside: list[str], outside: list[str]) -> None:
+@given(inside=phones, outside=phones, set_limit=st.sampled_from([0, 1_000]))
+def test_membership_is_exact(inside: list[str], outside: list[str], set_limit: int) -> None:
     """Exactly the phones given are in it, whatever their lengths (number order is not text
-    order: +1... and +380... interleave)."""
-    summary = CapSummary.of([PROMO], lambda cap, after: inside if after == "" else [], NOW)
+    order: +1... and +380... interleave), kept as a set or as sorted arrays."""
+    summary = CapSummary.of([PROMO], lambda cap, after: inside if after == "" else [], NOW,
+                            set_limit)
     for phone in inside:
         assert phone in summary
     for phone in set(outside) - set(inside):
         assert phone not in summary
     assert "not a phone" not in summary
+    batch = outside + inside
+    flags = summary.over(batch)
+    if not inside:
+        assert flags is None
+    else:
+        assert flags == [phone in set(inside) for phone in batch]
 
 
 def test_pages_are_followed_until_a_short_one_and_caps_are_joined() -> None:
