@@ -4,9 +4,9 @@ site's default (SPEC §11.4).
 The phone's zones come from libphonenumber's time-zone data (the `phonenumbers` package). Its
 public look-up parses and classifies every number (~30 µs), too slow for a million rows, so the
 slow part (is the number geographic, and if not, which zones does its country have?) is cached
-by the country code and the next three digits (what decides a number's type in the plans that
-span zones), and the geographic look-up itself is the data's longest-prefix match, cached by
-six digits wherever the data has nothing longer under them.
+by the country code and the next three digits (six in the North American plan: what decides a
+number's type in the plans that span zones), and the geographic look-up itself is the data's
+longest-prefix match, cached by six digits wherever the data has nothing longer under them.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ _GEOGRAPHIC = ""  # cache value: look the zones up by the number's longest known
 _UNCLASSIFIED = "?"  # not cached: an invalid number says nothing of others with its prefix
 _MISSES_TRUSTED = 16  # ... until this many of a prefix were: then the prefix gets the default
 #: national digits after the country code that decide a number's type (mobile, fixed line,
-#: toll-free…) in the numbering plans that span several zones: +1 area codes, +7 9xx, +61 4xx
+#: toll-free…) in the numbering plans that span several zones: +7 9xx, +61 4xx; in the North
+#: American plan (+1) the area code and the exchange (a Caribbean island's mobiles and fixed
+#: lines share an area code)
 _TYPE_DIGITS = 3
+_NANP_TYPE_DIGITS = 6
 _DEEP_DIGITS = 6
 #: six-digit prefixes under which the data has longer ones (NANP exchanges, some of Brazil…):
 #: only there does the rest of the number matter
@@ -112,7 +115,8 @@ def _key_lengths() -> dict[str, int]:
     for number in range(1000):
         digits = f"{number:03d}"
         size = next((n for n in (1, 2, 3) if int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE), 3)
-        lengths[digits] = 1 + size + _TYPE_DIGITS
+        national = _NANP_TYPE_DIGITS if digits[:size] == "1" else _TYPE_DIGITS
+        lengths[digits] = 1 + size + national
     return lengths
 
 

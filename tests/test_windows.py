@@ -9,6 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from phonenumbers import (
+    SUPPORTED_REGIONS,
+    PhoneNumberFormat,
+    PhoneNumberType,
+    example_number_for_type,
+    format_number,
+)
+from phonenumbers.timezone import time_zones_for_number
 
 from scheduler.audience import Skip, iter_audience
 from scheduler.checking import check_paths, render_report
@@ -138,9 +146,29 @@ def test_phone_zones_by_prefix_with_a_default_for_the_unknown() -> None:
     assert finder.of_phone("+48501234567") == "Europe/Warsaw"
     assert finder.of_phone("+12125551234") == "America/New_York"  # +1 by area code
     assert finder.of_phone("+13105551234") == "America/Los_Angeles"
+    # area code 219 (Indiana) spans two zones: libphonenumber tells them by the exchange
+    assert finder.of_phone("+12192261234") == "America/Chicago"
+    assert finder.of_phone("+12194001234") == "America/New_York"
     assert finder.of_phone("+447700900123") == "Europe/Kyiv"  # a drama range: unknown
     assert " " in finder.of_phone("+79161234567")  # several zones: a group
     assert zone_group(["b/B", "a/A", "b/B"]) == "a/A b/B"
+
+
+def test_the_prefix_cache_agrees_with_libphonenumber_for_every_region() -> None:
+    """Each region's example mobile and fixed-line numbers, through ONE finder (so a prefix
+    cached for one kind of number must not answer for the other: a Caribbean island's mobiles
+    and fixed lines share an area code), get the zones libphonenumber gives them."""
+    finder = ZoneFinder("UTC")
+    kinds = (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE)
+    examples = [example_number_for_type(region, kind)
+                for region in sorted(SUPPORTED_REGIONS) for kind in kinds]
+    checked = 0
+    for number in filter(None, examples):
+        phone = format_number(number, PhoneNumberFormat.E164)
+        known = [name for name in time_zones_for_number(number) if name != "Etc/Unknown"]
+        assert finder.of_phone(phone) == (zone_group(known) if known else "UTC"), phone
+        checked += 1
+    assert checked > 400
 
 
 def test_tz_column_names_the_zone_and_a_bad_one_is_skipped_with_a_hint(tmp_path: Path) -> None:
