@@ -4,9 +4,10 @@ site's default (SPEC §11.4).
 The phone's zones come from libphonenumber's time-zone data (the `phonenumbers` package). Its
 public look-up parses and classifies every number (~30 µs), too slow for a million rows, so the
 slow part (is the number geographic, and if not, which zones does its country have?) is cached
-by the country code and the next three digits (six in the North American plan: what decides a
-number's type in the plans that span zones), and the geographic look-up itself is the data's
-longest-prefix match, cached by six digits wherever the data has nothing longer under them.
+by the country code and the next three digits (what decides a number's type in the plans that
+span zones; the exchange too for a Caribbean area code), and the geographic look-up itself is
+the data's longest-prefix match, cached by six digits wherever the data has nothing longer
+under them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ _GEOGRAPHIC = ""  # cache value: look the zones up by the number's longest known
 _UNCLASSIFIED = "?"  # not cached: an invalid number says nothing of others with its prefix
 _MISSES_TRUSTED = 16  # ... until this many of a prefix were: then the prefix gets the default
 #: national digits after the country code that decide a number's type (mobile, fixed line,
-#: toll-free…) in the numbering plans that span several zones: +7 9xx, +61 4xx; in the North
-#: American plan (+1) the area code and the exchange (a Caribbean island's mobiles and fixed
-#: lines share an area code)
+#: toll-free…) in the numbering plans that span several zones: +1 area codes, +7 9xx, +61 4xx
 _TYPE_DIGITS = 3
-_NANP_TYPE_DIGITS = 6
+#: ... except in the North American plan outside the US and Canada, where a Caribbean
+#: island's mobiles and fixed lines share an area code: there the exchange decides too
+_BY_EXCHANGE = "#"  # cache value of such an area code: look at area code and exchange
+_EXCHANGE_KEY = 8  # "+1", area code and exchange
+#: North American types that a whole area code shares: the US and Canada (one pattern for
+#: fixed lines and mobiles), toll-free and premium area codes
+_AREA_WIDE = frozenset({
+    PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.TOLL_FREE,
+    PhoneNumberType.PREMIUM_RATE,
+})
 _DEEP_DIGITS = 6
 #: six-digit prefixes under which the data has longer ones (NANP exchanges, some of Brazil…):
 #: only there does the rest of the number matter
@@ -55,8 +63,14 @@ class ZoneFinder:
         """The zones of an E.164 ``phone`` (``+`` and digits), the default when unknown."""
         key = phone[:_KEY_LENGTHS.get(phone[1:4], 7)]
         kind = self._kinds.get(key)
+        if kind == _BY_EXCHANGE:
+            key = phone[:_EXCHANGE_KEY]
+            kind = self._kinds.get(key)
         if kind is None:
-            kind = self._classify(phone)
+            kind, shared = self._classify(phone)
+            if not shared:  # the area code's other exchanges may be of another type
+                self._kinds[key] = _BY_EXCHANGE
+                key = phone[:_EXCHANGE_KEY]
             if kind is _UNCLASSIFIED:
                 # a number libphonenumber does not know says little of its neighbours, but a
                 # prefix of nothing else (a test range) must not cost a parse per number
@@ -85,19 +99,22 @@ class ZoneFinder:
                 return self._group(names)
         return self.default
 
-    def _classify(self, phone: str) -> str:
+    def _classify(self, phone: str) -> tuple[str, bool]:
         """`_GEOGRAPHIC` when the number's own prefix tells its zones, else the zone group of
-        its whole country (a mobile in most countries), or `_UNCLASSIFIED`."""
+        its whole country (a mobile in most countries), or `_UNCLASSIFIED`; and whether the
+        answer holds for its whole cache key (False: a North American number outside the US
+        and Canada, whose type its exchange decides)."""
         try:
             number = parse(phone)
         except NumberParseException:
-            return _UNCLASSIFIED
+            return _UNCLASSIFIED, True
         kind = number_type(number)
         if kind == PhoneNumberType.UNKNOWN or number.country_code is None:
-            return _UNCLASSIFIED
+            return _UNCLASSIFIED, True
+        shared = number.country_code != 1 or kind in _AREA_WIDE
         if is_number_type_geographical(kind, number.country_code):
-            return _GEOGRAPHIC
-        return self._group(time_zones_for_number(number))
+            return _GEOGRAPHIC, shared
+        return self._group(time_zones_for_number(number)), shared
 
     def _group(self, names: tuple[str, ...] | list[str]) -> str:
         key = tuple(names)
@@ -115,8 +132,7 @@ def _key_lengths() -> dict[str, int]:
     for number in range(1000):
         digits = f"{number:03d}"
         size = next((n for n in (1, 2, 3) if int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE), 3)
-        national = _NANP_TYPE_DIGITS if digits[:size] == "1" else _TYPE_DIGITS
-        lengths[digits] = 1 + size + national
+        lengths[digits] = 1 + size + _TYPE_DIGITS
     return lengths
 
 
