@@ -49,12 +49,9 @@ class CapSummary:
     a look-up, ~100 bytes a phone); beyond, one sorted array of `phone_key` per cap (8 bytes a
     phone: a million capped phones cost 8 MB; ~1 µs a look-up)."""
 
-    __slots__ = ("_few", "_runs", "built_at")
+    __slots__ = ("_few", "_runs")
 
-    def __init__(
-        self, runs: list[array[int]], built_at: datetime, set_limit: int = SET_LIMIT,
-    ) -> None:
-        self.built_at = built_at
+    def __init__(self, runs: list[array[int]], set_limit: int = SET_LIMIT) -> None:
         self._runs = runs
         self._few: frozenset[str] | None = None
         if sum(len(run) for run in runs) <= set_limit:
@@ -65,8 +62,9 @@ class CapSummary:
         return len(self._few) if self._few is not None else sum(len(r) for r in self._runs)
 
     def __contains__(self, phone: object) -> bool:
-        if not isinstance(phone, str) or not phone[1:].isdigit():
-            return False
+        return isinstance(phone, str) and phone[1:].isdigit() and self._has(phone)
+
+    def _has(self, phone: str) -> bool:
         if self._few is not None:
             return phone in self._few
         key = phone_key(phone)
@@ -78,27 +76,15 @@ class CapSummary:
 
     def over(self, phones: Sequence[str]) -> list[bool] | None:
         """For each E.164 phone, whether it reached a cap; None when none did (the usual
-        batch: one pass of look-ups, nothing built)."""
-        if self._few is not None:
-            few = self._few
-            return [phone in few for phone in phones] if not few.isdisjoint(phones) else None
-        found = None
-        for run in self._runs:
-            size = len(run)
-            for index, phone in enumerate(phones):
-                key = phone_key(phone)
-                at = bisect_left(run, key)
-                if at < size and run[at] == key:
-                    if found is None:
-                        found = [False] * len(phones)
-                    found[index] = True
-        return found
+        batch: a set's disjointness test, or one pass of binary searches, nothing built)."""
+        if self._few is not None and self._few.isdisjoint(phones):
+            return None
+        flags = [self._has(phone) for phone in phones]
+        return flags if any(flags) else None
 
     @classmethod
-    def of(
-        cls, caps: Sequence[CapConfig], page: Pages, now: datetime, set_limit: int = SET_LIMIT,
-    ) -> CapSummary:
-        """Every phone over any of ``caps`` now, read page by page."""
+    def of(cls, caps: Sequence[CapConfig], page: Pages, set_limit: int = SET_LIMIT) -> CapSummary:
+        """Every phone over any of ``caps``, read page by page."""
         runs = []
         for cap in caps:
             run: array[int] = array("q")
@@ -106,13 +92,11 @@ class CapSummary:
             while after is not None:
                 after = _add(run, page(cap, after))
             runs.append(run)
-        return cls(runs, now, set_limit)
+        return cls(runs, set_limit)
 
     @classmethod
-    async def gather(
-        cls, caps: Sequence[CapConfig], page: AsyncPages, now: datetime,
-    ) -> CapSummary:
-        """`of`, with an asynchronous journal."""
+    async def gather(cls, caps: Sequence[CapConfig], page: AsyncPages) -> CapSummary:
+        """`of`, with an asynchronous journal (the engine's)."""
         runs = []
         for cap in caps:
             run: array[int] = array("q")
@@ -120,7 +104,7 @@ class CapSummary:
             while after is not None:
                 after = _add(run, await page(cap, after))
             runs.append(run)
-        return cls(runs, now)
+        return cls(runs)
 
 
 def phone_text(key: int) -> str:

@@ -128,7 +128,7 @@ def capped_now(
         return 0
     summary = CapSummary.of(
         mine, lambda cap, after: journal.capped_phones(
-            cap.types, since(cap, now), cap.max, after, PAGE), now)
+            cap.types, since(cap, now), cap.max, after, PAGE))
     if not summary:
         return 0
     return sum(1 for row in iter_rows(campaign, suppression)

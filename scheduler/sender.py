@@ -464,7 +464,7 @@ class Engine:
                 pass
             now = self.clock()
             run.capped = await CapSummary.gather(run.caps, functools.partial(
-                self._capped_page, now=now), now)
+                self._capped_page, now=now))
             run.capped_ready.set()
             await asyncio.sleep(self.caps_refresh)
 

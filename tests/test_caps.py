@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.caps import PAGE, CapSummary, phone_key
 from scheduler.config import CapConfig
 
-NOW = datetime(2026, 12, 7, tzinfo=UTC)
 PROMO = CapConfig(types=("promo",), max=2, days=7)
 SURVEY = CapConfig(types=("viber_survey",), max=1, days=30)
 
@@ -22,7 +19,7 @@ phones = st.lists(st.integers(1_000_000, 999_999_999_999_999).map(lambda n: f"+{
 def test_membership_is_exact(inside: list[str], outside: list[str], set_limit: int) -> None:
     """Exactly the phones given are in it, whatever their lengths (number order is not text
     order: +1... and +380... interleave), kept as a set or as sorted arrays."""
-    summary = CapSummary.of([PROMO], lambda cap, after: inside if after == "" else [], NOW,
+    summary = CapSummary.of([PROMO], lambda cap, after: inside if after == "" else [],
                             set_limit)
     for phone in inside:
         assert phone in summary
@@ -48,7 +45,7 @@ def test_pages_are_followed_until_a_short_one_and_caps_are_joined() -> None:
             return ["+12125550000"]
         return full if after == "" else ["+380509999999"]
 
-    summary = CapSummary.of([PROMO, SURVEY], page, NOW)
+    summary = CapSummary.of([PROMO, SURVEY], page)
     assert asked == [("promo", ""), ("promo", full[-1]), ("viber_survey", "")]
     assert len(summary) == PAGE + 2
     assert "+380509999999" in summary and "+12125550000" in summary
