@@ -310,18 +310,9 @@ class DeliveryLog:
         made it to the file just before the process died. A file that cannot be read (say its
         folder is blocked) raises `DeliveryLogUnwritable`: guessing "none" would double lines.
         """
-        try:
-            with self.path.open("rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, size - max_bytes))
-                tail = handle.read().split(b"\n")
-        except FileNotFoundError:
-            return set()
-        except OSError as exc:
-            raise self._unwritable(exc) from exc
         needle = orjson.dumps(campaign)
         found = set()
-        for raw in tail:
+        for raw in self._tail(max_bytes):
             if b'"event":"message"' not in raw or needle not in raw:
                 continue
             try:
@@ -335,23 +326,28 @@ class DeliveryLog:
     def recent_delivery_ids(self, max_bytes: int) -> set[str]:
         """Message ids of the ``delivery`` lines in the last ``max_bytes`` of the file (after
         a crash: which final statuses made it to the file before the process died)."""
-        try:
-            with self.path.open("rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, size - max_bytes))
-                tail = handle.read().split(b"\n")
-        except FileNotFoundError:
-            return set()
-        except OSError as exc:
-            raise self._unwritable(exc) from exc
         found = set()
-        for raw in tail:
+        for raw in self._tail(max_bytes):
             if b'"event":"delivery"' in raw:
                 with contextlib.suppress(orjson.JSONDecodeError):  # a line cut short
                     line = orjson.loads(raw)
                     if isinstance(line, dict):
                         found.add(str(line.get("message_id")))
         return found
+
+    def _tail(self, max_bytes: int) -> list[bytes]:
+        """The lines of the file's last ``max_bytes`` (the first one may be cut; none when
+        there is no file). A file that cannot be read raises `DeliveryLogUnwritable`:
+        guessing "nothing there" after a crash would double lines."""
+        try:
+            with self.path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - max_bytes))
+                return handle.read().split(b"\n")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
 
     def _current(self) -> io.FileIO:
         """The handle to write to; the path is re-checked at most once per ``check_every``

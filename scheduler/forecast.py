@@ -81,12 +81,17 @@ def describe(seen: Forecast) -> list[str]:
     ]
     if seen.held:
         hours = sorted(seen.held)
-        shown = [f"{utc_text(hour)[:-4]}Z{_local(hour, seen.largest[hour][0])} "
+        shown = [f"{hour_text(hour)}{_local(hour, seen.largest[hour][0])} "
                  f"{seen.held[hour]:,}" for hour in hours[:HOURS_SHOWN]]
         rest = sum(seen.held[hour] for hour in hours[HOURS_SHOWN:])
         more = f", {rest:,} later" if rest else ""
         lines.append("held, by the hour their window opens: " + ", ".join(shown) + more)
     return lines
+
+
+def hour_text(hour: datetime) -> str:
+    """``2026-12-07T14:00Z``: a whole hour in UTC, as the forecast shows it."""
+    return utc_text(hour)[:-4] + "Z"
 
 
 def _zones_text(by_zone: Counter[str]) -> str:

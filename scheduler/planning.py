@@ -20,7 +20,7 @@ from scheduler.campaign import TRANSACTIONAL, Campaign, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
 from scheduler.errors import UserError
-from scheduler.forecast import Forecast, capped_now, forecast, zones_of_batches
+from scheduler.forecast import Forecast, capped_now, forecast, hour_text, zones_of_batches
 from scheduler.journal import CampaignRecord, JournalReader, journal_exists, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
@@ -237,8 +237,7 @@ class _Planner:
         if seen.held:
             first, last = min(seen.held), max(seen.held)
             self.last_opens.append((row, last))
-            note += f" ({utc_text(first)[:-4]}Z" + (
-                f" to {utc_text(last)[:-4]}Z)" if last != first else ")")
+            note += f" ({hour_text(first)}" + (f" to {hour_text(last)})" if last != first else ")")
         if seen.unreachable:
             note += f", {seen.unreachable:,} cannot be reached in the ttl"
         row["note"] = _joined(row["note"], note)
