@@ -13,6 +13,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,6 +77,15 @@ class SkipList:
             for s in self._held
         ))
         self._held = []
+
+    def drain(self) -> list[Skip]:
+        """The rows appended since the last drain, in order; they are no longer held."""
+        drained = list(self)
+        self._held = []
+        if self._spilled is not None:
+            self._spilled.seek(0)
+            self._spilled.truncate()
+        return drained
 
     def __iter__(self) -> Iterator[Skip]:
         if self._spilled is not None:
@@ -149,11 +159,16 @@ def _stat_key(path: Path | None) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def snapshot_key(campaign: Campaign, suppression_path: Path | None, batch_size: int) -> str:
-    """Identifies the inputs of a snapshot; when it changes before start, the snapshot is redone."""
+def snapshot_key(
+    campaign: Campaign, suppression_path: Path | None, batch_size: int,
+    send_at: datetime | None = None,
+) -> str:
+    """Identifies the inputs of a snapshot; when it changes before start, the snapshot is redone.
+
+    ``send_at``: the journaled one instead of the campaign's (`send --now` sets it anew)."""
     parts = (
         campaign.fingerprint,
-        campaign.send_at.isoformat(),
+        (send_at or campaign.send_at).isoformat(),
         # a window (the file's or [policy]'s) and the default zone shape the batches too
         *((campaign.window.text(), campaign.timezone) if campaign.window else ()),
         _stat_key(campaign.audience.csv),

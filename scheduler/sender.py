@@ -52,6 +52,7 @@ from scheduler.journal import (
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
+from scheduler.streaming import StreamFailed, StreamJob, stream_chunks
 from scheduler.vocabulary import (
     EXPIRED_REASON,
     FINISHED,
@@ -145,6 +146,21 @@ class CampaignRun:
         return self.stop.is_set() or self.backoff.is_set()
 
 
+@dataclass
+class _Stream:
+    """A streamed snapshot being appended to the journal while its campaign sends."""
+
+    task: asyncio.Task[None] | None = None
+    grew: asyncio.Event = field(default_factory=asyncio.Event)  # set by every append, and the end
+    failure: Exception | None = None  # why it stopped short (`StreamFailed`, a journal error)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def ended(self) -> bool:
+        """The child has finished, or failed (then ``failure`` says why)."""
+        return self.task is None or self.task.done()
+
+
 @dataclass(order=True)
 class _Job:
     priority: int
@@ -197,6 +213,7 @@ class Engine:
         self._order = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
         self._marks: set[asyncio.Task[Any]] = set()  # recordings and logged-marks in progress
+        self._streams: dict[str, _Stream] = {}  # campaign id -> its snapshot being streamed
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -220,7 +237,9 @@ class Engine:
         self._start_worker(number)
 
     async def close(self) -> None:
-        """Stop the workers; call after every campaign run has returned."""
+        """Stop the workers and the streams; call after every campaign run has returned."""
+        for cid in list(self._streams):
+            await self._stop_stream(cid)
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -234,13 +253,26 @@ class Engine:
 
     # ----------------------------------------------------------------- campaigns
 
-    async def prepare(self, campaign: Campaign) -> CampaignRecord:
-        """Snapshot the campaign's audience unless it already started (then it is frozen)."""
+    async def prepare(self, campaign: Campaign, *, stream: bool = False) -> CampaignRecord:
+        """Snapshot the campaign's audience unless it already started (then it is frozen).
+
+        ``stream`` (`send --now`): read the audience in a child process while the campaign
+        sends (`scheduler.streaming`), unless a send window or a roll-out needs every batch
+        known before the first one goes."""
         key = snapshot_key(campaign, self.suppression_path, self.sending.batch_size)
         record = await self.journal.campaign(campaign.id)
         if record is not None and record.started_at is not None:
             return record
         if record is None or record.fingerprint != key:
+            await self._stop_stream(campaign.id)  # a newer file replaces what it was reading
+        if (record is None or record.fingerprint != key) and stream and _streamable(campaign):
+            await self.journal.open_stream(
+                campaign_id=campaign.id, type=campaign.type, file=str(campaign.file),
+                fingerprint=key, send_at=campaign.send_at, deadline=campaign.deadline,
+            )
+            self._start_stream(campaign, StreamJob(
+                campaign, self.suppression_path, self.sending.batch_size))
+        elif record is None or record.fingerprint != key:
             snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)
             await self.journal.prepare(
                 campaign_id=campaign.id,
@@ -258,6 +290,91 @@ class Engine:
         fresh = await self.journal.campaign(campaign.id)
         assert fresh is not None  # prepare() just wrote it
         return fresh
+
+    # ----------------------------------------------------------------- streamed snapshots
+
+    def _start_stream(self, campaign: Campaign, job: StreamJob) -> _Stream:
+        stream = _Stream()
+        stream.task = asyncio.create_task(self._pump(campaign.id, job, stream),
+                                          name=f"stream-{campaign.id}")
+        self._streams[campaign.id] = stream
+        return stream
+
+    async def _pump(self, cid: str, job: StreamJob, stream: _Stream) -> None:
+        """Append the child's chunks to the journal as they come, then mark the snapshot whole."""
+        try:
+            async for batches, skips in stream_chunks(job):
+                await self.journal.extend(cid, batches, skips)
+                stream.grew.set()
+            await self.journal.close_stream(cid)
+            record = await self.journal.campaign(cid)
+            if record is not None:
+                self.lifecycle.announce(
+                    "snapshot_streamed", campaign=cid, recipients=record.recipients,
+                    skipped=record.skipped, batches=record.batches,
+                    seconds=round(time.monotonic() - stream.started, 3),
+                )
+        except (StreamFailed, JournalError, OSError) as exc:
+            stream.failure = exc
+        finally:
+            stream.grew.set()
+
+    async def _stop_stream(self, cid: str) -> None:
+        """Stop reading (the child is killed); a later `drive` resumes where the journal is."""
+        stream = self._streams.pop(cid, None)
+        if stream is not None and stream.task is not None:
+            stream.task.cancel()
+            await asyncio.gather(stream.task, return_exceptions=True)
+
+    async def _resume_stream(self, run: CampaignRun, record: CampaignRecord) -> None:
+        """A snapshot cut short mid-stream (a crash, a stop): read on after what is stored,
+        if the inputs are still the ones it was read from (else the campaign fails)."""
+        if not record.streaming or run.campaign.id in self._streams:
+            return
+        key = snapshot_key(run.campaign, self.suppression_path, self.sending.batch_size,
+                           send_at=record.send_at)
+        if key != record.fingerprint:
+            stream = self._streams[run.campaign.id] = _Stream()
+            stream.failure = StreamFailed(
+                "the campaign file, its audience CSV or the suppression list changed while its "
+                f"snapshot was still being read ({record.recipients:,} recipients were read): "
+                "restore them to finish it, or cancel it")
+            return
+        self._start_stream(run.campaign, StreamJob(
+            run.campaign, self.suppression_path, self.sending.batch_size,
+            after_batches=record.batches, after_skips=record.skipped,
+        ))
+
+    async def _more_streamed(self, run: CampaignRun) -> bool:
+        """Wait until the campaign's streamed snapshot grows (True: read again), or it is
+        whole (False). A stream that failed stops the campaign."""
+        stream = self._streams.get(run.campaign.id)
+        if stream is None:
+            return False
+        if not stream.ended:
+            grew = asyncio.ensure_future(stream.grew.wait())
+            stopped = asyncio.ensure_future(run.stop.wait())
+            await asyncio.wait((grew, stopped), return_when=asyncio.FIRST_COMPLETED)
+            grew.cancel()
+            stopped.cancel()
+            return not run.stop.is_set()
+        if stream.failure is None:
+            return False
+        failure = stream.failure
+        if isinstance(failure, JournalFenced):
+            run.halt(None)
+        elif isinstance(failure, JournalError | OSError):
+            run.storage_failed(failure)
+        else:
+            run.halt("failed", f"{failure} (the recipients read before it are final)")
+        return False
+
+    async def whole(self, campaign_id: str) -> None:
+        """Return once the campaign's snapshot is whole (at once unless it is streaming), or
+        its stream failed or stopped."""
+        stream = self._streams.get(campaign_id)
+        if stream is not None and stream.task is not None:
+            await asyncio.gather(stream.task, return_exceptions=True)
 
     def open_run(
         self,
@@ -296,9 +413,12 @@ class Engine:
             cid, "running", type=run.campaign.type, recipients=record.recipients,
             skipped=record.skipped, send_at=record.send_at.isoformat(),
             deadline=record.deadline.isoformat(), route=run.route,
+            **_streaming_field(record),
         )
         run.first_post = record.started_at is None  # the schedule lag is the first start's
-        await self._log_skips(run)
+        await self._resume_stream(run, record)
+        if not record.streaming:
+            await self._log_skips(run)  # a streamed snapshot's are logged once it is whole
         await self._log_unlogged(run)
         if self.clock() >= run.deadline:
             return await self._expire(run, record)
@@ -387,10 +507,15 @@ class Engine:
         after = -1
         loop = asyncio.get_running_loop()
         run.held_until, run.held = None, 0
+        stream = self._streams.get(run.campaign.id)
         while not run.halted and self.refused is None:
+            if stream is not None:
+                stream.grew.clear()  # an append after this read wakes the wait below
             page = await self.journal.open_batches(run.campaign.id, after, PAGE)
             staged = [b for b in page if run.limit is None or b.seq < run.limit]
             if not staged:
+                if await self._more_streamed(run):
+                    continue
                 break
             for batch in staged:
                 after = batch.seq
@@ -524,6 +649,7 @@ class Engine:
 
     async def _expire(self, run: CampaignRun, record: CampaignRecord) -> CampaignState:
         """Every message still open is past send_at + ttl: record and log it as expired."""
+        await self.whole(run.campaign.id)
         while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):
             for batch in page:
                 results = _all(_open_messages(batch), "expired", EXPIRED_REASON, batch.attempts)
@@ -539,6 +665,7 @@ class Engine:
         counts: dict[str, int],
         state: CampaignState = "done",
     ) -> CampaignState:
+        await self._log_skips(run)  # a streamed snapshot's, now that it is whole
         current = await self.journal.campaign(run.campaign.id) or record
         started = current.started_at or self.clock()
         seconds = max((self.clock() - started).total_seconds(), 1e-6)
@@ -860,6 +987,18 @@ class _Outcomes:
                 )
         return missing
 
+
+
+def _streaming_field(record: CampaignRecord) -> dict[str, Any]:
+    """``streaming: true`` on campaign_started while the snapshot is still being read (its
+    recipients and skipped counts are those read so far)."""
+    return {"streaming": True} if record.streaming else {}
+
+
+def _streamable(campaign: Campaign) -> bool:
+    """A snapshot may be streamed unless every batch must be known before the first goes: a
+    send window cuts batches by zone group at the end, a roll-out's stages need the total."""
+    return campaign.window is None and campaign.rollout is None
 
 
 def _open_messages(batch: BatchRecord) -> list[Message]:

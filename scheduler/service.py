@@ -113,18 +113,17 @@ async def send_campaign(
     Like a daemon, it sends only while it holds the journal's leadership lease.
     """
     async with open_engine(config) as engine, _leading(config, engine) as lost:
-        record = await engine.prepare(campaign)
+        # due now: read the audience while sending; else prepare it whole while waiting
+        record = await engine.prepare(campaign, stream=campaign.send_at <= utcnow())
         delay = (record.send_at - utcnow()).total_seconds()
         if delay > 0 and record.started_at is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-        counts = await engine.journal.counts(campaign.id)
-        if on_start is not None:
-            on_start(record.recipients + record.skipped, record.recipients + record.skipped
-                     - counts.get("pending", 0))
         run = engine.open_run(campaign, record, on_progress)
         watchers = [asyncio.create_task(_halt_on(stop, run)),
                     asyncio.create_task(_halt_on(lost, run))]
+        if on_start is not None:
+            watchers.append(asyncio.create_task(_announce_total(engine, campaign.id, on_start)))
         try:
             state = await engine.drive(run) if not stop.is_set() else "running"
         except JournalFenced:
@@ -161,6 +160,16 @@ async def _leading(config: Config, engine: Engine) -> AsyncIterator[asyncio.Even
         done.set()
         await renewing
         await leadership.release()
+
+
+async def _announce_total(engine: Engine, campaign_id: str, on_start: ProgressStart) -> None:
+    """The progress total, once the snapshot is whole (at once unless it is streamed)."""
+    await engine.whole(campaign_id)
+    record = await engine.journal.campaign(campaign_id)
+    if record is not None:
+        counts = await engine.journal.counts(campaign_id)
+        total = record.recipients + record.skipped
+        on_start(total, total - counts.get("pending", 0))
 
 
 async def _halt_on(event: asyncio.Event, run: CampaignRun) -> None:

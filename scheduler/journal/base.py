@@ -110,6 +110,8 @@ class CampaignRecord:
     error: str | None
     stage: int = 0  # roll-out: the stage in progress (0: the first)
     stage_at: datetime | None = None  # roll-out: when that stage may start (after the hold)
+    #: a streamed snapshot still being read: batches are appended while the campaign sends
+    streaming: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +288,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "campaigns": (
         "id", "type", "file", "fingerprint", "state", "send_at", "deadline", "recipients",
         "skipped", "batches", "prepared_at", "started_at", "finished_at", "error", "snapshot",
-        "skips_logged", "stage", "stage_at",
+        "skips_logged", "stage", "stage_at", "streaming",
     ),
     "snapshots": ("id", "campaign", "created_at"),
     "bodies": ("snapshot", "seq", "body"),
@@ -342,6 +344,25 @@ class Journal(Protocol):
 
         ``zones[seq]``, read after the batches are consumed (a streaming snapshot fills it as
         it goes), is batch ``seq``'s `BatchRecord.zones` (send windows; absent: None)."""
+
+    async def open_stream(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+    ) -> None:
+        """Swap in an empty snapshot that `extend` fills while the campaign may already send
+        (`send --now`): ``streaming`` is True until `close_stream`. Replaces an unstarted
+        earlier snapshot; a started campaign raises `JournalConflict`. Lands in "scheduled"."""
+
+    async def extend(
+        self, campaign_id: str, batches: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+    ) -> None:
+        """Append encoded batches ``(seq, body, size)`` (their seqs follow the stored ones) and
+        skipped rows to a streaming snapshot, with its counts, in one transaction. Raises
+        `JournalConflict` when the snapshot is not streaming or a seq does not follow on."""
+
+    async def close_stream(self, campaign_id: str) -> None:
+        """The streamed snapshot is whole: ``streaming`` becomes False (`JournalConflict` when
+        it was not streaming)."""
 
     async def forget(self, campaign_id: str) -> None:
         """Delete an unstarted campaign and its snapshot; a started one raises

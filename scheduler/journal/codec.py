@@ -16,6 +16,7 @@ import orjson
 
 from scheduler.journal.base import (
     DeliveryCounts,
+    JournalConflict,
     MessageRecord,
     RecipientRow,
     StatusChange,
@@ -52,6 +53,24 @@ def encode_batches(
             continue
         yield seq, orjson.dumps(batch, default=_encode_default), len(batch)
         seq += 1
+
+
+def streaming_snapshot(campaign_id: str, row: Sequence[Any] | None) -> tuple[int, int]:
+    """(snapshot, batches stored) from a campaign's ``(snapshot, streaming, batches)`` row, or
+    `JournalConflict` unless its snapshot is being streamed."""
+    if row is None or not row[1]:
+        raise JournalConflict(campaign_id, "its snapshot is not being streamed")
+    return int(row[0]), int(row[2])
+
+
+def check_follows(campaign_id: str, rows: Sequence[tuple[int, bytes, int]], stored: int) -> None:
+    """Streamed batches must carry the seqs after the ``stored`` ones, in order (a resumed
+    stream that lost its place would otherwise store a batch twice)."""
+    for expected, (seq, _, _) in enumerate(rows, start=stored):
+        if seq != expected:
+            raise JournalConflict(
+                campaign_id, f"streamed batch {seq} does not follow on (batch {expected} is next)",
+            )
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

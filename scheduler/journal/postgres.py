@@ -75,12 +75,14 @@ from scheduler.journal.codec import (
     START,
     Cursor,
     batch_rows,
+    check_follows,
     chunks,
     count_deliveries,
     decide_statuses,
     decided,
     encode_batches,
     sent_messages,
+    streaming_snapshot,
     unlogged_rows,
 )
 from scheduler.vocabulary import (
@@ -95,7 +97,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -174,8 +176,14 @@ _TO_V5 = (
     """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY,
         recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), message_ids BYTEA NOT NULL)""",
 )
+#: version 6: a snapshot streamed into the send (`send --now`)
+_TO_V6 = (
+    # batches are appended while the campaign sends; a crash mid-stream resumes reading the
+    # audience after the batches and skips stored
+    "ALTER TABLE campaigns ADD COLUMN streaming BOOLEAN NOT NULL DEFAULT false",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4, 4: _TO_V5}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6}
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
 _SNAPSHOT_LOCK = 0x636173  # "cas"
@@ -222,7 +230,7 @@ _SNAPSHOT_DELETES = (
 )
 _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
-    " prepared_at, started_at, finished_at, error, stage, stage_at"
+    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming"
 )
 _BATCH_CHUNK = 64  # batches written per operation while preparing
 _SKIP_CHUNK = 10_000
@@ -308,13 +316,14 @@ def _text(value: str) -> str:
 
 def _record(row: TupleRow) -> CampaignRecord:
     (id_, type_, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,
-     prepared_at, started_at, finished_at, error, stage, stage_at) = row
+     prepared_at, started_at, finished_at, error, stage, stage_at, streaming) = row
     return CampaignRecord(
         id=id_, type=type_, file=file, fingerprint=fingerprint, state=state,
         send_at=send_at.astimezone(UTC), deadline=deadline.astimezone(UTC),
         recipients=recipients, skipped=skipped, batches=batches,
         prepared_at=_utc(prepared_at), started_at=_utc(started_at),
         finished_at=_utc(finished_at), error=error, stage=stage, stage_at=_utc(stage_at),
+        streaming=streaming,
     )
 
 
@@ -452,6 +461,9 @@ class PostgresStore:
     ) -> None:
         """Write a chunk of encoded batches ``(seq, body, size)`` under a staging snapshot."""
         await self._check_staging(campaign_id, snapshot)
+        await self._insert_batches(snapshot, rows)
+
+    async def _insert_batches(self, snapshot: int, rows: Sequence[tuple[int, bytes, int]]) -> None:
         async with self.db.cursor() as cursor:
             async with cursor.copy(
                 "COPY bodies (snapshot, seq, body) FROM STDIN (FORMAT BINARY)",
@@ -469,6 +481,11 @@ class PostgresStore:
     async def add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
         """Write a chunk of skipped rows under a staging snapshot, in their order."""
         await self._check_staging(campaign_id, snapshot)
+        await self._insert_skips(snapshot, skips)
+
+    async def _insert_skips(self, snapshot: int, skips: Sequence[Skip]) -> None:
+        if not skips:
+            return
         async with self.db.cursor() as cursor, cursor.copy(
             "COPY skips (snapshot, line, tracking_id, phone, reason, detail)"
             " FROM STDIN (FORMAT BINARY)",
@@ -483,7 +500,7 @@ class PostgresStore:
     async def commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
-        zones: Sequence[str | None] = (),
+        zones: Sequence[str | None] = (), streaming: bool = False,
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         await self._check_staging(campaign_id, snapshot)
@@ -506,11 +523,50 @@ class PostgresStore:
         await self.db.execute("DELETE FROM campaigns WHERE id = %s", (campaign_id,))
         await self.db.execute(
             "INSERT INTO campaigns (id, type, file, fingerprint, state, send_at, deadline,"
-            " recipients, skipped, batches, prepared_at, snapshot) VALUES (%s, %s, %s, %s,"
-            " 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s)",
+            " recipients, skipped, batches, prepared_at, snapshot, streaming) VALUES (%s, %s,"
+            " %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s, %s)",
             (campaign_id, type, file, fingerprint, _aware(send_at), _aware(deadline),
-             recipients, skipped, batches, snapshot),
+             recipients, skipped, batches, snapshot, streaming),
         )
+
+    # --- a streamed snapshot: appended to while the campaign sends ------------------------
+
+    async def open_stream(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+    ) -> None:
+        """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
+        snapshot = await self.begin_snapshot(campaign_id)
+        await self.commit_snapshot(
+            snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
+            send_at=send_at, deadline=deadline, streaming=True,
+        )
+
+    async def extend(
+        self, campaign_id: str, rows: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+    ) -> None:
+        """Append batches and skipped rows to the streaming snapshot (`Journal.extend`)."""
+        row = await self._one(
+            "SELECT snapshot, streaming, batches FROM campaigns WHERE id = %s FOR UPDATE",
+            (campaign_id,),
+        )
+        snapshot, stored = streaming_snapshot(campaign_id, row)
+        check_follows(campaign_id, rows, stored)
+        await self._insert_batches(snapshot, rows)
+        await self._insert_skips(snapshot, skips)
+        await self.db.execute(
+            "UPDATE campaigns SET batches = batches + %s, recipients = recipients + %s,"
+            " skipped = skipped + %s WHERE id = %s",
+            (len(rows), sum(size for _, _, size in rows), len(skips), campaign_id),
+        )
+
+    async def close_stream(self, campaign_id: str) -> None:
+        """The streamed snapshot is whole (`Journal.close_stream`)."""
+        cursor = await self.db.execute(
+            "UPDATE campaigns SET streaming = false WHERE id = %s AND streaming", (campaign_id,),
+        )
+        if cursor.rowcount != 1:
+            raise JournalConflict(campaign_id, "its snapshot is not being streamed")
 
     async def drop_snapshot(self, campaign_id: str, snapshot: int) -> None:
         """Remove a staging snapshot that will not be swapped in (failed or superseded)."""
@@ -1638,6 +1694,26 @@ class PostgresJournal:
             if not swapped:  # best effort: the next prepare or forget drops it too
                 with contextlib.suppress(JournalError):
                     await self._call(PostgresStore.drop_snapshot, campaign_id, snapshot)
+
+    async def open_stream(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+    ) -> None:
+        """`Journal.open_stream`."""
+        await self._call(
+            PostgresStore.open_stream, campaign_id=campaign_id, type=type, file=file,
+            fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+        )
+
+    async def extend(
+        self, campaign_id: str, batches: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+    ) -> None:
+        """`Journal.extend`."""
+        await self._fenced(PostgresStore.extend, campaign_id, batches, skips)
+
+    async def close_stream(self, campaign_id: str) -> None:
+        """`Journal.close_stream`."""
+        await self._fenced(PostgresStore.close_stream, campaign_id)
 
     async def forget(self, campaign_id: str) -> None:
         """`Journal.forget`."""

@@ -66,12 +66,14 @@ from scheduler.journal.codec import (
     START,
     Cursor,
     batch_rows,
+    check_follows,
     chunks,
     count_deliveries,
     decide_statuses,
     decided,
     encode_batches,
     sent_messages,
+    streaming_snapshot,
     unlogged_rows,
 )
 from scheduler.vocabulary import (
@@ -86,7 +88,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -174,9 +176,15 @@ _TO_V5 = (
     """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY, recorded_at TEXT NOT NULL,
         message_ids BLOB NOT NULL)""",
 )
+#: version 6: a snapshot streamed into the send (`send --now`)
+_TO_V6 = (
+    # batches are appended while the campaign sends; a crash mid-stream resumes reading the
+    # audience after the batches and skips stored
+    "ALTER TABLE campaigns ADD COLUMN streaming INTEGER NOT NULL DEFAULT 0",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5,
+    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6,
 }
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
@@ -199,7 +207,7 @@ _TIME_COLUMNS = frozenset({
     "created_at", "not_before", "done_at", "sent_at", "status_at", "next_poll_at",
     "recorded_at",
 })
-_FLAG_COLUMNS = frozenset({"skips_logged", "indexed"})
+_FLAG_COLUMNS = frozenset({"skips_logged", "indexed", "streaming"})
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -309,6 +317,7 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         skipped=row["skipped"], batches=row["batches"], prepared_at=_time(row["prepared_at"]),
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"], stage=row["stage"], stage_at=_time(row["stage_at"]),
+        streaming=bool(row["streaming"]),
     )
 
 
@@ -545,28 +554,34 @@ class SqliteConnection:
     ) -> None:
         with self.transaction():
             self._check_staging(campaign_id, snapshot)
-            self._db.executemany(
-                "INSERT INTO bodies (snapshot, seq, body) VALUES (?, ?, ?)",
-                ((snapshot, seq, body) for seq, body, _ in rows),
-            )
-            self._db.executemany(
-                "INSERT INTO batch_state (snapshot, seq, size, state) VALUES (?, ?, ?, 'pending')",
-                ((snapshot, seq, size) for seq, _, size in rows),
-            )
+            self._insert_batches(snapshot, rows)
+
+    def _insert_batches(self, snapshot: int, rows: Sequence[tuple[int, bytes, int]]) -> None:
+        self._db.executemany(
+            "INSERT INTO bodies (snapshot, seq, body) VALUES (?, ?, ?)",
+            ((snapshot, seq, body) for seq, body, _ in rows),
+        )
+        self._db.executemany(
+            "INSERT INTO batch_state (snapshot, seq, size, state) VALUES (?, ?, ?, 'pending')",
+            ((snapshot, seq, size) for seq, _, size in rows),
+        )
 
     def _add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
         with self.transaction():
             self._check_staging(campaign_id, snapshot)
-            self._db.executemany(
-                "INSERT INTO skips (snapshot, line, tracking_id, phone, reason, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                ((snapshot, s.line, s.tracking_id, s.phone, s.reason, s.detail) for s in skips),
-            )
+            self._insert_skips(snapshot, skips)
+
+    def _insert_skips(self, snapshot: int, skips: Sequence[Skip]) -> None:
+        self._db.executemany(
+            "INSERT INTO skips (snapshot, line, tracking_id, phone, reason, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            ((snapshot, s.line, s.tracking_id, s.phone, s.reason, s.detail) for s in skips),
+        )
 
     def _commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
-        zones: Sequence[str | None] = (),
+        zones: Sequence[str | None] = (), streaming: bool = False,
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         with self.transaction():
@@ -588,11 +603,52 @@ class SqliteConnection:
             self._db.execute(
                 "INSERT OR REPLACE INTO campaigns (id, type, file, fingerprint, state, send_at,"
                 " deadline, recipients, skipped, batches, prepared_at, started_at, finished_at,"
-                " error, snapshot) VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?, ?, NULL, NULL,"
-                " NULL, ?)",
+                " error, snapshot, streaming) VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?, ?,"
+                " NULL, NULL, NULL, ?, ?)",
                 (campaign_id, type, file, fingerprint, _utc_text(send_at), _utc_text(deadline),
-                 recipients, skipped, batches, _now(), snapshot),
+                 recipients, skipped, batches, _now(), snapshot, int(streaming)),
             )
+
+    # --- a streamed snapshot: appended to while the campaign sends ------------------------
+
+    def open_stream(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+    ) -> None:
+        """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
+        snapshot = self._begin_snapshot(campaign_id)
+        self._commit_snapshot(
+            snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
+            send_at=send_at, deadline=deadline, streaming=True,
+        )
+
+    def extend(
+        self, campaign_id: str, rows: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+    ) -> None:
+        """Append batches and skipped rows to the streaming snapshot (`Journal.extend`)."""
+        with self.transaction():
+            row = self._db.execute(
+                "SELECT snapshot, streaming, batches FROM campaigns WHERE id = ?", (campaign_id,),
+            ).fetchone()
+            snapshot, stored = streaming_snapshot(campaign_id, row)
+            check_follows(campaign_id, rows, stored)
+            self._insert_batches(snapshot, rows)
+            self._insert_skips(snapshot, skips)
+            self._db.execute(
+                "UPDATE campaigns SET batches = batches + ?, recipients = recipients + ?,"
+                " skipped = skipped + ? WHERE id = ?",
+                (len(rows), sum(size for _, _, size in rows), len(skips), campaign_id),
+            )
+
+    def close_stream(self, campaign_id: str) -> None:
+        """The streamed snapshot is whole (`Journal.close_stream`)."""
+        with self.transaction():
+            cursor = self._db.execute(
+                "UPDATE campaigns SET streaming = 0 WHERE id = ? AND streaming = 1",
+                (campaign_id,),
+            )
+            if cursor.rowcount != 1:
+                raise JournalConflict(campaign_id, "its snapshot is not being streamed")
 
     def _drop_snapshot(self, snapshot: int) -> None:
         """Remove a staging snapshot that will not be swapped in (failed or superseded)."""
@@ -1402,6 +1458,26 @@ class SqliteJournal:
         finally:
             if not swapped:
                 await self._call(SqliteConnection._drop_snapshot, snapshot)
+
+    async def open_stream(
+        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
+        send_at: datetime, deadline: datetime,
+    ) -> None:
+        """`Journal.open_stream`."""
+        await self._call(
+            SqliteConnection.open_stream, campaign_id=campaign_id, type=type, file=file,
+            fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+        )
+
+    async def extend(
+        self, campaign_id: str, batches: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+    ) -> None:
+        """`Journal.extend`."""
+        await self._fenced(SqliteConnection.extend, campaign_id, batches, skips)
+
+    async def close_stream(self, campaign_id: str) -> None:
+        """`Journal.close_stream`."""
+        await self._fenced(SqliteConnection.close_stream, campaign_id)
 
     async def forget(self, campaign_id: str) -> None:
         """`Journal.forget`."""
