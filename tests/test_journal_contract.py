@@ -166,6 +166,72 @@ async def test_a_started_snapshot_is_frozen(journal: Journal) -> None:
     assert record is not None and record.fingerprint == "f1" and record.batches == 4
 
 
+def encoded(campaign: str, first: int, count: int, size: int = 5) -> list[tuple[int, bytes, int]]:
+    """Batches ``first`` .. ``first + count - 1`` as `Journal.extend` takes them."""
+    every = list(batches(campaign, first + count, size))
+    return [(seq, orjson.dumps(every[seq]), size) for seq in range(first, first + count)]
+
+
+async def open_stream(journal: Journal, campaign: str, fingerprint: str = "s1") -> None:
+    """Swap in an empty streaming snapshot for ``campaign``."""
+    await journal.open_stream(
+        campaign_id=campaign, type="promo", file=f"/c/{campaign}.toml",
+        fingerprint=fingerprint, send_at=SEND_AT, deadline=DEADLINE,
+    )
+
+
+async def test_a_streamed_snapshot_grows_while_the_campaign_sends(journal: Journal) -> None:
+    """`send --now`: an empty snapshot swapped in, appended to after the start, then whole."""
+    await prepare(journal, "c", count=3)
+    await open_stream(journal, "c")
+    record = await journal.campaign("c")
+    assert record is not None and record.streaming and record.fingerprint == "s1"
+    assert (record.state, record.recipients, record.skipped, record.batches) == (
+        "scheduled", 0, 0, 0)
+    assert await journal.open_batches("c") == []  # nothing of the old snapshot is left
+    await journal.extend("c", encoded("c", 0, 2), [Skip(4, None, "x", "invalid_phone")])
+    await journal.set_state("c", "running")  # sending starts with what is there
+    batch = (await journal.open_batches("c"))[0]
+    await journal.mark_in_flight("c", [batch.seq])
+    await journal.record_results("c", batch.seq, results(batch.body))
+    await journal.extend("c", encoded("c", 2, 1), [])
+    record = await journal.campaign("c")
+    assert record is not None and record.streaming
+    assert (record.recipients, record.skipped, record.batches) == (15, 1, 3)
+    assert [b.seq for b in await journal.open_batches("c")] == [1, 2]
+    assert (await journal.counts("c"))["pending"] == 10
+    await journal.close_stream("c")
+    record = await journal.campaign("c")
+    assert record is not None and not record.streaming and record.batches == 3
+    assert await rows(journal, "c", "skipped") == [("", "skipped")]
+    with pytest.raises(JournalConflict, match="not being streamed"):
+        await journal.extend("c", encoded("c", 3, 1), [])
+    with pytest.raises(JournalConflict, match="not being streamed"):
+        await journal.close_stream("c")
+
+
+async def test_a_streamed_batch_must_follow_on(journal: Journal) -> None:
+    """A resumed stream that lost its place is refused whole: no batch is stored twice."""
+    await open_stream(journal, "c")
+    await journal.extend("c", encoded("c", 0, 2), [])
+    for wrong in (encoded("c", 1, 2), encoded("c", 3, 1)):
+        with pytest.raises(JournalConflict, match="does not follow on"):
+            await journal.extend("c", wrong, [Skip(9, None, "x", "duplicate")])
+    record = await journal.campaign("c")
+    assert record is not None and (record.batches, record.recipients, record.skipped) == (
+        2, 10, 0)
+
+
+async def test_a_started_campaign_cannot_open_a_stream(journal: Journal) -> None:
+    """A started snapshot is frozen: open_stream is refused like prepare."""
+    await prepare(journal, "c")
+    await journal.set_state("c", "running")
+    with pytest.raises(JournalConflict, match="started"):
+        await open_stream(journal, "c", fingerprint="s2")
+    record = await journal.campaign("c")
+    assert record is not None and not record.streaming and record.batches == 4
+
+
 async def test_forget_an_unstarted_campaign(journal: Journal) -> None:
     """Forgetting drops the campaign and its snapshot; an unknown id is a no-op."""
     await prepare(journal, "a")

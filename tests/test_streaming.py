@@ -1,0 +1,300 @@
+"""A snapshot streamed into the send (`send --now`): a real child process reads the audience
+while the engine posts to a real sandbox, with a real SQLite journal.
+
+What must hold: the first request goes before the audience is read to its end; every
+recipient is sent exactly once and every skipped row logged once, also when the stream is cut
+short and resumed; a stream whose inputs changed in between fails instead of guessing; send
+windows and roll-outs keep the whole snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler.audience import Skip
+from scheduler.config import load_config
+from scheduler.loader import load_campaign
+from scheduler.sandbox import SandboxOptions
+from scheduler.sender import Engine
+from scheduler.service import open_engine
+from scheduler.streaming import StreamFailed, StreamJob, stream_chunks
+from tests.helpers import (
+    StartSandbox,
+    ThreadSandbox,
+    clean_env,
+    phone,
+    read_jsonl,
+    run_cli,
+    write_audience,
+    write_campaign,
+    write_config,
+)
+from tests.test_sender import KEY, Setup, make_setup
+
+BAD_ROWS = (("not-a-phone", "Broken"), (phone(5), "Again"))  # an invalid phone, a duplicate
+
+Extend = Callable[[str, Sequence[tuple[int, bytes, int]], Sequence[Skip]], Awaitable[None]]
+
+
+def gate_extends(engine: Engine, before: Callable[[int], Awaitable[None]]) -> None:
+    """Run ``before(n)`` ahead of the n-th append (from 0) of the engine's real journal."""
+    real: Extend = engine.journal.extend
+    calls = 0
+
+    async def extend(cid: str, batches: Sequence[tuple[int, bytes, int]],
+                     skips: Sequence[Skip]) -> None:
+        nonlocal calls
+        calls += 1
+        await before(calls - 1)
+        await real(cid, batches, skips)
+
+    engine.journal.extend = extend  # type: ignore[method-assign]
+
+
+def message_lines(setup: Setup) -> list[dict[str, Any]]:
+    """The delivery log's message lines."""
+    return [line for line in setup.log_lines() if line["event"] == "message"]
+
+
+def assert_all_once(setup: Setup, count: int, accepted: Counter[str] | dict[str, int]) -> None:
+    """Every valid recipient sent once and accepted once; each bad row logged once, skipped."""
+    assert setup.counts() == {"sent": count, "rejected": 0, "expired": 0, "in_doubt": 0,
+                              "skipped": len(BAD_ROWS), "pending": 0}
+    assert len(accepted) == count and set(accepted.values()) == {1}
+    lines = message_lines(setup)
+    assert Counter(line["status"] for line in lines) == {"sent": count, "skipped": 2}
+    assert sorted(line["line"] for line in lines if line["status"] == "skipped") == [
+        count + 2, count + 3]
+    sent = [line["tracking_id"] for line in lines if line["status"] == "sent"]
+    assert len(set(sent)) == count and set(sent) == set(accepted)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_the_first_batch_goes_while_the_audience_is_still_read(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The second chunk is held until the first batch is journaled sent: the campaign can only
+    end if sending started while the snapshot was still incomplete."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = make_setup(tmp_path, sandbox.base_url, 3000, extra_rows=BAD_ROWS, batch_size=100,
+                       concurrency=4, requests_per_second=1000)
+    async with open_engine(setup.config) as engine:
+        seen_streaming: list[bool] = []
+        sent = asyncio.Event()  # set once outcomes are journaled (and logged)
+
+        async def before(call: int) -> None:
+            if call == 1:
+                await sent.wait()
+                record = await engine.journal.campaign(setup.campaign.id)
+                seen_streaming.append(record is not None and record.streaming)
+
+        gate_extends(engine, before)
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert record.streaming and record.recipients == 0
+        run = engine.open_run(setup.campaign, record, lambda _: sent.set())
+        assert await engine.drive(run) == "done"
+        final = await engine.journal.campaign(setup.campaign.id)
+    assert seen_streaming == [True]
+    assert final is not None and not final.streaming
+    assert (final.recipients, final.skipped, final.batches) == (3000, 2, 30)
+    assert_all_once(setup, 3000, sandbox.accepted)
+    events = [line["event"] for line in setup.log_lines()]
+    first_message = events.index("message")
+    assert events.index("campaign_started") < first_message < events.index("snapshot_streamed")
+    started = next(line for line in setup.log_lines() if line["event"] == "campaign_started")
+    assert started["streaming"] is True
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_cut_short_resumes_after_what_the_journal_holds(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Stopped after its first chunk (the child is killed), the next run reads on from the
+    batches and skips stored: nothing is sent or logged twice, nothing is missed."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
+                       concurrency=2, requests_per_second=1000)
+    async with open_engine(setup.config) as engine:
+        record = await engine.prepare(setup.campaign, stream=True)
+        sent = asyncio.Event()
+        run = engine.open_run(setup.campaign, record, lambda _: sent.set())
+
+        async def before(call: int) -> None:
+            if call == 1:
+                await sent.wait()
+                run.halt()  # as SIGTERM does: in-flight batches finish, nothing new starts
+                await asyncio.Event().wait()  # this chunk never lands
+
+        gate_extends(engine, before)
+        assert await engine.drive(run) == "running"
+    cut = setup.counts()
+    assert cut["sent"] > 0 and cut["pending"] == 0  # one chunk stored, and sent
+    with sqlite3.connect(setup.journal_path) as db:
+        stored = db.execute("SELECT streaming, batches FROM campaigns").fetchone()
+    assert stored[0] == 1 and 0 < stored[1] < 20
+    async with open_engine(setup.config) as engine:
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert record.streaming and record.started_at is not None
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert_all_once(setup, 2000, sandbox.accepted)
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_whose_audience_changed_fails_with_the_reason(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The rest of a cut-short stream would come from another file: the campaign fails and
+    says why, and nothing more is sent."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = make_setup(tmp_path, sandbox.base_url, 2000, batch_size=100, concurrency=2,
+                       requests_per_second=1000)
+    async with open_engine(setup.config) as engine:
+        record = await engine.prepare(setup.campaign, stream=True)
+        run = engine.open_run(setup.campaign, record)
+
+        async def before(call: int) -> None:
+            if call == 1:
+                run.halt()
+                await asyncio.Event().wait()
+
+        gate_extends(engine, before)
+        assert await engine.drive(run) == "running"
+    sent = setup.counts()["sent"]
+    write_audience(setup.root / "campaigns" / "people.csv", 2500)
+    async with open_engine(setup.config) as engine:
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "failed"
+        final = await engine.journal.campaign(setup.campaign.id)
+    assert final is not None and final.error is not None
+    assert "audience CSV or the suppression list changed while its snapshot" in final.error
+    assert setup.counts()["sent"] == sent == len(sandbox.accepted)
+
+
+@pytest.mark.parametrize("extra", [
+    'window = "00:00-23:59"\n',
+    "[rollout]\nstages = [0.5, 1.0]\nhold = 1\n",
+])
+async def test_windows_and_rollouts_are_snapshotted_whole(tmp_path: Path, extra: str) -> None:
+    """A window cuts batches by zone group at the end, a roll-out needs the total: both are
+    prepared whole even when asked to stream."""
+    config_path = write_config(tmp_path, "http://127.0.0.1:9")
+    write_audience(tmp_path / "campaigns" / "people.csv", 300)
+    file = write_campaign(tmp_path / "campaigns", "whole", "people.csv", type="promo",
+                          extra=extra)
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None, check.problems
+    async with open_engine(config) as engine:
+        record = await engine.prepare(check.campaign, stream=True)
+    assert not record.streaming and record.recipients == 300
+
+
+async def test_a_reader_that_cannot_finish_says_why(tmp_path: Path) -> None:
+    """The child's own errors come back as one sentence, never a traceback."""
+    config_path = write_config(tmp_path, "http://127.0.0.1:9")
+    csv = tmp_path / "campaigns" / "people.csv"
+    write_audience(csv, 50)
+    file = write_campaign(tmp_path / "campaigns", "gone", "people.csv")
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None
+    csv.unlink()
+    with pytest.raises(StreamFailed) as failed:
+        async for _ in stream_chunks(StreamJob(check.campaign, None, 10)):
+            pass
+    assert "people.csv" in str(failed.value) and "Traceback" not in str(failed.value)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        found.extend(int(child) for child in text.split())
+    return found
+
+
+def journal_row(path: Path) -> tuple[int, int, int] | None:
+    """(streaming, batches stored, sent) of the one campaign, or None before it exists."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute(
+                "SELECT c.streaming, c.batches, COALESCE(SUM(s.sent), 0) FROM campaigns c"
+                " LEFT JOIN batch_state s ON s.snapshot = c.snapshot GROUP BY c.id",
+            ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else (row[0], row[1], row[2])
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_mid_stream_then_send_again(tmp_path: Path) -> None:
+    """A real `send --now` and its reader frozen while the snapshot is half read and sending
+    has begun, then killed together: the rerun reads on and every recipient ends once."""
+    count, batch_size, concurrency = 60_000, 200, 4
+    in_flight_bound = (2 * concurrency + 2) * batch_size
+    config = write_config(tmp_path, "http://127.0.0.1:9", batch_size=batch_size,
+                          concurrency=concurrency, requests_per_second=100)
+    write_audience(tmp_path / "campaigns" / "people.csv", count, extra_rows=BAD_ROWS)
+    campaign = write_campaign(tmp_path / "campaigns", "mid-stream", "people.csv")
+    journal = tmp_path / "state" / "journal.sqlite3"
+    with ThreadSandbox(SandboxOptions(api_key="stream-key", latency_ms=20)) as server:
+        text = config.read_text().replace("http://127.0.0.1:9", server.base_url)
+        config.write_text(text)
+        env = clean_env(CASCADE_API_KEY="stream-key")
+        args = [sys.executable, "-m", "scheduler", "send", str(campaign), "--now",
+                "--config", str(config)]
+        first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env=env, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            caught = None
+            while caught is None and time.monotonic() < deadline:
+                row = journal_row(journal)
+                if row is not None and row[0] == 1 and row[2] > 0:
+                    os.killpg(first.pid, signal.SIGSTOP)  # the sender and its reader at once
+                    row = journal_row(journal)
+                    if row is not None and row[0] == 1:
+                        caught = row
+                    else:
+                        os.killpg(first.pid, signal.SIGCONT)
+                time.sleep(0.002)
+            assert caught is not None, "the stream ended before the test could catch it"
+            assert children_of(first.pid), "no reader child while the snapshot streams"
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(10)
+        _, stored, sent = caught
+        assert 0 < stored < count // batch_size and sent > 0
+        second = run_cli(["send", str(campaign), "--now", "--config", str(config)], env=env,
+                         timeout=90)
+        assert second.returncode == 0, second.stderr
+        accepted = Counter(server.sandbox.accepted)
+    row = journal_row(journal)
+    assert row is not None and row[0] == 0 and row[1] == count // batch_size
+    lines = [line for line in read_jsonl(tmp_path / "logs" / "delivery.jsonl")
+             if line["event"] == "message"]
+    finals = Counter(line["tracking_id"] for line in lines if line["status"] == "sent")
+    assert len(finals) == count and set(finals.values()) == {1}
+    assert Counter(line["status"] for line in lines)["skipped"] == len(BAD_ROWS)
+    assert set(accepted) == set(finals)
+    assert sum(accepted.values()) - count <= in_flight_bound  # only in-flight ones twice
