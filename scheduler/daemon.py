@@ -605,8 +605,12 @@ class Daemon:
                                  deadline=campaign.deadline.isoformat())
 
     def _prepare(self, tracked: _Tracked) -> None:
-        """(Re)build the snapshot in the background, ahead of send_at."""
-        task = asyncio.create_task(self._engine.prepare(tracked.campaign))
+        """(Re)build the snapshot in the background, ahead of send_at. A campaign already due
+        (the daemon was down, or its file came late) streams it: the leader sends while its
+        audience is still being read."""
+        campaign = tracked.campaign
+        stream = campaign.send_at <= utcnow() and self._engine.may_send()
+        task = asyncio.create_task(self._engine.prepare(campaign, stream=stream))
         task.add_done_callback(functools.partial(self._prepared, tracked.campaign.id))
         tracked.prepared = task
 

@@ -406,6 +406,11 @@ def test_send_time_passed_while_down_ttl_rule(
     assert accepted(record, "late") == Counter(expected_ids("late", 100))
     first = min(parse_ts(r["ts"]) for r in record)
     assert first - started < timedelta(seconds=2), "the late campaign did not start at once"
+    # already due at load: its snapshot was streamed into the send, not built first
+    late = [e for e in workspace.events("campaign_started") if e["campaign"] == "late"]
+    assert late and late[0].get("streaming") is True
+    assert [e["recipients"] for e in workspace.events("snapshot_streamed")
+            if e["campaign"] == "late"] == [100]
     assert not accepted(record, "gone")
     counts = workspace.counts("gone")
     assert (counts["expired"], counts["sent"], counts["pending"]) == (80, 0, 0)
