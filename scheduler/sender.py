@@ -52,7 +52,7 @@ from scheduler.journal import (
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
-from scheduler.streaming import StreamFailed, StreamJob, stream_chunks
+from scheduler.streaming import StreamFailed, StreamJob, StreamKilled, stream_chunks
 from scheduler.vocabulary import (
     EXPIRED_REASON,
     FINISHED,
@@ -329,7 +329,8 @@ class Engine:
     async def _resume_stream(self, run: CampaignRun, record: CampaignRecord) -> None:
         """A snapshot cut short mid-stream (a crash, a stop): read on after what is stored,
         if the inputs are still the ones it was read from (else the campaign fails)."""
-        if not record.streaming or run.campaign.id in self._streams:
+        current = self._streams.get(run.campaign.id)
+        if not record.streaming or (current is not None and not current.ended):
             return
         key = snapshot_key(run.campaign, self.suppression_path, self.sending.batch_size,
                            send_at=record.send_at)
@@ -361,7 +362,11 @@ class Engine:
         if stream.failure is None:
             return False
         failure = stream.failure
-        if isinstance(failure, JournalFenced):
+        if isinstance(failure, StreamKilled):
+            self.lifecycle.announce("snapshot_stream_stopped", "warning",
+                                    campaign=run.campaign.id, reason=str(failure))
+            run.halt(None)  # left running: the next start reads on
+        elif isinstance(failure, JournalFenced):
             run.halt(None)
         elif isinstance(failure, JournalError | OSError):
             run.storage_failed(failure)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import signal
 import struct
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -43,6 +44,11 @@ Chunk = tuple[list[EncodedBatch], list[Skip]]
 
 class StreamFailed(Exception):
     """The audience could not be read to its end; the message says why (never a traceback)."""
+
+
+class StreamKilled(StreamFailed):
+    """The reader was killed by a signal (the OOM killer, an operator): nothing is wrong with
+    the campaign, the stream resumes at the next start."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,8 @@ async def stream_chunks(job: StreamJob) -> AsyncIterator[Chunk]:
         if not finished:
             errors = (await child.stderr.read()).decode(errors="replace").strip()
             code = await child.wait()
+            if code < 0:
+                raise StreamKilled(f"the audience reader was killed by signal {-code}")
             last = errors.splitlines()[-1] if errors else f"exit status {code}"
             raise StreamFailed(f"the audience reader stopped before the end ({last})")
     finally:
@@ -131,7 +139,12 @@ def _send(out: BinaryIO, frame: tuple[object, ...]) -> None:
 
 
 def main() -> int:
-    """The child: a `StreamJob` on stdin, frames on stdout ("chunk", "error" or "done")."""
+    """The child: a `StreamJob` on stdin, frames on stdout ("chunk", "error" or "done").
+
+    Ctrl-C and systemd's stop reach the whole process group: the parent decides (it stops the
+    stream, or lets it finish), so the child ignores them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     job: StreamJob = pickle.load(sys.stdin.buffer)  # noqa: S301 (from the parent, see above)
     out = sys.stdout.buffer
     try:

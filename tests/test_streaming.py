@@ -10,6 +10,7 @@ windows and roll-outs keep the whole snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -184,6 +185,64 @@ async def test_a_stream_whose_audience_changed_fails_with_the_reason(
     assert final is not None and final.error is not None
     assert "audience CSV or the suppression list changed while its snapshot" in final.error
     assert setup.counts()["sent"] == sent == len(sandbox.accepted)
+
+
+def reader_pid() -> int:
+    """The pid of this process's audience reader child."""
+    for pid in children_of(os.getpid()):
+        with contextlib.suppress(OSError):
+            if b"scheduler.streaming" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    raise AssertionError("no audience reader is running")
+
+
+@pytest.mark.timeout(60)
+async def test_the_reader_ignores_ctrl_c_and_sigterm(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Ctrl-C and systemd's stop reach the whole process group; the parent decides what
+    stops, so the reader reads on and the campaign ends done."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
+                       concurrency=2, requests_per_second=1000)
+    async with open_engine(setup.config) as engine:
+
+        async def before(call: int) -> None:
+            if call == 1:
+                pid = reader_pid()
+                os.kill(pid, signal.SIGINT)
+                os.kill(pid, signal.SIGTERM)
+
+        gate_extends(engine, before)
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert_all_once(setup, 2000, sandbox.accepted)
+
+
+@pytest.mark.timeout(60)
+async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The OOM killer takes the reader: the campaign stays running (not failed), says why,
+    and the next run reads on."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
+                       concurrency=2, requests_per_second=1000)
+    async with open_engine(setup.config) as engine:
+
+        async def before(call: int) -> None:
+            if call == 1:
+                os.kill(reader_pid(), signal.SIGKILL)
+
+        gate_extends(engine, before)
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "running"
+    stopped = [line for line in setup.log_lines() if line["event"] == "snapshot_stream_stopped"]
+    assert len(stopped) == 1 and "killed by signal 9" in stopped[0]["reason"]
+    async with open_engine(setup.config) as engine:
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert_all_once(setup, 2000, sandbox.accepted)
 
 
 @pytest.mark.parametrize("extra", [
