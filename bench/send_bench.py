@@ -36,7 +36,8 @@ With ``--repeat N`` the clients take turns N times and the median run of each is
 both`` the PostgreSQL / SQLite ratio of every turn (the two ran back to back) is printed too,
 and the verdict is on their median. Every client's peak RSS comes from
 ``os.wait4`` on its own pid. The sink's counters confirm each client delivered every message.
-Targets: ours ≥ seed, ours ≥ 0.6 × bare, ours peak RSS ≤ 150 MB (each journal); PostgreSQL ≥
+Targets (SPEC §12, second version): ours ≥ 1.5 × seed end to end, ours ≥ 0.6 × bare, ours peak
+RSS ≤ 150 MB (each journal); PostgreSQL ≥
 0.8 × SQLite (``both``).
 """
 
@@ -369,9 +370,10 @@ def measure_ours(
 
 
 class PhaseCpu:
-    """Samples a running `send`'s CPU seconds (every 20 ms, from /proc) and notes them when its
-    delivery log first shows ``campaign_started`` and ``campaign_finished``: the CPU of the
-    startup + snapshot and of the sending phase, to ±20 ms each."""
+    """Samples a running `send`'s CPU seconds (every 20 ms, from /proc: the process and its
+    children, so a streamed snapshot's reader counts) and notes them when its delivery log
+    first shows ``campaign_started`` and ``campaign_finished``: the CPU of the startup (+ the
+    snapshot, unless streamed) and of the sending phase, to ±20 ms each."""
 
     POLL = 0.02
 
@@ -386,9 +388,9 @@ class PhaseCpu:
     def _run(self) -> None:
         offset, pending = 0, b""
         while not self._done.is_set() and self.at_finish is None:
-            cpu = process_cpu(self.pid)
-            if cpu is None:
+            if process_cpu(self.pid) is None:
                 return
+            cpu = process_tree_cpu(self.pid)
             try:
                 with self.log.open("rb") as file:
                     file.seek(offset)
@@ -454,7 +456,8 @@ def report(runs: list[Measured], rows: int,
         if "sending_cpu" in split:
             snapshot_cpu = f", {split['startup_and_snapshot_cpu']:.2f} CPU s"
             sending_cpu = f", CPU {ours.per_million(split['sending_cpu'])} s/M"
-        print(f"{ours.label}, split: startup + snapshot {split['startup_and_snapshot_s']:.2f} s"
+        print(f"{ours.label}, split: startup (+ snapshot unless streamed) "
+              f"{split['startup_and_snapshot_s']:.2f} s"
               f"{snapshot_cpu}, sending {split['sending_s']:.2f} s ({rate:,.0f}/s{sending_cpu}), "
               f"shutdown {split['shutdown_s']:.2f} s")
     for ours in (r for r in runs if r.label.startswith("ours")):
@@ -465,7 +468,8 @@ def report(runs: list[Measured], rows: int,
             ratio = ours.rate / by["seed"].rate
             print(f"{ours.label} / seed: {ratio:.2f}x end to end, "
                   f"{rate / by['seed'].rate:.2f}x sending only")
-            verdicts.append((f"{ours.label} >= seed", ratio >= 1, f"{ratio:.2f}x end to end"))
+            verdicts.append((f"{ours.label} >= 1.5 x seed", ratio >= 1.5,
+                             f"{ratio:.2f}x end to end"))
         if "bare" in by:
             ratio = ours.rate / by["bare"].rate
             print(f"{ours.label} / bare: {ratio:.2f}x end to end, "
