@@ -153,6 +153,7 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     grew: asyncio.Event = field(default_factory=asyncio.Event)  # set by every append, and the end
     failure: Exception | None = None  # why it stopped short (`StreamFailed`, a journal error)
+    whole: bool = False  # every batch and skip is in the journal, and it says so
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -307,6 +308,7 @@ class Engine:
                 await self.journal.extend(cid, batches, skips)
                 stream.grew.set()
             await self.journal.close_stream(cid)
+            stream.whole = True
             record = await self.journal.campaign(cid)
             if record is not None:
                 self.lifecycle.announce(
@@ -315,6 +317,9 @@ class Engine:
                     seconds=round(time.monotonic() - stream.started, 3),
                 )
         except (StreamFailed, JournalError, OSError) as exc:
+            stream.failure = exc
+        except Exception as exc:  # noqa: BLE001 (a bug must stop the campaign, not end it)
+            self._oplog.exception("snapshot_stream_crashed", campaign=cid)
             stream.failure = exc
         finally:
             stream.grew.set()
@@ -359,19 +364,32 @@ class Engine:
             grew.cancel()
             stopped.cancel()
             return not run.stop.is_set()
-        if stream.failure is None:
+        if stream.whole:
             return False
         failure = stream.failure
-        if isinstance(failure, StreamKilled):
+        if failure is None or isinstance(failure, StreamKilled):
+            # killed, or stopped with the engine: left running, the next start reads on
+            reason = str(failure) if failure is not None else "the reader was stopped"
             self.lifecycle.announce("snapshot_stream_stopped", "warning",
-                                    campaign=run.campaign.id, reason=str(failure))
-            run.halt(None)  # left running: the next start reads on
+                                    campaign=run.campaign.id, reason=reason)
+            run.halt(None)
         elif isinstance(failure, JournalFenced):
             run.halt(None)
         elif isinstance(failure, JournalError | OSError):
             run.storage_failed(failure)
-        else:
+        elif isinstance(failure, StreamFailed):
             run.halt("failed", f"{failure} (the recipients read before it are final)")
+        else:
+            run.halt("failed", f"internal error while reading the audience: {failure!r}")
+        return False
+
+    async def _snapshot_whole(self, run: CampaignRun) -> bool:
+        """The journal holds the whole snapshot (a last check before "done": a streamed one
+        that is not whole must never look finished)."""
+        current = await self.journal.campaign(run.campaign.id)
+        if current is None or not current.streaming:
+            return True
+        run.halt(None)
         return False
 
     async def whole(self, campaign_id: str) -> None:
@@ -457,7 +475,7 @@ class Engine:
                     return await self._halted(run)
                 return await self._expire(run, record)
             counts = await self.journal.counts(run.campaign.id)
-            if counts.get("pending", 0) == 0:
+            if counts.get("pending", 0) == 0 and await self._snapshot_whole(run):
                 return await self._finish(run, record, counts)
             if self.clock() >= run.deadline:
                 return await self._expire(run, record)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import signal
 import struct
@@ -22,7 +23,6 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import orjson
 
@@ -132,10 +132,14 @@ def _chunks(job: StreamJob) -> Iterator[Chunk]:
         yield batches, skips
 
 
-def _send(out: BinaryIO, frame: tuple[object, ...]) -> None:
+def _send(fd: int, frame: tuple[object, ...]) -> None:
+    """Write one frame whole. A plain loop of `os.write`: a write to a pipe that a signal
+    interrupts part way (SIGSTOP/SIGCONT, a profiler attaching) returns a short count, and
+    `sys.stdout.buffer` was seen to lose bytes of a megabyte frame then."""
     data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(_HEADER.pack(len(data)) + data)
-    out.flush()
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def main() -> int:
@@ -146,7 +150,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     job: StreamJob = pickle.load(sys.stdin.buffer)  # noqa: S301 (from the parent, see above)
-    out = sys.stdout.buffer
+    out = sys.stdout.fileno()
     try:
         try:
             for batches, skips in _chunks(job):

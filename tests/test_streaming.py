@@ -245,6 +245,30 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
     assert_all_once(setup, 2000, sandbox.accepted)
 
 
+@pytest.mark.timeout(60)
+async def test_a_stream_that_breaks_never_looks_finished(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """An unexpected error while appending (a bug) stops the campaign as failed, with the
+    reason: it must never end "done" with part of its audience unread."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = make_setup(tmp_path, sandbox.base_url, 2000, batch_size=100, concurrency=2,
+                       requests_per_second=1000)
+    async with open_engine(setup.config) as engine:
+
+        async def before(call: int) -> None:
+            if call == 2:
+                raise RuntimeError("a bug")
+
+        gate_extends(engine, before)
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "failed"
+        final = await engine.journal.campaign(setup.campaign.id)
+    assert final is not None and final.streaming and final.batches == 3
+    assert final.error == "internal error while reading the audience: RuntimeError('a bug')"
+    assert 0 < len(sandbox.accepted) == setup.counts()["sent"] <= 300
+
+
 @pytest.mark.parametrize("extra", [
     'window = "00:00-23:59"\n',
     "[rollout]\nstages = [0.5, 1.0]\nhold = 1\n",
@@ -278,6 +302,40 @@ async def test_a_reader_that_cannot_finish_says_why(tmp_path: Path) -> None:
         async for _ in stream_chunks(StreamJob(check.campaign, None, 10)):
             pass
     assert "people.csv" in str(failed.value) and "Traceback" not in str(failed.value)
+
+
+@pytest.mark.timeout(60)
+async def test_frames_survive_a_reader_stopped_and_continued(tmp_path: Path) -> None:
+    """SIGSTOP/SIGCONT (a profiler attaching, a debugger) interrupt the reader's big pipe
+    writes part way: every frame still arrives whole. Through `sys.stdout.buffer` this lost
+    bytes of a 2.5 MB frame (an UnpicklingError), so the reader writes with its own loop."""
+    config_path = write_config(tmp_path, "http://127.0.0.1:9")
+    write_audience(tmp_path / "campaigns" / "people.csv", 60_000)
+    file = write_campaign(tmp_path / "campaigns", "stopped", "people.csv")
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None
+    interrupts = 0
+
+    async def stop_and_continue() -> None:
+        nonlocal interrupts
+        while True:
+            with contextlib.suppress(AssertionError, ProcessLookupError):
+                pid = reader_pid()
+                os.kill(pid, signal.SIGSTOP)
+                await asyncio.sleep(0.001)
+                os.kill(pid, signal.SIGCONT)
+                interrupts += 1
+            await asyncio.sleep(0.002)
+
+    hammer = asyncio.create_task(stop_and_continue())
+    seqs: list[int] = []
+    try:
+        async for batches, _ in stream_chunks(StreamJob(check.campaign, None, 1000)):
+            seqs.extend(seq for seq, _, _ in batches)
+    finally:
+        hammer.cancel()
+    assert seqs == list(range(60)) and interrupts > 10
 
 
 # --------------------------------------------------------------------------------------------
