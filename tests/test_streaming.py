@@ -266,7 +266,7 @@ async def test_a_stream_that_breaks_never_looks_finished(
         final = await engine.journal.campaign(setup.campaign.id)
     assert final is not None and final.streaming and final.batches == 3
     assert final.error == "internal error while reading the audience: RuntimeError('a bug')"
-    assert 0 < len(sandbox.accepted) == setup.counts()["sent"] <= 300
+    assert len(sandbox.accepted) == setup.counts()["sent"] <= 300
 
 
 @pytest.mark.parametrize("extra", [
