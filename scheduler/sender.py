@@ -673,6 +673,8 @@ class Engine:
     async def _expire(self, run: CampaignRun, record: CampaignRecord) -> CampaignState:
         """Every message still open is past send_at + ttl: record and log it as expired."""
         await self.whole(run.campaign.id)
+        if not await self._snapshot_whole(run):
+            return await self._halted(run)  # its stream stopped short: expired at next start
         while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):
             for batch in page:
                 results = _all(_open_messages(batch), "expired", EXPIRED_REASON, batch.attempts)
