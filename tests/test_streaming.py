@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,36 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
         record = await engine.prepare(setup.campaign, stream=True)
         assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
     assert_all_once(setup, 2000, sandbox.accepted)
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_cut_short_past_its_deadline_expires_whole(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Resumed after send_at + ttl: the rest of the audience is read first, so every
+    recipient not sent is recorded expired (none is left out of the journal)."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
+                       concurrency=2, requests_per_second=1000)
+    async with open_engine(setup.config) as engine:
+
+        async def before(call: int) -> None:
+            if call == 1:
+                os.kill(reader_pid(), signal.SIGKILL)
+
+        gate_extends(engine, before)
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "running"
+    sent = setup.counts()["sent"]
+    async with open_engine(setup.config) as engine:
+        engine.clock = lambda: datetime.now(UTC) + timedelta(hours=2)  # past the 1 h ttl
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "expired"
+    assert setup.counts() == {"sent": sent, "rejected": 0, "expired": 2000 - sent,
+                              "in_doubt": 0, "skipped": 2, "pending": 0}
+    lines = message_lines(setup)
+    assert Counter(line["status"] for line in lines) == {
+        "sent": sent, "expired": 2000 - sent, "skipped": 2}
 
 
 @pytest.mark.timeout(60)
