@@ -104,9 +104,11 @@ def campaign_note(record: CampaignRecord, pending: int, leading: bool) -> str:
         return "not running now: resumes where it stopped when the daemon starts"
     if state == "paused" and pending:
         return f"{pending:,} not sent yet: set paused = false to send them"
-    if state == "failed":
-        return f"stopped: {record.error or 'the API refused the credentials'}; fix the key " \
-            "and reload the daemon"
+    if state == "failed":  # the error says what to do (a refused key, an unreadable audience)
+        return f"stopped: {record.error}" if record.error else \
+            "stopped: the API refused the credentials; fix the key and reload the daemon"
+    if record.streaming and state in SENDING:
+        return f"still reading its audience: {record.recipients:,} recipients so far"
     if state == "invalid":
         return "stopped: its file is invalid (run `check`); fixing it resumes the campaign"
     return ""

@@ -27,7 +27,9 @@ import pytest
 
 from scheduler.audience import Skip
 from scheduler.config import load_config
+from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
+from scheduler.report import campaign_note
 from scheduler.sandbox import SandboxOptions
 from scheduler.sender import Engine
 from scheduler.service import open_engine
@@ -149,6 +151,12 @@ async def test_a_stream_cut_short_resumes_after_what_the_journal_holds(
     with sqlite3.connect(setup.journal_path) as db:
         stored = db.execute("SELECT streaming, batches FROM campaigns").fetchone()
     assert stored[0] == 1 and 0 < stored[1] < 20
+    with SqliteConnection(setup.journal_path) as reader:
+        cut_record = reader.campaign(setup.campaign.id)
+    assert cut_record is not None and cut_record.state == "running"
+    # `report` and `plan` while a sender leads: the count so far is not the audience
+    assert campaign_note(cut_record, 0, leading=True) == (
+        f"still reading its audience: {cut_record.recipients:,} recipients so far")
     async with open_engine(setup.config) as engine:
         record = await engine.prepare(setup.campaign, stream=True)
         assert record.streaming and record.started_at is not None
