@@ -18,6 +18,7 @@ campaign watches afresh: the journal keeps the state and `campaign_braked` the f
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scheduler.delivery_log import DeliveryLine
-from scheduler.journal import Result
+from scheduler.journal import Results
 
 MINIMUM = 100  # decided messages before the brake may judge
 TOP_CODES = 3  # error codes named in campaign_braked
@@ -98,12 +99,16 @@ class Brake:
         self._sending = _Window(window)
         self._delivery = _Window(window)
 
-    def observe(self, results: Sequence[Result]) -> Reading | None:
+    def observe(self, results: Results) -> Reading | None:
         """Take a batch's final outcomes; a `Reading` when the brake trips now."""
-        self._sending.add(
-            (r.outcome == "rejected" for r in results if r.outcome in _DECIDED),
-            ((r.detail or "unknown", r.tracking_id) for r in results if r.outcome == "rejected"),
-        )
+        for run in results.runs:
+            if run.outcome in _DECIDED:
+                rejected = run.outcome == "rejected"
+                self._sending.add(
+                    itertools.repeat(rejected, len(run.tracking_ids)),
+                    zip([code or "unknown" for code in run.details], run.tracking_ids,
+                        strict=True) if rejected else (),
+                )
         return self._sending.judge(self.rate, "sending")
 
     def observe_deliveries(self, lines: Sequence[DeliveryLine]) -> Reading | None:

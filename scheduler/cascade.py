@@ -9,6 +9,7 @@ never raises for HTTP or network trouble, and no secret or request body ever rea
 from __future__ import annotations
 
 import math
+import operator
 import random
 import re
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ AUTH_STATUSES: Final = frozenset({401, 403})
 #: the longest TCP/TLS connect we wait for; a connect timeout is certainly-not-delivered
 CONNECT_TIMEOUT_CAP: Final = 10.0
 
+#: an answer item's fields (sic: the API spells it "trackinId")
+_TRACKING, _MESSAGE = operator.itemgetter("trackinId"), operator.itemgetter("messageId")
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
 
@@ -213,13 +216,13 @@ def parse_accepted(body: bytes) -> Accepted | None:
         return None
     if type(data) is not list:
         return None
-    try:  # the usual, well-formed answer: one C-level comprehension
-        fast = {item["trackinId"]: item["messageId"] for item in data}
+    try:  # the usual, well-formed answer: C-level passes, no Python code per item
+        tracking_ids, message_ids = list(map(_TRACKING, data)), list(map(_MESSAGE, data))
+        "".join(tracking_ids + message_ids)  # the type check: TypeError for a non-string
     except (KeyError, TypeError):
         pass
     else:
-        if all(type(k) is str and type(v) is str for k, v in fast.items()):
-            return Accepted(fast)
+        return Accepted(dict(zip(tracking_ids, message_ids, strict=True)))
     ids: dict[str, str] = {}
     for item in data:
         if type(item) is not dict:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
 import logging
+import operator
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import orjson
 import structlog
@@ -66,6 +69,15 @@ class MessageOutcome(NamedTuple):
     line: int | None = None  # the CSV line of a skipped row
 
 
+class SentMessages(NamedTuple):
+    """Messages the API accepted in one answer, as columns: a ``message`` line each."""
+
+    tracking_ids: Sequence[str]
+    message_ids: Sequence[str | None]
+    phones: Sequence[str]
+    attempts: int
+
+
 class DeliveryLine(NamedTuple):
     """One message's final delivery status (SPEC §11.3), for its one ``delivery`` line."""
 
@@ -96,12 +108,31 @@ def mask_phone(phone: str) -> str:
 
 
 _STARS = tuple("*" * n for n in range(32))
+#: the stars of a masked E.164 number, by its length (+ and 10 to 30 digits)
+_MIDDLE = ("",) * 8 + _STARS
+#: phones, a line each, that `mask_phone` masks as ``phone[:4] + stars + phone[-4:]``
+_E164_LINES = re.compile(r"(?:\+[0-9]{10,30}\n)*")
+_FIRST_4, _LAST_4 = operator.itemgetter(slice(None, 4)), operator.itemgetter(slice(-4, None))
+#: printable ASCII but the quote and the backslash: text JSON keeps as it is
+_SAFE_BYTES = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
 
 
-def _plain(values: Iterable[str]) -> bool:
-    """True when none of ``values`` needs JSON escaping (checked in one pass over them all)."""
-    joined = "".join(values)
-    return '"' not in joined and "\\" not in joined and joined.isprintable()
+def _plain(values: Sequence[str | None]) -> bool:
+    """True when no value is None or empty and none needs JSON escaping (C-level passes over
+    them all: no Python code per value)."""
+    if not all(values):
+        return False
+    joined = "".join(cast(Sequence[str], values))  # all() just ruled out None
+    return joined.isascii() and not joined.encode().translate(None, _SAFE_BYTES)
+
+
+def _masked(phones: Sequence[str]) -> tuple[Iterable[str], ...]:
+    """``mask_phone`` of every phone, as the columns a template interleaves: the first 4
+    characters, the stars, the last 4 (one column of masks when some phone is not E.164)."""
+    if _E164_LINES.fullmatch("\n".join(phones) + "\n") is None:
+        return (map(mask_phone, phones),)
+    return (map(_FIRST_4, phones), map(_MIDDLE.__getitem__, map(len, phones)),
+            map(_LAST_4, phones))
 
 
 def _timestamp() -> str:
@@ -195,42 +226,52 @@ class DeliveryLog:
 
         Raises `DeliveryLogUnwritable` when the batch could not be written (none of it was).
         """
-        stamp = _timestamp()
-        lines = [orjson.dumps(self._message(stamp, campaign, route, row)) for row in rows]
+        lines = self._lines(_timestamp(), campaign, route, rows)
         if lines:
-            lines.append(b"")
-            self.write(b"\n".join(lines))
+            self.write(lines)
 
-    def sent(
-        self, campaign: str, route: str, rows: Iterable[tuple[str, str, str | None, int, str]]
-    ) -> None:
-        """The hot path: a ``message`` line per sent row, given as the journal's ``Result``
-        tuples ``(tracking_id, "sent", message_id, attempts, phone)``.
+    def _lines(
+        self, stamp: str, campaign: str, route: str, rows: Iterable[MessageOutcome],
+    ) -> bytes:
+        """``message`` lines, each ending in a newline."""
+        return b"".join(
+            orjson.dumps(self._message(stamp, campaign, route, row)) + b"\n" for row in rows
+        )
 
-        The same JSON as `messages` writes, built from a template: tracking ids and phones of
-        sent rows were validated (``[A-Za-z0-9._-]``, E.164) and need no escaping; a message id
-        that is not plainly safe goes through orjson. ~3x cheaper than a dict per line (SPEC §12).
+    def sent(self, campaign: str, route: str, runs: Iterable[SentMessages]) -> None:
+        """The hot path: a ``message`` line per message the API accepted, with ONE write.
+
+        The same JSON as `messages` writes, built per run from a template with C-level passes
+        (no Python code per line): tracking ids and phones of sent rows were validated
+        (``[A-Za-z0-9._-]``, E.164) and need no escaping; a run with a message id that is not
+        plainly safe goes through orjson (SPEC §12: ~10x cheaper than a dict per line).
         """
-        rows = list(rows)
-        if not _plain(row[2] or "" for row in rows):  # an odd message id: the careful path
-            self.messages(campaign, route, [
-                MessageOutcome(tid, "sent", phone, attempts, message_id=mid or "")
-                for tid, _, mid, attempts, phone in rows
-            ])
-            return
         stamp = _timestamp()
         head = f'{{"timestamp":"{stamp}","level":"info","event":"message","campaign":'
         head += orjson.dumps(campaign).decode() + ',"tracking_id":"'
-        tail = ',"channel_route":' + orjson.dumps(route).decode() + "}"
-        mask = self._mask
-        lines = [
-            f'{head}{tracking_id}","status":"sent","message_id":"{message_id or ""}",'
-            f'"phone":"{mask_phone(phone) if mask else phone}","attempts":{attempts}{tail}'
-            for tracking_id, _, message_id, attempts, phone in rows
+        tail = ',"channel_route":' + orjson.dumps(route).decode() + "}\n"
+        chunks = [
+            self._templated(head, tail, run) if _plain(run.message_ids)
+            else self._lines(stamp, campaign, route, [  # an odd message id: the careful path
+                MessageOutcome(tid, "sent", phone, run.attempts, message_id=mid or "")
+                for tid, mid, phone in zip(run.tracking_ids, run.message_ids, run.phones,
+                                           strict=True)
+            ])
+            for run in runs
         ]
-        if lines:
-            lines.append("")
-            self.write("\n".join(lines).encode())
+        data = b"".join(chunks)
+        if data:
+            self.write(data)
+
+    def _templated(self, head: str, tail: str, run: SentMessages) -> bytes:
+        """``run``'s lines: the template's pieces and the columns, interleaved and joined."""
+        phones = _masked(run.phones) if self._mask else (run.phones,)
+        return "".join(itertools.chain.from_iterable(zip(
+            itertools.repeat(head), run.tracking_ids,
+            itertools.repeat('","status":"sent","message_id":"'), run.message_ids,
+            itertools.repeat('","phone":"'), *phones,
+            itertools.repeat(f'","attempts":{run.attempts}{tail}'),
+        ))).encode()
 
     def deliveries(self, rows: Iterable[DeliveryLine]) -> None:
         """Write one ``delivery`` line per final delivery status, with ONE write for them all

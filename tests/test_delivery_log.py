@@ -13,7 +13,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.delivery_log import DeliveryLog, MessageOutcome, mask_phone
+from scheduler.delivery_log import DeliveryLog, MessageOutcome, SentMessages, mask_phone
 from scheduler.oplog import REDACTED, configure_logging, get_logger, redact_secrets
 
 SECRET = "sk-live-9f8e7d6c5b4a"
@@ -266,7 +266,7 @@ def test_sent_fast_path_writes_the_same_lines_as_messages(
     fast_path, slow_path = tmp_path / "fast.jsonl", tmp_path / "slow.jsonl"
     fast = DeliveryLog(fast_path, phones=phones)  # type: ignore[arg-type]
     slow = DeliveryLog(slow_path, phones=phones)  # type: ignore[arg-type]
-    fast.sent("camp", "tg-viber", [("camp-1", "sent", message_id, 2, "+380501234567")])
+    fast.sent("camp", "tg-viber", [SentMessages(["camp-1"], [message_id], ["+380501234567"], 2)])
     slow.messages("camp", "tg-viber", [
         MessageOutcome("camp-1", "sent", "+380501234567", 2, message_id=message_id)
     ])
@@ -278,11 +278,59 @@ def test_sent_fast_path_writes_the_same_lines_as_messages(
     assert got["message_id"] == message_id
 
 
+_TRACKING_IDS = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=12)
+_E164 = st.from_regex(r"\+[0-9]{10,16}", fullmatch=True)
+#: E.164 numbers, too short ones, ones without "+", non-ASCII digits
+_ANY_PHONE = st.one_of(_E164, st.from_regex(r"\+[0-9]{4,9}", fullmatch=True),
+                       st.text(alphabet="+0123456789\u0663\u0665", max_size=18))
+#: no id, an empty one, ids JSON must escape (quotes, backslashes, control characters)
+_ODD_MESSAGE_ID = st.one_of(st.none(), st.text(alphabet='ab"\\\n\x01\x7f\u00e9\u2028', max_size=4))
+
+
+@st.composite
+def _sent_runs(draw: st.DrawFn) -> SentMessages:
+    """A run of sent messages: usually well-formed (the templated path), sometimes with an
+    odd phone or message id among them (the careful path)."""
+    size = draw(st.integers(0, 6))
+    ids = draw(st.lists(_TRACKING_IDS, min_size=size, max_size=size))
+    message_ids = draw(st.lists(st.one_of(st.uuids().map(str), _ODD_MESSAGE_ID)
+                                if draw(st.booleans()) else st.uuids().map(str),
+                                min_size=size, max_size=size))
+    phones = draw(st.lists(_ANY_PHONE if draw(st.booleans()) else _E164,
+                           min_size=size, max_size=size))
+    return SentMessages(ids, message_ids, phones, draw(st.integers(1, 9)))
+
+
+@given(st.lists(_sent_runs(), max_size=4), st.sampled_from(["masked", "full"]))
+def test_sent_runs_write_the_bytes_messages_writes(
+    tmp_path_factory: pytest.TempPathFactory, runs: list[SentMessages], phones: str,
+) -> None:
+    """Whatever the phones (E.164 of any length, too short, not E.164) and message ids (none,
+    empty, needing escapes), `sent`'s runs give byte for byte the lines of `messages`, in order."""
+    folder = tmp_path_factory.mktemp("runs")
+    fast = DeliveryLog(folder / "fast.jsonl", phones=phones)  # type: ignore[arg-type]
+    slow = DeliveryLog(folder / "slow.jsonl", phones=phones)  # type: ignore[arg-type]
+    fast.sent("camp", "standard", runs)
+    slow.messages("camp", "standard", [
+        MessageOutcome(tracking_id, "sent", phone, run.attempts, message_id=message_id or "")
+        for run in runs
+        for tracking_id, message_id, phone in zip(
+            run.tracking_ids, run.message_ids, run.phones, strict=True)
+    ])
+    fast.close()
+    slow.close()
+
+    def untimed(path: Path) -> list[bytes]:
+        return [line.split(b",", 1)[1] for line in path.read_bytes().splitlines()]
+
+    assert untimed(folder / "fast.jsonl") == untimed(folder / "slow.jsonl")
+
+
 def test_a_toy_length_secret_does_not_mangle_the_log(log_path: Path) -> None:
     """A one-letter key (sandbox experiments) is redacted where it is a whole value, but is not
     cut out of every word of every line."""
     log = DeliveryLog(log_path, phones="full", secrets=["k"])
-    log.sent("bulk", "standard", [("bulk-1", "sent", "mid-1", 1, "+380501234567")])
+    log.sent("bulk", "standard", [SentMessages(["bulk-1"], ["mid-1"], ["+380501234567"], 1)])
     log.event("campaign_started", campaign="bulk", note="k")
     log.close()
     message, event = lines(log_path)

@@ -23,6 +23,8 @@ from scheduler.journal import (
     JournalConflict,
     JournalFenced,
     Result,
+    Results,
+    Run,
     StatusReport,
 )
 from scheduler.journal.postgres import PostgresJournal
@@ -337,6 +339,36 @@ async def test_partial_then_final_outcomes(journal: Journal) -> None:
     assert (counts["sent"], counts["rejected"], counts["pending"]) == (3, 1, 4)
     assert await rows(journal, "c") == [("c-0", "rejected"), ("c-1", "sent"),
                                         ("c-2", "sent"), ("c-3", "sent")]
+
+
+async def test_runs_are_stored_as_their_rows(journal: Journal) -> None:
+    """`Results` as the engine builds them (a run per answer, split half or expiry) count and
+    list exactly as the same outcomes given a `Result` per message; a doubled id across runs
+    is refused."""
+    await prepare(journal, "c", count=2, size=4)
+    second = (await journal.open_batches("c", limit=2))[1]
+    ids = [f"c-{n}" for n in range(4)]
+    phones = ["+380500000000"] * 4
+    doubled = Results([Run("sent", 1, ids[:2], ["m0", "m1"], phones[:2]),
+                       Run("rejected", 2, ids[1:], ["E1"] * 3, phones[1:])])
+    with pytest.raises(JournalConflict, match="distinct"):
+        await journal.record_results("c", 0, doubled)
+    runs = Results([Run("sent", 1, ids[:2], ["m0", "m1"], phones[:2]),
+                    Run("rejected", 2, ids[2:3], ["E1"], phones[2:3]),
+                    Run("sent", 3, ids[3:], ["m3"], phones[3:])])
+    assert list(runs) == [Result("c-0", "sent", "m0", 1, phones[0]),
+                          Result("c-1", "sent", "m1", 1, phones[0]),
+                          Result("c-2", "rejected", "E1", 2, phones[0]),
+                          Result("c-3", "sent", "m3", 3, phones[0])]
+    assert Results.of(list(runs)).stored() == runs.stored()
+    assert await journal.record_results("c", 0, runs) == 4
+    await journal.record_results("c", 1, list(Results.of(results(second.body))))
+    counts = await journal.counts("c")
+    assert (counts["sent"], counts["rejected"], counts["pending"]) == (7, 1, 0)
+    listed = [(r.tracking_id, r.outcome, r.detail, r.attempts)
+              async for r in journal.recipients("c")]
+    assert listed[:4] == [("c-0", "sent", "m0", 1), ("c-1", "sent", "m1", 1),
+                          ("c-2", "rejected", "E1", 2), ("c-3", "sent", "m3", 3)]
 
 
 async def test_a_wrong_result_set_keeps_nothing(journal: Journal) -> None:

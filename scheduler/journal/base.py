@@ -14,10 +14,18 @@ path costs more than the whole budget). Per-message rows, for look-ups by the AP
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+import itertools
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, overload
 
 from scheduler.audience import Skip
 from scheduler.vocabulary import CampaignState, DeliveryStatus, Outcome
@@ -140,6 +148,86 @@ class Result(NamedTuple):
     detail: str | None  # message_id for sent, error code for rejected, why for in_doubt
     attempts: int
     phone: str = ""
+
+
+class Run(NamedTuple):
+    """Messages of one batch decided together (one answer, one split half, one expiry): the
+    same outcome at the same attempt, the rest as columns, one entry per message."""
+
+    outcome: Outcome
+    attempts: int
+    tracking_ids: Sequence[str]
+    details: Sequence[str | None]  # as `Result.detail`: the API's messageId for sent
+    phones: Sequence[str]
+
+
+class Results(Sequence[Result]):
+    """A batch's final outcomes as `Run`s: an accepted answer of a thousand messages is a few
+    C-level list operations, not a thousand `Result` tuples (SPEC §12), and the journal counts
+    outcomes per run. Read as a sequence it gives one `Result` per message, in order."""
+
+    __slots__ = ("_size", "counts", "runs")
+
+    def __init__(self, runs: Iterable[Run] = ()) -> None:
+        self.runs: list[Run] = []
+        self.counts: dict[Outcome, int] = {}  # messages per outcome
+        self._size = 0
+        for run in runs:
+            self.add(run)
+
+    @classmethod
+    def of(cls, results: Sequence[Result]) -> Results:
+        """``results`` as `Results` (itself when it already is one)."""
+        if isinstance(results, Results):
+            return results
+        runs = []
+        for (outcome, attempts), group in itertools.groupby(
+            results, key=lambda r: (r.outcome, r.attempts),
+        ):
+            rows = list(group)
+            runs.append(Run(outcome, attempts, [r.tracking_id for r in rows],
+                            [r.detail for r in rows], [r.phone for r in rows]))
+        return cls(runs)
+
+    def add(self, run: Run) -> None:
+        """Append a run (an empty one is dropped)."""
+        size = len(run.tracking_ids)
+        if size:
+            self.runs.append(run)
+            self.counts[run.outcome] = self.counts.get(run.outcome, 0) + size
+            self._size += size
+
+    def tracking_ids(self) -> Iterator[str]:
+        """Every message's tracking id, in order."""
+        return itertools.chain.from_iterable(run.tracking_ids for run in self.runs)
+
+    def stored(self) -> list[tuple[str, Outcome, str | None, int]]:
+        """The rows a journal keeps: ``(tracking_id, outcome, detail, attempts)``."""
+        return list(itertools.chain.from_iterable(
+            zip(run.tracking_ids, itertools.repeat(run.outcome), run.details,
+                itertools.repeat(run.attempts))
+            for run in self.runs
+        ))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[Result]:
+        for run in self.runs:
+            yield from map(Result, run.tracking_ids, itertools.repeat(run.outcome), run.details,
+                           itertools.repeat(run.attempts), run.phones)
+
+    @overload
+    def __getitem__(self, index: int) -> Result: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Result]: ...
+
+    def __getitem__(self, index: int | slice) -> Result | list[Result]:
+        return list(self)[index]  # rows are for tests and odd paths: the engine reads runs
+
+    def __repr__(self) -> str:
+        return f"Results({self.runs!r})"
 
 
 class RecipientRow(NamedTuple):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
-from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +65,7 @@ from scheduler.journal.base import (
     MessageRecord,
     RecipientRow,
     Result,
+    Results,
     StatusChange,
     StatusReport,
     UnloggedBatch,
@@ -719,23 +719,21 @@ class PostgresStore:
         """`record` in one statement for a batch that holds no outcomes yet (the common case:
         nothing to read first); any other batch takes `record`'s way once this one has found
         nothing to change."""
-        counts = Counter(r.outcome for r in results)
+        batch = Results.of(results)
         ahead = self.ahead
 
         async def whole_way() -> int:
             if ahead:  # committed untouched: the whole way, in a transaction of its own
-                raise _Again(lambda store: store.record(campaign_id, seq, results, close=close))
-            return await self.record(campaign_id, seq, results, close=close)
+                raise _Again(lambda store: store.record(campaign_id, seq, batch, close=close))
+            return await self.record(campaign_id, seq, batch, close=close)
 
-        if len({r.tracking_id for r in results}) != len(results):
+        if len(set(batch.tracking_ids())) != len(batch):
             return whole_way  # where it is refused
         cursor = await self.db.execute(_RECORD_FIRST, {
-            "state": "done" if close else "pending", "sent": counts["sent"],
-            "rejected": counts["rejected"], "expired": counts["expired"],
-            "in_doubt": counts["in_doubt"], "skipped": counts["skipped"], "close": close,
-            "n": len(results),
+            **_outcome_counts(batch), "state": "done" if close else "pending", "close": close,
+            "n": len(batch),
             "snapshot": await self._snapshot(campaign_id), "seq": seq,
-            "blob": orjson.dumps([r[:4] for r in results]),
+            "blob": orjson.dumps(batch.stored()),
         })
 
         async def finish() -> int:
@@ -748,7 +746,7 @@ class PostgresStore:
     ) -> int:
         """Append ``results`` to the batch's outcomes (closing it, or back to pending when
         ``close`` is False); returns how many it holds now."""
-        counts = Counter(r.outcome for r in results)
+        batch = Results.of(results)
         snapshot = await self._snapshot(campaign_id)
         row = await self._one(
             "SELECT s.state, s.size, r.blob FROM batch_state s"
@@ -758,16 +756,17 @@ class PostgresStore:
         if row is None or row[0] == "done":
             raise JournalConflict(campaign_id, f"batch {seq} is not open")
         previous = orjson.loads(row[2]) if row[2] is not None else []
-        _check_results(campaign_id, seq, row[1], len(previous), results, close)
-        blob = orjson.dumps(previous + [r[:4] for r in results])
+        _check_results(campaign_id, seq, row[1], len(previous), batch, close)
+        blob = orjson.dumps(previous + batch.stored())
         async with self.db.pipeline():  # two writes, one round trip
             await self.db.execute(
-                "UPDATE batch_state SET state = %s, sent = sent + %s, rejected = rejected + %s,"
-                " expired = expired + %s, in_doubt = in_doubt + %s, skipped = skipped + %s,"
-                " done_at = CASE WHEN %s THEN clock_timestamp() END"
-                " WHERE snapshot = %s AND seq = %s",
-                ("done" if close else "pending", counts["sent"], counts["rejected"],
-                 counts["expired"], counts["in_doubt"], counts["skipped"], close, snapshot, seq),
+                "UPDATE batch_state SET state = %(state)s, sent = sent + %(sent)s,"
+                " rejected = rejected + %(rejected)s, expired = expired + %(expired)s,"
+                " in_doubt = in_doubt + %(in_doubt)s, skipped = skipped + %(skipped)s,"
+                " done_at = CASE WHEN %(close)s THEN clock_timestamp() END"
+                " WHERE snapshot = %(snapshot)s AND seq = %(seq)s",
+                {**_outcome_counts(batch), "state": "done" if close else "pending",
+                 "close": close, "snapshot": snapshot, "seq": seq},
             )
             await self.db.execute(
                 "INSERT INTO results (snapshot, seq, blob) VALUES (%s, %s, %s)"
@@ -1173,12 +1172,19 @@ class PostgresStore:
         await self.db.execute(_FENCE_GUARDED, (holder, epoch))
 
 
+def _outcome_counts(results: Results) -> dict[str, int]:
+    """Messages per outcome, every column of batch_state named (0 where none)."""
+    counts = results.counts
+    return {outcome: counts.get(outcome, 0)
+            for outcome in ("sent", "rejected", "expired", "in_doubt", "skipped")}
+
+
 def _check_results(
-    campaign_id: str, seq: int, size: int, before: int, results: Sequence[Result], close: bool,
+    campaign_id: str, seq: int, size: int, before: int, results: Results, close: bool,
 ) -> None:
     """One result per message of the batch, ids unique (matching them is the engine's)."""
     total = before + len(results)
-    distinct = len({r.tracking_id for r in results})
+    distinct = len(set(results.tracking_ids()))
     if (total != size if close else total >= size) or distinct != len(results):
         raise JournalConflict(
             campaign_id, f"batch {seq} has {size} messages but the results name "

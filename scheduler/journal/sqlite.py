@@ -26,7 +26,6 @@ import queue
 import sqlite3
 import sys
 import threading
-from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,6 +56,7 @@ from scheduler.journal.base import (
     MessageRecord,
     RecipientRow,
     Result,
+    Results,
     StatusChange,
     StatusReport,
     UnloggedBatch,
@@ -789,26 +789,28 @@ class SqliteConnection:
         self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool
     ) -> int:
         """Append ``results`` to the batch's outcomes; returns how many it holds now."""
-        counts = Counter(r.outcome for r in results)
-        rows = [r[:4] for r in results]  # the blob keeps id, outcome, detail, attempts
+        batch = Results.of(results)
+        counts = batch.counts
+        rows = batch.stored()
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
             earlier = self._db.execute(
                 "SELECT blob FROM results WHERE snapshot = ? AND seq = ?", (snapshot, seq),
             ).fetchone()
             previous = orjson.loads(earlier[0]) if earlier is not None else []
-            self._check_results(campaign_id, snapshot, seq, len(previous), results, close)
+            self._check_results(campaign_id, snapshot, seq, len(previous), batch, close)
             self._db.execute(
                 "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
                 " expired = expired + ?, in_doubt = in_doubt + ?, skipped = skipped + ?,"
                 " done_at = ? WHERE snapshot = ? AND seq = ?",
-                ("done" if close else "pending", counts["sent"], counts["rejected"],
-                 counts["expired"], counts["in_doubt"], counts["skipped"],
+                ("done" if close else "pending", counts.get("sent", 0),
+                 counts.get("rejected", 0), counts.get("expired", 0),
+                 counts.get("in_doubt", 0), counts.get("skipped", 0),
                  _now() if close else None, snapshot, seq),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
-                (snapshot, seq, orjson.dumps(previous + rows)),
+                (snapshot, seq, orjson.dumps(previous + rows if previous else rows)),
             )
         return len(previous) + len(rows)
 
@@ -858,7 +860,7 @@ class SqliteConnection:
 
     def _check_results(
         self, campaign_id: str, snapshot: int, seq: int, before: int,
-        results: Sequence[Result], close: bool,
+        results: Results, close: bool,
     ) -> None:
         """One result per message of an open batch (ids unique; matching them is the engine's)."""
         row = self._db.execute(
@@ -869,11 +871,11 @@ class SqliteConnection:
         # Decoding the body to compare ids would cost ~0.4 ms a batch on the writer thread;
         # the count and uniqueness catch a lost or doubled result at a tenth of that.
         total = before + len(results)
-        distinct = len({r.tracking_id for r in results}) == len(results)
-        if (total != row["size"] if close else total >= row["size"]) or not distinct:
+        distinct = len(set(results.tracking_ids()))
+        if (total != row["size"] if close else total >= row["size"]) or distinct != len(results):
             raise JournalConflict(
                 campaign_id, f"batch {seq} has {row['size']} messages but the results name "
-                f"{len({r.tracking_id for r in results})} distinct ids",
+                f"{distinct} distinct ids",
             )
 
     # --- outcomes -----------------------------------------------------------------------
