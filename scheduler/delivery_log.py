@@ -131,8 +131,10 @@ def _masked(phones: Sequence[str]) -> tuple[Iterable[str], ...]:
     characters, the stars, the last 4 (one column of masks when some phone is not E.164)."""
     if _E164_LINES.fullmatch("\n".join(phones) + "\n") is None:
         return (map(mask_phone, phones),)
-    return (map(_FIRST_4, phones), map(_MIDDLE.__getitem__, map(len, phones)),
-            map(_LAST_4, phones))
+    lengths = set(map(len, phones))
+    stars: Iterable[str] = (itertools.repeat(_MIDDLE[lengths.pop()]) if len(lengths) == 1
+                            else map(_MIDDLE.__getitem__, map(len, phones)))
+    return map(_FIRST_4, phones), stars, map(_LAST_4, phones)
 
 
 def _timestamp() -> str:
