@@ -288,6 +288,30 @@ _ODD_MESSAGE_ID = st.one_of(st.none(), st.text(alphabet='ab"\\\n\x01\x7f\u00e9\u
 
 
 @st.composite
+def _one_length(draw: st.DrawFn, size: int) -> list[str]:
+    """``size`` phones of one length, E.164 but for a few: "+" moved, lost or doubled, a
+    non-ASCII digit (each must be masked as `mask_phone` masks it)."""
+    length = draw(st.integers(8, 14))  # around the shortest E.164 number mask_phone masks
+    phones = []
+    for _ in range(size):
+        digits = list(draw(st.text(alphabet="0123456789", min_size=length - 1,
+                                   max_size=length - 1)))
+        phone = ["+", *digits]
+        spot = draw(st.integers(0, length - 1))
+        flaw = draw(st.sampled_from(["none", "none", "moved", "lost", "doubled", "non-ascii"]))
+        if flaw == "moved":
+            phone[0], phone[spot] = phone[spot], phone[0]
+        elif flaw == "lost":
+            phone[0] = "7"
+        elif flaw == "doubled":
+            phone[spot] = "+"
+        elif flaw == "non-ascii" and spot:
+            phone[spot] = "\u0663"
+        phones.append("".join(phone))
+    return phones
+
+
+@st.composite
 def _sent_runs(draw: st.DrawFn) -> SentMessages:
     """A run of sent messages: usually well-formed (the templated path), sometimes with an
     odd phone or message id among them (the careful path)."""
@@ -296,18 +320,16 @@ def _sent_runs(draw: st.DrawFn) -> SentMessages:
     message_ids = draw(st.lists(st.one_of(st.uuids().map(str), _ODD_MESSAGE_ID)
                                 if draw(st.booleans()) else st.uuids().map(str),
                                 min_size=size, max_size=size))
-    phones = draw(st.lists(_ANY_PHONE if draw(st.booleans()) else _E164,
-                           min_size=size, max_size=size))
+    phones = draw(st.one_of(st.lists(_E164, min_size=size, max_size=size),
+                            st.lists(_ANY_PHONE, min_size=size, max_size=size),
+                            _one_length(size)))
     return SentMessages(ids, message_ids, phones, draw(st.integers(1, 9)))
 
 
-@given(st.lists(_sent_runs(), max_size=4), st.sampled_from(["masked", "full"]))
-def test_sent_runs_write_the_bytes_messages_writes(
-    tmp_path_factory: pytest.TempPathFactory, runs: list[SentMessages], phones: str,
+def assert_sent_writes_what_messages_writes(
+    folder: Path, runs: list[SentMessages], phones: str,
 ) -> None:
-    """Whatever the phones (E.164 of any length, too short, not E.164) and message ids (none,
-    empty, needing escapes), `sent`'s runs give byte for byte the lines of `messages`, in order."""
-    folder = tmp_path_factory.mktemp("runs")
+    """`sent`'s runs give byte for byte the lines of `messages` (but the time), in order."""
     fast = DeliveryLog(folder / "fast.jsonl", phones=phones)  # type: ignore[arg-type]
     slow = DeliveryLog(folder / "slow.jsonl", phones=phones)  # type: ignore[arg-type]
     fast.sent("camp", "standard", runs)
@@ -324,6 +346,31 @@ def test_sent_runs_write_the_bytes_messages_writes(
         return [line.split(b",", 1)[1] for line in path.read_bytes().splitlines()]
 
     assert untimed(folder / "fast.jsonl") == untimed(folder / "slow.jsonl")
+
+
+@given(st.lists(_sent_runs(), max_size=4), st.sampled_from(["masked", "full"]))
+def test_sent_runs_write_the_bytes_messages_writes(
+    tmp_path_factory: pytest.TempPathFactory, runs: list[SentMessages], phones: str,
+) -> None:
+    """Whatever the phones (E.164 of any length, too short, not E.164) and message ids (none,
+    empty, needing escapes), `sent`'s runs give byte for byte the lines of `messages`."""
+    assert_sent_writes_what_messages_writes(tmp_path_factory.mktemp("runs"), runs, phones)
+
+
+@pytest.mark.parametrize("phones", [
+    ["+123456789", "+987654321"],  # 9 digits: hidden whole
+    ["+1234567890", "+1234567891"],  # 10: the shortest shown in part
+    ["+380501234567", "+14155550123"],  # two lengths in one run
+    ["3+80501234567", "+380501234567"],  # a "+" moved
+    ["+380501234567", "4380501234567"],  # a "+" lost
+    ["+38050+234567", "+380501234567"],  # a "+" doubled
+    ["+38050\u0661234567", "+380501234567"],  # a non-ASCII digit
+])
+def test_sent_masks_each_phone_as_mask_phone_does(tmp_path: Path, phones: list[str]) -> None:
+    """A run of phones that are not all E.164 of one length is masked phone by phone, the
+    same as `mask_phone`; one of E.164 numbers of one length column by column, the same."""
+    run = SentMessages(["c-1", "c-2"], ["m-1", "m-2"], phones, 1)
+    assert_sent_writes_what_messages_writes(tmp_path, [run], "masked")
 
 
 def test_a_toy_length_secret_does_not_mangle_the_log(log_path: Path) -> None:
