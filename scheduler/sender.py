@@ -1005,8 +1005,11 @@ class _Outcomes:
     def accept(self, part: list[Message], ids: Mapping[str, str], attempts: int) -> list[Message]:
         """Record the accepted messages as sent; return those the answer left out."""
         tracking = list(map(_ID, part))
-        message_ids = list(map(ids.get, tracking))
-        if all(message_ids):  # the usual answer names every message: one run, no Python per id
+        if list(ids) == tracking:  # the usual answer: every message, in the request's order
+            message_ids: list[str | None] = list(ids.values())
+        else:
+            message_ids = list(map(ids.get, tracking))
+        if all(message_ids):  # every message named: one run, no Python code per message
             self.results.add(Run("sent", attempts, tracking, message_ids, list(map(_PHONE, part))))
             return []
         named = [message_id is not None for message_id in message_ids]
