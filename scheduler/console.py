@@ -22,7 +22,6 @@ from scheduler.batching import to_message
 from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import describe_summary
 from scheduler.config import Config, load_config
-from scheduler.daemon import run_daemon
 from scheduler.delivery_log import mask_phone
 from scheduler.demo import write_workspace
 from scheduler.journal import JournalReader, open_journal
@@ -136,6 +135,8 @@ def run_sandbox(options: SandboxOptions, host: str, port: int) -> int:
 
 def run_demo(directory: Path | None) -> int:
     """`demo`: write a workspace, run the daemon until every campaign is final, show the report."""
+    from scheduler.daemon import run_daemon  # only `demo` runs it here: see cli.cmd_run
+
     root = directory or Path(tempfile.mkdtemp(prefix="cascade-demo-"))
     out = Console()
     config_path = write_workspace(root, datetime.now(UTC))
