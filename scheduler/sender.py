@@ -217,6 +217,8 @@ class Engine:
         self._workers: list[asyncio.Task[None]] = []
         self._marks: set[asyncio.Task[Any]] = set()  # recordings and logged-marks in progress
         self._streams: dict[str, _Stream] = {}  # campaign id -> its snapshot being streamed
+        self._unnoted: dict[str, list[tuple[int, int]]] = {}  # logged marks not yet journaled
+        self._noting: asyncio.Task[None] | None = None  # the task journaling them
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -247,7 +249,8 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
-        await asyncio.gather(*self._marks, return_exceptions=True)
+        while self._marks:  # a recording that ends starts a logged-mark
+            await asyncio.gather(*self._marks, return_exceptions=True)
 
     def use_credentials(self, headers: Mapping[str, str]) -> None:
         """New credentials (a reload after the API refused the old ones): requests may go again."""
@@ -948,19 +951,25 @@ class Engine:
                 run.halt("braked", reading.reason)
 
     def _mark_logged(self, run: CampaignRun, seq: int, held: int) -> None:
-        """Note (off the hot path) that the batch's lines are written; awaited by `close`."""
-        task = asyncio.create_task(self._note_logged(run.campaign.id, seq, held))
-        self._marks.add(task)
-        task.add_done_callback(self._marks.discard)
+        """Note (off the hot path) that the batch's lines are written; awaited by `close`.
+        Marks made while a note is on its way go together in the next one: one journal
+        operation for several batches."""
+        self._unnoted.setdefault(run.campaign.id, []).append((seq, held))
+        if self._noting is None or self._noting.done():
+            self._noting = asyncio.create_task(self._note_logged())
+            self._marks.add(self._noting)
+            self._noting.add_done_callback(self._marks.discard)
 
-    async def _note_logged(self, campaign_id: str, seq: int, held: int) -> None:
-        try:
-            await self.journal.mark_logged(campaign_id, [(seq, held)])
-        except JournalError as exc:
-            # the outcomes are journaled; a resume may look at their lines again, and the
-            # delivery log's tail check keeps it from writing them twice
-            self._oplog.warning("mark_logged_failed", campaign=campaign_id, batch=seq,
-                                error=str(exc))
+    async def _note_logged(self) -> None:
+        while self._unnoted:
+            campaign_id, marks = self._unnoted.popitem()
+            try:
+                await self.journal.mark_logged(campaign_id, marks)
+            except JournalError as exc:
+                # the outcomes are journaled; a resume may look at their lines again, and the
+                # delivery log's tail check keeps it from writing them twice
+                self._oplog.warning("mark_logged_failed", campaign=campaign_id,
+                                    batches=[seq for seq, _ in marks], error=str(exc))
 
     def _log_results(self, run: CampaignRun, results: Results) -> None:
         """The batch's lines (sent ones templated, per run), its counters, its progress."""
