@@ -190,8 +190,11 @@ class Results(Sequence[Result]):
         return cls(runs)
 
     def add(self, run: Run) -> None:
-        """Append a run (an empty one is dropped)."""
+        """Append a run (an empty one is dropped); its columns must be of one length."""
         size = len(run.tracking_ids)
+        if not size == len(run.details) == len(run.phones):
+            raise ValueError(f"a run of {size} tracking ids has {len(run.details)} details "
+                             f"and {len(run.phones)} phones")
         if size:
             self.runs.append(run)
             self.counts[run.outcome] = self.counts.get(run.outcome, 0) + size
