@@ -24,12 +24,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from scheduler.audience import Skip, Suppression
 from scheduler.batching import Snapshot
 from scheduler.campaign import Campaign
 from scheduler.errors import CampaignError
+from scheduler.journal.base import EncodedBatch
+from scheduler.journal.codec import encode_batch
 
 #: batches per chunk: the first chunks are small (the first request waits for the first one),
 #: then they double up to this (fewer, larger journal transactions; ~2.5 MB of bodies a chunk)
@@ -38,7 +38,6 @@ CHUNK_MAX = 16
 _READ_LIMIT = 4 << 20
 _HEADER = struct.Struct("!Q")  # each frame: its length, then a pickle
 
-EncodedBatch = tuple[int, bytes, int]  # (seq, orjson body, size), as `Journal.extend` takes
 Chunk = tuple[list[EncodedBatch], list[Skip]]
 
 
@@ -123,7 +122,7 @@ def _chunks(job: StreamJob) -> Iterator[Chunk]:
     for seq, batch in enumerate(snapshot.batches()):
         if seq < job.after_batches:
             continue
-        batches.append((seq, orjson.dumps(batch), len(batch)))
+        batches.append(encode_batch(seq, batch))
         if len(batches) >= wanted:
             yield batches, new_skips()
             batches, wanted = [], min(wanted * 2, CHUNK_MAX)

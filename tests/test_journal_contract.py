@@ -18,6 +18,7 @@ import pytest
 
 from scheduler.audience import Skip
 from scheduler.journal import (
+    EncodedBatch,
     Journal,
     JournalBusy,
     JournalConflict,
@@ -27,6 +28,7 @@ from scheduler.journal import (
     Run,
     StatusReport,
 )
+from scheduler.journal.codec import encode_batch, split_keys
 from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.vocabulary import OUTCOMES, Outcome
@@ -168,10 +170,10 @@ async def test_a_started_snapshot_is_frozen(journal: Journal) -> None:
     assert record is not None and record.fingerprint == "f1" and record.batches == 4
 
 
-def encoded(campaign: str, first: int, count: int, size: int = 5) -> list[tuple[int, bytes, int]]:
+def encoded(campaign: str, first: int, count: int, size: int = 5) -> list[EncodedBatch]:
     """Batches ``first`` .. ``first + count - 1`` as `Journal.extend` takes them."""
     every = list(batches(campaign, first + count, size))
-    return [(seq, orjson.dumps(every[seq]), size) for seq in range(first, first + count)]
+    return [encode_batch(seq, every[seq]) for seq in range(first, first + count)]
 
 
 async def open_stream(journal: Journal, campaign: str, fingerprint: str = "s1") -> None:
@@ -210,6 +212,21 @@ async def test_a_streamed_snapshot_grows_while_the_campaign_sends(journal: Journ
         await journal.extend("c", encoded("c", 3, 1), [])
     with pytest.raises(JournalConflict, match="not being streamed"):
         await journal.close_stream("c")
+
+
+async def test_a_batch_keeps_its_ids_and_phones_beside_its_body(journal: Journal) -> None:
+    """The send path reads a batch's tracking ids and phones without decoding its body; a
+    batch stored without them (an older snapshot) reads back None."""
+    await prepare(journal, "c", count=2, size=3)
+    first = (await journal.open_batches("c"))[0]
+    assert first.keys is not None
+    assert split_keys(first.keys) == (["c-0", "c-1", "c-2"],
+                                      ["+380500000000", "+380500000001", "+380500000002"])
+    await open_stream(journal, "d")
+    body = orjson.dumps([message("d", 0)])
+    await journal.extend("d", [EncodedBatch(0, body, 1, None)], [])
+    (stored,) = await journal.open_batches("d")
+    assert stored.keys is None and stored.body == body
 
 
 async def test_a_streamed_batch_must_follow_on(journal: Journal) -> None:

@@ -213,8 +213,13 @@ def test_forget_only_unstarted(journal: SqliteConnection, path: Path) -> None:
 def test_encode_batches_numbers_and_drops_empty() -> None:
     """Bodies are orjson arrays of the messages; empty batches get no sequence number."""
     encoded = list(encode_batches([[message("c", 1)], [], ({"id": "c-2"},)]))
-    assert [(seq, size) for seq, _, size in encoded] == [(0, 1), (1, 1)]
-    assert orjson.loads(encoded[1][1]) == [{"id": "c-2"}]
+    assert [(batch.seq, batch.size) for batch in encoded] == [(0, 1), (1, 1)]
+    assert orjson.loads(encoded[1].body) == [{"id": "c-2"}]
+    # keys: ids and phones beside the body; None when a message lacks one (or holds a
+    # separator), so the send path decodes that body instead
+    assert encoded[0].keys == f"c-1\x1f{message('c', 1)['toPhone']}".encode()
+    assert encoded[1].keys is None
+    assert encode_batches([[{"id": "a\nb", "toPhone": "+1"}]]).__next__().keys is None
 
 
 # --- batches and outcomes -------------------------------------------------------------------

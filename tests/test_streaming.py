@@ -27,6 +27,7 @@ import pytest
 
 from scheduler.audience import Skip
 from scheduler.config import load_config
+from scheduler.journal import EncodedBatch
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.report import campaign_note
@@ -49,7 +50,7 @@ from tests.test_sender import KEY, Setup, make_setup
 
 BAD_ROWS = (("not-a-phone", "Broken"), (phone(5), "Again"))  # an invalid phone, a duplicate
 
-Extend = Callable[[str, Sequence[tuple[int, bytes, int]], Sequence[Skip]], Awaitable[None]]
+Extend = Callable[[str, Sequence[EncodedBatch], Sequence[Skip]], Awaitable[None]]
 
 
 def gate_extends(engine: Engine, before: Callable[[int], Awaitable[None]]) -> None:
@@ -57,8 +58,7 @@ def gate_extends(engine: Engine, before: Callable[[int], Awaitable[None]]) -> No
     real: Extend = engine.journal.extend
     calls = 0
 
-    async def extend(cid: str, batches: Sequence[tuple[int, bytes, int]],
-                     skips: Sequence[Skip]) -> None:
+    async def extend(cid: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip]) -> None:
         nonlocal calls
         calls += 1
         await before(calls - 1)
@@ -370,7 +370,7 @@ async def test_frames_survive_a_reader_stopped_and_continued(tmp_path: Path) -> 
     seqs: list[int] = []
     try:
         async for batches, _ in stream_chunks(StreamJob(check.campaign, None, 1000)):
-            seqs.extend(seq for seq, _, _ in batches)
+            seqs.extend(batch.seq for batch in batches)
     finally:
         hammer.cancel()
     assert seqs == list(range(60)) and interrupts > 10

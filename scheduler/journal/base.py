@@ -133,6 +133,18 @@ class BatchRecord:
     attempts: int
     decided: frozenset[str] = frozenset()  # ids already final (a partly recorded batch)
     zones: str | None = None  # its recipients' zones (`scheduler.window.zone_group`) if windowed
+    keys: bytes | None = None  # its tracking ids and phones (`EncodedBatch.keys`), if stored
+
+
+class EncodedBatch(NamedTuple):
+    """A batch as a snapshot stores it: its ``seq``, its request ``body`` (orjson, without
+    ``ttl``), its ``size`` and its ``keys``: the tracking ids and phones in body order
+    (`codec.batch_keys`), so the send path need not decode the body (None: decode it)."""
+
+    seq: int
+    body: bytes
+    size: int
+    keys: bytes | None
 
 
 class Result(NamedTuple):
@@ -382,7 +394,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
         "skips_logged", "stage", "stage_at", "streaming",
     ),
     "snapshots": ("id", "campaign", "created_at"),
-    "bodies": ("snapshot", "seq", "body"),
+    "bodies": ("snapshot", "seq", "body", "keys"),
     "batch_state": (
         "snapshot", "seq", "size", "state", "attempts", "sent", "rejected", "expired",
         "in_doubt", "logged", "not_before", "done_at", "indexed", "zones", "skipped",
@@ -445,9 +457,9 @@ class Journal(Protocol):
         earlier snapshot; a started campaign raises `JournalConflict`. Lands in "scheduled"."""
 
     async def extend(
-        self, campaign_id: str, batches: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+        self, campaign_id: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip],
     ) -> None:
-        """Append encoded batches ``(seq, body, size)`` (their seqs follow the stored ones) and
+        """Append encoded batches (their seqs follow the stored ones) and
         skipped rows to a streaming snapshot, with its counts, in one transaction. Raises
         `JournalConflict` when the snapshot is not streaming or a seq does not follow on."""
 

@@ -16,6 +16,7 @@ import orjson
 
 from scheduler.journal.base import (
     DeliveryCounts,
+    EncodedBatch,
     JournalConflict,
     MessageRecord,
     RecipientRow,
@@ -45,14 +46,46 @@ def _encode_default(value: object) -> object:
 
 def encode_batches(
     batches: Iterable[Sequence[Mapping[str, Any]]],
-) -> Iterator[tuple[int, bytes, int]]:
-    """Number and encode batches as ``(seq, orjson body, size)``, lazily; empty ones are dropped."""
+) -> Iterator[EncodedBatch]:
+    """Number and encode batches, lazily; empty ones are dropped."""
     seq = 0
     for batch in batches:
         if len(batch) == 0:
             continue
-        yield seq, orjson.dumps(batch, default=_encode_default), len(batch)
+        yield encode_batch(seq, batch)
         seq += 1
+
+
+def encode_batch(seq: int, batch: Sequence[Mapping[str, Any]]) -> EncodedBatch:
+    """One batch as a snapshot stores it: its body and its keys."""
+    return EncodedBatch(seq, orjson.dumps(batch, default=_encode_default), len(batch),
+                        batch_keys(batch))
+
+
+#: between the ids and the phones of a batch's keys; neither a tracking id ([A-Za-z0-9._-])
+#: nor an E.164 phone can hold it, nor the newline between two ids or two phones
+_KEYS_SPLIT = "\x1f"
+
+
+def batch_keys(batch: Sequence[Mapping[str, Any]]) -> bytes | None:
+    """The tracking ids and phones of a batch's messages, in order, as one small text: the
+    send path splits it at C speed (~0.15 µs a message) instead of decoding the body (~0.75).
+    None when a message lacks either or holds a separator (then the body is decoded)."""
+    try:
+        ids = "\n".join([m["id"] for m in batch])
+        phones = "\n".join([m["toPhone"] for m in batch])
+    except (KeyError, TypeError):
+        return None
+    joined = f"{ids}{_KEYS_SPLIT}{phones}"
+    if joined.count("\n") != 2 * (len(batch) - 1) or joined.count(_KEYS_SPLIT) != 1:
+        return None
+    return joined.encode()
+
+
+def split_keys(keys: bytes) -> tuple[list[str], list[str]]:
+    """(tracking ids, phones) from `batch_keys`."""
+    ids, phones = keys.decode().split(_KEYS_SPLIT)
+    return ids.split("\n"), phones.split("\n")
 
 
 def streaming_snapshot(campaign_id: str, row: Sequence[Any] | None) -> tuple[int, int]:
@@ -63,10 +96,10 @@ def streaming_snapshot(campaign_id: str, row: Sequence[Any] | None) -> tuple[int
     return int(row[0]), int(row[2])
 
 
-def check_follows(campaign_id: str, rows: Sequence[tuple[int, bytes, int]], stored: int) -> None:
+def check_follows(campaign_id: str, rows: Sequence[EncodedBatch], stored: int) -> None:
     """Streamed batches must carry the seqs after the ``stored`` ones, in order (a resumed
     stream that lost its place would otherwise store a batch twice)."""
-    for expected, (seq, _, _) in enumerate(rows, start=stored):
+    for expected, (seq, *_) in enumerate(rows, start=stored):
         if seq != expected:
             raise JournalConflict(
                 campaign_id, f"streamed batch {seq} does not follow on (batch {expected} is next)",

@@ -55,6 +55,7 @@ from scheduler.journal.base import (
     DeliveryCounts,
     DeliveryRow,
     DumpChunk,
+    EncodedBatch,
     JournalConflict,
     JournalCorrupt,
     JournalError,
@@ -181,6 +182,9 @@ _TO_V6 = (
     # batches are appended while the campaign sends; a crash mid-stream resumes reading the
     # audience after the batches and skips stored
     "ALTER TABLE campaigns ADD COLUMN streaming BOOLEAN NOT NULL DEFAULT false",
+    # a batch's tracking ids and phones beside its body: the send path splits them instead of
+    # decoding the body (NULL in older snapshots: decoded as before)
+    "ALTER TABLE bodies ADD COLUMN keys BYTEA",
 )
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6}
@@ -457,25 +461,25 @@ class PostgresStore:
             raise JournalConflict(campaign_id, "this snapshot was superseded by a newer prepare")
 
     async def add_batches(
-        self, campaign_id: str, snapshot: int, rows: Sequence[tuple[int, bytes, int]],
+        self, campaign_id: str, snapshot: int, rows: Sequence[EncodedBatch],
     ) -> None:
         """Write a chunk of encoded batches ``(seq, body, size)`` under a staging snapshot."""
         await self._check_staging(campaign_id, snapshot)
         await self._insert_batches(snapshot, rows)
 
-    async def _insert_batches(self, snapshot: int, rows: Sequence[tuple[int, bytes, int]]) -> None:
+    async def _insert_batches(self, snapshot: int, rows: Sequence[EncodedBatch]) -> None:
         async with self.db.cursor() as cursor:
             async with cursor.copy(
-                "COPY bodies (snapshot, seq, body) FROM STDIN (FORMAT BINARY)",
+                "COPY bodies (snapshot, seq, body, keys) FROM STDIN (FORMAT BINARY)",
             ) as copy:
-                copy.set_types(["int8", "int4", "bytea"])
-                for seq, body, _ in rows:
-                    await copy.write_row((snapshot, seq, body))
+                copy.set_types(["int8", "int4", "bytea", "bytea"])
+                for seq, body, _, keys in rows:
+                    await copy.write_row((snapshot, seq, body, keys))
             async with cursor.copy(
                 "COPY batch_state (snapshot, seq, size, state) FROM STDIN (FORMAT BINARY)",
             ) as copy:
                 copy.set_types(["int8", "int4", "int4", "text"])
-                for seq, _, size in rows:
+                for seq, _, size, _ in rows:
                     await copy.write_row((snapshot, seq, size, "pending"))
 
     async def add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
@@ -543,7 +547,7 @@ class PostgresStore:
         )
 
     async def extend(
-        self, campaign_id: str, rows: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+        self, campaign_id: str, rows: Sequence[EncodedBatch], skips: Sequence[Skip],
     ) -> None:
         """Append batches and skipped rows to the streaming snapshot (`Journal.extend`)."""
         row = await self._one(
@@ -557,7 +561,7 @@ class PostgresStore:
         await self.db.execute(
             "UPDATE campaigns SET batches = batches + %s, recipients = recipients + %s,"
             " skipped = skipped + %s WHERE id = %s",
-            (len(rows), sum(size for _, _, size in rows), len(skips), campaign_id),
+            (len(rows), sum(row.size for row in rows), len(skips), campaign_id),
         )
 
     async def close_stream(self, campaign_id: str) -> None:
@@ -663,7 +667,7 @@ class PostgresStore:
     ) -> list[BatchRecord]:
         """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
         rows = await self._all(
-            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones"
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones, b.keys"
             " FROM batch_state s JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq > %s AND s.state <> 'done'"
@@ -671,8 +675,8 @@ class PostgresStore:
             (await self._snapshot(campaign_id), after_seq, limit), binary=True,
         )
         return [
-            BatchRecord(seq, body, size, state, attempts, decided(blob), zones)
-            for seq, body, size, state, attempts, blob, zones in rows
+            BatchRecord(seq, body, size, state, attempts, decided(blob), zones, keys)
+            for seq, body, size, state, attempts, blob, zones, keys in rows
         ]
 
     # The send path's writes come in two steps: ``stage_*`` sends the statements without
@@ -1712,7 +1716,7 @@ class PostgresJournal:
         )
 
     async def extend(
-        self, campaign_id: str, batches: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+        self, campaign_id: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip],
     ) -> None:
         """`Journal.extend`."""
         await self._fenced(PostgresStore.extend, campaign_id, batches, skips)

@@ -45,6 +45,7 @@ from scheduler.journal.base import (
     DeliveryCounts,
     DeliveryRow,
     DumpChunk,
+    EncodedBatch,
     JournalBusy,
     JournalConflict,
     JournalCorrupt,
@@ -181,6 +182,9 @@ _TO_V6 = (
     # batches are appended while the campaign sends; a crash mid-stream resumes reading the
     # audience after the batches and skips stored
     "ALTER TABLE campaigns ADD COLUMN streaming INTEGER NOT NULL DEFAULT 0",
+    # a batch's tracking ids and phones beside its body: the send path splits them instead of
+    # decoding the body (NULL in older snapshots: decoded as before)
+    "ALTER TABLE bodies ADD COLUMN keys BLOB",
 )
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -550,20 +554,20 @@ class SqliteConnection:
             raise JournalConflict(campaign_id, "this snapshot was superseded by a newer prepare")
 
     def _add_batches(
-        self, campaign_id: str, snapshot: int, rows: Sequence[tuple[int, bytes, int]],
+        self, campaign_id: str, snapshot: int, rows: Sequence[EncodedBatch],
     ) -> None:
         with self.transaction():
             self._check_staging(campaign_id, snapshot)
             self._insert_batches(snapshot, rows)
 
-    def _insert_batches(self, snapshot: int, rows: Sequence[tuple[int, bytes, int]]) -> None:
+    def _insert_batches(self, snapshot: int, rows: Sequence[EncodedBatch]) -> None:
         self._db.executemany(
-            "INSERT INTO bodies (snapshot, seq, body) VALUES (?, ?, ?)",
-            ((snapshot, seq, body) for seq, body, _ in rows),
+            "INSERT INTO bodies (snapshot, seq, body, keys) VALUES (?, ?, ?, ?)",
+            ((snapshot, seq, body, keys) for seq, body, _, keys in rows),
         )
         self._db.executemany(
             "INSERT INTO batch_state (snapshot, seq, size, state) VALUES (?, ?, ?, 'pending')",
-            ((snapshot, seq, size) for seq, _, size in rows),
+            ((snapshot, seq, size) for seq, _, size, _ in rows),
         )
 
     def _add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
@@ -623,7 +627,7 @@ class SqliteConnection:
         )
 
     def extend(
-        self, campaign_id: str, rows: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+        self, campaign_id: str, rows: Sequence[EncodedBatch], skips: Sequence[Skip],
     ) -> None:
         """Append batches and skipped rows to the streaming snapshot (`Journal.extend`)."""
         with self.transaction():
@@ -637,7 +641,7 @@ class SqliteConnection:
             self._db.execute(
                 "UPDATE campaigns SET batches = batches + ?, recipients = recipients + ?,"
                 " skipped = skipped + ? WHERE id = ?",
-                (len(rows), sum(size for _, _, size in rows), len(skips), campaign_id),
+                (len(rows), sum(row.size for row in rows), len(skips), campaign_id),
             )
 
     def close_stream(self, campaign_id: str) -> None:
@@ -735,15 +739,15 @@ class SqliteConnection:
     ) -> list[BatchRecord]:
         """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
         rows = self._db.execute(
-            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones"
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones, b.keys"
             " FROM batch_state s JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = ? AND s.seq > ? AND s.state <> 'done' ORDER BY s.seq LIMIT ?",
             (self._snapshot(campaign_id), after_seq, limit),
         ).fetchall()
         return [
-            BatchRecord(seq, body, size, state, attempts, decided(blob), zones)
-            for seq, body, size, state, attempts, blob, zones in rows
+            BatchRecord(seq, body, size, state, attempts, decided(blob), zones, keys)
+            for seq, body, size, state, attempts, blob, zones, keys in rows
         ]
 
     def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
@@ -1472,7 +1476,7 @@ class SqliteJournal:
         )
 
     async def extend(
-        self, campaign_id: str, batches: Sequence[tuple[int, bytes, int]], skips: Sequence[Skip],
+        self, campaign_id: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip],
     ) -> None:
         """`Journal.extend`."""
         await self._fenced(SqliteConnection.extend, campaign_id, batches, skips)
