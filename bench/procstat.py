@@ -35,10 +35,21 @@ def process_tree_cpu(pid: int) -> float:
         return 0.0
     # after the name: [0] state, [1] ppid, ..., [11] utime, [12] stime, [13] cutime, [14] cstime
     ticks = sum(int(v) for v in own[11:15])
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat(int(entry.name))
-        if fields is not None and fields[1] == str(pid):
+    for child in _children(pid):
+        fields = _stat(child)
+        if fields is not None:
             ticks += sum(int(v) for v in fields[11:15])
     return ticks / _TICKS
+
+
+def _children(pid: int) -> list[int]:
+    """The live children of ``pid`` (every thread's ``children`` file): a few small reads, not
+    a scan of /proc, so sampling every 20 ms costs the machine next to nothing."""
+    found: list[int] = []
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            text = Path(task.path, "children").read_text("ascii")
+            found.extend(int(child) for child in text.split())
+    except OSError:
+        pass  # the process (or a thread) is gone
+    return found
