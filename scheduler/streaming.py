@@ -77,13 +77,13 @@ async def stream_chunks(job: StreamJob) -> AsyncIterator[Chunk]:
         await child.stdin.drain()
         child.stdin.close()
         while True:
-            try:
+            try:  # the child's end (a kill) may cut a frame anywhere: no frame, see below
                 header = await child.stdout.readexactly(_HEADER.size)
+                data = await child.stdout.readexactly(_HEADER.unpack(header)[0])
             except asyncio.IncompleteReadError:
                 break
             # our own child, on a pipe only the two of us hold: nothing untrusted to unpickle
-            frame = pickle.loads(  # noqa: S301
-                await child.stdout.readexactly(_HEADER.unpack(header)[0]))
+            frame = pickle.loads(data)  # noqa: S301
             if frame[0] == "error":
                 raise StreamFailed(frame[1])
             if frame[0] == "done":
