@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sqlite3
@@ -31,10 +32,11 @@ from scheduler.journal import EncodedBatch
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.report import campaign_note
-from scheduler.sandbox import SandboxOptions
-from scheduler.sender import Engine
+from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sender import CampaignRun, Engine
 from scheduler.service import open_engine
 from scheduler.streaming import StreamFailed, StreamJob, stream_chunks
+from scheduler.vocabulary import CampaignState
 from tests.helpers import (
     StartSandbox,
     ThreadSandbox,
@@ -65,6 +67,40 @@ def gate_extends(engine: Engine, before: Callable[[int], Awaitable[None]]) -> No
         await real(cid, batches, skips)
 
     engine.journal.extend = extend  # type: ignore[method-assign]
+
+
+#: runs ahead of the n-th append (from 0), with the engine and the run
+Gate = Callable[[int, Engine, CampaignRun], Awaitable[None]]
+
+
+async def send_streamed(
+    setup: Setup, gate: Gate | None = None, *, sent: asyncio.Event | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> CampaignState:
+    """Prepare the campaign streamed and drive it with a fresh engine to its end (or halt);
+    ``sent`` is set once outcomes are journaled, ``clock`` replaces the engine's."""
+    async with open_engine(setup.config) as engine:
+        if clock is not None:
+            engine.clock = clock
+        record = await engine.prepare(setup.campaign, stream=True)
+        run = engine.open_run(setup.campaign, record,
+                              None if sent is None else lambda _: sent.set())
+        if gate is not None:
+            gate_extends(engine, functools.partial(gate, engine=engine, run=run))
+        return await engine.drive(run)
+
+
+def streamed_setup(root: Path, sandbox: Sandbox, count: int = 2000,
+                   bad_rows: bool = True) -> Setup:
+    """A ``count``-recipient campaign (with `BAD_ROWS`) in batches of 100, 2 in flight."""
+    return make_setup(root, sandbox.base_url, count, extra_rows=BAD_ROWS if bad_rows else (),
+                      batch_size=100, concurrency=2, requests_per_second=1000)
+
+
+async def kill_reader_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
+    """Gate: the OOM killer takes the reader before its second chunk lands."""
+    if call == 1:
+        os.kill(reader_pid(), signal.SIGKILL)
 
 
 def message_lines(setup: Setup) -> list[dict[str, Any]]:
@@ -131,21 +167,16 @@ async def test_a_stream_cut_short_resumes_after_what_the_journal_holds(
     """Stopped after its first chunk (the child is killed), the next run reads on from the
     batches and skips stored: nothing is sent or logged twice, nothing is missed."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
-                       concurrency=2, requests_per_second=1000)
-    async with open_engine(setup.config) as engine:
-        record = await engine.prepare(setup.campaign, stream=True)
-        sent = asyncio.Event()
-        run = engine.open_run(setup.campaign, record, lambda _: sent.set())
+    setup = streamed_setup(tmp_path, sandbox)
+    sent = asyncio.Event()
 
-        async def before(call: int) -> None:
-            if call == 1:
-                await sent.wait()
-                run.halt()  # as SIGTERM does: in-flight batches finish, nothing new starts
-                await asyncio.Event().wait()  # this chunk never lands
+    async def halt_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
+        if call == 1:
+            await sent.wait()
+            run.halt()  # as SIGTERM does: in-flight batches finish, nothing new starts
+            await asyncio.Event().wait()  # this chunk never lands
 
-        gate_extends(engine, before)
-        assert await engine.drive(run) == "running"
+    assert await send_streamed(setup, halt_at_second, sent=sent) == "running"
     cut = setup.counts()
     assert cut["sent"] > 0 and cut["pending"] == 0  # one chunk stored, and sent
     with sqlite3.connect(setup.journal_path) as db:
@@ -157,10 +188,7 @@ async def test_a_stream_cut_short_resumes_after_what_the_journal_holds(
     # `report` and `plan` while a sender leads: the count so far is not the audience
     assert campaign_note(cut_record, 0, leading=True) == (
         f"still reading its audience: {cut_record.recipients:,} recipients so far")
-    async with open_engine(setup.config) as engine:
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert record.streaming and record.started_at is not None
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert await send_streamed(setup) == "done"
     assert_all_once(setup, 2000, sandbox.accepted)
 
 
@@ -171,25 +199,13 @@ async def test_a_stream_whose_audience_changed_fails_with_the_reason(
     """The rest of a cut-short stream would come from another file: the campaign fails and
     says why, and nothing more is sent."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = make_setup(tmp_path, sandbox.base_url, 2000, batch_size=100, concurrency=2,
-                       requests_per_second=1000)
-    async with open_engine(setup.config) as engine:
-        record = await engine.prepare(setup.campaign, stream=True)
-        run = engine.open_run(setup.campaign, record)
-
-        async def before(call: int) -> None:
-            if call == 1:
-                run.halt()
-                await asyncio.Event().wait()
-
-        gate_extends(engine, before)
-        assert await engine.drive(run) == "running"
+    setup = streamed_setup(tmp_path, sandbox, bad_rows=False)
+    assert await send_streamed(setup, kill_reader_at_second) == "running"
     sent = setup.counts()["sent"]
     write_audience(setup.root / "campaigns" / "people.csv", 2500)
-    async with open_engine(setup.config) as engine:
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "failed"
-        final = await engine.journal.campaign(setup.campaign.id)
+    assert await send_streamed(setup) == "failed"
+    with SqliteConnection(setup.journal_path) as reader:
+        final = reader.campaign(setup.campaign.id)
     assert final is not None and final.error is not None
     assert "audience CSV or the suppression list changed while its snapshot" in final.error
     assert setup.counts()["sent"] == sent == len(sandbox.accepted)
@@ -211,19 +227,15 @@ async def test_the_reader_ignores_ctrl_c_and_sigterm(
     """Ctrl-C and systemd's stop reach the whole process group; the parent decides what
     stops, so the reader reads on and the campaign ends done."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
-                       concurrency=2, requests_per_second=1000)
-    async with open_engine(setup.config) as engine:
+    setup = streamed_setup(tmp_path, sandbox)
 
-        async def before(call: int) -> None:
-            if call == 1:
-                pid = reader_pid()
-                os.kill(pid, signal.SIGINT)
-                os.kill(pid, signal.SIGTERM)
+    async def interrupt_reader(call: int, engine: Engine, run: CampaignRun) -> None:
+        if call == 1:
+            pid = reader_pid()
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
 
-        gate_extends(engine, before)
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert await send_streamed(setup, interrupt_reader) == "done"
     assert_all_once(setup, 2000, sandbox.accepted)
 
 
@@ -234,22 +246,11 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
     """The OOM killer takes the reader: the campaign stays running (not failed), says why,
     and the next run reads on."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
-                       concurrency=2, requests_per_second=1000)
-    async with open_engine(setup.config) as engine:
-
-        async def before(call: int) -> None:
-            if call == 1:
-                os.kill(reader_pid(), signal.SIGKILL)
-
-        gate_extends(engine, before)
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "running"
+    setup = streamed_setup(tmp_path, sandbox)
+    assert await send_streamed(setup, kill_reader_at_second) == "running"
     stopped = [line for line in setup.log_lines() if line["event"] == "snapshot_stream_stopped"]
     assert len(stopped) == 1 and "killed by signal 9" in stopped[0]["reason"]
-    async with open_engine(setup.config) as engine:
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert await send_streamed(setup) == "done"
     assert_all_once(setup, 2000, sandbox.accepted)
 
 
@@ -260,22 +261,11 @@ async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     """Resumed after send_at + ttl: the rest of the audience is read first, so every
     recipient not sent is recorded expired (none is left out of the journal)."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = make_setup(tmp_path, sandbox.base_url, 2000, extra_rows=BAD_ROWS, batch_size=100,
-                       concurrency=2, requests_per_second=1000)
-    async with open_engine(setup.config) as engine:
-
-        async def before(call: int) -> None:
-            if call == 1:
-                os.kill(reader_pid(), signal.SIGKILL)
-
-        gate_extends(engine, before)
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "running"
+    setup = streamed_setup(tmp_path, sandbox)
+    assert await send_streamed(setup, kill_reader_at_second) == "running"
     sent = setup.counts()["sent"]
-    async with open_engine(setup.config) as engine:
-        engine.clock = lambda: datetime.now(UTC) + timedelta(hours=2)  # past the 1 h ttl
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "expired"
+    past_ttl = lambda: datetime.now(UTC) + timedelta(hours=2)  # noqa: E731 (the ttl is 1 h)
+    assert await send_streamed(setup, clock=past_ttl) == "expired"
     assert setup.counts() == {"sent": sent, "rejected": 0, "expired": 2000 - sent,
                               "in_doubt": 0, "skipped": 2, "pending": 0}
     lines = message_lines(setup)
@@ -290,18 +280,15 @@ async def test_a_stream_that_breaks_never_looks_finished(
     """An unexpected error while appending (a bug) stops the campaign as failed, with the
     reason: it must never end "done" with part of its audience unread."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = make_setup(tmp_path, sandbox.base_url, 2000, batch_size=100, concurrency=2,
-                       requests_per_second=1000)
-    async with open_engine(setup.config) as engine:
+    setup = streamed_setup(tmp_path, sandbox, bad_rows=False)
 
-        async def before(call: int) -> None:
-            if call == 2:
-                raise RuntimeError("a bug")
+    async def bug_at_third(call: int, engine: Engine, run: CampaignRun) -> None:
+        if call == 2:
+            raise RuntimeError("a bug")
 
-        gate_extends(engine, before)
-        record = await engine.prepare(setup.campaign, stream=True)
-        assert await engine.drive(engine.open_run(setup.campaign, record)) == "failed"
-        final = await engine.journal.campaign(setup.campaign.id)
+    assert await send_streamed(setup, bug_at_third) == "failed"
+    with SqliteConnection(setup.journal_path) as reader:
+        final = reader.campaign(setup.campaign.id)
     assert final is not None and final.streaming and final.batches == 3
     assert final.error == "internal error while reading the audience: RuntimeError('a bug')"
     assert len(sandbox.accepted) == setup.counts()["sent"] <= 300
