@@ -310,9 +310,12 @@ class Engine:
     async def _pump(self, cid: str, job: StreamJob, stream: _Stream) -> None:
         """Append the child's chunks to the journal as they come, then mark the snapshot whole."""
         try:
-            async for batches, skips in stream_chunks(job):
-                await self.journal.extend(cid, batches, skips)
-                stream.grew.set()
+            # aclosing: a pump cancelled between two chunks kills the reader at once, not
+            # whenever the abandoned generator is collected
+            async with contextlib.aclosing(stream_chunks(job)) as chunks:
+                async for batches, skips in chunks:
+                    await self.journal.extend(cid, batches, skips)
+                    stream.grew.set()
             await self.journal.close_stream(cid)
             stream.whole = True
             record = await self.journal.campaign(cid)

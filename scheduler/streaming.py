@@ -20,7 +20,7 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,7 @@ class StreamJob:
     after_skips: int = 0  # skipped rows it holds already
 
 
-async def stream_chunks(job: StreamJob) -> AsyncIterator[Chunk]:
+async def stream_chunks(job: StreamJob) -> AsyncGenerator[Chunk, None]:
     """Run the child and yield its chunks; raises `StreamFailed` when it cannot finish.
 
     The child is killed when the caller stops early (a cancelled task, a closed generator)."""

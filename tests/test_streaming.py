@@ -255,6 +255,27 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
 
 
 @pytest.mark.timeout(60)
+async def test_closing_the_engine_ends_its_reader(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """A sender that stops between two chunks (SIGTERM) leaves no reader behind: it is
+    killed and reaped before the engine's close returns."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = streamed_setup(tmp_path, sandbox)
+    readers: list[int] = []
+
+    async def halt_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
+        if call == 1:
+            readers.append(reader_pid())
+            run.halt()
+            await asyncio.Event().wait()
+
+    assert await send_streamed(setup, halt_at_second) == "running"
+    (pid,) = readers
+    assert not Path(f"/proc/{pid}").exists(), "the reader outlived the engine"
+
+
+@pytest.mark.timeout(60)
 async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     tmp_path: Path, start_sandbox: StartSandbox,
 ) -> None:
