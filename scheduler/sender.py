@@ -270,33 +270,39 @@ class Engine:
         record = await self.journal.campaign(campaign.id)
         if record is not None and record.started_at is not None:
             return record
-        if record is None or record.fingerprint != key:
+        if record is not None and record.fingerprint == key:
+            if record.state not in ("invalid", "cancelled"):
+                return record  # prepared already, from these very inputs
+            await self.lifecycle.move(campaign.id, "scheduled")  # valid (or back) again
+        else:
             await self._stop_stream(campaign.id)  # a newer file replaces what it was reading
-        if (record is None or record.fingerprint != key) and stream and _streamable(campaign):
+            await self._snapshot(campaign, key, stream=stream and _streamable(campaign))
+        fresh = await self.journal.campaign(campaign.id)
+        assert fresh is not None  # prepare() just wrote it
+        return fresh
+
+    async def _snapshot(self, campaign: Campaign, key: str, *, stream: bool) -> None:
+        """Snapshot the campaign anew: whole, or swapped in empty and streamed into."""
+        if stream:
             await self.journal.open_stream(
                 campaign_id=campaign.id, type=campaign.type, file=str(campaign.file),
                 fingerprint=key, send_at=campaign.send_at, deadline=campaign.deadline,
             )
             self._start_stream(campaign, StreamJob(
                 campaign, self.suppression_path, self.sending.batch_size))
-        elif record is None or record.fingerprint != key:
-            snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)
-            await self.journal.prepare(
-                campaign_id=campaign.id,
-                type=campaign.type,
-                file=str(campaign.file),
-                fingerprint=key,
-                send_at=campaign.send_at,
-                deadline=campaign.deadline,
-                batches=snapshot.batches(),
-                skips=snapshot.skips,
-                zones=snapshot.zones,
-            )
-        elif record.state in ("invalid", "cancelled"):
-            await self.lifecycle.move(campaign.id, "scheduled")  # valid (or back) again
-        fresh = await self.journal.campaign(campaign.id)
-        assert fresh is not None  # prepare() just wrote it
-        return fresh
+            return
+        snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)
+        await self.journal.prepare(
+            campaign_id=campaign.id,
+            type=campaign.type,
+            file=str(campaign.file),
+            fingerprint=key,
+            send_at=campaign.send_at,
+            deadline=campaign.deadline,
+            batches=snapshot.batches(),
+            skips=snapshot.skips,
+            zones=snapshot.zones,
+        )
 
     # ----------------------------------------------------------------- streamed snapshots
 
@@ -401,7 +407,7 @@ class Engine:
         run.halt(None)
         return False
 
-    async def whole(self, campaign_id: str) -> None:
+    async def wait_whole(self, campaign_id: str) -> None:
         """Return once the campaign's snapshot is whole (at once unless it is streaming), or
         its stream failed or stopped."""
         stream = self._streams.get(campaign_id)
@@ -683,7 +689,7 @@ class Engine:
 
     async def _expire(self, run: CampaignRun, record: CampaignRecord) -> CampaignState:
         """Every message still open is past send_at + ttl: record and log it as expired."""
-        await self.whole(run.campaign.id)
+        await self.wait_whole(run.campaign.id)
         if not await self._snapshot_whole(run):
             return await self._halted(run)  # its stream stopped short: expired at next start
         while page := await self.journal.open_batches(run.campaign.id, -1, PAGE):

@@ -164,7 +164,7 @@ async def _leading(config: Config, engine: Engine) -> AsyncIterator[asyncio.Even
 
 async def _announce_total(engine: Engine, campaign_id: str, on_start: ProgressStart) -> None:
     """The progress total, once the snapshot is whole (at once unless it is streamed)."""
-    await engine.whole(campaign_id)
+    await engine.wait_whole(campaign_id)
     record = await engine.journal.campaign(campaign_id)
     if record is not None:
         counts = await engine.journal.counts(campaign_id)
