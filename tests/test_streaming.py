@@ -291,8 +291,8 @@ async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     assert setup.counts() == {"sent": sent, "rejected": 0, "expired": 2000 - sent,
                               "in_doubt": 0, "skipped": 2, "pending": 0}
     lines = message_lines(setup)
-    assert Counter(line["status"] for line in lines) == {
-        "sent": sent, "expired": 2000 - sent, "skipped": 2}
+    assert Counter(line["status"] for line in lines) == Counter(  # sent may be 0: killed early
+        {"sent": sent, "expired": 2000 - sent, "skipped": 2})
 
 
 @pytest.mark.timeout(60)
