@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import tomli_w
 
-from scheduler import __version__, console
+from scheduler import __version__
 from scheduler.audience import Suppression
 from scheduler.campaign import (
     DEFAULT_TTL,
@@ -37,7 +37,6 @@ from scheduler.errors import Problem, UserError
 from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
 from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
-from scheduler.oplog import configure_logging
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (
     LISTINGS,
@@ -49,9 +48,9 @@ from scheduler.report import (
     write_rows,
     write_summary,
 )
-from scheduler.sandbox import SandboxOptions
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, read_status
-from scheduler.testsend import parse_phones
+from scheduler.streaming import Reader, StreamJob
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -341,6 +340,17 @@ def _configure_send(parser: argparse.ArgumentParser) -> None:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send one campaign in the foreground; 0 when every recipient is final, else 1."""
+    # `--now` streams the audience into the send: its reader starts first, so that its start
+    # and its first pass overlap ours (imports, config, journal); unused, it is killed
+    reader = Reader.start() if args.now and not args.dry_run and args.test is None else None
+    try:
+        return _send(args, reader)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     config = _config(args)
     now = datetime.now(UTC)
     check = load_campaign(args.file, config, now)
@@ -353,6 +363,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     campaign = check.campaign
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
+    if reader is not None:
+        reader.begin(StreamJob(campaign, config.paths.suppression, config.sending.batch_size))
+    # imported here, not at the top: the reader starts before aiohttp, rich and structlog load
+    from scheduler import console
+    from scheduler.oplog import configure_logging
+    from scheduler.testsend import parse_phones
+
     if args.dry_run:
         print(console.dry_run(campaign, config))
         return EXIT_OK
@@ -361,7 +378,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, "console", config.credentials.secrets())
     if args.test is not None:
         return console.run_test_send(config, campaign, parse_phones(args.test), args.row)
-    return console.run_send(config, campaign)
+    return console.run_send(config, campaign, reader)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,6 +472,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # loaded here, not at the top: the other commands (`send` above all) start without the
     # daemon's modules (APScheduler, watchfiles, the status poller), ~50 ms sooner
     from scheduler.daemon import run_daemon
+    from scheduler.oplog import configure_logging
 
     config = _config(args)
     configure_logging(config.log.level, config.log.format, config.credentials.secrets())
@@ -545,6 +563,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError.single(str(exc), field="sandbox") from None
+    from scheduler import console
+
     return console.run_sandbox(options, args.host, args.port)
 
 
@@ -555,6 +575,8 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A fresh workspace, campaigns due in seconds, the embedded sandbox, the report."""
+    from scheduler import console
+
     return console.run_demo(args.dir)
 
 

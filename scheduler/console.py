@@ -27,8 +27,10 @@ from scheduler.demo import write_workspace
 from scheduler.journal import JournalReader, open_journal
 from scheduler.oplog import configure_logging
 from scheduler.report import write_summary
-from scheduler.sandbox import SandboxOptions, serve
+from scheduler.sandbox import serve
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.service import SendOutcome, send_campaign
+from scheduler.streaming import Reader
 from scheduler.testsend import describe, send_test
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -71,8 +73,9 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
-def run_send(config: Config, campaign: Campaign) -> int:
-    """`send`: progress bar on a terminal, one summary line at the end; 0 when all final."""
+def run_send(config: Config, campaign: Campaign, reader: Reader | None = None) -> int:
+    """`send`: progress bar on a terminal, one summary line at the end; 0 when all final.
+    ``reader``: the audience reader started ahead (`send --now`); the caller closes it."""
     err = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -92,7 +95,8 @@ def run_send(config: Config, campaign: Campaign) -> int:
         _stop_on_signals(stop)
         with progress:
             return await send_campaign(
-                config, campaign, stop=stop, on_start=started, on_progress=advanced
+                config, campaign, stop=stop, on_start=started, on_progress=advanced,
+                reader=reader,
             )
 
     outcome = asyncio.run(go())

@@ -55,7 +55,7 @@ from scheduler.journal.codec import split_keys
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
-from scheduler.streaming import StreamFailed, StreamJob, StreamKilled, stream_chunks
+from scheduler.streaming import Reader, Resume, StreamFailed, StreamJob, StreamKilled
 from scheduler.vocabulary import (
     EXPIRED_REASON,
     FINISHED,
@@ -260,12 +260,15 @@ class Engine:
 
     # ----------------------------------------------------------------- campaigns
 
-    async def prepare(self, campaign: Campaign, *, stream: bool = False) -> CampaignRecord:
+    async def prepare(
+        self, campaign: Campaign, *, stream: bool = False, reader: Reader | None = None,
+    ) -> CampaignRecord:
         """Snapshot the campaign's audience unless it already started (then it is frozen).
 
         ``stream`` (`send --now`): read the audience in a child process while the campaign
         sends (`scheduler.streaming`), unless a send window or a roll-out needs every batch
-        known before the first one goes."""
+        known before the first one goes. ``reader``: one started already with this very job
+        (`stream_job`), used if the stream starts here; its owner closes it either way."""
         key = snapshot_key(campaign, self.suppression_path, self.sending.batch_size)
         record = await self.journal.campaign(campaign.id)
         if record is not None and record.started_at is not None:
@@ -276,20 +279,30 @@ class Engine:
             await self.lifecycle.move(campaign.id, "scheduled")  # valid (or back) again
         else:
             await self._stop_stream(campaign.id)  # a newer file replaces what it was reading
-            await self._snapshot(campaign, key, stream=stream and _streamable(campaign))
+            await self._snapshot(campaign, key, stream=stream and _streamable(campaign),
+                                 reader=reader)
         fresh = await self.journal.campaign(campaign.id)
         assert fresh is not None  # prepare() just wrote it
         return fresh
 
-    async def _snapshot(self, campaign: Campaign, key: str, *, stream: bool) -> None:
+    def stream_job(self, campaign: Campaign) -> StreamJob:
+        """What a reader of this campaign's streamed snapshot is given."""
+        return StreamJob(campaign, self.suppression_path, self.sending.batch_size)
+
+    async def _snapshot(
+        self, campaign: Campaign, key: str, *, stream: bool, reader: Reader | None = None,
+    ) -> None:
         """Snapshot the campaign anew: whole, or swapped in empty and streamed into."""
         if stream:
             await self.journal.open_stream(
                 campaign_id=campaign.id, type=campaign.type, file=str(campaign.file),
                 fingerprint=key, send_at=campaign.send_at, deadline=campaign.deadline,
             )
-            self._start_stream(campaign, StreamJob(
-                campaign, self.suppression_path, self.sending.batch_size))
+            job = self.stream_job(campaign)
+            if reader is None or reader.job != job:
+                reader = Reader.start()
+                reader.begin(job)
+            self._start_stream(campaign, reader, Resume())
             return
         snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)
         await self.journal.prepare(
@@ -306,19 +319,19 @@ class Engine:
 
     # ----------------------------------------------------------------- streamed snapshots
 
-    def _start_stream(self, campaign: Campaign, job: StreamJob) -> _Stream:
+    def _start_stream(self, campaign: Campaign, reader: Reader, resume: Resume) -> _Stream:
         stream = _Stream()
-        stream.task = asyncio.create_task(self._pump(campaign.id, job, stream),
+        stream.task = asyncio.create_task(self._pump(campaign.id, reader, resume, stream),
                                           name=f"stream-{campaign.id}")
         self._streams[campaign.id] = stream
         return stream
 
-    async def _pump(self, cid: str, job: StreamJob, stream: _Stream) -> None:
+    async def _pump(self, cid: str, reader: Reader, resume: Resume, stream: _Stream) -> None:
         """Append the child's chunks to the journal as they come, then mark the snapshot whole."""
         try:
             # aclosing: a pump cancelled between two chunks kills the reader at once, not
             # whenever the abandoned generator is collected
-            async with contextlib.aclosing(stream_chunks(job)) as chunks:
+            async with contextlib.aclosing(reader.chunks(resume)) as chunks:
                 async for batches, skips in chunks:
                     await self.journal.extend(cid, batches, skips)
                     stream.grew.set()
@@ -338,6 +351,7 @@ class Engine:
             stream.failure = exc
         finally:
             stream.grew.set()
+            await asyncio.to_thread(reader.close)  # if cancelled before its first read
 
     async def _stop_stream(self, cid: str) -> None:
         """Stop reading (the child is killed); a later `drive` resumes where the journal is."""
@@ -361,10 +375,9 @@ class Engine:
                 f"snapshot was still being read ({record.recipients:,} recipients were read): "
                 "restore them to finish it, or cancel it")
             return
-        self._start_stream(run.campaign, StreamJob(
-            run.campaign, self.suppression_path, self.sending.batch_size,
-            after_batches=record.batches, after_skips=record.skipped,
-        ))
+        reader = Reader.start()
+        reader.begin(self.stream_job(run.campaign))
+        self._start_stream(run.campaign, reader, Resume(record.batches, record.skipped))
 
     async def _more_streamed(self, run: CampaignRun) -> bool:
         """Wait until the campaign's streamed snapshot grows (True: read again), or it is

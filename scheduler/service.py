@@ -20,8 +20,10 @@ from scheduler.delivery_log import DeliveryLog
 from scheduler.journal import JournalBusy, JournalFenced, open_journal
 from scheduler.leadership import Leadership
 from scheduler.metrics import Metrics
-from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sandbox import Sandbox
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
+from scheduler.streaming import Reader
 from scheduler.vocabulary import CampaignState
 
 #: (total recipients, already final) when sending starts
@@ -107,14 +109,17 @@ async def send_campaign(
     stop: asyncio.Event,
     on_start: ProgressStart | None = None,
     on_progress: ProgressCallback | None = None,
+    reader: Reader | None = None,
 ) -> SendOutcome:
     """Send one campaign in the foreground; ``stop`` interrupts it (it resumes on the next run).
 
-    Like a daemon, it sends only while it holds the journal's leadership lease.
+    Like a daemon, it sends only while it holds the journal's leadership lease. ``reader``: the
+    audience reader the caller started ahead (`Engine.prepare`); the caller closes it.
     """
     async with open_engine(config) as engine, _leading(config, engine) as lost:
         # due now: read the audience while sending; else prepare it whole while waiting
-        record = await engine.prepare(campaign, stream=campaign.send_at <= utcnow())
+        record = await engine.prepare(campaign, stream=campaign.send_at <= utcnow(),
+                                      reader=reader)
         delay = (record.send_at - utcnow()).total_seconds()
         if delay > 0 and record.started_at is None:
             with contextlib.suppress(TimeoutError):

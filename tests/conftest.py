@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import structlog
 
-from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sandbox import Sandbox
+from scheduler.sandbox_options import SandboxOptions
 from tests.helpers import StartSandbox
 from tests.pg_helpers import PostgresServer
 

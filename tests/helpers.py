@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sandbox import Sandbox
+from scheduler.sandbox_options import SandboxOptions
 
 REPO = Path(__file__).resolve().parent.parent
 #: environment variables that must not leak from the machine into a test's subprocess

@@ -19,7 +19,8 @@ import pytest
 from scheduler import cli
 from scheduler.config import load_config
 from scheduler.loader import load_campaign
-from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sandbox import Sandbox
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.service import send_campaign
 from tests.helpers import (
     MACHINE_VARIABLES,

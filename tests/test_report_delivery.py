@@ -27,7 +27,8 @@ from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.loader import load_campaign
 from scheduler.metrics import Metrics
-from scheduler.sandbox import PRICES, Sandbox, SandboxOptions
+from scheduler.sandbox import PRICES, Sandbox
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.service import send_campaign
 from tests.helpers import MACHINE_VARIABLES, write_audience, write_campaign, write_config
 

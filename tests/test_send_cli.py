@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from scheduler.journal.sqlite import SqliteConnection
-from scheduler.sandbox import SandboxOptions
+from scheduler.sandbox_options import SandboxOptions
 from tests.helpers import (
     ThreadSandbox,
     clean_env,

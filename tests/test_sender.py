@@ -22,7 +22,8 @@ from scheduler.config import Config, load_config
 from scheduler.journal import RecipientRow
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
-from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sandbox import Sandbox
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import Engine
 from scheduler.service import open_engine
 from scheduler.vocabulary import CampaignState

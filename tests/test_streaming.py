@@ -32,7 +32,8 @@ from scheduler.journal import EncodedBatch
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.report import campaign_note
-from scheduler.sandbox import Sandbox, SandboxOptions
+from scheduler.sandbox import Sandbox
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun, Engine
 from scheduler.service import open_engine
 from scheduler.streaming import StreamFailed, StreamJob, stream_chunks
@@ -215,7 +216,7 @@ def reader_pid() -> int:
     """The pid of this process's audience reader child."""
     for pid in children_of(os.getpid()):
         with contextlib.suppress(OSError):
-            if b"scheduler.streaming" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"scheduler.stream_reader" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
     raise AssertionError("no audience reader is running")
 

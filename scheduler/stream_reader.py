@@ -1,0 +1,109 @@
+"""The reader child of a streamed snapshot (``python -m scheduler.stream_reader``).
+
+It gets a `StreamJob` on stdin and starts at once: the file checks and pass 1 (the Bloom filters)
+run while the parent opens its journal. Once the first batch is ready it reads the `Resume`
+point (how much of the snapshot the journal holds already), then writes the snapshot's new
+batches (encoded) and skipped rows to stdout as frames (`scheduler.streaming`): chunks of 1, 2,
+4, … up to `CHUNK_MAX` batches, then "done" (or one "error" frame with a sentence).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from scheduler.audience import Skip, Suppression
+from scheduler.batching import Snapshot
+from scheduler.errors import CampaignError
+from scheduler.journal.base import EncodedBatch
+from scheduler.journal.codec import encode_batch
+from scheduler.streaming import FRAME_HEADER, Chunk, Resume, StreamJob
+
+#: batches per chunk: the first chunks are small (the first request waits for the first one),
+#: then they double up to this (fewer, larger journal transactions; ~2.5 MB of bodies a chunk)
+CHUNK_MAX = 16
+
+
+def chunks(job: StreamJob, resume_point: Callable[[], Resume]) -> Iterator[Chunk]:
+    """The snapshot's new batches (encoded) and skips, a chunk at a time. ``resume_point``
+    is asked once, when the first batch is ready (or the audience has none)."""
+    suppression = Suppression.load(job.suppression)
+    snapshot = Snapshot(job.campaign, suppression, job.batch_size)
+    resume: Resume | None = None
+    batches: list[EncodedBatch] = []
+    wanted, skips_seen = 1, 0
+
+    def new_skips(after: Resume) -> list[Skip]:
+        nonlocal skips_seen
+        drained = snapshot.skips.drain()
+        start = max(0, after.skips - skips_seen)
+        skips_seen += len(drained)
+        return drained[start:]
+
+    for seq, batch in enumerate(snapshot.batches()):
+        resume = resume or resume_point()
+        if seq < resume.batches:
+            continue
+        batches.append(encode_batch(seq, batch))
+        if len(batches) >= wanted:
+            yield batches, new_skips(resume)
+            batches, wanted = [], min(wanted * 2, CHUNK_MAX)
+    skips = new_skips(resume or resume_point())
+    if batches or skips:
+        yield batches, skips
+
+
+def _send(fd: int, frame: tuple[object, ...]) -> None:
+    """Write one frame whole. A plain loop of `os.write`: a write to a pipe that a signal
+    interrupts part way (SIGSTOP/SIGCONT, a profiler attaching) returns a short count, and
+    `sys.stdout.buffer` was seen to lose bytes of a megabyte frame then."""
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(FRAME_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _resume_from(source: BinaryIO) -> Callable[[], Resume]:
+    def read() -> Resume:
+        resume: Resume = pickle.load(source)  # noqa: S301 (from the parent, see main)
+        return resume
+
+    return read
+
+
+def main() -> int:
+    """The child: a `StreamJob` then a `Resume` on stdin, frames on stdout ("chunk", "error"
+    or "done"). Its stdin closed before the `Resume` came: not wanted after all, it exits.
+
+    Ctrl-C and systemd's stop reach the whole process group: the parent decides (it stops the
+    stream, or lets it finish), so the child ignores them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    source = sys.stdin.buffer
+    try:
+        # our own parent, on a pipe only the two of us hold: nothing untrusted to unpickle
+        job: StreamJob = pickle.load(source)  # noqa: S301
+    except EOFError:
+        return 0
+    out = sys.stdout.fileno()
+    try:
+        try:
+            for batches, skips in chunks(job, _resume_from(source)):
+                _send(out, ("chunk", batches, skips))
+        except (CampaignError, OSError) as exc:
+            _send(out, ("error", str(exc)))
+            return 1
+        except EOFError:
+            return 0  # the parent did not want the stream after all
+        _send(out, ("done",))
+    except BrokenPipeError:
+        return 1  # the parent stopped reading: it has gone, or it stopped the stream
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
