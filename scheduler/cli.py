@@ -364,7 +364,7 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
     if reader is not None:
-        reader.begin(StreamJob(campaign, config.paths.suppression, config.sending.batch_size))
+        reader.begin(StreamJob.of(campaign, config))
     # imported here, not at the top: the reader starts before aiohttp, rich and structlog load
     from scheduler import console
     from scheduler.oplog import configure_logging

@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from scheduler.audience import Skip
     from scheduler.campaign import Campaign
+    from scheduler.config import Config
     from scheduler.journal.base import EncodedBatch
 
 #: the parent's read buffer: a chunk comes in a few reads, not one per 64 KiB
@@ -61,6 +62,11 @@ class StreamJob:
     suppression: Path | None
     batch_size: int
 
+    @classmethod
+    def of(cls, campaign: Campaign, config: Config) -> StreamJob:
+        """``campaign``'s job under ``config``: the one its engine gives (`Engine.stream_job`)."""
+        return cls(campaign, config.paths.suppression, config.sending.batch_size)
+
 
 class Resume(NamedTuple):
     """Where the stream starts: the batches and skipped rows the journal holds already."""
@@ -77,6 +83,7 @@ class Reader:
     def __init__(self, child: subprocess.Popen[bytes], errors: IO[bytes]) -> None:
         self._child, self._errors = child, errors
         self.job: StreamJob | None = None
+        self.used = False  # `chunks` was called: an engine read from it
 
     @classmethod
     def start(cls) -> Reader:
@@ -107,6 +114,7 @@ class Reader:
         the caller stops early (a cancelled task, a closed generator)."""
         child = self._child
         assert child.stdin is not None and child.stdout is not None
+        self.used = True
         self._tell(resume)
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()

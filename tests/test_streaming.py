@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from scheduler import cli
 from scheduler.audience import Skip
 from scheduler.config import load_config
 from scheduler.journal import EncodedBatch
@@ -35,8 +36,8 @@ from scheduler.report import campaign_note
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun, Engine
-from scheduler.service import open_engine
-from scheduler.streaming import StreamFailed, StreamJob, stream_chunks
+from scheduler.service import open_engine, send_campaign
+from scheduler.streaming import Reader, StreamFailed, StreamJob, stream_chunks
 from scheduler.vocabulary import CampaignState
 from tests.helpers import (
     StartSandbox,
@@ -215,10 +216,27 @@ async def test_a_stream_whose_audience_changed_fails_with_the_reason(
 def reader_pid() -> int:
     """The pid of this process's audience reader child."""
     for pid in children_of(os.getpid()):
-        with contextlib.suppress(OSError):
-            if b"scheduler.stream_reader" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
+        if is_reader(pid):
+            return pid
     raise AssertionError("no audience reader is running")
+
+
+def is_reader(pid: int) -> bool:
+    """The process is a running audience reader."""
+    with contextlib.suppress(OSError):
+        return b"scheduler.stream_reader" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+@contextlib.contextmanager
+def patch_start(start: Callable[[], Reader]) -> Iterator[None]:
+    """`Reader.start` replaced by ``start`` (a spy that calls the real one) for the block."""
+    real = Reader.__dict__["start"]
+    Reader.start = staticmethod(start)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        Reader.start = real  # type: ignore[method-assign]
 
 
 @pytest.mark.timeout(60)
@@ -334,6 +352,52 @@ async def test_windows_and_rollouts_are_snapshotted_whole(tmp_path: Path, extra:
     async with open_engine(config) as engine:
         record = await engine.prepare(check.campaign, stream=True)
     assert not record.streaming and record.recipients == 300
+
+
+@pytest.mark.parametrize(("extra", "streamed"), [
+    ("", True),
+    ('window = "00:00-23:59"\n', False),  # prepared whole: the reader started ahead is unused
+])
+async def test_a_reader_started_ahead_is_the_one_read(
+    tmp_path: Path, start_sandbox: StartSandbox, extra: str, streamed: bool,
+) -> None:
+    """`send --now` starts its reader before it has loaded the campaign (`StreamJob.of`); the
+    engine reads from that one, not from a second. Unused, it is closed with nothing left."""
+    sandbox = await start_sandbox(api_key=KEY)
+    config_path = write_config(tmp_path, sandbox.base_url, batch_size=100)
+    write_audience(tmp_path / "campaigns" / "people.csv", 700)
+    file = write_campaign(tmp_path / "campaigns", "ahead", "people.csv", type="promo",
+                          extra=extra)
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None, check.problems
+    started = Reader.start
+    readers: list[Reader] = []
+
+    def start() -> Reader:
+        readers.append(started())
+        return readers[-1]
+
+    reader = start()
+    reader.begin(StreamJob.of(check.campaign, config))
+    try:
+        with patch_start(start):
+            outcome = await send_campaign(config, check.campaign, stop=asyncio.Event(),
+                                          reader=reader)
+    finally:
+        await asyncio.to_thread(reader.close)
+    assert outcome.state == "done" and outcome.counts["sent"] == len(sandbox.accepted) == 700
+    assert readers == [reader] and reader.used is streamed
+    assert not [pid for pid in children_of(os.getpid()) if is_reader(pid)]
+
+
+def test_send_now_of_an_invalid_campaign_leaves_no_reader(tmp_path: Path) -> None:
+    """The reader starts before the campaign is checked: an invalid campaign ends it too."""
+    config_path = write_config(tmp_path, "http://127.0.0.1:9")
+    write_audience(tmp_path / "campaigns" / "people.csv", 10)
+    file = write_campaign(tmp_path / "campaigns", "bad", "people.csv", ttl=-5)
+    assert cli.main(["--config", str(config_path), "send", "--now", str(file)]) == 1
+    assert not [pid for pid in children_of(os.getpid()) if is_reader(pid)]
 
 
 async def test_a_reader_that_cannot_finish_says_why(tmp_path: Path) -> None:
