@@ -566,26 +566,38 @@ class _RowChecker:
 def _positional_renderer(
     template: Template, columns: dict[str, int]
 ) -> Callable[[list[str], int], str]:
-    """``Template.render`` for CSV rows, at a fifth of the cost: ``str.format`` with {0}, {1}…
+    """``Template.render`` for CSV rows, at a fifth of the cost: ``str.format`` with {0}, {1}…,
+    or, for a text with one placeholder used once (the common case), the text around it joined.
 
     The template accepts no format specs or conversions, so its literal parts (braces escaped
     again) and numbered fields give the same text; a test checks it.
     """
     names = sorted(template.fields)
+    segments = list(string.Formatter().parse(template.source))
+    used = [i for i, (_, name, _, _) in enumerate(segments) if name is not None]
+    if len(used) == 1:  # no format call a row: ~3x cheaper
+        head = "".join(literal for literal, _, _, _ in segments[:used[0] + 1])
+        tail = "".join(literal for literal, _, _, _ in segments[used[0] + 1:])
+        only = columns[names[0]]
+
+        def render_one(row: list[str], size: int) -> str:
+            return head + (row[only].strip() if only < size else "") + tail
+
+        return render_one
     parts: list[str] = []
-    for literal, name, _, _ in string.Formatter().parse(template.source):
+    for literal, name, _, _ in segments:
         parts.append(literal.replace("{", "{{").replace("}", "}}"))
         if name is not None:
             parts.append(f"{{{names.index(name)}}}")
     text = "".join(parts).format
     indexes = tuple(columns[name] for name in names)
-    if len(indexes) == 1:  # the common case, without the tuple of cells
-        (only,) = indexes
+    if len(indexes) == 1:  # one placeholder, used more than once
+        (first,) = indexes
 
-        def render_one(row: list[str], size: int) -> str:
-            return text(row[only].strip() if only < size else "")
+        def render_first(row: list[str], size: int) -> str:
+            return text(row[first].strip() if first < size else "")
 
-        return render_one
+        return render_first
     last = max(indexes)
     getter = itemgetter(*indexes)
     strip = str.strip
