@@ -97,21 +97,21 @@ async def test_a_fault_while_rendering_keeps_the_journal_clean(
     """A snapshot that breaks half way raises to its caller and leaves no campaign behind."""
     sandbox = await start_sandbox(api_key=KEY)
     setup = make_setup(tmp_path, sandbox.base_url, COUNT, batch_size=BATCH)
-    original = batching.message_maker
+    original = batching.batch_builder
 
-    def breaking_maker(campaign: Any) -> Callable[..., Any]:
-        make = original(campaign)
+    def breaking_builder(campaign: Any) -> Callable[..., Any]:
+        build = original(campaign)
         made: list[int] = []
 
-        def make_one(*args: Any) -> Any:
-            made.append(1)
-            if len(made) == 300:
+        def build_one(rows: Any) -> Any:
+            made.append(len(rows))
+            if sum(made) >= 300:
                 raise ValueError("injected fault while rendering")
-            return make(*args)
+            return build(rows)
 
-        return make_one
+        return build_one
 
-    monkeypatch.setattr(batching, "message_maker", breaking_maker)
+    monkeypatch.setattr(batching, "batch_builder", breaking_builder)
     async with open_engine(setup.config) as engine:
         with pytest.raises(ValueError, match="injected fault"):
             await asyncio.wait_for(engine.prepare(setup.campaign), 30)
