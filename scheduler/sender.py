@@ -350,8 +350,10 @@ class Engine:
             self._oplog.exception("snapshot_stream_crashed", campaign=cid)
             stream.failure = exc
         finally:
-            stream.grew.set()
-            await asyncio.to_thread(reader.close)  # if cancelled before its first read
+            try:
+                await asyncio.to_thread(reader.close)  # if cancelled before its first read
+            finally:
+                stream.grew.set()
 
     async def _stop_stream(self, cid: str) -> None:
         """Stop reading (the child is killed); a later `drive` resumes where the journal is."""
@@ -386,9 +388,11 @@ class Engine:
         if stream is None:
             return False
         if not stream.ended:
+            assert stream.task is not None  # not ended
             grew = asyncio.ensure_future(stream.grew.wait())
             stopped = asyncio.ensure_future(run.stop.wait())
-            await asyncio.wait((grew, stopped), return_when=asyncio.FIRST_COMPLETED)
+            # the pump's end counts as growth too, whatever it set before it ended
+            await asyncio.wait((grew, stopped, stream.task), return_when=asyncio.FIRST_COMPLETED)
             grew.cancel()
             stopped.cancel()
             return not run.stop.is_set()

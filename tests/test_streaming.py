@@ -354,6 +354,28 @@ async def test_windows_and_rollouts_are_snapshotted_whole(tmp_path: Path, extra:
     assert not record.streaming and record.recipients == 300
 
 
+async def test_a_reader_slow_to_end_still_ends_the_campaign(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The stream ends (its reader reaped) after its last append: a sender that has sent
+    everything by then and waits for more must see the end, not wait for an append that
+    never comes (it did, with a reader slow to reap: `send --now` never exited)."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = streamed_setup(tmp_path, sandbox, bad_rows=False)
+    real_close = Reader.close
+
+    def slow_close(reader: Reader) -> None:
+        time.sleep(0.5)
+        real_close(reader)
+
+    Reader.close = slow_close  # type: ignore[method-assign]
+    try:
+        assert await asyncio.wait_for(send_streamed(setup), 30) == "done"
+    finally:
+        Reader.close = real_close  # type: ignore[method-assign]
+    assert setup.counts()["sent"] == 2000 == len(sandbox.accepted)
+
+
 @pytest.mark.parametrize(("extra", "streamed"), [
     ("", True),
     ('window = "00:00-23:59"\n', False),  # prepared whole: the reader started ahead is unused
