@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ import pytest
 
 from scheduler import cli
 from scheduler.audience import Skip
-from scheduler.config import load_config
+from scheduler.campaign import Campaign
+from scheduler.config import Config, load_config
 from scheduler.journal import EncodedBatch
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
@@ -221,22 +222,25 @@ def reader_pid() -> int:
     raise AssertionError("no audience reader is running")
 
 
+def loaded_campaign(
+    root: Path, base_url: str, rows: int, name: str, extra: str = "", **sending: Any,
+) -> tuple[Config, Campaign]:
+    """A config and a promo campaign of ``rows`` recipients, written under ``root`` and
+    loaded (the CSV is ``campaigns/people.csv``)."""
+    config_path = write_config(root, base_url, **sending)
+    write_audience(root / "campaigns" / "people.csv", rows)
+    file = write_campaign(root / "campaigns", name, "people.csv", type="promo", extra=extra)
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None, check.problems
+    return config, check.campaign
+
+
 def is_reader(pid: int) -> bool:
     """The process is a running audience reader."""
     with contextlib.suppress(OSError):
         return b"scheduler.stream_reader" in Path(f"/proc/{pid}/cmdline").read_bytes()
     return False
-
-
-@contextlib.contextmanager
-def patch_start(start: Callable[[], Reader]) -> Iterator[None]:
-    """`Reader.start` replaced by ``start`` (a spy that calls the real one) for the block."""
-    real = Reader.__dict__["start"]
-    Reader.start = staticmethod(start)  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        Reader.start = real  # type: ignore[method-assign]
 
 
 @pytest.mark.timeout(60)
@@ -342,20 +346,14 @@ async def test_a_stream_that_breaks_never_looks_finished(
 async def test_windows_and_rollouts_are_snapshotted_whole(tmp_path: Path, extra: str) -> None:
     """A window cuts batches by zone group at the end, a roll-out needs the total: both are
     prepared whole even when asked to stream."""
-    config_path = write_config(tmp_path, "http://127.0.0.1:9")
-    write_audience(tmp_path / "campaigns" / "people.csv", 300)
-    file = write_campaign(tmp_path / "campaigns", "whole", "people.csv", type="promo",
-                          extra=extra)
-    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
-    check = load_campaign(file, config, datetime.now(UTC))
-    assert check.campaign is not None, check.problems
+    config, campaign = loaded_campaign(tmp_path, "http://127.0.0.1:9", 300, "whole", extra)
     async with open_engine(config) as engine:
-        record = await engine.prepare(check.campaign, stream=True)
+        record = await engine.prepare(campaign, stream=True)
     assert not record.streaming and record.recipients == 300
 
 
 async def test_a_reader_slow_to_end_still_ends_the_campaign(
-    tmp_path: Path, start_sandbox: StartSandbox,
+    tmp_path: Path, start_sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The stream ends (its reader reaped) after its last append: a sender that has sent
     everything by then and waits for more must see the end, not wait for an append that
@@ -368,11 +366,8 @@ async def test_a_reader_slow_to_end_still_ends_the_campaign(
         time.sleep(0.5)
         real_close(reader)
 
-    Reader.close = slow_close  # type: ignore[method-assign]
-    try:
-        assert await asyncio.wait_for(send_streamed(setup), 30) == "done"
-    finally:
-        Reader.close = real_close  # type: ignore[method-assign]
+    monkeypatch.setattr(Reader, "close", slow_close)
+    assert await asyncio.wait_for(send_streamed(setup), 30) == "done"
     assert setup.counts()["sent"] == 2000 == len(sandbox.accepted)
 
 
@@ -381,18 +376,14 @@ async def test_a_reader_slow_to_end_still_ends_the_campaign(
     ('window = "00:00-23:59"\n', False),  # prepared whole: the reader started ahead is unused
 ])
 async def test_a_reader_started_ahead_is_the_one_read(
-    tmp_path: Path, start_sandbox: StartSandbox, extra: str, streamed: bool,
+    tmp_path: Path, start_sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch, extra: str,
+    streamed: bool,
 ) -> None:
     """`send --now` starts its reader before it has loaded the campaign (`StreamJob.of`); the
     engine reads from that one, not from a second. Unused, it is closed with nothing left."""
     sandbox = await start_sandbox(api_key=KEY)
-    config_path = write_config(tmp_path, sandbox.base_url, batch_size=100)
-    write_audience(tmp_path / "campaigns" / "people.csv", 700)
-    file = write_campaign(tmp_path / "campaigns", "ahead", "people.csv", type="promo",
-                          extra=extra)
-    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
-    check = load_campaign(file, config, datetime.now(UTC))
-    assert check.campaign is not None, check.problems
+    config, campaign = loaded_campaign(tmp_path, sandbox.base_url, 700, "ahead", extra,
+                                       batch_size=100)
     started = Reader.start
     readers: list[Reader] = []
 
@@ -401,11 +392,10 @@ async def test_a_reader_started_ahead_is_the_one_read(
         return readers[-1]
 
     reader = start()
-    reader.begin(StreamJob.of(check.campaign, config))
+    reader.begin(StreamJob.of(campaign, config))
+    monkeypatch.setattr(Reader, "start", start)
     try:
-        with patch_start(start):
-            outcome = await send_campaign(config, check.campaign, stop=asyncio.Event(),
-                                          reader=reader)
+        outcome = await send_campaign(config, campaign, stop=asyncio.Event(), reader=reader)
     finally:
         await asyncio.to_thread(reader.close)
     assert outcome.state == "done" and outcome.counts["sent"] == len(sandbox.accepted) == 700
