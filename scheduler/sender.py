@@ -302,6 +302,7 @@ class Engine:
             if reader is None or reader.job != job:
                 reader = Reader.start()
                 reader.begin(job)
+            reader.used = True
             self._start_stream(campaign, reader, Resume())
             return
         snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)

@@ -120,6 +120,10 @@ async def send_campaign(
         # due now: read the audience while sending; else prepare it whole while waiting
         record = await engine.prepare(campaign, stream=campaign.send_at <= utcnow(),
                                       reader=reader)
+        if reader is not None and not reader.used:
+            # not streamed after all (a window, a roll-out, a snapshot taken already): end it
+            # now, not when a send that may take hours ends
+            await asyncio.to_thread(reader.close)
         delay = (record.send_at - utcnow()).total_seconds()
         if delay > 0 and record.started_at is None:
             with contextlib.suppress(TimeoutError):

@@ -83,7 +83,7 @@ class Reader:
     def __init__(self, child: subprocess.Popen[bytes], errors: IO[bytes]) -> None:
         self._child, self._errors = child, errors
         self.job: StreamJob | None = None
-        self.used = False  # `chunks` was called: an engine read from it
+        self.used = False  # an engine took it to read its job (`Engine.prepare`)
 
     @classmethod
     def start(cls) -> Reader:
@@ -114,7 +114,6 @@ class Reader:
         the caller stops early (a cancelled task, a closed generator)."""
         child = self._child
         assert child.stdin is not None and child.stdout is not None
-        self.used = True
         self._tell(resume)
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()
@@ -148,6 +147,11 @@ class Reader:
         finally:
             transport.close()
             await asyncio.to_thread(self.close)
+
+    @property
+    def ended(self) -> bool:
+        """The child has exited (or was killed)."""
+        return self._child.poll() is not None
 
     def _stderr(self) -> str:
         self._errors.seek(0)

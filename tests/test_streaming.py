@@ -380,7 +380,8 @@ async def test_a_reader_started_ahead_is_the_one_read(
     streamed: bool,
 ) -> None:
     """`send --now` starts its reader before it has loaded the campaign (`StreamJob.of`); the
-    engine reads from that one, not from a second. Unused, it is closed with nothing left."""
+    engine reads from that one, not from a second. Unused, it ends once the campaign is
+    prepared, not with the send."""
     sandbox = await start_sandbox(api_key=KEY)
     config, campaign = loaded_campaign(tmp_path, sandbox.base_url, 700, "ahead", extra,
                                        batch_size=100)
@@ -396,6 +397,7 @@ async def test_a_reader_started_ahead_is_the_one_read(
     monkeypatch.setattr(Reader, "start", start)
     try:
         outcome = await send_campaign(config, campaign, stop=asyncio.Event(), reader=reader)
+        assert reader.ended  # read to its end, or, unused, ended as soon as that was known
     finally:
         await asyncio.to_thread(reader.close)
     assert outcome.state == "done" and outcome.counts["sent"] == len(sandbox.accepted) == 700
