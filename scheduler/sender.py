@@ -300,8 +300,7 @@ class Engine:
             )
             job = self.stream_job(campaign)
             if reader is None or reader.job != job:
-                reader = Reader.start()
-                reader.begin(job)
+                reader = Reader.start(job)
             reader.used = True
             self._start_stream(campaign, reader, Resume())
             return
@@ -330,8 +329,8 @@ class Engine:
     async def _pump(self, cid: str, reader: Reader, resume: Resume, stream: _Stream) -> None:
         """Append the child's chunks to the journal as they come, then mark the snapshot whole."""
         try:
-            # aclosing: a pump cancelled between two chunks kills the reader at once, not
-            # whenever the abandoned generator is collected
+            # aclosing: a pump cancelled between two chunks lets go of the pipe at once, not
+            # whenever the abandoned generator is collected (the finally ends the reader)
             async with contextlib.aclosing(reader.chunks(resume)) as chunks:
                 async for batches, skips in chunks:
                     await self.journal.extend(cid, batches, skips)
@@ -351,10 +350,8 @@ class Engine:
             self._oplog.exception("snapshot_stream_crashed", campaign=cid)
             stream.failure = exc
         finally:
-            try:
-                await asyncio.to_thread(reader.close)  # if cancelled before its first read
-            finally:
-                stream.grew.set()
+            stream.grew.set()  # a sender waiting for more also waits for this task's end
+            await asyncio.to_thread(reader.close)  # the owner's close: the child is reaped
 
     async def _stop_stream(self, cid: str) -> None:
         """Stop reading (the child is killed); a later `drive` resumes where the journal is."""
@@ -378,9 +375,8 @@ class Engine:
                 f"snapshot was still being read ({record.recipients:,} recipients were read): "
                 "restore them to finish it, or cancel it")
             return
-        reader = Reader.start()
-        reader.begin(self.stream_job(run.campaign))
-        self._start_stream(run.campaign, reader, Resume(record.batches, record.skipped))
+        self._start_stream(run.campaign, Reader.start(self.stream_job(run.campaign)),
+                           Resume(record.batches, record.skipped))
 
     async def _more_streamed(self, run: CampaignRun) -> bool:
         """Wait until the campaign's streamed snapshot grows (True: read again), or it is

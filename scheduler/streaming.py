@@ -86,15 +86,18 @@ class Reader:
         self.used = False  # an engine took it to read its job (`Engine.prepare`)
 
     @classmethod
-    def start(cls) -> Reader:
-        """Start the child; it waits for its job (a file for its stderr: a pipe nobody reads
-        while it runs could fill and stop it)."""
+    def start(cls, job: StreamJob | None = None) -> Reader:
+        """Start the child, and `begin` ``job`` if given; without one it waits for it (a file
+        for its stderr: a pipe nobody reads while it runs could fill and stop it)."""
         errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by `close`)
         child = subprocess.Popen(
             [sys.executable, "-m", "scheduler.stream_reader"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
         )
-        return cls(child, errors)
+        reader = cls(child, errors)
+        if job is not None:
+            reader.begin(job)
+        return reader
 
     def begin(self, job: StreamJob) -> None:
         """Give the child its job: it checks the file and runs pass 1 while the caller goes on."""
@@ -110,8 +113,8 @@ class Reader:
 
     async def chunks(self, resume: Resume) -> AsyncGenerator[Chunk, None]:
         """The new batches and skips after ``resume``, a chunk at a time; raises
-        `StreamFailed` when the audience cannot be read to its end. The child is killed when
-        the caller stops early (a cancelled task, a closed generator)."""
+        `StreamFailed` when the audience cannot be read to its end. A caller that stops early
+        (a cancelled task, a closed generator) ends the child with `close`, as owner."""
         child = self._child
         assert child.stdin is not None and child.stdout is not None
         self._tell(resume)
@@ -146,7 +149,6 @@ class Reader:
                 raise StreamFailed(f"the audience reader stopped before the end ({last})")
         finally:
             transport.close()
-            await asyncio.to_thread(self.close)
 
     @property
     def ended(self) -> bool:
@@ -174,9 +176,8 @@ async def stream_chunks(
     job: StreamJob, resume: Resume | None = None,
 ) -> AsyncGenerator[Chunk, None]:
     """A fresh `Reader` for ``job``, read after ``resume`` (see `Reader.chunks`)."""
-    reader = Reader.start()
+    reader = Reader.start(job)
     try:
-        reader.begin(job)
         async for chunk in reader.chunks(resume or Resume()):
             yield chunk
     finally:
