@@ -328,13 +328,20 @@ class Engine:
 
     async def _pump(self, cid: str, reader: Reader, resume: Resume, stream: _Stream) -> None:
         """Append the child's chunks to the journal as they come, then mark the snapshot whole."""
+        appending: asyncio.Future[None] | None = None
         try:
             # aclosing: a pump cancelled between two chunks lets go of the pipe at once, not
             # whenever the abandoned generator is collected (the finally ends the reader)
             async with contextlib.aclosing(reader.chunks(resume)) as chunks:
                 async for batches, skips in chunks:
-                    await self.journal.extend(cid, batches, skips)
-                    stream.grew.set()
+                    # one append commits while the next chunk comes through the pipe: the
+                    # child never waits for the journal's fsync; appends stay in order
+                    if appending is not None:
+                        await appending
+                        stream.grew.set()
+                    appending = asyncio.ensure_future(self.journal.extend(cid, batches, skips))
+            if appending is not None:
+                await appending
             await self.journal.close_stream(cid)
             stream.whole = True
             record = await self.journal.campaign(cid)
@@ -350,6 +357,8 @@ class Engine:
             self._oplog.exception("snapshot_stream_crashed", campaign=cid)
             stream.failure = exc
         finally:
+            if appending is not None and not appending.done():
+                appending.cancel()  # cancelled with the pump (the journal may still apply it)
             stream.grew.set()  # a sender waiting for more also waits for this task's end
             await asyncio.to_thread(reader.close)  # the owner's close: the child is reaped
 

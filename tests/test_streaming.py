@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import os
 import signal
@@ -19,14 +20,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scheduler import cli
+from scheduler import cli, streaming
 from scheduler.audience import Skip
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
@@ -38,7 +39,14 @@ from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun, Engine
 from scheduler.service import open_engine, send_campaign
-from scheduler.streaming import Reader, StreamFailed, StreamJob, stream_chunks
+from scheduler.streaming import (
+    PIPE_SIZE,
+    Reader,
+    Resume,
+    StreamFailed,
+    StreamJob,
+    stream_chunks,
+)
 from scheduler.vocabulary import CampaignState
 from tests.helpers import (
     StartSandbox,
@@ -98,6 +106,13 @@ def streamed_setup(root: Path, sandbox: Sandbox, count: int = 2000,
     """A ``count``-recipient campaign (with `BAD_ROWS`) in batches of 100, 2 in flight."""
     return make_setup(root, sandbox.base_url, count, extra_rows=BAD_ROWS if bad_rows else (),
                       batch_size=100, concurrency=2, requests_per_second=1000)
+
+
+@pytest.fixture
+def narrow_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux's default 64 KiB pipe for the reader, for tests that catch it at its second chunk:
+    a 1 MiB pipe holds a 2,000-row snapshot whole, so the child may have ended already."""
+    monkeypatch.setattr(streaming, "PIPE_SIZE", 1 << 16)
 
 
 async def kill_reader_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
@@ -196,6 +211,7 @@ async def test_a_stream_cut_short_resumes_after_what_the_journal_holds(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("narrow_pipe")
 async def test_a_stream_whose_audience_changed_fails_with_the_reason(
     tmp_path: Path, start_sandbox: StartSandbox,
 ) -> None:
@@ -244,6 +260,7 @@ def is_reader(pid: int) -> bool:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("narrow_pipe")
 async def test_the_reader_ignores_ctrl_c_and_sigterm(
     tmp_path: Path, start_sandbox: StartSandbox,
 ) -> None:
@@ -263,6 +280,7 @@ async def test_the_reader_ignores_ctrl_c_and_sigterm(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("narrow_pipe")
 async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
     tmp_path: Path, start_sandbox: StartSandbox,
 ) -> None:
@@ -278,6 +296,7 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("narrow_pipe")
 async def test_closing_the_engine_ends_its_reader(
     tmp_path: Path, start_sandbox: StartSandbox,
 ) -> None:
@@ -300,6 +319,7 @@ async def test_closing_the_engine_ends_its_reader(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("narrow_pipe")
 async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     tmp_path: Path, start_sandbox: StartSandbox,
 ) -> None:
@@ -337,6 +357,60 @@ async def test_a_stream_that_breaks_never_looks_finished(
     assert final is not None and final.streaming and final.batches == 3
     assert final.error == "internal error while reading the audience: RuntimeError('a bug')"
     assert len(sandbox.accepted) == setup.counts()["sent"] <= 300
+
+
+@pytest.mark.timeout(60)
+async def test_the_next_chunk_is_read_while_one_is_appended(
+    tmp_path: Path, start_sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child never waits for the journal's commit: a chunk comes through the pipe while
+    the one before it is being appended (slowly, here). Appends still go one at a time and in
+    order, so every batch lands once."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = streamed_setup(tmp_path, sandbox, bad_rows=False)
+    appending, read_during, appended = 0, list[int](), list[int]()
+    real_chunks = Reader.chunks
+
+    async def chunks(reader: Reader, resume: Resume) -> AsyncGenerator[Any, None]:
+        async with contextlib.aclosing(real_chunks(reader, resume)) as inner:
+            async for chunk in inner:
+                read_during.append(appending)
+                yield chunk
+
+    monkeypatch.setattr(Reader, "chunks", chunks)
+    async with open_engine(setup.config) as engine:
+        real: Extend = engine.journal.extend
+
+        async def extend(cid: str, batches: Sequence[EncodedBatch],
+                         skips: Sequence[Skip]) -> None:
+            nonlocal appending
+            appending += 1
+            assert appending == 1  # never two at once
+            appended.extend(batch.seq for batch in batches)
+            await asyncio.sleep(0.05)
+            try:
+                await real(cid, batches, skips)
+            finally:
+                appending -= 1
+
+        engine.journal.extend = extend  # type: ignore[method-assign]
+        record = await engine.prepare(setup.campaign, stream=True)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert appended == list(range(20))
+    assert read_during[0] == 0 and 1 in read_during[1:]
+    assert setup.counts()["sent"] == 2000 == len(sandbox.accepted)
+
+
+def test_the_reader_pipe_holds_a_chunk() -> None:
+    """The child's stdout is a 1 MiB pipe (Linux's default, 64 KiB, would take the parent's
+    busy event loop ~25 reads a chunk, with the child waiting in between)."""
+    reader = Reader.start()
+    try:
+        stdout = reader._child.stdout
+        assert stdout is not None
+        assert fcntl.fcntl(stdout.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_SIZE
+    finally:
+        reader.close()
 
 
 @pytest.mark.parametrize("extra", [
