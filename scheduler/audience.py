@@ -319,6 +319,10 @@ class _Columns:
             tz=index[spec.tz_column] if spec.tz_column else None,
         )
 
+    def keys(self) -> tuple[int, ...]:
+        """The columns duplicates are found in: the phone's, and the id's if there is one."""
+        return (self.phone,) if self.id is None else (self.phone, self.id)
+
 
 def _template(campaign: Campaign) -> Template | None:
     """The compiled text, None when nothing is sent (flashcall, or no text)."""
@@ -396,6 +400,7 @@ class _RowChecker:
         self.dedupe = dedupe
         self.on_empty = on_empty
         self.valid = 0  # valid rows that `rows(emit=False)` counted instead of yielding
+        self.numbered = 0  # non-blank rows read so far: the next row's number follows on
         self.zones: dict[str, int] = {}  # and per zone group, with a send window
 
     def rows(
@@ -430,7 +435,7 @@ class _RowChecker:
         if len(empty_fields) == 1:
             ((empty_name, empty_at),), empty_fields = empty_fields, ()
         zone_of, zones = self._zone_finder(), self.zones
-        start, number, valid, text, zone = reader.line_num + 1, 0, 0, None, None
+        start, number, valid, text, zone = reader.line_num + 1, self.numbered, 0, None, None
         explain_phone = explain_id = True  # counting keeps the first detail only: skip the rest
         try:
             for row in reader if limit is None else islice(reader, limit):
@@ -493,6 +498,7 @@ class _RowChecker:
             raise _CsvProblem(start, _csv_message(exc)) from None
         finally:
             self.valid += valid
+            self.numbered = number
 
     def _zone_finder(self) -> Callable[[list[str], int, str], str | None] | None:
         """With a send window: a function giving each row's zone group (its ``tz_column``
@@ -633,24 +639,21 @@ def _pass_one(
     pass 1 did scan.
 
     With ``helper`` (a row count), a forked process scans the id column while this one scans the
-    phones (`_IdScan`), noting the line that ends row ``helper``: where pass 2 can be split
+    phones (`_KeyScan`), noting the line that ends row ``helper``: where pass 2 can be split
     (returned, else None).
     """
     stop = (csv.Error,)
     if columns.id is None:
-        return Dedupe(*scan_columns(reader, (columns.phone,), bits, stop)), None
-    scan = _IdScan.start(spec, columns.id, bits) if helper is not None else None
+        return Dedupe(*scan_columns(reader, columns.keys(), bits, stop)), None
+    scan = _KeyScan.start(spec, (columns.id,), bits) if helper is not None else None
     if scan is None or helper is None:
-        return Dedupe(*scan_columns(reader, (columns.phone, columns.id), bits, stop)), None
+        return Dedupe(*scan_columns(reader, columns.keys(), bits, stop)), None
     phones, split = ColumnScan((columns.phone,), bits), None
     if phones.feed(islice(reader, helper), stop):
         split = reader.line_num
         if not phones.feed(reader, stop):
             split = None  # a malformed row: pass 2 goes the plain way and reports it
-    ids = scan.result()
-    if ids is None:  # the helper failed: scan the ids here
-        with _open_table(spec.csv, spec.delimiter) as table:
-            (ids,) = scan_columns(table.reader, (columns.id,), bits, stop)
+    (ids,) = scan.result()
     return Dedupe(phones.found[0], ids), split
 
 
@@ -676,6 +679,16 @@ class _Forked:
         process.start()
         send.close()
         return cls(process, receive)
+
+    def ready(self) -> bool:
+        """The result can be taken without waiting (or the process has failed)."""
+        return self._pipe.poll()
+
+    def cancel(self) -> None:
+        """The result is not wanted after all: the process is killed and reaped."""
+        self._process.kill()
+        self._process.join()
+        self._pipe.close()
 
     def result(self) -> Any:
         """The function's result, parsed from JSON; None if the process failed."""
@@ -703,29 +716,42 @@ def _run_forked(function: Callable[..., bytes], args: tuple[object, ...], pipe: 
     pipe.close()
 
 
-class _IdScan:
-    """Pass 1 of the id column in a forked process (`_Forked`), while this one scans phones."""
+class _KeyScan:
+    """Pass 1 of some columns in a forked process (`_Forked`) while this one reads on; done
+    here after all if the helper fails (same suspects, more time)."""
 
-    def __init__(self, forked: _Forked) -> None:
-        self._forked = forked
+    def __init__(self, forked: _Forked, spec: AudienceSpec, columns: tuple[int, ...],
+                 bits: int) -> None:
+        self._forked, self._spec, self._columns, self._bits = forked, spec, columns, bits
 
     @classmethod
-    def start(cls, spec: AudienceSpec, column: int, bits: int) -> _IdScan | None:
+    def start(cls, spec: AudienceSpec, columns: tuple[int, ...], bits: int) -> _KeyScan | None:
         """Fork the scan, or None when this process should not fork (then scan here)."""
-        forked = _Forked.start(_scan_ids, spec.csv, spec.delimiter, column, bits)
-        return None if forked is None else cls(forked)
+        forked = _Forked.start(_scan_keys, spec.csv, spec.delimiter, columns, bits)
+        return None if forked is None else cls(forked, spec, columns, bits)
 
-    def result(self) -> set[str] | None:
-        """The id column's suspects; None if the process failed (it is gone either way)."""
+    def ready(self) -> bool:
+        """`result` would not wait."""
+        return self._forked.ready()
+
+    def cancel(self) -> None:
+        """Not wanted after all (a problem in the file, a reader that stops early)."""
+        self._forked.cancel()
+
+    def result(self) -> tuple[set[str], ...]:
+        """Each column's suspects (the helper is gone afterwards)."""
         keys = self._forked.result()
-        return None if keys is None else set(keys)
+        if keys is not None:
+            return tuple(set(column) for column in keys)
+        with _open_table(self._spec.csv, self._spec.delimiter) as table:
+            return scan_columns(table.reader, self._columns, self._bits, (csv.Error,))
 
 
-def _scan_ids(path: Path, delimiter: str | None, column: int, bits: int) -> bytes:
-    """`_IdScan`'s process: the id column's suspects, as one JSON array."""
+def _scan_keys(path: Path, delimiter: str | None, columns: tuple[int, ...], bits: int) -> bytes:
+    """`_KeyScan`'s process: each column's suspects, as a JSON array of arrays."""
     with _open_table(path, delimiter) as table:
-        (ids,) = scan_columns(table.reader, (column,), bits, (csv.Error,))
-    return orjson.dumps(list(ids))
+        found = scan_columns(table.reader, columns, bits, (csv.Error,))
+    return orjson.dumps([list(keys) for keys in found])
 
 
 #: below this many lines a helper process costs more than it saves
@@ -808,6 +834,38 @@ def _count_rest(checker: _RowChecker, spec: AudienceSpec, own: int) -> bytes:
     return orjson.dumps({"summary": summary.to_json(), "deferred": deferred, "problem": problem})
 
 
+#: the most rows a snapshot reads before pass 1's suspects are known (`_read_ahead`): every
+#: key of those rows is remembered meanwhile (~200 bytes a row with an id column)
+AHEAD_ROWS = 150_000
+_AHEAD_STEP = 2_000
+
+
+def _read_ahead(
+    checker: _RowChecker, reader: _CsvReader, scan: _KeyScan,
+) -> Iterator[ValidRow | Skip]:
+    """Pass 2 from the first row while pass 1 runs in a forked helper, so the first batches do
+    not wait for it (~1 s a million rows). Until the helper is done (at most `AHEAD_ROWS`
+    rows), every key pass 2 registers is remembered (`Dedupe.remember_all`); then pass 1's
+    suspects narrow that memory and pass 2 reads on as usual: the same rows, skips and details
+    as after a whole pass 1."""
+    taken = False
+    try:
+        read = 0
+        while read < AHEAD_ROWS and not scan.ready():
+            before = reader.line_num
+            yield from checker.rows(reader, limit=_AHEAD_STEP)
+            if reader.line_num == before:
+                break  # the end of the file
+            read += _AHEAD_STEP
+        suspects = scan.result()
+        taken = True
+    finally:
+        if not taken:  # a problem in the file, or a consumer that stopped early
+            scan.cancel()
+    checker.dedupe.narrow(*suspects)
+    yield from checker.rows(reader)
+
+
 def _changed() -> _CsvProblem:
     return _CsvProblem(
         None, "changed while it was being read: check again once it is completely written"
@@ -833,13 +891,24 @@ def _stream(
         # a helper scans the id column where forking is safe (`check`, the reader of a streamed
         # snapshot): the pass before a streamed snapshot's first batch takes ~half the time
         own = int(lines * OWN_SHARE) if lines >= HELPER_LINES else None
-        dedupe, split = _pass_one(spec, table.reader, columns, bits, own)
+        # a snapshot's rows (not `check`'s counts) need not wait for pass 1: it runs in a
+        # helper while pass 2 starts (`_read_ahead`)
+        keys = columns.keys()
+        ahead = _KeyScan.start(spec, keys, bits) if own is not None and counted is None else None
+        if ahead is None:
+            dedupe, split = _pass_one(spec, table.reader, columns, bits, own)
+        else:
+            dedupe, split = Dedupe.remember_all(len(keys)), None
     with _open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
+            if ahead is not None:
+                ahead.cancel()
             raise _changed()
         on_empty = counted.add_empty if counted is not None else None
         checker = _RowChecker(campaign, columns, template, suppression, dedupe, on_empty)
-        if counted is not None and own is not None and split is not None:
+        if ahead is not None:
+            yield from _read_ahead(checker, table.reader, ahead)
+        elif counted is not None and own is not None and split is not None:
             yield from _count_halves(checker, spec, table.reader, own, split, counted)
         else:
             yield from checker.rows(table.reader, emit=counted is None)

@@ -166,19 +166,57 @@ def scan_columns(
     return scan.found
 
 
+class _Everything:
+    """The suspects before pass 1 is done: every key must be looked up."""
+
+    __slots__ = ()
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
+
+
 class Dedupe:
     """First-occurrence bookkeeping for pass 2, exact, holding only pass 1's suspects.
 
     One suspects table per column: each suspect maps to the line it was first registered at
     (None until pass 2 meets it), so the table is also pass 2's memory.
+
+    Pass 2 may also start before pass 1 is done (`remember_all`): every key it registers is
+    then kept, which is exact without any suspects but costs memory per row, until `narrow`
+    hands it pass 1's suspects.
     """
 
-    __slots__ = ("_first",)
+    __slots__ = ("_all", "_first")
 
     def __init__(self, *suspects: Iterable[str]) -> None:
         self._first: tuple[dict[str, int | None], ...] = tuple(
             dict.fromkeys(column) for column in suspects
         )
+        self._all = False
+
+    @classmethod
+    def remember_all(cls, columns: int) -> Dedupe:
+        """Before pass 1's suspects are known: every key of ``columns`` columns is a suspect,
+        remembered once registered (`narrow` ends it)."""
+        dedupe = cls(*([()] * columns))
+        dedupe._all = True
+        return dedupe
+
+    def narrow(self, *suspects: Iterable[str]) -> None:
+        """Pass 1's suspects (of every row, also those pass 2 has met): keep only theirs.
+
+        Exact: a key that is not a suspect occurs once in the whole file, so no later row can
+        repeat it; a suspect keeps the first line it was registered at, if any."""
+        if len(suspects) != len(self._first):
+            raise ValueError(f"{len(self._first)} columns of suspects, not {len(suspects)}")
+        self._first = tuple(
+            {key: first.get(key) for key in column}
+            for first, column in zip(self._first, suspects, strict=True)
+        )
+        self._all = False
 
     @classmethod
     def scan(cls, keys: Iterable[str], bits: int = DEFAULT_BITS) -> Dedupe:
@@ -195,7 +233,7 @@ class Dedupe:
 
     def suspects(self, column: int = 0) -> Container[str]:
         """The keys of ``column`` that pass 2 must look up (every key not in it is new)."""
-        return self._first[column]
+        return _EVERYTHING if self._all else self._first[column]
 
     def count(self, column: int = 0) -> int:
         """How many suspects ``column`` has (the true repeats plus false positives)."""
@@ -208,6 +246,8 @@ class Dedupe:
         """
         first = self._first[column]
         if key not in first:
+            if self._all:
+                first[key] = line
             return None
         seen = first[key]
         if seen is None:

@@ -491,7 +491,7 @@ def test_summarize_counts_the_same_with_helper_processes(
         monkeypatch.setattr(audience, "HELPER_LINES", 0)
         monkeypatch.setattr(audience, "DEDUPE_BITS", 64)  # many false positives on both sides
     if helper == "ids fail":
-        monkeypatch.setattr(audience, "_scan_ids", _broken_scan)
+        monkeypatch.setattr(audience, "_scan_keys", _broken_scan)
     if helper == "counting fails":
         monkeypatch.setattr(audience, "_count_rest", _broken_scan)
     started: list[object] = []
@@ -791,6 +791,79 @@ def test_matches_a_naive_reference(
     assert got == list(reference(case, campaign))
     ids = [row[2] for row in got if row[2] is not None]
     assert len(ids) == len(set(ids))  # every tracking id handed out is unique
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=CASES, ahead=st.integers(0, 12), step=st.integers(1, 3), late=st.booleans(),
+       tiny_filter=st.booleans())
+def test_reading_ahead_of_pass_one_matches_the_reference(
+    make_campaign: MakeCampaign, tmp_path: Path, case: Case, ahead: int, step: int, late: bool,
+    tiny_filter: bool,
+) -> None:
+    """A snapshot's pass 2 starts while pass 1 runs in a forked helper: ``ahead`` rows read
+    with every key remembered (all of them when the helper is ``late``), then pass 1's
+    suspects narrow the memory. Identical to plain sets, whatever the switch point."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["phone", "customer_id", "name"])
+    for row in case.rows:
+        buffer.write("\n") if row is None else writer.writerow(row)
+    campaign = make_campaign(
+        buffer.getvalue(), type=case.type, text=TEXTS[case.type],
+        id_column="customer_id" if case.id_column else None,
+    )
+    suppression = write_list(tmp_path / "optout.txt", "".join(p + "\n" for p in case.suppressed))
+    narrowed: list[int] = []
+    narrow = audience.Dedupe.narrow
+
+    def recorded(dedupe: audience.Dedupe, *suspects: Any) -> None:
+        narrowed.append(len(suspects))
+        narrow(dedupe, *suspects)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(audience, "DEDUPE_BITS", 8 if tiny_filter else audience.DEDUPE_BITS)
+        patch.setattr(audience, "HELPER_LINES", 0)
+        patch.setattr(audience, "AHEAD_ROWS", ahead)
+        patch.setattr(audience, "_AHEAD_STEP", step)
+        patch.setattr(audience.Dedupe, "narrow", recorded)
+        if late:
+            patch.setattr(audience._KeyScan, "ready", lambda scan: False)
+        got = [outcome(item) for item in iter_audience(campaign, suppression)]
+    assert got == list(reference(case, campaign))
+    assert narrowed == [2 if case.id_column else 1]  # the helper ran, and pass 2 switched
+
+
+def test_reading_ahead_survives_a_failed_helper_and_a_reader_that_stops(
+    make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A helper that fails: pass 1 runs here after all, same rows. A consumer that stops
+    early: the helper is killed and reaped, not left running."""
+    campaign = make_campaign(HEADER + HELPER_BODY, text="Hi {name}, hello")
+    expected = [outcome(item) for item in iter_audience(campaign)]
+    monkeypatch.setattr(audience, "HELPER_LINES", 0)
+    monkeypatch.setattr(audience, "AHEAD_ROWS", 500)
+    monkeypatch.setattr(audience._KeyScan, "ready", lambda scan: False)
+    assert [outcome(item) for item in iter_audience(campaign)] == expected
+    monkeypatch.setattr(audience, "_scan_keys", _broken_scan)
+    assert [outcome(item) for item in iter_audience(campaign)] == expected
+    monkeypatch.undo()
+    monkeypatch.setattr(audience, "HELPER_LINES", 0)
+    monkeypatch.setattr(audience._KeyScan, "ready", lambda scan: False)
+    started = []
+    start = audience._Forked.start
+
+    def recorded(*args: Any) -> object:
+        started.append(start(*args))
+        return started[-1]
+
+    monkeypatch.setattr(audience._Forked, "start", recorded)
+    items = iter_audience(campaign)
+    assert len([next(items) for _ in range(10)]) == 10
+    items.close()
+    (helper,) = started
+    assert isinstance(helper, audience._Forked)
+    assert not helper._process.is_alive() and helper._process.exitcode is not None
 
 
 PIECES = st.sampled_from(["Hi ", "{{", "}}", " {a} ", "{b}", "{0}", "{a.b}", "é", ", "])
