@@ -9,6 +9,7 @@ batches (encoded) and skipped rows to stdout as frames (`scheduler.streaming`): 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -26,6 +27,10 @@ from scheduler.streaming import FRAME_HEADER, Chunk, Resume, StreamJob
 #: batches per chunk: the first chunks are small (the first request waits for the first one),
 #: then they double up to this (fewer, larger journal transactions; ~2.5 MB of bodies a chunk)
 CHUNK_MAX = 16
+#: how much nicer the child makes itself once its first chunk is out: it runs ahead of the
+#: sending, which is the run's critical path on a busy machine (the sender, its journal, the
+#: API's answers), so it takes the CPU the others leave (measured: ~6% off a 1M `send --now`)
+NICENESS = 10
 
 
 def chunks(job: StreamJob, resume_point: Callable[[], Resume]) -> Iterator[Chunk]:
@@ -67,6 +72,13 @@ def _send(fd: int, frame: tuple[object, ...]) -> None:
         view = view[os.write(fd, view):]
 
 
+def _step_back() -> None:
+    """`NICENESS` more (the first batch went at the parent's priority; pass 1's helper, forked
+    before it, keeps that priority too: the first batches wait for its suspects)."""
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
+
+
 def _resume_from(source: BinaryIO) -> Callable[[], Resume]:
     def read() -> Resume:
         resume: Resume = pickle.load(source)  # noqa: S301 (from the parent, see main)
@@ -92,8 +104,12 @@ def main() -> int:
     out = sys.stdout.fileno()
     try:
         try:
+            stepped_back = False
             for batches, skips in chunks(job, _resume_from(source)):
                 _send(out, ("chunk", batches, skips))
+                if not stepped_back:
+                    _step_back()
+                    stepped_back = True
         except (CampaignError, OSError) as exc:
             _send(out, ("error", str(exc)))
             return 1

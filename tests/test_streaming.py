@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from scheduler import cli, streaming
+from scheduler import cli, stream_reader, streaming
 from scheduler.audience import Skip
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
@@ -399,6 +399,27 @@ async def test_the_next_chunk_is_read_while_one_is_appended(
     assert appended == list(range(20))
     assert read_during[0] == 0 and 1 in read_during[1:]
     assert setup.counts()["sent"] == 2000 == len(sandbox.accepted)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("narrow_pipe")
+async def test_the_reader_steps_back_once_its_first_chunk_is_out(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The first chunk is read at the sender's own priority; then the reader, which runs
+    ahead of the sending, is `NICENESS` nicer, so the sending comes first on a busy machine."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = streamed_setup(tmp_path, sandbox)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+
+    async def look_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
+        if call == 1:
+            seen.append(os.getpriority(os.PRIO_PROCESS, reader_pid()))
+
+    assert await send_streamed(setup, look_at_second) == "done"
+    assert seen == [min(ours + stream_reader.NICENESS, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the sender's own is untouched
 
 
 def test_the_reader_pipe_holds_a_chunk() -> None:
