@@ -768,13 +768,10 @@ CASES = st.builds(
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(case=CASES, tiny_filter=st.booleans())
-def test_matches_a_naive_reference(
-    make_campaign: MakeCampaign, tmp_path: Path, case: Case, tiny_filter: bool
-) -> None:
-    """Random small audiences with many duplicates: identical to plain sets, even when a
-    one-byte Bloom filter makes nearly every key a false positive."""
+def case_campaign(
+    make_campaign: MakeCampaign, tmp_path: Path, case: Case,
+) -> tuple[Campaign, Suppression]:
+    """The campaign of a generated ``case`` (its rows as a CSV) and its suppression list."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["phone", "customer_id", "name"])
@@ -785,6 +782,17 @@ def test_matches_a_naive_reference(
         id_column="customer_id" if case.id_column else None,
     )
     suppression = write_list(tmp_path / "optout.txt", "".join(p + "\n" for p in case.suppressed))
+    return campaign, suppression
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=CASES, tiny_filter=st.booleans())
+def test_matches_a_naive_reference(
+    make_campaign: MakeCampaign, tmp_path: Path, case: Case, tiny_filter: bool
+) -> None:
+    """Random small audiences with many duplicates: identical to plain sets, even when a
+    one-byte Bloom filter makes nearly every key a false positive."""
+    campaign, suppression = case_campaign(make_campaign, tmp_path, case)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(audience, "DEDUPE_BITS", 8 if tiny_filter else audience.DEDUPE_BITS)
         got = [outcome(item) for item in iter_audience(campaign, suppression)]
@@ -804,16 +812,7 @@ def test_reading_ahead_of_pass_one_matches_the_reference(
     """A snapshot's pass 2 starts while pass 1 runs in a forked helper: ``ahead`` rows read
     with every key remembered (all of them when the helper is ``late``), then pass 1's
     suspects narrow the memory. Identical to plain sets, whatever the switch point."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["phone", "customer_id", "name"])
-    for row in case.rows:
-        buffer.write("\n") if row is None else writer.writerow(row)
-    campaign = make_campaign(
-        buffer.getvalue(), type=case.type, text=TEXTS[case.type],
-        id_column="customer_id" if case.id_column else None,
-    )
-    suppression = write_list(tmp_path / "optout.txt", "".join(p + "\n" for p in case.suppressed))
+    campaign, suppression = case_campaign(make_campaign, tmp_path, case)
     narrowed: list[int] = []
     narrow = audience.Dedupe.narrow
 
