@@ -888,11 +888,11 @@ def _stream(
             raise _changed()
         columns = _Columns.find(campaign, table, template)
         bits = DEDUPE_BITS or filter_bits(lines)
-        # a helper scans the id column where forking is safe (`check`, the reader of a streamed
-        # snapshot): the pass before a streamed snapshot's first batch takes ~half the time
+        # where forking is safe (`check`, `plan`, the reader of a streamed snapshot) and the
+        # file is big enough, helpers use the second core: a snapshot's rows need not wait for
+        # pass 1 at all, it runs in a helper while pass 2 starts (`_read_ahead`); `check`'s
+        # counts have a helper scan the ids, then count the last rows (`_count_halves`)
         own = int(lines * OWN_SHARE) if lines >= HELPER_LINES else None
-        # a snapshot's rows (not `check`'s counts) need not wait for pass 1: it runs in a
-        # helper while pass 2 starts (`_read_ahead`)
         keys = columns.keys()
         ahead = _KeyScan.start(spec, keys, bits) if own is not None and counted is None else None
         if ahead is None:
