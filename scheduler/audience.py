@@ -848,7 +848,6 @@ def _read_ahead(
     rows), every key pass 2 registers is remembered (`Dedupe.remember_all`); then pass 1's
     suspects narrow that memory and pass 2 reads on as usual: the same rows, skips and details
     as after a whole pass 1."""
-    taken = False
     try:
         read = 0
         while read < AHEAD_ROWS and not scan.ready():
@@ -857,12 +856,10 @@ def _read_ahead(
             if reader.line_num == before:
                 break  # the end of the file
             read += _AHEAD_STEP
-        suspects = scan.result()
-        taken = True
-    finally:
-        if not taken:  # a problem in the file, or a consumer that stopped early
-            scan.cancel()
-    checker.dedupe.narrow(*suspects)
+    except BaseException:  # a problem in the file, or a consumer that stopped early
+        scan.cancel()
+        raise
+    checker.dedupe.narrow(*scan.result())
     yield from checker.rows(reader)
 
 
