@@ -19,6 +19,7 @@ import pytest
 from scheduler.audience import Skip
 from scheduler.journal import (
     EncodedBatch,
+    FinalStatus,
     Journal,
     JournalBusy,
     JournalConflict,
@@ -694,6 +695,49 @@ async def test_first_final_statuses_wait_for_their_delivery_line(
         assert await journal.unlogged_statuses(later + timedelta(hours=1), 10) == []
     finally:
         await journal.close()
+
+
+async def test_first_final_statuses_reach_the_brakes_once_whoever_journals_them(
+    make_journal: MakeJournal, journal: Journal,
+) -> None:
+    """Every first final status, journaled by this daemon or another (a webhook that reached
+    a standby), is kept for `take_final_statuses`: oldest call first, each taken once, in calls
+    with a log key or without; moves that are not final, a second final status and unknown
+    ids keep nothing; a deposed leader takes nothing and leaves them for the new one."""
+    ids = await send_and_index(journal, "c", count=1, size=5)
+    other = make_journal()
+    try:
+        await other.start(writer=True)
+    except JournalBusy:  # one writer per journal on this backend: its calls queue up anyway
+        other = journal
+    try:
+        await journal.record_statuses([StatusReport(ids[0], "processing")])
+        await journal.record_statuses([
+            StatusReport(ids[0], "undeliverable", "sms"), StatusReport(ids[0], "delivered"),
+            StatusReport("nobody", "delivered"), StatusReport(ids[1], "processing"),
+        ], "with-a-key")
+        await other.record_statuses([StatusReport(ids[1], "delivered", "viber"),
+                                     StatusReport(ids[0], "permanenterror")])
+        assert await journal.record_status(ids[2], "permanenterror")
+        assert not await journal.record_status(ids[2], "undeliverable")
+    finally:
+        if other is not journal:
+            await other.close()
+    assert await journal.take_final_statuses(2) == [
+        FinalStatus("c", "c-0", "undeliverable", "sms"),
+        FinalStatus("c", "c-1", "delivered", "viber")]
+    epoch = await journal.acquire_lease("old", 15)
+    assert epoch is not None
+    journal.fence("old", epoch)
+    await journal.release_lease("old", epoch)
+    newer = await journal.acquire_lease("new", 15)
+    assert newer is not None
+    with pytest.raises(JournalFenced):
+        await journal.take_final_statuses(10)
+    journal.fence("new", newer)
+    assert await journal.take_final_statuses(10) == [
+        FinalStatus("c", "c-2", "permanenterror", None)]
+    assert await journal.take_final_statuses(10) == []
 
 
 async def test_polls_are_due_from_the_journal_and_resume(make_journal: MakeJournal) -> None:

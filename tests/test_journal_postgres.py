@@ -22,6 +22,7 @@ from psycopg import sql
 from scheduler.audience import Skip
 from scheduler.journal import (
     DUMP_TABLES,
+    FinalStatus,
     JournalConflict,
     JournalCorrupt,
     JournalFenced,
@@ -195,13 +196,16 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
                                        StatusReport("m-2", "undeliverable")], "call-1")
         later = datetime.now(UTC) + timedelta(hours=1)
         assert await journal.unlogged_statuses(later, 10) == []  # nothing newly final
+        # and reaches the leader's brakes (schema 7)
+        assert await journal.take_final_statuses(10) == [
+            FinalStatus("old", "old-m-1", "undeliverable", "sms")]
         dumped = [rows async for table, rows in journal.dump() if table == "messages"]
         assert {len(row) for rows in dumped for row in rows} == {len(DUMP_TABLES["messages"])}
     finally:
         await journal.close()
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
         row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
-    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 6
+    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 7
 
 
 async def test_times_are_the_databases_in_utc_and_text_may_hold_nul(postgres_url: str) -> None:

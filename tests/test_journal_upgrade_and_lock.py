@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonProcess, Workspace, clean_env, json_lines
 
-from scheduler.journal import JournalBusy, StatusReport
+from scheduler.journal import FinalStatus, JournalBusy, StatusReport
 from scheduler.journal.sqlite import (
     _MIGRATIONS,
     SCHEMA_VERSION,
@@ -154,10 +154,13 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
                                        StatusReport("m-2", "undeliverable")], "call-1")
         later = datetime.now(UTC) + timedelta(hours=1)
         assert await journal.unlogged_statuses(later, 10) == []  # nothing newly final
+        # and reaches the leader's brakes (schema 7)
+        assert await journal.take_final_statuses(10) == [
+            FinalStatus("old", "old-1", "undeliverable", "sms")]
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes

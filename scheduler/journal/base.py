@@ -354,6 +354,16 @@ class UnloggedStatus:
     key: str  # the ``log_key`` of the `record_statuses` call that took it
 
 
+class FinalStatus(NamedTuple):
+    """A message's first final status, as the error brake of its campaign takes it
+    (`Journal.take_final_statuses`), whichever daemon journaled it."""
+
+    campaign: str
+    tracking_id: str
+    status: DeliveryStatus
+    channel: str | None  # the channel that delivered it (or the last one tried)
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     """A campaign's delivery statuses, over its indexed messages (see `index_messages`)."""
@@ -572,7 +582,8 @@ class Journal(Protocol):
         change nothing. A final status ends polling. One `StatusChange` per report: "final"
         exactly once per message, whoever reports it (several daemons, polls and webhooks).
         With ``log_key`` (unique per call), the messages told "final" are kept, in the same
-        transaction, as unlogged under that key until `mark_statuses_logged`."""
+        transaction, as unlogged under that key until `mark_statuses_logged`. Every first
+        final status is also kept, in the same transaction, for `take_final_statuses`."""
 
     async def record_status(
         self, message_id: str, status: DeliveryStatus, channel: str | None = None,
@@ -600,6 +611,12 @@ class Journal(Protocol):
 
     async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
         """The ``delivery`` lines of the statuses kept under these keys are in the log."""
+
+    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
+        """The first final statuses `record_statuses` kept, whichever daemon journaled them,
+        oldest call first, from at most ``limit`` calls; each is taken once: taken means gone
+        (the leader's error brakes read them here, so a webhook that reaches a standby counts
+        too). Fenced like the send path's writes: a deposed leader takes nothing."""
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """The campaign's indexed messages per delivery status, delivered ones per channel,

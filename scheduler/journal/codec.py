@@ -17,6 +17,7 @@ import orjson
 from scheduler.journal.base import (
     DeliveryCounts,
     EncodedBatch,
+    FinalStatus,
     JournalConflict,
     MessageRecord,
     RecipientRow,
@@ -176,6 +177,25 @@ def decide_statuses(
         final = report.status in DELIVERY_FINAL
         changes.append(StatusChange("final" if final else "moved", record))
     return changes, writes
+
+
+def final_statuses_blob(
+    finals: Iterable[StatusReport],
+    current: Mapping[str, tuple[DeliveryStatus | None, MessageRecord]],
+) -> bytes:
+    """What one `record_statuses` call keeps for `take_final_statuses`: its first final
+    statuses (``current`` as `decide_statuses` left it) as ``[[campaign, tracking id, status,
+    channel], ...]``."""
+    rows = []
+    for report in finals:
+        record = current[report.message_id][1]
+        rows.append((record.campaign, record.tracking_id, report.status, report.channel))
+    return orjson.dumps(rows)
+
+
+def read_final_statuses(blobs: Iterable[bytes]) -> list[FinalStatus]:
+    """The statuses of `final_statuses_blob` blobs, in order."""
+    return [FinalStatus(*row) for blob in blobs for row in orjson.loads(blob)]
 
 
 def count_deliveries(

@@ -56,6 +56,7 @@ from scheduler.journal.base import (
     DeliveryRow,
     DumpChunk,
     EncodedBatch,
+    FinalStatus,
     JournalConflict,
     JournalCorrupt,
     JournalError,
@@ -82,6 +83,8 @@ from scheduler.journal.codec import (
     decide_statuses,
     decided,
     encode_batches,
+    final_statuses_blob,
+    read_final_statuses,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
@@ -98,7 +101,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -186,8 +189,16 @@ _TO_V6 = (
     # decoding the body (NULL in older snapshots: decoded as before)
     "ALTER TABLE bodies ADD COLUMN keys BYTEA",
 )
+#: version 7: the leader's error brakes take every first final status, whoever journaled it
+_TO_V7 = (
+    # one row per record_statuses call with a first final status: [[campaign, tracking id,
+    # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
+    "CREATE TABLE final_statuses (id BIGSERIAL PRIMARY KEY, statuses BYTEA NOT NULL)",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
+}
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
 _SNAPSHOT_LOCK = 0x636173  # "cas"
@@ -983,12 +994,24 @@ class PostgresStore:
                  [None if r.at is None else _aware(r.at) for r in w],
                  [r.status in DELIVERY_FINAL for r in w]),
             )
-            finals = [r.message_id for r in w if r.status in DELIVERY_FINAL]
+            finals = [r for r in w if r.status in DELIVERY_FINAL]
+            if finals:
+                await self.db.execute("INSERT INTO final_statuses (statuses) VALUES (%s)",
+                                      (final_statuses_blob(finals, current),))
             if log_key is not None and finals:
                 await self.db.execute(
                     "INSERT INTO unlogged_statuses (log_key, message_ids) VALUES (%s, %s)",
-                    (log_key, orjson.dumps(finals)))
+                    (log_key, orjson.dumps([r.message_id for r in finals])))
         return changes
+
+    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
+        """The first final statuses kept by the oldest ``limit`` calls, deleted. Rows that
+        another transaction holds are left for the next take."""
+        rows = await self._all(
+            "DELETE FROM final_statuses WHERE id IN (SELECT id FROM final_statuses"
+            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, statuses", (limit,),
+        )
+        return read_final_statuses(blob for _, blob in sorted(rows))
 
     async def messages_awaiting_status(
         self, due_before: datetime, limit: int,
@@ -1837,6 +1860,10 @@ class PostgresJournal:
         """`Journal.record_status`."""
         report = StatusReport(message_id, status, channel, parts, cost, currency, at)
         return (await self.record_statuses([report]))[0].result == "final"
+
+    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
+        """`Journal.take_final_statuses`."""
+        return await self._fenced(PostgresStore.take_final_statuses, limit)
 
     async def messages_awaiting_status(
         self, due_before: datetime, limit: int,

@@ -46,6 +46,7 @@ from scheduler.journal.base import (
     DeliveryRow,
     DumpChunk,
     EncodedBatch,
+    FinalStatus,
     JournalBusy,
     JournalConflict,
     JournalCorrupt,
@@ -73,6 +74,8 @@ from scheduler.journal.codec import (
     decide_statuses,
     decided,
     encode_batches,
+    final_statuses_blob,
+    read_final_statuses,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
@@ -89,7 +92,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -186,9 +189,15 @@ _TO_V6 = (
     # decoding the body (NULL in older snapshots: decoded as before)
     "ALTER TABLE bodies ADD COLUMN keys BLOB",
 )
+#: version 7: the leader's error brakes take every first final status, whoever journaled it
+_TO_V7 = (
+    # one row per record_statuses call with a first final status: [[campaign, tracking id,
+    # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
+    "CREATE TABLE final_statuses (id INTEGER PRIMARY KEY, statuses BLOB NOT NULL)",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6,
+    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
 }
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
@@ -1045,11 +1054,15 @@ class SqliteConnection:
                 ((r.status, now if r.at is None else _utc_text(r.at), r.channel, r.parts, r.cost,
                   r.currency, r.status in DELIVERY_FINAL, r.message_id) for r in writes.values()),
             )
-            finals = [r.message_id for r in writes.values() if r.status in DELIVERY_FINAL]
+            finals = [r for r in writes.values() if r.status in DELIVERY_FINAL]
+            if finals:
+                self._db.execute("INSERT INTO final_statuses (statuses) VALUES (?)",
+                                 (final_statuses_blob(finals, current),))
             if log_key is not None and finals:
                 self._db.execute(
                     "INSERT INTO unlogged_statuses (log_key, recorded_at, message_ids)"
-                    " VALUES (?, ?, ?)", (log_key, now, orjson.dumps(finals)))
+                    " VALUES (?, ?, ?)",
+                    (log_key, now, orjson.dumps([r.message_id for r in finals])))
         return changes
 
     def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
@@ -1079,6 +1092,16 @@ class SqliteConnection:
         with self.transaction():
             self._db.executemany("DELETE FROM unlogged_statuses WHERE log_key = ?",
                                  ((key,) for key in log_keys))
+
+    def take_final_statuses(self, limit: int) -> list[FinalStatus]:
+        """The first final statuses kept by the oldest ``limit`` calls, deleted."""
+        with self.transaction():
+            rows = self._db.execute(
+                "SELECT id, statuses FROM final_statuses ORDER BY id LIMIT ?", (limit,),
+            ).fetchall()
+            if rows:
+                self._db.execute("DELETE FROM final_statuses WHERE id <= ?", (rows[-1][0],))
+        return read_final_statuses(blob for _, blob in rows)
 
     def messages_awaiting_status(
         self, due_before: datetime, limit: int,
@@ -1609,6 +1632,10 @@ class SqliteJournal:
     async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
         """`Journal.mark_statuses_logged`."""
         await self._call(SqliteConnection.mark_statuses_logged, log_keys)
+
+    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
+        """`Journal.take_final_statuses`."""
+        return await self._fenced(SqliteConnection.take_final_statuses, limit)
 
     async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
         """`Journal.delivery_counts`."""
