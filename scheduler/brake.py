@@ -25,8 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from scheduler.delivery_log import DeliveryLine
-from scheduler.journal import Results
+from scheduler.journal import FinalStatus, Results
 
 MINIMUM = 100  # decided messages before the brake may judge
 TOP_CODES = 3  # error codes named in campaign_braked
@@ -111,13 +110,13 @@ class Brake:
                 )
         return self._sending.judge(self.rate, "sending")
 
-    def observe_deliveries(self, lines: Sequence[DeliveryLine]) -> Reading | None:
-        """Take final delivery statuses of the campaign's messages; a `Reading` when the
-        brake trips now. The code of a failure is its status and the last channel tried."""
+    def observe_deliveries(self, finals: Sequence[FinalStatus]) -> Reading | None:
+        """Take first final delivery statuses of the campaign's messages; a `Reading` when
+        the brake trips now. The code of a failure is its status and the last channel tried."""
         self._delivery.add(
-            (line.status in _UNDELIVERED for line in lines if line.status in _FINAL),
-            ((f"{line.status}/{line.channel}" if line.channel else line.status,
-              line.tracking_id) for line in lines if line.status in _UNDELIVERED),
+            (final.status in _UNDELIVERED for final in finals if final.status in _FINAL),
+            ((f"{final.status}/{final.channel}" if final.channel else final.status,
+              final.tracking_id) for final in finals if final.status in _UNDELIVERED),
         )
         return self._delivery.judge(self.rate, "delivery")
 

@@ -27,10 +27,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
 from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
-from scheduler.delivery_log import DeliveryLine, DeliveryLogUnwritable
+from scheduler.delivery_log import DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
-from scheduler.journal import CampaignRecord, JournalError, JournalFenced
+from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
 from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
@@ -52,6 +52,8 @@ WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after 
 IDLE_POLL = 0.5  # seconds between looks for messages awaiting a status (until_idle)
 REPLAY_EVERY = 30.0  # seconds between the leader's looks for delivery lines never written
 REPLAY_AFTER = 60.0  # ... that many seconds after their final status was journaled
+BRAKE_FEED_EVERY = 1.0  # seconds between the leader's looks for final statuses for its brakes
+BRAKE_FEED_CALLS = 100  # record_statuses calls (a poll round, a webhook) taken per look
 
 
 @dataclass
@@ -132,8 +134,7 @@ class Daemon:
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(engine.journal, engine.log, metrics,
-                                      on_final=self._brake_on_deliveries)
+        self._deliveries = Deliveries(engine.journal, engine.log, metrics)
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
             self._deliveries, self._webhook_token, *hook, index=self._index_some,
@@ -215,18 +216,33 @@ class Daemon:
         return await self._engine.journal.index_messages(
             INDEX_BATCHES, self.config.delivery_reports.first_poll)
 
-    def _brake_on_deliveries(self, lines: Sequence[DeliveryLine]) -> None:
-        """Final delivery statuses reach the brake of their campaign while it sends (or holds
-        between roll-out stages): too many undeliverable or permanenterror ones stop it."""
-        by_campaign: dict[str, list[DeliveryLine]] = {}
-        for line in lines:
-            by_campaign.setdefault(line.campaign, []).append(line)
-        for cid, finals in by_campaign.items():
+    async def _feed_brakes(self) -> None:
+        """Every `BRAKE_FEED_EVERY` s, the leader takes the first final statuses journaled
+        since its last look, by itself or by a standby that took a webhook, to the brakes of
+        the campaigns that send (or hold between roll-out stages) now: too many undeliverable
+        or permanenterror ones stop a campaign. Those of other campaigns are dropped."""
+        while True:
+            await asyncio.sleep(BRAKE_FEED_EVERY)
+            try:
+                while self.leadership.leading and (finals := await self._engine.journal
+                                                   .take_final_statuses(BRAKE_FEED_CALLS)):
+                    self._brake_on_deliveries(finals)
+            except JournalFenced:
+                continue  # deposed: the statuses stay for the new leader
+            except JournalError as exc:
+                self.log.warning("brake_feed_failed", error=str(exc))
+
+    def _brake_on_deliveries(self, finals: Sequence[FinalStatus]) -> None:
+        """Each campaign's statuses to its brake, if it runs now; a brake that trips stops it."""
+        by_campaign: dict[str, list[FinalStatus]] = {}
+        for final in finals:
+            by_campaign.setdefault(final.campaign, []).append(final)
+        for cid, statuses in by_campaign.items():
             tracked = self._campaigns.get(cid)
             run = None if tracked is None else tracked.run
             if run is None or run.brake is None or run.stop.is_set():
                 continue
-            reading = run.brake.observe_deliveries(finals)
+            reading = run.brake.observe_deliveries(statuses)
             if reading is not None:
                 run.details = reading.fields()
                 run.halt("braked", reading.reason)
@@ -259,6 +275,7 @@ class Daemon:
             self._spawn(self._lead()),
             self._spawn(self._keep_presence()),
             self._spawn(self._replay_stale_deliveries()),
+            self._spawn(self._feed_brakes()),
         ]
         if self.config.delivery_reports.poll:
             background.append(self._spawn(self._poll_statuses()))

@@ -280,13 +280,11 @@ class Deliveries:
     """Journals status reports; each message's first final status is logged and counted once."""
 
     def __init__(self, journal: Journal, log: DeliveryLog, metrics: Metrics,
-                 clock: Callable[[], datetime] = utcnow,
-                 on_final: Callable[[Sequence[DeliveryLine]], None] | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.journal = journal
         self.log = log
         self.metrics = metrics
         self.clock = clock
-        self.on_final = on_final  # told every first final status (the daemon: the brakes)
         self._oplog = get_logger("delivery_status")
         self._written: list[str] = []  # keys of record_statuses calls whose lines are written
         self._marking: asyncio.Task[None] | None = None
@@ -313,8 +311,6 @@ class Deliveries:
                 self._oplog.error("delivery_lines_deferred", count=len(lines), error=str(exc))
             else:
                 self._mark([key])
-            if self.on_final is not None:
-                self.on_final(lines)
         return changes
 
     async def replay(self, before: datetime) -> int:

@@ -206,3 +206,52 @@ def test_a_low_undeliverable_share_does_not_brake(tmp_path: Path) -> None:
     finally:
         daemon.kill()
         sandbox.close()
+
+
+def test_statuses_a_standby_takes_brake_the_leaders_campaign(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    """Two daemons on one PostgreSQL journal; the sandbox pushes every delivery report to the
+    standby's webhook, 35% of them undeliverable or permanenterror. The standby journals them
+    (and writes their delivery lines); the leader, which hears none itself, brakes its
+    campaign on them."""
+    from daemon_helpers import API_KEY, DaemonProcess, SandboxProcess, Workspace, poll
+    from daemon_helpers import utc_seconds_from_now as soon
+
+    from tests.helpers import free_port
+
+    token = "hook-Secret-42"
+    hooks = [f"127.0.0.1:{free_port()}" for _ in "ab"]
+    sandbox = SandboxProcess(tmp_path / "record.jsonl", "--seed", "5",
+                             "--dlr-url", f"http://{hooks[1]}/delivery-reports/{token}",
+                             "--dlr-delay", "0.5", "--undeliverable-rate", "0.3",
+                             "--permanent-error-rate", "0.05")
+    sending = {"batch_size": 20, "requests_per_second": 5, "concurrency": 2}
+    leader = Workspace(tmp_path / "a", base_url=sandbox.url, sending=sending,
+                       journal_url=postgres_url, lease=3.0,
+                       delivery_reports={"listen": hooks[0]})
+    standby = Workspace(tmp_path / "b", base_url=sandbox.url, sending=sending,
+                        journal_url=postgres_url, lease=3.0, shared_campaigns=leader.campaigns,
+                        delivery_reports={"listen": hooks[1]})
+    daemons = [DaemonProcess(w, CASCADE_API_KEY=API_KEY, CASCADE_WEBHOOK_TOKEN=token)
+               for w in (leader, standby)]
+    try:
+        daemons[0].start()
+        poll(lambda: leader.events("leadership_acquired"), 10, "A to lead")
+        daemons[1].start()
+        leader.audience("hooked", 3000)
+        leader.write_campaign("hooked", soon(2))
+        (event,) = poll(lambda: leader.events("campaign_braked"), 40, "the leader's brake")
+        assert event["judged"] == "delivery" and event["decided"] >= 100
+        assert event["undelivered"] > 0.05 * event["decided"]
+        assert len(sandbox.record()) < 3000 * 0.6  # stopped early, not at the end of the list
+        assert leader.events("delivery") == []  # it heard no report itself
+        heard = {line["tracking_id"] for line in standby.events("delivery")}
+        assert event["top_error_codes"][0]["example"] in heard
+        assert not standby.events("campaign_braked")
+        for daemon in daemons:
+            assert daemon.stop() == 0
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+        sandbox.close()
