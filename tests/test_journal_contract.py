@@ -8,6 +8,7 @@ writer lock, group commit) is in test_journal_sqlite.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -598,6 +599,22 @@ async def send_and_index(
     return sent
 
 
+@contextlib.asynccontextmanager
+async def second_writer(make_journal: MakeJournal, journal: Journal) -> AsyncIterator[Journal]:
+    """Another daemon's journal on the same store, started as a writer; ``journal`` itself on
+    a backend with one writer per journal (its calls queue up behind ours anyway)."""
+    other = make_journal()
+    try:
+        await other.start(writer=True)
+    except JournalBusy:
+        other = journal
+    try:
+        yield other
+    finally:
+        if other is not journal:
+            await other.close()
+
+
 async def test_statuses_only_move_forward(journal: Journal) -> None:
     """scheduled -> processing -> final; duplicates, older statuses and a second final one
     change nothing; the first final status is reported as such exactly once."""
@@ -631,19 +648,11 @@ async def test_a_final_status_is_final_once_among_concurrent_reports(
     """Two journals (two daemons: one polling, one taking webhooks) report the same final
     status at once: exactly one of them is told "final"."""
     ids = await send_and_index(journal, "c", count=1, size=50)
-    other = make_journal()
-    try:
-        await other.start(writer=True)
-    except JournalBusy:  # one writer per journal on this backend: its calls queue up anyway
-        other = journal
-    try:
+    async with second_writer(make_journal, journal) as other:
         first, second = await asyncio.gather(
             journal.record_statuses([StatusReport(m, "delivered", "sms") for m in ids]),
             other.record_statuses([StatusReport(m, "undeliverable") for m in reversed(ids)]),
         )
-    finally:
-        if other is not journal:
-            await other.close()
     finals = [c.result for c in first].count("final") + [c.result for c in second].count("final")
     assert finals == 50
     counts = await journal.delivery_counts("c")
@@ -705,12 +714,7 @@ async def test_first_final_statuses_reach_the_brakes_once_whoever_journals_them(
     with a log key or without; moves that are not final, a second final status and unknown
     ids keep nothing; a deposed leader takes nothing and leaves them for the new one."""
     ids = await send_and_index(journal, "c", count=1, size=5)
-    other = make_journal()
-    try:
-        await other.start(writer=True)
-    except JournalBusy:  # one writer per journal on this backend: its calls queue up anyway
-        other = journal
-    try:
+    async with second_writer(make_journal, journal) as other:
         await journal.record_statuses([StatusReport(ids[0], "processing")])
         await journal.record_statuses([
             StatusReport(ids[0], "undeliverable", "sms"), StatusReport(ids[0], "delivered"),
@@ -720,9 +724,6 @@ async def test_first_final_statuses_reach_the_brakes_once_whoever_journals_them(
                                      StatusReport(ids[0], "permanenterror")])
         assert await journal.record_status(ids[2], "permanenterror")
         assert not await journal.record_status(ids[2], "undeliverable")
-    finally:
-        if other is not journal:
-            await other.close()
     assert await journal.take_final_statuses(2) == [
         FinalStatus("c", "c-0", "undeliverable", "sms"),
         FinalStatus("c", "c-1", "delivered", "viber")]
