@@ -104,12 +104,10 @@ def main() -> int:
     out = sys.stdout.fileno()
     try:
         try:
-            stepped_back = False
-            for batches, skips in chunks(job, _resume_from(source)):
+            for sent, (batches, skips) in enumerate(chunks(job, _resume_from(source))):
                 _send(out, ("chunk", batches, skips))
-                if not stepped_back:
+                if sent == 0:
                     _step_back()
-                    stepped_back = True
         except (CampaignError, OSError) as exc:
             _send(out, ("error", str(exc)))
             return 1

@@ -998,10 +998,10 @@ class PostgresStore:
             if finals:
                 await self.db.execute("INSERT INTO final_statuses (statuses) VALUES (%s)",
                                       (final_statuses_blob(finals, current),))
-            if log_key is not None and finals:
-                await self.db.execute(
-                    "INSERT INTO unlogged_statuses (log_key, message_ids) VALUES (%s, %s)",
-                    (log_key, orjson.dumps([r.message_id for r in finals])))
+                if log_key is not None:
+                    await self.db.execute(
+                        "INSERT INTO unlogged_statuses (log_key, message_ids) VALUES (%s, %s)",
+                        (log_key, orjson.dumps([r.message_id for r in finals])))
         return changes
 
     async def take_final_statuses(self, limit: int) -> list[FinalStatus]:

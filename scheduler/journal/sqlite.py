@@ -1058,11 +1058,11 @@ class SqliteConnection:
             if finals:
                 self._db.execute("INSERT INTO final_statuses (statuses) VALUES (?)",
                                  (final_statuses_blob(finals, current),))
-            if log_key is not None and finals:
-                self._db.execute(
-                    "INSERT INTO unlogged_statuses (log_key, recorded_at, message_ids)"
-                    " VALUES (?, ?, ?)",
-                    (log_key, now, orjson.dumps([r.message_id for r in finals])))
+                if log_key is not None:
+                    self._db.execute(
+                        "INSERT INTO unlogged_statuses (log_key, recorded_at, message_ids)"
+                        " VALUES (?, ?, ?)",
+                        (log_key, now, orjson.dumps([r.message_id for r in finals])))
         return changes
 
     def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
