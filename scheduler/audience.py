@@ -33,6 +33,7 @@ from scheduler.campaign import SURVEY_TEXT_MAX, TRACKING_ID_MAX, AudienceSpec, C
 from scheduler.dedupe import ColumnScan, Dedupe, filter_bits, scan_columns
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.phones import E164
+from scheduler.records import Recipient, Skip
 from scheduler.template import Template, TemplateError
 from scheduler.vocabulary import SkipReason
 from scheduler.window import zone_names
@@ -43,28 +44,6 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """A row that will be sent: its CSV line, stable tracking id, E.164 phone, personalised text."""
-
-    line: int
-    tracking_id: str
-    phone: str
-    text: str | None
-    zone: str | None = None  # the zone group (`scheduler.window.zone_group`) with a window
-
-
-@dataclass(frozen=True, slots=True)
-class Skip:
-    """A row that will not be sent, and why (tracking_id is None when it could not be built)."""
-
-    line: int
-    tracking_id: str | None
-    phone: str
-    reason: SkipReason
-    detail: str = ""
 
 
 DELIMITERS = (",", ";", "\t")

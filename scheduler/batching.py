@@ -19,8 +19,9 @@ from typing import IO, Any
 
 import orjson
 
-from scheduler.audience import Recipient, Skip, Suppression, ValidRow, iter_rows
+from scheduler.audience import Suppression, ValidRow, iter_rows
 from scheduler.campaign import Campaign
+from scheduler.records import Recipient, Skip
 
 Message = dict[str, Any]
 

@@ -19,7 +19,7 @@ from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
-from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
+from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
 from scheduler.vocabulary import SkipReason
@@ -88,11 +88,12 @@ def _policy_notes(
             seen = forecast(campaign, summary.zones, now)
             if seen is not None:
                 lines.extend(describe(seen))
-            if not caps_for(campaign, config.policy.caps) or not journal_exists(config):
+            if not caps_for(campaign, config.policy.caps) or not config.journal_location().exists:
                 continue
             try:
                 if journal is None:
-                    journal = stack.enter_context(JournalReader(open_journal(config)))
+                    reader = JournalReader(open_journal(config.journal_location()))
+                    journal = stack.enter_context(reader)
                 capped = capped_now(campaign, config.policy.caps, journal, suppression, now)
             except JournalError as exc:
                 lines.append(f"frequency caps: cannot tell ({exc})")

@@ -32,9 +32,9 @@ from scheduler.campaign import (
     utc_text,
 )
 from scheduler.checking import check_audience, check_paths, display_path, render_report
-from scheduler.config import Config, load_config
+from scheduler.config import Config, load_config, postgres_url
 from scheduler.errors import Problem, UserError
-from scheduler.journal import JournalError, JournalReader, journal_exists, open_journal
+from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
 from scheduler.planning import PLAN_COLUMNS, plan_rows
@@ -404,10 +404,10 @@ def _status(value: str) -> Listing:
 def cmd_report(args: argparse.Namespace) -> int:
     """Outcomes per campaign, or (with --status) the recipients in one outcome."""
     config = _config(args)
-    if not journal_exists(config):
+    if not config.journal_location().exists:
         print(f"no journal at {config.paths.state} yet: nothing has been sent", file=sys.stderr)
         return EXIT_OK
-    with JournalReader(open_journal(config)) as journal:
+    with JournalReader(open_journal(config.journal_location())) as journal:
         if args.campaign is not None and journal.campaign(args.campaign) is None:
             raise UserError.single(
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
@@ -442,10 +442,10 @@ def _configure_status(parser: argparse.ArgumentParser) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """The journal's view now: daemons and unfinished campaigns; 3 when nobody leads."""
     config = _config(args)
-    if not journal_exists(config):
+    if not config.journal_location().exists:
         print(f"no journal at {config.paths.state} yet: no daemon has run", file=sys.stderr)
         return EXIT_NO_LEADER
-    with JournalReader(open_journal(config)) as journal:
+    with JournalReader(open_journal(config.journal_location())) as journal:
         status = read_status(journal, datetime.now(UTC))
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_json(), option=orjson.OPT_INDENT_2).decode()
@@ -608,7 +608,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_journal_copy(args: argparse.Namespace) -> int:
     """`journal copy --to URL`: one line per campaign copied, then the summary."""
     config = _config(args)
-    report = asyncio.run(copy_to_postgres(config, args.to))
+    report = asyncio.run(copy_to_postgres(config.journal_location(), postgres_url(args.to)))
     print("\n".join(report.lines()))
     return EXIT_OK
 

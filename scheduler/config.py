@@ -13,14 +13,17 @@ import os
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from scheduler.errors import ConfigError, Problem
+from scheduler.errors import ConfigError, Problem, UserError
 from scheduler.tomlsource import TomlProblem, read_toml
 from scheduler.window import Window, parse_days, zone
+
+if TYPE_CHECKING:
+    from scheduler.journal import JournalLocation
 
 Route = Literal["standard", "tg-viber"]
 Delivery = Literal["at-least-once", "at-most-once"]
@@ -286,6 +289,17 @@ class Config(_Section):
     credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
     source: Path | None = None
 
+    def journal_location(self) -> JournalLocation:
+        """Where this config's journal is: ``[journal] url`` (password from the credentials),
+        else the SQLite file at ``[paths].state``."""
+        from scheduler.journal import JournalLocation  # reading a config loads no backend
+
+        password = self.credentials.journal_password
+        return JournalLocation(
+            self.paths.state, self.journal.url,
+            None if password is None else password.get_secret_value(),
+        )
+
     def require_credentials(self) -> None:
         """Raise `ConfigError` when a real API is configured without any credential."""
         if self.api.is_sandbox or self.credentials:
@@ -487,3 +501,21 @@ def pydantic_problems(
             message = "required key is missing"
         problems.append(Problem(path, line_of(dotted), dotted, message))
     return problems
+
+
+def postgres_url(url: str) -> str:
+    """``url`` checked as ``[journal] url`` is (postgresql://, no password in it), or a
+    `UserError` for ``--to`` that never shows a password."""
+    try:
+        checked = JournalConfig(url=url).url
+    except ValidationError as exc:
+        message = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            message = message.replace(password, "***")
+        raise UserError.single(message, field="--to") from None
+    assert checked is not None  # a URL was given
+    return checked

@@ -17,7 +17,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from scheduler.audience import Recipient, Suppression, iter_audience, summarize
+from scheduler.audience import Suppression, iter_audience, summarize
 from scheduler.batching import to_message
 from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import describe_summary
@@ -26,6 +26,7 @@ from scheduler.delivery_log import mask_phone
 from scheduler.demo import write_workspace
 from scheduler.journal import JournalReader, open_journal
 from scheduler.oplog import configure_logging
+from scheduler.records import Recipient
 from scheduler.report import write_summary
 from scheduler.sandbox import serve
 from scheduler.sandbox_options import SandboxOptions
@@ -151,7 +152,7 @@ def run_demo(directory: Path | None) -> int:
               "and follows each message to its delivery status.\n")
     configure_logging("info", "console", ())
     asyncio.run(run_daemon(config, until_idle=True))
-    with JournalReader(open_journal(config)) as journal:
+    with JournalReader(open_journal(config.journal_location())) as journal:
         write_summary(journal, None, "table", sys.stdout, delivery=True)
     out.print(
         f"delivery log: {config.paths.delivery_log}\n"

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from scheduler.audience import Skip, Suppression, iter_rows
+from scheduler.audience import Suppression, iter_rows
 from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import PAGE, CapSummary, caps_for, since
 from scheduler.config import CapConfig
+from scheduler.records import Skip
 from scheduler.window import zones_of_group
 
 ZONES_SHOWN = 5  # zone groups listed by name; the rest are counted together

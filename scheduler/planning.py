@@ -21,7 +21,7 @@ from scheduler.caps import caps_for
 from scheduler.config import Config
 from scheduler.errors import UserError
 from scheduler.forecast import Forecast, capped_now, forecast, hour_text, zones_of_batches
-from scheduler.journal import CampaignRecord, JournalReader, journal_exists, open_journal
+from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
 from scheduler.vocabulary import FINISHED, SENDING
@@ -94,8 +94,8 @@ def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
     suppression = Suppression.load(config.paths.suppression)
     with contextlib.ExitStack() as stack:
         journal = None
-        if journal_exists(config):
-            journal = stack.enter_context(JournalReader(open_journal(config)))
+        if config.journal_location().exists:
+            journal = stack.enter_context(JournalReader(open_journal(config.journal_location())))
         planner = _Planner(config, journal, suppression, now)
         for check in load_campaigns(campaign_files(folder), config, now):
             planner.add(check)

@@ -58,7 +58,7 @@ async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIt
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
         # the journal first: a second writer is refused before anything else is started
-        journal = open_journal(config)
+        journal = open_journal(config.journal_location())
         await journal.start(writer=True)
         stack.push_async_callback(journal.close)
         base_url, headers = await stack.enter_async_context(api_endpoint(config))

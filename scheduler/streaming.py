@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from scheduler.audience import Skip
     from scheduler.campaign import Campaign
     from scheduler.config import Config
     from scheduler.journal.base import EncodedBatch
+    from scheduler.records import Skip
 
 #: the parent's read buffer: a chunk comes in a few reads, not one per 64 KiB
 _READ_LIMIT = 4 << 20

@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 from scheduler import audience, batching
 from scheduler.audience import (
     AudienceSummary,
-    Recipient,
-    Skip,
     Suppression,
     iter_audience,
     iter_rows,
@@ -35,6 +33,7 @@ from scheduler.campaign import (
     MessageType,
 )
 from scheduler.errors import CampaignError, ConfigError
+from scheduler.records import Recipient, Skip
 from scheduler.template import Template
 from scheduler.window import Window
 

@@ -90,7 +90,7 @@ def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
 
 def journal_state(workspace: Workspace, cid: str) -> tuple[str | None, dict[str, int]]:
     """The campaign's state and counts, read from the shared journal."""
-    with JournalReader(open_journal(load_config(workspace.config))) as journal:
+    with JournalReader(open_journal(load_config(workspace.config).journal_location())) as journal:
         record = journal.campaign(cid)
         if record is None:
             return None, {}

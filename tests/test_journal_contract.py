@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pytest
 
-from scheduler.audience import Skip
 from scheduler.journal import (
     EncodedBatch,
     FinalStatus,
@@ -33,6 +32,7 @@ from scheduler.journal import (
 from scheduler.journal.codec import encode_batch, split_keys
 from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
+from scheduler.records import Skip
 from scheduler.vocabulary import OUTCOMES, Outcome
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -37,7 +37,6 @@ from daemon_helpers import (
 from psycopg import sql
 from test_journal_contract import SEND_AT, batches, prepare, results
 
-from scheduler.audience import Skip
 from scheduler.journal import (
     DUMP_TABLES,
     DumpChunk,
@@ -49,6 +48,7 @@ from scheduler.journal import (
 from scheduler.journal.copy import compare, copy_journal
 from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
+from scheduler.records import Skip
 from scheduler.vocabulary import Outcome
 from tests.helpers import REPO, sandbox_process
 from tests.pg_helpers import PostgresServer

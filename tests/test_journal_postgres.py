@@ -19,7 +19,6 @@ import pytest
 import time_machine
 from psycopg import sql
 
-from scheduler.audience import Skip
 from scheduler.journal import (
     DUMP_TABLES,
     FinalStatus,
@@ -31,6 +30,7 @@ from scheduler.journal import (
     StatusReport,
 )
 from scheduler.journal.postgres import _SCHEMA, SCHEMA_VERSION, PostgresJournal, PostgresStore
+from scheduler.records import Skip
 from tests.pg_helpers import PostgresServer, free_port
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

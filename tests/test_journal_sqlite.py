@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 import pytest
 
-from scheduler.audience import Skip
 from scheduler.journal import JournalError, JournalUnavailable, Result
 from scheduler.journal.sqlite import (
     SCHEMA_VERSION,
@@ -28,6 +27,7 @@ from scheduler.journal.sqlite import (
     SqliteJournal,
     encode_batches,
 )
+from scheduler.records import Skip
 from scheduler.vocabulary import OUTCOMES
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -89,3 +89,29 @@ def test_only_the_postgres_backend_names_its_driver() -> None:
         if driver.search(path.read_text("utf-8"))
     )
     assert users == ["scheduler.journal.postgres"]
+
+
+#: what storage may stand on: its own package and the leaf modules of names and records
+STORAGE_FLOOR = {"scheduler.vocabulary", "scheduler.records", "scheduler.errors"}
+
+
+def storage_reaches_up(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Each journal module -> the package's modules above storage that it imports."""
+    return {
+        module: above for module, targets in edges.items()
+        if module == "scheduler.journal" or module.startswith("scheduler.journal.")
+        if (above := {t for t in targets
+                      if not t.startswith("scheduler.journal") and t not in STORAGE_FLOOR})
+    }
+
+
+def test_the_storage_check_can_fail() -> None:
+    """A journal module that imports the config is reported."""
+    edges = {"scheduler.journal.sqlite": {"scheduler.config", "scheduler.vocabulary"}}
+    assert storage_reaches_up(edges) == {"scheduler.journal.sqlite": {"scheduler.config"}}
+
+
+def test_storage_stands_at_the_bottom() -> None:
+    """The journal imports nothing above it (no config, no CSV reader): its records come from
+    `scheduler.records`, its location from the caller (`Config.journal_location`)."""
+    assert storage_reaches_up(graph()) == {}

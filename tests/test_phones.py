@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.audience import Recipient, iter_audience
+from scheduler.audience import iter_audience
 from scheduler.campaign import AudienceSpec, Campaign
 from scheduler.phones import E164
+from scheduler.records import Recipient
 from scheduler.sandbox import InvalidMessage, check_message
 
 #: "+38050" then 1234567 in Arabic-Indic digits: `\d` takes them, the API does not

@@ -22,10 +22,10 @@ import orjson
 import pytest
 
 from scheduler import cli
-from scheduler.audience import Skip
 from scheduler.config import load_config
 from scheduler.journal import Result
 from scheduler.journal.sqlite import SqliteJournal
+from scheduler.records import Skip
 from scheduler.report import SUMMARY_COLUMNS, TABLE_ROWS, write_rows
 from tests.helpers import MACHINE_VARIABLES, clean_env, write_config
 

@@ -28,12 +28,12 @@ from typing import Any
 import pytest
 
 from scheduler import cli, stream_reader, streaming
-from scheduler.audience import Skip
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
 from scheduler.journal import EncodedBatch
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
+from scheduler.records import Skip
 from scheduler.report import campaign_note
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions

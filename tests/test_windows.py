@@ -18,10 +18,11 @@ from phonenumbers import (
 )
 from phonenumbers.timezone import time_zones_for_number
 
-from scheduler.audience import Skip, iter_audience
+from scheduler.audience import iter_audience
 from scheduler.checking import check_paths, render_report
 from scheduler.config import ConfigError, load_config
 from scheduler.loader import load_campaign
+from scheduler.records import Skip
 from scheduler.window import Window, zone, zone_group, zones_of_group
 from scheduler.zones import ZoneFinder
 from tests.helpers import run_cli, write_campaign, write_config

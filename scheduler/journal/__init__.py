@@ -1,12 +1,16 @@
 """The journal: the storage interface (`Journal`), its records and errors, and its backends.
 
-`open_journal` picks the backend the config names; everything else imports only the names
-re-exported here, never a backend's module or its driver.
+`open_journal` picks the backend a `JournalLocation` names; everything else imports only the
+names re-exported here, never a backend's module or its driver. Storage stands at the bottom:
+nothing here imports the config, the audience reader or anything else above it
+(`tests/test_layout.py` checks it).
 """
 
 from __future__ import annotations
 
-from scheduler.config import Config
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from scheduler.journal.base import (
     DUMP_TABLES,
     AwaitingMessage,
@@ -59,6 +63,7 @@ __all__ = [
     "JournalCorrupt",
     "JournalError",
     "JournalFenced",
+    "JournalLocation",
     "JournalNotEmpty",
     "JournalReader",
     "JournalUnavailable",
@@ -72,26 +77,31 @@ __all__ = [
     "UnloggedBatch",
     "UnloggedStatus",
     "holder_parts",
-    "journal_exists",
     "open_journal",
 ]
 
 
-def open_journal(config: Config) -> Journal:
-    """The journal the config names, not started yet: PostgreSQL at ``[journal].url`` (its
-    password from the credentials), else SQLite at ``[paths].state``."""
-    url = config.journal.url
-    if url is None:
-        return SqliteJournal(config.paths.state)
+@dataclass(frozen=True, slots=True)
+class JournalLocation:
+    """Where the journal is: PostgreSQL at ``url`` (its ``password`` from the credentials, never
+    shown), else the SQLite file at ``path``."""
+
+    path: Path
+    url: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def exists(self) -> bool:
+        """False when nothing was ever written (reading commands then have nothing to show).
+        A PostgreSQL journal is taken to exist: only connecting would tell."""
+        return self.url is not None or self.path.exists()
+
+
+def open_journal(where: JournalLocation) -> Journal:
+    """The journal at ``where``, not started yet: PostgreSQL when it has a URL, else SQLite."""
+    if where.url is None:
+        return SqliteJournal(where.path)
     from scheduler.journal.postgres import PostgresJournal  # only its users load the driver
 
-    password = config.credentials.journal_password
-    return PostgresJournal(  # the config refuses a URL that holds a password: url shows
-        url, password=None if password is None else password.get_secret_value(), location=url,
-    )
-
-
-def journal_exists(config: Config) -> bool:
-    """False when nothing was ever written (reading commands then have nothing to show).
-    A PostgreSQL journal is taken to exist: only connecting would tell."""
-    return config.journal.url is not None or config.paths.state.exists()
+    # the config refuses a URL that holds a password: the URL may be shown
+    return PostgresJournal(where.url, password=where.password, location=where.url)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol, overload
 
-from scheduler.audience import Skip
+from scheduler.records import Skip
 from scheduler.vocabulary import CampaignState, DeliveryStatus, Outcome
 
 BatchState = str  # "pending" | "in_flight" | "done"

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from dataclasses import dataclass, replace
 
-from pydantic import ValidationError
-
-from scheduler.config import Config, JournalConfig
 from scheduler.errors import UserError
-from scheduler.journal import CampaignRecord, Counts, Journal, JournalCorrupt, open_journal
+from scheduler.journal import (
+    CampaignRecord,
+    Counts,
+    Journal,
+    JournalCorrupt,
+    JournalLocation,
+    open_journal,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,34 +100,16 @@ def _differs(target: Journal, campaign_id: str | None, what: str) -> JournalCorr
     )
 
 
-def postgres_url(url: str) -> str:
-    """``url`` checked as ``[journal] url`` is (postgresql://, no password in it), or a
-    `UserError` for ``--to`` that never shows a password."""
-    try:
-        checked = JournalConfig(url=url).url
-    except ValidationError as exc:
-        message = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            password = None
-        if password:
-            message = message.replace(password, "***")
-        raise UserError.single(message, field="--to") from None
-    assert checked is not None  # a URL was given
-    return checked
-
-
-async def copy_to_postgres(config: Config, url: str) -> CopyReport:
-    """`journal copy --to URL`: the SQLite journal at ``[paths].state`` into the empty
-    PostgreSQL journal at ``url`` (password from the credentials, or PGPASSFILE)."""
-    url = postgres_url(url)
-    if not config.paths.state.exists():
+async def copy_to_postgres(source_at: JournalLocation, url: str) -> CopyReport:
+    """`journal copy --to URL`: the SQLite journal at ``source_at.path`` into the empty
+    PostgreSQL journal at ``url`` (a checked URL; password from ``source_at``'s credentials,
+    or PGPASSFILE)."""
+    if not source_at.path.exists():
         raise UserError.single(
-            f"no journal at {config.paths.state}: nothing to copy", field="[paths].state",
+            f"no journal at {source_at.path}: nothing to copy", field="[paths].state",
         )
-    source = open_journal(config.model_copy(update={"journal": JournalConfig()}))
-    target = open_journal(config.model_copy(update={"journal": JournalConfig(url=url)}))
+    source = open_journal(replace(source_at, url=None))
+    target = open_journal(replace(source_at, url=url))
     await source.start(writer=True)  # first: a running daemon is refused before any change
     try:
         await target.start(writer=True)

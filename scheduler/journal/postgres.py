@@ -44,7 +44,6 @@ from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-from scheduler.audience import Skip
 from scheduler.journal.base import (
     DUMP_TABLES,
     AwaitingMessage,
@@ -89,6 +88,7 @@ from scheduler.journal.codec import (
     streaming_snapshot,
     unlogged_rows,
 )
+from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
     DELIVERY_FINAL,

@@ -34,7 +34,6 @@ from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from scheduler.audience import Skip
 from scheduler.journal.base import (
     DUMP_TABLES,
     AwaitingMessage,
@@ -80,6 +79,7 @@ from scheduler.journal.codec import (
     streaming_snapshot,
     unlogged_rows,
 )
+from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
     DELIVERY_FINAL,
