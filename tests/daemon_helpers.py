@@ -244,6 +244,8 @@ class DaemonProcess:
     def start(self, wait: bool = True) -> DaemonProcess:
         """Start it; with ``wait``, return once the delivery log says ``daemon_started``."""
         self.starts += 1
+        # counted before the start: another daemon of the same workspace may have started before
+        before = len(self.workspace.events("daemon_started"))
         log = self.workspace.root / f"daemon-{self.starts}.stderr"
         with log.open("wb") as stderr:
             self.proc = subprocess.Popen(
@@ -252,8 +254,7 @@ class DaemonProcess:
                 stdout=subprocess.DEVNULL, stderr=stderr,
             )
         if wait:
-            starts = self.starts
-            poll(lambda: len(self.workspace.events("daemon_started")) >= starts
+            poll(lambda: len(self.workspace.events("daemon_started")) > before
                  or self._died(), 20, "daemon_started")
             assert self.alive, f"the daemon exited at start: {self.stderr()}"
         return self

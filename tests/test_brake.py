@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.config import SendingConfig
+from tests.engine_helpers import KEY, drive, make_setup
 from tests.helpers import StartSandbox, phone
-from tests.test_sender import KEY, drive, make_setup
 
 COUNT = 2000
 

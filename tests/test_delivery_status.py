@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -32,7 +31,6 @@ from daemon_helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.cascade import ENDPOINTS
 from scheduler.config import ApiConfig, DeliveryReportsConfig, load_config, load_credentials
 from scheduler.daemon import run_daemon
 from scheduler.delivery_log import DeliveryLog
@@ -46,10 +44,11 @@ from scheduler.dlr import (
     parse_report,
 )
 from scheduler.errors import ConfigError
-from scheduler.journal import AwaitingMessage, MessageRecord, Result, StatusReport
+from scheduler.journal import AwaitingMessage, MessageRecord, StatusReport
 from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
 from scheduler.metrics import Metrics
 from scheduler.sandbox import CHANNELS, PRICES, channel_for
+from tests.engine_helpers import send_through
 from tests.helpers import StartSandbox, free_port
 
 KEY = {"X-Authorization-Key": "k"}
@@ -149,32 +148,6 @@ class Setup:
     async def due(self, at: datetime) -> list[AwaitingMessage]:
         """Messages whose next poll is due by ``at``."""
         return await self.journal.messages_awaiting_status(at, 10_000)
-
-
-async def send_through(
-    journal: SqliteJournal, base_url: str, campaign: str, count: int, *,
-    deadline: datetime, text: str = "Hello there", index: bool = True,
-) -> list[tuple[str, str, str]]:
-    """Snapshot a campaign, post its batches to the sandbox, journal the answers, index
-    (unless not ``index``)."""
-    messages = [{"id": f"{campaign}-{n}", "fromName": "Shop", "toPhone": f"+38050{n:07d}",
-                 "messageType": "transaction", "text": text} for n in range(count)]
-    batches = [messages[i:i + 50] for i in range(0, count, 50)]
-    await journal.prepare(campaign_id=campaign, type="transaction", file="/c.toml",
-                          fingerprint="f", send_at=T0, deadline=deadline, batches=batches,
-                          skips=[])
-    sent = []
-    async with aiohttp.ClientSession() as http:
-        for seq, batch in enumerate(batches):
-            async with http.post(base_url + ENDPOINTS["standard"], json=batch,
-                                 headers=KEY) as response:
-                ids = {e["trackinId"]: e["messageId"] for e in await response.json()}
-            results = [Result(m["id"], "sent", ids[m["id"]], 1, m["toPhone"]) for m in batch]
-            await journal.record_results(campaign, seq, results)
-            sent += [(m["id"], ids[m["id"]], m["toPhone"]) for m in batch]
-    while index and await journal.index_messages(first_poll=0):
-        pass
-    return sent
 
 
 @pytest.fixture

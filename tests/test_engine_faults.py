@@ -23,8 +23,8 @@ from scheduler.delivery_log import DeliveryLog
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.sender import _Outcomes
 from scheduler.service import open_engine
+from tests.engine_helpers import KEY, drive, make_setup
 from tests.helpers import StartSandbox
-from tests.test_sender import KEY, drive, make_setup
 
 COUNT, BATCH = 600, 50
 

@@ -17,8 +17,8 @@ from daemon_helpers import DaemonProcess, Workspace, daemon_fixture, poll
 from structlog.testing import capture_logs
 
 from scheduler.service import open_engine
+from tests.engine_helpers import KEY, drive_with, make_setup
 from tests.helpers import StartSandbox
-from tests.test_sender import KEY, drive_with, make_setup
 
 
 @pytest.fixture

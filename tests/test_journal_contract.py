@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,42 +34,11 @@ from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.records import Skip
 from scheduler.vocabulary import OUTCOMES, Outcome
+from tests.journal_helpers import DEADLINE, SEND_AT, batches, message, prepare, results
 
-SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-DEADLINE = SEND_AT + timedelta(hours=1)
 BACKENDS = ["sqlite", "postgres"]
 
 MakeJournal = Callable[[], Journal]
-
-
-def message(campaign: str, n: int) -> dict[str, Any]:
-    """One API body element, as the engine builds it."""
-    return {"id": f"{campaign}-{n}", "fromName": "Brand", "toPhone": f"+38050{n:07d}",
-            "messageType": "promo", "text": f"Hello {n}"}
-
-
-def batches(campaign: str, count: int, size: int) -> Iterator[list[dict[str, Any]]]:
-    """``count`` batches of ``size`` messages, numbered 0, 1, 2... across batches."""
-    for b in range(count):
-        yield [message(campaign, n) for n in range(b * size, (b + 1) * size)]
-
-
-async def prepare(journal: Journal, campaign: str, count: int = 4, size: int = 5,
-                  skips: Sequence[Skip] = (), **override: Any) -> None:
-    """Snapshot ``campaign`` with ``count`` batches of ``size`` (keywords override the rest)."""
-    arguments: dict[str, Any] = {
-        "campaign_id": campaign, "type": "promo", "file": f"/c/{campaign}.toml",
-        "fingerprint": "f1", "send_at": SEND_AT, "deadline": DEADLINE,
-        "batches": batches(campaign, count, size), "skips": skips,
-    }
-    await journal.prepare(**(arguments | override))
-
-
-def results(body: bytes, outcome: Outcome = "sent", only: int | None = None) -> list[Result]:
-    """A result for each message of a batch body (the first ``only`` of them, if given)."""
-    messages = orjson.loads(body)[:only]
-    return [Result(m["id"], outcome, f"mid-{m['id']}" if outcome == "sent" else "E1", 1,
-                   m["toPhone"]) for m in messages]
 
 
 async def expire_rest(journal: Journal, campaign: str) -> int:

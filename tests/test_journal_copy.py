@@ -35,7 +35,6 @@ from daemon_helpers import (
     utc_seconds_from_now,
 )
 from psycopg import sql
-from test_journal_contract import SEND_AT, batches, prepare, results
 
 from scheduler.journal import (
     DUMP_TABLES,
@@ -51,6 +50,7 @@ from scheduler.journal.sqlite import SqliteJournal
 from scheduler.records import Skip
 from scheduler.vocabulary import Outcome
 from tests.helpers import REPO, sandbox_process
+from tests.journal_helpers import SEND_AT, batches, prepare, results
 from tests.pg_helpers import PostgresServer
 
 V1 = Path(__file__).parent / "data" / "v1-journal"

@@ -12,8 +12,8 @@ from scheduler.config import load_config
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
 from scheduler.service import open_engine
+from tests.engine_helpers import KEY, Setup
 from tests.helpers import StartSandbox, read_jsonl, write_audience, write_campaign, write_config
-from tests.test_sender import KEY, Setup
 
 COUNT, BATCH = 200, 10  # 20 batches: stages of 10%, 50%, 100% are batches 0-1, 2-9, 10-19
 ROLLOUT = "[rollout]\nstages = [0.1, 0.5, 1.0]\nhold = 1\n"

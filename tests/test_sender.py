@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scheduler.campaign import Campaign
-from scheduler.config import Config, load_config
+from scheduler.config import load_config
 from scheduler.journal import RecipientRow
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
-from scheduler.sender import Engine
 from scheduler.service import open_engine
-from scheduler.vocabulary import CampaignState
+from tests.engine_helpers import KEY, Setup, drive, drive_with, make_setup
 from tests.helpers import (
     StartSandbox,
     free_port,
@@ -34,75 +32,7 @@ from tests.helpers import (
     read_jsonl,
     write_audience,
     write_campaign,
-    write_config,
 )
-
-KEY = "test-key-7f3a"
-
-
-@dataclass
-class Setup:
-    """A workspace: its config and one campaign, ready to prepare and drive."""
-
-    root: Path
-    config: Config
-    campaign: Campaign
-
-    @property
-    def journal_path(self) -> Path:
-        """The journal file the config names."""
-        return self.config.paths.state
-
-    def journal_rows(self) -> list[RecipientRow]:
-        """Every recipient with a final outcome, read back from the journal file."""
-        with SqliteConnection(self.journal_path) as journal:
-            return list(journal.recipients(self.campaign.id))
-
-    def counts(self) -> dict[str, int]:
-        """The journal's outcome counts for the campaign."""
-        with SqliteConnection(self.journal_path) as journal:
-            return journal.counts(self.campaign.id)
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        """Every delivery-log line, parsed."""
-        return read_jsonl(self.config.paths.delivery_log)
-
-
-def make_setup(
-    root: Path,
-    base_url: str,
-    count: int,
-    *,
-    key: str = KEY,
-    extra_rows: tuple[tuple[str, str], ...] = (),
-    ttl: int = 3600,
-    phones: str = "masked",
-    **sending: Any,
-) -> Setup:
-    """Write a config and a ``count``-recipient transaction campaign; load both."""
-    config_path = write_config(root, base_url, phones=phones, **sending)
-    write_audience(root / "campaigns" / "people.csv", count, extra_rows=extra_rows)
-    now = datetime.now(UTC)
-    file = write_campaign(root / "campaigns", "engine-test", "people.csv", send_at=now, ttl=ttl)
-    config = load_config(config_path, env={"CASCADE_API_KEY": key})
-    check = load_campaign(file, config, now)
-    assert check.campaign is not None, check.problems
-    # the deadline counts from this instant, as `send --now` does
-    campaign = check.campaign.model_copy(update={"send_at": now})
-    return Setup(root, config, campaign)
-
-
-async def drive(setup: Setup, config: Config | None = None) -> CampaignState:
-    """Prepare and drive the campaign with a fresh engine (own client, journal and log)."""
-    async with open_engine(config or setup.config) as engine:
-        return await drive_with(engine, setup.campaign)
-
-
-async def drive_with(engine: Engine, campaign: Campaign) -> CampaignState:
-    """Prepare ``campaign`` and send it with ``engine`` until it ends."""
-    record = await engine.prepare(campaign)
-    run = engine.open_run(campaign, record)
-    return await engine.drive(run)
 
 
 def outcome_ids(rows: list[RecipientRow], outcome: str) -> set[str]:

@@ -48,6 +48,7 @@ from scheduler.streaming import (
     stream_chunks,
 )
 from scheduler.vocabulary import CampaignState
+from tests.engine_helpers import KEY, Setup, make_setup
 from tests.helpers import (
     StartSandbox,
     ThreadSandbox,
@@ -59,7 +60,6 @@ from tests.helpers import (
     write_campaign,
     write_config,
 )
-from tests.test_sender import KEY, Setup, make_setup
 
 BAD_ROWS = (("not-a-phone", "Broken"), (phone(5), "Again"))  # an invalid phone, a duplicate
 

@@ -34,8 +34,8 @@ from scheduler.dlr import Deliveries
 from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
 from scheduler.metrics import Metrics
 from scheduler.webhooks import WebhookServer
+from tests.engine_helpers import send_through
 from tests.helpers import StartSandbox, free_port
-from tests.test_delivery_status import send_through
 
 TOKEN = "hook-Secret-42"
 

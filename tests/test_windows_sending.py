@@ -19,8 +19,8 @@ from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
 from scheduler.service import open_engine
+from tests.engine_helpers import KEY, Setup
 from tests.helpers import StartSandbox, read_jsonl, write_campaign, write_config
-from tests.test_sender import KEY, Setup
 
 KYIV = [f"+38050{n:07d}" for n in range(20)]
 NEW_YORK = [f"+1212555{n:04d}" for n in range(20)]
