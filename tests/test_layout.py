@@ -115,3 +115,17 @@ def test_storage_stands_at_the_bottom() -> None:
     """The journal imports nothing above it (no config, no CSV reader): its records come from
     `scheduler.records`, its location from the caller (`Config.journal_location`)."""
     assert storage_reaches_up(graph()) == {}
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_no_test_module_imports_another() -> None:
+    """Helpers are shared through helper modules (`tests/*_helpers.py`, `tests/helpers.py`),
+    never by one test module importing another (which runs its tests' module code twice and
+    ties unrelated files together)."""
+    importing = re.compile(r"^\s*(?:from|import)\s+(?:tests\.)?test_\w+", re.MULTILINE)
+    offenders = sorted(path.name for path in TESTS.glob("*.py")
+                       if importing.search(path.read_text("utf-8")))
+    assert offenders == []
+    assert importing.search("from tests.test_sender import KEY")  # the check can fail
