@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
@@ -46,6 +47,15 @@ def utc_text(moment: datetime) -> str:
 def phone(number: int) -> str:
     """A distinct valid E.164 phone per ``number`` (Ukrainian mobile range)."""
     return f"+38050{number:07d}"
+
+
+async def wait_for_event(event: asyncio.Event, what: str, timeout: float = 30) -> None:
+    """Wait until ``event`` is set; after ``timeout`` seconds (a bound for a hung test, not a
+    measure of speed) fail, naming what never happened."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pytest.fail(f"{what}: not within {timeout} s")
 
 
 def write_audience(

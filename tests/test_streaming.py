@@ -56,6 +56,7 @@ from tests.helpers import (
     phone,
     read_jsonl,
     run_cli,
+    wait_for_event,
     write_audience,
     write_campaign,
     write_config,
@@ -363,18 +364,22 @@ async def test_a_stream_that_breaks_never_looks_finished(
 async def test_the_next_chunk_is_read_while_one_is_appended(
     tmp_path: Path, start_sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The child never waits for the journal's commit: a chunk comes through the pipe while
-    the one before it is being appended (slowly, here). Appends still go one at a time and in
-    order, so every batch lands once."""
+    """The child never waits for the journal's commit: the first append does not end until
+    the second chunk has come through the pipe (a pump that read only after appending would
+    wait here forever). Appends still go one at a time and in order, so every batch lands
+    once."""
     sandbox = await start_sandbox(api_key=KEY)
     setup = streamed_setup(tmp_path, sandbox, bad_rows=False)
     appending, read_during, appended = 0, list[int](), list[int]()
+    second_read = asyncio.Event()
     real_chunks = Reader.chunks
 
     async def chunks(reader: Reader, resume: Resume) -> AsyncGenerator[Any, None]:
         async with contextlib.aclosing(real_chunks(reader, resume)) as inner:
             async for chunk in inner:
                 read_during.append(appending)
+                if len(read_during) == 2:
+                    second_read.set()
                 yield chunk
 
     monkeypatch.setattr(Reader, "chunks", chunks)
@@ -387,8 +392,9 @@ async def test_the_next_chunk_is_read_while_one_is_appended(
             appending += 1
             assert appending == 1  # never two at once
             appended.extend(batch.seq for batch in batches)
-            await asyncio.sleep(0.05)
             try:
+                if len(appended) == 1:  # the first chunk holds one batch
+                    await wait_for_event(second_read, "the second chunk, during the append")
                 await real(cid, batches, skips)
             finally:
                 appending -= 1
@@ -397,7 +403,7 @@ async def test_the_next_chunk_is_read_while_one_is_appended(
         record = await engine.prepare(setup.campaign, stream=True)
         assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
     assert appended == list(range(20))
-    assert read_during[0] == 0 and 1 in read_during[1:]
+    assert read_during[:2] == [0, 1]
     assert setup.counts()["sent"] == 2000 == len(sandbox.accepted)
 
 
