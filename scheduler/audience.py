@@ -11,6 +11,7 @@ import codecs
 import collections
 import csv
 import difflib
+import functools
 import multiprocessing
 import os
 import re
@@ -462,7 +463,7 @@ class _RowChecker:
                         yield Skip(line, prefix + value, phone, "invalid_timezone",
                                    self._zone_detail(row, size))
                         continue
-                    if not emit:
+                    if not emit and zone:
                         zones[zone] = zones.get(zone, 0) + 1
                 if empty_at >= 0 and (empty_at >= size or not row[empty_at].strip()):
                     on_empty(empty_name, line)
@@ -480,12 +481,15 @@ class _RowChecker:
             self.numbered = number
 
     def _zone_finder(self) -> Callable[[list[str], int, str], str | None] | None:
-        """With a send window: a function giving each row's zone group (its ``tz_column``
-        value, else its phone's zones, else the policy's), None for a bad ``tz_column``."""
+        """A function giving each row's zone group: with a send window, its ``tz_column``
+        value, else its phone's zones, else the policy's; without one, "" (no group is
+        needed). None for a bad ``tz_column`` value, window or not: a zone the file names
+        must be a zone. No function when there is neither a window nor a ``tz_column``."""
+        at = self.columns.tz
         if self.campaign.window is None:
-            return None
+            return None if at is None else _zone_checker(at)
         finder = ZoneFinder(self.campaign.timezone)
-        by_phone, at = finder.of_phone, self.columns.tz
+        by_phone = finder.of_phone
         if at is None:
             return lambda row, size, phone: by_phone(phone)
         known = zone_names()
@@ -595,12 +599,40 @@ def _positional_renderer(
     return render
 
 
-def _did_you_mean_zone(name: str) -> str:
-    """The IANA name closest to ``name`` (``Kyiv`` -> ``Europe/Kyiv``), else an example."""
+_OFFSET = re.compile(r"(utc|gmt)?_?[+-]\d")
+
+
+def _zone_checker(at: int) -> Callable[[list[str], int, str], str | None]:
+    """Without a send window: "" for a row whose ``tz_column`` (at ``at``) is empty or an
+    IANA zone, None for any other value."""
     known = zone_names()
-    by_city = {zone.rsplit("/", 1)[-1].lower(): zone for zone in known}
-    close = difflib.get_close_matches(name.lower().replace(" ", "_"), list(by_city), 1)
-    return by_city[close[0]] if close else "Europe/Kyiv"
+
+    def check(row: list[str], size: int, phone: str) -> str | None:
+        name = row[at].strip() if at < size else ""
+        return "" if not name or name in known else None
+
+    return check
+
+
+@functools.lru_cache(maxsize=256)  # an audience repeats its few bad values on many rows
+def _did_you_mean_zone(name: str) -> str:
+    """The IANA name closest to ``name``, else an example: the same name in other case
+    (``europe/kyiv``), a city (``Kyiv``, ``new york``), or a near spelling (``Europe/Kyev``)."""
+    known = zone_names()
+    wanted = name.strip().replace(" ", "_").lower()
+    by_name = {zone.lower(): zone for zone in known}
+    if wanted in by_name:
+        return by_name[wanted]
+    if _OFFSET.match(wanted):  # "UTC+3": an offset misses summer time, a place name does not
+        return "Europe/Kyiv"
+    by_city = {zone.rsplit("/", 1)[-1].lower(): zone for zone in sorted(known)
+               if "/" in zone and not zone.startswith(("Etc/", "SystemV/", "posix/", "right/"))}
+    city = wanted.rsplit("/", 1)[-1]
+    close = difflib.get_close_matches(city, list(by_city), 1, 0.7)
+    if close:
+        return by_city[close[0]]
+    close = difflib.get_close_matches(wanted, list(by_name), 1)
+    return by_name[close[0]] if close else "Europe/Kyiv"
 
 
 def _survey_detail(text: str) -> str:

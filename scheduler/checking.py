@@ -146,6 +146,13 @@ def audience_problems(file: Path, summary: AudienceSummary) -> list[Problem]:
             f"({', '.join(f'{r} {n:,}' for r, n in broken.items())}): is the CSV exported "
             f"right? {_first(summary, broken)}", "warning",
         ))
+    if zones := summary.skipped.get("invalid_timezone", 0):
+        problems.append(Problem(
+            file, lines.line_of("audience.tz_column"), "audience.tz_column",
+            f"{zones:,} {'row names' if zones == 1 else 'rows name'} no IANA time zone and "
+            f"{'is' if zones == 1 else 'are'} skipped: "
+            f"{_first(summary, {'invalid_timezone': zones})}", "warning",
+        ))
     for name, count in summary.empty.items():
         shown = ", ".join(map(str, summary.empty_lines[name]))
         more = ", …" if count > len(summary.empty_lines[name]) else ""

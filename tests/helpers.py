@@ -49,13 +49,13 @@ def phone(number: int) -> str:
     return f"+38050{number:07d}"
 
 
-async def wait_for_event(event: asyncio.Event, what: str, timeout: float = 30) -> None:
-    """Wait until ``event`` is set; after ``timeout`` seconds (a bound for a hung test, not a
+async def wait_for_event(event: asyncio.Event, what: str, bound: float = 30) -> None:
+    """Wait until ``event`` is set; after ``bound`` seconds (a bound for a hung test, not a
     measure of speed) fail, naming what never happened."""
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        await asyncio.wait_for(event.wait(), bound)
     except TimeoutError:
-        pytest.fail(f"{what}: not within {timeout} s")
+        pytest.fail(f"{what}: not within {bound} s")
 
 
 def write_audience(

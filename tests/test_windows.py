@@ -190,6 +190,52 @@ def test_tz_column_names_the_zone_and_a_bad_one_is_skipped_with_a_hint(tmp_path:
     assert '"Kyiv"' in skip.detail and "Europe/Kyiv" in skip.detail
 
 
+def test_tz_column_is_checked_without_a_window_and_check_gives_the_closest_zone(
+    tmp_path: Path,
+) -> None:
+    """A transactional campaign has no window, yet its ``tz_column`` still names zones: a
+    "Kyiv" row is skipped (not sent unflagged), and `check` warns at the column's line with
+    the closest IANA name; an empty cell and a real zone pass."""
+    config = load_config(write_config(tmp_path))
+    (tmp_path / "campaigns" / "people.csv").write_text(
+        "phone,name,tz\n+380501234567,A,Europe/Kyiv\n+380501234568,B,\n"
+        "+380501234569,C,Kyiv\n+380501234570,D,new york\n")
+    file = write_campaign(tmp_path / "campaigns", "t", "people.csv")
+    file.write_text(file.read_text().replace('csv = "people.csv"',
+                                             'csv = "people.csv"\ntz_column = "tz"'))
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None and check.campaign.window is None, check.problems
+    rows = list(iter_audience(check.campaign))
+    skips = [r for r in rows if isinstance(r, Skip)]
+    assert [(s.line, s.reason) for s in skips] == [(4, "invalid_timezone"),
+                                                  (5, "invalid_timezone")]
+    assert 'write e.g. "Europe/Kyiv"' in skips[0].detail
+    assert 'write e.g. "America/New_York"' in skips[1].detail
+    text = render_report(check_paths([file], config, datetime.now(UTC)))
+    tz_line = file.read_text().splitlines().index('tz_column = "tz"') + 1
+    assert (f't.toml:{tz_line}: warning: audience.tz_column: 2 rows name no IANA time zone '
+            'and are skipped: line 4: "Kyiv" in column "tz" is not an IANA time zone: '
+            'write e.g. "Europe/Kyiv"') in text
+    assert "2 recipients valid, 2 skipped (invalid_timezone 2: lines 4, 5)" in text
+
+
+@pytest.mark.parametrize(("value", "hint"), [
+    ("kyiv", "Europe/Kyiv"), ("europe/kyiv", "Europe/Kyiv"), ("Europe/Kyev", "Europe/Kyiv"),
+    ("Berlin", "Europe/Berlin"), ("Pacific/Auckand", "Pacific/Auckland"),
+    ("UTC+3", "Europe/Kyiv"),  # an offset: a place name, which knows summer time
+])
+def test_the_closest_zone_hint(tmp_path: Path, value: str, hint: str) -> None:
+    config = load_config(write_config(tmp_path))
+    (tmp_path / "campaigns" / "people.csv").write_text(f"phone,name,tz\n+380501234567,A,{value}\n")
+    file = write_campaign(tmp_path / "campaigns", "t", "people.csv")
+    file.write_text(file.read_text().replace('csv = "people.csv"',
+                                             'csv = "people.csv"\ntz_column = "tz"'))
+    check = load_campaign(file, config, datetime.now(UTC))
+    assert check.campaign is not None, check.problems
+    (skip,) = iter_audience(check.campaign)
+    assert isinstance(skip, Skip) and f'write e.g. "{hint}"' in skip.detail
+
+
 def test_policy_window_is_the_default_for_promo_but_not_transactional(tmp_path: Path) -> None:
     config_file = write_config(tmp_path)
     config_file.write_text(config_file.read_text()
