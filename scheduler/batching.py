@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import orjson
 
-from scheduler.audience import Suppression, ValidRow, iter_rows
+from scheduler.audience import Suppression, ValidRow, iter_rows, summarize
 from scheduler.campaign import Campaign
 from scheduler.records import Recipient, Skip
 
@@ -115,6 +115,8 @@ class Snapshot:
 
     With a send window, each batch holds recipients of one zone group only (their window opens
     and closes at the same moments), and ``zones`` gets each batch's group as it is yielded.
+    With a roll-out, a batch that a stage's end falls inside is cut in two there, so every
+    stage is exactly the share asked for (the audience is counted first to know where).
     """
 
     campaign: Campaign
@@ -125,9 +127,33 @@ class Snapshot:
 
     def batches(self) -> Iterator[list[Message]]:
         """Yield lists of at most ``batch_size`` messages, in audience order (per zone group)."""
-        if self.campaign.window is not None:
-            yield from self._zoned()
-            return
+        batches = self._zoned() if self.campaign.window is not None else self._plain()
+        rollout = self.campaign.rollout
+        if rollout is not None:
+            valid = summarize(self.campaign, self.suppression).valid
+            batches = self._cut(batches, rollout.ends(valid))
+        yield from batches
+
+    def _cut(self, batches: Iterator[list[Message]], ends: list[int]) -> Iterator[list[Message]]:
+        """``batches`` with each one that a stage ends inside split there (its zone group, when
+        there are groups, recorded for both parts)."""
+        zoned, done = self.campaign.window is not None, 0
+        waiting = iter(ends)
+        end = next(waiting, None)
+        for batch in batches:
+            while end is not None and end < done + len(batch):
+                if end > done:
+                    head, batch = batch[:end - done], batch[end - done:]
+                    if zoned:  # the group of the batch just yielded by `_zoned`, once more
+                        self.zones.insert(len(self.zones) - 1, self.zones[-1])
+                    done += len(head)
+                    yield head
+                end = next(waiting, None)
+            done += len(batch)
+            yield batch
+
+    def _plain(self) -> Iterator[list[Message]]:
+        """Batches in audience order, without zone groups."""
         # Valid rows come as plain tuples, never `Recipient`s, and become messages a batch at
         # a time (one comprehension, no call a row): the hot path of a snapshot.
         build, skips, size = batch_builder(self.campaign), self.skips, self.batch_size

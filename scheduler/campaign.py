@@ -66,9 +66,15 @@ class Rollout(BaseModel):
     stages: tuple[float, ...]  # increasing, each in (0, 1], the last 1.0
     hold: int  # seconds between one stage's end and the next one's start
 
-    def batches(self, stage: int, total: int) -> int:
-        """How many of ``total`` batches stages 0..``stage`` cover (at least one each)."""
-        return min(total, max(stage + 1, math.ceil(self.stages[stage] * total)))
+    def messages(self, stage: int, total: int) -> int:
+        """How many of ``total`` messages stages 0..``stage`` cover: the share asked for,
+        rounded up (1% of 48,879 is 489), at least one a stage."""
+        share = self.stages[stage] * total
+        return min(total, max(stage + 1, math.ceil(share - share * 1e-12)))  # 0.1 x 200: 20
+
+    def ends(self, total: int) -> list[int]:
+        """Where each stage ends among ``total`` messages in snapshot order."""
+        return [self.messages(stage, total) for stage in range(len(self.stages))]
 
 
 class Campaign(BaseModel):

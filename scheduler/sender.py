@@ -116,7 +116,8 @@ class CampaignRun:
     first_post: bool = False  # the campaign's very first request is still to come (lag metric)
     brake: Brake | None = None  # None: brake_window = 0
     stage: int = 0  # roll-out: the stage in progress
-    limit: int | None = None  # roll-out: batches below this seq belong to stages so far
+    #: roll-out: how many messages belong to later stages (they stay pending meanwhile)
+    later: int | None = None
     details: dict[str, Any] = field(default_factory=dict)  # fields for the stop's event
     caps: tuple[CapConfig, ...] = ()  # the [[policy.caps]] its messages are checked against
     capped: CapSummary | None = None  # the phones over them, rebuilt every caps.REFRESH s
@@ -531,16 +532,25 @@ class Engine:
         if rollout is None:
             return
         run.stage = min(record.stage, len(rollout.stages) - 1)
-        run.limit = rollout.batches(run.stage, record.batches)
+        run.later = record.recipients - rollout.messages(run.stage, record.recipients)
         if record.stage_at is not None:
             await self._hold_until(run, record.stage_at)
 
     async def _stage_complete(self, run: CampaignRun) -> bool:
-        """True when every batch of the stage in progress is final and a later one waits."""
-        if run.limit is None:
+        """True when every message of the stage in progress is final and a later one waits.
+        (The snapshot cuts a batch where a stage ends, so no open batch straddles two.)"""
+        budget = await self._stage_budget(run)
+        if budget is None:
             return False
         first_open = await self.journal.open_batches(run.campaign.id, -1, 1)
-        return bool(first_open) and first_open[0].seq >= run.limit
+        return bool(first_open) and _open_size(first_open[0]) > budget
+
+    async def _stage_budget(self, run: CampaignRun) -> int | None:
+        """Roll-out: how many more messages the stages so far may send (None: no roll-out)."""
+        if run.later is None:
+            return None
+        counts = await self.journal.counts(run.campaign.id)
+        return counts.get("pending", 0) - run.later
 
     async def _next_stage(self, run: CampaignRun, record: CampaignRecord) -> None:
         """Journal the next stage with its start after the hold, announce it, and wait."""
@@ -549,7 +559,7 @@ class Engine:
         run.stage += 1
         starts = self.clock() + timedelta(seconds=rollout.hold)
         await self.journal.set_stage(run.campaign.id, run.stage, starts)
-        run.limit = rollout.batches(run.stage, record.batches)
+        run.later = record.recipients - rollout.messages(run.stage, record.recipients)
         self.lifecycle.announce(
             "campaign_stage", campaign=run.campaign.id, stage=run.stage + 1,
             stages=len(rollout.stages), share=rollout.stages[run.stage],
@@ -569,11 +579,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         run.held_until, run.held = None, 0
         stream = self._streams.get(run.campaign.id)
+        budget = await self._stage_budget(run)
         while not run.halted and self.refused is None:
             if stream is not None:
                 stream.grew.clear()  # an append after this read wakes the wait below
             page = await self.journal.open_batches(run.campaign.id, after, PAGE)
-            staged = [b for b in page if run.limit is None or b.seq < run.limit]
+            staged, budget = _within(page, budget)
             if not staged:
                 if await self._more_streamed(run):
                     continue
@@ -1118,6 +1129,28 @@ def _ids(part: Sequence[Message]) -> list[str]:
 def _phones(part: Sequence[Message]) -> list[str]:
     """The phones of ``part``, in order."""
     return part.phones if isinstance(part, _Stored) else list(map(_PHONE, part))
+
+
+def _open_size(batch: BatchRecord) -> int:
+    """How many of the batch's messages have no final outcome yet."""
+    return batch.size - len(batch.decided)
+
+
+def _within(
+    page: list[BatchRecord], budget: int | None,
+) -> tuple[list[BatchRecord], int | None]:
+    """The first batches of ``page`` whose open messages fit in a roll-out's ``budget`` (None:
+    no roll-out, all of them), and the budget they leave."""
+    if budget is None:
+        return page, None
+    fitting = []
+    for batch in page:
+        size = _open_size(batch)
+        if size > budget:
+            break
+        fitting.append(batch)
+        budget -= size
+    return fitting, budget
 
 
 def _open_messages(batch: BatchRecord) -> Sequence[Message]:

@@ -8,7 +8,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scheduler.campaign import Rollout
 from scheduler.config import load_config
+from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
 from scheduler.service import open_engine
@@ -95,6 +97,55 @@ async def test_a_stop_inside_a_hold_continues_the_stage_and_repeats_none(
     assert len(accepted) == COUNT and set(accepted.values()) == {1}
     second = min(t for tid, t in arrivals(record).items() if int(tid.split("-")[1]) > 20)
     assert second >= held.stage_at
+
+
+async def test_stages_are_cut_at_the_share_asked_for_across_zone_groups(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """1,000 Kyiv and New York phones in batches of 100 with a window: zone groups make 11
+    batches, and "1%" used to be a whole batch (100 messages). Now stage 1 is exactly 10
+    messages, stage 2 exactly 100, and each stage is the first ones in snapshot order."""
+    record = tmp_path / "accepted.jsonl"
+    sandbox = await start_sandbox(api_key=KEY, record=record)
+    config_path = write_config(tmp_path, sandbox.base_url, batch_size=100, concurrency=2,
+                               requests_per_second=1000)
+    phones = [f"+38050{n:07d}" if n % 2 else f"+1212555{n:04d}" for n in range(1000)]
+    (tmp_path / "campaigns" / "zones.csv").write_text(
+        "phone,name\n" + "".join(f"{p},P{n}\n" for n, p in enumerate(phones)))
+    now = datetime.now(UTC)
+    file = write_campaign(tmp_path / "campaigns", "zoned", "zones.csv", send_at=now,
+                          type="promo", ttl=86400, extra='window = "00:00-24:00"\n'
+                          "[rollout]\nstages = [0.01, 0.1, 1.0]\nhold = 0\n")
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(file, config, now)
+    assert check.campaign is not None, check.problems
+    campaign = check.campaign.model_copy(update={"send_at": now})
+    sent_before_stage: list[int] = []
+    async with open_engine(config) as engine:
+        real_set_stage = engine.journal.set_stage
+
+        async def set_stage(cid: str, stage: int, stage_at: datetime) -> None:
+            sent_before_stage.append((await engine.journal.counts(cid))["sent"])
+            await real_set_stage(cid, stage, stage_at)
+
+        engine.journal.set_stage = set_stage  # type: ignore[method-assign]
+        prepared = await engine.prepare(campaign)
+        assert prepared.recipients == 1000
+        assert await engine.drive(engine.open_run(campaign, prepared)) == "done"
+    assert sent_before_stage == [10, 100]
+    order = [line["trackinId"] for line in read_jsonl(record)]
+    assert len(order) == 1000 == len(set(order))
+    with SqliteConnection(config.paths.state) as journal:
+        in_snapshot_order = [row.tracking_id for row in journal.recipients("zoned")]
+    assert set(order[:10]) == set(in_snapshot_order[:10])
+    assert set(order[10:100]) == set(in_snapshot_order[10:100])
+
+
+def test_a_stage_is_the_share_rounded_up() -> None:
+    rollout = Rollout(stages=(0.01, 0.1, 0.5, 1.0), hold=0)
+    assert rollout.ends(48_879) == [489, 4_888, 24_440, 48_879]
+    assert rollout.ends(200) == [2, 20, 100, 200]  # 0.1 x 200 is 20.000000000000004
+    assert rollout.ends(2) == [1, 2, 2, 2]  # at least one a stage, never past the total
 
 
 def test_check_explains_a_wrong_rollout_table(tmp_path: Path) -> None:
