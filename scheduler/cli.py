@@ -49,7 +49,7 @@ from scheduler.report import (
     write_summary,
 )
 from scheduler.sandbox_options import SandboxOptions
-from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, read_status
+from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, file_rollout, read_status
 from scheduler.streaming import Reader, StreamJob
 
 EXIT_OK = 0
@@ -445,8 +445,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not config.journal_location().exists:
         print(f"no journal at {config.paths.state} yet: no daemon has run", file=sys.stderr)
         return EXIT_NO_LEADER
+    now = datetime.now(UTC)
     with JournalReader(open_journal(config.journal_location())) as journal:
-        status = read_status(journal, datetime.now(UTC))
+        status = read_status(journal, now, file_rollout(config, now))
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_json(), option=orjson.OPT_INDENT_2).decode()
                          + "\n")

@@ -8,15 +8,16 @@ has none, and a campaign that only waits for the daemon to start again says so i
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from scheduler.audience import Suppression, summarize
-from scheduler.campaign import TRANSACTIONAL, Campaign, utc_text
+from scheduler.campaign import TRANSACTIONAL, Campaign, Rollout, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
 from scheduler.errors import UserError
@@ -49,11 +50,15 @@ class _Job:
     left: float
     priority: int  # 0: transactional (goes first), 1: the rest
     deadline: datetime
+    #: roll-out: the messages of each stage after this one, and the hold before each
+    stages: list[int] = field(default_factory=list)
+    hold: float = 0.0
 
 
 def shared_etas(jobs: list[_Job], per_second: float) -> None:
     """Fill each job's row ``eta``: campaigns share the one rate; among those due, the higher
-    priority takes it all and equals share it evenly (the daemon's queue, as a fluid)."""
+    priority takes it all and equals share it evenly (the daemon's queue, as a fluid). A
+    staged campaign leaves the queue at the end of each stage and comes back after the hold."""
     waiting = sorted(jobs, key=lambda j: j.start)
     active: list[_Job] = []
     clock = waiting[0].start if waiting else None
@@ -72,7 +77,11 @@ def shared_etas(jobs: list[_Job], per_second: float) -> None:
         clock += timedelta(seconds=step)
         for job in group:
             job.left -= share * step
-            if job.left <= 1e-6:
+            if job.left <= 1e-6 and job.stages:  # a stage ends: its hold, then the next
+                active.remove(job)
+                job.start, job.left = clock + timedelta(seconds=job.hold), job.stages.pop(0)
+                bisect.insort(waiting, job, key=lambda j: j.start)
+            elif job.left <= 1e-6:
                 active.remove(job)
                 job.row["eta"] = utc_text(clock)
                 if clock > job.deadline:
@@ -180,7 +189,9 @@ class _Planner:
             self._window_note(row, campaign, open_by_zone)
         paused = campaign is not None and campaign.paused
         if record.state in SENDING and self.leading and pending and not paused:
-            self._job(row, self.now, pending, record.type, record.deadline)
+            job = self._job(row, self.now, pending, record.type, record.deadline)
+            if campaign is not None and campaign.rollout is not None:
+                _stage_on(job, campaign.rollout, record, self.now)
         self.rows.append(row)
         return row
 
@@ -223,7 +234,9 @@ class _Planner:
                 count -= seen.unreachable
                 start = start if seen.at_once or not seen.held else min(seen.held)
             if count:
-                self._job(row, start, count, campaign.type, campaign.deadline)
+                job = self._job(row, start, count, campaign.type, campaign.deadline)
+                if campaign.rollout is not None:
+                    _stages(job, campaign.rollout, count, 0)
 
     def _window_note(
         self, row: dict[str, Any], campaign: Campaign, zones: Mapping[str, int],
@@ -255,9 +268,11 @@ class _Planner:
 
     def _job(
         self, row: dict[str, Any], start: datetime, pending: int, kind: str, deadline: datetime,
-    ) -> None:
+    ) -> _Job:
         priority = 0 if kind in TRANSACTIONAL else 1
-        self.jobs.append(_Job(row, start, float(pending), priority, deadline))
+        job = _Job(row, start, float(pending), priority, deadline)
+        self.jobs.append(job)
+        return job
 
     def finish(self) -> list[dict[str, Any]]:
         """Every row, with the journal-only campaigns and the shared ETAs."""
@@ -285,6 +300,26 @@ def _stage_note(campaign: Campaign, record: CampaignRecord, now: datetime) -> st
     if record.stage_at is not None and record.stage_at > now:
         note += f", starts {utc_text(record.stage_at)}"
     return note
+
+
+def _stages(job: _Job, rollout: Rollout, total: int, decided: int, stage: int = 0) -> None:
+    """Split ``job`` (the ``total - decided`` messages left) into the roll-out's stages from
+    ``stage`` on: the rest of that stage now, each later one after a hold."""
+    ends = rollout.ends(total)[stage:]
+    sizes = [end - start for start, end in zip([decided, *ends], ends, strict=False)]
+    sizes = [size for size in sizes if size > 0]
+    if sizes:
+        job.left, job.stages, job.hold = float(sizes[0]), sizes[1:], float(rollout.hold)
+
+
+def _stage_on(job: _Job, rollout: Rollout, record: CampaignRecord, now: datetime) -> None:
+    """A started staged campaign: the rest of the stage under way (after its hold, if that is
+    still running), then the later stages."""
+    pending = int(job.left)
+    stage = min(record.stage, len(rollout.stages) - 1)
+    _stages(job, rollout, record.recipients, record.recipients - pending, stage)
+    if record.stage_at is not None and record.stage_at > now:
+        job.start = record.stage_at
 
 
 def _joined(*notes: str) -> str:

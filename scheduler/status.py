@@ -9,13 +9,20 @@ few seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from scheduler.campaign import utc_text
+from scheduler.campaign import Rollout, utc_text
+from scheduler.config import Config
 from scheduler.journal import CampaignRecord, JournalReader, holder_parts
+from scheduler.loader import load_campaign
 from scheduler.vocabulary import ENDED
+
+#: a campaign's roll-out (its stages and hold live in its file, not in the journal), or None
+RolloutOf = Callable[[CampaignRecord], Rollout | None]
 
 DAEMON_COLUMNS = ("role", "host", "pid", "since")
 CAMPAIGN_COLUMNS = (
@@ -42,8 +49,29 @@ class Status:
         return asdict(self)
 
 
-def read_status(journal: JournalReader, now: datetime) -> Status:
-    """Gather the status from a started journal reader."""
+def _no_rollout(record: CampaignRecord) -> Rollout | None:
+    return None
+
+
+def file_rollout(config: Config, now: datetime) -> RolloutOf:
+    """Roll-outs read from the campaign files the journal names (when this machine has them):
+    a staged campaign's stage and ETA need its stages and hold."""
+
+    def rollout_of(record: CampaignRecord) -> Rollout | None:
+        if record.state in ENDED or not record.file:
+            return None
+        check = load_campaign(Path(record.file), config, now)
+        campaign = check.campaign
+        return campaign.rollout if campaign is not None and campaign.id == record.id else None
+
+    return rollout_of
+
+
+def read_status(
+    journal: JournalReader, now: datetime, rollout_of: RolloutOf = _no_rollout,
+) -> Status:
+    """Gather the status from a started journal reader (``rollout_of``: each campaign's
+    roll-out, for its stage and an ETA that counts the holds)."""
     leader = journal.leader()
     daemons = [
         {"role": "leader" if d.holder == leader else "standby", "host": d.host, "pid": d.pid,
@@ -52,7 +80,7 @@ def read_status(journal: JournalReader, now: datetime) -> Status:
     ]
     if leader is not None and all(d["holder"] != leader for d in daemons):
         daemons.insert(0, _lease_only(leader))  # a foreground `send` holds it
-    campaigns = [row for row in (_campaign(journal, record, now)
+    campaigns = [row for row in (_campaign(journal, record, now, rollout_of(record))
                                  for record in journal.campaigns())
                  if row["state"] not in ENDED or row["awaiting_status"]]
     return Status(leader, daemons, campaigns)
@@ -63,16 +91,23 @@ def _lease_only(holder: str) -> dict[str, Any]:
     return {"role": "leader", "host": host, "pid": pid, "since": "", "holder": holder}
 
 
-def _campaign(journal: JournalReader, record: CampaignRecord, now: datetime) -> dict[str, Any]:
+def _campaign(
+    journal: JournalReader, record: CampaignRecord, now: datetime, rollout: Rollout | None,
+) -> dict[str, Any]:
     counts = journal.counts(record.id)
     sent, pending = counts.get("sent", 0), counts.get("pending", 0)
-    rate = _rate(record, counts, now)
-    eta = utc_text(now + timedelta(seconds=pending / rate)) if rate and pending else None
+    held, ahead = _holds(record, rollout, now)
+    rate = _rate(record, counts, now, held)
+    eta = None
+    if rate and pending:
+        eta = utc_text(now + timedelta(seconds=pending / rate + ahead))
+    staged = rollout is not None or record.stage or record.stage_at
     return {
         "campaign": record.id, "type": record.type, "state": record.state, "sent": sent,
         "recipients": record.recipients, "pending": pending,
         "rate_per_s": round(rate, 1) if rate else None, "eta": eta,
-        "stage": record.stage + 1 if record.stage or record.stage_at else None,
+        "stage": record.stage + 1 if staged else None,
+        "stages": len(rollout.stages) if rollout is not None else None,
         "stage_starts": utc_text(record.stage_at) if record.stage_at else None,
         # sent messages whose delivery status is not final yet (delivery reports)
         "awaiting_status": journal.delivery_counts(record.id).statuses.get("awaiting", 0),
@@ -80,10 +115,26 @@ def _campaign(journal: JournalReader, record: CampaignRecord, now: datetime) -> 
     }
 
 
-def _rate(record: CampaignRecord, counts: dict[str, int], now: datetime) -> float | None:
-    """Recipients decided per second since the campaign started (None before any)."""
+def _holds(record: CampaignRecord, rollout: Rollout | None, now: datetime) -> tuple[float, float]:
+    """A staged campaign's holds between stages: the seconds spent in them so far (not
+    sending), and the seconds of them still ahead (the rest of the one under way, then one
+    per stage left). A hold lasts ``hold`` seconds, from a stage's end to ``stage_at``."""
+    if rollout is None:
+        return 0.0, 0.0
+    stage, hold = min(record.stage, len(rollout.stages) - 1), float(rollout.hold)
+    waiting = 0.0
+    if record.stage_at is not None and record.stage_at > now:
+        waiting = (record.stage_at - now).total_seconds()
+    return max(0.0, stage * hold - waiting), waiting + (len(rollout.stages) - 1 - stage) * hold
+
+
+def _rate(
+    record: CampaignRecord, counts: dict[str, int], now: datetime, held: float = 0.0,
+) -> float | None:
+    """Recipients decided per second of sending since the campaign started, the ``held``
+    seconds of roll-out holds left out (None before any)."""
     if record.started_at is None or record.state not in ("running", "backing_off"):
         return None
     decided = record.recipients - counts.get("pending", 0)
-    seconds = (now - record.started_at).total_seconds()
+    seconds = (now - record.started_at).total_seconds() - held
     return decided / seconds if decided and seconds > 0 else None

@@ -4,36 +4,50 @@ between them, journaled, continued (never repeated) after a stop inside a hold."
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from scheduler.campaign import Rollout
 from scheduler.config import load_config
+from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
 from scheduler.service import open_engine
+from scheduler.status import read_status
 from tests.engine_helpers import KEY, Setup
-from tests.helpers import StartSandbox, read_jsonl, write_audience, write_campaign, write_config
+from tests.helpers import (
+    StartSandbox,
+    clean_env,
+    read_jsonl,
+    run_cli,
+    wait_for_event,
+    write_audience,
+    write_campaign,
+    write_config,
+)
 
 COUNT, BATCH = 200, 10  # 20 batches: stages of 10%, 50%, 100% are batches 0-1, 2-9, 10-19
 ROLLOUT = "[rollout]\nstages = [0.1, 0.5, 1.0]\nhold = 1\n"
 
 
-def staged_setup(root: Path, base_url: str) -> Setup:
-    """A 200-recipient transaction campaign in three stages, due now."""
+def staged_setup(root: Path, base_url: str, *, hold: int = 1,
+                 send_at: datetime | None = None) -> Setup:
+    """A 200-recipient transaction campaign in three stages ``hold`` s apart, due now."""
     config_path = write_config(root, base_url, batch_size=BATCH, concurrency=2,
                                requests_per_second=1000)
     write_audience(root / "campaigns" / "people.csv", COUNT)
     now = datetime.now(UTC)
-    file = write_campaign(root / "campaigns", "staged", "people.csv", send_at=now,
-                          extra=ROLLOUT)
+    file = write_campaign(root / "campaigns", "staged", "people.csv", send_at=send_at or now,
+                          extra=ROLLOUT.replace("hold = 1", f"hold = {hold}"))
     config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
     check = load_campaign(file, config, now)
     assert check.campaign is not None, check.problems
     assert check.campaign.rollout is not None
-    return Setup(root, config, check.campaign.model_copy(update={"send_at": now}))
+    return Setup(root, config, check.campaign.model_copy(update={"send_at": send_at or now}))
 
 
 def arrivals(record: Path) -> dict[str, datetime]:
@@ -146,6 +160,98 @@ def test_a_stage_is_the_share_rounded_up() -> None:
     assert rollout.ends(48_879) == [489, 4_888, 24_440, 48_879]
     assert rollout.ends(200) == [2, 20, 100, 200]  # 0.1 x 200 is 20.000000000000004
     assert rollout.ends(2) == [1, 2, 2, 2]  # at least one a stage, never past the total
+
+
+def parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def stopped_in_first_hold(setup: Setup) -> CampaignRecord:
+    """Drive the campaign until stage 2 is announced (its hold begins), then stop it."""
+    async with open_engine(setup.config) as engine:
+        announced = asyncio.Event()
+        real_set_stage = engine.journal.set_stage
+
+        async def set_stage(cid: str, stage: int, stage_at: datetime) -> None:
+            await real_set_stage(cid, stage, stage_at)
+            announced.set()
+
+        engine.journal.set_stage = set_stage  # type: ignore[method-assign]
+        prepared = await engine.prepare(setup.campaign)
+        run = engine.open_run(setup.campaign, prepared)
+        driving = asyncio.create_task(engine.drive(run))
+        await wait_for_event(announced, "stage 2 to be announced")
+        run.halt()
+        assert await driving == "running"
+        held = await engine.journal.campaign("staged")
+    assert held is not None and held.stage == 1 and held.stage_at is not None
+    return held
+
+
+async def test_status_and_plan_count_the_holds_still_ahead(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Stopped in the 600 s hold before stage 2 of 3: `status` measures the rate while
+    sending (the hold left out) and adds the rest of this hold and the next one; `plan` (a
+    daemon leading) ends the campaign a hold after stage 2 starts. Both used to spread the
+    messages over the hold instead: hours late."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = staged_setup(tmp_path, sandbox.base_url, hold=600)
+    rollout = setup.campaign.rollout
+    assert rollout is not None
+    held = await stopped_in_first_hold(setup)
+    assert held.stage_at is not None and held.started_at is not None
+    now = held.stage_at - timedelta(seconds=300)  # half way through the hold
+
+    def status_now() -> list[dict[str, Any]]:  # (sync: the reader runs its own loop)
+        with JournalReader(open_journal(setup.config.journal_location())) as journal:
+            return read_status(journal, now, lambda record: rollout).campaigns
+
+    (row,) = await asyncio.to_thread(status_now)
+    assert (row["stage"], row["stages"], row["pending"]) == (2, 3, 180)
+    sending = (held.stage_at - timedelta(seconds=600) - held.started_at).total_seconds()
+    expected = now + timedelta(seconds=180 / (20 / sending) + 300 + 600)
+    assert abs((parse_utc(row["eta"]) - expected).total_seconds()) <= 1
+    assert parse_utc(row["eta"]) >= held.stage_at.replace(microsecond=0) + timedelta(
+        seconds=600)
+
+    async with open_engine(setup.config) as engine:  # a daemon leads: plan gives an ETA
+        assert await engine.journal.acquire_lease("test:1", 60) is not None
+        rows = await asyncio.to_thread(plan_rows, setup.config, now)
+    (planned,) = (r for r in rows if r["campaign"] == "staged")
+    # stage 2's 80 and stage 3's 100 messages take 18 ms at 10,000 a second
+    assert parse_utc(planned["eta"]) == held.stage_at.replace(microsecond=0) + timedelta(
+        seconds=600)
+
+
+def test_plan_of_an_unstarted_staged_campaign_includes_the_holds(tmp_path: Path) -> None:
+    """Three stages 600 s apart: the ETA is two holds after send_at, not a second after it;
+    `status` shows a prepared staged campaign in stage 1 of 3."""
+    setup = staged_setup(tmp_path, "sandbox", hold=600,
+                         send_at=datetime.now(UTC) + timedelta(hours=1))
+    now = datetime.now(UTC)
+    (row,) = (r for r in plan_rows(setup.config, now) if r["campaign"] == "staged")
+    send_at = parse_utc(row["send_at"])
+    assert send_at + timedelta(seconds=1200) <= parse_utc(row["eta"])
+    assert parse_utc(row["eta"]) <= send_at + timedelta(seconds=1201)
+
+
+async def test_status_json_shows_stage_1_of_a_staged_campaign(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The journal holds no stage before stage 2 starts: `status` reads the stages from the
+    campaign file, so stage 1 shows as 1 of 3 (it was null)."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = staged_setup(tmp_path, sandbox.base_url, hold=600,
+                         send_at=datetime.now(UTC) + timedelta(hours=1))
+    async with open_engine(setup.config) as engine:
+        await engine.prepare(setup.campaign)
+    done = await asyncio.to_thread(
+        run_cli, ["status", "--json", "--config", str(tmp_path / "config.toml")],
+        env=clean_env(CASCADE_API_KEY=KEY))
+    assert done.returncode == 3, done.stderr  # no daemon leads
+    (row,) = json.loads(done.stdout)["campaigns"]
+    assert (row["campaign"], row["stage"], row["stages"]) == ("staged", 1, 3)
 
 
 def test_check_explains_a_wrong_rollout_table(tmp_path: Path) -> None:
