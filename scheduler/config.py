@@ -212,13 +212,17 @@ class PolicyConfig(_Section):
         return None if self.window is None else Window.parse(self.window, self.window_days)
 
 
+POLL_RATE_MAX = 1000  # status requests/s: the most `poll_rate` may be, and its default
+
+
 class DeliveryReportsConfig(_Section):
     """``[delivery_reports]``: follow each sent message to its delivery status (SPEC §11.3)."""
 
     poll: bool = False  # ask the status API about every sent message until it is final
     #: None: the embedded sandbox with ``[api] base_url = "sandbox"``, else SMSBAT's
     status_url: str | None = None
-    poll_rate: float = Field(default=10, gt=0, le=1000)  # status requests/s, its own limit
+    #: status requests/s, its own limit; None: `status_rate` (keep up with the sending)
+    poll_rate: float | None = Field(default=None, gt=0, le=POLL_RATE_MAX)
     # not in config.example.toml (tests use seconds): the first poll this long after sending,
     # then the interval doubles up to max_interval
     first_poll: float = Field(default=30, gt=0, le=3600)
@@ -240,6 +244,15 @@ class DeliveryReportsConfig(_Section):
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         return None if value is None else _api_url(value, SMSBAT_STATUS_URL)
+
+    def status_rate(self, sending: SendingConfig) -> float:
+        """Status requests a second: ``poll_rate``, else one per message the account may send
+        a second (``requests_per_second`` x ``batch_size``) up to `POLL_RATE_MAX`: one poll
+        per message finds most final, so the statuses fill about as fast as messages go out.
+        The poller backs off when the status API answers 429 or 5xx."""
+        if self.poll_rate is not None:
+            return self.poll_rate
+        return min(POLL_RATE_MAX, sending.requests_per_second * sending.batch_size)
 
     def status_base(self, api: ApiConfig) -> str:
         """The status API to poll: a URL, or "sandbox" (the embedded emulator)."""

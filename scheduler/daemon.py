@@ -497,7 +497,8 @@ class Daemon:
         )
         poller = Poller(
             self._engine.journal, client, self._deliveries,
-            PollSettings(settings.poll_rate, settings.first_poll, settings.max_interval),
+            PollSettings(settings.status_rate(self.config.sending), settings.first_poll,
+                         settings.max_interval),
             leading=lambda: self.leadership.leading,
         )
         async with client:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +50,9 @@ AFTER_SENDING: Final = timedelta(hours=72)
 #: seconds the poller waits after the status API failed (doubling), and at most
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 IDLE_WAIT: Final = 1.0  # seconds between looks for due messages while none is due
-CONCURRENCY: Final = 8  # status requests in flight at once
+CONCURRENCY: Final = 8  # status requests in flight at once, at least...
+CONCURRENCY_MAX: Final = 64  # ... and at most
+ROUND_TRIP: Final = 0.2  # seconds: the slow end of the API's 50-200 ms (SPEC §13.5)
 _LONGEST_ID: Final = 128
 MARK_EVERY: Final = 0.5  # seconds between the journal writes that mark lines written
 REPLAY_CHUNK: Final = 20  # record_statuses calls whose unlogged lines are written at once
@@ -402,6 +405,12 @@ class PollSettings:
         """Due messages taken from the journal at once: about five seconds of requests."""
         return max(10, min(500, int(self.rate * 5)))
 
+    @property
+    def concurrency(self) -> int:
+        """Status requests in flight at once: enough to reach ``rate`` when each takes
+        `ROUND_TRIP` (Little's law, plus one), between `CONCURRENCY` and `CONCURRENCY_MAX`."""
+        return max(CONCURRENCY, min(CONCURRENCY_MAX, math.ceil(self.rate * ROUND_TRIP) + 1))
+
 
 def give_up_at(awaiting: AwaitingMessage) -> datetime:
     """When polling stops and the message becomes ``unknown``: min(send_at + ttl + 1 h,
@@ -478,7 +487,7 @@ class Poller:
     async def _ask(self, due: Sequence[AwaitingMessage]) -> list[StatusAnswer | None]:
         """Ask about each message under the rate limit, a few at a time; once the API is in
         trouble the rest are not asked (None) and stay due."""
-        gate = asyncio.Semaphore(CONCURRENCY)
+        gate = asyncio.Semaphore(self.settings.concurrency)
         stalled = False
 
         async def ask(awaiting: AwaitingMessage) -> StatusAnswer | None:

@@ -27,6 +27,7 @@ from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_ca
 from scheduler.report import campaign_note
 from scheduler.vocabulary import FINISHED, SENDING
 
+STATUS_NOTE_FROM = 60  # seconds: a delivery report that takes longer to fill is said in the note
 PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent",
                 "awaiting_status", "eta", "note")
 
@@ -127,6 +128,7 @@ class _Planner:
         self.leading = journal is not None and journal.leader() is not None
         reports = config.delivery_reports
         self.reports = reports.poll or reports.address is not None  # delivery statuses come
+        self.poll_rate = reports.status_rate(config.sending) if reports.poll else None
         self.rows: list[dict[str, Any]] = []
         self.jobs: list[_Job] = []
         self.seen: set[str] = set()
@@ -181,6 +183,7 @@ class _Planner:
         }
         if campaign is not None and campaign.rollout is not None:
             row["note"] = _joined(row["note"], _stage_note(campaign, record, self.now))
+        self._statuses_note(row, pending + (row["awaiting_status"] or 0))
         if campaign is not None and campaign.window is not None and pending:
             open_by_zone = zones_of_batches(
                 (batch.zones, batch.size - len(batch.decided))
@@ -224,6 +227,7 @@ class _Planner:
                            f"{campaign.rollout.hold} s apart")
         seen = self._window_note(row, campaign, summary.zones)
         self._caps_note(row, campaign)
+        self._statuses_note(row, summary.valid)
         if campaign.deadline <= self.now:
             row["state"] = "expired"
         elif campaign.paused:
@@ -255,6 +259,19 @@ class _Planner:
             note += f", {seen.unreachable:,} cannot be reached in the ttl"
         row["note"] = _joined(row["note"], note)
         return seen
+
+    def _statuses_note(self, row: dict[str, Any], polls: int) -> None:
+        """With status polling: how long asking about ``polls`` messages takes at the poll
+        rate (one request each at least), said when it is over a minute."""
+        if self.poll_rate is None or not polls:
+            return
+        seconds = polls / self.poll_rate
+        row["statuses_fill_s"] = round(seconds)
+        if seconds >= STATUS_NOTE_FROM:
+            row["note"] = _joined(row["note"], (
+                f"delivery statuses take {_duration(seconds)} to fill after sending "
+                f"({polls:,} polls at {self.poll_rate:g}/s; raise poll_rate "
+                "or use the webhook)"))
 
     def _caps_note(self, row: dict[str, Any], campaign: Campaign) -> None:
         """How many recipients the frequency caps would skip if the campaign sent now."""
@@ -320,6 +337,15 @@ def _stage_on(job: _Job, rollout: Rollout, record: CampaignRecord, now: datetime
     _stages(job, rollout, record.recipients, record.recipients - pending, stage)
     if record.stage_at is not None and record.stage_at > now:
         job.start = record.stage_at
+
+
+def _duration(seconds: float) -> str:
+    """``50 s``, ``14 min``, ``2.3 h``: a wait as people say it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _joined(*notes: str) -> str:

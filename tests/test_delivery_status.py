@@ -31,7 +31,13 @@ from daemon_helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.config import ApiConfig, DeliveryReportsConfig, load_config, load_credentials
+from scheduler.config import (
+    ApiConfig,
+    DeliveryReportsConfig,
+    SendingConfig,
+    load_config,
+    load_credentials,
+)
 from scheduler.daemon import run_daemon
 from scheduler.delivery_log import DeliveryLog
 from scheduler.dlr import (
@@ -95,6 +101,17 @@ def test_parse_report_never_raises(data: Any) -> None:
     """Any JSON at all gives a report or None, never an exception."""
     report = parse_report(data)
     assert report is None or report.status != "unknown"
+
+
+def test_the_default_poll_rate_keeps_up_with_the_sending() -> None:
+    """No poll_rate: one status request per message the account may send a second, up to
+    1,000/s (was 10/s: a 50,000-message report took 80 minutes to fill); a poll_rate set is
+    kept. The poller keeps enough requests in flight to reach its rate at 200 ms each."""
+    reports = DeliveryReportsConfig(poll=True)
+    assert reports.status_rate(SendingConfig()) == 1000  # 20 requests of 500 a second
+    assert reports.status_rate(SendingConfig(requests_per_second=2, batch_size=100)) == 200
+    assert DeliveryReportsConfig(poll_rate=10).status_rate(SendingConfig()) == 10
+    assert [PollSettings(rate=r).concurrency for r in (10, 100, 1000)] == [8, 21, 64]
 
 
 def test_intervals_double_up_to_the_cap_and_stop_at_give_up() -> None:
@@ -274,11 +291,13 @@ async def test_a_status_api_outage_backs_off_and_loses_nothing(
                                   status_fail_rate=1.0)
     sent = await send_through(journal, sandbox.base_url, "c", 40,
                               deadline=datetime.now(UTC) + timedelta(hours=1))
-    poller, setup, client = await make_poller(journal, log, sandbox.base_url, sent)
+    # 40 a second: 9 in flight (`PollSettings.concurrency`), so a round cannot ask all 40
+    poller, setup, client = await make_poller(journal, log, sandbox.base_url, sent, rate=40)
     close_clients.append(client)
     waits = [await poller.round() for _ in range(3)]
     assert waits == [1.0, 2.0, 4.0]
-    assert sum(sandbox.status_answers.values()) <= 3 * 8  # a few in flight, not all 40 each
+    in_flight = poller.settings.concurrency
+    assert sum(sandbox.status_answers.values()) <= 3 * in_flight  # a few, not all 40 each
     due = await setup.due(setup.clock.now)
     assert len(due) == 40 and {a.polls for a in due} == {0}
     sandbox.options = dataclasses.replace(sandbox.options, status_fail_rate=0.0)

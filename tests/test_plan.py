@@ -255,3 +255,24 @@ def test_plan_without_a_campaigns_folder_is_an_error(
     assert cli.main(["plan", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere") in err and "no such file or folder" in err
+
+
+@pytest.mark.parametrize(("poll_rate", "note"), [
+    (10, "delivery statuses take 2 min to fill after sending (1,200 polls at 10/s; raise "
+         "poll_rate or use the webhook)"),
+    (None, None),  # the default keeps up: 1,200 polls at 500/s
+])
+def test_plan_says_how_long_the_delivery_report_takes_to_fill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poll_rate: int | None, note: str | None,
+) -> None:
+    """With status polling on, each campaign's row says how many seconds of polls its report
+    needs (``statuses_fill_s``), and the note says it when that is over a minute."""
+    monkeypatch.delenv("CASCADE_CONFIG", raising=False)
+    reports: dict[str, Any] = {"poll": True} | ({"poll_rate": poll_rate} if poll_rate else {})
+    ws = Workspace(tmp_path, sending={"batch_size": BATCH, "requests_per_second": RATE},
+                   delivery_reports=reports)
+    ws.audience("promo", 1200)
+    ws.write_campaign("promo", NOW + timedelta(hours=1))
+    (row,) = plan_rows(load_config(ws.config, env={}), NOW)
+    assert row["statuses_fill_s"] == (120 if poll_rate else 2)
+    assert (row["note"] or None) == note
