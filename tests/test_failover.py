@@ -97,6 +97,12 @@ def journal_state(workspace: Workspace, cid: str) -> tuple[str | None, dict[str,
         return record.state, journal.counts(cid)
 
 
+def leader(workspace: Workspace) -> str | None:
+    """Who holds the lease now, as the shared journal says."""
+    with JournalReader(open_journal(load_config(workspace.config).journal_location())) as journal:
+        return journal.leader()
+
+
 def campaign(pair: Pair, cid: str, count: int = COUNT) -> datetime:
     """A promo campaign due in 3 s in the shared folder; returns its send time."""
     pair.a.audience(cid, count)
@@ -135,11 +141,8 @@ def test_kill_9_of_the_leader_mid_campaign(pair: Pair) -> None:
     a, b = pair.start()
     campaign(pair, "failover")
     poll(lambda: len(pair.records()[0]) >= 400, 30, "A to be sending")
-    killed = datetime.now(UTC)
     a.signal(signal.SIGKILL)
-    took = (took_over_at(pair.b) - killed).total_seconds()
-    print(f"takeover after kill -9: {took:.2f} s")
-    assert took <= LEASE + 2
+    took_over_at(pair.b)  # how soon (SPEC §12: 20 s) is bench/failover_bench.py's figure
     counts = wait_done(pair, "failover")
     assert (counts["sent"], counts["pending"]) == (COUNT, 0)
     accepted = pair.accepted("failover")
@@ -150,16 +153,17 @@ def test_kill_9_of_the_leader_mid_campaign(pair: Pair) -> None:
 
 
 def test_sigterm_hands_over_at_once_without_duplicates(pair: Pair) -> None:
-    """A graceful stop finishes in-flight batches and releases the lease: B leads within
-    a couple of seconds and sends the rest; nobody gets the message twice."""
+    """A graceful stop finishes in-flight batches and releases the lease (so B need not wait
+    for it to run out: once A has exited, the journal names A leader no more); B leads and
+    sends the rest; nobody gets the message twice. How soon B leads (SPEC §12: 3 s) is
+    bench/failover_bench.py's figure."""
     a, b = pair.start()
     campaign(pair, "handover")
     poll(lambda: len(pair.records()[0]) >= 400, 30, "A to be sending")
-    stopped = datetime.now(UTC)
+    (led,) = pair.a.events("leadership_acquired")
     assert a.stop() == 0
-    took = (took_over_at(pair.b) - stopped).total_seconds()
-    print(f"takeover after SIGTERM: {took:.2f} s")
-    assert took <= 3
+    assert leader(pair.a) != led["holder"], "A left without releasing the lease"
+    took_over_at(pair.b)
     counts = wait_done(pair, "handover")
     assert (counts["sent"], counts["pending"]) == (COUNT, 0)
     assert pair.accepted("handover") == Counter(expected_ids("handover", COUNT))
