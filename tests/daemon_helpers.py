@@ -270,7 +270,7 @@ class DaemonProcess:
             events = self.workspace.events("campaign_invalid")
             return any(e.get("file") == str(probe) for e in events)
 
-        poll(seen, 10, "the folder watcher to react", step=0.2)
+        poll(seen, 30, "the folder watcher to react", step=0.2)
         probe.unlink()
 
     def _died(self) -> bool:

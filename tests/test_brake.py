@@ -121,7 +121,7 @@ def test_a_braked_campaign_stays_braked_across_a_restart_until_its_file_is_saved
         time.sleep(1.5)
         assert workspace.state("risky") == "braked" and len(sandbox.record()) == accepted
         write_atomic(path, path.read_text("utf-8"))  # saved again: the brake lets go
-        poll(lambda: len(sandbox.record()) > accepted, 10, "sending to resume")
+        poll(lambda: len(sandbox.record()) > accepted, 30, "sending to resume")
         poll(lambda: workspace.state("risky") == "braked", 30, "the brake to trip again")
         assert len(workspace.events("campaign_braked")) == 2
         assert second.stop() == 0
@@ -237,7 +237,7 @@ def test_statuses_a_standby_takes_brake_the_leaders_campaign(
                for w in (leader, standby)]
     try:
         daemons[0].start()
-        poll(lambda: leader.events("leadership_acquired"), 10, "A to lead")
+        poll(lambda: leader.events("leadership_acquired"), 30, "A to lead")
         daemons[1].start()
         leader.audience("hooked", 3000)
         leader.write_campaign("hooked", soon(2))

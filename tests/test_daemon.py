@@ -175,7 +175,7 @@ def test_file_turned_invalid_is_unscheduled_and_daemon_keeps_sending(
     workspace.write_campaign("steady", send_at)
     daemon = start_daemon(workspace)
     write_atomic(path, path.read_text("utf-8").replace('type = "transaction"', 'type = "promoo"'))
-    invalid = poll(lambda: workspace.events("campaign_invalid"), 5, "campaign_invalid")
+    invalid = poll(lambda: workspace.events("campaign_invalid"), 30, "campaign_invalid")
     assert _now() < send_at, "the edit came after the send time: nothing tested"
     assert invalid[0]["campaign"] == "broken" and invalid[0]["level"] == "error"
     assert any('type: unknown type "promoo"' in e for e in invalid[0]["errors"])
@@ -206,7 +206,7 @@ def test_finished_campaign_whose_file_turns_invalid_stays_done(
     daemon = start_daemon(workspace)
     _final(workspace, "over", "done")
     write_atomic(path, path.read_text("utf-8").replace('type = "transaction"', 'type = "promoo"'))
-    poll(lambda: workspace.events("campaign_invalid"), 5, "campaign_invalid")
+    poll(lambda: workspace.events("campaign_invalid"), 30, "campaign_invalid")
     workspace.write_campaign("next", utc_seconds_from_now(2))
     _final(workspace, "next", "done")
     assert daemon.alive
@@ -264,7 +264,7 @@ def test_started_campaign_ignores_edits_stops_on_removal_and_resumes_on_restore(
         daemon = start_daemon(workspace, CASCADE_API_KEY=API_KEY)
         poll(lambda: len(api.messages()) >= 200, 20, "sending to be under way")
         workspace.write_campaign("big", send_at, text="New {first_name}")
-        ignored = poll(lambda: workspace.events("campaign_edit_ignored"), 5, "the ignored edit")
+        ignored = poll(lambda: workspace.events("campaign_edit_ignored"), 30, "the ignored edit")
         path.unlink()
         _final(workspace, "big", "cancelled", timeout=5)
         at_removal = len(api.messages())
@@ -320,7 +320,7 @@ def test_sigint_stops_cleanly_and_keeps_the_schedule(
     workspace.audience("tomorrow", 10)
     workspace.write_campaign("tomorrow", utc_seconds_from_now(0) + timedelta(days=1))
     daemon = start_daemon(workspace)
-    poll(lambda: workspace.state("tomorrow"), 5, "the snapshot")
+    poll(lambda: workspace.state("tomorrow"), 30, "the snapshot")
     daemon.signal(signal.SIGINT)
     assert daemon.proc is not None and daemon.proc.wait(15) == 0
     assert workspace.state("tomorrow") == "scheduled"

@@ -394,7 +394,7 @@ def test_a_daemon_polls_a_campaign_with_mixed_channels_to_the_end(tmp_path: Path
         workspace.write_campaign("mix", utc_seconds_from_now(1))
         daemon.start()
         poll(lambda: _finals(workspace, "mix") == 150, 40, "150 final statuses")
-        poll(lambda: len(workspace.events("delivery")) == 150, 5, "150 delivery lines")
+        poll(lambda: len(workspace.events("delivery")) == 150, 30, "150 delivery lines")
         lines = workspace.events("delivery")
         record = {r["messageId"]: r for r in sandbox.record()}
         assert {line["message_id"] for line in lines} == set(record)
@@ -443,7 +443,7 @@ def test_polling_resumes_from_the_journal_after_kill_9(tmp_path: Path) -> None:
         assert workspace.events("delivery") == []
         daemon.start()
         poll(lambda: _finals(workspace, "later") == 60, 40, "60 final statuses")
-        poll(lambda: len(workspace.events("delivery")) >= 60, 5, "60 delivery lines")
+        poll(lambda: len(workspace.events("delivery")) >= 60, 30, "60 delivery lines")
         ids = Counter(line["message_id"] for line in workspace.events("delivery"))
         assert len(ids) == 60 and set(ids.values()) == {1}
         assert daemon.stop() == 0

@@ -56,7 +56,7 @@ class Pair:
         """A first (it becomes the leader), then B (standby)."""
         first, second = self.daemons
         first.start()
-        poll(lambda: self.a.events("leadership_acquired"), 10, "A to lead")
+        poll(lambda: self.a.events("leadership_acquired"), 30, "A to lead")
         second.start()
         return first, second
 
@@ -181,7 +181,7 @@ def test_a_frozen_leader_posts_nothing_after_it_wakes(pair: Pair) -> None:
     time.sleep(0.5)
     woke = datetime.now(UTC)
     a.signal(signal.SIGCONT)
-    poll(lambda: pair.a.events("leadership_lost"), 10, "A to step down")
+    poll(lambda: pair.a.events("leadership_lost"), 30, "A to step down")
     counts = wait_done(pair, "frozen")
     assert (counts["sent"], counts["pending"]) == (COUNT, 0)
     late = [r for r in pair.records()[0] if parse_ts(r["ts"]) > woke + timedelta(seconds=0.2)]

@@ -104,7 +104,7 @@ def test_readyz_fails_while_the_key_is_refused_and_recovers_on_reload(
     workspace.write_campaign("keyed", utc_seconds_from_now(0) - timedelta(seconds=1))
     daemon = DaemonProcess(workspace, CREDENTIALS_DIRECTORY=str(credentials)).start()
     try:
-        poll(lambda: workspace.state("keyed") == "failed", 15, "the refusal")
+        poll(lambda: workspace.state("keyed") == "failed", 30, "the refusal")
         status, reason = get(base + "/readyz")
         assert status == 503 and "refused the credentials" in reason
         assert "not-the-right-key" not in reason

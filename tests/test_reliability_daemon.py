@@ -60,7 +60,7 @@ def test_an_unwritable_delivery_log_pauses_sending_until_it_is_back(
         rotated = tmp_path / "rotated"
         logs.rename(rotated)
         logs.write_text("not a folder")  # the reopen after the rotation now fails: ENOTDIR
-        poll(lambda: "campaign_interrupted" in daemon.stderr(), 15, "campaign_interrupted")
+        poll(lambda: "campaign_interrupted" in daemon.stderr(), 30, "campaign_interrupted")
         stderr = daemon.stderr()
         assert "delivery_log_unwritable" in stderr and "Traceback" not in stderr
         paused_at = len(sandbox.record())
