@@ -7,12 +7,10 @@ Memory stays flat whatever the row count. The opt-out list (`Suppression`) lives
 
 from __future__ import annotations
 
-import codecs
 import collections
 import csv
 import difflib
 import multiprocessing
-import os
 import re
 import string
 import sys
@@ -20,16 +18,26 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from scheduler.campaign import SURVEY_TEXT_MAX, TRACKING_ID_MAX, AudienceSpec, Campaign
+from scheduler.csvfile import (
+    EXCEL_SEP,
+    CsvProblem,
+    Table,
+    cell,
+    has_values,
+    open_table,
+    os_message,
+    scan_bytes,
+    sniff,
+)
 from scheduler.dedupe import ColumnScan, Dedupe, filter_bits, scan_columns
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.phones import E164
@@ -45,196 +53,20 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
 
-
-DELIMITERS = (",", ";", "\t")
 TRACKING_ID_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 FIRST_LINES = 5  # line numbers kept per skip reason, for `check`
 EXAMPLE_PHONE = "+380501234567"
 _SEPARATORS = re.compile(r"[\s().\-/]")
-#: the first line Excel writes to name a CSV's delimiter: ``sep=;``
-_EXCEL_SEP = re.compile(r'"?sep=([^"\r\n])"?\s*')
 #: a phone a spreadsheet turned into a number: ``3.80501E+11`` (digits lost) or ``380501234567.0``
 _SCIENTIFIC = re.compile(r"[0-9](?:[.,][0-9]+)?[eE]\+?[0-9]+")
 _DECIMAL = re.compile(r"\+?[0-9]{7,15}[.,]0+")
-_CHUNK = 1 << 20
 #: suppression lists up to this size are also held as a set of E.164 strings (~9 MB at most)
 SMALL_SUPPRESSION = 100_000
 #: pass 1's Bloom filter size; None: sized from the file's line count (`filter_bits`). A module
 #: constant so tests can force false positives.
 DEDUPE_BITS: int | None = None
-_NUL = "NUL bytes (is it UTF-16?): save the file as CSV UTF-8"
-_NOT_UTF8 = "not UTF-8 text: save the file as CSV UTF-8"
-_EMPTY = "is empty: it needs a header line with the column names"
 
-_Signature = tuple[int, int, int, int]
 _Key = TypeVar("_Key", bound=str)
-
-
-# -- reading a CSV file safely ------------------------------------------------------------------
-
-
-class _CsvProblem(ValueError):
-    """A problem with a CSV file's content, at a physical line when known.
-
-    Internal: callers turn it into their own error (`CampaignError` or `ConfigError`).
-    """
-
-    def __init__(self, line: int | None, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.message = message
-
-
-def _signature(fd: int) -> _Signature:
-    """What changes when a file is replaced or rewritten: device, inode, size, mtime."""
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _line_at(path: Path, offset: int) -> int:
-    """The physical line (1-based; ``\\n``, ``\\r\\n`` and a lone ``\\r`` end lines) of a byte."""
-    breaks, left, last = 0, offset, b""
-    with path.open("rb") as raw:
-        while left > 0 and (chunk := raw.read(min(_CHUNK, left))):
-            breaks += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
-            breaks -= last == b"\r" and chunk[:1] == b"\n"
-            left -= len(chunk)
-            last = chunk[-1:]
-    return breaks + 1
-
-
-def _scan_bytes(path: Path) -> tuple[_Signature, int]:
-    """Check the whole file is UTF-8 without NUL bytes (fast, in C); return its signature and
-    about how many lines it has (to size pass 1's filters)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = lines = 0
-    with path.open("rb") as raw:
-        signature = _signature(raw.fileno())
-        while chunk := raw.read(_CHUNK):
-            lines += max(chunk.count(b"\n"), chunk.count(b"\r"))
-            nul = chunk.find(b"\0")
-            if nul >= 0:
-                raise _CsvProblem(_line_at(path, offset + nul), _NUL)
-            pending = len(decoder.getstate()[0])
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(path, offset - pending + exc.start) from None
-            offset += len(chunk)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(path, offset - len(exc.object) + exc.start) from None
-    return signature, lines + 1
-
-
-def _not_utf8(path: Path, offset: int) -> _CsvProblem:
-    return _CsvProblem(_line_at(path, offset), _NOT_UTF8)
-
-
-def _sniff(line: str) -> str:
-    """The delimiter among , ; and tab that splits the header line into the most columns."""
-    return max(DELIMITERS, key=lambda d: len(next(csv.reader([line], delimiter=d), [])))
-
-
-class _Table:
-    """An open CSV file: its header (read on creation) and a stream of its non-blank rows."""
-
-    def __init__(self, file: TextIO, delimiter: str | None) -> None:
-        self._file = file
-        first = ""
-        while not first.strip() and (text := file.readline()):
-            first = text
-        if not first.strip():
-            raise _CsvProblem(None, _EMPTY)
-        excel = _EXCEL_SEP.fullmatch(first.rstrip("\r\n"))
-        if excel is not None:  # Excel's "sep=;": the delimiter, then the real header line
-            first = ""
-            while not first.strip() and (text := file.readline()):
-                first = text
-        file.seek(0)
-        self.delimiter = delimiter or (excel.group(1) if excel else _sniff(first))
-        self.reader = csv.reader(file, delimiter=self.delimiter, strict=True)
-        row = self._next_row()
-        while not _has_values(row) or excel is not None:
-            if _has_values(row):
-                excel = None  # that was the sep= line: the csv reader still counts it
-            row = self._next_row()
-        self.header = [name.strip() for name in row]
-        self._check_header()
-
-    def _next_row(self) -> list[str]:
-        try:
-            return next(self.reader)
-        except StopIteration:  # nothing but delimiters: no column names
-            raise _CsvProblem(None, _EMPTY) from None
-        except csv.Error as exc:
-            raise _CsvProblem(self.reader.line_num, _csv_message(exc)) from None
-
-    def _check_header(self) -> None:
-        line = self.reader.line_num
-        text = "".join(self.header)
-        if "\0" in text:
-            raise _CsvProblem(line, _NUL)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # surrogateescape'd bytes: the header is not UTF-8
-            raise _CsvProblem(line, _NOT_UTF8) from None
-
-    def column(self, name: str) -> int | None:
-        """Index of the first column called ``name``, None if there is none."""
-        try:
-            return self.header.index(name)
-        except ValueError:
-            return None
-
-    def rows(self) -> Iterator[tuple[int, list[str]]]:
-        """(first physical line, fields) of each data row; blank lines are not rows."""
-        reader = self.reader
-        start = reader.line_num + 1
-        try:
-            for row in reader:
-                if row and (row[0].strip() or _has_values(row)):
-                    yield start, row
-                start = reader.line_num + 1
-        except csv.Error as exc:
-            raise _CsvProblem(start, _csv_message(exc)) from None
-
-    def signature(self) -> _Signature:
-        """The open file's signature now."""
-        return _signature(self._file.fileno())
-
-
-def _has_values(row: list[str]) -> bool:
-    return bool("".join(row).strip())
-
-
-def _csv_message(exc: csv.Error) -> str:
-    text = str(exc)
-    if "end of data" in text:
-        return "a quoted field is never closed: check the quotes from this line on"
-    if "expected after" in text:
-        return f'a quote ends a field too early ({text}): double the quotes inside a quoted field'
-    return f"not readable as CSV ({text})"
-
-
-@contextmanager
-def _open_table(path: Path, delimiter: str | None) -> Iterator[_Table]:
-    """Open a CSV (UTF-8, BOM or not) and read its header; raises OSError or `_CsvProblem`."""
-    # surrogateescape: undecodable bytes never raise mid-read; `_scan_bytes` or the header
-    # check report them with their line instead.
-    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        yield _Table(file, delimiter)
-
-
-def _os_message(path: Path, exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"{path} does not exist: check the path (it is relative to the campaign file)"
-    if isinstance(exc, IsADirectoryError):
-        return f"{path} is a folder: name a CSV file"
-    if isinstance(exc, PermissionError):
-        return f"cannot read {path}: permission denied; let the scheduler's user read it"
-    return f"cannot read {path}: {exc.strerror or exc}"
 
 
 # -- the audience ------------------------------------------------------------------------------
@@ -247,8 +79,8 @@ def _campaign_error(campaign_file: Path, field: str, message: str) -> CampaignEr
 def _header_error(spec: AudienceSpec, campaign_file: Path, exc: Exception) -> CampaignError:
     """A problem met before any row, reported on the campaign file's ``audience.csv``."""
     if isinstance(exc, OSError):
-        message = _os_message(spec.csv, exc)
-    elif isinstance(exc, _CsvProblem) and exc.line is not None:
+        message = os_message(spec.csv, exc)
+    elif isinstance(exc, CsvProblem) and exc.line is not None:
         message = f"{spec.csv} line {exc.line}: {exc.message}"
     else:
         message = f"{spec.csv} {exc}"
@@ -258,9 +90,9 @@ def _header_error(spec: AudienceSpec, campaign_file: Path, exc: Exception) -> Ca
 def read_header(spec: AudienceSpec, campaign_file: Path) -> list[str]:
     """The audience CSV's column names (stripped), so a campaign can be checked against them."""
     try:
-        with _open_table(spec.csv, spec.delimiter) as table:
+        with open_table(spec.csv, spec.delimiter) as table:
             return table.header
-    except (OSError, _CsvProblem) as exc:
+    except (OSError, CsvProblem) as exc:
         raise _header_error(spec, campaign_file, exc) from None
 
 
@@ -274,7 +106,7 @@ class _Columns:
     tz: int | None = None
 
     @classmethod
-    def find(cls, campaign: Campaign, table: _Table, template: Template | None) -> _Columns:
+    def find(cls, campaign: Campaign, table: Table, template: Template | None) -> _Columns:
         """Resolve the columns by name; a missing one is a `CampaignError`."""
         spec = campaign.audience
         names = [spec.phone_column] + ([spec.id_column] if spec.id_column else [])
@@ -311,10 +143,6 @@ def _template(campaign: Campaign) -> Template | None:
         return Template(campaign.text)
     except TemplateError as exc:
         raise _campaign_error(campaign.file, "text", str(exc)) from None
-
-
-def _cell(row: list[str], index: int) -> str:
-    return row[index].strip() if index < len(row) else ""
 
 
 def _phone_detail(phone: str) -> str:
@@ -421,7 +249,7 @@ class _RowChecker:
                 line, start = start, reader.line_num + 1
                 size = len(row)
                 phone = row[phone_at].strip() if phone_at < size else ""
-                if not phone and not _has_values(row):
+                if not phone and not has_values(row):
                     continue  # a blank line is not a row
                 number += 1
                 if not e164(phone):
@@ -474,7 +302,7 @@ class _RowChecker:
                 else:
                     valid += 1
         except csv.Error as exc:
-            raise _CsvProblem(start, _csv_message(exc)) from None
+            raise CsvProblem.unreadable(start, exc) from None
         finally:
             self.valid += valid
             self.numbered = number
@@ -500,7 +328,7 @@ class _RowChecker:
 
     def _zone_detail(self, row: list[str], size: int) -> str:
         assert self.columns.tz is not None  # only a tz column can hold a bad zone
-        name = _cell(row, self.columns.tz)
+        name = cell(row, self.columns.tz)
         hint = _did_you_mean_zone(name)
         return (f'"{name}" in column "{self.campaign.audience.tz_column}" is not an IANA time '
                 f'zone: write e.g. "{hint}" (or leave it empty to use the phone\'s zone)')
@@ -722,13 +550,13 @@ class _KeyScan:
         keys = self._forked.result()
         if keys is not None:
             return tuple(set(column) for column in keys)
-        with _open_table(self._spec.csv, self._spec.delimiter) as table:
+        with open_table(self._spec.csv, self._spec.delimiter) as table:
             return scan_columns(table.reader, self._columns, self._bits, (csv.Error,))
 
 
 def _scan_keys(path: Path, delimiter: str | None, columns: tuple[int, ...], bits: int) -> bytes:
     """`_KeyScan`'s process: each column's suspects, as a JSON array of arrays."""
-    with _open_table(path, delimiter) as table:
+    with open_table(path, delimiter) as table:
         found = scan_columns(table.reader, columns, bits, (csv.Error,))
     return orjson.dumps([list(keys) for keys in found])
 
@@ -777,7 +605,7 @@ def _count_halves(
         assert isinstance(item, Skip)  # counting yields only skips
         yield item
     if reader.line_num != split:
-        raise _changed()
+        raise CsvProblem.changed()
     data = helper.result() if helper is not None else None
     if data is None:  # no helper, or it failed: count the rest here
         for item in checker.rows(reader, emit=False):
@@ -786,7 +614,7 @@ def _count_halves(
         return
     rest = AudienceSummary.from_json(data["summary"])
     if data["problem"] is not None:
-        raise _CsvProblem(*data["problem"])
+        raise CsvProblem(*data["problem"])
     replayed = AudienceSummary()
     for item in checker.rows(_Replay([(line, row) for line, row in data["deferred"]]),
                              emit=False):
@@ -801,13 +629,13 @@ def _count_rest(checker: _RowChecker, spec: AudienceSpec, own: int) -> bytes:
     those that met a suspect key, set aside."""
     summary, deferred = AudienceSummary(), list[tuple[int, list[str]]]()
     checker.on_empty, checker.valid, checker.zones, problem = summary.add_empty, 0, {}, None
-    with _open_table(spec.csv, spec.delimiter) as table:
+    with open_table(spec.csv, spec.delimiter) as table:
         collections.deque(islice(table.reader, own), maxlen=0)  # read past them (in C)
         try:
             for item in checker.rows(table.reader, emit=False, defer=deferred):
                 assert isinstance(item, Skip)
                 summary.add(item)
-        except _CsvProblem as exc:
+        except CsvProblem as exc:
             problem = (exc.line, exc.message)
     summary.valid, summary.zones = checker.valid, checker.zones
     return orjson.dumps({"summary": summary.to_json(), "deferred": deferred, "problem": problem})
@@ -842,26 +670,20 @@ def _read_ahead(
     yield from checker.rows(reader)
 
 
-def _changed() -> _CsvProblem:
-    return _CsvProblem(
-        None, "changed while it was being read: check again once it is completely written"
-    )
-
-
 def _stream(
     campaign: Campaign, suppression: Suppression | None, counted: AudienceSummary | None = None,
 ) -> Iterator[ValidRow | Skip]:
-    """Both passes; raises OSError or `_CsvProblem` for file-level problems.
+    """Both passes; raises OSError or `CsvProblem` for file-level problems.
 
     With ``counted``, valid rows are counted into it (with the placeholders they leave empty)
     instead of being yielded: only the skips come out.
     """
     spec = campaign.audience
     template = _template(campaign)
-    signature, lines = _scan_bytes(spec.csv)
-    with _open_table(spec.csv, spec.delimiter) as table:
+    signature, lines = scan_bytes(spec.csv)
+    with open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
-            raise _changed()
+            raise CsvProblem.changed()
         columns = _Columns.find(campaign, table, template)
         bits = DEDUPE_BITS or filter_bits(lines)
         # where forking is safe (`check`, `plan`, the reader of a streamed snapshot) and the
@@ -875,11 +697,11 @@ def _stream(
             dedupe, split = _pass_one(spec, table.reader, columns, bits, own)
         else:
             dedupe, split = Dedupe.remember_all(len(keys)), None
-    with _open_table(spec.csv, spec.delimiter) as table:
+    with open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
             if ahead is not None:
                 ahead.cancel()
-            raise _changed()
+            raise CsvProblem.changed()
         on_empty = counted.add_empty if counted is not None else None
         checker = _RowChecker(campaign, columns, template, suppression, dedupe, on_empty)
         if ahead is not None:
@@ -891,7 +713,7 @@ def _stream(
         if counted is not None:
             counted.merge(AudienceSummary(valid=checker.valid, zones=checker.zones))
         if table.signature() != signature:
-            raise _changed()
+            raise CsvProblem.changed()
 
 
 def _checked(
@@ -903,7 +725,7 @@ def _checked(
         yield from _stream(campaign, suppression, counted)
     except OSError as exc:
         raise _header_error(spec, campaign.file, exc) from None
-    except _CsvProblem as exc:
+    except CsvProblem as exc:
         if exc.line is None:
             raise _header_error(spec, campaign.file, exc) from None
         raise CampaignError([Problem(spec.csv, exc.line, None, exc.message)]) from None
@@ -1061,11 +883,11 @@ class Suppression:
         if path is None:
             return cls()
         try:
-            _scan_bytes(path)
+            scan_bytes(path)
             numbers = _read_suppression(path)
         except OSError as exc:
-            raise _suppression_error(path, None, _os_message(path, exc)) from None
-        except _CsvProblem as exc:
+            raise _suppression_error(path, None, os_message(path, exc)) from None
+        except CsvProblem as exc:
             raise _suppression_error(path, exc.line, exc.message) from None
         return cls(_sorted_unique(numbers))
 
@@ -1146,16 +968,16 @@ def _phone_column(header: list[str]) -> int | None:
 def _suppression_entries(path: Path) -> Iterator[tuple[int, str]]:
     """(line, value) of each entry: a CSV whose first line names a ``phone`` column, else lines."""
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
-        lines = (text for text in file if text.strip() and not _EXCEL_SEP.fullmatch(text))
+        lines = (text for text in file if text.strip() and not EXCEL_SEP.fullmatch(text))
         first = next(lines, "")
-    if _phone_column(next(csv.reader([first], delimiter=_sniff(first)), [])) is None:
+    if _phone_column(next(csv.reader([first], delimiter=sniff(first)), [])) is None:
         yield from _plain_entries(path)
         return
-    with _open_table(path, None) as table:
+    with open_table(path, None) as table:
         phone = _phone_column(table.header)
         assert phone is not None  # the same first line, parsed again
         for line, row in table.rows():
-            yield line, _cell(row, phone)
+            yield line, cell(row, phone)
 
 
 def _plain_entries(path: Path) -> Iterator[tuple[int, str]]:
@@ -1163,5 +985,5 @@ def _plain_entries(path: Path) -> Iterator[tuple[int, str]]:
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
         for line, text in enumerate(file, 1):
             value = text.strip()
-            if value and not value.startswith("#") and not _EXCEL_SEP.fullmatch(value):
+            if value and not value.startswith("#") and not EXCEL_SEP.fullmatch(value):
                 yield line, value
