@@ -23,7 +23,6 @@ import orjson
 import tomli_w
 
 from scheduler import __version__
-from scheduler.audience import Suppression
 from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
@@ -51,6 +50,7 @@ from scheduler.report import (
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, read_status
 from scheduler.streaming import Reader, StreamJob
+from scheduler.suppression import Suppression
 
 EXIT_OK = 0
 EXIT_INVALID = 1

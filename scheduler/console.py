@@ -17,7 +17,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from scheduler.audience import Suppression, iter_audience, summarize
+from scheduler.audience import iter_audience, summarize
 from scheduler.batching import to_message
 from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import describe_summary
@@ -32,6 +32,7 @@ from scheduler.sandbox import serve
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.service import SendOutcome, send_campaign
 from scheduler.streaming import Reader
+from scheduler.suppression import Suppression
 from scheduler.testsend import describe, send_test
 
 EXIT_OK, EXIT_FAILED = 0, 1

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from scheduler.audience import Suppression, iter_rows
+from scheduler.audience import iter_rows
 from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import PAGE, CapSummary, caps_for, since
 from scheduler.config import CapConfig
 from scheduler.records import Skip
+from scheduler.suppression import Suppression
 from scheduler.window import zones_of_group
 
 ZONES_SHOWN = 5  # zone groups listed by name; the rest are counted together

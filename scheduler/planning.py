@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler.audience import Suppression, summarize
+from scheduler.audience import summarize
 from scheduler.campaign import TRANSACTIONAL, Campaign, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
@@ -24,6 +24,7 @@ from scheduler.forecast import Forecast, capped_now, forecast, hour_text, zones_
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
+from scheduler.suppression import Suppression
 from scheduler.vocabulary import FINISHED, SENDING
 
 PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent",

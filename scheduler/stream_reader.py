@@ -17,13 +17,13 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from scheduler.audience import Suppression
 from scheduler.batching import Snapshot
 from scheduler.errors import CampaignError
 from scheduler.journal.base import EncodedBatch
 from scheduler.journal.codec import encode_batch
 from scheduler.records import Skip
 from scheduler.streaming import FRAME_HEADER, Chunk, Resume, StreamJob
+from scheduler.suppression import Suppression
 
 #: batches per chunk: the first chunks are small (the first request waits for the first one),
 #: then they double up to this (fewer, larger journal transactions; ~2.5 MB of bodies a chunk)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from scheduler.audience import Suppression, ValidRow, iter_rows
+from scheduler.audience import ValidRow, iter_rows
 from scheduler.batching import Message, message_maker
 from scheduler.campaign import Campaign
 from scheduler.cascade import Accepted, CascadeClient, PostResult, Rejected, Unauthorized
@@ -23,6 +23,7 @@ from scheduler.errors import UserError
 from scheduler.phones import E164
 from scheduler.records import Skip
 from scheduler.service import api_endpoint
+from scheduler.suppression import Suppression
 
 
 @dataclass(frozen=True)

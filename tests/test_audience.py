@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from scheduler import audience, batching
 from scheduler.audience import (
     AudienceSummary,
-    Suppression,
     iter_audience,
     iter_rows,
     read_header,
@@ -34,6 +33,7 @@ from scheduler.campaign import (
 )
 from scheduler.errors import CampaignError, ConfigError
 from scheduler.records import Recipient, Skip
+from scheduler.suppression import Suppression
 from scheduler.template import Template
 from scheduler.window import Window
 
