@@ -19,9 +19,10 @@ from typing import IO, Any
 
 import orjson
 
-from scheduler.audience import ValidRow, iter_rows
+from scheduler.audience import iter_rows
 from scheduler.campaign import Campaign
 from scheduler.records import Recipient, Skip
+from scheduler.rows import ValidRow
 from scheduler.suppression import Suppression
 
 Message = dict[str, Any]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from scheduler.audience import AudienceSummary, summarize
+from scheduler.audience import summarize
 from scheduler.campaign import utc_text
 from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
@@ -21,6 +21,7 @@ from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
 from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
+from scheduler.rows import AudienceSummary
 from scheduler.suppression import Suppression
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
 from scheduler.vocabulary import SkipReason

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from scheduler.audience import ValidRow, iter_rows
+from scheduler.audience import iter_rows
 from scheduler.batching import Message, message_maker
 from scheduler.campaign import Campaign
 from scheduler.cascade import Accepted, CascadeClient, PostResult, Rejected, Unauthorized
@@ -22,6 +22,7 @@ from scheduler.delivery_log import DeliveryLog, mask_phone
 from scheduler.errors import UserError
 from scheduler.phones import E164
 from scheduler.records import Skip
+from scheduler.rows import ValidRow
 from scheduler.service import api_endpoint
 from scheduler.suppression import Suppression
 

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from scheduler import audience, batching
 from scheduler.audience import (
-    AudienceSummary,
     iter_audience,
     iter_rows,
     read_header,
@@ -33,6 +32,7 @@ from scheduler.campaign import (
 )
 from scheduler.errors import CampaignError, ConfigError
 from scheduler.records import Recipient, Skip
+from scheduler.rows import AudienceSummary
 from scheduler.suppression import Suppression
 from scheduler.template import Template
 from scheduler.window import Window

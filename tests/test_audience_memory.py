@@ -7,8 +7,9 @@ import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scheduler.audience import AudienceSummary, summarize
+from scheduler.audience import summarize
 from scheduler.campaign import AudienceSpec, Campaign
+from scheduler.rows import AudienceSummary
 
 MIB = 1 << 20
 
