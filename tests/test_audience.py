@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler import audience, batching
+from scheduler import batching, passes
 from scheduler.audience import (
     iter_audience,
     iter_rows,
@@ -487,20 +487,20 @@ def test_summarize_counts_the_same_with_helper_processes(
     suppression = write_list(tmp_path / "optout.txt", "+3805000000014\n+380500000028\n")
     expected = summary_by_hand(campaign, suppression)
     if helper != "none":
-        monkeypatch.setattr(audience, "HELPER_LINES", 0)
-        monkeypatch.setattr(audience, "DEDUPE_BITS", 64)  # many false positives on both sides
+        monkeypatch.setattr(passes, "HELPER_LINES", 0)
+        monkeypatch.setattr(passes, "DEDUPE_BITS", 64)  # many false positives on both sides
     if helper == "ids fail":
-        monkeypatch.setattr(audience, "_scan_keys", _broken_scan)
+        monkeypatch.setattr(passes, "_scan_keys", _broken_scan)
     if helper == "counting fails":
-        monkeypatch.setattr(audience, "_count_rest", _broken_scan)
+        monkeypatch.setattr(passes, "_count_rest", _broken_scan)
     started: list[object] = []
-    start = audience._Forked.start
+    start = passes.Forked.start
 
     def recorded(*args: Any) -> object:
         started.append(start(*args))
         return started[-1]
 
-    monkeypatch.setattr(audience._Forked, "start", recorded)
+    monkeypatch.setattr(passes.Forked, "start", recorded)
     summary = summarize(campaign, suppression)
     assert summary == expected
     assert list(summary.skipped) == list(expected.skipped)  # the same order too
@@ -524,7 +524,7 @@ def test_a_malformed_row_is_reported_the_same_with_helper_processes(
     campaign = make_campaign(HEADER + "".join(lines[:cut]) + '"+38050,x,y\n' + "".join(lines[cut:]))
     with pytest.raises(CampaignError) as plain:
         summarize(campaign)
-    monkeypatch.setattr(audience, "HELPER_LINES", 0)
+    monkeypatch.setattr(passes, "HELPER_LINES", 0)
     with pytest.raises(CampaignError) as helped:
         summarize(campaign)
     assert helped.value.problems == plain.value.problems
@@ -793,7 +793,7 @@ def test_matches_a_naive_reference(
     one-byte Bloom filter makes nearly every key a false positive."""
     campaign, suppression = case_campaign(make_campaign, tmp_path, case)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(audience, "DEDUPE_BITS", 8 if tiny_filter else audience.DEDUPE_BITS)
+        patch.setattr(passes, "DEDUPE_BITS", 8 if tiny_filter else passes.DEDUPE_BITS)
         got = [outcome(item) for item in iter_audience(campaign, suppression)]
     assert got == list(reference(case, campaign))
     ids = [row[2] for row in got if row[2] is not None]
@@ -813,20 +813,20 @@ def test_reading_ahead_of_pass_one_matches_the_reference(
     suspects narrow the memory. Identical to plain sets, whatever the switch point."""
     campaign, suppression = case_campaign(make_campaign, tmp_path, case)
     narrowed: list[int] = []
-    narrow = audience.Dedupe.narrow
+    narrow = passes.Dedupe.narrow
 
-    def recorded(dedupe: audience.Dedupe, *suspects: Any) -> None:
+    def recorded(dedupe: passes.Dedupe, *suspects: Any) -> None:
         narrowed.append(len(suspects))
         narrow(dedupe, *suspects)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(audience, "DEDUPE_BITS", 8 if tiny_filter else audience.DEDUPE_BITS)
-        patch.setattr(audience, "HELPER_LINES", 0)
-        patch.setattr(audience, "AHEAD_ROWS", ahead)
-        patch.setattr(audience, "_AHEAD_STEP", step)
-        patch.setattr(audience.Dedupe, "narrow", recorded)
+        patch.setattr(passes, "DEDUPE_BITS", 8 if tiny_filter else passes.DEDUPE_BITS)
+        patch.setattr(passes, "HELPER_LINES", 0)
+        patch.setattr(passes, "AHEAD_ROWS", ahead)
+        patch.setattr(passes, "_AHEAD_STEP", step)
+        patch.setattr(passes.Dedupe, "narrow", recorded)
         if late:
-            patch.setattr(audience._KeyScan, "ready", lambda scan: False)
+            patch.setattr(passes.KeyScan, "ready", lambda scan: False)
         got = [outcome(item) for item in iter_audience(campaign, suppression)]
     assert got == list(reference(case, campaign))
     assert narrowed == [2 if case.id_column else 1]  # the helper ran, and pass 2 switched
@@ -839,28 +839,28 @@ def test_reading_ahead_survives_a_failed_helper_and_a_reader_that_stops(
     early: the helper is killed and reaped, not left running."""
     campaign = make_campaign(HEADER + HELPER_BODY, text="Hi {name}, hello")
     expected = [outcome(item) for item in iter_audience(campaign)]
-    monkeypatch.setattr(audience, "HELPER_LINES", 0)
-    monkeypatch.setattr(audience, "AHEAD_ROWS", 500)
-    monkeypatch.setattr(audience._KeyScan, "ready", lambda scan: False)
+    monkeypatch.setattr(passes, "HELPER_LINES", 0)
+    monkeypatch.setattr(passes, "AHEAD_ROWS", 500)
+    monkeypatch.setattr(passes.KeyScan, "ready", lambda scan: False)
     assert [outcome(item) for item in iter_audience(campaign)] == expected
-    monkeypatch.setattr(audience, "_scan_keys", _broken_scan)
+    monkeypatch.setattr(passes, "_scan_keys", _broken_scan)
     assert [outcome(item) for item in iter_audience(campaign)] == expected
     monkeypatch.undo()
-    monkeypatch.setattr(audience, "HELPER_LINES", 0)
-    monkeypatch.setattr(audience._KeyScan, "ready", lambda scan: False)
+    monkeypatch.setattr(passes, "HELPER_LINES", 0)
+    monkeypatch.setattr(passes.KeyScan, "ready", lambda scan: False)
     started = []
-    start = audience._Forked.start
+    start = passes.Forked.start
 
     def recorded(*args: Any) -> object:
         started.append(start(*args))
         return started[-1]
 
-    monkeypatch.setattr(audience._Forked, "start", recorded)
+    monkeypatch.setattr(passes.Forked, "start", recorded)
     items = iter_audience(campaign)
     assert len([next(items) for _ in range(10)]) == 10
     items.close()
     (helper,) = started
-    assert isinstance(helper, audience._Forked)
+    assert isinstance(helper, passes.Forked)
     assert not helper._process.is_alive() and helper._process.exitcode is not None
 
 
