@@ -48,7 +48,8 @@ def read_header(spec: AudienceSpec, campaign_file: Path) -> list[str]:
 
 
 def _stream(
-    campaign: Campaign, suppression: Suppression | None, counted: AudienceSummary | None = None,
+    campaign: Campaign, suppression: Suppression | None, *, may_fork: bool,
+    counted: AudienceSummary | None = None,
 ) -> Iterator[ValidRow | Skip]:
     """Both passes; raises OSError or `CsvProblem` for file-level problems.
 
@@ -62,7 +63,8 @@ def _stream(
         if table.signature() != signature:
             raise CsvProblem.changed()
         columns = Columns.find(campaign, table, template)
-        first = pass_one(spec, table.reader, columns, lines, counting=counted is not None)
+        first = pass_one(spec, table.reader, columns, lines, may_fork=may_fork,
+                         counting=counted is not None)
     with open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
             first.cancel()
@@ -77,12 +79,13 @@ def _stream(
 
 
 def _checked(
-    campaign: Campaign, suppression: Suppression | None, counted: AudienceSummary | None = None,
+    campaign: Campaign, suppression: Suppression | None, *, may_fork: bool,
+    counted: AudienceSummary | None = None,
 ) -> Iterator[ValidRow | Skip]:
     """`_stream` with its file-level problems turned into `CampaignError`."""
     spec = campaign.audience
     try:
-        yield from _stream(campaign, suppression, counted)
+        yield from _stream(campaign, suppression, may_fork=may_fork, counted=counted)
     except OSError as exc:
         raise _header_error(spec, campaign.file, exc) from None
     except CsvProblem as exc:
@@ -92,30 +95,36 @@ def _checked(
 
 
 def iter_audience(
-    campaign: Campaign, suppression: Suppression | None = None
+    campaign: Campaign, suppression: Suppression | None = None, *, may_fork: bool,
 ) -> Iterator[Recipient | Skip]:
     """Each data row of the campaign's audience as a `Recipient` or a `Skip`, in file order.
 
     Every non-None tracking id in the output is unique, so skips whose id may repeat an earlier
     row's (invalid_phone, invalid_id, duplicate) carry None. File-level problems raise
     `CampaignError`; no row content raises anything else.
+
+    ``may_fork``: the caller's process runs no other thread, so a big file may be read with
+    forked helpers on a second core (`scheduler.passes`); the same rows come out either way.
     """
-    for item in _checked(campaign, suppression):
+    for item in _checked(campaign, suppression, may_fork=may_fork):
         yield item if isinstance(item, Skip) else Recipient(*item)
 
 
 def iter_rows(
-    campaign: Campaign, suppression: Suppression | None = None
+    campaign: Campaign, suppression: Suppression | None = None, *, may_fork: bool,
 ) -> Iterator[ValidRow | Skip]:
     """`iter_audience` with each valid row as a `ValidRow` tuple instead of a `Recipient`,
     for hot loops that only take it apart again (the snapshot)."""
-    return _checked(campaign, suppression)
+    return _checked(campaign, suppression, may_fork=may_fork)
 
 
-def summarize(campaign: Campaign, suppression: Suppression | None = None) -> AudienceSummary:
-    """Stream the whole audience once and count it; raises `CampaignError` like `iter_audience`."""
+def summarize(
+    campaign: Campaign, suppression: Suppression | None = None, *, may_fork: bool,
+) -> AudienceSummary:
+    """Stream the whole audience once and count it; raises `CampaignError` like `iter_audience`
+    (``may_fork`` as there)."""
     summary = AudienceSummary()
-    for item in _checked(campaign, suppression, summary):
+    for item in _checked(campaign, suppression, may_fork=may_fork, counted=summary):
         assert isinstance(item, Skip)  # valid rows are counted into the summary, not yielded
         summary.add(item)
     return summary

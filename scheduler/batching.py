@@ -117,11 +117,13 @@ class Snapshot:
 
     With a send window, each batch holds recipients of one zone group only (their window opens
     and closes at the same moments), and ``zones`` gets each batch's group as it is yielded.
+    ``may_fork``: the process building it runs no other thread (`iter_audience`).
     """
 
     campaign: Campaign
     suppression: Suppression | None
     batch_size: int
+    may_fork: bool
     skips: SkipList = field(default_factory=SkipList)
     zones: list[str | None] = field(default_factory=list)
 
@@ -134,7 +136,7 @@ class Snapshot:
         # a time (one comprehension, no call a row): the hot path of a snapshot.
         build, skips, size = batch_builder(self.campaign), self.skips, self.batch_size
         rows: list[ValidRow] = []
-        for row in iter_rows(self.campaign, self.suppression):
+        for row in iter_rows(self.campaign, self.suppression, may_fork=self.may_fork):
             if isinstance(row, Skip):
                 skips.append(row)
                 continue
@@ -150,7 +152,7 @@ class Snapshot:
         at most), each yielded when full, the partial ones at the end."""
         make, skips, size = message_maker(self.campaign), self.skips, self.batch_size
         open_batches: dict[str, list[Message]] = {}
-        for row in iter_rows(self.campaign, self.suppression):
+        for row in iter_rows(self.campaign, self.suppression, may_fork=self.may_fork):
             if isinstance(row, Skip):
                 skips.append(row)
                 continue

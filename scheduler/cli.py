@@ -296,7 +296,8 @@ def write_new_campaign(
     try:
         check = load_campaign(draft, config, now)
         if check.campaign is not None:
-            check, _ = check_audience(check, Suppression.load(config.paths.suppression))
+            check, _ = check_audience(check, Suppression.load(config.paths.suppression),
+                                      may_fork=True)  # `new` starts no thread
         if not check.ok:
             problems = [_as_argument(p, draft) for p in check.problems if p.is_error]
             problems.append(Problem(None, None, None, f"{display_path(target)} was not "

@@ -53,14 +53,16 @@ def run_test_send(config: Config, campaign: Campaign, phones: list[str], line: i
 def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
     """What `send --dry-run` prints: the audience summary and the first rendered messages."""
     suppression = Suppression.load(config.paths.suppression)
-    summary = summarize(campaign, suppression)
+    # `send --dry-run` starts nothing (no journal, no client): no other thread runs
+    summary = summarize(campaign, suppression, may_fork=True)
     lines = [
         f"{campaign.id}: {campaign.type} to {summary.valid:,} recipients at "
         f"{utc_text(campaign.send_at)} (dry run: nothing sent)",
         describe_summary(summary),
         f"first {show} messages:",
     ]
-    recipients = (r for r in iter_audience(campaign, suppression) if isinstance(r, Recipient))
+    recipients = (r for r in iter_audience(campaign, suppression, may_fork=True)
+                  if isinstance(r, Recipient))
     for recipient in islice(recipients, show):
         message = to_message(campaign, recipient)
         message["toPhone"] = mask_phone(message["toPhone"])

@@ -138,5 +138,6 @@ def capped_now(
             cap.types, since(cap, now), cap.max, after, PAGE))
     if not summary:
         return 0
-    return sum(1 for row in iter_rows(campaign, suppression)
+    # the journal is open: it may run threads (SQLite's writer), so no forking
+    return sum(1 for row in iter_rows(campaign, suppression, may_fork=False)
                if not isinstance(row, Skip) and row[2] in summary)

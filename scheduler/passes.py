@@ -3,10 +3,16 @@
 Pass 1 feeds every row's phone and id to Bloom filters (`scheduler.dedupe`) and keeps the
 suspects; pass 2 checks every row (`scheduler.rows.RowChecker`) and remembers only suspects, so
 duplicates are found exactly in flat memory. For a file of `HELPER_LINES` or more, and only when
-the caller may fork, helper processes share the work: a snapshot's pass 2 starts at the first
-row while a helper runs pass 1 (`read_ahead`); `check` has a helper scan the ids while it scans
-the phones, then a helper count the last rows while it counts the first (`count_halves`).
+the caller says it may fork (``may_fork``), helper processes share the work: a snapshot's pass 2
+starts at the first row while a helper runs pass 1 (`read_ahead`); `check` has a helper scan the
+ids while it scans the phones, then a helper count the last rows while it counts the first
+(`count_halves`).
 Every helper's part is done here after all if the helper fails: same result, more time.
+
+Whether to fork is the caller's to say, never guessed from the process: forking a process that
+runs threads (the daemon, `send`: the journal's writer, asyncio's) may leave the child stuck on
+a lock another thread held. A command with no thread yet (`check`, `plan`, `new`,
+`send --dry-run`) and the streamed snapshot's reader child may fork.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import collections
 import csv
 import multiprocessing
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -56,20 +61,14 @@ _STOP = (csv.Error,)
 
 class Forked:
     """A function run in a forked process, its bytes sent back through a pipe, so reading a
-    big audience uses the second core.
-
-    Only where forking is safe: a single-threaded process (`check`, `plan`, `new`, the reader
-    of a streamed snapshot). The daemon and `send` run threads: `start` declines there.
-    """
+    big audience uses the second core. Started only for a caller that may fork."""
 
     def __init__(self, process: BaseProcess, pipe: Connection) -> None:
         self._process, self._pipe = process, pipe
 
     @classmethod
-    def start(cls, function: Callable[..., bytes], *args: object) -> Forked | None:
-        """Fork ``function(*args)``, or None when this process should not fork."""
-        if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
-            return None
+    def start(cls, function: Callable[..., bytes], *args: object) -> Forked:
+        """Fork ``function(*args)``."""
         context = multiprocessing.get_context("fork")
         receive, send = context.Pipe(duplex=False)
         process = context.Process(target=_run_forked, args=(function, args, send), daemon=True)
@@ -137,10 +136,10 @@ class KeyScan:
         self._forked, self._spec, self._columns, self._bits = forked, spec, columns, bits
 
     @classmethod
-    def start(cls, spec: AudienceSpec, columns: tuple[int, ...], bits: int) -> KeyScan | None:
-        """Fork the scan, or None when this process should not fork (then scan here)."""
-        forked = Forked.start(_scan_keys, spec.csv, spec.delimiter, columns, bits)
-        return None if forked is None else cls(forked, spec, columns, bits)
+    def start(cls, spec: AudienceSpec, columns: tuple[int, ...], bits: int) -> KeyScan:
+        """Fork the scan."""
+        return cls(Forked.start(_scan_keys, spec.csv, spec.delimiter, columns, bits),
+                   spec, columns, bits)
 
     def ready(self) -> bool:
         """`result` would not wait."""
@@ -177,18 +176,24 @@ class PassOne:
             self.ahead.cancel()
 
 
-def _own_rows(lines: int) -> int | None:
-    """The rows this process reads itself when helpers share the work; None when the file is
-    too small for helpers to pay."""
-    return int(lines * OWN_SHARE) if lines >= HELPER_LINES else None
+def _own_rows(lines: int, may_fork: bool) -> int | None:
+    """The rows this process reads itself when helpers share the work; None when there are
+    no helpers: the caller may not fork, fork() is not there, or the file is too small for
+    helpers to pay."""
+    if not may_fork or lines < HELPER_LINES:
+        return None
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return int(lines * OWN_SHARE)
 
 
 def pass_one(
-    spec: AudienceSpec, reader: CsvReader, columns: Columns, lines: int, *, counting: bool,
+    spec: AudienceSpec, reader: CsvReader, columns: Columns, lines: int, *, may_fork: bool,
+    counting: bool,
 ) -> PassOne:
     """Pass 1 over ``reader`` (positioned after the header of a file of about ``lines``
     lines): every row's phone and id through the Bloom filters, or, for a snapshot of a big
-    file, in a helper while pass 2 starts (`read_ahead`).
+    file when the caller ``may_fork``, in a helper while pass 2 starts (`read_ahead`).
 
     Rows too short to hold both leave no key, which keeps it exact: pass 2 reads their missing
     cell as empty, so they are invalid and register nothing. At a malformed row pass 1 just
@@ -196,24 +201,21 @@ def pass_one(
     pass 1 did scan.
     """
     bits = DEDUPE_BITS or filter_bits(lines)
-    keys, own = columns.keys(), _own_rows(lines)
+    keys, own = columns.keys(), _own_rows(lines, may_fork)
     if own is not None and not counting:
-        ahead = KeyScan.start(spec, keys, bits)
-        if ahead is not None:
-            return PassOne(Dedupe.remember_all(len(keys)), ahead=ahead)
+        return PassOne(Dedupe.remember_all(len(keys)), ahead=KeyScan.start(spec, keys, bits))
     if own is None or columns.id is None:
         return PassOne(Dedupe(*scan_columns(reader, keys, bits, _STOP)))
-    return _split_pass_one(spec, reader, columns, bits, own)
+    return _split_pass_one(spec, reader, columns, columns.id, bits, own)
 
 
 def _split_pass_one(
-    spec: AudienceSpec, reader: CsvReader, columns: Columns, bits: int, own: int,
+    spec: AudienceSpec, reader: CsvReader, columns: Columns, id_at: int, bits: int, own: int,
 ) -> PassOne:
-    """Pass 1 with a forked process scanning the id column while this one scans the phones
-    (`KeyScan`), noting the line that ends row ``own``: where counting can be split."""
-    scan = KeyScan.start(spec, (columns.id,), bits) if columns.id is not None else None
-    if scan is None:
-        return PassOne(Dedupe(*scan_columns(reader, columns.keys(), bits, _STOP)))
+    """Pass 1 with a forked process scanning the id column (at ``id_at``) while this one scans
+    the phones (`KeyScan`), noting the line that ends row ``own``: where counting can be
+    split."""
+    scan = KeyScan.start(spec, (id_at,), bits)
     phones, split = ColumnScan((columns.phone,), bits), None
     if phones.feed(islice(reader, own), _STOP):
         split = reader.line_num
@@ -309,8 +311,8 @@ def count_halves(
     yield from _counted(checker.rows(reader, emit=False, limit=own))
     if reader.line_num != split:
         raise CsvProblem.changed()
-    data = helper.result() if helper is not None else None
-    if data is None:  # no helper, or it failed: count the rest here
+    data = helper.result()
+    if data is None:  # the helper failed: count the rest here
         yield from _counted(checker.rows(reader, emit=False))
         return
     rest = AudienceSummary.from_json(data["summary"])

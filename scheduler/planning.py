@@ -204,7 +204,9 @@ class _Planner:
         }
         self.rows.append(row)
         try:
-            summary = summarize(campaign, self.suppression)
+            # `plan` starts no thread, but an open journal may run one (SQLite's writer):
+            # big audiences use forked helpers only without a journal
+            summary = summarize(campaign, self.suppression, may_fork=self.journal is None)
         except UserError:
             row.update(state="invalid", note="its audience cannot be read: run `check`")
             return

@@ -304,7 +304,8 @@ class Engine:
             reader.used = True
             self._start_stream(campaign, reader, Resume())
             return
-        snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)
+        # the engine runs threads (the journal's writer, asyncio's): it must not fork
+        snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size, may_fork=False)
         await self.journal.prepare(
             campaign_id=campaign.id,
             type=campaign.type,

@@ -38,7 +38,8 @@ def chunks(job: StreamJob, resume_point: Callable[[], Resume]) -> Iterator[Chunk
     """The snapshot's new batches (encoded) and skips, a chunk at a time. ``resume_point``
     is asked once, when the first batch is ready (or the audience has none)."""
     suppression = Suppression.load(job.suppression)
-    snapshot = Snapshot(job.campaign, suppression, job.batch_size)
+    # this child runs no other thread: pass 1 may run in a forked helper (`scheduler.passes`)
+    snapshot = Snapshot(job.campaign, suppression, job.batch_size, may_fork=True)
     resume: Resume | None = None
     batches: list[EncodedBatch] = []
     wanted, skips_seen = 1, 0

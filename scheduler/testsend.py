@@ -62,7 +62,8 @@ def parse_phones(text: str) -> list[str]:
 def pick_row(campaign: Campaign, config: Config, line: int | None) -> ValidRow:
     """The first valid row of the audience, or the one on CSV ``line``."""
     suppression = Suppression.load(config.paths.suppression)
-    for row in iter_rows(campaign, suppression):
+    # `send --test` reads the audience before it starts anything: no other thread runs yet
+    for row in iter_rows(campaign, suppression, may_fork=True):
         if isinstance(row, Skip):
             if row.line == line:
                 raise UserError.single(
