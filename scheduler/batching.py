@@ -19,9 +19,11 @@ from typing import IO, Any
 
 import orjson
 
-from scheduler.audience import Suppression, ValidRow, iter_rows, summarize
+from scheduler.audience import iter_rows, summarize
 from scheduler.campaign import Campaign
 from scheduler.records import Recipient, Skip
+from scheduler.rows import ValidRow
+from scheduler.suppression import Suppression
 
 Message = dict[str, Any]
 
@@ -117,11 +119,13 @@ class Snapshot:
     and closes at the same moments), and ``zones`` gets each batch's group as it is yielded.
     With a roll-out, a batch that a stage's end falls inside is cut in two there, so every
     stage is exactly the share asked for (the audience is counted first to know where).
+    ``may_fork``: the process building it runs no other thread (`iter_audience`).
     """
 
     campaign: Campaign
     suppression: Suppression | None
     batch_size: int
+    may_fork: bool
     skips: SkipList = field(default_factory=SkipList)
     zones: list[str | None] = field(default_factory=list)
 
@@ -130,7 +134,7 @@ class Snapshot:
         batches = self._zoned() if self.campaign.window is not None else self._plain()
         rollout = self.campaign.rollout
         if rollout is not None:
-            valid = summarize(self.campaign, self.suppression).valid
+            valid = summarize(self.campaign, self.suppression, may_fork=self.may_fork).valid
             batches = self._cut(batches, rollout.ends(valid))
         yield from batches
 
@@ -158,7 +162,7 @@ class Snapshot:
         # a time (one comprehension, no call a row): the hot path of a snapshot.
         build, skips, size = batch_builder(self.campaign), self.skips, self.batch_size
         rows: list[ValidRow] = []
-        for row in iter_rows(self.campaign, self.suppression):
+        for row in iter_rows(self.campaign, self.suppression, may_fork=self.may_fork):
             if isinstance(row, Skip):
                 skips.append(row)
                 continue
@@ -174,7 +178,7 @@ class Snapshot:
         at most), each yielded when full, the partial ones at the end."""
         make, skips, size = message_maker(self.campaign), self.skips, self.batch_size
         open_batches: dict[str, list[Message]] = {}
-        for row in iter_rows(self.campaign, self.suppression):
+        for row in iter_rows(self.campaign, self.suppression, may_fork=self.may_fork):
             if isinstance(row, Skip):
                 skips.append(row)
                 continue

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from scheduler.audience import AudienceSummary, Suppression, summarize
+from scheduler.audience import summarize
 from scheduler.campaign import utc_text
 from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
@@ -21,6 +21,8 @@ from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
 from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
+from scheduler.rows import AudienceSummary
+from scheduler.suppression import Suppression
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
 from scheduler.vocabulary import SkipReason
 
@@ -64,7 +66,8 @@ def check_paths(
     summaries: dict[Path, AudienceSummary] = {}
     for index, check in enumerate(checks):
         if check.campaign is not None:
-            checks[index], summary = check_audience(check, suppression)
+            # `check` is a command that starts no thread: big audiences use a second core
+            checks[index], summary = check_audience(check, suppression, may_fork=True)
             if summary is not None:
                 summaries[check.file] = summary
     notes = _policy_notes(checks, summaries, config, suppression, now)
@@ -103,13 +106,14 @@ def _policy_notes(
 
 
 def check_audience(
-    check: CampaignCheck, suppression: Suppression | None,
+    check: CampaignCheck, suppression: Suppression | None, *, may_fork: bool,
 ) -> tuple[CampaignCheck, AudienceSummary | None]:
     """Read a valid campaign's whole audience: the check with what its rows add (an unreadable
-    CSV, no valid recipient, a large invalid share, empty personalisation), and the counts."""
+    CSV, no valid recipient, a large invalid share, empty personalisation), and the counts.
+    ``may_fork``: the caller runs no other thread (`summarize`)."""
     assert check.campaign is not None
     try:
-        summary = summarize(check.campaign, suppression)
+        summary = summarize(check.campaign, suppression, may_fork=may_fork)
     except CampaignError as exc:
         return CampaignCheck(check.file, None, [*check.problems, *exc.problems]), None
     problems = audience_problems(check.file, summary)

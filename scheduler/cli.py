@@ -23,7 +23,6 @@ import orjson
 import tomli_w
 
 from scheduler import __version__
-from scheduler.audience import Suppression
 from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
@@ -51,6 +50,7 @@ from scheduler.report import (
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, file_rollout, read_status
 from scheduler.streaming import Reader, StreamJob
+from scheduler.suppression import Suppression
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -296,7 +296,8 @@ def write_new_campaign(
     try:
         check = load_campaign(draft, config, now)
         if check.campaign is not None:
-            check, _ = check_audience(check, Suppression.load(config.paths.suppression))
+            check, _ = check_audience(check, Suppression.load(config.paths.suppression),
+                                      may_fork=True)  # `new` starts no thread
         if not check.ok:
             problems = [_as_argument(p, draft) for p in check.problems if p.is_error]
             problems.append(Problem(None, None, None, f"{display_path(target)} was not "

@@ -17,7 +17,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from scheduler.audience import Suppression, iter_audience, summarize
+from scheduler.audience import iter_audience, summarize
 from scheduler.batching import to_message
 from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import describe_summary
@@ -32,6 +32,7 @@ from scheduler.sandbox import serve
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.service import SendOutcome, send_campaign
 from scheduler.streaming import Reader
+from scheduler.suppression import Suppression
 from scheduler.testsend import describe, send_test
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -52,14 +53,16 @@ def run_test_send(config: Config, campaign: Campaign, phones: list[str], line: i
 def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
     """What `send --dry-run` prints: the audience summary and the first rendered messages."""
     suppression = Suppression.load(config.paths.suppression)
-    summary = summarize(campaign, suppression)
+    # `send --dry-run` starts nothing (no journal, no client): no other thread runs
+    summary = summarize(campaign, suppression, may_fork=True)
     lines = [
         f"{campaign.id}: {campaign.type} to {summary.valid:,} recipients at "
         f"{utc_text(campaign.send_at)} (dry run: nothing sent)",
         describe_summary(summary),
         f"first {show} messages:",
     ]
-    recipients = (r for r in iter_audience(campaign, suppression) if isinstance(r, Recipient))
+    recipients = (r for r in iter_audience(campaign, suppression, may_fork=True)
+                  if isinstance(r, Recipient))
     for recipient in islice(recipients, show):
         message = to_message(campaign, recipient)
         message["toPhone"] = mask_phone(message["toPhone"])

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from scheduler.audience import Suppression, iter_rows
+from scheduler.audience import iter_rows
 from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import PAGE, CapSummary, caps_for, since
 from scheduler.config import CapConfig
 from scheduler.records import Skip
+from scheduler.suppression import Suppression
 from scheduler.window import zones_of_group
 
 ZONES_SHOWN = 5  # zone groups listed by name; the rest are counted together
@@ -137,5 +138,6 @@ def capped_now(
             cap.types, since(cap, now), cap.max, after, PAGE))
     if not summary:
         return 0
-    return sum(1 for row in iter_rows(campaign, suppression)
+    # the journal is open: it may run threads (SQLite's writer), so no forking
+    return sum(1 for row in iter_rows(campaign, suppression, may_fork=False)
                if not isinstance(row, Skip) and row[2] in summary)

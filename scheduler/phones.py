@@ -11,3 +11,7 @@ from typing import Final
 
 #: the API's format rule (SPEC §3); ASCII digits only, the whole value (call ``fullmatch``)
 E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+#: the number the error messages show as an example
+EXAMPLE_PHONE: Final = "+380501234567"
+#: what people and spreadsheets put between a phone's digits: spaces, brackets, dots, dashes
+SEPARATORS: Final = re.compile(r"[\s().\-/]")

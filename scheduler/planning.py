@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler.audience import Suppression, summarize
+from scheduler.audience import summarize
 from scheduler.campaign import TRANSACTIONAL, Campaign, Rollout, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
@@ -25,6 +25,7 @@ from scheduler.forecast import Forecast, capped_now, forecast, hour_text, zones_
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
+from scheduler.suppression import Suppression
 from scheduler.vocabulary import FINISHED, SENDING
 
 STATUS_NOTE_FROM = 60  # seconds: a delivery report that takes longer to fill is said in the note
@@ -217,7 +218,9 @@ class _Planner:
         }
         self.rows.append(row)
         try:
-            summary = summarize(campaign, self.suppression)
+            # `plan` starts no thread, but an open journal may run one (SQLite's writer):
+            # big audiences use forked helpers only without a journal
+            summary = summarize(campaign, self.suppression, may_fork=self.journal is None)
         except UserError:
             row.update(state="invalid", note="its audience cannot be read: run `check`")
             return

@@ -26,7 +26,6 @@ from typing import Any, overload
 import orjson
 from aiolimiter import AsyncLimiter
 
-from scheduler.audience import Suppression
 from scheduler.batching import Message, Snapshot, snapshot_key
 from scheduler.brake import Brake, released
 from scheduler.campaign import Campaign
@@ -56,6 +55,7 @@ from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
 from scheduler.streaming import Reader, Resume, StreamFailed, StreamJob, StreamKilled
+from scheduler.suppression import Suppression
 from scheduler.vocabulary import (
     EXPIRED_REASON,
     FINISHED,
@@ -305,7 +305,8 @@ class Engine:
             reader.used = True
             self._start_stream(campaign, reader, Resume())
             return
-        snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size)
+        # the engine runs threads (the journal's writer, asyncio's): it must not fork
+        snapshot = Snapshot(campaign, self.suppression, self.sending.batch_size, may_fork=False)
         await self.journal.prepare(
             campaign_id=campaign.id,
             type=campaign.type,

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.audience import Suppression
 from scheduler.campaign import Campaign
 from scheduler.cascade import CascadeClient
 from scheduler.config import Config
@@ -24,6 +23,7 @@ from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
 from scheduler.streaming import Reader
+from scheduler.suppression import Suppression
 from scheduler.vocabulary import CampaignState
 
 #: (total recipients, already final) when sending starts

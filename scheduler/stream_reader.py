@@ -17,13 +17,13 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from scheduler.audience import Suppression
 from scheduler.batching import Snapshot
 from scheduler.errors import CampaignError
 from scheduler.journal.base import EncodedBatch
 from scheduler.journal.codec import encode_batch
 from scheduler.records import Skip
 from scheduler.streaming import FRAME_HEADER, Chunk, Resume, StreamJob
+from scheduler.suppression import Suppression
 
 #: batches per chunk: the first chunks are small (the first request waits for the first one),
 #: then they double up to this (fewer, larger journal transactions; ~2.5 MB of bodies a chunk)
@@ -38,7 +38,8 @@ def chunks(job: StreamJob, resume_point: Callable[[], Resume]) -> Iterator[Chunk
     """The snapshot's new batches (encoded) and skips, a chunk at a time. ``resume_point``
     is asked once, when the first batch is ready (or the audience has none)."""
     suppression = Suppression.load(job.suppression)
-    snapshot = Snapshot(job.campaign, suppression, job.batch_size)
+    # this child runs no other thread: pass 1 may run in a forked helper (`scheduler.passes`)
+    snapshot = Snapshot(job.campaign, suppression, job.batch_size, may_fork=True)
     resume: Resume | None = None
     batches: list[EncodedBatch] = []
     wanted, skips_seen = 1, 0

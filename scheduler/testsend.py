@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from scheduler.audience import Suppression, ValidRow, iter_rows
+from scheduler.audience import iter_rows
 from scheduler.batching import Message, message_maker
 from scheduler.campaign import Campaign
 from scheduler.cascade import Accepted, CascadeClient, PostResult, Rejected, Unauthorized
@@ -22,7 +22,9 @@ from scheduler.delivery_log import DeliveryLog, mask_phone
 from scheduler.errors import UserError
 from scheduler.phones import E164
 from scheduler.records import Skip
+from scheduler.rows import ValidRow
 from scheduler.service import api_endpoint
+from scheduler.suppression import Suppression
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ def parse_phones(text: str) -> list[str]:
 def pick_row(campaign: Campaign, config: Config, line: int | None) -> ValidRow:
     """The first valid row of the audience, or the one on CSV ``line``."""
     suppression = Suppression.load(config.paths.suppression)
-    for row in iter_rows(campaign, suppression):
+    # `send --test` reads the audience before it starts anything: no other thread runs yet
+    for row in iter_rows(campaign, suppression, may_fork=True):
         if isinstance(row, Skip):
             if row.line == line:
                 raise UserError.single(

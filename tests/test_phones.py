@@ -64,7 +64,8 @@ def test_audience_and_sandbox_agree(tmp_path: Path) -> None:
         send_at=datetime(2026, 12, 1, 9, tzinfo=UTC), ttl=3600, text="Hi",
         audience=AudienceSpec(csv=csv), file=tmp_path / "e164.toml", fingerprint="x",
     )
-    sent = {row.phone for row in iter_audience(campaign) if isinstance(row, Recipient)}
+    rows = iter_audience(campaign, may_fork=False)
+    sent = {row.phone for row in rows if isinstance(row, Recipient)}
     for phone in phones:
         try:
             check_message(message(phone), 0, frozenset())

@@ -183,7 +183,7 @@ def test_tz_column_names_the_zone_and_a_bad_one_is_skipped_with_a_hint(tmp_path:
     file.write_text(text)
     check = load_campaign(file, config, datetime.now(UTC))
     assert check.campaign is not None, check.problems
-    rows = list(iter_audience(check.campaign))
+    rows = list(iter_audience(check.campaign, may_fork=False))
     assert [getattr(r, "zone", None) for r in rows[:2]] == ["America/Chicago", "Europe/Kyiv"]
     skip = rows[2]
     assert isinstance(skip, Skip) and skip.reason == "invalid_timezone"
@@ -205,7 +205,7 @@ def test_tz_column_is_checked_without_a_window_and_check_gives_the_closest_zone(
                                              'csv = "people.csv"\ntz_column = "tz"'))
     check = load_campaign(file, config, datetime.now(UTC))
     assert check.campaign is not None and check.campaign.window is None, check.problems
-    rows = list(iter_audience(check.campaign))
+    rows = list(iter_audience(check.campaign, may_fork=False))
     skips = [r for r in rows if isinstance(r, Skip)]
     assert [(s.line, s.reason) for s in skips] == [(4, "invalid_timezone"),
                                                   (5, "invalid_timezone")]
@@ -232,7 +232,7 @@ def test_the_closest_zone_hint(tmp_path: Path, value: str, hint: str) -> None:
                                              'csv = "people.csv"\ntz_column = "tz"'))
     check = load_campaign(file, config, datetime.now(UTC))
     assert check.campaign is not None, check.problems
-    (skip,) = iter_audience(check.campaign)
+    (skip,) = iter_audience(check.campaign, may_fork=False)
     assert isinstance(skip, Skip) and f'write e.g. "{hint}"' in skip.detail
 
 
