@@ -237,20 +237,32 @@ def cmd_new(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise UserError.single("no such folder: create it first, or pass --dir", file=folder)
     now = datetime.now(UTC)
-    document = new_campaign_document(args, folder, now)
+    document = new_campaign_document(args, folder, config.paths.campaigns, now)
     check = write_new_campaign(target, _toml_text(document), config, now)
     for problem in check.problems:  # warnings only: the file is written
         print(problem.render(), file=sys.stderr)
     shown = display_path(target.absolute())
-    print(f"wrote {shown}: check it with  cascade-scheduler check {shown}")
+    print(f"wrote {shown} (paused: nothing is sent yet): check it with  cascade-scheduler "
+          f"check {shown}  then set paused = false in it to make it live")
     return EXIT_OK
 
 
-def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime) -> dict[str, Any]:
-    """The TOML content of a new campaign file, from the ``new`` command's arguments."""
+def new_campaign_document(
+    args: argparse.Namespace, folder: Path, campaigns: Path, now: datetime,
+) -> dict[str, Any]:
+    """The TOML content of a new campaign file in ``folder``, from the ``new`` command's
+    arguments (``campaigns``: the configured campaigns folder).
+
+    It starts paused (the daemon may be watching the folder: nothing goes out before a person
+    says it is ready). The audience path is relative to the file in the campaigns folder, and
+    absolute elsewhere (a draft folder): a draft then keeps working when it moves into the
+    campaigns folder to go live.
+    """
     kind: MessageType = args.type
     send_at = args.send_at or datetime.combine(now.date() + timedelta(days=1), time(9), UTC)
-    audience = os.path.relpath(real_path(args.audience), real_path(folder))
+    csv = real_path(args.audience)
+    audience = (os.path.relpath(csv, real_path(folder))
+                if real_path(folder) == real_path(campaigns) else csv.as_posix())
     document: dict[str, Any] = {
         "id": args.id, "from_name": args.from_name, "type": kind, "send_at": send_at,
         "ttl": DEFAULT_TTL[kind],
@@ -259,16 +271,26 @@ def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime)
         document["text"] = DEFAULT_TEXT[kind]
     if kind == "viber_survey":
         document["survey_options"] = DEFAULT_SURVEY_OPTIONS
-    document["paused"] = False
+    document["paused"] = True
     document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": args.phone_column}
     if args.id_column is not None:
         document["audience"]["id_column"] = args.id_column
     return document
 
 
+#: written above ``paused = true`` in a new campaign file
+PAUSED_COMMENT = (
+    "# A new campaign starts paused: the daemon sends nothing while paused = true.\n"
+    "# When the text, the audience and send_at are right, run `cascade-scheduler check` on\n"
+    "# this file, then set paused = false to make it live.\n"
+)
+
+
 def _toml_text(document: dict[str, Any]) -> str:
-    """tomli-w's output, with ``send_at`` in the ``...T09:00:00Z`` form the docs teach."""
+    """tomli-w's output, with ``send_at`` in the ``...T09:00:00Z`` form the docs teach and a
+    comment that says how to make the paused campaign live."""
     text = tomli_w.dumps(document)
+    text = re.sub(r"(?m)^paused = true$", lambda m: PAUSED_COMMENT + m.group(0), text)
     return re.sub(r"(?m)^send_at = .*$", f"send_at = {utc_text(document['send_at'])}", text)
 
 

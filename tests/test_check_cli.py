@@ -143,7 +143,8 @@ def test_new_writes_a_file_that_passes_check(
 def test_new_with_send_at_and_dir(
     workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--send-at and --dir are honoured; the audience path is written relative to the new file."""
+    """--send-at and --dir are honoured; a draft written to campaigns/drafts still passes
+    `check` once moved up into the campaigns folder to go live (issue 24, item 17)."""
     monkeypatch.chdir(workspace)
     drafts = workspace / "campaigns" / "drafts"
     drafts.mkdir()
@@ -151,10 +152,33 @@ def test_new_with_send_at_and_dir(
         code = cli.main(["new", "x", "--type", "promo", "--audience",
                          "campaigns/audiences/people.csv", "--send-at", "2026-12-03T10:30:00Z",
                          "--dir", str(drafts), "--from-name", "Shop"])
-    assert code == 0, capsys.readouterr().err
-    written = (drafts / "x.toml").read_text("utf-8")
-    assert 'csv = "../audiences/people.csv"' in written
-    assert "send_at = 2026-12-03T10:30:00Z" in written and 'from_name = "Shop"' in written
+        assert code == 0, capsys.readouterr().err
+        written = (drafts / "x.toml").read_text("utf-8")
+        assert "send_at = 2026-12-03T10:30:00Z" in written and 'from_name = "Shop"' in written
+        assert cli.main(["check", str(drafts / "x.toml")]) == 0
+        moved = (drafts / "x.toml").rename(workspace / "campaigns" / "x.toml")
+        capsys.readouterr()
+        assert cli.main(["check", str(moved)]) == 0, capsys.readouterr().out
+
+
+def test_new_writes_a_paused_campaign_that_says_how_to_go_live(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A running daemon watches the folder `new` writes to: the file starts paused, with a
+    comment above ``paused = true`` saying how to make it live (issue 24, item 2)."""
+    csv = workspace / "campaigns" / "audiences" / "people.csv"
+    config = str(workspace / "config.toml")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["new", "p", "--type", "promo", "--audience", str(csv),
+                         "--config", config]) == 0
+    assert "set paused = false" in capsys.readouterr().out
+    target = workspace / "campaigns" / "p.toml"
+    text = target.read_text("utf-8")
+    comment, _, after = text.partition("paused = true\n")
+    assert after and "set paused = false to make it live" in comment.splitlines()[-1]
+    assert "cascade-scheduler check" in comment
+    check = load_campaign(target, load_config(Path(config), env={}), NOW)
+    assert check.campaign is not None and check.campaign.paused
 
 
 def test_new_refuses_to_overwrite(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
