@@ -30,6 +30,8 @@ Delivery = Literal["at-least-once", "at-most-once"]
 SANDBOX = "sandbox"
 #: SMSBAT's status API (its "Check Message Status" page)
 SMSBAT_STATUS_URL = "https://api.smsbat.com"
+#: SMSBAT's domain: a send API there has its status API at `SMSBAT_STATUS_URL`
+SMSBAT_HOST = "smsbat.com"
 
 #: environment variable -> file in $CREDENTIALS_DIRECTORY -> HTTP header
 CREDENTIAL_SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -216,7 +218,8 @@ class DeliveryReportsConfig(_Section):
     """``[delivery_reports]``: follow each sent message to its delivery status (SPEC §11.3)."""
 
     poll: bool = False  # ask the status API about every sent message until it is final
-    #: None: the embedded sandbox with ``[api] base_url = "sandbox"``, else SMSBAT's
+    #: None: the embedded sandbox with ``[api] base_url = "sandbox"``, SMSBAT's with SMSBAT's
+    #: send API, else ``[api] base_url`` itself (see `status_base`)
     status_url: str | None = None
     poll_rate: float = Field(default=10, gt=0, le=1000)  # status requests/s, its own limit
     # not in config.example.toml (tests use seconds): the first poll this long after sending,
@@ -242,10 +245,18 @@ class DeliveryReportsConfig(_Section):
         return None if value is None else _api_url(value, SMSBAT_STATUS_URL)
 
     def status_base(self, api: ApiConfig) -> str:
-        """The status API to poll: a URL, or "sandbox" (the embedded emulator)."""
+        """The status API to poll: a URL, or "sandbox" (the embedded emulator).
+
+        Unset, it follows ``[api] base_url``: SMSBAT's status API for SMSBAT's send API, else
+        the same server (a standalone sandbox answers both; SMSBAT's status API would know
+        none of its message ids, and would be sent its key)."""
         if self.status_url is not None:
             return self.status_url
-        return SANDBOX if api.is_sandbox else SMSBAT_STATUS_URL
+        if api.is_sandbox:
+            return SANDBOX
+        host = urlsplit(api.base_url).hostname or ""
+        return SMSBAT_STATUS_URL if host == SMSBAT_HOST or host.endswith("." + SMSBAT_HOST) \
+            else api.base_url
 
 
 class Credentials(_Section):
