@@ -53,7 +53,7 @@ def check_paths(
     ``strict``: also what the daemon needs on this machine (a credential for a real API);
     marketers checking their files are not told about the operator's credentials.
     """
-    config_problems = [*_sending_problems(config)]
+    config_problems = [*_sending_problems(config), *_sandbox_problems(config)]
     if strict:
         config_problems.extend(_credential_problems(config))
     folders = paths or [display_path(config.paths.campaigns)]
@@ -197,6 +197,15 @@ def _sending_problems(config: Config) -> list[Problem]:
         f"{rate:g} requests/s is above the account's documented {ACCOUNT_RATE}/s (bursts of "
         "150): the API answers 429 and sending slows down; set it to 100 or less", "warning",
     )]
+
+
+def _sandbox_problems(config: Config) -> list[Problem]:
+    """``[sandbox]`` faults set while a real API is configured: a warning (they do nothing)."""
+    if config.api.is_sandbox or not config.sandbox.model_fields_set:
+        return []
+    return [Problem(config.source, None, "sandbox", "is for the embedded sandbox only "
+                    f'(base_url = "sandbox"), not {config.api.base_url}: it changes nothing; '
+                    "remove it", "warning")]
 
 
 def display_path(path: Path) -> Path:

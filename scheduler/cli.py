@@ -516,6 +516,9 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
                         help="milliseconds added to every request (default: %(default)s)")
     parser.add_argument("--reject-phone", action="append", default=[], metavar="PHONE",
                         help="answer 400 for this toPhone; repeatable (default: none)")
+    parser.add_argument("--reject-rate", type=float, default=0.0,
+                        help="share of phones answered 400 INVALID_PHONE, each phone always "
+                        "the same way, 0..1 (default: %(default)s)")
     parser.add_argument("--drop-rate", type=float, default=0.0,
                         help="share of requests read and then hung up on with no answer "
                         "(default: %(default)s)")
@@ -576,6 +579,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         options = SandboxOptions(
             api_key=args.api_key, fail_rate=args.fail_rate, rate_limit=args.rate_limit,
             latency_ms=args.latency_ms, reject_phones=frozenset(args.reject_phone),
+            reject_rate=args.reject_rate,
             drop_rate=args.drop_rate, omit_rate=args.omit_rate, record=args.record,
             seed=args.seed, dlr_delay=args.dlr_delay, undeliverable_rate=args.undeliverable_rate,
             permanent_error_rate=args.permanent_error_rate,
