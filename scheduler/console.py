@@ -149,7 +149,7 @@ def run_demo(directory: Path | None) -> int:
     out.print(f"[bold]cascade-scheduler demo[/] in {root}\n"
               "four campaigns (transaction, promo, viber_survey, flashcall) are due in 3-6 s;\n"
               "the daemon sends them through the embedded sandbox (no account, no network)\n"
-              "and follows each message to its delivery status.\n")
+              "and follows each message to its delivery status.\n", soft_wrap=True)
     configure_logging("info", "console", ())
     asyncio.run(run_daemon(config, until_idle=True))
     with JournalReader(open_journal(config.journal_location())) as journal:
@@ -159,6 +159,7 @@ def run_demo(directory: Path | None) -> int:
         f"journal:      {config.paths.state}\n"
         f"try:  cascade-scheduler report --config {config_path} --status skipped\n"
         f"      cascade-scheduler report --config {config_path} --status undeliverable\n"
-        f"      cascade-scheduler plan --config {config_path}"
+        f"      cascade-scheduler plan --config {config_path}",
+        soft_wrap=True,  # a command cut in two cannot be pasted (output not a terminal: 80)
     )
     return EXIT_OK
