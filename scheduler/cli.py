@@ -37,7 +37,7 @@ from scheduler.errors import Problem, UserError
 from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
-from scheduler.planning import PLAN_COLUMNS, plan_rows
+from scheduler.planning import PLAN_COLUMNS, no_journal_line, plan_rows
 from scheduler.report import (
     LISTINGS,
     Listing,
@@ -453,6 +453,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Every campaign: state, send time, audience, progress and ETA at the configured rate."""
     config = _config(args)
     rows = plan_rows(config, datetime.now(UTC))
+    if (missing := no_journal_line(config)) is not None:
+        print(missing, file=sys.stderr)
     write_rows(rows, PLAN_COLUMNS, "json" if args.json else "table", sys.stdout, "Plan")
     return EXIT_OK
 

@@ -141,13 +141,28 @@ def test_plan_json_and_table_cli(
         assert state in line
 
 
-def test_plan_without_journal(workspace: Workspace) -> None:
-    """Before the daemon ever ran, plan counts the audiences from the files and creates no
-    journal."""
+def test_plan_without_journal(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No journal at the config's path (the daemon never ran, or runs with another config):
+    one line says so; the audiences are counted from the files, and nothing due already is
+    shown as unsent: its state is unknown and no row says 0 sent (issue 24, item 4). No
+    journal is created."""
     rows = _by_id(plan_rows(load_config(workspace.config), NOW))
-    assert (rows["a-done"]["state"], rows["a-done"]["valid"]) == ("scheduled", 300)
-    # a-done and b-running are both due now and transactional: they share the rate evenly
-    assert rows["a-done"]["eta"] == _iso(NOW + timedelta(seconds=2 * 300 / (RATE * BATCH)))
+    assert {row["sent"] for row in rows.values()} == {None}
+    for due in ("a-done", "b-running", "f-expired"):
+        assert (rows[due]["state"], rows[due]["eta"]) == ("unknown", None)
+        assert rows[due]["note"] == "no journal: cannot tell whether it was sent"
+    assert rows["a-done"]["valid"] == 300
+    # not due yet: it cannot have gone out; its ETA is the configured rate's
+    assert rows["c-scheduled"]["state"] == "scheduled"
+    assert rows["c-scheduled"]["eta"] == _eta(NOW + timedelta(days=1), 1000)
+    assert cli.main(["plan", "--config", str(workspace.config)]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"no journal at {workspace.journal_path}: nothing was ever sent with this config; if "
+        "a daemon sends with another one, pass it with --config (sent is left blank: "
+        "unknown, not 0)"]
     assert not workspace.journal_path.exists()
 
 
