@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from scheduler.audience import AudienceSummary, Suppression, summarize
-from scheduler.campaign import utc_text
+from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
@@ -22,7 +22,7 @@ from scheduler.forecast import capped_now, describe, forecast
 from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
-from scheduler.vocabulary import SkipReason
+from scheduler.vocabulary import FINISHED, SkipReason
 
 #: how many line numbers per skip reason the report shows
 LINES_SHOWN = 5
@@ -67,27 +67,63 @@ def check_paths(
             checks[index], summary = check_audience(check, suppression)
             if summary is not None:
                 summaries[check.file] = summary
-    notes = _policy_notes(checks, summaries, config, suppression, now)
+    checks, started = _started(checks, config, now)
+    notes = _policy_notes(checks, summaries, config, suppression, now, set(started))
+    for file, note in started.items():
+        notes.setdefault(file, []).insert(0, note)
     return CheckReport(checks, summaries, config_problems, notes)
+
+
+def _started(
+    checks: list[CampaignCheck], config: Config, now: datetime,
+) -> tuple[list[CampaignCheck], dict[Path, str]]:
+    """Campaigns due already that the journal has started from this same file: the checks
+    without the "send time has passed" warning (the daemon does not send them "at once" now),
+    and a note per file with what the journal says instead."""
+    due = {c.campaign.id: c for c in checks if c.campaign is not None and
+           c.campaign.send_at <= now}
+    if not due or not config.journal_location().exists:
+        return checks, {}
+    notes: dict[Path, str] = {}
+    try:
+        with JournalReader(open_journal(config.journal_location())) as journal:
+            for record in journal.campaigns():
+                check = due.get(record.id)
+                if (check is None or record.started_at is None
+                        or record.file != str(real_path(check.file))):
+                    continue
+                sent = journal.counts(record.id).get("sent", 0)
+                notes[check.file] = (
+                    f"finished in the journal ({record.state}, {sent:,} sent): the daemon "
+                    "sends nothing more" if record.state in FINISHED else
+                    f"started in the journal ({record.state}, {sent:,} sent so far)")
+    except JournalError:
+        return checks, {}  # the warning stays: it is what the files alone say
+    return [c if c.file not in notes else CampaignCheck(
+        c.file, c.campaign, [p for p in c.problems if not _passed(p)]) for c in checks], notes
+
+
+def _passed(problem: Problem) -> bool:
+    """The loader's warning that a campaign's send time has passed."""
+    return (problem.field == "send_at" and not problem.is_error
+            and problem.message.startswith("send time has passed"))
 
 
 def _policy_notes(
     checks: list[CampaignCheck], summaries: Mapping[Path, AudienceSummary], config: Config,
-    suppression: Suppression | None, now: datetime,
+    suppression: Suppression | None, now: datetime, started: set[Path],
 ) -> dict[Path, list[str]]:
-    """Per valid campaign: its send-window forecast, and how many the caps would skip now
-    (counted against the journal's sent messages, when there is a journal)."""
+    """Per valid campaign not ``started``: its send-window forecast, and how many the caps
+    would skip now (counted against the journal's sent messages, when there is a journal)."""
     notes: dict[Path, list[str]] = {}
     with contextlib.ExitStack() as stack:
         journal: JournalReader | None = None
         for check in checks:
             campaign, summary = check.campaign, summaries.get(check.file)
-            if campaign is None or summary is None:
+            if campaign is None or summary is None or check.file in started:
                 continue
-            lines = notes.setdefault(check.file, [])
-            seen = forecast(campaign, summary.zones, now)
-            if seen is not None:
-                lines.extend(describe(seen))
+            lines = notes.setdefault(
+                check.file, policy_notes(campaign, summary.zones, config, suppression, now))
             if not caps_for(campaign, config.policy.caps) or not config.journal_location().exists:
                 continue
             try:
@@ -98,8 +134,28 @@ def _policy_notes(
             except JournalError as exc:
                 lines.append(f"frequency caps: cannot tell ({exc})")
                 continue
-            lines.append(f"frequency caps would skip {capped:,} now")
+            lines.append(_capped_line(capped))
     return notes
+
+
+def policy_notes(
+    campaign: Campaign, zones: Mapping[str, int], config: Config,
+    suppression: Suppression | None, now: datetime, journal: JournalReader | None = None,
+) -> list[str]:
+    """What the send window (by zone: ``zones``) and, with a ``journal``, the frequency caps
+    will do to ``campaign`` if it goes now (`check`, `send --dry-run`)."""
+    lines = []
+    seen = forecast(campaign, zones, now)
+    if seen is not None:
+        lines.extend(describe(seen))
+    if journal is not None and caps_for(campaign, config.policy.caps):
+        lines.append(_capped_line(
+            capped_now(campaign, config.policy.caps, journal, suppression, now)))
+    return lines
+
+
+def _capped_line(capped: int) -> str:
+    return f"frequency caps would skip {capped:,} now"
 
 
 def check_audience(

@@ -270,3 +270,23 @@ def test_plan_without_a_campaigns_folder_is_an_error(
     assert cli.main(["plan", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere") in err and "no such file or folder" in err
+
+
+def test_check_of_a_started_campaign_says_what_the_journal_says(
+    sent: Config, workspace: Workspace, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`check` of a finished campaign (and of one stopped half way) does not warn "send time
+    has passed: the daemon sends at once": it says what the journal knows instead; a campaign
+    due that never started keeps the warning (issue 24, item 11)."""
+    workspace.audience("g-late", 10)
+    workspace.write_campaign("g-late", NOW - timedelta(minutes=5))
+    assert cli.main(["check", "--config", str(workspace.config)]) == 1  # e-broken.toml
+    out = capsys.readouterr().out
+    blocks = {block.split()[1].rsplit("/", 1)[-1]: block
+              for block in re.split(r"\n(?=OK|INVALID)", out)}
+    done, running = blocks["a-done.toml"], blocks["b-running.toml"]
+    assert "send time has passed" not in done + running
+    assert "finished in the journal (done, 300 sent): the daemon sends nothing more" in done
+    sent_so_far = workspace.counts("b-running")["sent"]
+    assert f"started in the journal (running, {sent_so_far:,} sent so far)" in running
+    assert "send time has passed: the daemon sends at once" in blocks["g-late.toml"]
