@@ -393,7 +393,7 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     from scheduler.testsend import parse_phones
 
     if args.dry_run:
-        print(console.dry_run(campaign, config))
+        print(console.dry_run(campaign, config, now))
         return EXIT_OK
     if args.row is not None and args.test is None:
         raise UserError.single("--row goes with --test: it picks the row a test send renders")
