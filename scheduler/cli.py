@@ -34,7 +34,7 @@ from scheduler.campaign import (
 from scheduler.checking import check_audience, check_paths, display_path, render_report
 from scheduler.config import Config, load_config, postgres_url
 from scheduler.errors import Problem, UserError
-from scheduler.journal import JournalError, JournalReader, open_journal
+from scheduler.journal import JournalBusy, JournalError, JournalReader, open_journal
 from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
 from scheduler.planning import PLAN_COLUMNS, no_journal_line, plan_rows
@@ -400,7 +400,20 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     configure_logging(config.log.level, "console", config.credentials.secrets())
     if args.test is not None:
         return console.run_test_send(config, campaign, parse_phones(args.test), args.row)
-    return console.run_send(config, campaign, reader)
+    try:
+        return console.run_send(config, campaign, reader)
+    except JournalBusy as exc:
+        raise UserError.single(_busy(exc, config, now)) from None
+
+
+def _busy(exc: JournalBusy, config: Config, now: datetime) -> str:
+    """`send` refused because a daemon sends from the journal (SQLite or PostgreSQL alike):
+    what to do instead, never "give it its own [paths].state" (that is for a second daemon)."""
+    return (f"{exc.location} is in use by {exc.holder}, which sends from it: `send` cannot "
+            "send as well. To send this campaign now, let the daemon do it: save the file in "
+            f"its campaigns folder ({display_path(config.paths.campaigns)}) with send_at = "
+            f"{utc_text(now)} (a send time passed starts at once, until send_at + ttl); or "
+            "stop the daemon first")
 
 
 # --------------------------------------------------------------------------------------------
