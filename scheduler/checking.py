@@ -53,7 +53,8 @@ def check_paths(
     ``strict``: also what the daemon needs on this machine (a credential for a real API);
     marketers checking their files are not told about the operator's credentials.
     """
-    config_problems = [*_sending_problems(config), *_sandbox_problems(config)]
+    config_problems = [*_defaults_problems(config), *_sending_problems(config),
+                       *_sandbox_problems(config)]
     if strict:
         config_problems.extend(_credential_problems(config))
     folders = paths or [display_path(config.paths.campaigns)]
@@ -253,6 +254,17 @@ def _sending_problems(config: Config) -> list[Problem]:
         f"{rate:g} requests/s is above the account's documented {ACCOUNT_RATE}/s (bursts of "
         "150): the API answers 429 and sending slows down; set it to 100 or less", "warning",
     )]
+
+
+def _defaults_problems(config: Config) -> list[Problem]:
+    """No config file at all: a warning, since the daemon's policy and suppression list are
+    then not applied and `check`'s counts differ from what the daemon will send."""
+    if config.source is not None:
+        return []
+    return [Problem(None, None, None, "no config file (no --config, $CASCADE_CONFIG or "
+                    "./config.toml): checking with the built-in defaults, so with no [policy] "
+                    "window or caps and no suppression list; the daemon's counts may differ: "
+                    "pass its config with --config FILE", "warning")]
 
 
 def _sandbox_problems(config: Config) -> list[Problem]:

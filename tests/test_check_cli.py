@@ -61,6 +61,30 @@ def test_shipped_examples_with_example_config(
     assert "4 campaign files: 4 valid, 0 invalid" in capsys.readouterr().out
 
 
+def test_check_without_a_config_says_it_uses_the_defaults(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No --config, no $CASCADE_CONFIG, no ./config.toml: a warning that the built-in
+    defaults (no policy, no suppression) are checked, not the daemon's config; with the
+    config there is none (issue 24, item 13)."""
+    daemons = (workspace / "config.toml").rename(workspace / "daemon.toml")
+    monkeypatch.chdir(workspace)
+    (workspace / "campaigns" / "c.toml").write_text(
+        'id = "c"\nfrom_name = "Shop"\ntype = "promo"\nsend_at = 2026-12-01T09:00:00Z\n'
+        'text = "Hi {name}"\n\n[audience]\ncsv = "audiences/people.csv"\n', "utf-8")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("warning: no config file (no --config, $CASCADE_CONFIG or "
+                          "./config.toml): checking with the built-in defaults, so with no "
+                          "[policy] window or caps and no suppression list")
+    assert "pass its config with --config FILE" in out and "1 warning" in out
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["check", "--config", str(daemons)]) == 0
+    out = capsys.readouterr().out
+    assert "no config file" not in out and "0 warnings" in out
+
+
 def test_file_named_twice_is_checked_once(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, clean_env: None
 ) -> None:
