@@ -20,7 +20,14 @@ from scheduler.campaign import TRANSACTIONAL, Campaign, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
 from scheduler.errors import UserError
-from scheduler.forecast import Forecast, capped_now, forecast, hour_text, zones_of_batches
+from scheduler.forecast import (
+    Forecast,
+    capped_now,
+    forecast,
+    hour_text,
+    source_text,
+    zones_of_batches,
+)
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
@@ -253,7 +260,7 @@ class _Planner:
         if seen is None:
             return None
         row.update(held=seen.held_total, unreachable=seen.unreachable)
-        note = f"window {seen.window}: {seen.held_total:,} held"
+        note = f"window {seen.window} ({source_text(seen)}): {seen.held_total:,} held"
         if seen.held:
             first, last = min(seen.held), max(seen.held)
             self.last_opens.append((row, last))

@@ -238,7 +238,8 @@ def test_dry_run_shows_the_window_and_the_ttl_each_message_would_carry(tmp_path:
     now = at("2026-12-07T06:00:00Z")
     setup = windowed_setup(tmp_path, "sandbox", now)
     shown = dry_run(setup.campaign, setup.config, now).splitlines()
-    assert any(line.startswith("window 09:00-20:00 local: 0 may go at once, 40 held")
+    assert any(line.startswith("window 09:00-20:00 local (the file's own window): 0 may go "
+                               "at once, 40 held")
                for line in shown), shown
     messages = [line for line in shown if line.startswith("  at ")]
     assert len(messages) == 3
