@@ -37,6 +37,8 @@ from scheduler.errors import Problem, UserError
 from scheduler.journal import JournalBusy, JournalError, JournalReader, open_journal
 from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
+from scheduler.lookup import PHONE_COLUMNS, phone_rows
+from scheduler.phones import normalise
 from scheduler.planning import PLAN_COLUMNS, no_journal_line, plan_rows
 from scheduler.report import (
     LISTINGS,
@@ -425,6 +427,9 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", type=_status, metavar="STATUS",
                         help="list the recipients in this outcome: " + ", ".join(LISTINGS)
                         + " (pending: no final outcome yet)")
+    parser.add_argument("--phone", type=_phone, metavar="PHONE",
+                        help="every row of this phone (+380501234567; spaces and dashes are "
+                        "fine) in every campaign: its outcome, when, and its delivery status")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
                         help="table (default; at most 1,000 rows), json or csv (every row)")
 
@@ -434,6 +439,15 @@ def _status(value: str) -> Listing:
         return valid_status(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _phone(value: str) -> str:
+    phone = normalise(value)
+    if phone is None:
+        raise argparse.ArgumentTypeError(
+            f'"{value}" is not a phone number with its country code: write it like '
+            "+380501234567")
+    return phone
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -447,7 +461,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UserError.single(
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
             )
-        if args.status is None:
+        if args.phone is not None:
+            reports = config.delivery_reports
+            rows = [row for row in phone_rows(journal, args.phone, args.campaign,
+                                              reports=reports.poll or reports.address is not None)
+                    if args.status in (None, row["status"], row["delivery"])]
+            write_rows(rows, PHONE_COLUMNS, args.format, sys.stdout, f"Rows of {args.phone}")
+            if not rows:
+                print(f"no row of {args.phone} in the journal", file=sys.stderr)
+        elif args.status is None:
             write_summary(journal, args.campaign, args.format, sys.stdout,
                           delivery=config.delivery_reports.poll)
         else:

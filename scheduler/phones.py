@@ -11,3 +11,17 @@ from typing import Final
 
 #: the API's format rule (SPEC §3); ASCII digits only, the whole value (call ``fullmatch``)
 E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+
+#: what people write between a number's digits: spaces, dashes, dots, brackets
+_SEPARATORS: Final = re.compile(r"[\s\-.()/]")
+
+
+def normalise(text: str) -> str | None:
+    """``text`` as the E.164 number the journal stores (separators dropped, a leading ``00``
+    or a missing ``+`` read as the international prefix), or None when it is not one."""
+    digits = _SEPARATORS.sub("", text.strip())
+    if digits.startswith("00"):
+        digits = "+" + digits[2:]
+    elif not digits.startswith("+"):
+        digits = "+" + digits
+    return digits if E164.fullmatch(digits) else None
