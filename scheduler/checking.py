@@ -83,10 +83,12 @@ def _started(
     and a note per file with what the journal says instead."""
     due = {c.campaign.id: c for c in checks if c.campaign is not None and
            c.campaign.send_at <= now}
-    if not due or not config.journal_location().exists:
+    if not due:
         return checks, {}
     notes: dict[Path, str] = {}
     try:
+        if not _journal_exists(config):
+            return checks, {}
         with JournalReader(open_journal(config.journal_location())) as journal:
             for record in journal.campaigns():
                 check = due.get(record.id)
@@ -98,10 +100,16 @@ def _started(
                     f"finished in the journal ({record.state}, {sent:,} sent): the daemon "
                     "sends nothing more" if record.state in FINISHED else
                     f"started in the journal ({record.state}, {sent:,} sent so far)")
-    except JournalError:
+    except (JournalError, OSError):  # OSError: a journal this user may not read
         return checks, {}  # the warning stays: it is what the files alone say
     return [c if c.file not in notes else CampaignCheck(
         c.file, c.campaign, [p for p in c.problems if not _passed(p)]) for c in checks], notes
+
+
+def _journal_exists(config: Config) -> bool:
+    """True when the config's journal exists; raises `OSError` when this user may not even
+    look (a marketer checking with the service's config: its journal is the service's)."""
+    return config.journal_location().exists
 
 
 def _passed(problem: Problem) -> bool:
@@ -125,14 +133,16 @@ def _policy_notes(
                 continue
             lines = notes.setdefault(
                 check.file, policy_notes(campaign, summary.zones, config, suppression, now))
-            if not caps_for(campaign, config.policy.caps) or not config.journal_location().exists:
+            if not caps_for(campaign, config.policy.caps):
                 continue
             try:
+                if not _journal_exists(config):
+                    continue
                 if journal is None:
                     reader = JournalReader(open_journal(config.journal_location()))
                     journal = stack.enter_context(reader)
                 capped = capped_now(campaign, config.policy.caps, journal, suppression, now)
-            except JournalError as exc:
+            except (JournalError, OSError) as exc:  # OSError: a journal this user may not read
                 lines.append(f"frequency caps: cannot tell ({exc})")
                 continue
             lines.append(_capped_line(capped))

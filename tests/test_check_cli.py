@@ -85,6 +85,26 @@ def test_check_without_a_config_says_it_uses_the_defaults(
     assert "no config file" not in out and "0 warnings" in out
 
 
+def test_check_with_a_journal_it_may_not_look_at_still_checks(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A marketer checking with the service's config: the journal is the service's, and even
+    looking at it fails (EACCES under systemd; here a name too long, which root's tests can
+    make). `check` still checks every file: the caps say "cannot tell", a campaign due keeps
+    its warning, and no error stops it (issue 24, item 13)."""
+    config = workspace / "config.toml"
+    config.write_text(f'[paths]\ncampaigns = "campaigns"\nstate = "{"x" * 300}/j.sqlite3"\n\n'
+                      '[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 7\n', "utf-8")
+    (workspace / "campaigns" / "c.toml").write_text(
+        'id = "c"\nfrom_name = "Shop"\ntype = "promo"\nsend_at = 2026-11-26T11:00:00Z\n'
+        'text = "Hi {name}"\n\n[audience]\ncsv = "audiences/people.csv"\n', "utf-8")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "frequency caps: cannot tell (" in out and "File name too long" in out
+    assert "send time has passed: the daemon sends at once" in out
+
+
 def test_file_named_twice_is_checked_once(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, clean_env: None
 ) -> None:
