@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from scheduler.journal import FinalStatus, Results
+from scheduler.journal import FinalStatus, Results, Run
 
 MINIMUM = 100  # decided messages before the brake may judge
 TOP_CODES = 3  # error codes named in campaign_braked
@@ -85,6 +85,23 @@ class _Window:
         failed = sum(self.recent)
         if failed / decided <= limit:
             return None
+        return self._reading(failed, decided, limit, judged)
+
+    def judge_with(
+        self, verdicts: list[bool], failures: Iterable[tuple[str, str]], limit: float,
+        judged: Judged,
+    ) -> Reading | None:
+        """`judge` as if these verdicts were added (they are not)."""
+        recent = [*self.recent, *verdicts][-(self.recent.maxlen or 0):]
+        failed = sum(recent)
+        if len(recent) < MINIMUM or failed / len(recent) <= limit:
+            return None
+        trial = _Window(len(recent))
+        trial.codes = {code: list(entry) for code, entry in self.codes.items()}
+        trial.add((), failures)
+        return trial._reading(failed, len(recent), limit, judged)
+
+    def _reading(self, failed: int, decided: int, limit: float, judged: Judged) -> Reading:
         top = sorted(self.codes.items(), key=lambda item: -item[1][0])[:TOP_CODES]
         codes = [{"code": code, "count": n, "example": example} for code, (n, example) in top]
         return Reading(failed, decided, failed / decided, limit, codes, judged)
@@ -105,10 +122,20 @@ class Brake:
                 rejected = run.outcome == "rejected"
                 self._sending.add(
                     itertools.repeat(rejected, len(run.tracking_ids)),
-                    zip([code or "unknown" for code in run.details], run.tracking_ids,
-                        strict=True) if rejected else (),
+                    _failures(run) if rejected else (),
                 )
         return self._sending.judge(self.rate, "sending")
+
+    def midway(self, results: Results) -> Reading | None:
+        """A `Reading` when the brake would trip on a batch's outcomes decided so far (while
+        400s are being split: isolating each bad message costs requests of the shared rate
+        limit, so a bad list is judged as its rejections come, not at the batch's end). The
+        outcomes are not taken: `observe` takes the batch once it is recorded."""
+        verdicts = [run.outcome == "rejected" for run in results.runs
+                    if run.outcome in _DECIDED for _ in run.tracking_ids]
+        failures = [failure for run in results.runs if run.outcome == "rejected"
+                    for failure in _failures(run)]
+        return self._sending.judge_with(verdicts, failures, self.rate, "sending")
 
     def observe_deliveries(self, finals: Sequence[FinalStatus]) -> Reading | None:
         """Take first final delivery statuses of the campaign's messages; a `Reading` when
@@ -119,6 +146,11 @@ class Brake:
               final.tracking_id) for final in finals if final.status in _UNDELIVERED),
         )
         return self._delivery.judge(self.rate, "delivery")
+
+
+def _failures(run: Run) -> Iterable[tuple[str, str]]:
+    """(error code, tracking id) of each message of a rejected run."""
+    return zip([code or "unknown" for code in run.details], run.tracking_ids, strict=True)
 
 
 def released(file: Path, braked_at: datetime | None) -> bool:

@@ -94,6 +94,8 @@ class Campaign(BaseModel):
     rollout: Rollout | None = None
     #: when recipients may be reached, in their local time (None: any time); see `window`
     window: Window | None = None
+    #: True when `window` is ``[policy] window`` (the file sets none), False when the file's
+    policy_window: bool = False
     timezone: str = "UTC"  # the zone of recipients whose own zone is unknown ([policy])
     audience: AudienceSpec
     file: Path  # absolute path of the campaign file

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from scheduler.audience import summarize
-from scheduler.campaign import utc_text
+from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
@@ -24,7 +24,7 @@ from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_ca
 from scheduler.rows import AudienceSummary
 from scheduler.suppression import Suppression
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
-from scheduler.vocabulary import SkipReason
+from scheduler.vocabulary import FINISHED, SkipReason
 
 #: how many line numbers per skip reason the report shows
 LINES_SHOWN = 5
@@ -55,7 +55,8 @@ def check_paths(
     ``strict``: also what the daemon needs on this machine (a credential for a real API);
     marketers checking their files are not told about the operator's credentials.
     """
-    config_problems = [*_sending_problems(config)]
+    config_problems = [*_defaults_problems(config), *_sending_problems(config),
+                       *_sandbox_problems(config)]
     if strict:
         config_problems.extend(_credential_problems(config))
     folders = paths or [display_path(config.paths.campaigns)]
@@ -70,39 +71,105 @@ def check_paths(
             checks[index], summary = check_audience(check, suppression, may_fork=True)
             if summary is not None:
                 summaries[check.file] = summary
-    notes = _policy_notes(checks, summaries, config, suppression, now)
+    checks, started = _started(checks, config, now)
+    notes = _policy_notes(checks, summaries, config, suppression, now, set(started))
+    for file, note in started.items():
+        notes.setdefault(file, []).insert(0, note)
     return CheckReport(checks, summaries, config_problems, notes)
+
+
+def _started(
+    checks: list[CampaignCheck], config: Config, now: datetime,
+) -> tuple[list[CampaignCheck], dict[Path, str]]:
+    """Campaigns due already that the journal has started from this same file: the checks
+    without the "send time has passed" warning (the daemon does not send them "at once" now),
+    and a note per file with what the journal says instead."""
+    due = {c.campaign.id: c for c in checks if c.campaign is not None and
+           c.campaign.send_at <= now}
+    if not due:
+        return checks, {}
+    notes: dict[Path, str] = {}
+    try:
+        if not _journal_exists(config):
+            return checks, {}
+        with JournalReader(open_journal(config.journal_location())) as journal:
+            for record in journal.campaigns():
+                check = due.get(record.id)
+                if (check is None or record.started_at is None
+                        or record.file != str(real_path(check.file))):
+                    continue
+                sent = journal.counts(record.id).get("sent", 0)
+                notes[check.file] = (
+                    f"finished in the journal ({record.state}, {sent:,} sent): the daemon "
+                    "sends nothing more" if record.state in FINISHED else
+                    f"started in the journal ({record.state}, {sent:,} sent so far)")
+    except (JournalError, OSError):  # OSError: a journal this user may not read
+        return checks, {}  # the warning stays: it is what the files alone say
+    return [c if c.file not in notes else CampaignCheck(
+        c.file, c.campaign, [p for p in c.problems if not _passed(p)]) for c in checks], notes
+
+
+def _journal_exists(config: Config) -> bool:
+    """True when the config's journal exists; raises `OSError` when this user may not even
+    look (a marketer checking with the service's config: its journal is the service's)."""
+    return config.journal_location().exists
+
+
+def _passed(problem: Problem) -> bool:
+    """The loader's warning that a campaign's send time has passed."""
+    return (problem.field == "send_at" and not problem.is_error
+            and problem.message.startswith("send time has passed"))
 
 
 def _policy_notes(
     checks: list[CampaignCheck], summaries: Mapping[Path, AudienceSummary], config: Config,
-    suppression: Suppression | None, now: datetime,
+    suppression: Suppression | None, now: datetime, started: set[Path],
 ) -> dict[Path, list[str]]:
-    """Per valid campaign: its send-window forecast, and how many the caps would skip now
-    (counted against the journal's sent messages, when there is a journal)."""
+    """Per valid campaign not ``started``: its send-window forecast, and how many the caps
+    would skip now (counted against the journal's sent messages, when there is a journal)."""
     notes: dict[Path, list[str]] = {}
     with contextlib.ExitStack() as stack:
         journal: JournalReader | None = None
         for check in checks:
             campaign, summary = check.campaign, summaries.get(check.file)
-            if campaign is None or summary is None:
+            if campaign is None or summary is None or check.file in started:
                 continue
-            lines = notes.setdefault(check.file, [])
-            seen = forecast(campaign, summary.zones, now)
-            if seen is not None:
-                lines.extend(describe(seen))
-            if not caps_for(campaign, config.policy.caps) or not config.journal_location().exists:
+            lines = notes.setdefault(
+                check.file, policy_notes(campaign, summary.zones, config, suppression, now))
+            if not caps_for(campaign, config.policy.caps):
                 continue
             try:
+                if not _journal_exists(config):
+                    continue
                 if journal is None:
                     reader = JournalReader(open_journal(config.journal_location()))
                     journal = stack.enter_context(reader)
                 capped = capped_now(campaign, config.policy.caps, journal, suppression, now)
-            except JournalError as exc:
+            except (JournalError, OSError) as exc:  # OSError: a journal this user may not read
                 lines.append(f"frequency caps: cannot tell ({exc})")
                 continue
-            lines.append(f"frequency caps would skip {capped:,} now")
+            lines.append(_capped_line(capped))
     return notes
+
+
+def policy_notes(
+    campaign: Campaign, zones: Mapping[str, int], config: Config,
+    suppression: Suppression | None, now: datetime, journal: JournalReader | None = None,
+) -> list[str]:
+    """What the send window (by zone: ``zones``) and, with a ``journal``, the frequency caps
+    will do to ``campaign`` if it goes now (`check`, `send --dry-run`)."""
+    lines = []
+    seen = forecast(campaign, zones, now)
+    if seen is not None:
+        lines.extend(describe(seen))
+    if journal is not None and caps_for(campaign, config.policy.caps):
+        lines.append(_capped_line(
+            capped_now(campaign, config.policy.caps, journal, suppression, now)))
+    return lines
+
+
+def _capped_line(capped: int) -> str:
+    return f"frequency caps would skip {capped:,} now"
 
 
 def check_audience(
@@ -208,6 +275,26 @@ def _sending_problems(config: Config) -> list[Problem]:
         f"{rate:g} requests/s is above the account's documented {ACCOUNT_RATE}/s (bursts of "
         "150): the API answers 429 and sending slows down; set it to 100 or less", "warning",
     )]
+
+
+def _defaults_problems(config: Config) -> list[Problem]:
+    """No config file at all: a warning, since the daemon's policy and suppression list are
+    then not applied and `check`'s counts differ from what the daemon will send."""
+    if config.source is not None:
+        return []
+    return [Problem(None, None, None, "no config file (no --config, $CASCADE_CONFIG or "
+                    "./config.toml): checking with the built-in defaults, so with no [policy] "
+                    "window or caps and no suppression list; the daemon's counts may differ: "
+                    "pass its config with --config FILE", "warning")]
+
+
+def _sandbox_problems(config: Config) -> list[Problem]:
+    """``[sandbox]`` faults set while a real API is configured: a warning (they do nothing)."""
+    if config.api.is_sandbox or not config.sandbox.model_fields_set:
+        return []
+    return [Problem(config.source, None, "sandbox", "is for the embedded sandbox only "
+                    f'(base_url = "sandbox"), not {config.api.base_url}: it changes nothing; '
+                    "remove it", "warning")]
 
 
 def display_path(path: Path) -> Path:

@@ -33,10 +33,12 @@ from scheduler.campaign import (
 from scheduler.checking import check_audience, check_paths, display_path, render_report
 from scheduler.config import Config, load_config, postgres_url
 from scheduler.errors import Problem, UserError
-from scheduler.journal import JournalError, JournalReader, open_journal
+from scheduler.journal import JournalBusy, JournalError, JournalReader, open_journal
 from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
-from scheduler.planning import PLAN_COLUMNS, plan_rows
+from scheduler.lookup import PHONE_COLUMNS, phone_rows
+from scheduler.phones import normalise
+from scheduler.planning import PLAN_COLUMNS, no_journal_line, plan_rows
 from scheduler.report import (
     LISTINGS,
     Listing,
@@ -237,20 +239,32 @@ def cmd_new(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise UserError.single("no such folder: create it first, or pass --dir", file=folder)
     now = datetime.now(UTC)
-    document = new_campaign_document(args, folder, now)
+    document = new_campaign_document(args, folder, config.paths.campaigns, now)
     check = write_new_campaign(target, _toml_text(document), config, now)
     for problem in check.problems:  # warnings only: the file is written
         print(problem.render(), file=sys.stderr)
     shown = display_path(target.absolute())
-    print(f"wrote {shown}: check it with  cascade-scheduler check {shown}")
+    print(f"wrote {shown} (paused: nothing is sent yet): check it with  cascade-scheduler "
+          f"check {shown}  then set paused = false in it to make it live")
     return EXIT_OK
 
 
-def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime) -> dict[str, Any]:
-    """The TOML content of a new campaign file, from the ``new`` command's arguments."""
+def new_campaign_document(
+    args: argparse.Namespace, folder: Path, campaigns: Path, now: datetime,
+) -> dict[str, Any]:
+    """The TOML content of a new campaign file in ``folder``, from the ``new`` command's
+    arguments (``campaigns``: the configured campaigns folder).
+
+    It starts paused (the daemon may be watching the folder: nothing goes out before a person
+    says it is ready). The audience path is relative to the file in the campaigns folder, and
+    absolute elsewhere (a draft folder): a draft then keeps working when it moves into the
+    campaigns folder to go live.
+    """
     kind: MessageType = args.type
     send_at = args.send_at or datetime.combine(now.date() + timedelta(days=1), time(9), UTC)
-    audience = os.path.relpath(real_path(args.audience), real_path(folder))
+    csv = real_path(args.audience)
+    audience = (os.path.relpath(csv, real_path(folder))
+                if real_path(folder) == real_path(campaigns) else csv.as_posix())
     document: dict[str, Any] = {
         "id": args.id, "from_name": args.from_name, "type": kind, "send_at": send_at,
         "ttl": DEFAULT_TTL[kind],
@@ -259,16 +273,26 @@ def new_campaign_document(args: argparse.Namespace, folder: Path, now: datetime)
         document["text"] = DEFAULT_TEXT[kind]
     if kind == "viber_survey":
         document["survey_options"] = DEFAULT_SURVEY_OPTIONS
-    document["paused"] = False
+    document["paused"] = True
     document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": args.phone_column}
     if args.id_column is not None:
         document["audience"]["id_column"] = args.id_column
     return document
 
 
+#: written above ``paused = true`` in a new campaign file
+PAUSED_COMMENT = (
+    "# A new campaign starts paused: the daemon sends nothing while paused = true.\n"
+    "# When the text, the audience and send_at are right, run `cascade-scheduler check` on\n"
+    "# this file, then set paused = false to make it live.\n"
+)
+
+
 def _toml_text(document: dict[str, Any]) -> str:
-    """tomli-w's output, with ``send_at`` in the ``...T09:00:00Z`` form the docs teach."""
+    """tomli-w's output, with ``send_at`` in the ``...T09:00:00Z`` form the docs teach and a
+    comment that says how to make the paused campaign live."""
     text = tomli_w.dumps(document)
+    text = re.sub(r"(?m)^paused = true$", lambda m: PAUSED_COMMENT + m.group(0), text)
     return re.sub(r"(?m)^send_at = .*$", f"send_at = {utc_text(document['send_at'])}", text)
 
 
@@ -372,14 +396,27 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     from scheduler.testsend import parse_phones
 
     if args.dry_run:
-        print(console.dry_run(campaign, config))
+        print(console.dry_run(campaign, config, now))
         return EXIT_OK
     if args.row is not None and args.test is None:
         raise UserError.single("--row goes with --test: it picks the row a test send renders")
     configure_logging(config.log.level, "console", config.credentials.secrets())
     if args.test is not None:
         return console.run_test_send(config, campaign, parse_phones(args.test), args.row)
-    return console.run_send(config, campaign, reader)
+    try:
+        return console.run_send(config, campaign, reader)
+    except JournalBusy as exc:
+        raise UserError.single(_busy(exc, config, now)) from None
+
+
+def _busy(exc: JournalBusy, config: Config, now: datetime) -> str:
+    """`send` refused because a daemon sends from the journal (SQLite or PostgreSQL alike):
+    what to do instead, never "give it its own [paths].state" (that is for a second daemon)."""
+    return (f"{exc.location} is in use by {exc.holder}, which sends from it: `send` cannot "
+            "send as well. To send this campaign now, let the daemon do it: save the file in "
+            f"its campaigns folder ({display_path(config.paths.campaigns)}) with send_at = "
+            f"{utc_text(now)} (a send time passed starts at once, until send_at + ttl); or "
+            "stop the daemon first")
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,6 +428,9 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", type=_status, metavar="STATUS",
                         help="list the recipients in this outcome: " + ", ".join(LISTINGS)
                         + " (pending: no final outcome yet)")
+    parser.add_argument("--phone", type=_phone, metavar="PHONE",
+                        help="every row of this phone (+380501234567; spaces and dashes are "
+                        "fine) in every campaign: its outcome, when, and its delivery status")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
                         help="table (default; at most 1,000 rows), json or csv (every row)")
 
@@ -400,6 +440,15 @@ def _status(value: str) -> Listing:
         return valid_status(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _phone(value: str) -> str:
+    phone = normalise(value)
+    if phone is None:
+        raise argparse.ArgumentTypeError(
+            f'"{value}" is not a phone number with its country code: write it like '
+            "+380501234567")
+    return phone
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -413,7 +462,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UserError.single(
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
             )
-        if args.status is None:
+        if args.phone is not None:
+            reports = config.delivery_reports
+            rows = [row for row in phone_rows(journal, args.phone, args.campaign,
+                                              reports=reports.poll or reports.address is not None)
+                    if args.status in (None, row["status"], row["delivery"])]
+            write_rows(rows, PHONE_COLUMNS, args.format, sys.stdout, f"Rows of {args.phone}")
+            if not rows:
+                print(f"no row of {args.phone} in the journal", file=sys.stderr)
+        elif args.status is None:
             write_summary(journal, args.campaign, args.format, sys.stdout,
                           delivery=config.delivery_reports.poll)
         else:
@@ -432,6 +489,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Every campaign: state, send time, audience, progress and ETA at the configured rate."""
     config = _config(args)
     rows = plan_rows(config, datetime.now(UTC))
+    if (missing := no_journal_line(config)) is not None:
+        print(missing, file=sys.stderr)
     write_rows(rows, PLAN_COLUMNS, "json" if args.json else "table", sys.stdout, "Plan")
     return EXIT_OK
 
@@ -496,6 +555,9 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
                         help="milliseconds added to every request (default: %(default)s)")
     parser.add_argument("--reject-phone", action="append", default=[], metavar="PHONE",
                         help="answer 400 for this toPhone; repeatable (default: none)")
+    parser.add_argument("--reject-rate", type=float, default=0.0,
+                        help="share of phones answered 400 INVALID_PHONE, each phone always "
+                        "the same way, 0..1 (default: %(default)s)")
     parser.add_argument("--drop-rate", type=float, default=0.0,
                         help="share of requests read and then hung up on with no answer "
                         "(default: %(default)s)")
@@ -556,6 +618,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         options = SandboxOptions(
             api_key=args.api_key, fail_rate=args.fail_rate, rate_limit=args.rate_limit,
             latency_ms=args.latency_ms, reject_phones=frozenset(args.reject_phone),
+            reject_rate=args.reject_rate,
             drop_rate=args.drop_rate, omit_rate=args.omit_rate, record=args.record,
             seed=args.seed, dlr_delay=args.dlr_delay, undeliverable_rate=args.undeliverable_rate,
             permanent_error_rate=args.permanent_error_rate,

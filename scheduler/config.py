@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from scheduler.errors import ConfigError, Problem, UserError
+from scheduler.sandbox_options import SandboxOptions
 from scheduler.tomlsource import TomlProblem, read_toml
 from scheduler.window import Window, parse_days, zone
 
@@ -30,6 +39,8 @@ Delivery = Literal["at-least-once", "at-most-once"]
 SANDBOX = "sandbox"
 #: SMSBAT's status API (its "Check Message Status" page)
 SMSBAT_STATUS_URL = "https://api.smsbat.com"
+#: SMSBAT's domain: a send API there has its status API at `SMSBAT_STATUS_URL`
+SMSBAT_HOST = "smsbat.com"
 
 #: environment variable -> file in $CREDENTIALS_DIRECTORY -> HTTP header
 CREDENTIAL_SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -219,7 +230,8 @@ class DeliveryReportsConfig(_Section):
     """``[delivery_reports]``: follow each sent message to its delivery status (SPEC §11.3)."""
 
     poll: bool = False  # ask the status API about every sent message until it is final
-    #: None: the embedded sandbox with ``[api] base_url = "sandbox"``, else SMSBAT's
+    #: None: the embedded sandbox with ``[api] base_url = "sandbox"``, SMSBAT's with SMSBAT's
+    #: send API, else ``[api] base_url`` itself (see `status_base`)
     status_url: str | None = None
     #: status requests/s, its own limit; None: `status_rate` (keep up with the sending)
     poll_rate: float | None = Field(default=None, gt=0, le=POLL_RATE_MAX)
@@ -255,10 +267,51 @@ class DeliveryReportsConfig(_Section):
         return min(POLL_RATE_MAX, sending.requests_per_second * sending.batch_size)
 
     def status_base(self, api: ApiConfig) -> str:
-        """The status API to poll: a URL, or "sandbox" (the embedded emulator)."""
+        """The status API to poll: a URL, or "sandbox" (the embedded emulator).
+
+        Unset, it follows ``[api] base_url``: SMSBAT's status API for SMSBAT's send API, else
+        the same server (a standalone sandbox answers both; SMSBAT's status API would know
+        none of its message ids, and would be sent its key)."""
         if self.status_url is not None:
             return self.status_url
-        return SANDBOX if api.is_sandbox else SMSBAT_STATUS_URL
+        if api.is_sandbox:
+            return SANDBOX
+        host = urlsplit(api.base_url).hostname or ""
+        return SMSBAT_STATUS_URL if host == SMSBAT_HOST or host.endswith("." + SMSBAT_HOST) \
+            else api.base_url
+
+
+class SandboxConfig(_Section):
+    """``[sandbox]``: the faults of the embedded emulator (``[api] base_url = "sandbox"``), to
+    see retries, the error brake and delivery reports at work without an account. Every fault
+    is off by default; the names are those of the `sandbox` command's options."""
+
+    fail_rate: float = Field(default=0.0, ge=0, le=1)  # share of requests answered 5xx
+    rate_limit: float | None = Field(default=None, gt=0, le=100_000)  # requests/s, then 429
+    latency_ms: float = Field(default=0.0, ge=0, le=60_000)  # added to every request
+    reject_rate: float = Field(default=0.0, ge=0, le=1)  # share of phones answered 400
+    reject_phones: tuple[str, ...] = ()  # these phones answered 400
+    drop_rate: float = Field(default=0.0, ge=0, le=1)  # requests hung up on, no answer
+    omit_rate: float = Field(default=0.0, ge=0, le=1)  # 200 answers missing one id
+    seed: int | None = None  # the same faults every run
+    dlr_delay: float = Field(default=SandboxOptions.dlr_delay, ge=0, le=86_400)
+    undeliverable_rate: float = Field(default=SandboxOptions.undeliverable_rate, ge=0, le=1)
+    permanent_error_rate: float = Field(default=SandboxOptions.permanent_error_rate, ge=0, le=1)
+    status_fail_rate: float = Field(default=0.0, ge=0, le=1)
+    status_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _check_shares(self) -> SandboxConfig:
+        if self.undeliverable_rate + self.permanent_error_rate > 1:
+            raise ValueError("undeliverable_rate and permanent_error_rate add up to more than 1")
+        return self
+
+    def options(self, record: Path | None) -> SandboxOptions:
+        """The emulator's options, recording accepted messages to ``record``."""
+        return SandboxOptions(
+            **{**self.model_dump(), "reject_phones": frozenset(self.reject_phones)},
+            record=record,
+        )
 
 
 class Credentials(_Section):
@@ -299,6 +352,7 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     delivery_reports: DeliveryReportsConfig = DeliveryReportsConfig()
     policy: PolicyConfig = PolicyConfig()
+    sandbox: SandboxConfig = SandboxConfig()
     credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
     source: Path | None = None
 
@@ -481,7 +535,8 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
 
 
 _CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"api", "sending", "paths", "log", "journal", "metrics", "delivery_reports"},
+    "": {"api", "sending", "paths", "log", "journal", "metrics", "delivery_reports", "policy",
+         "sandbox"},
     "api": set(ApiConfig.model_fields),
     "sending": set(SendingConfig.model_fields),
     "paths": set(PathsConfig.model_fields),
@@ -489,6 +544,8 @@ _CONFIG_KEYS: dict[str, set[str]] = {
     "journal": set(JournalConfig.model_fields),
     "metrics": set(MetricsConfig.model_fields),
     "delivery_reports": set(DeliveryReportsConfig.model_fields),
+    "policy": set(PolicyConfig.model_fields),
+    "sandbox": set(SandboxConfig.model_fields),
 }
 
 

@@ -9,6 +9,7 @@ import asyncio
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -20,11 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scheduler.audience import iter_audience, summarize
 from scheduler.batching import to_message
 from scheduler.campaign import Campaign, utc_text
-from scheduler.checking import describe_summary
+from scheduler.checking import describe_summary, policy_notes
 from scheduler.config import Config, load_config
 from scheduler.delivery_log import mask_phone
 from scheduler.demo import write_workspace
-from scheduler.journal import JournalReader, open_journal
+from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.oplog import configure_logging
 from scheduler.records import Recipient
 from scheduler.report import write_summary
@@ -34,6 +35,7 @@ from scheduler.service import SendOutcome, send_campaign
 from scheduler.streaming import Reader
 from scheduler.suppression import Suppression
 from scheduler.testsend import describe, send_test
+from scheduler.window import zones_of_group
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -50,8 +52,9 @@ def run_test_send(config: Config, campaign: Campaign, phones: list[str], line: i
     return EXIT_OK if result.accepted else EXIT_FAILED
 
 
-def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
-    """What `send --dry-run` prints: the audience summary and the first rendered messages."""
+def dry_run(campaign: Campaign, config: Config, now: datetime, show: int = 3) -> str:
+    """What `send --dry-run` prints: the audience summary, what the send window and the caps
+    would do, and the first rendered messages with the ttl each would carry, as sent."""
     suppression = Suppression.load(config.paths.suppression)
     # `send --dry-run` starts nothing (no journal, no client): no other thread runs
     summary = summarize(campaign, suppression, may_fork=True)
@@ -59,16 +62,50 @@ def dry_run(campaign: Campaign, config: Config, show: int = 3) -> str:
         f"{campaign.id}: {campaign.type} to {summary.valid:,} recipients at "
         f"{utc_text(campaign.send_at)} (dry run: nothing sent)",
         describe_summary(summary),
-        f"first {show} messages:",
+        *_policy_lines(campaign, summary.zones, config, suppression, now),
+        f"first {show} messages, with the ttl each would be sent with:",
     ]
     recipients = (r for r in iter_audience(campaign, suppression, may_fork=True)
                   if isinstance(r, Recipient))
     for recipient in islice(recipients, show):
         message = to_message(campaign, recipient)
         message["toPhone"] = mask_phone(message["toPhone"])
-        message["ttl"] = campaign.ttl
-        lines.append("  " + orjson.dumps(message).decode())
+        goes = departure(campaign, recipient.zone, now)
+        if goes is None:
+            lines.append("  expired, outside_window (its window does not open before send_at "
+                         f"+ ttl): {orjson.dumps(message).decode()}")
+            continue
+        moment, message["ttl"] = goes
+        lines.append(f"  at {utc_text(moment)}: {orjson.dumps(message).decode()}")
     return "\n".join(lines)
+
+
+def _policy_lines(
+    campaign: Campaign, zones: Mapping[str, int], config: Config,
+    suppression: Suppression | None, now: datetime,
+) -> list[str]:
+    """The send window's forecast and (with a journal) what the caps would skip now."""
+    if not config.journal_location().exists:
+        return policy_notes(campaign, zones, config, suppression, now)
+    try:
+        with JournalReader(open_journal(config.journal_location())) as journal:
+            return policy_notes(campaign, zones, config, suppression, now, journal)
+    except JournalError as exc:
+        return [*policy_notes(campaign, zones, config, suppression, now),
+                f"frequency caps: cannot tell ({exc})"]
+
+
+def departure(campaign: Campaign, zone: str | None, now: datetime) -> tuple[datetime, int] | None:
+    """When a message to someone in ``zone`` (a zone group; None: no window) would go if the
+    campaign were sent now, and the ttl it would carry then: the time left until send_at +
+    ttl, or until its window closes. None: its window does not open before the deadline."""
+    goes, until = max(now, campaign.send_at), campaign.deadline
+    if campaign.window is not None and zone is not None:
+        stretch = campaign.window.next_stretch(zones_of_group(zone), goes, until)
+        if stretch is None:
+            return None
+        goes, until = stretch[0], min(stretch[1], until)
+    return goes, max(1, int((until - goes).total_seconds()))
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -152,7 +189,7 @@ def run_demo(directory: Path | None) -> int:
     out.print(f"[bold]cascade-scheduler demo[/] in {root}\n"
               "four campaigns (transaction, promo, viber_survey, flashcall) are due in 3-6 s;\n"
               "the daemon sends them through the embedded sandbox (no account, no network)\n"
-              "and follows each message to its delivery status.\n")
+              "and follows each message to its delivery status.\n", soft_wrap=True)
     configure_logging("info", "console", ())
     asyncio.run(run_daemon(config, until_idle=True))
     with JournalReader(open_journal(config.journal_location())) as journal:
@@ -162,6 +199,7 @@ def run_demo(directory: Path | None) -> int:
         f"journal:      {config.paths.state}\n"
         f"try:  cascade-scheduler report --config {config_path} --status skipped\n"
         f"      cascade-scheduler report --config {config_path} --status undeliverable\n"
-        f"      cascade-scheduler plan --config {config_path}"
+        f"      cascade-scheduler plan --config {config_path}",
+        soft_wrap=True,  # a command cut in two cannot be pasted (output not a terminal: 80)
     )
     return EXIT_OK

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from scheduler.audience import iter_rows
 from scheduler.campaign import Campaign, utc_text
@@ -20,6 +20,8 @@ from scheduler.records import Skip
 from scheduler.suppression import Suppression
 from scheduler.window import zones_of_group
 
+#: the window that lets every hour through (a file's own window replaces [policy]'s)
+ANY_HOUR = "00:00-24:00"
 ZONES_SHOWN = 5  # zone groups listed by name; the rest are counted together
 HOURS_SHOWN = 6  # hours of the held histogram listed; the rest are counted together
 
@@ -38,6 +40,8 @@ class Forecast:
     """A windowed campaign's recipients by when their window lets them go."""
 
     window: str
+    #: where the window comes from: ``[policy] window``, or the campaign file's own
+    source: Literal["policy", "file"] = "file"
     by_zone: Counter[str] = field(default_factory=Counter)
     at_once: int = 0
     held: Counter[datetime] = field(default_factory=Counter)  # UTC hour -> recipients
@@ -57,7 +61,7 @@ def forecast(campaign: Campaign, zones: Mapping[str, int], now: datetime) -> For
     if window is None:
         return None
     start, deadline = max(now, campaign.send_at), campaign.deadline
-    seen = Forecast(window.text())
+    seen = Forecast(window.text(), "policy" if campaign.policy_window else "file")
     for group, count in zones.items():
         seen.by_zone[group] += count
         stretch = window.next_stretch(zones_of_group(group), start, deadline)
@@ -76,11 +80,14 @@ def forecast(campaign: Campaign, zones: Mapping[str, int], now: datetime) -> For
 def describe(seen: Forecast) -> list[str]:
     """The forecast as a few lines of text for people."""
     lines = [
-        f"window {seen.window} local: {seen.at_once:,} may go at once, "
+        f"window {seen.window} local ({source_text(seen)}): {seen.at_once:,} may go at once, "
         f"{seen.held_total:,} held for their window, "
         f"{seen.unreachable:,} cannot be reached before send_at + ttl (expired, outside_window)",
         "by zone: " + _zones_text(seen.by_zone),
     ]
+    if seen.source == "policy" and (seen.held or seen.unreachable):
+        lines.append(f'to send outside it (a test now, say), write window = "{ANY_HOUR}" in '
+                     "the campaign file: its own window replaces [policy]'s")
     if seen.held:
         hours = sorted(seen.held)
         shown = [f"{hour_text(hour)}{_local(hour, seen.largest[hour][0])} "
@@ -89,6 +96,11 @@ def describe(seen: Forecast) -> list[str]:
         more = f", {rest:,} later" if rest else ""
         lines.append("held, by the hour their window opens: " + ", ".join(shown) + more)
     return lines
+
+
+def source_text(seen: Forecast) -> str:
+    """Where the window comes from, in a few words."""
+    return "[policy] window" if seen.source == "policy" else "the file's own window"
 
 
 def hour_text(hour: datetime) -> str:

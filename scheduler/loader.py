@@ -251,6 +251,7 @@ class _CampaignReader:
             id=campaign_id, from_name=from_name, type=kind, send_at=send_at, ttl=ttl,
             text=None if template is None else template.source, survey_options=options,
             route=route, paused=paused, rollout=rollout, window=window,
+            policy_window=window is not None and "window" not in self.data,
             timezone=self.config.policy.timezone, audience=audience,
             file=real_path(self.doc.path), fingerprint=fingerprint,
         )

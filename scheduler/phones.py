@@ -15,3 +15,14 @@ E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
 EXAMPLE_PHONE: Final = "+380501234567"
 #: what people and spreadsheets put between a phone's digits: spaces, brackets, dots, dashes
 SEPARATORS: Final = re.compile(r"[\s().\-/]")
+
+
+def normalise(text: str) -> str | None:
+    """``text`` as the E.164 number the journal stores (separators dropped, a leading ``00``
+    or a missing ``+`` read as the international prefix), or None when it is not one."""
+    digits = SEPARATORS.sub("", text.strip())
+    if digits.startswith("00"):
+        digits = "+" + digits[2:]
+    elif not digits.startswith("+"):
+        digits = "+" + digits
+    return digits if E164.fullmatch(digits) else None

@@ -21,7 +21,14 @@ from scheduler.campaign import TRANSACTIONAL, Campaign, Rollout, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
 from scheduler.errors import UserError
-from scheduler.forecast import Forecast, capped_now, forecast, hour_text, zones_of_batches
+from scheduler.forecast import (
+    Forecast,
+    capped_now,
+    forecast,
+    hour_text,
+    source_text,
+    zones_of_batches,
+)
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
@@ -31,6 +38,18 @@ from scheduler.vocabulary import FINISHED, SENDING
 STATUS_NOTE_FROM = 60  # seconds: a delivery report that takes longer to fill is said in the note
 PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sent",
                 "awaiting_status", "eta", "note")
+#: a campaign due already, with no journal to say whether it went out
+NO_JOURNAL_NOTE = "no journal: cannot tell whether it was sent"
+
+
+def no_journal_line(config: Config) -> str | None:
+    """The one line `plan` prints when the config's journal does not exist (None when it
+    does): the sent counts are unknown, not 0, and the usual cause is the wrong config."""
+    if config.journal_location().exists:
+        return None
+    return (f"no journal at {config.paths.state}: nothing was ever sent with this config; if "
+            "a daemon sends with another one, pass it with --config (sent is left blank: "
+            "unknown, not 0)")
 
 
 def eta(config: Config, start: datetime, pending: int) -> datetime:
@@ -155,8 +174,8 @@ class _Planner:
         if record is None:
             self.rows.append({
                 "campaign": check.file.name, "type": "", "state": "invalid", "send_at": "",
-                "valid": 0, "skipped": 0, "sent": 0, "awaiting_status": None, "eta": None,
-                "note": why,
+                "valid": 0, "skipped": 0, "sent": self._unsent(), "awaiting_status": None,
+                "eta": None, "note": why,
             })
             return
         self.seen.add(record.id)
@@ -209,12 +228,17 @@ class _Planner:
         finals = sum(n for status, n in statuses.items() if status != "awaiting")
         return max(0, sent - finals) if self.reports or finals else None
 
+    def _unsent(self) -> int | None:
+        """``sent`` of a campaign the journal has not started: 0, or None (unknown) when
+        there is no journal (a daemon with another config may have sent it)."""
+        return 0 if self.journal is not None else None
+
     def add_unstarted(self, campaign: Campaign) -> None:
         """A campaign that has sent nothing yet: its audience counted from the files."""
         row: dict[str, Any] = {
             "campaign": campaign.id, "type": campaign.type, "state": "scheduled",
-            "send_at": utc_text(campaign.send_at), "valid": 0, "skipped": 0, "sent": 0,
-            "awaiting_status": None, "eta": None, "note": "",
+            "send_at": utc_text(campaign.send_at), "valid": 0, "skipped": 0,
+            "sent": self._unsent(), "awaiting_status": None, "eta": None, "note": "",
         }
         self.rows.append(row)
         try:
@@ -225,6 +249,9 @@ class _Planner:
             row.update(state="invalid", note="its audience cannot be read: run `check`")
             return
         row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
+        if self.journal is None and campaign.send_at <= self.now:
+            row.update(state="unknown", note=NO_JOURNAL_NOTE)
+            return
         if campaign.rollout is not None:
             row["note"] = (f"in {len(campaign.rollout.stages)} stages, "
                            f"{campaign.rollout.hold} s apart")
@@ -253,7 +280,7 @@ class _Planner:
         if seen is None:
             return None
         row.update(held=seen.held_total, unreachable=seen.unreachable)
-        note = f"window {seen.window}: {seen.held_total:,} held"
+        note = f"window {seen.window} ({source_text(seen)}): {seen.held_total:,} held"
         if seen.held:
             first, last = min(seen.held), max(seen.held)
             self.last_opens.append((row, last))

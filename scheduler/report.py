@@ -54,7 +54,8 @@ NUMERIC_COLUMNS = frozenset(
      "attempts", "line", "delivered", "undeliverable", "permanenterror", "unknown", "awaiting",
      "awaiting_status", "parts", "median_delivery"}
 )
-RECIPIENT_COLUMNS = ("campaign", "tracking_id", "phone", "status", "detail", "attempts")
+#: ``at``: when the outcome was decided (its batch done), UTC
+RECIPIENT_COLUMNS = ("campaign", "tracking_id", "phone", "status", "at", "detail", "attempts")
 #: skipped rows never went out (no attempts); their CSV line is what finds them again
 SKIPPED_COLUMNS = ("campaign", "line", "tracking_id", "phone", "status", "detail")
 #: ``--status delivered`` etc.: what re-targeting needs ("undelivered by Viber: try SMS")
@@ -165,7 +166,8 @@ def recipient_rows(
             continue
         for row in journal.recipients(record.id, cast("Outcome", status)):
             yield {"campaign": record.id, "tracking_id": row.tracking_id, "phone": row.phone,
-                   "status": row.outcome, "detail": row.detail or "", "attempts": row.attempts}
+                   "status": row.outcome, "at": "" if row.at is None else utc_text(row.at),
+                   "detail": row.detail or "", "attempts": row.attempts}
 
 
 def _delivery_rows(
@@ -259,7 +261,7 @@ def _unsent_rows(
             if message["id"] not in batch.decided:
                 yield {
                     "campaign": record.id, "tracking_id": message["id"],
-                    "phone": message["toPhone"], "status": "pending", "detail": why,
+                    "phone": message["toPhone"], "status": "pending", "at": "", "detail": why,
                     "attempts": batch.attempts,
                 }
 

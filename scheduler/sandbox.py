@@ -281,7 +281,18 @@ class Sandbox:
         reject = self.options.reject_phones
         for index, message in enumerate(messages):
             check_message(message, index, reject)
+        if self.options.reject_rate:
+            for index, message in enumerate(messages):
+                if self._unreachable(message["toPhone"]):
+                    raise InvalidMessage(
+                        "INVALID_PHONE", f"Invalid phone number format (message {index} "
+                        f"(id {message['id'][:64]}))", "toPhone")
         return messages
+
+    def _unreachable(self, phone: str) -> bool:
+        """True for the ``reject_rate`` share of phones (always the same ones for a seed)."""
+        digest = hashlib.blake2b(phone.encode(), digest_size=8, key=self._fate_key).digest()
+        return int.from_bytes(digest) < self.options.reject_rate * 2**64
 
     def _accept(self, messages: list[dict[str, Any]], route: Route) -> web.Response:
         channels = CHANNELS[route]

@@ -18,6 +18,9 @@ class SandboxOptions:
     rate_limit: float | None = None  # requests/s, token bucket with burst max(1, rate * 1.5)
     latency_ms: float = 0.0  # added to every request
     reject_phones: frozenset[str] = frozenset()  # these toPhone values fail validation (400)
+    #: share of phones refused as invalid (400), each phone always the same way (by a hash
+    #: of it and ``seed``): numbers that do not exist, to try the error brake
+    reject_rate: float = 0.0
     drop_rate: float = 0.0  # share of requests read, then hung up on without an answer
     omit_rate: float = 0.0  # share of 200 answers that leave out one message's id
     record: Path | None = None  # JSONL, one line per accepted message
@@ -37,7 +40,7 @@ class SandboxOptions:
     dlr_missing_rate: float = 0.0  # share of final reports never pushed
 
     def __post_init__(self) -> None:
-        for name in ("fail_rate", "drop_rate", "omit_rate", "undeliverable_rate",
+        for name in ("fail_rate", "reject_rate", "drop_rate", "omit_rate", "undeliverable_rate",
                      "permanent_error_rate", "status_fail_rate", "dlr_duplicate_rate",
                      "dlr_reorder_rate", "dlr_missing_rate"):
             value = getattr(self, name)

@@ -930,7 +930,19 @@ class Engine:
             return
         middle = len(part) // 2
         await self._deliver(run, part[:middle], out, None, until)
+        self._brake_midway(run, out)
         await self._deliver(run, part[middle:], out, None, until)
+
+    def _brake_midway(self, run: CampaignRun, out: _Outcomes) -> None:
+        """Trip the brake inside a batch whose 400s are being split, once the outcomes
+        decided so far are enough (`Brake.midway`); the rest of the batch stays pending."""
+        if run.brake is None or run.stop.is_set():
+            return
+        reading = run.brake.midway(out.results)
+        if reading is not None:
+            run.details = reading.fields()
+            run.halt("braked", reading.reason)
+            raise Deferred
 
     async def _post(
         self, run: CampaignRun, part: Sequence[Message], body: bytes | None, until: datetime,

@@ -20,7 +20,6 @@ from scheduler.journal import JournalBusy, JournalFenced, open_journal
 from scheduler.leadership import Leadership
 from scheduler.metrics import Metrics
 from scheduler.sandbox import Sandbox
-from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
 from scheduler.streaming import Reader
 from scheduler.suppression import Suppression
@@ -44,7 +43,7 @@ async def api_endpoint(config: Config) -> AsyncIterator[tuple[str, dict[str, str
         config.require_credentials()
         yield config.api.base_url, config.credentials.headers()
         return
-    sandbox = Sandbox(SandboxOptions(record=sandbox_record_path(config)))
+    sandbox = Sandbox(config.sandbox.options(record=sandbox_record_path(config)))
     base_url = await sandbox.start()
     try:
         yield base_url, config.credentials.headers() or dict(SANDBOX_HEADERS)

@@ -61,6 +61,50 @@ def test_shipped_examples_with_example_config(
     assert "4 campaign files: 4 valid, 0 invalid" in capsys.readouterr().out
 
 
+def test_check_without_a_config_says_it_uses_the_defaults(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No --config, no $CASCADE_CONFIG, no ./config.toml: a warning that the built-in
+    defaults (no policy, no suppression) are checked, not the daemon's config; with the
+    config there is none (issue 24, item 13)."""
+    daemons = (workspace / "config.toml").rename(workspace / "daemon.toml")
+    monkeypatch.chdir(workspace)
+    (workspace / "campaigns" / "c.toml").write_text(
+        'id = "c"\nfrom_name = "Shop"\ntype = "promo"\nsend_at = 2026-12-01T09:00:00Z\n'
+        'text = "Hi {name}"\n\n[audience]\ncsv = "audiences/people.csv"\n', "utf-8")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("warning: no config file (no --config, $CASCADE_CONFIG or "
+                          "./config.toml): checking with the built-in defaults, so with no "
+                          "[policy] window or caps and no suppression list")
+    assert "pass its config with --config FILE" in out and "1 warning" in out
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["check", "--config", str(daemons)]) == 0
+    out = capsys.readouterr().out
+    assert "no config file" not in out and "0 warnings" in out
+
+
+def test_check_with_a_journal_it_may_not_look_at_still_checks(
+    workspace: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A marketer checking with the service's config: the journal is the service's, and even
+    looking at it fails (EACCES under systemd; here a name too long, which root's tests can
+    make). `check` still checks every file: the caps say "cannot tell", a campaign due keeps
+    its warning, and no error stops it (issue 24, item 13)."""
+    config = workspace / "config.toml"
+    config.write_text(f'[paths]\ncampaigns = "campaigns"\nstate = "{"x" * 300}/j.sqlite3"\n\n'
+                      '[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 7\n', "utf-8")
+    (workspace / "campaigns" / "c.toml").write_text(
+        'id = "c"\nfrom_name = "Shop"\ntype = "promo"\nsend_at = 2026-11-26T11:00:00Z\n'
+        'text = "Hi {name}"\n\n[audience]\ncsv = "audiences/people.csv"\n', "utf-8")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "frequency caps: cannot tell (" in out and "File name too long" in out
+    assert "send time has passed: the daemon sends at once" in out
+
+
 def test_file_named_twice_is_checked_once(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, clean_env: None
 ) -> None:
@@ -143,7 +187,8 @@ def test_new_writes_a_file_that_passes_check(
 def test_new_with_send_at_and_dir(
     workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--send-at and --dir are honoured; the audience path is written relative to the new file."""
+    """--send-at and --dir are honoured; a draft written to campaigns/drafts still passes
+    `check` once moved up into the campaigns folder to go live (issue 24, item 17)."""
     monkeypatch.chdir(workspace)
     drafts = workspace / "campaigns" / "drafts"
     drafts.mkdir()
@@ -151,10 +196,33 @@ def test_new_with_send_at_and_dir(
         code = cli.main(["new", "x", "--type", "promo", "--audience",
                          "campaigns/audiences/people.csv", "--send-at", "2026-12-03T10:30:00Z",
                          "--dir", str(drafts), "--from-name", "Shop"])
-    assert code == 0, capsys.readouterr().err
-    written = (drafts / "x.toml").read_text("utf-8")
-    assert 'csv = "../audiences/people.csv"' in written
-    assert "send_at = 2026-12-03T10:30:00Z" in written and 'from_name = "Shop"' in written
+        assert code == 0, capsys.readouterr().err
+        written = (drafts / "x.toml").read_text("utf-8")
+        assert "send_at = 2026-12-03T10:30:00Z" in written and 'from_name = "Shop"' in written
+        assert cli.main(["check", str(drafts / "x.toml")]) == 0
+        moved = (drafts / "x.toml").rename(workspace / "campaigns" / "x.toml")
+        capsys.readouterr()
+        assert cli.main(["check", str(moved)]) == 0, capsys.readouterr().out
+
+
+def test_new_writes_a_paused_campaign_that_says_how_to_go_live(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A running daemon watches the folder `new` writes to: the file starts paused, with a
+    comment above ``paused = true`` saying how to make it live (issue 24, item 2)."""
+    csv = workspace / "campaigns" / "audiences" / "people.csv"
+    config = str(workspace / "config.toml")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["new", "p", "--type", "promo", "--audience", str(csv),
+                         "--config", config]) == 0
+    assert "set paused = false" in capsys.readouterr().out
+    target = workspace / "campaigns" / "p.toml"
+    text = target.read_text("utf-8")
+    comment, _, after = text.partition("paused = true\n")
+    assert after and "set paused = false to make it live" in comment.splitlines()[-1]
+    assert "cascade-scheduler check" in comment
+    check = load_campaign(target, load_config(Path(config), env={}), NOW)
+    assert check.campaign is not None and check.campaign.paused
 
 
 def test_new_refuses_to_overwrite(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -468,6 +468,29 @@ def test_the_embedded_sandbox_answers_the_status_api_too(tmp_path: Path) -> None
         daemon.kill()
 
 
+def test_polling_follows_a_standalone_sandbox_without_a_status_url(tmp_path: Path) -> None:
+    """``base_url`` = a sandbox run apart (the README's recipe), no ``status_url``: the
+    statuses are asked of that sandbox, not of SMSBAT's status API (issue 24, item 3)."""
+    sandbox = SandboxProcess(tmp_path / "record.jsonl", "--dlr-delay", "0.5")
+    polling = {key: value for key, value in _polling(sandbox).items() if key != "status_url"}
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url, delivery_reports=polling)
+    daemon = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY)
+    try:
+        workspace.audience("apart", 20)
+        workspace.write_campaign("apart", utc_seconds_from_now(1))
+        daemon.start()
+        poll(lambda: _finals(workspace, "apart") == 20, 40, "20 final statuses")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        sandbox.close()
+    loaded = load_config(workspace.config, env={})
+    assert loaded.delivery_reports.status_base(loaded.api) == sandbox.url
+    for real in ("https://restapi.smsbat.com", "https://eu.restapi.smsbat.com/"):
+        assert DeliveryReportsConfig().status_base(ApiConfig(base_url=real)) == \
+            "https://api.smsbat.com"
+
+
 def test_the_status_url_is_checked(tmp_path: Path) -> None:
     """Plain http:// off this machine is refused with its line; "sandbox" needs the sandbox."""
     config = tmp_path / "config.toml"

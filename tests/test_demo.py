@@ -62,7 +62,13 @@ def test_demo_sends_every_campaign_and_runs_again_in_its_folder(tmp_path: Path) 
     """The demo sends everything; a second run in the same folder starts its workspace
     afresh and sends everything again (it once sent nothing and showed the old table)."""
     workspace = tmp_path / "demo"
-    _assert_everything_sent(workspace, _run_demo(workspace))
+    first = _run_demo(workspace)
+    _assert_everything_sent(workspace, first)
+    # the hints are whole commands even when the output is not a terminal (issue 24, item 17)
+    config = workspace / "config.toml"
+    hints = [line.removeprefix("try:").strip() for line in first.stdout.splitlines()]
+    assert f"cascade-scheduler report --config {config} --status skipped" in hints
+    assert f"cascade-scheduler plan --config {config}" in hints
     second = datetime.now(UTC)
     _assert_everything_sent(workspace, _run_demo(workspace))
     with SqliteConnection(workspace / "state" / "journal.sqlite3") as journal:

@@ -361,6 +361,23 @@ async def test_runs_are_stored_as_their_rows(journal: Journal) -> None:
                           ("c-2", "rejected", "E1", 2), ("c-3", "sent", "m3", 3)]
 
 
+async def test_each_listed_outcome_has_its_time_and_skips_have_none(journal: Journal) -> None:
+    """`recipients` gives each final outcome the time its batch was done (an aware UTC
+    moment, for `report --status sent`); skipped rows never went out: no time (issue 24,
+    item 15)."""
+    await prepare(journal, "c", count=1, size=3, skips=[Skip(7, "c-x", "+1", "invalid_id")])
+    (batch,) = await journal.open_batches("c")
+    before = datetime.now(UTC) - timedelta(seconds=5)  # the database's clock, near ours
+    await journal.record_results("c", batch.seq, results(batch.body))
+    listed = [r async for r in journal.recipients("c")]
+    assert [r.outcome for r in listed] == ["sent", "sent", "sent", "skipped"]
+    times = {r.at for r in listed[:3]}
+    (at,) = times
+    assert at is not None and at.utcoffset() == timedelta(0)
+    assert before <= at <= datetime.now(UTC) + timedelta(seconds=5)
+    assert listed[3].at is None
+
+
 async def test_a_wrong_result_set_keeps_nothing(journal: Journal) -> None:
     """Too few results, a doubled id, or a closed batch: refused, and nothing is recorded."""
     await prepare(journal, "c", count=2, size=3)

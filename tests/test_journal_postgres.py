@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from scheduler.journal import (
 )
 from scheduler.journal.postgres import _SCHEMA, SCHEMA_VERSION, PostgresJournal, PostgresStore
 from scheduler.records import Skip
+from tests.helpers import run_cli, write_audience, write_campaign, write_config
 from tests.pg_helpers import PostgresServer, free_port
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -422,3 +424,28 @@ async def test_close_finishes_queued_work(postgres_url: str) -> None:
         assert (await again.open_batches("c"))[0].state == "in_flight"
     finally:
         await again.close()
+
+
+async def test_send_while_a_daemon_leads_says_what_to_do_instead(
+    postgres_url: str, tmp_path: Path,
+) -> None:
+    """`send --now` on a PostgreSQL journal a daemon leads: exit 1 and one sentence that says
+    how to send it now (through the daemon's folder), never "give it its own [paths].state",
+    which a PostgreSQL journal does not use (issue 24, items 11 and 14)."""
+    leader = await started(postgres_url)
+    try:
+        assert await leader.acquire_lease("db-1:4242:daemon", 60) is not None
+        config = write_config(tmp_path)
+        with config.open("a", encoding="utf-8") as out:
+            out.write(f'[journal]\nurl = "{postgres_url}"\n')
+        write_audience(tmp_path / "campaigns" / "people.csv", 5)
+        campaign = write_campaign(tmp_path / "campaigns", "now-please", "people.csv")
+        done = await asyncio.to_thread(
+            run_cli, ["send", str(campaign), "--now", "--config", str(config)])
+    finally:
+        await leader.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"{postgres_url} is in use by the daemon that leads it")
+    assert "[paths].state" not in line and "Traceback" not in line
+    assert f"its campaigns folder ({tmp_path / 'campaigns'}) with send_at = " in line

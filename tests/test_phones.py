@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scheduler.audience import iter_audience
 from scheduler.campaign import AudienceSpec, Campaign
-from scheduler.phones import E164
+from scheduler.phones import E164, normalise
 from scheduler.records import Recipient
 from scheduler.sandbox import InvalidMessage, check_message
 
@@ -74,3 +76,21 @@ def test_audience_and_sandbox_agree(tmp_path: Path) -> None:
         else:
             assert phone in sent
     assert sent == {"+380501234567", "+1234567"}
+
+
+@pytest.mark.parametrize(("written", "stored"), [
+    ("+380501234567", "+380501234567"), ("380501234567", "+380501234567"),
+    ("+380 50 123-45-67", "+380501234567"), ("00380 (50) 123 45 67", "+380501234567"),
+    (" +1.212.555.0100 ", "+12125550100"), ("0501234567", None), ("call me", None),
+])
+def test_a_phone_as_people_write_it_is_normalised(written: str, stored: str | None) -> None:
+    """`report --phone` takes a number with spaces, dashes, dots, brackets, 00 or no +; a
+    national number (no country code) is none (issue 24, item 15)."""
+    assert normalise(written) == stored
+
+
+@given(st.text(max_size=30))
+def test_normalise_gives_e164_or_none(text: str) -> None:
+    """Any text: an E.164 number or None, never an exception."""
+    phone = normalise(text)
+    assert phone is None or E164.fullmatch(phone)

@@ -141,13 +141,28 @@ def test_plan_json_and_table_cli(
         assert state in line
 
 
-def test_plan_without_journal(workspace: Workspace) -> None:
-    """Before the daemon ever ran, plan counts the audiences from the files and creates no
-    journal."""
+def test_plan_without_journal(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No journal at the config's path (the daemon never ran, or runs with another config):
+    one line says so; the audiences are counted from the files, and nothing due already is
+    shown as unsent: its state is unknown and no row says 0 sent (issue 24, item 4). No
+    journal is created."""
     rows = _by_id(plan_rows(load_config(workspace.config), NOW))
-    assert (rows["a-done"]["state"], rows["a-done"]["valid"]) == ("scheduled", 300)
-    # a-done and b-running are both due now and transactional: they share the rate evenly
-    assert rows["a-done"]["eta"] == _iso(NOW + timedelta(seconds=2 * 300 / (RATE * BATCH)))
+    assert {row["sent"] for row in rows.values()} == {None}
+    for due in ("a-done", "b-running", "f-expired"):
+        assert (rows[due]["state"], rows[due]["eta"]) == ("unknown", None)
+        assert rows[due]["note"] == "no journal: cannot tell whether it was sent"
+    assert rows["a-done"]["valid"] == 300
+    # not due yet: it cannot have gone out; its ETA is the configured rate's
+    assert rows["c-scheduled"]["state"] == "scheduled"
+    assert rows["c-scheduled"]["eta"] == _eta(NOW + timedelta(days=1), 1000)
+    assert cli.main(["plan", "--config", str(workspace.config)]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"no journal at {workspace.journal_path}: nothing was ever sent with this config; if "
+        "a daemon sends with another one, pass it with --config (sent is left blank: "
+        "unknown, not 0)"]
     assert not workspace.journal_path.exists()
 
 
@@ -276,3 +291,23 @@ def test_plan_says_how_long_the_delivery_report_takes_to_fill(
     (row,) = plan_rows(load_config(ws.config, env={}), NOW)
     assert row["statuses_fill_s"] == (120 if poll_rate else 2)
     assert (row["note"] or None) == note
+
+
+def test_check_of_a_started_campaign_says_what_the_journal_says(
+    sent: Config, workspace: Workspace, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`check` of a finished campaign (and of one stopped half way) does not warn "send time
+    has passed: the daemon sends at once": it says what the journal knows instead; a campaign
+    due that never started keeps the warning (issue 24, item 11)."""
+    workspace.audience("g-late", 10)
+    workspace.write_campaign("g-late", NOW - timedelta(minutes=5))
+    assert cli.main(["check", "--config", str(workspace.config)]) == 1  # e-broken.toml
+    out = capsys.readouterr().out
+    blocks = {block.split()[1].rsplit("/", 1)[-1]: block
+              for block in re.split(r"\n(?=OK|INVALID)", out)}
+    done, running = blocks["a-done.toml"], blocks["b-running.toml"]
+    assert "send time has passed" not in done + running
+    assert "finished in the journal (done, 300 sent): the daemon sends nothing more" in done
+    sent_so_far = workspace.counts("b-running")["sent"]
+    assert f"started in the journal (running, {sent_so_far:,} sent so far)" in running
+    assert "send time has passed: the daemon sends at once" in blocks["g-late.toml"]

@@ -135,6 +135,44 @@ def test_status_sent_csv_lists_full_phones(sent: Sent, capsys: pytest.CaptureFix
     assert len({row["tracking_id"] for row in rows}) == 41
 
 
+def test_status_sent_has_the_time_of_each_outcome(
+    sent: Sent, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--status sent` (and rejected) lists when each message's outcome came, a UTC time
+    (issue 24, item 15: the listing had no time column)."""
+    code, out, _ = report(capsys, sent.config, "--status", "sent", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    times = [datetime.fromisoformat(row["at"].replace("Z", "+00:00")) for row in rows]
+    assert all(at.tzinfo is not None and at <= datetime.now(UTC) for at in times)
+    code, out, _ = report(capsys, sent.config, "--status", "rejected")
+    assert code == 0 and " at " in out.splitlines()[2] and "Z " in out
+
+
+def test_report_phone_lists_every_row_of_one_phone(
+    sent: Sent, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`report --phone` with the number as people write it: that phone's sent row and its
+    duplicate (skipped) row, with the time; the refused one; none for an unknown number;
+    a word that is no phone is a usage error (issue 24, item 15: the delivery log masks
+    phones, and nothing else answered "did this number get it?")."""
+    twin = sent.phones_a[2]
+    spaced = f"{twin[:4]} {twin[4:6]} {twin[6:9]}-{twin[9:11]}-{twin[11:]}"
+    code, out, _ = report(capsys, sent.config, "--phone", spaced, "--format", "json")
+    assert code == 0
+    rows = orjson.loads(out)
+    assert [(r["campaign"], r["status"], r["phone"]) for r in rows] == [
+        ("report-a", "sent", twin), ("report-a", "skipped", twin)]
+    assert rows[0]["at"].endswith("Z") and rows[0]["detail"]  # the messageId
+    assert rows[1]["at"] == "" and rows[1]["detail"] == "duplicate (CSV line 33)"
+    code, out, _ = report(capsys, sent.config, "--phone", sent.phones_a[REJECTED_INDEX][1:])
+    assert code == 0 and "rejected" in out and "report-a" in out
+    code, out, err = report(capsys, sent.config, "--phone", "+380999999999")
+    assert code == 0 and err == "no row of +380999999999 in the journal\n"
+    code, _, err = report(capsys, sent.config, "--phone", "call me")
+    assert code == 2 and "is not a phone number with its country code" in err
+
+
 def test_status_rejected_and_skipped(sent: Sent, capsys: pytest.CaptureFixture[str]) -> None:
     """`--status rejected` lists the refused phone with its code; `skipped` the two bad rows."""
     code, out, _ = report(capsys, sent.config, "--status", "rejected", "--format", "json")

@@ -190,6 +190,27 @@ def test_status_lists_the_recipients_with_channel_and_cost(
             assert row["channel"] == "sms"  # every channel of the standard route failed
 
 
+def test_report_phone_shows_each_sent_messages_delivery_status_and_channel(
+    polled: Polled, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`report --phone` of a "mix" recipient: its sent row with the final delivery status
+    and channel the poller recorded; `--status delivered` keeps only delivered rows (issue
+    24, item 15)."""
+    code, out = report(capsys, polled.config, "--status", "delivered", "--campaign", "mix",
+                       "--format", "json")
+    listed = orjson.loads(out)[0]
+    code, out = report(capsys, polled.config, "--phone", listed["phone"], "--format", "json")
+    assert code == 0
+    (row,) = orjson.loads(out)
+    assert (row["campaign"], row["status"], row["delivery"], row["channel"]) == (
+        "mix", "sent", "delivered", listed["channel"])
+    assert row["tracking_id"] == listed["tracking_id"] and row["at"].endswith("Z")
+    for status in ("undeliverable", "delivered"):
+        code, out = report(capsys, polled.config, "--phone", listed["phone"], "--status",
+                           status, "--format", "json")
+        assert len(orjson.loads(out)) == (status == "delivered")
+
+
 def test_status_unknown_and_a_table_with_its_total(
     polled: Polled, capsys: pytest.CaptureFixture[str],
 ) -> None:

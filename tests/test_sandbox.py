@@ -264,6 +264,24 @@ def test_channels_are_deterministic_and_varied() -> None:
     assert CHANNELS["tg-viber"] == ("telegram", "viber")
 
 
+async def test_reject_rate_refuses_a_share_of_phones_always_the_same_ones(
+    start_sandbox: StartSandbox, http: aiohttp.ClientSession,
+) -> None:
+    """``reject_rate = 0.2``: about a fifth of the phones are answered 400 INVALID_PHONE, a
+    refused phone is refused again (a 400 split isolates it), an accepted one accepted again
+    (issue 24, item 16: tripping the brake took 40 ``--reject-phone`` flags)."""
+    sandbox = await start_sandbox(reject_rate=0.2)
+    answers = [(await call(http, sandbox, [message(i)]))[0] for i in range(300)]
+    refused = [i for i, status in enumerate(answers) if status == 400]
+    assert 30 <= len(refused) <= 90, len(refused)
+    assert set(answers) == {200, 400}
+    status, body = await call(http, sandbox, [message(0), message(refused[0])])
+    assert status == 400 and body["error"]["code"] == "INVALID_PHONE"
+    assert (await call(http, sandbox, [message(refused[0])]))[0] == 400
+    accepted = answers.index(200)
+    assert (await call(http, sandbox, [message(accepted)]))[0] == 200
+
+
 async def test_drop_hangs_up_after_reading(
     start_sandbox: StartSandbox, http: aiohttp.ClientSession
 ) -> None:
@@ -374,7 +392,7 @@ async def test_base_url_needs_a_running_sandbox() -> None:
     "options",
     [{"fail_rate": 1.5}, {"drop_rate": -0.1}, {"omit_rate": 2}, {"rate_limit": 0},
      {"latency_ms": -1}, {"undeliverable_rate": 1.2}, {"status_fail_rate": -1},
-     {"status_rate_limit": 0}, {"dlr_delay": -1}],
+     {"status_rate_limit": 0}, {"dlr_delay": -1}, {"reject_rate": 1.5}],
 )
 def test_options_are_validated(options: dict[str, Any]) -> None:
     """Impossible option values are refused up front."""

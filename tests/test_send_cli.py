@@ -253,7 +253,7 @@ def test_dry_run_sends_nothing_then_send_sends(tmp_path: Path) -> None:
         assert "Hello Name2, your order" in dry.stdout and "Name3," not in dry.stdout
         assert phone(0) not in dry.stdout and "+380*****0000" in dry.stdout  # masked
         assert f"{CAMPAIGN}: transaction to 50 recipients" in dry.stdout
-        assert "invalid_phone 1: line 52" in dry.stdout and "first 3 messages:" in dry.stdout
+        assert "invalid_phone 1: line 52" in dry.stdout and "first 3 messages, " in dry.stdout
 
         real = run_cli(["send", str(campaign), "--now", "--config", str(config)], env=env)
         assert real.returncode == 0, real.stderr
@@ -340,3 +340,33 @@ def test_a_snapshot_longer_than_the_lease_does_not_stop_send(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     with journal_of(tmp_path) as journal:
         assert journal.counts(CAMPAIGN)["sent"] == count
+
+
+def test_the_embedded_sandbox_takes_its_faults_from_the_config(tmp_path: Path) -> None:
+    """``[sandbox] reject_rate = 0.3`` with ``base_url = "sandbox"``: a third of the phones
+    are refused and the error brake stops the campaign, no flags needed; a bad value is a
+    located config error (issue 24, item 16)."""
+    config = write_config(tmp_path, batch_size=50, requests_per_second=1000)
+    with config.open("a", encoding="utf-8") as out:
+        out.write("[sandbox]\nreject_rate = 0.3\nseed = 7\n")
+    write_audience(tmp_path / "campaigns" / "people.csv", 1000)
+    campaign = write_campaign(tmp_path / "campaigns", CAMPAIGN, "people.csv")
+    result = run_cli(["send", str(campaign), "--now", "--config", str(config)])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{CAMPAIGN}: braked" in result.stdout and "INVALID_PHONE" in result.stderr
+    with journal_of(tmp_path) as journal:
+        counts = journal.counts(CAMPAIGN)
+    assert counts["rejected"] > 0 and counts["pending"] > 0
+
+    config.write_text(config.read_text("utf-8").replace("reject_rate = 0.3", "fail_rate = 2"),
+                      "utf-8")
+    checked = run_cli(["check", "--config", str(config)])
+    assert checked.returncode == 1
+    assert "config.toml:18: sandbox.fail_rate: Input should be less than or equal to 1" in \
+        checked.stderr
+    config.write_text(config.read_text("utf-8").replace(
+        'base_url = "sandbox"', 'base_url = "https://restapi.smsbat.com"').replace(
+        "fail_rate = 2", "fail_rate = 0.5"), "utf-8")
+    real = run_cli(["check", "--config", str(config)])
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert 'sandbox: is for the embedded sandbox only (base_url = "sandbox")' in real.stdout

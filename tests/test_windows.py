@@ -22,6 +22,7 @@ from scheduler.audience import iter_audience
 from scheduler.checking import check_paths, render_report
 from scheduler.config import ConfigError, load_config
 from scheduler.loader import load_campaign
+from scheduler.planning import plan_rows
 from scheduler.records import Skip
 from scheduler.window import Window, zone, zone_group, zones_of_group
 from scheduler.zones import ZoneFinder
@@ -299,3 +300,33 @@ def test_check_shows_zones_held_and_unreachable(tmp_path: Path) -> None:
     assert "6 may go at once, 4 held for their window, 2 cannot be reached" in text, text
     assert "by zone: Europe/Kyiv 6, America/New_York 4" in text
     assert "2026-12-07T15:00Z (America/New_York 10:00) 4" in text
+
+
+def test_check_and_plan_say_whose_window_holds_and_how_to_send_at_any_hour(
+    tmp_path: Path,
+) -> None:
+    """A test send "in a minute" at 05:00 Kyiv time: [policy]'s 09:00-20:00 holds everyone,
+    and `check` says it is the policy's and how to send anyway (the file's own window =
+    "00:00-24:00"); with that line the file's own window shows, and nobody is held; `plan`
+    names the window's source too (issue 24, item 14)."""
+    config_file = write_config(tmp_path)
+    config_file.write_text(config_file.read_text() + '\n[policy]\nwindow = "09:00-20:00"\n')
+    config = load_config(config_file)
+    (tmp_path / "campaigns" / "people.csv").write_text(
+        "phone,name\n" + "".join(f"+38050{n:07d},K{n}\n" for n in range(6)))
+    now = MONDAY + timedelta(hours=3)  # 05:00 in Kyiv
+    for cid, extra in (("held", ""), ("anytime", 'window = "00:00-24:00"\n')):
+        write_campaign(tmp_path / "campaigns", cid, "people.csv", type="promo", ttl=86400,
+                       send_at=now + timedelta(minutes=1), extra=extra)
+    text = render_report(check_paths([], config, now))
+    held, anytime = text.split("OK       ")[2], text.split("OK       ")[1]
+    assert "anytime" in anytime and "held" in held
+    assert ("window 09:00-20:00 local ([policy] window): 0 may go at once, 6 held for their "
+            "window") in held
+    assert ('to send outside it (a test now, say), write window = "00:00-24:00" in the '
+            "campaign file: its own window replaces [policy]'s") in held
+    assert ("window 00:00-24:00 local (the file's own window): 6 may go at once, 0 held"
+            in anytime) and "to send outside it" not in anytime
+    notes = {row["campaign"]: row["note"] for row in plan_rows(config, now)}
+    assert notes["held"].startswith("window 09:00-20:00 ([policy] window): 6 held")
+    assert notes["anytime"] == "window 00:00-24:00 (the file's own window): 0 held"

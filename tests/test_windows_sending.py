@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from scheduler.config import load_config
+from scheduler.console import dry_run
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
@@ -218,6 +219,11 @@ async def test_caps_count_across_campaigns_and_spare_transactional(
     rows = {row["campaign"]: row for row in planned}
     assert rows["third"]["capped"] == 15
     assert "caps would skip 15 now" in rows["third"]["note"]
+    # and so does `send --dry-run` (issue 24, item 11)
+    third = load_campaign(tmp_path / "campaigns" / "third.toml", first.config, now).campaign
+    assert third is not None
+    shown = await asyncio.to_thread(dry_run, third, first.config, datetime.now(UTC))
+    assert "frequency caps would skip 15 now" in shown.splitlines()
 
 
 
@@ -248,3 +254,25 @@ async def test_a_sending_campaign_rereads_the_caps_and_skips_what_others_sent_me
         assert await driving == "done"
     assert staged.counts()["sent"] == 5 and staged.counts()["skipped"] == 5
     assert Counter(line["toPhone"] for line in read_jsonl(record)) == Counter(phones)
+
+
+def test_dry_run_shows_the_window_and_the_ttl_each_message_would_carry(tmp_path: Path) -> None:
+    """`send --dry-run` at 06:00Z on a Monday, 09:00-20:00 local: nobody may go at once; the
+    first (Kyiv) messages would go when Kyiv's window opens, 07:00Z, with a ttl that ends when
+    it closes (18:00Z: 39,600 s), not the file's 86,400; a send time an hour past sends with
+    the ttl left (issue 24, item 11: dry runs ignored windows and caps and showed the full
+    ttl)."""
+    now = at("2026-12-07T06:00:00Z")
+    setup = windowed_setup(tmp_path, "sandbox", now)
+    shown = dry_run(setup.campaign, setup.config, now).splitlines()
+    assert any(line.startswith("window 09:00-20:00 local (the file's own window): 0 may go "
+                               "at once, 40 held")
+               for line in shown), shown
+    messages = [line for line in shown if line.startswith("  at ")]
+    assert len(messages) == 3
+    assert all(line.startswith("  at 2026-12-07T07:00:00Z: ") and '"ttl":39600' in line
+               for line in messages), messages
+    late = windowed_setup(tmp_path / "late", "sandbox", now - timedelta(hours=1), extra="")
+    (first, *_) = [line for line in dry_run(late.campaign, late.config, now).splitlines()
+                   if line.startswith("  at ")]
+    assert first.startswith("  at 2026-12-07T06:00:00Z: ") and '"ttl":82800' in first

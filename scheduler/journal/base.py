@@ -258,6 +258,7 @@ class RecipientRow(NamedTuple):
     detail: str | None
     attempts: int
     line: int | None = None  # the CSV line of a skipped row (None for the others)
+    at: datetime | None = None  # when its batch was done: the outcome's time (not skips)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -121,8 +122,10 @@ def decided(blob: bytes | None) -> frozenset[str]:
 
 def batch_rows(
     body: bytes, blob: bytes | None, attempts: int, outcome: Outcome | None,
+    at: datetime | None = None,
 ) -> Iterator[RecipientRow]:
-    """The recipients of one done batch: the body gives phones, the results blob outcomes."""
+    """The recipients of one done batch (done ``at``): the body gives phones, the results
+    blob outcomes."""
     messages = orjson.loads(body)
     results: dict[str, tuple[str, Outcome, str | None, int]] = (
         {} if blob is None else {r[0]: tuple(r) for r in orjson.loads(blob)}
@@ -130,7 +133,7 @@ def batch_rows(
     for message in messages:
         _, status, detail, tries = results.get(message["id"], _UNRECORDED)
         if outcome is None or status == outcome:
-            yield RecipientRow(message["id"], message["toPhone"], status, detail, tries)
+            yield RecipientRow(message["id"], message["toPhone"], status, detail, tries, None, at)
 
 
 def unlogged_rows(body: bytes, blob: bytes, logged: int) -> tuple[int, list[RecipientRow]]:

@@ -869,8 +869,8 @@ class PostgresStore:
         if phase == 0:  # "skipped" too: a frequency cap skips inside a batch
             page = await self._batch_page(snapshot, last, outcome)
             if page:
-                rows = [row for _, body, blob, attempts in page
-                        for row in batch_rows(body, blob, attempts, outcome)]
+                rows = [row for _, body, blob, attempts, done_at in page
+                        for row in batch_rows(body, blob, attempts, outcome, done_at)]
                 return rows, (0, page[-1][0])
         if outcome not in (None, "skipped"):
             return [], None
@@ -889,7 +889,7 @@ class PostgresStore:
         if outcome is not None:
             having = sql.SQL(" AND s.{} > 0").format(sql.Identifier(_COUNT_COLUMNS[outcome]))
         query = sql.SQL(
-            "SELECT s.seq, b.body, r.blob, s.attempts FROM batch_state s"
+            "SELECT s.seq, b.body, r.blob, s.attempts, s.done_at FROM batch_state s"
             " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq > %s AND s.state = 'done'{}"

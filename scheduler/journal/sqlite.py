@@ -933,15 +933,15 @@ class SqliteConnection:
         if phase == 0:  # "skipped" too: a frequency cap skips inside a batch
             having = f" AND s.{_COUNT_COLUMNS[outcome]} > 0" if outcome is not None else ""
             page = self._db.execute(
-                "SELECT s.seq, b.body, r.blob, s.attempts FROM batch_state s"
+                "SELECT s.seq, b.body, r.blob, s.attempts, s.done_at FROM batch_state s"
                 " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
                 " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
                 f" WHERE s.snapshot = ? AND s.seq > ? AND s.state = 'done'{having}"
                 " ORDER BY s.seq LIMIT ?", (snapshot, last, _PAGE),
             ).fetchall()
             if page:
-                rows = [row for _, body, blob, attempts in page
-                        for row in batch_rows(body, blob, attempts, outcome)]
+                rows = [row for _, body, blob, attempts, done_at in page
+                        for row in batch_rows(body, blob, attempts, outcome, _time(done_at))]
                 return rows, (0, page[-1][0])
         if outcome not in (None, "skipped"):
             return [], None
