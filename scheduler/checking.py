@@ -19,6 +19,7 @@ from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
+from scheduler.identity import judged
 from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
@@ -67,8 +68,26 @@ def check_paths(
             checks[index], summary = check_audience(check, suppression)
             if summary is not None:
                 summaries[check.file] = summary
+    checks = _judge_ids(checks, config, config_problems)
     notes = _policy_notes(checks, summaries, config, suppression, now)
     return CheckReport(checks, summaries, config_problems, notes)
+
+
+def _judge_ids(
+    checks: list[CampaignCheck], config: Config, config_problems: list[Problem],
+) -> list[CampaignCheck]:
+    """Each valid file against the journal's campaign of its id (`identity.judged`): the id
+    of a campaign that ended is an error unless this is that very campaign."""
+    if not any(c.campaign for c in checks) or not config.journal_location().exists:
+        return checks
+    try:
+        with JournalReader(open_journal(config.journal_location())) as journal:
+            records = {r.id: r for r in journal.campaigns()}
+    except JournalError as exc:
+        config_problems.append(Problem(None, None, None, f"cannot tell whether these ids were "
+                                       f"used by earlier campaigns: {exc}", "warning"))
+        return checks
+    return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
 
 
 def _policy_notes(

@@ -30,6 +30,7 @@ from scheduler.config import SANDBOX, Config, Credentials, load_config, load_cre
 from scheduler.delivery_log import DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
+from scheduler.identity import judged
 from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
 from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
@@ -532,6 +533,9 @@ class Daemon:
             # one read of the journal per reconcile, not one per campaign (1,000 files load
             # in under 2 s instead of 6: each read would queue behind snapshot writes)
             records = {r.id: r for r in await self._engine.journal.campaigns()}
+            # a file with the id of a campaign that ended is refused unless it is that very
+            # campaign (or says resume = true): it is reported as invalid, and nothing is sent
+            checks = await asyncio.to_thread(_judge_ids, checks, records)
             present: set[str] = set()
             for check in checks:
                 if check.campaign is None:
@@ -657,8 +661,8 @@ class Daemon:
             self._lifecycle.announce("campaign_invalid", "error", file=str(check.file),
                                      campaign=cid, errors=errors)
         tracked = self._campaigns.get(cid) if cid else None
-        if tracked is None:
-            return cid
+        if tracked is None or tracked.removed:
+            return cid  # (a removed one is being cancelled: it ends so, whatever this file is)
         record = await self._engine.journal.campaign(tracked.campaign.id)
         if record is not None and record.state in FINISHED:
             return cid  # finished stays finished: its file no longer matters
@@ -823,6 +827,13 @@ class Daemon:
                 await asyncio.sleep(IDLE_POLL)
         finally:
             self._idle_waiter = None
+
+
+def _judge_ids(
+    checks: list[CampaignCheck], records: dict[str, CampaignRecord],
+) -> list[CampaignCheck]:
+    """Each valid file judged against the journal's campaign of its id (`identity.judged`)."""
+    return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
 
 
 def _declared_id(path: Path) -> str | None:

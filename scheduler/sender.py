@@ -42,6 +42,7 @@ from scheduler.cascade import (
 )
 from scheduler.config import CapConfig, Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome, SentMessages
+from scheduler.identity import content_fingerprint
 from scheduler.journal import (
     BatchRecord,
     CampaignRecord,
@@ -293,10 +294,12 @@ class Engine:
         self, campaign: Campaign, key: str, *, stream: bool, reader: Reader | None = None,
     ) -> None:
         """Snapshot the campaign anew: whole, or swapped in empty and streamed into."""
+        content = await asyncio.to_thread(content_fingerprint, campaign)
         if stream:
             await self.journal.open_stream(
                 campaign_id=campaign.id, type=campaign.type, file=str(campaign.file),
                 fingerprint=key, send_at=campaign.send_at, deadline=campaign.deadline,
+                content=content,
             )
             job = self.stream_job(campaign)
             if reader is None or reader.job != job:
@@ -312,6 +315,7 @@ class Engine:
             fingerprint=key,
             send_at=campaign.send_at,
             deadline=campaign.deadline,
+            content=content,
             batches=snapshot.batches(),
             skips=snapshot.skips,
             zones=snapshot.zones,

@@ -17,6 +17,8 @@ from scheduler.campaign import Campaign
 from scheduler.cascade import CascadeClient
 from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
+from scheduler.errors import UserError
+from scheduler.identity import content_fingerprint, reuse_problem, used
 from scheduler.journal import JournalBusy, JournalFenced, open_journal
 from scheduler.leadership import Leadership
 from scheduler.metrics import Metrics
@@ -117,6 +119,7 @@ async def send_campaign(
     audience reader the caller started ahead (`Engine.prepare`); the caller closes it.
     """
     async with open_engine(config) as engine, _leading(config, engine) as lost:
+        await _refuse_used_id(engine, campaign)
         # due now: read the audience while sending; else prepare it whole while waiting
         record = await engine.prepare(campaign, stream=campaign.send_at <= utcnow(),
                                       reader=reader)
@@ -146,6 +149,18 @@ async def send_campaign(
             latest = await engine.journal.campaign(campaign.id)
             error = latest.error if latest is not None else None
         return SendOutcome(state, counts, error)
+
+
+async def _refuse_used_id(engine: Engine, campaign: Campaign) -> None:
+    """Raise `UserError` when the campaign's id belongs to another campaign that ended
+    (`identity.reuse_problem`): a new file never restarts an old campaign."""
+    record = await engine.journal.campaign(campaign.id)
+    if not used(record):
+        return
+    content = await asyncio.to_thread(content_fingerprint, campaign)
+    problem = reuse_problem(campaign, record, content)
+    if problem is not None and problem.is_error:
+        raise UserError([problem])
 
 
 @contextlib.asynccontextmanager

@@ -120,6 +120,10 @@ class CampaignRecord:
     stage_at: datetime | None = None  # roll-out: when that stage may start (after the hold)
     #: a streamed snapshot still being read: batches are appended while the campaign sends
     streaming: bool = False
+    #: what the campaign is, kept when it was planned: its file's keys and its audience's
+    #: bytes as two digests, ``KEYS/AUDIENCE`` (`scheduler.identity.content_fingerprint`);
+    #: None: planned by a release that did not keep it
+    content: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +405,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "campaigns": (
         "id", "type", "file", "fingerprint", "state", "send_at", "deadline", "recipients",
         "skipped", "batches", "prepared_at", "started_at", "finished_at", "error", "snapshot",
-        "skips_logged", "stage", "stage_at", "streaming",
+        "skips_logged", "stage", "stage_at", "streaming", "content",
     ),
     "snapshots": ("id", "campaign", "created_at"),
     "bodies": ("snapshot", "seq", "body", "keys"),
@@ -446,7 +450,7 @@ class Journal(Protocol):
 
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -454,13 +458,14 @@ class Journal(Protocol):
         writes go on), then its skipped rows, swapped in at the end in one small transaction,
         so readers see the old snapshot or the new one, never a mix. Replaces an unstarted
         earlier snapshot; a started campaign raises `JournalConflict`. Lands in "scheduled".
+        ``content``: what the campaign is (`CampaignRecord.content`).
 
         ``zones[seq]``, read after the batches are consumed (a streaming snapshot fills it as
         it goes), is batch ``seq``'s `BatchRecord.zones` (send windows; absent: None)."""
 
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """Swap in an empty snapshot that `extend` fills while the campaign may already send
         (`send --now`): ``streaming`` is True until `close_stream`. Replaces an unstarted

@@ -101,7 +101,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -195,9 +195,15 @@ _TO_V7 = (
     # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
     "CREATE TABLE final_statuses (id BIGSERIAL PRIMARY KEY, statuses BYTEA NOT NULL)",
 )
+#: version 8: what a campaign is, kept when it is first planned (`scheduler.identity`)
+_TO_V8 = (
+    # the digest of its file's keys and its audience's bytes: a later file with its id is the
+    # same campaign only if it has the same; NULL for campaigns planned before this version
+    "ALTER TABLE campaigns ADD COLUMN content TEXT",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
+    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8,
 }
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
@@ -245,7 +251,7 @@ _SNAPSHOT_DELETES = (
 )
 _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
-    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming"
+    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content"
 )
 _BATCH_CHUNK = 64  # batches written per operation while preparing
 _SKIP_CHUNK = 10_000
@@ -331,14 +337,14 @@ def _text(value: str) -> str:
 
 def _record(row: TupleRow) -> CampaignRecord:
     (id_, type_, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,
-     prepared_at, started_at, finished_at, error, stage, stage_at, streaming) = row
+     prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content) = row
     return CampaignRecord(
         id=id_, type=type_, file=file, fingerprint=fingerprint, state=state,
         send_at=send_at.astimezone(UTC), deadline=deadline.astimezone(UTC),
         recipients=recipients, skipped=skipped, batches=batches,
         prepared_at=_utc(prepared_at), started_at=_utc(started_at),
         finished_at=_utc(finished_at), error=error, stage=stage, stage_at=_utc(stage_at),
-        streaming=streaming,
+        streaming=streaming, content=content,
     )
 
 
@@ -515,7 +521,7 @@ class PostgresStore:
     async def commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
-        zones: Sequence[str | None] = (), streaming: bool = False,
+        zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         await self._check_staging(campaign_id, snapshot)
@@ -538,23 +544,23 @@ class PostgresStore:
         await self.db.execute("DELETE FROM campaigns WHERE id = %s", (campaign_id,))
         await self.db.execute(
             "INSERT INTO campaigns (id, type, file, fingerprint, state, send_at, deadline,"
-            " recipients, skipped, batches, prepared_at, snapshot, streaming) VALUES (%s, %s,"
-            " %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s, %s)",
+            " recipients, skipped, batches, prepared_at, snapshot, streaming, content) VALUES"
+            " (%s, %s, %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s)",
             (campaign_id, type, file, fingerprint, _aware(send_at), _aware(deadline),
-             recipients, skipped, batches, snapshot, streaming),
+             recipients, skipped, batches, snapshot, streaming, content),
         )
 
     # --- a streamed snapshot: appended to while the campaign sends ------------------------
 
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
         snapshot = await self.begin_snapshot(campaign_id)
         await self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
-            send_at=send_at, deadline=deadline, streaming=True,
+            send_at=send_at, deadline=deadline, streaming=True, content=content,
         )
 
     async def extend(
@@ -1694,7 +1700,7 @@ class PostgresJournal:
 
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -1717,7 +1723,7 @@ class PostgresJournal:
             await self._call(
                 PostgresStore.commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
                 file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
-                zones=zones,
+                content=content, zones=zones,
             )
             swapped = True
         finally:
@@ -1730,12 +1736,12 @@ class PostgresJournal:
 
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """`Journal.open_stream`."""
         await self._call(
             PostgresStore.open_stream, campaign_id=campaign_id, type=type, file=file,
-            fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+            fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
         )
 
     async def extend(
