@@ -508,6 +508,9 @@ class Engine:
             if self.refused is not None:
                 return await self._fail(run)
             if run.stop.is_set():
+                if run.stop_state == "braked" and (counts := await self._all_final(run)):
+                    # the last batch tripped it: nothing is left to stop, the campaign is over
+                    return await self._finish(run, record, counts, brake=run.details)
                 return await self._halted(run)
             if run.backoff.is_set():
                 rounds += 1
@@ -727,12 +730,22 @@ class Engine:
         await self._finish(run, record, counts, state="expired")
         return "expired"
 
+    async def _all_final(self, run: CampaignRun) -> dict[str, int] | None:
+        """The campaign's counts when every recipient has a final outcome (and its snapshot is
+        whole), else None."""
+        counts = await self.journal.counts(run.campaign.id)
+        if counts.get("pending", 0):
+            return None
+        current = await self.journal.campaign(run.campaign.id)
+        return None if current is None or current.streaming else counts
+
     async def _finish(
         self,
         run: CampaignRun,
         record: CampaignRecord,
         counts: dict[str, int],
         state: CampaignState = "done",
+        **fields: Any,
     ) -> CampaignState:
         await self._log_skips(run)  # a streamed snapshot's, now that it is whole
         current = await self.journal.campaign(run.campaign.id) or record
@@ -742,7 +755,7 @@ class Engine:
             run.campaign.id, state,
             counts={k: v for k, v in counts.items() if k != "pending"},
             duration_s=round(seconds, 3),
-            rate_per_s=round(counts.get("sent", 0) / seconds, 1),
+            rate_per_s=round(counts.get("sent", 0) / seconds, 1), **fields,
         )
         return state
 
