@@ -30,6 +30,7 @@ from scheduler.config import SANDBOX, Config, Credentials, load_config, load_cre
 from scheduler.delivery_log import DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
+from scheduler.expiry import expire_cancelled
 from scheduler.identity import judged
 from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
 from scheduler.leadership import Leadership
@@ -55,6 +56,7 @@ REPLAY_EVERY = 30.0  # seconds between the leader's looks for delivery lines nev
 REPLAY_AFTER = 60.0  # ... that many seconds after their final status was journaled
 BRAKE_FEED_EVERY = 1.0  # seconds between the leader's looks for final statuses for its brakes
 BRAKE_FEED_CALLS = 100  # record_statuses calls (a poll round, a webhook) taken per look
+EXPIRY_EVERY = 60.0  # seconds between the leader's looks for cancelled campaigns past deadline
 
 
 @dataclass
@@ -156,6 +158,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
+        self._cancelled = asyncio.Event()  # a campaign may have been cancelled: look again
 
     # ------------------------------------------------------------------ main
 
@@ -233,6 +236,32 @@ class Daemon:
             except JournalError as exc:
                 self.log.warning("brake_feed_failed", error=str(exc))
 
+    async def _expire_cancelled(self) -> None:
+        """The leader ends cancelled campaigns' unsent rows once their deadline passed
+        (`expiry`): looks when a campaign may have been cancelled, at the next deadline of a
+        cancelled one, and every `EXPIRY_EVERY` s. Campaigns it tracks are left alone (a
+        restored one is sending; a removed one is ending its run)."""
+        replay = True  # the first look also writes the lines a crash kept from the log
+        while True:
+            ahead = None
+            if self.leadership.leading:
+                try:
+                    async with self._lock:
+                        ahead = await expire_cancelled(
+                            self._engine.journal, self._engine.log, self.metrics,
+                            route=self.config.api.route, now=utcnow(),
+                            busy=set(self._campaigns), replay=replay)
+                    replay = False
+                except JournalFenced:
+                    pass  # deposed: the new leader looks
+                except (JournalError, DeliveryLogUnwritable) as exc:
+                    self.log.warning("cancelled_expiry_failed", error=str(exc))
+            wait = EXPIRY_EVERY if ahead is None else min(
+                EXPIRY_EVERY, max(0.0, (ahead - utcnow()).total_seconds()) + 0.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cancelled.wait(), wait)
+            self._cancelled.clear()
+
     def _brake_on_deliveries(self, finals: Sequence[FinalStatus]) -> None:
         """Each campaign's statuses to its brake, if it runs now; a brake that trips stops it."""
         by_campaign: dict[str, list[FinalStatus]] = {}
@@ -277,6 +306,7 @@ class Daemon:
             self._spawn(self._keep_presence()),
             self._spawn(self._replay_stale_deliveries()),
             self._spawn(self._feed_brakes()),
+            self._spawn(self._expire_cancelled()),
         ]
         if self.config.delivery_reports.poll:
             background.append(self._spawn(self._poll_statuses()))
@@ -353,6 +383,7 @@ class Daemon:
         self._lifecycle.announce("leadership_acquired", holder=self.leadership.holder,
                                  epoch=self.leadership.epoch)
         await self._cancel_orphans()
+        self._cancelled.set()
         self.notifier.status(self.status_line())
 
     async def _step_down(self, reason: str) -> None:
@@ -517,6 +548,7 @@ class Daemon:
             await self._reconcile_once()
         except JournalError as exc:
             self.log.error("reconcile_failed", error=str(exc))
+        self._cancelled.set()  # a file may have gone: its campaign's deadline counts now
         self.notifier.status(self.status_line())
 
     async def _reconcile_once(self) -> None:
@@ -749,6 +781,7 @@ class Daemon:
         if tracked.removed:
             if self._campaigns.get(campaign.id) is tracked:
                 del self._campaigns[campaign.id]
+            self._cancelled.set()
         else:
             tracked.state = state
         if tracked.resume_after and not tracked.removed and not self._stop.is_set():
