@@ -18,6 +18,7 @@ import itertools
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
+    Callable,
     Iterable,
     Iterator,
     Mapping,
@@ -393,6 +394,25 @@ class DeliveryRow(NamedTuple):
     message_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaNews:
+    """What a journal did, or waits to do, with its schema: for the operational log.
+
+    ``event``: "journal_upgraded" (``found`` became ``release``), "journal_upgrade_waiting"
+    (a live ``leader`` of an older release uses schema ``found``: this process upgrades it
+    once it takes the lead) or "journal_newer" (a newer release upgraded it to ``found``:
+    this one never leads on it)."""
+
+    event: Literal["journal_upgraded", "journal_upgrade_waiting", "journal_newer"]
+    location: str
+    found: int  # the schema version the journal had
+    release: int  # this release's schema version
+    leader: str | None = None
+
+
+#: told what a journal does with its schema (`open_journal`'s ``on_schema``)
+SchemaListener = Callable[[SchemaNews], None]
+
 Counts = dict[str, int]
 Message = Mapping[str, Any]
 
@@ -440,8 +460,12 @@ class Journal(Protocol):
     location: str  # where it is, for people (a path, or a URL without its password)
 
     async def start(self, *, writer: bool) -> None:
-        """Open the journal (creating or migrating its schema). ``writer``: this process will
-        send; a second writer is refused with `JournalBusy`."""
+        """Open the journal, creating its schema on an empty one. ``writer``: this process
+        will send; a second writer is refused with `JournalBusy`, and a writer upgrades an
+        older release's schema (a reader never does: it raises `JournalUnavailable`). Where
+        several daemons share the journal, a writer never upgrades a schema that a live leader
+        of the older release uses: it waits, and upgrades it when `acquire_lease` makes it
+        the leader; until then only the lease and presence calls work."""
 
     async def close(self) -> None:
         """Finish every queued write, then let go of the journal."""
@@ -638,7 +662,8 @@ class Journal(Protocol):
     async def acquire_lease(self, holder: str, seconds: float) -> int | None:
         """Take the leadership lease for ``seconds`` if nobody else holds an unexpired one, as
         judged by the journal's own clock. Returns the new epoch (it grows every time the lease
-        changes hands), or None while another holder's lease runs."""
+        changes hands), or None while another holder's lease runs, or while the schema is a
+        newer release's. Upgrades a schema `start` left waiting, with the lease taken."""
 
     async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
         """Extend the lease to ``seconds`` from now; False when it is no longer ours (it

@@ -58,6 +58,8 @@ from scheduler.journal.base import (
     RecipientRow,
     Result,
     Results,
+    SchemaListener,
+    SchemaNews,
     StatusChange,
     StatusReport,
     UnloggedBatch,
@@ -419,6 +421,7 @@ class SqliteConnection:
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.commits = 0
+        self.upgraded_from: int | None = None  # the version `_migrate` found, if it upgraded
         if read_only:
             self._db = _read_only(path)
         else:
@@ -485,6 +488,7 @@ class SqliteConnection:
                 for statement in _MIGRATIONS[step]:
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.upgraded_from = version
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -1330,9 +1334,10 @@ class SqliteJournal:
     (synchronous=FULL), then resolves each caller: an ``await`` returns once its write is durable.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, on_schema: SchemaListener | None = None) -> None:
         self.path = path
         self.location = str(path)
+        self._on_schema = on_schema
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: SqliteConnection | None = None
@@ -1362,6 +1367,9 @@ class SqliteJournal:
         except BaseException:
             self._lock.release()
             raise
+        found = None if self._connection is None else self._connection.upgraded_from
+        if found and self._on_schema is not None:  # (0: a new file, made at this version)
+            self._on_schema(SchemaNews("journal_upgraded", self.location, found, SCHEMA_VERSION))
 
     async def close(self) -> None:
         """Finish every queued operation, then close the connection and stop the thread."""
