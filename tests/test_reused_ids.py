@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from daemon_helpers import (
     API_KEY,
@@ -94,6 +95,9 @@ def test_a_new_file_with_a_cancelled_campaigns_id_sends_nothing_until_the_old_fi
         assert check.returncode == 1, check.stdout + check.stderr
         assert "cancelled" in check.stdout + check.stderr
         assert "give it a new id" in check.stdout + check.stderr
+        plan = run_cli(["plan", "--json", "--config", str(workspace.config)])
+        (row,) = [r for r in orjson.loads(plan.stdout) if r["campaign"] == "promo"]
+        assert row["state"] == "cancelled" and "refused" in row["note"], row
 
         write_atomic(path, original)
         _state_is(workspace, "promo", "done", timeout=30)
