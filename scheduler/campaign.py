@@ -91,6 +91,9 @@ class Campaign(BaseModel):
     survey_options: tuple[str, ...] | None = None
     route: Route | None = None
     paused: bool = False
+    #: ``resume = true``: carry on the cancelled campaign of this id as it was planned, even
+    #: though this file differs from the one it was planned from (`scheduler.identity`)
+    resume: bool = False
     rollout: Rollout | None = None
     #: when recipients may be reached, in their local time (None: any time); see `window`
     window: Window | None = None
@@ -100,6 +103,9 @@ class Campaign(BaseModel):
     audience: AudienceSpec
     file: Path  # absolute path of the campaign file
     fingerprint: str  # sha256 of the campaign file's bytes; changes when the file is edited
+    #: sha256 of the file's keys and values, ``paused`` and ``resume`` aside: what the campaign
+    #: says, whatever its layout and comments (with its audience: `identity.content_fingerprint`)
+    content: str = ""
 
     @property
     def deadline(self) -> datetime:

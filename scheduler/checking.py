@@ -19,6 +19,7 @@ from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
+from scheduler.identity import judged
 from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.rows import AudienceSummary
@@ -71,11 +72,33 @@ def check_paths(
             checks[index], summary = check_audience(check, suppression, may_fork=True)
             if summary is not None:
                 summaries[check.file] = summary
+    checks = _judge_ids(checks, config, config_problems)
     checks, started = _started(checks, config, now)
     notes = _policy_notes(checks, summaries, config, suppression, now, set(started))
     for file, note in started.items():
         notes.setdefault(file, []).insert(0, note)
     return CheckReport(checks, summaries, config_problems, notes)
+
+
+def _judge_ids(
+    checks: list[CampaignCheck], config: Config, config_problems: list[Problem],
+) -> list[CampaignCheck]:
+    """Each valid file against the journal's campaign of its id (`identity.judged`): the id
+    of a campaign that ended is an error unless this is that very campaign."""
+    if not any(c.campaign for c in checks):
+        return checks
+    try:
+        if not _journal_exists(config):
+            return checks
+        with JournalReader(open_journal(config.journal_location())) as journal:
+            records = {r.id: r for r in journal.campaigns()}
+    except OSError:  # a journal this user may not read: the daemon judges the ids when it loads
+        return checks
+    except JournalError as exc:
+        config_problems.append(Problem(None, None, None, f"cannot tell whether these ids were "
+                                       f"used by earlier campaigns: {exc}", "warning"))
+        return checks
+    return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
 
 
 def _started(

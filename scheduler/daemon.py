@@ -30,6 +30,8 @@ from scheduler.config import SANDBOX, Config, Credentials, load_config, load_cre
 from scheduler.delivery_log import DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError, UserError
+from scheduler.expiry import expire_cancelled
+from scheduler.identity import judged
 from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
 from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
@@ -54,6 +56,7 @@ REPLAY_EVERY = 30.0  # seconds between the leader's looks for delivery lines nev
 REPLAY_AFTER = 60.0  # ... that many seconds after their final status was journaled
 BRAKE_FEED_EVERY = 1.0  # seconds between the leader's looks for final statuses for its brakes
 BRAKE_FEED_CALLS = 100  # record_statuses calls (a poll round, a webhook) taken per look
+EXPIRY_EVERY = 60.0  # seconds between the leader's looks for cancelled campaigns past deadline
 
 
 @dataclass
@@ -155,6 +158,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
+        self._cancelled = asyncio.Event()  # a campaign may have been cancelled: look again
 
     # ------------------------------------------------------------------ main
 
@@ -232,6 +236,32 @@ class Daemon:
             except JournalError as exc:
                 self.log.warning("brake_feed_failed", error=str(exc))
 
+    async def _expire_cancelled(self) -> None:
+        """The leader ends cancelled campaigns' unsent rows once their deadline passed
+        (`expiry`): looks when a campaign may have been cancelled, at the next deadline of a
+        cancelled one, and every `EXPIRY_EVERY` s. Campaigns it tracks are left alone (a
+        restored one is sending; a removed one is ending its run)."""
+        replay = True  # the first look also writes the lines a crash kept from the log
+        while True:
+            ahead = None
+            if self.leadership.leading:
+                try:
+                    async with self._lock:
+                        ahead = await expire_cancelled(
+                            self._engine.journal, self._engine.log, self.metrics,
+                            route=self.config.api.route, now=utcnow(),
+                            busy=set(self._campaigns), replay=replay)
+                    replay = False
+                except JournalFenced:
+                    pass  # deposed: the new leader looks
+                except (JournalError, DeliveryLogUnwritable) as exc:
+                    self.log.warning("cancelled_expiry_failed", error=str(exc))
+            wait = EXPIRY_EVERY if ahead is None else min(
+                EXPIRY_EVERY, max(0.0, (ahead - utcnow()).total_seconds()) + 0.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cancelled.wait(), wait)
+            self._cancelled.clear()
+
     def _brake_on_deliveries(self, finals: Sequence[FinalStatus]) -> None:
         """Each campaign's statuses to its brake, if it runs now; a brake that trips stops it."""
         by_campaign: dict[str, list[FinalStatus]] = {}
@@ -276,6 +306,7 @@ class Daemon:
             self._spawn(self._keep_presence()),
             self._spawn(self._replay_stale_deliveries()),
             self._spawn(self._feed_brakes()),
+            self._spawn(self._expire_cancelled()),
         ]
         if self.config.delivery_reports.poll:
             background.append(self._spawn(self._poll_statuses()))
@@ -352,6 +383,7 @@ class Daemon:
         self._lifecycle.announce("leadership_acquired", holder=self.leadership.holder,
                                  epoch=self.leadership.epoch)
         await self._cancel_orphans()
+        self._cancelled.set()
         self.notifier.status(self.status_line())
 
     async def _step_down(self, reason: str) -> None:
@@ -517,6 +549,7 @@ class Daemon:
             await self._reconcile_once()
         except JournalError as exc:
             self.log.error("reconcile_failed", error=str(exc))
+        self._cancelled.set()  # a file may have gone: its campaign's deadline counts now
         self.notifier.status(self.status_line())
 
     async def _reconcile_once(self) -> None:
@@ -533,6 +566,9 @@ class Daemon:
             # one read of the journal per reconcile, not one per campaign (1,000 files load
             # in under 2 s instead of 6: each read would queue behind snapshot writes)
             records = {r.id: r for r in await self._engine.journal.campaigns()}
+            # a file with the id of a campaign that ended is refused unless it is that very
+            # campaign (or says resume = true): it is reported as invalid, and nothing is sent
+            checks = await asyncio.to_thread(_judge_ids, checks, records)
             present: set[str] = set()
             for check in checks:
                 if check.campaign is None:
@@ -658,8 +694,8 @@ class Daemon:
             self._lifecycle.announce("campaign_invalid", "error", file=str(check.file),
                                      campaign=cid, errors=errors)
         tracked = self._campaigns.get(cid) if cid else None
-        if tracked is None:
-            return cid
+        if tracked is None or tracked.removed:
+            return cid  # (a removed one is being cancelled: it ends so, whatever this file is)
         record = await self._engine.journal.campaign(tracked.campaign.id)
         if record is not None and record.state in FINISHED:
             return cid  # finished stays finished: its file no longer matters
@@ -746,6 +782,7 @@ class Daemon:
         if tracked.removed:
             if self._campaigns.get(campaign.id) is tracked:
                 del self._campaigns[campaign.id]
+            self._cancelled.set()
         else:
             tracked.state = state
         if tracked.resume_after and not tracked.removed and not self._stop.is_set():
@@ -824,6 +861,13 @@ class Daemon:
                 await asyncio.sleep(IDLE_POLL)
         finally:
             self._idle_waiter = None
+
+
+def _judge_ids(
+    checks: list[CampaignCheck], records: dict[str, CampaignRecord],
+) -> list[CampaignCheck]:
+    """Each valid file judged against the journal's campaign of its id (`identity.judged`)."""
+    return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
 
 
 def _declared_id(path: Path) -> str | None:

@@ -6,6 +6,7 @@ import difflib
 import errno
 import hashlib
 import itertools
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -153,7 +154,7 @@ def _load(path: Path, config: Config, now: datetime) -> _Loaded:
         return _Loaded(CampaignCheck(path, None, [Problem(path, None, None, message)]))
     fingerprint = hashlib.sha256(raw).hexdigest()
     reader = _CampaignReader(document, config, now)
-    campaign = reader.build(fingerprint)
+    campaign = reader.build(fingerprint, content_key(document.data))
     raw_id = document.data.get("id")
     return _Loaded(
         CampaignCheck(path, campaign, _in_line_order(reader.problems)),
@@ -168,8 +169,28 @@ def _in_line_order(problems: list[Problem]) -> list[Problem]:
 
 _TOP_KEYS = (
     "id", "from_name", "type", "send_at", "ttl", "text", "survey_options", "route", "paused",
-    "audience", "rollout", "window", "window_days",
+    "resume", "audience", "rollout", "window", "window_days",
 )
+#: keys that change what happens to a campaign, not what it is (`content_key` leaves them out)
+_CONTROL_KEYS = frozenset({"paused", "resume"})
+
+
+def content_key(data: dict[str, Any]) -> str:
+    """A digest of a campaign file's keys and values, ``paused`` and ``resume`` aside: the same
+    for a file restored from a backup or re-typed with other comments and spacing, different
+    as soon as the text, the send time, the audience's path or any other setting differs."""
+    kept = {key: value for key, value in data.items() if key not in _CONTROL_KEYS}
+    canonical = json.dumps(kept, sort_keys=True, default=_canonical, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: object) -> str:
+    """TOML's dates and times as JSON: their ISO text (a UTC send time is one moment)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, date | time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a TOML value")
 _ROLLOUT_KEYS = ("stages", "hold")
 _ROLLOUT_EXAMPLE = "stages = [0.01, 0.1, 1.0] and hold = 900"
 _AUDIENCE_KEYS = ("csv", "phone_column", "id_column", "delimiter", "tz_column")
@@ -227,7 +248,7 @@ class _CampaignReader:
 
     # -- the whole file -------------------------------------------------------------------
 
-    def build(self, fingerprint: str) -> Campaign | None:
+    def build(self, fingerprint: str, content: str = "") -> Campaign | None:
         """Check every key; return the `Campaign`, or None when any error was found."""
         self.unknown_keys(self.data, "", _TOP_KEYS)
         campaign_id = self.campaign_id()
@@ -236,7 +257,8 @@ class _CampaignReader:
         ttl = self.ttl(kind)
         send_at = self.send_at(ttl)
         route = self.route()
-        paused = self.paused()
+        paused = self.flag("paused")
+        resume = self.flag("resume")
         rollout = self.rollout()
         window = self.window(kind)
         template = self.text(kind)
@@ -250,10 +272,10 @@ class _CampaignReader:
         return Campaign(
             id=campaign_id, from_name=from_name, type=kind, send_at=send_at, ttl=ttl,
             text=None if template is None else template.source, survey_options=options,
-            route=route, paused=paused, rollout=rollout, window=window,
+            route=route, paused=paused, resume=resume, rollout=rollout, window=window,
             policy_window=window is not None and "window" not in self.data,
             timezone=self.config.policy.timezone, audience=audience,
-            file=real_path(self.doc.path), fingerprint=fingerprint,
+            file=real_path(self.doc.path), fingerprint=fingerprint, content=content,
         )
 
     def unknown_keys(self, table: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:
@@ -497,12 +519,12 @@ class _CampaignReader:
         )
         return None
 
-    def paused(self) -> bool:
-        """``paused``: optional true/false."""
-        value = self.data.get("paused", False)
+    def flag(self, key: str) -> bool:
+        """``paused`` or ``resume``: optional true/false."""
+        value = self.data.get(key, False)
         if isinstance(value, bool):
             return value
-        self.error("paused", f"must be true or false (without quotes), not {_kind(value)}")
+        self.error(key, f"must be true or false (without quotes), not {_kind(value)}")
         return False
 
     # -- the message ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from scheduler.forecast import (
     source_text,
     zones_of_batches,
 )
+from scheduler.identity import judged, used
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import campaign_note
@@ -128,7 +129,9 @@ def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
             journal = stack.enter_context(JournalReader(open_journal(config.journal_location())))
         planner = _Planner(config, journal, suppression, now)
         for check in load_campaigns(campaign_files(folder), config, now):
-            planner.add(check)
+            # a file with the id of a campaign that ended is refused, as the daemon refuses it
+            planner.add(judged(check, planner.records.get(check.campaign.id))
+                        if check.campaign else check)
         rows = planner.finish()
     return sorted(rows, key=lambda r: (r["send_at"] or "~", r["campaign"]))
 
@@ -182,6 +185,8 @@ class _Planner:
         row = self.add_record(record, None)
         if record.state in FINISHED:
             row["note"] = f"its file is now invalid ({why}); a finished campaign stays as it is"
+        elif used(record):
+            row["note"] = f"the file with its id is refused ({why}); it stays {record.state}"
         else:
             row.update(state="invalid", eta=None, note=f"stopped: {why}")
 

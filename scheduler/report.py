@@ -94,13 +94,20 @@ def is_delivery(status: Listing) -> TypeGuard[DeliveryListing]:
     return status in DELIVERY_LISTINGS
 
 
+#: why a braked campaign stopped, when its journal does not say it in full
+_BRAKED = ("the error brake stopped the campaign (too many messages refused): fix the "
+           "campaign, then save its file again to resume")
+
+
 def campaign_note(record: CampaignRecord, pending: int, leading: bool) -> str:
     """What a person needs to know beyond the state: why rows are still unsent and what will
     happen to them. ``leading``: a daemon (or `send`) acts on this journal right now."""
     state = record.state
     if state == "cancelled" and pending:
-        return (f"{pending:,} not sent: its file was removed; restoring the file resumes "
-                "them (see --status pending)")
+        return (f"{pending:,} not sent: its file was removed; restoring the file (or a file "
+                "with its id and resume = true) resumes them (see --status pending)")
+    if state == "braked":
+        return f"{pending:,} not sent: {record.error or _BRAKED}"
     if state in SENDING and not leading:
         return "not running now: resumes where it stopped when the daemon starts"
     if state == "paused" and pending:
@@ -270,7 +277,9 @@ def _unsent_reason(record: CampaignRecord, leading: bool) -> str:
     state = record.state
     if state == "cancelled":
         return "not sent: the campaign was cancelled (its file was removed); restoring the " \
-            "file resumes it"
+            "file (or resume = true in a file with its id) resumes it"
+    if state == "braked":
+        return f"not sent: {_BRAKED}"
     if state in SENDING and not leading:
         return "not sent yet: resumes when the daemon starts"
     reasons = {

@@ -41,6 +41,7 @@ from scheduler.cascade import (
 )
 from scheduler.config import CapConfig, Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome, SentMessages
+from scheduler.identity import content_fingerprint
 from scheduler.journal import (
     BatchRecord,
     CampaignRecord,
@@ -294,10 +295,12 @@ class Engine:
         self, campaign: Campaign, key: str, *, stream: bool, reader: Reader | None = None,
     ) -> None:
         """Snapshot the campaign anew: whole, or swapped in empty and streamed into."""
+        content = await asyncio.to_thread(content_fingerprint, campaign)
         if stream:
             await self.journal.open_stream(
                 campaign_id=campaign.id, type=campaign.type, file=str(campaign.file),
                 fingerprint=key, send_at=campaign.send_at, deadline=campaign.deadline,
+                content=content,
             )
             job = self.stream_job(campaign)
             if reader is None or reader.job != job:
@@ -314,6 +317,7 @@ class Engine:
             fingerprint=key,
             send_at=campaign.send_at,
             deadline=campaign.deadline,
+            content=content,
             batches=snapshot.batches(),
             skips=snapshot.skips,
             zones=snapshot.zones,
@@ -506,6 +510,9 @@ class Engine:
             if self.refused is not None:
                 return await self._fail(run)
             if run.stop.is_set():
+                if run.stop_state == "braked" and (counts := await self._all_final(run)):
+                    # the last batch tripped it: nothing is left to stop, the campaign is over
+                    return await self._finish(run, record, counts, brake=run.details)
                 return await self._halted(run)
             if run.backoff.is_set():
                 rounds += 1
@@ -735,12 +742,22 @@ class Engine:
         await self._finish(run, record, counts, state="expired")
         return "expired"
 
+    async def _all_final(self, run: CampaignRun) -> dict[str, int] | None:
+        """The campaign's counts when every recipient has a final outcome (and its snapshot is
+        whole), else None."""
+        counts = await self.journal.counts(run.campaign.id)
+        if counts.get("pending", 0):
+            return None
+        current = await self.journal.campaign(run.campaign.id)
+        return None if current is None or current.streaming else counts
+
     async def _finish(
         self,
         run: CampaignRun,
         record: CampaignRecord,
         counts: dict[str, int],
         state: CampaignState = "done",
+        **fields: Any,
     ) -> CampaignState:
         await self._log_skips(run)  # a streamed snapshot's, now that it is whole
         current = await self.journal.campaign(run.campaign.id) or record
@@ -750,7 +767,7 @@ class Engine:
             run.campaign.id, state,
             counts={k: v for k, v in counts.items() if k != "pending"},
             duration_s=round(seconds, 3),
-            rate_per_s=round(counts.get("sent", 0) / seconds, 1),
+            rate_per_s=round(counts.get("sent", 0) / seconds, 1), **fields,
         )
         return state
 

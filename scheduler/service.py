@@ -16,9 +16,12 @@ from scheduler.campaign import Campaign
 from scheduler.cascade import CascadeClient
 from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
-from scheduler.journal import JournalBusy, JournalFenced, open_journal
+from scheduler.errors import UserError
+from scheduler.identity import content_fingerprint, reuse_problem, used
+from scheduler.journal import JournalBusy, JournalFenced, SchemaNews, open_journal
 from scheduler.leadership import Leadership
 from scheduler.metrics import Metrics
+from scheduler.oplog import get_logger
 from scheduler.sandbox import Sandbox
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
 from scheduler.streaming import Reader
@@ -51,13 +54,31 @@ async def api_endpoint(config: Config) -> AsyncIterator[tuple[str, dict[str, str
         await sandbox.stop()
 
 
+def log_schema(news: SchemaNews) -> None:
+    """What the journal did, or waits to do, with its schema, in the operational log."""
+    log = get_logger("journal")
+    fields = {"location": news.location, "from_version": news.found,
+              "to_version": news.release}
+    if news.event == "journal_upgraded":
+        log.info("journal_upgraded", **fields)
+    elif news.event == "journal_upgrade_waiting":
+        log.warning("journal_upgrade_waiting", leader=news.leader, **fields,
+                    hint="the leader runs an earlier release on this schema: this daemon "
+                    "stays standby and upgrades the schema when it takes the lead (stop the "
+                    "leader, or upgrade its machine, to hand over)")
+    else:
+        log.error("journal_newer", schema=news.found, release_schema=news.release,
+                  location=news.location, hint="a newer release upgraded this journal: this "
+                  "daemon never leads on it; upgrade cascade-scheduler on this machine")
+
+
 @contextlib.asynccontextmanager
 async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Engine]:
     """A started `Engine` with everything it needs; everything is closed on exit."""
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
         # the journal first: a second writer is refused before anything else is started
-        journal = open_journal(config.journal_location())
+        journal = open_journal(config.journal_location(), on_schema=log_schema)
         await journal.start(writer=True)
         stack.push_async_callback(journal.close)
         base_url, headers = await stack.enter_async_context(api_endpoint(config))
@@ -116,6 +137,7 @@ async def send_campaign(
     audience reader the caller started ahead (`Engine.prepare`); the caller closes it.
     """
     async with open_engine(config) as engine, _leading(config, engine) as lost:
+        await _refuse_used_id(engine, campaign)
         # due now: read the audience while sending; else prepare it whole while waiting
         record = await engine.prepare(campaign, stream=campaign.send_at <= utcnow(),
                                       reader=reader)
@@ -145,6 +167,18 @@ async def send_campaign(
             latest = await engine.journal.campaign(campaign.id)
             error = latest.error if latest is not None else None
         return SendOutcome(state, counts, error)
+
+
+async def _refuse_used_id(engine: Engine, campaign: Campaign) -> None:
+    """Raise `UserError` when the campaign's id belongs to another campaign that ended
+    (`identity.reuse_problem`): a new file never restarts an old campaign."""
+    record = await engine.journal.campaign(campaign.id)
+    if not used(record):
+        return
+    content = await asyncio.to_thread(content_fingerprint, campaign)
+    problem = reuse_problem(campaign, record, content)
+    if problem is not None and problem.is_error:
+        raise UserError([problem])
 
 
 @contextlib.asynccontextmanager

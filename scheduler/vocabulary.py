@@ -74,6 +74,8 @@ SkipReason = Literal[
 EXPIRED_REASON = "send_at + ttl passed"
 #: the reason of a message whose send window did not open before send_at + ttl
 OUTSIDE_WINDOW = "outside_window"
+#: the reason of a cancelled campaign's message still unsent at its send_at + ttl
+CANCELLED_REASON = "cancelled"
 
 #: SMSBAT's delivery statuses (its "Check Message Status" page); ``unknown`` is ours: given up
 DeliveryStatus = Literal[

@@ -3,12 +3,15 @@ stays tripped across runs until the campaign file is saved again, and ignores 2%
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from scheduler.config import SendingConfig
+from scheduler.journal import JournalReader, open_journal
+from scheduler.report import recipient_rows, summary_rows
 from tests.engine_helpers import KEY, drive, make_setup
 from tests.helpers import StartSandbox, phone
 
@@ -97,6 +100,50 @@ async def test_brake_window_zero_turns_it_off(
     assert setup.config.sending.brake_window == 0
     assert await drive(setup) == "done"
     assert setup.counts()["rejected"] == COUNT // 5
+
+
+async def test_a_brake_tripped_by_the_last_batch_leaves_the_campaign_finished(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The last batch brings the share of rejects over the limit: nothing is left to stop, so
+    the campaign ends "done" (its finish names the brake's figures), not "braked" with 0
+    pending, which would raise alerts about a campaign that is over."""
+    # one message a batch (the brake also judges inside a split batch): every 20th is refused,
+    # 5% of every prefix, never more; the last one brings it to 11 of 201, over the limit
+    refused = frozenset(phone(i) for i in [*range(19, 200, 20), 200])
+    sandbox = await start_sandbox(api_key=KEY, reject_phones=refused)
+    setup = make_setup(tmp_path, sandbox.base_url, 201, batch_size=1, concurrency=1,
+                       requests_per_second=1000)
+    assert await drive(setup) == "done"
+    counts = setup.counts()
+    assert (counts["pending"], counts["rejected"], counts["sent"]) == (0, 11, 190)
+    events = setup.log_lines()
+    assert not [e for e in events if e["event"] == "campaign_braked"]
+    (finished,) = [e for e in events if e["event"] == "campaign_finished"]
+    assert finished["state"] == "done" and finished["brake"]["rejected"] == 11
+
+
+async def test_a_braked_campaigns_report_says_braked_and_how_to_resume(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """`report`'s note of a braked campaign names the brake and how to resume it, and
+    ``report --status pending`` says its rows wait because of the brake."""
+    rejecting = await start_sandbox(api_key=KEY, reject_phones=every(5))
+    setup = make_setup(tmp_path, rejecting.base_url, COUNT, batch_size=20, concurrency=2,
+                       requests_per_second=1000)
+    assert await drive(setup) == "braked"
+
+    def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        with JournalReader(open_journal(setup.config.journal_location())) as journal:
+            return (summary_rows(journal, setup.campaign.id),
+                    list(recipient_rows(journal, "pending", setup.campaign.id)))
+
+    (row,), pending = await asyncio.to_thread(read)  # the reader runs its own event loop
+    assert row["state"] == "braked"
+    assert "error brake" in row["note"] and "save its file again" in row["note"]
+    assert row["note"].startswith(f"{row['pending']:,} not sent")
+    assert pending and all("error brake" in p["detail"] for p in pending)
+    assert "save its file again" in pending[0]["detail"]
 
 
 def test_a_window_too_small_to_judge_is_refused() -> None:

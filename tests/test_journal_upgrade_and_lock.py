@@ -160,7 +160,7 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes

@@ -36,6 +36,8 @@ from scheduler.journal.base import (
     Result,
     Results,
     Run,
+    SchemaListener,
+    SchemaNews,
     StatusChange,
     StatusReport,
     UnloggedBatch,
@@ -72,6 +74,8 @@ __all__ = [
     "Result",
     "Results",
     "Run",
+    "SchemaListener",
+    "SchemaNews",
     "StatusChange",
     "StatusReport",
     "UnloggedBatch",
@@ -97,11 +101,13 @@ class JournalLocation:
         return self.url is not None or self.path.exists()
 
 
-def open_journal(where: JournalLocation) -> Journal:
-    """The journal at ``where``, not started yet: PostgreSQL when it has a URL, else SQLite."""
+def open_journal(where: JournalLocation, on_schema: SchemaListener | None = None) -> Journal:
+    """The journal at ``where``, not started yet: PostgreSQL when it has a URL, else SQLite.
+    ``on_schema`` is told what it does with its schema (an upgrade, a wait for one)."""
     if where.url is None:
-        return SqliteJournal(where.path)
+        return SqliteJournal(where.path, on_schema=on_schema)
     from scheduler.journal.postgres import PostgresJournal  # only its users load the driver
 
     # the config refuses a URL that holds a password: the URL may be shown
-    return PostgresJournal(where.url, password=where.password, location=where.url)
+    return PostgresJournal(where.url, password=where.password, location=where.url,
+                           on_schema=on_schema)

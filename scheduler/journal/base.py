@@ -18,6 +18,7 @@ import itertools
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
+    Callable,
     Iterable,
     Iterator,
     Mapping,
@@ -120,6 +121,10 @@ class CampaignRecord:
     stage_at: datetime | None = None  # roll-out: when that stage may start (after the hold)
     #: a streamed snapshot still being read: batches are appended while the campaign sends
     streaming: bool = False
+    #: what the campaign is, kept when it was planned: its file's keys and its audience's
+    #: bytes as two digests, ``KEYS/AUDIENCE`` (`scheduler.identity.content_fingerprint`);
+    #: None: planned by a release that did not keep it
+    content: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +395,25 @@ class DeliveryRow(NamedTuple):
     message_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaNews:
+    """What a journal did, or waits to do, with its schema: for the operational log.
+
+    ``event``: "journal_upgraded" (``found`` became ``release``), "journal_upgrade_waiting"
+    (a live ``leader`` of an older release uses schema ``found``: this process upgrades it
+    once it takes the lead) or "journal_newer" (a newer release upgraded it to ``found``:
+    this one never leads on it)."""
+
+    event: Literal["journal_upgraded", "journal_upgrade_waiting", "journal_newer"]
+    location: str
+    found: int  # the schema version the journal had
+    release: int  # this release's schema version
+    leader: str | None = None
+
+
+#: told what a journal does with its schema (`open_journal`'s ``on_schema``)
+SchemaListener = Callable[[SchemaNews], None]
+
 Counts = dict[str, int]
 Message = Mapping[str, Any]
 
@@ -402,7 +426,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "campaigns": (
         "id", "type", "file", "fingerprint", "state", "send_at", "deadline", "recipients",
         "skipped", "batches", "prepared_at", "started_at", "finished_at", "error", "snapshot",
-        "skips_logged", "stage", "stage_at", "streaming",
+        "skips_logged", "stage", "stage_at", "streaming", "content",
     ),
     "snapshots": ("id", "campaign", "created_at"),
     "bodies": ("snapshot", "seq", "body", "keys"),
@@ -437,8 +461,12 @@ class Journal(Protocol):
     location: str  # where it is, for people (a path, or a URL without its password)
 
     async def start(self, *, writer: bool) -> None:
-        """Open the journal (creating or migrating its schema). ``writer``: this process will
-        send; a second writer is refused with `JournalBusy`."""
+        """Open the journal, creating its schema on an empty one. ``writer``: this process
+        will send; a second writer is refused with `JournalBusy`, and a writer upgrades an
+        older release's schema (a reader never does: it raises `JournalUnavailable`). Where
+        several daemons share the journal, a writer never upgrades a schema that a live leader
+        of the older release uses: it waits, and upgrades it when `acquire_lease` makes it
+        the leader; until then only the lease and presence calls work."""
 
     async def close(self) -> None:
         """Finish every queued write, then let go of the journal."""
@@ -447,7 +475,7 @@ class Journal(Protocol):
 
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -455,13 +483,14 @@ class Journal(Protocol):
         writes go on), then its skipped rows, swapped in at the end in one small transaction,
         so readers see the old snapshot or the new one, never a mix. Replaces an unstarted
         earlier snapshot; a started campaign raises `JournalConflict`. Lands in "scheduled".
+        ``content``: what the campaign is (`CampaignRecord.content`).
 
         ``zones[seq]``, read after the batches are consumed (a streaming snapshot fills it as
         it goes), is batch ``seq``'s `BatchRecord.zones` (send windows; absent: None)."""
 
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """Swap in an empty snapshot that `extend` fills while the campaign may already send
         (`send --now`): ``streaming`` is True until `close_stream`. Replaces an unstarted
@@ -634,7 +663,8 @@ class Journal(Protocol):
     async def acquire_lease(self, holder: str, seconds: float) -> int | None:
         """Take the leadership lease for ``seconds`` if nobody else holds an unexpired one, as
         judged by the journal's own clock. Returns the new epoch (it grows every time the lease
-        changes hands), or None while another holder's lease runs."""
+        changes hands), or None while another holder's lease runs, or while the schema is a
+        newer release's. Upgrades a schema `start` left waiting, with the lease taken."""
 
     async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
         """Extend the lease to ``seconds`` from now; False when it is no longer ours (it

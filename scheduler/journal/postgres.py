@@ -34,7 +34,7 @@ import select
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, LiteralString, ParamSpec, TypeVar
 
 import orjson
 import psycopg
@@ -67,6 +67,8 @@ from scheduler.journal.base import (
     RecipientRow,
     Result,
     Results,
+    SchemaListener,
+    SchemaNews,
     StatusChange,
     StatusReport,
     UnloggedBatch,
@@ -101,7 +103,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -195,9 +197,15 @@ _TO_V7 = (
     # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
     "CREATE TABLE final_statuses (id BIGSERIAL PRIMARY KEY, statuses BYTEA NOT NULL)",
 )
+#: version 8: what a campaign is, kept when it is first planned (`scheduler.identity`)
+_TO_V8 = (
+    # the digest of its file's keys and its audience's bytes: a later file with its id is the
+    # same campaign only if it has the same; NULL for campaigns planned before this version
+    "ALTER TABLE campaigns ADD COLUMN content TEXT",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
+    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8,
 }
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
@@ -245,7 +253,7 @@ _SNAPSHOT_DELETES = (
 )
 _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
-    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming"
+    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content"
 )
 _BATCH_CHUNK = 64  # batches written per operation while preparing
 _SKIP_CHUNK = 10_000
@@ -331,14 +339,14 @@ def _text(value: str) -> str:
 
 def _record(row: TupleRow) -> CampaignRecord:
     (id_, type_, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,
-     prepared_at, started_at, finished_at, error, stage, stage_at, streaming) = row
+     prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content) = row
     return CampaignRecord(
         id=id_, type=type_, file=file, fingerprint=fingerprint, state=state,
         send_at=send_at.astimezone(UTC), deadline=deadline.astimezone(UTC),
         recipients=recipients, skipped=skipped, batches=batches,
         prepared_at=_utc(prepared_at), started_at=_utc(started_at),
         finished_at=_utc(finished_at), error=error, stage=stage, stage_at=_utc(stage_at),
-        streaming=streaming,
+        streaming=streaming, content=content,
     )
 
 
@@ -367,31 +375,91 @@ async def _version(db: Connection) -> int:
     return 0 if version is None or version[0] is None else int(version[0])
 
 
-async def migrate(db: Connection, location: str) -> None:
-    """Bring the schema to `SCHEMA_VERSION` in one transaction; refuse a newer one.
+async def migrate(
+    db: Connection, location: str, *, writer: bool = True,
+) -> tuple[int, str | None]:
+    """Create the schema on an empty database; as a ``writer``, upgrade an older release's
+    unless a live leader uses it (a reader never upgrades); refuse a newer one. Returns the
+    version found and the live leader that keeps it from being upgraded now (or None).
 
     Two daemons starting on an empty database at once are serialized by a transaction-level
-    advisory lock: the second waits, then finds the schema made.
+    advisory lock: the second waits, then finds the schema made. An upgrade holds the lease
+    row locked until it commits, so no daemon of the older release takes the lead meanwhile.
     """
-    if await _version(db) == SCHEMA_VERSION:
-        return  # the common case takes no lock
+    version = await _version(db)
+    if version == SCHEMA_VERSION:
+        return version, None  # the common case takes no lock
+    if version > SCHEMA_VERSION:
+        raise _newer(location, version)
+    if version and not writer:
+        raise JournalUnavailable(
+            None, f"{location} has the schema of an earlier release (version {version}, this "
+            f"one's is {SCHEMA_VERSION}): a daemon of this release upgrades it when it takes "
+            "the lead; until then, use this command of the release that leads",
+        )
     async with db.transaction():
         await db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         version = await _version(db)
         if version > SCHEMA_VERSION:
-            raise JournalCorrupt(
-                None, f"{location} has schema version {version}, newer than this program "
-                f"({SCHEMA_VERSION}): upgrade cascade-scheduler",
-            )
-        if version == 0:
-            for statement in _SCHEMA:
-                await db.execute(statement)
-            await db.execute("INSERT INTO schema_version VALUES (%s)", (_SCHEMA_BASE,))
-            version = _SCHEMA_BASE
-        for step in range(version, SCHEMA_VERSION):
-            for statement in _MIGRATIONS[step]:
-                await db.execute(statement)
-        await db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+            raise _newer(location, version)
+        if 0 < version < SCHEMA_VERSION and (leader := await _live_leader(db)) is not None:
+            return version, leader
+        if version < SCHEMA_VERSION:
+            await _upgrade(db, version)
+    return version, None
+
+
+async def _live_leader(db: Connection) -> str | None:
+    """The holder of an unexpired lease, or None; the lease row stays locked until the
+    transaction ends (a holder busy with it right now counts as live)."""
+    try:
+        async with db.transaction():  # a savepoint: NOWAIT fails only it (its lock stays)
+            row = await (await db.execute(
+                "SELECT holder, expires_at > clock_timestamp() FROM lease"
+                " WHERE name = 'leader' FOR UPDATE NOWAIT",
+            )).fetchone()
+    except pg_errors.LockNotAvailable:
+        return "a daemon taking or using the lease right now"
+    return str(row[0]) if row is not None and row[1] else None
+
+
+async def _upgrade(db: Connection, version: int) -> None:
+    """Every step from ``version`` (0: nothing yet) to `SCHEMA_VERSION`, in the caller's
+    transaction, under the schema lock."""
+    if version == 0:
+        for statement in _SCHEMA:
+            await db.execute(statement)
+        await db.execute("INSERT INTO schema_version VALUES (%s)", (_SCHEMA_BASE,))
+        version = _SCHEMA_BASE
+    for step in range(version, SCHEMA_VERSION):
+        for statement in _MIGRATIONS[step]:
+            await db.execute(statement)
+    await db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+
+
+def _newer(location: str, version: int) -> JournalCorrupt:
+    return JournalCorrupt(
+        None, f"{location} has schema version {version}, newer than this program "
+        f"({SCHEMA_VERSION}): upgrade cascade-scheduler",
+    )
+
+
+async def _acquire_upgrading(
+    store: PostgresStore, holder: str, seconds: float,
+) -> tuple[int | None, int]:
+    """Take the lease if it is free (`PostgresStore.acquire_lease`) and, with it taken,
+    upgrade an older schema in the same transaction; never on a newer one (a newer release
+    leads there). Returns the epoch (or None) and the version found."""
+    version = await _version(store.db)
+    if version > SCHEMA_VERSION:
+        return None, version
+    epoch = await store.acquire_lease(holder, seconds)
+    if epoch is not None and version < SCHEMA_VERSION:
+        await store.db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        version = await _version(store.db)
+        if version < SCHEMA_VERSION:
+            await _upgrade(store.db, version)
+    return epoch, version
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,7 +583,7 @@ class PostgresStore:
     async def commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
-        zones: Sequence[str | None] = (), streaming: bool = False,
+        zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         await self._check_staging(campaign_id, snapshot)
@@ -538,23 +606,23 @@ class PostgresStore:
         await self.db.execute("DELETE FROM campaigns WHERE id = %s", (campaign_id,))
         await self.db.execute(
             "INSERT INTO campaigns (id, type, file, fingerprint, state, send_at, deadline,"
-            " recipients, skipped, batches, prepared_at, snapshot, streaming) VALUES (%s, %s,"
-            " %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s, %s)",
+            " recipients, skipped, batches, prepared_at, snapshot, streaming, content) VALUES"
+            " (%s, %s, %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s)",
             (campaign_id, type, file, fingerprint, _aware(send_at), _aware(deadline),
-             recipients, skipped, batches, snapshot, streaming),
+             recipients, skipped, batches, snapshot, streaming, content),
         )
 
     # --- a streamed snapshot: appended to while the campaign sends ------------------------
 
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
         snapshot = await self.begin_snapshot(campaign_id)
         await self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
-            send_at=send_at, deadline=deadline, streaming=True,
+            send_at=send_at, deadline=deadline, streaming=True, content=content,
         )
 
     async def extend(
@@ -1371,9 +1439,16 @@ class PostgresJournal:
     ``location`` is the URL without any password, for people and error messages.
     """
 
-    def __init__(self, conninfo: str, *, password: str | None = None, location: str) -> None:
+    def __init__(
+        self, conninfo: str, *, password: str | None = None, location: str,
+        on_schema: SchemaListener | None = None,
+    ) -> None:
         self.location = location
         self._password = password
+        self._on_schema = on_schema
+        #: the older release's schema version `start` left for `acquire_lease` to upgrade
+        self._waiting: int | None = None
+        self._told_newer = False
         try:
             self._params: dict[str, Any] | None = conninfo_to_dict(conninfo)
         except psycopg.Error:
@@ -1391,12 +1466,12 @@ class PostgresJournal:
     # --- life ---------------------------------------------------------------------------
 
     async def start(self, *, writer: bool) -> None:
-        """Connect and create or migrate the schema. ``writer`` changes nothing here: on
-        PostgreSQL several daemons share the journal and leadership is the lease."""
-        del writer
+        """Connect and create the schema, or upgrade an older release's (``writer`` only,
+        and only when no live leader uses it: else `acquire_lease` upgrades it once this
+        process leads). Several writers may share the journal: leadership is the lease."""
         db = await self._connect()
         try:
-            await migrate(db, self.location)
+            found, leader = await migrate(db, self.location, writer=writer)
         except psycopg.Error as exc:
             await db.close()
             raise self._error(exc) from None
@@ -1406,6 +1481,28 @@ class PostgresJournal:
         self._store = PostgresStore(db, self._frozen)
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._serve(), name="journal-writer")
+        if leader is not None:
+            self._waiting = found
+            self._tell("journal_upgrade_waiting", found, leader)
+        elif 0 < found < SCHEMA_VERSION:
+            self._tell("journal_upgraded", found)
+
+    def _tell(
+        self, event: Literal["journal_upgraded", "journal_upgrade_waiting", "journal_newer"],
+        found: int, leader: str | None = None,
+    ) -> None:
+        if self._on_schema is not None:
+            self._on_schema(SchemaNews(event, self.location, found, SCHEMA_VERSION, leader))
+
+    def _check_schema(self) -> None:
+        """Refuse while an older release's schema waits to be upgraded (only the lease and
+        presence calls work then: they are the same in every release)."""
+        if self._waiting is not None:
+            raise JournalUnavailable(
+                None, f"{self.location} still has the schema of an earlier release (version "
+                f"{self._waiting}), which its leader uses: this daemon upgrades it to version "
+                f"{SCHEMA_VERSION} once it takes the lead",
+            )
 
     async def close(self) -> None:
         """Finish every queued operation, then close the connection and stop the writer."""
@@ -1449,10 +1546,13 @@ class PostgresJournal:
 
     async def _submit(
         self, fn: Callable[[PostgresStore], Awaitable[T]], fence: tuple[str, int] | None = None,
-        stage: Callable[[PostgresStore], Awaitable[Finish]] | None = None,
+        stage: Callable[[PostgresStore], Awaitable[Finish]] | None = None, *,
+        any_schema: bool = False,
     ) -> T:
         if self._queue is None or self._closing:
             raise RuntimeError("the journal is not running (call start() first, not after close)")
+        if not any_schema:
+            self._check_schema()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Op(fn, future, fence, stage))
         return await future
@@ -1694,7 +1794,7 @@ class PostgresJournal:
 
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -1717,7 +1817,7 @@ class PostgresJournal:
             await self._call(
                 PostgresStore.commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
                 file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
-                zones=zones,
+                content=content, zones=zones,
             )
             swapped = True
         finally:
@@ -1730,12 +1830,12 @@ class PostgresJournal:
 
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """`Journal.open_stream`."""
         await self._call(
             PostgresStore.open_stream, campaign_id=campaign_id, type=type, file=file,
-            fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+            fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
         )
 
     async def extend(
@@ -1897,21 +1997,39 @@ class PostgresJournal:
                 yield row
             after = page[-1].message_id
 
+    async def _lease_call(
+        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
+        *args: P.args, **kwargs: P.kwargs,
+    ) -> T:
+        """`_call` for the lease and presence calls: they work on any release's schema."""
+        return await self._submit(lambda store: method(store, *args, **kwargs), any_schema=True)
+
     async def acquire_lease(self, holder: str, seconds: float) -> int | None:
-        """`Journal.acquire_lease`: judged by the database's clock."""
-        return await self._call(PostgresStore.acquire_lease, holder, seconds)
+        """`Journal.acquire_lease`: judged by the database's clock; upgrades the schema in
+        the same transaction when `start` left it waiting."""
+        epoch, found = await self._lease_call(_acquire_upgrading, holder, seconds)
+        if found > SCHEMA_VERSION:
+            if not self._told_newer:
+                self._told_newer = True
+                self._tell("journal_newer", found)
+            return None
+        if epoch is not None and self._waiting is not None:
+            self._waiting = None
+            if found < SCHEMA_VERSION:
+                self._tell("journal_upgraded", found)
+        return epoch
 
     async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
         """`Journal.renew_lease`."""
-        return await self._call(PostgresStore.renew_lease, holder, epoch, seconds)
+        return await self._lease_call(PostgresStore.renew_lease, holder, epoch, seconds)
 
     async def release_lease(self, holder: str, epoch: int) -> None:
         """`Journal.release_lease`."""
-        await self._call(PostgresStore.release_lease, holder, epoch)
+        await self._lease_call(PostgresStore.release_lease, holder, epoch)
 
     async def leader(self) -> str | None:
         """`Journal.leader`."""
-        return await self._call(PostgresStore.leader)
+        return await self._lease_call(PostgresStore.leader)
 
     async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
         """`Journal.set_stage`."""
@@ -1919,15 +2037,15 @@ class PostgresJournal:
 
     async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
         """`Journal.heartbeat`."""
-        await self._call(PostgresStore.heartbeat, holder, since, seconds)
+        await self._lease_call(PostgresStore.heartbeat, holder, since, seconds)
 
     async def leave(self, holder: str) -> None:
         """`Journal.leave`."""
-        await self._call(PostgresStore.leave, holder)
+        await self._lease_call(PostgresStore.leave, holder)
 
     async def daemons(self) -> list[DaemonRecord]:
         """`Journal.daemons`."""
-        return await self._call(PostgresStore.daemons)
+        return await self._lease_call(PostgresStore.daemons)
 
     def fence(self, holder: str, epoch: int | None) -> None:
         """`Journal.fence`."""
@@ -1936,6 +2054,7 @@ class PostgresJournal:
     async def dump(self) -> AsyncIterator[DumpChunk]:
         """`Journal.dump`: on a connection of its own, in one read-only REPEATABLE READ
         transaction, so the picture is consistent even beside a running daemon."""
+        self._check_schema()
         db = await self._connect()
         try:
             await db.execute(_BULK_SESSION)
@@ -1954,6 +2073,7 @@ class PostgresJournal:
         """`Journal.load`: by COPY, on a connection of its own, in ONE transaction (never a
         group of the writer's: a failure there would run the operations again, and the chunks
         can be read only once)."""
+        self._check_schema()
         db = await self._connect()
         try:
             await db.execute(_BULK_SESSION)

@@ -58,6 +58,8 @@ from scheduler.journal.base import (
     RecipientRow,
     Result,
     Results,
+    SchemaListener,
+    SchemaNews,
     StatusChange,
     StatusReport,
     UnloggedBatch,
@@ -92,7 +94,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -195,9 +197,16 @@ _TO_V7 = (
     # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
     "CREATE TABLE final_statuses (id INTEGER PRIMARY KEY, statuses BLOB NOT NULL)",
 )
+#: version 8: what a campaign is, kept when it is first planned (`scheduler.identity`)
+_TO_V8 = (
+    # the digest of its file's keys and its audience's bytes: a later file with its id is the
+    # same campaign only if it has the same; NULL for campaigns planned before this version
+    "ALTER TABLE campaigns ADD COLUMN content TEXT",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
+    7: _TO_V8,
 }
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
@@ -330,7 +339,7 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         skipped=row["skipped"], batches=row["batches"], prepared_at=_time(row["prepared_at"]),
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"], stage=row["stage"], stage_at=_time(row["stage_at"]),
-        streaming=bool(row["streaming"]),
+        streaming=bool(row["streaming"]), content=row["content"],
     )
 
 
@@ -412,6 +421,7 @@ class SqliteConnection:
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.commits = 0
+        self.upgraded_from: int | None = None  # the version `_migrate` found, if it upgraded
         if read_only:
             self._db = _read_only(path)
         else:
@@ -478,6 +488,7 @@ class SqliteConnection:
                 for statement in _MIGRATIONS[step]:
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.upgraded_from = version
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -506,7 +517,7 @@ class SqliteConnection:
 
     def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -524,7 +535,8 @@ class SqliteConnection:
                 self._add_skips(campaign_id, snapshot, chunk)
             self._commit_snapshot(
                 snapshot, campaign_id=campaign_id, type=type, file=file,
-                fingerprint=fingerprint, send_at=send_at, deadline=deadline, zones=zones,
+                fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
+                zones=zones,
             )
             swapped = True
         finally:
@@ -594,7 +606,7 @@ class SqliteConnection:
     def _commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
-        zones: Sequence[str | None] = (), streaming: bool = False,
+        zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         with self.transaction():
@@ -616,23 +628,23 @@ class SqliteConnection:
             self._db.execute(
                 "INSERT OR REPLACE INTO campaigns (id, type, file, fingerprint, state, send_at,"
                 " deadline, recipients, skipped, batches, prepared_at, started_at, finished_at,"
-                " error, snapshot, streaming) VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?, ?,"
-                " NULL, NULL, NULL, ?, ?)",
+                " error, snapshot, streaming, content) VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?,"
+                " ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)",
                 (campaign_id, type, file, fingerprint, _utc_text(send_at), _utc_text(deadline),
-                 recipients, skipped, batches, _now(), snapshot, int(streaming)),
+                 recipients, skipped, batches, _now(), snapshot, int(streaming), content),
             )
 
     # --- a streamed snapshot: appended to while the campaign sends ------------------------
 
     def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
         snapshot = self._begin_snapshot(campaign_id)
         self._commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
-            send_at=send_at, deadline=deadline, streaming=True,
+            send_at=send_at, deadline=deadline, streaming=True, content=content,
         )
 
     def extend(
@@ -1322,9 +1334,10 @@ class SqliteJournal:
     (synchronous=FULL), then resolves each caller: an ``await`` returns once its write is durable.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, on_schema: SchemaListener | None = None) -> None:
         self.path = path
         self.location = str(path)
+        self._on_schema = on_schema
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: SqliteConnection | None = None
@@ -1354,6 +1367,9 @@ class SqliteJournal:
         except BaseException:
             self._lock.release()
             raise
+        found = None if self._connection is None else self._connection.upgraded_from
+        if found and self._on_schema is not None:  # (0: a new file, made at this version)
+            self._on_schema(SchemaNews("journal_upgraded", self.location, found, SCHEMA_VERSION))
 
     async def close(self) -> None:
         """Finish every queued operation, then close the connection and stop the thread."""
@@ -1461,7 +1477,7 @@ class SqliteJournal:
 
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -1481,7 +1497,7 @@ class SqliteJournal:
             await self._call(
                 SqliteConnection._commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
                 file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
-                zones=zones,
+                content=content, zones=zones,
             )
             swapped = True
         finally:
@@ -1490,12 +1506,12 @@ class SqliteJournal:
 
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime,
+        send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """`Journal.open_stream`."""
         await self._call(
             SqliteConnection.open_stream, campaign_id=campaign_id, type=type, file=file,
-            fingerprint=fingerprint, send_at=send_at, deadline=deadline,
+            fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
         )
 
     async def extend(
