@@ -40,10 +40,12 @@ from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.report import (
     LISTINGS,
+    RECIPIENT_COLUMNS,
     Listing,
     listed_total,
     recipient_columns,
     recipient_rows,
+    resent_rows,
     valid_status,
     write_rows,
     write_summary,
@@ -387,9 +389,14 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--campaign", metavar="ID", help="only this campaign")
-    parser.add_argument("--status", type=_status, metavar="STATUS",
-                        help="list the recipients in this outcome: " + ", ".join(LISTINGS)
-                        + " (pending: no final outcome yet)")
+    listing = parser.add_mutually_exclusive_group()
+    listing.add_argument("--status", type=_status, metavar="STATUS",
+                         help="list the recipients in this outcome: " + ", ".join(LISTINGS)
+                         + " (pending: no final outcome yet)")
+    listing.add_argument("--resent", action="store_true",
+                         help="list the recipients whose message was posted again after an "
+                         "ambiguous outcome (a restart, a takeover, a timeout): each may have "
+                         "received it twice")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
                         help="table (default; at most 1,000 rows), json or csv (every row)")
 
@@ -402,7 +409,8 @@ def _status(value: str) -> Listing:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Outcomes per campaign, or (with --status) the recipients in one outcome."""
+    """Outcomes per campaign, or the recipients in one outcome (--status) or resent
+    (--resent)."""
     config = _config(args)
     if not config.journal_location().exists:
         print(f"no journal at {config.paths.state} yet: nothing has been sent", file=sys.stderr)
@@ -412,7 +420,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UserError.single(
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
             )
-        if args.status is None:
+        if args.resent:
+            write_rows(resent_rows(journal, args.campaign), RECIPIENT_COLUMNS, args.format,
+                       sys.stdout, "Recipients: resent (possible duplicates)",
+                       total=listed_total(journal, "resent", args.campaign))
+        elif args.status is None:
             write_summary(journal, args.campaign, args.format, sys.stdout,
                           delivery=config.delivery_reports.poll)
         else:

@@ -19,8 +19,8 @@ from scheduler.vocabulary import ENDED
 
 DAEMON_COLUMNS = ("role", "host", "pid", "since")
 CAMPAIGN_COLUMNS = (
-    "campaign", "type", "state", "sent", "recipients", "pending", "rate_per_s", "eta", "stage",
-    "stage_starts", "awaiting_status", "error",
+    "campaign", "type", "state", "sent", "recipients", "pending", "resent", "rate_per_s", "eta",
+    "stage", "stage_starts", "awaiting_status", "error",
 )
 
 
@@ -71,6 +71,8 @@ def _campaign(journal: JournalReader, record: CampaignRecord, now: datetime) -> 
     return {
         "campaign": record.id, "type": record.type, "state": record.state, "sent": sent,
         "recipients": record.recipients, "pending": pending,
+        # posted again after an ambiguous outcome: possible duplicates (`report --resent`)
+        "resent": counts.get("resent", 0),
         "rate_per_s": round(rate, 1) if rate else None, "eta": eta,
         "stage": record.stage + 1 if record.stage or record.stage_at else None,
         "stage_starts": utc_text(record.stage_at) if record.stage_at else None,

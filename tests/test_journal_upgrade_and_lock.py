@@ -77,7 +77,7 @@ def test_a_v1_journal_is_migrated_in_place(v1_workspace: Path) -> None:
     assert record is not None and (record.state, record.stage) == ("running", 0)
     assert (record.recipients, record.skipped, record.batches) == (1200, 2, 12)
     assert counts == {"sent": 600, "rejected": 0, "expired": 0, "in_doubt": 0, "skipped": 2,
-                      "pending": 600}
+                      "pending": 600, "resent": 0}
     assert states == {"pending": 4, "in_flight": 2}
     assert sum(len(batch.rows) for batch in unlogged) == 100
     with sqlite3.connect(v1_workspace / "state" / "journal.sqlite3") as db:
@@ -160,7 +160,7 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes
