@@ -28,8 +28,8 @@ from scheduler.metrics import Metrics
 from scheduler.report import RECIPIENT_COLUMNS
 from scheduler.service import open_engine
 from scheduler.vocabulary import CampaignState
+from tests.engine_helpers import KEY, Setup, drive, make_setup
 from tests.helpers import MACHINE_VARIABLES, StartSandbox, write_config
-from tests.test_sender import KEY, Setup, drive, make_setup
 
 
 @pytest.fixture(autouse=True)
