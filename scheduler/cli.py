@@ -41,10 +41,12 @@ from scheduler.phones import normalise
 from scheduler.planning import PLAN_COLUMNS, no_journal_line, plan_rows
 from scheduler.report import (
     LISTINGS,
+    RECIPIENT_COLUMNS,
     Listing,
     listed_total,
     recipient_columns,
     recipient_rows,
+    resent_rows,
     valid_status,
     write_rows,
     write_summary,
@@ -425,9 +427,14 @@ def _busy(exc: JournalBusy, config: Config, now: datetime) -> str:
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--campaign", metavar="ID", help="only this campaign")
-    parser.add_argument("--status", type=_status, metavar="STATUS",
-                        help="list the recipients in this outcome: " + ", ".join(LISTINGS)
-                        + " (pending: no final outcome yet)")
+    listing = parser.add_mutually_exclusive_group()
+    listing.add_argument("--status", type=_status, metavar="STATUS",
+                         help="list the recipients in this outcome: " + ", ".join(LISTINGS)
+                         + " (pending: no final outcome yet)")
+    listing.add_argument("--resent", action="store_true",
+                         help="list the recipients whose message was posted again after an "
+                         "ambiguous outcome (a restart, a takeover, a timeout): each may have "
+                         "received it twice")
     parser.add_argument("--phone", type=_phone, metavar="PHONE",
                         help="every row of this phone (+380501234567; spaces and dashes are "
                         "fine) in every campaign: its outcome, when, and its delivery status")
@@ -452,7 +459,8 @@ def _phone(value: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Outcomes per campaign, or (with --status) the recipients in one outcome."""
+    """Outcomes per campaign, or the recipients in one outcome (--status) or resent
+    (--resent)."""
     config = _config(args)
     if not config.journal_location().exists:
         print(f"no journal at {config.paths.state} yet: nothing has been sent", file=sys.stderr)
@@ -470,6 +478,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             write_rows(rows, PHONE_COLUMNS, args.format, sys.stdout, f"Rows of {args.phone}")
             if not rows:
                 print(f"no row of {args.phone} in the journal", file=sys.stderr)
+        elif args.resent:
+            write_rows(resent_rows(journal, args.campaign), RECIPIENT_COLUMNS, args.format,
+                       sys.stdout, "Recipients: resent (possible duplicates)",
+                       total=listed_total(journal, "resent", args.campaign))
         elif args.status is None:
             write_summary(journal, args.campaign, args.format, sys.stdout,
                           delivery=config.delivery_reports.poll)

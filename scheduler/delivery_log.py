@@ -64,6 +64,7 @@ class MessageOutcome(NamedTuple):
     error_code: str | None = None  # for rejected
     reason: str | None = None  # why not sent (skip reason, expiry, doubt)
     line: int | None = None  # the CSV line of a skipped row
+    resent: bool = False  # posted again after an ambiguous outcome: ``"resent": true``
 
 
 class SentMessages(NamedTuple):
@@ -73,6 +74,7 @@ class SentMessages(NamedTuple):
     message_ids: Sequence[str | None]
     phones: Sequence[str]
     attempts: int
+    resent: bool = False  # posted again after an ambiguous outcome: ``"resent": true``
 
 
 class DeliveryLine(NamedTuple):
@@ -105,6 +107,8 @@ def mask_phone(phone: str) -> str:
 
 
 _STARS = tuple("*" * n for n in range(32))
+#: what a message line posted again after an ambiguous outcome carries (SPEC §13.4)
+_RESENT = ',"resent":true'
 _DIGITS = b"0123456789"
 #: printable ASCII but the quote and the backslash: text JSON keeps as it is
 _SAFE_BYTES = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
@@ -269,7 +273,8 @@ class DeliveryLog:
         chunks = [
             self._templated(head, tail, run) if _plain(run.message_ids)
             else self._lines(stamp, campaign, route, [  # an odd message id: the careful path
-                MessageOutcome(tid, "sent", phone, run.attempts, message_id=mid or "")
+                MessageOutcome(tid, "sent", phone, run.attempts, message_id=mid or "",
+                               resent=run.resent)
                 for tid, mid, phone in zip(run.tracking_ids, run.message_ids, run.phones,
                                            strict=True)
             ])
@@ -285,7 +290,7 @@ class DeliveryLog:
             len(run.tracking_ids), head, run.tracking_ids, '","status":"sent","message_id":"',
             cast(Sequence[str], run.message_ids),  # _plain ruled out None
             '","phone":"', _masked(run.phones) if self._mask else run.phones,
-            f'","attempts":{run.attempts}{tail}',
+            f'","attempts":{run.attempts}{_RESENT if run.resent else ""}{tail}',
         ).encode()
 
     def deliveries(self, rows: Iterable[DeliveryLine]) -> None:
@@ -324,6 +329,8 @@ class DeliveryLog:
             line["line"] = row.line
         line["phone"] = mask_phone(row.phone) if self._mask else row.phone
         line["attempts"] = row.attempts
+        if row.resent:
+            line["resent"] = True
         line["channel_route"] = route
         return line
 

@@ -82,6 +82,11 @@ class Metrics:
             "cascade_messages", "Recipients' final outcomes, by message type",
             ["type", "outcome"], registry=r,
         )
+        self.resent = Counter(
+            "cascade_resent_messages", "Messages posted again after an ambiguous outcome (a "
+            "restart, a takeover, a timeout): each may have reached its recipient twice",
+            registry=r,
+        )
         self.skips = Counter(
             "cascade_skipped", "Audience rows skipped, by reason", ["reason"], registry=r,
         )

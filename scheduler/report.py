@@ -5,6 +5,10 @@ re-targeting), streamed so a million-row export needs no memory. ``--status pend
 recipients that have no final outcome yet (a cancelled campaign's unsent rows, for instance), so
 every row of every audience is accounted for.
 
+With ``--resent`` it lists the recipients whose message was posted again after an ambiguous
+outcome (a restart, a takeover, a timeout; SPEC §13.4): each may have received it twice. The
+summary counts them per campaign (``resent``, also counted in their outcome).
+
 With delivery reports (SPEC §11.3), the summary also says what became of the sent messages
 (delivered, undeliverable, permanenterror, unknown, awaiting; delivered per channel; the cost
 per currency; the median time to delivery), and ``--status delivered`` (or undeliverable,
@@ -47,10 +51,11 @@ LISTINGS: tuple[str, ...] = (*OUTCOMES, "pending", *DELIVERY_LISTINGS)
 
 SUMMARY_COLUMNS = (
     "campaign", "type", "state", "send_at", "recipients", "skipped",
-    "sent", "rejected", "expired", "in_doubt", "pending", "note",
+    "sent", "rejected", "expired", "in_doubt", "pending", "resent", "note",
 )
 NUMERIC_COLUMNS = frozenset(
     {"recipients", "valid", "skipped", "sent", "rejected", "expired", "in_doubt", "pending",
+     "resent",
      "attempts", "line", "delivered", "undeliverable", "permanenterror", "unknown", "awaiting",
      "awaiting_status", "parts", "median_delivery"}
 )
@@ -73,8 +78,8 @@ DELIVERY_COLUMNS = (
 TABLE_ROWS = 1_000
 #: columns a narrow terminal hides first, in this order; the others are never hidden
 _HIDE_FIRST = (
-    "type", "send_at", "attempts", "in_doubt", "expired", "rejected", "recipients", "skipped",
-    "valid", "status",
+    "type", "send_at", "attempts", "in_doubt", "resent", "expired", "rejected", "recipients",
+    "skipped", "valid", "status",
 )
 #: columns whose text may wrap onto more lines (everything else is kept whole on one line)
 _WRAPPING = frozenset({"detail", "note", "by_channel", "cost"})
@@ -141,13 +146,29 @@ def summary_rows(journal: JournalReader, campaign_id: str | None = None) -> list
     return rows
 
 
-def listed_total(journal: JournalReader, status: Listing, campaign_id: str | None) -> int:
-    """How many recipients ``report --status status`` lists (from the counts: no listing)."""
+def listed_total(
+    journal: JournalReader, status: Listing | Literal["resent"], campaign_id: str | None,
+) -> int:
+    """How many recipients ``report --status status`` (or ``--resent``) lists (from the
+    counts: no listing)."""
     return sum(
-        (journal.delivery_counts(record.id).statuses if is_delivery(status)
+        (journal.delivery_counts(record.id).statuses if status in DELIVERY_LISTINGS
          else journal.counts(record.id)).get(status, 0)
         for record in journal.campaigns() if campaign_id is None or record.id == campaign_id
     )
+
+
+def resent_rows(journal: JournalReader, campaign_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every recipient whose message was posted again after an ambiguous outcome (of one
+    campaign, or of all), streamed: the possible duplicates. Its final outcome and detail (the
+    messageId of the answer kept, for a sent one) say what the journal knows of it."""
+    for record in journal.campaigns():
+        if campaign_id is not None and record.id != campaign_id:
+            continue
+        for row in journal.recipients(record.id, resent=True):
+            yield {"campaign": record.id, "tracking_id": row.tracking_id, "phone": row.phone,
+                   "status": row.outcome, "at": "" if row.at is None else utc_text(row.at),
+                   "detail": row.detail or "", "attempts": row.attempts}
 
 
 def recipient_rows(

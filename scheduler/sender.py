@@ -18,7 +18,7 @@ import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, overload
@@ -177,6 +177,7 @@ class _Job:
     done: asyncio.Future[None] = field(compare=False)
     body: bytes | None = field(compare=False, default=None)  # the stored JSON, if all open
     until: datetime | None = field(compare=False, default=None)  # its send window closes
+    doubtful: bool = field(compare=False, default=False)  # `BatchRecord.doubtful`
 
 
 class Engine:
@@ -615,6 +616,7 @@ class Engine:
                 body = None if batch.decided else batch.body
                 self._queue.put_nowait(_Job(
                     run.priority, next(self._order), run, batch.seq, messages, done, body, until,
+                    batch.doubtful,
                 ))
             if len(staged) < len(page):
                 break  # the rest belongs to later roll-out stages
@@ -797,22 +799,26 @@ class Engine:
         count = sum(len(batch.rows) for batch in pending)
         seen = self.log.recent_message_ids(cid, TAIL_BYTES_PER_LINE * count)
         self.log.messages(cid, run.route, [
-            _outcome_line(row.tracking_id, row.outcome, row.phone, row.attempts, row.detail)
+            _outcome_line(row.tracking_id, row.outcome, row.phone, row.attempts, row.detail,
+                          row.resent)
             for batch in pending for row in batch.rows if row.tracking_id not in seen
         ])
         await self.journal.mark_logged(cid, [(batch.seq, batch.held) for batch in pending])
 
     async def _settle_crashed(self, run: CampaignRun) -> None:
-        """Batches left in flight by a crash: resent (at-least-once) or in doubt (at-most-once)."""
+        """Batches that may have reached the API already (left in flight by a crash or a
+        deposed leader, or given back after an ambiguous answer): resent under at-least-once
+        (then counted and logged as resent), in doubt under at-most-once."""
         if self.sending.delivery != "at-most-once":
             return
         after = -1
         while page := await self.journal.open_batches(run.campaign.id, after, PAGE):
             for batch in page:
                 after = batch.seq
-                if batch.state != "in_flight":
+                if not batch.doubtful:
                     continue
-                why = "in flight when the process stopped"
+                why = ("in flight when the process stopped" if batch.state == "in_flight"
+                       else "posted before without a clear answer")
                 results = _all(_open_messages(batch), "in_doubt", why, batch.attempts)
                 await self._record(run, batch.seq, results)
 
@@ -866,7 +872,7 @@ class Engine:
         until = job.until or run.deadline
         if self.clock() >= until:
             return None  # its send window closed while it waited: pending, for the next one
-        outcomes = _Outcomes()
+        outcomes = _Outcomes(job.doubtful)
         messages, body = job.messages, job.body
         if run.caps:
             messages = self._capped(run, messages, outcomes)
@@ -876,28 +882,32 @@ class Engine:
         with self.metrics.journal_write.time():
             await self.journal.mark_in_flight(run.campaign.id, [job.seq])
         try:
-            await self._deliver(run, messages, outcomes, body, until)
+            await self._deliver(run, messages, outcomes, body, until, _Doubt(job.doubtful))
         except Deferred:
             await self._defer(run, job, outcomes)
             raise
         return outcomes.results
 
     async def _defer(self, run: CampaignRun, job: _Job, outcomes: _Outcomes) -> None:
-        """Keep what was decided; the rest of the batch goes back to pending."""
+        """Keep what was decided; the rest of the batch goes back to pending (doubtful when
+        a post of it may have reached the API: posting it later is a resend)."""
+        doubtful = outcomes.doubtful
         if not outcomes.results:
-            await self.journal.release(run.campaign.id, [job.seq])
+            await self.journal.release(run.campaign.id, [job.seq], doubtful=doubtful)
             return
-        held = await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results)
+        held = await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results,
+                                                 doubtful=doubtful)
         self._recorded(run, job.seq, held, outcomes.results)
 
     async def _deliver(
         self, run: CampaignRun, part: Sequence[Message], out: _Outcomes, body: bytes | None,
-        until: datetime,
+        until: datetime, doubt: _Doubt,
     ) -> None:
         """Post ``part`` until each message is final; raise `Deferred` to stop trying for now.
 
         ``body``, when given, is ``part`` already serialised (a whole batch as stored);
-        ``until`` is when its send window closes (else the deadline).
+        ``until`` is when its send window closes (else the deadline); ``doubt`` says whether
+        a post of ``part`` may have reached the API already (then the next is a resend).
         """
         at_most_once = self.sending.delivery == "at-most-once"
         attempt = 0
@@ -905,22 +915,25 @@ class Engine:
             if self.refused is not None or run.stop.is_set():
                 raise Deferred
             if self.clock() >= run.deadline:
-                out.add(part, "expired", EXPIRED_REASON, attempt)
+                out.add(part, "expired", EXPIRED_REASON, attempt, doubt.resent)
                 return
             if self.clock() >= until:
                 raise Deferred  # its send window closed: the rest waits for the next one
             attempt += 1
+            doubt.resent = doubt.resent or doubt.doubtful  # this post may double the first
             reply = await self._post(run, part, body, until)
             if isinstance(reply, Accepted):
                 body = None
-                part = out.accept(part, reply.message_ids, attempt)
+                part = out.accept(part, reply.message_ids, attempt, doubt.resent)
                 if part and at_most_once:
                     out.add(part, "in_doubt", "the API's answer left this message out", attempt)
                     return
+                if part:  # left out of the answer: they may have been accepted all the same
+                    out.doubted(doubt)
                 reply_status: int | None = 200
                 retry_after: float | None = None
             elif isinstance(reply, Rejected):
-                await self._split(run, part, reply, out, attempt, until)
+                await self._split(run, part, reply, out, attempt, until, doubt)
                 return
             elif isinstance(reply, Unauthorized):
                 self.refused = CredentialsRefused(reply.status)
@@ -929,6 +942,8 @@ class Engine:
                 if reply.ambiguous and at_most_once:
                     out.add(part, "in_doubt", reply.reason, attempt)
                     return
+                if reply.ambiguous:
+                    out.doubted(doubt)
                 reply_status, retry_after = reply.status, reply.retry_after
             if not part:
                 return
@@ -939,16 +954,17 @@ class Engine:
 
     async def _split(
         self, run: CampaignRun, part: Sequence[Message], reply: Rejected, out: _Outcomes,
-        attempt: int, until: datetime,
+        attempt: int, until: datetime, doubt: _Doubt,
     ) -> None:
         """A 400 refuses the whole request: halve it until the bad messages stand alone."""
         if len(part) == 1:
-            out.add(part, "rejected", reply.code or f"HTTP {reply.status}", attempt)
+            out.add(part, "rejected", reply.code or f"HTTP {reply.status}", attempt,
+                    doubt.resent)
             return
         middle = len(part) // 2
-        await self._deliver(run, part[:middle], out, None, until)
+        await self._deliver(run, part[:middle], out, None, until, replace(doubt))
         self._brake_midway(run, out)
-        await self._deliver(run, part[middle:], out, None, until)
+        await self._deliver(run, part[middle:], out, None, until, replace(doubt))
 
     def _brake_midway(self, run: CampaignRun, out: _Outcomes) -> None:
         """Trip the brake inside a batch whose 400s are being split, once the outcomes
@@ -1051,14 +1067,18 @@ class Engine:
         """The batch's lines (sent ones templated, per run), its counters, its progress."""
         cid, counted = run.campaign.id, self.metrics.messages
         self.log.sent(cid, run.route, [
-            SentMessages(part.tracking_ids, part.details, part.phones, part.attempts)
+            SentMessages(part.tracking_ids, part.details, part.phones, part.attempts,
+                         part.resent)
             for part in results.runs if part.outcome == "sent"
         ])
         counted.labels(run.campaign.type, "sent").inc(results.counts.get("sent", 0))
+        if results.resent:
+            self.metrics.resent.inc(results.resent)
         others = [part for part in results.runs if part.outcome != "sent"]
         if others:
             self.log.messages(cid, run.route, [
-                _outcome_line(tracking_id, part.outcome, phone, part.attempts, detail)
+                _outcome_line(tracking_id, part.outcome, phone, part.attempts, detail,
+                              part.resent)
                 for part in others
                 for tracking_id, detail, phone in zip(part.tracking_ids, part.details,
                                                       part.phones, strict=True)
@@ -1074,21 +1094,39 @@ class Engine:
 _ID, _PHONE = operator.itemgetter("id"), operator.itemgetter("toPhone")
 
 
+@dataclass
+class _Doubt:
+    """Where one part of a batch stands (SPEC §13.4): ``doubtful`` once a post of it may have
+    reached the API without a clear answer, ``resent`` once it was posted again after that
+    (every outcome it then gets is marked resent: it may have gone twice)."""
+
+    doubtful: bool = False
+    resent: bool = False
+
+
 class _Outcomes:
-    """The final outcomes decided so far for one batch (across retries and splits)."""
+    """The final outcomes decided so far for one batch (across retries and splits), and
+    whether any post of its open messages may have reached the API (``doubtful``)."""
 
-    __slots__ = ("results",)
+    __slots__ = ("doubtful", "results")
 
-    def __init__(self) -> None:
+    def __init__(self, doubtful: bool = False) -> None:
         self.results = Results()
+        self.doubtful = doubtful
 
     def add(
-        self, part: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int
+        self, part: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int,
+        resent: bool = False,
     ) -> None:
-        self.results.add(_run(part, outcome, detail, attempts))
+        self.results.add(_run(part, outcome, detail, attempts, resent))
+
+    def doubted(self, doubt: _Doubt) -> None:
+        """A post of ``doubt``'s part had an ambiguous outcome: the next one is a resend."""
+        doubt.doubtful = self.doubtful = True
 
     def accept(
         self, part: Sequence[Message], ids: Mapping[str, str], attempts: int,
+        resent: bool = False,
     ) -> list[Message]:
         """Record the accepted messages as sent; return those the answer left out."""
         tracking = _ids(part)
@@ -1097,12 +1135,13 @@ class _Outcomes:
         else:
             message_ids = list(map(ids.get, tracking))
         if all(message_ids):  # every message named: one run, no Python code per message
-            self.results.add(Run("sent", attempts, tracking, message_ids, _phones(part)))
+            self.results.add(Run("sent", attempts, tracking, message_ids, _phones(part), resent))
             return []
         named = [message_id is not None for message_id in message_ids]
         sent = list(itertools.compress(part, named))
         self.results.add(Run("sent", attempts, list(map(_ID, sent)),
-                             [m for m in message_ids if m is not None], list(map(_PHONE, sent))))
+                             [m for m in message_ids if m is not None], list(map(_PHONE, sent)),
+                             resent))
         return [message for message, found in zip(part, named, strict=True) if not found]
 
 
@@ -1194,20 +1233,25 @@ def _open_messages(batch: BatchRecord) -> Sequence[Message]:
 
 
 def _outcome_line(
-    tracking_id: str, outcome: str, phone: str, attempts: int, detail: str | None
+    tracking_id: str, outcome: str, phone: str, attempts: int, detail: str | None,
+    resent: bool = False,
 ) -> MessageOutcome:
     """A final outcome as its delivery-log ``message`` line (the detail goes where it fits)."""
     sent, rejected = outcome == "sent", outcome == "rejected"
     return MessageOutcome(
         tracking_id, outcome, phone, attempts,
         detail if sent else None, detail if rejected else None,
-        None if sent or rejected else detail,
+        None if sent or rejected else detail, resent=resent,
     )
 
 
-def _run(messages: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int) -> Run:
+def _run(
+    messages: Sequence[Message], outcome: Outcome, detail: str | None, attempts: int,
+    resent: bool = False,
+) -> Run:
     """The same final outcome for every message of ``messages``."""
-    return Run(outcome, attempts, _ids(messages), [detail] * len(messages), _phones(messages))
+    return Run(outcome, attempts, _ids(messages), [detail] * len(messages), _phones(messages),
+               resent)
 
 
 def _all(

@@ -26,8 +26,8 @@ RolloutOf = Callable[[CampaignRecord], Rollout | None]
 
 DAEMON_COLUMNS = ("role", "host", "pid", "since")
 CAMPAIGN_COLUMNS = (
-    "campaign", "type", "state", "sent", "recipients", "pending", "rate_per_s", "eta", "stage",
-    "stage_starts", "awaiting_status", "error",
+    "campaign", "type", "state", "sent", "recipients", "pending", "resent", "rate_per_s", "eta",
+    "stage", "stage_starts", "awaiting_status", "error",
 )
 
 
@@ -105,6 +105,8 @@ def _campaign(
     return {
         "campaign": record.id, "type": record.type, "state": record.state, "sent": sent,
         "recipients": record.recipients, "pending": pending,
+        # posted again after an ambiguous outcome: possible duplicates (`report --resent`)
+        "resent": counts.get("resent", 0),
         "rate_per_s": round(rate, 1) if rate else None, "eta": eta,
         "stage": record.stage + 1 if staged else None,
         "stages": len(rollout.stages) if rollout is not None else None,

@@ -352,16 +352,22 @@ def test_sigkill_mid_campaign_every_recipient_ends_final(
     assert ids == sorted(expected_ids("big", STOP_SIZE)), "a recipient lost or final twice"
     assert counts["pending"] == 0 and counts["sent"] + counts["in_doubt"] == STOP_SIZE
     outcomes = Counter(row.outcome for row in rows)
-    assert outcomes == Counter({k: v for k, v in counts.items() if k != "pending" and v})
+    assert outcomes == Counter(
+        {k: v for k, v in counts.items() if k not in ("pending", "resent") and v})
     hits = accepted(sandbox.record(), "big")
-    print(f"{delivery}: duplicates {_duplicates(hits)}, in_doubt {counts['in_doubt']}")
+    print(f"{delivery}: duplicates {_duplicates(hits)}, in_doubt {counts['in_doubt']}, "
+          f"resent {counts['resent']}")
     assert {row.tracking_id for row in rows if row.outcome == "sent"} <= set(hits)
+    resent = {row.tracking_id for row in rows if row.resent}
     if delivery == "at-least-once":
         assert counts["in_doubt"] == 0
         assert _duplicates(hits) <= IN_FLIGHT_MAX
+        # what was in flight at the kill is resent, and every duplicate is among it (issue 23)
+        assert counts["resent"] == len(resent) <= IN_FLIGHT_MAX
+        assert {tid for tid, times in hits.items() if times > 1} <= resent
     else:
         assert counts["in_doubt"] <= IN_FLIGHT_MAX
-        assert _duplicates(hits) == 0
+        assert _duplicates(hits) == 0 and counts["resent"] == 0
 
 
 # ---------------------------------------------------------------------------------- TTL rule

@@ -323,7 +323,7 @@ def _sent_runs(draw: st.DrawFn) -> SentMessages:
     phones = draw(st.one_of(st.lists(_E164, min_size=size, max_size=size),
                             st.lists(_ANY_PHONE, min_size=size, max_size=size),
                             _one_length(size)))
-    return SentMessages(ids, message_ids, phones, draw(st.integers(1, 9)))
+    return SentMessages(ids, message_ids, phones, draw(st.integers(1, 9)), draw(st.booleans()))
 
 
 def assert_sent_writes_what_messages_writes(
@@ -334,7 +334,8 @@ def assert_sent_writes_what_messages_writes(
     slow = DeliveryLog(folder / "slow.jsonl", phones=phones)  # type: ignore[arg-type]
     fast.sent("camp", "standard", runs)
     slow.messages("camp", "standard", [
-        MessageOutcome(tracking_id, "sent", phone, run.attempts, message_id=message_id or "")
+        MessageOutcome(tracking_id, "sent", phone, run.attempts, message_id=message_id or "",
+                       resent=run.resent)
         for run in runs
         for tracking_id, message_id, phone in zip(
             run.tracking_ids, run.message_ids, run.phones, strict=True)

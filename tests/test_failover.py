@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from daemon_helpers import (
     API_KEY,
@@ -29,6 +30,7 @@ from daemon_helpers import (
     poll,
     utc_seconds_from_now,
 )
+from tcp_proxy import TcpProxy
 
 from scheduler.config import load_config
 from scheduler.journal import JournalReader, open_journal
@@ -41,12 +43,17 @@ COUNT = 2000  # 40 batches at 8/s: about 5 s of sending
 class Pair:
     """Daemon A and daemon B on one journal and one campaigns folder, each with a sandbox."""
 
-    def __init__(self, root: Path, url: str, delivery: str = "at-least-once") -> None:
+    def __init__(
+        self, root: Path, url: str, delivery: str = "at-least-once", *, latency_ms: int = 150,
+        url_a: str | None = None,
+    ) -> None:
+        """``url_a``: where A finds the journal, if not at ``url`` (through a proxy)."""
         sending = {**SENDING, "delivery": delivery}
-        self.sandboxes = [SandboxProcess(root / f"record-{n}.jsonl", "--latency-ms", "150")
-                          for n in "ab"]
+        self.sandboxes = [
+            SandboxProcess(root / f"record-{n}.jsonl", "--latency-ms", str(latency_ms))
+            for n in "ab"]
         self.a = Workspace(root / "a", base_url=self.sandboxes[0].url, sending=sending,
-                           journal_url=url, lease=LEASE)
+                           journal_url=url_a or url, lease=LEASE)
         self.b = Workspace(root / "b", base_url=self.sandboxes[1].url, sending=sending,
                            journal_url=url, lease=LEASE, shared_campaigns=self.a.campaigns)
         self.daemons = [DaemonProcess(self.a, CASCADE_API_KEY=API_KEY),
@@ -267,3 +274,125 @@ def test_status_names_the_leader_and_the_standby(pair: Pair) -> None:
     roles = {(d["role"], d["pid"]) for d in json.loads(done.stdout)["daemons"]}
     assert roles == {("leader", a.pid), ("standby", b.pid)}
     assert a.stop() == 0 and b.stop() == 0
+
+
+# --- what an operator sees after a takeover (issue 23: resends are visible) ---------------
+# The sandboxes are slowed (SLOW ms per request) so that requests are surely in flight when
+# the leader is frozen or cut off: their answers reach nobody who can record them, and the
+# new leader posts those batches again (at-least-once) or leaves them in doubt (at-most-once).
+
+SLOW = 500  # ms the slowed sandboxes take per request
+SMALL = 1000  # recipients: 20 batches, a few seconds of sending at 4 requests/s
+
+
+def batch_in_flight(workspace: Workspace, cid: str) -> bool:
+    """True when the journal has a batch of ``cid`` marked in flight (posted, not answered)."""
+    with JournalReader(open_journal(load_config(workspace.config).journal_location())) as journal:
+        return any(batch.state == "in_flight" for batch in journal.open_batches(cid))
+
+
+def outcomes(workspace: Workspace, cid: str) -> dict[str, str]:
+    """Every recipient's final outcome in the shared journal, by tracking id."""
+    with JournalReader(open_journal(load_config(workspace.config).journal_location())) as journal:
+        return {row.tracking_id: row.outcome for row in journal.recipients(cid)}
+
+
+def report_resent(workspace: Workspace, cid: str) -> set[str]:
+    """The tracking ids `report --campaign CID --resent` lists (the possible duplicates)."""
+    from tests.helpers import run_cli
+
+    done = run_cli(["report", "--config", str(workspace.config), "--campaign", cid,
+                    "--resent", "--format", "json"])
+    assert done.returncode == 0, done.stderr
+    return {row["tracking_id"] for row in orjson.loads(done.stdout)}
+
+
+def every_duplicate_is_visible(pair: Pair, cid: str, delivery: str) -> None:
+    """After the campaign is done: at-least-once, every tracking id the API accepted more
+    than once is listed by `report --resent` (counted as resent, and its delivery-log line
+    says so); at-most-once, nothing was accepted twice and whatever the old leader posted
+    without recording an answer is in doubt, never posted again."""
+    accepted = pair.accepted(cid)
+    _, counts = journal_state(pair.b, cid)
+    listed = report_resent(pair.b, cid)
+    if delivery == "at-least-once":
+        twice = {tid for tid, times in accepted.items() if times > 1}
+        print(f"{cid}: {len(twice)} accepted twice, {len(listed)} listed as resent")
+        assert twice, "requests were in flight: the new leader should have resent them"
+        assert twice <= listed, f"duplicates not listed: {sorted(twice - listed)[:5]}"
+        flagged = {line["tracking_id"] for line in pair.b.events("message")
+                   if line.get("resent") is True}
+        assert counts["resent"] == len(listed) and flagged == listed
+        return
+    assert max(accepted.values()) == 1 and listed == set() and counts["resent"] == 0
+    final = outcomes(pair.b, cid)
+    doubted = {tid for tid, outcome in final.items() if outcome == "in_doubt"}
+    posted_by_a = {r["trackinId"] for r in pair.records()[0]}
+    unrecorded = {tid for tid in posted_by_a if final[tid] != "sent"}
+    print(f"{cid}: {len(unrecorded)} accepted without a recorded answer, {len(doubted)} in doubt")
+    assert doubted and unrecorded <= doubted
+    assert doubted.isdisjoint(r["trackinId"] for r in pair.records()[1])
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("delivery", ["at-least-once", "at-most-once"])
+def test_a_frozen_leader_s_requests_in_flight_are_never_invisible_duplicates(
+    tmp_path: Path, postgres_url: str, delivery: str,
+) -> None:
+    """SIGSTOP of the leader while requests are in flight, longer than its lease (issue 23,
+    item 2): their answers come back to a frozen process; the standby takes over and posts
+    those batches again (at-least-once: every duplicate is listed by `report --resent`) or
+    leaves them in doubt (at-most-once: nothing reaches the API twice)."""
+    pair = Pair(tmp_path, postgres_url, delivery, latency_ms=SLOW)
+    try:
+        a, b = pair.start()
+        campaign(pair, "frozen", SMALL)
+        poll(lambda: len(pair.records()[0]) >= 200, 30, "A to be sending")
+        poll(lambda: batch_in_flight(pair.b, "frozen"), 10, "a batch in flight")
+        a.signal(signal.SIGSTOP)
+        took_over_at(pair.b)
+        a.signal(signal.SIGCONT)
+        poll(lambda: pair.a.events("leadership_lost"), 30, "A to step down")
+        counts = wait_done(pair, "frozen", timeout=90)
+        assert counts["pending"] == 0 and counts["sent"] + counts["in_doubt"] == SMALL
+        every_duplicate_is_visible(pair, "frozen", delivery)
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        pair.close()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("delivery", ["at-least-once", "at-most-once"])
+def test_a_leader_cut_off_from_the_database(
+    tmp_path: Path, postgres_server: Any, postgres_url: str, delivery: str,
+) -> None:
+    """A real partition (issue 23, item 12): A reaches PostgreSQL through a TCP proxy that
+    is cut (connections held open, nothing forwarded) while A's requests are in flight, for
+    longer than the lease. B takes over; A, cut off, posts nothing after B leads; once the
+    proxy heals, A steps down and stays up; every possible duplicate is listed
+    (at-least-once) or in doubt (at-most-once)."""
+    with TcpProxy("127.0.0.1", postgres_server.port) as proxy:
+        pair = Pair(tmp_path, postgres_url, delivery, latency_ms=SLOW,
+                    url_a=proxy.url(postgres_url))
+        try:
+            a, b = pair.start()
+            campaign(pair, "cut", SMALL)
+            poll(lambda: len(pair.records()[0]) >= 200, 30, "A to be sending")
+            poll(lambda: batch_in_flight(pair.b, "cut"), 10, "a batch in flight")
+            proxy.cut()
+            cut = datetime.now(UTC)
+            took = took_over_at(pair.b)
+            print(f"takeover after the cut: {(took - cut).total_seconds():.2f} s")
+            proxy.heal()
+            poll(lambda: pair.a.events("leadership_lost"), 30, "A to step down")
+            counts = wait_done(pair, "cut", timeout=90)
+            assert counts["pending"] == 0 and counts["sent"] + counts["in_doubt"] == SMALL
+            # A stopped before its lease could run out, and B took over only after it had:
+            # what A posted (its last requests, marked before the cut) landed before that
+            late = [r for r in pair.records()[0] if parse_ts(r["ts"]) > took]
+            assert late == [], f"A posted {len(late)} messages after B took over"
+            every_duplicate_is_visible(pair, "cut", delivery)
+            assert a.alive and "Traceback" not in a.stderr()
+            assert a.stop() == 0 and b.stop() == 0
+        finally:
+            pair.close()

@@ -378,6 +378,59 @@ async def test_each_listed_outcome_has_its_time_and_skips_have_none(journal: Jou
     assert listed[3].at is None
 
 
+async def test_a_batch_posted_before_is_doubtful_until_closed(journal: Journal) -> None:
+    """In flight (left so by a stopped process) means doubtful; released after an ambiguous
+    answer stays doubtful, whatever later releases say, partial records too; a clean release
+    of a batch never doubted leaves it clean (issue 23: a resend must be known as one)."""
+    await prepare(journal, "c", count=3, size=2)
+    assert {b.doubtful for b in await journal.open_batches("c")} == {False}
+    await journal.mark_in_flight("c", [0, 1, 2])
+    assert {b.doubtful for b in await journal.open_batches("c")} == {True}
+    await journal.release("c", [0], doubtful=True)
+    await journal.release("c", [1])
+    third = (await journal.open_batches("c"))[2]
+    await journal.record_partial("c", 2, results(third.body, only=1), doubtful=True)
+    opened = {b.seq: b for b in await journal.open_batches("c")}
+    assert {seq: (b.state, b.doubtful) for seq, b in opened.items()} == {
+        0: ("pending", True), 1: ("pending", False), 2: ("pending", True)}
+    await journal.mark_in_flight("c", [0])
+    await journal.release("c", [0])  # a later, certain failure does not clear the doubt
+    assert (await journal.open_batches("c", limit=1))[0].doubtful
+
+
+async def test_resent_messages_are_counted_listed_and_logged(journal: Journal) -> None:
+    """Outcomes of messages posted again after an ambiguous outcome keep that mark: counted
+    as ``resent`` (and in their outcome), listed alone with ``resent=True``, carried to the
+    unlogged rows, across partial records (issue 23)."""
+    await prepare(journal, "c", count=2, size=4)
+    ids = [f"c-{n}" for n in range(4)]
+    phones = [f"+38050{n:07d}" for n in range(4)]
+    await journal.record_partial("c", 0, Results([
+        Run("sent", 1, ids[:1], ["m0"], phones[:1]),
+        Run("sent", 2, ids[1:2], ["m1"], phones[1:2], resent=True),
+    ]), doubtful=True)
+    await journal.record_results("c", 0, [
+        Result("c-2", "rejected", "E1", 3, phones[2], resent=True),
+        Result("c-3", "sent", "m3", 3, phones[3]),
+    ])
+    counts = await journal.counts("c")
+    assert (counts["sent"], counts["rejected"], counts["resent"], counts["pending"]) == (
+        3, 1, 2, 4)
+    again = [(r.tracking_id, r.outcome, r.detail, r.attempts, r.phone, r.resent)
+             async for r in journal.recipients("c", resent=True)]
+    assert again == [("c-1", "sent", "m1", 2, phones[1], True),
+                     ("c-2", "rejected", "E1", 3, phones[2], True)]
+    assert [r.tracking_id async for r in journal.recipients("c", "sent", resent=True)] == [
+        "c-1"]
+    assert [r.resent async for r in journal.recipients("c")] == [False, True, True, False]
+    unlogged = await journal.unlogged("c")
+    assert [(r.tracking_id, r.resent) for r in unlogged[0].rows] == [
+        ("c-0", False), ("c-1", True), ("c-2", True), ("c-3", False)]
+    await journal.record_results("c", 1, results(
+        (await journal.open_batches("c", limit=1))[0].body))
+    assert (await journal.counts("c"))["resent"] == 2
+
+
 async def test_a_wrong_result_set_keeps_nothing(journal: Journal) -> None:
     """Too few results, a doubled id, or a closed batch: refused, and nothing is recorded."""
     await prepare(journal, "c", count=2, size=3)
@@ -521,7 +574,8 @@ async def test_a_frequency_cap_skips_inside_a_batch(journal: Journal) -> None:
               for r in results(body)[2:]]
     await journal.record_results("c", 0, sent + capped)
     assert await journal.counts("c") == {
-        "sent": 2, "rejected": 0, "expired": 0, "in_doubt": 0, "skipped": 2, "pending": 0}
+        "sent": 2, "rejected": 0, "expired": 0, "in_doubt": 0, "skipped": 2, "pending": 0,
+        "resent": 0}
     listed = [(r.tracking_id, r.detail) async for r in journal.recipients("c", "skipped")]
     assert listed == [(capped[0].tracking_id, "frequency_cap"), ("", "invalid_phone")]
     assert [len(b.rows) for b in await journal.unlogged("c")] == [3]

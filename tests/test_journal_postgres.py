@@ -207,7 +207,7 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
         await journal.close()
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
         row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
-    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 8
+    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 9
 
 
 async def test_times_are_the_databases_in_utc_and_text_may_hold_nul(postgres_url: str) -> None:

@@ -104,7 +104,8 @@ def test_prepare_records_the_snapshot(journal: SqliteConnection) -> None:
     assert record.started_at is None and record.finished_at is None
     assert list(journal.skips("c")) == skips
     assert journal.counts("c") == {
-        "sent": 0, "rejected": 0, "expired": 0, "in_doubt": 0, "skipped": 2, "pending": 12}
+        "sent": 0, "rejected": 0, "expired": 0, "in_doubt": 0, "skipped": 2, "pending": 12,
+        "resent": 0}
     assert [m["id"] for m in orjson.loads(journal.open_batches("c")[1].body)] == [
         f"c-{n}" for n in range(4, 8)]
 
@@ -276,7 +277,8 @@ def test_results_counts_and_recipients(journal: SqliteConnection) -> None:
     journal.record_results("c", 0, mixed)
     journal.record_results("c", 1, results_for(open_[1].body))
     assert journal.counts("c") == {
-        "sent": 5, "rejected": 1, "expired": 1, "in_doubt": 1, "skipped": 0, "pending": 4}
+        "sent": 5, "rejected": 1, "expired": 1, "in_doubt": 1, "skipped": 0, "pending": 4,
+        "resent": 0}
     rejected = list(journal.recipients("c", "rejected"))
     assert [(r.tracking_id, r.phone, r.detail, r.attempts) for r in rejected] == [
         ("c-0", "+380500000000", "INVALID_PHONE", 2)]

@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from daemon_helpers import DaemonProcess, Workspace, clean_env, json_lines
 
@@ -72,13 +73,16 @@ def test_a_v1_journal_is_migrated_in_place(v1_workspace: Path) -> None:
     with SqliteConnection(v1_workspace / "state" / "journal.sqlite3") as journal:
         record = journal.campaign(CAMPAIGN)
         counts = journal.counts(CAMPAIGN)
-        states = Counter(b.state for b in journal.open_batches(CAMPAIGN, -1, 100))
+        opened = journal.open_batches(CAMPAIGN, -1, 100)
+        states = Counter(b.state for b in opened)
         unlogged = journal.unlogged(CAMPAIGN)
     assert record is not None and (record.state, record.stage) == ("running", 0)
     assert (record.recipients, record.skipped, record.batches) == (1200, 2, 12)
     assert counts == {"sent": 600, "rejected": 0, "expired": 0, "in_doubt": 0, "skipped": 2,
-                      "pending": 600}
+                      "pending": 600, "resent": 0}
     assert states == {"pending": 4, "in_flight": 2}
+    # what the killed process left in flight may have reached the API (schema 8)
+    assert all(b.doubtful == (b.state == "in_flight") for b in opened)
     assert sum(len(batch.rows) for batch in unlogged) == 100
     with sqlite3.connect(v1_workspace / "state" / "journal.sqlite3") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -93,6 +97,9 @@ def test_a_v1_journal_resumes_where_it_stopped(v1_workspace: Path) -> None:
     before = {line["tracking_id"]: line["message_id"]
               for line in json_lines(v1_workspace / "logs" / "delivery.jsonl")
               if line["event"] == "message" and line["status"] == "sent"}
+    with SqliteConnection(v1_workspace / "state" / "journal.sqlite3") as journal:
+        in_flight = {m["id"] for b in journal.open_batches(CAMPAIGN, -1, 100)
+                     if b.state == "in_flight" for m in orjson.loads(b.body)}
     done = cli("send", f"campaigns/{CAMPAIGN}.toml", "--now", "--config", "config.toml",
                cwd=v1_workspace)
     assert done.returncode == 0, done.stderr
@@ -101,7 +108,11 @@ def test_a_v1_journal_resumes_where_it_stopped(v1_workspace: Path) -> None:
     with SqliteConnection(v1_workspace / "state" / "journal.sqlite3") as journal:
         counts = journal.counts(CAMPAIGN)
         sent = {row.tracking_id: row.detail for row in journal.recipients(CAMPAIGN, "sent")}
+        resent_ids = {row.tracking_id for row in journal.recipients(CAMPAIGN, resent=True)}
     assert counts["sent"] == 1200 and counts["pending"] == 0 and counts["skipped"] == 2
+    # the batches the killed send left in flight were posted again: resent, and only they
+    assert counts["resent"] == len(in_flight) == 200
+    assert resent_ids == in_flight
     assert all(sent[tid] == mid for tid, mid in before.items())  # old outcomes kept
     resent = [line["trackinId"] for line in json_lines(v1_workspace / "state" / "sandbox.jsonl")]
     assert len(resent) == len(set(resent)) == 600  # only what the first run left open
@@ -110,6 +121,10 @@ def test_a_v1_journal_resumes_where_it_stopped(v1_workspace: Path) -> None:
                     for line in json_lines(v1_workspace / "logs" / "delivery.jsonl")
                     if line["event"] == "message" and line["status"] != "skipped")
     assert len(lines) == 1200 and set(lines.values()) == {1}
+    flagged = {line["tracking_id"]
+               for line in json_lines(v1_workspace / "logs" / "delivery.jsonl")
+               if line["event"] == "message" and line.get("resent")}
+    assert flagged == in_flight
     with SqliteConnection(v1_workspace / "state" / "journal.sqlite3") as journal:
         while journal.index_messages(4):
             pass
@@ -160,7 +175,7 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes

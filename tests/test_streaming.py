@@ -130,7 +130,7 @@ def message_lines(setup: Setup) -> list[dict[str, Any]]:
 def assert_all_once(setup: Setup, count: int, accepted: Counter[str] | dict[str, int]) -> None:
     """Every valid recipient sent once and accepted once; each bad row logged once, skipped."""
     assert setup.counts() == {"sent": count, "rejected": 0, "expired": 0, "in_doubt": 0,
-                              "skipped": len(BAD_ROWS), "pending": 0}
+                              "skipped": len(BAD_ROWS), "pending": 0, "resent": 0}
     assert len(accepted) == count and set(accepted.values()) == {1}
     lines = message_lines(setup)
     assert Counter(line["status"] for line in lines) == {"sent": count, "skipped": 2}
@@ -333,7 +333,7 @@ async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     past_ttl = lambda: datetime.now(UTC) + timedelta(hours=2)  # noqa: E731 (the ttl is 1 h)
     assert await send_streamed(setup, clock=past_ttl) == "expired"
     assert setup.counts() == {"sent": sent, "rejected": 0, "expired": 2000 - sent,
-                              "in_doubt": 0, "skipped": 2, "pending": 0}
+                              "in_doubt": 0, "skipped": 2, "pending": 0, "resent": 0}
     lines = message_lines(setup)
     assert Counter(line["status"] for line in lines) == Counter(  # sent may be 0: killed early
         {"sent": sent, "expired": 2000 - sent, "skipped": 2})

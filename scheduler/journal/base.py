@@ -139,6 +139,10 @@ class BatchRecord:
     decided: frozenset[str] = frozenset()  # ids already final (a partly recorded batch)
     zones: str | None = None  # its recipients' zones (`scheduler.window.zone_group`) if windowed
     keys: bytes | None = None  # its tracking ids and phones (`EncodedBatch.keys`), if stored
+    #: an earlier post of its open messages may have reached the API (SPEC §6: left in flight
+    #: by a process that stopped, or given back after an ambiguous answer): posting them again
+    #: is a resend, and under at-most-once they are in doubt instead
+    doubtful: bool = False
 
 
 class EncodedBatch(NamedTuple):
@@ -165,6 +169,7 @@ class Result(NamedTuple):
     detail: str | None  # message_id for sent, error code for rejected, why for in_doubt
     attempts: int
     phone: str = ""
+    resent: bool = False  # posted again after an ambiguous outcome: it may have gone twice
 
 
 class Run(NamedTuple):
@@ -176,6 +181,7 @@ class Run(NamedTuple):
     tracking_ids: Sequence[str]
     details: Sequence[str | None]  # as `Result.detail`: the API's messageId for sent
     phones: Sequence[str]
+    resent: bool = False  # as `Result.resent`
 
 
 class Results(Sequence[Result]):
@@ -183,11 +189,12 @@ class Results(Sequence[Result]):
     C-level list operations, not a thousand `Result` tuples (SPEC §12), and the journal counts
     outcomes per run. Read as a sequence it gives one `Result` per message, in order."""
 
-    __slots__ = ("_size", "counts", "runs")
+    __slots__ = ("_size", "counts", "resent", "runs")
 
     def __init__(self, runs: Iterable[Run] = ()) -> None:
         self.runs: list[Run] = []
         self.counts: dict[Outcome, int] = {}  # messages per outcome
+        self.resent = 0  # messages posted again after an ambiguous outcome (`Result.resent`)
         self._size = 0
         for run in runs:
             self.add(run)
@@ -198,12 +205,12 @@ class Results(Sequence[Result]):
         if isinstance(results, Results):
             return results
         runs = []
-        for (outcome, attempts), group in itertools.groupby(
-            results, key=lambda r: (r.outcome, r.attempts),
+        for (outcome, attempts, resent), group in itertools.groupby(
+            results, key=lambda r: (r.outcome, r.attempts, r.resent),
         ):
             rows = list(group)
             runs.append(Run(outcome, attempts, [r.tracking_id for r in rows],
-                            [r.detail for r in rows], [r.phone for r in rows]))
+                            [r.detail for r in rows], [r.phone for r in rows], resent))
         return cls(runs)
 
     def add(self, run: Run) -> None:
@@ -215,17 +222,21 @@ class Results(Sequence[Result]):
         if size:
             self.runs.append(run)
             self.counts[run.outcome] = self.counts.get(run.outcome, 0) + size
+            if run.resent:
+                self.resent += size
             self._size += size
 
     def tracking_ids(self) -> Iterator[str]:
         """Every message's tracking id, in order."""
         return itertools.chain.from_iterable(run.tracking_ids for run in self.runs)
 
-    def stored(self) -> list[tuple[str, Outcome, str | None, int]]:
-        """The rows a journal keeps: ``(tracking_id, outcome, detail, attempts)``."""
+    def stored(self) -> list[tuple[Any, ...]]:
+        """The rows a journal keeps: ``(tracking_id, outcome, detail, attempts)``, and a fifth
+        value, True, for a message posted again after an ambiguous outcome (`Result.resent`)."""
         return list(itertools.chain.from_iterable(
             zip(run.tracking_ids, itertools.repeat(run.outcome), run.details,
-                itertools.repeat(run.attempts))
+                itertools.repeat(run.attempts),
+                *((itertools.repeat(True),) if run.resent else ()))
             for run in self.runs
         ))
 
@@ -235,7 +246,8 @@ class Results(Sequence[Result]):
     def __iter__(self) -> Iterator[Result]:
         for run in self.runs:
             yield from map(Result, run.tracking_ids, itertools.repeat(run.outcome), run.details,
-                           itertools.repeat(run.attempts), run.phones)
+                           itertools.repeat(run.attempts), run.phones,
+                           itertools.repeat(run.resent))
 
     @overload
     def __getitem__(self, index: int) -> Result: ...
@@ -264,6 +276,7 @@ class RecipientRow(NamedTuple):
     attempts: int
     line: int | None = None  # the CSV line of a skipped row (None for the others)
     at: datetime | None = None  # when its batch was done: the outcome's time (not skips)
+    resent: bool = False  # posted again after an ambiguous outcome (`Result.resent`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +446,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "batch_state": (
         "snapshot", "seq", "size", "state", "attempts", "sent", "rejected", "expired",
         "in_doubt", "logged", "not_before", "done_at", "indexed", "zones", "skipped",
+        "resent", "doubtful",
     ),
     "results": ("snapshot", "seq", "blob"),
     "skips": ("id", "snapshot", "line", "tracking_id", "phone", "reason", "detail"),
@@ -542,8 +556,13 @@ class Journal(Protocol):
         """Mark open batches in flight (attempts + 1); durable on return: post only after it.
         A batch that is not open raises `JournalConflict` and nothing is marked."""
 
-    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """Return in-flight batches to pending: certainly not delivered, they will be resent."""
+    async def release(
+        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
+    ) -> None:
+        """Return in-flight batches to pending, to be posted later. ``doubtful``: an earlier
+        post may have reached the API (an ambiguous answer), so `BatchRecord.doubtful` stays
+        True from now on (posting them again is a resend); else they were certainly not
+        delivered."""
 
     async def record_results(
         self, campaign_id: str, seq: int, results: Sequence[Result],
@@ -553,10 +572,11 @@ class Journal(Protocol):
         that is not open raises `JournalConflict` and nothing is kept."""
 
     async def record_partial(
-        self, campaign_id: str, seq: int, results: Sequence[Result],
+        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
     ) -> int:
         """Keep the outcomes decided so far (they are never sent again); the batch's other
-        messages go back to pending. Returns how many results the batch holds."""
+        messages go back to pending (``doubtful`` as for `release`). Returns how many results
+        the batch holds."""
 
     # --- what reached the delivery log ------------------------------------------------------
 
@@ -575,13 +595,16 @@ class Journal(Protocol):
     # --- reading ----------------------------------------------------------------------------
 
     async def counts(self, campaign_id: str) -> Counts:
-        """Messages per outcome (sent, rejected, expired, in_doubt, skipped) plus ``pending``."""
+        """Messages per outcome (sent, rejected, expired, in_doubt, skipped) plus ``pending``
+        (no final outcome yet) and ``resent``: those of the final ones that were posted again
+        after an ambiguous outcome (`Result.resent`; counted in their outcome too)."""
 
     def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None,
+        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
     ) -> AsyncIterator[RecipientRow]:
         """Stream recipients with a final outcome (all, or one outcome): batches in order,
-        then skipped rows in CSV order. Memory stays flat whatever the audience size."""
+        then skipped rows in CSV order. Memory stays flat whatever the audience size.
+        ``resent``: only those posted again after an ambiguous outcome (`Result.resent`)."""
 
     # --- per-message rows, off the hot path -------------------------------------------------
 

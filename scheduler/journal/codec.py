@@ -1,7 +1,8 @@
 """What every journal backend stores the same way: batch bodies and result blobs, as bytes.
 
 A batch's request body (orjson, without ``ttl``) is the snapshot; its final outcomes are one
-blob ``[[tracking_id, outcome, detail, attempts], ...]``, appended by partial records. These
+blob ``[[tracking_id, outcome, detail, attempts], ...]``, appended by partial records; a row of
+a message posted again after an ambiguous outcome has a fifth value, ``true`` (schema 8). These
 helpers encode and decode both, whatever database holds the bytes, so the backends list the
 same recipients in the same order.
 """
@@ -34,7 +35,12 @@ Cursor = tuple[int, int]
 START: Cursor = (0, -1)
 
 #: a message of a done batch whose result names another id: it may or may not have gone out
-_UNRECORDED: tuple[str, Outcome, str | None, int] = ("", "in_doubt", "no outcome recorded", 0)
+_UNRECORDED: list[Any] = ["", "in_doubt", "no outcome recorded", 0]
+
+
+def _resent(row: Sequence[Any]) -> bool:
+    """Whether a stored result row is of a message posted again after an ambiguous outcome."""
+    return len(row) > 4 and bool(row[4])
 
 
 def _encode_default(value: object) -> object:
@@ -123,17 +129,20 @@ def decided(blob: bytes | None) -> frozenset[str]:
 def batch_rows(
     body: bytes, blob: bytes | None, attempts: int, outcome: Outcome | None,
     at: datetime | None = None,
+    resent: bool = False,
 ) -> Iterator[RecipientRow]:
     """The recipients of one done batch (done ``at``): the body gives phones, the results
-    blob outcomes."""
+    blob outcomes (``resent``: only the messages posted again after an ambiguous outcome)."""
     messages = orjson.loads(body)
-    results: dict[str, tuple[str, Outcome, str | None, int]] = (
-        {} if blob is None else {r[0]: tuple(r) for r in orjson.loads(blob)}
+    results: dict[str, list[Any]] = (
+        {} if blob is None else {r[0]: r for r in orjson.loads(blob)}
     )
     for message in messages:
-        _, status, detail, tries = results.get(message["id"], _UNRECORDED)
-        if outcome is None or status == outcome:
-            yield RecipientRow(message["id"], message["toPhone"], status, detail, tries, None, at)
+        row = results.get(message["id"], _UNRECORDED)
+        again = _resent(row)
+        if (outcome is None or row[1] == outcome) and (again or not resent):
+            yield RecipientRow(message["id"], message["toPhone"], row[1], row[2], row[3], None,
+                               at, resent=again)
 
 
 def unlogged_rows(body: bytes, blob: bytes, logged: int) -> tuple[int, list[RecipientRow]]:
@@ -141,8 +150,8 @@ def unlogged_rows(body: bytes, blob: bytes, logged: int) -> tuple[int, list[Reci
     phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
     results = orjson.loads(blob)
     rows = [
-        RecipientRow(tid, phones.get(tid, ""), outcome, detail, tries)
-        for tid, outcome, detail, tries in results[logged:]
+        RecipientRow(row[0], phones.get(row[0], ""), row[1], row[2], row[3], resent=_resent(row))
+        for row in results[logged:]
     ]
     return len(results), rows
 
@@ -152,7 +161,7 @@ def sent_messages(body: bytes, blob: bytes | None) -> Iterator[tuple[str, str, s
     if blob is None:
         return
     phones = {m["id"]: m["toPhone"] for m in orjson.loads(body)}
-    for tid, outcome, detail, _ in orjson.loads(blob):
+    for tid, outcome, detail, *_ in orjson.loads(blob):
         if outcome == "sent" and detail:
             yield detail, tid, phones.get(tid, "")
 

@@ -103,7 +103,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -203,9 +203,18 @@ _TO_V8 = (
     # same campaign only if it has the same; NULL for campaigns planned before this version
     "ALTER TABLE campaigns ADD COLUMN content TEXT",
 )
+#: version 9: resends are visible (SPEC §13.4)
+_TO_V9 = (
+    # messages of the batch posted again after an ambiguous outcome (their result rows carry
+    # a fifth value, true), counted like the outcomes
+    "ALTER TABLE batch_state ADD COLUMN resent INTEGER NOT NULL DEFAULT 0",
+    # an earlier post of the batch's open messages may have reached the API: given back after
+    # an ambiguous answer (a batch left in flight says so by its state)
+    "ALTER TABLE batch_state ADD COLUMN doubtful BOOLEAN NOT NULL DEFAULT false",
+)
 #: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8,
+    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8, 8: _TO_V9,
 }
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
@@ -236,6 +245,7 @@ _RECORD_FIRST: LiteralString = (
     "WITH s AS (UPDATE batch_state SET state = %(state)s, sent = sent + %(sent)s,"
     " rejected = rejected + %(rejected)s, expired = expired + %(expired)s,"
     " in_doubt = in_doubt + %(in_doubt)s, skipped = skipped + %(skipped)s,"
+    " resent = resent + %(resent)s, doubtful = doubtful OR %(doubtful)s,"
     " done_at = CASE WHEN %(close)s THEN clock_timestamp() END"
     " WHERE snapshot = %(snapshot)s AND seq = %(seq)s AND state <> 'done'"
     " AND sent + rejected + expired + in_doubt + skipped = 0"
@@ -746,7 +756,8 @@ class PostgresStore:
     ) -> list[BatchRecord]:
         """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
         rows = await self._all(
-            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones, b.keys"
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones, b.keys,"
+            " s.doubtful"
             " FROM batch_state s JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq > %s AND s.state <> 'done'"
@@ -754,8 +765,9 @@ class PostgresStore:
             (await self._snapshot(campaign_id), after_seq, limit), binary=True,
         )
         return [
-            BatchRecord(seq, body, size, state, attempts, decided(blob), zones, keys)
-            for seq, body, size, state, attempts, blob, zones, keys in rows
+            BatchRecord(seq, body, size, state, attempts, decided(blob), zones, keys,
+                        state == "in_flight" or bool(doubtful))
+            for seq, body, size, state, attempts, blob, zones, keys, doubtful in rows
         ]
 
     # The send path's writes come in two steps: ``stage_*`` sends the statements without
@@ -783,21 +795,27 @@ class PostgresStore:
         """`stage_mark_in_flight`, at once."""
         await (await self.stage_mark_in_flight(campaign_id, seqs))()
 
-    async def stage_release(self, campaign_id: str, seqs: Sequence[int]) -> Finish:
-        """Return in-flight batches to pending (certainly not delivered: they will be resent)."""
+    async def stage_release(
+        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
+    ) -> Finish:
+        """Return in-flight batches to pending, to be posted later (``doubtful``: an earlier
+        post may have reached the API; the mark stays once made)."""
         await self.db.execute(
-            "UPDATE batch_state SET state = 'pending'"
+            "UPDATE batch_state SET state = 'pending', doubtful = doubtful OR %s"
             " WHERE snapshot = %s AND seq = ANY(%s::int[]) AND state = 'in_flight'",
-            (await self._snapshot(campaign_id), list(seqs)),
+            (doubtful, await self._snapshot(campaign_id), list(seqs)),
         )
         return _nothing
 
-    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+    async def release(
+        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
+    ) -> None:
         """`stage_release`, at once."""
-        await (await self.stage_release(campaign_id, seqs))()
+        await (await self.stage_release(campaign_id, seqs, doubtful=doubtful))()
 
     async def stage_record(
         self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool,
+        doubtful: bool = False,
     ) -> Finish:
         """`record` in one statement for a batch that holds no outcomes yet (the common case:
         nothing to read first); any other batch takes `record`'s way once this one has found
@@ -807,14 +825,15 @@ class PostgresStore:
 
         async def whole_way() -> int:
             if ahead:  # committed untouched: the whole way, in a transaction of its own
-                raise _Again(lambda store: store.record(campaign_id, seq, batch, close=close))
-            return await self.record(campaign_id, seq, batch, close=close)
+                raise _Again(lambda store: store.record(campaign_id, seq, batch, close=close,
+                                                        doubtful=doubtful))
+            return await self.record(campaign_id, seq, batch, close=close, doubtful=doubtful)
 
         if len(set(batch.tracking_ids())) != len(batch):
             return whole_way  # where it is refused
         cursor = await self.db.execute(_RECORD_FIRST, {
             **_outcome_counts(batch), "state": "done" if close else "pending", "close": close,
-            "n": len(batch),
+            "doubtful": doubtful, "n": len(batch),
             "snapshot": await self._snapshot(campaign_id), "seq": seq,
             "blob": orjson.dumps(batch.stored()),
         })
@@ -826,6 +845,7 @@ class PostgresStore:
 
     async def record(
         self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool,
+        doubtful: bool = False,
     ) -> int:
         """Append ``results`` to the batch's outcomes (closing it, or back to pending when
         ``close`` is False); returns how many it holds now."""
@@ -846,10 +866,11 @@ class PostgresStore:
                 "UPDATE batch_state SET state = %(state)s, sent = sent + %(sent)s,"
                 " rejected = rejected + %(rejected)s, expired = expired + %(expired)s,"
                 " in_doubt = in_doubt + %(in_doubt)s, skipped = skipped + %(skipped)s,"
+                " resent = resent + %(resent)s, doubtful = doubtful OR %(doubtful)s,"
                 " done_at = CASE WHEN %(close)s THEN clock_timestamp() END"
                 " WHERE snapshot = %(snapshot)s AND seq = %(seq)s",
                 {**_outcome_counts(batch), "state": "done" if close else "pending",
-                 "close": close, "snapshot": snapshot, "seq": seq},
+                 "close": close, "doubtful": doubtful, "snapshot": snapshot, "seq": seq},
             )
             await self.db.execute(
                 "INSERT INTO results (snapshot, seq, blob) VALUES (%s, %s, %s)"
@@ -915,32 +936,36 @@ class PostgresStore:
             " COALESCE(SUM(s.expired), 0), COALESCE(SUM(s.in_doubt), 0),"
             " COALESCE(SUM(s.skipped), 0),"
             " COALESCE(SUM(s.size - s.sent - s.rejected - s.expired - s.in_doubt - s.skipped)"
-            "   FILTER (WHERE s.state <> 'done'), 0)"
+            "   FILTER (WHERE s.state <> 'done'), 0),"
+            " COALESCE(SUM(s.resent), 0)"
             " FROM campaigns c LEFT JOIN batch_state s ON s.snapshot = c.snapshot"
             " WHERE c.id = %s GROUP BY c.skipped", (campaign_id,),
         )
         if row is None:
             raise JournalConflict(campaign_id, "no such campaign in the journal")
-        skipped, sent, rejected, expired, in_doubt, capped, pending = (int(n) for n in row)
+        skipped, sent, rejected, expired, in_doubt, capped, pending, resent = (
+            int(n) for n in row)
         return {
             "sent": sent, "rejected": rejected, "expired": expired, "in_doubt": in_doubt,
-            "skipped": skipped + capped, "pending": pending,
+            "skipped": skipped + capped, "pending": pending, "resent": resent,
         }
 
     async def recipient_page(
-        self, campaign_id: str, outcome: Outcome | None, cursor: Cursor = START,
+        self, campaign_id: str, outcome: Outcome | None, cursor: Cursor = START, *,
+        resent: bool = False,
     ) -> tuple[list[RecipientRow], Cursor | None]:
         """One page of recipients and the cursor of the next (None: that was the last):
-        done batches in order, then skipped rows in CSV order."""
+        done batches in order, then skipped rows in CSV order (``resent``: only the messages
+        posted again after an ambiguous outcome)."""
         snapshot = await self._snapshot(campaign_id)
         phase, last = cursor
         if phase == 0:  # "skipped" too: a frequency cap skips inside a batch
-            page = await self._batch_page(snapshot, last, outcome)
+            page = await self._batch_page(snapshot, last, outcome, resent)
             if page:
                 rows = [row for _, body, blob, attempts, done_at in page
-                        for row in batch_rows(body, blob, attempts, outcome, done_at)]
+                        for row in batch_rows(body, blob, attempts, outcome, done_at, resent)]
                 return rows, (0, page[-1][0])
-        if outcome not in (None, "skipped"):
+        if outcome not in (None, "skipped") or resent:  # a skipped row was never posted
             return [], None
         skips = await self._skip_page(snapshot, last if phase == 1 else 0)
         if not skips:
@@ -951,11 +976,12 @@ class PostgresStore:
         ], (1, skips[-1][0])
 
     async def _batch_page(
-        self, snapshot: int, after_seq: int, outcome: Outcome | None,
+        self, snapshot: int, after_seq: int, outcome: Outcome | None, resent: bool = False,
     ) -> list[TupleRow]:
-        having: sql.Composable = sql.SQL("")
+        having: sql.Composable = sql.SQL(" AND s.resent > 0" if resent else "")
         if outcome is not None:
-            having = sql.SQL(" AND s.{} > 0").format(sql.Identifier(_COUNT_COLUMNS[outcome]))
+            having = sql.SQL(" AND s.{} > 0{}").format(
+                sql.Identifier(_COUNT_COLUMNS[outcome]), having)
         query = sql.SQL(
             "SELECT s.seq, b.body, r.blob, s.attempts, s.done_at FROM batch_state s"
             " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
@@ -1268,10 +1294,12 @@ class PostgresStore:
 
 
 def _outcome_counts(results: Results) -> dict[str, int]:
-    """Messages per outcome, every column of batch_state named (0 where none)."""
+    """Messages per outcome, and the resent ones: every counting column of batch_state named
+    (0 where none)."""
     counts = results.counts
-    return {outcome: counts.get(outcome, 0)
-            for outcome in ("sent", "rejected", "expired", "in_doubt", "skipped")}
+    return {**{outcome: counts.get(outcome, 0)
+               for outcome in ("sent", "rejected", "expired", "in_doubt", "skipped")},
+            "resent": results.resent}
 
 
 def _check_results(
@@ -1876,9 +1904,12 @@ class PostgresJournal:
         """`Journal.mark_in_flight`."""
         await self._staged(PostgresStore.stage_mark_in_flight, True, campaign_id, seqs)
 
-    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+    async def release(
+        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
+    ) -> None:
         """`Journal.release`."""
-        await self._staged(PostgresStore.stage_release, True, campaign_id, seqs)
+        await self._staged(PostgresStore.stage_release, True, campaign_id, seqs,
+                           doubtful=doubtful)
 
     async def record_results(
         self, campaign_id: str, seq: int, results: Sequence[Result],
@@ -1890,11 +1921,12 @@ class PostgresJournal:
         return held
 
     async def record_partial(
-        self, campaign_id: str, seq: int, results: Sequence[Result],
+        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
     ) -> int:
         """`Journal.record_partial`."""
         held: int = await self._staged(
             PostgresStore.stage_record, True, campaign_id, seq, results, close=False,
+            doubtful=doubtful,
         )
         return held
 
@@ -1919,13 +1951,13 @@ class PostgresJournal:
         return await self._call(PostgresStore.counts, campaign_id)
 
     async def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None,
+        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
     ) -> AsyncIterator[RecipientRow]:
         """`Journal.recipients`: one page per trip to the writer task."""
         cursor: Cursor | None = START
         while cursor is not None:
             rows, cursor = await self._call(
-                PostgresStore.recipient_page, campaign_id, outcome, cursor,
+                PostgresStore.recipient_page, campaign_id, outcome, cursor, resent=resent,
             )
             for row in rows:
                 yield row

@@ -77,11 +77,11 @@ class JournalReader:
         return self._runner.run(self.journal.leader())
 
     def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None,
+        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
     ) -> Iterator[RecipientRow]:
         """`Journal.recipients`, streamed in pages. The next page is asked for before this one
         is handed over, so the journal reads it while the caller writes this one out."""
-        stream = self.journal.recipients(campaign_id, outcome)
+        stream = self.journal.recipients(campaign_id, outcome, resent=resent)
         ahead = self._read_ahead(_take(stream, PAGE))
         while page := self._runner.run(_done(ahead)):
             ahead = self._read_ahead(_take(stream, PAGE))

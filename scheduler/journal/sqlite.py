@@ -94,7 +94,7 @@ from scheduler.vocabulary import (
 )
 
 #: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -203,10 +203,19 @@ _TO_V8 = (
     # same campaign only if it has the same; NULL for campaigns planned before this version
     "ALTER TABLE campaigns ADD COLUMN content TEXT",
 )
+#: version 9: resends are visible (SPEC §13.4)
+_TO_V9 = (
+    # messages of the batch posted again after an ambiguous outcome (their result rows carry
+    # a fifth value, true), counted like the outcomes
+    "ALTER TABLE batch_state ADD COLUMN resent INTEGER NOT NULL DEFAULT 0",
+    # an earlier post of the batch's open messages may have reached the API: given back after
+    # an ambiguous answer (a batch left in flight says so by its state)
+    "ALTER TABLE batch_state ADD COLUMN doubtful INTEGER NOT NULL DEFAULT 0",
+)
 #: _MIGRATIONS[n] takes a journal from version n to n + 1
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
-    7: _TO_V8,
+    7: _TO_V8, 8: _TO_V9,
 }
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
@@ -229,7 +238,7 @@ _TIME_COLUMNS = frozenset({
     "created_at", "not_before", "done_at", "sent_at", "status_at", "next_poll_at",
     "recorded_at",
 })
-_FLAG_COLUMNS = frozenset({"skips_logged", "indexed", "streaming"})
+_FLAG_COLUMNS = frozenset({"skips_logged", "indexed", "streaming", "doubtful"})
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -760,15 +769,17 @@ class SqliteConnection:
     ) -> list[BatchRecord]:
         """Pending or in-flight batches after ``after_seq``, by seq, at most ``limit``."""
         rows = self._db.execute(
-            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones, b.keys"
+            "SELECT s.seq, b.body, s.size, s.state, s.attempts, r.blob, s.zones, b.keys,"
+            " s.doubtful"
             " FROM batch_state s JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = ? AND s.seq > ? AND s.state <> 'done' ORDER BY s.seq LIMIT ?",
             (self._snapshot(campaign_id), after_seq, limit),
         ).fetchall()
         return [
-            BatchRecord(seq, body, size, state, attempts, decided(blob), zones, keys)
-            for seq, body, size, state, attempts, blob, zones, keys in rows
+            BatchRecord(seq, body, size, state, attempts, decided(blob), zones, keys,
+                        state == "in_flight" or bool(doubtful))
+            for seq, body, size, state, attempts, blob, zones, keys, doubtful in rows
         ]
 
     def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
@@ -785,14 +796,15 @@ class SqliteConnection:
             if cursor.rowcount != len(seqs):
                 raise JournalConflict(campaign_id, f"not every batch of {list(seqs)} is open")
 
-    def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """Return in-flight batches to pending (certainly not delivered: they will be resent)."""
+    def release(self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False) -> None:
+        """Return in-flight batches to pending, to be posted later (``doubtful``: an earlier
+        post may have reached the API; the mark stays once made)."""
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
             self._db.executemany(
-                "UPDATE batch_state SET state = 'pending'"
+                "UPDATE batch_state SET state = 'pending', doubtful = MAX(doubtful, ?)"
                 " WHERE snapshot = ? AND seq = ? AND state = 'in_flight'",
-                ((snapshot, seq) for seq in seqs),
+                ((int(doubtful), snapshot, seq) for seq in seqs),
             )
 
     def record_results(self, campaign_id: str, seq: int, results: Sequence[Result]) -> int:
@@ -802,16 +814,20 @@ class SqliteConnection:
         """
         return self._record(campaign_id, seq, results, close=True)
 
-    def record_partial(self, campaign_id: str, seq: int, results: Sequence[Result]) -> int:
-        """Keep the final outcomes decided so far; the batch's other messages go back to pending.
+    def record_partial(
+        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
+    ) -> int:
+        """Keep the final outcomes decided so far; the batch's other messages go back to pending
+        (``doubtful`` as for `release`).
 
         Used when a batch stops half way (a 400 split, or ids missing from an answer, then an
         outage): what was decided must never be sent again.
         """
-        return self._record(campaign_id, seq, results, close=False)
+        return self._record(campaign_id, seq, results, close=False, doubtful=doubtful)
 
     def _record(
-        self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool
+        self, campaign_id: str, seq: int, results: Sequence[Result], *, close: bool,
+        doubtful: bool = False,
     ) -> int:
         """Append ``results`` to the batch's outcomes; returns how many it holds now."""
         batch = Results.of(results)
@@ -823,11 +839,12 @@ class SqliteConnection:
             self._db.execute(
                 "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
                 " expired = expired + ?, in_doubt = in_doubt + ?, skipped = skipped + ?,"
+                " resent = resent + ?, doubtful = MAX(doubtful, ?),"
                 " done_at = ? WHERE snapshot = ? AND seq = ?",
                 ("done" if close else "pending", counts.get("sent", 0),
                  counts.get("rejected", 0), counts.get("expired", 0),
-                 counts.get("in_doubt", 0), counts.get("skipped", 0),
-                 _now() if close else None, snapshot, seq),
+                 counts.get("in_doubt", 0), counts.get("skipped", 0), batch.resent,
+                 int(doubtful), _now() if close else None, snapshot, seq),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
@@ -912,29 +929,32 @@ class SqliteConnection:
             "SELECT COALESCE(SUM(sent), 0), COALESCE(SUM(rejected), 0),"
             " COALESCE(SUM(expired), 0), COALESCE(SUM(in_doubt), 0), COALESCE(SUM(skipped), 0),"
             " COALESCE(SUM(CASE WHEN state <> 'done'"
-            "   THEN size - sent - rejected - expired - in_doubt - skipped END), 0)"
+            "   THEN size - sent - rejected - expired - in_doubt - skipped END), 0),"
+            " COALESCE(SUM(resent), 0)"
             " FROM batch_state WHERE snapshot = ?", (snapshot,),
         ).fetchone()
         skipped = self._db.execute(
             "SELECT skipped FROM campaigns WHERE id = ?", (campaign_id,),
         ).fetchone()[0]
-        sent, rejected, expired, in_doubt, capped, pending = row
+        sent, rejected, expired, in_doubt, capped, pending, resent = row
         return {
             "sent": sent, "rejected": rejected, "expired": expired, "in_doubt": in_doubt,
-            "skipped": skipped + capped, "pending": pending,
+            "skipped": skipped + capped, "pending": pending, "resent": resent,
         }
 
     def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None,
+        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
     ) -> Iterator[RecipientRow]:
-        """Stream recipients with a final outcome (all, or one outcome): batches, then skips."""
+        """Stream recipients with a final outcome (all, or one outcome; ``resent``: only those
+        posted again after an ambiguous outcome): batches, then skips."""
         cursor: Cursor | None = START
         while cursor is not None:
-            rows, cursor = self.recipient_page(campaign_id, outcome, cursor)
+            rows, cursor = self.recipient_page(campaign_id, outcome, cursor, resent=resent)
             yield from rows
 
     def recipient_page(
-        self, campaign_id: str, outcome: Outcome | None, cursor: Cursor = (0, -1),
+        self, campaign_id: str, outcome: Outcome | None, cursor: Cursor = (0, -1), *,
+        resent: bool = False,
     ) -> tuple[list[RecipientRow], Cursor | None]:
         """One page of `recipients` and the cursor of the next (None: that was the last).
 
@@ -944,6 +964,7 @@ class SqliteConnection:
         phase, last = cursor
         if phase == 0:  # "skipped" too: a frequency cap skips inside a batch
             having = f" AND s.{_COUNT_COLUMNS[outcome]} > 0" if outcome is not None else ""
+            having += " AND s.resent > 0" if resent else ""
             page = self._db.execute(
                 "SELECT s.seq, b.body, r.blob, s.attempts, s.done_at FROM batch_state s"
                 " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
@@ -953,9 +974,10 @@ class SqliteConnection:
             ).fetchall()
             if page:
                 rows = [row for _, body, blob, attempts, done_at in page
-                        for row in batch_rows(body, blob, attempts, outcome, _time(done_at))]
+                        for row in batch_rows(body, blob, attempts, outcome, _time(done_at),
+                                              resent)]
                 return rows, (0, page[-1][0])
-        if outcome not in (None, "skipped"):
+        if outcome not in (None, "skipped") or resent:  # a skipped row was never posted
             return [], None
         skips = self._skip_page(snapshot, last if phase == 1 else 0)
         if not skips:
@@ -1552,9 +1574,11 @@ class SqliteJournal:
         """`Journal.mark_in_flight`."""
         await self._fenced(SqliteConnection.mark_in_flight, campaign_id, seqs)
 
-    async def release(self, campaign_id: str, seqs: Sequence[int]) -> None:
+    async def release(
+        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
+    ) -> None:
         """`Journal.release`."""
-        await self._fenced(SqliteConnection.release, campaign_id, seqs)
+        await self._fenced(SqliteConnection.release, campaign_id, seqs, doubtful=doubtful)
 
     async def record_results(
         self, campaign_id: str, seq: int, results: Sequence[Result],
@@ -1563,10 +1587,11 @@ class SqliteJournal:
         return await self._fenced(SqliteConnection.record_results, campaign_id, seq, results)
 
     async def record_partial(
-        self, campaign_id: str, seq: int, results: Sequence[Result],
+        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
     ) -> int:
         """`Journal.record_partial`."""
-        return await self._fenced(SqliteConnection.record_partial, campaign_id, seq, results)
+        return await self._fenced(SqliteConnection.record_partial, campaign_id, seq, results,
+                                  doubtful=doubtful)
 
     async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
         """`Journal.mark_logged`."""
@@ -1589,13 +1614,13 @@ class SqliteJournal:
         return await self._call(SqliteConnection.counts, campaign_id)
 
     async def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None,
+        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
     ) -> AsyncIterator[RecipientRow]:
         """`Journal.recipients`: one page per trip to the writer thread."""
         cursor: Cursor | None = START
         while cursor is not None:
             rows, cursor = await self._call(
-                SqliteConnection.recipient_page, campaign_id, outcome, cursor,
+                SqliteConnection.recipient_page, campaign_id, outcome, cursor, resent=resent,
             )
             for row in rows:
                 yield row
