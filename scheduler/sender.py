@@ -26,6 +26,7 @@ from typing import Any, overload
 import orjson
 from aiolimiter import AsyncLimiter
 
+from scheduler.answers import Keeper
 from scheduler.audience import Suppression
 from scheduler.batching import Message, Snapshot, snapshot_key
 from scheduler.brake import Brake, released
@@ -207,6 +208,8 @@ class Engine:
         #: asked before every request: False (a daemon that is not the leader) posts nothing
         self.may_send = may_send
         self.metrics = metrics or Metrics()
+        #: writes the outcomes of posted batches, and never lets go of an answer in hand
+        self.answers = Keeper(journal, log, self.metrics)
         self.caps = tuple(caps)
         self.refused: CredentialsRefused | None = None
         self._oplog = get_logger("engine")
@@ -797,8 +800,8 @@ class Engine:
                 # Recording runs beside the next request: the worker does not wait for the
                 # journal's commit (the batch stays in flight until then, so a crash resends
                 # it or marks it in doubt, never loses it).
-                task = asyncio.create_task(self._settle(job, self._record(job.run, job.seq,
-                                                                          results)))
+                task = asyncio.create_task(self._settle(job, self._keep(job.run, job.seq,
+                                                                        results)))
                 self._marks.add(task)
                 task.add_done_callback(self._marks.discard)
 
@@ -858,7 +861,7 @@ class Engine:
         if not outcomes.results:
             await self.journal.release(run.campaign.id, [job.seq])
             return
-        held = await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results)
+        held = await self.answers.keep(run.campaign.id, job.seq, outcomes.results, close=False)
         self._recorded(run, job.seq, held, outcomes.results)
 
     async def _deliver(
@@ -967,6 +970,12 @@ class Engine:
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.stop.wait(), wait)
+
+    async def _keep(self, run: CampaignRun, seq: int, results: Results) -> None:
+        """A posted batch's outcomes: journaled however long that takes (`answers`), then
+        logged. Until then the batch stays in flight, and its campaign waits for it."""
+        held = await self.answers.keep(run.campaign.id, seq, results, close=True)
+        self._recorded(run, seq, held, results)
 
     async def _record(self, run: CampaignRun, seq: int, results: Results) -> None:
         """Journal first (durable), then the delivery log, then progress."""

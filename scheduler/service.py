@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from scheduler.campaign import Campaign
 from scheduler.cascade import CascadeClient
 from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
-from scheduler.journal import JournalBusy, JournalFenced, open_journal
+from scheduler.journal import JournalBusy, JournalFenced, JournalLocation, open_journal
 from scheduler.leadership import Leadership
 from scheduler.metrics import Metrics
+from scheduler.oplog import get_logger
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
@@ -52,13 +54,20 @@ async def api_endpoint(config: Config) -> AsyncIterator[tuple[str, dict[str, str
         await sandbox.stop()
 
 
+def _reconnected(where: JournalLocation) -> None:
+    """A dropped journal connection was replaced: say so plainly (writes that failed with it
+    are retried by their callers; an answer in hand is never lost, see `scheduler.answers`)."""
+    get_logger("journal").info("journal_reconnected", journal=where.url or str(where.path))
+
+
 @contextlib.asynccontextmanager
 async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Engine]:
     """A started `Engine` with everything it needs; everything is closed on exit."""
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
         # the journal first: a second writer is refused before anything else is started
-        journal = open_journal(config.journal_location())
+        where = config.journal_location()
+        journal = open_journal(where, on_reconnect=functools.partial(_reconnected, where))
         await journal.start(writer=True)
         stack.push_async_callback(journal.close)
         base_url, headers = await stack.enter_async_context(api_endpoint(config))

@@ -84,6 +84,7 @@ from scheduler.journal.codec import (
     encode_batches,
     final_statuses_blob,
     read_final_statuses,
+    repeats,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
@@ -768,9 +769,11 @@ class PostgresStore:
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq = %s FOR UPDATE OF s", (snapshot, seq),
         )
+        previous = orjson.loads(row[2]) if row is not None and row[2] is not None else []
+        if repeats(previous, batch):
+            return len(previous)  # it landed before, its commit's answer was lost
         if row is None or row[0] == "done":
             raise JournalConflict(campaign_id, f"batch {seq} is not open")
-        previous = orjson.loads(row[2]) if row[2] is not None else []
         _check_results(campaign_id, seq, row[1], len(previous), batch, close)
         blob = orjson.dumps(previous + batch.stored())
         async with self.db.pipeline():  # two writes, one round trip
@@ -1371,8 +1374,13 @@ class PostgresJournal:
     ``location`` is the URL without any password, for people and error messages.
     """
 
-    def __init__(self, conninfo: str, *, password: str | None = None, location: str) -> None:
+    def __init__(
+        self, conninfo: str, *, password: str | None = None, location: str,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
         self.location = location
+        #: told each time a lost connection was replaced (the caller logs it plainly)
+        self.on_reconnect = on_reconnect
         self._password = password
         try:
             self._params: dict[str, Any] | None = conninfo_to_dict(conninfo)
@@ -1641,8 +1649,8 @@ class PostgresJournal:
                 # Lost before the answer came: most likely it was gone before this began (a
                 # restart `_live_store` could not see yet), so run it once more on a new
                 # connection. Had it committed after all, the repeat is harmless: marks and
-                # releases land again (an attempt counted twice at worst), and a closed
-                # batch refuses a second record.
+                # releases land again (an attempt counted twice at worst), and a record
+                # finds its own results already there and changes nothing (`codec.repeats`).
                 if retry:
                     raise _LostAtBegin from exc
                 raise self._error(exc) from None
@@ -1675,6 +1683,8 @@ class PostgresJournal:
                 await self._store.db.close()
             self._store = None
         self._store = PostgresStore(await self._connect(), self._frozen)
+        if self.on_reconnect is not None:
+            self.on_reconnect()
 
     async def _run_one(self, store: PostgresStore, op: _Op, *, savepoint: bool) -> _Settled:
         """Run one operation (in its own savepoint); its exception goes to its caller only."""
