@@ -765,6 +765,7 @@ class Engine:
     async def _log_unlogged(self, run: CampaignRun) -> None:
         """Outcomes journaled just before a crash whose delivery-log lines never got written."""
         cid = run.campaign.id
+        await self._flush_logged(cid)
         pending = await self.journal.unlogged(cid)
         if not pending:
             return
@@ -1010,10 +1011,28 @@ class Engine:
             try:
                 await self.journal.mark_logged(campaign_id, marks)
             except JournalError as exc:
-                # the outcomes are journaled; a resume may look at their lines again, and the
-                # delivery log's tail check keeps it from writing them twice
+                # the lines are written: keep the marks for the next note, or for the
+                # campaign's next start (`_flush_logged`), so they are not written again
+                self._unnoted.setdefault(campaign_id, []).extend(marks)
                 self._oplog.warning("mark_logged_failed", campaign=campaign_id,
                                     batches=[seq for seq, _ in marks], error=str(exc))
+                return  # the journal fails now: the next batch's note tries again
+
+    async def _flush_logged(self, campaign_id: str) -> None:
+        """Journal the campaign's logged-marks this process still holds (the journal failed
+        when they were noted), before anything looks for lines that are missing: lines
+        written before an outage may lie further back than the delivery log's tail check
+        reaches. Raises `JournalError` while the journal still fails (the marks are kept)."""
+        if self._noting is not None:
+            await asyncio.gather(self._noting, return_exceptions=True)
+        marks = self._unnoted.pop(campaign_id, None)
+        if not marks:
+            return
+        try:
+            await self.journal.mark_logged(campaign_id, marks)
+        except JournalError:
+            self._unnoted.setdefault(campaign_id, []).extend(marks)
+            raise
 
     def _log_results(self, run: CampaignRun, results: Results) -> None:
         """The batch's lines (sent ones templated, per run), its counters, its progress."""

@@ -1577,6 +1577,10 @@ class PostgresJournal:
                     if outcomes[-1][2] is not None and not savepoints:
                         failed = True
                         raise psycopg.Rollback  # undoes it all, and leaves the block quietly
+        except psycopg.Rollback:
+            # psycopg lets it out (and warns) when the rollback itself failed: the connection
+            # broke under the group. Nothing was committed; `failed` goes on as usual.
+            pass
         except psycopg.Error as exc:
             if retry and not began and store.db.broken:
                 raise _LostAtBegin from exc
