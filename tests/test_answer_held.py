@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,10 @@ from scheduler.config import load_config
 from scheduler.journal import JournalUnavailable, Results, Run
 from scheduler.journal import sqlite as sqlite_backend
 from scheduler.journal.postgres import PostgresJournal
+from scheduler.journal.sqlite import SqliteJournal
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
+from scheduler.sender import CampaignRun
 from scheduler.service import open_engine
 from tests.pg_helpers import PostgresServer
 from tests.test_sender import KEY, drive_with, make_setup
@@ -129,6 +131,47 @@ async def test_an_answer_is_held_while_sqlite_is_locked_and_never_posted_again(
     lines = Counter(e["tracking_id"] for e in setup.log_lines() if e["event"] == "message")
     assert set(lines) == set(sandbox.accepted) and set(lines.values()) == {1}
     assert setup.counts()["sent"] == count
+
+
+async def test_lines_whose_logged_mark_failed_are_not_written_again_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The journal fails once as batch 1's lines are noted as logged (found by the restart
+    test: the delivery log then had those 50 lines twice). The mark is kept and journaled
+    with the next one, so when the campaign resumes after a stop, eleven batches later, it
+    does not take batch 1 for a batch whose lines a crash cut off: one line per recipient."""
+    original = SqliteJournal.mark_logged
+    calls: list[int] = []
+
+    async def fail_once(self: SqliteJournal, campaign_id: str,
+                        marks: Sequence[tuple[int, int]]) -> None:
+        calls.append(len(marks))
+        if len(calls) == 1:
+            raise JournalUnavailable(None, "injected: the disk is briefly full")
+        await original(self, campaign_id, marks)
+
+    monkeypatch.setattr(SqliteJournal, "mark_logged", fail_once)
+    runs: list[CampaignRun] = []
+
+    async def stop_the_run() -> None:
+        runs[0].halt(None)
+
+    sandbox = GatedSandbox(SandboxOptions(api_key=KEY), gate=12, before=stop_the_run)
+    await sandbox.start()
+    try:
+        setup = make_setup(tmp_path, sandbox.base_url, 1000, batch_size=50, concurrency=1,
+                           requests_per_second=500)
+        async with open_engine(setup.config) as engine:
+            record = await engine.prepare(setup.campaign)
+            runs.append(engine.open_run(setup.campaign, record))
+            assert await engine.drive(runs[0]) == "running"
+            again = engine.open_run(setup.campaign, record)
+            assert await engine.drive(again) == "done"
+    finally:
+        await sandbox.stop()
+    assert set(sandbox.accepted.values()) == {1}
+    lines = Counter(e["tracking_id"] for e in setup.log_lines() if e["event"] == "message")
+    assert set(lines) == set(sandbox.accepted) and set(lines.values()) == {1}
 
 
 # --- PostgreSQL: the server restarts mid-send under a running daemon ------------------------
