@@ -45,8 +45,8 @@ from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun
 from scheduler.service import open_engine
+from tests.engine_helpers import KEY, drive_with, make_setup
 from tests.pg_helpers import PostgresServer
-from tests.test_sender import KEY, drive_with, make_setup
 
 Hook = Callable[[], Awaitable[None]]
 
