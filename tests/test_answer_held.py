@@ -41,6 +41,7 @@ from scheduler.journal import JournalUnavailable, Results, Run
 from scheduler.journal import sqlite as sqlite_backend
 from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
+from scheduler.metrics import Metrics
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.sender import CampaignRun
@@ -449,3 +450,9 @@ async def test_a_record_whose_commit_answer_was_lost_is_not_an_alarm(postgres_ur
         await journal.close()
         await proxy.close()
         await direct.close()
+
+
+def test_late_answers_are_exported_at_zero_from_the_start() -> None:
+    """``cascade_late_answers_total`` is on /metrics before any late answer, so ``increase()``
+    sees the first one."""
+    assert "cascade_late_answers_total 0.0" in Metrics().exposition().decode()
