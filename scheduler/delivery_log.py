@@ -293,6 +293,20 @@ class DeliveryLog:
             f'","attempts":{run.attempts}{_RESENT if run.resent else ""}{tail}',
         ).encode()
 
+    def late_answers(self, campaign: str, runs: Iterable[SentMessages]) -> None:
+        """One ``late_answer`` line (a warning) per message the API accepted after this
+        process lost the leadership lease: its answer could not be journaled, the new leader
+        may send the message again, and these lines name what went out here. ONE write."""
+        stamp = _timestamp()
+        lines = [orjson.dumps({
+            "timestamp": stamp, "level": "warning", "event": "late_answer", "campaign": campaign,
+            "tracking_id": tracking_id, "message_id": message_id,
+        }) for run in runs for tracking_id, message_id in zip(
+            run.tracking_ids, run.message_ids, strict=True)]
+        if lines:
+            lines.append(b"")
+            self.write(b"\n".join(lines))
+
     def deliveries(self, rows: Iterable[DeliveryLine]) -> None:
         """Write one ``delivery`` line per final delivery status, with ONE write for them all
         (a status that is not "delivered" is a warning). Raises `DeliveryLogUnwritable`."""

@@ -124,6 +124,11 @@ class Metrics:
             "cascade_lease_renew_failures", "Lease renewals that failed or went unanswered",
             registry=r,
         )
+        self.late_answers = Counter(
+            "cascade_late_answers", "Messages the API accepted after this daemon had lost the "
+            "leadership lease (each a late_answer line: the new leader may send them again)",
+            registry=r,
+        )
         self.config_errors = Counter(
             "cascade_config_errors", "Campaign files found invalid (each distinct problem once)",
             registry=r,

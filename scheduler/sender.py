@@ -26,6 +26,7 @@ from typing import Any, overload
 import orjson
 from aiolimiter import AsyncLimiter
 
+from scheduler.answers import Keeper
 from scheduler.batching import Message, Snapshot, snapshot_key
 from scheduler.brake import Brake, released
 from scheduler.campaign import Campaign
@@ -210,6 +211,8 @@ class Engine:
         #: asked before every request: False (a daemon that is not the leader) posts nothing
         self.may_send = may_send
         self.metrics = metrics or Metrics()
+        #: writes the outcomes of posted batches, and never lets go of an answer in hand
+        self.answers = Keeper(journal, log, self.metrics)
         self.caps = tuple(caps)
         self.refused: CredentialsRefused | None = None
         self._oplog = get_logger("engine")
@@ -793,6 +796,7 @@ class Engine:
     async def _log_unlogged(self, run: CampaignRun) -> None:
         """Outcomes journaled just before a crash whose delivery-log lines never got written."""
         cid = run.campaign.id
+        await self._flush_logged(cid)
         pending = await self.journal.unlogged(cid)
         if not pending:
             return
@@ -832,8 +836,8 @@ class Engine:
                 # Recording runs beside the next request: the worker does not wait for the
                 # journal's commit (the batch stays in flight until then, so a crash resends
                 # it or marks it in doubt, never loses it).
-                task = asyncio.create_task(self._settle(job, self._record(job.run, job.seq,
-                                                                          results)))
+                task = asyncio.create_task(self._settle(job, self._keep(job.run, job.seq,
+                                                                        results)))
                 self._marks.add(task)
                 task.add_done_callback(self._marks.discard)
 
@@ -895,8 +899,8 @@ class Engine:
         if not outcomes.results:
             await self.journal.release(run.campaign.id, [job.seq], doubtful=doubtful)
             return
-        held = await self.journal.record_partial(run.campaign.id, job.seq, outcomes.results,
-                                                 doubtful=doubtful)
+        held = await self.answers.keep(run.campaign.id, job.seq, outcomes.results, close=False,
+                                       doubtful=doubtful)
         self._recorded(run, job.seq, held, outcomes.results)
 
     async def _deliver(
@@ -1025,6 +1029,12 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.stop.wait(), wait)
 
+    async def _keep(self, run: CampaignRun, seq: int, results: Results) -> None:
+        """A posted batch's outcomes: journaled however long that takes (`answers`), then
+        logged. Until then the batch stays in flight, and its campaign waits for it."""
+        held = await self.answers.keep(run.campaign.id, seq, results, close=True)
+        self._recorded(run, seq, held, results)
+
     async def _record(self, run: CampaignRun, seq: int, results: Results) -> None:
         """Journal first (durable), then the delivery log, then progress."""
         held = await self.journal.record_results(run.campaign.id, seq, results)
@@ -1058,10 +1068,28 @@ class Engine:
             try:
                 await self.journal.mark_logged(campaign_id, marks)
             except JournalError as exc:
-                # the outcomes are journaled; a resume may look at their lines again, and the
-                # delivery log's tail check keeps it from writing them twice
+                # the lines are written: keep the marks for the next note, or for the
+                # campaign's next start (`_flush_logged`), so they are not written again
+                self._unnoted.setdefault(campaign_id, []).extend(marks)
                 self._oplog.warning("mark_logged_failed", campaign=campaign_id,
                                     batches=[seq for seq, _ in marks], error=str(exc))
+                return  # the journal fails now: the next batch's note tries again
+
+    async def _flush_logged(self, campaign_id: str) -> None:
+        """Journal the campaign's logged-marks this process still holds (the journal failed
+        when they were noted), before anything looks for lines that are missing: lines
+        written before an outage may lie further back than the delivery log's tail check
+        reaches. Raises `JournalError` while the journal still fails (the marks are kept)."""
+        if self._noting is not None:
+            await asyncio.gather(self._noting, return_exceptions=True)
+        marks = self._unnoted.pop(campaign_id, None)
+        if not marks:
+            return
+        try:
+            await self.journal.mark_logged(campaign_id, marks)
+        except JournalError:
+            self._unnoted.setdefault(campaign_id, []).extend(marks)
+            raise
 
     def _log_results(self, run: CampaignRun, results: Results) -> None:
         """The batch's lines (sent ones templated, per run), its counters, its progress."""

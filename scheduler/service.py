@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,13 @@ from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
 from scheduler.errors import UserError
 from scheduler.identity import content_fingerprint, reuse_problem, used
-from scheduler.journal import JournalBusy, JournalFenced, SchemaNews, open_journal
+from scheduler.journal import (
+    JournalBusy,
+    JournalFenced,
+    JournalLocation,
+    SchemaNews,
+    open_journal,
+)
 from scheduler.leadership import Leadership
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
@@ -72,13 +79,21 @@ def log_schema(news: SchemaNews) -> None:
                   "daemon never leads on it; upgrade cascade-scheduler on this machine")
 
 
+def _reconnected(where: JournalLocation) -> None:
+    """A dropped journal connection was replaced: say so plainly (writes that failed with it
+    are retried by their callers; an answer in hand is never lost, see `scheduler.answers`)."""
+    get_logger("journal").info("journal_reconnected", journal=where.url or str(where.path))
+
+
 @contextlib.asynccontextmanager
 async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Engine]:
     """A started `Engine` with everything it needs; everything is closed on exit."""
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
         # the journal first: a second writer is refused before anything else is started
-        journal = open_journal(config.journal_location(), on_schema=log_schema)
+        where = config.journal_location()
+        journal = open_journal(where, on_schema=log_schema,
+                               on_reconnect=functools.partial(_reconnected, where))
         await journal.start(writer=True)
         stack.push_async_callback(journal.close)
         base_url, headers = await stack.enter_async_context(api_endpoint(config))

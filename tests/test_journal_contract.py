@@ -444,8 +444,31 @@ async def test_a_wrong_result_set_keeps_nothing(journal: Journal) -> None:
     assert (await journal.open_batches("c", limit=1))[0].decided == frozenset()
     await journal.record_results("c", 0, full)
     with pytest.raises(JournalConflict, match="not open"):
-        await journal.record_results("c", 0, full)
+        await journal.record_results("c", 0, results(batch.body, "rejected"))
     assert (await journal.counts("c"))["sent"] == 3
+
+
+async def test_a_record_done_again_after_it_landed_changes_nothing(journal: Journal) -> None:
+    """Issue 23 item 7: a write whose commit's answer was lost is done again on a new
+    connection; finding its own results there, it returns the same count instead of
+    "batch N is not open" (partial records alike), and nothing is counted twice."""
+    await prepare(journal, "c", count=2, size=4)
+    first, second = await journal.open_batches("c", limit=2)
+    await journal.mark_in_flight("c", [0, 1])
+    whole = results(first.body)
+    assert await journal.record_results("c", 0, whole) == 4
+    assert await journal.record_results("c", 0, whole) == 4
+    decided = results(second.body, "rejected", only=1)
+    assert await journal.record_partial("c", 1, decided) == 1
+    assert await journal.record_partial("c", 1, decided) == 1
+    rest = [r for r in results(second.body) if r.tracking_id != "c-4"]
+    assert await journal.record_results("c", 1, rest) == 4
+    assert await journal.record_results("c", 1, rest) == 4
+    with pytest.raises(JournalConflict, match="not open"):
+        await journal.record_results("c", 1, rest[:2])  # the same ids, not the same write
+    counts = await journal.counts("c")
+    assert (counts["sent"], counts["rejected"], counts["pending"]) == (7, 1, 0)
+    assert [r[0] for r in await rows(journal, "c")] == [f"c-{n}" for n in range(8)]
 
 
 async def test_expiring_what_is_left(journal: Journal) -> None:

@@ -409,6 +409,38 @@ async def test_a_connection_cut_mid_transaction_fails_the_whole_group(
         await journal.close()
 
 
+async def test_a_statement_failing_on_a_cut_connection_is_unavailable_not_a_driver_error(
+    postgres_server: PostgresServer, postgres_url: str,
+) -> None:
+    """Issue 23 (found by the restart test): the connection dies inside a group and its next
+    statement fails; rolling back on the dead connection fails too, and psycopg then lets
+    its ``Rollback`` out of the block. The caller still gets JournalUnavailable, never a
+    driver exception, and the next call reconnects."""
+    journal = await started(postgres_url)
+    try:
+        await prepare(journal, "c")
+        release, parked = asyncio.Event(), asyncio.Event()
+
+        async def wait_then_write(store: PostgresStore) -> int:
+            await store.counts("c")  # the transaction has begun
+            parked.set()
+            await release.wait()
+            await store.mark_in_flight("c", [0])  # on a connection that is gone
+            return 1
+
+        first = asyncio.ensure_future(journal.run(wait_then_write))
+        await parked.wait()
+        postgres_server.execute(sql.SQL(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'cascade-scheduler'"))
+        release.set()
+        with pytest.raises(JournalUnavailable):
+            await first
+        assert {b.state for b in await journal.open_batches("c")} == {"pending"}
+    finally:
+        await journal.close()
+
+
 async def test_close_finishes_queued_work(postgres_url: str) -> None:
     """close() runs what was queued before it; nothing is accepted afterwards."""
     journal = await started(postgres_url)

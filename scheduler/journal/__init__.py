@@ -8,6 +8,7 @@ nothing here imports the config, the audience reader or anything else above it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,13 +102,18 @@ class JournalLocation:
         return self.url is not None or self.path.exists()
 
 
-def open_journal(where: JournalLocation, on_schema: SchemaListener | None = None) -> Journal:
+def open_journal(
+    where: JournalLocation, on_schema: SchemaListener | None = None, *,
+    on_reconnect: Callable[[], None] | None = None,
+) -> Journal:
     """The journal at ``where``, not started yet: PostgreSQL when it has a URL, else SQLite.
-    ``on_schema`` is told what it does with its schema (an upgrade, a wait for one)."""
+    ``on_schema`` is told what it does with its schema (an upgrade, a wait for one);
+    ``on_reconnect`` is called each time PostgreSQL's lost connection is replaced (a SQLite
+    file has no connection to lose)."""
     if where.url is None:
         return SqliteJournal(where.path, on_schema=on_schema)
     from scheduler.journal.postgres import PostgresJournal  # only its users load the driver
 
     # the config refuses a URL that holds a password: the URL may be shown
     return PostgresJournal(where.url, password=where.password, location=where.url,
-                           on_schema=on_schema)
+                           on_schema=on_schema, on_reconnect=on_reconnect)

@@ -569,14 +569,16 @@ class Journal(Protocol):
     ) -> int:
         """Close a batch with one final outcome per message not decided before; returns how
         many results the batch holds. The wrong number of results, a doubled id or a batch
-        that is not open raises `JournalConflict` and nothing is kept."""
+        that is not open raises `JournalConflict` and nothing is kept. The very write that
+        closed it, done again (its caller never heard it landed: a connection lost before
+        the commit's answer), changes nothing and returns the same count."""
 
     async def record_partial(
         self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
     ) -> int:
         """Keep the outcomes decided so far (they are never sent again); the batch's other
         messages go back to pending (``doubtful`` as for `release`). Returns how many results
-        the batch holds."""
+        the batch holds; done again after it landed, it changes nothing (as `record_results`)."""
 
     # --- what reached the delivery log ------------------------------------------------------
 

@@ -23,6 +23,7 @@ from scheduler.journal.base import (
     JournalConflict,
     MessageRecord,
     RecipientRow,
+    Results,
     StatusChange,
     StatusReport,
 )
@@ -119,6 +120,15 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def repeats(previous: Sequence[Any], results: Results) -> bool:
+    """Whether ``results`` are exactly the last ones the batch's blob holds: a write that
+    landed, done again because its caller never heard so (a connection lost before the
+    commit's answer came). Ids are unique in a batch, so no new write can look like this."""
+    rows = results.stored()
+    return 0 < len(rows) <= len(previous) and previous[len(previous) - len(rows):] == [
+        list(row) for row in rows]
 
 
 def decided(blob: bytes | None) -> frozenset[str]:

@@ -86,6 +86,7 @@ from scheduler.journal.codec import (
     encode_batches,
     final_statuses_blob,
     read_final_statuses,
+    repeats,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
@@ -856,9 +857,11 @@ class PostgresStore:
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq = %s FOR UPDATE OF s", (snapshot, seq),
         )
+        previous = orjson.loads(row[2]) if row is not None and row[2] is not None else []
+        if repeats(previous, batch):
+            return len(previous)  # it landed before, its commit's answer was lost
         if row is None or row[0] == "done":
             raise JournalConflict(campaign_id, f"batch {seq} is not open")
-        previous = orjson.loads(row[2]) if row[2] is not None else []
         _check_results(campaign_id, seq, row[1], len(previous), batch, close)
         blob = orjson.dumps(previous + batch.stored())
         async with self.db.pipeline():  # two writes, one round trip
@@ -1470,8 +1473,11 @@ class PostgresJournal:
     def __init__(
         self, conninfo: str, *, password: str | None = None, location: str,
         on_schema: SchemaListener | None = None,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.location = location
+        #: told each time a lost connection was replaced (the caller logs it plainly)
+        self.on_reconnect = on_reconnect
         self._password = password
         self._on_schema = on_schema
         #: the older release's schema version `start` left for `acquire_lease` to upgrade
@@ -1697,6 +1703,10 @@ class PostgresJournal:
                     if outcomes[-1][2] is not None and not savepoints:
                         failed = True
                         raise psycopg.Rollback  # undoes it all, and leaves the block quietly
+        except psycopg.Rollback:
+            # psycopg lets it out (and warns) when the rollback itself failed: the connection
+            # broke under the group. Nothing was committed; `failed` goes on as usual.
+            pass
         except psycopg.Error as exc:
             if retry and not began and store.db.broken:
                 raise _LostAtBegin from exc
@@ -1769,8 +1779,8 @@ class PostgresJournal:
                 # Lost before the answer came: most likely it was gone before this began (a
                 # restart `_live_store` could not see yet), so run it once more on a new
                 # connection. Had it committed after all, the repeat is harmless: marks and
-                # releases land again (an attempt counted twice at worst), and a closed
-                # batch refuses a second record.
+                # releases land again (an attempt counted twice at worst), and a record
+                # finds its own results already there and changes nothing (`codec.repeats`).
                 if retry:
                     raise _LostAtBegin from exc
                 raise self._error(exc) from None
@@ -1803,6 +1813,8 @@ class PostgresJournal:
                 await self._store.db.close()
             self._store = None
         self._store = PostgresStore(await self._connect(), self._frozen)
+        if self.on_reconnect is not None:
+            self.on_reconnect()
 
     async def _run_one(self, store: PostgresStore, op: _Op, *, savepoint: bool) -> _Settled:
         """Run one operation (in its own savepoint); its exception goes to its caller only."""

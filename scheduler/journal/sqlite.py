@@ -77,6 +77,7 @@ from scheduler.journal.codec import (
     encode_batches,
     final_statuses_blob,
     read_final_statuses,
+    repeats,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
@@ -835,7 +836,9 @@ class SqliteConnection:
         rows = batch.stored()
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
-            previous = self._check_results(campaign_id, snapshot, seq, batch, close)
+            previous, repeat = self._check_results(campaign_id, snapshot, seq, batch, close)
+            if repeat:
+                return len(previous)  # it landed before: nothing to change
             self._db.execute(
                 "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
                 " expired = expired + ?, in_doubt = in_doubt + ?, skipped = skipped + ?,"
@@ -898,17 +901,21 @@ class SqliteConnection:
 
     def _check_results(
         self, campaign_id: str, snapshot: int, seq: int, results: Results, close: bool,
-    ) -> list[Any]:
+    ) -> tuple[list[Any], bool]:
         """The batch's results so far, once ``results`` are found to add one per message of
-        an open batch (ids unique; matching them is the engine's)."""
+        an open batch (ids unique; matching them is the engine's); True with them when
+        ``results`` repeat the write that put them there (`codec.repeats`)."""
         row = self._db.execute(
             "SELECT s.state, s.size, r.blob FROM batch_state s"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = ? AND s.seq = ?", (snapshot, seq),
         ).fetchone()
+        previous: list[Any] = (
+            [] if row is None or row["blob"] is None else orjson.loads(row["blob"]))
+        if repeats(previous, results):
+            return previous, True
         if row is None or row["state"] == "done":
             raise JournalConflict(campaign_id, f"batch {seq} is not open")
-        previous: list[Any] = [] if row["blob"] is None else orjson.loads(row["blob"])
         # Decoding the body to compare ids would cost ~0.4 ms a batch on the writer thread;
         # the count and uniqueness catch a lost or doubled result at a tenth of that.
         total = len(previous) + len(results)
@@ -918,7 +925,7 @@ class SqliteConnection:
                 campaign_id, f"batch {seq} has {row['size']} messages but the results name "
                 f"{distinct} distinct ids",
             )
-        return previous
+        return previous, False
 
     # --- outcomes -----------------------------------------------------------------------
 
