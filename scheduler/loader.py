@@ -185,9 +185,7 @@ def content_key(data: dict[str, Any]) -> str:
 
 
 def _canonical(value: object) -> str:
-    """TOML's dates and times as JSON: their ISO text (a UTC send time is one moment)."""
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC).isoformat()
+    """TOML's dates and times as JSON: their ISO text (``Z`` and ``+00:00`` read the same)."""
     if isinstance(value, date | time):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not a TOML value")
