@@ -236,6 +236,11 @@ class DeliveryReportsConfig(_Section):
         return None if value is None else _host_port(value, "127.0.0.1:8088")
 
     @property
+    def enabled(self) -> bool:
+        """True when delivery statuses come: polled, or pushed to the webhook receiver."""
+        return self.poll or self.listen is not None
+
+    @property
     def address(self) -> tuple[str, int] | None:
         """(host, port) of the webhook receiver, or None when off."""
         return None if self.listen is None else _address(self.listen)

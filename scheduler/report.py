@@ -181,6 +181,19 @@ def _delivery_rows(
                "message_id": row.message_id}
 
 
+def awaiting_status(
+    journal: JournalReader, campaign_id: str, sent: int, reports: bool,
+) -> int | None:
+    """Sent messages of the campaign without a final delivery status yet (as the delivery
+    summary counts them); None when delivery reports are off (``reports``) and no status
+    ever came: then nothing is awaited, and 0 would read as "all delivered"."""
+    if not sent:
+        return 0 if reports else None
+    statuses = journal.delivery_counts(campaign_id).statuses
+    finals = sum(n for status, n in statuses.items() if status != "awaiting")
+    return max(0, sent - finals) if reports or finals else None
+
+
 def delivery_summaries(
     journal: JournalReader, campaign_id: str | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -417,10 +430,15 @@ def _print_records(
                           soft_wrap=True)
 
 
+#: numbers that name something (a CSV line, a process): printed as written, without the
+#: thousands separators of counts, so they can be pasted (``kill 13581``)
+_NAMES = frozenset({"line", "pid"})
+
+
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return ""
-    if isinstance(value, int) and not isinstance(value, bool) and column != "line":
+    if isinstance(value, int) and not isinstance(value, bool) and column not in _NAMES:
         return f"{value:,}"
     return str(value)
 

@@ -271,7 +271,8 @@ class UnloggedBatch:
 
 @dataclass(frozen=True, slots=True)
 class DaemonRecord:
-    """A daemon present on the journal: its holder name ("host:pid:tag") and start time."""
+    """A daemon present on the journal: its holder name ("host:pid:tag") and since when it
+    holds its present role (took the lease, or started as a standby)."""
 
     holder: str
     since: datetime
@@ -651,7 +652,8 @@ class Journal(Protocol):
     # with every heartbeat: no schema of its own, and a dead daemon simply expires.
 
     async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
-        """Say that ``holder`` (running since ``since``) is alive for ``seconds`` more."""
+        """Say that ``holder`` (in its present role, leader or standby, since ``since``) is
+        alive for ``seconds`` more."""
 
     async def leave(self, holder: str) -> None:
         """``holder`` stops (a clean shutdown): drop its presence at once."""
