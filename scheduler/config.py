@@ -229,6 +229,19 @@ class DeliveryReportsConfig(_Section):
     max_interval: float = Field(default=1800, gt=0, le=86_400)
     #: "HOST:PORT" of the webhook receiver (off when absent); the path holds a secret token
     listen: str | None = None
+    #: the account's currency (ISO 4217, e.g. "UAH"): a cost reported without one (the
+    #: webhook's four fields carry none) is taken in it; else it is shown as "unknown"
+    currency: str | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _check_currency(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        code = value.strip().upper()
+        if len(code) != 3 or not code.isascii() or not code.isalpha():
+            raise ValueError(f'"{value}" is not a currency code: write three letters, like "UAH"')
+        return code
 
     @field_validator("listen")
     @classmethod

@@ -134,7 +134,8 @@ class Daemon:
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(engine.journal, engine.log, metrics)
+        self._deliveries = Deliveries(engine.journal, engine.log, metrics,
+                                      currency=config.delivery_reports.currency)
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
             self._deliveries, self._webhook_token, *hook, index=self._index_some,

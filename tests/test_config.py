@@ -79,6 +79,8 @@ BAD_CONFIGS: list[tuple[str, str, int | None, str | None, str]] = [
     ("credentials-in-file", '[credentials]\napi_key = "sk-live-0123"\n', 3, "credentials",
      "never live in the config file"),
     ("source-in-file", 'source = "elsewhere.toml"\n', 3, "source", "unknown key"),
+    ("currency", '[delivery_reports]\ncurrency = "hryvnia"\n', 4,
+     "delivery_reports.currency", "three letters"),
 ]
 
 
