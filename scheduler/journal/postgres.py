@@ -1569,6 +1569,11 @@ class PostgresJournal:
                     if outcomes[-1][2] is not None and not savepoints:
                         failed = True
                         raise psycopg.Rollback  # undoes it all, and leaves the block quietly
+        except psycopg.Rollback:
+            # The block's own rollback did not reach the server: the connection is lost
+            # (psycopg warns and lets the Rollback through). Nothing of it was committed,
+            # just as if it had been rolled back; `_live_store` replaces the connection.
+            pass
         except psycopg.Error as exc:
             if retry and not began and store.db.broken:
                 raise _LostAtBegin from exc
