@@ -25,7 +25,6 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 from scheduler import __version__
 from scheduler.cascade import CONNECT_TIMEOUT_CAP, clip, parse_error_body, parse_retry_after
@@ -40,6 +39,7 @@ from scheduler.journal import (
 )
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
+from scheduler.ratelimit import RateLimit
 from scheduler.vocabulary import (
     DELIVERY_FINAL,
     DELIVERY_STATUSES,
@@ -457,7 +457,7 @@ class Poller:
         self.leading = leading
         self.clock = clock
         self.log = get_logger("delivery_status")
-        self._limiter = AsyncLimiter(settings.rate, 1)
+        self._limiter = RateLimit(settings.rate)
         self._failures = 0  # rounds in a row the status API failed
 
     async def run(self, stop: asyncio.Event) -> None:
