@@ -572,6 +572,12 @@ class Journal(Protocol):
         ``since``, across all campaigns (a frequency cap's summary): in ascending order, those
         after ``after``, at most ``limit`` (the next page starts after the last one)."""
 
+    def unindexed_phones(self, types: Sequence[str], since: datetime) -> AsyncIterator[str]:
+        """The phone of each message of ``types`` sent at or after ``since`` in a closed batch
+        `index_messages` has not copied yet (once a message, however many): what
+        `capped_phones` does not count yet. A daemon indexes within seconds; after a `send`
+        with no daemon, nothing does until one runs."""
+
     # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
 
     async def record_statuses(
