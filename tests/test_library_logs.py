@@ -24,10 +24,11 @@ from daemon_helpers import (
 )
 from psycopg import sql
 
+from scheduler.config import load_config
+from scheduler.journal import JournalReader, open_journal
 from scheduler.oplog import REDACTED, configure_logging
 from tests.helpers import clean_env
 from tests.pg_helpers import PostgresServer
-from tests.test_failover import journal_state
 
 SECRET = "sk-live-library-0123456789"
 
@@ -41,6 +42,14 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         except ValueError:
             pytest.fail(f"a line of the operational log is not JSON: {line!r}")
     return found
+
+
+def state(workspace: Workspace, cid: str) -> str | None:
+    """The campaign's state in the workspace's journal (PostgreSQL here)."""
+    location = load_config(workspace.config).journal_location()
+    with JournalReader(open_journal(location)) as journal:
+        record = journal.campaign(cid)
+        return None if record is None else record.state
 
 
 def test_library_records_are_events_of_the_operational_log(
@@ -116,8 +125,8 @@ def test_a_daemon_whose_connections_are_cut_logs_json_only(
             poll(lambda r=round_: len(sandbox.record()) >= 100 * r or None, 30,
                  f"batch {2 * round_} to be accepted")
             postgres_server.execute(cut)
-        poll(lambda: journal_state(workspace, "cut")[0] == "done" or None, 60,
-             "the campaign to finish", step=0.3)
+        poll(lambda: state(workspace, "cut") == "done" or None, 60, "the campaign to finish",
+             step=0.3)
         accepted = {r["trackinId"] for r in sandbox.record()}
         assert accepted == expected_ids("cut", 2000)
         assert daemon.stop() == 0
