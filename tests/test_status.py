@@ -141,3 +141,14 @@ def test_since_is_when_a_daemon_took_the_lead(tmp_path: Path, postgres_url: str)
     finally:
         a.kill()
         b.kill()
+
+
+def test_a_journal_out_of_reach_is_exit_1(tmp_path: Path) -> None:
+    """No database answers at the journal's URL: exit 1 and one sentence, so monitoring tells
+    "nobody sends" (3) from "cannot tell" (1)."""
+    from tests.helpers import free_port
+
+    workspace = Workspace(tmp_path, journal_url=f"postgresql://cascade@127.0.0.1:{free_port()}/j")
+    done = run_cli(["status", "--config", str(workspace.config)])
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
