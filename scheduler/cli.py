@@ -484,7 +484,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                        total=listed_total(journal, "resent", args.campaign))
         elif args.status is None:
             write_summary(journal, args.campaign, args.format, sys.stdout,
-                          delivery=config.delivery_reports.poll)
+                          delivery=config.delivery_reports.enabled)
         else:
             total = listed_total(journal, args.status, args.campaign)
             recipients = recipient_rows(journal, args.status, args.campaign)
@@ -519,7 +519,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_NO_LEADER
     now = datetime.now(UTC)
     with JournalReader(open_journal(config.journal_location())) as journal:
-        status = read_status(journal, now, file_rollout(config, now))
+        status = read_status(journal, now, file_rollout(config, now),
+                             reports=config.delivery_reports.enabled)
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_json(), option=orjson.OPT_INDENT_2).decode()
                          + "\n")

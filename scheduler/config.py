@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -241,11 +241,29 @@ class DeliveryReportsConfig(_Section):
     max_interval: float = Field(default=1800, gt=0, le=86_400)
     #: "HOST:PORT" of the webhook receiver (off when absent); the path holds a secret token
     listen: str | None = None
+    #: the account's currency (ISO 4217, e.g. "UAH"): a cost reported without one (the
+    #: webhook's four fields carry none) is taken in it; else it is shown as "unknown"
+    currency: str | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _check_currency(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        code = value.strip().upper()
+        if len(code) != 3 or not code.isascii() or not code.isalpha():
+            raise ValueError(f'"{value}" is not a currency code: write three letters, like "UAH"')
+        return code
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str | None) -> str | None:
         return None if value is None else _host_port(value, "127.0.0.1:8088")
+
+    @property
+    def enabled(self) -> bool:
+        """True when delivery statuses come: polled, or pushed to the webhook receiver."""
+        return self.poll or self.listen is not None
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -516,12 +534,17 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
         document = read_toml(path)
     except TomlProblem as exc:
         raise ConfigError([exc.problem]) from None
+    stray = [_not_from_file(key, path, document.line_of(key))
+             for key in document.data if key in _NOT_FROM_FILE]
     try:
-        config = Config.model_validate(document.data)
+        config = Config.model_validate(
+            {k: v for k, v in document.data.items() if k not in _NOT_FROM_FILE})
     except ValidationError as exc:
         raise ConfigError(
-            pydantic_problems(exc, path, document.line_of, _CONFIG_KEYS)
+            stray + pydantic_problems(exc, path, document.line_of, Config)
         ) from None
+    if stray:
+        raise ConfigError(stray)
     try:
         paths = config.paths.resolved(path.resolve().parent)
     except RuntimeError as exc:  # a symbolic link loop on one of the paths
@@ -534,28 +557,27 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
     )
 
 
-_CONFIG_KEYS: dict[str, set[str]] = {
-    "": {"api", "sending", "paths", "log", "journal", "metrics", "delivery_reports", "policy",
-         "sandbox"},
-    "api": set(ApiConfig.model_fields),
-    "sending": set(SendingConfig.model_fields),
-    "paths": set(PathsConfig.model_fields),
-    "log": set(LogConfig.model_fields),
-    "journal": set(JournalConfig.model_fields),
-    "metrics": set(MetricsConfig.model_fields),
-    "delivery_reports": set(DeliveryReportsConfig.model_fields),
-    "policy": set(PolicyConfig.model_fields),
-    "sandbox": set(SandboxConfig.model_fields),
-}
+#: fields of `Config` that the file cannot set: the process fills them in
+_NOT_FROM_FILE = frozenset({"credentials", "source"})
+
+
+def _not_from_file(key: str, path: Path, line: int | None) -> Problem:
+    """A top-level key that names a field the process fills in, never the file."""
+    if key != "credentials":
+        return Problem(path, line, key, "unknown key")
+    names = ", ".join(env for env, _, _ in CREDENTIAL_SOURCES)
+    return Problem(path, line, key, "credentials never live in the config file: remove them "
+                   f"and set {names} (or LoadCredential= in the systemd unit)")
 
 
 def pydantic_problems(
     exc: ValidationError,
     path: Path,
     line_of: Any,
-    known_keys: Mapping[str, set[str]],
+    model: type[BaseModel],
 ) -> list[Problem]:
-    """Turn a pydantic `ValidationError` into located problems, with "did you mean" hints."""
+    """Turn a pydantic `ValidationError` into located problems, with "did you mean" hints
+    taken from ``model`` itself (the keys of the table where the unknown one was written)."""
     import difflib
 
     problems = []
@@ -563,14 +585,37 @@ def pydantic_problems(
         dotted = ".".join(str(part) for part in error["loc"])
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            table, _, key = dotted.rpartition(".")
-            close = difflib.get_close_matches(key, sorted(known_keys.get(table, ())), n=1)
+            known = table_keys(model, error["loc"][:-1])
+            close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
             hint = f': did you mean "{close[0]}"?' if close else ""
             message = f"unknown key{hint}"
         elif error["type"] == "missing":
             message = "required key is missing"
         problems.append(Problem(path, line_of(dotted), dotted, message))
     return problems
+
+
+def table_keys(model: type[BaseModel], where: Sequence[int | str]) -> list[str]:
+    """The keys the table at ``where`` (a pydantic error location, list indexes included)
+    takes, read from the models, so a hint can never name a key that does not exist or miss
+    one that does; [] where no table of the model is."""
+    for part in where:
+        if isinstance(part, int):
+            continue  # an entry of an array of tables: the same model as the array's
+        field = model.model_fields.get(part)
+        inner = None if field is None else _model_in(field.annotation)
+        if inner is None:
+            return []
+        model = inner
+    return sorted(name for name in model.model_fields
+                  if not (model is Config and name in _NOT_FROM_FILE))
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model a field holds: itself, or inside a tuple, a list or an optional."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in get_args(annotation) if (m := _model_in(arg)) is not None), None)
 
 
 def postgres_url(url: str) -> str:

@@ -133,11 +133,12 @@ class Daemon:
         metrics.present.states = self.state_counts
         metrics.present.leading = lambda: leadership.leading
         self._journal_problem: str | None = None  # why the last heartbeat failed, if it did
-        self._since = utcnow()
+        self._role_changed = asyncio.Event()  # tells `_keep_presence` to write at once
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(engine.journal, engine.log, metrics)
+        self._deliveries = Deliveries(engine.journal, engine.log, metrics,
+                                      currency=config.delivery_reports.currency)
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
             self._deliveries, self._webhook_token, *hook, index=self._index_some,
@@ -382,6 +383,7 @@ class Daemon:
         """Now the leader: say so; campaigns whose file is gone are cancelled."""
         self._lifecycle.announce("leadership_acquired", holder=self.leadership.holder,
                                  epoch=self.leadership.epoch)
+        self._role_changed.set()
         await self._cancel_orphans()
         self._cancelled.set()
         self.notifier.status(self.status_line())
@@ -391,6 +393,7 @@ class Daemon:
         timer, and forget the schedule (a new term rebuilds it from files and journal)."""
         self._lifecycle.announce("leadership_lost", "warning", holder=self.leadership.holder,
                                  reason=reason)
+        self._role_changed.set()
         async with self._lock:
             for tracked in self._campaigns.values():
                 self._unschedule(tracked.campaign.id)
@@ -465,13 +468,16 @@ class Daemon:
             await asyncio.sleep(step)
 
     async def _keep_presence(self) -> None:
-        """Every few seconds, tell the journal this daemon is alive (for `status`); a failure
-        is what /readyz reports as the journal not answering."""
-        holder, since = self.leadership.holder, self._since
+        """Every few seconds, and at once when this daemon takes or loses the lease, tell the
+        journal it is alive and since when it holds its role (for `status`); a failure is
+        what /readyz reports as the journal not answering."""
+        holder = self.leadership.holder
         while True:
+            self._role_changed.clear()
             try:
                 await asyncio.wait_for(
-                    self._engine.journal.heartbeat(holder, since, 3 * STATUS_EVERY),
+                    self._engine.journal.heartbeat(
+                        holder, self.leadership.since, 3 * STATUS_EVERY),
                     JOURNAL_PROBE_TIMEOUT,
                 )
             except (JournalError, TimeoutError) as exc:
@@ -479,7 +485,8 @@ class Daemon:
                     f"the journal does not answer: {exc or 'no answer in time'}")
             else:
                 self._journal_problem = None
-            await asyncio.sleep(STATUS_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._role_changed.wait(), STATUS_EVERY)
 
     async def _replay_deliveries(self, before: datetime) -> None:
         """Write the ``delivery`` lines of final statuses journaled before ``before`` that never

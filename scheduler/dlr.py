@@ -18,14 +18,13 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 from scheduler import __version__
 from scheduler.cascade import CONNECT_TIMEOUT_CAP, clip, parse_error_body, parse_retry_after
@@ -40,7 +39,14 @@ from scheduler.journal import (
 )
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
-from scheduler.vocabulary import DELIVERY_FINAL, DELIVERY_STATUSES, DeliveryStatus
+from scheduler.ratelimit import RateLimit
+from scheduler.vocabulary import (
+    DELIVERY_FINAL,
+    DELIVERY_STATUSES,
+    NO_CHANNEL,
+    NO_CURRENCY,
+    DeliveryStatus,
+)
 
 STATUS_PATH: Final = "/bat/message/{message_id}"
 #: polling gives a message up (``unknown``) this long after its campaign's deadline...
@@ -280,14 +286,19 @@ def answer_code(answer: StatusAnswer | None) -> str:
 
 
 class Deliveries:
-    """Journals status reports; each message's first final status is logged and counted once."""
+    """Journals status reports; each message's first final status is logged and counted once.
+    A cost reported without its currency is taken in ``currency`` (the account's, from
+    ``[delivery_reports] currency``) when given."""
 
     def __init__(self, journal: Journal, log: DeliveryLog, metrics: Metrics,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, currency: str | None = None) -> None:
         self.journal = journal
         self.log = log
         self.metrics = metrics
         self.clock = clock
+        self.currency = currency
+        if currency is not None:
+            metrics.cost.labels(currency)  # exported at 0 from the start
         self._oplog = get_logger("delivery_status")
         self._written: list[str] = []  # keys of record_statuses calls whose lines are written
         self._marking: asyncio.Task[None] | None = None
@@ -300,6 +311,9 @@ class Deliveries:
         log that cannot be written now leaves them too (said as ``delivery_lines_deferred``)."""
         if not reports:
             return []
+        if self.currency is not None:
+            reports = [replace(r, currency=self.currency)
+                       if r.cost is not None and r.currency is None else r for r in reports]
         key = uuid.uuid4().hex
         changes = await self.journal.record_statuses(reports, key)
         now = self.clock()
@@ -370,11 +384,12 @@ class Deliveries:
         """Move the metrics once per status, channel and currency, never per message."""
         groups = Counter((line.status, line.channel) for line in lines)
         for (status, channel), count in groups.items():
-            self.metrics.deliveries.labels(status, channel or "none").inc(count)
+            self.metrics.deliveries.labels(status, channel or NO_CHANNEL).inc(count)
         costs: dict[str, float] = {}
         for line in lines:
-            if line.cost and line.currency:
-                costs[line.currency] = costs.get(line.currency, 0.0) + line.cost
+            if line.cost:
+                currency = line.currency or NO_CURRENCY
+                costs[currency] = costs.get(currency, 0.0) + line.cost
         for currency, total in costs.items():
             self.metrics.cost.labels(currency).inc(total)
 
@@ -383,8 +398,9 @@ def _line(message: MessageRecord, report: StatusReport, now: datetime) -> Delive
     """The ``delivery`` line of a message's first final status (``now``: when it was taken,
     for a report without a time of its own)."""
     took = ((report.at or now) - message.sent_at).total_seconds()
+    currency = report.currency or (NO_CURRENCY if report.cost else None)
     return DeliveryLine(message.campaign, message.tracking_id, message.message_id,
-                        report.status, report.channel, report.cost, report.currency,
+                        report.status, report.channel or NO_CHANNEL, report.cost, currency,
                         message.phone, max(0.0, took))
 
 
@@ -441,7 +457,7 @@ class Poller:
         self.leading = leading
         self.clock = clock
         self.log = get_logger("delivery_status")
-        self._limiter = AsyncLimiter(settings.rate, 1)
+        self._limiter = RateLimit(settings.rate)
         self._failures = 0  # rounds in a row the status API failed
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -16,6 +16,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from structlog.typing import FilteringBoundLogger
 
@@ -47,6 +48,8 @@ class Leadership:
         self.epoch: int | None = None
         self._clock = clock
         self._valid_until = 0.0
+        #: when this process took its present role: started (as a standby), or took the lease
+        self.since = datetime.now(UTC)
         self._log: FilteringBoundLogger = get_logger("leadership")
 
     @property
@@ -69,7 +72,7 @@ class Leadership:
         epoch = await self.journal.acquire_lease(self.holder, self.lease)
         if epoch is None:
             return False
-        self.epoch = epoch
+        self.epoch, self.since = epoch, datetime.now(UTC)
         self._valid_until = asked + self.lease * (1 - SAFETY)
         self.journal.fence(self.holder, epoch)
         return True
@@ -117,7 +120,7 @@ class Leadership:
                 wait = min(TRY_EVERY, self.lease / 3)
                 continue
             if not kept:
-                self.epoch = None
+                self.epoch, self.since = None, datetime.now(UTC)
                 reason = ("another daemon holds the lease" if kept is False
                           else "the journal did not answer before the lease ran out")
                 await on_lost(reason)

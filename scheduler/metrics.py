@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import get_args
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -19,11 +20,29 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from scheduler import __version__
+from scheduler.campaign import MESSAGE_TYPES
+from scheduler.config import Route
+from scheduler.vocabulary import (
+    CHANNELS,
+    DELIVERY_FINAL,
+    NO_CHANNEL,
+    NO_CURRENCY,
+    OUTCOMES,
+    SkipReason,
+)
 
 LIVE_WITHIN = 10.0  # /livez: the event loop ticked within this many seconds
 TICK_EVERY = 1.0
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+#: label values exported at 0 from the start (any other value appears at its first event):
+#: the API's documented answers, and "no answer" (the engine's word for a request that got
+#: none: a timeout, a lost connection)
+API_CODES = ("200", "400", "401", "429", "500", "502", "503", "504", "no answer")
+#: the status API's answers (`dlr.answer_code`: "error" when no answer came)
+STATUS_CODES = ("200", "401", "404", "429", "500", "502", "503", "504", "error")
+#: what became of webhook reports (`Journal.record_statuses`' results, then per request)
+WEBHOOK_RESULTS = ("final", "moved", "unchanged", "unknown", "malformed", "wrong_token")
 
 
 @dataclass
@@ -134,6 +153,29 @@ class Metrics:
             registry=r,
         )
         Info("cascade_build", "The running release", registry=r).info({"version": __version__})
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Create every labelled series whose label values are known in advance, at 0: a
+        series born at its first event hides that event from ``rate()`` and ``increase()``,
+        and an alert on it says nothing (not 0) on a healthy daemon."""
+        for route in get_args(Route):
+            self.api_duration.labels(route)
+            for code in API_CODES:
+                self.api_requests.labels(route, code)
+        for kind in MESSAGE_TYPES:
+            for outcome in OUTCOMES:
+                self.messages.labels(kind, outcome)
+        for reason in get_args(SkipReason):
+            self.skips.labels(reason)
+        for status in sorted(DELIVERY_FINAL):
+            for channel in (*CHANNELS, NO_CHANNEL):
+                self.deliveries.labels(status, channel)
+        self.cost.labels(NO_CURRENCY)
+        for result in WEBHOOK_RESULTS:
+            self.webhook_reports.labels(result)
+        for code in STATUS_CODES:
+            self.status_requests.labels(code)
 
     def tick(self) -> None:
         """The event loop is alive (called every `TICK_EVERY` s by the daemon)."""

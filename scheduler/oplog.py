@@ -1,7 +1,10 @@
 """The operational log on stderr (journald in production), and the secret redaction it shares.
 
 Separate from the delivery log: this one tells operators what the daemon is doing; structlog
-renders it as one JSON object a line, or as coloured console text on a terminal.
+renders it as one JSON object a line, or as coloured console text on a terminal. What the
+libraries say through the standard `logging` module (psycopg's warnings about a lost
+connection, asyncio's errors) comes through it too, as ``library_message`` events, so the log
+stays one JSON object a line and is redacted like every other line.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, Literal, cast
@@ -28,6 +32,9 @@ _LEVELS = {
     "error": logging.ERROR, "critical": logging.CRITICAL,
 }
 
+#: a `logging` record's level as the logger method that logs at it, highest first
+_METHODS = ((logging.CRITICAL, "critical"), (logging.ERROR, "error"),
+            (logging.WARNING, "warning"), (logging.INFO, "info"))
 
 #: secrets shorter than this are redacted only where they are a whole value: replacing a toy
 #: key like "k" inside every word would make the logs unreadable (real API keys are long)
@@ -111,6 +118,35 @@ def configure_logging(
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    _route_library_logs(_LEVELS[level.lower()])
+
+
+class LibraryHandler(logging.Handler):
+    """Hands a library's `logging` records to the operational log: event ``library_message``,
+    the library's logger as ``component``, its text as ``message`` (and its traceback as
+    ``exception``), at the record's level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Log ``record`` through structlog (a failure is `logging`'s to report)."""
+        try:
+            fields: dict[str, Any] = {"message": record.getMessage()}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exception"] = "".join(traceback.format_exception(*record.exc_info))
+            method = next((name for number, name in _METHODS if record.levelno >= number),
+                          "debug")
+            getattr(get_logger(record.name), method)("library_message", **fields)
+        except Exception:  # noqa: BLE001 - logging's own contract: report it, never raise
+            self.handleError(record)
+
+
+def _route_library_logs(level: int) -> None:
+    """Every `logging` record at ``level`` and above, and never below WARNING (libraries'
+    INFO and DEBUG chatter is not for operators), through `LibraryHandler`, once."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(LibraryHandler())
+    root.setLevel(max(level, logging.WARNING))
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

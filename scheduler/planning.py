@@ -32,7 +32,7 @@ from scheduler.forecast import (
 from scheduler.identity import judged, used
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
-from scheduler.report import campaign_note
+from scheduler.report import awaiting_status, campaign_note
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import FINISHED, SENDING
 
@@ -150,7 +150,7 @@ class _Planner:
         self.records = {r.id: r for r in journal.campaigns()} if journal is not None else {}
         self.leading = journal is not None and journal.leader() is not None
         reports = config.delivery_reports
-        self.reports = reports.poll or reports.address is not None  # delivery statuses come
+        self.reports = reports.enabled  # delivery statuses come
         self.poll_rate = reports.status_rate(config.sending) if reports.poll else None
         self.rows: list[dict[str, Any]] = []
         self.jobs: list[_Job] = []
@@ -203,7 +203,8 @@ class _Planner:
             "campaign": record.id, "type": record.type, "state": record.state,
             "send_at": utc_text(record.send_at), "valid": record.recipients,
             "skipped": record.skipped, "sent": sent,
-            "awaiting_status": self._awaiting(record.id, sent), "eta": None,
+            "awaiting_status": awaiting_status(self.journal, record.id, sent, self.reports),
+            "eta": None,
             "note": campaign_note(record, pending, self.leading),
         }
         if campaign is not None and campaign.rollout is not None:
@@ -222,16 +223,6 @@ class _Planner:
                 _stage_on(job, campaign.rollout, record, self.now)
         self.rows.append(row)
         return row
-
-    def _awaiting(self, campaign_id: str, sent: int) -> int | None:
-        """Sent messages without a final delivery status yet (as `report` counts them); None
-        when delivery reports are off and no status ever came."""
-        assert self.journal is not None
-        if not sent:
-            return 0 if self.reports else None
-        statuses = self.journal.delivery_counts(campaign_id).statuses
-        finals = sum(n for status, n in statuses.items() if status != "awaiting")
-        return max(0, sent - finals) if self.reports or finals else None
 
     def _unsent(self) -> int | None:
         """``sent`` of a campaign the journal has not started: 0, or None (unknown) when

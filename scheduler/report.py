@@ -35,7 +35,7 @@ from rich.table import Table
 
 from scheduler.campaign import utc_text
 from scheduler.journal import CampaignRecord, JournalReader
-from scheduler.vocabulary import OUTCOMES, SENDING, Outcome
+from scheduler.vocabulary import NO_CHANNEL, NO_CURRENCY, OUTCOMES, SENDING, Outcome
 
 T = TypeVar("T")
 Format = Literal["table", "json", "csv"]
@@ -204,11 +204,25 @@ def _delivery_rows(
     """The campaign's sent messages whose final delivery status is ``status``."""
     for row in journal.delivery_recipients(campaign_id, status):
         yield {"campaign": campaign_id, "tracking_id": row.tracking_id, "phone": row.phone,
-               "status": row.status, "channel": row.channel or "", "parts": row.parts,
-               "cost": row.cost, "currency": row.currency or "",
+               "status": row.status, "channel": row.channel or NO_CHANNEL,
+               "parts": row.parts, "cost": row.cost,
+               "currency": row.currency or (NO_CURRENCY if row.cost else ""),
                "sent_at": utc_text(row.sent_at),
                "status_at": "" if row.status_at is None else utc_text(row.status_at),
                "message_id": row.message_id}
+
+
+def awaiting_status(
+    journal: JournalReader, campaign_id: str, sent: int, reports: bool,
+) -> int | None:
+    """Sent messages of the campaign without a final delivery status yet (as the delivery
+    summary counts them); None when delivery reports are off (``reports``) and no status
+    ever came: then nothing is awaited, and 0 would read as "all delivered"."""
+    if not sent:
+        return 0 if reports else None
+    statuses = journal.delivery_counts(campaign_id).statuses
+    finals = sum(n for status, n in statuses.items() if status != "awaiting")
+    return max(0, sent - finals) if reports or finals else None
 
 
 def delivery_summaries(
@@ -244,10 +258,15 @@ def delivery_text(entry: dict[str, Any]) -> dict[str, Any]:
         **entry,
         "by_channel": ", ".join(f"{channel} {count:,} ({count / delivered:.0%})"
                                 for channel, count in entry["by_channel"].items()),
-        "cost": ", ".join(f"{total:,.2f} {currency}" for currency, total in entry["cost"].items()),
+        "cost": ", ".join(f"{total:,.2f} {_currency_text(currency)}"
+                          for currency, total in entry["cost"].items()),
         "median_delivery": "" if entry["median_delivery"] is None else
         f"{entry['median_delivery']:,.1f} s",
     }
+
+
+def _currency_text(currency: str) -> str:
+    return "(currency unknown)" if currency == NO_CURRENCY else currency
 
 
 def write_summary(
@@ -449,10 +468,15 @@ def _print_records(
                           soft_wrap=True)
 
 
+#: numbers that name something (a CSV line, a process): printed as written, without the
+#: thousands separators of counts, so they can be pasted (``kill 13581``)
+_NAMES = frozenset({"line", "pid"})
+
+
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return ""
-    if isinstance(value, int) and not isinstance(value, bool) and column != "line":
+    if isinstance(value, int) and not isinstance(value, bool) and column not in _NAMES:
         return f"{value:,}"
     return str(value)
 

@@ -43,6 +43,7 @@ from scheduler.cascade import ENDPOINTS
 from scheduler.config import CREDENTIAL_SOURCES, Route
 from scheduler.phones import E164
 from scheduler.sandbox_options import SandboxOptions
+from scheduler.vocabulary import CHANNELS as CASCADE_CHANNELS
 
 MAX_BATCH: Final = 1000
 #: request bodies up to this size are read (1000 long messages fit easily)
@@ -51,8 +52,8 @@ MAX_BODY: Final = 16 * 1024 * 1024
 SHUTDOWN_GRACE: Final = 1.0
 #: the channels of each route, in the order the cascade tries them
 CHANNELS: Final[dict[Route, tuple[str, ...]]] = {
-    "standard": ("telegram", "viber", "viber_bm", "rcs", "sms"),
-    "tg-viber": ("telegram", "viber"),
+    "standard": CASCADE_CHANNELS,
+    "tg-viber": CASCADE_CHANNELS[:2],  # telegram, viber
 }
 #: the status API's route (SMSBAT's "Check Message Status")
 STATUS_PATH: Final = "/bat/message/{message_id}"

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, overload
 
 import orjson
-from aiolimiter import AsyncLimiter
 
 from scheduler.answers import Keeper
 from scheduler.batching import Message, Snapshot, snapshot_key
@@ -56,6 +55,7 @@ from scheduler.journal.codec import split_keys
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
+from scheduler.ratelimit import RateLimit
 from scheduler.streaming import Reader, Resume, StreamFailed, StreamJob, StreamKilled
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import (
@@ -218,7 +218,7 @@ class Engine:
         self._oplog = get_logger("engine")
         self.progress_every = PROGRESS_EVERY
         self.caps_refresh = REFRESH
-        self._limiter = AsyncLimiter(sending.requests_per_second, 1)
+        self._limiter = RateLimit(sending.requests_per_second)
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._order = itertools.count()
         self._workers: list[asyncio.Task[None]] = []

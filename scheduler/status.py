@@ -19,6 +19,7 @@ from scheduler.campaign import Rollout, utc_text
 from scheduler.config import Config
 from scheduler.journal import CampaignRecord, JournalReader, holder_parts
 from scheduler.loader import load_campaign
+from scheduler.report import awaiting_status
 from scheduler.vocabulary import ENDED
 
 #: a campaign's roll-out (its stages and hold live in its file, not in the journal), or None
@@ -68,10 +69,12 @@ def file_rollout(config: Config, now: datetime) -> RolloutOf:
 
 
 def read_status(
-    journal: JournalReader, now: datetime, rollout_of: RolloutOf = _no_rollout,
+    journal: JournalReader, now: datetime, rollout_of: RolloutOf = _no_rollout, *,
+    reports: bool = False,
 ) -> Status:
     """Gather the status from a started journal reader (``rollout_of``: each campaign's
-    roll-out, for its stage and an ETA that counts the holds)."""
+    roll-out, for its stage and an ETA that counts the holds; ``reports``: delivery reports
+    are on, so sent messages await their delivery status)."""
     leader = journal.leader()
     daemons = [
         {"role": "leader" if d.holder == leader else "standby", "host": d.host, "pid": d.pid,
@@ -80,7 +83,7 @@ def read_status(
     ]
     if leader is not None and all(d["holder"] != leader for d in daemons):
         daemons.insert(0, _lease_only(leader))  # a foreground `send` holds it
-    campaigns = [row for row in (_campaign(journal, record, now, rollout_of(record))
+    campaigns = [row for row in (_campaign(journal, record, now, rollout_of(record), reports)
                                  for record in journal.campaigns())
                  if row["state"] not in ENDED or row["awaiting_status"]]
     return Status(leader, daemons, campaigns)
@@ -93,6 +96,7 @@ def _lease_only(holder: str) -> dict[str, Any]:
 
 def _campaign(
     journal: JournalReader, record: CampaignRecord, now: datetime, rollout: Rollout | None,
+    reports: bool,
 ) -> dict[str, Any]:
     counts = journal.counts(record.id)
     sent, pending = counts.get("sent", 0), counts.get("pending", 0)
@@ -111,8 +115,8 @@ def _campaign(
         "stage": record.stage + 1 if staged else None,
         "stages": len(rollout.stages) if rollout is not None else None,
         "stage_starts": utc_text(record.stage_at) if record.stage_at else None,
-        # sent messages whose delivery status is not final yet (delivery reports)
-        "awaiting_status": journal.delivery_counts(record.id).statuses.get("awaiting", 0),
+        # sent messages whose delivery status is not final yet (None: reports are off)
+        "awaiting_status": awaiting_status(journal, record.id, sent, reports),
         "error": record.error or "",
     }
 

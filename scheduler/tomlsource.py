@@ -18,6 +18,7 @@ from typing import Any
 from scheduler.errors import Problem
 
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(#.*)?$")
+_ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)\s*=""")
 _TOML_ERROR_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
 
@@ -43,10 +44,15 @@ def key_lines(text: str) -> dict[str, int]:
     """Map ``table.key`` (and ``table``) to the 1-based line where it is written."""
     lines: dict[str, int] = {}
     table = ""
+    entries: dict[str, int] = {}  # entries so far of each array of tables ([[policy.caps]])
     for number, raw in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(raw)
-        if header and not raw.lstrip().startswith("[["):
+        header = _ARRAY_HEADER.match(raw) or _HEADER.match(raw)
+        if header:
             table = ".".join(p.strip().strip("\"'") for p in header.group(1).split("."))
+            if header.re is _ARRAY_HEADER:  # its keys are "policy.caps.0.max", as pydantic says
+                entries[table] = entries.get(table, -1) + 1
+                lines.setdefault(table, number)
+                table = f"{table}.{entries[table]}"
             lines.setdefault(table, number)
             continue
         key = _KEY.match(raw)

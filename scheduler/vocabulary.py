@@ -86,6 +86,14 @@ DELIVERY_FINAL: frozenset[DeliveryStatus] = frozenset(
     {"delivered", "undeliverable", "permanenterror", "unknown"}
 )
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
+#: the cascade's channels, in the order it tries them, as status reports name them in
+#: ``extendedStatuses`` (the sandbox uses the same names)
+CHANNELS: tuple[str, ...] = ("telegram", "viber", "viber_bm", "rcs", "sms")
+#: the one word, in the delivery log, the metric labels and `report` alike, for what a status
+#: report did not say: the channel (no ``extendedStatuses``), the currency of a cost (SPEC
+#: §11.3's webhook carries ``cost`` alone) when the config names none
+NO_CHANNEL = "unknown"
+NO_CURRENCY = "unknown"
 #: how far along each status is; a message's status only ever moves to a higher rank (a late
 #: "processing" after "delivered", or a second final status, changes nothing)
 DELIVERY_RANK: dict[DeliveryStatus, int] = {

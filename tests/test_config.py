@@ -69,6 +69,18 @@ BAD_CONFIGS: list[tuple[str, str, int | None, str | None, str]] = [
     ("log-format", '[log]\nformat = "xml"\n', 4, "log.format", "'json' or 'console'"),
     ("log-phones", '[log]\nphones = "hidden"\n', 4, "log.phones", "'masked' or 'full'"),
     ("section-not-table", 'log = "debug"\n', 3, "paths.log", "unknown key"),
+    ("unknown-policy-table", '[polcy]\ntimezone = "UTC"\n', 3, "polcy",
+     'did you mean "policy"'),
+    ("unknown-policy-key", '[policy]\ntimezon = "Europe/Kyiv"\n', 4, "policy.timezon",
+     'did you mean "timezone"'),
+    ("unknown-cap-key", '[[policy.caps]]\ntypes = ["promo"]\nmax = 2\ndays = 7\n\n'
+     '[[policy.caps]]\ntypes = ["promo"]\nmax = 5\ndays = 30\nmaxx = 6\n', 12,
+     "policy.caps.1.maxx", 'did you mean "max"'),
+    ("credentials-in-file", '[credentials]\napi_key = "sk-live-0123"\n', 3, "credentials",
+     "never live in the config file"),
+    ("source-in-file", 'source = "elsewhere.toml"\n', 3, "source", "unknown key"),
+    ("currency", '[delivery_reports]\ncurrency = "hryvnia"\n', 4,
+     "delivery_reports.currency", "three letters"),
 ]
 
 
@@ -89,6 +101,30 @@ def test_bad_config(
     assert code == 1, err
     assert any(where in text and what in text and words in text for text in err.splitlines()), err
     assert "Traceback" not in err
+
+
+def test_every_key_of_every_table_is_suggested(folder: Path) -> None:
+    """A key misspelt in any table the models define, [policy] and its caps included, gets
+    "did you mean" with the right key: the hints come from the models, so none can drift."""
+    from pydantic import BaseModel
+
+    from scheduler.config import table_keys
+
+    tables = [name for name, info in Config.model_fields.items()
+              if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+              and name != "credentials"]
+    assert {"api", "sending", "paths", "journal", "metrics", "delivery_reports", "policy",
+            "log"} <= set(tables)
+    for table in tables:
+        for key in table_keys(Config, [table]):
+            typo = key[:-1] + key[-1].upper() if len(key) > 3 else key + "s"
+            path = folder / "config.toml"
+            path.write_text(f"[{table}]\n{typo} = 1\n", "utf-8")
+            with pytest.raises(ConfigError) as caught:
+                load_config(path, env={})
+            assert f'{table}.{typo}: unknown key: did you mean "{key}"?' in str(caught.value)
+    assert table_keys(Config, ["policy", "caps", 0]) == ["days", "max", "types"]
+    assert "credentials" not in table_keys(Config, [])
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -643,6 +643,35 @@ async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
     assert await journal.index_messages() == 0
 
 
+async def test_sent_messages_not_yet_indexed_are_listed_by_phone(journal: Journal) -> None:
+    """Until `index_messages` copies a closed batch, its sent messages' phones are what
+    `unindexed_phones` lists (types and time as `capped_phones` counts them, pages of batches
+    included); once indexed, `capped_phones` counts them and they are listed no more."""
+    await prepare(journal, "a", count=20, size=2)
+    await prepare(journal, "t", count=1, size=2, type="transaction")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+
+    async def listed(types: list[str], since: datetime = before) -> list[str]:
+        return [phone async for phone in journal.unindexed_phones(types, since)]
+
+    assert await listed(["promo"]) == []
+    for batch in await journal.open_batches("a", limit=20):
+        if batch.seq != 3:  # one batch stays open: nothing of it was sent yet
+            await journal.record_results("a", batch.seq, results(
+                batch.body, "rejected" if batch.seq == 1 else "sent"))
+    batch = (await journal.open_batches("t", limit=1))[0]
+    await journal.record_partial("t", 0, results(batch.body, only=1))
+    promo = [f"+38050{n:07d}" for n in range(40) if n // 2 not in (1, 3)]
+    assert sorted(await listed(["promo"])) == promo
+    assert await listed(["transaction"]) == []  # its batch is still open
+    assert await listed(["promo"], datetime.now(UTC) + timedelta(seconds=1)) == []
+    assert await journal.capped_phones(["promo"], before, 1) == []
+    while await journal.index_messages(max_batches=4):
+        pass
+    assert await listed(["promo"]) == []
+    assert await journal.capped_phones(["promo"], before, 1) == promo
+
+
 # --- delivery status (SPEC §11.3) -----------------------------------------------------------
 
 

@@ -441,6 +441,26 @@ async def test_a_statement_failing_on_a_cut_connection_is_unavailable_not_a_driv
         await journal.close()
 
 
+async def test_a_call_whose_connection_is_cut_while_it_runs_fails_as_a_journal_error(
+    postgres_url: str,
+) -> None:
+    """The server cuts the connection during a call: its caller gets JournalUnavailable, never
+    the driver's Rollback (the block's rollback cannot reach the server then: psycopg warns
+    and lets the Rollback through); the next call reconnects and works."""
+    journal = await started(postgres_url)
+    try:
+        await prepare(journal, "c")
+
+        async def cut_off(store: PostgresStore) -> None:
+            await store.db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+        with pytest.raises(JournalUnavailable, match="terminating connection"):
+            await journal.run(cut_off)
+        await journal.mark_in_flight("c", [0])
+    finally:
+        await journal.close()
+
+
 async def test_close_finishes_queued_work(postgres_url: str) -> None:
     """close() runs what was queued before it; nothing is accepted afterwards."""
     journal = await started(postgres_url)

@@ -115,3 +115,44 @@ def test_readyz_fails_while_the_key_is_refused_and_recovers_on_reload(
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+def test_labelled_counters_start_at_zero(tmp_path: Path, sandbox: SandboxProcess) -> None:
+    """Before anything happened, every labelled counter already has its known series at 0, so
+    ``increase()`` counts the first events and an alert on errors reads 0 on a healthy
+    daemon, not nothing."""
+    from scheduler.vocabulary import DELIVERY_FINAL, OUTCOMES
+
+    base = f"http://127.0.0.1:{free_port()}"
+    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url, metrics_listen=base[7:])
+    workspace.audience("tomorrow", 10)
+    workspace.write_campaign("tomorrow", utc_seconds_from_now(86_400))
+    daemon = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY).start()
+    try:
+        samples = scrape(base)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+    def series(name: str, label: str) -> dict[str, float]:
+        return {dict(labels)[label]: count for (found, labels), count in samples.items()
+                if found == name and label in dict(labels)}
+
+    messages = {(dict(labels)["type"], dict(labels)["outcome"]): count
+                for (name, labels), count in samples.items() if name == "cascade_messages_total"}
+    assert set(messages) == {(kind, outcome) for kind in ("transaction", "promo",
+                                                          "viber_survey", "flashcall")
+                             for outcome in OUTCOMES}
+    assert set(messages.values()) == {0.0}
+    codes = series("cascade_api_requests_total", "code")
+    assert {"200", "400", "401", "429", "500", "503", "no answer"} <= set(codes)
+    assert set(codes.values()) == {0.0}
+    assert {"standard", "tg-viber"} == set(series("cascade_api_requests_total", "route"))
+    assert {"invalid_phone", "duplicate", "suppressed", "frequency_cap"} <= set(
+        series("cascade_skipped_total", "reason"))
+    assert set(series("cascade_deliveries_total", "status")) == DELIVERY_FINAL
+    assert {"sms", "viber", "unknown"} <= set(series("cascade_deliveries_total", "channel"))
+    assert "unknown" in series("cascade_cost_total", "currency")
+    assert {"final", "unknown", "malformed", "wrong_token"} <= set(
+        series("cascade_webhook_reports_total", "result"))
+    assert {"200", "404", "429", "error"} <= set(series("cascade_status_requests_total", "code"))

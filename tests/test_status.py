@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from daemon_helpers import API_KEY, DaemonProcess, Workspace, clean_env, utc_seconds_from_now
@@ -41,9 +41,10 @@ def test_status_while_a_daemon_runs_and_after_it_stops(tmp_path: Path) -> None:
         campaign = report["campaigns"][0]
         assert (campaign["campaign"], campaign["state"], campaign["recipients"],
                 campaign["pending"], campaign["awaiting_status"]) == (
-            "tomorrow", "scheduled", 30, 30, 0)
+            "tomorrow", "scheduled", 30, 30, None)  # no delivery reports: nothing awaited
         code, table = status(workspace)
         assert code == 0 and "leader" in table and "tomorrow" in table
+        assert f" {daemon.pid} " in table  # as `kill` takes it
         assert daemon.stop() == 0
     finally:
         daemon.kill()
@@ -58,7 +59,7 @@ def test_a_finished_campaign_awaiting_delivery_statuses_is_listed(tmp_path: Path
     count, until the statuses arrive."""
     from scheduler.journal.sqlite import SqliteConnection
 
-    workspace = Workspace(tmp_path)
+    workspace = Workspace(tmp_path, delivery_reports={"poll": True})
     workspace.audience("sent-now", 25)
     path = workspace.write_campaign("sent-now", utc_seconds_from_now(0))
     done = run_cli(["send", str(path), "--now", "--config", str(workspace.config)],
@@ -71,3 +72,83 @@ def test_a_finished_campaign_awaiting_delivery_statuses_is_listed(tmp_path: Path
     assert code == 3  # no daemon runs
     rows = {c["campaign"]: c for c in json.loads(out)["campaigns"]}
     assert (rows["sent-now"]["state"], rows["sent-now"]["awaiting_status"]) == ("done", 25)
+
+
+def test_without_delivery_reports_nothing_is_awaited(tmp_path: Path) -> None:
+    """With delivery reports off, a sent campaign awaits no status: `status --json` says null
+    (as `plan --json` does), and a finished campaign is not listed as if it waited."""
+    from scheduler.journal.sqlite import SqliteConnection
+
+    workspace = Workspace(tmp_path)
+    workspace.audience("sent-now", 25)
+    path = workspace.write_campaign("sent-now", utc_seconds_from_now(0))
+    done = run_cli(["send", str(path), "--now", "--config", str(workspace.config)],
+                   env=clean_env(CASCADE_API_KEY=API_KEY))
+    assert done.returncode == 0, done.stderr
+    with SqliteConnection(workspace.journal_path) as journal:
+        while journal.index_messages(8):  # what a daemon does, reports or not
+            pass
+    code, out = status(workspace, "--json")
+    assert code == 3
+    assert [c["campaign"] for c in json.loads(out)["campaigns"]] == []
+    planned = run_cli(["plan", "--json", "--config", str(workspace.config)])
+    rows = {row["campaign"]: row for row in json.loads(planned.stdout)}
+    assert rows["sent-now"]["awaiting_status"] is None
+
+
+def test_pids_are_printed_as_kill_takes_them() -> None:
+    """A pid in the daemons table has no thousands separator; counts keep theirs."""
+    import io
+
+    from scheduler.report import write_rows
+    from scheduler.status import DAEMON_COLUMNS
+
+    out = io.StringIO()
+    write_rows([{"role": "leader", "host": "box", "pid": 13581, "since": ""}], DAEMON_COLUMNS,
+               "table", out, "Daemons")
+    assert "13581" in out.getvalue() and "13,581" not in out.getvalue()
+
+
+def test_since_is_when_a_daemon_took_the_lead(tmp_path: Path, postgres_url: str) -> None:
+    """After a handover, the new leader's "since" is when it took the lease, not when it
+    started: an operator sees that leadership changed."""
+    from daemon_helpers import parse_ts, poll
+
+    first = Workspace(tmp_path / "a", journal_url=postgres_url, lease=3.0)
+    second = Workspace(tmp_path / "b", journal_url=postgres_url, lease=3.0,
+                       shared_campaigns=first.campaigns)
+    a = DaemonProcess(first, CASCADE_API_KEY=API_KEY).start()
+    b = DaemonProcess(second, CASCADE_API_KEY=API_KEY)
+    try:
+        poll(lambda: first.events("leadership_acquired"), 10, "A to lead")
+        b.start()
+
+        def roles() -> dict[int, tuple[str, datetime]]:
+            report = json.loads(status(second, "--json")[1])
+            return {d["pid"]: (d["role"], parse_ts(d["since"])) for d in report["daemons"]}
+
+        started = poll(lambda: roles().get(b.pid), 10, "B's presence")
+        assert started[0] == "standby"
+        # "since" counts whole seconds: let one go by, so taking over shows as a change
+        poll(lambda: datetime.now(UTC) >= started[1] + timedelta(seconds=2), 5, "a new second")
+        assert a.stop() == 0
+        took = parse_ts(poll(lambda: second.events("leadership_acquired"), 10,
+                             "B to take over")[-1]["timestamp"])
+        leading = poll(lambda: (found := roles().get(b.pid)) and found[0] == "leader"
+                       and found[1] > started[1] and found, 10, "B's presence as the leader")
+        assert leading[1] == took.replace(microsecond=0)
+        assert b.stop() == 0
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_a_journal_out_of_reach_is_exit_1(tmp_path: Path) -> None:
+    """No database answers at the journal's URL: exit 1 and one sentence, so monitoring tells
+    "nobody sends" (3) from "cannot tell" (1)."""
+    from tests.helpers import free_port
+
+    workspace = Workspace(tmp_path, journal_url=f"postgresql://cascade@127.0.0.1:{free_port()}/j")
+    done = run_cli(["status", "--config", str(workspace.config)])
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

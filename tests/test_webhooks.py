@@ -5,6 +5,7 @@ a kill -9 right after a 200 included."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import threading
@@ -381,3 +382,67 @@ def test_a_rotated_token_takes_effect_without_a_restart(tmp_path: Path) -> None:
         assert not any(token in logs for token in ("old-Token", "new-Token", "third-Token"))
     finally:
         daemon.kill()
+
+
+async def _reports_without_channel_or_currency(
+    journal: SqliteJournal, log: DeliveryLog, base_url: str, currency: str | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """Two reports through a receiver of its own: one as SPEC §11.3's webhook sends it (cost,
+    no currency, no channel), one with both. The delivery lines, the summary's delivery
+    object (JSON) and the exposition."""
+    from scheduler.journal import JournalLocation, JournalReader, open_journal
+    from scheduler.report import write_summary
+
+    sent = await send_through(journal, base_url, "c", 2,
+                              deadline=datetime.now(UTC) + timedelta(hours=1))
+    metrics = Metrics()
+    server = WebhookServer(Deliveries(journal, log, metrics, currency=currency),
+                           lambda: TOKEN, "127.0.0.1", free_port())
+    await server.start()
+    try:
+        bare = {"messageId": sent[0][1], "deliverystatus": "delivered",
+                "timestamp": "2026-12-01T09:00:05Z", "cost": 1.15}
+        assert (await post(url(server), [bare, report(sent[1][1], billCurrency="UAH")]))[0] == 200
+    finally:
+        await server.stop()
+
+    def summary() -> Any:  # a reader runs its own event loop: in a thread of its own
+        out = io.StringIO()
+        with JournalReader(open_journal(JournalLocation(journal.path))) as reader:
+            write_summary(reader, "c", "json", out, delivery=True)
+        return orjson.loads(out.getvalue())[0]["delivery"]
+
+    return delivery_lines(log), await asyncio.to_thread(summary), (
+        metrics.exposition().decode())
+
+
+async def test_no_channel_is_one_word_in_the_log_the_metrics_and_the_report(
+    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+) -> None:
+    """A report that names no channel: "unknown" in its delivery line, in the metric label and
+    in `report`; a cost without a currency (and none in the config) is kept under "unknown",
+    never dropped."""
+    sandbox = await start_sandbox()
+    lines, summary, exposition = await _reports_without_channel_or_currency(
+        journal, log, sandbox.base_url, None)
+    bare = lines[0]
+    assert (bare["channel"], bare["cost"], bare["currency"]) == ("unknown", 1.15, "unknown")
+    assert (lines[1]["channel"], lines[1]["currency"]) == ("viber", "UAH")
+    assert summary["by_channel"] == {"unknown": 1, "viber": 1}
+    assert summary["cost"] == {"UAH": 0.55, "unknown": 1.15}
+    assert 'cascade_deliveries_total{channel="unknown",status="delivered"} 1.0' in exposition
+    assert 'cascade_cost_total{currency="unknown"} 1.15' in exposition
+    assert 'channel="none"' not in exposition
+
+
+async def test_a_cost_without_currency_is_in_the_configured_one(
+    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+) -> None:
+    """With ``[delivery_reports] currency`` set, a cost reported alone is in that currency:
+    in the delivery line, the metric and `report`'s total."""
+    sandbox = await start_sandbox()
+    lines, summary, exposition = await _reports_without_channel_or_currency(
+        journal, log, sandbox.base_url, "UAH")
+    assert [line["currency"] for line in lines] == ["UAH", "UAH"]
+    assert summary["cost"] == {"UAH": 1.70}
+    assert 'cascade_cost_total{currency="UAH"} 1.7' in exposition

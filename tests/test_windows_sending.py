@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from scheduler.config import load_config
 from scheduler.console import dry_run
 from scheduler.journal.sqlite import SqliteConnection
@@ -225,6 +227,36 @@ async def test_caps_count_across_campaigns_and_spare_transactional(
     shown = await asyncio.to_thread(dry_run, third, first.config, datetime.now(UTC))
     assert "frequency caps would skip 15 now" in shown.splitlines()
 
+
+
+@pytest.mark.parametrize(("most", "capped"), [(1, 10), (2, 5)])
+async def test_plan_counts_sends_the_index_has_not_reached(
+    tmp_path: Path, start_sandbox: StartSandbox, most: int, capped: int,
+) -> None:
+    """`plan` right after promos went out, before anything indexed them (a `send` has no
+    daemon to): at most 1 a week, the 10 phones just sent to are capped; at most 2, the 5
+    that had one indexed send and now one more are."""
+    sandbox = await start_sandbox(api_key=KEY)
+    now = datetime.now(UTC)
+    phones = [f"+38050{n:07d}" for n in range(20)]
+    caps = CAPS.replace("max = 1", f"max = {most}")
+    first = windowed_setup(tmp_path, sandbox.base_url, now, policy=caps, phones=phones[:10],
+                           cid="first", extra="")
+    second = windowed_setup(tmp_path, sandbox.base_url, now, policy=caps, phones=phones[:5],
+                            cid="second", extra="")
+    async with open_engine(first.config) as engine:
+        prepared = await engine.prepare(first.campaign)
+        assert await engine.drive(engine.open_run(first.campaign, prepared)) == "done"
+        if most == 2:  # the first indexed, the second not yet
+            while await engine.journal.index_messages():
+                pass
+            prepared = await engine.prepare(second.campaign)
+            assert await engine.drive(engine.open_run(second.campaign, prepared)) == "done"
+            assert second.counts()["sent"] == 5
+    windowed_setup(tmp_path, sandbox.base_url, now, policy=caps, phones=phones, cid="third",
+                   extra="")
+    planned = await asyncio.to_thread(plan_rows, first.config, datetime.now(UTC))
+    assert {row["campaign"]: row for row in planned}["third"]["capped"] == capped
 
 
 async def test_a_sending_campaign_rereads_the_caps_and_skips_what_others_sent_meanwhile(

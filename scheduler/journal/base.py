@@ -290,7 +290,8 @@ class UnloggedBatch:
 
 @dataclass(frozen=True, slots=True)
 class DaemonRecord:
-    """A daemon present on the journal: its holder name ("host:pid:tag") and start time."""
+    """A daemon present on the journal: its holder name ("host:pid:tag") and since when it
+    holds its present role (took the lease, or started as a standby)."""
 
     holder: str
     since: datetime
@@ -626,6 +627,12 @@ class Journal(Protocol):
         ``since``, across all campaigns (a frequency cap's summary): in ascending order, those
         after ``after``, at most ``limit`` (the next page starts after the last one)."""
 
+    def unindexed_phones(self, types: Sequence[str], since: datetime) -> AsyncIterator[str]:
+        """The phone of each message of ``types`` sent at or after ``since`` in a closed batch
+        `index_messages` has not copied yet (once a message, however many): what
+        `capped_phones` does not count yet. A daemon indexes within seconds; after a `send`
+        with no daemon, nothing does until one runs."""
+
     # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
 
     async def record_statuses(
@@ -707,7 +714,8 @@ class Journal(Protocol):
     # with every heartbeat: no schema of its own, and a dead daemon simply expires.
 
     async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
-        """Say that ``holder`` (running since ``since``) is alive for ``seconds`` more."""
+        """Say that ``holder`` (in its present role, leader or standby, since ``since``) is
+        alive for ``seconds`` more."""
 
     async def leave(self, holder: str) -> None:
         """``holder`` stops (a clean shutdown): drop its presence at once."""

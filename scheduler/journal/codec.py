@@ -27,7 +27,14 @@ from scheduler.journal.base import (
     StatusChange,
     StatusReport,
 )
-from scheduler.vocabulary import DELIVERY_FINAL, DeliveryStatus, Outcome, may_advance
+from scheduler.vocabulary import (
+    DELIVERY_FINAL,
+    NO_CHANNEL,
+    NO_CURRENCY,
+    DeliveryStatus,
+    Outcome,
+    may_advance,
+)
 
 T = TypeVar("T")
 
@@ -233,10 +240,11 @@ def count_deliveries(
         key = status if final else "awaiting"
         statuses[key] = statuses.get(key, 0) + int(count)
         if status == "delivered":
-            name = channel or "unknown"
+            name = channel or NO_CHANNEL
             channels[name] = channels.get(name, 0) + int(count)
-        if total and currency:
-            cost[currency] = round(cost.get(currency, 0.0) + float(total), 6)
+        if total:  # a cost without its currency is shown as such, never dropped
+            named = currency or NO_CURRENCY
+            cost[named] = round(cost.get(named, 0.0) + float(total), 6)
     # a status time is the API's clock, our sent time ours: a skew must not look negative
     return DeliveryCounts(
         statuses, channels, cost, None if median is None else max(0.0, float(median)),

@@ -1057,6 +1057,25 @@ class PostgresStore:
         )
         return [phone for (phone,) in rows]
 
+    async def unindexed_page(
+        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1),
+    ) -> tuple[list[str], tuple[int, int] | None]:
+        """The phones of one page of `Journal.unindexed_phones` (up to `_PAGE` batches after
+        ``after``, a (snapshot, seq)) and where the next page starts (None: that was the last).
+        A batch closed by the first release has no time: it counts as sent now."""
+        rows = await self._all(
+            "SELECT s.snapshot, s.seq, b.body, r.blob FROM batch_state s"
+            " JOIN campaigns c ON c.snapshot = s.snapshot"
+            " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+            " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
+            " WHERE s.state = 'done' AND NOT s.indexed AND c.type = ANY(%s::text[])"
+            " AND (s.done_at IS NULL OR s.done_at >= %s) AND (s.snapshot, s.seq) > (%s, %s)"
+            " ORDER BY s.snapshot, s.seq LIMIT %s",
+            (list(types), _aware(since), *after, _PAGE), binary=True,
+        )
+        phones = [phone for _, _, body, blob in rows for _, _, phone in sent_messages(body, blob)]
+        return phones, (rows[-1][0], rows[-1][1]) if len(rows) == _PAGE else None
+
     # --- delivery status ------------------------------------------------------------------
 
     async def record_statuses(
@@ -1989,6 +2008,17 @@ class PostgresJournal:
         """`Journal.capped_phones`."""
         return await self._call(
             PostgresStore.capped_phones, types, since, at_least, after, limit)
+
+    async def unindexed_phones(
+        self, types: Sequence[str], since: datetime,
+    ) -> AsyncIterator[str]:
+        """`Journal.unindexed_phones`: one page per trip to the writer task."""
+        after: tuple[int, int] | None = (0, -1)
+        while after is not None:
+            phones, after = await self._call(
+                PostgresStore.unindexed_page, types, since, after)
+            for phone in phones:
+                yield phone
 
     async def record_statuses(
         self, reports: Sequence[StatusReport], log_key: str | None = None,

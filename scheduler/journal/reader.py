@@ -116,6 +116,15 @@ class JournalReader:
         """`Journal.capped_phones`."""
         return self._runner.run(self.journal.capped_phones(types, since, at_least, after, limit))
 
+    def unindexed_phones(self, types: Sequence[str], since: datetime) -> Iterator[str]:
+        """`Journal.unindexed_phones`, streamed in pages (read ahead, as `recipients`)."""
+        stream = self.journal.unindexed_phones(types, since)
+        ahead = self._read_ahead(_take(stream, PAGE))
+        while page := self._runner.run(_done(ahead)):
+            ahead = self._read_ahead(_take(stream, PAGE))
+            self._runner.run(asyncio.sleep(0))
+            yield from page
+
     def open_batches(self, campaign_id: str) -> Iterator[BatchRecord]:
         """Every batch not closed yet (`Journal.open_batches`), streamed in pages."""
         after = -1

@@ -1065,6 +1065,26 @@ class SqliteConnection:
             (after, *types, _utc_text(since), at_least, limit),
         )]
 
+    def unindexed_page(
+        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1),
+    ) -> tuple[list[str], tuple[int, int] | None]:
+        """The phones of one page of `Journal.unindexed_phones` (up to `_PAGE` batches after
+        ``after``, a (snapshot, seq)) and where the next page starts (None: that was the last).
+        A batch closed by the first release has no time: it counts as sent now."""
+        kinds = ", ".join("?" for _ in types)
+        rows = self._db.execute(
+            "SELECT s.snapshot, s.seq, b.body, r.blob FROM batch_state s"
+            " JOIN campaigns c ON c.snapshot = s.snapshot"
+            " JOIN bodies b ON b.snapshot = s.snapshot AND b.seq = s.seq"
+            " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
+            f" WHERE s.state = 'done' AND s.indexed = 0 AND c.type IN ({kinds})"
+            " AND (s.done_at IS NULL OR s.done_at >= ?) AND (s.snapshot, s.seq) > (?, ?)"
+            " ORDER BY s.snapshot, s.seq LIMIT ?",
+            (*types, _utc_text(since), *after, _PAGE),
+        ).fetchall()
+        phones = [phone for _, _, body, blob in rows for _, _, phone in sent_messages(body, blob)]
+        return phones, (rows[-1][0], rows[-1][1]) if len(rows) == _PAGE else None
+
     # --- delivery status ------------------------------------------------------------------
 
     def record_statuses(
@@ -1647,6 +1667,17 @@ class SqliteJournal:
         """`Journal.capped_phones`."""
         return await self._call(
             SqliteConnection.capped_phones, types, since, at_least, after, limit)
+
+    async def unindexed_phones(
+        self, types: Sequence[str], since: datetime,
+    ) -> AsyncIterator[str]:
+        """`Journal.unindexed_phones`: one page per trip to the writer thread."""
+        after: tuple[int, int] | None = (0, -1)
+        while after is not None:
+            phones, after = await self._call(
+                SqliteConnection.unindexed_page, types, since, after)
+            for phone in phones:
+                yield phone
 
     async def record_statuses(
         self, reports: Sequence[StatusReport], log_key: str | None = None,

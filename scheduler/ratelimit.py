@@ -1,0 +1,73 @@
+"""The rate limit of requests to an API: never more than the configured number in any
+one-second window, as the API counts them, and evenly spaced rather than in bursts.
+
+A leaky bucket (aiolimiter's, which this replaces) lets a full bucket go at once and keeps
+leaking meanwhile: at 20/s it let 40 requests through in the first second, which a real API
+answers with 429s. Here two rules hold together. Requests are spaced ``1 / rate`` apart on a
+schedule that may catch up an interval (or 10 ms) it fell behind, so a timer that fires a
+millisecond late costs no throughput. And a request waits until the one ``n`` requests before it is
+``WINDOW`` seconds old (``n``: the rate, rounded down): that is the guarantee, whatever the
+timers do. ``WINDOW`` is a second plus a margin, because the API stamps our requests with its
+own clock, a little later and not always by the same amount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from types import TracebackType
+
+#: the window a rate is counted over, plus the margin for the way to the API and back
+WINDOW = 1.02
+#: at least this much time behind the even schedule may be caught up at once
+CATCH_UP = 0.01
+
+
+class RateLimit:
+    """At most ``rate`` acquisitions in any one-second window, spaced ``1 / rate`` apart;
+    waiters are served in the order they came. Use ``async with limit:`` or `acquire`."""
+
+    def __init__(self, rate: float) -> None:
+        if not rate > 0:
+            raise ValueError(f"a rate limit must be above 0, not {rate}")
+        self.rate = rate
+        self._interval = 1.0 / rate
+        # how far behind the schedule a grant may catch up: one interval, and at high rates
+        # 10 ms (timers fire up to a millisecond late; each late one would cost a request)
+        self._slack = max(self._interval, CATCH_UP)
+        # below 1/s: one request per 1/rate seconds; above: floor(rate) per window, so a
+        # fractional rate (20.5) rounds down to what a one-second window can hold (20)
+        self._count = max(1, math.floor(rate))
+        self._span = max(WINDOW, self._count / rate)
+        self._recent: deque[float] = deque(maxlen=self._count)  # the last grants' times
+        self._due = -math.inf  # when the next grant is due on the even schedule
+        self._turn = asyncio.Lock()  # first come, first served, and no herd of sleepers
+
+    async def acquire(self) -> None:
+        """Wait for this request's turn."""
+        async with self._turn:
+            loop = asyncio.get_running_loop()
+            earliest = self._earliest()  # nothing moves it while this one holds the turn
+            if (wait := earliest - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            now = max(loop.time(), earliest)
+            self._due = max(self._due, now) + self._interval
+            self._recent.append(now)
+
+    def _earliest(self) -> float:
+        """When the next grant may be: on the schedule (what fell behind it caught up), and
+        not before the grant ``n`` back has left the window."""
+        earliest = self._due - self._slack
+        if len(self._recent) == self._count:
+            earliest = max(earliest, self._recent[0] + self._span)
+        return earliest
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        return None
