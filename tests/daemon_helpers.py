@@ -255,7 +255,7 @@ class DaemonProcess:
             )
         if wait:
             poll(lambda: len(self.workspace.events("daemon_started")) > before
-                 or self._died(), 20, "daemon_started")
+                 or self._died(), 60, "daemon_started")
             assert self.alive, f"the daemon exited at start: {self.stderr()}"
         return self
 

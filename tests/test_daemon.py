@@ -153,7 +153,7 @@ def test_file_added_the_moment_the_daemon_is_ready_is_picked_up(
     workspace.audience("early-bird", 5)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(str(tmp_path / "notify.sock"))
-        manager.settimeout(20)
+        manager.settimeout(60)
         start_daemon(workspace, wait=False, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
         while b"READY=1" not in manager.recv(4096):
             pass
