@@ -10,12 +10,19 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, settings
 
 from scheduler.oplog import LibraryHandler
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from tests.helpers import StartSandbox
 from tests.pg_helpers import PostgresServer
+
+# Property tests check behaviour, never speed: on a loaded 2-core machine one example can take
+# longer than hypothesis's 200 ms deadline, or its data generation look "too slow". Neither is
+# a failure of the code under test (speed is measured in bench/).
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 @pytest.fixture(autouse=True)
