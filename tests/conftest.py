@@ -9,11 +9,17 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, settings
 
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from tests.helpers import StartSandbox
 from tests.pg_helpers import PostgresServer
+
+# Hypothesis judges examples by speed too (a 200 ms deadline, "input generation is slow"):
+# timings that a busy machine misses without anything being wrong. The properties stay.
+settings.register_profile("cascade", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("cascade")
 
 
 @pytest.fixture(autouse=True)
