@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 #: the window a rate is counted over, plus the margin for the way to the API and back
@@ -28,7 +30,11 @@ class RateLimit:
     """At most ``rate`` acquisitions in any one-second window, spaced ``1 / rate`` apart;
     waiters are served in the order they came. Use ``async with limit:`` or `acquire`."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(
+        self, rate: float, *, clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """``clock`` and ``sleep``: the event loop's (tests pass a simulated pair)."""
         if not rate > 0:
             raise ValueError(f"a rate limit must be above 0, not {rate}")
         self.rate = rate
@@ -43,15 +49,15 @@ class RateLimit:
         self._recent: deque[float] = deque(maxlen=self._count)  # the last grants' times
         self._due = -math.inf  # when the next grant is due on the even schedule
         self._turn = asyncio.Lock()  # first come, first served, and no herd of sleepers
+        self._clock, self._sleep = clock, sleep
 
     async def acquire(self) -> None:
         """Wait for this request's turn."""
         async with self._turn:
-            loop = asyncio.get_running_loop()
             earliest = self._earliest()  # nothing moves it while this one holds the turn
-            if (wait := earliest - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            now = max(loop.time(), earliest)
+            if (wait := earliest - self._clock()) > 0:
+                await self._sleep(wait)
+            now = max(self._clock(), earliest)
             self._due = max(self._due, now) + self._interval
             self._recent.append(now)
 

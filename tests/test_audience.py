@@ -678,7 +678,8 @@ def test_file_changed_while_streaming(make_campaign: MakeCampaign) -> None:
         list(stream)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow])
 @given(body=st.binary(max_size=300))
 def test_any_bytes_give_results_or_a_campaign_error(
     make_campaign: MakeCampaign, body: bytes
@@ -693,7 +694,8 @@ def test_any_bytes_give_results_or_a_campaign_error(
         assert all(isinstance(item, Recipient | Skip) for item in result)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow])
 @given(content=st.binary(max_size=200) | st.binary(max_size=200).map(lambda b: b"phone;" + b))
 def test_any_file_gives_a_header_or_a_campaign_error(
     make_campaign: MakeCampaign, content: bytes
@@ -795,7 +797,8 @@ def case_campaign(
     return campaign, suppression
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow])
 @given(case=CASES, tiny_filter=st.booleans())
 def test_matches_a_naive_reference(
     make_campaign: MakeCampaign, tmp_path: Path, case: Case, tiny_filter: bool
@@ -812,7 +815,8 @@ def test_matches_a_naive_reference(
 
 
 @settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
 @given(case=CASES, ahead=st.integers(0, 12), step=st.integers(1, 3), late=st.booleans(),
        tiny_filter=st.booleans())
 def test_reading_ahead_of_pass_one_matches_the_reference(
@@ -924,7 +928,8 @@ async def test_the_engine_never_forks_its_snapshot(
 PIECES = st.sampled_from(["Hi ", "{{", "}}", " {a} ", "{b}", "{0}", "{a.b}", "é", ", "])
 
 
-@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow])
 @given(
     pieces=st.lists(PIECES, max_size=8),
     values=st.lists(
@@ -948,7 +953,8 @@ def test_rendering_matches_template_render(
     assert item.text == Template(text).render(row)
 
 
-@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow])
 @given(case=CASES, batch_size=st.integers(1, 4))
 def test_snapshot_fast_path_matches_iter_audience(
     make_campaign: MakeCampaign, tmp_path: Path, case: Case, batch_size: int
