@@ -4,6 +4,7 @@ database per test."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 
+from scheduler.oplog import LibraryHandler
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from tests.helpers import StartSandbox
@@ -24,10 +26,15 @@ settings.load_profile("cascade")
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
-    """Each test starts (and leaves) structlog with its default configuration."""
+    """Each test starts (and leaves) structlog with its default configuration, and `logging`
+    without the operational log's handler (`configure_logging` installs it)."""
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 @pytest.fixture

@@ -75,6 +75,16 @@ def test_library_records_are_events_of_the_operational_log(
     assert SECRET not in captured.err + captured.out
 
 
+def test_the_handler_does_not_outlive_the_test_that_configured_it() -> None:
+    """The test above configured the operational log; conftest took its `logging` handler
+    away again, so later tests' library records do not go through a stale structlog setup."""
+    from scheduler.oplog import LibraryHandler
+
+    root = logging.getLogger()
+    assert not [h for h in root.handlers if isinstance(h, LibraryHandler)]
+    assert root.level == logging.WARNING
+
+
 def test_a_real_psycopg_warning_is_a_json_line(postgres_url: str) -> None:
     """psycopg warns when a pipeline ends on a connection the server cut: in a process that
     configured the operational log, that warning is one JSON line like the others."""
