@@ -295,7 +295,7 @@ def test_check_shows_zones_held_and_unreachable(tmp_path: Path) -> None:
     (tmp_path / "campaigns" / "people.csv").write_text("phone,name\n" + "\n".join(rows) + "\n")
     write_campaign(tmp_path / "campaigns", "w", "people.csv", type="promo", ttl=86400,
                    send_at=MONDAY + timedelta(hours=10), extra='window = "10:00-20:00"\n')
-    report = check_paths([], config, datetime.now(UTC))
+    report = check_paths([], config, MONDAY + timedelta(hours=9))  # a fixed clock: the hour matters
     text = render_report(report)
     assert "6 may go at once, 4 held for their window, 2 cannot be reached" in text, text
     assert "by zone: Europe/Kyiv 6, America/New_York 4" in text
