@@ -7,7 +7,9 @@ report named a message we sent, 202 when some named none (they are counted, and 
 The same report twice, or an older status after a newer one, changes nothing: a sender may
 retry freely. A report that comes before the daemon indexed its message (a batch closes, its
 webhook arrives within the index's next two seconds) makes the receiver index first, once,
-and try again.
+and try again. Reports of requests that arrive while a write is under way are journaled
+together in the next one (one transaction, one delivery-log write): providers push one report
+per request, and a commit per request would cap the receiver at the disk's commit rate.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class WebhookServer:
         self._refresh = refresh
         self._refreshed = -REFRESH_EVERY  # monotonic time of the last re-read
         self._catching_up = asyncio.Lock()
+        self._gathered = Gatherer(deliveries.record)
         self._runner: web.AppRunner | None = None
         self._oplog = get_logger("webhooks")
         self.received: Counter[str] = Counter()  # reports (and refused requests) by result
@@ -126,12 +129,12 @@ class WebhookServer:
     async def _record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
         """Journal the reports; those naming no indexed message get one more chance after
         the journal indexed what it has not yet."""
-        changes = await self.deliveries.record(reports)
+        changes = await self._gathered.record(reports)
         missing = [i for i, change in enumerate(changes) if change.result == "unknown"]
         if not missing or self._index is None:
             return changes
         await self._catch_up()
-        again = await self.deliveries.record([reports[i] for i in missing])
+        again = await self._gathered.record([reports[i] for i in missing])
         for i, change in zip(missing, again, strict=True):
             changes[i] = change
         return changes
@@ -148,6 +151,56 @@ class WebhookServer:
     def _count(self, result: str, count: int = 1) -> None:
         self.received[result] += count
         self.deliveries.metrics.webhook_reports.labels(result).inc(count)
+
+
+Record = Callable[[Sequence[StatusReport]], Awaitable[list[StatusChange]]]
+
+
+class Gatherer:
+    """Calls of ``record`` made while one is under way wait and go together in the next one
+    (at most `MAX_REPORTS` reports a call); each caller gets its own reports' changes, or the
+    call's exception. The first caller is never kept waiting for company."""
+
+    def __init__(self, record: Record) -> None:
+        self._record = record
+        self._waiting: list[tuple[Sequence[StatusReport], asyncio.Future[list[StatusChange]]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def record(self, reports: Sequence[StatusReport]) -> list[StatusChange]:
+        answer: asyncio.Future[list[StatusChange]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((reports, answer))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        return await answer
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                group = self._take()
+                try:
+                    changes = await self._record([r for reports, _ in group for r in reports])
+                # handed to every waiting caller, as if it had made the call: never swallowed
+                except Exception as exc:  # noqa: BLE001
+                    for _, answer in group:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                start = 0
+                for reports, answer in group:
+                    if not answer.done():  # its request was given up meanwhile
+                        answer.set_result(changes[start:start + len(reports)])
+                    start += len(reports)
+        finally:
+            self._draining = None
+
+    def _take(self) -> list[tuple[Sequence[StatusReport], asyncio.Future[list[StatusChange]]]]:
+        taken, count = 0, 0
+        for reports, _ in self._waiting:
+            if taken and count + len(reports) > MAX_REPORTS:
+                break
+            taken, count = taken + 1, count + len(reports)
+        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return group
 
 
 def _same(given: str, expected: str | None) -> bool:

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,10 @@ from daemon_helpers import (
 
 from scheduler.delivery_log import DeliveryLog
 from scheduler.dlr import Deliveries
+from scheduler.journal import JournalError, StatusChange, StatusReport
 from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
 from scheduler.metrics import Metrics
-from scheduler.webhooks import WebhookServer
+from scheduler.webhooks import Gatherer, WebhookServer
 from tests.engine_helpers import send_through
 from tests.helpers import StartSandbox, free_port
 
@@ -446,3 +447,79 @@ async def test_a_cost_without_currency_is_in_the_configured_one(
     assert [line["currency"] for line in lines] == ["UAH", "UAH"]
     assert summary["cost"] == {"UAH": 1.70}
     assert 'cascade_cost_total{currency="UAH"} 1.7' in exposition
+
+
+async def test_concurrent_requests_each_get_their_own_answer(
+    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    log: DeliveryLog,
+) -> None:
+    """Providers push one report per request: requests that arrive together are journaled
+    together, and each still gets the answer for its own reports (200, or 202 with its own
+    unknown count), a message reported twice in one group is logged once."""
+    sandbox = await start_sandbox()
+    sent = await send_through(journal, sandbox.base_url, "c", 40,
+                              deadline=datetime.now(UTC) + timedelta(hours=1))
+    bodies: list[object] = [report(mid) for _, mid, _ in sent]
+    bodies += [report(sent[0][1]), [report("nobody-1"), report(sent[1][1], "undeliverable")],
+               [report("nobody-2"), report("nobody-3")]]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+
+        async def one(body: object) -> tuple[int, Any]:
+            async with http.post(url(receiver), data=orjson.dumps(body),
+                                 headers={"Content-Type": "application/json"}) as answer:
+                return answer.status, orjson.loads(await answer.read())
+
+        answers = await asyncio.gather(*map(one, bodies))
+    assert answers[:41] == [(200, {"recorded": 1, "unknown": 0})] * 41
+    assert answers[41:] == [(202, {"recorded": 1, "unknown": 1}),
+                            (202, {"recorded": 0, "unknown": 2})]
+    assert (await journal.delivery_counts("c")).statuses == {"delivered": 40}
+    assert sorted(line["message_id"] for line in delivery_lines(log)) == sorted(
+        mid for _, mid, _ in sent)
+
+
+async def test_the_gatherer_sends_calls_made_meanwhile_together() -> None:
+    """While one write is under way, the calls that come wait and go in one next write; its
+    failure is every one of their failure, and a caller that gave up does not stop the rest."""
+    calls: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def record(reports: Sequence[StatusReport]) -> list[StatusChange]:
+        calls.append([r.message_id for r in reports])
+        await release.wait()
+        if any(r.message_id == "boom" for r in reports):
+            raise JournalError(None, "the journal is unavailable")
+        return [StatusChange("moved") for _ in reports]
+
+    def reports(*ids: str) -> list[StatusReport]:
+        return [StatusReport(i, "processing") for i in ids]
+
+    gatherer = Gatherer(record)
+    first = asyncio.create_task(gatherer.record(reports("a")))
+    await poll_until(lambda: calls == [["a"]])
+    second = asyncio.create_task(gatherer.record(reports("b", "c")))
+    gave_up = asyncio.create_task(gatherer.record(reports("d")))
+    third = asyncio.create_task(gatherer.record(reports("e")))
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    release.set()
+    assert len(await first) == 1
+    assert [len(await second), len(await third)] == [2, 1]
+    assert calls == [["a"], ["b", "c", "d", "e"]]
+    release.clear()
+    failing = [asyncio.create_task(gatherer.record(reports(i))) for i in ("x", "boom")]
+    await poll_until(lambda: len(calls) == 3)
+    release.set()
+    for task in failing:
+        with pytest.raises(JournalError):
+            await task
+    assert calls[2:] == [["x", "boom"]] and len(await gatherer.record(reports("y"))) == 1
+
+
+async def poll_until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition`` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
