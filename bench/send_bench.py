@@ -4,6 +4,7 @@
                                [--stat median|best]
                                [--journal sqlite|postgres|both]
                                [--sink minimal|sandbox] [--bare-batch 1000] [--keep DIR]
+                               [--latency SECONDS] [--rate R] [--concurrency N|auto]
 
 Generates one audience CSV (phone, customer_id, first_name; every row valid and unique, so each
 client sends exactly ``--rows`` messages), starts one sink (`sink.py`, a separate process that
@@ -39,6 +40,13 @@ and the verdict is on their median. Every client's peak RSS comes from
 Targets (SPEC §12, second version): ours ≥ 1.5 × seed end to end, ours ≥ 0.6 × bare, ours peak
 RSS ≤ 150 MB (each journal); PostgreSQL ≥
 0.8 × SQLite (``both``).
+
+The account's limit (SPEC §12, third version; SPEC §13.5): ``--latency 0.1 --rate 100
+--concurrency auto --only ours`` answers every request 100 ms late (a real API's round trip)
+and gives ours a config that sets only ``requests_per_second = 100`` (batches of 1000: a limit
+of 100,000 messages a second): ours / the limit is printed, target ≥ 0.9 end to end.
+``--concurrency N`` sets ``[sending] concurrency`` by hand for comparison (default 4, the
+earlier figures' setting; ``--rate`` defaults to 1000, a limit that never binds).
 """
 
 from __future__ import annotations
@@ -104,9 +112,17 @@ def write_campaign(folder: Path) -> Path:
     return path
 
 
+#: the minimal sink's round trip, s (main() sets it from --latency)
+LATENCY = {"seconds": 0.0}
+#: ours' ``[sending]`` pacing (main() sets it from --rate and --concurrency; None: the key
+#: is left out, so the engine adapts its requests in flight to the round trip)
+SENDING: dict[str, float | None] = {"requests_per_second": 1000, "concurrency": 4}
+
+
 def write_config(folder: Path, base_url: str, run: str = "0",
                  journal_url: str | None = None, lease: float | None = None) -> Path:
-    """A config for the sink: batch 1000, concurrency 4, a rate limit that never binds.
+    """A config for the sink: batch 1000 and `SENDING` (by default concurrency 4 and a rate
+    limit that never binds).
 
     Each ``run`` gets its own journal and delivery log, so a repeat starts from scratch; with
     ``journal_url`` the journal is that PostgreSQL database (``[journal] url``) instead;
@@ -120,7 +136,9 @@ def write_config(folder: Path, base_url: str, run: str = "0",
         journal += "" if lease is None else f"lease = {lease:g}\n"
     path.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = 30\n\n'
-        "[sending]\nbatch_size = 1000\nrequests_per_second = 1000\nconcurrency = 4\n"
+        "[sending]\nbatch_size = 1000\n"
+        + "".join(f"{key} = {value:g}\n" for key, value in SENDING.items() if value is not None)
+        +
         'max_attempts = 6\ndelivery = "at-least-once"\n\n'
         f'[paths]\ncampaigns = "campaigns"\nstate = "state/journal-{run}.sqlite3"\n'
         f'delivery_log = "logs/delivery-{run}.jsonl"\n\n'
@@ -462,6 +480,15 @@ def report(runs: list[Measured], rows: int,
               f"shutdown {split['shutdown_s']:.2f} s")
     for ours in (r for r in runs if r.label.startswith("ours")):
         rate = sending[ours.label]
+        if (limit := SENDING["requests_per_second"]) is not None and limit * 1000 < 1_000_000:
+            share = ours.rate / (limit * 1000)
+            how = ("concurrency auto" if SENDING["concurrency"] is None
+                   else f"concurrency = {SENDING['concurrency']:g}")
+            print(f"{ours.label} / the account limit ({limit * 1000:,.0f}/s, {how}, "
+                  f"round trip {LATENCY['seconds']:g} s): {share:.2f} end to end, "
+                  f"{rate / (limit * 1000):.2f} sending only")
+            verdicts.append((f"{ours.label} >= 0.9 x the account limit ({how})", share >= 0.9,
+                             f"{share:.2f} end to end"))
         mb = ours.peak_mib * 1.048576
         verdicts.append((f"{ours.label} peak RSS <= 150 MB", mb <= 150, f"{mb:.1f} MB"))
         if "seed" in by:
@@ -569,7 +596,7 @@ def run_clients(
 ) -> list[Measured]:
     """Every client, ``repeat`` times in turn, against one sink."""
     runs: list[Measured] = []
-    with SinkProcess(kind=sink_kind) as sink:
+    with SinkProcess(kind=sink_kind, latency=LATENCY["seconds"]) as sink:
         for run in range(repeat):
             for variant in only:
                 for kind in journals if variant == "ours" else [""]:
@@ -609,6 +636,13 @@ def main() -> None:
                         help="with --repeat: report each client's median run (default) or "
                         "its best")
     parser.add_argument("--keep", type=Path, help="write the files here and keep them")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="the minimal sink answers each send this many seconds late")
+    parser.add_argument("--rate", type=float, default=1000,
+                        help="ours' [sending] requests_per_second (default 1000: never binds)")
+    parser.add_argument("--concurrency", default="4",
+                        help="ours' [sending] concurrency, or 'auto' to leave the key out "
+                        "(requests in flight follow the round trip)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--csv", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -616,6 +650,9 @@ def main() -> None:
     if args.child:
         run_child(args.child, args.csv, args.url, args.bare_batch)
         return
+    LATENCY["seconds"] = args.latency
+    SENDING["requests_per_second"] = args.rate
+    SENDING["concurrency"] = None if args.concurrency == "auto" else int(args.concurrency)
     only = [v.strip() for v in args.only.split(",") if v.strip()]
     unknown = set(only) - {"seed", "bare", "ours"}
     if unknown:

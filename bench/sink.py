@@ -1,6 +1,6 @@
 """A minimal Cascade API sink for the benchmarks, run in its own process.
 
-    python bench/sink.py [--port 0] [--record FILE]
+    python bench/sink.py [--port 0] [--record FILE] [--latency SECONDS]
 
 It answers ``POST /api/CascadeMessage/send_message[/tg-viber]/async`` the way the API does on
 success: it parses the JSON body and returns ``[{"messageId", "trackinId"}]`` for every message,
@@ -9,7 +9,9 @@ under test stays the bottleneck. ``GET /stats`` returns the request and message 
 flushes the record file); ``GET /bat/message/{id}`` answers every status poll "processing".
 With ``--record`` it appends one JSON line per request: ``t`` (Unix
 time when the handler was entered, before the body was read), ``n`` (messages), ``first`` and
-``last`` (tracking ids); the fire-lag benchmark reads it.
+``last`` (tracking ids); the fire-lag benchmark reads it. With ``--latency`` every send is
+answered that many seconds after it came (a real API's round trip, 50-200 ms), without holding
+up the others.
 
 `SinkProcess` starts the script (or, with ``kind="sandbox"``, ``cascade-scheduler sandbox``, which
 also validates every message) as a subprocess and stops it; both benchmarks use it.
@@ -65,6 +67,8 @@ async def handle_send(request: web.Request) -> web.Response:
     answer = [
         {"messageId": mid, "trackinId": m["id"]} for m, mid in zip(messages, ids, strict=True)
     ]
+    if (latency := request.app["latency"]) > 0:
+        await asyncio.sleep(latency)
     counters.requests += 1
     counters.messages += len(messages)
     if counters.record is not None and messages:
@@ -92,11 +96,12 @@ async def handle_stats(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-async def serve(port: int, record: Path | None) -> None:
+async def serve(port: int, record: Path | None, latency: float = 0.0) -> None:
     """Listen on 127.0.0.1:``port`` until SIGTERM/SIGINT; print the URL when ready."""
     handle = record.open("ab") if record is not None else None
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app["counters"] = Counters(handle)
+    app["latency"] = latency
     for route in ROUTES:
         app.router.add_post(route, handle_send)
     app.router.add_get("/stats", handle_stats)
@@ -125,8 +130,10 @@ class SinkProcess:
     ``kind="sandbox"`` runs the project's sandbox instead (no faults); it has no ``/stats``.
     """
 
-    def __init__(self, record: Path | None = None, kind: str = "minimal") -> None:
+    def __init__(self, record: Path | None = None, kind: str = "minimal",
+                 latency: float = 0.0) -> None:
         self.record = record
+        self.latency = latency
         self.kind = kind
         self.base_url = ""
         self._process: subprocess.Popen[str] | None = None
@@ -140,6 +147,8 @@ class SinkProcess:
             prefix = READY_PREFIX
         if self.record is not None:
             command += ["--record", str(self.record)]
+        if self.latency:
+            command += ["--latency", str(self.latency)]
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         line = self._process.stdout.readline()
@@ -184,8 +193,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--record", type=Path)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds before each send is answered (default 0)")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.record))
+    asyncio.run(serve(args.port, args.record, args.latency))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""How many send requests may be in flight at once (SPEC §13.5).
+
+The rate limit says how often a request may start; how many are out at once follows from how
+long each takes (Little's law: in flight = rate x round trip). A fixed number, too small for an
+API 100 ms away, caps the rate below the account's limit (4 in flight at 100 ms is 40 requests
+a second, whatever the limit says); too big, and a slow API is sent ever more at once. So the
+limit follows the measured round trip: ``ceil(rate x p90) + 1`` over the last `SAMPLES`
+answers, at least 1, at most ``[sending] concurrency`` when the operator set it (then it is a
+hard cap) and never above `MAX_IN_FLIGHT`. Until answers come it is `START`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+#: the most requests in flight at once, whatever the round trip
+MAX_IN_FLIGHT: Final = 64
+#: the limit before any answer was timed
+START: Final = 4
+#: round trips the p90 is taken over
+SAMPLES: Final = 200
+#: the limit is worked out again after this many answers
+EVERY: Final = 10
+
+
+def needed(rate: float, round_trip: float) -> int:
+    """Requests in flight that reach ``rate`` a second when each takes ``round_trip`` seconds
+    (Little's law, plus one for the one being answered)."""
+    return math.ceil(rate * round_trip) + 1
+
+
+class InFlight:
+    """Slots for requests in flight: ``async with in_flight.slot():`` around a request, whose
+    round trip is timed; waiters are served in the order they came."""
+
+    def __init__(self, rate: float, cap: int | None = None) -> None:
+        """``rate``: requests a second; ``cap``: the configured ``concurrency`` (None: adapt
+        up to `MAX_IN_FLIGHT`)."""
+        self.rate = rate
+        self.cap = min(cap, MAX_IN_FLIGHT) if cap is not None else MAX_IN_FLIGHT
+        self.adaptive = cap is None
+        self.limit = min(START, self.cap) if self.adaptive else self.cap
+        self._round_trips: deque[float] = deque(maxlen=SAMPLES)
+        self._since = 0  # answers since the limit was last worked out
+        self._busy = 0
+        self._freed = asyncio.Condition()
+
+    @property
+    def busy(self) -> int:
+        """Requests in flight now."""
+        return self._busy
+
+    def p90(self) -> float | None:
+        """The 90th percentile of the recent round trips (None before the first)."""
+        if not self._round_trips:
+            return None
+        ordered = sorted(self._round_trips)
+        return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for one request; its round trip (inside the block) is timed, unless
+        the block raised: a refused connection says nothing of the API's round trip."""
+        async with self._freed:
+            await self._freed.wait_for(lambda: self._busy < self.limit)
+            self._busy += 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            yield
+        except BaseException:
+            await self._release(None)
+            raise
+        await self._release(loop.time() - started)
+
+    async def _release(self, round_trip: float | None) -> None:
+        if round_trip is not None:
+            self.timed(round_trip)
+        async with self._freed:
+            self._busy -= 1
+            self._freed.notify_all()
+
+    def timed(self, round_trip: float) -> None:
+        """Take one measured round trip into account."""
+        self._round_trips.append(round_trip)
+        self._since += 1
+        if self.adaptive and (self._since >= EVERY or len(self._round_trips) < EVERY):
+            self._since = 0
+            p90 = self.p90()
+            assert p90 is not None
+            self.limit = max(1, min(self.cap, needed(self.rate, p90)))
