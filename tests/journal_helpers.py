@@ -9,13 +9,12 @@ from typing import Any
 
 import orjson
 
-from scheduler.journal import Journal, Result
+from scheduler.journal import Journal, MessageRecord, Result, StatusReport
 from scheduler.records import Skip
-from scheduler.vocabulary import Outcome
+from scheduler.vocabulary import DeliveryStatus, Outcome
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 DEADLINE = SEND_AT + timedelta(hours=1)
-
 
 
 def message(campaign: str, n: int) -> dict[str, Any]:
@@ -46,3 +45,22 @@ def results(body: bytes, outcome: Outcome = "sent", only: int | None = None) -> 
     messages = orjson.loads(body)[:only]
     return [Result(m["id"], outcome, f"mid-{m['id']}" if outcome == "sent" else "E1", 1,
                    m["toPhone"]) for m in messages]
+
+
+async def record_status(journal: Journal, message_id: str, status: DeliveryStatus,
+                        *details: Any) -> bool:
+    """`Journal.record_statuses` for one report (``details``: channel, parts, cost, currency,
+    at); True when it was the message's first final status."""
+    report = StatusReport(message_id, status, *details)
+    return (await journal.record_statuses([report]))[0].result == "final"
+
+
+async def indexed_message(journal: Journal, message_id: str) -> MessageRecord | None:
+    """The indexed message with the API's ``message_id``, or None (read from `Journal.dump`:
+    the journal has no look-up by message id, nothing but tests asks for one)."""
+    found = None
+    async for table, rows in journal.dump():
+        if table == "messages":
+            found = next((MessageRecord(*row[:6]) for row in rows if row[0] == message_id),
+                         found)
+    return found

@@ -56,6 +56,7 @@ from scheduler.metrics import Metrics
 from scheduler.sandbox import CHANNELS, PRICES, channel_for
 from tests.engine_helpers import send_through
 from tests.helpers import StartSandbox, free_port
+from tests.journal_helpers import indexed_message
 
 KEY = {"X-Authorization-Key": "k"}
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -190,7 +191,7 @@ async def make_poller(
 ) -> tuple[Poller, Setup, StatusClient]:
     """A poller (with its open client) whose clock starts just after the sending."""
     metrics = Metrics()
-    record = await journal.message(sent[0][1])
+    record = await indexed_message(journal, sent[0][1])
     assert record is not None
     clock = Clock(record.sent_at + timedelta(seconds=1))
     client = StatusClient(base_url, lambda: KEY, timeout=5)

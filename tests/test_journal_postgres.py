@@ -33,6 +33,7 @@ from scheduler.journal import (
 from scheduler.journal.postgres import _SCHEMA, SCHEMA_VERSION, PostgresJournal, PostgresStore
 from scheduler.records import Skip
 from tests.helpers import run_cli, write_audience, write_campaign, write_config
+from tests.journal_helpers import record_status
 from tests.pg_helpers import PostgresServer, free_port
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -190,7 +191,7 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
         due = await journal.messages_awaiting_status(datetime.now(UTC), 10)
         assert [(d.message.message_id, d.polls, d.message.sent_at) for d in due] == [
             ("m-1", 0, sent_at)]
-        assert await journal.record_status("m-1", "undeliverable", "sms")
+        assert await record_status(journal, "m-1", "undeliverable", "sms")
         assert (await journal.delivery_counts("old")).statuses == {
             "delivered": 1, "undeliverable": 1}
         # a status final since the upgrade can wait for its delivery line

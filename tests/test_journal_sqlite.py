@@ -197,20 +197,6 @@ def test_naive_times_are_refused(journal: SqliteConnection) -> None:
         prepare(journal, "c", send_at=datetime(2026, 12, 1, 9, 0))
 
 
-def test_forget_only_unstarted(journal: SqliteConnection, path: Path) -> None:
-    """forget deletes an unstarted snapshot; a started campaign's record stays."""
-    prepare(journal, "a")
-    prepare(journal, "b")
-    journal.forget("a")
-    assert journal.campaign("a") is None
-    assert table_count(path, "snapshots") == 1
-    journal.set_state("b", "running")
-    with pytest.raises(JournalError):
-        journal.forget("b")
-    journal.forget("never-seen")  # nothing to do
-    assert [c.id for c in journal.campaigns()] == ["b"]
-
-
 def test_encode_batches_numbers_and_drops_empty() -> None:
     """Bodies are orjson arrays of the messages; empty batches get no sequence number."""
     encoded = list(encode_batches([[message("c", 1)], [], ({"id": "c-2"},)]))
@@ -578,8 +564,6 @@ async def test_async_round_trip(ajournal: SqliteJournal) -> None:
     assert [r.attempts async for r in ajournal.recipients("c", "sent")] == [1, 1, 1]
     await ajournal.set_state("c", "expired")
     assert [c.state for c in await ajournal.campaigns()] == ["expired"]
-    with pytest.raises(JournalError):
-        await ajournal.forget("c")
 
 
 async def test_close_finishes_queued_work(path: Path) -> None:

@@ -31,6 +31,7 @@ from scheduler.sandbox import PRICES, Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.service import send_campaign
 from tests.helpers import MACHINE_VARIABLES, write_audience, write_campaign, write_config
+from tests.journal_helpers import record_status
 
 KEY = {"X-Authorization-Key": "report-key"}
 
@@ -76,7 +77,7 @@ async def _poll(root: Path, journal: SqliteJournal, base_url: str, sandbox: Sand
     """Give one "mix" message up as unknown, poll the rest of "mix" and "tiny" to the end."""
     due = await journal.messages_awaiting_status(datetime.now(UTC) + timedelta(days=1), 1000)
     mix = [a.message.message_id for a in due if a.message.campaign == "mix"]
-    assert await journal.record_status(mix[0], "unknown")
+    assert await record_status(journal, mix[0], "unknown")
     waiting = [(a.message.message_id, datetime.now(UTC) + timedelta(days=1))
                for a in due if a.message.campaign == "waiting"]
     await journal.schedule_polls(waiting)  # not due now: "waiting" stays without a status

@@ -38,6 +38,7 @@ from scheduler.metrics import Metrics
 from scheduler.webhooks import Gatherer, WebhookServer
 from tests.engine_helpers import send_through
 from tests.helpers import StartSandbox, free_port
+from tests.journal_helpers import indexed_message
 
 TOKEN = "hook-Secret-42"
 
@@ -155,7 +156,7 @@ async def test_a_report_before_its_message_was_indexed_is_kept(
                               deadline=datetime.now(UTC) + timedelta(hours=1))
     more = await send_through(journal, sandbox.base_url, "d", 2,
                               deadline=datetime.now(UTC) + timedelta(hours=1), index=False)
-    assert await journal.message(more[0][1]) is None
+    assert await indexed_message(journal, more[0][1]) is None
     status, _ = await post(url(receiver), [report(more[0][1]), report(sent[0][1])])
     assert status == 200
     assert (await journal.delivery_counts("d")).statuses == {"delivered": 1, "awaiting": 1}

@@ -522,10 +522,6 @@ class Journal(Protocol):
         """The streamed snapshot is whole: ``streaming`` becomes False (`JournalConflict` when
         it was not streaming)."""
 
-    async def forget(self, campaign_id: str) -> None:
-        """Delete an unstarted campaign and its snapshot; a started one raises
-        `JournalConflict`; an unknown one is a no-op."""
-
     # --- campaigns --------------------------------------------------------------------------
 
     async def campaign(self, campaign_id: str) -> CampaignRecord | None:
@@ -616,9 +612,6 @@ class Journal(Protocol):
         (messageId, phone, type, time), each due for its first status poll ``first_poll``
         seconds after it was sent; returns how many batches it indexed (0: caught up)."""
 
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """The indexed message with the API's ``message_id``, or None."""
-
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
         limit: int = 50_000,
@@ -646,14 +639,6 @@ class Journal(Protocol):
         With ``log_key`` (unique per call), the messages told "final" are kept, in the same
         transaction, as unlogged under that key until `mark_statuses_logged`. Every first
         final status is also kept, in the same transaction, for `take_final_statuses`."""
-
-    async def record_status(
-        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
-        parts: int | None = None, cost: float | None = None, currency: str | None = None,
-        at: datetime | None = None,
-    ) -> bool:
-        """`record_statuses` for one report; True when it was the message's first final
-        status (log it then, and only then)."""
 
     async def messages_awaiting_status(
         self, due_before: datetime, limit: int,

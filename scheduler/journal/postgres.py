@@ -697,16 +697,6 @@ class PostgresStore:
             self.learned[campaign_id] = snapshot
         return snapshot
 
-    async def forget(self, campaign_id: str) -> None:
-        """Delete an unstarted campaign and its snapshot; a started one raises `JournalConflict`."""
-        await self._lock_campaign(campaign_id)
-        row = await self._refuse_if_started(campaign_id)
-        if row is None:
-            return
-        await self._drop_orphans(campaign_id)
-        await self._delete_snapshot(row[2])
-        await self.db.execute("DELETE FROM campaigns WHERE id = %s", (campaign_id,))
-
     # --- campaigns ----------------------------------------------------------------------
 
     async def campaign(self, campaign_id: str) -> CampaignRecord | None:
@@ -1029,19 +1019,6 @@ class PostgresStore:
                 (snapshot, seq),
             )
         return len(batches)
-
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """The indexed message with the API's ``message_id``, or None."""
-        row = await self._one(
-            "SELECT message_id, campaign, tracking_id, phone, type, sent_at FROM messages"
-            " WHERE message_id = %s", (message_id,),
-        )
-        if row is None:
-            return None
-        message_id, campaign, tracking_id, phone, kind, sent_at = row
-        return MessageRecord(
-            message_id, campaign, tracking_id, phone, kind, sent_at.astimezone(UTC),
-        )
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
@@ -1883,7 +1860,7 @@ class PostgresJournal:
             # a write failed while the worker encoded ahead: its chunk is not wanted (and an
             # error in it is not news)
             ahead.add_done_callback(lambda done: done.cancelled() or done.exception())
-            if not swapped:  # best effort: the next prepare or forget drops it too
+            if not swapped:  # best effort: the next prepare drops it too
                 with contextlib.suppress(JournalError):
                     await self._call(PostgresStore.drop_snapshot, campaign_id, snapshot)
 
@@ -1906,10 +1883,6 @@ class PostgresJournal:
     async def close_stream(self, campaign_id: str) -> None:
         """`Journal.close_stream`."""
         await self._fenced(PostgresStore.close_stream, campaign_id)
-
-    async def forget(self, campaign_id: str) -> None:
-        """`Journal.forget`."""
-        await self._call(PostgresStore.forget, campaign_id)
 
     async def campaign(self, campaign_id: str) -> CampaignRecord | None:
         """`Journal.campaign`."""
@@ -1997,10 +1970,6 @@ class PostgresJournal:
         """`Journal.index_messages`."""
         return await self._call(PostgresStore.index_messages, max_batches, first_poll)
 
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """`Journal.message`."""
-        return await self._call(PostgresStore.message, message_id)
-
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
         limit: int = 50_000,
@@ -2025,15 +1994,6 @@ class PostgresJournal:
     ) -> list[StatusChange]:
         """`Journal.record_statuses`."""
         return await self._call(PostgresStore.record_statuses, reports, log_key)
-
-    async def record_status(
-        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
-        parts: int | None = None, cost: float | None = None, currency: str | None = None,
-        at: datetime | None = None,
-    ) -> bool:
-        """`Journal.record_status`."""
-        report = StatusReport(message_id, status, channel, parts, cost, currency, at)
-        return (await self.record_statuses([report]))[0].result == "final"
 
     async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
         """`Journal.take_final_statuses`."""

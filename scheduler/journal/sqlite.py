@@ -716,15 +716,6 @@ class SqliteConnection:
         snapshot: int = row[0]
         return snapshot
 
-    def forget(self, campaign_id: str) -> None:
-        """Delete an unstarted campaign and its snapshot; a started one raises `JournalConflict`."""
-        with self.transaction():
-            if self._refuse_if_started(campaign_id) is None:
-                return
-            self._drop_orphans(campaign_id)
-            self._delete_snapshot(self._snapshot(campaign_id))
-            self._db.execute("DELETE FROM campaigns WHERE id = ?", (campaign_id,))
-
     # --- campaigns ----------------------------------------------------------------------
 
     def campaign(self, campaign_id: str) -> CampaignRecord | None:
@@ -1036,19 +1027,6 @@ class SqliteConnection:
                     (snapshot, seq),
                 )
         return len(batches)
-
-    def message(self, message_id: str) -> MessageRecord | None:
-        """The indexed message with the API's ``message_id``, or None."""
-        row = self._db.execute(
-            "SELECT message_id, campaign, tracking_id, phone, type, sent_at FROM messages"
-            " WHERE message_id = ?", (message_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        message_id, campaign, tracking_id, phone, kind, sent_at = row
-        return MessageRecord(
-            message_id, campaign, tracking_id, phone, kind, datetime.fromisoformat(sent_at),
-        )
 
     def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
@@ -1573,10 +1551,6 @@ class SqliteJournal:
         """`Journal.close_stream`."""
         await self._fenced(SqliteConnection.close_stream, campaign_id)
 
-    async def forget(self, campaign_id: str) -> None:
-        """`Journal.forget`."""
-        await self._call(SqliteConnection.forget, campaign_id)
-
     async def campaign(self, campaign_id: str) -> CampaignRecord | None:
         """`Journal.campaign`."""
         return await self._call(SqliteConnection.campaign, campaign_id)
@@ -1656,10 +1630,6 @@ class SqliteJournal:
         """`Journal.index_messages`."""
         return await self._call(SqliteConnection.index_messages, max_batches, first_poll)
 
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """`Journal.message`."""
-        return await self._call(SqliteConnection.message, message_id)
-
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
         limit: int = 50_000,
@@ -1684,15 +1654,6 @@ class SqliteJournal:
     ) -> list[StatusChange]:
         """`Journal.record_statuses`."""
         return await self._call(SqliteConnection.record_statuses, reports, log_key)
-
-    async def record_status(
-        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
-        parts: int | None = None, cost: float | None = None, currency: str | None = None,
-        at: datetime | None = None,
-    ) -> bool:
-        """`Journal.record_status`."""
-        report = StatusReport(message_id, status, channel, parts, cost, currency, at)
-        return (await self.record_statuses([report]))[0].result == "final"
 
     async def messages_awaiting_status(
         self, due_before: datetime, limit: int,
