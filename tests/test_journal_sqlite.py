@@ -479,7 +479,7 @@ async def hold_writer(aj: SqliteJournal) -> tuple[threading.Event, asyncio.Task[
         parked.set()
         release.wait(30)
 
-    task = asyncio.ensure_future(aj.run(park))
+    task = asyncio.ensure_future(aj.executor.run(park))
     await asyncio.to_thread(parked.wait, 30)
     return release, task
 
@@ -487,12 +487,12 @@ async def hold_writer(aj: SqliteJournal) -> tuple[threading.Event, asyncio.Task[
 async def test_group_commit_groups(ajournal: SqliteJournal) -> None:
     """Operations queued while the writer is busy share ONE commit, and all take effect."""
     release, parked = await hold_writer(ajournal)
-    before = ajournal.commits
+    before = ajournal.executor.commits
     marks = [asyncio.ensure_future(ajournal.mark_in_flight("c", [seq])) for seq in range(8)]
     await asyncio.sleep(0)  # let every mark reach the queue
     release.set()
     await asyncio.gather(parked, *marks)
-    assert ajournal.commits - before <= 2  # the parked op's group, then the eight marks
+    assert ajournal.executor.commits - before <= 2  # the parked op's group, then the eight marks
     assert [b.state for b in await ajournal.open_batches("c")] == ["in_flight"] * 8
 
 
@@ -521,9 +521,10 @@ async def test_await_returns_after_the_commit(ajournal: SqliteJournal, path: Pat
 
 async def test_writes_run_off_the_event_loop_thread(ajournal: SqliteJournal) -> None:
     """SQLite commits happen on the writer thread, never on the loop's thread."""
-    writer = await ajournal.run(lambda _: threading.get_ident())
+    writer = await ajournal.executor.run(lambda _: threading.get_ident())
     assert writer != threading.get_ident()
-    assert await ajournal.run(lambda _: threading.current_thread().name) == "journal-writer"
+    name = await ajournal.executor.run(lambda _: threading.current_thread().name)
+    assert name == "journal-writer"
 
 
 async def test_async_prepare_lets_other_operations_through(ajournal: SqliteJournal) -> None:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import select
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, Literal, LiteralString, ParamSpec, TypeVar
+from typing import Any, Literal, LiteralString, ParamSpec, TypeVar
 
 import orjson
 import psycopg
@@ -62,7 +63,6 @@ from scheduler.journal.base import (
     JournalFenced,
     JournalNotEmpty,
     JournalUnavailable,
-    Message,
     MessageRecord,
     RecipientRow,
     Result,
@@ -79,11 +79,9 @@ from scheduler.journal.codec import (
     Cursor,
     batch_rows,
     check_follows,
-    chunks,
     count_deliveries,
     decide_statuses,
     decided,
-    encode_batches,
     final_statuses_blob,
     read_final_statuses,
     repeats,
@@ -91,6 +89,7 @@ from scheduler.journal.codec import (
     streaming_snapshot,
     unlogged_rows,
 )
+from scheduler.journal.front import LEASE, Fence, Front
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
@@ -266,7 +265,6 @@ _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
     " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content"
 )
-_BATCH_CHUNK = 64  # batches written per operation while preparing
 _SKIP_CHUNK = 10_000
 _PAGE = 16  # batches decoded per query while streaming recipients
 _DELIVERY_PAGE = 2_000  # messages per page of a delivery-status listing
@@ -1456,8 +1454,8 @@ def _settle(op: _Op, value: object, error: BaseException | None) -> None:
         op.future.set_result(value)
 
 
-class PostgresJournal:
-    """The `Journal` interface on PostgreSQL: one connection, one writer task, group commit.
+class PostgresWriter:
+    """The `Executor` of the PostgreSQL journal: one connection, one writer task, group commit.
 
     The writer takes one queued operation plus every other one waiting, runs them in ONE
     transaction (one failure fails only its caller: see `_group`), commits once, then
@@ -1489,7 +1487,6 @@ class PostgresJournal:
         self._queue: asyncio.Queue[_Op | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._fence: tuple[str, int] | None = None
         self._frozen: dict[str, int] = {}  # kept across reconnections (see `PostgresStore`)
         self.commits = 0  # durable commits so far (fewer than operations when grouped)
 
@@ -1587,22 +1584,9 @@ class PostgresJournal:
         self._queue.put_nowait(_Op(fn, future, fence, stage))
         return await future
 
-    async def _call(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        return await self.run(lambda store: method(store, *args, **kwargs))
-
-    async def _fenced(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        """`_call`, once the group's transaction has checked the lease (when fenced)."""
-        return await self._submit(lambda store: method(store, *args, **kwargs), self._fence)
-
     async def _staged(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[Finish]],
-        fenced: bool, *args: P.args, **kwargs: P.kwargs,
+        self, method: Callable[..., Awaitable[Finish]], fence: Fence | None,
+        args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> Any:
         """A two-step write of the send path (fenced or not): pipelined with its group."""
 
@@ -1612,7 +1596,7 @@ class PostgresJournal:
         async def at_once(store: PostgresStore) -> Any:
             return await (await stage(store))()
 
-        return await self._submit(at_once, self._fence if fenced else None, stage)
+        return await self._submit(at_once, fence, stage)
 
     async def _serve(self) -> None:
         assert self._queue is not None
@@ -1826,222 +1810,28 @@ class PostgresJournal:
         except Exception as exc:  # noqa: BLE001
             return op, None, exc
 
-    # --- the interface ----------------------------------------------------------------------
+    # --- the operations ---------------------------------------------------------------------
 
-    async def prepare(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-        batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
-        zones: Sequence[str | None] = (),
-    ) -> None:
-        """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
+    async def call(
+        self, op: str, fence: Fence | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Any:
+        """`Executor.call`: ``PostgresStore.<op>`` in the writer task, once the group's
+        transaction has checked ``fence`` (when set). The send path's two-step writes
+        (`_STAGED`) are pipelined with their group; the lease and presence calls (`LEASE`)
+        work on an older release's schema too."""
+        if (staged := _STAGED.get(op)) is not None:
+            return await self._staged(staged, fence, args, kwargs)
+        if op == "acquire_lease":
+            return await self._acquire_lease(*args, **kwargs)
+        method = getattr(PostgresStore, op)
+        return await self._submit(lambda store: method(store, *args, **kwargs), fence,
+                                  any_schema=op in LEASE)
 
-        Other operations run between chunks, so a million-row snapshot never stalls sending.
-        The worker encodes the next chunk of batches while the server writes this one.
-        """
-        snapshot = await self._call(PostgresStore.begin_snapshot, campaign_id)
-        swapped = False
-        encoded = chunks(encode_batches(batches), _BATCH_CHUNK)
-        ahead = asyncio.ensure_future(asyncio.to_thread(next, encoded, None))
-        try:
-            while rows := await ahead:
-                ahead = asyncio.ensure_future(asyncio.to_thread(next, encoded, None))
-                await self._call(PostgresStore.add_batches, campaign_id, snapshot, rows)
-            skip_chunks = chunks(skips, _SKIP_CHUNK)
-            while chunk := await asyncio.to_thread(next, skip_chunks, None):
-                await self._call(PostgresStore.add_skips, campaign_id, snapshot, chunk)
-            await self._call(
-                PostgresStore.commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
-                file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
-                content=content, zones=zones,
-            )
-            swapped = True
-        finally:
-            # a write failed while the worker encoded ahead: its chunk is not wanted (and an
-            # error in it is not news)
-            ahead.add_done_callback(lambda done: done.cancelled() or done.exception())
-            if not swapped:  # best effort: the next prepare drops it too
-                with contextlib.suppress(JournalError):
-                    await self._call(PostgresStore.drop_snapshot, campaign_id, snapshot)
-
-    async def open_stream(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-    ) -> None:
-        """`Journal.open_stream`."""
-        await self._call(
-            PostgresStore.open_stream, campaign_id=campaign_id, type=type, file=file,
-            fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-        )
-
-    async def extend(
-        self, campaign_id: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip],
-    ) -> None:
-        """`Journal.extend`."""
-        await self._fenced(PostgresStore.extend, campaign_id, batches, skips)
-
-    async def close_stream(self, campaign_id: str) -> None:
-        """`Journal.close_stream`."""
-        await self._fenced(PostgresStore.close_stream, campaign_id)
-
-    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
-        """`Journal.campaign`."""
-        return await self._call(PostgresStore.campaign, campaign_id)
-
-    async def campaigns(self) -> list[CampaignRecord]:
-        """`Journal.campaigns`."""
-        return await self._call(PostgresStore.campaigns)
-
-    async def set_state(
-        self, campaign_id: str, state: CampaignState, error: str | None = None,
-    ) -> CampaignRecord:
-        """`Journal.set_state`."""
-        return await self._fenced(PostgresStore.set_state, campaign_id, state, error)
-
-    async def open_batches(
-        self, campaign_id: str, after_seq: int = -1, limit: int = 64,
-    ) -> list[BatchRecord]:
-        """`Journal.open_batches`."""
-        return await self._call(PostgresStore.open_batches, campaign_id, after_seq, limit)
-
-    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """`Journal.mark_in_flight`."""
-        await self._staged(PostgresStore.stage_mark_in_flight, True, campaign_id, seqs)
-
-    async def release(
-        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
-    ) -> None:
-        """`Journal.release`."""
-        await self._staged(PostgresStore.stage_release, True, campaign_id, seqs,
-                           doubtful=doubtful)
-
-    async def record_results(
-        self, campaign_id: str, seq: int, results: Sequence[Result],
-    ) -> int:
-        """`Journal.record_results`."""
-        held: int = await self._staged(
-            PostgresStore.stage_record, True, campaign_id, seq, results, close=True,
-        )
-        return held
-
-    async def record_partial(
-        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
-    ) -> int:
-        """`Journal.record_partial`."""
-        held: int = await self._staged(
-            PostgresStore.stage_record, True, campaign_id, seq, results, close=False,
-            doubtful=doubtful,
-        )
-        return held
-
-    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
-        """`Journal.mark_logged`."""
-        await self._staged(PostgresStore.stage_mark_logged, False, campaign_id, marks)
-
-    async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
-        """`Journal.unlogged`."""
-        return await self._call(PostgresStore.unlogged, campaign_id)
-
-    async def skips_logged(self, campaign_id: str) -> bool:
-        """`Journal.skips_logged`."""
-        return await self._call(PostgresStore.skips_logged, campaign_id)
-
-    async def mark_skips_logged(self, campaign_id: str) -> None:
-        """`Journal.mark_skips_logged`."""
-        await self._call(PostgresStore.mark_skips_logged, campaign_id)
-
-    async def counts(self, campaign_id: str) -> Counts:
-        """`Journal.counts`."""
-        return await self._call(PostgresStore.counts, campaign_id)
-
-    async def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
-    ) -> AsyncIterator[RecipientRow]:
-        """`Journal.recipients`: one page per trip to the writer task."""
-        cursor: Cursor | None = START
-        while cursor is not None:
-            rows, cursor = await self._call(
-                PostgresStore.recipient_page, campaign_id, outcome, cursor, resent=resent,
-            )
-            for row in rows:
-                yield row
-
-    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
-        """`Journal.index_messages`."""
-        return await self._call(PostgresStore.index_messages, max_batches, first_poll)
-
-    async def capped_phones(
-        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
-    ) -> list[str]:
-        """`Journal.capped_phones`."""
-        return await self._call(
-            PostgresStore.capped_phones, types, since, at_least, after, limit)
-
-    async def unindexed_phones(
-        self, types: Sequence[str], since: datetime,
-    ) -> AsyncIterator[str]:
-        """`Journal.unindexed_phones`: one page per trip to the writer task."""
-        after: tuple[int, int] | None = (0, -1)
-        while after is not None:
-            phones, after = await self._call(
-                PostgresStore.unindexed_page, types, since, after)
-            for phone in phones:
-                yield phone
-
-    async def record_statuses(
-        self, reports: Sequence[StatusReport], log_key: str | None = None,
-    ) -> list[StatusChange]:
-        """`Journal.record_statuses`."""
-        return await self._call(PostgresStore.record_statuses, reports, log_key)
-
-    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
-        """`Journal.take_final_statuses`."""
-        return await self._fenced(PostgresStore.take_final_statuses, limit)
-
-    async def messages_awaiting_status(
-        self, due_before: datetime, limit: int,
-    ) -> list[AwaitingMessage]:
-        """`Journal.messages_awaiting_status`."""
-        return await self._call(PostgresStore.messages_awaiting_status, due_before, limit)
-
-    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
-        """`Journal.schedule_polls`."""
-        await self._call(PostgresStore.schedule_polls, polls)
-
-    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
-        """`Journal.unlogged_statuses`."""
-        return await self._call(PostgresStore.unlogged_statuses, before, limit)
-
-    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
-        """`Journal.mark_statuses_logged`."""
-        await self._call(PostgresStore.mark_statuses_logged, log_keys)
-
-    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
-        """`Journal.delivery_counts`."""
-        return await self._call(PostgresStore.delivery_counts, campaign_id)
-
-    async def delivery_recipients(
-        self, campaign_id: str, status: DeliveryStatus,
-    ) -> AsyncIterator[DeliveryRow]:
-        """`Journal.delivery_recipients`: one page per trip to the writer task."""
-        after = ""
-        while page := await self._call(PostgresStore.delivery_page, campaign_id, status, after):
-            for row in page:
-                yield row
-            after = page[-1].message_id
-
-    async def _lease_call(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        """`_call` for the lease and presence calls: they work on any release's schema."""
-        return await self._submit(lambda store: method(store, *args, **kwargs), any_schema=True)
-
-    async def acquire_lease(self, holder: str, seconds: float) -> int | None:
+    async def _acquire_lease(self, holder: str, seconds: float) -> int | None:
         """`Journal.acquire_lease`: judged by the database's clock; upgrades the schema in
         the same transaction when `start` left it waiting."""
-        epoch, found = await self._lease_call(_acquire_upgrading, holder, seconds)
+        epoch, found = await self._submit(
+            lambda store: _acquire_upgrading(store, holder, seconds), any_schema=True)
         if found > SCHEMA_VERSION:
             if not self._told_newer:
                 self._told_newer = True
@@ -2052,38 +1842,6 @@ class PostgresJournal:
             if found < SCHEMA_VERSION:
                 self._tell("journal_upgraded", found)
         return epoch
-
-    async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
-        """`Journal.renew_lease`."""
-        return await self._lease_call(PostgresStore.renew_lease, holder, epoch, seconds)
-
-    async def release_lease(self, holder: str, epoch: int) -> None:
-        """`Journal.release_lease`."""
-        await self._lease_call(PostgresStore.release_lease, holder, epoch)
-
-    async def leader(self) -> str | None:
-        """`Journal.leader`."""
-        return await self._lease_call(PostgresStore.leader)
-
-    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
-        """`Journal.set_stage`."""
-        await self._fenced(PostgresStore.set_stage, campaign_id, stage, stage_at)
-
-    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
-        """`Journal.heartbeat`."""
-        await self._lease_call(PostgresStore.heartbeat, holder, since, seconds)
-
-    async def leave(self, holder: str) -> None:
-        """`Journal.leave`."""
-        await self._lease_call(PostgresStore.leave, holder)
-
-    async def daemons(self) -> list[DaemonRecord]:
-        """`Journal.daemons`."""
-        return await self._lease_call(PostgresStore.daemons)
-
-    def fence(self, holder: str, epoch: int | None) -> None:
-        """`Journal.fence`."""
-        self._fence = None if epoch is None else (holder, epoch)
 
     async def dump(self) -> AsyncIterator[DumpChunk]:
         """`Journal.dump`: on a connection of its own, in one read-only REPEATABLE READ
@@ -2118,3 +1876,25 @@ class PostgresJournal:
         finally:
             with contextlib.suppress(psycopg.Error, OSError):
                 await db.close()
+
+
+#: the send path's writes done in two steps (see `PostgresStore`), by operation
+_STAGED: dict[str, Callable[..., Awaitable[Finish]]] = {
+    "mark_in_flight": PostgresStore.stage_mark_in_flight,
+    "release": PostgresStore.stage_release,
+    "record_results": functools.partial(PostgresStore.stage_record, close=True),
+    "record_partial": functools.partial(PostgresStore.stage_record, close=False),
+    "mark_logged": PostgresStore.stage_mark_logged,
+}
+
+
+class PostgresJournal(Front[PostgresWriter]):
+    """The `Journal` interface on PostgreSQL: `Front` over a `PostgresWriter` (its arguments)."""
+
+    def __init__(
+        self, conninfo: str, *, password: str | None = None, location: str,
+        on_schema: SchemaListener | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(PostgresWriter(conninfo, password=password, location=location,
+                                        on_schema=on_schema, on_reconnect=on_reconnect))

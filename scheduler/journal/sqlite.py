@@ -30,7 +30,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Concatenate, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 import orjson
 
@@ -82,6 +82,7 @@ from scheduler.journal.codec import (
     streaming_snapshot,
     unlogged_rows,
 )
+from scheduler.journal.front import Fence, Front
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
@@ -536,14 +537,14 @@ class SqliteConnection:
         Batches are consumed first, then skips, then ``zones``. Raises `JournalConflict` if it
         started.
         """
-        snapshot = self._begin_snapshot(campaign_id)
+        snapshot = self.begin_snapshot(campaign_id)
         swapped = False
         try:
             for rows in chunks(encode_batches(batches), _BATCH_CHUNK):
-                self._add_batches(campaign_id, snapshot, rows)
+                self.add_batches(campaign_id, snapshot, rows)
             for chunk in chunks(skips, _SKIP_CHUNK):
-                self._add_skips(campaign_id, snapshot, chunk)
-            self._commit_snapshot(
+                self.add_skips(campaign_id, snapshot, chunk)
+            self.commit_snapshot(
                 snapshot, campaign_id=campaign_id, type=type, file=file,
                 fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
                 zones=zones,
@@ -551,7 +552,7 @@ class SqliteConnection:
             swapped = True
         finally:
             if not swapped:
-                self._drop_snapshot(snapshot)
+                self.drop_snapshot(campaign_id, snapshot)
 
     def _refuse_if_started(self, campaign_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._db.execute(
@@ -568,7 +569,7 @@ class SqliteConnection:
             )
         return row
 
-    def _begin_snapshot(self, campaign_id: str) -> int:
+    def begin_snapshot(self, campaign_id: str) -> int:
         """Allocate a staging snapshot, dropping this campaign's unfinished earlier ones."""
         with self.transaction():
             self._refuse_if_started(campaign_id)
@@ -584,7 +585,7 @@ class SqliteConnection:
         if self._db.execute("SELECT 1 FROM snapshots WHERE id = ?", (snapshot,)).fetchone() is None:
             raise JournalConflict(campaign_id, "this snapshot was superseded by a newer prepare")
 
-    def _add_batches(
+    def add_batches(
         self, campaign_id: str, snapshot: int, rows: Sequence[EncodedBatch],
     ) -> None:
         with self.transaction():
@@ -601,7 +602,7 @@ class SqliteConnection:
             ((snapshot, seq, size) for seq, _, size, _ in rows),
         )
 
-    def _add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
+    def add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
         with self.transaction():
             self._check_staging(campaign_id, snapshot)
             self._insert_skips(snapshot, skips)
@@ -613,7 +614,7 @@ class SqliteConnection:
             ((snapshot, s.line, s.tracking_id, s.phone, s.reason, s.detail) for s in skips),
         )
 
-    def _commit_snapshot(
+    def commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
         zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
@@ -651,8 +652,8 @@ class SqliteConnection:
         send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
-        snapshot = self._begin_snapshot(campaign_id)
-        self._commit_snapshot(
+        snapshot = self.begin_snapshot(campaign_id)
+        self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
             send_at=send_at, deadline=deadline, streaming=True, content=content,
         )
@@ -685,7 +686,7 @@ class SqliteConnection:
             if cursor.rowcount != 1:
                 raise JournalConflict(campaign_id, "its snapshot is not being streamed")
 
-    def _drop_snapshot(self, snapshot: int) -> None:
+    def drop_snapshot(self, campaign_id: str, snapshot: int) -> None:
         """Remove a staging snapshot that will not be swapped in (failed or superseded)."""
         with self.transaction():
             current = self._db.execute(
@@ -1353,8 +1354,8 @@ def _settle(future: asyncio.Future[Any], value: object, error: BaseException | N
         future.set_result(value)
 
 
-class SqliteJournal:
-    """The `Journal` interface on SQLite: a `SqliteConnection` on one writer thread.
+class SqliteWriter:
+    """The `Executor` of the SQLite journal: a `SqliteConnection` on one writer thread.
 
     Group commit: the thread takes one queued operation plus every other one waiting, runs them
     in ONE transaction (a savepoint each, so one failure fails only its caller), commits once
@@ -1371,7 +1372,6 @@ class SqliteJournal:
         self._lock = WriterLock(path)
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closing = False
-        self._fence: tuple[str, int] | None = None
         self._read_only = False
 
     @property
@@ -1416,22 +1416,17 @@ class SqliteJournal:
         self._queue.put(_Op(fn, loop, future))
         return await future
 
-    async def _call(
-        self, method: Callable[Concatenate[SqliteConnection, P], T],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        return await self.run(lambda connection: method(connection, *args, **kwargs))
+    async def call(
+        self, op: str, fence: Fence | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Any:
+        """`Executor.call`: ``SqliteConnection.<op>`` in the writer thread, after checking the
+        lease in the same savepoint (when fenced)."""
+        method = getattr(SqliteConnection, op)
+        if fence is None:
+            return await self.run(lambda connection: method(connection, *args, **kwargs))
 
-    async def _fenced(
-        self, method: Callable[Concatenate[SqliteConnection, P], T],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        """`_call`, after checking the lease in the same savepoint (when fenced)."""
-        fence = self._fence
-
-        def guarded(connection: SqliteConnection) -> T:
-            if fence is not None:
-                connection.check_fence(*fence)
+        def guarded(connection: SqliteConnection) -> Any:
+            connection.check_fence(*fence)
             return method(connection, *args, **kwargs)
 
         return await self.run(guarded)
@@ -1500,240 +1495,14 @@ class SqliteJournal:
         except Exception as exc:  # noqa: BLE001
             return op, None, exc
 
-    # --- the interface ----------------------------------------------------------------------
-
-    async def prepare(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-        batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
-        zones: Sequence[str | None] = (),
-    ) -> None:
-        """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
-
-        Other operations run between chunks, so a million-row snapshot never stalls sending.
-        """
-        snapshot = await self._call(SqliteConnection._begin_snapshot, campaign_id)
-        swapped = False
-        try:
-            encoded = chunks(encode_batches(batches), _BATCH_CHUNK)
-            while rows := await asyncio.to_thread(next, encoded, None):
-                await self._call(SqliteConnection._add_batches, campaign_id, snapshot, rows)
-            skip_chunks = chunks(skips, _SKIP_CHUNK)
-            while chunk := await asyncio.to_thread(next, skip_chunks, None):
-                await self._call(SqliteConnection._add_skips, campaign_id, snapshot, chunk)
-            await self._call(
-                SqliteConnection._commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
-                file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
-                content=content, zones=zones,
-            )
-            swapped = True
-        finally:
-            if not swapped:
-                await self._call(SqliteConnection._drop_snapshot, snapshot)
-
-    async def open_stream(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-    ) -> None:
-        """`Journal.open_stream`."""
-        await self._call(
-            SqliteConnection.open_stream, campaign_id=campaign_id, type=type, file=file,
-            fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-        )
-
-    async def extend(
-        self, campaign_id: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip],
-    ) -> None:
-        """`Journal.extend`."""
-        await self._fenced(SqliteConnection.extend, campaign_id, batches, skips)
-
-    async def close_stream(self, campaign_id: str) -> None:
-        """`Journal.close_stream`."""
-        await self._fenced(SqliteConnection.close_stream, campaign_id)
-
-    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
-        """`Journal.campaign`."""
-        return await self._call(SqliteConnection.campaign, campaign_id)
-
-    async def campaigns(self) -> list[CampaignRecord]:
-        """`Journal.campaigns`."""
-        return await self._call(SqliteConnection.campaigns)
-
-    async def set_state(
-        self, campaign_id: str, state: CampaignState, error: str | None = None,
-    ) -> CampaignRecord:
-        """`Journal.set_state`."""
-        return await self._fenced(SqliteConnection.set_state, campaign_id, state, error)
-
-    async def open_batches(
-        self, campaign_id: str, after_seq: int = -1, limit: int = 64,
-    ) -> list[BatchRecord]:
-        """`Journal.open_batches`."""
-        return await self._call(SqliteConnection.open_batches, campaign_id, after_seq, limit)
-
-    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """`Journal.mark_in_flight`."""
-        await self._fenced(SqliteConnection.mark_in_flight, campaign_id, seqs)
-
-    async def release(
-        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
-    ) -> None:
-        """`Journal.release`."""
-        await self._fenced(SqliteConnection.release, campaign_id, seqs, doubtful=doubtful)
-
-    async def record_results(
-        self, campaign_id: str, seq: int, results: Sequence[Result],
-    ) -> int:
-        """`Journal.record_results`."""
-        return await self._fenced(SqliteConnection.record_results, campaign_id, seq, results)
-
-    async def record_partial(
-        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
-    ) -> int:
-        """`Journal.record_partial`."""
-        return await self._fenced(SqliteConnection.record_partial, campaign_id, seq, results,
-                                  doubtful=doubtful)
-
-    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
-        """`Journal.mark_logged`."""
-        await self._call(SqliteConnection.mark_logged, campaign_id, marks)
-
-    async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
-        """`Journal.unlogged`."""
-        return await self._call(SqliteConnection.unlogged, campaign_id)
-
-    async def skips_logged(self, campaign_id: str) -> bool:
-        """`Journal.skips_logged`."""
-        return await self._call(SqliteConnection.skips_logged, campaign_id)
-
-    async def mark_skips_logged(self, campaign_id: str) -> None:
-        """`Journal.mark_skips_logged`."""
-        await self._call(SqliteConnection.mark_skips_logged, campaign_id)
-
-    async def counts(self, campaign_id: str) -> Counts:
-        """`Journal.counts`."""
-        return await self._call(SqliteConnection.counts, campaign_id)
-
-    async def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
-    ) -> AsyncIterator[RecipientRow]:
-        """`Journal.recipients`: one page per trip to the writer thread."""
-        cursor: Cursor | None = START
-        while cursor is not None:
-            rows, cursor = await self._call(
-                SqliteConnection.recipient_page, campaign_id, outcome, cursor, resent=resent,
-            )
-            for row in rows:
-                yield row
-
-    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
-        """`Journal.index_messages`."""
-        return await self._call(SqliteConnection.index_messages, max_batches, first_poll)
-
-    async def capped_phones(
-        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
-    ) -> list[str]:
-        """`Journal.capped_phones`."""
-        return await self._call(
-            SqliteConnection.capped_phones, types, since, at_least, after, limit)
-
-    async def unindexed_phones(
-        self, types: Sequence[str], since: datetime,
-    ) -> AsyncIterator[str]:
-        """`Journal.unindexed_phones`: one page per trip to the writer thread."""
-        after: tuple[int, int] | None = (0, -1)
-        while after is not None:
-            phones, after = await self._call(
-                SqliteConnection.unindexed_page, types, since, after)
-            for phone in phones:
-                yield phone
-
-    async def record_statuses(
-        self, reports: Sequence[StatusReport], log_key: str | None = None,
-    ) -> list[StatusChange]:
-        """`Journal.record_statuses`."""
-        return await self._call(SqliteConnection.record_statuses, reports, log_key)
-
-    async def messages_awaiting_status(
-        self, due_before: datetime, limit: int,
-    ) -> list[AwaitingMessage]:
-        """`Journal.messages_awaiting_status`."""
-        return await self._call(SqliteConnection.messages_awaiting_status, due_before, limit)
-
-    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
-        """`Journal.schedule_polls`."""
-        await self._call(SqliteConnection.schedule_polls, polls)
-
-    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
-        """`Journal.unlogged_statuses`."""
-        return await self._call(SqliteConnection.unlogged_statuses, before, limit)
-
-    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
-        """`Journal.mark_statuses_logged`."""
-        await self._call(SqliteConnection.mark_statuses_logged, log_keys)
-
-    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
-        """`Journal.take_final_statuses`."""
-        return await self._fenced(SqliteConnection.take_final_statuses, limit)
-
-    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
-        """`Journal.delivery_counts`."""
-        return await self._call(SqliteConnection.delivery_counts, campaign_id)
-
-    async def delivery_recipients(
-        self, campaign_id: str, status: DeliveryStatus,
-    ) -> AsyncIterator[DeliveryRow]:
-        """`Journal.delivery_recipients`: one page per trip to the writer thread."""
-        after = ""
-        while page := await self._call(SqliteConnection.delivery_page, campaign_id, status,
-                                       after):
-            for row in page:
-                yield row
-            after = page[-1].message_id
-
-    async def acquire_lease(self, holder: str, seconds: float) -> int | None:
-        """`Journal.acquire_lease` (on SQLite, always granted: see `SqliteConnection`)."""
-        return await self._call(SqliteConnection.acquire_lease, holder, seconds)
-
-    async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
-        """`Journal.renew_lease`."""
-        return await self._call(SqliteConnection.renew_lease, holder, epoch, seconds)
-
-    async def release_lease(self, holder: str, epoch: int) -> None:
-        """`Journal.release_lease`."""
-        await self._call(SqliteConnection.release_lease, holder, epoch)
-
-    async def leader(self) -> str | None:
-        """`Journal.leader`."""
-        return await self._call(SqliteConnection.leader)
-
-    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
-        """`Journal.set_stage`."""
-        await self._fenced(SqliteConnection.set_stage, campaign_id, stage, stage_at)
-
-    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
-        """`Journal.heartbeat`."""
-        await self._call(SqliteConnection.heartbeat, holder, since, seconds)
-
-    async def leave(self, holder: str) -> None:
-        """`Journal.leave`."""
-        await self._call(SqliteConnection.leave, holder)
-
-    async def daemons(self) -> list[DaemonRecord]:
-        """`Journal.daemons`."""
-        return await self._call(SqliteConnection.daemons)
-
-    def fence(self, holder: str, epoch: int | None) -> None:
-        """`Journal.fence`."""
-        self._fence = None if epoch is None else (holder, epoch)
+    # --- copying a whole journal ----------------------------------------------------------
 
     async def dump(self) -> AsyncIterator[DumpChunk]:
         """`Journal.dump`: one page per trip to the writer thread."""
         for table in DUMP_TABLES:
             after = 0  # rowids start at 1
             while True:
-                rows, after = await self._call(SqliteConnection.dump_page, table, after)
+                rows, after = await self.call("dump_page", None, (table, after), {})
                 if not rows:
                     break
                 yield table, rows
@@ -1751,4 +1520,12 @@ class SqliteJournal:
         def pull() -> DumpChunk | None:
             return asyncio.run_coroutine_threadsafe(following(), loop).result()
 
-        return await self._call(SqliteConnection.load, pull)
+        return await self.run(lambda connection: connection.load(pull))
+
+
+class SqliteJournal(Front[SqliteWriter]):
+    """The `Journal` interface on SQLite: `Front` over a `SqliteWriter`."""
+
+    def __init__(self, path: Path, *, on_schema: SchemaListener | None = None) -> None:
+        super().__init__(SqliteWriter(path, on_schema=on_schema))
+        self.path = path
