@@ -79,17 +79,19 @@ from scheduler.journal.codec import (
     Cursor,
     batch_rows,
     check_follows,
+    check_record,
     count_deliveries,
     decide_statuses,
     decided,
     final_statuses_blob,
+    outcome_counts,
     read_final_statuses,
-    repeats,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
 )
 from scheduler.journal.front import LEASE, Fence, Front
+from scheduler.journal.schema import POSTGRES, SCHEMA_VERSION, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
@@ -102,8 +104,8 @@ from scheduler.vocabulary import (
     may_move,
 )
 
-#: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 9
+# the schema version (`schema.SCHEMA_VERSION`) is kept in the table ``schema_version``
+
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -148,73 +150,10 @@ _SCHEMA = (
     """CREATE TABLE lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
         epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)""",
 )
-#: version 3: delivery status polling, resumable from the journal (SPEC §11.3)
-_TO_V3 = (
-    # when the next status poll of a message is due (NULL once its status is final) and how
-    # many were made (the interval doubles with each)
-    "ALTER TABLE messages ADD COLUMN next_poll_at TIMESTAMPTZ",
-    "ALTER TABLE messages ADD COLUMN polls INTEGER NOT NULL DEFAULT 0",
-    # messages indexed before: due at once
-    "UPDATE messages SET next_poll_at = sent_at WHERE status IS NULL"
-    " OR status IN ('scheduled', 'processing')",
-    "CREATE INDEX messages_due ON messages (next_poll_at) WHERE next_poll_at IS NOT NULL",
-    # report: counts per campaign, and listings of one status by message id (without the
-    # status in it: recording a status, 20,000 a second from webhooks, then leaves it alone)
-    "CREATE INDEX messages_by_campaign ON messages (campaign, message_id)",
-)
-#: version 4: send windows and frequency caps (SPEC §11.4)
-_TO_V4 = (
-    # the zones of a batch's recipients (a send window opens for all of them at once); NULL
-    # for a campaign without a window
-    "ALTER TABLE batch_state ADD COLUMN zones TEXT",
-    # messages skipped when about to go (a frequency cap), counted like the other outcomes
-    "ALTER TABLE batch_state ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
-    # frequency caps count a batch of phones' sent messages by type and time: from the index
-    # alone, without a look at each message's row
-    "DROP INDEX messages_by_phone",
-    'CREATE INDEX messages_by_phone ON messages (phone COLLATE "C", type, sent_at)',
-)
-#: version 5: a final status's delivery line survives a crash before it is written
-_TO_V5 = (
-    # the first final statuses one record_statuses call took (their message ids, orjson),
-    # until the caller has written their `delivery` lines: one row per call, never per
-    # message, so webhooks keep their pace; what a crash left here is written at the next start
-    """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY,
-        recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), message_ids BYTEA NOT NULL)""",
-)
-#: version 6: a snapshot streamed into the send (`send --now`)
-_TO_V6 = (
-    # batches are appended while the campaign sends; a crash mid-stream resumes reading the
-    # audience after the batches and skips stored
-    "ALTER TABLE campaigns ADD COLUMN streaming BOOLEAN NOT NULL DEFAULT false",
-    # a batch's tracking ids and phones beside its body: the send path splits them instead of
-    # decoding the body (NULL in older snapshots: decoded as before)
-    "ALTER TABLE bodies ADD COLUMN keys BYTEA",
-)
-#: version 7: the leader's error brakes take every first final status, whoever journaled it
-_TO_V7 = (
-    # one row per record_statuses call with a first final status: [[campaign, tracking id,
-    # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
-    "CREATE TABLE final_statuses (id BIGSERIAL PRIMARY KEY, statuses BYTEA NOT NULL)",
-)
-#: version 8: what a campaign is, kept when it is first planned (`scheduler.identity`)
-_TO_V8 = (
-    # the digest of its file's keys and its audience's bytes: a later file with its id is the
-    # same campaign only if it has the same; NULL for campaigns planned before this version
-    "ALTER TABLE campaigns ADD COLUMN content TEXT",
-)
-#: version 9: resends are visible (SPEC §13.4)
-_TO_V9 = (
-    # messages of the batch posted again after an ambiguous outcome (their result rows carry
-    # a fifth value, true), counted like the outcomes
-    "ALTER TABLE batch_state ADD COLUMN resent INTEGER NOT NULL DEFAULT 0",
-    # an earlier post of the batch's open messages may have reached the API: given back after
-    # an ambiguous answer (a batch left in flight says so by its state)
-    "ALTER TABLE batch_state ADD COLUMN doubtful BOOLEAN NOT NULL DEFAULT false",
-)
-#: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
+#: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2): the steps every backend
+#: shares (`scheduler.journal.schema`)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8, 8: _TO_V9,
+    version: POSTGRES.steps(version) for version in STEPS
 }
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
@@ -821,7 +760,7 @@ class PostgresStore:
         if len(set(batch.tracking_ids())) != len(batch):
             return whole_way  # where it is refused
         cursor = await self.db.execute(_RECORD_FIRST, {
-            **_outcome_counts(batch), "state": "done" if close else "pending", "close": close,
+            **outcome_counts(batch), "state": "done" if close else "pending", "close": close,
             "doubtful": doubtful, "n": len(batch),
             "snapshot": await self._snapshot(campaign_id), "seq": seq,
             "blob": orjson.dumps(batch.stored()),
@@ -840,17 +779,13 @@ class PostgresStore:
         ``close`` is False); returns how many it holds now."""
         batch = Results.of(results)
         snapshot = await self._snapshot(campaign_id)
-        row = await self._one(
+        previous, repeat = check_record(campaign_id, seq, await self._one(
             "SELECT s.state, s.size, r.blob FROM batch_state s"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq = %s FOR UPDATE OF s", (snapshot, seq),
-        )
-        previous = orjson.loads(row[2]) if row is not None and row[2] is not None else []
-        if repeats(previous, batch):
+        ), batch, close)
+        if repeat:
             return len(previous)  # it landed before, its commit's answer was lost
-        if row is None or row[0] == "done":
-            raise JournalConflict(campaign_id, f"batch {seq} is not open")
-        _check_results(campaign_id, seq, row[1], len(previous), batch, close)
         blob = orjson.dumps(previous + batch.stored())
         async with self.db.pipeline():  # two writes, one round trip
             await self.db.execute(
@@ -860,7 +795,7 @@ class PostgresStore:
                 " resent = resent + %(resent)s, doubtful = doubtful OR %(doubtful)s,"
                 " done_at = CASE WHEN %(close)s THEN clock_timestamp() END"
                 " WHERE snapshot = %(snapshot)s AND seq = %(seq)s",
-                {**_outcome_counts(batch), "state": "done" if close else "pending",
+                {**outcome_counts(batch), "state": "done" if close else "pending",
                  "close": close, "doubtful": doubtful, "snapshot": snapshot, "seq": seq},
             )
             await self.db.execute(
@@ -1288,28 +1223,6 @@ class PostgresStore:
         """`stage_fence` that fails the transaction (division by zero) when the lease does
         not hold, so a group sent ahead with its COMMIT is rolled back."""
         await self.db.execute(_FENCE_GUARDED, (holder, epoch))
-
-
-def _outcome_counts(results: Results) -> dict[str, int]:
-    """Messages per outcome, and the resent ones: every counting column of batch_state named
-    (0 where none)."""
-    counts = results.counts
-    return {**{outcome: counts.get(outcome, 0)
-               for outcome in ("sent", "rejected", "expired", "in_doubt", "skipped")},
-            "resent": results.resent}
-
-
-def _check_results(
-    campaign_id: str, seq: int, size: int, before: int, results: Results, close: bool,
-) -> None:
-    """One result per message of the batch, ids unique (matching them is the engine's)."""
-    total = before + len(results)
-    distinct = len(set(results.tracking_ids()))
-    if (total != size if close else total >= size) or distinct != len(results):
-        raise JournalConflict(
-            campaign_id, f"batch {seq} has {size} messages but the results name "
-            f"{distinct} distinct ids",
-        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,19 +70,21 @@ from scheduler.journal.codec import (
     Cursor,
     batch_rows,
     check_follows,
+    check_record,
     chunks,
     count_deliveries,
     decide_statuses,
     decided,
     encode_batches,
     final_statuses_blob,
+    outcome_counts,
     read_final_statuses,
-    repeats,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
 )
 from scheduler.journal.front import Fence, Front
+from scheduler.journal.schema import SCHEMA_VERSION, SQLITE, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
@@ -95,8 +97,8 @@ from scheduler.vocabulary import (
     may_move,
 )
 
-#: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 9
+# the schema version (`schema.SCHEMA_VERSION`) is kept in ``PRAGMA user_version``
+
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -150,74 +152,10 @@ _TO_V2 = (
     """CREATE TABLE lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
         epoch INTEGER NOT NULL, expires_at TEXT NOT NULL)""",
 )
-#: version 3: delivery status polling, resumable from the journal (SPEC §11.3)
-_TO_V3 = (
-    # when the next status poll of a message is due (NULL once its status is final) and how
-    # many were made (the interval doubles with each)
-    "ALTER TABLE messages ADD COLUMN next_poll_at TEXT",
-    "ALTER TABLE messages ADD COLUMN polls INTEGER NOT NULL DEFAULT 0",
-    # messages indexed before: due at once
-    "UPDATE messages SET next_poll_at = sent_at WHERE status IS NULL"
-    " OR status IN ('scheduled', 'processing')",
-    "CREATE INDEX messages_due ON messages (next_poll_at) WHERE next_poll_at IS NOT NULL",
-    # report: counts per campaign, and listings of one status by message id (without the
-    # status in it: recording a status, 20,000 a second from webhooks, then leaves it alone)
-    "CREATE INDEX messages_by_campaign ON messages (campaign, message_id)",
-)
-#: version 4: send windows and frequency caps (SPEC §11.4)
-_TO_V4 = (
-    # the zones of a batch's recipients (a send window opens for all of them at once); NULL
-    # for a campaign without a window
-    "ALTER TABLE batch_state ADD COLUMN zones TEXT",
-    # messages skipped when about to go (a frequency cap), counted like the other outcomes
-    "ALTER TABLE batch_state ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
-    # frequency caps count a batch of phones' sent messages by type and time: from the index
-    # alone, without a look at each message's row
-    "DROP INDEX messages_by_phone",
-    "CREATE INDEX messages_by_phone ON messages (phone, type, sent_at)",
-)
-#: version 5: a final status's delivery line survives a crash before it is written
-_TO_V5 = (
-    # the first final statuses one record_statuses call took (their message ids, orjson),
-    # until the caller has written their `delivery` lines: one row per call, never per
-    # message, so webhooks keep their pace; what a crash left here is written at the next start
-    """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY, recorded_at TEXT NOT NULL,
-        message_ids BLOB NOT NULL)""",
-)
-#: version 6: a snapshot streamed into the send (`send --now`)
-_TO_V6 = (
-    # batches are appended while the campaign sends; a crash mid-stream resumes reading the
-    # audience after the batches and skips stored
-    "ALTER TABLE campaigns ADD COLUMN streaming INTEGER NOT NULL DEFAULT 0",
-    # a batch's tracking ids and phones beside its body: the send path splits them instead of
-    # decoding the body (NULL in older snapshots: decoded as before)
-    "ALTER TABLE bodies ADD COLUMN keys BLOB",
-)
-#: version 7: the leader's error brakes take every first final status, whoever journaled it
-_TO_V7 = (
-    # one row per record_statuses call with a first final status: [[campaign, tracking id,
-    # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
-    "CREATE TABLE final_statuses (id INTEGER PRIMARY KEY, statuses BLOB NOT NULL)",
-)
-#: version 8: what a campaign is, kept when it is first planned (`scheduler.identity`)
-_TO_V8 = (
-    # the digest of its file's keys and its audience's bytes: a later file with its id is the
-    # same campaign only if it has the same; NULL for campaigns planned before this version
-    "ALTER TABLE campaigns ADD COLUMN content TEXT",
-)
-#: version 9: resends are visible (SPEC §13.4)
-_TO_V9 = (
-    # messages of the batch posted again after an ambiguous outcome (their result rows carry
-    # a fifth value, true), counted like the outcomes
-    "ALTER TABLE batch_state ADD COLUMN resent INTEGER NOT NULL DEFAULT 0",
-    # an earlier post of the batch's open messages may have reached the API: given back after
-    # an ambiguous answer (a batch left in flight says so by its state)
-    "ALTER TABLE batch_state ADD COLUMN doubtful INTEGER NOT NULL DEFAULT 0",
-)
-#: _MIGRATIONS[n] takes a journal from version n to n + 1
+#: _MIGRATIONS[n] takes a journal from version n to n + 1: its own first two steps, then the
+#: steps every backend shares (`scheduler.journal.schema`)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
-    7: _TO_V8, 8: _TO_V9,
+    0: _SCHEMA_V1, 1: _TO_V2, **{version: SQLITE.steps(version) for version in STEPS},
 }
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
@@ -824,22 +762,25 @@ class SqliteConnection:
     ) -> int:
         """Append ``results`` to the batch's outcomes; returns how many it holds now."""
         batch = Results.of(results)
-        counts = batch.counts
         rows = batch.stored()
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
-            previous, repeat = self._check_results(campaign_id, snapshot, seq, batch, close)
+            previous, repeat = check_record(campaign_id, seq, self._db.execute(
+                "SELECT s.state, s.size, r.blob FROM batch_state s"
+                " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
+                " WHERE s.snapshot = ? AND s.seq = ?", (snapshot, seq),
+            ).fetchone(), batch, close)
             if repeat:
                 return len(previous)  # it landed before: nothing to change
             self._db.execute(
-                "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
-                " expired = expired + ?, in_doubt = in_doubt + ?, skipped = skipped + ?,"
-                " resent = resent + ?, doubtful = MAX(doubtful, ?),"
-                " done_at = ? WHERE snapshot = ? AND seq = ?",
-                ("done" if close else "pending", counts.get("sent", 0),
-                 counts.get("rejected", 0), counts.get("expired", 0),
-                 counts.get("in_doubt", 0), counts.get("skipped", 0), batch.resent,
-                 int(doubtful), _now() if close else None, snapshot, seq),
+                "UPDATE batch_state SET state = :state, sent = sent + :sent,"
+                " rejected = rejected + :rejected, expired = expired + :expired,"
+                " in_doubt = in_doubt + :in_doubt, skipped = skipped + :skipped,"
+                " resent = resent + :resent, doubtful = MAX(doubtful, :doubtful),"
+                " done_at = :done_at WHERE snapshot = :snapshot AND seq = :seq",
+                {**outcome_counts(batch), "state": "done" if close else "pending",
+                 "doubtful": int(doubtful), "done_at": _now() if close else None,
+                 "snapshot": snapshot, "seq": seq},
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
@@ -890,34 +831,6 @@ class SqliteConnection:
                 "UPDATE campaigns SET skips_logged = 1 WHERE id = ?", (campaign_id,),
             )
 
-
-    def _check_results(
-        self, campaign_id: str, snapshot: int, seq: int, results: Results, close: bool,
-    ) -> tuple[list[Any], bool]:
-        """The batch's results so far, once ``results`` are found to add one per message of
-        an open batch (ids unique; matching them is the engine's); True with them when
-        ``results`` repeat the write that put them there (`codec.repeats`)."""
-        row = self._db.execute(
-            "SELECT s.state, s.size, r.blob FROM batch_state s"
-            " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
-            " WHERE s.snapshot = ? AND s.seq = ?", (snapshot, seq),
-        ).fetchone()
-        previous: list[Any] = (
-            [] if row is None or row["blob"] is None else orjson.loads(row["blob"]))
-        if repeats(previous, results):
-            return previous, True
-        if row is None or row["state"] == "done":
-            raise JournalConflict(campaign_id, f"batch {seq} is not open")
-        # Decoding the body to compare ids would cost ~0.4 ms a batch on the writer thread;
-        # the count and uniqueness catch a lost or doubled result at a tenth of that.
-        total = len(previous) + len(results)
-        distinct = len(set(results.tracking_ids()))
-        if (total != row["size"] if close else total >= row["size"]) or distinct != len(results):
-            raise JournalConflict(
-                campaign_id, f"batch {seq} has {row['size']} messages but the results name "
-                f"{distinct} distinct ids",
-            )
-        return previous, False
 
     # --- outcomes -----------------------------------------------------------------------
 
