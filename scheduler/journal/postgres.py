@@ -5,17 +5,17 @@ orjson bytes, *is* the snapshot; a small table holds each batch's changing state
 final outcomes are one blob per batch. Times are ``TIMESTAMPTZ`` stamped by the database's
 clock, never this machine's, so daemons on several machines agree on them.
 
-`PostgresStore` is the SQL, one coroutine per operation on one connection; `PostgresJournal`
-implements the `Journal` interface by running those operations through ONE connection owned
-by one asyncio writer task, with group commit: every waiting operation runs in one
-transaction, committed once (if one fails, the group runs again with a savepoint each, so the
+`PostgresStore` is the SQL, one coroutine per operation on one connection; `PostgresWriter`
+runs those operations through ONE connection owned by one asyncio writer task, and
+`PostgresJournal` is the shared `Front` (`scheduler.journal.front`) over it. Group commit:
+every waiting operation runs in one transaction, committed once (if one fails, the group runs again with a savepoint each, so the
 failure stays its caller's). A lost connection fails the group that met it, and the next
 group connects again, so the daemon recovers when the database comes back.
 
 The send path's writes (in-flight marks, releases, outcomes, logged marks) are cheap on the
 wire: a group made only of them is ONE round trip, BEGIN, the lease check, every write and
 COMMIT in one pipeline, with checks that fail the transaction rather than wait for a result
-(see `PostgresJournal._commit_pipelined`); a batch's outcomes are one statement when it holds
+(see `PostgresWriter._commit_pipelined`); a batch's outcomes are one statement when it holds
 none yet. The writer shares the event loop with the HTTP client, so every round trip saved is
 also a wait for the loop saved.
 
@@ -419,7 +419,7 @@ class PostgresStore:
 
     Each method is one operation: the writer runs it inside the group's transaction (alone,
     or in a savepoint of its own), so raising undoes exactly what it wrote. Methods raise
-    ``psycopg.Error`` as they meet it; `PostgresJournal` translates at its boundary.
+    ``psycopg.Error`` as they meet it; `PostgresWriter` translates at its boundary.
     """
 
     def __init__(self, db: Connection, frozen: dict[str, int] | None = None) -> None:
@@ -428,7 +428,7 @@ class PostgresStore:
         self.frozen = {} if frozen is None else frozen
         #: what this transaction saw started, kept in `frozen` only once it commits
         self.learned: dict[str, int] = {}
-        #: set while a group is sent ahead with its COMMIT (see `PostgresJournal`): a staged
+        #: set while a group is sent ahead with its COMMIT (see `PostgresWriter`): a staged
         #: write must then fail its statement (a guard) rather than be checked afterwards
         self.ahead = False
 

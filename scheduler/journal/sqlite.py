@@ -8,9 +8,9 @@ Snapshots are written in chunks under a fresh snapshot id and swapped in by one 
 so preparing a million-row audience never holds the writer for long and a crash at any point
 leaves either the old snapshot or the new one, never a mix.
 
-`SqliteConnection` is the synchronous core (one connection, one thread at a time);
-`SqliteJournal` implements the `Journal` interface by running it on one writer thread with group
-commit. A writer holds an OS lock on ``<journal>.lock`` for its whole life, so a second daemon or
+`SqliteConnection` is the synchronous core, the SQL (one connection, one thread at a time);
+`SqliteWriter` runs its operations on one writer thread with group commit, and `SqliteJournal`
+is the shared `Front` (`scheduler.journal.front`) over it. A writer holds an OS lock on ``<journal>.lock`` for its whole life, so a second daemon or
 `send` is refused, and a SIGKILL never leaves a stale lock. This module is the only one that
 names ``sqlite3``: its errors leave it as the `JournalError` family.
 """
@@ -364,7 +364,7 @@ class SqliteConnection:
 
     Every write is one transaction, or a savepoint inside `transaction()` when grouped.
     ``commits`` counts the durable commits this connection made. Its methods raise
-    ``sqlite3.Error`` as they meet it; `SqliteJournal` translates at its boundary.
+    ``sqlite3.Error`` as they meet it; `SqliteWriter` translates at its boundary.
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
