@@ -5,12 +5,12 @@ orjson bytes, *is* the snapshot; a small table holds each batch's changing state
 final outcomes are one blob per batch. Times are ``TIMESTAMPTZ`` stamped by the database's
 clock, never this machine's, so daemons on several machines agree on them.
 
-`PostgresStore` is the SQL, one coroutine per operation on one connection; `PostgresWriter`
-runs those operations through ONE connection owned by one asyncio writer task, and
-`PostgresJournal` is the shared `Front` (`scheduler.journal.front`) over it. Group commit:
-every waiting operation runs in one transaction, committed once (if one fails, the group runs again with a savepoint each, so the
-failure stays its caller's). A lost connection fails the group that met it, and the next
-group connects again, so the daemon recovers when the database comes back.
+`PostgresStore` is the SQL, one coroutine per operation on one connection; `PostgresWriter` runs
+those operations through ONE connection owned by one asyncio writer task, and `PostgresJournal`
+is the shared `Front` (`scheduler.journal.front`) over it. Group commit: every waiting operation
+runs in one transaction, committed once (if one fails, the group runs again with a savepoint
+each, so the failure stays its caller's). A lost connection fails the group that met it, and the
+next group connects again, so the daemon recovers when the database comes back.
 
 The send path's writes (in-flight marks, releases, outcomes, logged marks) are cheap on the
 wire: a group made only of them is ONE round trip, BEGIN, the lease check, every write and

@@ -10,10 +10,10 @@ leaves either the old snapshot or the new one, never a mix.
 
 `SqliteConnection` is the synchronous core, the SQL (one connection, one thread at a time);
 `SqliteWriter` runs its operations on one writer thread with group commit, and `SqliteJournal`
-is the shared `Front` (`scheduler.journal.front`) over it. A writer holds an OS lock on ``<journal>.lock`` for its whole life, so a second daemon or
-`send` is refused, and a SIGKILL never leaves a stale lock. This module is the only one that
-names ``sqlite3``: its errors leave it as the `JournalError` family.
-"""
+is the shared `Front` (`scheduler.journal.front`) over it. A writer holds an OS lock on
+``<journal>.lock`` for its whole life, so a second daemon or `send` is refused, and a SIGKILL
+never leaves a stale lock. This module is the only one that names ``sqlite3``: its errors leave
+it as the `JournalError` family."""
 
 from __future__ import annotations
 
