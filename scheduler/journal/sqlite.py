@@ -13,7 +13,8 @@ leaves either the old snapshot or the new one, never a mix.
 is the shared `Front` (`scheduler.journal.front`) over it. A writer holds an OS lock on
 ``<journal>.lock`` for its whole life, so a second daemon or `send` is refused, and a SIGKILL
 never leaves a stale lock. This module is the only one that names ``sqlite3``: its errors leave
-it as the `JournalError` family."""
+it as the `JournalError` family.
+"""
 
 from __future__ import annotations
 
