@@ -21,7 +21,7 @@ import random
 import time
 
 from scheduler.delivery_log import DeliveryLog, SentMessages
-from scheduler.journal import Journal, JournalFenced, JournalUnavailable, Results
+from scheduler.journal import JournalFenced, JournalUnavailable, Results, SendJournal
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
 
@@ -32,7 +32,7 @@ RETRY_WAITS = (0.1, 5.0)
 class Keeper:
     """Writes batches' outcomes to the journal and lets go of them only once they landed."""
 
-    def __init__(self, journal: Journal, log: DeliveryLog, metrics: Metrics) -> None:
+    def __init__(self, journal: SendJournal, log: DeliveryLog, metrics: Metrics) -> None:
         self.journal = journal
         self.log = log
         self.metrics = metrics

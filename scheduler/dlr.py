@@ -31,10 +31,10 @@ from scheduler.cascade import CONNECT_TIMEOUT_CAP, clip, parse_error_body, parse
 from scheduler.delivery_log import DeliveryLine, DeliveryLog, DeliveryLogUnwritable
 from scheduler.journal import (
     AwaitingMessage,
-    Journal,
     JournalError,
     MessageRecord,
     StatusChange,
+    StatusJournal,
     StatusReport,
 )
 from scheduler.metrics import Metrics
@@ -290,7 +290,7 @@ class Deliveries:
     A cost reported without its currency is taken in ``currency`` (the account's, from
     ``[delivery_reports] currency``) when given."""
 
-    def __init__(self, journal: Journal, log: DeliveryLog, metrics: Metrics,
+    def __init__(self, journal: StatusJournal, log: DeliveryLog, metrics: Metrics,
                  clock: Callable[[], datetime] = utcnow, currency: str | None = None) -> None:
         self.journal = journal
         self.log = log
@@ -446,7 +446,7 @@ class Poller:
     """Asks the status API about every due message, forever; only while ``leading()``."""
 
     def __init__(
-        self, journal: Journal, client: StatusClient, deliveries: Deliveries,
+        self, journal: StatusJournal, client: StatusClient, deliveries: Deliveries,
         settings: PollSettings, *, leading: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:

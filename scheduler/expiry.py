@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
-from scheduler.journal import BatchRecord, CampaignRecord, Journal, Results, Run
+from scheduler.journal import BatchRecord, CampaignRecord, Results, Run, SendJournal
 from scheduler.metrics import Metrics
 from scheduler.sender import TAIL_BYTES_PER_LINE
 from scheduler.vocabulary import CANCELLED_REASON
@@ -26,7 +26,7 @@ PAGE = 16  # open batches read at a time
 
 
 async def expire_cancelled(
-    journal: Journal, log: DeliveryLog, metrics: Metrics, *, route: str, now: datetime,
+    journal: SendJournal, log: DeliveryLog, metrics: Metrics, *, route: str, now: datetime,
     busy: Collection[str] = (), replay: bool = False,
 ) -> datetime | None:
     """End the unsent rows of every cancelled campaign whose deadline has passed (except the
@@ -49,7 +49,7 @@ async def expire_cancelled(
 
 
 async def _expire(
-    journal: Journal, log: DeliveryLog, record: CampaignRecord, route: str,
+    journal: SendJournal, log: DeliveryLog, record: CampaignRecord, route: str,
 ) -> int:
     """Record and log every open message of the campaign as expired; how many there were."""
     expired = 0
@@ -77,7 +77,7 @@ def _open(batch: BatchRecord) -> tuple[list[str], list[str]]:
 
 
 async def _write_unlogged(
-    journal: Journal, log: DeliveryLog, record: CampaignRecord, route: str,
+    journal: SendJournal, log: DeliveryLog, record: CampaignRecord, route: str,
 ) -> None:
     """Outcomes journaled just before a crash whose lines never reached the delivery log."""
     pending = await journal.unlogged(record.id)

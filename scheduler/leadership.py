@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from structlog.typing import FilteringBoundLogger
 
-from scheduler.journal import Journal, JournalError
+from scheduler.journal import JournalError, LeaseJournal
 from scheduler.oplog import get_logger
 
 TRY_EVERY = 1.0  # seconds between a standby's attempts to take the lease
@@ -38,7 +38,7 @@ class Leadership:
     """This process's claim on the journal's lease; `may_send` is the engine's gate."""
 
     def __init__(
-        self, journal: Journal, lease: float, *, holder: str | None = None,
+        self, journal: LeaseJournal, lease: float, *, holder: str | None = None,
         clock: Clock = time.monotonic, on_renew_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.journal = journal

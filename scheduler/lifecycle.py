@@ -14,7 +14,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from scheduler.delivery_log import DeliveryLog, DeliveryLogUnwritable
-from scheduler.journal import CampaignRecord, Journal
+from scheduler.journal import CampaignRecord, SendJournal
 from scheduler.oplog import get_logger
 from scheduler.vocabulary import CampaignState
 
@@ -38,7 +38,7 @@ EVENTS: dict[CampaignState, tuple[str, str] | None] = {
 class Lifecycle:
     """Moves campaigns between states: journal first (durable), then both logs."""
 
-    def __init__(self, journal: Journal, log: DeliveryLog) -> None:
+    def __init__(self, journal: SendJournal, log: DeliveryLog) -> None:
         self.journal = journal
         self.log = log
         self._oplog: FilteringBoundLogger = get_logger("campaign")

@@ -29,7 +29,7 @@ import orjson
 from aiohttp import web
 
 from scheduler.journal import CampaignRecord, RecipientRow
-from scheduler.journal.sqlite import SqliteConnection
+from tests.journal_helpers import SyncJournal
 
 T = TypeVar("T")
 API_KEY = "test-key-h6"
@@ -188,7 +188,7 @@ class Workspace:
         """The journal's record of a campaign (None before it was prepared)."""
         if not self.journal_path.exists():
             return None
-        with SqliteConnection(self.journal_path) as journal:
+        with SyncJournal(self.journal_path) as journal:
             return journal.campaign(cid)
 
     def state(self, cid: str) -> str | None:
@@ -198,12 +198,12 @@ class Workspace:
 
     def counts(self, cid: str) -> dict[str, int]:
         """The journal's outcome counts for a campaign."""
-        with SqliteConnection(self.journal_path) as journal:
+        with SyncJournal(self.journal_path) as journal:
             return journal.counts(cid)
 
     def recipients(self, cid: str) -> list[RecipientRow]:
         """Every recipient of a campaign with a final outcome in the journal."""
-        with SqliteConnection(self.journal_path) as journal:
+        with SyncJournal(self.journal_path) as journal:
             return list(journal.recipients(cid))
 
 

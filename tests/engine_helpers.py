@@ -13,13 +13,13 @@ import aiohttp
 from scheduler.campaign import Campaign
 from scheduler.cascade import ENDPOINTS
 from scheduler.config import Config, load_config
-from scheduler.journal import RecipientRow, Result
-from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
+from scheduler.journal import Journal, RecipientRow, Result
 from scheduler.loader import load_campaign
 from scheduler.sender import Engine
 from scheduler.service import open_engine
 from scheduler.vocabulary import CampaignState
 from tests.helpers import read_jsonl, write_audience, write_campaign, write_config
+from tests.journal_helpers import SyncJournal
 
 KEY = "test-key-7f3a"
 #: the status-API tests' request headers and snapshot time
@@ -42,12 +42,12 @@ class Setup:
 
     def journal_rows(self) -> list[RecipientRow]:
         """Every recipient with a final outcome, read back from the journal file."""
-        with SqliteConnection(self.journal_path) as journal:
+        with SyncJournal(self.journal_path) as journal:
             return list(journal.recipients(self.campaign.id))
 
     def counts(self) -> dict[str, int]:
         """The journal's outcome counts for the campaign."""
-        with SqliteConnection(self.journal_path) as journal:
+        with SyncJournal(self.journal_path) as journal:
             return journal.counts(self.campaign.id)
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -93,7 +93,7 @@ async def drive_with(engine: Engine, campaign: Campaign) -> CampaignState:
 
 
 async def send_through(
-    journal: SqliteJournal, base_url: str, campaign: str, count: int, *,
+    journal: Journal, base_url: str, campaign: str, count: int, *,
     deadline: datetime, text: str = "Hello there", index: bool = True,
 ) -> list[tuple[str, str, str]]:
     """Snapshot a campaign, post its batches to the sandbox, journal the answers, index

@@ -37,10 +37,16 @@ from daemon_helpers import (
 from structlog.testing import capture_logs
 
 from scheduler.config import load_config
-from scheduler.journal import JournalUnavailable, Results, Run
+from scheduler.journal import (
+    Journal,
+    JournalLocation,
+    JournalUnavailable,
+    Results,
+    Run,
+    open_journal,
+)
 from scheduler.journal import sqlite as sqlite_backend
-from scheduler.journal.postgres import PostgresJournal
-from scheduler.journal.sqlite import SqliteJournal
+from scheduler.journal.front import Front
 from scheduler.metrics import Metrics
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
@@ -141,17 +147,17 @@ async def test_lines_whose_logged_mark_failed_are_not_written_again_on_resume(
     test: the delivery log then had those 50 lines twice). The mark is kept and journaled
     with the next one, so when the campaign resumes after a stop, eleven batches later, it
     does not take batch 1 for a batch whose lines a crash cut off: one line per recipient."""
-    original = SqliteJournal.mark_logged
+    original = Front.mark_logged
     calls: list[int] = []
 
-    async def fail_once(self: SqliteJournal, campaign_id: str,
+    async def fail_once(self: Journal, campaign_id: str,
                         marks: Sequence[tuple[int, int]]) -> None:
         calls.append(len(marks))
         if len(calls) == 1:
             raise JournalUnavailable(None, "injected: the disk is briefly full")
         await original(self, campaign_id, marks)
 
-    monkeypatch.setattr(SqliteJournal, "mark_logged", fail_once)
+    monkeypatch.setattr(Front, "mark_logged", fail_once)
     runs: list[CampaignRun] = []
 
     async def stop_the_run() -> None:
@@ -284,7 +290,7 @@ async def test_a_deposed_leader_logs_late_answers_and_posts_nothing_more(
     ``cascade_late_answers_total``; the batch stays in flight for the new leader, and
     nothing more is posted."""
     lease, holder = 2.0, "deposed"
-    rival = PostgresJournal(postgres_url, location=postgres_url)
+    rival = open_journal(JournalLocation(tmp_path / "unused", url=postgres_url))
     taken = asyncio.Event()
 
     async def depose() -> None:  # (the gate: the deposed leader's request is at the API)
@@ -428,8 +434,8 @@ async def test_a_record_whose_commit_answer_was_lost_is_not_an_alarm(postgres_ur
     proxy = LosingProxy(port, landed)
     through = postgres_url.replace(f":{port}/", f":{await proxy.start()}/")
     reconnects: list[None] = []
-    journal = PostgresJournal(through, location=through,
-                              on_reconnect=lambda: reconnects.append(None))
+    journal = open_journal(JournalLocation(Path("unused"), url=through),
+                           on_reconnect=lambda: reconnects.append(None))
     await journal.start(writer=True)
     try:
         await journal.prepare(

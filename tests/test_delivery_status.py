@@ -50,12 +50,19 @@ from scheduler.dlr import (
     parse_report,
 )
 from scheduler.errors import ConfigError
-from scheduler.journal import AwaitingMessage, MessageRecord, StatusReport
-from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
+from scheduler.journal import (
+    AwaitingMessage,
+    Journal,
+    JournalLocation,
+    MessageRecord,
+    StatusReport,
+    open_journal,
+)
 from scheduler.metrics import Metrics
 from scheduler.sandbox import CHANNELS, PRICES, channel_for
 from tests.engine_helpers import send_through
 from tests.helpers import StartSandbox, free_port
+from tests.journal_helpers import SyncJournal, indexed_message
 
 KEY = {"X-Authorization-Key": "k"}
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -149,7 +156,7 @@ class Clock:
 class Setup:
     """A journal, a delivery log, metrics and a poller around one sandbox."""
 
-    journal: SqliteJournal
+    journal: Journal
     log_path: Path
     metrics: Metrics
     clock: Clock
@@ -168,9 +175,9 @@ class Setup:
 
 
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     """A started SQLite journal."""
-    started = SqliteJournal(tmp_path / "state" / "journal.sqlite3")
+    started = open_journal(JournalLocation(tmp_path / "state" / "journal.sqlite3"))
     await started.start(writer=True)
     yield started
     await started.close()
@@ -185,12 +192,12 @@ def log(tmp_path: Path) -> Iterator[DeliveryLog]:
 
 
 async def make_poller(
-    journal: SqliteJournal, log: DeliveryLog, base_url: str, sent: list[tuple[str, str, str]],
+    journal: Journal, log: DeliveryLog, base_url: str, sent: list[tuple[str, str, str]],
     **settings: Any,
 ) -> tuple[Poller, Setup, StatusClient]:
     """A poller (with its open client) whose clock starts just after the sending."""
     metrics = Metrics()
-    record = await journal.message(sent[0][1])
+    record = await indexed_message(journal, sent[0][1])
     assert record is not None
     clock = Clock(record.sent_at + timedelta(seconds=1))
     client = StatusClient(base_url, lambda: KEY, timeout=5)
@@ -211,7 +218,7 @@ async def close_clients() -> AsyncIterator[list[StatusClient]]:
 
 
 async def test_a_round_journals_logs_and_counts_each_final_status_once(
-    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+    start_sandbox: StartSandbox, journal: Journal, log: DeliveryLog,
     close_clients: list[StatusClient],
 ) -> None:
     """Every due message is asked about; the final ones are journaled with their channel and
@@ -252,7 +259,7 @@ async def test_a_round_journals_logs_and_counts_each_final_status_once(
 
 
 async def test_unfinished_messages_are_asked_again_at_doubling_intervals_then_given_up(
-    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+    start_sandbox: StartSandbox, journal: Journal, log: DeliveryLog,
     close_clients: list[StatusClient],
 ) -> None:
     """A message still processing is asked again after 2x, 4x... first_poll; at the give-up
@@ -282,7 +289,7 @@ async def test_unfinished_messages_are_asked_again_at_doubling_intervals_then_gi
 
 
 async def test_a_status_api_outage_backs_off_and_loses_nothing(
-    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+    start_sandbox: StartSandbox, journal: Journal, log: DeliveryLog,
     close_clients: list[StatusClient],
 ) -> None:
     """A 5xx storm: the poller stops asking at the first failure, waits longer each round,
@@ -307,7 +314,7 @@ async def test_a_status_api_outage_backs_off_and_loses_nothing(
 
 
 async def test_429_is_honoured_and_unknown_ids_and_bad_bodies_are_asked_again(
-    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+    start_sandbox: StartSandbox, journal: Journal, log: DeliveryLog,
     close_clients: list[StatusClient],
 ) -> None:
     """429 with Retry-After: the poller waits at least that long; a 404 (an id the status API
@@ -348,7 +355,7 @@ async def test_429_is_honoured_and_unknown_ids_and_bad_bodies_are_asked_again(
 
 
 async def test_the_poller_asks_nothing_while_not_leading(
-    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+    start_sandbox: StartSandbox, journal: Journal, log: DeliveryLog,
     close_clients: list[StatusClient],
 ) -> None:
     """A standby never polls: only the leader does."""
@@ -375,7 +382,7 @@ def _polling(sandbox: SandboxProcess, **extra: Any) -> dict[str, Any]:
 
 
 def _finals(workspace: Workspace, cid: str) -> int:
-    with SqliteConnection(workspace.journal_path, read_only=True) as journal:
+    with SyncJournal(workspace.journal_path) as journal:
         statuses = journal.delivery_counts(cid).statuses
     return sum(n for status, n in statuses.items() if status != "awaiting")
 
@@ -433,7 +440,7 @@ def test_polling_resumes_from_the_journal_after_kill_9(tmp_path: Path) -> None:
         daemon.start()
 
         def polled() -> bool:
-            with SqliteConnection(workspace.journal_path, read_only=True) as journal:
+            with SyncJournal(workspace.journal_path) as journal:
                 due = journal.messages_awaiting_status(datetime.now(UTC) + timedelta(days=9),
                                                        100)
             return len(due) == 60 and all(a.polls >= 1 for a in due)

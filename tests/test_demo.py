@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scheduler import cli
-from scheduler.journal.sqlite import SqliteConnection
+from tests.journal_helpers import SyncJournal
 
 
 def _run_demo(workspace: Path) -> subprocess.CompletedProcess[str]:
@@ -28,7 +28,7 @@ def _assert_everything_sent(workspace: Path, done: subprocess.CompletedProcess[s
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "Campaign outcomes" in done.stdout
-    with SqliteConnection(workspace / "state" / "journal.sqlite3") as journal:
+    with SyncJournal(workspace / "state" / "journal.sqlite3") as journal:
         records = {r.id: r for r in journal.campaigns()}
         assert set(records) == {"order-updates", "winter-sale", "service-survey", "login-check"}
         assert {r.state for r in records.values()} == {"done"}
@@ -71,7 +71,7 @@ def test_demo_sends_every_campaign_and_runs_again_in_its_folder(tmp_path: Path) 
     assert f"cascade-scheduler plan --config {config}" in hints
     second = datetime.now(UTC)
     _assert_everything_sent(workspace, _run_demo(workspace))
-    with SqliteConnection(workspace / "state" / "journal.sqlite3") as journal:
+    with SyncJournal(workspace / "state" / "journal.sqlite3") as journal:
         started = [r.started_at for r in journal.campaigns()]
     assert all(at is not None and at >= second for at in started), started
     finished = [line for line in (workspace / "logs" / "delivery.jsonl").read_text().splitlines()

@@ -20,7 +20,7 @@ import pytest
 from scheduler import batching
 from scheduler.cascade import CascadeClient
 from scheduler.delivery_log import DeliveryLog
-from scheduler.journal.sqlite import SqliteJournal
+from scheduler.journal.front import Front
 from scheduler.sender import _Outcomes
 from scheduler.service import open_engine
 from tests.engine_helpers import KEY, drive, make_setup
@@ -30,10 +30,10 @@ COUNT, BATCH = 600, 50
 
 #: stage -> (object, attribute) whose third call raises
 STAGES: dict[str, tuple[Any, str]] = {
-    "mark": (SqliteJournal, "mark_in_flight"),
+    "mark": (Front, "mark_in_flight"),
     "post": (CascadeClient, "post"),
     "parse": (_Outcomes, "accept"),
-    "record": (SqliteJournal, "record_results"),
+    "record": (Front, "record_results"),
     "log": (DeliveryLog, "sent"),
 }
 

@@ -34,7 +34,16 @@ from scheduler.journal.postgres import PostgresJournal
 from scheduler.journal.sqlite import SqliteJournal
 from scheduler.records import Skip
 from scheduler.vocabulary import OUTCOMES, Outcome
-from tests.journal_helpers import DEADLINE, SEND_AT, batches, message, prepare, results
+from tests.journal_helpers import (
+    DEADLINE,
+    SEND_AT,
+    batches,
+    indexed_message,
+    message,
+    prepare,
+    record_status,
+    results,
+)
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -130,13 +139,11 @@ async def test_a_failing_snapshot_leaves_the_old_one(journal: Journal) -> None:
 
 
 async def test_a_started_snapshot_is_frozen(journal: Journal) -> None:
-    """Once running, prepare and forget are refused and the snapshot stays as it was."""
+    """Once running, prepare is refused and the snapshot stays as it was."""
     await prepare(journal, "c")
     await journal.set_state("c", "running")
     with pytest.raises(JournalConflict, match="started"):
         await prepare(journal, "c", count=1, fingerprint="f2")
-    with pytest.raises(JournalConflict):
-        await journal.forget("c")
     record = await journal.campaign("c")
     assert record is not None and record.fingerprint == "f1" and record.batches == 4
 
@@ -220,15 +227,6 @@ async def test_a_started_campaign_cannot_open_a_stream(journal: Journal) -> None
         await open_stream(journal, "c", fingerprint="s2")
     record = await journal.campaign("c")
     assert record is not None and not record.streaming and record.batches == 4
-
-
-async def test_forget_an_unstarted_campaign(journal: Journal) -> None:
-    """Forgetting drops the campaign and its snapshot; an unknown id is a no-op."""
-    await prepare(journal, "a")
-    await prepare(journal, "b")
-    await journal.forget("a")
-    await journal.forget("never-prepared")
-    assert [r.id for r in await journal.campaigns()] == ["b"]
 
 
 async def test_campaigns_by_send_time_then_id(journal: Journal) -> None:
@@ -623,12 +621,12 @@ async def test_index_messages_by_message_id_and_phone(journal: Journal) -> None:
     while count := await journal.index_messages(max_batches=1):
         indexed += count
     assert indexed == 3  # every closed batch once, the rejected one included (nothing in it)
-    found = await journal.message("mid-a-1")
+    found = await indexed_message(journal, "mid-a-1")
     assert found is not None
     assert (found.campaign, found.tracking_id, found.phone, found.type) == (
         "a", "a-1", "+380500000001", "promo")
     assert found.sent_at >= before
-    assert await journal.message("mid-a-2") is None  # rejected: never sent
+    assert await indexed_message(journal, "mid-a-2") is None  # rejected: never sent
     # frequency caps: the phones with at least N sends of some types since a moment, in order
     assert await journal.capped_phones(["promo"], before, 1) == ["+380500000000",
                                                                 "+380500000001"]
@@ -712,11 +710,11 @@ async def test_statuses_only_move_forward(journal: Journal) -> None:
     change nothing; the first final status is reported as such exactly once."""
     mid = (await send_and_index(journal, "c"))[0]
     at = datetime(2026, 12, 1, 9, 0, 40, tzinfo=UTC)
-    assert not await journal.record_status(mid, "processing")
-    assert not await journal.record_status(mid, "scheduled")
-    assert await journal.record_status(mid, "delivered", "viber", 1, 0.55, "UAH", at)
+    assert not await record_status(journal, mid, "processing")
+    assert not await record_status(journal, mid, "scheduled")
+    assert await record_status(journal, mid, "delivered", "viber", 1, 0.55, "UAH", at)
     for late in ("delivered", "undeliverable", "processing", "unknown"):
-        assert not await journal.record_status(mid, late, "sms", 2, 9.0, "EUR")
+        assert not await record_status(journal, mid, late, "sms", 2, 9.0, "EUR")
     rows = [r async for r in journal.delivery_recipients("c", "delivered")]
     assert [(r.message_id, r.tracking_id, r.phone, r.channel, r.parts, r.cost, r.currency,
              r.status_at) for r in rows] == [
@@ -771,7 +769,7 @@ async def test_first_final_statuses_wait_for_their_delivery_line(
     ], "first")
     await journal.record_statuses([StatusReport(ids[3], "permanenterror"),
                                    StatusReport(ids[0], "undeliverable")], "second")
-    assert await journal.record_status(ids[4], "delivered")  # no key: nothing kept
+    assert await record_status(journal, ids[4], "delivered")  # no key: nothing kept
     assert await journal.unlogged_statuses(before, 10) == []  # nothing taken before then
     await journal.close()
 
@@ -814,8 +812,8 @@ async def test_first_final_statuses_reach_the_brakes_once_whoever_journals_them(
         ], "with-a-key")
         await other.record_statuses([StatusReport(ids[1], "delivered", "viber"),
                                      StatusReport(ids[0], "permanenterror")])
-        assert await journal.record_status(ids[2], "permanenterror")
-        assert not await journal.record_status(ids[2], "undeliverable")
+        assert await record_status(journal, ids[2], "permanenterror")
+        assert not await record_status(journal, ids[2], "undeliverable")
     assert await journal.take_final_statuses(2) == [
         FinalStatus("c", "c-0", "undeliverable", "sms"),
         FinalStatus("c", "c-1", "delivered", "viber")]
@@ -849,7 +847,7 @@ async def test_polls_are_due_from_the_journal_and_resume(make_journal: MakeJourn
         d.message.message_id for d in due[:2]]
     later = now + timedelta(minutes=5)
     await journal.schedule_polls([(ids[0], later), (ids[1], later - timedelta(minutes=1))])
-    assert await journal.record_status(ids[2], "delivered", "telegram")
+    assert await record_status(journal, ids[2], "delivered", "telegram")
     await journal.schedule_polls([(ids[2], later)])  # final meanwhile: stays unpolled
     await journal.close()
 
@@ -871,7 +869,7 @@ async def test_delivery_counts_by_status_channel_and_currency(journal: Journal) 
     cost per currency and the median seconds to delivery; other campaigns apart."""
     ids = await send_and_index(journal, "c", count=2, size=4)
     await send_and_index(journal, "other", count=1, size=2)
-    found = await journal.message(ids[0])
+    found = await indexed_message(journal, ids[0])
     assert found is not None
     sent = found.sent_at
     reports = [
@@ -886,7 +884,7 @@ async def test_delivery_counts_by_status_channel_and_currency(journal: Journal) 
         StatusReport("mid-other-0", "delivered", "rcs", 1, 100.0, "UAH"),
     ]
     await journal.record_statuses(reports)
-    await journal.record_status(ids[7], "unknown")
+    await record_status(journal, ids[7], "unknown")
     counts = await journal.delivery_counts("c")
     assert counts.statuses == {"delivered": 4, "undeliverable": 1, "permanenterror": 1,
                                "unknown": 1, "awaiting": 1}

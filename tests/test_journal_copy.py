@@ -50,7 +50,7 @@ from scheduler.journal.sqlite import SqliteJournal
 from scheduler.records import Skip
 from scheduler.vocabulary import Outcome
 from tests.helpers import REPO, sandbox_process
-from tests.journal_helpers import SEND_AT, batches, prepare, results
+from tests.journal_helpers import SEND_AT, batches, indexed_message, prepare, results
 from tests.pg_helpers import PostgresServer
 
 V1 = Path(__file__).parent / "data" / "v1-journal"
@@ -136,7 +136,7 @@ async def views(journal: Journal) -> dict[str, Any]:
             "skips_logged": await journal.skips_logged(cid),
         }
     sent = shown["done"]["sent"][0]
-    shown["message"] = await journal.message(sent.detail)
+    shown["message"] = await indexed_message(journal, sent.detail)
     shown["capped"] = await journal.capped_phones(["promo"], SEND_AT, 1)
     return shown
 

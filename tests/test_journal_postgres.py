@@ -33,6 +33,7 @@ from scheduler.journal import (
 from scheduler.journal.postgres import _SCHEMA, SCHEMA_VERSION, PostgresJournal, PostgresStore
 from scheduler.records import Skip
 from tests.helpers import run_cli, write_audience, write_campaign, write_config
+from tests.journal_helpers import record_status
 from tests.pg_helpers import PostgresServer, free_port
 
 SEND_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -190,7 +191,7 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
         due = await journal.messages_awaiting_status(datetime.now(UTC), 10)
         assert [(d.message.message_id, d.polls, d.message.sent_at) for d in due] == [
             ("m-1", 0, sent_at)]
-        assert await journal.record_status("m-1", "undeliverable", "sms")
+        assert await record_status(journal, "m-1", "undeliverable", "sms")
         assert (await journal.delivery_counts("old")).statuses == {
             "delivered": 1, "undeliverable": 1}
         # a status final since the upgrade can wait for its delivery line
@@ -306,7 +307,7 @@ async def hold_writer(journal: PostgresJournal) -> tuple[asyncio.Event, asyncio.
         parked.set()
         await release.wait()
 
-    task = asyncio.ensure_future(journal.run(park))
+    task = asyncio.ensure_future(journal.executor.run(park))
     await parked.wait()
     return release, task
 
@@ -318,7 +319,7 @@ async def test_group_commit_one_commit_and_one_failure_fails_alone(postgres_url:
     try:
         await prepare(journal, "c", count=8)
         release, parked = await hold_writer(journal)
-        before = journal.commits
+        before = journal.executor.commits
         marks = [asyncio.ensure_future(journal.mark_in_flight("c", [seq])) for seq in range(8)]
         bad = asyncio.ensure_future(journal.mark_in_flight("c", [99]))
         await asyncio.sleep(0)
@@ -326,7 +327,7 @@ async def test_group_commit_one_commit_and_one_failure_fails_alone(postgres_url:
         await asyncio.gather(parked, *marks)
         with pytest.raises(JournalConflict, match="open"):
             await bad
-        assert journal.commits - before <= 2  # the parked op's group, then everything else
+        assert journal.executor.commits - before <= 2  # the parked op's group, then everything else
         assert [b.state for b in await journal.open_batches("c")] == ["in_flight"] * 8
     finally:
         await journal.close()
@@ -353,7 +354,7 @@ async def test_a_deposed_leaders_group_commits_only_its_unfenced_writes(
         new = await journal.acquire_lease("new", 15)
         assert new is not None
         release, parked = await hold_writer(journal)
-        before = journal.commits
+        before = journal.executor.commits
         stale = [journal.mark_in_flight("c", [2]), journal.record_results("c", 0, sent(
             first.body))]
         stale_calls = [asyncio.ensure_future(call) for call in stale]
@@ -369,7 +370,7 @@ async def test_a_deposed_leaders_group_commits_only_its_unfenced_writes(
             with pytest.raises(JournalFenced):
                 await call
         assert await asyncio.gather(*fresh) == [None, None, 2]
-        assert journal.commits - before <= 3  # the parked op's, this group's, record's
+        assert journal.executor.commits - before <= 3  # the parked op's, this group's, record's
         states = {b.seq: (b.state, b.attempts) for b in await journal.open_batches("c")}
         assert states == {0: ("in_flight", 1), 2: ("pending", 0), 3: ("in_flight", 1)}
         assert (await journal.counts("c"))["sent"] == 2
@@ -394,7 +395,7 @@ async def test_a_connection_cut_mid_transaction_fails_the_whole_group(
             await release.wait()
             return 1
 
-        first = asyncio.ensure_future(journal.run(write_then_wait))
+        first = asyncio.ensure_future(journal.executor.run(write_then_wait))
         await parked.wait()
         postgres_server.execute(sql.SQL(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -428,7 +429,7 @@ async def test_a_statement_failing_on_a_cut_connection_is_unavailable_not_a_driv
             await store.mark_in_flight("c", [0])  # on a connection that is gone
             return 1
 
-        first = asyncio.ensure_future(journal.run(wait_then_write))
+        first = asyncio.ensure_future(journal.executor.run(wait_then_write))
         await parked.wait()
         postgres_server.execute(sql.SQL(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -455,7 +456,7 @@ async def test_a_call_whose_connection_is_cut_while_it_runs_fails_as_a_journal_e
             await store.db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
         with pytest.raises(JournalUnavailable, match="terminating connection"):
-            await journal.run(cut_off)
+            await journal.executor.run(cut_off)
         await journal.mark_in_flight("c", [0])
     finally:
         await journal.close()

@@ -27,6 +27,7 @@ from scheduler.journal.sqlite import (
     SqliteConnection,
     SqliteJournal,
 )
+from tests.journal_helpers import record_status
 
 V1 = Path(__file__).parent / "data" / "v1-journal"
 CAMPAIGN = "v1-sale"
@@ -128,10 +129,15 @@ def test_a_v1_journal_resumes_where_it_stopped(v1_workspace: Path) -> None:
     with SqliteConnection(v1_workspace / "state" / "journal.sqlite3") as journal:
         while journal.index_messages(4):
             pass
-        first = journal.message(before["v1-sale-1"])  # a batch closed by the first release
-        assert first is not None and first.tracking_id == "v1-sale-1"
-        yesterday = datetime.now(UTC) - timedelta(days=1)
-        assert first.phone in journal.capped_phones(["promo"], yesterday, 1)
+    with sqlite3.connect(v1_workspace / "state" / "journal.sqlite3") as db:
+        first = db.execute(  # a batch closed by the first release
+            "SELECT tracking_id, phone FROM messages WHERE message_id = ?",
+            (before["v1-sale-1"],)).fetchone()
+    db.close()
+    assert first is not None and first[0] == "v1-sale-1"
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    with SqliteConnection(v1_workspace / "state" / "journal.sqlite3") as journal:
+        assert first[1] in journal.capped_phones(["promo"], yesterday, 1)
 
 
 async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> None:
@@ -160,8 +166,8 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
         due = await journal.messages_awaiting_status(datetime.now(UTC), 10)
         assert [(d.message.message_id, d.polls, d.message.sent_at.isoformat()) for d in due] == [
             ("m-1", 0, sent_at)]
-        assert await journal.record_status("m-1", "undeliverable", "sms")
-        assert not await journal.record_status("m-2", "undeliverable")
+        assert await record_status(journal, "m-1", "undeliverable", "sms")
+        assert not await record_status(journal, "m-2", "undeliverable")
         counts = await journal.delivery_counts("old")
         assert counts.statuses == {"delivered": 1, "undeliverable": 1}
         # a status final since the upgrade can wait for its delivery line

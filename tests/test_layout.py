@@ -129,3 +129,27 @@ def test_no_test_module_imports_another() -> None:
                        if importing.search(path.read_text("utf-8")))
     assert offenders == []
     assert importing.search("from tests.test_sender import KEY")  # the check can fail
+
+
+#: the journal's own tests: the contract suite, each backend's own behaviour, copying and
+#: schema upgrades (and this check, which names the classes)
+JOURNAL_TESTS = {
+    "test_journal_contract.py", "test_journal_sqlite.py", "test_journal_postgres.py",
+    "test_journal_copy.py", "test_journal_upgrade_and_lock.py", "test_rolling_upgrade.py",
+    "test_layout.py",
+}
+BACKEND_CLASS = re.compile(
+    r"\b(?:SqliteConnection|SqliteWriter|SqliteJournal|PostgresStore|PostgresWriter"
+    r"|PostgresJournal)\b",
+)
+
+
+def test_only_the_journals_own_tests_open_a_backend_class() -> None:
+    """Every other test reaches the journal through the storage interface (`open_journal`,
+    `tests/journal_helpers.py`), so what it checks holds on every backend and a backend's
+    change does not break it; journal behaviour is checked on both by the contract suite."""
+    offenders = sorted(path.name for path in TESTS.glob("*.py")
+                       if path.name not in JOURNAL_TESTS
+                       and BACKEND_CLASS.search(path.read_text("utf-8")))
+    assert offenders == []
+    assert BACKEND_CLASS.search("with SqliteConnection(path) as journal:")  # it can fail

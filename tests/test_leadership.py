@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.journal import Journal, JournalFenced
-from scheduler.journal.sqlite import SqliteJournal
+from scheduler.journal import Journal, JournalFenced, JournalLocation, open_journal
 from scheduler.leadership import SAFETY, Leadership
 
 
@@ -32,7 +31,7 @@ class Clock:
 @pytest.fixture
 async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     """A started SQLite journal."""
-    started = SqliteJournal(tmp_path / "journal.sqlite3")
+    started = open_journal(JournalLocation(tmp_path / "journal.sqlite3"))
     await started.start(writer=True)
     yield started
     await started.close()

@@ -16,7 +16,7 @@ from daemon_helpers import Workspace
 
 from scheduler import cli
 from scheduler.config import Config, load_config
-from scheduler.journal.sqlite import SqliteJournal
+from scheduler.journal import JournalLocation, open_journal
 from scheduler.loader import load_campaign
 from scheduler.planning import PLAN_COLUMNS, plan_rows
 from scheduler.service import open_engine
@@ -222,7 +222,7 @@ def test_a_running_campaign_has_an_eta_while_a_daemon_leads(
     pending = workspace.counts("b-running")["pending"]
 
     async def check_while_leading() -> dict[str, Any]:
-        journal = SqliteJournal(workspace.journal_path)
+        journal = open_journal(JournalLocation(workspace.journal_path))
         await journal.start(writer=True)
         try:
             epoch = await journal.acquire_lease("host:1:plan", 60)

@@ -24,13 +24,14 @@ from scheduler import cli
 from scheduler.config import load_config
 from scheduler.delivery_log import DeliveryLog
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
-from scheduler.journal.sqlite import SqliteJournal
+from scheduler.journal import Journal, JournalLocation, open_journal
 from scheduler.loader import load_campaign
 from scheduler.metrics import Metrics
 from scheduler.sandbox import PRICES, Sandbox
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.service import send_campaign
 from tests.helpers import MACHINE_VARIABLES, write_audience, write_campaign, write_config
+from tests.journal_helpers import record_status
 
 KEY = {"X-Authorization-Key": "report-key"}
 
@@ -60,7 +61,7 @@ async def _build(root: Path) -> Polled:
             campaign = load_campaign(file, config, datetime.now(UTC)).campaign
             assert campaign is not None
             assert (await send_campaign(config, campaign, stop=asyncio.Event())).complete
-        journal = SqliteJournal(config.paths.state)
+        journal = open_journal(JournalLocation(config.paths.state))
         await journal.start(writer=True)
         try:
             while await journal.index_messages(first_poll=0):
@@ -72,11 +73,11 @@ async def _build(root: Path) -> Polled:
         await sandbox.stop()
 
 
-async def _poll(root: Path, journal: SqliteJournal, base_url: str, sandbox: Sandbox) -> Polled:
+async def _poll(root: Path, journal: Journal, base_url: str, sandbox: Sandbox) -> Polled:
     """Give one "mix" message up as unknown, poll the rest of "mix" and "tiny" to the end."""
     due = await journal.messages_awaiting_status(datetime.now(UTC) + timedelta(days=1), 1000)
     mix = [a.message.message_id for a in due if a.message.campaign == "mix"]
-    assert await journal.record_status(mix[0], "unknown")
+    assert await record_status(journal, mix[0], "unknown")
     waiting = [(a.message.message_id, datetime.now(UTC) + timedelta(days=1))
                for a in due if a.message.campaign == "waiting"]
     await journal.schedule_polls(waiting)  # not due now: "waiting" stays without a status

@@ -23,8 +23,7 @@ import pytest
 
 from scheduler import cli
 from scheduler.config import load_config
-from scheduler.journal import Result
-from scheduler.journal.sqlite import SqliteJournal
+from scheduler.journal import Journal, JournalLocation, Result, open_journal
 from scheduler.records import Skip
 from scheduler.report import SUMMARY_COLUMNS, TABLE_ROWS, write_rows
 from tests.helpers import MACHINE_VARIABLES, clean_env, write_config
@@ -42,7 +41,7 @@ def _messages(campaign: str, first: int, count: int) -> list[dict[str, Any]]:
 async def _fill(path: Path) -> None:
     """"big": BIG sent and 3 skipped; "cut": 100 sent, cancelled; "stopped": running, 50 of 200
     sent, its daemon gone (no lease)."""
-    journal = SqliteJournal(path)
+    journal = open_journal(JournalLocation(path))
     await journal.start(writer=True)
     try:
         for cid, rows, sent, state, skips in (
@@ -221,8 +220,8 @@ def test_a_running_campaign_with_no_daemon_says_it_will_resume(
     (row,) = orjson.loads(out)
     assert code == 0 and row["state"] == "running" and "resumes" in row["note"]
 
-    async def lead() -> tuple[SqliteJournal, int]:
-        journal = SqliteJournal(load_config(config).paths.state)
+    async def lead() -> tuple[Journal, int]:
+        journal = open_journal(JournalLocation(load_config(config).paths.state))
         await journal.start(writer=True)
         epoch = await journal.acquire_lease("host:1:test", 60)
         assert epoch is not None

@@ -22,14 +22,14 @@ import pytest
 
 from scheduler import cli
 from scheduler.config import load_config
-from scheduler.journal import Journal, Results, Run
-from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
+from scheduler.journal import Journal, JournalLocation, Results, Run, open_journal
 from scheduler.metrics import Metrics
 from scheduler.report import RECIPIENT_COLUMNS
 from scheduler.service import open_engine
 from scheduler.vocabulary import CampaignState
 from tests.engine_helpers import KEY, Setup, drive, make_setup
 from tests.helpers import MACHINE_VARIABLES, StartSandbox, write_config
+from tests.journal_helpers import SyncJournal
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def flagged_lines(setup: Setup) -> list[dict[str, Any]]:
 
 def resent_ids(setup: Setup) -> set[str]:
     """The tracking ids the journal lists as resent."""
-    with SqliteConnection(setup.journal_path) as journal:
+    with SyncJournal(setup.journal_path) as journal:
         return {row.tracking_id for row in journal.recipients(setup.campaign.id, resent=True)}
 
 
@@ -130,7 +130,7 @@ async def test_batches_in_flight_at_a_crash(
         assert (counts["sent"], counts["in_doubt"], counts["resent"], counted) == (
             300, 200, 0, 0)
         assert marked.isdisjoint(sandbox.accepted) and not flagged_lines(setup)
-        with SqliteConnection(setup.journal_path) as stored:
+        with SyncJournal(setup.journal_path) as stored:
             doubted = {r.tracking_id for r in stored.recipients(setup.campaign.id, "in_doubt")}
         assert doubted == marked
 
@@ -192,7 +192,7 @@ async def record_with_resends(journal: Journal, campaign_id: str, seq: int, rese
 
 async def _fill_running(path: Path) -> None:
     """"half": running, 2 of 4 batches recorded, 3 of its messages resent; no daemon."""
-    journal = SqliteJournal(path)
+    journal = open_journal(JournalLocation(path))
     await journal.start(writer=True)
     try:
         messages = [[{"id": f"half-{n}", "fromName": "B", "toPhone": f"+38050{n:07d}",

@@ -13,7 +13,6 @@ from typing import Any
 from scheduler.campaign import Rollout
 from scheduler.config import load_config
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
-from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
 from scheduler.service import open_engine
@@ -28,6 +27,7 @@ from tests.helpers import (
     write_campaign,
     write_config,
 )
+from tests.journal_helpers import SyncJournal
 
 COUNT, BATCH = 200, 10  # 20 batches: stages of 10%, 50%, 100% are batches 0-1, 2-9, 10-19
 ROLLOUT = "[rollout]\nstages = [0.1, 0.5, 1.0]\nhold = 1\n"
@@ -135,7 +135,7 @@ async def test_stages_are_cut_at_the_share_asked_for_across_zone_groups(
     assert sent_before_stage == [10, 100]
     order = [line["trackinId"] for line in read_jsonl(record)]
     assert len(order) == 1000 == len(set(order))
-    with SqliteConnection(config.paths.state) as journal:
+    with SyncJournal(config.paths.state) as journal:
         in_snapshot_order = [row.tracking_id for row in journal.recipients("zoned")]
     assert set(order[:10]) == set(in_snapshot_order[:10])
     assert set(order[10:100]) == set(in_snapshot_order[10:100])

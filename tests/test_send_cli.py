@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from scheduler.journal.sqlite import SqliteConnection
 from scheduler.sandbox_options import SandboxOptions
 from tests.helpers import (
     ThreadSandbox,
@@ -31,6 +30,7 @@ from tests.helpers import (
     write_campaign,
     write_config,
 )
+from tests.journal_helpers import SyncJournal
 
 CAMPAIGN = "cli-send"
 
@@ -44,9 +44,9 @@ def workspace(root: Path, base_url: str, count: int, **sending: Any) -> tuple[Pa
     return config, campaign
 
 
-def journal_of(root: Path) -> SqliteConnection:
+def journal_of(root: Path) -> SyncJournal:
     """The workspace's journal, opened for reading."""
-    return SqliteConnection(root / "state" / "journal.sqlite3")
+    return SyncJournal(root / "state" / "journal.sqlite3")
 
 
 def record_lines(path: Path) -> int:

@@ -19,7 +19,6 @@ import pytest
 
 from scheduler.config import load_config
 from scheduler.journal import RecipientRow
-from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
@@ -33,6 +32,7 @@ from tests.helpers import (
     write_audience,
     write_campaign,
 )
+from tests.journal_helpers import SyncJournal
 
 
 def outcome_ids(rows: list[RecipientRow], outcome: str) -> set[str]:
@@ -95,7 +95,7 @@ async def test_ten_thousand_through_failures_and_429_storms(
     assert flagged == {row.tracking_id for row in rows if row.resent}
     assert sandbox.statuses[500] + sandbox.statuses[502] + sandbox.statuses[503] > 0
     assert sandbox.statuses[200] == 50  # one successful request per batch, no more
-    with SqliteConnection(setup.journal_path) as journal:
+    with SyncJournal(setup.journal_path) as journal:
         record = journal.campaign(setup.campaign.id)
     assert record is not None and record.state == "done" and record.finished_at is not None
 
@@ -132,7 +132,7 @@ async def test_refused_credentials_stop_then_resume(
     assert sandbox.statuses == Counter({401: sandbox.requests})
     assert setup.counts() == {"sent": 0, "rejected": 0, "expired": 0, "in_doubt": 0,
                               "skipped": 0, "pending": 2000, "resent": 0}
-    with SqliteConnection(setup.journal_path) as journal:
+    with SyncJournal(setup.journal_path) as journal:
         record = journal.campaign(setup.campaign.id)
         assert record is not None and record.state == "failed"
         assert record.error is not None and "wrong-key" not in record.error
@@ -236,7 +236,7 @@ async def test_ttl_expiry_against_a_closed_port(tmp_path: Path) -> None:
     assert setup.counts() == {"sent": 0, "rejected": 0, "expired": 300, "in_doubt": 0,
                               "skipped": 0, "pending": 0, "resent": 0}
     assert datetime.now(UTC) >= setup.campaign.deadline
-    with SqliteConnection(setup.journal_path) as journal:
+    with SyncJournal(setup.journal_path) as journal:
         record = journal.campaign(setup.campaign.id)
     assert record is not None and record.state == "expired"
     lines = setup.log_lines()
@@ -388,7 +388,7 @@ async def test_outage_backs_off_then_recovers(
         while not any(line["event"] == "campaign_backing_off" for line in setup.log_lines()):
             assert not sending.done()
             await asyncio.sleep(0.05)
-        with SqliteConnection(setup.journal_path) as journal:
+        with SyncJournal(setup.journal_path) as journal:
             backing = journal.campaign(setup.campaign.id)
             counts = journal.counts(setup.campaign.id)
         assert backing is not None and backing.state == "backing_off"

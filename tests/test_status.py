@@ -9,6 +9,7 @@ from pathlib import Path
 from daemon_helpers import API_KEY, DaemonProcess, Workspace, clean_env, utc_seconds_from_now
 
 from tests.helpers import run_cli
+from tests.journal_helpers import SyncJournal
 
 
 def status(workspace: Workspace, *args: str) -> tuple[int, str]:
@@ -57,7 +58,6 @@ def test_status_while_a_daemon_runs_and_after_it_stops(tmp_path: Path) -> None:
 def test_a_finished_campaign_awaiting_delivery_statuses_is_listed(tmp_path: Path) -> None:
     """Sent messages without a final delivery status keep their campaign in `status`, with the
     count, until the statuses arrive."""
-    from scheduler.journal.sqlite import SqliteConnection
 
     workspace = Workspace(tmp_path, delivery_reports={"poll": True})
     workspace.audience("sent-now", 25)
@@ -65,7 +65,7 @@ def test_a_finished_campaign_awaiting_delivery_statuses_is_listed(tmp_path: Path
     done = run_cli(["send", str(path), "--now", "--config", str(workspace.config)],
                    env=clean_env(CASCADE_API_KEY=API_KEY))
     assert done.returncode == 0, done.stderr
-    with SqliteConnection(workspace.journal_path) as journal:
+    with SyncJournal(workspace.journal_path, writer=True) as journal:
         while journal.index_messages(8):  # what the daemon does off the send path
             pass
     code, out = status(workspace, "--json")
@@ -77,7 +77,6 @@ def test_a_finished_campaign_awaiting_delivery_statuses_is_listed(tmp_path: Path
 def test_without_delivery_reports_nothing_is_awaited(tmp_path: Path) -> None:
     """With delivery reports off, a sent campaign awaits no status: `status --json` says null
     (as `plan --json` does), and a finished campaign is not listed as if it waited."""
-    from scheduler.journal.sqlite import SqliteConnection
 
     workspace = Workspace(tmp_path)
     workspace.audience("sent-now", 25)
@@ -85,7 +84,7 @@ def test_without_delivery_reports_nothing_is_awaited(tmp_path: Path) -> None:
     done = run_cli(["send", str(path), "--now", "--config", str(workspace.config)],
                    env=clean_env(CASCADE_API_KEY=API_KEY))
     assert done.returncode == 0, done.stderr
-    with SqliteConnection(workspace.journal_path) as journal:
+    with SyncJournal(workspace.journal_path, writer=True) as journal:
         while journal.index_messages(8):  # what a daemon does, reports or not
             pass
     code, out = status(workspace, "--json")

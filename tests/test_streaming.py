@@ -31,7 +31,6 @@ from scheduler import cli, stream_reader, streaming
 from scheduler.campaign import Campaign
 from scheduler.config import Config, load_config
 from scheduler.journal import EncodedBatch
-from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.records import Skip
 from scheduler.report import campaign_note
@@ -61,6 +60,7 @@ from tests.helpers import (
     write_campaign,
     write_config,
 )
+from tests.journal_helpers import SyncJournal
 
 BAD_ROWS = (("not-a-phone", "Broken"), (phone(5), "Again"))  # an invalid phone, a duplicate
 
@@ -201,7 +201,7 @@ async def test_a_stream_cut_short_resumes_after_what_the_journal_holds(
     with sqlite3.connect(setup.journal_path) as db:
         stored = db.execute("SELECT streaming, batches FROM campaigns").fetchone()
     assert stored[0] == 1 and 0 < stored[1] < 20
-    with SqliteConnection(setup.journal_path) as reader:
+    with SyncJournal(setup.journal_path) as reader:
         cut_record = reader.campaign(setup.campaign.id)
     assert cut_record is not None and cut_record.state == "running"
     # `report` and `plan` while a sender leads: the count so far is not the audience
@@ -224,7 +224,7 @@ async def test_a_stream_whose_audience_changed_fails_with_the_reason(
     sent = setup.counts()["sent"]
     write_audience(setup.root / "campaigns" / "people.csv", 2500)
     assert await send_streamed(setup) == "failed"
-    with SqliteConnection(setup.journal_path) as reader:
+    with SyncJournal(setup.journal_path) as reader:
         final = reader.campaign(setup.campaign.id)
     assert final is not None and final.error is not None
     assert "audience CSV or the suppression list changed while its snapshot" in final.error
@@ -353,7 +353,7 @@ async def test_a_stream_that_breaks_never_looks_finished(
             raise RuntimeError("a bug")
 
     assert await send_streamed(setup, bug_at_third) == "failed"
-    with SqliteConnection(setup.journal_path) as reader:
+    with SyncJournal(setup.journal_path) as reader:
         final = reader.campaign(setup.campaign.id)
     assert final is not None and final.streaming and final.batches == 3
     assert final.error == "internal error while reading the audience: RuntimeError('a bug')"

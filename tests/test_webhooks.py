@@ -32,20 +32,27 @@ from daemon_helpers import (
 
 from scheduler.delivery_log import DeliveryLog
 from scheduler.dlr import Deliveries
-from scheduler.journal import JournalError, StatusChange, StatusReport
-from scheduler.journal.sqlite import SqliteConnection, SqliteJournal
+from scheduler.journal import (
+    Journal,
+    JournalError,
+    JournalLocation,
+    StatusChange,
+    StatusReport,
+    open_journal,
+)
 from scheduler.metrics import Metrics
 from scheduler.webhooks import Gatherer, WebhookServer
 from tests.engine_helpers import send_through
 from tests.helpers import StartSandbox, free_port
+from tests.journal_helpers import SyncJournal, indexed_message
 
 TOKEN = "hook-Secret-42"
 
 
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     """A started SQLite journal."""
-    started = SqliteJournal(tmp_path / "state" / "journal.sqlite3")
+    started = open_journal(JournalLocation(tmp_path / "state" / "journal.sqlite3"))
     await started.start(writer=True)
     yield started
     await started.close()
@@ -60,7 +67,7 @@ def log(tmp_path: Path) -> Iterator[DeliveryLog]:
 
 
 @pytest.fixture
-async def receiver(journal: SqliteJournal, log: DeliveryLog) -> AsyncIterator[WebhookServer]:
+async def receiver(journal: Journal, log: DeliveryLog) -> AsyncIterator[WebhookServer]:
     """The webhook receiver on a free loopback port, indexing on demand."""
     server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
                            free_port(), index=lambda: journal.index_messages(2, 30))
@@ -98,7 +105,7 @@ def report(message_id: str, status: str = "delivered", **extra: Any) -> dict[str
 
 
 async def test_token_and_malformed_bodies_are_refused_and_keep_nothing(
-    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    start_sandbox: StartSandbox, journal: Journal, receiver: WebhookServer,
 ) -> None:
     """A wrong (or no) token is a 404 like any unknown path; a body that is no status report,
     or an array with one bad report, is a 400 and nothing of it is kept."""
@@ -120,7 +127,7 @@ async def test_token_and_malformed_bodies_are_refused_and_keep_nothing(
 
 
 async def test_reports_are_durable_before_200_and_idempotent(
-    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    start_sandbox: StartSandbox, journal: Journal, receiver: WebhookServer,
     log: DeliveryLog,
 ) -> None:
     """200 once journaled (another reader sees it at once); the same report again, or an
@@ -131,8 +138,8 @@ async def test_reports_are_durable_before_200_and_idempotent(
     mid = sent[0][1]
     status, answer = await post(url(receiver), report(mid, partscount=1, billCurrency="UAH"))
     assert (status, answer) == (200, {"recorded": 1, "unknown": 0})
-    with SqliteConnection(journal.path, read_only=True) as reader:
-        rows = list(reader.delivery_page("c", "delivered", ""))
+    with SyncJournal(Path(journal.location)) as reader:
+        rows = reader.delivery_recipients("c", "delivered")
     assert [(r.message_id, r.channel, r.cost, r.currency) for r in rows] == [
         (mid, "viber", 0.55, "UAH")]
     for again in (report(mid), report(mid, "processing"), report(mid, "undeliverable")):
@@ -147,7 +154,7 @@ async def test_reports_are_durable_before_200_and_idempotent(
 
 
 async def test_a_report_before_its_message_was_indexed_is_kept(
-    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    start_sandbox: StartSandbox, journal: Journal, receiver: WebhookServer,
 ) -> None:
     """The webhook can beat the daemon's index: the receiver indexes, then records."""
     sandbox = await start_sandbox()
@@ -155,14 +162,14 @@ async def test_a_report_before_its_message_was_indexed_is_kept(
                               deadline=datetime.now(UTC) + timedelta(hours=1))
     more = await send_through(journal, sandbox.base_url, "d", 2,
                               deadline=datetime.now(UTC) + timedelta(hours=1), index=False)
-    assert await journal.message(more[0][1]) is None
+    assert await indexed_message(journal, more[0][1]) is None
     status, _ = await post(url(receiver), [report(more[0][1]), report(sent[0][1])])
     assert status == 200
     assert (await journal.delivery_counts("d")).statuses == {"delivered": 1, "awaiting": 1}
 
 
 async def test_the_sandbox_pushes_duplicated_reordered_and_missing_reports(
-    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    start_sandbox: StartSandbox, journal: Journal, receiver: WebhookServer,
     log: DeliveryLog,
 ) -> None:
     """With every fault on: each pushed message ends in its final status, logged once; the
@@ -194,7 +201,7 @@ async def test_the_sandbox_pushes_duplicated_reordered_and_missing_reports(
 
 
 def _finals(workspace: Workspace, cid: str) -> int:
-    with SqliteConnection(workspace.journal_path, read_only=True) as journal:
+    with SyncJournal(workspace.journal_path) as journal:
         statuses = journal.delivery_counts(cid).statuses
     return sum(n for status, n in statuses.items() if status != "awaiting")
 
@@ -287,7 +294,7 @@ def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path:
     daemon = _daemon(workspace)
 
     def awaiting() -> int:
-        with SqliteConnection(workspace.journal_path, read_only=True) as journal:
+        with SyncJournal(workspace.journal_path) as journal:
             return journal.delivery_counts("k").statuses.get("awaiting", 0)
 
     def logged() -> int:
@@ -386,7 +393,7 @@ def test_a_rotated_token_takes_effect_without_a_restart(tmp_path: Path) -> None:
 
 
 async def _reports_without_channel_or_currency(
-    journal: SqliteJournal, log: DeliveryLog, base_url: str, currency: str | None,
+    journal: Journal, log: DeliveryLog, base_url: str, currency: str | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """Two reports through a receiver of its own: one as SPEC §11.3's webhook sends it (cost,
     no currency, no channel), one with both. The delivery lines, the summary's delivery
@@ -418,7 +425,7 @@ async def _reports_without_channel_or_currency(
 
 
 async def test_no_channel_is_one_word_in_the_log_the_metrics_and_the_report(
-    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+    start_sandbox: StartSandbox, journal: Journal, log: DeliveryLog,
 ) -> None:
     """A report that names no channel: "unknown" in its delivery line, in the metric label and
     in `report`; a cost without a currency (and none in the config) is kept under "unknown",
@@ -437,7 +444,7 @@ async def test_no_channel_is_one_word_in_the_log_the_metrics_and_the_report(
 
 
 async def test_a_cost_without_currency_is_in_the_configured_one(
-    start_sandbox: StartSandbox, journal: SqliteJournal, log: DeliveryLog,
+    start_sandbox: StartSandbox, journal: Journal, log: DeliveryLog,
 ) -> None:
     """With ``[delivery_reports] currency`` set, a cost reported alone is in that currency:
     in the delivery line, the metric and `report`'s total."""
@@ -450,7 +457,7 @@ async def test_a_cost_without_currency_is_in_the_configured_one(
 
 
 async def test_concurrent_requests_each_get_their_own_answer(
-    start_sandbox: StartSandbox, journal: SqliteJournal, receiver: WebhookServer,
+    start_sandbox: StartSandbox, journal: Journal, receiver: WebhookServer,
     log: DeliveryLog,
 ) -> None:
     """Providers push one report per request: requests that arrive together are journaled

@@ -20,9 +20,9 @@ from daemon_helpers import (
     write_atomic,
 )
 
-from scheduler.journal.sqlite import SqliteConnection
 from scheduler.window import DAYS, zone
 from tests.helpers import run_cli
+from tests.journal_helpers import SyncJournal
 
 AHEAD, BEHIND = "Etc/GMT-14", "Etc/GMT+12"  # POSIX signs: UTC+14 and UTC-12
 OPEN, HELD = 30, 20
@@ -52,7 +52,7 @@ def test_held_recipients_survive_a_restart_and_plan_counts_them(tmp_path: Path) 
     assert sorted(line["toPhone"][:6] for line in workspace.record()) == ["+38050"] * OPEN
     held_event = workspace.events("campaign_held")[0]
     assert held_event["held"] == HELD and held_event["window"].startswith("00:00-24:00")
-    with SqliteConnection(workspace.journal_path) as journal:
+    with SyncJournal(workspace.journal_path) as journal:
         held = journal.open_batches("zoned")
         assert {batch.zones for batch in held} == {BEHIND}
         assert sum(batch.size for batch in held) == HELD

@@ -18,13 +18,13 @@ import pytest
 
 from scheduler.config import load_config
 from scheduler.console import dry_run
-from scheduler.journal.sqlite import SqliteConnection
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
 from scheduler.sandbox import Sandbox
 from scheduler.service import open_engine
 from tests.engine_helpers import KEY, Setup
 from tests.helpers import StartSandbox, read_jsonl, write_campaign, write_config
+from tests.journal_helpers import SyncJournal
 
 KYIV = [f"+38050{n:07d}" for n in range(20)]
 NEW_YORK = [f"+1212555{n:04d}" for n in range(20)]
@@ -168,7 +168,7 @@ async def test_a_restart_while_held_keeps_the_due_time_and_sends_each_once(
         run.halt(None)  # a shutdown: left running, resumed from the journal
         assert await driving == "running"
     clock = shifted(at("2026-12-07T13:59:57Z"))
-    with SqliteConnection(setup.journal_path) as journal:
+    with SyncJournal(setup.journal_path) as journal:
         held = journal.open_batches("promo")
         assert {batch.zones for batch in held} == {"America/New_York"}
         assert sum(batch.size for batch in held) == len(NEW_YORK)

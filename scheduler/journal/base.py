@@ -465,12 +465,12 @@ DumpChunk = tuple[str, list[tuple[Any, ...]]]
 # the interface
 
 
-class Journal(Protocol):
-    """Everything the engine, the daemon, `report`, `plan` and `status` ask of a journal.
+class JournalLife(Protocol):
+    """Where a journal is, and its life: what every role below begins with.
 
-    Every method is a coroutine. A write returns once it is durable (so "mark in flight, then
-    post" holds across a power cut); a failed write leaves nothing of itself behind. Campaign
-    state changes go through `scheduler.lifecycle`, never straight to `set_state`.
+    Every method of a journal is a coroutine. A write returns once it is durable (so "mark in
+    flight, then post" holds across a power cut); a failed write leaves nothing of itself
+    behind.
     """
 
     location: str  # where it is, for people (a path, or a URL without its password)
@@ -486,7 +486,45 @@ class Journal(Protocol):
     async def close(self) -> None:
         """Finish every queued write, then let go of the journal."""
 
-    # --- snapshot ---------------------------------------------------------------------------
+
+class ReadingJournal(JournalLife, Protocol):
+    """What `report`, `plan` and `status` read: campaigns, their outcomes and deliveries."""
+
+    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
+        """The campaign's record, or None if the journal has never prepared it."""
+
+    async def campaigns(self) -> list[CampaignRecord]:
+        """Every campaign in the journal, by send time then id."""
+
+    async def counts(self, campaign_id: str) -> Counts:
+        """Messages per outcome (sent, rejected, expired, in_doubt, skipped) plus ``pending``
+        (no final outcome yet) and ``resent``: those of the final ones that were posted again
+        after an ambiguous outcome (`Result.resent`; counted in their outcome too)."""
+
+    def recipients(
+        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
+    ) -> AsyncIterator[RecipientRow]:
+        """Stream recipients with a final outcome (all, or one outcome): batches in order,
+        then skipped rows in CSV order. Memory stays flat whatever the audience size.
+        ``resent``: only those posted again after an ambiguous outcome (`Result.resent`)."""
+
+    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
+        """The campaign's indexed messages per delivery status, delivered ones per channel,
+        and the cost per currency."""
+
+    def delivery_recipients(
+        self, campaign_id: str, status: DeliveryStatus,
+    ) -> AsyncIterator[DeliveryRow]:
+        """Stream the campaign's messages in one delivery status (for re-targeting), in pages:
+        memory stays flat whatever their number."""
+
+
+class SendJournal(ReadingJournal, Protocol):
+    """The send path: a campaign's snapshot, its batches' states and outcomes, what reached
+    the delivery log, and the per-message rows frequency caps count. Campaign state changes
+    go through `scheduler.lifecycle`, never straight to `set_state`."""
+
+    # --- snapshot -----------------------------------------------------------------------------
 
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
@@ -522,17 +560,7 @@ class Journal(Protocol):
         """The streamed snapshot is whole: ``streaming`` becomes False (`JournalConflict` when
         it was not streaming)."""
 
-    async def forget(self, campaign_id: str) -> None:
-        """Delete an unstarted campaign and its snapshot; a started one raises
-        `JournalConflict`; an unknown one is a no-op."""
-
-    # --- campaigns --------------------------------------------------------------------------
-
-    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
-        """The campaign's record, or None if the journal has never prepared it."""
-
-    async def campaigns(self) -> list[CampaignRecord]:
-        """Every campaign in the journal, by send time then id."""
+    # --- batches ------------------------------------------------------------------------------
 
     async def set_state(
         self, campaign_id: str, state: CampaignState, error: str | None = None,
@@ -541,8 +569,6 @@ class Journal(Protocol):
         "running" stamps ``started_at`` once (the snapshot is frozen from then on); finished
         states stamp ``finished_at``. A move `vocabulary.may_move` forbids raises
         `JournalConflict`; an unknown campaign too. Only `lifecycle` calls this."""
-
-    # --- batches: the send path -------------------------------------------------------------
 
     async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
         """Roll-out: the campaign moves on to ``stage``, which may start at ``stage_at``
@@ -581,7 +607,7 @@ class Journal(Protocol):
         messages go back to pending (``doubtful`` as for `release`). Returns how many results
         the batch holds; done again after it landed, it changes nothing (as `record_results`)."""
 
-    # --- what reached the delivery log ------------------------------------------------------
+    # --- what reached the delivery log --------------------------------------------------------
 
     async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
         """Record, per ``(seq, held)``, that the batch's first ``held`` results are logged."""
@@ -595,29 +621,12 @@ class Journal(Protocol):
     async def mark_skips_logged(self, campaign_id: str) -> None:
         """Record that the campaign's skipped rows are in the delivery log."""
 
-    # --- reading ----------------------------------------------------------------------------
-
-    async def counts(self, campaign_id: str) -> Counts:
-        """Messages per outcome (sent, rejected, expired, in_doubt, skipped) plus ``pending``
-        (no final outcome yet) and ``resent``: those of the final ones that were posted again
-        after an ambiguous outcome (`Result.resent`; counted in their outcome too)."""
-
-    def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
-    ) -> AsyncIterator[RecipientRow]:
-        """Stream recipients with a final outcome (all, or one outcome): batches in order,
-        then skipped rows in CSV order. Memory stays flat whatever the audience size.
-        ``resent``: only those posted again after an ambiguous outcome (`Result.resent`)."""
-
-    # --- per-message rows, off the hot path -------------------------------------------------
+    # --- per-message rows, off the hot path ---------------------------------------------------
 
     async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
         """Copy the sent messages of up to ``max_batches`` closed batches into per-message rows
         (messageId, phone, type, time), each due for its first status poll ``first_poll``
         seconds after it was sent; returns how many batches it indexed (0: caught up)."""
-
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """The indexed message with the API's ``message_id``, or None."""
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
@@ -633,7 +642,9 @@ class Journal(Protocol):
         `capped_phones` does not count yet. A daemon indexes within seconds; after a `send`
         with no daemon, nothing does until one runs."""
 
-    # --- delivery status (SPEC §11.3): per indexed message, only ever forward ---------------
+
+class StatusJournal(JournalLife, Protocol):
+    """Delivery status (SPEC §11.3): per indexed message, only ever forward."""
 
     async def record_statuses(
         self, reports: Sequence[StatusReport], log_key: str | None = None,
@@ -646,14 +657,6 @@ class Journal(Protocol):
         With ``log_key`` (unique per call), the messages told "final" are kept, in the same
         transaction, as unlogged under that key until `mark_statuses_logged`. Every first
         final status is also kept, in the same transaction, for `take_final_statuses`."""
-
-    async def record_status(
-        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
-        parts: int | None = None, cost: float | None = None, currency: str | None = None,
-        at: datetime | None = None,
-    ) -> bool:
-        """`record_statuses` for one report; True when it was the message's first final
-        status (log it then, and only then)."""
 
     async def messages_awaiting_status(
         self, due_before: datetime, limit: int,
@@ -680,17 +683,14 @@ class Journal(Protocol):
         (the leader's error brakes read them here, so a webhook that reaches a standby counts
         too). Fenced like the send path's writes: a deposed leader takes nothing."""
 
-    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
-        """The campaign's indexed messages per delivery status, delivered ones per channel,
-        and the cost per currency."""
 
-    def delivery_recipients(
-        self, campaign_id: str, status: DeliveryStatus,
-    ) -> AsyncIterator[DeliveryRow]:
-        """Stream the campaign's messages in one delivery status (for re-targeting), in pages:
-        memory stays flat whatever their number."""
+class LeaseJournal(JournalLife, Protocol):
+    """Leadership (one sender among the daemons sharing a journal) and presence (which
+    daemons share it, for `status`). Each daemon's presence is a lease of its own, named
+    "daemon:<holder>", that it renews with every heartbeat: no schema of its own, and a dead
+    daemon simply expires."""
 
-    # --- leadership: one sender among the daemons sharing a journal --------------------------
+    # --- leadership ---------------------------------------------------------------------------
 
     async def acquire_lease(self, holder: str, seconds: float) -> int | None:
         """Take the leadership lease for ``seconds`` if nobody else holds an unexpired one, as
@@ -709,9 +709,13 @@ class Journal(Protocol):
         """The holder of an unexpired lease (a daemon or `send` acting on this journal now),
         or None: then a "running" campaign is waiting for the next start to resume."""
 
-    # --- presence: which daemons share this journal (for `status`) -------------------------
-    # Each daemon's presence is a lease of its own, named "daemon:<holder>", that it renews
-    # with every heartbeat: no schema of its own, and a dead daemon simply expires.
+    def fence(self, holder: str, epoch: int | None) -> None:
+        """From now on, every write of the send path (in-flight marks, outcomes, releases and
+        state changes) checks in its own transaction that ``holder`` still holds an unexpired
+        lease of ``epoch``, and raises `JournalFenced` (writing nothing) otherwise. None turns
+        the check off."""
+
+    # --- presence -----------------------------------------------------------------------------
 
     async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
         """Say that ``holder`` (in its present role, leader or standby, since ``since``) is
@@ -723,13 +727,10 @@ class Journal(Protocol):
     async def daemons(self) -> list[DaemonRecord]:
         """The daemons whose presence has not expired, oldest first."""
 
-    def fence(self, holder: str, epoch: int | None) -> None:
-        """From now on, every write of the send path (in-flight marks, outcomes, releases and
-        state changes) checks in its own transaction that ``holder`` still holds an unexpired
-        lease of ``epoch``, and raises `JournalFenced` (writing nothing) otherwise. None turns
-        the check off."""
 
-    # --- copying a whole journal into another (`scheduler.journal.copy`) --------------------
+class CopyJournal(ReadingJournal, Protocol):
+    """Copying a whole journal into another (`scheduler.journal.copy`), checked by reading
+    both."""
 
     def dump(self) -> AsyncIterator[DumpChunk]:
         """Stream every row of every table of `DUMP_TABLES`, table by table in that order, as
@@ -743,3 +744,8 @@ class Journal(Protocol):
         journal must be empty: one that holds anything raises `JournalNotEmpty` and is left
         as it was; any other failure leaves it empty too. Later snapshots and skipped rows get
         ids past the loaded ones."""
+
+
+class Journal(SendJournal, StatusJournal, LeaseJournal, CopyJournal, Protocol):
+    """Everything the engine, the daemon, `report`, `plan` and `status` ask of a journal: the
+    union of the roles above, which callers that need only one type against."""

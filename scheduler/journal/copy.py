@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from scheduler.errors import UserError
 from scheduler.journal import (
     CampaignRecord,
+    CopyJournal,
     Counts,
-    Journal,
     JournalCorrupt,
     JournalLocation,
     open_journal,
@@ -62,7 +62,7 @@ class CopyReport:
         )]
 
 
-async def copy_journal(source: Journal, target: Journal) -> CopyReport:
+async def copy_journal(source: CopyJournal, target: CopyJournal) -> CopyReport:
     """Copy every row of ``source`` (started as the writer, so nobody else writes it) into
     ``target`` (started and empty), then check every campaign on both sides."""
     began = time.monotonic()
@@ -71,7 +71,7 @@ async def copy_journal(source: Journal, target: Journal) -> CopyReport:
     return CopyReport(target.location, campaigns, rows, time.monotonic() - began)
 
 
-async def compare(source: Journal, target: Journal) -> list[CopiedCampaign]:
+async def compare(source: CopyJournal, target: CopyJournal) -> list[CopiedCampaign]:
     """Every campaign of ``source`` with the same record and counts in ``target``, and no
     other; else `JournalCorrupt` saying what differs."""
     copied = {record.id: record for record in await target.campaigns()}
@@ -93,7 +93,7 @@ async def compare(source: Journal, target: Journal) -> list[CopiedCampaign]:
     return checked
 
 
-def _differs(target: Journal, campaign_id: str | None, what: str) -> JournalCorrupt:
+def _differs(target: CopyJournal, campaign_id: str | None, what: str) -> JournalCorrupt:
     return JournalCorrupt(
         campaign_id, f"the copy in {target.location} differs from the source ({what}): "
         "empty that database and copy again",

@@ -5,17 +5,17 @@ orjson bytes, *is* the snapshot; a small table holds each batch's changing state
 final outcomes are one blob per batch. Times are ``TIMESTAMPTZ`` stamped by the database's
 clock, never this machine's, so daemons on several machines agree on them.
 
-`PostgresStore` is the SQL, one coroutine per operation on one connection; `PostgresJournal`
-implements the `Journal` interface by running those operations through ONE connection owned
-by one asyncio writer task, with group commit: every waiting operation runs in one
-transaction, committed once (if one fails, the group runs again with a savepoint each, so the
-failure stays its caller's). A lost connection fails the group that met it, and the next
-group connects again, so the daemon recovers when the database comes back.
+`PostgresStore` is the SQL, one coroutine per operation on one connection; `PostgresWriter` runs
+those operations through ONE connection owned by one asyncio writer task, and `PostgresJournal`
+is the shared `Front` (`scheduler.journal.front`) over it. Group commit: every waiting operation
+runs in one transaction, committed once (if one fails, the group runs again with a savepoint
+each, so the failure stays its caller's). A lost connection fails the group that met it, and the
+next group connects again, so the daemon recovers when the database comes back.
 
 The send path's writes (in-flight marks, releases, outcomes, logged marks) are cheap on the
 wire: a group made only of them is ONE round trip, BEGIN, the lease check, every write and
 COMMIT in one pipeline, with checks that fail the transaction rather than wait for a result
-(see `PostgresJournal._commit_pipelined`); a batch's outcomes are one statement when it holds
+(see `PostgresWriter._commit_pipelined`); a batch's outcomes are one statement when it holds
 none yet. The writer shares the event loop with the HTTP client, so every round trip saved is
 also a wait for the loop saved.
 
@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import select
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, Literal, LiteralString, ParamSpec, TypeVar
+from typing import Any, Literal, LiteralString, ParamSpec, TypeVar
 
 import orjson
 import psycopg
@@ -62,7 +63,6 @@ from scheduler.journal.base import (
     JournalFenced,
     JournalNotEmpty,
     JournalUnavailable,
-    Message,
     MessageRecord,
     RecipientRow,
     Result,
@@ -79,18 +79,19 @@ from scheduler.journal.codec import (
     Cursor,
     batch_rows,
     check_follows,
-    chunks,
+    check_record,
     count_deliveries,
     decide_statuses,
     decided,
-    encode_batches,
     final_statuses_blob,
+    outcome_counts,
     read_final_statuses,
-    repeats,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
 )
+from scheduler.journal.front import LEASE, Fence, Front
+from scheduler.journal.schema import POSTGRES, SCHEMA_VERSION, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
@@ -103,8 +104,8 @@ from scheduler.vocabulary import (
     may_move,
 )
 
-#: the schema version in ``schema_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 9
+# the schema version (`schema.SCHEMA_VERSION`) is kept in the table ``schema_version``
+
 #: a new database gets `_SCHEMA` at once, at version 2 (there never was a version 1 on
 #: PostgreSQL: the same tables and columns as SQLite's versions 1 and 2 together), then every
 #: step of _MIGRATIONS after it, in the same transaction
@@ -149,73 +150,10 @@ _SCHEMA = (
     """CREATE TABLE lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
         epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)""",
 )
-#: version 3: delivery status polling, resumable from the journal (SPEC §11.3)
-_TO_V3 = (
-    # when the next status poll of a message is due (NULL once its status is final) and how
-    # many were made (the interval doubles with each)
-    "ALTER TABLE messages ADD COLUMN next_poll_at TIMESTAMPTZ",
-    "ALTER TABLE messages ADD COLUMN polls INTEGER NOT NULL DEFAULT 0",
-    # messages indexed before: due at once
-    "UPDATE messages SET next_poll_at = sent_at WHERE status IS NULL"
-    " OR status IN ('scheduled', 'processing')",
-    "CREATE INDEX messages_due ON messages (next_poll_at) WHERE next_poll_at IS NOT NULL",
-    # report: counts per campaign, and listings of one status by message id (without the
-    # status in it: recording a status, 20,000 a second from webhooks, then leaves it alone)
-    "CREATE INDEX messages_by_campaign ON messages (campaign, message_id)",
-)
-#: version 4: send windows and frequency caps (SPEC §11.4)
-_TO_V4 = (
-    # the zones of a batch's recipients (a send window opens for all of them at once); NULL
-    # for a campaign without a window
-    "ALTER TABLE batch_state ADD COLUMN zones TEXT",
-    # messages skipped when about to go (a frequency cap), counted like the other outcomes
-    "ALTER TABLE batch_state ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
-    # frequency caps count a batch of phones' sent messages by type and time: from the index
-    # alone, without a look at each message's row
-    "DROP INDEX messages_by_phone",
-    'CREATE INDEX messages_by_phone ON messages (phone COLLATE "C", type, sent_at)',
-)
-#: version 5: a final status's delivery line survives a crash before it is written
-_TO_V5 = (
-    # the first final statuses one record_statuses call took (their message ids, orjson),
-    # until the caller has written their `delivery` lines: one row per call, never per
-    # message, so webhooks keep their pace; what a crash left here is written at the next start
-    """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY,
-        recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), message_ids BYTEA NOT NULL)""",
-)
-#: version 6: a snapshot streamed into the send (`send --now`)
-_TO_V6 = (
-    # batches are appended while the campaign sends; a crash mid-stream resumes reading the
-    # audience after the batches and skips stored
-    "ALTER TABLE campaigns ADD COLUMN streaming BOOLEAN NOT NULL DEFAULT false",
-    # a batch's tracking ids and phones beside its body: the send path splits them instead of
-    # decoding the body (NULL in older snapshots: decoded as before)
-    "ALTER TABLE bodies ADD COLUMN keys BYTEA",
-)
-#: version 7: the leader's error brakes take every first final status, whoever journaled it
-_TO_V7 = (
-    # one row per record_statuses call with a first final status: [[campaign, tracking id,
-    # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
-    "CREATE TABLE final_statuses (id BIGSERIAL PRIMARY KEY, statuses BYTEA NOT NULL)",
-)
-#: version 8: what a campaign is, kept when it is first planned (`scheduler.identity`)
-_TO_V8 = (
-    # the digest of its file's keys and its audience's bytes: a later file with its id is the
-    # same campaign only if it has the same; NULL for campaigns planned before this version
-    "ALTER TABLE campaigns ADD COLUMN content TEXT",
-)
-#: version 9: resends are visible (SPEC §13.4)
-_TO_V9 = (
-    # messages of the batch posted again after an ambiguous outcome (their result rows carry
-    # a fifth value, true), counted like the outcomes
-    "ALTER TABLE batch_state ADD COLUMN resent INTEGER NOT NULL DEFAULT 0",
-    # an earlier post of the batch's open messages may have reached the API: given back after
-    # an ambiguous answer (a batch left in flight says so by its state)
-    "ALTER TABLE batch_state ADD COLUMN doubtful BOOLEAN NOT NULL DEFAULT false",
-)
-#: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2)
+#: _MIGRATIONS[n] takes a database from version n to n + 1 (n >= 2): the steps every backend
+#: shares (`scheduler.journal.schema`)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8, 8: _TO_V9,
+    version: POSTGRES.steps(version) for version in STEPS
 }
 #: pg_advisory_xact_lock keys: schema creation, and one campaign's snapshot (with its hash)
 _SCHEMA_LOCK = 0x63_61_73_63_61_64_65  # "cascade"
@@ -266,7 +204,6 @@ _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
     " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content"
 )
-_BATCH_CHUNK = 64  # batches written per operation while preparing
 _SKIP_CHUNK = 10_000
 _PAGE = 16  # batches decoded per query while streaming recipients
 _DELIVERY_PAGE = 2_000  # messages per page of a delivery-status listing
@@ -482,7 +419,7 @@ class PostgresStore:
 
     Each method is one operation: the writer runs it inside the group's transaction (alone,
     or in a savepoint of its own), so raising undoes exactly what it wrote. Methods raise
-    ``psycopg.Error`` as they meet it; `PostgresJournal` translates at its boundary.
+    ``psycopg.Error`` as they meet it; `PostgresWriter` translates at its boundary.
     """
 
     def __init__(self, db: Connection, frozen: dict[str, int] | None = None) -> None:
@@ -491,7 +428,7 @@ class PostgresStore:
         self.frozen = {} if frozen is None else frozen
         #: what this transaction saw started, kept in `frozen` only once it commits
         self.learned: dict[str, int] = {}
-        #: set while a group is sent ahead with its COMMIT (see `PostgresJournal`): a staged
+        #: set while a group is sent ahead with its COMMIT (see `PostgresWriter`): a staged
         #: write must then fail its statement (a guard) rather than be checked afterwards
         self.ahead = False
 
@@ -697,16 +634,6 @@ class PostgresStore:
             self.learned[campaign_id] = snapshot
         return snapshot
 
-    async def forget(self, campaign_id: str) -> None:
-        """Delete an unstarted campaign and its snapshot; a started one raises `JournalConflict`."""
-        await self._lock_campaign(campaign_id)
-        row = await self._refuse_if_started(campaign_id)
-        if row is None:
-            return
-        await self._drop_orphans(campaign_id)
-        await self._delete_snapshot(row[2])
-        await self.db.execute("DELETE FROM campaigns WHERE id = %s", (campaign_id,))
-
     # --- campaigns ----------------------------------------------------------------------
 
     async def campaign(self, campaign_id: str) -> CampaignRecord | None:
@@ -833,7 +760,7 @@ class PostgresStore:
         if len(set(batch.tracking_ids())) != len(batch):
             return whole_way  # where it is refused
         cursor = await self.db.execute(_RECORD_FIRST, {
-            **_outcome_counts(batch), "state": "done" if close else "pending", "close": close,
+            **outcome_counts(batch), "state": "done" if close else "pending", "close": close,
             "doubtful": doubtful, "n": len(batch),
             "snapshot": await self._snapshot(campaign_id), "seq": seq,
             "blob": orjson.dumps(batch.stored()),
@@ -852,17 +779,13 @@ class PostgresStore:
         ``close`` is False); returns how many it holds now."""
         batch = Results.of(results)
         snapshot = await self._snapshot(campaign_id)
-        row = await self._one(
+        previous, repeat = check_record(campaign_id, seq, await self._one(
             "SELECT s.state, s.size, r.blob FROM batch_state s"
             " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.snapshot = %s AND s.seq = %s FOR UPDATE OF s", (snapshot, seq),
-        )
-        previous = orjson.loads(row[2]) if row is not None and row[2] is not None else []
-        if repeats(previous, batch):
+        ), batch, close)
+        if repeat:
             return len(previous)  # it landed before, its commit's answer was lost
-        if row is None or row[0] == "done":
-            raise JournalConflict(campaign_id, f"batch {seq} is not open")
-        _check_results(campaign_id, seq, row[1], len(previous), batch, close)
         blob = orjson.dumps(previous + batch.stored())
         async with self.db.pipeline():  # two writes, one round trip
             await self.db.execute(
@@ -872,7 +795,7 @@ class PostgresStore:
                 " resent = resent + %(resent)s, doubtful = doubtful OR %(doubtful)s,"
                 " done_at = CASE WHEN %(close)s THEN clock_timestamp() END"
                 " WHERE snapshot = %(snapshot)s AND seq = %(seq)s",
-                {**_outcome_counts(batch), "state": "done" if close else "pending",
+                {**outcome_counts(batch), "state": "done" if close else "pending",
                  "close": close, "doubtful": doubtful, "snapshot": snapshot, "seq": seq},
             )
             await self.db.execute(
@@ -1029,19 +952,6 @@ class PostgresStore:
                 (snapshot, seq),
             )
         return len(batches)
-
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """The indexed message with the API's ``message_id``, or None."""
-        row = await self._one(
-            "SELECT message_id, campaign, tracking_id, phone, type, sent_at FROM messages"
-            " WHERE message_id = %s", (message_id,),
-        )
-        if row is None:
-            return None
-        message_id, campaign, tracking_id, phone, kind, sent_at = row
-        return MessageRecord(
-            message_id, campaign, tracking_id, phone, kind, sent_at.astimezone(UTC),
-        )
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
@@ -1315,28 +1225,6 @@ class PostgresStore:
         await self.db.execute(_FENCE_GUARDED, (holder, epoch))
 
 
-def _outcome_counts(results: Results) -> dict[str, int]:
-    """Messages per outcome, and the resent ones: every counting column of batch_state named
-    (0 where none)."""
-    counts = results.counts
-    return {**{outcome: counts.get(outcome, 0)
-               for outcome in ("sent", "rejected", "expired", "in_doubt", "skipped")},
-            "resent": results.resent}
-
-
-def _check_results(
-    campaign_id: str, seq: int, size: int, before: int, results: Results, close: bool,
-) -> None:
-    """One result per message of the batch, ids unique (matching them is the engine's)."""
-    total = before + len(results)
-    distinct = len(set(results.tracking_ids()))
-    if (total != size if close else total >= size) or distinct != len(results):
-        raise JournalConflict(
-            campaign_id, f"batch {seq} has {size} messages but the results name "
-            f"{distinct} distinct ids",
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # copying a whole journal: COPY in, server-side cursors out, each on a connection of its own
 
@@ -1479,8 +1367,8 @@ def _settle(op: _Op, value: object, error: BaseException | None) -> None:
         op.future.set_result(value)
 
 
-class PostgresJournal:
-    """The `Journal` interface on PostgreSQL: one connection, one writer task, group commit.
+class PostgresWriter:
+    """The `Executor` of the PostgreSQL journal: one connection, one writer task, group commit.
 
     The writer takes one queued operation plus every other one waiting, runs them in ONE
     transaction (one failure fails only its caller: see `_group`), commits once, then
@@ -1512,7 +1400,6 @@ class PostgresJournal:
         self._queue: asyncio.Queue[_Op | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._fence: tuple[str, int] | None = None
         self._frozen: dict[str, int] = {}  # kept across reconnections (see `PostgresStore`)
         self.commits = 0  # durable commits so far (fewer than operations when grouped)
 
@@ -1610,22 +1497,9 @@ class PostgresJournal:
         self._queue.put_nowait(_Op(fn, future, fence, stage))
         return await future
 
-    async def _call(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        return await self.run(lambda store: method(store, *args, **kwargs))
-
-    async def _fenced(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        """`_call`, once the group's transaction has checked the lease (when fenced)."""
-        return await self._submit(lambda store: method(store, *args, **kwargs), self._fence)
-
     async def _staged(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[Finish]],
-        fenced: bool, *args: P.args, **kwargs: P.kwargs,
+        self, method: Callable[..., Awaitable[Finish]], fence: Fence | None,
+        args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> Any:
         """A two-step write of the send path (fenced or not): pipelined with its group."""
 
@@ -1635,7 +1509,7 @@ class PostgresJournal:
         async def at_once(store: PostgresStore) -> Any:
             return await (await stage(store))()
 
-        return await self._submit(at_once, self._fence if fenced else None, stage)
+        return await self._submit(at_once, fence, stage)
 
     async def _serve(self) -> None:
         assert self._queue is not None
@@ -1849,239 +1723,28 @@ class PostgresJournal:
         except Exception as exc:  # noqa: BLE001
             return op, None, exc
 
-    # --- the interface ----------------------------------------------------------------------
+    # --- the operations ---------------------------------------------------------------------
 
-    async def prepare(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-        batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
-        zones: Sequence[str | None] = (),
-    ) -> None:
-        """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
+    async def call(
+        self, op: str, fence: Fence | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Any:
+        """`Executor.call`: ``PostgresStore.<op>`` in the writer task, once the group's
+        transaction has checked ``fence`` (when set). The send path's two-step writes
+        (`_STAGED`) are pipelined with their group; the lease and presence calls (`LEASE`)
+        work on an older release's schema too."""
+        if (staged := _STAGED.get(op)) is not None:
+            return await self._staged(staged, fence, args, kwargs)
+        if op == "acquire_lease":
+            return await self._acquire_lease(*args, **kwargs)
+        method = getattr(PostgresStore, op)
+        return await self._submit(lambda store: method(store, *args, **kwargs), fence,
+                                  any_schema=op in LEASE)
 
-        Other operations run between chunks, so a million-row snapshot never stalls sending.
-        The worker encodes the next chunk of batches while the server writes this one.
-        """
-        snapshot = await self._call(PostgresStore.begin_snapshot, campaign_id)
-        swapped = False
-        encoded = chunks(encode_batches(batches), _BATCH_CHUNK)
-        ahead = asyncio.ensure_future(asyncio.to_thread(next, encoded, None))
-        try:
-            while rows := await ahead:
-                ahead = asyncio.ensure_future(asyncio.to_thread(next, encoded, None))
-                await self._call(PostgresStore.add_batches, campaign_id, snapshot, rows)
-            skip_chunks = chunks(skips, _SKIP_CHUNK)
-            while chunk := await asyncio.to_thread(next, skip_chunks, None):
-                await self._call(PostgresStore.add_skips, campaign_id, snapshot, chunk)
-            await self._call(
-                PostgresStore.commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
-                file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
-                content=content, zones=zones,
-            )
-            swapped = True
-        finally:
-            # a write failed while the worker encoded ahead: its chunk is not wanted (and an
-            # error in it is not news)
-            ahead.add_done_callback(lambda done: done.cancelled() or done.exception())
-            if not swapped:  # best effort: the next prepare or forget drops it too
-                with contextlib.suppress(JournalError):
-                    await self._call(PostgresStore.drop_snapshot, campaign_id, snapshot)
-
-    async def open_stream(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-    ) -> None:
-        """`Journal.open_stream`."""
-        await self._call(
-            PostgresStore.open_stream, campaign_id=campaign_id, type=type, file=file,
-            fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-        )
-
-    async def extend(
-        self, campaign_id: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip],
-    ) -> None:
-        """`Journal.extend`."""
-        await self._fenced(PostgresStore.extend, campaign_id, batches, skips)
-
-    async def close_stream(self, campaign_id: str) -> None:
-        """`Journal.close_stream`."""
-        await self._fenced(PostgresStore.close_stream, campaign_id)
-
-    async def forget(self, campaign_id: str) -> None:
-        """`Journal.forget`."""
-        await self._call(PostgresStore.forget, campaign_id)
-
-    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
-        """`Journal.campaign`."""
-        return await self._call(PostgresStore.campaign, campaign_id)
-
-    async def campaigns(self) -> list[CampaignRecord]:
-        """`Journal.campaigns`."""
-        return await self._call(PostgresStore.campaigns)
-
-    async def set_state(
-        self, campaign_id: str, state: CampaignState, error: str | None = None,
-    ) -> CampaignRecord:
-        """`Journal.set_state`."""
-        return await self._fenced(PostgresStore.set_state, campaign_id, state, error)
-
-    async def open_batches(
-        self, campaign_id: str, after_seq: int = -1, limit: int = 64,
-    ) -> list[BatchRecord]:
-        """`Journal.open_batches`."""
-        return await self._call(PostgresStore.open_batches, campaign_id, after_seq, limit)
-
-    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """`Journal.mark_in_flight`."""
-        await self._staged(PostgresStore.stage_mark_in_flight, True, campaign_id, seqs)
-
-    async def release(
-        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
-    ) -> None:
-        """`Journal.release`."""
-        await self._staged(PostgresStore.stage_release, True, campaign_id, seqs,
-                           doubtful=doubtful)
-
-    async def record_results(
-        self, campaign_id: str, seq: int, results: Sequence[Result],
-    ) -> int:
-        """`Journal.record_results`."""
-        held: int = await self._staged(
-            PostgresStore.stage_record, True, campaign_id, seq, results, close=True,
-        )
-        return held
-
-    async def record_partial(
-        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
-    ) -> int:
-        """`Journal.record_partial`."""
-        held: int = await self._staged(
-            PostgresStore.stage_record, True, campaign_id, seq, results, close=False,
-            doubtful=doubtful,
-        )
-        return held
-
-    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
-        """`Journal.mark_logged`."""
-        await self._staged(PostgresStore.stage_mark_logged, False, campaign_id, marks)
-
-    async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
-        """`Journal.unlogged`."""
-        return await self._call(PostgresStore.unlogged, campaign_id)
-
-    async def skips_logged(self, campaign_id: str) -> bool:
-        """`Journal.skips_logged`."""
-        return await self._call(PostgresStore.skips_logged, campaign_id)
-
-    async def mark_skips_logged(self, campaign_id: str) -> None:
-        """`Journal.mark_skips_logged`."""
-        await self._call(PostgresStore.mark_skips_logged, campaign_id)
-
-    async def counts(self, campaign_id: str) -> Counts:
-        """`Journal.counts`."""
-        return await self._call(PostgresStore.counts, campaign_id)
-
-    async def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
-    ) -> AsyncIterator[RecipientRow]:
-        """`Journal.recipients`: one page per trip to the writer task."""
-        cursor: Cursor | None = START
-        while cursor is not None:
-            rows, cursor = await self._call(
-                PostgresStore.recipient_page, campaign_id, outcome, cursor, resent=resent,
-            )
-            for row in rows:
-                yield row
-
-    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
-        """`Journal.index_messages`."""
-        return await self._call(PostgresStore.index_messages, max_batches, first_poll)
-
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """`Journal.message`."""
-        return await self._call(PostgresStore.message, message_id)
-
-    async def capped_phones(
-        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
-    ) -> list[str]:
-        """`Journal.capped_phones`."""
-        return await self._call(
-            PostgresStore.capped_phones, types, since, at_least, after, limit)
-
-    async def unindexed_phones(
-        self, types: Sequence[str], since: datetime,
-    ) -> AsyncIterator[str]:
-        """`Journal.unindexed_phones`: one page per trip to the writer task."""
-        after: tuple[int, int] | None = (0, -1)
-        while after is not None:
-            phones, after = await self._call(
-                PostgresStore.unindexed_page, types, since, after)
-            for phone in phones:
-                yield phone
-
-    async def record_statuses(
-        self, reports: Sequence[StatusReport], log_key: str | None = None,
-    ) -> list[StatusChange]:
-        """`Journal.record_statuses`."""
-        return await self._call(PostgresStore.record_statuses, reports, log_key)
-
-    async def record_status(
-        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
-        parts: int | None = None, cost: float | None = None, currency: str | None = None,
-        at: datetime | None = None,
-    ) -> bool:
-        """`Journal.record_status`."""
-        report = StatusReport(message_id, status, channel, parts, cost, currency, at)
-        return (await self.record_statuses([report]))[0].result == "final"
-
-    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
-        """`Journal.take_final_statuses`."""
-        return await self._fenced(PostgresStore.take_final_statuses, limit)
-
-    async def messages_awaiting_status(
-        self, due_before: datetime, limit: int,
-    ) -> list[AwaitingMessage]:
-        """`Journal.messages_awaiting_status`."""
-        return await self._call(PostgresStore.messages_awaiting_status, due_before, limit)
-
-    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
-        """`Journal.schedule_polls`."""
-        await self._call(PostgresStore.schedule_polls, polls)
-
-    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
-        """`Journal.unlogged_statuses`."""
-        return await self._call(PostgresStore.unlogged_statuses, before, limit)
-
-    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
-        """`Journal.mark_statuses_logged`."""
-        await self._call(PostgresStore.mark_statuses_logged, log_keys)
-
-    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
-        """`Journal.delivery_counts`."""
-        return await self._call(PostgresStore.delivery_counts, campaign_id)
-
-    async def delivery_recipients(
-        self, campaign_id: str, status: DeliveryStatus,
-    ) -> AsyncIterator[DeliveryRow]:
-        """`Journal.delivery_recipients`: one page per trip to the writer task."""
-        after = ""
-        while page := await self._call(PostgresStore.delivery_page, campaign_id, status, after):
-            for row in page:
-                yield row
-            after = page[-1].message_id
-
-    async def _lease_call(
-        self, method: Callable[Concatenate[PostgresStore, P], Awaitable[T]],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        """`_call` for the lease and presence calls: they work on any release's schema."""
-        return await self._submit(lambda store: method(store, *args, **kwargs), any_schema=True)
-
-    async def acquire_lease(self, holder: str, seconds: float) -> int | None:
+    async def _acquire_lease(self, holder: str, seconds: float) -> int | None:
         """`Journal.acquire_lease`: judged by the database's clock; upgrades the schema in
         the same transaction when `start` left it waiting."""
-        epoch, found = await self._lease_call(_acquire_upgrading, holder, seconds)
+        epoch, found = await self._submit(
+            lambda store: _acquire_upgrading(store, holder, seconds), any_schema=True)
         if found > SCHEMA_VERSION:
             if not self._told_newer:
                 self._told_newer = True
@@ -2092,38 +1755,6 @@ class PostgresJournal:
             if found < SCHEMA_VERSION:
                 self._tell("journal_upgraded", found)
         return epoch
-
-    async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
-        """`Journal.renew_lease`."""
-        return await self._lease_call(PostgresStore.renew_lease, holder, epoch, seconds)
-
-    async def release_lease(self, holder: str, epoch: int) -> None:
-        """`Journal.release_lease`."""
-        await self._lease_call(PostgresStore.release_lease, holder, epoch)
-
-    async def leader(self) -> str | None:
-        """`Journal.leader`."""
-        return await self._lease_call(PostgresStore.leader)
-
-    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
-        """`Journal.set_stage`."""
-        await self._fenced(PostgresStore.set_stage, campaign_id, stage, stage_at)
-
-    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
-        """`Journal.heartbeat`."""
-        await self._lease_call(PostgresStore.heartbeat, holder, since, seconds)
-
-    async def leave(self, holder: str) -> None:
-        """`Journal.leave`."""
-        await self._lease_call(PostgresStore.leave, holder)
-
-    async def daemons(self) -> list[DaemonRecord]:
-        """`Journal.daemons`."""
-        return await self._lease_call(PostgresStore.daemons)
-
-    def fence(self, holder: str, epoch: int | None) -> None:
-        """`Journal.fence`."""
-        self._fence = None if epoch is None else (holder, epoch)
 
     async def dump(self) -> AsyncIterator[DumpChunk]:
         """`Journal.dump`: on a connection of its own, in one read-only REPEATABLE READ
@@ -2158,3 +1789,25 @@ class PostgresJournal:
         finally:
             with contextlib.suppress(psycopg.Error, OSError):
                 await db.close()
+
+
+#: the send path's writes done in two steps (see `PostgresStore`), by operation
+_STAGED: dict[str, Callable[..., Awaitable[Finish]]] = {
+    "mark_in_flight": PostgresStore.stage_mark_in_flight,
+    "release": PostgresStore.stage_release,
+    "record_results": functools.partial(PostgresStore.stage_record, close=True),
+    "record_partial": functools.partial(PostgresStore.stage_record, close=False),
+    "mark_logged": PostgresStore.stage_mark_logged,
+}
+
+
+class PostgresJournal(Front[PostgresWriter]):
+    """The `Journal` interface on PostgreSQL: `Front` over a `PostgresWriter` (its arguments)."""
+
+    def __init__(
+        self, conninfo: str, *, password: str | None = None, location: str,
+        on_schema: SchemaListener | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(PostgresWriter(conninfo, password=password, location=location,
+                                        on_schema=on_schema, on_reconnect=on_reconnect))

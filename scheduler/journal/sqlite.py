@@ -8,11 +8,12 @@ Snapshots are written in chunks under a fresh snapshot id and swapped in by one 
 so preparing a million-row audience never holds the writer for long and a crash at any point
 leaves either the old snapshot or the new one, never a mix.
 
-`SqliteConnection` is the synchronous core (one connection, one thread at a time);
-`SqliteJournal` implements the `Journal` interface by running it on one writer thread with group
-commit. A writer holds an OS lock on ``<journal>.lock`` for its whole life, so a second daemon or
-`send` is refused, and a SIGKILL never leaves a stale lock. This module is the only one that
-names ``sqlite3``: its errors leave it as the `JournalError` family.
+`SqliteConnection` is the synchronous core, the SQL (one connection, one thread at a time);
+`SqliteWriter` runs its operations on one writer thread with group commit, and `SqliteJournal`
+is the shared `Front` (`scheduler.journal.front`) over it. A writer holds an OS lock on
+``<journal>.lock`` for its whole life, so a second daemon or `send` is refused, and a SIGKILL
+never leaves a stale lock. This module is the only one that names ``sqlite3``: its errors leave
+it as the `JournalError` family.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Concatenate, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 import orjson
 
@@ -70,18 +71,21 @@ from scheduler.journal.codec import (
     Cursor,
     batch_rows,
     check_follows,
+    check_record,
     chunks,
     count_deliveries,
     decide_statuses,
     decided,
     encode_batches,
     final_statuses_blob,
+    outcome_counts,
     read_final_statuses,
-    repeats,
     sent_messages,
     streaming_snapshot,
     unlogged_rows,
 )
+from scheduler.journal.front import Fence, Front
+from scheduler.journal.schema import SCHEMA_VERSION, SQLITE, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
@@ -94,8 +98,8 @@ from scheduler.vocabulary import (
     may_move,
 )
 
-#: the schema version in ``PRAGMA user_version``; each later version is one step in _MIGRATIONS
-SCHEMA_VERSION = 9
+# the schema version (`schema.SCHEMA_VERSION`) is kept in ``PRAGMA user_version``
+
 #: version 1: the first release's schema (kept as it was: a new file replays every step)
 _SCHEMA_V1 = (
     """CREATE TABLE campaigns (
@@ -149,74 +153,10 @@ _TO_V2 = (
     """CREATE TABLE lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
         epoch INTEGER NOT NULL, expires_at TEXT NOT NULL)""",
 )
-#: version 3: delivery status polling, resumable from the journal (SPEC §11.3)
-_TO_V3 = (
-    # when the next status poll of a message is due (NULL once its status is final) and how
-    # many were made (the interval doubles with each)
-    "ALTER TABLE messages ADD COLUMN next_poll_at TEXT",
-    "ALTER TABLE messages ADD COLUMN polls INTEGER NOT NULL DEFAULT 0",
-    # messages indexed before: due at once
-    "UPDATE messages SET next_poll_at = sent_at WHERE status IS NULL"
-    " OR status IN ('scheduled', 'processing')",
-    "CREATE INDEX messages_due ON messages (next_poll_at) WHERE next_poll_at IS NOT NULL",
-    # report: counts per campaign, and listings of one status by message id (without the
-    # status in it: recording a status, 20,000 a second from webhooks, then leaves it alone)
-    "CREATE INDEX messages_by_campaign ON messages (campaign, message_id)",
-)
-#: version 4: send windows and frequency caps (SPEC §11.4)
-_TO_V4 = (
-    # the zones of a batch's recipients (a send window opens for all of them at once); NULL
-    # for a campaign without a window
-    "ALTER TABLE batch_state ADD COLUMN zones TEXT",
-    # messages skipped when about to go (a frequency cap), counted like the other outcomes
-    "ALTER TABLE batch_state ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
-    # frequency caps count a batch of phones' sent messages by type and time: from the index
-    # alone, without a look at each message's row
-    "DROP INDEX messages_by_phone",
-    "CREATE INDEX messages_by_phone ON messages (phone, type, sent_at)",
-)
-#: version 5: a final status's delivery line survives a crash before it is written
-_TO_V5 = (
-    # the first final statuses one record_statuses call took (their message ids, orjson),
-    # until the caller has written their `delivery` lines: one row per call, never per
-    # message, so webhooks keep their pace; what a crash left here is written at the next start
-    """CREATE TABLE unlogged_statuses (log_key TEXT PRIMARY KEY, recorded_at TEXT NOT NULL,
-        message_ids BLOB NOT NULL)""",
-)
-#: version 6: a snapshot streamed into the send (`send --now`)
-_TO_V6 = (
-    # batches are appended while the campaign sends; a crash mid-stream resumes reading the
-    # audience after the batches and skips stored
-    "ALTER TABLE campaigns ADD COLUMN streaming INTEGER NOT NULL DEFAULT 0",
-    # a batch's tracking ids and phones beside its body: the send path splits them instead of
-    # decoding the body (NULL in older snapshots: decoded as before)
-    "ALTER TABLE bodies ADD COLUMN keys BLOB",
-)
-#: version 7: the leader's error brakes take every first final status, whoever journaled it
-_TO_V7 = (
-    # one row per record_statuses call with a first final status: [[campaign, tracking id,
-    # status, channel], ...] (orjson), until the leader takes it (`take_final_statuses`)
-    "CREATE TABLE final_statuses (id INTEGER PRIMARY KEY, statuses BLOB NOT NULL)",
-)
-#: version 8: what a campaign is, kept when it is first planned (`scheduler.identity`)
-_TO_V8 = (
-    # the digest of its file's keys and its audience's bytes: a later file with its id is the
-    # same campaign only if it has the same; NULL for campaigns planned before this version
-    "ALTER TABLE campaigns ADD COLUMN content TEXT",
-)
-#: version 9: resends are visible (SPEC §13.4)
-_TO_V9 = (
-    # messages of the batch posted again after an ambiguous outcome (their result rows carry
-    # a fifth value, true), counted like the outcomes
-    "ALTER TABLE batch_state ADD COLUMN resent INTEGER NOT NULL DEFAULT 0",
-    # an earlier post of the batch's open messages may have reached the API: given back after
-    # an ambiguous answer (a batch left in flight says so by its state)
-    "ALTER TABLE batch_state ADD COLUMN doubtful INTEGER NOT NULL DEFAULT 0",
-)
-#: _MIGRATIONS[n] takes a journal from version n to n + 1
+#: _MIGRATIONS[n] takes a journal from version n to n + 1: its own first two steps, then the
+#: steps every backend shares (`scheduler.journal.schema`)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    0: _SCHEMA_V1, 1: _TO_V2, 2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7,
-    7: _TO_V8, 8: _TO_V9,
+    0: _SCHEMA_V1, 1: _TO_V2, **{version: SQLITE.steps(version) for version in STEPS},
 }
 #: outcome counted in its own batch_state column (a fixed map: never user input in SQL)
 _COUNT_COLUMNS: dict[str, str] = {
@@ -425,7 +365,7 @@ class SqliteConnection:
 
     Every write is one transaction, or a savepoint inside `transaction()` when grouped.
     ``commits`` counts the durable commits this connection made. Its methods raise
-    ``sqlite3.Error`` as they meet it; `SqliteJournal` translates at its boundary.
+    ``sqlite3.Error`` as they meet it; `SqliteWriter` translates at its boundary.
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
@@ -536,14 +476,14 @@ class SqliteConnection:
         Batches are consumed first, then skips, then ``zones``. Raises `JournalConflict` if it
         started.
         """
-        snapshot = self._begin_snapshot(campaign_id)
+        snapshot = self.begin_snapshot(campaign_id)
         swapped = False
         try:
             for rows in chunks(encode_batches(batches), _BATCH_CHUNK):
-                self._add_batches(campaign_id, snapshot, rows)
+                self.add_batches(campaign_id, snapshot, rows)
             for chunk in chunks(skips, _SKIP_CHUNK):
-                self._add_skips(campaign_id, snapshot, chunk)
-            self._commit_snapshot(
+                self.add_skips(campaign_id, snapshot, chunk)
+            self.commit_snapshot(
                 snapshot, campaign_id=campaign_id, type=type, file=file,
                 fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
                 zones=zones,
@@ -551,7 +491,7 @@ class SqliteConnection:
             swapped = True
         finally:
             if not swapped:
-                self._drop_snapshot(snapshot)
+                self.drop_snapshot(campaign_id, snapshot)
 
     def _refuse_if_started(self, campaign_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._db.execute(
@@ -568,7 +508,7 @@ class SqliteConnection:
             )
         return row
 
-    def _begin_snapshot(self, campaign_id: str) -> int:
+    def begin_snapshot(self, campaign_id: str) -> int:
         """Allocate a staging snapshot, dropping this campaign's unfinished earlier ones."""
         with self.transaction():
             self._refuse_if_started(campaign_id)
@@ -584,7 +524,7 @@ class SqliteConnection:
         if self._db.execute("SELECT 1 FROM snapshots WHERE id = ?", (snapshot,)).fetchone() is None:
             raise JournalConflict(campaign_id, "this snapshot was superseded by a newer prepare")
 
-    def _add_batches(
+    def add_batches(
         self, campaign_id: str, snapshot: int, rows: Sequence[EncodedBatch],
     ) -> None:
         with self.transaction():
@@ -601,7 +541,7 @@ class SqliteConnection:
             ((snapshot, seq, size) for seq, _, size, _ in rows),
         )
 
-    def _add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
+    def add_skips(self, campaign_id: str, snapshot: int, skips: Sequence[Skip]) -> None:
         with self.transaction():
             self._check_staging(campaign_id, snapshot)
             self._insert_skips(snapshot, skips)
@@ -613,7 +553,7 @@ class SqliteConnection:
             ((snapshot, s.line, s.tracking_id, s.phone, s.reason, s.detail) for s in skips),
         )
 
-    def _commit_snapshot(
+    def commit_snapshot(
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
         zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
@@ -651,8 +591,8 @@ class SqliteConnection:
         send_at: datetime, deadline: datetime, content: str | None = None,
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
-        snapshot = self._begin_snapshot(campaign_id)
-        self._commit_snapshot(
+        snapshot = self.begin_snapshot(campaign_id)
+        self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
             send_at=send_at, deadline=deadline, streaming=True, content=content,
         )
@@ -685,7 +625,7 @@ class SqliteConnection:
             if cursor.rowcount != 1:
                 raise JournalConflict(campaign_id, "its snapshot is not being streamed")
 
-    def _drop_snapshot(self, snapshot: int) -> None:
+    def drop_snapshot(self, campaign_id: str, snapshot: int) -> None:
         """Remove a staging snapshot that will not be swapped in (failed or superseded)."""
         with self.transaction():
             current = self._db.execute(
@@ -715,15 +655,6 @@ class SqliteConnection:
             raise JournalConflict(campaign_id, "no such campaign in the journal")
         snapshot: int = row[0]
         return snapshot
-
-    def forget(self, campaign_id: str) -> None:
-        """Delete an unstarted campaign and its snapshot; a started one raises `JournalConflict`."""
-        with self.transaction():
-            if self._refuse_if_started(campaign_id) is None:
-                return
-            self._drop_orphans(campaign_id)
-            self._delete_snapshot(self._snapshot(campaign_id))
-            self._db.execute("DELETE FROM campaigns WHERE id = ?", (campaign_id,))
 
     # --- campaigns ----------------------------------------------------------------------
 
@@ -832,22 +763,25 @@ class SqliteConnection:
     ) -> int:
         """Append ``results`` to the batch's outcomes; returns how many it holds now."""
         batch = Results.of(results)
-        counts = batch.counts
         rows = batch.stored()
         with self.transaction():
             snapshot = self._snapshot(campaign_id)
-            previous, repeat = self._check_results(campaign_id, snapshot, seq, batch, close)
+            previous, repeat = check_record(campaign_id, seq, self._db.execute(
+                "SELECT s.state, s.size, r.blob FROM batch_state s"
+                " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
+                " WHERE s.snapshot = ? AND s.seq = ?", (snapshot, seq),
+            ).fetchone(), batch, close)
             if repeat:
                 return len(previous)  # it landed before: nothing to change
             self._db.execute(
-                "UPDATE batch_state SET state = ?, sent = sent + ?, rejected = rejected + ?,"
-                " expired = expired + ?, in_doubt = in_doubt + ?, skipped = skipped + ?,"
-                " resent = resent + ?, doubtful = MAX(doubtful, ?),"
-                " done_at = ? WHERE snapshot = ? AND seq = ?",
-                ("done" if close else "pending", counts.get("sent", 0),
-                 counts.get("rejected", 0), counts.get("expired", 0),
-                 counts.get("in_doubt", 0), counts.get("skipped", 0), batch.resent,
-                 int(doubtful), _now() if close else None, snapshot, seq),
+                "UPDATE batch_state SET state = :state, sent = sent + :sent,"
+                " rejected = rejected + :rejected, expired = expired + :expired,"
+                " in_doubt = in_doubt + :in_doubt, skipped = skipped + :skipped,"
+                " resent = resent + :resent, doubtful = MAX(doubtful, :doubtful),"
+                " done_at = :done_at WHERE snapshot = :snapshot AND seq = :seq",
+                {**outcome_counts(batch), "state": "done" if close else "pending",
+                 "doubtful": int(doubtful), "done_at": _now() if close else None,
+                 "snapshot": snapshot, "seq": seq},
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO results (snapshot, seq, blob) VALUES (?, ?, ?)",
@@ -898,34 +832,6 @@ class SqliteConnection:
                 "UPDATE campaigns SET skips_logged = 1 WHERE id = ?", (campaign_id,),
             )
 
-
-    def _check_results(
-        self, campaign_id: str, snapshot: int, seq: int, results: Results, close: bool,
-    ) -> tuple[list[Any], bool]:
-        """The batch's results so far, once ``results`` are found to add one per message of
-        an open batch (ids unique; matching them is the engine's); True with them when
-        ``results`` repeat the write that put them there (`codec.repeats`)."""
-        row = self._db.execute(
-            "SELECT s.state, s.size, r.blob FROM batch_state s"
-            " LEFT JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
-            " WHERE s.snapshot = ? AND s.seq = ?", (snapshot, seq),
-        ).fetchone()
-        previous: list[Any] = (
-            [] if row is None or row["blob"] is None else orjson.loads(row["blob"]))
-        if repeats(previous, results):
-            return previous, True
-        if row is None or row["state"] == "done":
-            raise JournalConflict(campaign_id, f"batch {seq} is not open")
-        # Decoding the body to compare ids would cost ~0.4 ms a batch on the writer thread;
-        # the count and uniqueness catch a lost or doubled result at a tenth of that.
-        total = len(previous) + len(results)
-        distinct = len(set(results.tracking_ids()))
-        if (total != row["size"] if close else total >= row["size"]) or distinct != len(results):
-            raise JournalConflict(
-                campaign_id, f"batch {seq} has {row['size']} messages but the results name "
-                f"{distinct} distinct ids",
-            )
-        return previous, False
 
     # --- outcomes -----------------------------------------------------------------------
 
@@ -1036,19 +942,6 @@ class SqliteConnection:
                     (snapshot, seq),
                 )
         return len(batches)
-
-    def message(self, message_id: str) -> MessageRecord | None:
-        """The indexed message with the API's ``message_id``, or None."""
-        row = self._db.execute(
-            "SELECT message_id, campaign, tracking_id, phone, type, sent_at FROM messages"
-            " WHERE message_id = ?", (message_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        message_id, campaign, tracking_id, phone, kind, sent_at = row
-        return MessageRecord(
-            message_id, campaign, tracking_id, phone, kind, datetime.fromisoformat(sent_at),
-        )
 
     def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
@@ -1375,8 +1268,8 @@ def _settle(future: asyncio.Future[Any], value: object, error: BaseException | N
         future.set_result(value)
 
 
-class SqliteJournal:
-    """The `Journal` interface on SQLite: a `SqliteConnection` on one writer thread.
+class SqliteWriter:
+    """The `Executor` of the SQLite journal: a `SqliteConnection` on one writer thread.
 
     Group commit: the thread takes one queued operation plus every other one waiting, runs them
     in ONE transaction (a savepoint each, so one failure fails only its caller), commits once
@@ -1393,7 +1286,6 @@ class SqliteJournal:
         self._lock = WriterLock(path)
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closing = False
-        self._fence: tuple[str, int] | None = None
         self._read_only = False
 
     @property
@@ -1438,22 +1330,17 @@ class SqliteJournal:
         self._queue.put(_Op(fn, loop, future))
         return await future
 
-    async def _call(
-        self, method: Callable[Concatenate[SqliteConnection, P], T],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        return await self.run(lambda connection: method(connection, *args, **kwargs))
+    async def call(
+        self, op: str, fence: Fence | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Any:
+        """`Executor.call`: ``SqliteConnection.<op>`` in the writer thread, after checking the
+        lease in the same savepoint (when fenced)."""
+        method = getattr(SqliteConnection, op)
+        if fence is None:
+            return await self.run(lambda connection: method(connection, *args, **kwargs))
 
-    async def _fenced(
-        self, method: Callable[Concatenate[SqliteConnection, P], T],
-        *args: P.args, **kwargs: P.kwargs,
-    ) -> T:
-        """`_call`, after checking the lease in the same savepoint (when fenced)."""
-        fence = self._fence
-
-        def guarded(connection: SqliteConnection) -> T:
-            if fence is not None:
-                connection.check_fence(*fence)
+        def guarded(connection: SqliteConnection) -> Any:
+            connection.check_fence(*fence)
             return method(connection, *args, **kwargs)
 
         return await self.run(guarded)
@@ -1522,257 +1409,14 @@ class SqliteJournal:
         except Exception as exc:  # noqa: BLE001
             return op, None, exc
 
-    # --- the interface ----------------------------------------------------------------------
-
-    async def prepare(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-        batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
-        zones: Sequence[str | None] = (),
-    ) -> None:
-        """`Journal.prepare`: iterables are consumed in a worker thread, written in chunks.
-
-        Other operations run between chunks, so a million-row snapshot never stalls sending.
-        """
-        snapshot = await self._call(SqliteConnection._begin_snapshot, campaign_id)
-        swapped = False
-        try:
-            encoded = chunks(encode_batches(batches), _BATCH_CHUNK)
-            while rows := await asyncio.to_thread(next, encoded, None):
-                await self._call(SqliteConnection._add_batches, campaign_id, snapshot, rows)
-            skip_chunks = chunks(skips, _SKIP_CHUNK)
-            while chunk := await asyncio.to_thread(next, skip_chunks, None):
-                await self._call(SqliteConnection._add_skips, campaign_id, snapshot, chunk)
-            await self._call(
-                SqliteConnection._commit_snapshot, snapshot, campaign_id=campaign_id, type=type,
-                file=file, fingerprint=fingerprint, send_at=send_at, deadline=deadline,
-                content=content, zones=zones,
-            )
-            swapped = True
-        finally:
-            if not swapped:
-                await self._call(SqliteConnection._drop_snapshot, snapshot)
-
-    async def open_stream(
-        self, *, campaign_id: str, type: str, file: str, fingerprint: str,
-        send_at: datetime, deadline: datetime, content: str | None = None,
-    ) -> None:
-        """`Journal.open_stream`."""
-        await self._call(
-            SqliteConnection.open_stream, campaign_id=campaign_id, type=type, file=file,
-            fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-        )
-
-    async def extend(
-        self, campaign_id: str, batches: Sequence[EncodedBatch], skips: Sequence[Skip],
-    ) -> None:
-        """`Journal.extend`."""
-        await self._fenced(SqliteConnection.extend, campaign_id, batches, skips)
-
-    async def close_stream(self, campaign_id: str) -> None:
-        """`Journal.close_stream`."""
-        await self._fenced(SqliteConnection.close_stream, campaign_id)
-
-    async def forget(self, campaign_id: str) -> None:
-        """`Journal.forget`."""
-        await self._call(SqliteConnection.forget, campaign_id)
-
-    async def campaign(self, campaign_id: str) -> CampaignRecord | None:
-        """`Journal.campaign`."""
-        return await self._call(SqliteConnection.campaign, campaign_id)
-
-    async def campaigns(self) -> list[CampaignRecord]:
-        """`Journal.campaigns`."""
-        return await self._call(SqliteConnection.campaigns)
-
-    async def set_state(
-        self, campaign_id: str, state: CampaignState, error: str | None = None,
-    ) -> CampaignRecord:
-        """`Journal.set_state`."""
-        return await self._fenced(SqliteConnection.set_state, campaign_id, state, error)
-
-    async def open_batches(
-        self, campaign_id: str, after_seq: int = -1, limit: int = 64,
-    ) -> list[BatchRecord]:
-        """`Journal.open_batches`."""
-        return await self._call(SqliteConnection.open_batches, campaign_id, after_seq, limit)
-
-    async def mark_in_flight(self, campaign_id: str, seqs: Sequence[int]) -> None:
-        """`Journal.mark_in_flight`."""
-        await self._fenced(SqliteConnection.mark_in_flight, campaign_id, seqs)
-
-    async def release(
-        self, campaign_id: str, seqs: Sequence[int], *, doubtful: bool = False,
-    ) -> None:
-        """`Journal.release`."""
-        await self._fenced(SqliteConnection.release, campaign_id, seqs, doubtful=doubtful)
-
-    async def record_results(
-        self, campaign_id: str, seq: int, results: Sequence[Result],
-    ) -> int:
-        """`Journal.record_results`."""
-        return await self._fenced(SqliteConnection.record_results, campaign_id, seq, results)
-
-    async def record_partial(
-        self, campaign_id: str, seq: int, results: Sequence[Result], *, doubtful: bool = False,
-    ) -> int:
-        """`Journal.record_partial`."""
-        return await self._fenced(SqliteConnection.record_partial, campaign_id, seq, results,
-                                  doubtful=doubtful)
-
-    async def mark_logged(self, campaign_id: str, marks: Sequence[tuple[int, int]]) -> None:
-        """`Journal.mark_logged`."""
-        await self._call(SqliteConnection.mark_logged, campaign_id, marks)
-
-    async def unlogged(self, campaign_id: str) -> list[UnloggedBatch]:
-        """`Journal.unlogged`."""
-        return await self._call(SqliteConnection.unlogged, campaign_id)
-
-    async def skips_logged(self, campaign_id: str) -> bool:
-        """`Journal.skips_logged`."""
-        return await self._call(SqliteConnection.skips_logged, campaign_id)
-
-    async def mark_skips_logged(self, campaign_id: str) -> None:
-        """`Journal.mark_skips_logged`."""
-        await self._call(SqliteConnection.mark_skips_logged, campaign_id)
-
-    async def counts(self, campaign_id: str) -> Counts:
-        """`Journal.counts`."""
-        return await self._call(SqliteConnection.counts, campaign_id)
-
-    async def recipients(
-        self, campaign_id: str, outcome: Outcome | None = None, *, resent: bool = False,
-    ) -> AsyncIterator[RecipientRow]:
-        """`Journal.recipients`: one page per trip to the writer thread."""
-        cursor: Cursor | None = START
-        while cursor is not None:
-            rows, cursor = await self._call(
-                SqliteConnection.recipient_page, campaign_id, outcome, cursor, resent=resent,
-            )
-            for row in rows:
-                yield row
-
-    async def index_messages(self, max_batches: int = 8, first_poll: float = 30.0) -> int:
-        """`Journal.index_messages`."""
-        return await self._call(SqliteConnection.index_messages, max_batches, first_poll)
-
-    async def message(self, message_id: str) -> MessageRecord | None:
-        """`Journal.message`."""
-        return await self._call(SqliteConnection.message, message_id)
-
-    async def capped_phones(
-        self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
-    ) -> list[str]:
-        """`Journal.capped_phones`."""
-        return await self._call(
-            SqliteConnection.capped_phones, types, since, at_least, after, limit)
-
-    async def unindexed_phones(
-        self, types: Sequence[str], since: datetime,
-    ) -> AsyncIterator[str]:
-        """`Journal.unindexed_phones`: one page per trip to the writer thread."""
-        after: tuple[int, int] | None = (0, -1)
-        while after is not None:
-            phones, after = await self._call(
-                SqliteConnection.unindexed_page, types, since, after)
-            for phone in phones:
-                yield phone
-
-    async def record_statuses(
-        self, reports: Sequence[StatusReport], log_key: str | None = None,
-    ) -> list[StatusChange]:
-        """`Journal.record_statuses`."""
-        return await self._call(SqliteConnection.record_statuses, reports, log_key)
-
-    async def record_status(
-        self, message_id: str, status: DeliveryStatus, channel: str | None = None,
-        parts: int | None = None, cost: float | None = None, currency: str | None = None,
-        at: datetime | None = None,
-    ) -> bool:
-        """`Journal.record_status`."""
-        report = StatusReport(message_id, status, channel, parts, cost, currency, at)
-        return (await self.record_statuses([report]))[0].result == "final"
-
-    async def messages_awaiting_status(
-        self, due_before: datetime, limit: int,
-    ) -> list[AwaitingMessage]:
-        """`Journal.messages_awaiting_status`."""
-        return await self._call(SqliteConnection.messages_awaiting_status, due_before, limit)
-
-    async def schedule_polls(self, polls: Sequence[tuple[str, datetime]]) -> None:
-        """`Journal.schedule_polls`."""
-        await self._call(SqliteConnection.schedule_polls, polls)
-
-    async def unlogged_statuses(self, before: datetime, limit: int) -> list[UnloggedStatus]:
-        """`Journal.unlogged_statuses`."""
-        return await self._call(SqliteConnection.unlogged_statuses, before, limit)
-
-    async def mark_statuses_logged(self, log_keys: Sequence[str]) -> None:
-        """`Journal.mark_statuses_logged`."""
-        await self._call(SqliteConnection.mark_statuses_logged, log_keys)
-
-    async def take_final_statuses(self, limit: int) -> list[FinalStatus]:
-        """`Journal.take_final_statuses`."""
-        return await self._fenced(SqliteConnection.take_final_statuses, limit)
-
-    async def delivery_counts(self, campaign_id: str) -> DeliveryCounts:
-        """`Journal.delivery_counts`."""
-        return await self._call(SqliteConnection.delivery_counts, campaign_id)
-
-    async def delivery_recipients(
-        self, campaign_id: str, status: DeliveryStatus,
-    ) -> AsyncIterator[DeliveryRow]:
-        """`Journal.delivery_recipients`: one page per trip to the writer thread."""
-        after = ""
-        while page := await self._call(SqliteConnection.delivery_page, campaign_id, status,
-                                       after):
-            for row in page:
-                yield row
-            after = page[-1].message_id
-
-    async def acquire_lease(self, holder: str, seconds: float) -> int | None:
-        """`Journal.acquire_lease` (on SQLite, always granted: see `SqliteConnection`)."""
-        return await self._call(SqliteConnection.acquire_lease, holder, seconds)
-
-    async def renew_lease(self, holder: str, epoch: int, seconds: float) -> bool:
-        """`Journal.renew_lease`."""
-        return await self._call(SqliteConnection.renew_lease, holder, epoch, seconds)
-
-    async def release_lease(self, holder: str, epoch: int) -> None:
-        """`Journal.release_lease`."""
-        await self._call(SqliteConnection.release_lease, holder, epoch)
-
-    async def leader(self) -> str | None:
-        """`Journal.leader`."""
-        return await self._call(SqliteConnection.leader)
-
-    async def set_stage(self, campaign_id: str, stage: int, stage_at: datetime) -> None:
-        """`Journal.set_stage`."""
-        await self._fenced(SqliteConnection.set_stage, campaign_id, stage, stage_at)
-
-    async def heartbeat(self, holder: str, since: datetime, seconds: float) -> None:
-        """`Journal.heartbeat`."""
-        await self._call(SqliteConnection.heartbeat, holder, since, seconds)
-
-    async def leave(self, holder: str) -> None:
-        """`Journal.leave`."""
-        await self._call(SqliteConnection.leave, holder)
-
-    async def daemons(self) -> list[DaemonRecord]:
-        """`Journal.daemons`."""
-        return await self._call(SqliteConnection.daemons)
-
-    def fence(self, holder: str, epoch: int | None) -> None:
-        """`Journal.fence`."""
-        self._fence = None if epoch is None else (holder, epoch)
+    # --- copying a whole journal ----------------------------------------------------------
 
     async def dump(self) -> AsyncIterator[DumpChunk]:
         """`Journal.dump`: one page per trip to the writer thread."""
         for table in DUMP_TABLES:
             after = 0  # rowids start at 1
             while True:
-                rows, after = await self._call(SqliteConnection.dump_page, table, after)
+                rows, after = await self.call("dump_page", None, (table, after), {})
                 if not rows:
                     break
                 yield table, rows
@@ -1790,4 +1434,12 @@ class SqliteJournal:
         def pull() -> DumpChunk | None:
             return asyncio.run_coroutine_threadsafe(following(), loop).result()
 
-        return await self._call(SqliteConnection.load, pull)
+        return await self.run(lambda connection: connection.load(pull))
+
+
+class SqliteJournal(Front[SqliteWriter]):
+    """The `Journal` interface on SQLite: `Front` over a `SqliteWriter`."""
+
+    def __init__(self, path: Path, *, on_schema: SchemaListener | None = None) -> None:
+        super().__init__(SqliteWriter(path, on_schema=on_schema))
+        self.path = path
