@@ -64,29 +64,21 @@ class InFlight:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold a slot for one request; its round trip (inside the block) is timed, unless
-        the block raised: a refused connection says nothing of the API's round trip."""
+        """Hold a slot for one request (the caller reports its round trip to `timed`: the
+        time on the wire, not the wait for the rate limit)."""
         async with self._freed:
             await self._freed.wait_for(lambda: self._busy < self.limit)
             self._busy += 1
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
             yield
-        except BaseException:
-            await self._release(None)
-            raise
-        await self._release(loop.time() - started)
-
-    async def _release(self, round_trip: float | None) -> None:
-        if round_trip is not None:
-            self.timed(round_trip)
-        async with self._freed:
-            self._busy -= 1
-            self._freed.notify_all()
+        finally:
+            async with self._freed:
+                self._busy -= 1
+                self._freed.notify_all()
 
     def timed(self, round_trip: float) -> None:
-        """Take one measured round trip into account."""
+        """Take one measured round trip into account (a larger limit lets waiters in at the
+        next release)."""
         self._round_trips.append(round_trip)
         self._since += 1
         if self.adaptive and (self._since >= EVERY or len(self._round_trips) < EVERY):
