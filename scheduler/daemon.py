@@ -33,13 +33,12 @@ from scheduler.errors import ConfigError, UserError
 from scheduler.expiry import expire_cancelled
 from scheduler.identity import judged
 from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
-from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier
-from scheduler.sender import CampaignRun, Engine, utcnow
-from scheduler.service import SANDBOX_HEADERS, open_engine
+from scheduler.sender import CampaignRun, utcnow
+from scheduler.service import SANDBOX_HEADERS, Runtime, open_runtime
 from scheduler.vocabulary import FINISHED, CampaignState
 from scheduler.webhooks import WebhookServer
 
@@ -107,11 +106,8 @@ async def run_daemon(
     notifier = notifier or Notifier()
     metrics = Metrics()
     try:
-        async with open_engine(config, metrics) as engine:
-            leadership = Leadership(engine.journal, config.journal.lease,
-                                    on_renew_failure=metrics.lease_renew_failures.inc)
-            engine.may_send = leadership.may_send
-            daemon = Daemon(config, engine, notifier, leadership, metrics, until_idle=until_idle)
+        async with open_runtime(config, metrics, lead=True) as runtime:
+            daemon = Daemon(config, runtime, notifier, until_idle=until_idle)
             await daemon.serve()
     finally:
         notifier.close()
@@ -122,9 +118,10 @@ class Daemon:
     """Runs until SIGTERM/SIGINT (or, with ``until_idle``, until every campaign is final)."""
 
     def __init__(
-        self, config: Config, engine: Engine, notifier: Notifier, leadership: Leadership,
-        metrics: Metrics, *, until_idle: bool = False,
+        self, config: Config, runtime: Runtime, notifier: Notifier, *, until_idle: bool = False,
     ) -> None:
+        leadership, metrics = runtime.leadership, runtime.metrics
+        assert leadership is not None  # opened with lead=True
         self.config = config
         self.notifier = notifier
         self.until_idle = until_idle
@@ -137,15 +134,17 @@ class Daemon:
         readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(engine.journal, engine.log, metrics,
+        self._deliveries = Deliveries(runtime.journal, runtime.log, metrics,
                                       currency=config.delivery_reports.currency)
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
             self._deliveries, self._webhook_token, *hook, index=self._index_some,
             refresh=self._refresh_webhook_token)
         self.log = get_logger("daemon")
-        self._engine = engine
-        self._lifecycle = engine.lifecycle
+        self._runtime = runtime
+        self._engine = runtime.engine
+        self._journal = runtime.journal
+        self._lifecycle = runtime.engine.lifecycle
         self._timer = AsyncIOScheduler(
             timezone=UTC,
             # never let APScheduler drop a late job silently: the TTL rule decides (SPEC §7)
@@ -175,7 +174,7 @@ class Daemon:
             # lines a crash kept from the delivery log, before new ones come after them
             await self._replay_deliveries(utcnow())
             await self._start_webhooks()
-            await self._serve(self._engine)
+            await self._serve()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
@@ -218,7 +217,7 @@ class Daemon:
     async def _index_some(self) -> int:
         """Index a few closed batches (the loop below; and at once when a webhook came before
         its message was indexed); how many it indexed."""
-        return await self._engine.journal.index_messages(
+        return await self._journal.index_messages(
             INDEX_BATCHES, self.config.delivery_reports.first_poll)
 
     async def _feed_brakes(self) -> None:
@@ -229,7 +228,7 @@ class Daemon:
         while True:
             await asyncio.sleep(BRAKE_FEED_EVERY)
             try:
-                while self.leadership.leading and (finals := await self._engine.journal
+                while self.leadership.leading and (finals := await self._journal
                                                    .take_final_statuses(BRAKE_FEED_CALLS)):
                     self._brake_on_deliveries(finals)
             except JournalFenced:
@@ -249,7 +248,7 @@ class Daemon:
                 try:
                     async with self._lock:
                         ahead = await expire_cancelled(
-                            self._engine.journal, self._engine.log, self.metrics,
+                            self._journal, self._runtime.log, self.metrics,
                             route=self.config.api.route, now=utcnow(),
                             busy=set(self._campaigns), replay=replay)
                     replay = False
@@ -270,19 +269,14 @@ class Daemon:
             by_campaign.setdefault(final.campaign, []).append(final)
         for cid, statuses in by_campaign.items():
             tracked = self._campaigns.get(cid)
-            run = None if tracked is None else tracked.run
-            if run is None or run.brake is None or run.stop.is_set():
-                continue
-            reading = run.brake.observe_deliveries(statuses)
-            if reading is not None:
-                run.details = reading.fields()
-                run.halt("braked", reading.reason)
+            if tracked is not None and tracked.run is not None:
+                tracked.run.observe_deliveries(statuses)
 
     def _credentials_problem(self) -> str | None:
         refused = self._engine.refused
         return None if refused is None else str(refused)
 
-    async def _serve(self, engine: Engine) -> None:
+    async def _serve(self) -> None:
         self._timer.start()
         # Watch before the first load, so a file written between the load and READY=1 is not
         # missed: awatch sets up inotify synchronously on its first step (one loop turn).
@@ -321,7 +315,7 @@ class Daemon:
         self._timer.shutdown(wait=False)
         await self.leadership.release()  # SIGTERM hands over: a standby takes it at once
         with contextlib.suppress(JournalError):
-            await self._engine.journal.leave(self.leadership.holder)
+            await self._journal.leave(self.leadership.holder)
 
     async def _shutdown_runs(self) -> None:
         """Stop taking batches, let in-flight ones finish, leave campaigns resumable."""
@@ -426,11 +420,10 @@ class Daemon:
         if fresh.credentials.headers() != self.config.credentials.headers() or self._engine.refused:
             self._take_webhook_token(fresh.credentials)
             self.config = self.config.model_copy(update={"credentials": fresh.credentials})
-            self._engine.log.add_secrets(fresh.credentials.secrets())
-            if self.config.api.is_sandbox:
-                self._engine.refused = None
-            else:
-                self._engine.use_credentials(fresh.credentials.headers())
+            self._runtime.log.add_secrets(fresh.credentials.secrets())
+            # the embedded sandbox takes any key: its client keeps the one it was given
+            self._engine.use_credentials(
+                None if self.config.api.is_sandbox else fresh.credentials.headers())
         else:
             self._take_webhook_token(fresh.credentials)
 
@@ -452,7 +445,7 @@ class Daemon:
             return False
         credentials = self.config.credentials.model_copy(update={"webhook_token": token})
         self.config = self.config.model_copy(update={"credentials": credentials})
-        self._engine.log.add_secrets(credentials.secrets())
+        self._runtime.log.add_secrets(credentials.secrets())
         self.log.info("webhook_token_changed")
         return True
 
@@ -476,7 +469,7 @@ class Daemon:
             self._role_changed.clear()
             try:
                 await asyncio.wait_for(
-                    self._engine.journal.heartbeat(
+                    self._journal.heartbeat(
                         holder, self.leadership.since, 3 * STATUS_EVERY),
                     JOURNAL_PROBE_TIMEOUT,
                 )
@@ -530,12 +523,12 @@ class Daemon:
         base = settings.status_base(self.config.api)
         sandbox = base == SANDBOX
         client = StatusClient(
-            self._engine.client.base_url if sandbox else base,
+            self._runtime.client.base_url if sandbox else base,
             lambda: self.config.credentials.headers() or (SANDBOX_HEADERS if sandbox else {}),
             timeout=self.config.api.timeout,
         )
         poller = Poller(
-            self._engine.journal, client, self._deliveries,
+            self._journal, client, self._deliveries,
             PollSettings(settings.status_rate(self.config.sending), settings.first_poll,
                          settings.max_interval),
             leading=lambda: self.leadership.leading,
@@ -572,7 +565,7 @@ class Daemon:
                 return
             # one read of the journal per reconcile, not one per campaign (1,000 files load
             # in under 2 s instead of 6: each read would queue behind snapshot writes)
-            records = {r.id: r for r in await self._engine.journal.campaigns()}
+            records = {r.id: r for r in await self._journal.campaigns()}
             # a file with the id of a campaign that ended is refused unless it is that very
             # campaign (or says resume = true): it is reported as invalid, and nothing is sent
             checks = await asyncio.to_thread(_judge_ids, checks, records)
@@ -595,7 +588,7 @@ class Daemon:
 
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
-        for record in await self._engine.journal.campaigns():
+        for record in await self._journal.campaigns():
             if record.id in self._campaigns or record.state in FINISHED:
                 continue
             if record.id not in self._invalid_ids():
@@ -670,7 +663,7 @@ class Daemon:
         (the daemon was down, or its file came late) streams it: the leader sends while its
         audience is still being read."""
         campaign = tracked.campaign
-        stream = campaign.send_at <= utcnow() and self._engine.may_send()
+        stream = campaign.send_at <= utcnow() and self.leadership.may_send()
         task = asyncio.create_task(self._engine.prepare(campaign, stream=stream))
         task.add_done_callback(functools.partial(self._prepared, tracked.campaign.id))
         tracked.prepared = task
@@ -703,7 +696,7 @@ class Daemon:
         tracked = self._campaigns.get(cid) if cid else None
         if tracked is None or tracked.removed:
             return cid  # (a removed one is being cancelled: it ends so, whatever this file is)
-        record = await self._engine.journal.campaign(tracked.campaign.id)
+        record = await self._journal.campaign(tracked.campaign.id)
         if record is not None and record.state in FINISHED:
             return cid  # finished stays finished: its file no longer matters
         self._unschedule(tracked.campaign.id)
@@ -725,7 +718,7 @@ class Daemon:
                 tracked.run.halt("cancelled")
             return  # _drive forgets it once the in-flight batches are done
         del self._campaigns[cid]
-        record = await self._engine.journal.campaign(cid)
+        record = await self._journal.campaign(cid)
         if record is not None and record.state not in FINISHED:
             await self._lifecycle.move(cid, "cancelled")
 
@@ -752,7 +745,7 @@ class Daemon:
 
     def _launch(self, tracked: _Tracked) -> None:
         if tracked.task is not None and not tracked.task.done():
-            if tracked.run is not None and tracked.run.stop.is_set():
+            if tracked.run is not None and tracked.run.stopped:
                 tracked.resume_after = True  # halting right now: start again once it stopped
             return
         tracked.task = self._spawn(self._drive(tracked))
@@ -760,16 +753,10 @@ class Daemon:
     async def _drive(self, tracked: _Tracked) -> None:
         campaign = tracked.campaign
         try:
-            if tracked.prepared is not None:
-                record = await tracked.prepared
-            else:
-                record = await self._engine.prepare(campaign)
-            tracked.run = self._engine.open_run(campaign, record)
-            tracked.state = "running"
-            state: CampaignState = await self._engine.drive(tracked.run)
+            state: CampaignState = await self._engine.run_campaign(
+                campaign, prepared=tracked.prepared,
+                on_run=functools.partial(self._running, tracked))
             tracked.interruptions = 0
-        except JournalFenced:  # deposed mid-campaign: the new leader carries it on
-            state = "running"
         except UserError as exc:  # the CSV changed under us and no longer reads
             self._lifecycle.announce("campaign_invalid", "error", campaign=campaign.id,
                                      errors=[p.render() for p in exc.problems])
@@ -798,6 +785,12 @@ class Daemon:
         self.notifier.status(self.status_line())
         self._check_idle()
 
+    @staticmethod
+    def _running(tracked: _Tracked, run: CampaignRun) -> None:
+        """The campaign's run is open: it can be halted from now on."""
+        tracked.run = run
+        tracked.state = "running"
+
     def _retry_later(self, tracked: _Tracked, error: JournalError | OSError) -> None:
         """Announce the interruption and launch the campaign again after a growing wait."""
         tracked.interruptions += 1
@@ -811,7 +804,7 @@ class Daemon:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
-            if self._stop.is_set() or self._engine.log.writable():
+            if self._stop.is_set() or self._runtime.log.writable():
                 break
             wait = min(RETRY_CAP, wait * 2)
         current = self._campaigns.get(tracked.campaign.id)
@@ -862,7 +855,7 @@ class Daemon:
                     return  # a campaign started again: its end checks once more
                 with contextlib.suppress(JournalError):
                     if (not await self._index_some()
-                            and not await self._engine.journal.messages_awaiting_status(far, 1)):
+                            and not await self._journal.messages_awaiting_status(far, 1)):
                         self._stop.set()
                         return
                 await asyncio.sleep(IDLE_POLL)

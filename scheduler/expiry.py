@@ -19,7 +19,7 @@ import orjson
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
 from scheduler.journal import BatchRecord, CampaignRecord, Results, Run, SendJournal
 from scheduler.metrics import Metrics
-from scheduler.sender import TAIL_BYTES_PER_LINE
+from scheduler.recorder import TAIL_BYTES_PER_LINE
 from scheduler.vocabulary import CANCELLED_REASON
 
 PAGE = 16  # open batches read at a time
