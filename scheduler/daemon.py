@@ -15,9 +15,9 @@ import logging
 import os
 import signal
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,36 +26,24 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
-from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
-from scheduler.delivery_log import DeliveryLogUnwritable
-from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
+from scheduler.config import Config, Credentials, load_config, load_credentials
 from scheduler.errors import ConfigError, UserError
-from scheduler.expiry import expire_cancelled
 from scheduler.identity import judged
-from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
+from scheduler.journal import CampaignRecord, JournalError
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, utcnow
-from scheduler.service import SANDBOX_HEADERS, Runtime, open_runtime
+from scheduler.service import Runtime, open_runtime
+from scheduler.upkeep import Upkeep
 from scheduler.vocabulary import FINISHED, CampaignState
 from scheduler.webhooks import WebhookServer
 
-STATUS_EVERY = 5.0  # seconds between STATUS= updates
 RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # seconds before a campaign whose storage failed goes again
-INDEX_EVERY = 2.0  # seconds between looks for sent messages to index
-INDEX_BATCHES = 2  # closed batches indexed per writer transaction (a few ms of the writer)
-INDEX_PAUSE = 0.05  # seconds between those transactions while a campaign sends
-JOURNAL_PROBE_TIMEOUT = 5.0  # seconds the /readyz journal probe waits
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
 IDLE_POLL = 0.5  # seconds between looks for messages awaiting a status (until_idle)
-REPLAY_EVERY = 30.0  # seconds between the leader's looks for delivery lines never written
-REPLAY_AFTER = 60.0  # ... that many seconds after their final status was journaled
-BRAKE_FEED_EVERY = 1.0  # seconds between the leader's looks for final statuses for its brakes
-BRAKE_FEED_CALLS = 100  # record_statuses calls (a poll round, a webhook) taken per look
-EXPIRY_EVERY = 60.0  # seconds between the leader's looks for cancelled campaigns past deadline
 
 
 @dataclass
@@ -84,25 +72,7 @@ async def run_daemon(
     config: Config, *, notifier: Notifier | None = None, until_idle: bool = False,
 ) -> int:
     """`cascade-scheduler run`: open the engine, serve until stopped; 0 on a clean stop."""
-    if (config.delivery_reports.poll and not config.api.is_sandbox
-            and config.delivery_reports.status_base(config.api) == SANDBOX):
-        raise ConfigError.single(
-            'status_url = "sandbox" needs [api] base_url = "sandbox" (the embedded emulator '
-            "answers both); write SMSBAT's status API URL, https://api.smsbat.com",
-            file=config.source, field="delivery_reports.status_url",
-        )
-    if config.delivery_reports.listen is not None and config.credentials.webhook_token is None:
-        raise ConfigError.single(
-            "listen needs the webhook token: set CASCADE_WEBHOOK_TOKEN (or LoadCredential= "
-            "webhook-token in the systemd unit); it is the secret part of the webhook's URL",
-            file=config.source, field="delivery_reports.listen",
-        )
-    folder = config.paths.campaigns
-    if not folder.is_dir():
-        raise ConfigError.single(
-            f"campaigns folder {folder} does not exist: create it or fix [paths].campaigns",
-            file=config.source, field="paths.campaigns",
-        )
+    config.require_daemon()
     notifier = notifier or Notifier()
     metrics = Metrics()
     try:
@@ -129,16 +99,17 @@ class Daemon:
         self.metrics = metrics
         metrics.present.states = self.state_counts
         metrics.present.leading = lambda: leadership.leading
-        self._journal_problem: str | None = None  # why the last heartbeat failed, if it did
-        self._role_changed = asyncio.Event()  # tells `_keep_presence` to write at once
-        readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._upkeep = Upkeep(runtime, leadership, notifier, config=lambda: self.config,
+                              campaigns=self, lock=self._lock, stop=self._stop)
+        readiness = Readiness([lambda: self._upkeep.journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(runtime.journal, runtime.log, metrics,
-                                      currency=config.delivery_reports.currency)
+        self._deliveries = self._upkeep.deliveries
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
-            self._deliveries, self._webhook_token, *hook, index=self._index_some,
+            self._deliveries, self._webhook_token, *hook, index=self._upkeep.index_some,
             refresh=self._refresh_webhook_token)
         self.log = get_logger("daemon")
         self._runtime = runtime
@@ -154,11 +125,8 @@ class Daemon:
         self._file_ids: dict[Path, str] = {}
         self._invalid: dict[Path, _Invalid] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
-        self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
-        self._cancelled = asyncio.Event()  # a campaign may have been cancelled: look again
 
     # ------------------------------------------------------------------ main
 
@@ -172,7 +140,7 @@ class Daemon:
         try:
             await self._start_health()
             # lines a crash kept from the delivery log, before new ones come after them
-            await self._replay_deliveries(utcnow())
+            await self._upkeep.replay_deliveries(utcnow())
             await self._start_webhooks()
             await self._serve()
         finally:
@@ -214,64 +182,6 @@ class Daemon:
         token = self.config.credentials.webhook_token
         return None if token is None else token.get_secret_value()
 
-    async def _index_some(self) -> int:
-        """Index a few closed batches (the loop below; and at once when a webhook came before
-        its message was indexed); how many it indexed."""
-        return await self._journal.index_messages(
-            INDEX_BATCHES, self.config.delivery_reports.first_poll)
-
-    async def _feed_brakes(self) -> None:
-        """Every `BRAKE_FEED_EVERY` s, the leader takes the first final statuses journaled
-        since its last look, by itself or by a standby that took a webhook, to the brakes of
-        the campaigns that send (or hold between roll-out stages) now: too many undeliverable
-        or permanenterror ones stop a campaign. Those of other campaigns are dropped."""
-        while True:
-            await asyncio.sleep(BRAKE_FEED_EVERY)
-            try:
-                while self.leadership.leading and (finals := await self._journal
-                                                   .take_final_statuses(BRAKE_FEED_CALLS)):
-                    self._brake_on_deliveries(finals)
-            except JournalFenced:
-                continue  # deposed: the statuses stay for the new leader
-            except JournalError as exc:
-                self.log.warning("brake_feed_failed", error=str(exc))
-
-    async def _expire_cancelled(self) -> None:
-        """The leader ends cancelled campaigns' unsent rows once their deadline passed
-        (`expiry`): looks when a campaign may have been cancelled, at the next deadline of a
-        cancelled one, and every `EXPIRY_EVERY` s. Campaigns it tracks are left alone (a
-        restored one is sending; a removed one is ending its run)."""
-        replay = True  # the first look also writes the lines a crash kept from the log
-        while True:
-            ahead = None
-            if self.leadership.leading:
-                try:
-                    async with self._lock:
-                        ahead = await expire_cancelled(
-                            self._journal, self._runtime.log, self.metrics,
-                            route=self.config.api.route, now=utcnow(),
-                            busy=set(self._campaigns), replay=replay)
-                    replay = False
-                except JournalFenced:
-                    pass  # deposed: the new leader looks
-                except (JournalError, DeliveryLogUnwritable) as exc:
-                    self.log.warning("cancelled_expiry_failed", error=str(exc))
-            wait = EXPIRY_EVERY if ahead is None else min(
-                EXPIRY_EVERY, max(0.0, (ahead - utcnow()).total_seconds()) + 0.1)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cancelled.wait(), wait)
-            self._cancelled.clear()
-
-    def _brake_on_deliveries(self, finals: Sequence[FinalStatus]) -> None:
-        """Each campaign's statuses to its brake, if it runs now; a brake that trips stops it."""
-        by_campaign: dict[str, list[FinalStatus]] = {}
-        for final in finals:
-            by_campaign.setdefault(final.campaign, []).append(final)
-        for cid, statuses in by_campaign.items():
-            tracked = self._campaigns.get(cid)
-            if tracked is not None and tracked.run is not None:
-                tracked.run.observe_deliveries(statuses)
-
     def _credentials_problem(self) -> str | None:
         refused = self._engine.refused
         return None if refused is None else str(refused)
@@ -295,16 +205,9 @@ class Daemon:
         background = [
             watcher,
             self._spawn(self._reloader()),
-            self._spawn(self._heartbeat()),
-            self._spawn(self._index_messages()),
             self._spawn(self._lead()),
-            self._spawn(self._keep_presence()),
-            self._spawn(self._replay_stale_deliveries()),
-            self._spawn(self._feed_brakes()),
-            self._spawn(self._expire_cancelled()),
+            *(self._spawn(loop) for loop in self._upkeep.loops()),
         ]
-        if self.config.delivery_reports.poll:
-            background.append(self._spawn(self._poll_statuses()))
         self._check_idle()
         await self._stop.wait()
         self.notifier.stopping()
@@ -377,9 +280,9 @@ class Daemon:
         """Now the leader: say so; campaigns whose file is gone are cancelled."""
         self._lifecycle.announce("leadership_acquired", holder=self.leadership.holder,
                                  epoch=self.leadership.epoch)
-        self._role_changed.set()
+        self._upkeep.role_changed()
         await self._cancel_orphans()
-        self._cancelled.set()
+        self._upkeep.look_for_cancelled()
         self.notifier.status(self.status_line())
 
     async def _step_down(self, reason: str) -> None:
@@ -387,7 +290,7 @@ class Daemon:
         timer, and forget the schedule (a new term rebuilds it from files and journal)."""
         self._lifecycle.announce("leadership_lost", "warning", holder=self.leadership.holder,
                                  reason=reason)
-        self._role_changed.set()
+        self._upkeep.role_changed()
         async with self._lock:
             for tracked in self._campaigns.values():
                 self._unschedule(tracked.campaign.id)
@@ -449,96 +352,6 @@ class Daemon:
         self.log.info("webhook_token_changed")
         return True
 
-    async def _heartbeat(self) -> None:
-        """WATCHDOG=1 from the event loop itself, and a STATUS= line now and then."""
-        interval = self.notifier.watchdog_interval()
-        step = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
-        while True:
-            if interval:
-                self.notifier.watchdog()
-            self.notifier.status(self.status_line())
-            self.metrics.tick()
-            await asyncio.sleep(step)
-
-    async def _keep_presence(self) -> None:
-        """Every few seconds, and at once when this daemon takes or loses the lease, tell the
-        journal it is alive and since when it holds its role (for `status`); a failure is
-        what /readyz reports as the journal not answering."""
-        holder = self.leadership.holder
-        while True:
-            self._role_changed.clear()
-            try:
-                await asyncio.wait_for(
-                    self._journal.heartbeat(
-                        holder, self.leadership.since, 3 * STATUS_EVERY),
-                    JOURNAL_PROBE_TIMEOUT,
-                )
-            except (JournalError, TimeoutError) as exc:
-                self._journal_problem = (
-                    f"the journal does not answer: {exc or 'no answer in time'}")
-            else:
-                self._journal_problem = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._role_changed.wait(), STATUS_EVERY)
-
-    async def _replay_deliveries(self, before: datetime) -> None:
-        """Write the ``delivery`` lines of final statuses journaled before ``before`` that never
-        reached the delivery log (a crash between the two, a log that refused them); trouble
-        is said and left for the next look."""
-        try:
-            await self._deliveries.replay(before)
-        except (JournalError, DeliveryLogUnwritable) as exc:
-            self.log.warning("delivery_replay_failed", error=str(exc))
-
-    async def _replay_stale_deliveries(self) -> None:
-        """The leader looks now and then for lines still unwritten a while after their status
-        was journaled (a log that refused them, a daemon that died and did not come back)."""
-        while True:
-            await asyncio.sleep(REPLAY_EVERY)
-            if self.leadership.leading:
-                await self._replay_deliveries(utcnow() - timedelta(seconds=REPLAY_AFTER))
-
-    async def _index_messages(self) -> None:
-        """Copy sent messages into the journal's per-message rows, every few seconds.
-
-        The send path stays per batch (SPEC §12); the index serves look-ups by messageId
-        (delivery status: a message is polled once indexed) and by phone. It goes a couple of
-        batches per writer transaction, with a pause between them while a campaign sends, so
-        the send path's writes (and its fire lag) never wait long behind it.
-        """
-        while True:
-            await asyncio.sleep(INDEX_EVERY)
-            try:
-                while self.leadership.leading:
-                    if not await self._index_some():
-                        break
-                    await asyncio.sleep(INDEX_PAUSE if self._sending() else 0)
-            except JournalError as exc:  # a full disk...: say so, try again later
-                self.log.warning("message_index_failed", error=str(exc))
-
-    async def _poll_statuses(self) -> None:
-        """Ask the status API about every sent message until it is final (leader only), on
-        a session and rate limit of its own: it never holds sending back."""
-        settings = self.config.delivery_reports
-        base = settings.status_base(self.config.api)
-        sandbox = base == SANDBOX
-        client = StatusClient(
-            self._runtime.client.base_url if sandbox else base,
-            lambda: self.config.credentials.headers() or (SANDBOX_HEADERS if sandbox else {}),
-            timeout=self.config.api.timeout,
-        )
-        poller = Poller(
-            self._journal, client, self._deliveries,
-            PollSettings(settings.status_rate(self.config.sending), settings.first_poll,
-                         settings.max_interval),
-            leading=lambda: self.leadership.leading,
-        )
-        async with client:
-            await poller.run(self._stop)
-
-    def _sending(self) -> bool:
-        return any(t.task is not None and not t.task.done() for t in self._campaigns.values())
-
     # ------------------------------------------------------------------ reconcile
 
     async def _reconcile(self) -> None:
@@ -549,7 +362,8 @@ class Daemon:
             await self._reconcile_once()
         except JournalError as exc:
             self.log.error("reconcile_failed", error=str(exc))
-        self._cancelled.set()  # a file may have gone: its campaign's deadline counts now
+        # a file may have gone: its campaign's deadline counts now
+        self._upkeep.look_for_cancelled()
         self.notifier.status(self.status_line())
 
     async def _reconcile_once(self) -> None:
@@ -776,7 +590,7 @@ class Daemon:
         if tracked.removed:
             if self._campaigns.get(campaign.id) is tracked:
                 del self._campaigns[campaign.id]
-            self._cancelled.set()
+            self._upkeep.look_for_cancelled()
         else:
             tracked.state = state
         if tracked.resume_after and not tracked.removed and not self._stop.is_set():
@@ -812,6 +626,19 @@ class Daemon:
             self._launch(tracked)
 
     # ------------------------------------------------------------------ reporting
+
+    def sending(self) -> bool:
+        """A campaign sends now (its task is running)."""
+        return any(t.task is not None and not t.task.done() for t in self._campaigns.values())
+
+    def run_of(self, campaign_id: str) -> CampaignRun | None:
+        """The campaign's run, while it has one."""
+        tracked = self._campaigns.get(campaign_id)
+        return None if tracked is None else tracked.run
+
+    def tracked(self) -> Collection[str]:
+        """The ids of the campaigns this daemon tracks."""
+        return set(self._campaigns)
 
     def state_counts(self) -> dict[str, int]:
         """How many campaigns this daemon tracks in each state (invalid files included)."""
@@ -854,7 +681,7 @@ class Daemon:
                 if not self._campaigns_idle():
                     return  # a campaign started again: its end checks once more
                 with contextlib.suppress(JournalError):
-                    if (not await self._index_some()
+                    if (not await self._upkeep.index_some()
                             and not await self._journal.messages_awaiting_status(far, 1)):
                         self._stop.set()
                         return
