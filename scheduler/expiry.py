@@ -5,7 +5,7 @@ until ``send_at + ttl``: after that nothing of it may ever go. Its rows still un
 ``expired`` with reason ``cancelled``, so every row has one final outcome (SPEC §6): in the
 journal first, then one ``message`` line each in the delivery log. The campaign stays
 "cancelled", which is what happened to it. The leading daemon asks `expire_cancelled` now and
-then (`Daemon._expire_cancelled`).
+then (`Upkeep._expire_cancelled`).
 """
 
 from __future__ import annotations
