@@ -115,7 +115,7 @@ class Daemon:
         self._runtime = runtime
         self._engine = runtime.engine
         self._journal = runtime.journal
-        self._lifecycle = runtime.engine.lifecycle
+        self._lifecycle = runtime.lifecycle
         self._timer = AsyncIOScheduler(
             timezone=UTC,
             # never let APScheduler drop a late job silently: the TTL rule decides (SPEC §7)

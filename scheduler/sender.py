@@ -41,6 +41,7 @@ class Engine:
         client: CascadeClient,
         journal: Journal,
         log: DeliveryLog,
+        lifecycle: Lifecycle,
         sending: SendingConfig,
         default_route: Route,
         index: MessageIndex,
@@ -53,7 +54,7 @@ class Engine:
     ) -> None:
         self.journal = journal
         self.metrics = metrics or Metrics()
-        self.lifecycle = Lifecycle(journal, log)
+        self.lifecycle = lifecycle
         #: writes the outcomes of posted batches, and never lets go of an answer in hand
         self.answers = Keeper(journal, log, self.metrics)
         self.recorder = Recorder(journal, log, self.metrics, self.answers)

@@ -28,6 +28,7 @@ from scheduler.journal import (
     open_journal,
 )
 from scheduler.leadership import Leadership
+from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
 from scheduler.sandbox import Sandbox
@@ -94,6 +95,8 @@ class Runtime:
     engine: Engine
     journal: Journal
     log: DeliveryLog
+    #: the one owner of campaigns' state changes and their log events
+    lifecycle: Lifecycle
     metrics: Metrics
     client: CascadeClient
     index: MessageIndex
@@ -135,10 +138,12 @@ async def open_runtime(
                                     on_renew_failure=metrics.lease_renew_failures.inc)
             may_send = leadership.may_send
         index = MessageIndex(journal, config.delivery_reports.first_poll)
+        lifecycle = Lifecycle(journal, log)
         engine = Engine(
             client=client,
             journal=journal,
             log=log,
+            lifecycle=lifecycle,
             sending=config.sending,
             default_route=config.api.route,
             index=index,
@@ -151,7 +156,7 @@ async def open_runtime(
         )
         engine.start()
         stack.push_async_callback(engine.close)
-        yield Runtime(engine, journal, log, metrics, client, index, leadership)
+        yield Runtime(engine, journal, log, lifecycle, metrics, client, index, leadership)
 
 
 @contextlib.asynccontextmanager
