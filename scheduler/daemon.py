@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import tomllib
 from collections.abc import Collection, Iterable
@@ -26,13 +25,14 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
-from scheduler.config import Config, Credentials, load_config, load_credentials
+from scheduler.config import Config
 from scheduler.errors import ConfigError, UserError
 from scheduler.identity import judged
 from scheduler.journal import CampaignRecord, JournalError
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
+from scheduler.rotation import Rotation
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, utcnow
 from scheduler.service import Runtime, open_runtime
@@ -92,7 +92,7 @@ class Daemon:
     ) -> None:
         leadership, metrics = runtime.leadership, runtime.metrics
         assert leadership is not None  # opened with lead=True
-        self.config = config
+        self._rotation = Rotation(config, runtime)  # holds the config: its credentials change
         self.notifier = notifier
         self.until_idle = until_idle
         self.leadership = leadership
@@ -101,7 +101,7 @@ class Daemon:
         metrics.present.leading = lambda: leadership.leading
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
-        self._upkeep = Upkeep(runtime, leadership, notifier, config=lambda: self.config,
+        self._upkeep = Upkeep(runtime, leadership, notifier, config=lambda: self._rotation.config,
                               campaigns=self, lock=self._lock, stop=self._stop)
         readiness = Readiness([lambda: self._upkeep.journal_problem, self._credentials_problem])
         address = config.metrics.address
@@ -109,8 +109,8 @@ class Daemon:
         self._deliveries = self._upkeep.deliveries
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
-            self._deliveries, self._webhook_token, *hook, index=self._upkeep.index_some,
-            refresh=self._refresh_webhook_token)
+            self._deliveries, self._rotation.webhook_token, *hook, index=self._upkeep.index_some,
+            refresh=self._rotation.refresh_webhook_token)
         self.log = get_logger("daemon")
         self._runtime = runtime
         self._engine = runtime.engine
@@ -127,6 +127,11 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reload = asyncio.Event()
         self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
+
+    @property
+    def config(self) -> Config:
+        """The daemon's config, with the credentials it uses now."""
+        return self._rotation.config
 
     # ------------------------------------------------------------------ main
 
@@ -177,10 +182,6 @@ class Daemon:
                 f"{exc.strerror or exc}: pick a free port", file=self.config.source,
                 field="delivery_reports.listen",
             ) from None
-
-    def _webhook_token(self) -> str | None:
-        token = self.config.credentials.webhook_token
-        return None if token is None else token.get_secret_value()
 
     def _credentials_problem(self) -> str | None:
         refused = self._engine.refused
@@ -309,48 +310,10 @@ class Daemon:
             self._reload.clear()
             self.notifier.reloading()
             self._lifecycle.announce("daemon_reloading")
-            self._reload_credentials()
+            self._rotation.reload()
             await self._reconcile()
             self._lifecycle.announce("daemon_reloaded", status=self.status_line())
             self.notifier.ready(self.status_line())
-
-    def _reload_credentials(self) -> None:
-        try:
-            fresh = load_config(self.config.source)
-        except UserError as exc:
-            self.log.error("config_invalid", error=str(exc))
-            return
-        if fresh.credentials.headers() != self.config.credentials.headers() or self._engine.refused:
-            self._take_webhook_token(fresh.credentials)
-            self.config = self.config.model_copy(update={"credentials": fresh.credentials})
-            self._runtime.log.add_secrets(fresh.credentials.secrets())
-            # the embedded sandbox takes any key: its client keeps the one it was given
-            self._engine.use_credentials(
-                None if self.config.api.is_sandbox else fresh.credentials.headers())
-        else:
-            self._take_webhook_token(fresh.credentials)
-
-    def _refresh_webhook_token(self) -> bool:
-        """A request came with a token that is not ours: maybe the credential was rotated.
-        Re-read it (the webhook server asks at most every few seconds); True if it changed."""
-        try:
-            fresh = load_credentials(os.environ)
-        except UserError as exc:
-            self.log.error("config_invalid", error=str(exc))
-            return False
-        return self._take_webhook_token(fresh)
-
-    def _take_webhook_token(self, fresh: Credentials) -> bool:
-        """Use ``fresh``'s webhook token from now on, if it is another one (the old one is
-        refused from then on); True if it changed."""
-        token = fresh.webhook_token
-        if token is None or token == self.config.credentials.webhook_token:
-            return False
-        credentials = self.config.credentials.model_copy(update={"webhook_token": token})
-        self.config = self.config.model_copy(update={"credentials": credentials})
-        self._runtime.log.add_secrets(credentials.secrets())
-        self.log.info("webhook_token_changed")
-        return True
 
     # ------------------------------------------------------------------ reconcile
 
