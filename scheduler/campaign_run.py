@@ -33,6 +33,13 @@ def utcnow() -> datetime:
 class CampaignRun:
     """A handle on one campaign's sending: `Driver.drive` it, `halt` it from elsewhere."""
 
+    # slots: a write from outside to a field that is not there fails loudly, never silently
+    __slots__ = (
+        "_backoff", "_brake", "_broken", "_campaign", "_deadline", "_details", "_first_post",
+        "_later", "_on_progress", "_outstanding", "_reason", "_route", "_slots", "_stage",
+        "_stop", "_stop_state", "caps", "windows",
+    )
+
     def __init__(
         self, campaign: Campaign, route: Route, deadline: datetime, *, slots: int,
         windows: WindowGate, caps: CapGate | None = None, brake: Brake | None = None,
