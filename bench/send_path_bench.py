@@ -7,12 +7,12 @@ process on the second core moves CPU seconds by ±30%. This one runs the engine'
 steps in one process, on stored batches and answers shaped as the sink's, and prints the
 process CPU time of each step per message (best of ``--repeat`` passes):
 
-- ``body``: decoding the stored request body (`sender._open_messages`);
+- ``body``: decoding the stored request body (`outcomes.open_messages`);
 - ``answer``: reading the API's answer (`cascade.parse_accepted`);
-- ``match``: matching it to the batch's messages (`sender._Outcomes.accept`);
+- ``match``: matching it to the batch's messages (`outcomes.Outcomes.accept`);
 - ``journal``: marking the batch in flight and recording its outcomes in a SQLite journal
   (synchronous=FULL; a commit each, where the engine's group commit often shares one);
-- ``log``: the delivery-log lines, masked phones, written (`Engine._log_results`);
+- ``log``: the delivery-log lines, masked phones, written (`Recorder.log_results`);
 - ``brake``: the error brake's look at the outcomes.
 
 It calls the engine's private steps directly (a probe, not an API): when they change shape,
@@ -32,12 +32,13 @@ from typing import Any
 
 import orjson
 
-from scheduler import sender
+from scheduler import outcomes as outcomes_module
 from scheduler.brake import Brake
 from scheduler.cascade import parse_accepted
 from scheduler.delivery_log import DeliveryLog
 from scheduler.journal.sqlite import SqliteConnection
 from scheduler.metrics import Metrics
+from scheduler.recorder import Recorder
 
 STEPS = ("body", "answer", "match", "journal", "log", "brake")
 
@@ -67,20 +68,20 @@ def one_pass(connection: SqliteConnection, log: DeliveryLog, campaign: str, batc
     )
     records = connection.open_batches(campaign, -1, batches)
     answers = [answer(record.body, record.seq * size) for record in records]
-    engine = types.SimpleNamespace(log=log, metrics=Metrics())  # what _log_results reads
+    recorder = Recorder(connection, log, Metrics(), None)  # type: ignore[arg-type]
     run = types.SimpleNamespace(campaign=types.SimpleNamespace(id=campaign, type="promo"),
-                                route="standard", on_progress=None)
+                                route="standard", progressed=lambda count: None)
     brake = Brake(0.05, 500)
     spent = dict.fromkeys(STEPS, 0.0)
     clock = time.process_time
     for record, reply in zip(records, answers, strict=True):
         t0 = clock()
-        messages = sender._open_messages(record)  # a probe: private steps
+        messages = outcomes_module.open_messages(record)  # a probe: private steps
         t1 = clock()
         accepted = parse_accepted(reply)
         assert accepted is not None
         t2 = clock()
-        outcomes = sender._Outcomes()
+        outcomes = outcomes_module.Outcomes()
         left = outcomes.accept(messages, accepted.message_ids, 1)
         assert not left
         t3 = clock()
@@ -89,7 +90,7 @@ def one_pass(connection: SqliteConnection, log: DeliveryLog, campaign: str, batc
         with connection.transaction():
             connection.record_results(campaign, record.seq, outcomes.results)
         t4 = clock()
-        sender.Engine._log_results(engine, run, outcomes.results)  # type: ignore[arg-type]
+        recorder.log_results(run, outcomes.results)  # type: ignore[arg-type]
         t5 = clock()
         brake.observe(outcomes.results)
         t6 = clock()

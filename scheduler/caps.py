@@ -3,7 +3,7 @@
 
 The journal names the phones that reached a cap (`Journal.capped_phones`, one walk of its
 per-phone index); a `CapSummary` keeps them as a sorted array of integers, 8 bytes a phone, so
-the check of each message about to go is a binary search, not a query. The engine rebuilds it
+the check of each message about to go is a binary search, not a query. The cap gate rebuilds it
 every `REFRESH` seconds while a capped campaign sends (the index itself follows the sends within
 a second or so); `check` and `plan` build one to forecast.
 """

@@ -396,6 +396,29 @@ class Config(_Section):
             file=self.source, field="api.base_url",
         )
 
+    def require_daemon(self) -> None:
+        """Raise `ConfigError` for what `run` cannot start with: the sandbox's status API
+        against a real API, a webhook listener without its token, no campaigns folder."""
+        reports = self.delivery_reports
+        if reports.poll and not self.api.is_sandbox and reports.status_base(self.api) == SANDBOX:
+            raise ConfigError.single(
+                'status_url = "sandbox" needs [api] base_url = "sandbox" (the embedded emulator '
+                "answers both); write SMSBAT's status API URL, https://api.smsbat.com",
+                file=self.source, field="delivery_reports.status_url",
+            )
+        if reports.listen is not None and self.credentials.webhook_token is None:
+            raise ConfigError.single(
+                "listen needs the webhook token: set CASCADE_WEBHOOK_TOKEN (or LoadCredential= "
+                "webhook-token in the systemd unit); it is the secret part of the webhook's URL",
+                file=self.source, field="delivery_reports.listen",
+            )
+        folder = self.paths.campaigns
+        if not folder.is_dir():
+            raise ConfigError.single(
+                f"campaigns folder {folder} does not exist: create it or fix [paths].campaigns",
+                file=self.source, field="paths.campaigns",
+            )
+
 
 def _api_url(value: str, example: str) -> str:
     """``value`` without a trailing slash when it is "sandbox" or an http(s) URL that keeps

@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +25,25 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.campaign import Campaign
-from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
-from scheduler.delivery_log import DeliveryLogUnwritable
-from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
+from scheduler.config import Config
 from scheduler.errors import ConfigError, UserError
-from scheduler.expiry import expire_cancelled
 from scheduler.identity import judged
-from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
-from scheduler.leadership import Leadership
+from scheduler.journal import CampaignRecord, JournalError
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
+from scheduler.rotation import Rotation
 from scheduler.sdnotify import Notifier
-from scheduler.sender import CampaignRun, Engine, utcnow
-from scheduler.service import SANDBOX_HEADERS, open_engine
+from scheduler.sender import CampaignRun, utcnow
+from scheduler.service import Runtime, open_runtime
+from scheduler.upkeep import Upkeep
 from scheduler.vocabulary import FINISHED, CampaignState
 from scheduler.webhooks import WebhookServer
 
-STATUS_EVERY = 5.0  # seconds between STATUS= updates
 RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # seconds before a campaign whose storage failed goes again
-INDEX_EVERY = 2.0  # seconds between looks for sent messages to index
-INDEX_BATCHES = 2  # closed batches indexed per writer transaction (a few ms of the writer)
-INDEX_PAUSE = 0.05  # seconds between those transactions while a campaign sends
-JOURNAL_PROBE_TIMEOUT = 5.0  # seconds the /readyz journal probe waits
 WATCH_DEBOUNCE_MS = 300  # a burst of editor writes becomes one reload; well inside the 2 s target
 WATCH_SETTLE_MS = 1000  # the watcher's first empty yield comes this soon after it is up
 IDLE_POLL = 0.5  # seconds between looks for messages awaiting a status (until_idle)
-REPLAY_EVERY = 30.0  # seconds between the leader's looks for delivery lines never written
-REPLAY_AFTER = 60.0  # ... that many seconds after their final status was journaled
-BRAKE_FEED_EVERY = 1.0  # seconds between the leader's looks for final statuses for its brakes
-BRAKE_FEED_CALLS = 100  # record_statuses calls (a poll round, a webhook) taken per look
-EXPIRY_EVERY = 60.0  # seconds between the leader's looks for cancelled campaigns past deadline
 
 
 @dataclass
@@ -85,33 +72,12 @@ async def run_daemon(
     config: Config, *, notifier: Notifier | None = None, until_idle: bool = False,
 ) -> int:
     """`cascade-scheduler run`: open the engine, serve until stopped; 0 on a clean stop."""
-    if (config.delivery_reports.poll and not config.api.is_sandbox
-            and config.delivery_reports.status_base(config.api) == SANDBOX):
-        raise ConfigError.single(
-            'status_url = "sandbox" needs [api] base_url = "sandbox" (the embedded emulator '
-            "answers both); write SMSBAT's status API URL, https://api.smsbat.com",
-            file=config.source, field="delivery_reports.status_url",
-        )
-    if config.delivery_reports.listen is not None and config.credentials.webhook_token is None:
-        raise ConfigError.single(
-            "listen needs the webhook token: set CASCADE_WEBHOOK_TOKEN (or LoadCredential= "
-            "webhook-token in the systemd unit); it is the secret part of the webhook's URL",
-            file=config.source, field="delivery_reports.listen",
-        )
-    folder = config.paths.campaigns
-    if not folder.is_dir():
-        raise ConfigError.single(
-            f"campaigns folder {folder} does not exist: create it or fix [paths].campaigns",
-            file=config.source, field="paths.campaigns",
-        )
+    config.require_daemon()
     notifier = notifier or Notifier()
     metrics = Metrics()
     try:
-        async with open_engine(config, metrics) as engine:
-            leadership = Leadership(engine.journal, config.journal.lease,
-                                    on_renew_failure=metrics.lease_renew_failures.inc)
-            engine.may_send = leadership.may_send
-            daemon = Daemon(config, engine, notifier, leadership, metrics, until_idle=until_idle)
+        async with open_runtime(config, metrics, lead=True) as runtime:
+            daemon = Daemon(config, runtime, notifier, until_idle=until_idle)
             await daemon.serve()
     finally:
         notifier.close()
@@ -122,30 +88,34 @@ class Daemon:
     """Runs until SIGTERM/SIGINT (or, with ``until_idle``, until every campaign is final)."""
 
     def __init__(
-        self, config: Config, engine: Engine, notifier: Notifier, leadership: Leadership,
-        metrics: Metrics, *, until_idle: bool = False,
+        self, config: Config, runtime: Runtime, notifier: Notifier, *, until_idle: bool = False,
     ) -> None:
-        self.config = config
+        leadership, metrics = runtime.leadership, runtime.metrics
+        assert leadership is not None  # opened with lead=True
+        self._rotation = Rotation(config, runtime)  # holds the config: its credentials change
         self.notifier = notifier
         self.until_idle = until_idle
         self.leadership = leadership
         self.metrics = metrics
         metrics.present.states = self.state_counts
         metrics.present.leading = lambda: leadership.leading
-        self._journal_problem: str | None = None  # why the last heartbeat failed, if it did
-        self._role_changed = asyncio.Event()  # tells `_keep_presence` to write at once
-        readiness = Readiness([lambda: self._journal_problem, self._credentials_problem])
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._upkeep = Upkeep(runtime, leadership, notifier, config=lambda: self._rotation.config,
+                              campaigns=self, lock=self._lock, stop=self._stop)
+        readiness = Readiness([lambda: self._upkeep.journal_problem, self._credentials_problem])
         address = config.metrics.address
         self._health = None if address is None else HealthServer(metrics, readiness, *address)
-        self._deliveries = Deliveries(engine.journal, engine.log, metrics,
-                                      currency=config.delivery_reports.currency)
+        self._deliveries = self._upkeep.deliveries
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
-            self._deliveries, self._webhook_token, *hook, index=self._index_some,
-            refresh=self._refresh_webhook_token)
+            self._deliveries, self._rotation.webhook_token, *hook, index=self._upkeep.index_some,
+            refresh=self._rotation.refresh_webhook_token)
         self.log = get_logger("daemon")
-        self._engine = engine
-        self._lifecycle = engine.lifecycle
+        self._runtime = runtime
+        self._engine = runtime.engine
+        self._journal = runtime.journal
+        self._lifecycle = runtime.lifecycle
         self._timer = AsyncIOScheduler(
             timezone=UTC,
             # never let APScheduler drop a late job silently: the TTL rule decides (SPEC §7)
@@ -155,11 +125,13 @@ class Daemon:
         self._file_ids: dict[Path, str] = {}
         self._invalid: dict[Path, _Invalid] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
-        self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
-        self._cancelled = asyncio.Event()  # a campaign may have been cancelled: look again
+
+    @property
+    def config(self) -> Config:
+        """The daemon's config, with the credentials it uses now."""
+        return self._rotation.config
 
     # ------------------------------------------------------------------ main
 
@@ -173,9 +145,9 @@ class Daemon:
         try:
             await self._start_health()
             # lines a crash kept from the delivery log, before new ones come after them
-            await self._replay_deliveries(utcnow())
+            await self._upkeep.replay_deliveries(utcnow())
             await self._start_webhooks()
-            await self._serve(self._engine)
+            await self._serve()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
@@ -211,78 +183,11 @@ class Daemon:
                 field="delivery_reports.listen",
             ) from None
 
-    def _webhook_token(self) -> str | None:
-        token = self.config.credentials.webhook_token
-        return None if token is None else token.get_secret_value()
-
-    async def _index_some(self) -> int:
-        """Index a few closed batches (the loop below; and at once when a webhook came before
-        its message was indexed); how many it indexed."""
-        return await self._engine.journal.index_messages(
-            INDEX_BATCHES, self.config.delivery_reports.first_poll)
-
-    async def _feed_brakes(self) -> None:
-        """Every `BRAKE_FEED_EVERY` s, the leader takes the first final statuses journaled
-        since its last look, by itself or by a standby that took a webhook, to the brakes of
-        the campaigns that send (or hold between roll-out stages) now: too many undeliverable
-        or permanenterror ones stop a campaign. Those of other campaigns are dropped."""
-        while True:
-            await asyncio.sleep(BRAKE_FEED_EVERY)
-            try:
-                while self.leadership.leading and (finals := await self._engine.journal
-                                                   .take_final_statuses(BRAKE_FEED_CALLS)):
-                    self._brake_on_deliveries(finals)
-            except JournalFenced:
-                continue  # deposed: the statuses stay for the new leader
-            except JournalError as exc:
-                self.log.warning("brake_feed_failed", error=str(exc))
-
-    async def _expire_cancelled(self) -> None:
-        """The leader ends cancelled campaigns' unsent rows once their deadline passed
-        (`expiry`): looks when a campaign may have been cancelled, at the next deadline of a
-        cancelled one, and every `EXPIRY_EVERY` s. Campaigns it tracks are left alone (a
-        restored one is sending; a removed one is ending its run)."""
-        replay = True  # the first look also writes the lines a crash kept from the log
-        while True:
-            ahead = None
-            if self.leadership.leading:
-                try:
-                    async with self._lock:
-                        ahead = await expire_cancelled(
-                            self._engine.journal, self._engine.log, self.metrics,
-                            route=self.config.api.route, now=utcnow(),
-                            busy=set(self._campaigns), replay=replay)
-                    replay = False
-                except JournalFenced:
-                    pass  # deposed: the new leader looks
-                except (JournalError, DeliveryLogUnwritable) as exc:
-                    self.log.warning("cancelled_expiry_failed", error=str(exc))
-            wait = EXPIRY_EVERY if ahead is None else min(
-                EXPIRY_EVERY, max(0.0, (ahead - utcnow()).total_seconds()) + 0.1)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cancelled.wait(), wait)
-            self._cancelled.clear()
-
-    def _brake_on_deliveries(self, finals: Sequence[FinalStatus]) -> None:
-        """Each campaign's statuses to its brake, if it runs now; a brake that trips stops it."""
-        by_campaign: dict[str, list[FinalStatus]] = {}
-        for final in finals:
-            by_campaign.setdefault(final.campaign, []).append(final)
-        for cid, statuses in by_campaign.items():
-            tracked = self._campaigns.get(cid)
-            run = None if tracked is None else tracked.run
-            if run is None or run.brake is None or run.stop.is_set():
-                continue
-            reading = run.brake.observe_deliveries(statuses)
-            if reading is not None:
-                run.details = reading.fields()
-                run.halt("braked", reading.reason)
-
     def _credentials_problem(self) -> str | None:
         refused = self._engine.refused
         return None if refused is None else str(refused)
 
-    async def _serve(self, engine: Engine) -> None:
+    async def _serve(self) -> None:
         self._timer.start()
         # Watch before the first load, so a file written between the load and READY=1 is not
         # missed: awatch sets up inotify synchronously on its first step (one loop turn).
@@ -301,16 +206,9 @@ class Daemon:
         background = [
             watcher,
             self._spawn(self._reloader()),
-            self._spawn(self._heartbeat()),
-            self._spawn(self._index_messages()),
             self._spawn(self._lead()),
-            self._spawn(self._keep_presence()),
-            self._spawn(self._replay_stale_deliveries()),
-            self._spawn(self._feed_brakes()),
-            self._spawn(self._expire_cancelled()),
+            *(self._spawn(loop) for loop in self._upkeep.loops()),
         ]
-        if self.config.delivery_reports.poll:
-            background.append(self._spawn(self._poll_statuses()))
         self._check_idle()
         await self._stop.wait()
         self.notifier.stopping()
@@ -321,7 +219,7 @@ class Daemon:
         self._timer.shutdown(wait=False)
         await self.leadership.release()  # SIGTERM hands over: a standby takes it at once
         with contextlib.suppress(JournalError):
-            await self._engine.journal.leave(self.leadership.holder)
+            await self._journal.leave(self.leadership.holder)
 
     async def _shutdown_runs(self) -> None:
         """Stop taking batches, let in-flight ones finish, leave campaigns resumable."""
@@ -383,9 +281,9 @@ class Daemon:
         """Now the leader: say so; campaigns whose file is gone are cancelled."""
         self._lifecycle.announce("leadership_acquired", holder=self.leadership.holder,
                                  epoch=self.leadership.epoch)
-        self._role_changed.set()
+        self._upkeep.role_changed()
         await self._cancel_orphans()
-        self._cancelled.set()
+        self._upkeep.look_for_cancelled()
         self.notifier.status(self.status_line())
 
     async def _step_down(self, reason: str) -> None:
@@ -393,7 +291,7 @@ class Daemon:
         timer, and forget the schedule (a new term rebuilds it from files and journal)."""
         self._lifecycle.announce("leadership_lost", "warning", holder=self.leadership.holder,
                                  reason=reason)
-        self._role_changed.set()
+        self._upkeep.role_changed()
         async with self._lock:
             for tracked in self._campaigns.values():
                 self._unschedule(tracked.campaign.id)
@@ -412,139 +310,10 @@ class Daemon:
             self._reload.clear()
             self.notifier.reloading()
             self._lifecycle.announce("daemon_reloading")
-            self._reload_credentials()
+            self._rotation.reload()
             await self._reconcile()
             self._lifecycle.announce("daemon_reloaded", status=self.status_line())
             self.notifier.ready(self.status_line())
-
-    def _reload_credentials(self) -> None:
-        try:
-            fresh = load_config(self.config.source)
-        except UserError as exc:
-            self.log.error("config_invalid", error=str(exc))
-            return
-        if fresh.credentials.headers() != self.config.credentials.headers() or self._engine.refused:
-            self._take_webhook_token(fresh.credentials)
-            self.config = self.config.model_copy(update={"credentials": fresh.credentials})
-            self._engine.log.add_secrets(fresh.credentials.secrets())
-            if self.config.api.is_sandbox:
-                self._engine.refused = None
-            else:
-                self._engine.use_credentials(fresh.credentials.headers())
-        else:
-            self._take_webhook_token(fresh.credentials)
-
-    def _refresh_webhook_token(self) -> bool:
-        """A request came with a token that is not ours: maybe the credential was rotated.
-        Re-read it (the webhook server asks at most every few seconds); True if it changed."""
-        try:
-            fresh = load_credentials(os.environ)
-        except UserError as exc:
-            self.log.error("config_invalid", error=str(exc))
-            return False
-        return self._take_webhook_token(fresh)
-
-    def _take_webhook_token(self, fresh: Credentials) -> bool:
-        """Use ``fresh``'s webhook token from now on, if it is another one (the old one is
-        refused from then on); True if it changed."""
-        token = fresh.webhook_token
-        if token is None or token == self.config.credentials.webhook_token:
-            return False
-        credentials = self.config.credentials.model_copy(update={"webhook_token": token})
-        self.config = self.config.model_copy(update={"credentials": credentials})
-        self._engine.log.add_secrets(credentials.secrets())
-        self.log.info("webhook_token_changed")
-        return True
-
-    async def _heartbeat(self) -> None:
-        """WATCHDOG=1 from the event loop itself, and a STATUS= line now and then."""
-        interval = self.notifier.watchdog_interval()
-        step = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
-        while True:
-            if interval:
-                self.notifier.watchdog()
-            self.notifier.status(self.status_line())
-            self.metrics.tick()
-            await asyncio.sleep(step)
-
-    async def _keep_presence(self) -> None:
-        """Every few seconds, and at once when this daemon takes or loses the lease, tell the
-        journal it is alive and since when it holds its role (for `status`); a failure is
-        what /readyz reports as the journal not answering."""
-        holder = self.leadership.holder
-        while True:
-            self._role_changed.clear()
-            try:
-                await asyncio.wait_for(
-                    self._engine.journal.heartbeat(
-                        holder, self.leadership.since, 3 * STATUS_EVERY),
-                    JOURNAL_PROBE_TIMEOUT,
-                )
-            except (JournalError, TimeoutError) as exc:
-                self._journal_problem = (
-                    f"the journal does not answer: {exc or 'no answer in time'}")
-            else:
-                self._journal_problem = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._role_changed.wait(), STATUS_EVERY)
-
-    async def _replay_deliveries(self, before: datetime) -> None:
-        """Write the ``delivery`` lines of final statuses journaled before ``before`` that never
-        reached the delivery log (a crash between the two, a log that refused them); trouble
-        is said and left for the next look."""
-        try:
-            await self._deliveries.replay(before)
-        except (JournalError, DeliveryLogUnwritable) as exc:
-            self.log.warning("delivery_replay_failed", error=str(exc))
-
-    async def _replay_stale_deliveries(self) -> None:
-        """The leader looks now and then for lines still unwritten a while after their status
-        was journaled (a log that refused them, a daemon that died and did not come back)."""
-        while True:
-            await asyncio.sleep(REPLAY_EVERY)
-            if self.leadership.leading:
-                await self._replay_deliveries(utcnow() - timedelta(seconds=REPLAY_AFTER))
-
-    async def _index_messages(self) -> None:
-        """Copy sent messages into the journal's per-message rows, every few seconds.
-
-        The send path stays per batch (SPEC §12); the index serves look-ups by messageId
-        (delivery status: a message is polled once indexed) and by phone. It goes a couple of
-        batches per writer transaction, with a pause between them while a campaign sends, so
-        the send path's writes (and its fire lag) never wait long behind it.
-        """
-        while True:
-            await asyncio.sleep(INDEX_EVERY)
-            try:
-                while self.leadership.leading:
-                    if not await self._index_some():
-                        break
-                    await asyncio.sleep(INDEX_PAUSE if self._sending() else 0)
-            except JournalError as exc:  # a full disk...: say so, try again later
-                self.log.warning("message_index_failed", error=str(exc))
-
-    async def _poll_statuses(self) -> None:
-        """Ask the status API about every sent message until it is final (leader only), on
-        a session and rate limit of its own: it never holds sending back."""
-        settings = self.config.delivery_reports
-        base = settings.status_base(self.config.api)
-        sandbox = base == SANDBOX
-        client = StatusClient(
-            self._engine.client.base_url if sandbox else base,
-            lambda: self.config.credentials.headers() or (SANDBOX_HEADERS if sandbox else {}),
-            timeout=self.config.api.timeout,
-        )
-        poller = Poller(
-            self._engine.journal, client, self._deliveries,
-            PollSettings(settings.status_rate(self.config.sending), settings.first_poll,
-                         settings.max_interval),
-            leading=lambda: self.leadership.leading,
-        )
-        async with client:
-            await poller.run(self._stop)
-
-    def _sending(self) -> bool:
-        return any(t.task is not None and not t.task.done() for t in self._campaigns.values())
 
     # ------------------------------------------------------------------ reconcile
 
@@ -556,7 +325,8 @@ class Daemon:
             await self._reconcile_once()
         except JournalError as exc:
             self.log.error("reconcile_failed", error=str(exc))
-        self._cancelled.set()  # a file may have gone: its campaign's deadline counts now
+        # a file may have gone: its campaign's deadline counts now
+        self._upkeep.look_for_cancelled()
         self.notifier.status(self.status_line())
 
     async def _reconcile_once(self) -> None:
@@ -572,7 +342,7 @@ class Daemon:
                 return
             # one read of the journal per reconcile, not one per campaign (1,000 files load
             # in under 2 s instead of 6: each read would queue behind snapshot writes)
-            records = {r.id: r for r in await self._engine.journal.campaigns()}
+            records = {r.id: r for r in await self._journal.campaigns()}
             # a file with the id of a campaign that ended is refused unless it is that very
             # campaign (or says resume = true): it is reported as invalid, and nothing is sent
             checks = await asyncio.to_thread(_judge_ids, checks, records)
@@ -595,7 +365,7 @@ class Daemon:
 
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
-        for record in await self._engine.journal.campaigns():
+        for record in await self._journal.campaigns():
             if record.id in self._campaigns or record.state in FINISHED:
                 continue
             if record.id not in self._invalid_ids():
@@ -670,7 +440,7 @@ class Daemon:
         (the daemon was down, or its file came late) streams it: the leader sends while its
         audience is still being read."""
         campaign = tracked.campaign
-        stream = campaign.send_at <= utcnow() and self._engine.may_send()
+        stream = campaign.send_at <= utcnow() and self.leadership.may_send()
         task = asyncio.create_task(self._engine.prepare(campaign, stream=stream))
         task.add_done_callback(functools.partial(self._prepared, tracked.campaign.id))
         tracked.prepared = task
@@ -703,7 +473,7 @@ class Daemon:
         tracked = self._campaigns.get(cid) if cid else None
         if tracked is None or tracked.removed:
             return cid  # (a removed one is being cancelled: it ends so, whatever this file is)
-        record = await self._engine.journal.campaign(tracked.campaign.id)
+        record = await self._journal.campaign(tracked.campaign.id)
         if record is not None and record.state in FINISHED:
             return cid  # finished stays finished: its file no longer matters
         self._unschedule(tracked.campaign.id)
@@ -725,7 +495,7 @@ class Daemon:
                 tracked.run.halt("cancelled")
             return  # _drive forgets it once the in-flight batches are done
         del self._campaigns[cid]
-        record = await self._engine.journal.campaign(cid)
+        record = await self._journal.campaign(cid)
         if record is not None and record.state not in FINISHED:
             await self._lifecycle.move(cid, "cancelled")
 
@@ -752,7 +522,7 @@ class Daemon:
 
     def _launch(self, tracked: _Tracked) -> None:
         if tracked.task is not None and not tracked.task.done():
-            if tracked.run is not None and tracked.run.stop.is_set():
+            if tracked.run is not None and tracked.run.stopped:
                 tracked.resume_after = True  # halting right now: start again once it stopped
             return
         tracked.task = self._spawn(self._drive(tracked))
@@ -760,16 +530,10 @@ class Daemon:
     async def _drive(self, tracked: _Tracked) -> None:
         campaign = tracked.campaign
         try:
-            if tracked.prepared is not None:
-                record = await tracked.prepared
-            else:
-                record = await self._engine.prepare(campaign)
-            tracked.run = self._engine.open_run(campaign, record)
-            tracked.state = "running"
-            state: CampaignState = await self._engine.drive(tracked.run)
+            state: CampaignState = await self._engine.run_campaign(
+                campaign, prepared=tracked.prepared,
+                on_run=functools.partial(self._running, tracked))
             tracked.interruptions = 0
-        except JournalFenced:  # deposed mid-campaign: the new leader carries it on
-            state = "running"
         except UserError as exc:  # the CSV changed under us and no longer reads
             self._lifecycle.announce("campaign_invalid", "error", campaign=campaign.id,
                                      errors=[p.render() for p in exc.problems])
@@ -789,7 +553,7 @@ class Daemon:
         if tracked.removed:
             if self._campaigns.get(campaign.id) is tracked:
                 del self._campaigns[campaign.id]
-            self._cancelled.set()
+            self._upkeep.look_for_cancelled()
         else:
             tracked.state = state
         if tracked.resume_after and not tracked.removed and not self._stop.is_set():
@@ -797,6 +561,12 @@ class Daemon:
             tracked.task = self._spawn(self._drive(tracked))
         self.notifier.status(self.status_line())
         self._check_idle()
+
+    @staticmethod
+    def _running(tracked: _Tracked, run: CampaignRun) -> None:
+        """The campaign's run is open: it can be halted from now on."""
+        tracked.run = run
+        tracked.state = "running"
 
     def _retry_later(self, tracked: _Tracked, error: JournalError | OSError) -> None:
         """Announce the interruption and launch the campaign again after a growing wait."""
@@ -811,7 +581,7 @@ class Daemon:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
-            if self._stop.is_set() or self._engine.log.writable():
+            if self._stop.is_set() or self._runtime.log.writable():
                 break
             wait = min(RETRY_CAP, wait * 2)
         current = self._campaigns.get(tracked.campaign.id)
@@ -819,6 +589,19 @@ class Daemon:
             self._launch(tracked)
 
     # ------------------------------------------------------------------ reporting
+
+    def sending(self) -> bool:
+        """A campaign sends now (its task is running)."""
+        return any(t.task is not None and not t.task.done() for t in self._campaigns.values())
+
+    def run_of(self, campaign_id: str) -> CampaignRun | None:
+        """The campaign's run, while it has one."""
+        tracked = self._campaigns.get(campaign_id)
+        return None if tracked is None else tracked.run
+
+    def tracked(self) -> Collection[str]:
+        """The ids of the campaigns this daemon tracks."""
+        return set(self._campaigns)
 
     def state_counts(self) -> dict[str, int]:
         """How many campaigns this daemon tracks in each state (invalid files included)."""
@@ -861,8 +644,8 @@ class Daemon:
                 if not self._campaigns_idle():
                     return  # a campaign started again: its end checks once more
                 with contextlib.suppress(JournalError):
-                    if (not await self._index_some()
-                            and not await self._engine.journal.messages_awaiting_status(far, 1)):
+                    if (not await self._upkeep.index_some()
+                            and not await self._journal.messages_awaiting_status(far, 1)):
                         self._stop.set()
                         return
                 await asyncio.sleep(IDLE_POLL)

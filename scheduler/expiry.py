@@ -5,7 +5,7 @@ until ``send_at + ttl``: after that nothing of it may ever go. Its rows still un
 ``expired`` with reason ``cancelled``, so every row has one final outcome (SPEC §6): in the
 journal first, then one ``message`` line each in the delivery log. The campaign stays
 "cancelled", which is what happened to it. The leading daemon asks `expire_cancelled` now and
-then (`Daemon._expire_cancelled`).
+then (`Upkeep._expire_cancelled`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import orjson
 from scheduler.delivery_log import DeliveryLog, MessageOutcome
 from scheduler.journal import BatchRecord, CampaignRecord, Results, Run, SendJournal
 from scheduler.metrics import Metrics
-from scheduler.sender import TAIL_BYTES_PER_LINE
+from scheduler.recorder import TAIL_BYTES_PER_LINE
 from scheduler.vocabulary import CANCELLED_REASON
 
 PAGE = 16  # open batches read at a time

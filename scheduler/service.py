@@ -1,4 +1,4 @@
-"""Wiring shared by `send`, `run` and `demo`: config in, a running `Engine` out.
+"""Wiring shared by `send`, `run` and `demo`: config in, a running `Engine` (and its handles) out.
 
 Starts the embedded sandbox when ``base_url = "sandbox"``, opens the journal (on its writer
 thread), the delivery log and the one HTTP client, and closes them in reverse order.
@@ -19,18 +19,20 @@ from scheduler.config import Config
 from scheduler.delivery_log import DeliveryLog
 from scheduler.errors import UserError
 from scheduler.identity import content_fingerprint, reuse_problem, used
+from scheduler.indexing import MessageIndex
 from scheduler.journal import (
+    Journal,
     JournalBusy,
-    JournalFenced,
     JournalLocation,
     SchemaNews,
     open_journal,
 )
 from scheduler.leadership import Leadership
+from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
 from scheduler.sandbox import Sandbox
-from scheduler.sender import CampaignRun, Engine, ProgressCallback, utcnow
+from scheduler.sender import CampaignRun, Clock, Engine, ProgressCallback, utcnow
 from scheduler.streaming import Reader
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import CampaignState
@@ -85,9 +87,32 @@ def _reconnected(where: JournalLocation) -> None:
     get_logger("journal").info("journal_reconnected", journal=where.url or str(where.path))
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What one process opened to send: the engine, and the handles its owner uses beside it
+    (the daemon's upkeep reads the journal and writes the log; `send` holds the lease)."""
+
+    engine: Engine
+    journal: Journal
+    log: DeliveryLog
+    #: the one owner of campaigns' state changes and their log events
+    lifecycle: Lifecycle
+    metrics: Metrics
+    client: CascadeClient
+    index: MessageIndex
+    #: the journal's leadership lease, when the engine sends only while it holds it
+    leadership: Leadership | None = None
+
+
 @contextlib.asynccontextmanager
-async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Engine]:
-    """A started `Engine` with everything it needs; everything is closed on exit."""
+async def open_runtime(
+    config: Config, metrics: Metrics | None = None, *, lead: bool = False,
+    clock: Clock = utcnow, may_send: Callable[[], bool] | None = None,
+) -> AsyncIterator[Runtime]:
+    """A started `Engine` with everything it needs; everything is closed on exit. ``lead``:
+    it sends only while it holds the journal's leadership lease (`Runtime.leadership`,
+    acquired by the caller); ``may_send`` is asked instead without it (tests)."""
+    metrics = metrics or Metrics()
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
         # the journal first: a second writer is refused before anything else is started
@@ -107,20 +132,45 @@ async def open_engine(config: Config, metrics: Metrics | None = None) -> AsyncIt
             base_url, headers, timeout=config.api.timeout, pool_size=config.sending.concurrency
         )
         await stack.enter_async_context(client)
+        leadership = None
+        if lead:
+            leadership = Leadership(journal, config.journal.lease,
+                                    on_renew_failure=metrics.lease_renew_failures.inc)
+            may_send = leadership.may_send
+        index = MessageIndex(journal, config.delivery_reports.first_poll)
+        lifecycle = Lifecycle(journal, log)
         engine = Engine(
             client=client,
             journal=journal,
             log=log,
+            lifecycle=lifecycle,
             sending=config.sending,
             default_route=config.api.route,
+            index=index,
             suppression=suppression,
             suppression_path=config.paths.suppression,
+            clock=clock,
+            may_send=may_send or _always,
             metrics=metrics,
             caps=config.policy.caps,
         )
         engine.start()
         stack.push_async_callback(engine.close)
-        yield engine
+        yield Runtime(engine, journal, log, lifecycle, metrics, client, index, leadership)
+
+
+@contextlib.asynccontextmanager
+async def open_engine(
+    config: Config, metrics: Metrics | None = None, *, clock: Clock = utcnow,
+    may_send: Callable[[], bool] | None = None,
+) -> AsyncIterator[Engine]:
+    """`open_runtime`'s engine alone (tests, tools): it sends whenever ``may_send`` says."""
+    async with open_runtime(config, metrics, clock=clock, may_send=may_send) as runtime:
+        yield runtime.engine
+
+
+def _always() -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -151,8 +201,9 @@ async def send_campaign(
     Like a daemon, it sends only while it holds the journal's leadership lease. ``reader``: the
     audience reader the caller started ahead (`Engine.prepare`); the caller closes it.
     """
-    async with open_engine(config) as engine, _leading(config, engine) as lost:
-        await _refuse_used_id(engine, campaign)
+    async with open_runtime(config, lead=True) as runtime, _leading(runtime) as lost:
+        engine = runtime.engine
+        await _refuse_used_id(runtime.journal, campaign)
         # due now: read the audience while sending; else prepare it whole while waiting
         record = await engine.prepare(campaign, stream=campaign.send_at <= utcnow(),
                                       reader=reader)
@@ -164,30 +215,35 @@ async def send_campaign(
         if delay > 0 and record.started_at is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-        run = engine.open_run(campaign, record, on_progress)
-        watchers = [asyncio.create_task(_halt_on(stop, run)),
-                    asyncio.create_task(_halt_on(lost, run))]
-        if on_start is not None:
-            watchers.append(asyncio.create_task(_announce_total(engine, campaign.id, on_start)))
+        watchers: list[asyncio.Task[None]] = []
+
+        def watch(run: CampaignRun) -> None:
+            if stop.is_set():
+                run.halt()  # stopped while it waited: not started
+            watchers.extend([asyncio.create_task(_halt_on(stop, run)),
+                             asyncio.create_task(_halt_on(lost, run))])
+            if on_start is not None:
+                watchers.append(asyncio.create_task(
+                    _announce_total(runtime, campaign.id, on_start)))
+
         try:
-            state = await engine.drive(run) if not stop.is_set() else "running"
-        except JournalFenced:
-            state = "running"  # a daemon took the lease: it carries the campaign on
+            state = await engine.run_campaign(campaign, prepared=record, on_run=watch,
+                                              on_progress=on_progress)
         finally:
             for watcher in watchers:
                 watcher.cancel()
-        counts = await engine.journal.counts(campaign.id)
+        counts = await runtime.journal.counts(campaign.id)
         error = str(engine.refused) if engine.refused is not None else None
         if state == "braked":
-            latest = await engine.journal.campaign(campaign.id)
+            latest = await runtime.journal.campaign(campaign.id)
             error = latest.error if latest is not None else None
         return SendOutcome(state, counts, error)
 
 
-async def _refuse_used_id(engine: Engine, campaign: Campaign) -> None:
+async def _refuse_used_id(journal: Journal, campaign: Campaign) -> None:
     """Raise `UserError` when the campaign's id belongs to another campaign that ended
     (`identity.reuse_problem`): a new file never restarts an old campaign."""
-    record = await engine.journal.campaign(campaign.id)
+    record = await journal.campaign(campaign.id)
     if not used(record):
         return
     content = await asyncio.to_thread(content_fingerprint, campaign)
@@ -197,14 +253,14 @@ async def _refuse_used_id(engine: Engine, campaign: Campaign) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _leading(config: Config, engine: Engine) -> AsyncIterator[asyncio.Event]:
+async def _leading(runtime: Runtime) -> AsyncIterator[asyncio.Event]:
     """Take the journal's leadership lease for a foreground send (or raise `JournalBusy`)
     and renew it from the start: a big snapshot can take longer than the lease. The event
     is set if the lease is lost anyway."""
-    leadership = Leadership(engine.journal, config.journal.lease)
+    leadership = runtime.leadership
+    assert leadership is not None  # opened with lead=True
     if not await leadership.acquire():
-        raise JournalBusy(engine.journal.location, "the daemon that leads it")
-    engine.may_send = leadership.may_send
+        raise JournalBusy(runtime.journal.location, "the daemon that leads it")
     lost, done = asyncio.Event(), asyncio.Event()
 
     async def on_lost(reason: str) -> None:
@@ -219,12 +275,14 @@ async def _leading(config: Config, engine: Engine) -> AsyncIterator[asyncio.Even
         await leadership.release()
 
 
-async def _announce_total(engine: Engine, campaign_id: str, on_start: ProgressStart) -> None:
+async def _announce_total(
+    runtime: Runtime, campaign_id: str, on_start: ProgressStart,
+) -> None:
     """The progress total, once the snapshot is whole (at once unless it is streamed)."""
-    await engine.wait_whole(campaign_id)
-    record = await engine.journal.campaign(campaign_id)
+    await runtime.engine.wait_whole(campaign_id)
+    record = await runtime.journal.campaign(campaign_id)
     if record is not None:
-        counts = await engine.journal.counts(campaign_id)
+        counts = await runtime.journal.counts(campaign_id)
         total = record.recipients + record.skipped
         on_start(total, total - counts.get("pending", 0))
 

@@ -312,10 +312,9 @@ async def test_a_deposed_leader_logs_late_answers_and_posts_nothing_more(
             config.write(f'\n[journal]\nurl = "{postgres_url}"\n')
         settings = load_config(tmp_path / "config.toml", env={"CASCADE_API_KEY": KEY})
         with capture_logs() as captured:
-            async with open_engine(settings) as engine:
+            async with open_engine(settings, may_send=lambda: not taken.is_set()) as engine:
                 epoch = await engine.journal.acquire_lease(holder, lease)
                 engine.journal.fence(holder, epoch)
-                engine.may_send = lambda: not taken.is_set()
                 assert await drive_with(engine, setup.campaign) == "running"
                 exposition = engine.metrics.exposition().decode()
         opened = await rival.open_batches(setup.campaign.id)

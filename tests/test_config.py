@@ -222,6 +222,29 @@ def test_require_credentials(folder: Path) -> None:
     load_config(real, env={"CASCADE_VIBER_TOKEN": "v"}).require_credentials()
 
 
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ('[api]\nbase_url = "https://restapi.smsbat.com"\n'
+     '[delivery_reports]\npoll = true\nstatus_url = "sandbox"\n',
+     "delivery_reports.status_url", 'status_url = "sandbox" needs [api] base_url = "sandbox"'),
+    ('[delivery_reports]\nlisten = "127.0.0.1:8081"\n', "delivery_reports.listen",
+     "listen needs the webhook token"),
+    ('[paths]\ncampaigns = "nowhere"\n', "paths.campaigns", "does not exist: create it"),
+])
+def test_require_daemon(folder: Path, body: str, field: str, words: str) -> None:
+    """What `run` cannot start with is one problem naming its key, asked of the config."""
+    assert load_config(write_config(folder, ""), env={}).require_daemon() is None
+    if body.startswith("[paths]"):  # its own [paths]: the folder it names is missing
+        path = folder / "config.toml"
+        path.write_text(body, "utf-8")
+    else:
+        path = write_config(folder, body)
+    config = load_config(path, env={"CASCADE_API_KEY": "k"})
+    with pytest.raises(ConfigError) as caught:
+        config.require_daemon()
+    assert [p.field for p in caught.value.problems] == [field]
+    assert words in str(caught.value)
+
+
 def test_check_warns_about_missing_credentials_only_when_strict(
     folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,7 +21,7 @@ from scheduler import batching
 from scheduler.cascade import CascadeClient
 from scheduler.delivery_log import DeliveryLog
 from scheduler.journal.front import Front
-from scheduler.sender import _Outcomes
+from scheduler.outcomes import Outcomes
 from scheduler.service import open_engine
 from tests.engine_helpers import KEY, drive, make_setup
 from tests.helpers import StartSandbox
@@ -32,7 +32,7 @@ COUNT, BATCH = 600, 50
 STAGES: dict[str, tuple[Any, str]] = {
     "mark": (Front, "mark_in_flight"),
     "post": (CascadeClient, "post"),
-    "parse": (_Outcomes, "accept"),
+    "parse": (Outcomes, "accept"),
     "record": (Front, "record_results"),
     "log": (DeliveryLog, "sent"),
 }

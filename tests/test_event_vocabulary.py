@@ -73,7 +73,7 @@ async def test_engine_events_reach_the_operational_log(
                        max_attempts=8, requests_per_second=100)
     with capture_logs() as captured:
         async with open_engine(setup.config) as engine:
-            engine.progress_every = 0.05
+            engine.driver.progress_every = 0.05
             assert await drive_with(engine, setup.campaign) == "done"
     logged = {line["event"] for line in setup.log_lines()} - {"message"}
     oplog = {entry["event"] for entry in captured}

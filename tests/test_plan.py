@@ -15,6 +15,7 @@ import pytest
 from daemon_helpers import Workspace
 
 from scheduler import cli
+from scheduler.campaign_run import CampaignRun
 from scheduler.config import Config, load_config
 from scheduler.journal import JournalLocation, open_journal
 from scheduler.loader import load_campaign
@@ -61,9 +62,10 @@ async def _send(config: Config, cid: str, *, halt_after_first_batch: bool) -> No
     assert campaign is not None
     async with open_engine(config) as engine:
         record = await engine.prepare(campaign)
-        run = engine.open_run(campaign, record)
-        if halt_after_first_batch:
-            run.on_progress = lambda _count: run.halt(None)
+        runs: list[CampaignRun] = []
+        run = engine.open_run(campaign, record, (lambda _count: runs[0].halt(None))
+                              if halt_after_first_batch else None)
+        runs.append(run)
         await engine.drive(run)
 
 
@@ -251,8 +253,10 @@ async def test_an_interrupted_send_now_shows_the_time_it_was_sent_at(
     assert campaign is not None
     campaign = campaign.model_copy(update={"send_at": NOW})  # what `send --now` does
     async with open_engine(config) as engine:
-        run = engine.open_run(campaign, await engine.prepare(campaign))
-        run.on_progress = lambda _count: run.halt(None)
+        runs: list[CampaignRun] = []
+        run = engine.open_run(campaign, await engine.prepare(campaign),
+                              lambda _count: runs[0].halt(None))
+        runs.append(run)
         await engine.drive(run)
     row = _by_id(await asyncio.to_thread(plan_rows, config, NOW))["now"]
     assert (row["state"], row["send_at"], row["eta"]) == ("running", _iso(NOW), None)

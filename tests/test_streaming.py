@@ -36,7 +36,7 @@ from scheduler.records import Skip
 from scheduler.report import campaign_note
 from scheduler.sandbox import Sandbox
 from scheduler.sandbox_options import SandboxOptions
-from scheduler.sender import CampaignRun, Engine
+from scheduler.sender import CampaignRun, Engine, utcnow
 from scheduler.service import open_engine, send_campaign
 from scheduler.streaming import (
     PIPE_SIZE,
@@ -91,9 +91,7 @@ async def send_streamed(
 ) -> CampaignState:
     """Prepare the campaign streamed and drive it with a fresh engine to its end (or halt);
     ``sent`` is set once outcomes are journaled, ``clock`` replaces the engine's."""
-    async with open_engine(setup.config) as engine:
-        if clock is not None:
-            engine.clock = clock
+    async with open_engine(setup.config, clock=clock or utcnow) as engine:
         record = await engine.prepare(setup.campaign, stream=True)
         run = engine.open_run(setup.campaign, record,
                               None if sent is None else lambda _: sent.set())

@@ -108,8 +108,7 @@ async def test_a_closed_zone_waits_for_its_window_while_an_open_one_goes(
     start = at("2026-12-07T13:59:57Z")
     setup = windowed_setup(tmp_path, sandbox.base_url, start)
     clock = HeldClock(start)
-    async with open_engine(setup.config) as engine:
-        engine.clock = clock
+    async with open_engine(setup.config, clock=clock) as engine:
         prepared = await engine.prepare(setup.campaign)
         driving = asyncio.create_task(engine.drive(engine.open_run(setup.campaign, prepared)))
         await kyiv_through(sandbox)
@@ -136,8 +135,7 @@ async def test_a_window_that_never_opens_in_the_ttl_expires_at_once(
     sandbox = await start_sandbox(api_key=KEY, record=record)
     start = at("2026-12-07T10:00:00Z")
     setup = windowed_setup(tmp_path, sandbox.base_url, start, ttl=3600)
-    async with open_engine(setup.config) as engine:
-        engine.clock = shifted(start)
+    async with open_engine(setup.config, clock=shifted(start)) as engine:
         prepared = await engine.prepare(setup.campaign)
         assert await engine.drive(engine.open_run(setup.campaign, prepared)) == "done"
     assert {line["toPhone"] for line in read_jsonl(record)} == set(KYIV)
@@ -159,8 +157,8 @@ async def test_a_restart_while_held_keeps_the_due_time_and_sends_each_once(
     sandbox = await start_sandbox(api_key=KEY, record=record)
     start = at("2026-12-07T13:59:55Z")
     setup = windowed_setup(tmp_path, sandbox.base_url, start)
-    async with open_engine(setup.config) as engine:
-        engine.clock = HeldClock(start)  # New York waits however long Kyiv takes
+    # New York waits however long Kyiv takes
+    async with open_engine(setup.config, clock=HeldClock(start)) as engine:
         prepared = await engine.prepare(setup.campaign)
         run = engine.open_run(setup.campaign, prepared)
         driving = asyncio.create_task(engine.drive(run))
@@ -172,8 +170,7 @@ async def test_a_restart_while_held_keeps_the_due_time_and_sends_each_once(
         held = journal.open_batches("promo")
         assert {batch.zones for batch in held} == {"America/New_York"}
         assert sum(batch.size for batch in held) == len(NEW_YORK)
-    async with open_engine(setup.config) as engine:
-        engine.clock = clock
+    async with open_engine(setup.config, clock=clock) as engine:
         prepared = await engine.prepare(setup.campaign)
         assert await engine.drive(engine.open_run(setup.campaign, prepared)) == "done"
     sent = accepted(record, clock)  # raises if any phone was sent twice
@@ -274,7 +271,7 @@ async def test_a_sending_campaign_rereads_the_caps_and_skips_what_others_sent_me
     other = windowed_setup(tmp_path, sandbox.base_url, now, policy=CAPS, phones=phones[5:],
                            cid="other", extra="")
     async with open_engine(staged.config) as engine:
-        engine.caps_refresh = 0.05
+        engine.driver.caps_refresh = 0.05
         prepared = await engine.prepare(staged.campaign)
         driving = asyncio.create_task(engine.drive(engine.open_run(staged.campaign, prepared)))
         for _ in range(500):  # bounded: 10 s for the first stage to end and the hold to begin
