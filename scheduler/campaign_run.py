@@ -36,18 +36,19 @@ class CampaignRun:
     # slots: a write from outside to a field that is not there fails loudly, never silently
     __slots__ = (
         "_backoff", "_brake", "_broken", "_campaign", "_deadline", "_details", "_first_post",
-        "_later", "_on_progress", "_outstanding", "_reason", "_route", "_slots", "_stage",
-        "_stop", "_stop_state", "caps", "windows",
+        "_freed", "_later", "_on_progress", "_outstanding", "_reason", "_route", "_slots",
+        "_stage", "_stop", "_stop_state", "_taken", "caps", "windows",
     )
 
     def __init__(
-        self, campaign: Campaign, route: Route, deadline: datetime, *, slots: int,
+        self, campaign: Campaign, route: Route, deadline: datetime, *, slots: Callable[[], int],
         windows: WindowGate, caps: CapGate | None = None, brake: Brake | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> None:
         self._campaign, self._route, self._deadline = campaign, route, deadline
-        # in flight + being recorded + queued ahead (see `Driver.open_run`)
-        self._slots = asyncio.Semaphore(slots)
+        # in flight + being recorded + queued ahead (see `Driver.open_run`): asked at each
+        # batch, since the requests in flight follow the API's round trip
+        self._slots, self._taken, self._freed = slots, 0, asyncio.Event()
         self._stop = asyncio.Event()
         self._backoff = asyncio.Event()
         self._outstanding: set[asyncio.Future[None]] = set()
@@ -154,11 +155,15 @@ class CampaignRun:
 
     async def take_slot(self) -> None:
         """Wait for room in the campaign's queue window (one batch)."""
-        await self._slots.acquire()
+        while self._taken >= self._slots():
+            self._freed.clear()
+            await self._freed.wait()
+        self._taken += 1
 
     def free_slot(self) -> None:
         """A batch left the window (its job ended)."""
-        self._slots.release()
+        self._taken -= 1
+        self._freed.set()
 
     def track(self, done: asyncio.Future[None]) -> None:
         """A queued batch, awaited by `settled`."""

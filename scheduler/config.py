@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from scheduler.errors import ConfigError, Problem, UserError
+from scheduler.inflight import MAX_IN_FLIGHT
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.tomlsource import TomlProblem, read_toml
 from scheduler.window import Window, parse_days, zone
@@ -77,11 +78,18 @@ class SendingConfig(_Section):
 
     batch_size: int = Field(default=500, ge=1, le=1000)
     requests_per_second: float = Field(default=20, gt=0, le=1000)
-    concurrency: int = Field(default=4, ge=1, le=64)
+    # requests in flight: unset, they follow the measured round trip (scheduler/inflight.py);
+    # set, a hard cap
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_IN_FLIGHT)
     max_attempts: int = Field(default=6, ge=1, le=100)
     delivery: Delivery = "at-least-once"
     brake_rate: float = Field(default=0.05, gt=0, lt=1)  # share of recent messages rejected
     brake_window: int = Field(default=500, ge=0, le=1_000_000)  # recent messages; 0 = off
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most requests ever in flight at once: ``concurrency``, else the ceiling."""
+        return self.concurrency if self.concurrency is not None else MAX_IN_FLIGHT
 
     @field_validator("brake_window")
     @classmethod

@@ -147,7 +147,7 @@ def write_workspace(root: Path, now: datetime, seed: int = 7) -> Path:
     )
     config = {
         "api": {"base_url": "sandbox", "route": "standard", "timeout": 10},
-        "sending": {"batch_size": 250, "requests_per_second": 50, "concurrency": 4,
+        "sending": {"batch_size": 250, "requests_per_second": 50,
                     "max_attempts": 6, "delivery": "at-least-once"},
         "paths": {"campaigns": "campaigns", "state": "state/journal.sqlite3",
                   "delivery_log": "logs/delivery.jsonl", "suppression": "suppression.txt"},

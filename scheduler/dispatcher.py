@@ -32,6 +32,7 @@ from scheduler.cascade import (
     backoff_delay,
 )
 from scheduler.config import SendingConfig
+from scheduler.inflight import InFlight
 from scheduler.journal import Journal, JournalError, JournalFenced, Results
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
@@ -91,10 +92,16 @@ class Dispatcher:
         self._refused: CredentialsRefused | None = None
         self._oplog = get_logger("engine")
         self._limiter = RateLimit(sending.requests_per_second)
+        self._in_flight = InFlight(sending.requests_per_second, sending.concurrency)
         self._queue: asyncio.PriorityQueue[Job] = asyncio.PriorityQueue()
         self._order = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
         self._keeping: set[asyncio.Task[Any]] = set()  # recordings in progress
+
+    @property
+    def in_flight_limit(self) -> int:
+        """How many requests may be in flight now (it follows the round trip)."""
+        return self._in_flight.limit
 
     @property
     def refused(self) -> CredentialsRefused | None:
@@ -111,8 +118,10 @@ class Dispatcher:
     # ----------------------------------------------------------------- the pool
 
     def start(self) -> None:
-        """Start the worker pool (``concurrency`` requests in flight)."""
-        for number in range(self._sending.concurrency):
+        """Start the worker pool: as many workers as requests may ever be in flight (the
+        configured ``concurrency``, else `inflight.MAX_IN_FLIGHT`); `InFlight` lets as many
+        post at once as the round trip needs."""
+        for number in range(self._in_flight.cap):
             self._start_worker(number)
 
     def _start_worker(self, number: int) -> None:
@@ -286,7 +295,7 @@ class Dispatcher:
     ) -> PostResult:
         """POST ``part`` (``body`` is its stored JSON when it is a whole batch) with a ttl
         that ends at ``until`` (the deadline, or sooner: its send window's close)."""
-        async with self._limiter:
+        async with self._in_flight.slot(), self._limiter:
             if self._refused is not None:
                 raise Deferred  # a 401 came back while this one waited for its turn
             if not self._may_send():
@@ -305,7 +314,10 @@ class Dispatcher:
                     max(0.0, (self._clock() - run.campaign.send_at).total_seconds()))
             started = time.monotonic()
             reply = await self._client.post(run.route, body)
-            self._count_request(run.route, reply, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            self._count_request(run.route, reply, seconds)
+            if isinstance(reply, Accepted):
+                self._in_flight.timed(seconds)  # a refusal or timeout says nothing of it
             return reply
 
     def _count_request(self, route: str, reply: PostResult, seconds: float) -> None:

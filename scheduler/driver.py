@@ -59,7 +59,7 @@ class Driver:
             campaign, campaign.route or self._default_route, record.deadline,
             # in flight + being recorded + queued ahead, so a worker rarely finds nothing of
             # this campaign queued (transactional work must be waiting to go first)
-            slots=self._sending.concurrency * 2 + 2,
+            slots=lambda: self._dispatcher.in_flight_limit * 2 + 2,
             windows=WindowGate(campaign.window, record.deadline, self._clock),
             caps=CapGate(caps, self._journal, catch_up=self._catch_up, clock=self._clock,
                          refresh=self.caps_refresh) if caps else None,

@@ -73,7 +73,7 @@ class Engine:
         )
 
     def start(self) -> None:
-        """Start the worker pool (``concurrency`` requests in flight)."""
+        """Start the dispatcher's worker pool."""
         self.dispatcher.start()
 
     async def close(self) -> None:

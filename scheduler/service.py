@@ -129,7 +129,7 @@ async def open_runtime(
         )
         stack.callback(log.close)
         client = CascadeClient(
-            base_url, headers, timeout=config.api.timeout, pool_size=config.sending.concurrency
+            base_url, headers, timeout=config.api.timeout, pool_size=config.sending.most_in_flight
         )
         await stack.enter_async_context(client)
         leadership = None
