@@ -27,6 +27,7 @@ from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
     MESSAGE_TYPES,
+    Campaign,
     MessageType,
     utc_text,
 )
@@ -388,6 +389,8 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     if check.campaign is None:
         return EXIT_INVALID
     campaign = check.campaign
+    if campaign.repeat is not None:  # a series: `send` works on its next occurrence
+        campaign = series_occurrence(campaign, args)
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
     if reader is not None:
@@ -409,6 +412,17 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
         return console.run_send(config, campaign, reader)
     except JournalBusy as exc:
         raise UserError.single(_busy(exc, config, now)) from None
+
+
+def series_occurrence(series: Campaign, args: argparse.Namespace) -> Campaign:
+    """The next occurrence of a series, for ``--dry-run`` and ``--test``; a series is sent
+    by the daemon, occurrence by occurrence (SPEC §13.1), never by `send` itself."""
+    if not (args.dry_run or args.test is not None):
+        raise UserError.single(
+            f"{args.file} is a series: the daemon (cascade-scheduler run) sends each of its "
+            "occurrences; `send` takes one-off campaigns (use --dry-run or --test to see a "
+            "series' next occurrence)")
+    return series.occurrence(series.send_at)
 
 
 def _busy(exc: JournalBusy, config: Config, now: datetime) -> str:

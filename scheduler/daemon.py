@@ -29,7 +29,7 @@ from scheduler.campaign import Campaign
 from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
 from scheduler.delivery_log import DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
-from scheduler.errors import ConfigError, UserError
+from scheduler.errors import ConfigError, Problem, UserError
 from scheduler.expiry import expire_cancelled
 from scheduler.identity import judged
 from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
@@ -563,6 +563,7 @@ class Daemon:
         async with self._lock:
             files = campaign_files(self.config.paths.campaigns)
             checks = await asyncio.to_thread(load_campaigns, files, self.config, utcnow())
+            checks = [refuse_series(c) for c in checks]  # series: SPEC §13.1, not fired yet
             if not self.leadership.leading:
                 for check in checks:
                     if check.campaign is None:
@@ -875,6 +876,16 @@ def _judge_ids(
 ) -> list[CampaignCheck]:
     """Each valid file judged against the journal's campaign of its id (`identity.judged`)."""
     return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
+
+
+def refuse_series(check: CampaignCheck) -> CampaignCheck:
+    """A series file (SPEC §13.1) as invalid, said loudly: this daemon does not fire series
+    yet, and a series it silently ignored would be a campaign that never goes."""
+    if check.campaign is None or check.campaign.repeat is None:
+        return check
+    return CampaignCheck(check.file, None, [*check.problems, Problem(
+        check.file, None, "repeat", "this daemon does not send series yet: nothing of it is "
+        "sent; send its occurrences as one-off campaigns (send_at, no [repeat]) for now")])
 
 
 def _declared_id(path: Path) -> str | None:
