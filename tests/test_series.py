@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -306,3 +307,75 @@ def test_send_refuses_a_series_but_dry_runs_its_next_occurrence(
         assert "is a series: the daemon (cascade-scheduler run) sends each of its" in out.err
         assert cli.main(["send", str(path), "--dry-run", "--config", config]) == 0
     assert "weekly-deals@20261214T0800Z" in capsys.readouterr().out
+
+
+# -- plan and new --repeat ---------------------------------------------------------------
+
+
+def test_plan_lists_the_occurrences_within_30_days(
+    root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``plan --json``: the series' row with ``occurrences: [{run, fire_at, local}]`` within
+    30 days, across a DST change in its zone; the table has a row per occurrence."""
+    path = root / "campaigns" / "s.toml"
+    path.write_text(series_text('cron = "0 9 * * SUN"\ntimezone = "America/New_York"'), "utf-8")
+    config = str(root / "config.toml")
+    with time_machine.travel(utc(2027, 2, 20, 12), tick=False):
+        assert cli.main(["plan", "--json", "--config", config]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert cli.main(["plan", "--config", config]) == 0
+    table = capsys.readouterr().out
+    (row,) = rows
+    assert (row["campaign"], row["state"], row["valid"]) == ("weekly-deals", "series", 2)
+    assert row["occurrences"] == [
+        {"run": "weekly-deals@20270221T1400Z", "fire_at": "2027-02-21T14:00:00Z",
+         "local": "2027-02-21 09:00 Sun America/New_York"},
+        {"run": "weekly-deals@20270228T1400Z", "fire_at": "2027-02-28T14:00:00Z",
+         "local": "2027-02-28 09:00 Sun America/New_York"},
+        {"run": "weekly-deals@20270307T1400Z", "fire_at": "2027-03-07T14:00:00Z",
+         "local": "2027-03-07 09:00 Sun America/New_York"},
+        {"run": "weekly-deals@20270314T1300Z", "fire_at": "2027-03-14T13:00:00Z",
+         "local": "2027-03-14 09:00 Sun America/New_York"},
+        {"run": "weekly-deals@20270321T1300Z", "fire_at": "2027-03-21T13:00:00Z",
+         "local": "2027-03-21 09:00 Sun America/New_York"},
+    ]
+    assert "weekly-deals@20270314T1300Z" in table
+    assert "2027-03-14 09:00 Sun America/New_York" in table
+
+
+def test_new_repeat_writes_a_series_that_checks(
+    root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``new --repeat CRON --timezone ZONE --evergreen`` writes a paused series file."""
+    config = str(root / "config.toml")
+    csv = str(root / "campaigns" / "audiences" / "people.csv")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["new", "weekly", "--type", "promo", "--audience", csv, "--repeat",
+                         "0 10 * * MON", "--timezone", KYIV, "--evergreen",
+                         "--config", config]) == 0
+        check = load_campaign(root / "campaigns" / "weekly.toml",
+                              load_config(root / "config.toml", env={}), NOW)
+    assert check.campaign is not None and check.campaign.repeat is not None
+    assert (check.campaign.repeat.cron, check.campaign.repeat.audience) == ("0 10 * * MON", "new")
+    assert check.campaign.paused
+    assert "send_at =" not in (root / "campaigns" / "weekly.toml").read_text("utf-8")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--repeat", "0 10 * *", "--timezone", KYIV], '--repeat: "0 10 * *" is not a cron'),
+    (["--repeat", "0 10 * * MON", "--timezone", "Europe/Kiyv"],
+     '--timezone: "Europe/Kiyv" is not an IANA time zone: did you mean "Europe/Kyiv"?'),
+    (["--repeat", "0 10 * * MON"], "--repeat needs --timezone"),
+    (["--evergreen"], "--timezone and --evergreen go with --repeat CRON"),
+])
+def test_new_repeat_refuses_what_check_would(
+    root: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str,
+) -> None:
+    """A mistake names the argument, and no file is written."""
+    csv = str(root / "campaigns" / "audiences" / "people.csv")
+    with time_machine.travel(NOW, tick=False):
+        code = cli.main(["new", "weekly", "--type", "promo", "--audience", csv, *args,
+                         "--config", str(root / "config.toml")])
+    assert code != 0
+    assert message in capsys.readouterr().err
+    assert not (root / "campaigns" / "weekly.toml").exists()
