@@ -29,7 +29,7 @@ from scheduler.campaign import Campaign
 from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
 from scheduler.delivery_log import DeliveryLogUnwritable
 from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
-from scheduler.errors import ConfigError, Problem, UserError
+from scheduler.errors import ConfigError, UserError
 from scheduler.expiry import expire_cancelled
 from scheduler.identity import judged
 from scheduler.journal import CampaignRecord, FinalStatus, JournalError, JournalFenced
@@ -37,8 +37,10 @@ from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
+from scheduler.recurrence import MISSED, PREVIOUS_RUNNING, decide
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, Engine, utcnow
+from scheduler.series import is_run_of, parse_run_id
 from scheduler.service import SANDBOX_HEADERS, open_engine
 from scheduler.vocabulary import FINISHED, CampaignState
 from scheduler.webhooks import WebhookServer
@@ -160,6 +162,7 @@ class Daemon:
         self._reload = asyncio.Event()
         self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
         self._cancelled = asyncio.Event()  # a campaign may have been cancelled: look again
+        self._missed: set[str] = set()  # series occurrences announced missed (SPEC §13.1)
 
     # ------------------------------------------------------------------ main
 
@@ -563,7 +566,6 @@ class Daemon:
         async with self._lock:
             files = campaign_files(self.config.paths.campaigns)
             checks = await asyncio.to_thread(load_campaigns, files, self.config, utcnow())
-            checks = [refuse_series(c) for c in checks]  # series: SPEC §13.1, not fired yet
             if not self.leadership.leading:
                 for check in checks:
                     if check.campaign is None:
@@ -581,6 +583,10 @@ class Daemon:
             for check in checks:
                 if check.campaign is None:
                     cid = await self._invalid_file(check)
+                elif check.campaign.repeat is not None:  # a series (SPEC §13.1)
+                    self._invalid.pop(check.file, None)
+                    self._file_ids[check.file] = cid = check.campaign.id
+                    present |= await self._apply_series(check.campaign, records)
                 else:
                     self._invalid.pop(check.file, None)
                     self._file_ids[check.file] = cid = check.campaign.id
@@ -593,6 +599,63 @@ class Daemon:
             for gone in set(self._file_ids) - set(files):
                 del self._file_ids[gone]
                 self._invalid.pop(gone, None)
+
+    # -- series (SPEC §13.1): the rules are `scheduler.recurrence`'s -------------------------
+
+    async def _apply_series(
+        self, series: Campaign, records: dict[str, CampaignRecord],
+    ) -> set[str]:
+        """Run, keep, cancel or record as missed the series' occurrences as
+        `recurrence.decide` says; the run ids it tracks (they stay while the file does)."""
+        decision = decide(series, records.values(), utcnow())
+        for run_id, reason in decision.cancel.items():
+            self._unschedule(run_id)
+            self._campaigns.pop(run_id, None)
+            await self._lifecycle.move(run_id, "cancelled", reason=reason)
+            if reason == MISSED:
+                self._lifecycle.announce("occurrence_missed", "warning", campaign=run_id,
+                                         series=series.id)
+        for run_id in decision.missed:
+            if run_id not in self._missed:
+                self._missed.add(run_id)
+                self._lifecycle.announce("occurrence_missed", "warning", campaign=run_id,
+                                         series=series.id)
+        for occurrence in decision.run:
+            record = records.get(occurrence.id)
+            if (occurrence.send_at <= utcnow() and (record is None or record.started_at is None)
+                    and self._previous_running(occurrence.id)):
+                await self._skip_occurrence(occurrence, record)
+                continue
+            await self._apply(occurrence, record)
+        if decision.next_at is not None:  # then plan the one after it
+            self._timer.add_job(
+                self._reconcile, "date", run_date=decision.next_at + timedelta(seconds=1),
+                id=f"series:{series.id}", replace_existing=True,
+            )
+        return {cid for cid in self._campaigns if is_run_of(cid, series.id)}
+
+    def _previous_running(self, run_id: str) -> bool:
+        """True when another occurrence of ``run_id``'s series is sending now."""
+        parsed = parse_run_id(run_id)
+        return parsed is not None and any(
+            cid != run_id and is_run_of(cid, parsed.series) and t.task is not None
+            and not t.task.done() for cid, t in self._campaigns.items())
+
+    async def _skip_occurrence(self, occurrence: Campaign, record: CampaignRecord | None) -> None:
+        """Due while the previous occurrence still sends: recorded, never queued."""
+        self._unschedule(occurrence.id)
+        tracked = self._campaigns.pop(occurrence.id, None)
+        if record is None and tracked is not None and tracked.prepared is not None:
+            with contextlib.suppress(UserError):
+                record = await tracked.prepared
+        if record is None:
+            record = await self._engine.prepare(occurrence)
+        await self._lifecycle.move(occurrence.id, "cancelled",
+                                   reason=f"skipped_occurrence: {PREVIOUS_RUNNING}")
+        series = parse_run_id(occurrence.id)
+        self._lifecycle.announce("skipped_occurrence", "warning", campaign=occurrence.id,
+                                 series=series.series if series else None,
+                                 reason=PREVIOUS_RUNNING)
 
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
@@ -749,6 +812,10 @@ class Daemon:
         """The APScheduler job: hand the campaign to our own task and return at once."""
         tracked = self._campaigns.get(cid)
         if tracked is not None and not tracked.campaign.paused:
+            if self._previous_running(cid):  # a series' occurrence never overlaps (§13.1)
+                async with self._lock:
+                    await self._skip_occurrence(tracked.campaign, None)
+                return
             self._launch(tracked)
 
     def _launch(self, tracked: _Tracked) -> None:
@@ -876,16 +943,6 @@ def _judge_ids(
 ) -> list[CampaignCheck]:
     """Each valid file judged against the journal's campaign of its id (`identity.judged`)."""
     return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
-
-
-def refuse_series(check: CampaignCheck) -> CampaignCheck:
-    """A series file (SPEC §13.1) as invalid, said loudly: this daemon does not fire series
-    yet, and a series it silently ignored would be a campaign that never goes."""
-    if check.campaign is None or check.campaign.repeat is None:
-        return check
-    return CampaignCheck(check.file, None, [*check.problems, Problem(
-        check.file, None, "repeat", "this daemon does not send series yet: nothing of it is "
-        "sent; send its occurrences as one-off campaigns (send_at, no [repeat]) for now")])
 
 
 def _declared_id(path: Path) -> str | None:

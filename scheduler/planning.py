@@ -42,8 +42,6 @@ PLAN_COLUMNS = ("campaign", "type", "state", "send_at", "valid", "skipped", "sen
                 "awaiting_status", "eta", "note")
 #: a campaign due already, with no journal to say whether it went out
 NO_JOURNAL_NOTE = "no journal: cannot tell whether it was sent"
-#: until the daemon fires series (SPEC §13.1), `plan` says what `run` will do with one
-SERIES_UNSENT = "not sent: this daemon does not send series yet"
 
 
 def no_journal_line(config: Config) -> str | None:
@@ -245,8 +243,7 @@ class _Planner:
                 f'repeats "{repeat.cron}" in {repeat.timezone}: {len(times)} '
                 f"occurrence{'' if len(times) == 1 else 's'} within 30 days",
                 "evergreen: only those no earlier occurrence messaged"
-                if repeat.audience == "new" else "",
-                SERIES_UNSENT),
+                if repeat.audience == "new" else ""),
             "occurrences": [{"run": run_id(series.id, t), "fire_at": utc_text(t),
                              "local": local_text(t, repeat.timezone)} for t in times],
         }

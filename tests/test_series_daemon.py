@@ -1,39 +1,107 @@
-"""Series in the daemon (SPEC §13.1), through a real daemon subprocess."""
+"""Series in the daemon (SPEC §13.1), through real daemon subprocesses and the embedded sandbox.
+
+Cron counts in minutes and a series may not repeat within the hour, so these tests use a daily
+cron whose next fire is the coming minute (seconds away), never a wait of hours.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonProcess, Workspace, poll, write_atomic
 
-SERIES = "\n".join([
-    'id = "weekly"', 'from_name = "TestShop"', 'type = "promo"', 'text = "Hi {first_name}"',
-    "", "[repeat]", 'cron = "0 10 * * MON"', 'timezone = "Europe/Kyiv"', "", "[audience]",
-    'csv = "audiences/weekly.csv"', "",
-])
+from scheduler.series import run_id
+
+LEAD = 6  # seconds at least between writing the file and the occurrence's fire time
+
+
+def next_minute() -> datetime:
+    """The next whole minute at least `LEAD` s away (UTC)."""
+    now = datetime.now(UTC)
+    minute = (now + timedelta(seconds=LEAD)).replace(second=0, microsecond=0)
+    return minute + timedelta(minutes=1)
+
+
+def series_text(fire_at: datetime, *, audience: str = "all", paused: bool = False) -> str:
+    """A daily series firing at ``fire_at``'s hour and minute (UTC)."""
+    return "\n".join([
+        'id = "daily"', 'from_name = "TestShop"', 'type = "promo"', 'text = "Hi {first_name}"',
+        f"paused = {'true' if paused else 'false'}", "", "[repeat]",
+        f'cron = "{fire_at.minute} {fire_at.hour} * * *"', 'timezone = "UTC"',
+        f'audience = "{audience}"', "", "[audience]", 'csv = "audiences/daily.csv"', "",
+    ])
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[Workspace, DaemonProcess]]:
-    """A workspace with a weekly series file, and its daemon (killed at teardown)."""
-    workspace = Workspace(tmp_path)
-    workspace.audience("weekly", 3)
-    write_atomic(workspace.campaigns / "weekly.toml", SERIES)
-    process = DaemonProcess(workspace)
-    try:
-        yield workspace, process.start()
-    finally:
+def workspace(tmp_path: Path) -> Workspace:
+    """A workspace with the series' audience (5 rows)."""
+    ws = Workspace(tmp_path)
+    ws.audience("daily", 5)
+    return ws
+
+
+@pytest.fixture
+def daemons(workspace: Workspace) -> Iterator[list[DaemonProcess]]:
+    """Daemons the test starts (appended), killed at teardown."""
+    started: list[DaemonProcess] = []
+    yield started
+    for process in started:
         process.kill()
 
 
-def test_a_daemon_that_cannot_fire_series_says_so(
-    daemon: tuple[Workspace, DaemonProcess],
+def start(workspace: Workspace, daemons: list[DaemonProcess]) -> DaemonProcess:
+    """Start one more daemon of the workspace."""
+    process = DaemonProcess(workspace)
+    daemons.append(process)
+    return process.start()
+
+
+def wire_ids(workspace: Workspace, run: str) -> list[str]:
+    """The tracking ids the sandbox accepted for an occurrence."""
+    prefix = run.replace("@", ".") + "-"
+    return sorted(m["trackinId"] for m in workspace.record() if m["trackinId"].startswith(prefix))
+
+
+def test_an_occurrence_fires_on_time_and_a_restart_never_fires_it_again(
+    workspace: Workspace, daemons: list[DaemonProcess],
 ) -> None:
-    """Never silently ignored: the series file is reported invalid, loudly, and nothing sent."""
-    workspace, _ = daemon
-    invalid = poll(lambda: [e for e in workspace.events("campaign_invalid")
-                            if e.get("campaign") == "weekly"], 30, "campaign_invalid")
-    assert "does not send series yet" in " ".join(invalid[0]["errors"])
+    """The occurrence goes at its fire time as a campaign of its own (run id, tracking ids
+    with a dot); the next one is planned in the journal; a restarted daemon sends nothing
+    twice and plans the same next occurrence."""
+    fire_at = next_minute()
+    write_atomic(workspace.campaigns / "daily.toml", series_text(fire_at))
+    first = start(workspace, daemons)
+    run, following = run_id("daily", fire_at), run_id("daily", fire_at + timedelta(days=1))
+    poll(lambda: workspace.state(run) == "done", 120, f"{run} done")
+    assert wire_ids(workspace, run) == [f"{run.replace('@', '.')}-{n}" for n in range(1, 6)]
+    record = workspace.campaign_record(run)
+    assert record is not None and record.started_at is not None
+    assert record.started_at >= fire_at
+    assert record.send_at == fire_at
+    assert record.deadline == fire_at + timedelta(days=1)  # promo TTL from its own fire time
+    poll(lambda: workspace.state(following) == "scheduled", 30, f"{following} planned")
+    first.stop()
+    sent = len(workspace.record())
+    start(workspace, daemons)
+    poll(lambda: [e for e in workspace.events("campaign_scheduled")
+                  if e.get("campaign") == following][1:], 30, "the next planned again")
+    assert len(workspace.record()) == sent
+    assert workspace.state(run) == "done"
+
+
+def test_a_paused_series_sends_nothing_and_removal_ends_it(
+    workspace: Workspace, daemons: list[DaemonProcess],
+) -> None:
+    """``paused = true`` holds the occurrence; removing the file cancels the planned one."""
+    fire_at = next_minute()
+    path = workspace.campaigns / "daily.toml"
+    write_atomic(path, series_text(fire_at, paused=True))
+    start(workspace, daemons)
+    run = run_id("daily", fire_at)
+    poll(lambda: workspace.state(run) == "paused", 30, f"{run} paused")
+    path.unlink()
+    poll(lambda: workspace.state(run) == "cancelled", 30, f"{run} cancelled")
     assert workspace.record() == []
