@@ -41,6 +41,7 @@ from scheduler.cascade import (
 )
 from scheduler.config import CapConfig, Route, SendingConfig
 from scheduler.delivery_log import DeliveryLog, MessageOutcome, SentMessages
+from scheduler.evergreen import ALREADY_MESSAGED, is_evergreen, messaged_before, unmessaged
 from scheduler.identity import content_fingerprint
 from scheduler.journal import (
     BatchRecord,
@@ -124,6 +125,8 @@ class CampaignRun:
     caps: tuple[CapConfig, ...] = ()  # the [[policy.caps]] its messages are checked against
     capped: CapSummary | None = None  # the phones over them, rebuilt every caps.REFRESH s
     capped_ready: asyncio.Event = field(default_factory=asyncio.Event)  # the first is built
+    #: an evergreen series' occurrence: who earlier occurrences messaged (`scheduler.evergreen`)
+    already: frozenset[str] | None = None
     #: send windows: the stretch each zone group may be sent in (None: not before the deadline)
     stretches: dict[str, Stretch | None] = field(default_factory=dict)
     held_until: datetime | None = None  # the earliest opening of a batch held by its window
@@ -495,6 +498,8 @@ class Engine:
             return await self._expire(run, record)
         await self._settle_crashed(run)
         await self._resume_stage(run, record)
+        if is_evergreen(run.campaign):  # series (SPEC §13.1): only those never messaged
+            run.already = await messaged_before(self.journal, run.campaign)
         ticker = asyncio.create_task(self._report_progress(run))
         summaries = asyncio.create_task(self._summarise_caps(run)) if run.caps else None
         try:
@@ -881,6 +886,13 @@ class Engine:
         if run.caps:
             messages = self._capped(run, messages, outcomes)
             body = body if len(messages) == len(job.messages) else None
+            if not messages:
+                return outcomes.results
+        if run.already:  # an evergreen series' occurrence (SPEC §13.1)
+            messages, known = unmessaged(run.already, run.campaign, messages)
+            if known:
+                outcomes.add(known, "skipped", ALREADY_MESSAGED, 0)
+                body = None
             if not messages:
                 return outcomes.results
         with self.metrics.journal_write.time():

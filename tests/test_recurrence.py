@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 
 from scheduler.campaign import AudienceSpec, Campaign
+from scheduler.config import load_config
 from scheduler.journal import CampaignRecord
+from scheduler.loader import load_campaign
 from scheduler.recurrence import MISSED, NO_LONGER, decide
 from scheduler.series import Repeat, run_id
+from scheduler.service import open_engine
 from scheduler.vocabulary import CampaignState
+from tests.engine_helpers import KEY, drive_with
+from tests.helpers import StartSandbox, phone, read_jsonl, write_config
 
 MONDAY = datetime(2026, 12, 14, 8, tzinfo=UTC)  # 10:00 in Kyiv
 WEEK = timedelta(days=7)
@@ -93,3 +98,52 @@ def test_an_ended_occurrence_is_never_run_again(state: CampaignState) -> None:
     now = MONDAY + timedelta(hours=1)
     decision = decide(series(), [record(MONDAY, state, started=state != "cancelled")], now)
     assert ids(decision.run) == ["weekly@20261221T0800Z"]
+
+
+# -- evergreen (audience = "new") ---------------------------------------------------------
+
+
+def evergreen_series(root: Path, base_url: str, rows: list[tuple[str, str]]) -> Campaign:
+    """An evergreen series over ``rows`` (phone, customer id) in ``root``, loaded."""
+    config_path = write_config(root, base_url)
+    write_people(root, rows)
+    (root / "campaigns" / "weekly.toml").write_text("\n".join([
+        'id = "weekly"', 'from_name = "Shop"', 'type = "promo"', 'text = "Hi {name}"',
+        "[repeat]", 'cron = "0 10 * * MON"', 'timezone = "Europe/Kyiv"', 'audience = "new"',
+        "[audience]", 'csv = "people.csv"', 'id_column = "cid"', "",
+    ]), "utf-8")
+    config = load_config(config_path, env={"CASCADE_API_KEY": KEY})
+    check = load_campaign(root / "campaigns" / "weekly.toml", config, datetime.now(UTC))
+    assert check.campaign is not None, check.problems
+    return check.campaign
+
+
+def write_people(root: Path, rows: list[tuple[str, str]]) -> None:
+    """The audience CSV, replaced as a marketer replaces it between occurrences."""
+    lines = ["phone,name,cid", *(f"{p},N,{c}" for p, c in rows)]
+    (root / "campaigns" / "people.csv").write_text("\n".join(lines) + "\n", "utf-8")
+
+
+async def test_an_evergreen_occurrence_skips_whom_an_earlier_one_messaged(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The second occurrence reads the CSV afresh: the two new ids go, the three the first
+    occurrence sent are skipped already_messaged (one of them under a new phone: by id)."""
+    sandbox = await start_sandbox(api_key=KEY, record=tmp_path / "accepted.jsonl")
+    first_rows = [(phone(n), f"C{n}") for n in range(3)]
+    series = evergreen_series(tmp_path, sandbox.base_url, first_rows)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    first, second = series.occurrence(now - timedelta(minutes=2)), series.occurrence(now)
+    config = load_config(tmp_path / "config.toml", env={"CASCADE_API_KEY": KEY})
+    async with open_engine(config) as engine:
+        assert await drive_with(engine, first) == "done"
+        write_people(tmp_path, [(phone(9), "C0"), *first_rows[1:], (phone(3), "C3"),
+                                (phone(4), "C4")])
+        assert await drive_with(engine, second) == "done"
+        counts = await engine.journal.counts(second.id)
+        skipped = [r async for r in engine.journal.recipients(second.id, "skipped")]
+    assert counts.get("sent") == 2
+    assert sorted((r.tracking_id, r.detail) for r in skipped) == [
+        (f"{second.wire_id}-C{n}", "already_messaged") for n in range(3)]
+    log = read_jsonl(tmp_path / "logs" / "delivery.jsonl")
+    assert any(line.get("reason") == "already_messaged" for line in log)
