@@ -53,6 +53,7 @@ from scheduler.report import (
     write_summary,
 )
 from scheduler.sandbox_options import SandboxOptions
+from scheduler.series import names
 from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, file_rollout, read_status
 from scheduler.streaming import Reader, StreamJob
 from scheduler.suppression import Suppression
@@ -511,7 +512,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"no journal at {config.paths.state} yet: nothing has been sent", file=sys.stderr)
         return EXIT_OK
     with JournalReader(open_journal(config.journal_location())) as journal:
-        if args.campaign is not None and journal.campaign(args.campaign) is None:
+        if args.campaign is not None and not any(  # a campaign, an occurrence, a series
+                names(args.campaign, record.id) for record in journal.campaigns()):
             raise UserError.single(
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
             )

@@ -613,19 +613,20 @@ class Daemon:
             self._campaigns.pop(run_id, None)
             await self._lifecycle.move(run_id, "cancelled", reason=reason)
             if reason == MISSED:
-                self._lifecycle.announce("occurrence_missed", "warning", campaign=run_id,
-                                         series=series.id)
+                self._occurrence_missed(series.id, run_id)
         for run_id in decision.missed:
             if run_id not in self._missed:
                 self._missed.add(run_id)
-                self._lifecycle.announce("occurrence_missed", "warning", campaign=run_id,
-                                         series=series.id)
+                self._occurrence_missed(series.id, run_id)
         for occurrence in decision.run:
             record = records.get(occurrence.id)
             if (occurrence.send_at <= utcnow() and (record is None or record.started_at is None)
                     and self._previous_running(occurrence.id)):
                 await self._skip_occurrence(occurrence, record)
                 continue
+            if (occurrence.send_at <= utcnow() and record is None
+                    and occurrence.id not in self._campaigns):
+                self.metrics.occurrences.labels(series.id, "fired").inc()  # late: TTL rule
             await self._apply(occurrence, record)
         if decision.next_at is not None:  # then plan the one after it
             self._timer.add_job(
@@ -633,6 +634,10 @@ class Daemon:
                 id=f"series:{series.id}", replace_existing=True,
             )
         return {cid for cid in self._campaigns if is_run_of(cid, series.id)}
+
+    def _occurrence_missed(self, series: str, run_id: str) -> None:
+        self.metrics.occurrences.labels(series, "missed").inc()
+        self._lifecycle.announce("occurrence_missed", "warning", campaign=run_id, series=series)
 
     def _previous_running(self, run_id: str) -> bool:
         """True when another occurrence of ``run_id``'s series is sending now."""
@@ -653,9 +658,10 @@ class Daemon:
         await self._lifecycle.move(occurrence.id, "cancelled",
                                    reason=f"skipped_occurrence: {PREVIOUS_RUNNING}")
         series = parse_run_id(occurrence.id)
+        assert series is not None
+        self.metrics.occurrences.labels(series.series, "skipped_occurrence").inc()
         self._lifecycle.announce("skipped_occurrence", "warning", campaign=occurrence.id,
-                                 series=series.series if series else None,
-                                 reason=PREVIOUS_RUNNING)
+                                 series=series.series, reason=PREVIOUS_RUNNING)
 
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
@@ -816,6 +822,8 @@ class Daemon:
                 async with self._lock:
                     await self._skip_occurrence(tracked.campaign, None)
                 return
+            if (series := parse_run_id(cid)) is not None:
+                self.metrics.occurrences.labels(series.series, "fired").inc()
             self._launch(tracked)
 
     def _launch(self, tracked: _Tracked) -> None:

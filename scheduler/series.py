@@ -118,6 +118,12 @@ def is_run_of(campaign_id: str, series_id: str) -> bool:
     return parsed is not None and parsed.series == series_id
 
 
+def names(wanted: str | None, campaign_id: str) -> bool:
+    """True when ``--campaign wanted`` takes ``campaign_id``: no filter, the campaign itself,
+    or (``wanted`` a series' id) one of its occurrences."""
+    return wanted is None or campaign_id == wanted or is_run_of(campaign_id, wanted)
+
+
 def local_text(fire_at: datetime, zone_name: str) -> str:
     """``2026-12-14 10:00 Mon Europe/Kyiv``: a fire time on the series' wall clock."""
     return fire_at.astimezone(zone(zone_name)).strftime(f"%Y-%m-%d %H:%M %a {zone_name}")

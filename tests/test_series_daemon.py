@@ -6,14 +6,18 @@ cron whose next fire is the coming minute (seconds away), never a wait of hours.
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_helpers import DaemonProcess, Workspace, poll, write_atomic
 
 from scheduler.series import run_id
+from tests.helpers import free_port, run_cli
 
 LEAD = 6  # seconds at least between writing the file and the occurrence's fire time
 
@@ -37,8 +41,8 @@ def series_text(fire_at: datetime, *, audience: str = "all", paused: bool = Fals
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
-    """A workspace with the series' audience (5 rows)."""
-    ws = Workspace(tmp_path)
+    """A workspace with the series' audience (5 rows) and /metrics on a free port."""
+    ws = Workspace(tmp_path, metrics_listen=f"127.0.0.1:{free_port()}")
     ws.audience("daily", 5)
     return ws
 
@@ -83,6 +87,8 @@ def test_an_occurrence_fires_on_time_and_a_restart_never_fires_it_again(
     assert record.send_at == fire_at
     assert record.deadline == fire_at + timedelta(days=1)  # promo TTL from its own fire time
     poll(lambda: workspace.state(following) == "scheduled", 30, f"{following} planned")
+    assert 'cascade_series_occurrences_total{result="fired",series="daily"} 1.0' in metrics(
+        workspace)
     first.stop()
     sent = len(workspace.record())
     start(workspace, daemons)
@@ -90,6 +96,27 @@ def test_an_occurrence_fires_on_time_and_a_restart_never_fires_it_again(
                   if e.get("campaign") == following][1:], 30, "the next planned again")
     assert len(workspace.record()) == sent
     assert workspace.state(run) == "done"
+    assert [(r["campaign"], r["sent"]) for r in report(workspace, "daily")] == [
+        (run, 5), (following, 0)]
+    assert [r["campaign"] for r in report(workspace, run)] == [run]
+
+
+def report(workspace: Workspace, campaign: str) -> list[dict[str, Any]]:
+    """``report --campaign CAMPAIGN --format json``: a row per occurrence."""
+    done = run_cli(["report", "--campaign", campaign, "--format", "json", "--config",
+                    str(workspace.config)], cwd=workspace.root)
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return sorted(rows, key=lambda r: r["campaign"])
+
+
+def metrics(workspace: Workspace) -> str:
+    """The daemon's /metrics text."""
+    assert workspace.metrics_listen is not None
+    with urllib.request.urlopen(f"http://{workspace.metrics_listen}/metrics",
+                                timeout=5) as answer:
+        text: str = answer.read().decode()
+    return text
 
 
 def test_a_paused_series_sends_nothing_and_removal_ends_it(
