@@ -58,6 +58,10 @@ def decide(series: Campaign, records: Iterable[CampaignRecord], now: datetime) -
     assert repeat is not None
     runs = runs_of(series.id, records)
     decision = Decision()
+    # first what carries on (a due occurrence must see it sending: it never overlaps it)
+    for fire_at, record in sorted(runs.items()):
+        if record.started_at is not None and record.state not in ENDED:
+            decision.run.append(series.occurrence(fire_at))
     due = _due(series, runs, now)
     if due:
         *older, latest = due
@@ -68,9 +72,6 @@ def decide(series: Campaign, records: Iterable[CampaignRecord], now: datetime) -
                 decision.missed.append(series.occurrence(fire_at).id)
             else:
                 decision.cancel[record.id] = MISSED
-    for fire_at, record in sorted(runs.items()):
-        if record.started_at is not None and record.state not in ENDED:
-            decision.run.append(series.occurrence(fire_at))  # carries on as it was
     upcoming = next(repeat.occurrences(now + _STEP), None)
     if upcoming is not None:
         decision.next_at = upcoming

@@ -6,6 +6,7 @@ cron whose next fire is the coming minute (seconds away), never a wait of hours.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +17,10 @@ from typing import Any
 import pytest
 from daemon_helpers import DaemonProcess, Workspace, poll, write_atomic
 
+from scheduler.config import load_config
+from scheduler.loader import load_campaign
 from scheduler.series import run_id
+from scheduler.service import open_engine
 from tests.helpers import free_port, run_cli
 
 LEAD = 6  # seconds at least between writing the file and the occurrence's fire time
@@ -132,3 +136,58 @@ def test_a_paused_series_sends_nothing_and_removal_ends_it(
     path.unlink()
     poll(lambda: workspace.state(run) == "cancelled", 30, f"{run} cancelled")
     assert workspace.record() == []
+
+
+def test_after_downtime_only_the_latest_occurrence_goes_and_the_older_is_missed(
+    workspace: Workspace, daemons: list[DaemonProcess],
+) -> None:
+    """The journal planned yesterday's occurrence; no daemon ran since, and today's passed a
+    minute ago: today's goes (its TTL is ahead), yesterday's is recorded missed, no burst."""
+    today = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    yesterday = today - timedelta(days=1)
+    write_atomic(workspace.campaigns / "daily.toml", series_text(today))
+    asyncio.run(plan_occurrence(workspace, yesterday))
+    start(workspace, daemons)
+    run, old = run_id("daily", today), run_id("daily", yesterday)
+    poll(lambda: workspace.state(run) == "done", 60, f"{run} done")
+    assert workspace.state(old) == "cancelled"
+    missed = [e for e in workspace.events("occurrence_missed") if e.get("campaign") == old]
+    assert missed and missed[0]["series"] == "daily"
+    assert len(wire_ids(workspace, run)) == 5
+    assert wire_ids(workspace, old) == []
+
+
+async def plan_occurrence(
+    workspace: Workspace, fire_at: datetime, *, started: bool = False,
+) -> None:
+    """Plan (snapshot) the series' occurrence at ``fire_at`` as a daemon would have; with
+    ``started``, as one that began sending when that daemon stopped."""
+    config = load_config(workspace.config, env={})
+    check = load_campaign(workspace.campaigns / "daily.toml", config, datetime.now(UTC))
+    assert check.campaign is not None, check.problems
+    async with open_engine(config) as engine:
+        occurrence = check.campaign.occurrence(fire_at)
+        await engine.prepare(occurrence)
+        if started:
+            await engine.lifecycle.move(occurrence.id, "running")
+
+
+def test_an_occurrence_due_while_the_previous_one_sends_is_skipped(
+    workspace: Workspace, daemons: list[DaemonProcess],
+) -> None:
+    """Yesterday's occurrence is still sending (its TTL is two days) when today's is due:
+    today's is recorded skipped_occurrence (previous_running), never queued."""
+    today = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    yesterday = today - timedelta(days=1)
+    write_atomic(workspace.campaigns / "daily.toml",
+                 series_text(today).replace('type = "promo"', 'type = "promo"\nttl = 172800'))
+    asyncio.run(plan_occurrence(workspace, yesterday, started=True))
+    start(workspace, daemons)
+    run, old = run_id("daily", today), run_id("daily", yesterday)
+    poll(lambda: workspace.state(old) == "done", 60, f"{old} done")
+    skipped = poll(lambda: [e for e in workspace.events("skipped_occurrence")
+                            if e.get("campaign") == run], 30, "skipped_occurrence")
+    assert skipped[0]["reason"] == "previous_running"
+    assert workspace.state(run) == "cancelled"
+    assert wire_ids(workspace, run) == []
+    assert len(wire_ids(workspace, old)) == 5
