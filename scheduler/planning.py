@@ -362,12 +362,16 @@ class _Planner:
 
 
 def with_occurrences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The plan's rows for its table: each series row followed by a row per occurrence
-    (``plan --json`` keeps them in the series row's ``occurrences``)."""
+    """The plan's rows for its table: each series row followed by a row per occurrence the
+    journal has not planned yet (``plan --json`` keeps them in the series row's
+    ``occurrences``)."""
     table: list[dict[str, Any]] = []
+    journaled = {row["campaign"] for row in rows}  # planned already: the journal's row says
     for row in rows:
         table.append(row)
         for item in row.get("occurrences", ()):
+            if item["run"] in journaled:
+                continue
             table.append({
                 "campaign": item["run"], "type": row["type"], "state": "scheduled",
                 "send_at": item["fire_at"], "valid": row["valid"], "skipped": row["skipped"],
