@@ -37,7 +37,7 @@ from scheduler.leadership import Leadership
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
-from scheduler.recurrence import MISSED, PREVIOUS_RUNNING, decide
+from scheduler.recurrence import MISSED, NO_LONGER, PREVIOUS_RUNNING, decide
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, Engine, utcnow
 from scheduler.series import is_run_of, parse_run_id
@@ -611,7 +611,7 @@ class Daemon:
         for run_id, reason in decision.cancel.items():
             self._unschedule(run_id)
             self._campaigns.pop(run_id, None)
-            await self._lifecycle.move(run_id, "cancelled", reason=reason)
+            await self._lifecycle.move(run_id, "cancelled", error=_WHY[reason], reason=reason)
             if reason == MISSED:
                 self._occurrence_missed(series.id, run_id)
         for run_id in decision.missed:
@@ -655,7 +655,7 @@ class Daemon:
                 record = await tracked.prepared
         if record is None:
             record = await self._engine.prepare(occurrence)
-        await self._lifecycle.move(occurrence.id, "cancelled",
+        await self._lifecycle.move(occurrence.id, "cancelled", error=_WHY[PREVIOUS_RUNNING],
                                    reason=f"skipped_occurrence: {PREVIOUS_RUNNING}")
         series = parse_run_id(occurrence.id)
         assert series is not None
@@ -666,7 +666,8 @@ class Daemon:
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
         for record in await self._engine.journal.campaigns():
-            if record.id in self._campaigns or record.state in FINISHED:
+            # (a cancelled one stays as it is: a series' occurrence keeps why, SPEC §13.1)
+            if record.id in self._campaigns or record.state in FINISHED | {"cancelled"}:
                 continue
             if record.id not in self._invalid_ids():
                 await self._lifecycle.move(record.id, "cancelled",
@@ -951,6 +952,14 @@ def _judge_ids(
 ) -> list[CampaignCheck]:
     """Each valid file judged against the journal's campaign of its id (`identity.judged`)."""
     return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
+
+
+#: why a series' occurrence was cancelled, as `report` shows it (SPEC §13.1)
+_WHY = {
+    MISSED: "missed: no daemon ran at its time, and a later occurrence was due (no catch-up)",
+    PREVIOUS_RUNNING: "skipped_occurrence: the previous occurrence was still sending",
+    NO_LONGER: "no longer an occurrence: the series file changed",
+}
 
 
 def _declared_id(path: Path) -> str | None:

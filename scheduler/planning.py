@@ -373,7 +373,8 @@ def with_occurrences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if item["run"] in journaled:
                 continue
             table.append({
-                "campaign": item["run"], "type": row["type"], "state": "scheduled",
+                "campaign": item["run"], "type": row["type"],
+                "state": "paused" if row["state"] == "paused" else "scheduled",
                 "send_at": item["fire_at"], "valid": row["valid"], "skipped": row["skipped"],
                 "sent": None, "awaiting_status": None, "eta": None,
                 "note": f"{item['local']}",

@@ -67,11 +67,11 @@ def decide(series: Campaign, records: Iterable[CampaignRecord], now: datetime) -
         *older, latest = due
         decision.run.append(series.occurrence(latest))
         for fire_at in older:
-            record = runs.get(fire_at)
-            if record is None:
+            planned = runs.get(fire_at)
+            if planned is None:
                 decision.missed.append(series.occurrence(fire_at).id)
             else:
-                decision.cancel[record.id] = MISSED
+                decision.cancel[planned.id] = MISSED
     upcoming = next(repeat.occurrences(now + _STEP), None)
     if upcoming is not None:
         decision.next_at = upcoming

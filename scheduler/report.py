@@ -109,6 +109,8 @@ def campaign_note(record: CampaignRecord, pending: int, leading: bool) -> str:
     """What a person needs to know beyond the state: why rows are still unsent and what will
     happen to them. ``leading``: a daemon (or `send`) acts on this journal right now."""
     state = record.state
+    if state == "cancelled" and pending and record.error:  # a series' occurrence: why
+        return f"{pending:,} not sent: {record.error}"
     if state == "cancelled" and pending:
         return (f"{pending:,} not sent: its file was removed; restoring the file (or a file "
                 "with its id and resume = true) resumes them (see --status pending)")
@@ -316,6 +318,8 @@ def _unsent_rows(
 
 def _unsent_reason(record: CampaignRecord, leading: bool) -> str:
     state = record.state
+    if state == "cancelled" and record.error:  # a series' occurrence: why
+        return f"not sent: {record.error}"
     if state == "cancelled":
         return "not sent: the campaign was cancelled (its file was removed); restoring the " \
             "file (or resume = true in a file with its id) resumes it"

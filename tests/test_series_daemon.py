@@ -151,6 +151,8 @@ def test_after_downtime_only_the_latest_occurrence_goes_and_the_older_is_missed(
     run, old = run_id("daily", today), run_id("daily", yesterday)
     poll(lambda: workspace.state(run) == "done", 60, f"{run} done")
     assert workspace.state(old) == "cancelled"
+    old_record = workspace.campaign_record(old)
+    assert old_record is not None and (old_record.error or "").startswith("missed: ")
     missed = [e for e in workspace.events("occurrence_missed") if e.get("campaign") == old]
     assert missed and missed[0]["series"] == "daily"
     assert len(wire_ids(workspace, run)) == 5
@@ -189,5 +191,7 @@ def test_an_occurrence_due_while_the_previous_one_sends_is_skipped(
                             if e.get("campaign") == run], 30, "skipped_occurrence")
     assert skipped[0]["reason"] == "previous_running"
     assert workspace.state(run) == "cancelled"
+    assert report(workspace, run)[0]["note"] == (
+        "5 not sent: skipped_occurrence: the previous occurrence was still sending")
     assert wire_ids(workspace, run) == []
     assert len(wire_ids(workspace, old)) == 5
