@@ -201,6 +201,7 @@ def fire_times(expression: str, zone_name: str, after: datetime) -> Iterator[dat
     cron, tz = trigger(expression, zone_name), zone(zone_name)
     previous: datetime | None = None
     last_wall: datetime | None = None
+    last: datetime | None = None
     now = after
     while (fired := cron.get_next_fire_time(previous, now)) is not None:
         previous = now = fired
@@ -211,7 +212,8 @@ def fire_times(expression: str, zone_name: str, after: datetime) -> Iterator[dat
         moment = fired.astimezone(UTC)
         if moment.astimezone(tz).replace(tzinfo=None) != wall:
             moment = _jump(wall, tz)  # a wall time the change skips
-        if moment >= after:
+        if moment >= after and (last is None or moment > last):  # the jump may meet the next
+            last = moment
             yield moment
 
 

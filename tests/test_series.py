@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -379,3 +379,15 @@ def test_new_repeat_refuses_what_check_would(
     assert code != 0
     assert message in capsys.readouterr().err
     assert not (root / "campaigns" / "weekly.toml").exists()
+
+
+@pytest.mark.parametrize(("expression", "zone"), [
+    ("0 * * * *", KYIV), ("30 * * * *", KYIV), ("0 * * * *", "Australia/Lord_Howe"),
+    ("15,45 2 * * *", "America/New_York"),
+])
+def test_occurrences_never_repeat_a_moment_across_the_changes(expression: str, zone: str) -> None:
+    """Around both changes of 2027 in the zone, every fire time comes after the one before
+    (a jump over a skipped time never lands on the next occurrence's moment)."""
+    for begin in (utc(2027, 3, 1), utc(2027, 9, 20)):
+        times = list(islice(fire_times(expression, zone, begin), 24 * 50))
+        assert all(later > earlier for earlier, later in pairwise(times))
