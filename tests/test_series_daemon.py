@@ -22,25 +22,7 @@ from scheduler.loader import load_campaign
 from scheduler.series import run_id
 from scheduler.service import open_engine
 from tests.helpers import free_port, run_cli
-
-LEAD = 6  # seconds at least between writing the file and the occurrence's fire time
-
-
-def next_minute() -> datetime:
-    """The next whole minute at least `LEAD` s away (UTC)."""
-    now = datetime.now(UTC)
-    minute = (now + timedelta(seconds=LEAD)).replace(second=0, microsecond=0)
-    return minute + timedelta(minutes=1)
-
-
-def series_text(fire_at: datetime, *, audience: str = "all", paused: bool = False) -> str:
-    """A daily series firing at ``fire_at``'s hour and minute (UTC)."""
-    return "\n".join([
-        'id = "daily"', 'from_name = "TestShop"', 'type = "promo"', 'text = "Hi {first_name}"',
-        f"paused = {'true' if paused else 'false'}", "", "[repeat]",
-        f'cron = "{fire_at.minute} {fire_at.hour} * * *"', 'timezone = "UTC"',
-        f'audience = "{audience}"', "", "[audience]", 'csv = "audiences/daily.csv"', "",
-    ])
+from tests.series_helpers import next_minute, series_text
 
 
 @pytest.fixture

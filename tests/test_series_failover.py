@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import API_KEY, DaemonProcess, SandboxProcess, Workspace, poll, write_atomic
-from test_series_daemon import next_minute, series_text
 
 from scheduler.config import load_config
 from scheduler.journal import JournalReader, open_journal
 from scheduler.series import run_id
+from tests.series_helpers import next_minute, series_text
 
 LEASE = 3.0
 SENDING = {"batch_size": 50, "requests_per_second": 8, "concurrency": 2, "max_attempts": 3}
