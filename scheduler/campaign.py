@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from scheduler.config import Route
+from scheduler.series import Repeat, run_id, wire_id
 from scheduler.window import Window
 
 MessageType = Literal["transaction", "promo", "viber_survey", "flashcall"]
@@ -106,6 +107,19 @@ class Campaign(BaseModel):
     #: sha256 of the file's keys and values, ``paused`` and ``resume`` aside: what the campaign
     #: says, whatever its layout and comments (with its audience: `identity.content_fingerprint`)
     content: str = ""
+    #: ``[repeat]`` (SPEC §13.1): this file is a series, and ``send_at`` its next occurrence;
+    #: each occurrence runs as a campaign of its own (`scheduler.series.occurrence`)
+    repeat: Repeat | None = None
+
+    def occurrence(self, fire_at: datetime) -> Campaign:
+        """This series' occurrence at ``fire_at`` as an ordinary campaign: id the run id,
+        ``send_at`` the fire time (its TTL counts from it), everything else the file's."""
+        return self.model_copy(update={"id": run_id(self.id, fire_at), "send_at": fire_at})
+
+    @property
+    def wire_id(self) -> str:
+        """The id the API sees, its tracking ids' prefix (a run id's ``@`` written ``.``)."""
+        return wire_id(self.id)
 
     @property
     def deadline(self) -> datetime:

@@ -37,7 +37,7 @@ class CampaignRun:
     __slots__ = (
         "_backoff", "_brake", "_broken", "_campaign", "_deadline", "_details", "_first_post",
         "_freed", "_later", "_on_progress", "_outstanding", "_reason", "_route", "_slots",
-        "_stage", "_stop", "_stop_state", "_taken", "caps", "windows",
+        "_stage", "_stop", "_stop_state", "_taken", "already", "caps", "windows",
     )
 
     def __init__(
@@ -63,6 +63,9 @@ class CampaignRun:
         self._later: int | None = None  # roll-out: messages of later stages (left pending)
         self.windows = windows  # the send windows' gate (asked by the driver only)
         self.caps = caps  # the frequency caps' gate, if any cap applies
+        #: an evergreen series' occurrence: who earlier occurrences messaged (set by the
+        #: driver when it starts, from `scheduler.evergreen`)
+        self.already: frozenset[str] | None = None
 
     # ----------------------------------------------------------------- what it is
 

@@ -23,6 +23,7 @@ from scheduler.identity import judged
 from scheduler.journal import JournalError, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.rows import AudienceSummary
+from scheduler.series import series_line
 from scheduler.suppression import Suppression
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
 from scheduler.vocabulary import FINISHED, SkipReason
@@ -202,14 +203,31 @@ def check_audience(
     CSV, no valid recipient, a large invalid share, empty personalisation), and the counts.
     ``may_fork``: the caller runs no other thread (`summarize`)."""
     assert check.campaign is not None
+    series = check.campaign.repeat is not None
+    # a series' rows are read as its next occurrence's: tracking ids carry the run id
+    read = check.campaign.occurrence(check.campaign.send_at) if series else check.campaign
     try:
-        summary = summarize(check.campaign, suppression, may_fork=may_fork)
+        summary = summarize(read, suppression, may_fork=may_fork)
     except CampaignError as exc:
         return CampaignCheck(check.file, None, [*check.problems, *exc.problems]), None
     problems = audience_problems(check.file, summary)
+    if series:
+        problems.extend(_series_id_problems(check.file, read.wire_id, summary))
     failed = any(p.is_error for p in problems)
     campaign = None if failed else check.campaign
     return CampaignCheck(check.file, campaign, [*check.problems, *problems]), summary
+
+
+def _series_id_problems(file: Path, prefix: str, summary: AudienceSummary) -> list[Problem]:
+    """A series whose tracking ids would be too long is an error, not a skipped row: every
+    occurrence would skip the same rows (SPEC §13.1)."""
+    detail = summary.first_details.get("invalid_id", "")
+    if not detail.startswith("the tracking id would be"):
+        return []
+    line = summary.first_lines["invalid_id"][0]
+    return [Problem(file, _lines(file).line_of("audience.id_column"), "audience.id_column",
+                    f"each occurrence's tracking ids are {prefix}-{{id}}: for line {line} "
+                    f"{detail.removeprefix('the ')}")]
 
 
 #: skip reasons that mean the row itself is wrong (duplicates and opt-outs are expected)
@@ -461,6 +479,8 @@ def render_report(report: CheckReport) -> str:
     lines = [p.render() for p in report.config_problems]
     for check in report.checks:
         lines.append(_headline(check, report.summaries.get(check.file)))
+        if check.campaign is not None and check.campaign.repeat is not None:
+            lines.append(f"    {series_line(check.campaign.repeat, check.campaign.send_at)}")
         lines.extend(f"    {note}" for note in report.notes.get(check.file, []))
         lines.extend(f"    {p.render()}" for p in check.problems)
     lines.append(_totals(report))
@@ -472,10 +492,9 @@ def _headline(check: CampaignCheck, summary: AudienceSummary | None) -> str:
     if campaign is None:
         count = len(check.errors)
         return f"INVALID  {check.file}  ({count} {'error' if count == 1 else 'errors'})"
-    parts = [
-        f"OK       {check.file}", campaign.id, campaign.type,
-        f"send_at {utc_text(campaign.send_at)}",
-    ]
+    when = (f"send_at {utc_text(campaign.send_at)}" if campaign.repeat is None
+            else f'series "{campaign.repeat.cron}" {campaign.repeat.timezone}')
+    parts = [f"OK       {check.file}", campaign.id, campaign.type, when]
     if campaign.paused:
         parts.append("paused")
     if summary is not None:

@@ -27,6 +27,7 @@ from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
     MESSAGE_TYPES,
+    Campaign,
     MessageType,
     utc_text,
 )
@@ -38,7 +39,7 @@ from scheduler.journal.copy import copy_to_postgres
 from scheduler.loader import CampaignCheck, load_campaign, naive_time_hint, real_path
 from scheduler.lookup import PHONE_COLUMNS, phone_rows
 from scheduler.phones import normalise
-from scheduler.planning import PLAN_COLUMNS, no_journal_line, plan_rows
+from scheduler.planning import PLAN_COLUMNS, no_journal_line, plan_rows, with_occurrences
 from scheduler.report import (
     LISTINGS,
     RECIPIENT_COLUMNS,
@@ -52,6 +53,7 @@ from scheduler.report import (
     write_summary,
 )
 from scheduler.sandbox_options import SandboxOptions
+from scheduler.series import names
 from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, file_rollout, read_status
 from scheduler.streaming import Reader, StreamJob
 from scheduler.suppression import Suppression
@@ -217,9 +219,19 @@ def _configure_new(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--type", required=True, choices=MESSAGE_TYPES, help="message type")
     parser.add_argument("--audience", required=True, type=Path, metavar="CSV",
                         help="the audience CSV (path from here; written relative to the file)")
-    parser.add_argument("--send-at", type=_utc_moment, metavar="UTC",
-                        help="send time in UTC, like 2026-12-01T09:00:00Z (default: tomorrow "
-                        "09:00Z)")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--send-at", type=_utc_moment, metavar="UTC",
+                      help="send time in UTC, like 2026-12-01T09:00:00Z (default: tomorrow "
+                      "09:00Z)")
+    # a series (SPEC §13.1) instead of a one-off campaign
+    when.add_argument("--repeat", metavar="CRON",
+                      help='write a series: a 5-field cron read in --timezone, like "0 10 * * '
+                      'MON" (every Monday at 10:00)')
+    parser.add_argument("--timezone", metavar="ZONE",
+                        help='with --repeat: the zone the cron is read in, like "Europe/Kyiv"')
+    parser.add_argument("--evergreen", action="store_true",
+                        help="with --repeat: each occurrence goes only to recipients no "
+                        'earlier one messaged (audience = "new")')
     parser.add_argument("--from-name", default="YourBrand", metavar="NAME",
                         help="sender name shown to recipients (default: YourBrand)")
     parser.add_argument("--phone-column", default="phone", metavar="NAME",
@@ -264,6 +276,7 @@ def new_campaign_document(
     """
     kind: MessageType = args.type
     send_at = args.send_at or datetime.combine(now.date() + timedelta(days=1), time(9), UTC)
+    repeat = _new_repeat(args)
     csv = real_path(args.audience)
     audience = (os.path.relpath(csv, real_path(folder))
                 if real_path(folder) == real_path(campaigns) else csv.as_posix())
@@ -271,15 +284,32 @@ def new_campaign_document(
         "id": args.id, "from_name": args.from_name, "type": kind, "send_at": send_at,
         "ttl": DEFAULT_TTL[kind],
     }
+    if repeat is not None:
+        del document["send_at"]  # a series has [repeat] instead
     if DEFAULT_TEXT[kind] is not None:
         document["text"] = DEFAULT_TEXT[kind]
     if kind == "viber_survey":
         document["survey_options"] = DEFAULT_SURVEY_OPTIONS
     document["paused"] = True
+    if repeat is not None:
+        document["repeat"] = repeat
     document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": args.phone_column}
     if args.id_column is not None:
         document["audience"]["id_column"] = args.id_column
     return document
+
+
+def _new_repeat(args: argparse.Namespace) -> dict[str, str] | None:
+    """``new --repeat``'s ``[repeat]`` table, or None for a one-off campaign."""
+    if args.repeat is None:
+        if args.timezone is not None or args.evergreen:
+            raise UserError.single("--timezone and --evergreen go with --repeat CRON")
+        return None
+    if args.timezone is None:
+        raise UserError.single('--repeat needs --timezone: the zone its cron is read in, '
+                               'like --timezone Europe/Kyiv')
+    return {"cron": args.repeat, "timezone": args.timezone,
+            "audience": "new" if args.evergreen else "all"}
 
 
 #: written above ``paused = true`` in a new campaign file
@@ -295,6 +325,8 @@ def _toml_text(document: dict[str, Any]) -> str:
     comment that says how to make the paused campaign live."""
     text = tomli_w.dumps(document)
     text = re.sub(r"(?m)^paused = true$", lambda m: PAUSED_COMMENT + m.group(0), text)
+    if "send_at" not in document:  # a series
+        return text
     return re.sub(r"(?m)^send_at = .*$", f"send_at = {utc_text(document['send_at'])}", text)
 
 
@@ -302,7 +334,8 @@ def _toml_text(document: dict[str, Any]) -> str:
 _NEW_ARGUMENTS = {
     "id": "ID", "type": "--type", "from_name": "--from-name", "send_at": "--send-at",
     "audience.csv": "--audience", "audience.phone_column": "--phone-column",
-    "audience.id_column": "--id-column",
+    "audience.id_column": "--id-column", "repeat.cron": "--repeat",
+    "repeat.timezone": "--timezone",
 }
 
 
@@ -388,6 +421,8 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     if check.campaign is None:
         return EXIT_INVALID
     campaign = check.campaign
+    if campaign.repeat is not None:  # a series: `send` works on its next occurrence
+        campaign = series_occurrence(campaign, args)
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
     if reader is not None:
@@ -409,6 +444,17 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
         return console.run_send(config, campaign, reader)
     except JournalBusy as exc:
         raise UserError.single(_busy(exc, config, now)) from None
+
+
+def series_occurrence(series: Campaign, args: argparse.Namespace) -> Campaign:
+    """The next occurrence of a series, for ``--dry-run`` and ``--test``; a series is sent
+    by the daemon, occurrence by occurrence (SPEC §13.1), never by `send` itself."""
+    if not (args.dry_run or args.test is not None):
+        raise UserError.single(
+            f"{args.file} is a series: the daemon (cascade-scheduler run) sends each of its "
+            "occurrences; `send` takes one-off campaigns (use --dry-run or --test to see a "
+            "series' next occurrence)")
+    return series.occurrence(series.send_at)
 
 
 def _busy(exc: JournalBusy, config: Config, now: datetime) -> str:
@@ -466,7 +512,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"no journal at {config.paths.state} yet: nothing has been sent", file=sys.stderr)
         return EXIT_OK
     with JournalReader(open_journal(config.journal_location())) as journal:
-        if args.campaign is not None and journal.campaign(args.campaign) is None:
+        if args.campaign is not None and not any(  # a campaign, an occurrence, a series
+                names(args.campaign, record.id) for record in journal.campaigns()):
             raise UserError.single(
                 f'no campaign "{args.campaign}" in the journal: see `cascade-scheduler report`'
             )
@@ -503,6 +550,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     rows = plan_rows(config, datetime.now(UTC))
     if (missing := no_journal_line(config)) is not None:
         print(missing, file=sys.stderr)
+    if not args.json:
+        rows = with_occurrences(rows)  # a row per occurrence of each series (SPEC §13.1)
     write_rows(rows, PLAN_COLUMNS, "json" if args.json else "table", sys.stdout, "Plan")
     return EXIT_OK
 

@@ -32,9 +32,11 @@ from scheduler.journal import CampaignRecord, JournalError
 from scheduler.loader import CampaignCheck, campaign_files, load_campaigns
 from scheduler.metrics import HealthServer, Metrics, Readiness
 from scheduler.oplog import get_logger
+from scheduler.recurrence import MISSED, NO_LONGER, PREVIOUS_RUNNING, decide
 from scheduler.rotation import Rotation
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, utcnow
+from scheduler.series import is_run_of, parse_run_id
 from scheduler.service import Runtime, open_runtime
 from scheduler.upkeep import Upkeep
 from scheduler.vocabulary import FINISHED, CampaignState
@@ -127,6 +129,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reload = asyncio.Event()
         self._idle_waiter: asyncio.Task[None] | None = None  # until_idle: statuses to come
+        self._missed: set[str] = set()  # series occurrences announced missed (SPEC §13.1)
 
     @property
     def config(self) -> Config:
@@ -350,6 +353,10 @@ class Daemon:
             for check in checks:
                 if check.campaign is None:
                     cid = await self._invalid_file(check)
+                elif check.campaign.repeat is not None:  # a series (SPEC §13.1)
+                    self._invalid.pop(check.file, None)
+                    self._file_ids[check.file] = cid = check.campaign.id
+                    present |= await self._apply_series(check.campaign, records)
                 else:
                     self._invalid.pop(check.file, None)
                     self._file_ids[check.file] = cid = check.campaign.id
@@ -363,10 +370,74 @@ class Daemon:
                 del self._file_ids[gone]
                 self._invalid.pop(gone, None)
 
+    # -- series (SPEC §13.1): the rules are `scheduler.recurrence`'s -------------------------
+
+    async def _apply_series(
+        self, series: Campaign, records: dict[str, CampaignRecord],
+    ) -> set[str]:
+        """Run, keep, cancel or record as missed the series' occurrences as
+        `recurrence.decide` says; the run ids it tracks (they stay while the file does)."""
+        decision = decide(series, records.values(), utcnow())
+        for run_id, reason in decision.cancel.items():
+            self._unschedule(run_id)
+            self._campaigns.pop(run_id, None)
+            await self._lifecycle.move(run_id, "cancelled", error=_WHY[reason], reason=reason)
+            if reason == MISSED:
+                self._occurrence_missed(series.id, run_id)
+        for run_id in decision.missed:
+            if run_id not in self._missed:
+                self._missed.add(run_id)
+                self._occurrence_missed(series.id, run_id)
+        for occurrence in decision.run:
+            record = records.get(occurrence.id)
+            if (occurrence.send_at <= utcnow() and (record is None or record.started_at is None)
+                    and self._previous_running(occurrence.id)):
+                await self._skip_occurrence(occurrence, record)
+                continue
+            if (occurrence.send_at <= utcnow() and record is None
+                    and occurrence.id not in self._campaigns):
+                self.metrics.occurrences.labels(series.id, "fired").inc()  # late: TTL rule
+            await self._apply(occurrence, record)
+        if decision.next_at is not None:  # then plan the one after it
+            self._timer.add_job(
+                self._reconcile, "date", run_date=decision.next_at + timedelta(seconds=1),
+                id=f"series:{series.id}", replace_existing=True,
+            )
+        return {cid for cid in self._campaigns if is_run_of(cid, series.id)}
+
+    def _occurrence_missed(self, series: str, run_id: str) -> None:
+        self.metrics.occurrences.labels(series, "missed").inc()
+        self._lifecycle.announce("occurrence_missed", "warning", campaign=run_id, series=series)
+
+    def _previous_running(self, run_id: str) -> bool:
+        """True when another occurrence of ``run_id``'s series is sending now."""
+        parsed = parse_run_id(run_id)
+        return parsed is not None and any(
+            cid != run_id and is_run_of(cid, parsed.series) and t.task is not None
+            and not t.task.done() for cid, t in self._campaigns.items())
+
+    async def _skip_occurrence(self, occurrence: Campaign, record: CampaignRecord | None) -> None:
+        """Due while the previous occurrence still sends: recorded, never queued."""
+        self._unschedule(occurrence.id)
+        tracked = self._campaigns.pop(occurrence.id, None)
+        if record is None and tracked is not None and tracked.prepared is not None:
+            with contextlib.suppress(UserError):
+                record = await tracked.prepared
+        if record is None:
+            record = await self._engine.prepare(occurrence)
+        await self._lifecycle.move(occurrence.id, "cancelled", error=_WHY[PREVIOUS_RUNNING],
+                                   reason=f"skipped_occurrence: {PREVIOUS_RUNNING}")
+        series = parse_run_id(occurrence.id)
+        assert series is not None
+        self.metrics.occurrences.labels(series.series, "skipped_occurrence").inc()
+        self._lifecycle.announce("skipped_occurrence", "warning", campaign=occurrence.id,
+                                 series=series.series, reason=PREVIOUS_RUNNING)
+
     async def _cancel_orphans(self) -> None:
         """Unfinished campaigns in the journal whose file is gone (removed while we were down)."""
         for record in await self._journal.campaigns():
-            if record.id in self._campaigns or record.state in FINISHED:
+            # (a cancelled one stays as it is: a series' occurrence keeps why, SPEC §13.1)
+            if record.id in self._campaigns or record.state in FINISHED | {"cancelled"}:
                 continue
             if record.id not in self._invalid_ids():
                 await self._lifecycle.move(record.id, "cancelled",
@@ -518,6 +589,12 @@ class Daemon:
         """The APScheduler job: hand the campaign to our own task and return at once."""
         tracked = self._campaigns.get(cid)
         if tracked is not None and not tracked.campaign.paused:
+            if self._previous_running(cid):  # a series' occurrence never overlaps (§13.1)
+                async with self._lock:
+                    await self._skip_occurrence(tracked.campaign, None)
+                return
+            if (series := parse_run_id(cid)) is not None:
+                self.metrics.occurrences.labels(series.series, "fired").inc()
             self._launch(tracked)
 
     def _launch(self, tracked: _Tracked) -> None:
@@ -658,6 +735,14 @@ def _judge_ids(
 ) -> list[CampaignCheck]:
     """Each valid file judged against the journal's campaign of its id (`identity.judged`)."""
     return [judged(c, records.get(c.campaign.id)) if c.campaign else c for c in checks]
+
+
+#: why a series' occurrence was cancelled, as `report` shows it (SPEC §13.1)
+_WHY = {
+    MISSED: "missed: no daemon ran at its time, and a later occurrence was due (no catch-up)",
+    PREVIOUS_RUNNING: "skipped_occurrence: the previous occurrence was still sending",
+    NO_LONGER: "no longer an occurrence: the series file changed",
+}
 
 
 def _declared_id(path: Path) -> str | None:

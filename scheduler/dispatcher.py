@@ -32,6 +32,7 @@ from scheduler.cascade import (
     backoff_delay,
 )
 from scheduler.config import SendingConfig
+from scheduler.evergreen import ALREADY_MESSAGED, unmessaged
 from scheduler.inflight import InFlight
 from scheduler.journal import Journal, JournalError, JournalFenced, Results
 from scheduler.lifecycle import Lifecycle
@@ -210,6 +211,13 @@ class Dispatcher:
         if run.caps is not None:
             messages = run.caps.admit(messages, outcomes)
             body = body if len(messages) == len(job.messages) else None
+            if not messages:
+                return outcomes.results
+        if run.already:  # an evergreen series' occurrence (SPEC §13.1)
+            messages, known = unmessaged(run.already, run.campaign, messages)
+            if known:
+                outcomes.add(known, "skipped", ALREADY_MESSAGED, 0)
+                body = None
             if not messages:
                 return outcomes.results
         with self._metrics.journal_write.time():

@@ -20,6 +20,7 @@ from scheduler.cap_gate import CapGate
 from scheduler.caps import REFRESH, caps_for
 from scheduler.config import CapConfig, Route, SendingConfig
 from scheduler.dispatcher import Dispatcher
+from scheduler.evergreen import is_evergreen, messaged_before
 from scheduler.journal import BatchRecord, CampaignRecord, Journal, JournalFenced
 from scheduler.lifecycle import Lifecycle
 from scheduler.outcomes import all_open, open_messages, open_size
@@ -125,6 +126,8 @@ class Driver:
             return await self._expire(run, record)
         await self._settle_crashed(run)
         await self._resume_stage(run, record)
+        if is_evergreen(run.campaign):  # series (SPEC §13.1): only those never messaged
+            run.already = await messaged_before(self._journal, run.campaign)
         ticker = asyncio.create_task(self._report_progress(run))
         try:
             if run.caps is not None:

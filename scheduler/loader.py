@@ -35,6 +35,7 @@ from scheduler.campaign import (
 )
 from scheduler.config import Config, Route
 from scheduler.errors import CampaignError, Problem
+from scheduler.series import REPEAT_KEYS, Repeat, RepeatReader
 from scheduler.template import Template, TemplateError
 from scheduler.tomlsource import TomlDocument, TomlProblem, parse_toml
 from scheduler.window import Window, parse_days
@@ -169,7 +170,7 @@ def _in_line_order(problems: list[Problem]) -> list[Problem]:
 
 _TOP_KEYS = (
     "id", "from_name", "type", "send_at", "ttl", "text", "survey_options", "route", "paused",
-    "resume", "audience", "rollout", "window", "window_days",
+    "resume", "audience", "rollout", "window", "window_days", "repeat",
 )
 #: keys that change what happens to a campaign, not what it is (`content_key` leaves them out)
 _CONTROL_KEYS = frozenset({"paused", "resume"})
@@ -253,7 +254,8 @@ class _CampaignReader:
         from_name = self.from_name()
         kind = self.message_type()
         ttl = self.ttl(kind)
-        send_at = self.send_at(ttl)
+        repeat = self.repeat()  # series (SPEC §13.1): send_at is the next occurrence
+        send_at = self.send_at(ttl) if "repeat" not in self.data else self.series_send_at(repeat)
         route = self.route()
         paused = self.flag("paused")
         resume = self.flag("resume")
@@ -274,6 +276,7 @@ class _CampaignReader:
             policy_window=window is not None and "window" not in self.data,
             timezone=self.config.policy.timezone, audience=audience,
             file=real_path(self.doc.path), fingerprint=fingerprint, content=content,
+            repeat=repeat,
         )
 
     def unknown_keys(self, table: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:
@@ -325,6 +328,29 @@ class _CampaignReader:
                        "(the wait between stages), like 900")
             return None
         return value
+
+    # -- series (SPEC §13.1; the rules live in scheduler.series) ---------------------------
+
+    def repeat(self) -> Repeat | None:
+        """``[repeat]``: a series' cron, zone, bounds and audience; None for a one-off."""
+        table = self.data.get("repeat")
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            self.error("repeat", '[repeat] must be a table: write [repeat] on its own line, '
+                       'then cron = "0 10 * * MON" and timezone = "Europe/Kyiv"')
+            return None
+        self.unknown_keys(table, "repeat", REPEAT_KEYS)
+        return RepeatReader(table, self.error, self.utc_moment, self.now, HORIZON).read()
+
+    def series_send_at(self, repeat: Repeat | None) -> datetime | None:
+        """A series has no ``send_at`` of its own: its next occurrence stands for it."""
+        if "send_at" in self.data:
+            self.error("send_at", "a file has send_at or [repeat], never both: remove send_at "
+                       "for a series (its [repeat] says when it goes), or [repeat] for a "
+                       "one-off campaign")
+            return None
+        return None if repeat is None else next(repeat.occurrences(self.now), None)
 
     def window(self, kind: MessageType | None) -> Window | None:
         """``window`` / ``window_days`` in the file, else ``[policy] window`` for promo and
@@ -439,9 +465,10 @@ class _CampaignReader:
         """``send_at``: a UTC moment, not more than 30 days ahead; in the past is a warning."""
         value = self.data.get("send_at")
         if value is None:
-            self.error("send_at", f"required key is missing: write send_at = {_EXAMPLE_TIME}")
+            self.error("send_at", f"required key is missing: write send_at = {_EXAMPLE_TIME}, "
+                       "or add a [repeat] table for a series")
             return None
-        moment = self.utc_moment(value)
+        moment = self.utc_moment("send_at", value)
         if moment is None:
             return None
         latest = (self.now + HORIZON).replace(microsecond=0)
@@ -470,38 +497,37 @@ class _CampaignReader:
             self.warn("send_at", "send time has passed: the daemon sends at once, until "
                       f"send_at + ttl ({utc_text(deadline)})")
 
-    def utc_moment(self, value: object) -> datetime | None:
-        """A TOML date-time or an ISO string as an aware UTC datetime; anything else is an error."""
+    def utc_moment(self, key: str, value: object) -> datetime | None:
+        """A TOML date-time or an ISO string as an aware UTC datetime; anything else is an
+        error on ``key`` (``send_at``, ``repeat.start``, ``repeat.until``)."""
         if isinstance(value, str):
             value = _parse_iso(value.strip())
             if value is None:
-                self.error("send_at", f"is not a date and time: write {_EXAMPLE_TIME} (UTC)")
+                self.error(key, f"is not a date and time: write {_EXAMPLE_TIME} (UTC)")
                 return None
         if isinstance(value, datetime):
-            return self.checked_utc(value)
+            return self.checked_utc(key, value)
         if isinstance(value, date):
-            self.error("send_at", f"needs a time of day too: write {value.isoformat()}T09:00:00Z")
+            self.error(key, f"needs a time of day too: write {value.isoformat()}T09:00:00Z")
         elif isinstance(value, time):
-            self.error("send_at", f"needs a date too: write 2026-12-01T{value.isoformat()}Z")
+            self.error(key, f"needs a date too: write 2026-12-01T{value.isoformat()}Z")
         else:
-            self.error("send_at", f"must be a date-time like {_EXAMPLE_TIME}, not {_kind(value)}")
+            self.error(key, f"must be a date-time like {_EXAMPLE_TIME}, not {_kind(value)}")
         return None
 
-    def checked_utc(self, value: datetime) -> datetime | None:
+    def checked_utc(self, key: str, value: datetime) -> datetime | None:
         """``value`` if it is UTC (Z or +00:00); else an error with the fix."""
         offset = value.utcoffset()
         if offset is None:
-            self.error("send_at", naive_time_hint(value))
+            self.error(key, naive_time_hint(value).replace("send_at", key))
             return None
         try:
             utc = value.astimezone(UTC)
         except OverflowError:
-            self.error("send_at", f"{value.isoformat()} is out of range")
+            self.error(key, f"{value.isoformat()} is out of range")
             return None
         if offset:
-            self.error(
-                "send_at", f"{value.isoformat()} is not UTC: write {utc_text(utc)}"
-            )
+            self.error(key, f"{value.isoformat()} is not UTC: write {utc_text(utc)}")
             return None
         return utc
 

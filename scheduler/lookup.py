@@ -15,6 +15,7 @@ import orjson
 from scheduler.campaign import utc_text
 from scheduler.journal import CampaignRecord, JournalReader, RecipientRow
 from scheduler.report import DELIVERY_LISTINGS
+from scheduler.series import names
 
 PHONE_COLUMNS = ("campaign", "tracking_id", "phone", "status", "at", "delivery", "channel",
                  "detail")
@@ -28,7 +29,7 @@ def phone_rows(
     ``reports``: delivery reports are on (a sent message without a final status is then
     "awaiting" one)."""
     for record in journal.campaigns():
-        if campaign_id is None or record.id == campaign_id:
+        if names(campaign_id, record.id):  # a series names its occurrences
             yield from _campaign_rows(journal, record, phone, reports)
 
 

@@ -152,6 +152,12 @@ class Metrics:
             "cascade_config_errors", "Campaign files found invalid (each distinct problem once)",
             registry=r,
         )
+        self.occurrences = Counter(
+            "cascade_series_occurrences", "Occurrences of each series (SPEC 13.1), by what "
+            "became of them: fired (on time, or late under the TTL rule), skipped_occurrence "
+            "(the previous one still sent), missed (no daemon ran)",
+            ["series", "result"], registry=r,
+        )
         Info("cascade_build", "The running release", registry=r).info({"version": __version__})
         self._start_at_zero()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.audience import summarize
-from scheduler.campaign import TRANSACTIONAL, Campaign, Rollout, utc_text
+from scheduler.campaign import HORIZON, TRANSACTIONAL, Campaign, Rollout, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
 from scheduler.errors import UserError
@@ -33,6 +33,7 @@ from scheduler.identity import judged, used
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import awaiting_status, campaign_note
+from scheduler.series import local_text, run_id
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import FINISHED, SENDING
 
@@ -163,6 +164,9 @@ class _Planner:
             self.add_invalid(check)
             return
         self.seen.add(check.campaign.id)
+        if check.campaign.repeat is not None:  # a series (SPEC §13.1)
+            self.add_series(check.campaign)
+            return
         record = self.records.get(check.campaign.id)
         if record is not None and record.started_at is not None:
             self.add_record(record, check.campaign)
@@ -223,6 +227,34 @@ class _Planner:
                 _stage_on(job, campaign.rollout, record, self.now)
         self.rows.append(row)
         return row
+
+    def add_series(self, series: Campaign) -> None:
+        """A series: its next occurrences within 30 days (`HORIZON`), UTC and local; the
+        occurrences that ran are the journal's campaigns, rows of their own."""
+        repeat = series.repeat
+        assert repeat is not None
+        times = repeat.within(self.now, HORIZON)
+        row: dict[str, Any] = {
+            "campaign": series.id, "type": series.type,
+            "state": "paused" if series.paused else "series",
+            "send_at": utc_text(series.send_at), "valid": 0, "skipped": 0, "sent": None,
+            "awaiting_status": None, "eta": None,
+            "note": _joined(
+                f'repeats "{repeat.cron}" in {repeat.timezone}: {len(times)} '
+                f"occurrence{'' if len(times) == 1 else 's'} within 30 days",
+                "evergreen: only those no earlier occurrence messaged"
+                if repeat.audience == "new" else ""),
+            "occurrences": [{"run": run_id(series.id, t), "fire_at": utc_text(t),
+                             "local": local_text(t, repeat.timezone)} for t in times],
+        }
+        self.rows.append(row)
+        try:
+            summary = summarize(series.occurrence(series.send_at), self.suppression,
+                                may_fork=self.journal is None)
+        except UserError:
+            row.update(state="invalid", note="its audience cannot be read: run `check`")
+            return
+        row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
 
     def _unsent(self) -> int | None:
         """``sent`` of a campaign the journal has not started: 0, or None (unknown) when
@@ -327,6 +359,27 @@ class _Planner:
             if row["eta"] is not None and row["eta"] < utc_text(opens):
                 row["eta"] = utc_text(opens)
         return self.rows
+
+
+def with_occurrences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan's rows for its table: each series row followed by a row per occurrence the
+    journal has not planned yet (``plan --json`` keeps them in the series row's
+    ``occurrences``)."""
+    table: list[dict[str, Any]] = []
+    journaled = {row["campaign"] for row in rows}  # planned already: the journal's row says
+    for row in rows:
+        table.append(row)
+        for item in row.get("occurrences", ()):
+            if item["run"] in journaled:
+                continue
+            table.append({
+                "campaign": item["run"], "type": row["type"],
+                "state": "paused" if row["state"] == "paused" else "scheduled",
+                "send_at": item["fire_at"], "valid": row["valid"], "skipped": row["skipped"],
+                "sent": None, "awaiting_status": None, "eta": None,
+                "note": f"{item['local']}",
+            })
+    return table
 
 
 def _why_invalid(check: CampaignCheck) -> str:

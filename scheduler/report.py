@@ -35,6 +35,7 @@ from rich.table import Table
 
 from scheduler.campaign import utc_text
 from scheduler.journal import CampaignRecord, JournalReader
+from scheduler.series import names
 from scheduler.vocabulary import NO_CHANNEL, NO_CURRENCY, OUTCOMES, SENDING, Outcome
 
 T = TypeVar("T")
@@ -108,6 +109,8 @@ def campaign_note(record: CampaignRecord, pending: int, leading: bool) -> str:
     """What a person needs to know beyond the state: why rows are still unsent and what will
     happen to them. ``leading``: a daemon (or `send`) acts on this journal right now."""
     state = record.state
+    if state == "cancelled" and pending and record.error:  # a series' occurrence: why
+        return f"{pending:,} not sent: {record.error}"
     if state == "cancelled" and pending:
         return (f"{pending:,} not sent: its file was removed; restoring the file (or a file "
                 "with its id and resume = true) resumes them (see --status pending)")
@@ -132,7 +135,7 @@ def summary_rows(journal: JournalReader, campaign_id: str | None = None) -> list
     rows = []
     leading = journal.leader() is not None
     for record in journal.campaigns():
-        if campaign_id is not None and record.id != campaign_id:
+        if not names(campaign_id, record.id):  # a series names its occurrences
             continue
         counts = journal.counts(record.id)
         row: dict[str, Any] = {
@@ -154,7 +157,7 @@ def listed_total(
     return sum(
         (journal.delivery_counts(record.id).statuses if status in DELIVERY_LISTINGS
          else journal.counts(record.id)).get(status, 0)
-        for record in journal.campaigns() if campaign_id is None or record.id == campaign_id
+        for record in journal.campaigns() if names(campaign_id, record.id)
     )
 
 
@@ -163,7 +166,7 @@ def resent_rows(journal: JournalReader, campaign_id: str | None = None) -> Itera
     campaign, or of all), streamed: the possible duplicates. Its final outcome and detail (the
     messageId of the answer kept, for a sent one) say what the journal knows of it."""
     for record in journal.campaigns():
-        if campaign_id is not None and record.id != campaign_id:
+        if not names(campaign_id, record.id):  # a series names its occurrences
             continue
         for row in journal.recipients(record.id, resent=True):
             yield {"campaign": record.id, "tracking_id": row.tracking_id, "phone": row.phone,
@@ -177,7 +180,7 @@ def recipient_rows(
     """Every recipient in outcome ``status`` (of one campaign, or of all), streamed."""
     leading = None
     for record in journal.campaigns():
-        if campaign_id is not None and record.id != campaign_id:
+        if not names(campaign_id, record.id):  # a series names its occurrences
             continue
         if status == "pending":
             if leading is None:
@@ -233,7 +236,7 @@ def delivery_summaries(
     and the median seconds to delivery."""
     found: dict[str, dict[str, Any]] = {}
     for record in journal.campaigns():
-        if campaign_id is not None and record.id != campaign_id:
+        if not names(campaign_id, record.id):  # a series names its occurrences
             continue
         sent = journal.counts(record.id).get("sent", 0)
         counts = journal.delivery_counts(record.id)
@@ -315,6 +318,8 @@ def _unsent_rows(
 
 def _unsent_reason(record: CampaignRecord, leading: bool) -> str:
     state = record.state
+    if state == "cancelled" and record.error:  # a series' occurrence: why
+        return f"not sent: {record.error}"
     if state == "cancelled":
         return "not sent: the campaign was cancelled (its file was removed); restoring the " \
             "file (or resume = true in a file with its id) resumes it"

@@ -193,7 +193,7 @@ class RowChecker:
         # The hot loop of `check` and of the snapshot: one function with local names on purpose,
         # the rare paths in helpers (1M rows must check in well under 3 s).
         phone_at, id_at = self.columns.phone, self.columns.id
-        prefix = self.campaign.id + "-"
+        prefix = self.campaign.wire_id + "-"  # series: run id with "."
         max_value = TRACKING_ID_MAX - len(prefix)
         e164, id_ok = E164.fullmatch, TRACKING_ID_VALUE.fullmatch
         phone_suspects = self.dedupe.suspects(0)

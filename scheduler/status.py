@@ -20,6 +20,7 @@ from scheduler.config import Config
 from scheduler.journal import CampaignRecord, JournalReader, holder_parts
 from scheduler.loader import load_campaign
 from scheduler.report import awaiting_status
+from scheduler.series import names
 from scheduler.vocabulary import ENDED
 
 #: a campaign's roll-out (its stages and hold live in its file, not in the journal), or None
@@ -63,7 +64,9 @@ def file_rollout(config: Config, now: datetime) -> RolloutOf:
             return None
         check = load_campaign(Path(record.file), config, now)
         campaign = check.campaign
-        return campaign.rollout if campaign is not None and campaign.id == record.id else None
+        if campaign is None or not names(campaign.id, record.id):  # (series: its occurrences)
+            return None
+        return campaign.rollout
 
     return rollout_of
 

@@ -69,6 +69,7 @@ SkipReason = Literal[
     "invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long",
     "invalid_timezone",  # the audience's tz_column holds no IANA zone name
     "frequency_cap",  # decided when the message was about to go: [[policy.caps]]
+    "already_messaged",  # an evergreen series: an earlier occurrence messaged this recipient
 ]
 #: the reason an ``expired`` outcome carries (journal detail, delivery-log ``reason``)
 EXPIRED_REASON = "send_at + ttl passed"

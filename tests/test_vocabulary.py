@@ -53,7 +53,7 @@ def test_state_sets_agree() -> None:
 
 
 def test_skip_reasons_are_the_documented_ones() -> None:
-    """The reasons SPEC §5 names, SPEC §11.4's two, and no other."""
+    """The reasons SPEC §5 names, SPEC §11.4's two, SPEC §13.1's evergreen one, no other."""
     assert set(get_args(SkipReason)) == {
         "invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long",
-        "invalid_timezone", "frequency_cap"}
+        "invalid_timezone", "frequency_cap", "already_messaged"}

@@ -1,0 +1,91 @@
+"""A series on a PostgreSQL journal with two daemons (SPEC §13.1): a change of leader in the
+middle of an occurrence never fires it (or the next one) twice. Two `run` subprocesses share
+one campaigns folder and one journal, each posting to its own sandbox process."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from daemon_helpers import API_KEY, DaemonProcess, SandboxProcess, Workspace, poll, write_atomic
+
+from scheduler.config import load_config
+from scheduler.journal import JournalReader, open_journal
+from scheduler.series import run_id
+from tests.series_helpers import next_minute, series_text
+
+LEASE = 3.0
+SENDING = {"batch_size": 50, "requests_per_second": 8, "concurrency": 2, "max_attempts": 3}
+COUNT = 2000  # 40 batches at 8/s: about 5 s of sending
+
+
+class Pair:
+    """Daemon A (leader) and daemon B (standby) on one journal and one campaigns folder."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.sandboxes = [SandboxProcess(root / f"record-{n}.jsonl", "--latency-ms", "150")
+                          for n in "ab"]
+        self.a = Workspace(root / "a", base_url=self.sandboxes[0].url, sending=SENDING,
+                           journal_url=url, lease=LEASE)
+        self.b = Workspace(root / "b", base_url=self.sandboxes[1].url, sending=SENDING,
+                           journal_url=url, lease=LEASE, shared_campaigns=self.a.campaigns)
+        self.daemons = [DaemonProcess(self.a, CASCADE_API_KEY=API_KEY),
+                        DaemonProcess(self.b, CASCADE_API_KEY=API_KEY)]
+
+    def accepted(self) -> Counter[str]:
+        """How often each tracking id was accepted, by either sandbox."""
+        return Counter(r["trackinId"] for s in self.sandboxes for r in s.record())
+
+    def state(self, cid: str) -> str | None:
+        """The campaign's state in the shared journal."""
+        location = load_config(self.a.config).journal_location()
+        with JournalReader(open_journal(location)) as journal:
+            record = journal.campaign(cid)
+        return None if record is None else record.state
+
+    def close(self) -> None:
+        """Kill what still runs."""
+        for daemon in self.daemons:
+            daemon.kill()
+        for sandbox in self.sandboxes:
+            sandbox.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
+    """Two daemons (not started) on a fresh database."""
+    made = Pair(tmp_path, postgres_url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_a_takeover_mid_occurrence_never_fires_it_twice(pair: Pair) -> None:
+    """A starts the occurrence and is killed (-9); B takes over, finishes it, and plans the
+    next one: every tracking id of the occurrence accepted, none of another run, and only the
+    batches in flight at the kill may have gone twice (at-least-once)."""
+    fire_at = next_minute()
+    pair.a.audience("daily", COUNT)
+    write_atomic(pair.a.campaigns / "daily.toml", series_text(fire_at))
+    first, second = pair.daemons
+    first.start()
+    poll(lambda: pair.a.events("leadership_acquired"), 30, "A to lead")
+    second.start()
+    run = run_id("daily", fire_at)
+    poll(lambda: len(pair.sandboxes[0].record()) >= 400, 120, "A to be sending")
+    first.signal(signal.SIGKILL)
+    poll(lambda: pair.b.events("leadership_acquired"), 30, "B to take over")
+    poll(lambda: pair.state(run) == "done", 60, f"{run} done", step=0.3)
+    following = run_id("daily", fire_at + timedelta(days=1))
+    poll(lambda: pair.state(following) == "scheduled", 30, f"{following} planned")
+    accepted = pair.accepted()
+    prefix = run.replace("@", ".")
+    assert set(accepted) == {f"{prefix}-{n}" for n in range(1, COUNT + 1)}
+    in_flight = (2 * SENDING["concurrency"] + 2) * SENDING["batch_size"]
+    assert sum(n - 1 for n in accepted.values()) <= in_flight
+    assert second.stop() == 0
