@@ -423,3 +423,50 @@ def daemon_fixture(workspace: Workspace, **env: str) -> Iterator[DaemonProcess]:
         yield daemon
     finally:
         daemon.kill()
+
+
+class DaemonPair:
+    """Daemon A and daemon B (not started) on one PostgreSQL journal and one campaigns
+    folder, each posting to a sandbox of its own (so the records tell who posted what)."""
+
+    def __init__(
+        self, root: Path, url: str, sending: dict[str, Any], *, lease: float,
+        latency_ms: int = 150, url_a: str | None = None,
+    ) -> None:
+        """``url_a``: where A finds the journal, if not at ``url`` (through a proxy)."""
+        self.sandboxes = [
+            SandboxProcess(root / f"record-{n}.jsonl", "--latency-ms", str(latency_ms))
+            for n in "ab"]
+        self.a = Workspace(root / "a", base_url=self.sandboxes[0].url, sending=sending,
+                           journal_url=url_a or url, lease=lease)
+        self.b = Workspace(root / "b", base_url=self.sandboxes[1].url, sending=sending,
+                           journal_url=url, lease=lease, shared_campaigns=self.a.campaigns)
+        self.daemons = [DaemonProcess(self.a, CASCADE_API_KEY=API_KEY),
+                        DaemonProcess(self.b, CASCADE_API_KEY=API_KEY)]
+
+    def start(self) -> tuple[DaemonProcess, DaemonProcess]:
+        """A first (it becomes the leader), then B (standby)."""
+        first, second = self.daemons
+        first.start()
+        poll(lambda: self.a.events("leadership_acquired"), 30, "A to lead")
+        second.start()
+        return first, second
+
+    def records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What each sandbox accepted."""
+        first, second = self.sandboxes
+        return first.record(), second.record()
+
+    def accepted(self, cid: str | None = None) -> Counter[str]:
+        """How often each tracking id (of campaign ``cid``; None: of any) was accepted, by
+        either sandbox."""
+        prefix = "" if cid is None else cid + "-"
+        a, b = self.records()
+        return Counter(r["trackinId"] for r in a + b if r["trackinId"].startswith(prefix))
+
+    def close(self) -> None:
+        """Kill what is still running."""
+        for daemon in self.daemons:
+            daemon.kill()
+        for sandbox in self.sandboxes:
+            sandbox.close()

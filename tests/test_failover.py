@@ -20,9 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from daemon_helpers import (
-    API_KEY,
-    DaemonProcess,
-    SandboxProcess,
+    DaemonPair,
     Workspace,
     clean_env,
     expected_ids,
@@ -40,55 +38,19 @@ SENDING = {"batch_size": 50, "requests_per_second": 8, "concurrency": 2, "max_at
 COUNT = 2000  # 40 batches at 8/s: about 5 s of sending
 
 
-class Pair:
-    """Daemon A and daemon B on one journal and one campaigns folder, each with a sandbox."""
-
-    def __init__(
-        self, root: Path, url: str, delivery: str = "at-least-once", *, latency_ms: int = 150,
-        url_a: str | None = None,
-    ) -> None:
-        """``url_a``: where A finds the journal, if not at ``url`` (through a proxy)."""
-        sending = {**SENDING, "delivery": delivery}
-        self.sandboxes = [
-            SandboxProcess(root / f"record-{n}.jsonl", "--latency-ms", str(latency_ms))
-            for n in "ab"]
-        self.a = Workspace(root / "a", base_url=self.sandboxes[0].url, sending=sending,
-                           journal_url=url_a or url, lease=LEASE)
-        self.b = Workspace(root / "b", base_url=self.sandboxes[1].url, sending=sending,
-                           journal_url=url, lease=LEASE, shared_campaigns=self.a.campaigns)
-        self.daemons = [DaemonProcess(self.a, CASCADE_API_KEY=API_KEY),
-                        DaemonProcess(self.b, CASCADE_API_KEY=API_KEY)]
-
-    def start(self) -> tuple[DaemonProcess, DaemonProcess]:
-        """A first (it becomes the leader), then B (standby)."""
-        first, second = self.daemons
-        first.start()
-        poll(lambda: self.a.events("leadership_acquired"), 30, "A to lead")
-        second.start()
-        return first, second
-
-    def records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """What each sandbox accepted."""
-        first, second = self.sandboxes
-        return first.record(), second.record()
-
-    def accepted(self, cid: str) -> Counter[str]:
-        """How often each tracking id was accepted, by either sandbox."""
-        a, b = self.records()
-        return Counter(r["trackinId"] for r in a + b if r["trackinId"].startswith(cid + "-"))
-
-    def close(self) -> None:
-        """Kill what is still running."""
-        for daemon in self.daemons:
-            daemon.kill()
-        for sandbox in self.sandboxes:
-            sandbox.close()
+def make_pair(
+    root: Path, url: str, delivery: str = "at-least-once", *, latency_ms: int = 150,
+    url_a: str | None = None,
+) -> DaemonPair:
+    """The two daemons of these tests, with ``delivery``."""
+    return DaemonPair(root, url, {**SENDING, "delivery": delivery}, lease=LEASE,
+                      latency_ms=latency_ms, url_a=url_a)
 
 
 @pytest.fixture
-def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
+def pair(tmp_path: Path, postgres_url: str) -> Iterator[DaemonPair]:
     """Two daemons (not started) on a fresh database."""
-    made = Pair(tmp_path, postgres_url)
+    made = make_pair(tmp_path, postgres_url)
     try:
         yield made
     finally:
@@ -110,7 +72,7 @@ def leader(workspace: Workspace) -> str | None:
         return journal.leader()
 
 
-def campaign(pair: Pair, cid: str, count: int = COUNT) -> datetime:
+def campaign(pair: DaemonPair, cid: str, count: int = COUNT) -> datetime:
     """A promo campaign due in 3 s in the shared folder; returns its send time."""
     pair.a.audience(cid, count)
     send_at = utc_seconds_from_now(3)
@@ -118,7 +80,7 @@ def campaign(pair: Pair, cid: str, count: int = COUNT) -> datetime:
     return send_at
 
 
-def wait_done(pair: Pair, cid: str, timeout: float = 60) -> dict[str, int]:
+def wait_done(pair: DaemonPair, cid: str, timeout: float = 60) -> dict[str, int]:
     """Poll the journal until the campaign is done; its counts."""
     found: dict[str, Any] = {}
 
@@ -142,7 +104,7 @@ def bound(sending: dict[str, Any]) -> int:
     return (2 * int(sending["concurrency"]) + 2) * int(sending["batch_size"])
 
 
-def test_kill_9_of_the_leader_mid_campaign(pair: Pair) -> None:
+def test_kill_9_of_the_leader_mid_campaign(pair: DaemonPair) -> None:
     """B takes over within lease + 2 s; every recipient ends final; only batches that were in
     flight at the kill are sent twice (at-least-once)."""
     a, b = pair.start()
@@ -159,7 +121,7 @@ def test_kill_9_of_the_leader_mid_campaign(pair: Pair) -> None:
     assert b.stop() == 0
 
 
-def test_sigterm_hands_over_at_once_without_duplicates(pair: Pair) -> None:
+def test_sigterm_hands_over_at_once_without_duplicates(pair: DaemonPair) -> None:
     """A graceful stop finishes in-flight batches and releases the lease (so B need not wait
     for it to run out: once A has exited, the journal names A leader no more); B leads and
     sends the rest; nobody gets the message twice. How soon B leads (SPEC §12: 3 s) is
@@ -177,7 +139,7 @@ def test_sigterm_hands_over_at_once_without_duplicates(pair: Pair) -> None:
     assert b.stop() == 0
 
 
-def test_a_frozen_leader_posts_nothing_after_it_wakes(pair: Pair) -> None:
+def test_a_frozen_leader_posts_nothing_after_it_wakes(pair: DaemonPair) -> None:
     """SIGSTOP past the lease, B takes over, SIGCONT: A posts nothing more, steps down
     (leadership_lost) and stays up as a standby; the campaign still ends complete."""
     a, b = pair.start()
@@ -200,7 +162,7 @@ def test_a_frozen_leader_posts_nothing_after_it_wakes(pair: Pair) -> None:
 
 def test_at_most_once_takeover_sends_nothing_twice(tmp_path: Path, postgres_url: str) -> None:
     """Under at-most-once, what was in flight at the kill becomes in_doubt, never resent."""
-    pair = Pair(tmp_path, postgres_url, delivery="at-most-once")
+    pair = make_pair(tmp_path, postgres_url, delivery="at-most-once")
     try:
         a, b = pair.start()
         campaign(pair, "careful")
@@ -222,7 +184,7 @@ def test_the_database_restarting_mid_campaign(
 ) -> None:
     """The leader stops sending while the journal is gone, never crashes, and the campaign
     completes once the database is back (whichever daemon then leads)."""
-    pair = Pair(tmp_path, postgres_url)
+    pair = make_pair(tmp_path, postgres_url)
     try:
         a, b = pair.start()
         campaign(pair, "restart")
@@ -259,7 +221,7 @@ def test_the_password_appears_nowhere(tmp_path: Path, postgres_url: str) -> None
     assert not log.exists() or secret not in log.read_text("utf-8")
 
 
-def test_status_names_the_leader_and_the_standby(pair: Pair) -> None:
+def test_status_names_the_leader_and_the_standby(pair: DaemonPair) -> None:
     """`status` from either machine shows both daemons with their roles; exit 0."""
     import json
 
@@ -307,7 +269,7 @@ def report_resent(workspace: Workspace, cid: str) -> set[str]:
     return {row["tracking_id"] for row in orjson.loads(done.stdout)}
 
 
-def every_duplicate_is_visible(pair: Pair, cid: str, delivery: str) -> None:
+def every_duplicate_is_visible(pair: DaemonPair, cid: str, delivery: str) -> None:
     """After the campaign is done: at-least-once, every tracking id the API accepted more
     than once is listed by `report --resent` (counted as resent, and its delivery-log line
     says so); at-most-once, nothing was accepted twice and whatever the old leader posted
@@ -343,7 +305,7 @@ def test_a_frozen_leader_s_requests_in_flight_are_never_invisible_duplicates(
     item 2): their answers come back to a frozen process; the standby takes over and posts
     those batches again (at-least-once: every duplicate is listed by `report --resent`) or
     leaves them in doubt (at-most-once: nothing reaches the API twice)."""
-    pair = Pair(tmp_path, postgres_url, delivery, latency_ms=SLOW)
+    pair = make_pair(tmp_path, postgres_url, delivery, latency_ms=SLOW)
     try:
         a, b = pair.start()
         campaign(pair, "frozen", SMALL)
@@ -372,7 +334,7 @@ def test_a_leader_cut_off_from_the_database(
     proxy heals, A steps down and stays up; every possible duplicate is listed
     (at-least-once) or in doubt (at-most-once)."""
     with TcpProxy("127.0.0.1", postgres_server.port) as proxy:
-        pair = Pair(tmp_path, postgres_url, delivery, latency_ms=SLOW,
+        pair = make_pair(tmp_path, postgres_url, delivery, latency_ms=SLOW,
                     url_a=proxy.url(postgres_url))
         try:
             a, b = pair.start()

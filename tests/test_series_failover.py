@@ -5,13 +5,12 @@ one campaigns folder and one journal, each posting to its own sandbox process.""
 from __future__ import annotations
 
 import signal
-from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import API_KEY, DaemonProcess, SandboxProcess, Workspace, poll, write_atomic
+from daemon_helpers import DaemonPair, poll, write_atomic
 
 from scheduler.config import load_config
 from scheduler.journal import JournalReader, open_journal
@@ -23,22 +22,11 @@ SENDING = {"batch_size": 50, "requests_per_second": 8, "concurrency": 2, "max_at
 COUNT = 2000  # 40 batches at 8/s: about 5 s of sending
 
 
-class Pair:
+class Pair(DaemonPair):
     """Daemon A (leader) and daemon B (standby) on one journal and one campaigns folder."""
 
     def __init__(self, root: Path, url: str) -> None:
-        self.sandboxes = [SandboxProcess(root / f"record-{n}.jsonl", "--latency-ms", "150")
-                          for n in "ab"]
-        self.a = Workspace(root / "a", base_url=self.sandboxes[0].url, sending=SENDING,
-                           journal_url=url, lease=LEASE)
-        self.b = Workspace(root / "b", base_url=self.sandboxes[1].url, sending=SENDING,
-                           journal_url=url, lease=LEASE, shared_campaigns=self.a.campaigns)
-        self.daemons = [DaemonProcess(self.a, CASCADE_API_KEY=API_KEY),
-                        DaemonProcess(self.b, CASCADE_API_KEY=API_KEY)]
-
-    def accepted(self) -> Counter[str]:
-        """How often each tracking id was accepted, by either sandbox."""
-        return Counter(r["trackinId"] for s in self.sandboxes for r in s.record())
+        super().__init__(root, url, SENDING, lease=LEASE)
 
     def state(self, cid: str) -> str | None:
         """The campaign's state in the shared journal."""
@@ -46,13 +34,6 @@ class Pair:
         with JournalReader(open_journal(location)) as journal:
             record = journal.campaign(cid)
         return None if record is None else record.state
-
-    def close(self) -> None:
-        """Kill what still runs."""
-        for daemon in self.daemons:
-            daemon.kill()
-        for sandbox in self.sandboxes:
-            sandbox.close()
 
 
 @pytest.fixture
