@@ -114,8 +114,15 @@ def narrow_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streaming, "PIPE_SIZE", 1 << 16)
 
 
+#: the audience of the tests whose reader is killed: ~3 MB of snapshot, so the reader is surely
+#: still writing at its second chunk (2,000 rows, ~300 KB, could all sit in the 64 KiB pipe and
+#: the parent's read-ahead buffer under load, the reader gone before the kill)
+KILLED = 20_000
+
+
 async def kill_reader_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
-    """Gate: the OOM killer takes the reader before its second chunk lands."""
+    """Gate: the OOM killer takes the reader before its second chunk lands (use an audience
+    of `KILLED` rows)."""
     if call == 1:
         os.kill(reader_pid(), signal.SIGKILL)
 
@@ -217,10 +224,10 @@ async def test_a_stream_whose_audience_changed_fails_with_the_reason(
     """The rest of a cut-short stream would come from another file: the campaign fails and
     says why, and nothing more is sent."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox, bad_rows=False)
+    setup = streamed_setup(tmp_path, sandbox, KILLED, bad_rows=False)
     assert await send_streamed(setup, kill_reader_at_second) == "running"
     sent = setup.counts()["sent"]
-    write_audience(setup.root / "campaigns" / "people.csv", 2500)
+    write_audience(setup.root / "campaigns" / "people.csv", KILLED + 500)
     assert await send_streamed(setup) == "failed"
     with SyncJournal(setup.journal_path) as reader:
         final = reader.campaign(setup.campaign.id)
@@ -286,12 +293,12 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
     """The OOM killer takes the reader: the campaign stays running (not failed), says why,
     and the next run reads on."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox)
+    setup = streamed_setup(tmp_path, sandbox, KILLED)
     assert await send_streamed(setup, kill_reader_at_second) == "running"
     stopped = [line for line in setup.log_lines() if line["event"] == "snapshot_stream_stopped"]
     assert len(stopped) == 1 and "killed by signal 9" in stopped[0]["reason"]
     assert await send_streamed(setup) == "done"
-    assert_all_once(setup, 2000, sandbox.accepted)
+    assert_all_once(setup, KILLED, sandbox.accepted)
 
 
 @pytest.mark.timeout(60)
@@ -325,16 +332,16 @@ async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     """Resumed after send_at + ttl: the rest of the audience is read first, so every
     recipient not sent is recorded expired (none is left out of the journal)."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox)
+    setup = streamed_setup(tmp_path, sandbox, KILLED)
     assert await send_streamed(setup, kill_reader_at_second) == "running"
     sent = setup.counts()["sent"]
     past_ttl = lambda: datetime.now(UTC) + timedelta(hours=2)  # noqa: E731 (the ttl is 1 h)
     assert await send_streamed(setup, clock=past_ttl) == "expired"
-    assert setup.counts() == {"sent": sent, "rejected": 0, "expired": 2000 - sent,
+    assert setup.counts() == {"sent": sent, "rejected": 0, "expired": KILLED - sent,
                               "in_doubt": 0, "skipped": 2, "pending": 0, "resent": 0}
     lines = message_lines(setup)
     assert Counter(line["status"] for line in lines) == Counter(  # sent may be 0: killed early
-        {"sent": sent, "expired": 2000 - sent, "skipped": 2})
+        {"sent": sent, "expired": KILLED - sent, "skipped": 2})
 
 
 @pytest.mark.timeout(60)
