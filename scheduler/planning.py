@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import os
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.audience import summarize
-from scheduler.rows import AudienceSummary
 from scheduler.campaign import HORIZON, TRANSACTIONAL, Campaign, Rollout, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config
@@ -35,6 +33,7 @@ from scheduler.identity import judged, used
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import awaiting_status, campaign_note
+from scheduler.rows import AudienceSummary
 from scheduler.series import local_text, run_id
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import FINISHED, SENDING
@@ -266,7 +265,7 @@ class _Planner:
         own."""
         spec = campaign.audience
         try:
-            st = os.stat(spec.csv)
+            st = spec.csv.stat()
         except OSError:
             st = None
         # what the counts depend on besides the rows: the columns and the row rules (type:
