@@ -350,3 +350,21 @@ def test_campaigns_sharing_a_list_count_it_once_per_way_they_send_it(
     rows = _by_id(plan_rows(load_config(workspace.config), NOW))
     assert [(rows[c]["valid"], rows[c]["skipped"]) for c in ("promo-a", "promo-b", "tx")] == [
         (2, 2), (2, 2), (4, 0)]
+
+
+def test_plan_json_loads_no_table_library(workspace: Workspace) -> None:
+    """`plan --json` (scripts, the bench) does not import rich, which only draws tables: its
+    start-up is part of every `plan`'s time."""
+    import subprocess
+    import sys
+
+    from tests.helpers import clean_env
+
+    code = ("import sys; from scheduler import cli; "
+            f"code = cli.main(['plan', '--json', '--config', {str(workspace.config)!r}]); "
+            "print('rich' in sys.modules, file=sys.stderr); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, env=clean_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False"
+    assert json.loads(done.stdout)
