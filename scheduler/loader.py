@@ -152,6 +152,7 @@ class _Shared:
         self.config = config
         self._roots: list[Path] | None = None
         self._headers: dict[tuple[Path, str | None, tuple[int, ...]], list[str]] = {}
+        self._resolved: dict[tuple[Path, str], Path] = {}
 
     def roots(self) -> list[Path]:
         """The campaigns folder and ``[paths].audiences``, symbolic links resolved."""
@@ -161,6 +162,14 @@ class _Shared:
                 roots.append(self.config.paths.audiences.resolve())
             self._roots = roots
         return self._roots
+
+    def resolve(self, folder: Path, written: str) -> Path:
+        """``folder / written`` with its symbolic links resolved (``folder`` is already): once
+        for the files of one folder that name the same CSV."""
+        key = (folder, written)
+        if key not in self._resolved:
+            self._resolved[key] = (folder / written).resolve()
+        return self._resolved[key]
 
     def header(self, spec: AudienceSpec, campaign_file: Path) -> list[str]:
         """`read_header`, once per CSV, delimiter and signature."""
@@ -703,7 +712,7 @@ class _CampaignReader:
         try:
             if self.real_file is None:
                 self.real_file = self.doc.path.resolve()
-            resolved = (self.real_file.parent / written).resolve()
+            resolved = self.shared.resolve(self.real_file.parent, written)
             roots = self.shared.roots()
         except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops
             self.error("audience.csv", f'"{written}" is not a usable path: {exc}')
