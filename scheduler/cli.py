@@ -54,7 +54,13 @@ from scheduler.report import (
 )
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.series import names
-from scheduler.status import CAMPAIGN_COLUMNS, DAEMON_COLUMNS, file_rollout, read_status
+from scheduler.status import (
+    CAMPAIGN_COLUMNS,
+    DAEMON_COLUMNS,
+    SERIES_COLUMNS,
+    CampaignFiles,
+    read_status,
+)
 from scheduler.streaming import Reader, StreamJob
 from scheduler.suppression import Suppression
 
@@ -561,14 +567,16 @@ def _configure_status(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """The journal's view now: daemons and unfinished campaigns; 3 when nobody leads."""
+    """The journal's view now: daemons, series and unfinished campaigns; 3 when nobody
+    leads."""
     config = _config(args)
     if not config.journal_location().exists:
         print(f"no journal at {config.paths.state} yet: no daemon has run", file=sys.stderr)
         return EXIT_NO_LEADER
     now = datetime.now(UTC)
+    files = CampaignFiles(config, now)
     with JournalReader(open_journal(config.journal_location())) as journal:
-        status = read_status(journal, now, file_rollout(config, now),
+        status = read_status(journal, now, files.rollout, series_of=files.series,
                              reports=config.delivery_reports.enabled)
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_json(), option=orjson.OPT_INDENT_2).decode()
@@ -577,6 +585,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         leader = status.leader or "none: nothing is being sent (start a daemon)"
         print(f"leader: {leader}")
         write_rows(status.daemons, DAEMON_COLUMNS, "table", sys.stdout, "Daemons")
+        if status.series:
+            write_rows(status.series, SERIES_COLUMNS, "table", sys.stdout, "Series")
         write_rows(status.campaigns, CAMPAIGN_COLUMNS, "table", sys.stdout,
                    "Campaigns not ended")
     return EXIT_OK if status.has_leader else EXIT_NO_LEADER

@@ -107,12 +107,13 @@ def real_path(path: Path) -> Path:
 
 def load_campaign(path: Path, config: Config, now: datetime) -> CampaignCheck:
     """Read and validate one campaign file (and its CSV header), reporting every problem."""
-    return _load(path, config, now).check
+    return _load(path, config, now, _Shared(config)).check
 
 
 def load_campaigns(paths: Iterable[Path], config: Config, now: datetime) -> list[CampaignCheck]:
     """Load every file; an id used by several files is an error on each of them."""
-    loaded = [_load(path, config, now) for path in paths]
+    shared = _Shared(config)
+    loaded = [_load(path, config, now, shared) for path in paths]
     by_id: dict[str, list[_Loaded]] = {}
     for item in loaded:
         if item.id is not None:
@@ -142,7 +143,47 @@ class _Loaded:
         return CampaignCheck(self.check.file, None, _in_line_order([*self.check.problems, problem]))
 
 
-def _load(path: Path, config: Config, now: datetime) -> _Loaded:
+class _Shared:
+    """What the files of one `load_campaigns` would each work out again: the folders an
+    audience CSV must be in, and the header of each CSV (by its signature: a CSV replaced
+    meanwhile is read again). Problems are not kept: each file reports its own."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._roots: list[Path] | None = None
+        self._headers: dict[tuple[Path, str | None, tuple[int, ...]], list[str]] = {}
+        self._resolved: dict[tuple[Path, str], Path] = {}
+
+    def roots(self) -> list[Path]:
+        """The campaigns folder and ``[paths].audiences``, symbolic links resolved."""
+        if self._roots is None:
+            roots = [self.config.paths.campaigns.resolve()]
+            if self.config.paths.audiences is not None:
+                roots.append(self.config.paths.audiences.resolve())
+            self._roots = roots
+        return self._roots
+
+    def resolve(self, folder: Path, written: str) -> Path:
+        """``folder / written`` with its symbolic links resolved (``folder`` is already): once
+        for the files of one folder that name the same CSV."""
+        key = (folder, written)
+        if key not in self._resolved:
+            self._resolved[key] = (folder / written).resolve()
+        return self._resolved[key]
+
+    def header(self, spec: AudienceSpec, campaign_file: Path) -> list[str]:
+        """`read_header`, once per CSV, delimiter and signature."""
+        try:
+            st = spec.csv.stat()
+        except OSError:
+            return read_header(spec, campaign_file)  # which says why
+        key = (spec.csv, spec.delimiter, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        if key not in self._headers:
+            self._headers[key] = read_header(spec, campaign_file)
+        return list(self._headers[key])
+
+
+def _load(path: Path, config: Config, now: datetime, shared: _Shared) -> _Loaded:
     try:
         raw = path.read_bytes()
         # Parse and hash the same bytes: the fingerprint must describe what was validated.
@@ -154,7 +195,7 @@ def _load(path: Path, config: Config, now: datetime) -> _Loaded:
         message = f"cannot read: {link}" if link else f"cannot read file: {exc.strerror}"
         return _Loaded(CampaignCheck(path, None, [Problem(path, None, None, message)]))
     fingerprint = hashlib.sha256(raw).hexdigest()
-    reader = _CampaignReader(document, config, now)
+    reader = _CampaignReader(document, config, now, shared)
     campaign = reader.build(fingerprint, content_key(document.data))
     raw_id = document.data.get("id")
     return _Loaded(
@@ -220,11 +261,15 @@ def _quoted_list(values: Iterable[str]) -> str:
 class _CampaignReader:
     """Validates a parsed campaign file key by key, collecting problems instead of stopping."""
 
-    def __init__(self, document: TomlDocument, config: Config, now: datetime) -> None:
+    def __init__(
+        self, document: TomlDocument, config: Config, now: datetime, shared: _Shared,
+    ) -> None:
         self.doc = document
         self.data = document.data
         self.config = config
         self.now = now
+        self.shared = shared
+        self.real_file: Path | None = None  # the file's path, resolved (once: `csv_path`)
         self.problems: list[Problem] = []
         self.text_fields: frozenset[str] = frozenset()  # of an invalid text's good placeholders
 
@@ -275,8 +320,8 @@ class _CampaignReader:
             route=route, paused=paused, resume=resume, rollout=rollout, window=window,
             policy_window=window is not None and "window" not in self.data,
             timezone=self.config.policy.timezone, audience=audience,
-            file=real_path(self.doc.path), fingerprint=fingerprint, content=content,
-            repeat=repeat,
+            file=self.real_file or real_path(self.doc.path), fingerprint=fingerprint,
+            content=content, repeat=repeat,
         )
 
     def unknown_keys(self, table: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:
@@ -665,10 +710,10 @@ class _CampaignReader:
     def csv_path(self, written: str) -> Path | None:
         """The CSV's real path (symlinks resolved), if inside an allowed folder."""
         try:
-            resolved = (self.doc.path.resolve().parent / written).resolve()
-            roots = [self.config.paths.campaigns.resolve()]
-            if self.config.paths.audiences is not None:
-                roots.append(self.config.paths.audiences.resolve())
+            if self.real_file is None:
+                self.real_file = self.doc.path.resolve()
+            resolved = self.shared.resolve(self.real_file.parent, written)
+            roots = self.shared.roots()
         except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops
             self.error("audience.csv", f'"{written}" is not a usable path: {exc}')
             return None
@@ -685,7 +730,7 @@ class _CampaignReader:
     def header(self, spec: AudienceSpec) -> list[str] | None:
         """The CSV's column names; an unreadable CSV is an error."""
         try:
-            return read_header(spec, self.doc.path)
+            return self.shared.header(spec, self.doc.path)
         except CampaignError as exc:
             line = self.doc.line_of("audience.csv")
             self.problems.extend(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ from scheduler.identity import judged, used
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import awaiting_status, campaign_note
+from scheduler.rows import AudienceSummary
 from scheduler.series import local_text, run_id
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import FINISHED, SENDING
@@ -157,6 +158,7 @@ class _Planner:
         self.jobs: list[_Job] = []
         self.seen: set[str] = set()
         self.last_opens: list[tuple[dict[str, Any], datetime]] = []  # held till then at least
+        self.counted: dict[Hashable, AudienceSummary] = {}  # `count`'s, by what decides them
 
     def add(self, check: CampaignCheck) -> None:
         """The row of one campaign file."""
@@ -249,12 +251,37 @@ class _Planner:
         }
         self.rows.append(row)
         try:
-            summary = summarize(series.occurrence(series.send_at), self.suppression,
-                                may_fork=self.journal is None)
+            summary = self.count(series.occurrence(series.send_at))
         except UserError:
             row.update(state="invalid", note="its audience cannot be read: run `check`")
             return
         row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
+
+    def count(self, campaign: Campaign) -> AudienceSummary:
+        """``campaign``'s audience counted (`summarize`), once per audience file and what
+        decides the counts: campaigns that send the same CSV the same way (a list shared by
+        many campaigns) read it once. The file's signature is part of the key, so a CSV
+        replaced meanwhile is read again. A `UserError` is not kept: each campaign raises its
+        own."""
+        spec = campaign.audience
+        try:
+            st = spec.csv.stat()
+        except OSError:
+            st = None
+        # what the counts depend on besides the rows: the columns and the row rules (type:
+        # suppression and survey lengths; text: placeholders; window and zone: zone groups;
+        # the id's length: how long an id may be); not the id itself, the times or paused
+        key = (spec, None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+               campaign.type, campaign.text, campaign.window, campaign.timezone,
+               len(campaign.wire_id))
+        summary = self.counted.get(key) if st is not None else None
+        if summary is None:
+            # `plan` starts no thread, but an open journal may run one (SQLite's writer):
+            # big audiences use forked helpers only without a journal
+            summary = summarize(campaign, self.suppression, may_fork=self.journal is None)
+            if st is not None:
+                self.counted[key] = summary
+        return summary
 
     def _unsent(self) -> int | None:
         """``sent`` of a campaign the journal has not started: 0, or None (unknown) when
@@ -270,9 +297,7 @@ class _Planner:
         }
         self.rows.append(row)
         try:
-            # `plan` starts no thread, but an open journal may run one (SQLite's writer):
-            # big audiences use forked helpers only without a journal
-            summary = summarize(campaign, self.suppression, may_fork=self.journal is None)
+            summary = self.count(campaign)
         except UserError:
             row.update(state="invalid", note="its audience cannot be read: run `check`")
             return

@@ -25,13 +25,16 @@ import errno
 import io
 import os
 from collections.abc import Iterable, Iterator
+from functools import cache
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Literal, TextIO, TypeGuard, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeGuard, TypeVar, cast
 
 import orjson
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich is imported by the tables only: JSON and CSV (`plan --json`) need
+    from rich.console import Console  # none of its ~40 ms of imports
+    from rich.table import Table
 
 from scheduler.campaign import utc_text
 from scheduler.journal import CampaignRecord, JournalReader
@@ -390,14 +393,19 @@ def _write_table(
                       highlight=False)
 
 
-class _Console(Console):
+@cache
+def _console_class() -> type[Console]:
     """rich's console, except that a closed pipe is the CLI's to handle (quietly, with the
     exit code of SIGPIPE) instead of rich's own exit 1."""
+    from rich.console import Console
 
-    def on_broken_pipe(self) -> None:
-        """Let the `BrokenPipeError` reach the command line's edge."""
-        self.quiet = True
-        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            """Let the `BrokenPipeError` reach the command line's edge."""
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console
 
 
 def batched(rows: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -408,6 +416,7 @@ def batched(rows: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def _console(out: TextIO, width: int | None) -> Console:
+    _Console = _console_class()
     if width is not None:
         return _Console(file=out, width=width)
     console = _Console(file=out)
@@ -443,6 +452,8 @@ def _fitting(
 def _table(
     columns: tuple[str, ...], kept: tuple[str, ...], cells: list[list[str]], title: str,
 ) -> Table:
+    from rich.table import Table
+
     table = Table(title=title or None, show_lines=False)
     for column in kept:
         justify: Literal["left", "right"] = "right" if column in NUMERIC_COLUMNS else "left"

@@ -234,6 +234,17 @@ def _jump(wall: datetime, tz: ZoneInfo) -> datetime:
 
 def nominal_gap(expression: str, zone_name: str, after: datetime) -> list[datetime] | None:
     """The first fire times up to a pair under `MIN_GAP` apart (DST moves aside), or None."""
+    minute, hour = [*expression.split(), "", ""][:2]
+    if minute.isdigit() and hour.isdigit():
+        # one wall time a day: two fire times are whole days apart on the wall clock, and no
+        # zone's offset ever changed by 23 hours, so none are under an hour apart (the scan
+        # below would say so after `_GAP_SCAN` fire times: a quarter of `plan`'s time)
+        return None
+    return scanned_gap(expression, zone_name, after)
+
+
+def scanned_gap(expression: str, zone_name: str, after: datetime) -> list[datetime] | None:
+    """`nominal_gap` by walking the first `_GAP_SCAN` fire times."""
     cron, tz = trigger(expression, zone_name), zone(zone_name)
     times: list[datetime] = []
     previous: datetime | None = None

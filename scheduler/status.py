@@ -1,6 +1,6 @@
-"""`status`: what the journal says is happening now — the daemons, the leader, and every
-campaign that has not ended (or still awaits delivery statuses), with its progress, rate and
-ETA.
+"""`status`: what the journal says is happening now — the daemons, the leader, every series
+(SPEC §13.1: its next occurrence, the running one, paused) and every campaign that has not
+ended (or still awaits delivery statuses), with its progress, rate and ETA.
 
 It reads the journal only (either backend), so it answers from any machine that can reach it
 and does not need a daemon's cooperation; a daemon's presence is the heartbeat it writes every
@@ -15,18 +15,22 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler.campaign import Rollout, utc_text
+from scheduler.campaign import Campaign, Rollout, utc_text
 from scheduler.config import Config
 from scheduler.journal import CampaignRecord, JournalReader, holder_parts
 from scheduler.loader import load_campaign
 from scheduler.report import awaiting_status
-from scheduler.series import names
+from scheduler.series import local_text, names, parse_run_id, run_id
 from scheduler.vocabulary import ENDED
 
 #: a campaign's roll-out (its stages and hold live in its file, not in the journal), or None
 RolloutOf = Callable[[CampaignRecord], Rollout | None]
+#: the series file an occurrence's record was planned from (its cron, zone and ``paused`` live
+#: there), or None when this machine does not have it (or it is no longer that series)
+SeriesOf = Callable[[CampaignRecord], Campaign | None]
 
 DAEMON_COLUMNS = ("role", "host", "pid", "since")
+SERIES_COLUMNS = ("series", "state", "next_at", "next_local", "running")
 CAMPAIGN_COLUMNS = (
     "campaign", "type", "state", "sent", "recipients", "pending", "resent", "rate_per_s", "eta",
     "stage", "stage_starts", "awaiting_status", "error",
@@ -40,6 +44,8 @@ class Status:
     leader: str | None
     daemons: list[dict[str, Any]]
     campaigns: list[dict[str, Any]]
+    #: a row per series the journal has occurrences of, while it goes on (SPEC §13.1)
+    series: list[dict[str, Any]]
 
     @property
     def has_leader(self) -> bool:
@@ -55,29 +61,57 @@ def _no_rollout(record: CampaignRecord) -> Rollout | None:
     return None
 
 
-def file_rollout(config: Config, now: datetime) -> RolloutOf:
-    """Roll-outs read from the campaign files the journal names (when this machine has them):
-    a staged campaign's stage and ETA need its stages and hold."""
+def _no_series(record: CampaignRecord) -> Campaign | None:
+    return None
 
-    def rollout_of(record: CampaignRecord) -> Rollout | None:
-        if record.state in ENDED or not record.file:
+
+class CampaignFiles:
+    """The campaign files the journal names, each read once (when this machine has them): a
+    staged campaign's stage and ETA need its stages and hold, a series its cron and zone."""
+
+    def __init__(self, config: Config, now: datetime) -> None:
+        self.config = config
+        self.now = now
+        self._read: dict[str, Campaign | None] = {}
+
+    def campaign(self, record: CampaignRecord) -> Campaign | None:
+        """The campaign (or series) ``record`` was planned from, as its file says now."""
+        if not record.file:
             return None
-        check = load_campaign(Path(record.file), config, now)
-        campaign = check.campaign
+        if record.file not in self._read:
+            self._read[record.file] = load_campaign(Path(record.file), self.config,
+                                                    self.now).campaign
+        campaign = self._read[record.file]
         if campaign is None or not names(campaign.id, record.id):  # (series: its occurrences)
             return None
-        return campaign.rollout
+        return campaign
 
-    return rollout_of
+    def rollout(self, record: CampaignRecord) -> Rollout | None:
+        """`RolloutOf`: an unfinished campaign's roll-out."""
+        if record.state in ENDED:
+            return None
+        campaign = self.campaign(record)
+        return campaign.rollout if campaign is not None else None
+
+    def series(self, record: CampaignRecord) -> Campaign | None:
+        """`SeriesOf`: the series an occurrence belongs to."""
+        campaign = self.campaign(record)
+        return campaign if campaign is not None and campaign.repeat is not None else None
+
+
+def file_rollout(config: Config, now: datetime) -> RolloutOf:
+    """Roll-outs read from the campaign files the journal names (when this machine has them)."""
+    return CampaignFiles(config, now).rollout
 
 
 def read_status(
     journal: JournalReader, now: datetime, rollout_of: RolloutOf = _no_rollout, *,
-    reports: bool = False,
+    reports: bool = False, series_of: SeriesOf = _no_series,
 ) -> Status:
     """Gather the status from a started journal reader (``rollout_of``: each campaign's
     roll-out, for its stage and an ETA that counts the holds; ``reports``: delivery reports
-    are on, so sent messages await their delivery status)."""
+    are on, so sent messages await their delivery status; ``series_of``: an occurrence's
+    series file, for its next occurrence in local time and ``paused``)."""
     leader = journal.leader()
     daemons = [
         {"role": "leader" if d.holder == leader else "standby", "host": d.host, "pid": d.pid,
@@ -86,10 +120,56 @@ def read_status(
     ]
     if leader is not None and all(d["holder"] != leader for d in daemons):
         daemons.insert(0, _lease_only(leader))  # a foreground `send` holds it
+    records = journal.campaigns()
     campaigns = [row for row in (_campaign(journal, record, now, rollout_of(record), reports)
-                                 for record in journal.campaigns())
+                                 for record in records)
                  if row["state"] not in ENDED or row["awaiting_status"]]
-    return Status(leader, daemons, campaigns)
+    return Status(leader, daemons, campaigns, series_rows(records, now, series_of))
+
+
+def series_rows(
+    records: list[CampaignRecord], now: datetime, series_of: SeriesOf = _no_series,
+) -> list[dict[str, Any]]:
+    """A row per series the journal has occurrences of, while it goes on: its next occurrence
+    (run id, UTC, and on the series' wall clock when its file is here), the occurrence running
+    (started, not ended) if any, and its state: ``paused`` (its file says so, or without the
+    file its planned occurrence is paused) or ``active``. A series whose occurrences all ended
+    and whose file is gone (or has no occurrence left) has ended: no row."""
+    by_series: dict[str, list[tuple[datetime, CampaignRecord]]] = {}
+    for record in records:
+        parsed = parse_run_id(record.id)
+        if parsed is not None:
+            by_series.setdefault(parsed.series, []).append((parsed.fire_at, record))
+    rows = []
+    for series_id, runs in sorted(by_series.items()):
+        runs.sort(key=lambda run: run[0])
+        live = [(at, r) for at, r in runs if r.state not in ENDED]
+        running = [(at, r) for at, r in live if r.started_at is not None]
+        planned = [(at, r) for at, r in live if r.started_at is None and at > now]
+        series = series_of(runs[-1][1])
+        next_at = planned[0][0] if planned else None
+        if series is not None and series.repeat is not None:
+            started = {at for at, r in runs if r.started_at is not None}
+            next_at = next((at for at in series.repeat.occurrences(now) if at not in started),
+                           None)
+        if next_at is None and not running:
+            continue  # ended
+        paused = (series.paused if series is not None
+                  else any(r.state == "paused" for _, r in live))
+        zone = series.repeat.timezone if series is not None and series.repeat else None
+        current = running[-1][1] if running else None
+        rows.append({
+            "series": series_id, "state": "paused" if paused else "active",
+            "cron": series.repeat.cron if series is not None and series.repeat else None,
+            "timezone": zone,
+            "next": run_id(series_id, next_at) if next_at is not None else None,
+            "next_at": utc_text(next_at) if next_at is not None else None,
+            # on the series' wall clock (None: its file is not on this machine)
+            "next_local": local_text(next_at, zone) if next_at and zone else None,
+            "running": current.id if current is not None else None,
+            "running_state": current.state if current is not None else None,
+        })
+    return rows
 
 
 def _lease_only(holder: str) -> dict[str, Any]:

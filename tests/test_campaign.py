@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
@@ -504,3 +505,31 @@ def test_a_long_sender_name_is_a_warning(ws: Workspace) -> None:
         problem.message)
     path = ws.write("c.toml", campaign_text(from_name='"YourBrand01"'))
     assert load_campaign(path, ws.config(), NOW).problems == []
+
+
+def test_files_sharing_a_csv_read_its_header_once_and_each_reports_its_own_problems(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`load_campaigns` (the daemon, `plan`, `check` of a folder) reads a CSV's header once for
+    every file on it (1,000 campaigns on one list: 1,000 opens saved); each file still
+    checks its own columns, and a CSV no file can read is each file's error."""
+    from scheduler import loader
+
+    reads: list[Path] = []
+    read_header = loader.read_header
+
+    def counted(spec: Any, campaign_file: Path) -> list[str]:
+        reads.append(campaign_file)
+        return read_header(spec, campaign_file)
+
+    monkeypatch.setattr(loader, "read_header", counted)
+    good = [ws.write(f"{n}.toml", campaign_text(id=f'"c{n}"')) for n in range(3)]
+    wrong = ws.write("w.toml", campaign_text(id='"w"', text='"Hi {name}"'))
+    missing = [ws.write(f"m{n}.toml", campaign_text(id=f'"m{n}"', csv='"audiences/gone.csv"'))
+               for n in range(2)]
+    checks = load_campaigns([*good, wrong, *missing], ws.config(), NOW)
+    assert [c.ok for c in checks] == [True, True, True, False, False, False]
+    assert "{name} is not a column of audiences/people.csv" in checks[3].problems[0].message
+    assert all("gone.csv" in c.problems[0].message and c.problems[0].file == c.file
+               for c in checks[4:])
+    assert reads == [good[0], *missing]  # people.csv once; gone.csv tried by each

@@ -315,3 +315,56 @@ def test_check_of_a_started_campaign_says_what_the_journal_says(
     sent_so_far = workspace.counts("b-running")["sent"]
     assert f"started in the journal (running, {sent_so_far:,} sent so far)" in running
     assert "send time has passed: the daemon sends at once" in blocks["g-late.toml"]
+
+
+def test_campaigns_sharing_a_list_count_it_once_per_way_they_send_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three campaigns on one CSV: the two promo ones (the suppression list applies) read it
+    once between them, the transactional one (it does not) on its own; each row says its own
+    counts. Then the CSV is replaced: the next plan counts the new one."""
+    from scheduler import planning
+
+    workspace = Workspace(tmp_path)
+    config_text = workspace.config.read_text("utf-8")
+    workspace.config.write_text(config_text.replace("[paths]\n", '[paths]\nsuppression = '
+                                                    '"optout.txt"\n'), "utf-8")
+    (tmp_path / "optout.txt").write_text("+380500000001\n+380500000002\n", "utf-8")
+    workspace.audience("shared", 10, bad_rows=1)
+    due = NOW + timedelta(hours=1)
+    for cid, kind in (("promo-a", "promo"), ("promo-b", "promo"), ("tx", "transaction")):
+        workspace.write_campaign(cid, due, kind=kind, audience="shared", ttl=86400)
+    reads: list[str] = []
+
+    def counted(campaign: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(campaign.id)
+        return summarize(campaign, *args, **kwargs)
+
+    summarize = planning.summarize
+    monkeypatch.setattr(planning, "summarize", counted)
+    rows = _by_id(plan_rows(load_config(workspace.config), NOW))
+    assert [(rows[c]["valid"], rows[c]["skipped"]) for c in ("promo-a", "promo-b", "tx")] == [
+        (8, 3), (8, 3), (10, 1)]
+    assert sorted(reads) == ["promo-a", "tx"]
+    workspace.audience("shared", 4)
+    rows = _by_id(plan_rows(load_config(workspace.config), NOW))
+    assert [(rows[c]["valid"], rows[c]["skipped"]) for c in ("promo-a", "promo-b", "tx")] == [
+        (2, 2), (2, 2), (4, 0)]
+
+
+def test_plan_json_loads_no_table_library(workspace: Workspace) -> None:
+    """`plan --json` (scripts, the bench) does not import rich, which only draws tables: its
+    start-up is part of every `plan`'s time."""
+    import subprocess
+    import sys
+
+    from tests.helpers import clean_env
+
+    code = ("import sys; from scheduler import cli; "
+            f"code = cli.main(['plan', '--json', '--config', {str(workspace.config)!r}]); "
+            "print('rich' in sys.modules, file=sys.stderr); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, env=clean_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False"
+    assert json.loads(done.stdout)

@@ -391,3 +391,27 @@ def test_occurrences_never_repeat_a_moment_across_the_changes(expression: str, z
     for begin in (utc(2027, 3, 1), utc(2027, 9, 20)):
         times = list(islice(fire_times(expression, zone, begin), 24 * 50))
         assert all(later > earlier for earlier, later in pairwise(times))
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(minute=st.integers(0, 59), hour=st.integers(0, 23),
+       day=st.sampled_from(["*", "1", "1-7", "15", "28", "31"]),
+       month=st.sampled_from(["*", "3", "10", "3,10", "*/2"]),
+       weekday=st.sampled_from(["*", "MON", "sun", "mon-fri", "sat,sun", "0", "6"]),
+       zone=st.sampled_from([*ZONES, "Antarctica/Troll", "Pacific/Apia"]),
+       start=st.datetimes(datetime(2026, 1, 1), datetime(2028, 12, 31), timezones=st.just(UTC)))
+def test_one_wall_time_a_day_is_never_under_an_hour_apart(
+    minute: int, hour: int, day: str, month: str, weekday: str, zone: str, start: datetime,
+) -> None:
+    """`check` (and `plan`) skip the scan for a cron with one minute and one hour: walking its
+    fire times, summer time changes included, finds no two under an hour apart either."""
+    from scheduler.series import nominal_gap, scanned_gap
+
+    expression = f"{minute} {hour} {day} {month} {weekday}"
+    assert nominal_gap(expression, zone, start) is None
+    assert scanned_gap(expression, zone, start) is None
+    # a second hour within the hour of the first is still found
+    close = f"{minute} {hour},{(hour + 1) % 24} * * *"
+    if minute > 0 and hour < 23:
+        assert nominal_gap(f"{minute},0 {hour},{hour + 1} * * *", zone, start) is not None
+    assert scanned_gap(close, zone, start) == nominal_gap(close, zone, start)

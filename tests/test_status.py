@@ -5,8 +5,19 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from daemon_helpers import API_KEY, DaemonProcess, Workspace, clean_env, utc_seconds_from_now
+from daemon_helpers import (
+    API_KEY,
+    DaemonProcess,
+    Workspace,
+    clean_env,
+    poll,
+    utc_seconds_from_now,
+    utc_text,
+    write_atomic,
+)
 
 from tests.helpers import run_cli
 from tests.journal_helpers import SyncJournal
@@ -111,7 +122,7 @@ def test_pids_are_printed_as_kill_takes_them() -> None:
 def test_since_is_when_a_daemon_took_the_lead(tmp_path: Path, postgres_url: str) -> None:
     """After a handover, the new leader's "since" is when it took the lease, not when it
     started: an operator sees that leadership changed."""
-    from daemon_helpers import parse_ts, poll
+    from daemon_helpers import parse_ts
 
     first = Workspace(tmp_path / "a", journal_url=postgres_url, lease=3.0)
     second = Workspace(tmp_path / "b", journal_url=postgres_url, lease=3.0,
@@ -151,3 +162,61 @@ def test_a_journal_out_of_reach_is_exit_1(tmp_path: Path) -> None:
     done = run_cli(["status", "--config", str(workspace.config)])
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_series_shows_its_next_occurrence_the_running_one_and_paused(tmp_path: Path) -> None:
+    """A series (SPEC §13.1) is a row of its own: before it fires, its next occurrence (run
+    id, UTC, and on its Kyiv wall clock); while an occurrence sends (here: held between its
+    roll-out stages), that occurrence as running and the next one after it; paused when its
+    file says so. The table says the same."""
+    from scheduler.series import local_text, run_id
+    from tests.series_helpers import next_minute
+
+    workspace = Workspace(tmp_path)
+    workspace.audience("daily", 5)
+    fire_at = next_minute()
+    local = fire_at.astimezone(ZoneInfo("Europe/Kyiv"))
+
+    def series_file(paused: bool) -> str:
+        return "\n".join([
+            'id = "daily"', 'from_name = "TestShop"', 'type = "promo"',
+            'text = "Hi {first_name}"', f"paused = {'true' if paused else 'false'}", "",
+            "[repeat]", f'cron = "{local.minute} {local.hour} * * *"',
+            'timezone = "Europe/Kyiv"', "", "[audience]", 'csv = "audiences/daily.csv"', "",
+            "[rollout]", "stages = [0.4, 1.0]", "hold = 3600", "",
+        ])
+
+    def series_row() -> dict[str, Any] | None:
+        code, out = status(workspace, "--json")
+        assert code == 0
+        rows = json.loads(out)["series"]
+        return rows[0] if rows else None
+
+    path = workspace.campaigns / "daily.toml"
+    write_atomic(path, series_file(paused=False))
+    run, following = run_id("daily", fire_at), run_id("daily", fire_at + timedelta(days=1))
+    daemon = DaemonProcess(workspace, CASCADE_API_KEY=API_KEY).start()
+    try:
+        row = poll(series_row, 30, "the series in status")
+        assert row == {
+            "series": "daily", "state": "active", "cron": f"{local.minute} {local.hour} * * *",
+            "timezone": "Europe/Kyiv", "next": run, "next_at": utc_text(fire_at),
+            "next_local": local_text(fire_at, "Europe/Kyiv"), "running": None,
+            "running_state": None,
+        }
+        assert local.strftime("%H:%M") in row["next_local"]
+        code, table = status(workspace)
+        assert code == 0 and "Series" in table and "Europe/Kyiv" in table
+        poll(lambda: (r := workspace.campaign_record(run)) is not None
+             and r.stage_at is not None, 120, f"{run} in its roll-out hold")
+        row = series_row()
+        assert row is not None
+        assert (row["state"], row["running"], row["running_state"], row["next"]) == (
+            "active", run, "running", following)
+        write_atomic(path, series_file(paused=True))
+        row = poll(lambda: (r := series_row()) and r["running_state"] == "paused" and r, 30,
+                   "the running occurrence paused")
+        assert (row["state"], row["running"], row["next"]) == ("paused", run, following)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
