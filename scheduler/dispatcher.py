@@ -120,8 +120,9 @@ class Dispatcher:
 
     def start(self) -> None:
         """Start the worker pool: as many workers as requests may ever be in flight (the
-        configured ``concurrency``, else `inflight.MAX_IN_FLIGHT`); `InFlight` lets as many
-        post at once as the round trip needs."""
+        configured ``concurrency``, else `inflight.MAX_IN_FLIGHT`); each holds an `InFlight`
+        slot while it takes a batch and posts it, so as many work at once as the round trip
+        needs."""
         for number in range(self._in_flight.cap):
             self._start_worker(number)
 
@@ -158,8 +159,12 @@ class Dispatcher:
 
     async def _worker(self) -> None:
         while True:
-            job = await self._queue.get()
-            results = await self._settle(job, self._process(job))
+            # the slot first: a worker without one takes no batch, so batches wait in the
+            # priority queue (a transactional one still goes first) and none is marked in
+            # flight before it can go
+            async with self._in_flight.slot():
+                job = await self._queue.get()
+                results = await self._settle(job, self._process(job))
             if results is not None:
                 # Recording runs beside the next request: the worker does not wait for the
                 # journal's commit (the batch stays in flight until then, so a crash resends
@@ -303,7 +308,7 @@ class Dispatcher:
     ) -> PostResult:
         """POST ``part`` (``body`` is its stored JSON when it is a whole batch) with a ttl
         that ends at ``until`` (the deadline, or sooner: its send window's close)."""
-        async with self._in_flight.slot(), self._limiter:
+        async with self._limiter:
             if self._refused is not None:
                 raise Deferred  # a 401 came back while this one waited for its turn
             if not self._may_send():

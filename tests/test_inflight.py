@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.inflight import EVERY, MAX_IN_FLIGHT, SAMPLES, START, InFlight, needed
+from scheduler.service import open_engine
+from tests.engine_helpers import KEY, make_setup
+from tests.helpers import StartSandbox
 
 
 def test_littles_law_plus_one() -> None:
@@ -103,3 +109,38 @@ async def test_a_failed_request_frees_its_slot() -> None:
     assert in_flight.busy == 0
     async with in_flight.slot():
         assert in_flight.busy == 1
+
+
+async def test_no_batch_is_marked_in_flight_before_it_can_go(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """With ``concurrency`` unset the pool has 64 workers, but a worker takes a batch only with
+    an in-flight slot: at every moment the batches marked in flight and not yet answered are
+    at most the limit (else an unposted batch would be resent, or in doubt, after a crash, and
+    a transactional batch would queue behind them)."""
+    sandbox = await start_sandbox(api_key=KEY, latency_ms=100)
+    setup = make_setup(tmp_path, sandbox.base_url, 300, batch_size=10, requests_per_second=40)
+    assert setup.config.sending.concurrency is None
+    outstanding, seen = [0], []
+    async with open_engine(setup.config) as engine:
+        dispatcher = engine.dispatcher
+        mark, post = dispatcher._journal.mark_in_flight, dispatcher._client.post
+
+        async def marking(campaign_id: str, seqs: Sequence[int]) -> None:
+            await mark(campaign_id, seqs)
+            outstanding[0] += len(seqs)
+            seen.append((outstanding[0], dispatcher.in_flight_limit))
+
+        async def posting(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await post(*args, **kwargs)
+            finally:
+                outstanding[0] -= 1
+
+        dispatcher._journal.mark_in_flight = marking  # type: ignore[method-assign]
+        dispatcher._client.post = posting  # type: ignore[method-assign]
+        record = await engine.prepare(setup.campaign)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+    assert len(seen) == 30
+    assert all(count <= limit for count, limit in seen), seen
+    assert len(sandbox.accepted) == 300
