@@ -26,12 +26,22 @@ START: Final = 4
 SAMPLES: Final = 200
 #: the limit is worked out again after this many answers
 EVERY: Final = 10
+#: the round trip `plan` assumes for its ETAs: the slow end of a real API's 50-200 ms
+PLANNED_ROUND_TRIP: Final = 0.2
 
 
 def needed(rate: float, round_trip: float) -> int:
     """Requests in flight that reach ``rate`` a second when each takes ``round_trip`` seconds
     (Little's law, plus one for the one being answered)."""
     return math.ceil(rate * round_trip) + 1
+
+
+def reachable(rate: float, most: int, round_trip: float = PLANNED_ROUND_TRIP) -> float:
+    """Requests a second the sender keeps up when at most ``most`` are in flight, each takes
+    ``round_trip`` seconds, and the rate limit is ``rate`` (Little's law the other way round:
+    ``most / round_trip``, never above the limit). `plan`'s ETAs use it, so a hard
+    ``concurrency`` too small for the round trip shows as a later ETA."""
+    return min(rate, most / round_trip)
 
 
 class InFlight:

@@ -30,6 +30,7 @@ from scheduler.forecast import (
     zones_of_batches,
 )
 from scheduler.identity import judged, used
+from scheduler.inflight import PLANNED_ROUND_TRIP, reachable
 from scheduler.journal import CampaignRecord, JournalReader, open_journal
 from scheduler.loader import CampaignCheck, broken_link, campaign_files, load_campaigns, real_path
 from scheduler.report import awaiting_status, campaign_note
@@ -55,14 +56,22 @@ def no_journal_line(config: Config) -> str | None:
             "unknown, not 0)")
 
 
-def eta(config: Config, start: datetime, pending: int) -> datetime:
-    """When ``pending`` messages will be through at the configured rate, starting at ``start``,
-    with nothing else to send."""
-    return start + timedelta(seconds=pending / _per_second(config))
-
-
 def _per_second(config: Config) -> float:
-    return config.sending.requests_per_second * config.sending.batch_size
+    """Messages a second the daemon keeps up: the rate limit, unless a hard ``concurrency``
+    holds the requests in flight below what the round trip needs (`inflight.reachable`)."""
+    sending = config.sending
+    return reachable(sending.requests_per_second, sending.most_in_flight) * sending.batch_size
+
+
+def _held_back(config: Config) -> str:
+    """Why the ETAs are slower than the rate limit, or ""."""
+    sending = config.sending
+    pace = reachable(sending.requests_per_second, sending.most_in_flight)
+    if pace >= sending.requests_per_second:
+        return ""
+    return (f"[sending] concurrency = {sending.concurrency} allows {pace:g} requests/s of the "
+            f"{sending.requests_per_second:g} set at a {PLANNED_ROUND_TRIP * 1000:.0f} ms round "
+            "trip: leave it unset and the in-flight requests follow the round trip")
 
 
 @dataclass
@@ -79,10 +88,12 @@ class _Job:
     hold: float = 0.0
 
 
-def shared_etas(jobs: list[_Job], per_second: float) -> None:
+def shared_etas(jobs: list[_Job], per_second: float, held_back: str = "") -> None:
     """Fill each job's row ``eta``: campaigns share the one rate; among those due, the higher
     priority takes it all and equals share it evenly (the daemon's queue, as a fluid). A
-    staged campaign leaves the queue at the end of each stage and comes back after the hold."""
+    staged campaign leaves the queue at the end of each stage and comes back after the hold.
+    ``held_back``: why the rate is below the limit, added to the note of each row with an
+    ETA."""
     waiting = sorted(jobs, key=lambda j: j.start)
     active: list[_Job] = []
     clock = waiting[0].start if waiting else None
@@ -111,6 +122,7 @@ def shared_etas(jobs: list[_Job], per_second: float) -> None:
                 if clock > job.deadline:
                     job.row["note"] = (f"at this rate it ends after send_at + ttl "
                                        f"({utc_text(job.deadline)}): the rest would expire")
+                job.row["note"] = _joined(job.row["note"], held_back)
 
 
 def plan_rows(config: Config, now: datetime) -> list[dict[str, Any]]:
@@ -379,7 +391,7 @@ class _Planner:
         for record in self.records.values():
             if record.id not in self.seen:
                 self.add_record(record, None)
-        shared_etas(self.jobs, _per_second(self.config))
+        shared_etas(self.jobs, _per_second(self.config), _held_back(self.config))
         for row, opens in self.last_opens:  # the last zone to open ends no sooner
             if row["eta"] is not None and row["eta"] < utc_text(opens):
                 row["eta"] = utc_text(opens)

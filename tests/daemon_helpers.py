@@ -126,11 +126,14 @@ class Workspace:
         return self.root / "state" / "sandbox.jsonl"
 
     def write_config(self) -> None:
-        """Write config.toml from ``base_url`` and the ``sending`` overrides."""
+        """Write config.toml from ``base_url`` and the ``sending`` overrides (an override of
+        None leaves the key out)."""
         sending = {"batch_size": 50, "requests_per_second": 50, "concurrency": 2,
                    "max_attempts": 3, "delivery": "at-least-once", **self.sending}
         lines = ["[api]", f'base_url = "{self.base_url}"', "timeout = 10", "", "[sending]"]
         for key, value in sending.items():
+            if value is None:
+                continue
             lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
         campaigns = str(self.shared_campaigns or "campaigns")
         lines += ["", "[paths]", f'campaigns = "{campaigns}"', 'state = "state/journal.sqlite3"',

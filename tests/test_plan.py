@@ -368,3 +368,23 @@ def test_plan_json_loads_no_table_library(workspace: Workspace) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "False"
     assert json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(("concurrency", "requests_per_second"), [(None, 100), (4, 20)])
+def test_the_eta_follows_the_requests_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrency: int | None,
+    requests_per_second: float,
+) -> None:
+    """SPEC §13.5: unset, the requests in flight follow the round trip and the limit is
+    reached; a hard ``concurrency`` of 4 at the assumed 200 ms round trip keeps 20 requests a
+    second of the 100 set, and the note says so."""
+    monkeypatch.delenv("CASCADE_CONFIG", raising=False)
+    ws = Workspace(tmp_path, sending={"batch_size": BATCH, "requests_per_second": 100,
+                                      "concurrency": concurrency})
+    due = NOW + timedelta(hours=1)
+    ws.audience("big", 10_000)
+    ws.write_campaign("big", due, kind="promo", ttl=86400)
+    row = _by_id(plan_rows(load_config(ws.config), NOW))["big"]
+    assert row["eta"] == _iso(due + timedelta(seconds=10_000 / (requests_per_second * BATCH)))
+    held = "concurrency = 4 allows 20 requests/s of the 100 set at a 200 ms round trip"
+    assert (held in row["note"]) == (concurrency is not None)
