@@ -161,7 +161,14 @@ class Snapshots:
             stream.failure = exc
         finally:
             if appending is not None and not appending.done():
-                appending.cancel()  # cancelled with the pump (the journal may still apply it)
+                if stream.failure is None:  # cancelled with the pump (the journal may still
+                    appending.cancel()  # apply it: the next start reads what is stored)
+                else:
+                    # the reader failed while the journal commits the last chunk: it settles
+                    # before the stream ends, so the sender looks again after it and sends
+                    # it in this run (ended early, a later run sent it, even if the inputs
+                    # changed meanwhile and the campaign was to fail at once)
+                    await asyncio.gather(appending, return_exceptions=True)
             stream.grew.set()  # a sender waiting for more also waits for this task's end
             await asyncio.to_thread(reader.close)  # the owner's close: the child is reaped
 
@@ -225,6 +232,10 @@ class Snapshots:
             reason = str(failure) if failure is not None else "the reader was stopped"
             self._lifecycle.announce("snapshot_stream_stopped", "warning",
                                      campaign=run.campaign.id, reason=reason)
+            # what is stored is all queued by now: it goes before the halt (halted first,
+            # the batches not yet taken stayed pending, and a later run sent them even if the
+            # audience had changed meanwhile and the campaign was to fail at once)
+            await run.settled()
             run.halt(None)
         elif isinstance(failure, JournalFenced):
             run.halt(None)

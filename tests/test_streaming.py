@@ -114,15 +114,16 @@ def narrow_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streaming, "PIPE_SIZE", 1 << 16)
 
 
-#: the audience of the tests whose reader is killed: ~3 MB of snapshot, so the reader is surely
-#: still writing at its second chunk (2,000 rows, ~300 KB, could all sit in the 64 KiB pipe and
-#: the parent's read-ahead buffer under load, the reader gone before the kill)
-KILLED = 20_000
+#: the audience of the tests that catch the reader at its second chunk (to kill it, signal it,
+#: look at it): ~3 MB of snapshot, so the reader is surely still writing then (2,000 rows,
+#: ~300 KB, could all sit in the 64 KiB pipe and the parent's read-ahead buffer under load,
+#: the reader gone before the test looks for it)
+LONG_READ = 20_000
 
 
 async def kill_reader_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
     """Gate: the OOM killer takes the reader before its second chunk lands (use an audience
-    of `KILLED` rows)."""
+    of `LONG_READ` rows)."""
     if call == 1:
         os.kill(reader_pid(), signal.SIGKILL)
 
@@ -224,16 +225,62 @@ async def test_a_stream_whose_audience_changed_fails_with_the_reason(
     """The rest of a cut-short stream would come from another file: the campaign fails and
     says why, and nothing more is sent."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox, KILLED, bad_rows=False)
+    setup = streamed_setup(tmp_path, sandbox, LONG_READ, bad_rows=False)
     assert await send_streamed(setup, kill_reader_at_second) == "running"
     sent = setup.counts()["sent"]
-    write_audience(setup.root / "campaigns" / "people.csv", KILLED + 500)
+    write_audience(setup.root / "campaigns" / "people.csv", LONG_READ + 500)
     assert await send_streamed(setup) == "failed"
     with SyncJournal(setup.journal_path) as reader:
         final = reader.campaign(setup.campaign.id)
     assert final is not None and final.error is not None
     assert "audience CSV or the suppression list changed while its snapshot" in final.error
     assert setup.counts()["sent"] == sent == len(sandbox.accepted)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("narrow_pipe")
+async def test_an_append_that_lands_after_the_reader_died_is_sent_in_the_same_run(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """The reader dies while a chunk's append is with the journal, which commits it a moment
+    later: the run sends that chunk too before it halts, so nothing stored is left pending
+    for a later run (which, if the audience changed meanwhile, would send it after all).
+    Before, the pump cancelled the append and ended at once: the sender looked, found
+    nothing new, and halted with the chunk committed behind it."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = streamed_setup(tmp_path, sandbox, LONG_READ, bad_rows=False)
+    async with open_engine(setup.config) as engine:
+        record = await engine.prepare(setup.campaign, stream=True)
+        run = engine.open_run(setup.campaign, record, None)
+        real: Extend = engine.journal.extend
+        calls, committed = 0, asyncio.Event()
+
+        async def late_commit(cid: str, batches: Sequence[EncodedBatch],
+                              skips: Sequence[Skip]) -> None:
+            pid = reader_pid()
+            os.kill(pid, signal.SIGKILL)
+            # the pump sees the reader's end first (another process: nothing to wait on) ...
+            while is_reader(pid):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # (a slow disk's commit)
+            await real(cid, batches, skips)  # ... then the journal's writer commits
+            committed.set()
+
+        async def extend(cid: str, batches: Sequence[EncodedBatch],
+                         skips: Sequence[Skip]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls != 2:
+                await real(cid, batches, skips)
+                return
+            # the writer thread goes on with the append whatever happens to its caller
+            await asyncio.shield(asyncio.ensure_future(late_commit(cid, batches, skips)))
+
+        engine.journal.extend = extend  # type: ignore[method-assign]
+        assert await engine.drive(run) == "running"
+        await committed.wait()
+    counts = setup.counts()
+    assert counts["pending"] == 0 and counts["sent"] == len(sandbox.accepted) > 0
 
 
 def reader_pid() -> int:
@@ -273,7 +320,7 @@ async def test_the_reader_ignores_ctrl_c_and_sigterm(
     """Ctrl-C and systemd's stop reach the whole process group; the parent decides what
     stops, so the reader reads on and the campaign ends done."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox)
+    setup = streamed_setup(tmp_path, sandbox, LONG_READ)
 
     async def interrupt_reader(call: int, engine: Engine, run: CampaignRun) -> None:
         if call == 1:
@@ -282,7 +329,7 @@ async def test_the_reader_ignores_ctrl_c_and_sigterm(
             os.kill(pid, signal.SIGTERM)
 
     assert await send_streamed(setup, interrupt_reader) == "done"
-    assert_all_once(setup, 2000, sandbox.accepted)
+    assert_all_once(setup, LONG_READ, sandbox.accepted)
 
 
 @pytest.mark.timeout(60)
@@ -293,12 +340,12 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
     """The OOM killer takes the reader: the campaign stays running (not failed), says why,
     and the next run reads on."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox, KILLED)
+    setup = streamed_setup(tmp_path, sandbox, LONG_READ)
     assert await send_streamed(setup, kill_reader_at_second) == "running"
     stopped = [line for line in setup.log_lines() if line["event"] == "snapshot_stream_stopped"]
     assert len(stopped) == 1 and "killed by signal 9" in stopped[0]["reason"]
     assert await send_streamed(setup) == "done"
-    assert_all_once(setup, KILLED, sandbox.accepted)
+    assert_all_once(setup, LONG_READ, sandbox.accepted)
 
 
 @pytest.mark.timeout(60)
@@ -309,7 +356,7 @@ async def test_closing_the_engine_ends_its_reader(
     """A sender that stops between two chunks (SIGTERM) leaves no reader behind: it is
     killed and reaped before the engine's close returns."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox)
+    setup = streamed_setup(tmp_path, sandbox, LONG_READ)
     readers: list[int] = []
 
     async def halt_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
@@ -332,16 +379,16 @@ async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     """Resumed after send_at + ttl: the rest of the audience is read first, so every
     recipient not sent is recorded expired (none is left out of the journal)."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox, KILLED)
+    setup = streamed_setup(tmp_path, sandbox, LONG_READ)
     assert await send_streamed(setup, kill_reader_at_second) == "running"
     sent = setup.counts()["sent"]
     past_ttl = lambda: datetime.now(UTC) + timedelta(hours=2)  # noqa: E731 (the ttl is 1 h)
     assert await send_streamed(setup, clock=past_ttl) == "expired"
-    assert setup.counts() == {"sent": sent, "rejected": 0, "expired": KILLED - sent,
+    assert setup.counts() == {"sent": sent, "rejected": 0, "expired": LONG_READ - sent,
                               "in_doubt": 0, "skipped": 2, "pending": 0, "resent": 0}
     lines = message_lines(setup)
     assert Counter(line["status"] for line in lines) == Counter(  # sent may be 0: killed early
-        {"sent": sent, "expired": KILLED - sent, "skipped": 2})
+        {"sent": sent, "expired": LONG_READ - sent, "skipped": 2})
 
 
 @pytest.mark.timeout(60)
@@ -420,7 +467,7 @@ async def test_the_reader_steps_back_once_its_first_chunk_is_out(
     """The first chunk is read at the sender's own priority; then the reader, which runs
     ahead of the sending, is `NICENESS` nicer, so the sending comes first on a busy machine."""
     sandbox = await start_sandbox(api_key=KEY)
-    setup = streamed_setup(tmp_path, sandbox)
+    setup = streamed_setup(tmp_path, sandbox, LONG_READ)
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     seen: list[int] = []
 
