@@ -114,17 +114,18 @@ def narrow_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streaming, "PIPE_SIZE", 1 << 16)
 
 
-#: the audience of the tests that catch the reader at its second chunk (to kill it, signal it,
-#: look at it): ~3 MB of snapshot, so the reader is surely still writing then (2,000 rows,
-#: ~300 KB, could all sit in the 64 KiB pipe and the parent's read-ahead buffer under load,
-#: the reader gone before the test looks for it)
+#: the audience of the tests that catch the reader at its first chunk (to kill it, signal it,
+#: look at it): ~3 MB of snapshot, so the reader is surely still writing then. The parent
+#: reads ahead without bound, so a reader caught at its SECOND chunk could have written
+#: everything during the first append's commit under load (seen with 20,000 rows), and with
+#: 2,000 rows even at the first.
 LONG_READ = 20_000
 
 
-async def kill_reader_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
-    """Gate: the OOM killer takes the reader before its second chunk lands (use an audience
-    of `LONG_READ` rows)."""
-    if call == 1:
+async def kill_reader_at_first(call: int, engine: Engine, run: CampaignRun) -> None:
+    """Gate: the OOM killer takes the reader as its first chunk is appended (use an audience
+    of `LONG_READ` rows: it is then still reading, surely)."""
+    if call == 0:
         os.kill(reader_pid(), signal.SIGKILL)
 
 
@@ -226,7 +227,7 @@ async def test_a_stream_whose_audience_changed_fails_with_the_reason(
     says why, and nothing more is sent."""
     sandbox = await start_sandbox(api_key=KEY)
     setup = streamed_setup(tmp_path, sandbox, LONG_READ, bad_rows=False)
-    assert await send_streamed(setup, kill_reader_at_second) == "running"
+    assert await send_streamed(setup, kill_reader_at_first) == "running"
     sent = setup.counts()["sent"]
     write_audience(setup.root / "campaigns" / "people.csv", LONG_READ + 500)
     assert await send_streamed(setup) == "failed"
@@ -270,7 +271,7 @@ async def test_an_append_that_lands_after_the_reader_died_is_sent_in_the_same_ru
                          skips: Sequence[Skip]) -> None:
             nonlocal calls
             calls += 1
-            if calls != 2:
+            if calls != 1:
                 await real(cid, batches, skips)
                 return
             # the writer thread goes on with the append whatever happens to its caller
@@ -323,7 +324,7 @@ async def test_the_reader_ignores_ctrl_c_and_sigterm(
     setup = streamed_setup(tmp_path, sandbox, LONG_READ)
 
     async def interrupt_reader(call: int, engine: Engine, run: CampaignRun) -> None:
-        if call == 1:
+        if call == 0:
             pid = reader_pid()
             os.kill(pid, signal.SIGINT)
             os.kill(pid, signal.SIGTERM)
@@ -341,7 +342,7 @@ async def test_a_killed_reader_leaves_the_campaign_running_to_resume(
     and the next run reads on."""
     sandbox = await start_sandbox(api_key=KEY)
     setup = streamed_setup(tmp_path, sandbox, LONG_READ)
-    assert await send_streamed(setup, kill_reader_at_second) == "running"
+    assert await send_streamed(setup, kill_reader_at_first) == "running"
     stopped = [line for line in setup.log_lines() if line["event"] == "snapshot_stream_stopped"]
     assert len(stopped) == 1 and "killed by signal 9" in stopped[0]["reason"]
     assert await send_streamed(setup) == "done"
@@ -360,7 +361,7 @@ async def test_closing_the_engine_ends_its_reader(
     readers: list[int] = []
 
     async def halt_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
-        if call == 1:
+        if call == 0:
             readers.append(reader_pid())
             run.halt()
             await asyncio.Event().wait()
@@ -380,7 +381,7 @@ async def test_a_stream_cut_short_past_its_deadline_expires_whole(
     recipient not sent is recorded expired (none is left out of the journal)."""
     sandbox = await start_sandbox(api_key=KEY)
     setup = streamed_setup(tmp_path, sandbox, LONG_READ)
-    assert await send_streamed(setup, kill_reader_at_second) == "running"
+    assert await send_streamed(setup, kill_reader_at_first) == "running"
     sent = setup.counts()["sent"]
     past_ttl = lambda: datetime.now(UTC) + timedelta(hours=2)  # noqa: E731 (the ttl is 1 h)
     assert await send_streamed(setup, clock=past_ttl) == "expired"
@@ -471,11 +472,17 @@ async def test_the_reader_steps_back_once_its_first_chunk_is_out(
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     seen: list[int] = []
 
-    async def look_at_second(call: int, engine: Engine, run: CampaignRun) -> None:
-        if call == 1:
-            seen.append(os.getpriority(os.PRIO_PROCESS, reader_pid()))
+    async def look_at_first(call: int, engine: Engine, run: CampaignRun) -> None:
+        if call == 0:  # the reader steps back right after its first write: wait for it
+            pid, priority = reader_pid(), ours
+            for _ in range(1000):
+                priority = os.getpriority(os.PRIO_PROCESS, pid)
+                if priority != ours:
+                    break
+                await asyncio.sleep(0.01)
+            seen.append(priority)
 
-    assert await send_streamed(setup, look_at_second) == "done"
+    assert await send_streamed(setup, look_at_first) == "done"
     assert seen == [min(ours + stream_reader.NICENESS, 19)]
     assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the sender's own is untouched
 
