@@ -53,3 +53,56 @@ def _children(pid: int) -> list[int]:
     except OSError:
         pass  # the process (or a thread) is gone
     return found
+
+
+class CpuParts:
+    """Where a process's CPU goes, by part: its main thread (the event loop), its other threads
+    (the journal's writer, the to_thread pool), its child processes and their children (the
+    audience reader and its pass-one helper). `sample` it often; each thread's and process's
+    last reading stands (one that ended in between is missed, a short-lived helper's is
+    partly: its parent's reaped-children time is not counted here)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._last: dict[tuple[str, int], float] = {}
+
+    def sample(self) -> None:
+        """Read every thread of the process and every process below it."""
+        self._threads(self.pid, "main thread", "other threads")
+        for child in _children(self.pid):
+            self._tree(child, "child processes", 1)
+
+    def parts(self) -> dict[str, float]:
+        """CPU seconds by part, as last read."""
+        totals: dict[str, float] = {}
+        for (part, _), seconds in self._last.items():
+            totals[part] = totals.get(part, 0.0) + seconds
+        return totals
+
+    def _tree(self, pid: int, part: str, depth: int) -> None:
+        own = _stat(pid)
+        if own is not None:
+            self._last[(part, pid)] = sum(int(v) for v in own[11:13]) / _TICKS
+        if depth < 3:
+            for child in _children(pid):
+                self._tree(child, "their children", depth + 1)
+
+    def _threads(self, pid: int, main: str, others: str) -> None:
+        try:
+            tasks = [int(task.name) for task in os.scandir(f"/proc/{pid}/task")]
+        except OSError:
+            return
+        for tid in tasks:
+            fields = _stat_task(pid, tid)
+            if fields is not None:
+                self._last[(main if tid == pid else others, tid)] = (
+                    sum(int(v) for v in fields[11:13]) / _TICKS)
+
+
+def _stat_task(pid: int, tid: int) -> list[str] | None:
+    """The fields of one thread's stat after its name (None: it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{tid}/stat").read_text("ascii", "replace")
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()

@@ -31,6 +31,10 @@ over its clocked interval (ours: ``os.wait4``'s rusage, spawn to exit; seed and 
 ``getrusage`` around the clocked part, so bare's body building is not in it), the sink's, and
 with PostgreSQL the server's (all its processes, from /proc), which does the journal's work
 outside our process.
+Ours' CPU is also split by part (`procstat.CpuParts`, sampled every 20 ms): its main thread
+(the event loop: batches, requests, answers, the delivery log), its other threads (the
+journal's writer), its child process (the streamed snapshot's audience reader) and that
+child's children (pass one's forked key scan).
 
 With ``--repeat N`` the clients take turns N times and the median run of each is compared
 (``--stat best``: the best run, the least disturbed on a shared machine); with ``--journal
@@ -68,7 +72,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from procstat import process_cpu, process_tree_cpu
+from procstat import CpuParts, process_cpu, process_tree_cpu
 from sink import SinkProcess
 
 if TYPE_CHECKING:
@@ -383,6 +387,7 @@ def measure_ours(
     if phases.at_start is not None and phases.at_finish is not None:
         notes["startup_and_snapshot_cpu"] = phases.at_start
         notes["sending_cpu"] = phases.at_finish - phases.at_start
+    notes.update({f"cpu: {part}": seconds for part, seconds in phases.parts.parts().items()})
     return Measured(f"ours/{journal}", sent, seconds, peak, received, notes, cpu=cpu,
                     sink_cpu=sink_cpu, server_cpu=server_cpu)
 
@@ -399,6 +404,7 @@ class PhaseCpu:
         self.pid, self.log = pid, log
         self.at_start: float | None = None
         self.at_finish: float | None = None
+        self.parts = CpuParts(pid)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -409,6 +415,7 @@ class PhaseCpu:
             if process_cpu(self.pid) is None:
                 return
             cpu = process_tree_cpu(self.pid)
+            self.parts.sample()
             try:
                 with self.log.open("rb") as file:
                     file.seek(offset)
@@ -478,6 +485,11 @@ def report(runs: list[Measured], rows: int,
               f"{split['startup_and_snapshot_s']:.2f} s"
               f"{snapshot_cpu}, sending {split['sending_s']:.2f} s ({rate:,.0f}/s{sending_cpu}), "
               f"shutdown {split['shutdown_s']:.2f} s")
+        parts = {key[5:]: value for key, value in split.items() if key.startswith("cpu: ")}
+        if parts:
+            print(f"{ours.label}, CPU s/M by part (sampled every {PhaseCpu.POLL * 1000:.0f} ms): "
+                  + ", ".join(f"{part} {ours.per_million(seconds)}"
+                              for part, seconds in parts.items()))
     for ours in (r for r in runs if r.label.startswith("ours")):
         rate = sending[ours.label]
         if (limit := SENDING["requests_per_second"]) is not None and limit * 1000 < 1_000_000:
