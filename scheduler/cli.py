@@ -617,8 +617,12 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=8080,
                         help="port (default: %(default)s; 0: any free port)")
-    parser.add_argument("--api-key",
-                        help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help="accept only this key; repeatable, one per account (default: "
+                        "any non-empty key)")
+    parser.add_argument("--api-keys-file", type=Path, metavar="FILE",
+                        help="accept the keys in this file, one a line, read again when it "
+                        "changes (revoke a key while a client sends; default: none)")
     parser.add_argument("--fail-rate", type=float, default=0.0,
                         help="share of requests answered with a 5xx, 0..1 (default: %(default)s)")
     parser.add_argument("--rate-limit", type=float,
@@ -688,7 +692,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """Run the local Cascade API emulator until Ctrl-C or SIGTERM."""
     try:
         options = SandboxOptions(
-            api_key=args.api_key, fail_rate=args.fail_rate, rate_limit=args.rate_limit,
+            api_key=args.api_key[0] if args.api_key else None,
+            api_keys=frozenset(args.api_key[1:]), api_keys_file=args.api_keys_file,
+            fail_rate=args.fail_rate, rate_limit=args.rate_limit,
             latency_ms=args.latency_ms, reject_phones=frozenset(args.reject_phone),
             reject_rate=args.reject_rate,
             drop_rate=args.drop_rate, omit_rate=args.omit_rate, record=args.record,

@@ -480,7 +480,7 @@ class Daemon:
             return
         if campaign.paused:
             await self._pause(tracked)
-        elif record.state == "failed" and self._engine.refused is not None:
+        elif record.state == "failed" and self._engine.refused_for(campaign.account) is not None:
             return
         else:
             self._launch(tracked)
