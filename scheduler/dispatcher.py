@@ -125,6 +125,7 @@ class Dispatcher:
         if headers is not None:
             self._client.set_headers(headers)
         self._refused = None
+        self._metrics.credentials_refused.labels(self.account).set(0)
 
     # ----------------------------------------------------------------- the pool
 
@@ -283,6 +284,7 @@ class Dispatcher:
             elif isinstance(reply, Unauthorized):
                 self._refused = CredentialsRefused(reply.status, self.account,
                                                    self._key_source)
+                self._metrics.credentials_refused.labels(self.account).set(1)
                 raise Deferred
             else:
                 if reply.ambiguous and at_most_once:
@@ -348,8 +350,8 @@ class Dispatcher:
         """Per request, never per message: requests by route and answer, and their time."""
         status = getattr(reply, "status", None)
         code = "200" if isinstance(reply, Accepted) else str(status or "no answer")
-        self._metrics.api_requests.labels(route, code).inc()
-        self._metrics.api_duration.labels(route).observe(seconds)
+        self._metrics.api_requests.labels(self.account, route, code).inc()
+        self._metrics.api_duration.labels(self.account, route).observe(seconds)
         if isinstance(reply, Accepted):
             self._metrics.last_send.set(time.time())
 

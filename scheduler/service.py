@@ -135,6 +135,8 @@ async def open_runtime(
     it sends only while it holds the journal's leadership lease (`Runtime.leadership`,
     acquired by the caller); ``may_send`` is asked instead without it (tests)."""
     metrics = metrics or Metrics()
+    for account in config.account_list():
+        metrics.add_account(account.name, account.requests_per_second)
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
         # the journal first: a second writer is refused before anything else is started

@@ -160,7 +160,7 @@ class Upkeep:
         sandbox = base == SANDBOX
         client = StatusClient(
             self._runtime.client.base_url if sandbox else base,
-            lambda: self._config().credentials.headers() or (SANDBOX_HEADERS if sandbox else {}),
+            lambda: _status_headers(self._config()) or (SANDBOX_HEADERS if sandbox else {}),
             timeout=config.api.timeout,
         )
         poller = Poller(
@@ -220,7 +220,8 @@ class Upkeep:
                         ahead = await expire_cancelled(
                             self._journal, self._log_file, self._metrics,
                             route=self._config().api.route, now=utcnow(),
-                            busy=set(self._campaigns.tracked()), replay=replay)
+                            busy=set(self._campaigns.tracked()), replay=replay,
+                            account=_only_account(self._config()))
                     replay = False
                 except JournalFenced:
                     pass  # deposed: the new leader looks
@@ -231,3 +232,16 @@ class Upkeep:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._cancelled.wait(), wait)
             self._cancelled.clear()
+
+
+def _only_account(config: Config) -> str:
+    """The metrics' account of a cancelled campaign's expired messages: the only account,
+    else "unknown" (the journal does not keep which account a campaign used)."""
+    names = config.account_names
+    return names[0] if len(names) == 1 else "unknown"
+
+
+def _status_headers(config: Config) -> dict[str, str]:
+    """The status API's credentials: the default account's (else the first account's).
+    With several accounts, messages of the others are asked about with this key too."""
+    return config.account_headers(config.default_account or config.account_names[0])

@@ -27,6 +27,8 @@ from daemon_helpers import (
 )
 
 from scheduler.sandbox import key_id
+from tests.helpers import free_port
+from tests.test_metrics import scrape, value
 
 KEY_A, KEY_B, KEY_B2 = "brand-a-key-0001", "brand-b-key-0002", "brand-b-key-0003"
 ACCOUNTS = """
@@ -60,9 +62,9 @@ def sandbox(tmp_path: Path, keys_file: Path) -> Iterator[SandboxProcess]:
         process.close()
 
 
-def accounts_workspace(root: Path, base_url: str) -> Workspace:
+def accounts_workspace(root: Path, base_url: str, metrics: str) -> Workspace:
     """A workspace whose config has two accounts (and no rate in [sending])."""
-    workspace = Workspace(root, base_url=base_url)
+    workspace = Workspace(root, base_url=base_url, metrics_listen=metrics)
     text = workspace.config.read_text()
     text = "\n".join(line for line in text.splitlines()
                      if not line.startswith(("requests_per_second", "concurrency")))
@@ -84,12 +86,19 @@ def test_a_revoked_key_stops_only_its_brand_and_a_reload_resumes_it(
     credentials.mkdir()
     (credentials / "api-key-brand-a").write_text(KEY_A + "\n")
     (credentials / "api-key-brand-b").write_text(KEY_B + "\n")
-    workspace = accounts_workspace(tmp_path / "ws", sandbox.url)
+    metrics = f"127.0.0.1:{free_port()}"
+    workspace = accounts_workspace(tmp_path / "ws", sandbox.url, metrics)
     write_for(workspace, "alpha", "brand-a", 3000)  # ~6 s at 10 requests of 50 a second
     write_for(workspace, "beta", "brand-b", 1500)
     daemon = DaemonProcess(workspace, CREDENTIALS_DIRECTORY=str(credentials))
     try:
         daemon.start()
+        # every account's series is there from the start (at 0 until it moves)
+        first = scrape(f"http://{metrics}")
+        for account, rate in (("brand-a", 10), ("brand-b", 10)):
+            assert (("cascade_api_requests_total", (("account", account), ("code", "401"),
+                                                    ("route", "tg-viber")))) in first
+            assert value(first, "cascade_rate_limit_requests_per_second", account=account) == rate
         poll(lambda: len(accepted(sandbox.record(), "beta")) >= 100, 30, "beta to send")
         keys_file.write_text(f"{KEY_A}\n")  # brand-b's key is revoked
         poll(lambda: workspace.state("beta") == "failed", 30, "beta to fail")
@@ -99,6 +108,15 @@ def test_a_revoked_key_stops_only_its_brand_and_a_reload_resumes_it(
         assert 'account "brand-b"' in failed[0]["error"]
         poll(lambda: workspace.state("alpha") == "done", 60, "alpha to finish")
         assert workspace.state("beta") == "failed"  # no reload yet: still stopped
+        samples = scrape(f"http://{metrics}")
+        assert value(samples, "cascade_credentials_refused", account="brand-b") == 1
+        assert value(samples, "cascade_credentials_refused", account="brand-a") == 0
+        assert value(samples, "cascade_api_requests_total", account="brand-b",
+                     route="standard", code="401") >= 1
+        assert value(samples, "cascade_api_requests_total", account="brand-a",
+                     route="standard", code="401") == 0
+        assert value(samples, "cascade_messages_total", account="brand-a",
+                     type="transaction", outcome="sent") == 3000
         # alpha kept sending after beta stopped: one brand's 401 never held the other
         failed_at = parse_ts(failed[0]["timestamp"])
         assert any(parse_ts(line["ts"]) > failed_at for line in sandbox.record()
@@ -108,6 +126,10 @@ def test_a_revoked_key_stops_only_its_brand_and_a_reload_resumes_it(
         (credentials / "api-key-brand-b").write_text(KEY_B2 + "\n")
         daemon.signal(signal.SIGHUP)
         poll(lambda: workspace.state("beta") == "done", 60, "beta to finish after the reload")
+        samples = scrape(f"http://{metrics}")
+        assert value(samples, "cascade_credentials_refused", account="brand-b") == 0
+        assert value(samples, "cascade_messages_total", account="brand-b",
+                     type="transaction", outcome="sent") == 1500
         assert daemon.stop() == 0
     finally:
         daemon.kill()
