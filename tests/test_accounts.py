@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from scheduler.campaign import Campaign
+from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import check_paths
 from scheduler.config import Config, load_config
 from scheduler.errors import ConfigError
@@ -24,7 +25,7 @@ from scheduler.loader import load_campaign
 from scheduler.sandbox import key_id
 from scheduler.service import open_engine
 from tests.conftest import StartSandbox
-from tests.helpers import read_jsonl, write_audience, write_campaign
+from tests.helpers import read_jsonl, run_cli, write_audience, write_campaign
 
 KEY_A, KEY_B = "key-of-brand-a-1111", "key-of-brand-b-2222"
 ENV = {"CASCADE_API_KEY_BRAND_A": KEY_A, "CASCADE_API_KEY_BRAND_B": KEY_B}
@@ -333,3 +334,66 @@ async def test_transactional_goes_first_within_each_account(
     first, last = order.index("urgent"), len(order) - 1 - order[::-1].index("urgent")
     between = Counter(order[first:last + 1])
     assert between["urgent"] == 100 and between["promo"] == 0, between  # no promo jumped in
+
+
+# ------------------------------------------------------------------- plan, report, status
+
+
+def test_plan_report_and_status_show_each_campaigns_account(tmp_path: Path) -> None:
+    """``plan`` gives each campaign its account and its ETA at that account's own rate (not a
+    rate shared with the other's campaigns); ``report`` and ``status`` name the account of
+    each campaign the journal has. A config of one account shows no account column."""
+    path = accounts_config(tmp_path, "sandbox", {"name": "brand-a", "requests_per_second": 1},
+                           {"name": "brand-b", "requests_per_second": 10},
+                           sending="batch_size = 10\n")
+    config = load_config(path, {})
+    sent = campaign_for(config, "sent-a", 5, account="brand-a")
+    asyncio.run(_send(config, sent))
+    folder = config.paths.campaigns
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    for cid, account, start in (("slow-a", "brand-a", 100), ("fast-b", "brand-b", 300)):
+        write_audience(folder / f"{cid}.csv", 100, start=start)
+        write_campaign(folder, cid, f"{cid}.csv", send_at=later,
+                       extra=f'account = "{account}"\n')
+
+    plan = {row["campaign"]: row for row in orjson.loads(
+        run_ok(["plan", "--json", "--config", str(path)]))}
+    assert {cid: row["account"] for cid, row in plan.items()} == {
+        "sent-a": "brand-a", "slow-a": "brand-a", "fast-b": "brand-b"}
+    # 100 messages: brand-a at 10 messages/s, brand-b at 100/s, each on its own
+    assert plan["slow-a"]["eta"] == utc_text(later + timedelta(seconds=10))
+    assert plan["fast-b"]["eta"] == utc_text(later + timedelta(seconds=1))
+
+    report = orjson.loads(run_ok(["report", "--format", "json", "--config", str(path)]))
+    assert [(row["campaign"], row["account"], row["sent"]) for row in report] == [
+        ("sent-a", "brand-a", 5)]
+    assert "account" in run_ok(["report", "--config", str(path)])
+
+    asyncio.run(_prepare(config, load_campaign(folder / "fast-b.toml", config,
+                                               datetime.now(UTC)).campaign))
+    status = orjson.loads(run_ok(["status", "--json", "--config", str(path)]))
+    assert [(row["campaign"], row["account"]) for row in status["campaigns"]] == [
+        ("fast-b", "brand-b")]
+
+    single = tmp_path / "single"
+    one = accounts_config(single, "sandbox")
+    campaign_for(load_config(one, {}), "only", 3, account=None)
+    assert all("account" not in row for row in orjson.loads(
+        run_ok(["plan", "--json", "--config", str(one)])))
+
+
+async def _send(config: Config, campaign: Campaign) -> None:
+    async with open_engine(config) as engine:
+        assert await engine.run_campaign(campaign) == "done"
+
+
+async def _prepare(config: Config, campaign: Campaign | None) -> None:
+    assert campaign is not None
+    async with open_engine(config) as engine:
+        await engine.prepare(campaign)
+
+
+def run_ok(args: list[str]) -> str:
+    done = run_cli(args)
+    assert done.returncode in (0, 3), done.stderr  # status: 3 when no daemon leads
+    return done.stdout
