@@ -397,3 +397,22 @@ def run_ok(args: list[str]) -> str:
     done = run_cli(args)
     assert done.returncode in (0, 3), done.stderr  # status: 3 when no daemon leads
     return done.stdout
+
+
+def test_the_example_configs_accounts_load_once_uncommented(tmp_path: Path) -> None:
+    """config.example.toml's commented ``[[accounts]]``, uncommented as its comment says
+    (the [sending] rate removed), is a valid config of two accounts."""
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    lines = []
+    for line in example.splitlines():
+        if line.startswith("requests_per_second"):
+            continue  # [sending]'s: each account has its own
+        if line.startswith(("# [[accounts]]", "# name", "# requests_per_second",
+                            "# concurrency = 8", "# base_url")):
+            line = line.removeprefix("# ")
+        lines.append(line)
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    config = load_config(path, {})
+    assert [(a.name, a.requests_per_second, a.concurrency) for a in config.account_list()] == [
+        ("brand-a", 50, None), ("brand-b", 100, 8)]
