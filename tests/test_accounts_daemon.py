@@ -9,6 +9,7 @@ the daemon sends), and recording which key sent each message."""
 from __future__ import annotations
 
 import signal
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,10 +26,25 @@ from daemon_helpers import (
     poll,
     utc_seconds_from_now,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.sandbox import key_id
 from tests.helpers import free_port
-from tests.test_metrics import scrape, value
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(base: str) -> Samples:
+    """Every sample of the daemon's /metrics, by name and sorted labels."""
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value (0 when absent)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 KEY_A, KEY_B, KEY_B2 = "brand-a-key-0001", "brand-b-key-0002", "brand-b-key-0003"
 ACCOUNTS = """
