@@ -509,12 +509,13 @@ class Config(_Section):
             None if password is None else password.get_secret_value(),
         )
 
-    def require_credentials(self) -> None:
-        """Raise `ConfigError` when an account of a real API has no API key (and, without
-        ``[[accounts]]``, no credential at all)."""
+    def require_credentials(self, accounts: Iterable[str] | None = None) -> None:
+        """Raise `ConfigError` when an account of a real API (of ``accounts``; None: every
+        one) has no API key (and, without ``[[accounts]]``, no credential at all)."""
         problems = []
+        wanted = None if accounts is None else set(accounts)
         for account in self.account_list():
-            if account.base_url == SANDBOX:
+            if account.base_url == SANDBOX or (wanted is not None and account.name not in wanted):
                 continue
             if not self.accounts:
                 if self.credentials:

@@ -49,11 +49,13 @@ def sandbox_record_path(config: Config) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def api_endpoints(config: Config) -> AsyncIterator[dict[str, tuple[str, dict[str, str]]]]:
-    """Each account's base URL and headers; runs the embedded sandbox (one, whichever
-    accounts use it) for ``base_url = "sandbox"``."""
-    config.require_credentials()
-    accounts = config.account_list()
+async def api_endpoints(
+    config: Config, only: str | None = None,
+) -> AsyncIterator[dict[str, tuple[str, dict[str, str]]]]:
+    """Each account's base URL and headers (``only``: that account's alone); runs the
+    embedded sandbox (one, whichever accounts use it) for ``base_url = "sandbox"``."""
+    config.require_credentials(None if only is None else [only])
+    accounts = [a for a in config.account_list() if only is None or a.name == only]
     sandbox: Sandbox | None = None
     if any(account.base_url == SANDBOX for account in accounts):
         sandbox = Sandbox(config.sandbox.options(record=sandbox_record_path(config)))
@@ -80,7 +82,7 @@ async def api_endpoint(
 ) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """The base URL and headers of one account (None: the default one, else the first)."""
     name = account or config.default_account or config.account_names[0]
-    async with api_endpoints(config) as endpoints:
+    async with api_endpoints(config, name) as endpoints:
         yield endpoints[name]
 
 

@@ -416,3 +416,70 @@ def test_the_example_configs_accounts_load_once_uncommented(tmp_path: Path) -> N
     config = load_config(path, {})
     assert [(a.name, a.requests_per_second, a.concurrency) for a in config.account_list()] == [
         ("brand-a", 50, None), ("brand-b", 100, 8)]
+
+
+async def test_one_accounts_silent_api_never_holds_the_others_requests(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """brand-a's API takes every request and never answers (its two connections stay open,
+    waiting): brand-b's campaign is sent whole meanwhile, through its own pool and workers,
+    while brand-a's requests are still unanswered."""
+    record = tmp_path / "record.jsonl"
+    sandbox = await start_sandbox(api_keys=frozenset({KEY_A, KEY_B}), record=record)
+    held: list[asyncio.StreamWriter] = []
+    arrived = asyncio.Event()
+    hung_up = [0]  # brand-a's connections the client gave up on (a timeout)
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        arrived.set()
+        await reader.read()  # until the client hangs up
+        hung_up[0] += 1
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        config = load_config(accounts_config(
+            tmp_path, sandbox.base_url,
+            {"name": "brand-a", "requests_per_second": 50, "concurrency": 2,
+             "base_url": f"http://127.0.0.1:{port}"},
+            {"name": "brand-b", "requests_per_second": 50, "concurrency": 2}), ENV)
+        stuck = campaign_for(config, "stuck", 40, account="brand-a")
+        going = campaign_for(config, "going", 60, account="brand-b", start=500)
+        async with open_engine(config) as engine:
+            record_a = await engine.prepare(stuck)
+            run_a = engine.open_run(stuck, record_a)
+            waiting = asyncio.create_task(engine.drive(run_a))
+            await arrived.wait()
+            assert await engine.run_campaign(going) == "done"
+            assert not waiting.done()  # brand-a's requests still wait for an answer
+            assert hung_up == [0]  # ... none timed out: brand-b never waited for them
+            run_a.halt()
+            for writer in held:  # hang up: its requests end (unanswered), the run stops
+                writer.close()
+            await waiting
+    finally:
+        silent.close()
+        for writer in held:
+            writer.close()
+    assert keys_by_campaign(record) == {"going": Counter({key_id(KEY_B): 60})}
+
+
+async def test_frequency_caps_count_per_phone_across_accounts(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """A cap of one promo a day: brand-b's promo to the phones brand-a's promo just reached
+    skips them (frequency_cap); caps are the recipient's, whoever's account sends."""
+    sandbox = await start_sandbox(api_keys=frozenset({KEY_A, KEY_B}))
+    config = load_config(accounts_config(
+        tmp_path, sandbox.base_url, {"name": "brand-a", "requests_per_second": 50},
+        {"name": "brand-b", "requests_per_second": 50},
+        extra='[policy]\n[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 1\n'), ENV)
+    first = campaign_for(config, "first-promo", 8, account="brand-a", kind="promo")
+    second = campaign_for(config, "second-promo", 8, account="brand-b", kind="promo")
+    async with open_engine(config) as engine:
+        assert await engine.run_campaign(first) == "done"
+        assert await engine.run_campaign(second) == "done"
+        counts = await engine.journal.counts("second-promo")
+    assert counts.get("sent", 0) == 0 and counts.get("skipped", 0) == 8
+    assert len(sandbox.accepted) == 8
