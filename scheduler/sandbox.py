@@ -122,6 +122,7 @@ class _Request:
     first: int  # the counter (last 48 bits) of its first message id
     channels: bytes
     parts: bytes
+    key: str = ""  # the `key_id` of the key that sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +270,11 @@ class Sandbox:
         # every key compared (in constant time each): no early exit tells which one was close
         return sum(hmac.compare_digest(given.encode(), key.encode()) for key in keys) > 0
 
+    def _accounts_apart(self) -> bool:
+        """True when several keys are accepted (``api_keys``, a keys file): then each key's
+        messages are its own."""
+        return bool(self.api_keys) or self.options.api_keys_file is not None
+
     def _accepted_keys(self) -> set[str] | None:
         """The keys accepted now; None: any non-empty credential."""
         keys = set(self.api_keys)
@@ -346,7 +352,7 @@ class Sandbox:
         self._requests[prefix] = _Request(
             accepted_at, route, first,
             bytes(zlib.crc32(m["toPhone"].encode()) % len(channels) for m in messages),
-            bytes(min(255, sms_parts(m.get("text") or "")) for m in messages),
+            bytes(min(255, sms_parts(m.get("text") or "")) for m in messages), key,
         )
         if self.pusher is not None:
             self.pusher.schedule(ids, accepted_at)
@@ -404,6 +410,12 @@ class Sandbox:
             return self._server_error()
         message_id = request.match_info["message_id"]
         body = self.message_status(message_id, time.time())
+        if body is not None and self._accounts_apart():
+            # several accounts: each sees only its own messages, as on the real API
+            found = self._find(message_id)
+            asker = key_id(request.headers.get(_API_KEY_HEADER, ""))
+            if found is not None and found[0].key != asker:
+                body = None
         if body is None:
             return _error(404, "NOT_FOUND", f"No message with id {message_id[:64]}")
         return _json(200, body)

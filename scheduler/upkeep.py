@@ -52,6 +52,9 @@ class Campaigns(Protocol):
     def tracked(self) -> Collection[str]:
         """The ids of the campaigns the daemon tracks."""
 
+    def account_of(self, campaign_id: str) -> str | None:
+        """The account a tracked campaign (or series occurrence) is sent through."""
+
 
 class Upkeep:
     """The housekeeping loops of one daemon, over its runtime's journal and logs."""
@@ -168,9 +171,18 @@ class Upkeep:
             PollSettings(settings.status_rate(config.sending), settings.first_poll,
                          settings.max_interval),
             leading=lambda: self._leadership.leading,
+            credentials_of=self._status_credentials,
         )
         async with client:
             await poller.run(self._stop)
+
+    def _status_credentials(self, campaign_id: str) -> dict[str, str] | None:
+        """With several accounts, a campaign's messages are asked about with its account's
+        key (each account sees only its own); None: the default account's."""
+        config = self._config()
+        account = self._campaigns.account_of(campaign_id) if config.accounts else None
+        headers = None if account is None else config.account_headers(account)
+        return headers or None  # none set (the embedded sandbox): the client's
 
     async def _replay_stale_deliveries(self) -> None:
         """The leader looks now and then for lines still unwritten a while after their status

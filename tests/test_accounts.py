@@ -20,8 +20,11 @@ import pytest
 from scheduler.campaign import Campaign, utc_text
 from scheduler.checking import check_paths
 from scheduler.config import Config, load_config
+from scheduler.delivery_log import DeliveryLog
+from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError
 from scheduler.loader import load_campaign
+from scheduler.metrics import Metrics
 from scheduler.sandbox import key_id
 from scheduler.service import open_engine
 from tests.conftest import StartSandbox
@@ -483,3 +486,38 @@ async def test_frequency_caps_count_per_phone_across_accounts(
         counts = await engine.journal.counts("second-promo")
     assert counts.get("sent", 0) == 0 and counts.get("skipped", 0) == 8
     assert len(sandbox.accepted) == 8
+
+
+async def test_delivery_statuses_are_asked_with_each_campaigns_account_key(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """With several keys the sandbox shows each account only its own messages (404 to
+    another's key, as the real API does): the poller asks about each campaign's messages with
+    its account's key, so both campaigns' statuses come."""
+    sandbox = await start_sandbox(api_keys=frozenset({KEY_A, KEY_B}), dlr_delay=0,
+                                  undeliverable_rate=0, permanent_error_rate=0)
+    config = load_config(two_accounts(tmp_path, sandbox.base_url), ENV)
+    first = campaign_for(config, "first", 30, account="brand-a")
+    second = campaign_for(config, "second", 20, account="brand-b", start=500)
+    accounts = {"first": "brand-a", "second": "brand-b"}
+    log = DeliveryLog(tmp_path / "status-log.jsonl", phones="masked")
+    try:
+        async with open_engine(config) as engine:
+            for campaign in (first, second):
+                assert await engine.run_campaign(campaign) == "done"
+            journal = engine.journal
+            while await journal.index_messages(first_poll=0):
+                pass
+            async with StatusClient(sandbox.base_url, lambda: config.account_headers("brand-a"),
+                                    timeout=5) as client:
+                poller = Poller(journal, client, Deliveries(journal, log, Metrics()),
+                                PollSettings(rate=1000),
+                                credentials_of=lambda cid: config.account_headers(accounts[cid]))
+                while await poller.round() == 0:
+                    pass
+    finally:
+        log.close()
+    statuses = Counter((line["campaign"], line["status"])
+                       for line in read_jsonl(tmp_path / "status-log.jsonl")
+                       if line.get("event") == "delivery")
+    assert statuses == Counter({("first", "delivered"): 30, ("second", "delivered"): 20})
