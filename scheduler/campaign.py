@@ -110,6 +110,8 @@ class Campaign(BaseModel):
     #: ``[repeat]`` (SPEC §13.1): this file is a series, and ``send_at`` its next occurrence;
     #: each occurrence runs as a campaign of its own (`scheduler.series.occurrence`)
     repeat: Repeat | None = None
+    #: the ``[[accounts]]`` entry it is sent through (SPEC §13.3; "default" without any)
+    account: str = "default"
 
     def occurrence(self, fire_at: datetime) -> Campaign:
         """This series' occurrence at ``fire_at`` as an ordinary campaign: id the run id,

@@ -16,7 +16,7 @@ from pathlib import Path
 from scheduler.audience import summarize
 from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import caps_for
-from scheduler.config import CREDENTIAL_SOURCES, Config
+from scheduler.config import CREDENTIAL_SOURCES, SANDBOX, Config
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
 from scheduler.identity import judged
@@ -73,6 +73,8 @@ def check_paths(
             checks[index], summary = check_audience(check, suppression, may_fork=True)
             if summary is not None:
                 summaries[check.file] = summary
+    if strict:
+        checks = [_with_account_key(check, config) for check in checks]
     checks = _judge_ids(checks, config, config_problems)
     checks, started = _started(checks, config, now)
     notes = _policy_notes(checks, summaries, config, suppression, now, set(started))
@@ -446,9 +448,35 @@ def _ids_of(files: Iterable[Path]) -> dict[str, Path]:
     return ids
 
 
+def _with_account_key(check: CampaignCheck, config: Config) -> CampaignCheck:
+    """``check --strict``: a campaign whose account (``[[accounts]]``) has no API key in this
+    environment is an error, naming where the key is read from (never a value)."""
+    campaign = check.campaign
+    if campaign is None or not config.accounts:
+        return check
+    account = config.account(campaign.account)
+    if account.base_url == SANDBOX or campaign.account in config.credentials.account_keys:
+        return check
+    variable, filename = config.key_source(campaign.account)
+    line = _line_of(check.file, "account")
+    problem = Problem(check.file, line, "account", f'account "{campaign.account}" has no API '
+                      f"key here: set {variable}, or put the key in {filename} in "
+                      "$CREDENTIALS_DIRECTORY (LoadCredential= in the systemd unit)")
+    return CampaignCheck(check.file, None, [*check.problems, problem])
+
+
+def _line_of(path: Path, key: str) -> int | None:
+    try:
+        return read_toml(path).line_of(key)
+    except TomlProblem:
+        return None
+
+
 def _credential_problems(config: Config) -> list[Problem]:
     """A real API without credentials in this environment: a warning, for ``check --strict``
     on the daemon's machine (under systemd, ``LoadCredential=`` gives the daemon its own)."""
+    if config.accounts:  # each account's key is its campaigns' business (`_with_account_key`)
+        return []
     try:
         config.require_credentials()
     except ConfigError as exc:

@@ -49,6 +49,7 @@ from scheduler.report import (
     recipient_rows,
     resent_rows,
     valid_status,
+    with_account,
     write_rows,
     write_summary,
 )
@@ -536,8 +537,10 @@ def cmd_report(args: argparse.Namespace) -> int:
                        sys.stdout, "Recipients: resent (possible duplicates)",
                        total=listed_total(journal, "resent", args.campaign))
         elif args.status is None:
+            files = CampaignFiles(config, datetime.now(UTC))
             write_summary(journal, args.campaign, args.format, sys.stdout,
-                          delivery=config.delivery_reports.enabled)
+                          delivery=config.delivery_reports.enabled,
+                          account_of=files.account if config.accounts else None)
         else:
             total = listed_total(journal, args.status, args.campaign)
             recipients = recipient_rows(journal, args.status, args.campaign)
@@ -558,7 +561,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(missing, file=sys.stderr)
     if not args.json:
         rows = with_occurrences(rows)  # a row per occurrence of each series (SPEC §13.1)
-    write_rows(rows, PLAN_COLUMNS, "json" if args.json else "table", sys.stdout, "Plan")
+    write_rows(rows, with_account(PLAN_COLUMNS, config.accounts or None),
+               "json" if args.json else "table", sys.stdout, "Plan")
     return EXIT_OK
 
 
@@ -577,7 +581,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     files = CampaignFiles(config, now)
     with JournalReader(open_journal(config.journal_location())) as journal:
         status = read_status(journal, now, files.rollout, series_of=files.series,
-                             reports=config.delivery_reports.enabled)
+                             reports=config.delivery_reports.enabled,
+                             account_of=files.account if config.accounts else None)
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_json(), option=orjson.OPT_INDENT_2).decode()
                          + "\n")
@@ -587,8 +592,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         write_rows(status.daemons, DAEMON_COLUMNS, "table", sys.stdout, "Daemons")
         if status.series:
             write_rows(status.series, SERIES_COLUMNS, "table", sys.stdout, "Series")
-        write_rows(status.campaigns, CAMPAIGN_COLUMNS, "table", sys.stdout,
-                   "Campaigns not ended")
+        write_rows(status.campaigns, with_account(CAMPAIGN_COLUMNS, config.accounts or None),
+                   "table", sys.stdout, "Campaigns not ended")
     return EXIT_OK if status.has_leader else EXIT_NO_LEADER
 
 
@@ -617,8 +622,12 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=8080,
                         help="port (default: %(default)s; 0: any free port)")
-    parser.add_argument("--api-key",
-                        help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help="accept only this key; repeatable, one per account (default: "
+                        "any non-empty key)")
+    parser.add_argument("--api-keys-file", type=Path, metavar="FILE",
+                        help="accept the keys in this file, one a line, read again when it "
+                        "changes (revoke a key while a client sends; default: none)")
     parser.add_argument("--fail-rate", type=float, default=0.0,
                         help="share of requests answered with a 5xx, 0..1 (default: %(default)s)")
     parser.add_argument("--rate-limit", type=float,
@@ -688,7 +697,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """Run the local Cascade API emulator until Ctrl-C or SIGTERM."""
     try:
         options = SandboxOptions(
-            api_key=args.api_key, fail_rate=args.fail_rate, rate_limit=args.rate_limit,
+            api_key=args.api_key[0] if args.api_key else None,
+            api_keys=frozenset(args.api_key[1:]), api_keys_file=args.api_keys_file,
+            fail_rate=args.fail_rate, rate_limit=args.rate_limit,
             latency_ms=args.latency_ms, reject_phones=frozenset(args.reject_phone),
             reject_rate=args.reject_rate,
             drop_rate=args.drop_rate, omit_rate=args.omit_rate, record=args.record,

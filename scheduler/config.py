@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -99,6 +100,58 @@ class SendingConfig(_Section):
                 f"{value} is too few to judge: write 100 or more (or 0 to turn the brake off)"
             )
         return value
+
+
+#: an account's name: it is part of a file name (``api-key-{name}``) and of an environment
+#: variable (``CASCADE_API_KEY_{NAME}``), so lower-case letters, digits, "-" and "_" only
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+#: the account of a config without ``[[accounts]]`` (``[api]`` and ``[sending]`` describe it)
+DEFAULT_ACCOUNT = "default"
+
+
+class AccountConfig(_Section):
+    """One ``[[accounts]]`` entry (SPEC §13.3): an SMSBAT account with its own API key
+    (`account_key_source`), rate limit and connection pool."""
+
+    name: str
+    requests_per_second: float = Field(gt=0, le=1000)
+    # unset: the requests in flight follow the round trip, as for [sending] concurrency
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_IN_FLIGHT)
+    #: None: ``[api] base_url``
+    base_url: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not ACCOUNT_NAME.match(value):
+            suggestion = re.sub(r"[^a-z0-9_-]+", "-", value.strip().lower()).strip("-_")[:40]
+            example = f': write "{suggestion}"' if suggestion and ACCOUNT_NAME.match(
+                suggestion) else ""
+            raise ValueError(
+                f'"{value}" is not an account name (lower-case letters, digits, "-" and "_", '
+                f"at most 40, starting with a letter or digit: it names the api-key-NAME "
+                f"credential){example}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else _api_url(value, "https://restapi.smsbat.com")
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most requests of this account ever in flight at once."""
+        return self.concurrency if self.concurrency is not None else MAX_IN_FLIGHT
+
+
+def account_key_source(name: str, *, declared: bool = True) -> tuple[str, str]:
+    """(environment variable, file in $CREDENTIALS_DIRECTORY) of an account's API key:
+    ``CASCADE_API_KEY_{NAME}`` (upper-cased, "-" written "_") and ``api-key-{name}``; the
+    account of a config without ``[[accounts]]`` (``declared`` False) uses ``CASCADE_API_KEY``
+    and ``api-key``."""
+    if not declared:
+        return "CASCADE_API_KEY", "api-key"
+    return f"CASCADE_API_KEY_{name.upper().replace('-', '_')}", f"api-key-{name}"
 
 
 class PathsConfig(_Section):
@@ -348,6 +401,19 @@ class Credentials(_Section):
     tg_bot_key: SecretStr | None = None
     journal_password: SecretStr | None = None
     webhook_token: SecretStr | None = None  # the secret in the delivery-report webhook's path
+    #: each declared account's API key, by account name (``[[accounts]]``; absent: none set)
+    account_keys: dict[str, SecretStr] = Field(default_factory=dict)
+
+    def headers_for(self, account: str | None) -> dict[str, str]:
+        """The headers of one account's requests: its API key (``None``, or the account of a
+        config without ``[[accounts]]``: `api_key`) with the shared Viber and Telegram ones."""
+        headers = self.headers()
+        if account is not None:
+            headers.pop("X-Authorization-Key", None)
+            key = self.account_keys.get(account)
+            if key is not None:
+                headers["X-Authorization-Key"] = key.get_secret_value()
+        return headers
 
     def headers(self) -> dict[str, str]:
         """Every configured credential as the header the API expects."""
@@ -360,11 +426,11 @@ class Credentials(_Section):
 
     def secrets(self) -> list[str]:
         """The raw secret values, for redaction filters."""
-        others = (self.journal_password, self.webhook_token)
+        others = (self.journal_password, self.webhook_token, *self.account_keys.values())
         return [*self.headers().values(), *(s.get_secret_value() for s in others if s)]
 
     def __bool__(self) -> bool:
-        return bool(self.headers())
+        return bool(self.headers()) or bool(self.account_keys)
 
 
 class Config(_Section):
@@ -379,8 +445,58 @@ class Config(_Section):
     delivery_reports: DeliveryReportsConfig = DeliveryReportsConfig()
     policy: PolicyConfig = PolicyConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    #: ``[[accounts]]`` (SPEC §13.3); none: one account, `DEFAULT_ACCOUNT`, from [api]/[sending]
+    accounts: tuple[AccountConfig, ...] = ()
     credentials: Credentials = Field(default=Credentials(), repr=False, exclude=True)
     source: Path | None = None
+
+    def account_list(self) -> tuple[AccountConfig, ...]:
+        """Every account, with its base URL filled in (its own, else ``[api] base_url``);
+        without ``[[accounts]]``, the one account `DEFAULT_ACCOUNT` of ``[api]`` and
+        ``[sending]``."""
+        if not self.accounts:
+            return (AccountConfig(
+                name=DEFAULT_ACCOUNT, requests_per_second=self.sending.requests_per_second,
+                concurrency=self.sending.concurrency, base_url=self.api.base_url),)
+        return tuple(a if a.base_url is not None else
+                     a.model_copy(update={"base_url": self.api.base_url})
+                     for a in self.accounts)
+
+    def account(self, name: str) -> AccountConfig:
+        """The account called ``name`` (base URL filled in); `KeyError` when none is."""
+        for account in self.account_list():
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+    @property
+    def account_names(self) -> tuple[str, ...]:
+        """The configured accounts' names, in the file's order."""
+        return tuple(a.name for a in self.account_list())
+
+    @property
+    def default_account(self) -> str | None:
+        """The account of a campaign that names none: the only one, else the one called
+        "default"; None when there are several and none is called so."""
+        names = self.account_names
+        if len(names) == 1:
+            return names[0]
+        return DEFAULT_ACCOUNT if DEFAULT_ACCOUNT in names else None
+
+    def key_source(self, account: str) -> tuple[str, str]:
+        """(environment variable, credential file) of ``account``'s API key."""
+        return account_key_source(account, declared=bool(self.accounts))
+
+    def account_headers(self, account: str) -> dict[str, str]:
+        """The credential headers of ``account``'s requests."""
+        return self.credentials.headers_for(account if self.accounts else None)
+
+    def sending_for(self, account: str) -> SendingConfig:
+        """``[sending]`` with ``account``'s rate limit and concurrency."""
+        chosen = self.account(account)
+        return self.sending.model_copy(update={
+            "requests_per_second": chosen.requests_per_second,
+            "concurrency": chosen.concurrency})
 
     def journal_location(self) -> JournalLocation:
         """Where this config's journal is: ``[journal] url`` (password from the credentials),
@@ -393,16 +509,30 @@ class Config(_Section):
             None if password is None else password.get_secret_value(),
         )
 
-    def require_credentials(self) -> None:
-        """Raise `ConfigError` when a real API is configured without any credential."""
-        if self.api.is_sandbox or self.credentials:
-            return
-        names = ", ".join(env for env, _, _ in CREDENTIAL_SOURCES)
-        raise ConfigError.single(
-            f"base_url {self.api.base_url} needs a credential: set one of {names} "
-            "(or LoadCredential= api-key in the systemd unit)",
-            file=self.source, field="api.base_url",
-        )
+    def require_credentials(self, accounts: Iterable[str] | None = None) -> None:
+        """Raise `ConfigError` when an account of a real API (of ``accounts``; None: every
+        one) has no API key (and, without ``[[accounts]]``, no credential at all)."""
+        problems = []
+        wanted = None if accounts is None else set(accounts)
+        for account in self.account_list():
+            if account.base_url == SANDBOX or (wanted is not None and account.name not in wanted):
+                continue
+            if not self.accounts:
+                if self.credentials:
+                    continue
+                names = ", ".join(env for env, _, _ in CREDENTIAL_SOURCES)
+                problems.append(Problem(
+                    self.source, None, "api.base_url",
+                    f"base_url {account.base_url} needs a credential: set one of {names} "
+                    "(or LoadCredential= api-key in the systemd unit)"))
+            elif account.name not in self.credentials.account_keys:
+                variable, filename = self.key_source(account.name)
+                problems.append(Problem(
+                    self.source, None, "accounts",
+                    f'account "{account.name}" has no API key: set {variable} (or '
+                    f"LoadCredential= {filename} in the systemd unit)"))
+        if problems:
+            raise ConfigError(problems)
 
     def require_daemon(self) -> None:
         """Raise `ConfigError` for what `run` cannot start with: the sandbox's status API
@@ -576,6 +706,11 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
         ) from None
     if stray:
         raise ConfigError(stray)
+    if problems := _account_problems(config, path, document.line_of):
+        raise ConfigError(problems)
+    if config.accounts:
+        credentials = credentials.model_copy(update={
+            "account_keys": load_account_keys(env, config.account_names)})
     try:
         paths = config.paths.resolved(path.resolve().parent)
     except RuntimeError as exc:  # a symbolic link loop on one of the paths
@@ -586,6 +721,63 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
     return config.model_copy(
         update={"paths": paths, "credentials": credentials, "source": path}
     )
+
+
+def _account_problems(
+    config: Config, path: Path, line_of: Callable[[str], int | None],
+) -> list[Problem]:
+    """``[[accounts]]`` that cannot be told apart (a name twice, two names with one
+    environment variable) or that leave ``[sending]``'s rate ambiguous."""
+    if not config.accounts:
+        return []
+    problems = []
+    seen: dict[str, int] = {}
+    for index, account in enumerate(config.accounts):
+        where = f"accounts.{index}.name"
+        variable = account_key_source(account.name)[0]
+        if account.name in seen:
+            first = line_of(f"accounts.{seen[account.name]}.name")
+            problems.append(Problem(
+                path, line_of(where), where, f'account "{account.name}" is configured twice'
+                + (f" (first at line {first})" if first else "") + ": give each its own name"))
+        elif (twin := next((other for other in seen if account_key_source(other)[0] ==
+                            variable), None)) is not None:
+            problems.append(Problem(
+                path, line_of(where), where, f'accounts "{twin}" and "{account.name}" would '
+                f"both read their key from {variable}: rename one"))
+        seen.setdefault(account.name, index)
+    for key in ("requests_per_second", "concurrency"):
+        if key in config.sending.model_fields_set:
+            problems.append(Problem(
+                path, line_of(f"sending.{key}"), f"sending.{key}",
+                f"with [[accounts]], each account has its own {key}: write it in each "
+                "[[accounts]] entry and remove it from [sending]"))
+    return problems
+
+
+def load_account_keys(env: Mapping[str, str], names: Iterable[str]) -> dict[str, SecretStr]:
+    """Each declared account's API key (`account_key_source`), from the environment, else from
+    ``$CREDENTIALS_DIRECTORY``; an account called "default" falls back to the plain
+    ``CASCADE_API_KEY`` / ``api-key`` (a config that grew ``[[accounts]]`` keeps its key)."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    keys: dict[str, SecretStr] = {}
+    problems: list[Problem] = []
+    for name in names:
+        sources = [account_key_source(name)]
+        if name == DEFAULT_ACCOUNT:
+            sources.append(account_key_source(name, declared=False))
+        for variable, filename in sources:
+            try:
+                value = _credential(env, variable, directory, filename)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                break
+            if value:
+                keys[name] = SecretStr(value)
+                break
+    if problems:
+        raise ConfigError(problems)
+    return keys
 
 
 #: fields of `Config` that the file cannot set: the process fills them in

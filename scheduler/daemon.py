@@ -480,7 +480,7 @@ class Daemon:
             return
         if campaign.paused:
             await self._pause(tracked)
-        elif record.state == "failed" and self._engine.refused is not None:
+        elif record.state == "failed" and self._engine.refused_for(campaign.account) is not None:
             return
         else:
             self._launch(tracked)
@@ -679,6 +679,12 @@ class Daemon:
     def tracked(self) -> Collection[str]:
         """The ids of the campaigns this daemon tracks."""
         return set(self._campaigns)
+
+    def account_of(self, campaign_id: str) -> str | None:
+        """The account a tracked campaign (or a tracked series' occurrence) is sent through."""
+        tracked = self._campaigns.get(campaign_id) or self._campaigns.get(
+            campaign_id.partition("@")[0])
+        return None if tracked is None else tracked.campaign.account
 
     def state_counts(self) -> dict[str, int]:
         """How many campaigns this daemon tracks in each state (invalid files included)."""

@@ -1,11 +1,11 @@
-"""Posting: every running campaign's batches through one client, rate limit and worker pool.
+"""Posting: one account's running campaigns' batches through its client, rate limit and pool.
 
 Work flows one way: the driver queues a campaign's open batches (transactional campaigns ahead
 of promo), a fixed set of workers takes them, marks them in flight (durably) before each POST,
 and hands every message's final outcome to the recorder. Failures follow SPEC §6: 400s are
 split until the bad messages are isolated, retryable failures back off with full jitter, an
-exhausted batch makes its whole campaign back off, a 401 stops everything until credentials
-are fixed.
+exhausted batch makes its whole campaign back off, a 401 stops the account's campaigns until
+its credentials are fixed (other accounts have dispatchers of their own).
 """
 
 from __future__ import annotations
@@ -54,11 +54,17 @@ class Deferred(Exception):
 class CredentialsRefused(RuntimeError):
     """The API answered 401/403: no more requests until the credentials are fixed."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(
+        self, status: int, account: str = "default",
+        source: tuple[str, str] = ("CASCADE_API_KEY", "api-key"),
+    ) -> None:
         self.status = status
+        self.account = account
+        whose = "" if source == ("CASCADE_API_KEY", "api-key") else f' of account "{account}"'
         super().__init__(
-            f"the API refused the credentials (HTTP {status}): fix the key "
-            "(CASCADE_API_KEY or the api-key credential) and run again; no recipient was marked"
+            f"the API refused the credentials{whose} (HTTP {status}): fix the key "
+            f"({source[0]} or the {source[1]} credential) and run again; no recipient was "
+            "marked"
         )
 
 
@@ -78,13 +84,17 @@ class Job:
 
 
 class Dispatcher:
-    """Shared by every campaign of a process: one client, one rate limit, one worker pool."""
+    """Shared by every campaign of one account: one client, one rate limit, one worker pool
+    (a process has one per ``[[accounts]]`` entry, SPEC §13.3)."""
 
     def __init__(
         self, *, client: CascadeClient, journal: Journal, recorder: Recorder,
         lifecycle: Lifecycle, sending: SendingConfig, metrics: Metrics, clock: Clock,
-        may_send: Callable[[], bool],
+        may_send: Callable[[], bool], account: str = "default",
+        key_source: tuple[str, str] = ("CASCADE_API_KEY", "api-key"),
     ) -> None:
+        #: the account it sends for, and where its key comes from (said when it is refused)
+        self.account, self._key_source = account, key_source
         self._client, self._journal, self._recorder = client, journal, recorder
         self._lifecycle, self._sending, self._metrics = lifecycle, sending, metrics
         self._clock = clock
@@ -115,6 +125,7 @@ class Dispatcher:
         if headers is not None:
             self._client.set_headers(headers)
         self._refused = None
+        self._metrics.credentials_refused.labels(self.account).set(0)
 
     # ----------------------------------------------------------------- the pool
 
@@ -271,7 +282,9 @@ class Dispatcher:
                 await self._split(run, part, reply, out, attempt, until, doubt)
                 return
             elif isinstance(reply, Unauthorized):
-                self._refused = CredentialsRefused(reply.status)
+                self._refused = CredentialsRefused(reply.status, self.account,
+                                                   self._key_source)
+                self._metrics.credentials_refused.labels(self.account).set(1)
                 raise Deferred
             else:
                 if reply.ambiguous and at_most_once:
@@ -337,8 +350,8 @@ class Dispatcher:
         """Per request, never per message: requests by route and answer, and their time."""
         status = getattr(reply, "status", None)
         code = "200" if isinstance(reply, Accepted) else str(status or "no answer")
-        self._metrics.api_requests.labels(route, code).inc()
-        self._metrics.api_duration.labels(route).observe(seconds)
+        self._metrics.api_requests.labels(self.account, route, code).inc()
+        self._metrics.api_duration.labels(self.account, route).observe(seconds)
         if isinstance(reply, Accepted):
             self._metrics.last_send.set(time.time())
 

@@ -222,13 +222,17 @@ class StatusClient:
             await self._session.close()
             self._session = None
 
-    async def get(self, message_id: str) -> StatusAnswer:
-        """Ask about one message; never raises for HTTP or network trouble."""
+    async def get(
+        self, message_id: str, credentials: Mapping[str, str] | None = None,
+    ) -> StatusAnswer:
+        """Ask about one message (with ``credentials``, else the client's); never raises for
+        HTTP or network trouble."""
         if self._session is None:
             raise RuntimeError("StatusClient is not open: use `async with StatusClient(...)`")
         url = self.base_url + STATUS_PATH.format(message_id=quote(message_id, safe=""))
         headers = {"Accept": "application/json",
-                   "User-Agent": f"cascade-scheduler/{__version__}", **self._headers()}
+                   "User-Agent": f"cascade-scheduler/{__version__}",
+                   **(self._headers() if credentials is None else credentials)}
         try:
             async with self._session.get(url, headers=headers, allow_redirects=False) as answer:
                 body = await answer.read()
@@ -449,7 +453,11 @@ class Poller:
         self, journal: StatusJournal, client: StatusClient, deliveries: Deliveries,
         settings: PollSettings, *, leading: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = utcnow,
+        credentials_of: Callable[[str], Mapping[str, str] | None] = lambda campaign: None,
     ) -> None:
+        """``credentials_of``: the headers to ask about a campaign's messages with (its
+        account's key, SPEC §13.3; None: the client's)."""
+        self.credentials_of = credentials_of
         self.journal = journal
         self.client = client
         self.deliveries = deliveries
@@ -514,7 +522,8 @@ class Poller:
                 await self._limiter.acquire()
                 if stalled:
                     return None
-                answer = await self.client.get(awaiting.message.message_id)
+                answer = await self.client.get(
+                    awaiting.message.message_id, self.credentials_of(awaiting.message.campaign))
                 self.deliveries.metrics.status_requests.labels(answer_code(answer)).inc()
                 stalled = stalled or isinstance(answer, Later | Refused)
                 return answer

@@ -9,7 +9,7 @@ braked, or halted from outside. `run_campaign` is what `send` and the daemon bot
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,12 +39,13 @@ class Driver:
     """Drives every campaign of a process, each through its own `CampaignRun`."""
 
     def __init__(
-        self, *, journal: Journal, lifecycle: Lifecycle, dispatcher: Dispatcher,
+        self, *, journal: Journal, lifecycle: Lifecycle, dispatchers: Mapping[str, Dispatcher],
         recorder: Recorder, snapshots: Snapshots, sending: SendingConfig, default_route: Route,
         caps: Sequence[CapConfig], catch_up: Callable[[], Awaitable[None]], clock: Clock,
     ) -> None:
         self._journal, self._lifecycle = journal, lifecycle
-        self._dispatcher, self._recorder, self._snapshots = dispatcher, recorder, snapshots
+        #: each account's dispatcher: a campaign's batches go to its account's (SPEC §13.3)
+        self._dispatchers, self._recorder, self._snapshots = dispatchers, recorder, snapshots
         self._sending, self._default_route = sending, default_route
         self._caps, self._catch_up, self._clock = tuple(caps), catch_up, clock
         self.progress_every = PROGRESS_EVERY
@@ -56,11 +57,12 @@ class Driver:
     ) -> CampaignRun:
         """A handle for one campaign's sending; `drive` it, `halt` it from elsewhere."""
         caps = caps_for(campaign, self._caps)
+        dispatcher = self.dispatcher_of(campaign)
         return CampaignRun(
             campaign, campaign.route or self._default_route, record.deadline,
             # in flight + being recorded + queued ahead, so a worker rarely finds nothing of
             # this campaign queued (transactional work must be waiting to go first)
-            slots=lambda: self._dispatcher.in_flight_limit * 2 + 2,
+            slots=lambda: dispatcher.in_flight_limit * 2 + 2,
             windows=WindowGate(campaign.window, record.deadline, self._clock),
             caps=CapGate(caps, self._journal, catch_up=self._catch_up, clock=self._clock,
                          refresh=self.caps_refresh) if caps else None,
@@ -68,6 +70,15 @@ class Driver:
                    if self._sending.brake_window else None),
             on_progress=on_progress,
         )
+
+    def dispatcher_of(self, campaign: Campaign) -> Dispatcher:
+        """The dispatcher of the campaign's account."""
+        try:
+            return self._dispatchers[campaign.account]
+        except KeyError:
+            names = ", ".join(self._dispatchers)
+            raise ValueError(f'campaign {campaign.id} names account "{campaign.account}", '
+                             f"which is not configured (the accounts are {names})") from None
 
     async def run_campaign(
         self, campaign: Campaign, *,
@@ -107,7 +118,7 @@ class Driver:
             return record.state  # finished long ago: nothing to send, nothing to log again
         if record.state == "braked" and not released(run.campaign.file, record.finished_at):
             return "braked"  # until its file is saved again after the brake
-        if self._dispatcher.refused is not None:
+        if self.dispatcher_of(run.campaign).refused is not None:
             return await self._fail(run)
         # "running" freezes the snapshot (started_at) even when it expires at once, so an
         # expired campaign is never re-planned and its skipped rows are logged exactly once
@@ -143,7 +154,7 @@ class Driver:
         rounds = 0
         while True:
             await self._feed(run)
-            if self._dispatcher.refused is not None:
+            if self.dispatcher_of(run.campaign).refused is not None:
                 return await self._fail(run)
             if run.stopped:
                 if run.stop_state == "braked" and (counts := await self._all_final(run)):
@@ -225,7 +236,8 @@ class Driver:
         run.windows.look_again()
         streamed = self._snapshots.reading(cid)
         budget = await self._stage_budget(run)
-        while not run.halted and self._dispatcher.refused is None:
+        dispatcher = self.dispatcher_of(run.campaign)
+        while not run.halted and dispatcher.refused is None:
             if streamed:
                 self._snapshots.look_again(cid)  # an append after this read wakes `more`
             page = await self._journal.open_batches(cid, after, PAGE)
@@ -240,14 +252,14 @@ class Driver:
                 if until is None:
                     continue  # held by its send window, or expired by it
                 await run.take_slot()
-                if run.halted or self._dispatcher.refused is not None:
+                if run.halted or dispatcher.refused is not None:
                     run.free_slot()
                     break
                 # a job's future only ever gets a result: failures are kept on the run, so no
                 # exception can sit unretrieved in a future that was already discarded
                 done: asyncio.Future[None] = loop.create_future()
                 run.track(done)
-                self._dispatcher.submit(
+                dispatcher.submit(
                     run, batch.seq, open_messages(batch), done,
                     body=None if batch.decided else batch.body, until=until,
                     doubtful=batch.doubtful,
@@ -304,7 +316,7 @@ class Driver:
     # ----------------------------------------------------------------- endings
 
     async def _fail(self, run: CampaignRun) -> CampaignState:
-        refused = self._dispatcher.refused
+        refused = self.dispatcher_of(run.campaign).refused
         assert refused is not None
         await self._lifecycle.move(run.campaign.id, "failed", error=str(refused))
         return "failed"

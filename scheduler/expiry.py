@@ -27,12 +27,13 @@ PAGE = 16  # open batches read at a time
 
 async def expire_cancelled(
     journal: SendJournal, log: DeliveryLog, metrics: Metrics, *, route: str, now: datetime,
-    busy: Collection[str] = (), replay: bool = False,
+    busy: Collection[str] = (), replay: bool = False, account: str = "default",
 ) -> datetime | None:
     """End the unsent rows of every cancelled campaign whose deadline has passed (except the
     ``busy`` ones, which a run is ending right now); ``replay`` (once after a start): first
-    write the lines a crash kept from the delivery log. Returns the next deadline of a
-    cancelled campaign still ahead (when to look again), or None."""
+    write the lines a crash kept from the delivery log; ``account``: the metrics' label of
+    the messages ended (the journal does not keep a campaign's account). Returns the next
+    deadline of a cancelled campaign still ahead (when to look again), or None."""
     ahead: datetime | None = None
     for record in await journal.campaigns():
         if record.state != "cancelled" or record.id in busy:
@@ -44,7 +45,7 @@ async def expire_cancelled(
             await _write_unlogged(journal, log, record, route)
         expired = await _expire(journal, log, record, route)
         if expired:
-            metrics.messages.labels(record.type, "expired").inc(expired)
+            metrics.messages.labels(account, record.type, "expired").inc(expired)
     return ahead
 
 

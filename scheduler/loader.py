@@ -211,7 +211,7 @@ def _in_line_order(problems: list[Problem]) -> list[Problem]:
 
 _TOP_KEYS = (
     "id", "from_name", "type", "send_at", "ttl", "text", "survey_options", "route", "paused",
-    "resume", "audience", "rollout", "window", "window_days", "repeat",
+    "resume", "audience", "rollout", "window", "window_days", "repeat", "account",
 )
 #: keys that change what happens to a campaign, not what it is (`content_key` leaves them out)
 _CONTROL_KEYS = frozenset({"paused", "resume"})
@@ -302,6 +302,7 @@ class _CampaignReader:
         repeat = self.repeat()  # series (SPEC §13.1): send_at is the next occurrence
         send_at = self.send_at(ttl) if "repeat" not in self.data else self.series_send_at(repeat)
         route = self.route()
+        account = self.account()
         paused = self.flag("paused")
         resume = self.flag("resume")
         rollout = self.rollout()
@@ -311,7 +312,7 @@ class _CampaignReader:
         audience = self.audience(template.fields if template else self.text_fields)
         if (
             self.failed or campaign_id is None or from_name is None or kind is None
-            or ttl is None or send_at is None or audience is None
+            or ttl is None or send_at is None or audience is None or account is None
         ):
             return None
         return Campaign(
@@ -321,7 +322,7 @@ class _CampaignReader:
             policy_window=window is not None and "window" not in self.data,
             timezone=self.config.policy.timezone, audience=audience,
             file=self.real_file or real_path(self.doc.path), fingerprint=fingerprint,
-            content=content, repeat=repeat,
+            content=content, repeat=repeat, account=account,
         )
 
     def unknown_keys(self, table: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:
@@ -586,6 +587,26 @@ class _CampaignReader:
             f'unknown route "{value}"{_did_you_mean(value, _ROUTES)} '
             f"(the routes are {_quoted_list(_ROUTES)})",
         )
+        return None
+
+    def account(self) -> str | None:
+        """``account`` (SPEC §13.3): one of the config's ``[[accounts]]``; unset, the only
+        one, or the one called "default"."""
+        names = self.config.account_names
+        value = self.string("account", required=False)
+        if value is None:
+            if "account" in self.data:
+                return None  # not text, or blank: said already
+            default = self.config.default_account
+            if default is None:
+                self.error("account", f"the config has several accounts ({_quoted_list(names)})"
+                           f' and none called "default": choose one, like account = '
+                           f'"{names[0]}"')
+            return default
+        if value in names:
+            return value
+        self.error("account", f'unknown account "{value}"{_did_you_mean(value, names)} '
+                   f"(the config's accounts are {_quoted_list(names)})")
         return None
 
     def flag(self, key: str) -> bool:

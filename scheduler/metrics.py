@@ -90,16 +90,25 @@ class Metrics:
         self.ticked = time.monotonic()
         r = self.registry
         self.api_requests = Counter(
-            "cascade_api_requests", "Requests to the Cascade API by route and answer",
-            ["route", "code"], registry=r,
+            "cascade_api_requests", "Requests to the Cascade API by account, route and answer",
+            ["account", "route", "code"], registry=r,
         )
         self.api_duration = Histogram(
-            "cascade_api_request_duration_seconds", "Time to the API's answer, by route",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+            "cascade_api_request_duration_seconds", "Time to the API's answer, by account and "
+            "route", ["account", "route"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.messages = Counter(
-            "cascade_messages", "Recipients' final outcomes, by message type",
-            ["type", "outcome"], registry=r,
+            "cascade_messages", "Recipients' final outcomes, by account and message type",
+            ["account", "type", "outcome"], registry=r,
+        )
+        self.rate_limit = Gauge(
+            "cascade_rate_limit_requests_per_second", "Each account's configured rate limit",
+            ["account"], registry=r,
+        )
+        self.credentials_refused = Gauge(
+            "cascade_credentials_refused", "1 while the API refuses an account's key (a 401 or "
+            "403; its campaigns are failed until a reload brings a key it takes)",
+            ["account"], registry=r,
         )
         self.resent = Counter(
             "cascade_resent_messages", "Messages posted again after an ambiguous outcome (a "
@@ -165,13 +174,6 @@ class Metrics:
         """Create every labelled series whose label values are known in advance, at 0: a
         series born at its first event hides that event from ``rate()`` and ``increase()``,
         and an alert on it says nothing (not 0) on a healthy daemon."""
-        for route in get_args(Route):
-            self.api_duration.labels(route)
-            for code in API_CODES:
-                self.api_requests.labels(route, code)
-        for kind in MESSAGE_TYPES:
-            for outcome in OUTCOMES:
-                self.messages.labels(kind, outcome)
         for reason in get_args(SkipReason):
             self.skips.labels(reason)
         for status in sorted(DELIVERY_FINAL):
@@ -182,6 +184,19 @@ class Metrics:
             self.webhook_reports.labels(result)
         for code in STATUS_CODES:
             self.status_requests.labels(code)
+
+    def add_account(self, account: str, requests_per_second: float) -> None:
+        """Export an account's series at 0 from the start (its requests by route and answer,
+        its messages by type and outcome, its 401 flag), and its rate limit."""
+        for route in get_args(Route):
+            self.api_duration.labels(account, route)
+            for code in API_CODES:
+                self.api_requests.labels(account, route, code)
+        for kind in MESSAGE_TYPES:
+            for outcome in OUTCOMES:
+                self.messages.labels(account, kind, outcome)
+        self.rate_limit.labels(account).set(requests_per_second)
+        self.credentials_refused.labels(account).set(0)
 
     def tick(self) -> None:
         """The event loop is alive (called every `TICK_EVERY` s by the daemon)."""

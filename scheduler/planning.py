@@ -19,7 +19,7 @@ from typing import Any
 from scheduler.audience import summarize
 from scheduler.campaign import HORIZON, TRANSACTIONAL, Campaign, Rollout, utc_text
 from scheduler.caps import caps_for
-from scheduler.config import Config
+from scheduler.config import Config, SendingConfig
 from scheduler.errors import UserError
 from scheduler.forecast import (
     Forecast,
@@ -56,20 +56,26 @@ def no_journal_line(config: Config) -> str | None:
             "unknown, not 0)")
 
 
-def _per_second(config: Config) -> float:
-    """Messages a second the daemon keeps up: the rate limit, unless a hard ``concurrency``
-    holds the requests in flight below what the round trip needs (`inflight.reachable`)."""
-    sending = config.sending
+def _sending(config: Config, account: str | None) -> SendingConfig:
+    """``[sending]`` with ``account``'s rate and concurrency (None: the default account's)."""
+    return config.sending_for(account or config.default_account or config.account_names[0])
+
+
+def _per_second(sending: SendingConfig) -> float:
+    """Messages a second one account keeps up (each has its own rate limit, SPEC §13.3): its
+    rate, unless a hard ``concurrency`` holds the requests in flight below what the round trip
+    needs (`inflight.reachable`, SPEC §13.5)."""
     return reachable(sending.requests_per_second, sending.most_in_flight) * sending.batch_size
 
 
-def _held_back(config: Config) -> str:
-    """Why the ETAs are slower than the rate limit, or ""."""
-    sending = config.sending
+def _held_back(config: Config, sending: SendingConfig, account: str | None) -> str:
+    """Why an account's ETAs are slower than its rate limit, or ""."""
     pace = reachable(sending.requests_per_second, sending.most_in_flight)
     if pace >= sending.requests_per_second:
         return ""
-    return (f"[sending] concurrency = {sending.concurrency} allows {pace:g} requests/s of the "
+    name = account or config.default_account or config.account_names[0]
+    whose = f'[[accounts]] "{name}":' if config.accounts else "[sending]"
+    return (f"{whose} concurrency = {sending.concurrency} allows {pace:g} requests/s of the "
             f"{sending.requests_per_second:g} set at a {PLANNED_ROUND_TRIP * 1000:.0f} ms round "
             "trip: leave it unset and the in-flight requests follow the round trip")
 
@@ -86,6 +92,7 @@ class _Job:
     #: roll-out: the messages of each stage after this one, and the hold before each
     stages: list[int] = field(default_factory=list)
     hold: float = 0.0
+    account: str | None = None  # whose rate it shares (None: the default account's)
 
 
 def shared_etas(jobs: list[_Job], per_second: float, held_back: str = "") -> None:
@@ -194,7 +201,8 @@ class _Planner:
         why = _why_invalid(check)
         if record is None:
             self.rows.append({
-                "campaign": check.file.name, "type": "", "state": "invalid", "send_at": "",
+                "campaign": check.file.name, **self._account(None), "type": "",
+                "state": "invalid", "send_at": "",
                 "valid": 0, "skipped": 0, "sent": self._unsent(), "awaiting_status": None,
                 "eta": None, "note": why,
             })
@@ -208,6 +216,13 @@ class _Planner:
         else:
             row.update(state="invalid", eta=None, note=f"stopped: {why}")
 
+    def _account(self, campaign: Campaign | None) -> dict[str, str]:
+        """``{"account": ...}`` with several accounts (SPEC §13.3; "" when the file is not
+        here), else nothing: a config of one account plans as before."""
+        if not self.config.accounts:
+            return {}
+        return {"account": campaign.account if campaign is not None else ""}
+
     def _record_of(self, file: Path) -> CampaignRecord | None:
         path = str(real_path(file))
         return next((r for r in self.records.values() if r.file == path), None)
@@ -218,7 +233,8 @@ class _Planner:
         counts = self.journal.counts(record.id)
         pending, sent = counts.get("pending", 0), counts.get("sent", 0)
         row: dict[str, Any] = {
-            "campaign": record.id, "type": record.type, "state": record.state,
+            "campaign": record.id, **self._account(campaign),
+            "type": record.type, "state": record.state,
             "send_at": utc_text(record.send_at), "valid": record.recipients,
             "skipped": record.skipped, "sent": sent,
             "awaiting_status": awaiting_status(self.journal, record.id, sent, self.reports),
@@ -236,7 +252,8 @@ class _Planner:
             self._window_note(row, campaign, open_by_zone)
         paused = campaign is not None and campaign.paused
         if record.state in SENDING and self.leading and pending and not paused:
-            job = self._job(row, self.now, pending, record.type, record.deadline)
+            job = self._job(row, self.now, pending, record.type, record.deadline,
+                            campaign.account if campaign is not None else None)
             if campaign is not None and campaign.rollout is not None:
                 _stage_on(job, campaign.rollout, record, self.now)
         self.rows.append(row)
@@ -249,7 +266,7 @@ class _Planner:
         assert repeat is not None
         times = repeat.within(self.now, HORIZON)
         row: dict[str, Any] = {
-            "campaign": series.id, "type": series.type,
+            "campaign": series.id, **self._account(series), "type": series.type,
             "state": "paused" if series.paused else "series",
             "send_at": utc_text(series.send_at), "valid": 0, "skipped": 0, "sent": None,
             "awaiting_status": None, "eta": None,
@@ -303,7 +320,8 @@ class _Planner:
     def add_unstarted(self, campaign: Campaign) -> None:
         """A campaign that has sent nothing yet: its audience counted from the files."""
         row: dict[str, Any] = {
-            "campaign": campaign.id, "type": campaign.type, "state": "scheduled",
+            "campaign": campaign.id, **self._account(campaign), "type": campaign.type,
+            "state": "scheduled",
             "send_at": utc_text(campaign.send_at), "valid": 0, "skipped": 0,
             "sent": self._unsent(), "awaiting_status": None, "eta": None, "note": "",
         }
@@ -333,7 +351,8 @@ class _Planner:
                 count -= seen.unreachable
                 start = start if seen.at_once or not seen.held else min(seen.held)
             if count:
-                job = self._job(row, start, count, campaign.type, campaign.deadline)
+                job = self._job(row, start, count, campaign.type, campaign.deadline,
+                                campaign.account)
                 if campaign.rollout is not None:
                     _stages(job, campaign.rollout, count, 0)
 
@@ -380,9 +399,10 @@ class _Planner:
 
     def _job(
         self, row: dict[str, Any], start: datetime, pending: int, kind: str, deadline: datetime,
+        account: str | None = None,
     ) -> _Job:
         priority = 0 if kind in TRANSACTIONAL else 1
-        job = _Job(row, start, float(pending), priority, deadline)
+        job = _Job(row, start, float(pending), priority, deadline, account=account)
         self.jobs.append(job)
         return job
 
@@ -391,7 +411,12 @@ class _Planner:
         for record in self.records.values():
             if record.id not in self.seen:
                 self.add_record(record, None)
-        shared_etas(self.jobs, _per_second(self.config), _held_back(self.config))
+        accounts: dict[str | None, list[_Job]] = {}
+        for job in self.jobs:  # each account has its own rate: its campaigns share only it
+            accounts.setdefault(job.account, []).append(job)
+        for account, jobs in accounts.items():
+            sending = _sending(self.config, account)
+            shared_etas(jobs, _per_second(sending), _held_back(self.config, sending, account))
         for row, opens in self.last_opens:  # the last zone to open ends no sooner
             if row["eta"] is not None and row["eta"] < utc_text(opens):
                 row["eta"] = utc_text(opens)

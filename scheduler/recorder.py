@@ -79,7 +79,8 @@ class Recorder:
                          part.resent)
             for part in results.runs if part.outcome == "sent"
         ])
-        counted.labels(run.campaign.type, "sent").inc(results.counts.get("sent", 0))
+        account, kind = run.campaign.account, run.campaign.type
+        counted.labels(account, kind, "sent").inc(results.counts.get("sent", 0))
         if results.resent:
             self._metrics.resent.inc(results.resent)
         others = [part for part in results.runs if part.outcome != "sent"]
@@ -93,7 +94,7 @@ class Recorder:
             ])
             for outcome, count in results.counts.items():
                 if outcome != "sent":
-                    counted.labels(run.campaign.type, outcome).inc(count)
+                    counted.labels(account, kind, outcome).inc(count)
         run.progressed(len(results))
 
     # ----------------------------------------------------------------- logged marks

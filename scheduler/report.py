@@ -24,7 +24,7 @@ import csv
 import errno
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from itertools import islice
 from operator import itemgetter
@@ -57,6 +57,16 @@ SUMMARY_COLUMNS = (
     "campaign", "type", "state", "send_at", "recipients", "skipped",
     "sent", "rejected", "expired", "in_doubt", "pending", "resent", "note",
 )
+#: the account a campaign is sent through (SPEC §13.3), as its file says; None: one account,
+#: no column
+AccountOf = Callable[[CampaignRecord], str] | None
+
+
+def with_account(columns: tuple[str, ...], account_of: object | None) -> tuple[str, ...]:
+    """``columns`` with "account" after "campaign" when accounts are shown."""
+    if account_of is None or "account" in columns:
+        return columns
+    return (columns[0], "account", *columns[1:])
 NUMERIC_COLUMNS = frozenset(
     {"recipients", "valid", "skipped", "sent", "rejected", "expired", "in_doubt", "pending",
      "resent",
@@ -133,19 +143,24 @@ def campaign_note(record: CampaignRecord, pending: int, leading: bool) -> str:
     return ""
 
 
-def summary_rows(journal: JournalReader, campaign_id: str | None = None) -> list[dict[str, Any]]:
-    """One row per campaign in the journal (or just ``campaign_id``): state and counts."""
+def summary_rows(
+    journal: JournalReader, campaign_id: str | None = None, account_of: AccountOf = None,
+) -> list[dict[str, Any]]:
+    """One row per campaign in the journal (or just ``campaign_id``): state and counts (and
+    its account, with ``account_of``)."""
     rows = []
     leading = journal.leader() is not None
     for record in journal.campaigns():
         if not names(campaign_id, record.id):  # a series names its occurrences
             continue
         counts = journal.counts(record.id)
-        row: dict[str, Any] = {
-            "campaign": record.id, "type": record.type, "state": record.state,
-            "send_at": utc_text(record.send_at),
+        row: dict[str, Any] = {"campaign": record.id}
+        if account_of is not None:
+            row["account"] = account_of(record)
+        row.update({
+            "type": record.type, "state": record.state, "send_at": utc_text(record.send_at),
             "recipients": record.recipients,
-        }
+        })
         row.update({key: counts.get(key, 0) for key in SUMMARY_COLUMNS[5:-1]})
         row["note"] = campaign_note(record, counts.get("pending", 0), leading)
         rows.append(row)
@@ -277,15 +292,17 @@ def _currency_text(currency: str) -> str:
 
 def write_summary(
     journal: JournalReader, campaign_id: str | None, fmt: Format, out: TextIO, *,
-    delivery: bool = False, width: int | None = None,
+    delivery: bool = False, width: int | None = None, account_of: AccountOf = None,
 ) -> None:
     """The summary: outcomes per campaign and, when delivery reports are on (``delivery``)
     or any message has a final delivery status, what became of the sent messages: a table
-    of its own, more CSV columns, or a ``delivery`` object in each JSON row."""
-    rows = summary_rows(journal, campaign_id)
+    of its own, more CSV columns, or a ``delivery`` object in each JSON row. With several
+    accounts (``account_of``), each campaign's account is a column."""
+    rows = summary_rows(journal, campaign_id, account_of)
+    columns = with_account(SUMMARY_COLUMNS, account_of)
     entries = delivery_summaries(journal, campaign_id)
     if not delivery and not any(e[s] for e in entries.values() for s in DELIVERY_LISTINGS):
-        write_rows(rows, SUMMARY_COLUMNS, fmt, out, "Campaign outcomes", width=width)
+        write_rows(rows, columns, fmt, out, "Campaign outcomes", width=width)
         return
     empty: dict[str, Any] = dict.fromkeys(DELIVERY_COLUMNS[1:], 0) | {
         "by_channel": {}, "cost": {}, "median_delivery": None}
@@ -294,12 +311,12 @@ def write_summary(
     if fmt == "json":
         for row, entry in matched:
             row["delivery"] = {k: v for k, v in entry.items() if k not in ("campaign", "sent")}
-        write_rows(rows, SUMMARY_COLUMNS, fmt, out)
+        write_rows(rows, columns, fmt, out)
     elif fmt == "csv":
         write_rows([row | delivery_text(entry) for row, entry in matched],
-                   SUMMARY_COLUMNS + DELIVERY_COLUMNS[2:], fmt, out)
+                   columns + DELIVERY_COLUMNS[2:], fmt, out)
     else:
-        write_rows(rows, SUMMARY_COLUMNS, fmt, out, "Campaign outcomes", width=width)
+        write_rows(rows, columns, fmt, out, "Campaign outcomes", width=width)
         write_rows([delivery_text(entry) for _, entry in matched], DELIVERY_COLUMNS, fmt, out,
                    "Delivery status", width=width)
 

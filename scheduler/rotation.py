@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from scheduler.config import Config, Credentials, load_config, load_credentials
+from scheduler.config import SANDBOX, Config, Credentials, load_config, load_credentials
 from scheduler.errors import UserError
 from scheduler.oplog import get_logger
 from scheduler.service import Runtime
@@ -24,23 +24,31 @@ class Rotation:
         self.log = get_logger("daemon")
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config's credentials; new API credentials (or the same ones
-        after a 401) let requests go again."""
+        """SIGHUP: re-read the config's credentials; an account's new API key (or the same
+        one after a 401) lets that account's requests go again. The accounts themselves are
+        the ones the daemon started with (a new ``[[accounts]]`` entry needs a restart)."""
         try:
             fresh = load_config(self.config.source)
         except UserError as exc:
             self.log.error("config_invalid", error=str(exc))
             return
         engine = self._runtime.engine
-        if fresh.credentials.headers() != self.config.credentials.headers() or engine.refused:
-            self._take_webhook_token(fresh.credentials)
-            self.config = self.config.model_copy(update={"credentials": fresh.credentials})
-            self._runtime.log.add_secrets(fresh.credentials.secrets())
-            # the embedded sandbox takes any key: its client keeps the one it was given
-            engine.use_credentials(
-                None if self.config.api.is_sandbox else fresh.credentials.headers())
-        else:
-            self._take_webhook_token(fresh.credentials)
+        old = self.config
+        self._take_webhook_token(fresh.credentials)
+        changed = [name for name in old.account_names
+                   if fresh.account_headers(name) != old.account_headers(name)
+                   or engine.refused_for(name) is not None]
+        if not changed and fresh.credentials.headers() == old.credentials.headers():
+            return
+        credentials = fresh.credentials.model_copy(
+            update={"webhook_token": self.config.credentials.webhook_token})
+        self.config = self.config.model_copy(update={"credentials": credentials})
+        self._runtime.log.add_secrets(credentials.secrets())
+        for name in changed:
+            # each account's own: a reload with one brand's new key resumes only its
+            # campaigns; the embedded sandbox takes any key, its client keeps the one it had
+            sandbox = self.config.account(name).base_url == SANDBOX
+            engine.use_credentials(name, None if sandbox else self.config.account_headers(name))
 
     def webhook_token(self) -> str | None:
         """The webhook token requests must carry now."""

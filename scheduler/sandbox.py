@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, Final
 
 import aiohttp
@@ -121,6 +122,7 @@ class _Request:
     first: int  # the counter (last 48 bits) of its first message id
     channels: bytes
     parts: bytes
+    key: str = ""  # the `key_id` of the key that sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,11 @@ class Sandbox:
     def __init__(self, options: SandboxOptions) -> None:
         self.options = options
         self.api_key = options.api_key
+        #: keys accepted beside `api_key` (a test may change both while it runs)
+        self.api_keys: set[str] = set(options.api_keys)
+        #: requests by the `key_id` of their API key (every request, answered or not)
+        self.requests_by_key: collections.Counter[str] = collections.Counter()
+        self._keys_file: tuple[tuple[int, int], frozenset[str]] | None = None
         self.accepted: collections.Counter[str] = collections.Counter()
         self.requests = 0
         self.dropped = 0
@@ -251,14 +258,50 @@ class Sandbox:
             messages = self._validate(request, body)
         except InvalidMessage as exc:
             return _error(exc.status, exc.code, str(exc), exc.field)
-        return self._accept(messages, route)
+        return self._accept(messages, route, key_id(request.headers.get(_API_KEY_HEADER, "")))
 
     def _authorized(self, request: web.Request) -> bool:
         headers = request.headers
-        if self.api_key is None:
-            return any(headers.get(name, "").strip() for name in _CREDENTIAL_HEADERS)
         given = headers.get(_API_KEY_HEADER, "")
-        return hmac.compare_digest(given.encode(), self.api_key.encode())
+        self.requests_by_key[key_id(given)] += 1
+        keys = self._accepted_keys()
+        if keys is None:
+            return any(headers.get(name, "").strip() for name in _CREDENTIAL_HEADERS)
+        # every key compared (in constant time each): no early exit tells which one was close
+        return sum(hmac.compare_digest(given.encode(), key.encode()) for key in keys) > 0
+
+    def _accounts_apart(self) -> bool:
+        """True when several keys are accepted (``api_keys``, a keys file): then each key's
+        messages are its own."""
+        return bool(self.api_keys) or self.options.api_keys_file is not None
+
+    def _accepted_keys(self) -> set[str] | None:
+        """The keys accepted now; None: any non-empty credential."""
+        keys = set(self.api_keys)
+        if self.api_key is not None:
+            keys.add(self.api_key)
+        path = self.options.api_keys_file
+        if path is not None:
+            keys |= self._read_keys_file(path)
+        elif not keys:
+            return None
+        return keys
+
+    def _read_keys_file(self, path: Path) -> frozenset[str]:
+        """The keys in ``path``, read again when its size or time changed (none if it is
+        missing)."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return frozenset()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._keys_file is None or self._keys_file[0] != stamp:
+            try:
+                lines = path.read_text("utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                lines = []
+            self._keys_file = stamp, frozenset(line.strip() for line in lines if line.strip())
+        return self._keys_file[1]
 
     def _chance(self, rate: float) -> bool:
         return rate > 0.0 and self._rng.random() < rate
@@ -295,7 +338,9 @@ class Sandbox:
         digest = hashlib.blake2b(phone.encode(), digest_size=8, key=self._fate_key).digest()
         return int.from_bytes(digest) < self.options.reject_rate * 2**64
 
-    def _accept(self, messages: list[dict[str, Any]], route: Route) -> web.Response:
+    def _accept(
+        self, messages: list[dict[str, Any]], route: Route, key: str = "",
+    ) -> web.Response:
         channels = CHANNELS[route]
         prefix, first, ids = _id_block(len(messages))
         results = [
@@ -307,12 +352,12 @@ class Sandbox:
         self._requests[prefix] = _Request(
             accepted_at, route, first,
             bytes(zlib.crc32(m["toPhone"].encode()) % len(channels) for m in messages),
-            bytes(min(255, sms_parts(m.get("text") or "")) for m in messages),
+            bytes(min(255, sms_parts(m.get("text") or "")) for m in messages), key,
         )
         if self.pusher is not None:
             self.pusher.schedule(ids, accepted_at)
         if self._record is not None:
-            self._write_record(messages, results, channels, route)
+            self._write_record(messages, results, channels, route, key)
         if self._chance(self.options.omit_rate):
             del results[self._rng.randrange(len(results))]
         return web.Response(body=orjson.dumps(results), content_type="application/json")
@@ -323,6 +368,7 @@ class Sandbox:
         results: list[dict[str, str]],
         channels: tuple[str, ...],
         route: Route,
+        key: str,
     ) -> None:
         assert self._record is not None
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -336,6 +382,7 @@ class Sandbox:
                 "channel": channel_for(message["toPhone"], channels),
                 "route": route,
                 "ttl": message.get("ttl"),
+                "key": key,  # which API key sent it (`key_id`: never the key itself)
             })
             for message, result in zip(messages, results, strict=True)
         ]
@@ -363,6 +410,12 @@ class Sandbox:
             return self._server_error()
         message_id = request.match_info["message_id"]
         body = self.message_status(message_id, time.time())
+        if body is not None and self._accounts_apart():
+            # several accounts: each sees only its own messages, as on the real API
+            found = self._find(message_id)
+            asker = key_id(request.headers.get(_API_KEY_HEADER, ""))
+            if found is not None and found[0].key != asker:
+                body = None
         if body is None:
             return _error(404, "NOT_FOUND", f"No message with id {message_id[:64]}")
         return _json(200, body)
@@ -648,6 +701,12 @@ def _is_iso_datetime(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def key_id(key: str) -> str:
+    """What the record and `Sandbox.requests_by_key` say of an API key: the first 12 hex
+    digits of its SHA-256 ("" for none), which tell keys apart and never show one."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12] if key else ""
 
 
 def _unauthorized_message(request: web.Request) -> str:

@@ -14,6 +14,11 @@ class SandboxOptions:
     """How the emulator behaves; every fault is off by default."""
 
     api_key: str | None = None  # None: any non-empty credential header is accepted
+    #: more keys accepted beside ``api_key`` (several accounts on one sandbox, SPEC §13.3)
+    api_keys: frozenset[str] = frozenset()
+    #: a file of accepted keys, one a line, read again whenever it changes (revoke a key
+    #: while a client sends); with it, only its keys, ``api_key`` and ``api_keys`` pass
+    api_keys_file: Path | None = None
     fail_rate: float = 0.0  # share of requests answered 500/502/503 (body read first)
     rate_limit: float | None = None  # requests/s, token bucket with burst max(1, rate * 1.5)
     latency_ms: float = 0.0  # added to every request

@@ -1,7 +1,8 @@
 """The engine: the sending parts of one process, wired together and started and closed as one.
 
-`Snapshots` takes each campaign's snapshot, `Driver` moves it through its states, `Dispatcher`
-posts its batches through one client, rate limit and worker pool, `Recorder` writes their
+`Snapshots` takes each campaign's snapshot, `Driver` moves it through its states, the
+`Dispatcher` of its account posts its batches through that account's client, rate limit and
+worker pool (one each per ``[[accounts]]`` entry, SPEC §13.3), `Recorder` writes their
 outcomes to the journal and the delivery log. `send`, `run` and `demo` each open one engine
 (`service.open_engine`) and hand it campaigns (`Engine.run_campaign`).
 """
@@ -9,6 +10,7 @@ outcomes to the journal and the delivery log. `send`, `run` and `demo` each open
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.answers import Keeper
@@ -29,16 +31,30 @@ from scheduler.streaming import Reader, StreamJob
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import CampaignState
 
-__all__ = ["CampaignRun", "Clock", "Engine", "ProgressCallback", "utcnow"]
+__all__ = ["Account", "CampaignRun", "Clock", "Engine", "ProgressCallback", "utcnow"]
+
+
+@dataclass(frozen=True)
+class Account:
+    """One account's way to the API: its name, its client (session, pool, key) and its
+    ``[sending]`` (with its own ``requests_per_second`` and ``concurrency``)."""
+
+    name: str
+    client: CascadeClient
+    sending: SendingConfig
+    #: (environment variable, credential file) of its key, named when the API refuses it
+    key_source: tuple[str, str] = ("CASCADE_API_KEY", "api-key")
 
 
 class Engine:
-    """Shared by every campaign of a process: one client, one rate limit, one worker pool."""
+    """Shared by every campaign of a process; each account has its own dispatcher (client,
+    rate limit, in-flight limit, worker pool), so one account's outage or refused key never
+    holds another's campaigns back."""
 
     def __init__(
         self,
         *,
-        client: CascadeClient,
+        accounts: Sequence[Account],
         journal: Journal,
         log: DeliveryLog,
         lifecycle: Lifecycle,
@@ -58,39 +74,59 @@ class Engine:
         #: writes the outcomes of posted batches, and never lets go of an answer in hand
         self.answers = Keeper(journal, log, self.metrics)
         self.recorder = Recorder(journal, log, self.metrics, self.answers)
-        self.dispatcher = Dispatcher(
-            client=client, journal=journal, recorder=self.recorder, lifecycle=self.lifecycle,
-            sending=sending, metrics=self.metrics, clock=clock, may_send=may_send,
-        )
+        #: one dispatcher per account, in the config's order
+        self.dispatchers = {
+            account.name: Dispatcher(
+                client=account.client, journal=journal, recorder=self.recorder,
+                lifecycle=self.lifecycle, sending=account.sending, metrics=self.metrics,
+                clock=clock, may_send=may_send, account=account.name,
+                key_source=account.key_source,
+            )
+            for account in accounts
+        }
         self.snapshots = Snapshots(
             journal, self.lifecycle, batch_size=sending.batch_size, suppression=suppression,
             suppression_path=suppression_path,
         )
         self.driver = Driver(
-            journal=journal, lifecycle=self.lifecycle, dispatcher=self.dispatcher,
+            journal=journal, lifecycle=self.lifecycle, dispatchers=self.dispatchers,
             recorder=self.recorder, snapshots=self.snapshots, sending=sending,
             default_route=default_route, caps=caps, catch_up=index.catch_up, clock=clock,
         )
 
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The first account's dispatcher (the only one without ``[[accounts]]``)."""
+        return next(iter(self.dispatchers.values()))
+
     def start(self) -> None:
-        """Start the dispatcher's worker pool."""
-        self.dispatcher.start()
+        """Start every account's worker pool."""
+        for dispatcher in self.dispatchers.values():
+            dispatcher.start()
 
     async def close(self) -> None:
         """Stop the streams and the workers; call after every campaign run has returned."""
         await self.snapshots.close()
-        await self.dispatcher.close()
+        for dispatcher in self.dispatchers.values():
+            await dispatcher.close()
         await self.recorder.close()
 
     @property
     def refused(self) -> CredentialsRefused | None:
-        """Why the API refuses requests now (a 401/403), until new credentials come."""
-        return self.dispatcher.refused
+        """Why the API refuses an account's requests now (a 401/403), until new credentials
+        come: the first account refused (`refused_for` tells one account's)."""
+        return next((d.refused for d in self.dispatchers.values() if d.refused), None)
 
-    def use_credentials(self, headers: Mapping[str, str] | None) -> None:
-        """New credentials (a reload after the API refused the old ones): requests may go
-        again. ``None`` keeps the client's headers (the embedded sandbox takes any)."""
-        self.dispatcher.use_credentials(headers)
+    def refused_for(self, account: str) -> CredentialsRefused | None:
+        """Why the API refuses ``account``'s requests now, or None."""
+        dispatcher = self.dispatchers.get(account)
+        return None if dispatcher is None else dispatcher.refused
+
+    def use_credentials(self, account: str, headers: Mapping[str, str] | None) -> None:
+        """New credentials for ``account`` (a reload after the API refused the old ones):
+        its requests may go again. ``None`` keeps the client's headers (the embedded sandbox
+        takes any)."""
+        self.dispatchers[account].use_credentials(headers)
 
     async def run_campaign(
         self, campaign: Campaign, *,

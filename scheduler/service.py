@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scheduler.campaign import Campaign
 from scheduler.cascade import CascadeClient
-from scheduler.config import Config
+from scheduler.config import SANDBOX, Config
 from scheduler.delivery_log import DeliveryLog
 from scheduler.errors import UserError
 from scheduler.identity import content_fingerprint, reuse_problem, used
@@ -32,7 +32,7 @@ from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.oplog import get_logger
 from scheduler.sandbox import Sandbox
-from scheduler.sender import CampaignRun, Clock, Engine, ProgressCallback, utcnow
+from scheduler.sender import Account, CampaignRun, Clock, Engine, ProgressCallback, utcnow
 from scheduler.streaming import Reader
 from scheduler.suppression import Suppression
 from scheduler.vocabulary import CampaignState
@@ -49,18 +49,41 @@ def sandbox_record_path(config: Config) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def api_endpoint(config: Config) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """The base URL and headers to use; runs the embedded sandbox for ``base_url = "sandbox"``."""
-    if not config.api.is_sandbox:
-        config.require_credentials()
-        yield config.api.base_url, config.credentials.headers()
-        return
-    sandbox = Sandbox(config.sandbox.options(record=sandbox_record_path(config)))
-    base_url = await sandbox.start()
+async def api_endpoints(
+    config: Config, only: str | None = None,
+) -> AsyncIterator[dict[str, tuple[str, dict[str, str]]]]:
+    """Each account's base URL and headers (``only``: that account's alone); runs the
+    embedded sandbox (one, whichever accounts use it) for ``base_url = "sandbox"``."""
+    config.require_credentials(None if only is None else [only])
+    accounts = [a for a in config.account_list() if only is None or a.name == only]
+    sandbox: Sandbox | None = None
+    if any(account.base_url == SANDBOX for account in accounts):
+        sandbox = Sandbox(config.sandbox.options(record=sandbox_record_path(config)))
+        await sandbox.start()
     try:
-        yield base_url, config.credentials.headers() or dict(SANDBOX_HEADERS)
+        endpoints = {}
+        for account in accounts:
+            headers = config.account_headers(account.name)
+            if account.base_url == SANDBOX:
+                assert sandbox is not None
+                endpoints[account.name] = (sandbox.base_url, headers or dict(SANDBOX_HEADERS))
+            else:
+                assert account.base_url is not None  # `account_list` fills it in
+                endpoints[account.name] = (account.base_url, headers)
+        yield endpoints
     finally:
-        await sandbox.stop()
+        if sandbox is not None:
+            await sandbox.stop()
+
+
+@contextlib.asynccontextmanager
+async def api_endpoint(
+    config: Config, account: str | None = None,
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """The base URL and headers of one account (None: the default one, else the first)."""
+    name = account or config.default_account or config.account_names[0]
+    async with api_endpoints(config, name) as endpoints:
+        yield endpoints[name]
 
 
 def log_schema(news: SchemaNews) -> None:
@@ -98,6 +121,7 @@ class Runtime:
     #: the one owner of campaigns' state changes and their log events
     lifecycle: Lifecycle
     metrics: Metrics
+    #: the first account's client (the embedded sandbox's URL, when it runs)
     client: CascadeClient
     index: MessageIndex
     #: the journal's leadership lease, when the engine sends only while it holds it
@@ -113,6 +137,8 @@ async def open_runtime(
     it sends only while it holds the journal's leadership lease (`Runtime.leadership`,
     acquired by the caller); ``may_send`` is asked instead without it (tests)."""
     metrics = metrics or Metrics()
+    for account in config.account_list():
+        metrics.add_account(account.name, account.requests_per_second)
     suppression = Suppression.load(config.paths.suppression)
     async with contextlib.AsyncExitStack() as stack:
         # the journal first: a second writer is refused before anything else is started
@@ -121,17 +147,23 @@ async def open_runtime(
                                on_reconnect=functools.partial(_reconnected, where))
         await journal.start(writer=True)
         stack.push_async_callback(journal.close)
-        base_url, headers = await stack.enter_async_context(api_endpoint(config))
+        endpoints = await stack.enter_async_context(api_endpoints(config))
         log = DeliveryLog(
             config.paths.delivery_log,
             phones=config.log.phones,
             secrets=config.credentials.secrets(),
         )
         stack.callback(log.close)
-        client = CascadeClient(
-            base_url, headers, timeout=config.api.timeout, pool_size=config.sending.most_in_flight
-        )
-        await stack.enter_async_context(client)
+        # one client (aiohttp session and connection pool) per account: one account's slow
+        # or failing API never holds a connection another needs
+        accounts = []
+        for account in config.account_list():
+            base_url, headers = endpoints[account.name]
+            client = CascadeClient(base_url, headers, timeout=config.api.timeout,
+                                   pool_size=account.most_in_flight)
+            await stack.enter_async_context(client)
+            accounts.append(Account(account.name, client, config.sending_for(account.name),
+                                    config.key_source(account.name)))
         leadership = None
         if lead:
             leadership = Leadership(journal, config.journal.lease,
@@ -140,7 +172,7 @@ async def open_runtime(
         index = MessageIndex(journal, config.delivery_reports.first_poll)
         lifecycle = Lifecycle(journal, log)
         engine = Engine(
-            client=client,
+            accounts=accounts,
             journal=journal,
             log=log,
             lifecycle=lifecycle,
@@ -156,7 +188,8 @@ async def open_runtime(
         )
         engine.start()
         stack.push_async_callback(engine.close)
-        yield Runtime(engine, journal, log, lifecycle, metrics, client, index, leadership)
+        yield Runtime(engine, journal, log, lifecycle, metrics, accounts[0].client, index,
+                      leadership)
 
 
 @contextlib.asynccontextmanager
@@ -233,7 +266,8 @@ async def send_campaign(
             for watcher in watchers:
                 watcher.cancel()
         counts = await runtime.journal.counts(campaign.id)
-        error = str(engine.refused) if engine.refused is not None else None
+        refused = engine.refused_for(campaign.account)
+        error = str(refused) if refused is not None else None
         if state == "braked":
             latest = await runtime.journal.campaign(campaign.id)
             error = latest.error if latest is not None else None

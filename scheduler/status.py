@@ -19,7 +19,7 @@ from scheduler.campaign import Campaign, Rollout, utc_text
 from scheduler.config import Config
 from scheduler.journal import CampaignRecord, JournalReader, holder_parts
 from scheduler.loader import load_campaign
-from scheduler.report import awaiting_status
+from scheduler.report import AccountOf, awaiting_status
 from scheduler.series import local_text, names, parse_run_id, run_id
 from scheduler.vocabulary import ENDED
 
@@ -86,6 +86,12 @@ class CampaignFiles:
             return None
         return campaign
 
+    def account(self, record: CampaignRecord) -> str:
+        """The account the campaign is sent through (SPEC §13.3), as its file says ("" when
+        this machine does not have the file)."""
+        campaign = self.campaign(record)
+        return campaign.account if campaign is not None else ""
+
     def rollout(self, record: CampaignRecord) -> Rollout | None:
         """`RolloutOf`: an unfinished campaign's roll-out."""
         if record.state in ENDED:
@@ -106,12 +112,13 @@ def file_rollout(config: Config, now: datetime) -> RolloutOf:
 
 def read_status(
     journal: JournalReader, now: datetime, rollout_of: RolloutOf = _no_rollout, *,
-    reports: bool = False, series_of: SeriesOf = _no_series,
+    reports: bool = False, series_of: SeriesOf = _no_series, account_of: AccountOf = None,
 ) -> Status:
     """Gather the status from a started journal reader (``rollout_of``: each campaign's
     roll-out, for its stage and an ETA that counts the holds; ``reports``: delivery reports
     are on, so sent messages await their delivery status; ``series_of``: an occurrence's
-    series file, for its next occurrence in local time and ``paused``)."""
+    series file, for its next occurrence in local time and ``paused``; ``account_of``: with
+    several accounts, each campaign's)."""
     leader = journal.leader()
     daemons = [
         {"role": "leader" if d.holder == leader else "standby", "host": d.host, "pid": d.pid,
@@ -121,7 +128,8 @@ def read_status(
     if leader is not None and all(d["holder"] != leader for d in daemons):
         daemons.insert(0, _lease_only(leader))  # a foreground `send` holds it
     records = journal.campaigns()
-    campaigns = [row for row in (_campaign(journal, record, now, rollout_of(record), reports)
+    campaigns = [row for row in (_campaign(journal, record, now, rollout_of(record), reports,
+                                           account_of)
                                  for record in records)
                  if row["state"] not in ENDED or row["awaiting_status"]]
     return Status(leader, daemons, campaigns, series_rows(records, now, series_of))
@@ -179,7 +187,7 @@ def _lease_only(holder: str) -> dict[str, Any]:
 
 def _campaign(
     journal: JournalReader, record: CampaignRecord, now: datetime, rollout: Rollout | None,
-    reports: bool,
+    reports: bool, account_of: AccountOf = None,
 ) -> dict[str, Any]:
     counts = journal.counts(record.id)
     sent, pending = counts.get("sent", 0), counts.get("pending", 0)
@@ -189,8 +197,10 @@ def _campaign(
     if rate and pending:
         eta = utc_text(now + timedelta(seconds=pending / rate + ahead))
     staged = rollout is not None or record.stage or record.stage_at
+    account = {} if account_of is None else {"account": account_of(record)}
     return {
-        "campaign": record.id, "type": record.type, "state": record.state, "sent": sent,
+        "campaign": record.id, **account, "type": record.type, "state": record.state,
+        "sent": sent,
         "recipients": record.recipients, "pending": pending,
         # posted again after an ambiguous outcome: possible duplicates (`report --resent`)
         "resent": counts.get("resent", 0),

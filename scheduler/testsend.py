@@ -106,7 +106,7 @@ async def send_test(
     row = pick_row(campaign, config, line)
     messages = test_messages(campaign, row, phones, datetime.now(UTC))
     route = campaign.route or config.api.route
-    async with api_endpoint(config) as (base_url, headers):  # noqa: SIM117 (needs its URL)
+    async with api_endpoint(config, campaign.account) as (base_url, headers):  # noqa: SIM117 (needs its URL)
         async with CascadeClient(base_url, headers, timeout=config.api.timeout,
                                  pool_size=1) as client:
             reply = await client.post(route, orjson.dumps(messages))

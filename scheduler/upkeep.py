@@ -52,6 +52,9 @@ class Campaigns(Protocol):
     def tracked(self) -> Collection[str]:
         """The ids of the campaigns the daemon tracks."""
 
+    def account_of(self, campaign_id: str) -> str | None:
+        """The account a tracked campaign (or series occurrence) is sent through."""
+
 
 class Upkeep:
     """The housekeeping loops of one daemon, over its runtime's journal and logs."""
@@ -160,7 +163,7 @@ class Upkeep:
         sandbox = base == SANDBOX
         client = StatusClient(
             self._runtime.client.base_url if sandbox else base,
-            lambda: self._config().credentials.headers() or (SANDBOX_HEADERS if sandbox else {}),
+            lambda: _status_headers(self._config()) or (SANDBOX_HEADERS if sandbox else {}),
             timeout=config.api.timeout,
         )
         poller = Poller(
@@ -168,9 +171,18 @@ class Upkeep:
             PollSettings(settings.status_rate(config.sending), settings.first_poll,
                          settings.max_interval),
             leading=lambda: self._leadership.leading,
+            credentials_of=self._status_credentials,
         )
         async with client:
             await poller.run(self._stop)
+
+    def _status_credentials(self, campaign_id: str) -> dict[str, str] | None:
+        """With several accounts, a campaign's messages are asked about with its account's
+        key (each account sees only its own); None: the default account's."""
+        config = self._config()
+        account = self._campaigns.account_of(campaign_id) if config.accounts else None
+        headers = None if account is None else config.account_headers(account)
+        return headers or None  # none set (the embedded sandbox): the client's
 
     async def _replay_stale_deliveries(self) -> None:
         """The leader looks now and then for lines still unwritten a while after their status
@@ -220,7 +232,8 @@ class Upkeep:
                         ahead = await expire_cancelled(
                             self._journal, self._log_file, self._metrics,
                             route=self._config().api.route, now=utcnow(),
-                            busy=set(self._campaigns.tracked()), replay=replay)
+                            busy=set(self._campaigns.tracked()), replay=replay,
+                            account=_only_account(self._config()))
                     replay = False
                 except JournalFenced:
                     pass  # deposed: the new leader looks
@@ -231,3 +244,16 @@ class Upkeep:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._cancelled.wait(), wait)
             self._cancelled.clear()
+
+
+def _only_account(config: Config) -> str:
+    """The metrics' account of a cancelled campaign's expired messages: the only account,
+    else "unknown" (the journal does not keep which account a campaign used)."""
+    names = config.account_names
+    return names[0] if len(names) == 1 else "unknown"
+
+
+def _status_headers(config: Config) -> dict[str, str]:
+    """The status API's credentials: the default account's (else the first account's).
+    With several accounts, messages of the others are asked about with this key too."""
+    return config.account_headers(config.default_account or config.account_names[0])

@@ -20,9 +20,10 @@ def exported() -> set[str]:
     """Every sample name a daemon's /metrics can show (histogram and counter parts too)."""
     metrics = Metrics()
     metrics.present.states = lambda: {"running": 1}
-    metrics.api_requests.labels("standard", "200").inc()
-    metrics.api_duration.labels("standard").observe(0.1)
-    metrics.messages.labels("promo", "sent").inc()
+    metrics.add_account("default", 20)
+    metrics.api_requests.labels("default", "standard", "200").inc()
+    metrics.api_duration.labels("default", "standard").observe(0.1)
+    metrics.messages.labels("default", "promo", "sent").inc()
     metrics.skips.labels("duplicate").inc()
     text = metrics.exposition().decode()
     return {sample.name for family in text_string_to_metric_families(text)

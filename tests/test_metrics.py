@@ -73,12 +73,15 @@ def test_metrics_agree_with_the_journal(tmp_path: Path, sandbox: SandboxProcess)
         poll(lambda: workspace.state("measured") == "done", 30, "the campaign")
         samples = scrape(base)
         counts = workspace.counts("measured")
-        assert value(samples, "cascade_messages_total", type="transaction",
+        assert value(samples, "cascade_messages_total", account="default", type="transaction",
                      outcome="sent") == counts["sent"] == 500
         assert value(samples, "cascade_skipped_total", reason="invalid_phone") == 3
-        assert value(samples, "cascade_api_requests_total", route="standard", code="200") == 10
-        assert value(samples, "cascade_api_request_duration_seconds_count",
+        assert value(samples, "cascade_api_requests_total", account="default", route="standard",
+                     code="200") == 10
+        assert value(samples, "cascade_api_request_duration_seconds_count", account="default",
                      route="standard") == 10
+        assert value(samples, "cascade_rate_limit_requests_per_second", account="default") == 100
+        assert value(samples, "cascade_credentials_refused", account="default") == 0
         assert value(samples, "cascade_campaigns", state="done") == 1
         assert value(samples, "cascade_leader") == 1
         assert value(samples, "cascade_schedule_lag_seconds_count") == 1

@@ -247,7 +247,7 @@ async def test_record_lines_match_the_answers(
     assert len(lines) == 8
     for line in lines:
         assert set(line) == {"ts", "messageId", "trackinId", "toPhone", "messageType",
-                             "channel", "route", "ttl"}
+                             "channel", "route", "ttl", "key"}
         assert line["channel"] in CHANNELS[line["route"]]
         assert line["channel"] == channel_for(line["toPhone"], CHANNELS[line["route"]])
         assert line["ts"].endswith("Z")

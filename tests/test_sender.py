@@ -160,7 +160,7 @@ async def test_credentials_fixed_on_a_running_engine(
         assert await drive_with(engine, setup.campaign) == "failed"  # still refused: no request
         before = sandbox.requests
         assert before <= 2
-        engine.use_credentials({"X-Authorization-Key": "right-key"})
+        engine.use_credentials("default", {"X-Authorization-Key": "right-key"})
         assert await drive_with(engine, setup.campaign) == "done"
     assert sandbox.requests == before + 3
     assert len(sandbox.accepted) == 300 and set(sandbox.accepted.values()) == {1}

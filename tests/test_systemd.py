@@ -107,6 +107,18 @@ def test_unit_loads_the_api_key_as_a_credential(service: dict[str, list[str]]) -
     assert "CASCADE_API_KEY" not in environment
 
 
+def test_unit_shows_the_keys_of_two_accounts() -> None:
+    """The commented example for ``[[accounts]]`` loads one key per account, under the
+    names the config loader reads for them (`account_key_source`)."""
+    from scheduler.config import account_key_source
+
+    example = "\n".join(line.removeprefix("#") for line in UNIT.read_text("utf-8").splitlines()
+                        if line.startswith("#LoadCredential=api-key-"))
+    names = [v.split(":", 1)[0] for v in _sections("[Service]\n" + example)["Service"][
+        "LoadCredential"]]
+    assert names == [account_key_source(a)[1] for a in ("brand-a", "brand-b")]
+
+
 def test_unit_documentation_is_the_readme_the_install_steps_put_there() -> None:
     """`Documentation=` names the project's README at the path the README's own install steps
     copy it to (not systemd's man page, not a placeholder URL), so `systemctl help
