@@ -17,6 +17,7 @@ from scheduler.audience import summarize
 from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, Config
+from scheduler.csvfile import CsvProblem
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
 from scheduler.identity import judged
@@ -26,6 +27,7 @@ from scheduler.rows import AudienceSummary
 from scheduler.series import series_line
 from scheduler.suppression import Suppression
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
+from scheduler.trigger_scan import due_counts, due_line, next_days
 from scheduler.vocabulary import FINISHED, SkipReason
 
 #: how many line numbers per skip reason the report shows
@@ -159,7 +161,8 @@ def _policy_notes(
             if campaign is None or summary is None or check.file in started:
                 continue
             lines = notes.setdefault(
-                check.file, policy_notes(campaign, summary.zones, config, suppression, now))
+                check.file, policy_notes(campaign, summary.zones, config, suppression, now)
+                if campaign.trigger is None else _trigger_notes(campaign))
             if not caps_for(campaign, config.policy.caps):
                 continue
             try:
@@ -189,6 +192,20 @@ def policy_notes(
     if journal is not None and caps_for(campaign, config.policy.caps):
         lines.append(_capped_line(
             capped_now(campaign, config.policy.caps, journal, suppression, now)))
+    return lines
+
+
+def _trigger_notes(campaign: Campaign) -> list[str]:
+    """A trigger's rows due in its next 7 day runs, by day (SPEC §13.2); its send window, if
+    any, holds each day's messages as for any campaign."""
+    try:
+        counts = due_counts(campaign, next_days(campaign))
+    except (OSError, CsvProblem) as exc:  # the summary already said what is wrong
+        return [f"due rows: cannot tell ({exc})"]
+    lines = [due_line(campaign, counts)]
+    if campaign.window is not None:
+        lines.append(f"send window {campaign.window.text()} (recipient's local time): a "
+                     "message due outside it waits for it")
     return lines
 
 
@@ -494,6 +511,8 @@ def _headline(check: CampaignCheck, summary: AudienceSummary | None) -> str:
         return f"INVALID  {check.file}  ({count} {'error' if count == 1 else 'errors'})"
     when = (f"send_at {utc_text(campaign.send_at)}" if campaign.repeat is None
             else f'series "{campaign.repeat.cron}" {campaign.repeat.timezone}')
+    if campaign.trigger is not None:
+        when = f"trigger next run {campaign.day_run(next_days(campaign, 1)[0]).id}"
     parts = [f"OK       {check.file}", campaign.id, campaign.type, when]
     if campaign.paused:
         parts.append("paused")
