@@ -80,7 +80,7 @@ def next_days(campaign: Campaign, count: int = DAYS_SHOWN) -> list[date]:
     """The days of the trigger's next ``count`` runs (from its next one, ``send_at``)."""
     trigger = campaign.trigger
     assert trigger is not None
-    days = []
+    days: list[date] = []
     for day in trigger.days_from(campaign.send_at):
         if len(days) >= count:
             break
