@@ -169,6 +169,9 @@ class _Planner:
         if check.campaign.repeat is not None:  # a series (SPEC §13.1)
             self.add_series(check.campaign)
             return
+        if check.campaign.trigger is not None:  # a trigger (SPEC §13.2)
+            self.add_trigger(check.campaign)
+            return
         record = self.records.get(check.campaign.id)
         if record is not None and record.started_at is not None:
             self.add_record(record, check.campaign)
@@ -257,6 +260,41 @@ class _Planner:
             return
         row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
 
+    def add_trigger(self, trigger: Campaign) -> None:
+        """A trigger: its next day's run (the one ``send_at`` starts), how many are due in it
+        and when each zone group goes; the day runs that ran are the journal's campaigns, rows
+        of their own."""
+        spec = trigger.trigger
+        assert spec is not None
+        day = next(spec.days_from(trigger.send_at))
+        run = trigger.day_run(day)
+        row: dict[str, Any] = {
+            "campaign": trigger.id, "type": trigger.type,
+            "state": "paused" if trigger.paused else "trigger",
+            "send_at": utc_text(trigger.send_at), "valid": 0, "skipped": 0, "sent": None,
+            "awaiting_status": None, "eta": None, "note": "",
+        }
+        self.rows.append(row)
+        try:
+            summary = self.count(run)
+        except UserError:
+            row.update(state="invalid", note="its audience cannot be read: run `check`")
+            return
+        groups = sorted(((spec.release(day, group), group, count)
+                         for group, count in summary.zones.items()))
+        row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
+        row["next_run"] = {
+            "run": run.id, "day": day.isoformat(), "due": summary.valid,
+            "groups": [{"zones": group, "due": count, "at": utc_text(moment)}
+                       for moment, group, count in groups],
+        }
+        shown = ", ".join(f"{group} {count:,} at {utc_text(moment)}"
+                          for moment, group, count in groups[:TRIGGER_GROUPS_SHOWN])
+        more = (f", and {len(groups) - TRIGGER_GROUPS_SHOWN} more zone groups"
+                if len(groups) > TRIGGER_GROUPS_SHOWN else "")
+        row["note"] = (f"on {spec.column} at {spec.at_text} local: next run {run.id}, "
+                       f"{summary.valid:,} due" + (f" ({shown}{more})" if groups else ""))
+
     def count(self, campaign: Campaign) -> AudienceSummary:
         """``campaign``'s audience counted (`summarize`), once per audience file and what
         decides the counts: campaigns that send the same CSV the same way (a list shared by
@@ -273,7 +311,7 @@ class _Planner:
         # the id's length: how long an id may be); not the id itself, the times or paused
         key = (spec, None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
                campaign.type, campaign.text, campaign.window, campaign.timezone,
-               len(campaign.wire_id))
+               len(campaign.wire_id), campaign.trigger, campaign.trigger_day)
         summary = self.counted.get(key) if st is not None else None
         if summary is None:
             # `plan` starts no thread, but an open journal may run one (SQLite's writer):
@@ -384,6 +422,10 @@ class _Planner:
             if row["eta"] is not None and row["eta"] < utc_text(opens):
                 row["eta"] = utc_text(opens)
         return self.rows
+
+
+#: zone groups a trigger's plan note names (``plan --json`` lists them all)
+TRIGGER_GROUPS_SHOWN = 4
 
 
 def with_occurrences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

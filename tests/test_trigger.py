@@ -3,6 +3,7 @@ year ends by hypothesis), release moments per zone, day-run decisions, check's d
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -326,3 +327,23 @@ def test_due_counts_stream_the_file(root: Path) -> None:
                                          date(2027, 2, 28)])
     assert counts.days == {date(2026, 12, 8): 2, date(2026, 12, 9): 1, date(2027, 2, 28): 1}
     assert counts.invalid == 2
+
+
+def test_plan_shows_the_next_runs_count_and_time_per_zone_group(
+    root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    (root / "campaigns" / "t.toml").write_text(trigger_text(), "utf-8")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["plan", "--json", "--config", str(root / "config.toml")]) == 0
+    rows = {r["campaign"]: r for r in json.loads(capsys.readouterr().out)}
+    row = rows["birthday"]
+    assert row["state"] == "trigger" and row["valid"] == 2
+    assert row["next_run"] == {
+        "run": "birthday@2026-12-08", "day": "2026-12-08", "due": 2,
+        "groups": [{"zones": "Pacific/Kiritimati", "due": 1, "at": "2026-12-07T20:00:00Z"},
+                   {"zones": "Etc/GMT+12", "due": 1, "at": "2026-12-08T22:00:00Z"}],
+    }
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["plan", "--config", str(root / "config.toml")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "next run birthday@2026-12-08" in out.replace("│ ", "")
