@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def test_each_zone_gets_its_own_day_at_its_own_time_and_a_restart_sends_nobody_t
     first = start(workspace, daemons)
     today = day_run_id("birthday", kiritimati_day)
     before = day_run_id("birthday", kiritimati_day - timedelta(days=2))
-    poll(lambda: "birthday.{}-1".format(kiritimati_day) in sent(workspace), 90,
+    poll(lambda: f"birthday.{kiritimati_day}-1" in sent(workspace), 90,
          "the UTC+14 recipient sent")
     poll(lambda: f"{before.replace('@', '.')}-3" in sent(workspace), 30,
          "the UTC-12 recipient of two days ago sent (late, within its ttl)")
@@ -125,3 +125,9 @@ def test_each_zone_gets_its_own_day_at_its_own_time_and_a_restart_sends_nobody_t
     assert rows[before]["sent"] == 1 and rows[before]["state"] == "done"
     assert rows[today]["sent"] == 1 and rows[today]["pending"] == 1
     assert rows[following]["state"] == "scheduled"
+    status = run_cli(["status", "--json", "--config", str(workspace.config)],
+                     cwd=workspace.root)
+    (trigger_row,) = json.loads(status.stdout)["series"]
+    assert trigger_row["series"] == "birthday" and trigger_row["running"] == today
+    assert trigger_row["next"] == following
+    assert trigger_row["next_at"] == (fire + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
