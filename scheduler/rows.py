@@ -28,7 +28,7 @@ from scheduler.phones import E164, EXAMPLE_PHONE, SEPARATORS
 from scheduler.records import Recipient, Skip
 from scheduler.suppression import Suppression
 from scheduler.template import Template, TemplateError
-from scheduler.trigger import date_detail, parse_date
+from scheduler.trigger import date_detail
 from scheduler.vocabulary import SkipReason
 from scheduler.window import zone_names
 from scheduler.zones import ZoneFinder
@@ -211,23 +211,27 @@ class RowChecker:
             ((empty_name, empty_at),), empty_fields = empty_fields, ()
         zone_of, zones = self._zone_finder(), self.zones
         date_at, due = self.columns.date, self._due()
+        verdict: bool | None = True
+        when = ""
         start, number, valid, text, zone = reader.line_num + 1, self.numbered, 0, None, None
         explain_phone = explain_id = True  # counting keeps the first detail only: skip the rest
         try:
             for row in reader if limit is None else islice(reader, limit):
                 line, start = start, reader.line_num + 1
                 size = len(row)
+                if due is not None:  # a trigger: its date column decides (SPEC §13.2)
+                    when = row[date_at] if date_at is not None and date_at < size else ""
+                    verdict = due(when)
+                    if verdict is False:  # a date (so not a blank line), another day's
+                        number += 1
+                        continue
                 phone = row[phone_at].strip() if phone_at < size else ""
                 if not phone and not has_values(row):
                     continue  # a blank line is not a row
                 number += 1
-                if due is not None:  # a trigger: its date column decides (SPEC §13.2)
-                    when = row[date_at] if date_at is not None and date_at < size else ""
-                    verdict = due(when)
-                    if not verdict:
-                        if verdict is None:
-                            yield Skip(line, None, phone, "invalid_date", self._date_detail(when))
-                        continue  # valid, and due another day: not this run's
+                if due is not None and verdict is None:
+                    yield Skip(line, None, phone, "invalid_date", self._date_detail(when))
+                    continue
                 if not e164(phone):
                     detail = _phone_detail(phone) if explain_phone else ""
                     explain_phone = emit
@@ -290,11 +294,7 @@ class RowChecker:
         trigger = self.campaign.trigger
         if trigger is None:
             return None
-        day = self.campaign.trigger_day
-        if day is None:
-            yearly = trigger.yearly
-            return lambda text: None if parse_date(text, yearly) is None else True
-        return trigger.due_checker(day)
+        return trigger.due_checker(self.campaign.trigger_day)
 
     def _date_detail(self, text: str) -> str:
         trigger = self.campaign.trigger
@@ -302,12 +302,13 @@ class RowChecker:
         return date_detail(text, trigger.column, trigger.yearly)
 
     def _zone_finder(self) -> Callable[[list[str], int, str], str | None] | None:
-        """A function giving each row's zone group: with a send window, its ``tz_column``
-        value, else its phone's zones, else the policy's; without one, "" (no group is
-        needed). None for a bad ``tz_column`` value, window or not: a zone the file names
-        must be a zone. No function when there is neither a window nor a ``tz_column``."""
+        """A function giving each row's zone group: with a send window (or in a trigger's day
+        run, SPEC §13.2), its ``tz_column`` value, else its phone's zones, else the policy's;
+        without one, "" (no group is needed). None for a bad ``tz_column`` value, window or
+        not: a zone the file names must be a zone. No function when there is neither a window
+        (nor a day run) nor a ``tz_column``."""
         at = self.columns.tz
-        if self.campaign.window is None and self.campaign.trigger is None:
+        if self.campaign.window is None and self.campaign.trigger_day is None:
             return None if at is None else _zone_checker(at)
         finder = ZoneFinder(self.campaign.timezone)
         by_phone = finder.of_phone

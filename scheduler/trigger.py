@@ -34,6 +34,7 @@ DAY_TEXT = "%Y-%m-%d"
 _AT = re.compile(r"^(\d{2}):(\d{2})$")
 _ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
+_UNKNOWN = object()  # a cache miss (False and None are verdicts)
 #: a date occurrence: (month, day) for yearly dates, else the date itself
 Occasion = date | tuple[int, int]
 
@@ -78,21 +79,24 @@ class Trigger(BaseModel):
             yield day
             day += timedelta(days=1)
 
-    def due_checker(self, day: date) -> Callable[[str], bool | None]:
+    def due_checker(self, day: date | None) -> Callable[[str], bool | None]:
         """A function telling, for a cell of the date column, whether its row is due on
-        ``day`` (True/False), or None when the cell is not a date in the accepted format.
-        Cached by value: an audience repeats its dates."""
-        target = day - timedelta(days=self.offset_days)
+        ``day`` (True/False; ``day`` None: any day, True for every date), or None when the
+        cell is not a date in the accepted format. Cached by value: an audience repeats its
+        dates."""
+        target = None if day is None else day - timedelta(days=self.offset_days)
         cache: dict[str, bool | None] = {}
-        yearly = self.yearly
+        yearly, unknown = self.yearly, _UNKNOWN
 
         def due(text: str) -> bool | None:
-            verdict = cache.get(text, 0)
-            if verdict != 0:
+            verdict = cache.get(text, unknown)
+            if verdict is not unknown:
                 return verdict  # type: ignore[return-value]
             occasion = parse_date(text, yearly)
             if occasion is None:
                 verdict = None
+            elif target is None:
+                verdict = True
             elif yearly:
                 assert isinstance(occasion, tuple)
                 verdict = in_year(occasion, target.year) == target

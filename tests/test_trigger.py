@@ -347,3 +347,21 @@ def test_plan_shows_the_next_runs_count_and_time_per_zone_group(
         assert cli.main(["plan", "--config", str(root / "config.toml")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "next run birthday@2026-12-08" in out.replace("│ ", "")
+
+
+def test_a_day_run_finds_duplicates_among_its_days_rows_only(root: Path) -> None:
+    """A day's run reads no pass 1 (its few due rows are remembered exactly): a phone twice
+    among the day's rows is a duplicate; a phone shared with a row due another day is not."""
+    (root / "campaigns" / "audiences" / "people.csv").write_text(
+        "customer_id,phone,name,birthday,tz\n"
+        "1,+380501000001,A,1990-12-09,\n"
+        "2,+380501000001,B,1991-12-08,\n"  # the same phone, another day
+        "3,+380501000003,C,1992-12-08,\n"
+        "4,+380501000003,D,1993-12-08,\n"  # the same phone the same day
+        "5,+380501000005,E,1994-12-08,\n", "utf-8")
+    check = load(root, trigger_text())
+    assert check.campaign is not None
+    items = list(iter_audience(check.campaign.day_run(date(2026, 12, 8)), may_fork=False))
+    assert [(i.line, i.tracking_id if isinstance(i, Recipient) else i.reason) for i in items] == [
+        (3, "birthday.2026-12-08-2"), (4, "birthday.2026-12-08-3"), (5, "duplicate"),
+        (6, "birthday.2026-12-08-5")]
