@@ -429,6 +429,8 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     campaign = check.campaign
     if campaign.repeat is not None:  # a series: `send` works on its next occurrence
         campaign = series_occurrence(campaign, args)
+    elif campaign.trigger is not None:  # a trigger: on its next day's run (SPEC §13.2)
+        campaign = trigger_day_run(campaign, args)
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
     if reader is not None:
@@ -461,6 +463,19 @@ def series_occurrence(series: Campaign, args: argparse.Namespace) -> Campaign:
             "occurrences; `send` takes one-off campaigns (use --dry-run or --test to see a "
             "series' next occurrence)")
     return series.occurrence(series.send_at)
+
+
+def trigger_day_run(trigger: Campaign, args: argparse.Namespace) -> Campaign:
+    """A trigger's next day run, for ``--dry-run`` and ``--test``; a trigger is sent by the
+    daemon, day by day, each recipient at their own moment (SPEC §13.2), never by `send`."""
+    if not (args.dry_run or args.test is not None):
+        raise UserError.single(
+            f"{args.file} is a trigger: the daemon (cascade-scheduler run) sends each day's "
+            "run, each recipient at their own moment; `send` takes one-off campaigns (use "
+            "--dry-run or --test to see the next day's run)")
+    spec = trigger.trigger
+    assert spec is not None
+    return trigger.day_run(next(spec.days_from(trigger.send_at)))
 
 
 def _busy(exc: JournalBusy, config: Config, now: datetime) -> str:

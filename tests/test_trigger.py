@@ -365,3 +365,16 @@ def test_a_day_run_finds_duplicates_among_its_days_rows_only(root: Path) -> None
     assert [(i.line, i.tracking_id if isinstance(i, Recipient) else i.reason) for i in items] == [
         (3, "birthday.2026-12-08-2"), (4, "birthday.2026-12-08-3"), (5, "duplicate"),
         (6, "birthday.2026-12-08-5")]
+
+
+def test_send_refuses_a_trigger_and_dry_run_shows_its_next_day_run(
+    root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = root / "campaigns" / "t.toml"
+    path.write_text(trigger_text(), "utf-8")
+    config = str(root / "config.toml")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["send", str(path), "--config", config]) != 0
+        assert "is a trigger: the daemon" in capsys.readouterr().err
+        assert cli.main(["send", "--dry-run", str(path), "--config", config]) == 0
+    assert "birthday@2026-12-08: promo to 2 recipients" in capsys.readouterr().out
