@@ -131,3 +131,28 @@ def test_each_zone_gets_its_own_day_at_its_own_time_and_a_restart_sends_nobody_t
     assert trigger_row["series"] == "birthday" and trigger_row["running"] == today
     assert trigger_row["next"] == following
     assert trigger_row["next_at"] == (fire + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_changed_date_is_judged_by_the_new_date(
+    tmp_path: Path, daemons: list[DaemonProcess],
+) -> None:
+    """The next day's run is planned from the CSV; a date edited before it starts moves the
+    row out of it (and another row in): the run is re-planned from the new dates."""
+    fire = next_minute() + timedelta(hours=1)  # the next run is an hour away: not started
+    day = (fire + timedelta(hours=14)).date()
+    at = (fire + timedelta(hours=14)).strftime("%H:%M")
+    workspace = Workspace(tmp_path)
+    people(workspace, [("1", born(day), PLUS_14), ("2", born(day + timedelta(days=5)), PLUS_14)])
+    write_atomic(workspace.campaigns / "birthday.toml", trigger_text(at))
+    start(workspace, daemons)
+    run = day_run_id("birthday", day)
+
+    def planned() -> int | None:
+        record = workspace.campaign_record(run)
+        return None if record is None or record.state != "scheduled" else record.recipients
+
+    poll(lambda: planned() == 1, 30, f"{run} planned with one recipient")
+    people(workspace, [("1", born(day + timedelta(days=3)), PLUS_14),
+                       ("2", born(day), PLUS_14), ("3", born(day), MINUS_12)])
+    poll(lambda: planned() == 2, 30, f"{run} planned again from the new dates")
+    assert workspace.record() == []
