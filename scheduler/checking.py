@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from scheduler.audience import summarize
@@ -162,7 +162,7 @@ def _policy_notes(
                 continue
             lines = notes.setdefault(
                 check.file, policy_notes(campaign, summary.zones, config, suppression, now)
-                if campaign.trigger is None else _trigger_notes(campaign))
+                if campaign.trigger is None else _trigger_notes(campaign, now))
             if not caps_for(campaign, config.policy.caps):
                 continue
             try:
@@ -195,11 +195,11 @@ def policy_notes(
     return lines
 
 
-def _trigger_notes(campaign: Campaign) -> list[str]:
-    """A trigger's rows due in its next 7 day runs, by day (SPEC §13.2); its send window, if
-    any, holds each day's messages as for any campaign."""
+def _trigger_notes(campaign: Campaign, now: datetime) -> list[str]:
+    """A trigger's rows due in the 7 days from today (UTC), by day (SPEC §13.2); its send
+    window, if any, holds each day's messages as for any campaign."""
     try:
-        counts = due_counts(campaign, next_days(campaign))
+        counts = due_counts(campaign, next_days(campaign, today=now.astimezone(UTC).date()))
     except (OSError, CsvProblem) as exc:  # the summary already said what is wrong
         return [f"due rows: cannot tell ({exc})"]
     lines = [due_line(campaign, counts)]

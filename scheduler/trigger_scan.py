@@ -76,15 +76,23 @@ def due_counts(campaign: Campaign, days: Sequence[date]) -> DueCounts:
     return counts
 
 
-def next_days(campaign: Campaign, count: int = DAYS_SHOWN) -> list[date]:
-    """The days of the trigger's next ``count`` runs (from its next one, ``send_at``)."""
+def next_days(
+    campaign: Campaign, count: int = DAYS_SHOWN, today: date | None = None,
+) -> list[date]:
+    """The days of the trigger's next ``count`` runs: from its next one (``send_at``), or
+    from ``today`` (`check`: the UTC date now, whose run may have started in the zones east of
+    UTC already), up to ``until``."""
     trigger = campaign.trigger
     assert trigger is not None
+    first = next(trigger.days_from(campaign.send_at), None)
+    if first is None:
+        return []
+    day = first if today is None else min(today, first)
     days: list[date] = []
-    for day in trigger.days_from(campaign.send_at):
-        if len(days) >= count:
-            break
+    while len(days) < count and (trigger.until is None
+                                 or trigger.first_release(day) < trigger.until):
         days.append(day)
+        day += timedelta(days=1)
     return days
 
 
@@ -94,5 +102,6 @@ def due_line(campaign: Campaign, counts: DueCounts) -> str:
     assert trigger is not None
     shown = ", ".join(f"{day.isoformat()} {n:,}" for day, n in counts.days.items())
     total = sum(counts.days.values())
-    return (f"trigger on {trigger.column} at {trigger.at_text} local: due in the next "
-            f"{len(counts.days)} day runs: {total:,} ({shown})")
+    return (f"trigger on {trigger.column} at {trigger.at_text} local: due in the "
+            f"{len(counts.days)} days from {min(counts.days).isoformat()}: {total:,} "
+            f"({shown})")

@@ -137,7 +137,8 @@ def test_check_counts_invalid_dates_and_shows_due_rows_by_day(
     assert "trigger next run birthday@2026-12-08" in out
     assert "invalid_date 2: lines 5, 6" in out  # the empty and the 13th month
     # 12-08: Olena and Taras; 12-09: Iryna (MM-DD with yearly)
-    assert "due in the next 7 day runs: 3 (2026-12-08 2, 2026-12-09 1, 2026-12-10 0" in out
+    assert ("due in the 7 days from 2026-12-07: 3 (2026-12-07 0, 2026-12-08 2, 2026-12-09 1, "
+            "2026-12-10 0") in out
 
 
 def test_a_day_run_reads_only_its_days_rows_and_skips_bad_dates_with_their_line(
