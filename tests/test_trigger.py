@@ -379,3 +379,46 @@ def test_send_refuses_a_trigger_and_dry_run_shows_its_next_day_run(
         assert "is a trigger: the daemon" in capsys.readouterr().err
         assert cli.main(["send", "--dry-run", str(path), "--config", config]) == 0
     assert "birthday@2026-12-08: promo to 2 recipients" in capsys.readouterr().out
+
+
+def test_plan_reads_a_day_run_the_daemon_planned_from_the_journal(
+    root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day run snapshotted from the files as they are now is counted from the journal (not
+    the whole CSV again); once the CSV changes, from the files."""
+    import asyncio
+
+    from scheduler import planning
+    from scheduler.service import open_engine
+
+    config_path = root / "config.toml"
+    config_path.write_text('[paths]\ncampaigns = "campaigns"\nstate = "state/j.sqlite3"\n',
+                           "utf-8")
+    check = load(root, trigger_text())
+    assert check.campaign is not None
+    config = load_config(config_path, env={})
+
+    async def prepare() -> None:
+        async with open_engine(config) as engine:
+            await engine.prepare(check.campaign.day_run(date(2026, 12, 8)))
+
+    asyncio.run(prepare())
+    counted: list[str] = []
+    real_count = planning._Planner.count
+
+    def count(self: planning._Planner, campaign):  # type: ignore[no-untyped-def]
+        counted.append(campaign.id)
+        return real_count(self, campaign)
+
+    monkeypatch.setattr(planning._Planner, "count", count)
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["plan", "--json", "--config", str(config_path)]) == 0
+    row = {r["campaign"]: r for r in json.loads(capsys.readouterr().out)}["birthday"]
+    assert row["next_run"]["due"] == 2 and len(row["next_run"]["groups"]) == 2
+    assert "birthday@2026-12-08" not in counted
+    with (root / "campaigns" / "audiences" / "people.csv").open("a") as csv:
+        csv.write("7,+380501000007,New,1999-12-08,\n")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["plan", "--json", "--config", str(config_path)]) == 0
+    row = {r["campaign"]: r for r in json.loads(capsys.readouterr().out)}["birthday"]
+    assert row["next_run"]["due"] == 3 and "birthday@2026-12-08" in counted
