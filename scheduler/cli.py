@@ -233,6 +233,16 @@ def _configure_new(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--repeat", metavar="CRON",
                       help='write a series: a 5-field cron read in --timezone, like "0 10 * * '
                       'MON" (every Monday at 10:00)')
+    # a trigger (SPEC §13.2): each recipient on their own date
+    when.add_argument("--trigger", metavar="COLUMN",
+                      help="write a trigger: each recipient gets the message on the date in "
+                      "this CSV column (YYYY-MM-DD), at --at in their own time zone")
+    parser.add_argument("--yearly", action="store_true",
+                        help="with --trigger: match month and day every year (birthdays)")
+    parser.add_argument("--offset-days", type=int, default=0, metavar="N",
+                        help="with --trigger: days from the date (-3: three days before)")
+    parser.add_argument("--at", default="10:00", metavar="HH:MM",
+                        help="with --trigger: the recipient's local time (default: 10:00)")
     parser.add_argument("--timezone", metavar="ZONE",
                         help='with --repeat: the zone the cron is read in, like "Europe/Kyiv"')
     parser.add_argument("--evergreen", action="store_true",
@@ -290,8 +300,9 @@ def new_campaign_document(
         "id": args.id, "from_name": args.from_name, "type": kind, "send_at": send_at,
         "ttl": DEFAULT_TTL[kind],
     }
-    if repeat is not None:
-        del document["send_at"]  # a series has [repeat] instead
+    trigger = _new_trigger(args)
+    if repeat is not None or trigger is not None:
+        del document["send_at"]  # a series has [repeat] instead, a trigger [trigger]
     if DEFAULT_TEXT[kind] is not None:
         document["text"] = DEFAULT_TEXT[kind]
     if kind == "viber_survey":
@@ -299,6 +310,8 @@ def new_campaign_document(
     document["paused"] = True
     if repeat is not None:
         document["repeat"] = repeat
+    if trigger is not None:
+        document["trigger"] = trigger
     document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": args.phone_column}
     if args.id_column is not None:
         document["audience"]["id_column"] = args.id_column
@@ -316,6 +329,16 @@ def _new_repeat(args: argparse.Namespace) -> dict[str, str] | None:
                                'like --timezone Europe/Kyiv')
     return {"cron": args.repeat, "timezone": args.timezone,
             "audience": "new" if args.evergreen else "all"}
+
+
+def _new_trigger(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``new --trigger``'s ``[trigger]`` table, or None."""
+    if args.trigger is None:
+        if args.yearly or args.offset_days or args.at != "10:00":
+            raise UserError.single("--yearly, --offset-days and --at go with --trigger COLUMN")
+        return None
+    return {"column": args.trigger, "yearly": args.yearly, "offset_days": args.offset_days,
+            "at": args.at}
 
 
 #: written above ``paused = true`` in a new campaign file
@@ -341,7 +364,8 @@ _NEW_ARGUMENTS = {
     "id": "ID", "type": "--type", "from_name": "--from-name", "send_at": "--send-at",
     "audience.csv": "--audience", "audience.phone_column": "--phone-column",
     "audience.id_column": "--id-column", "repeat.cron": "--repeat",
-    "repeat.timezone": "--timezone",
+    "repeat.timezone": "--timezone", "trigger.column": "--trigger", "trigger.at": "--at",
+    "trigger.offset_days": "--offset-days",
 }
 
 

@@ -422,3 +422,22 @@ def test_plan_reads_a_day_run_the_daemon_planned_from_the_journal(
         assert cli.main(["plan", "--json", "--config", str(config_path)]) == 0
     row = {r["campaign"]: r for r in json.loads(capsys.readouterr().out)}["birthday"]
     assert row["next_run"]["due"] == 3 and "birthday@2026-12-08" in counted
+
+
+def test_new_trigger_writes_a_trigger_file_that_checks(
+    root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = str(root / "config.toml")
+    audience = str(root / "campaigns" / "audiences" / "people.csv")
+    with time_machine.travel(NOW, tick=False):
+        assert cli.main(["new", "bd", "--type", "promo", "--audience", audience, "--trigger",
+                         "birthday", "--yearly", "--offset-days", "-3", "--at", "09:30",
+                         "--id-column", "customer_id", "--config", config]) == 0
+        check = load_campaign(root / "campaigns" / "bd.toml", load_config(root / "config.toml"),
+                              NOW)
+        assert check.campaign is not None, [p.render() for p in check.problems]
+        assert check.campaign.trigger == Trigger(column="birthday", yearly=True, offset_days=-3,
+                                                 at=timedelta(hours=9, minutes=30))
+        assert cli.main(["new", "bad", "--type", "promo", "--audience", audience, "--trigger",
+                         "birthday", "--at", "9.30", "--config", config]) != 0
+    assert '--at: "9.30" is not a time of day HH:MM' in capsys.readouterr().err
