@@ -441,3 +441,29 @@ def test_new_trigger_writes_a_trigger_file_that_checks(
         assert cli.main(["new", "bad", "--type", "promo", "--audience", audience, "--trigger",
                          "birthday", "--at", "9.30", "--config", config]) != 0
     assert '--at: "9.30" is not a time of day HH:MM' in capsys.readouterr().err
+
+
+# -- the gate: each zone group at its own `at`, for its own ttl --------------------------------
+
+
+def test_the_gate_holds_each_zone_group_until_its_at_and_expires_it_after_its_ttl() -> None:
+    from scheduler.driver import releases
+    from scheduler.journal import BatchRecord
+    from scheduler.window_gate import WindowGate
+
+    day = date(2026, 12, 8)
+    run = _campaign(Trigger(column="d", at=timedelta(hours=10))).day_run(day)
+    release = releases(run)
+    assert release is not None
+    clock = [datetime(2026, 12, 7, 20, 0, tzinfo=UTC)]  # 10:00 in UTC+14 on the 8th
+    gate = WindowGate(None, run.deadline, lambda: clock[0], release=release)
+    east = BatchRecord(0, b"", 1, "open", 0, zones="Pacific/Kiritimati")
+    west = BatchRecord(1, b"", 1, "open", 0, zones="Etc/GMT+12")
+    # the east goes now, its messages living a day (ttl) from its own 10:00
+    assert gate.until(east, 1) == datetime(2026, 12, 8, 20, 0, tzinfo=UTC)
+    assert gate.until(west, 1) == "held"
+    assert gate.held_until == datetime(2026, 12, 8, 22, 0, tzinfo=UTC)  # 26 hours later
+    clock[0] = datetime(2026, 12, 8, 22, 0, tzinfo=UTC)
+    gate.look_again()
+    assert gate.until(east, 1) == "late"  # its day passed: expired, never a day late
+    assert gate.until(west, 1) == run.deadline == datetime(2026, 12, 9, 22, 0, tzinfo=UTC)
