@@ -27,6 +27,7 @@ from scheduler.rows import AudienceSummary
 from scheduler.series import series_line
 from scheduler.suppression import Suppression
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
+from scheduler.trigger import TRIGGER_DAY_SHAPE
 from scheduler.trigger_scan import due_counts, due_line, next_days
 from scheduler.vocabulary import FINISHED, SkipReason
 
@@ -230,6 +231,9 @@ def check_audience(
     problems = audience_problems(check.file, summary)
     if series:
         problems.extend(_series_id_problems(check.file, read.wire_id, summary))
+    elif read.trigger is not None:  # each day run's ids: birthday.YYYY-MM-DD-{id}
+        problems.extend(_series_id_problems(check.file, f"{read.wire_id}.{TRIGGER_DAY_SHAPE}",
+                                            summary))
     failed = any(p.is_error for p in problems)
     campaign = None if failed else check.campaign
     return CampaignCheck(check.file, campaign, [*check.problems, *problems]), summary

@@ -28,7 +28,7 @@ from scheduler.phones import E164, EXAMPLE_PHONE, SEPARATORS
 from scheduler.records import Recipient, Skip
 from scheduler.suppression import Suppression
 from scheduler.template import Template, TemplateError
-from scheduler.trigger import date_detail
+from scheduler.trigger import TRIGGER_DAY_SHAPE, date_detail
 from scheduler.vocabulary import SkipReason
 from scheduler.window import zone_names
 from scheduler.zones import ZoneFinder
@@ -197,7 +197,7 @@ class RowChecker:
         # The hot loop of `check` and of the snapshot: one function with local names on purpose,
         # the rare paths in helpers (1M rows must check in well under 3 s).
         phone_at, id_at = self.columns.phone, self.columns.id
-        prefix = self.campaign.wire_id + "-"  # series: run id with "."
+        prefix = _id_prefix(self.campaign)  # series: run id with "."
         max_value = TRACKING_ID_MAX - len(prefix)
         e164, id_ok = E164.fullmatch, TRACKING_ID_VALUE.fullmatch
         phone_suspects = self.dedupe.suspects(0)
@@ -372,6 +372,15 @@ class RowChecker:
             )
         shown = value if len(value) <= 40 else value[:40] + "…"
         return f'{column} "{shown}" may only contain letters, digits, ".", "_" and "-"'
+
+
+def _id_prefix(campaign: Campaign) -> str:
+    """What the campaign's tracking ids start with: its wire id and "-". A trigger file read
+    as a whole (`check`) is given the length of its day runs' (``birthday.YYYY-MM-DD-``): an
+    id too long for them is then found by `check`, not skipped day after day."""
+    if campaign.trigger is not None and campaign.trigger_day is None:
+        return f"{campaign.wire_id}.{TRIGGER_DAY_SHAPE}-"
+    return campaign.wire_id + "-"
 
 
 def _positional_renderer(

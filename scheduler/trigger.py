@@ -31,6 +31,7 @@ EARLIEST = timedelta(hours=14)
 LATEST = timedelta(hours=12)
 SPREAD = EARLIEST + LATEST  # how long after its first release a day's run makes its last
 DAY_TEXT = "%Y-%m-%d"
+TRIGGER_DAY_SHAPE = "YYYY-MM-DD"  # a day run's day, as `check` writes it
 _AT = re.compile(r"^(\d{2}):(\d{2})$")
 _ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")

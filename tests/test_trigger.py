@@ -467,3 +467,18 @@ def test_the_gate_holds_each_zone_group_until_its_at_and_expires_it_after_its_tt
     gate.look_again()
     assert gate.until(east, 1) == "late"  # its day passed: expired, never a day late
     assert gate.until(west, 1) == run.deadline == datetime(2026, 12, 9, 22, 0, tzinfo=UTC)
+
+
+def test_an_id_too_long_for_the_day_runs_tracking_ids_is_an_error_at_check(root: Path,
+                                                                          capsys: pytest.
+                                                                          CaptureFixture[str],
+                                                                          ) -> None:
+    """``birthday.2026-12-08-{id}`` must fit in 254 characters: an id that fits with
+    ``birthday-`` but not with the day is found by `check`, not skipped every day."""
+    long_id = "x" * (254 - len("birthday.2026-12-08-") + 1)  # fits "birthday-", not the day
+    (root / "campaigns" / "audiences" / "people.csv").write_text(
+        f"customer_id,phone,name,birthday,tz\n{long_id},+380501000001,A,1990-12-08,\n"
+        "2,+380501000002,B,1990-12-08,\n", "utf-8")
+    code, out = check_file(root, trigger_text(), capsys)
+    assert code != 0, out
+    assert "audience.id_column: each occurrence's tracking ids are birthday.YYYY-MM-DD-{id}" in out
