@@ -57,7 +57,7 @@ def people(workspace: Workspace, rows: list[tuple[str, str, str]]) -> None:
     (workspace.campaigns / "audiences" / "people.csv").write_text("\n".join(lines) + "\n")
 
 
-def born(day: date, year: int = 1990) -> str:
+def born(day: date, year: int = 2000) -> str:  # a leap year: 29 February is a birthday
     return day.replace(year=year).isoformat()
 
 

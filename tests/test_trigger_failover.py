@@ -51,7 +51,7 @@ def test_a_takeover_mid_day_run_never_sends_a_recipient_twice(pair: Pair) -> Non
     day = (fire + timedelta(hours=14)).date()
     at = (fire + timedelta(hours=14)).strftime("%H:%M")
     lines = ["phone,first_name,birthday,tz"]
-    lines += [f"+38050{n:07d},Name{n},{day.replace(year=1990).isoformat()},{PLUS_14}"
+    lines += [f"+38050{n:07d},Name{n},{day.replace(year=2000).isoformat()},{PLUS_14}"
               for n in range(1, COUNT + 1)]
     (pair.a.campaigns / "audiences" / "people.csv").write_text("\n".join(lines) + "\n")
     write_atomic(pair.a.campaigns / "birthday.toml", "\n".join([
