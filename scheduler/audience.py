@@ -13,8 +13,9 @@ from pathlib import Path
 
 from scheduler.campaign import AudienceSpec, Campaign
 from scheduler.csvfile import CsvProblem, open_table, os_message, scan_bytes
+from scheduler.dedupe import Dedupe
 from scheduler.errors import CampaignError, Problem
-from scheduler.passes import pass_one, pass_two
+from scheduler.passes import PassOne, pass_one, pass_two
 from scheduler.records import Recipient, Skip
 from scheduler.rows import (
     AudienceSummary,
@@ -63,8 +64,13 @@ def _stream(
         if table.signature() != signature:
             raise CsvProblem.changed()
         columns = Columns.find(campaign, table, template)
-        first = pass_one(spec, table.reader, columns, lines, may_fork=may_fork,
-                         counting=counted is not None)
+        if campaign.trigger_day is not None:
+            # a trigger's day run (SPEC §13.2): only its day's rows (a few in a thousand)
+            # reach the duplicate check, so pass 2 remembers their keys exactly; no pass 1
+            first = PassOne(Dedupe.remember_all(len(columns.keys())))
+        else:
+            first = pass_one(spec, table.reader, columns, lines, may_fork=may_fork,
+                             counting=counted is not None)
     with open_table(spec.csv, spec.delimiter) as table:
         if table.signature() != signature:
             first.cancel()

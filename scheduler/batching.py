@@ -131,7 +131,7 @@ class Snapshot:
 
     def batches(self) -> Iterator[list[Message]]:
         """Yield lists of at most ``batch_size`` messages, in audience order (per zone group)."""
-        batches = self._zoned() if self.campaign.window is not None else self._plain()
+        batches = self._zoned() if zoned(self.campaign) else self._plain()
         rollout = self.campaign.rollout
         if rollout is not None:
             valid = summarize(self.campaign, self.suppression, may_fork=self.may_fork).valid
@@ -141,14 +141,14 @@ class Snapshot:
     def _cut(self, batches: Iterator[list[Message]], ends: list[int]) -> Iterator[list[Message]]:
         """``batches`` with each one that a stage ends inside split there (its zone group, when
         there are groups, recorded for both parts)."""
-        zoned, done = self.campaign.window is not None, 0
+        by_zone, done = zoned(self.campaign), 0
         waiting = iter(ends)
         end = next(waiting, None)
         for batch in batches:
             while end is not None and end < done + len(batch):
                 if end > done:
                     head, batch = batch[:end - done], batch[end - done:]
-                    if zoned:  # the group of the batch just yielded by `_zoned`, once more
+                    if by_zone:  # the group of the batch just yielded by `_zoned`, once more
                         self.zones.insert(len(self.zones) - 1, self.zones[-1])
                     done += len(head)
                     yield head
@@ -194,6 +194,12 @@ class Snapshot:
             yield batch
 
 
+def zoned(campaign: Campaign) -> bool:
+    """Batches hold one zone group each: with a send window, or for a trigger (each group
+    goes at ``at`` on its own clock, SPEC §13.2)."""
+    return campaign.window is not None or campaign.trigger is not None
+
+
 def _stat_key(path: Path | None) -> str:
     if path is None:
         return "-"
@@ -216,6 +222,7 @@ def snapshot_key(
         (send_at or campaign.send_at).isoformat(),
         # a window (the file's or [policy]'s) and the default zone shape the batches too
         *((campaign.window.text(), campaign.timezone) if campaign.window else ()),
+        *((campaign.timezone,) if campaign.trigger else ()),
         _stat_key(campaign.audience.csv),
         _stat_key(suppression_path),
         str(batch_size),

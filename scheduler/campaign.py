@@ -6,7 +6,7 @@ Reading and validating campaign files into these models is `scheduler.loader`'s 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scheduler.config import Route
 from scheduler.series import Repeat, run_id, wire_id
+from scheduler.trigger import SPREAD, Trigger, day_run_id, parse_day_run
 from scheduler.window import Window
 
 MessageType = Literal["transaction", "promo", "viber_survey", "flashcall"]
@@ -112,6 +113,25 @@ class Campaign(BaseModel):
     repeat: Repeat | None = None
     #: the ``[[accounts]]`` entry it is sent through (SPEC §13.3; "default" without any)
     account: str = "default"
+    #: ``[trigger]`` (SPEC §13.2): each recipient on their own date; ``send_at`` is the next
+    #: day's first release, and each day runs as a campaign of its own (`day_run`)
+    trigger: Trigger | None = None
+
+    def day_run(self, day: date) -> Campaign:
+        """This trigger's run for ``day`` as an ordinary campaign: id ``{id}@YYYY-MM-DD``,
+        ``send_at`` the day's first release (``at`` in UTC+14); its deadline is the last
+        release (UTC−12) + ttl."""
+        assert self.trigger is not None
+        return self.model_copy(update={"id": day_run_id(self.id, day),
+                                       "send_at": self.trigger.first_release(day)})
+
+    @property
+    def trigger_day(self) -> date | None:
+        """The day of a trigger's day run (None for anything else)."""
+        if self.trigger is None:
+            return None
+        parsed = parse_day_run(self.id)
+        return None if parsed is None else parsed.day
 
     def occurrence(self, fire_at: datetime) -> Campaign:
         """This series' occurrence at ``fire_at`` as an ordinary campaign: id the run id,
@@ -126,6 +146,8 @@ class Campaign(BaseModel):
     @property
     def deadline(self) -> datetime:
         """``send_at + ttl``: no message of this campaign may be sent after it."""
+        if self.trigger is not None:  # a day's run: its last zone's release + ttl
+            return self.send_at + SPREAD + timedelta(seconds=self.ttl)
         return self.send_at + timedelta(seconds=self.ttl)
 
     @property

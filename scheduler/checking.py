@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from scheduler.audience import summarize
 from scheduler.campaign import Campaign, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import CREDENTIAL_SOURCES, SANDBOX, Config
+from scheduler.csvfile import CsvProblem
 from scheduler.errors import CampaignError, ConfigError, Problem
 from scheduler.forecast import capped_now, describe, forecast
 from scheduler.identity import judged
@@ -26,6 +27,8 @@ from scheduler.rows import AudienceSummary
 from scheduler.series import series_line
 from scheduler.suppression import Suppression
 from scheduler.tomlsource import TomlDocument, TomlProblem, read_toml
+from scheduler.trigger import TRIGGER_DAY_SHAPE
+from scheduler.trigger_scan import due_counts, due_line, next_days
 from scheduler.vocabulary import FINISHED, SkipReason
 
 #: how many line numbers per skip reason the report shows
@@ -161,7 +164,8 @@ def _policy_notes(
             if campaign is None or summary is None or check.file in started:
                 continue
             lines = notes.setdefault(
-                check.file, policy_notes(campaign, summary.zones, config, suppression, now))
+                check.file, policy_notes(campaign, summary.zones, config, suppression, now)
+                if campaign.trigger is None else _trigger_notes(campaign, now))
             if not caps_for(campaign, config.policy.caps):
                 continue
             try:
@@ -194,6 +198,20 @@ def policy_notes(
     return lines
 
 
+def _trigger_notes(campaign: Campaign, now: datetime) -> list[str]:
+    """A trigger's rows due in the 7 days from today (UTC), by day (SPEC §13.2); its send
+    window, if any, holds each day's messages as for any campaign."""
+    try:
+        counts = due_counts(campaign, next_days(campaign, today=now.astimezone(UTC).date()))
+    except (OSError, CsvProblem) as exc:  # the summary already said what is wrong
+        return [f"due rows: cannot tell ({exc})"]
+    lines = [due_line(campaign, counts)]
+    if campaign.window is not None:
+        lines.append(f"send window {campaign.window.text()} (recipient's local time): a "
+                     "message due outside it waits for it")
+    return lines
+
+
 def _capped_line(capped: int) -> str:
     return f"frequency caps would skip {capped:,} now"
 
@@ -215,6 +233,9 @@ def check_audience(
     problems = audience_problems(check.file, summary)
     if series:
         problems.extend(_series_id_problems(check.file, read.wire_id, summary))
+    elif read.trigger is not None:  # each day run's ids: birthday.YYYY-MM-DD-{id}
+        problems.extend(_series_id_problems(check.file, f"{read.wire_id}.{TRIGGER_DAY_SHAPE}",
+                                            summary))
     failed = any(p.is_error for p in problems)
     campaign = None if failed else check.campaign
     return CampaignCheck(check.file, campaign, [*check.problems, *problems]), summary
@@ -522,6 +543,8 @@ def _headline(check: CampaignCheck, summary: AudienceSummary | None) -> str:
         return f"INVALID  {check.file}  ({count} {'error' if count == 1 else 'errors'})"
     when = (f"send_at {utc_text(campaign.send_at)}" if campaign.repeat is None
             else f'series "{campaign.repeat.cron}" {campaign.repeat.timezone}')
+    if campaign.trigger is not None:
+        when = f"trigger next run {campaign.day_run(next_days(campaign, 1)[0]).id}"
     parts = [f"OK       {check.file}", campaign.id, campaign.type, when]
     if campaign.paused:
         parts.append("paused")

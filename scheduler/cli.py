@@ -234,6 +234,16 @@ def _configure_new(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--repeat", metavar="CRON",
                       help='write a series: a 5-field cron read in --timezone, like "0 10 * * '
                       'MON" (every Monday at 10:00)')
+    # a trigger (SPEC §13.2): each recipient on their own date
+    when.add_argument("--trigger", metavar="COLUMN",
+                      help="write a trigger: each recipient gets the message on the date in "
+                      "this CSV column (YYYY-MM-DD), at --at in their own time zone")
+    parser.add_argument("--yearly", action="store_true",
+                        help="with --trigger: match month and day every year (birthdays)")
+    parser.add_argument("--offset-days", type=int, default=0, metavar="N",
+                        help="with --trigger: days from the date (-3: three days before)")
+    parser.add_argument("--at", default="10:00", metavar="HH:MM",
+                        help="with --trigger: the recipient's local time (default: 10:00)")
     parser.add_argument("--timezone", metavar="ZONE",
                         help='with --repeat: the zone the cron is read in, like "Europe/Kyiv"')
     parser.add_argument("--evergreen", action="store_true",
@@ -291,8 +301,9 @@ def new_campaign_document(
         "id": args.id, "from_name": args.from_name, "type": kind, "send_at": send_at,
         "ttl": DEFAULT_TTL[kind],
     }
-    if repeat is not None:
-        del document["send_at"]  # a series has [repeat] instead
+    trigger = _new_trigger(args)
+    if repeat is not None or trigger is not None:
+        del document["send_at"]  # a series has [repeat] instead, a trigger [trigger]
     if DEFAULT_TEXT[kind] is not None:
         document["text"] = DEFAULT_TEXT[kind]
     if kind == "viber_survey":
@@ -300,6 +311,8 @@ def new_campaign_document(
     document["paused"] = True
     if repeat is not None:
         document["repeat"] = repeat
+    if trigger is not None:
+        document["trigger"] = trigger
     document["audience"] = {"csv": Path(audience).as_posix(), "phone_column": args.phone_column}
     if args.id_column is not None:
         document["audience"]["id_column"] = args.id_column
@@ -317,6 +330,16 @@ def _new_repeat(args: argparse.Namespace) -> dict[str, str] | None:
                                'like --timezone Europe/Kyiv')
     return {"cron": args.repeat, "timezone": args.timezone,
             "audience": "new" if args.evergreen else "all"}
+
+
+def _new_trigger(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``new --trigger``'s ``[trigger]`` table, or None."""
+    if args.trigger is None:
+        if args.yearly or args.offset_days or args.at != "10:00":
+            raise UserError.single("--yearly, --offset-days and --at go with --trigger COLUMN")
+        return None
+    return {"column": args.trigger, "yearly": args.yearly, "offset_days": args.offset_days,
+            "at": args.at}
 
 
 #: written above ``paused = true`` in a new campaign file
@@ -342,7 +365,8 @@ _NEW_ARGUMENTS = {
     "id": "ID", "type": "--type", "from_name": "--from-name", "send_at": "--send-at",
     "audience.csv": "--audience", "audience.phone_column": "--phone-column",
     "audience.id_column": "--id-column", "repeat.cron": "--repeat",
-    "repeat.timezone": "--timezone",
+    "repeat.timezone": "--timezone", "trigger.column": "--trigger", "trigger.at": "--at",
+    "trigger.offset_days": "--offset-days",
 }
 
 
@@ -430,6 +454,8 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     campaign = check.campaign
     if campaign.repeat is not None:  # a series: `send` works on its next occurrence
         campaign = series_occurrence(campaign, args)
+    elif campaign.trigger is not None:  # a trigger: on its next day's run (SPEC §13.2)
+        campaign = trigger_day_run(campaign, args)
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
     if reader is not None:
@@ -462,6 +488,19 @@ def series_occurrence(series: Campaign, args: argparse.Namespace) -> Campaign:
             "occurrences; `send` takes one-off campaigns (use --dry-run or --test to see a "
             "series' next occurrence)")
     return series.occurrence(series.send_at)
+
+
+def trigger_day_run(trigger: Campaign, args: argparse.Namespace) -> Campaign:
+    """A trigger's next day run, for ``--dry-run`` and ``--test``; a trigger is sent by the
+    daemon, day by day, each recipient at their own moment (SPEC §13.2), never by `send`."""
+    if not (args.dry_run or args.test is not None):
+        raise UserError.single(
+            f"{args.file} is a trigger: the daemon (cascade-scheduler run) sends each day's "
+            "run, each recipient at their own moment; `send` takes one-off campaigns (use "
+            "--dry-run or --test to see the next day's run)")
+    spec = trigger.trigger
+    assert spec is not None
+    return trigger.day_run(next(spec.days_from(trigger.send_at)))
 
 
 def _busy(exc: JournalBusy, config: Config, now: datetime) -> str:

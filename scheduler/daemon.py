@@ -36,8 +36,9 @@ from scheduler.recurrence import MISSED, NO_LONGER, PREVIOUS_RUNNING, decide
 from scheduler.rotation import Rotation
 from scheduler.sdnotify import Notifier
 from scheduler.sender import CampaignRun, utcnow
-from scheduler.series import is_run_of, parse_run_id
+from scheduler.series import is_run_of, parse_run_id, run_of
 from scheduler.service import Runtime, open_runtime
+from scheduler.trigger_days import decide_days
 from scheduler.upkeep import Upkeep
 from scheduler.vocabulary import FINISHED, CampaignState
 from scheduler.webhooks import WebhookServer
@@ -353,6 +354,10 @@ class Daemon:
             for check in checks:
                 if check.campaign is None:
                     cid = await self._invalid_file(check)
+                elif check.campaign.trigger is not None:  # a trigger (SPEC §13.2)
+                    self._invalid.pop(check.file, None)
+                    self._file_ids[check.file] = cid = check.campaign.id
+                    present |= await self._apply_trigger(check.campaign, records)
                 elif check.campaign.repeat is not None:  # a series (SPEC §13.1)
                     self._invalid.pop(check.file, None)
                     self._file_ids[check.file] = cid = check.campaign.id
@@ -404,6 +409,37 @@ class Daemon:
                 id=f"series:{series.id}", replace_existing=True,
             )
         return {cid for cid in self._campaigns if is_run_of(cid, series.id)}
+
+    # -- triggers (SPEC §13.2): the rules are `scheduler.trigger_days`' ----------------------
+
+    async def _apply_trigger(
+        self, trigger: Campaign, records: dict[str, CampaignRecord],
+    ) -> set[str]:
+        """Run, keep, cancel or record as missed the trigger's day runs as
+        `trigger_days.decide_days` says; the run ids it tracks."""
+        decision = decide_days(trigger, records.values(), utcnow())
+        for run_id, reason in decision.cancel.items():
+            self._unschedule(run_id)
+            self._campaigns.pop(run_id, None)
+            await self._lifecycle.move(run_id, "cancelled", error=_WHY[reason], reason=reason)
+            if reason == MISSED:
+                self._occurrence_missed(trigger.id, run_id)
+        for run_id in decision.missed:
+            if run_id not in self._missed:
+                self._missed.add(run_id)
+                self._occurrence_missed(trigger.id, run_id)
+        for day_run in decision.run:
+            record = records.get(day_run.id)
+            if (day_run.send_at <= utcnow() and record is None
+                    and day_run.id not in self._campaigns):
+                self.metrics.occurrences.labels(trigger.id, "fired").inc()  # late: TTL rule
+            await self._apply(day_run, record)
+        if decision.next_at is not None:  # then plan the one after it
+            self._timer.add_job(
+                self._reconcile, "date", run_date=decision.next_at + timedelta(seconds=1),
+                id=f"trigger:{trigger.id}", replace_existing=True,
+            )
+        return {cid for cid in self._campaigns if is_run_of(cid, trigger.id)}
 
     def _occurrence_missed(self, series: str, run_id: str) -> None:
         self.metrics.occurrences.labels(series, "missed").inc()
@@ -593,8 +629,8 @@ class Daemon:
                 async with self._lock:
                     await self._skip_occurrence(tracked.campaign, None)
                 return
-            if (series := parse_run_id(cid)) is not None:
-                self.metrics.occurrences.labels(series.series, "fired").inc()
+            if (series := run_of(cid)) is not None:
+                self.metrics.occurrences.labels(series, "fired").inc()
             self._launch(tracked)
 
     def _launch(self, tracked: _Tracked) -> None:

@@ -9,6 +9,7 @@ braked, or halted from outside. `run_campaign` is what `send` and the daemon bot
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from scheduler.outcomes import all_open, open_messages, open_size
 from scheduler.recorder import Recorder
 from scheduler.snapshots import Snapshots
 from scheduler.vocabulary import EXPIRED_REASON, FINISHED, OUTSIDE_WINDOW, CampaignState
-from scheduler.window_gate import WindowGate
+from scheduler.window_gate import Release, WindowGate
 
 #: how long a campaign waits after its retries ran out, growing per round up to the cap (seconds)
 CAMPAIGN_BACKOFF = (5.0, 300.0)
@@ -63,7 +64,8 @@ class Driver:
             # in flight + being recorded + queued ahead, so a worker rarely finds nothing of
             # this campaign queued (transactional work must be waiting to go first)
             slots=lambda: dispatcher.in_flight_limit * 2 + 2,
-            windows=WindowGate(campaign.window, record.deadline, self._clock),
+            windows=WindowGate(campaign.window, record.deadline, self._clock,
+                               release=releases(campaign)),
             caps=CapGate(caps, self._journal, catch_up=self._catch_up, clock=self._clock,
                          refresh=self.caps_refresh) if caps else None,
             brake=(Brake(self._sending.brake_rate, self._sending.brake_window)
@@ -272,9 +274,9 @@ class Driver:
         """When the batch must have gone by (the deadline, or its send window's close); None
         when it may not go now (held, or expired outside its window here and now)."""
         until = run.windows.until(batch, open_size(batch))
-        if until == "never":
-            await self._recorder.record(run, batch.seq,
-                                        all_open(batch, "expired", OUTSIDE_WINDOW))
+        if until == "never" or until == "late":
+            reason = OUTSIDE_WINDOW if until == "never" else EXPIRED_REASON
+            await self._recorder.record(run, batch.seq, all_open(batch, "expired", reason))
             return None
         return None if until == "held" else until
 
@@ -385,6 +387,15 @@ class Driver:
                 why = ("in flight when the process stopped" if batch.state == "in_flight"
                        else "posted before without a clear answer")
                 await self._recorder.record(run, batch.seq, all_open(batch, "in_doubt", why))
+
+
+def releases(campaign: Campaign) -> Release | None:
+    """A trigger's day run (SPEC §13.2): each zone group released at ``at`` on its own wall
+    clock, its messages living ``ttl`` from then; None for any other campaign."""
+    day, trigger = campaign.trigger_day, campaign.trigger
+    if day is None or trigger is None:
+        return None
+    return functools.partial(trigger.release, day), timedelta(seconds=campaign.ttl)
 
 
 def _within(

@@ -38,6 +38,7 @@ from scheduler.errors import CampaignError, Problem
 from scheduler.series import REPEAT_KEYS, Repeat, RepeatReader
 from scheduler.template import Template, TemplateError
 from scheduler.tomlsource import TomlDocument, TomlProblem, parse_toml
+from scheduler.trigger import TRIGGER_KEYS, Trigger, TriggerReader
 from scheduler.window import Window, parse_days
 
 
@@ -211,7 +212,7 @@ def _in_line_order(problems: list[Problem]) -> list[Problem]:
 
 _TOP_KEYS = (
     "id", "from_name", "type", "send_at", "ttl", "text", "survey_options", "route", "paused",
-    "resume", "audience", "rollout", "window", "window_days", "repeat", "account",
+    "resume", "audience", "rollout", "window", "window_days", "repeat", "trigger", "account",
 )
 #: keys that change what happens to a campaign, not what it is (`content_key` leaves them out)
 _CONTROL_KEYS = frozenset({"paused", "resume"})
@@ -300,7 +301,13 @@ class _CampaignReader:
         kind = self.message_type()
         ttl = self.ttl(kind)
         repeat = self.repeat()  # series (SPEC §13.1): send_at is the next occurrence
-        send_at = self.send_at(ttl) if "repeat" not in self.data else self.series_send_at(repeat)
+        trigger = self.trigger()  # triggers (SPEC §13.2): send_at is the next day's run
+        if "trigger" in self.data:
+            send_at = self.trigger_send_at(trigger)
+        elif "repeat" in self.data:
+            send_at = self.series_send_at(repeat)
+        else:
+            send_at = self.send_at(ttl)
         route = self.route()
         account = self.account()
         paused = self.flag("paused")
@@ -309,7 +316,7 @@ class _CampaignReader:
         window = self.window(kind)
         template = self.text(kind)
         options = self.survey_options(kind)
-        audience = self.audience(template.fields if template else self.text_fields)
+        audience = self.audience(template.fields if template else self.text_fields, trigger)
         if (
             self.failed or campaign_id is None or from_name is None or kind is None
             or ttl is None or send_at is None or audience is None or account is None
@@ -322,7 +329,7 @@ class _CampaignReader:
             policy_window=window is not None and "window" not in self.data,
             timezone=self.config.policy.timezone, audience=audience,
             file=self.real_file or real_path(self.doc.path), fingerprint=fingerprint,
-            content=content, repeat=repeat, account=account,
+            content=content, repeat=repeat, trigger=trigger, account=account,
         )
 
     def unknown_keys(self, table: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:
@@ -397,6 +404,42 @@ class _CampaignReader:
                        "one-off campaign")
             return None
         return None if repeat is None else next(repeat.occurrences(self.now), None)
+
+    # -- triggers (SPEC §13.2; the rules live in scheduler.trigger) --------------------------
+
+    def trigger(self) -> Trigger | None:
+        """``[trigger]``: the date column and when around it to send; None otherwise."""
+        table = self.data.get("trigger")
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            self.error("trigger", '[trigger] must be a table: write [trigger] on its own line, '
+                       'then column = "birthday" and at = "10:00"')
+            return None
+        self.unknown_keys(table, "trigger", TRIGGER_KEYS)
+        return TriggerReader(table, self.error, self.utc_moment).read()
+
+    def trigger_send_at(self, trigger: Trigger | None) -> datetime | None:
+        """A trigger has no ``send_at`` of its own (each recipient's date says when) and is
+        never a series: its next day's run stands for it."""
+        if "send_at" in self.data:
+            self.error("send_at", "a file has send_at or [trigger], never both: remove send_at "
+                       "(each recipient's date in the [trigger] column says when), or "
+                       "[trigger] for a one-off campaign")
+        if "repeat" in self.data:
+            self.error("repeat", "a file has [repeat] or [trigger], never both: a series sends "
+                       "to everyone on its schedule, a trigger to each recipient on their own "
+                       "date; keep one of the two tables")
+        if trigger is None or "send_at" in self.data or "repeat" in self.data:
+            return None
+        first = next(trigger.days_from(self.now), None)
+        if first is None:
+            until = trigger.until
+            assert until is not None  # without it the days never end
+            self.error("trigger.until", f"{utc_text(until)} leaves no day to run: the next "
+                       f"day's first release would be after it")
+            return None
+        return trigger.first_release(first)
 
     def window(self, kind: MessageType | None) -> Window | None:
         """``window`` / ``window_days`` in the file, else ``[policy] window`` for promo and
@@ -681,7 +724,9 @@ class _CampaignReader:
 
     # -- the audience ---------------------------------------------------------------------
 
-    def audience(self, fields: frozenset[str]) -> AudienceSpec | None:
+    def audience(
+        self, fields: frozenset[str], trigger: Trigger | None = None,
+    ) -> AudienceSpec | None:
         """``[audience]``: a readable CSV inside an allowed folder, with the named columns."""
         table = self.data.get("audience")
         if table is None:
@@ -699,7 +744,7 @@ class _CampaignReader:
         header = self.header(spec)
         if header is None:
             return None
-        self.columns(spec, header, str(table["csv"]), fields)
+        self.columns(spec, header, str(table["csv"]), fields, trigger)
         return spec
 
     def audience_spec(self, table: dict[str, Any]) -> AudienceSpec | None:
@@ -761,7 +806,8 @@ class _CampaignReader:
             return None
 
     def columns(
-        self, spec: AudienceSpec, header: list[str], csv: str, fields: frozenset[str]
+        self, spec: AudienceSpec, header: list[str], csv: str, fields: frozenset[str],
+        trigger: Trigger | None = None,
     ) -> None:
         """The phone and id columns, and every ``{placeholder}``, must be columns of the CSV."""
         listing = f"its columns are {_quoted_list(header)}" if header else "it has no columns"
@@ -770,6 +816,8 @@ class _CampaignReader:
             needed.append(("audience.id_column", spec.id_column))
         if spec.tz_column is not None:
             needed.append(("audience.tz_column", spec.tz_column))
+        if trigger is not None:
+            needed.append(("trigger.column", trigger.column))
         for key, column in needed:
             if column not in header:
                 hint = _did_you_mean(column, header)

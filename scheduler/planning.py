@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.audience import summarize
+from scheduler.batching import snapshot_key
 from scheduler.campaign import HORIZON, TRANSACTIONAL, Campaign, Rollout, utc_text
 from scheduler.caps import caps_for
 from scheduler.config import Config, SendingConfig
@@ -188,6 +189,9 @@ class _Planner:
         if check.campaign.repeat is not None:  # a series (SPEC §13.1)
             self.add_series(check.campaign)
             return
+        if check.campaign.trigger is not None:  # a trigger (SPEC §13.2)
+            self.add_trigger(check.campaign)
+            return
         record = self.records.get(check.campaign.id)
         if record is not None and record.started_at is not None:
             self.add_record(record, check.campaign)
@@ -286,6 +290,62 @@ class _Planner:
             return
         row.update(valid=summary.valid, skipped=sum(summary.skipped.values()))
 
+    def add_trigger(self, trigger: Campaign) -> None:
+        """A trigger: its next day's run (the one ``send_at`` starts), how many are due in it
+        and when each zone group goes; the day runs that ran are the journal's campaigns, rows
+        of their own."""
+        spec = trigger.trigger
+        assert spec is not None
+        day = next(spec.days_from(trigger.send_at))
+        run = trigger.day_run(day)
+        row: dict[str, Any] = {
+            "campaign": trigger.id, "type": trigger.type,
+            "state": "paused" if trigger.paused else "trigger",
+            "send_at": utc_text(trigger.send_at), "valid": 0, "skipped": 0, "sent": None,
+            "awaiting_status": None, "eta": None, "note": "",
+        }
+        self.rows.append(row)
+        planned = self._planned(run)
+        if planned is not None:  # the daemon's snapshot of it, from these very files
+            valid, skipped, zones = planned
+        else:
+            try:
+                summary = self.count(run)
+            except UserError:
+                row.update(state="invalid", note="its audience cannot be read: run `check`")
+                return
+            valid, skipped, zones = (summary.valid, sum(summary.skipped.values()),
+                                     summary.zones)
+        groups = sorted(((spec.release(day, group), group, count)
+                         for group, count in zones.items()))
+        row.update(valid=valid, skipped=skipped)
+        row["next_run"] = {
+            "run": run.id, "day": day.isoformat(), "due": valid,
+            "groups": [{"zones": group, "due": count, "at": utc_text(moment)}
+                       for moment, group, count in groups],
+        }
+        shown = ", ".join(f"{group} {count:,} at {utc_text(moment)}"
+                          for moment, group, count in groups[:TRIGGER_GROUPS_SHOWN])
+        more = (f", and {len(groups) - TRIGGER_GROUPS_SHOWN} more zone groups"
+                if len(groups) > TRIGGER_GROUPS_SHOWN else "")
+        row["note"] = (f"on {spec.column} at {spec.at_text} local: next run {run.id}, "
+                       f"{valid:,} due" + (f" ({shown}{more})" if groups else ""))
+
+    def _planned(self, run: Campaign) -> tuple[int, int, dict[str, int]] | None:
+        """A day run the daemon has snapshotted already from the files as they are now (the
+        snapshot's key matches: same file, CSV, suppression list and batch size): its valid
+        and skipped counts and its recipients per zone group, read from the journal instead of
+        the whole CSV (a million rows take seconds; the journal a few batches)."""
+        record = self.records.get(run.id)
+        if self.journal is None or record is None or record.state != "scheduled":
+            return None
+        key = snapshot_key(run, self.config.paths.suppression, self.config.sending.batch_size)
+        if record.fingerprint != key:
+            return None
+        zones = zones_of_batches((batch.zones, batch.size - len(batch.decided))
+                                 for batch in self.journal.open_batches(record.id))
+        return record.recipients, record.skipped, zones
+
     def count(self, campaign: Campaign) -> AudienceSummary:
         """``campaign``'s audience counted (`summarize`), once per audience file and what
         decides the counts: campaigns that send the same CSV the same way (a list shared by
@@ -302,7 +362,7 @@ class _Planner:
         # the id's length: how long an id may be); not the id itself, the times or paused
         key = (spec, None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
                campaign.type, campaign.text, campaign.window, campaign.timezone,
-               len(campaign.wire_id))
+               len(campaign.wire_id), campaign.trigger, campaign.trigger_day)
         summary = self.counted.get(key) if st is not None else None
         if summary is None:
             # `plan` starts no thread, but an open journal may run one (SQLite's writer):
@@ -421,6 +481,10 @@ class _Planner:
             if row["eta"] is not None and row["eta"] < utc_text(opens):
                 row["eta"] = utc_text(opens)
         return self.rows
+
+
+#: zone groups a trigger's plan note names (``plan --json`` lists them all)
+TRIGGER_GROUPS_SHOWN = 4
 
 
 def with_occurrences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

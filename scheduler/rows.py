@@ -28,6 +28,7 @@ from scheduler.phones import E164, EXAMPLE_PHONE, SEPARATORS
 from scheduler.records import Recipient, Skip
 from scheduler.suppression import Suppression
 from scheduler.template import Template, TemplateError
+from scheduler.trigger import TRIGGER_DAY_SHAPE, date_detail
 from scheduler.vocabulary import SkipReason
 from scheduler.window import zone_names
 from scheduler.zones import ZoneFinder
@@ -68,6 +69,7 @@ class Columns:
     id: int | None
     fields: tuple[tuple[str, int], ...]  # template placeholder -> column
     tz: int | None = None
+    date: int | None = None  # a trigger's date column (SPEC §13.2)
 
     @classmethod
     def find(cls, campaign: Campaign, table: Table, template: Template | None) -> Columns:
@@ -75,6 +77,7 @@ class Columns:
         spec = campaign.audience
         names = [spec.phone_column] + ([spec.id_column] if spec.id_column else [])
         names += [spec.tz_column] if spec.tz_column else []
+        names += [campaign.trigger.column] if campaign.trigger else []
         names += sorted(template.fields) if template else []
         missing = [name for name in names if table.column(name) is None]
         if missing:
@@ -92,6 +95,7 @@ class Columns:
             fields=tuple((name, index[name]) for name in sorted(template.fields))
             if template else (),
             tz=index[spec.tz_column] if spec.tz_column else None,
+            date=index[campaign.trigger.column] if campaign.trigger else None,
         )
 
     def keys(self) -> tuple[int, ...]:
@@ -193,7 +197,7 @@ class RowChecker:
         # The hot loop of `check` and of the snapshot: one function with local names on purpose,
         # the rare paths in helpers (1M rows must check in well under 3 s).
         phone_at, id_at = self.columns.phone, self.columns.id
-        prefix = self.campaign.wire_id + "-"  # series: run id with "."
+        prefix = _id_prefix(self.campaign)  # series: run id with "."
         max_value = TRACKING_ID_MAX - len(prefix)
         e164, id_ok = E164.fullmatch, TRACKING_ID_VALUE.fullmatch
         phone_suspects = self.dedupe.suspects(0)
@@ -206,16 +210,28 @@ class RowChecker:
         if len(empty_fields) == 1:
             ((empty_name, empty_at),), empty_fields = empty_fields, ()
         zone_of, zones = self._zone_finder(), self.zones
+        date_at, due = self.columns.date, self._due()
+        verdict: bool | None = True
+        when = ""
         start, number, valid, text, zone = reader.line_num + 1, self.numbered, 0, None, None
         explain_phone = explain_id = True  # counting keeps the first detail only: skip the rest
         try:
             for row in reader if limit is None else islice(reader, limit):
                 line, start = start, reader.line_num + 1
                 size = len(row)
+                if due is not None:  # a trigger: its date column decides (SPEC §13.2)
+                    when = row[date_at] if date_at is not None and date_at < size else ""
+                    verdict = due(when)
+                    if verdict is False:  # a date (so not a blank line), another day's
+                        number += 1
+                        continue
                 phone = row[phone_at].strip() if phone_at < size else ""
                 if not phone and not has_values(row):
                     continue  # a blank line is not a row
                 number += 1
+                if due is not None and verdict is None:
+                    yield Skip(line, None, phone, "invalid_date", self._date_detail(when))
+                    continue
                 if not e164(phone):
                     detail = _phone_detail(phone) if explain_phone else ""
                     explain_phone = emit
@@ -271,13 +287,28 @@ class RowChecker:
             self.valid += valid
             self.numbered = number
 
+    def _due(self) -> Callable[[str], bool | None] | None:
+        """A trigger's verdict on a date cell: due in this run (True), another day (False),
+        not a date (None). A day's run takes its day's rows; the trigger file itself (`check`)
+        takes every row with a date. None: not a trigger."""
+        trigger = self.campaign.trigger
+        if trigger is None:
+            return None
+        return trigger.due_checker(self.campaign.trigger_day)
+
+    def _date_detail(self, text: str) -> str:
+        trigger = self.campaign.trigger
+        assert trigger is not None
+        return date_detail(text, trigger.column, trigger.yearly)
+
     def _zone_finder(self) -> Callable[[list[str], int, str], str | None] | None:
-        """A function giving each row's zone group: with a send window, its ``tz_column``
-        value, else its phone's zones, else the policy's; without one, "" (no group is
-        needed). None for a bad ``tz_column`` value, window or not: a zone the file names
-        must be a zone. No function when there is neither a window nor a ``tz_column``."""
+        """A function giving each row's zone group: with a send window (or in a trigger's day
+        run, SPEC §13.2), its ``tz_column`` value, else its phone's zones, else the policy's;
+        without one, "" (no group is needed). None for a bad ``tz_column`` value, window or
+        not: a zone the file names must be a zone. No function when there is neither a window
+        (nor a day run) nor a ``tz_column``."""
         at = self.columns.tz
-        if self.campaign.window is None:
+        if self.campaign.window is None and self.campaign.trigger_day is None:
             return None if at is None else _zone_checker(at)
         finder = ZoneFinder(self.campaign.timezone)
         by_phone = finder.of_phone
@@ -341,6 +372,15 @@ class RowChecker:
             )
         shown = value if len(value) <= 40 else value[:40] + "…"
         return f'{column} "{shown}" may only contain letters, digits, ".", "_" and "-"'
+
+
+def _id_prefix(campaign: Campaign) -> str:
+    """What the campaign's tracking ids start with: its wire id and "-". A trigger file read
+    as a whole (`check`) is given the length of its day runs' (``birthday.YYYY-MM-DD-``): an
+    id too long for them is then found by `check`, not skipped day after day."""
+    if campaign.trigger is not None and campaign.trigger_day is None:
+        return f"{campaign.wire_id}.{TRIGGER_DAY_SHAPE}-"
+    return campaign.wire_id + "-"
 
 
 def _positional_renderer(

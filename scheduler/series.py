@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict
 
+from scheduler.trigger import parse_day_run
 from scheduler.window import zone, zone_names
 
 SeriesAudience = Literal["all", "new"]
@@ -112,10 +113,19 @@ def parse_run_id(text: str) -> RunId | None:
     return RunId(match["series"], at)
 
 
-def is_run_of(campaign_id: str, series_id: str) -> bool:
-    """True when ``campaign_id`` is an occurrence of the series ``series_id``."""
+def run_of(campaign_id: str) -> str | None:
+    """The series (or trigger, SPEC §13.2) whose run ``campaign_id`` is; None for a one-off."""
     parsed = parse_run_id(campaign_id)
-    return parsed is not None and parsed.series == series_id
+    if parsed is not None:
+        return parsed.series
+    day_run = parse_day_run(campaign_id)
+    return None if day_run is None else day_run.trigger
+
+
+def is_run_of(campaign_id: str, series_id: str) -> bool:
+    """True when ``campaign_id`` is an occurrence of the series ``series_id`` (or a day run
+    of the trigger ``series_id``)."""
+    return run_of(campaign_id) == series_id
 
 
 def names(wanted: str | None, campaign_id: str) -> bool:

@@ -267,4 +267,4 @@ class Snapshots:
 def _streamable(campaign: Campaign) -> bool:
     """A snapshot may be streamed unless every batch must be known before the first goes: a
     send window cuts batches by zone group at the end, a roll-out's stages need the total."""
-    return campaign.window is None and campaign.rollout is None
+    return campaign.window is None and campaign.rollout is None and campaign.trigger is None

@@ -21,6 +21,7 @@ from scheduler.journal import CampaignRecord, JournalReader, holder_parts
 from scheduler.loader import load_campaign
 from scheduler.report import AccountOf, awaiting_status
 from scheduler.series import local_text, names, parse_run_id, run_id
+from scheduler.trigger import EARLIEST, Trigger, day_run_id, parse_day_run
 from scheduler.vocabulary import ENDED
 
 #: a campaign's roll-out (its stages and hold live in its file, not in the journal), or None
@@ -102,7 +103,8 @@ class CampaignFiles:
     def series(self, record: CampaignRecord) -> Campaign | None:
         """`SeriesOf`: the series an occurrence belongs to."""
         campaign = self.campaign(record)
-        return campaign if campaign is not None and campaign.repeat is not None else None
+        return campaign if campaign is not None and (
+            campaign.repeat is not None or campaign.trigger is not None) else None
 
 
 def file_rollout(config: Config, now: datetime) -> RolloutOf:
@@ -148,6 +150,8 @@ def series_rows(
         parsed = parse_run_id(record.id)
         if parsed is not None:
             by_series.setdefault(parsed.series, []).append((parsed.fire_at, record))
+        elif (day_run := parse_day_run(record.id)) is not None:  # a trigger's (SPEC §13.2)
+            by_series.setdefault(day_run.trigger, []).append((record.send_at, record))
     rows = []
     for series_id, runs in sorted(by_series.items()):
         runs.sort(key=lambda run: run[0])
@@ -160,6 +164,11 @@ def series_rows(
             started = {at for at, r in runs if r.started_at is not None}
             next_at = next((at for at in series.repeat.occurrences(now) if at not in started),
                            None)
+        trigger = series.trigger if series is not None else None
+        if trigger is not None:
+            started = {at for at, r in runs if r.started_at is not None}
+            next_at = next((at for at in map(trigger.first_release, trigger.days_from(now))
+                            if at not in started), None)
         if next_at is None and not running:
             continue  # ended
         paused = (series.paused if series is not None
@@ -170,14 +179,25 @@ def series_rows(
             "series": series_id, "state": "paused" if paused else "active",
             "cron": series.repeat.cron if series is not None and series.repeat else None,
             "timezone": zone,
-            "next": run_id(series_id, next_at) if next_at is not None else None,
+            "next": _run_name(series_id, next_at, trigger),
             "next_at": utc_text(next_at) if next_at is not None else None,
             # on the series' wall clock (None: its file is not on this machine)
-            "next_local": local_text(next_at, zone) if next_at and zone else None,
+            "next_local": local_text(next_at, zone) if next_at and zone else (
+                f"{trigger.at_text} in each recipient's zone" if trigger and next_at else None),
             "running": current.id if current is not None else None,
             "running_state": current.state if current is not None else None,
         })
     return rows
+
+
+def _run_name(series_id: str, next_at: datetime | None, trigger: Trigger | None) -> str | None:
+    """The next run's id: a series' occurrence, or a trigger's day run (the day in UTC+14 at
+    its first release, when it is ``at`` there)."""
+    if next_at is None:
+        return None
+    if trigger is None:
+        return run_id(series_id, next_at)
+    return day_run_id(series_id, (next_at + EARLIEST - trigger.at).date())
 
 
 def _lease_only(holder: str) -> dict[str, Any]:

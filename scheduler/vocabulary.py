@@ -70,6 +70,7 @@ SkipReason = Literal[
     "invalid_timezone",  # the audience's tz_column holds no IANA zone name
     "frequency_cap",  # decided when the message was about to go: [[policy.caps]]
     "already_messaged",  # an evergreen series: an earlier occurrence messaged this recipient
+    "invalid_date",  # a trigger's date column holds no date in the accepted format
 ]
 #: the reason an ``expired`` outcome carries (journal detail, delivery-log ``reason``)
 EXPIRED_REASON = "send_at + ttl passed"

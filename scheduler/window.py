@@ -108,6 +108,12 @@ def parse_days(days: Iterable[str]) -> frozenset[int]:
     return frozenset(chosen)
 
 
+def local_moment(day: date, since_midnight: timedelta, zone: ZoneInfo) -> datetime:
+    """The moment (UTC) ``zone``'s wall clock first reads ``day`` + ``since_midnight`` (a time
+    a clock change skips: the jump)."""
+    return _local(day, since_midnight, zone)
+
+
 def _local(day: date, since_midnight: timedelta, zone: ZoneInfo) -> datetime:
     """The first moment at which the wall clock of ``zone`` reads ``day`` + ``since_midnight``
     or later, in UTC (24:00 is the next day's midnight). For a time a clock change skips (02:30

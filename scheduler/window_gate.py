@@ -8,14 +8,17 @@ rules themselves are `scheduler.window`'s.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from scheduler.journal import BatchRecord
 from scheduler.window import Stretch, Window, zones_of_group
 
-#: a batch whose window opens later ("held"), or not before the deadline ("never")
-Closed = Literal["held", "never"]
+#: a batch whose window opens later ("held"), or not before the deadline ("never"), or a
+#: trigger's batch whose zone group's own ``ttl`` passed ("late": expired, SPEC §13.2)
+Closed = Literal["held", "never", "late"]
+#: a trigger's day run: when a zone group is released, and how long its messages live
+Release = tuple[Callable[[str], datetime], timedelta]
 
 
 class WindowGate:
@@ -23,8 +26,11 @@ class WindowGate:
 
     def __init__(
         self, window: Window | None, deadline: datetime, clock: Callable[[], datetime],
+        release: Release | None = None,
     ) -> None:
         self._window, self._deadline, self._clock = window, deadline, clock
+        self._release = release
+        self._releases: dict[str, tuple[datetime, datetime]] = {}  # group -> (release, end)
         #: the stretch each zone group may be sent in (None: not before the deadline)
         self._stretches: dict[str, Stretch | None] = {}
         self._held_until: datetime | None = None  # the earliest opening of a held batch
@@ -37,26 +43,50 @@ class WindowGate:
 
     def until(self, batch: BatchRecord, open_messages: int) -> datetime | Closed:
         """When the batch must have gone by: the deadline, or its send window's close;
-        "held" when its window opens later (`held_until` learns when), "never" when not
-        before the deadline (its messages end ``expired``, outside_window)."""
-        if self._window is None or batch.zones is None:
+        "held" when its window (or, for a trigger, its zone group's ``at``) comes later
+        (`held_until` learns when), "never" when its window does not open before the deadline
+        (its messages end ``expired``, outside_window), "late" when a trigger's zone group
+        was released more than ``ttl`` ago (``expired``, send_at + ttl passed)."""
+        if batch.zones is None or (self._window is None and self._release is None):
             return self._deadline
         now = self._clock()
+        deadline = self._deadline
+        if self._release is not None:  # a trigger: each zone group at its own ``at``
+            released, deadline = self._released(batch.zones)
+            if now >= deadline:
+                return "late"
+            if released > now:
+                self._hold(released, open_messages)
+                return "held"
+        if self._window is None:
+            return deadline
         known = batch.zones in self._stretches
         stretch = self._stretches.get(batch.zones)
         if not known or (stretch is not None and now >= stretch[1]):
-            stretch = self._window.next_stretch(zones_of_group(batch.zones), now,
-                                                self._deadline)
+            stretch = self._window.next_stretch(zones_of_group(batch.zones), now, deadline)
             self._stretches[batch.zones] = stretch
         if stretch is None:
             return "never"
         opens, closes = stretch
         if opens > now:
-            self._held_until = opens if self._held_until is None else min(self._held_until,
-                                                                          opens)
-            self._held += open_messages
+            self._hold(opens, open_messages)
             return "held"
-        return min(closes, self._deadline)
+        return min(closes, deadline)
+
+    def _released(self, group: str) -> tuple[datetime, datetime]:
+        """A trigger's zone group: when it is released, and when its messages' life ends (its
+        release + ttl, at most the run's deadline)."""
+        known = self._releases.get(group)
+        if known is None:
+            assert self._release is not None
+            release, life = self._release
+            moment = release(group)
+            known = self._releases[group] = (moment, min(moment + life, self._deadline))
+        return known
+
+    def _hold(self, opens: datetime, open_messages: int) -> None:
+        self._held_until = opens if self._held_until is None else min(self._held_until, opens)
+        self._held += open_messages
 
     @property
     def held_until(self) -> datetime | None:

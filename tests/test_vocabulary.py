@@ -53,7 +53,8 @@ def test_state_sets_agree() -> None:
 
 
 def test_skip_reasons_are_the_documented_ones() -> None:
-    """The reasons SPEC §5 names, SPEC §11.4's two, SPEC §13.1's evergreen one, no other."""
+    """The reasons SPEC §5 names, SPEC §11.4's two, SPEC §13.1's evergreen one, SPEC §13.2's
+    trigger one, no other."""
     assert set(get_args(SkipReason)) == {
         "invalid_phone", "duplicate", "suppressed", "invalid_id", "text_too_long",
-        "invalid_timezone", "frequency_cap", "already_messaged"}
+        "invalid_timezone", "frequency_cap", "already_messaged", "invalid_date"}
