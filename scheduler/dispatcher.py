@@ -33,7 +33,7 @@ from scheduler.cascade import (
 )
 from scheduler.config import SendingConfig
 from scheduler.evergreen import ALREADY_MESSAGED, unmessaged
-from scheduler.inflight import InFlight
+from scheduler.inflight import Busy, InFlight
 from scheduler.journal import Journal, JournalError, JournalFenced, Results
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
@@ -175,7 +175,10 @@ class Dispatcher:
             # flight before it can go
             async with self._in_flight.slot():
                 job = await self._queue.get()
-                results = await self._settle(job, self._process(job))
+                busy = Busy()
+                results = await self._settle(job, self._process(job, busy))
+                if busy.posted and busy.clean:
+                    self._in_flight.timed(busy.seconds)
             if results is not None:
                 # Recording runs beside the next request: the worker does not wait for the
                 # journal's commit (the batch stays in flight until then, so a crash resends
@@ -212,7 +215,7 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- one batch
 
-    async def _process(self, job: Job) -> Results | None:
+    async def _process(self, job: Job, busy: Busy) -> Results | None:
         """Post the job's batch; returns the outcomes to record (None: nothing to record)."""
         run = job.run
         if run.halted or self._refused is not None:
@@ -239,7 +242,8 @@ class Dispatcher:
         with self._metrics.journal_write.time():
             await self._journal.mark_in_flight(run.campaign.id, [job.seq])
         try:
-            await self._deliver(run, messages, outcomes, body, until, Doubt(job.doubtful))
+            await self._deliver(run, messages, outcomes, body, until, Doubt(job.doubtful),
+                                busy)
         except Deferred:
             await self._recorder.give_back(run, job.seq, outcomes)
             raise
@@ -247,13 +251,14 @@ class Dispatcher:
 
     async def _deliver(
         self, run: CampaignRun, part: Sequence[Message], out: Outcomes, body: bytes | None,
-        until: datetime, doubt: Doubt,
+        until: datetime, doubt: Doubt, busy: Busy,
     ) -> None:
         """Post ``part`` until each message is final; raise `Deferred` to stop trying for now.
 
         ``body``, when given, is ``part`` already serialised (a whole batch as stored);
         ``until`` is when its send window closes (else the deadline); ``doubt`` says whether
-        a post of ``part`` may have reached the API already (then the next is a resend).
+        a post of ``part`` may have reached the API already (then the next is a resend);
+        ``busy`` times the job's slot, less its waits for the rate limit.
         """
         at_most_once = self._sending.delivery == "at-most-once"
         attempt = 0
@@ -267,7 +272,10 @@ class Dispatcher:
                 raise Deferred  # its send window closed: the rest waits for the next one
             attempt += 1
             doubt.resent = doubt.resent or doubt.doubtful  # this post may double the first
+            with busy.waiting():
+                await self._limiter.acquire()
             reply = await self._post(run, part, body, until)
+            busy.answered(isinstance(reply, Accepted))
             if isinstance(reply, Accepted):
                 body = None
                 part = out.accept(part, reply.message_ids, attempt, doubt.resent)
@@ -279,7 +287,7 @@ class Dispatcher:
                 reply_status: int | None = 200
                 retry_after: float | None = None
             elif isinstance(reply, Rejected):
-                await self._split(run, part, reply, out, attempt, until, doubt)
+                await self._split(run, part, reply, out, attempt, until, doubt, busy)
                 return
             elif isinstance(reply, Unauthorized):
                 self._refused = CredentialsRefused(reply.status, self.account,
@@ -302,7 +310,7 @@ class Dispatcher:
 
     async def _split(
         self, run: CampaignRun, part: Sequence[Message], reply: Rejected, out: Outcomes,
-        attempt: int, until: datetime, doubt: Doubt,
+        attempt: int, until: datetime, doubt: Doubt, busy: Busy,
     ) -> None:
         """A 400 refuses the whole request: halve it until the bad messages stand alone."""
         if len(part) == 1:
@@ -310,41 +318,38 @@ class Dispatcher:
                     doubt.resent)
             return
         middle = len(part) // 2
-        await self._deliver(run, part[:middle], out, None, until, replace(doubt))
+        await self._deliver(run, part[:middle], out, None, until, replace(doubt), busy)
         # the brake may trip inside a batch being split: the rest of it stays pending
         if run.observe_midway(out.results):
             raise Deferred
-        await self._deliver(run, part[middle:], out, None, until, replace(doubt))
+        await self._deliver(run, part[middle:], out, None, until, replace(doubt), busy)
 
     async def _post(
         self, run: CampaignRun, part: Sequence[Message], body: bytes | None, until: datetime,
     ) -> PostResult:
         """POST ``part`` (``body`` is its stored JSON when it is a whole batch) with a ttl
-        that ends at ``until`` (the deadline, or sooner: its send window's close)."""
-        async with self._limiter:
-            if self._refused is not None:
-                raise Deferred  # a 401 came back while this one waited for its turn
-            if not self._may_send():
-                # this process is not (or no longer surely) the leader: stop the campaign
-                # here; its open batches are for whoever leads next
-                run.halt(None)
-                raise Deferred
-            ttl = max(1, int((until - self._clock()).total_seconds()))
-            # Every message has exactly one "fromName" key, and inside a JSON string a quote is
-            # always escaped, so this byte pattern only matches keys: one C-speed replace adds
-            # the ttl to all messages instead of decoding and re-encoding the batch.
-            raw = orjson.dumps(list(part)) if body is None else body
-            body = raw.replace(b'"fromName":', b'"ttl":%d,"fromName":' % ttl)
-            if run.first_request():
-                self._metrics.schedule_lag.observe(
-                    max(0.0, (self._clock() - run.campaign.send_at).total_seconds()))
-            started = time.monotonic()
-            reply = await self._client.post(run.route, body)
-            seconds = time.monotonic() - started
-            self._count_request(run.route, reply, seconds)
-            if isinstance(reply, Accepted):
-                self._in_flight.timed(seconds)  # a refusal or timeout says nothing of it
-            return reply
+        that ends at ``until`` (the deadline, or sooner: its send window's close), once the
+        rate limit gave it its turn."""
+        if self._refused is not None:
+            raise Deferred  # a 401 came back while this one waited for its turn
+        if not self._may_send():
+            # this process is not (or no longer surely) the leader: stop the campaign here;
+            # its open batches are for whoever leads next
+            run.halt(None)
+            raise Deferred
+        ttl = max(1, int((until - self._clock()).total_seconds()))
+        # Every message has exactly one "fromName" key, and inside a JSON string a quote is
+        # always escaped, so this byte pattern only matches keys: one C-speed replace adds the
+        # ttl to all messages instead of decoding and re-encoding the batch.
+        raw = orjson.dumps(list(part)) if body is None else body
+        body = raw.replace(b'"fromName":', b'"ttl":%d,"fromName":' % ttl)
+        if run.first_request():
+            self._metrics.schedule_lag.observe(
+                max(0.0, (self._clock() - run.campaign.send_at).total_seconds()))
+        started = time.monotonic()
+        reply = await self._client.post(run.route, body)
+        self._count_request(run.route, reply, time.monotonic() - started)
+        return reply
 
     def _count_request(self, route: str, reply: PostResult, seconds: float) -> None:
         """Per request, never per message: requests by route and answer, and their time."""

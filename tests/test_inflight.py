@@ -144,3 +144,27 @@ async def test_no_batch_is_marked_in_flight_before_it_can_go(
     assert len(seen) == 30
     assert all(count <= limit for count, limit in seen), seen
     assert len(sandbox.accepted) == 300
+
+
+async def test_the_limit_counts_the_whole_time_a_slot_is_held(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """A request holds its slot from the journal's in-flight mark to its answer: with the mark
+    taking 300 ms (a writer busy with a streamed snapshot's appends) and the API 100 ms away,
+    40 requests a second need ceil(40 x 0.4) + 1 = 17 in flight. Timed on the wire alone
+    (0.1 s: 5 in flight) the rate fell to a third of the limit."""
+    sandbox = await start_sandbox(api_key=KEY, latency_ms=100)
+    setup = make_setup(tmp_path, sandbox.base_url, 600, batch_size=10, requests_per_second=40)
+    async with open_engine(setup.config) as engine:
+        dispatcher = engine.dispatcher
+        mark = dispatcher._journal.mark_in_flight
+
+        async def slow_mark(campaign_id: str, seqs: Sequence[int]) -> None:
+            await asyncio.sleep(0.3)
+            await mark(campaign_id, seqs)
+
+        dispatcher._journal.mark_in_flight = slow_mark  # type: ignore[method-assign]
+        record = await engine.prepare(setup.campaign)
+        assert await engine.drive(engine.open_run(setup.campaign, record)) == "done"
+        assert dispatcher.in_flight_limit >= needed(40, 0.4)
+    assert len(sandbox.accepted) == 600
