@@ -31,6 +31,7 @@ from scheduler.errors import ConfigError, Problem, UserError
 from scheduler.inflight import MAX_IN_FLIGHT
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.tomlsource import TomlProblem, read_toml
+from scheduler.vocabulary import DEFAULT_ACCOUNT
 from scheduler.window import Window, parse_days, zone
 
 if TYPE_CHECKING:
@@ -105,8 +106,6 @@ class SendingConfig(_Section):
 #: an account's name: it is part of a file name (``api-key-{name}``) and of an environment
 #: variable (``CASCADE_API_KEY_{NAME}``), so lower-case letters, digits, "-" and "_" only
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-#: the account of a config without ``[[accounts]]`` (``[api]`` and ``[sending]`` describe it)
-DEFAULT_ACCOUNT = "default"
 
 
 class AccountConfig(_Section):

@@ -112,6 +112,25 @@ async def test_prepare_records_the_snapshot(journal: Journal) -> None:
     assert [r.line async for r in journal.recipients("c", "skipped")] == [3, 9]
 
 
+async def test_a_campaign_keeps_the_account_it_was_planned_for(journal: Journal) -> None:
+    """The account is kept with the snapshot (schema 10, SPEC §13.3): a whole snapshot, a
+    streamed one, and "default" when none is given; an unstarted campaign planned again
+    takes the new one, a started one keeps its own."""
+    await prepare(journal, "a", account="brand-a")
+    await prepare(journal, "d")
+    await journal.open_stream(campaign_id="s", type="promo", file="/c/s.toml", fingerprint="f",
+                              send_at=SEND_AT, deadline=DEADLINE, account="brand-b")
+    accounts = {record.id: record.account for record in await journal.campaigns()}
+    assert accounts == {"a": "brand-a", "d": "default", "s": "brand-b"}
+    await prepare(journal, "a", account="brand-c")
+    started = await journal.set_state("a", "running")
+    assert started.account == "brand-c"
+    with pytest.raises(JournalConflict):
+        await prepare(journal, "a", account="brand-a")
+    record = await journal.campaign("a")
+    assert record is not None and record.account == "brand-c"
+
+
 async def test_a_new_snapshot_replaces_an_unstarted_one_whole(journal: Journal) -> None:
     """Re-preparing swaps in the new batches and skips; nothing of the old one is left."""
     await prepare(journal, "c", count=4, size=5, skips=[Skip(1, None, "x", "duplicate")])

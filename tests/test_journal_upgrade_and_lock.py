@@ -178,10 +178,13 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
         # and reaches the leader's brakes (schema 7)
         assert await journal.take_final_statuses(10) == [
             FinalStatus("old", "old-1", "undeliverable", "sms")]
+        # planned before campaigns kept their account (schema 10): the default one
+        old = await journal.campaign("old")
+        assert old is not None and old.account == "default"
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes

@@ -122,6 +122,7 @@ class Front(Generic[E]):
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -145,7 +146,7 @@ class Front(Generic[E]):
             await self._run(
                 "commit_snapshot", snapshot, campaign_id=campaign_id, type=type, file=file,
                 fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-                zones=zones,
+                account=account, zones=zones,
             )
             swapped = True
         finally:
@@ -159,11 +160,13 @@ class Front(Generic[E]):
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """`Journal.open_stream`."""
         await self._run(
             "open_stream", campaign_id=campaign_id, type=type, file=file,
             fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
+            account=account,
         )
 
     async def extend(

@@ -95,6 +95,7 @@ from scheduler.journal.schema import POSTGRES, SCHEMA_VERSION, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
+    DEFAULT_ACCOUNT,
     DELIVERY_FINAL,
     STAMPED,
     STARTED,
@@ -202,7 +203,7 @@ _SNAPSHOT_DELETES = (
 )
 _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
-    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content"
+    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content, account"
 )
 _SKIP_CHUNK = 10_000
 _PAGE = 16  # batches decoded per query while streaming recipients
@@ -287,14 +288,15 @@ def _text(value: str) -> str:
 
 def _record(row: TupleRow) -> CampaignRecord:
     (id_, type_, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,
-     prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content) = row
+     prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content,
+     account) = row
     return CampaignRecord(
         id=id_, type=type_, file=file, fingerprint=fingerprint, state=state,
         send_at=send_at.astimezone(UTC), deadline=deadline.astimezone(UTC),
         recipients=recipients, skipped=skipped, batches=batches,
         prepared_at=_utc(prepared_at), started_at=_utc(started_at),
         finished_at=_utc(finished_at), error=error, stage=stage, stage_at=_utc(stage_at),
-        streaming=streaming, content=content,
+        streaming=streaming, content=content, account=account or DEFAULT_ACCOUNT,
     )
 
 
@@ -532,6 +534,7 @@ class PostgresStore:
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
         zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         await self._check_staging(campaign_id, snapshot)
@@ -554,10 +557,11 @@ class PostgresStore:
         await self.db.execute("DELETE FROM campaigns WHERE id = %s", (campaign_id,))
         await self.db.execute(
             "INSERT INTO campaigns (id, type, file, fingerprint, state, send_at, deadline,"
-            " recipients, skipped, batches, prepared_at, snapshot, streaming, content) VALUES"
-            " (%s, %s, %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s)",
+            " recipients, skipped, batches, prepared_at, snapshot, streaming, content, account)"
+            " VALUES (%s, %s, %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s,"
+            " %s, %s, %s)",
             (campaign_id, type, file, fingerprint, _aware(send_at), _aware(deadline),
-             recipients, skipped, batches, snapshot, streaming, content),
+             recipients, skipped, batches, snapshot, streaming, content, _text(account)),
         )
 
     # --- a streamed snapshot: appended to while the campaign sends ------------------------
@@ -565,12 +569,14 @@ class PostgresStore:
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
         snapshot = await self.begin_snapshot(campaign_id)
         await self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
             send_at=send_at, deadline=deadline, streaming=True, content=content,
+            account=account,
         )
 
     async def extend(

@@ -89,6 +89,7 @@ from scheduler.journal.schema import SCHEMA_VERSION, SQLITE, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
+    DEFAULT_ACCOUNT,
     DELIVERY_FINAL,
     STAMPED,
     STARTED,
@@ -290,6 +291,7 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"], stage=row["stage"], stage_at=_time(row["stage_at"]),
         streaming=bool(row["streaming"]), content=row["content"],
+        account=row["account"] or DEFAULT_ACCOUNT,
     )
 
 
@@ -468,6 +470,7 @@ class SqliteConnection:
     def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -486,7 +489,7 @@ class SqliteConnection:
             self.commit_snapshot(
                 snapshot, campaign_id=campaign_id, type=type, file=file,
                 fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-                zones=zones,
+                account=account, zones=zones,
             )
             swapped = True
         finally:
@@ -557,6 +560,7 @@ class SqliteConnection:
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
         zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         with self.transaction():
@@ -578,10 +582,11 @@ class SqliteConnection:
             self._db.execute(
                 "INSERT OR REPLACE INTO campaigns (id, type, file, fingerprint, state, send_at,"
                 " deadline, recipients, skipped, batches, prepared_at, started_at, finished_at,"
-                " error, snapshot, streaming, content) VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?,"
-                " ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)",
+                " error, snapshot, streaming, content, account) VALUES (?, ?, ?, ?, 'scheduled', ?,"
+                " ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, ?)",
                 (campaign_id, type, file, fingerprint, _utc_text(send_at), _utc_text(deadline),
-                 recipients, skipped, batches, _now(), snapshot, int(streaming), content),
+                 recipients, skipped, batches, _now(), snapshot, int(streaming), content,
+                 account),
             )
 
     # --- a streamed snapshot: appended to while the campaign sends ------------------------
@@ -589,12 +594,14 @@ class SqliteConnection:
     def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
         snapshot = self.begin_snapshot(campaign_id)
         self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
             send_at=send_at, deadline=deadline, streaming=True, content=content,
+            account=account,
         )
 
     def extend(
