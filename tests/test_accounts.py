@@ -385,6 +385,41 @@ def test_plan_report_and_status_show_each_campaigns_account(tmp_path: Path) -> N
         run_ok(["plan", "--json", "--config", str(one)])))
 
 
+def test_report_status_and_plan_show_the_account_kept_when_the_campaign_was_planned(
+    tmp_path: Path,
+) -> None:
+    """The journal keeps each campaign's account (schema 10): once a sent campaign's file
+    is edited to name another account, or removed, ``report`` and ``plan`` still show the
+    account it was sent through, and ``status`` the one a planned campaign was planned for."""
+    path = two_accounts(tmp_path, "sandbox")
+    config = load_config(path, {})
+    edited = campaign_for(config, "edited", 5, account="brand-a")
+    removed = campaign_for(config, "removed", 5, account="brand-b", start=100)
+    asyncio.run(_send(config, edited))
+    asyncio.run(_send(config, removed))
+    folder = config.paths.campaigns
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    write_audience(folder / "waiting.csv", 5, start=200)
+    write_campaign(folder, "waiting", "waiting.csv", send_at=later,
+                   extra='account = "brand-a"\n')
+    asyncio.run(_prepare(config, load_campaign(folder / "waiting.toml", config,
+                                               datetime.now(UTC)).campaign))
+    for cid in ("edited", "waiting"):
+        file = folder / f"{cid}.toml"
+        file.write_text(file.read_text("utf-8").replace('"brand-a"', '"brand-b"'), "utf-8")
+    (folder / "removed.toml").unlink()
+
+    report = orjson.loads(run_ok(["report", "--format", "json", "--config", str(path)]))
+    assert {row["campaign"]: row["account"] for row in report} == {
+        "edited": "brand-a", "removed": "brand-b", "waiting": "brand-a"}
+    status = orjson.loads(run_ok(["status", "--json", "--config", str(path)]))
+    assert [(row["campaign"], row["account"]) for row in status["campaigns"]] == [
+        ("waiting", "brand-a")]
+    plan = {row["campaign"]: row["account"] for row in orjson.loads(
+        run_ok(["plan", "--json", "--config", str(path)]))}
+    assert (plan["edited"], plan["removed"]) == ("brand-a", "brand-b")
+
+
 async def _send(config: Config, campaign: Campaign) -> None:
     async with open_engine(config) as engine:
         assert await engine.run_campaign(campaign) == "done"
