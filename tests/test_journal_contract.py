@@ -689,6 +689,43 @@ async def test_sent_messages_not_yet_indexed_are_listed_by_phone(journal: Journa
     assert await journal.capped_phones(["promo"], before, 1) == promo
 
 
+async def test_caps_that_name_accounts_count_only_those_accounts_messages(
+    journal: Journal,
+) -> None:
+    """``accounts`` (a cap that names accounts, SPEC §13.3): only the messages of campaigns
+    kept with one of them are listed unindexed and counted indexed; None counts them all."""
+    for campaign, account in (("a", "brand-a"), ("b", "brand-b"), ("d", "default")):
+        await prepare(journal, campaign, count=1, size=2, account=account)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    for campaign in ("a", "b", "d"):
+        batch = (await journal.open_batches(campaign, limit=1))[0]
+        await journal.record_results(campaign, 0, results(batch.body))
+    phones = ["+380500000000", "+380500000001"]
+
+    async def unindexed(accounts: list[str] | None) -> list[str]:
+        return sorted([phone async for phone in journal.unindexed_phones(
+            ["promo"], before, accounts=accounts)])
+
+    assert await unindexed(["brand-a"]) == phones
+    assert await unindexed(["brand-a", "default"]) == sorted(phones * 2)
+    assert await unindexed(None) == sorted(phones * 3)
+    assert await unindexed(["brand-c"]) == []
+    while await journal.index_messages():
+        pass
+
+    async def capped(at_least: int, accounts: list[str] | None) -> list[str]:
+        return await journal.capped_phones(["promo"], before, at_least, accounts=accounts)
+
+    assert await capped(1, ["brand-a"]) == phones
+    assert await capped(2, ["brand-a"]) == []
+    assert await capped(2, ["brand-a", "brand-b"]) == phones
+    assert await capped(3, ["brand-a", "brand-b"]) == []
+    assert await capped(3, None) == phones
+    assert await capped(1, ["brand-c"]) == []
+    assert await journal.capped_phones(["promo"], before, 1, "+380500000000", 10,
+                                       accounts=["default"]) == phones[1:]
+
+
 # --- delivery status (SPEC §11.3) -----------------------------------------------------------
 
 

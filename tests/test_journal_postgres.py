@@ -207,6 +207,10 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
         # planned before campaigns kept their account (schema 10): the default one
         old = await journal.campaign("old")
         assert old is not None and old.account == "default"
+        # and a cap that names the default account counts its messages, another's does not
+        assert await journal.capped_phones(["promo"], sent_at, 2, accounts=["default"]) == [
+            "+380500000001"]
+        assert await journal.capped_phones(["promo"], sent_at, 1, accounts=["brand-a"]) == []
         campaigns = [rows async for table, rows in journal.dump() if table == "campaigns"]
         assert {len(row) for rows in campaigns for row in rows} == {
             len(DUMP_TABLES["campaigns"])}

@@ -635,17 +635,21 @@ class SendJournal(ReadingJournal, Protocol):
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """Phones with at least ``at_least`` indexed messages of ``types`` sent at or after
         ``since``, across all campaigns (a frequency cap's summary): in ascending order, those
-        after ``after``, at most ``limit`` (the next page starts after the last one)."""
+        after ``after``, at most ``limit`` (the next page starts after the last one).
+        ``accounts``: count only the messages of campaigns kept with one of these accounts
+        (`CampaignRecord.account`; None: every campaign's)."""
 
-    def unindexed_phones(self, types: Sequence[str], since: datetime) -> AsyncIterator[str]:
+    def unindexed_phones(
+        self, types: Sequence[str], since: datetime, *, accounts: Sequence[str] | None = None,
+    ) -> AsyncIterator[str]:
         """The phone of each message of ``types`` sent at or after ``since`` in a closed batch
         `index_messages` has not copied yet (once a message, however many): what
         `capped_phones` does not count yet. A daemon indexes within seconds; after a `send`
-        with no daemon, nothing does until one runs."""
+        with no daemon, nothing does until one runs. ``accounts``: as `capped_phones`."""
 
 
 class StatusJournal(JournalLife, Protocol):

@@ -284,20 +284,21 @@ class Front(Generic[E]):
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """`Journal.capped_phones`."""
         phones: list[str] = await self._run(
-            "capped_phones", types, since, at_least, after, limit)
+            "capped_phones", types, since, at_least, after, limit, accounts=accounts)
         return phones
 
     async def unindexed_phones(
-        self, types: Sequence[str], since: datetime,
+        self, types: Sequence[str], since: datetime, *, accounts: Sequence[str] | None = None,
     ) -> AsyncIterator[str]:
         """`Journal.unindexed_phones`: one page per operation."""
         after: tuple[int, int] | None = (0, -1)
         while after is not None:
-            phones, after = await self._run("unindexed_page", types, since, after)
+            phones, after = await self._run("unindexed_page", types, since, after,
+                                            accounts=accounts)
             for phone in phones:
                 yield phone
 

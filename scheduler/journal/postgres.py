@@ -286,6 +286,16 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\N{REPLACEMENT CHARACTER}")
 
 
+def _accounts_in(
+    column: str, accounts: Sequence[str] | None,
+) -> tuple[tuple[list[str], ...], str]:
+    """The parameters and condition "``column`` is one of ``accounts``" (NULL: the default
+    account, as `CampaignRecord.account` reads it); no condition for None (every account)."""
+    if accounts is None:
+        return (), ""
+    return (list(accounts),), f"COALESCE({column}, '{DEFAULT_ACCOUNT}') = ANY(%s::text[])"
+
+
 def _record(row: TupleRow) -> CampaignRecord:
     (id_, type_, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,
      prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content,
@@ -961,24 +971,31 @@ class PostgresStore:
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """Phones with at least ``at_least`` messages of ``types`` sent since ``since``, in
-        order (byte order, as SQLite's), after ``after``, at most ``limit``."""
+        order (byte order, as SQLite's), after ``after``, at most ``limit`` (with
+        ``accounts``: of those accounts' campaigns only)."""
+        named, mine = _accounts_in("account", accounts)
+        if mine:
+            mine = f" AND campaign IN (SELECT id FROM campaigns WHERE {mine})"
         rows = await self._all(
             "SELECT phone FROM messages WHERE phone COLLATE \"C\" > %s"
-            " AND type = ANY(%s::text[]) AND sent_at >= %s GROUP BY phone"
+            f" AND type = ANY(%s::text[]) AND sent_at >= %s{mine} GROUP BY phone"
             " HAVING COUNT(*) >= %s ORDER BY phone COLLATE \"C\" LIMIT %s",
-            (after, list(types), _aware(since), at_least, limit),
+            (after, list(types), _aware(since), *named, at_least, limit),
         )
         return [phone for (phone,) in rows]
 
     async def unindexed_page(
-        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1),
+        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1), *,
+        accounts: Sequence[str] | None = None,
     ) -> tuple[list[str], tuple[int, int] | None]:
         """The phones of one page of `Journal.unindexed_phones` (up to `_PAGE` batches after
         ``after``, a (snapshot, seq)) and where the next page starts (None: that was the last).
         A batch closed by the first release has no time: it counts as sent now."""
+        named, mine = _accounts_in("c.account", accounts)
+        mine = f" AND {mine}" if mine else ""
         rows = await self._all(
             "SELECT s.snapshot, s.seq, b.body, r.blob FROM batch_state s"
             " JOIN campaigns c ON c.snapshot = s.snapshot"
@@ -986,8 +1003,8 @@ class PostgresStore:
             " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.state = 'done' AND NOT s.indexed AND c.type = ANY(%s::text[])"
             " AND (s.done_at IS NULL OR s.done_at >= %s) AND (s.snapshot, s.seq) > (%s, %s)"
-            " ORDER BY s.snapshot, s.seq LIMIT %s",
-            (list(types), _aware(since), *after, _PAGE), binary=True,
+            f"{mine} ORDER BY s.snapshot, s.seq LIMIT %s",
+            (list(types), _aware(since), *after, *named, _PAGE), binary=True,
         )
         phones = [phone for _, _, body, blob in rows for _, _, phone in sent_messages(body, blob)]
         return phones, (rows[-1][0], rows[-1][1]) if len(rows) == _PAGE else None
