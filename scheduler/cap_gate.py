@@ -54,7 +54,7 @@ class CapGate:
 
     async def _page(self, cap: CapConfig, after: str, *, now: datetime) -> list[str]:
         return await self._journal.capped_phones(
-            cap.types, since(cap, now), cap.max, after, CAP_PAGE)
+            cap.types, since(cap, now), cap.max, after, CAP_PAGE, accounts=cap.accounts)
 
     def admit(self, messages: Sequence[Message], out: Outcomes) -> Sequence[Message]:
         """Record as skipped (frequency_cap) the messages whose phone reached a cap; return

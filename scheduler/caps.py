@@ -1,5 +1,7 @@
 """Frequency caps (SPEC §11.4): at most ``max`` sent promo/survey messages to one phone in any
 ``days``, across every campaign in the journal. Transactional and flashcall are never capped.
+A cap that names ``accounts`` (SPEC §13.3) caps only those accounts' campaigns and counts only
+their messages (by the account the journal kept for each campaign).
 
 The journal names the phones that reached a cap (`Journal.capped_phones`, one walk of its
 per-phone index); a `CapSummary` keeps them as a sorted array of integers, 8 bytes a phone, so
@@ -33,10 +35,12 @@ AsyncPages = Callable[[CapConfig, str], Awaitable[list[str]]]
 
 
 def caps_for(campaign: Campaign, caps: Iterable[CapConfig]) -> tuple[CapConfig, ...]:
-    """The caps a campaign's messages are checked against (none for transactional ones)."""
+    """The caps a campaign's messages are checked against (none for transactional ones): of
+    its type, and naming its account or none (SPEC §13.3)."""
     if campaign.is_transactional:
         return ()
-    return tuple(cap for cap in caps if campaign.type in cap.types)
+    return tuple(cap for cap in caps
+                 if campaign.type in cap.types and cap.covers(campaign.account))
 
 
 def since(cap: CapConfig, now: datetime) -> datetime:

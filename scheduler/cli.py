@@ -44,6 +44,7 @@ from scheduler.report import (
     LISTINGS,
     RECIPIENT_COLUMNS,
     Listing,
+    journaled_account,
     listed_total,
     recipient_columns,
     recipient_rows,
@@ -576,10 +577,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                        sys.stdout, "Recipients: resent (possible duplicates)",
                        total=listed_total(journal, "resent", args.campaign))
         elif args.status is None:
-            files = CampaignFiles(config, datetime.now(UTC))
             write_summary(journal, args.campaign, args.format, sys.stdout,
                           delivery=config.delivery_reports.enabled,
-                          account_of=files.account if config.accounts else None)
+                          account_of=journaled_account if config.accounts else None)
         else:
             total = listed_total(journal, args.status, args.campaign)
             recipients = recipient_rows(journal, args.status, args.campaign)
@@ -621,7 +621,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with JournalReader(open_journal(config.journal_location())) as journal:
         status = read_status(journal, now, files.rollout, series_of=files.series,
                              reports=config.delivery_reports.enabled,
-                             account_of=files.account if config.accounts else None)
+                             account_of=journaled_account if config.accounts else None)
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_json(), option=orjson.OPT_INDENT_2).decode()
                          + "\n")

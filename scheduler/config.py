@@ -31,6 +31,7 @@ from scheduler.errors import ConfigError, Problem, UserError
 from scheduler.inflight import MAX_IN_FLIGHT
 from scheduler.sandbox_options import SandboxOptions
 from scheduler.tomlsource import TomlProblem, read_toml
+from scheduler.vocabulary import DEFAULT_ACCOUNT
 from scheduler.window import Window, parse_days, zone
 
 if TYPE_CHECKING:
@@ -105,8 +106,6 @@ class SendingConfig(_Section):
 #: an account's name: it is part of a file name (``api-key-{name}``) and of an environment
 #: variable (``CASCADE_API_KEY_{NAME}``), so lower-case letters, digits, "-" and "_" only
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-#: the account of a config without ``[[accounts]]`` (``[api]`` and ``[sending]`` describe it)
-DEFAULT_ACCOUNT = "default"
 
 
 class AccountConfig(_Section):
@@ -242,11 +241,18 @@ class LogConfig(_Section):
 
 class CapConfig(_Section):
     """One ``[[policy.caps]]``: at most ``max`` sent messages of ``types`` per phone in any
-    ``days`` (rolling), across every campaign in the journal."""
+    ``days`` (rolling), across every campaign in the journal; with ``accounts``, only the
+    campaigns of those ``[[accounts]]`` are capped, and only their messages count."""
 
     types: tuple[Literal["promo", "viber_survey"], ...] = Field(min_length=1)
     max: int = Field(ge=1, le=1000)
     days: float = Field(gt=0, le=366)
+    #: the accounts whose campaigns it caps and counts (SPEC §13.3); None: every account
+    accounts: tuple[str, ...] | None = Field(default=None, min_length=1)
+
+    def covers(self, account: str) -> bool:
+        """Whether the campaigns of ``account`` are capped (and counted) by this cap."""
+        return self.accounts is None or account in self.accounts
 
 
 class PolicyConfig(_Section):
@@ -706,7 +712,8 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
         ) from None
     if stray:
         raise ConfigError(stray)
-    if problems := _account_problems(config, path, document.line_of):
+    if problems := (_account_problems(config, path, document.line_of)
+                    + _cap_problems(config, path, document.line_of)):
         raise ConfigError(problems)
     if config.accounts:
         credentials = credentials.model_copy(update={
@@ -752,6 +759,33 @@ def _account_problems(
                 path, line_of(f"sending.{key}"), f"sending.{key}",
                 f"with [[accounts]], each account has its own {key}: write it in each "
                 "[[accounts]] entry and remove it from [sending]"))
+    return problems
+
+
+def _cap_problems(
+    config: Config, path: Path, line_of: Callable[[str], int | None],
+) -> list[Problem]:
+    """``[[policy.caps]]`` ``accounts`` that name an account the config does not have."""
+    import difflib
+
+    names = config.account_names
+    problems = []
+    for index, cap in enumerate(config.policy.caps):
+        where = f"policy.caps.{index}.accounts"
+        for name in dict.fromkeys(cap.accounts or ()):
+            if name in names:
+                continue
+            close = difflib.get_close_matches(name, names, n=1)
+            if not config.accounts:
+                why = (f'unknown account "{name}": without [[accounts]] the one account is '
+                       f'"{DEFAULT_ACCOUNT}"')
+            elif close:
+                why = (f'unknown account "{name}" (no [[accounts]] entry has that name): '
+                       f'did you mean "{close[0]}"?')
+            else:
+                why = (f'unknown account "{name}" (no [[accounts]] entry has that name): the '
+                       "accounts are " + ", ".join(f'"{n}"' for n in names))
+            problems.append(Problem(path, line_of(where), where, why))
     return problems
 
 

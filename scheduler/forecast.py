@@ -35,10 +35,12 @@ class CappedPhones(Protocol):
 
     def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]: ...
 
-    def unindexed_phones(self, types: Sequence[str], since: datetime) -> Iterator[str]: ...
+    def unindexed_phones(
+        self, types: Sequence[str], since: datetime, *, accounts: Sequence[str] | None = None,
+    ) -> Iterator[str]: ...
 
 
 @dataclass
@@ -157,7 +159,7 @@ def capped_now(
     pending = CapSummary([_over_with_pending(cap, journal, now) for cap in mine])
     summary = CapSummary.of(
         mine, lambda cap, after: journal.capped_phones(
-            cap.types, since(cap, now), cap.max, after, PAGE))
+            cap.types, since(cap, now), cap.max, after, PAGE, accounts=cap.accounts))
     if not summary and not pending:
         return 0
     # the journal is open: it may run threads (SQLite's writer), so no forking
@@ -172,14 +174,16 @@ def _over_with_pending(cap: CapConfig, journal: CappedPhones, now: datetime) -> 
     start = since(cap, now)
     keys, counts = array("q"), array("i")  # each phone once, in order; its pending sends
     for key, run in itertools.groupby(sorted(
-            phone_key(p) for p in journal.unindexed_phones(cap.types, start))):
+            phone_key(p) for p in journal.unindexed_phones(cap.types, start,
+                                                            accounts=cap.accounts))):
         keys.append(key)
         counts.append(sum(1 for _ in run))
     over = array("q", (key for key, k in zip(keys, counts, strict=True) if k >= cap.max))
     for k in sorted({k for k in counts if k < cap.max}):
         after: str | None = ""
         while after is not None:  # the phones with max - k indexed sends, or more
-            page = journal.capped_phones(cap.types, start, cap.max - k, after, PAGE)
+            page = journal.capped_phones(cap.types, start, cap.max - k, after, PAGE,
+                                         accounts=cap.accounts)
             for key in map(phone_key, page):
                 at = bisect_left(keys, key)
                 if at < len(keys) and keys[at] == key and counts[at] == k:

@@ -220,9 +220,10 @@ class _Planner:
         else:
             row.update(state="invalid", eta=None, note=f"stopped: {why}")
 
-    def _account(self, campaign: Campaign | None) -> dict[str, str]:
-        """``{"account": ...}`` with several accounts (SPEC §13.3; "" when the file is not
-        here), else nothing: a config of one account plans as before."""
+    def _account(self, campaign: Campaign | CampaignRecord | None) -> dict[str, str]:
+        """``{"account": ...}`` with several accounts (SPEC §13.3): a journaled campaign's as
+        the journal kept it when it was planned, a file's as it says ("" for an invalid file),
+        else nothing: a config of one account plans as before."""
         if not self.config.accounts:
             return {}
         return {"account": campaign.account if campaign is not None else ""}
@@ -237,7 +238,7 @@ class _Planner:
         counts = self.journal.counts(record.id)
         pending, sent = counts.get("pending", 0), counts.get("sent", 0)
         row: dict[str, Any] = {
-            "campaign": record.id, **self._account(campaign),
+            "campaign": record.id, **self._account(record),
             "type": record.type, "state": record.state,
             "send_at": utc_text(record.send_at), "valid": record.recipients,
             "skipped": record.skipped, "sent": sent,
@@ -257,7 +258,7 @@ class _Planner:
         paused = campaign is not None and campaign.paused
         if record.state in SENDING and self.leading and pending and not paused:
             job = self._job(row, self.now, pending, record.type, record.deadline,
-                            campaign.account if campaign is not None else None)
+                            record.account)
             if campaign is not None and campaign.rollout is not None:
                 _stage_on(job, campaign.rollout, record, self.now)
         self.rows.append(row)

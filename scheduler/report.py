@@ -57,9 +57,14 @@ SUMMARY_COLUMNS = (
     "campaign", "type", "state", "send_at", "recipients", "skipped",
     "sent", "rejected", "expired", "in_doubt", "pending", "resent", "note",
 )
-#: the account a campaign is sent through (SPEC §13.3), as its file says; None: one account,
-#: no column
+#: the account a campaign is sent through (SPEC §13.3); None: one account, no column
 AccountOf = Callable[[CampaignRecord], str] | None
+
+
+def journaled_account(record: CampaignRecord) -> str:
+    """`AccountOf`: the account the journal kept when the campaign was planned (its file may
+    have named another since, or be gone)."""
+    return record.account
 
 
 def with_account(columns: tuple[str, ...], account_of: object | None) -> tuple[str, ...]:

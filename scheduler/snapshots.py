@@ -97,7 +97,7 @@ class Snapshots:
             await self._journal.open_stream(
                 campaign_id=campaign.id, type=campaign.type, file=str(campaign.file),
                 fingerprint=key, send_at=campaign.send_at, deadline=campaign.deadline,
-                content=content,
+                content=content, account=campaign.account,
             )
             job = self.stream_job(campaign)
             if reader is None or reader.job != job:
@@ -115,6 +115,7 @@ class Snapshots:
             send_at=campaign.send_at,
             deadline=campaign.deadline,
             content=content,
+            account=campaign.account,
             batches=snapshot.batches(),
             skips=snapshot.skips,
             zones=snapshot.zones,

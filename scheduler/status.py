@@ -87,12 +87,6 @@ class CampaignFiles:
             return None
         return campaign
 
-    def account(self, record: CampaignRecord) -> str:
-        """The account the campaign is sent through (SPEC §13.3), as its file says ("" when
-        this machine does not have the file)."""
-        campaign = self.campaign(record)
-        return campaign.account if campaign is not None else ""
-
     def rollout(self, record: CampaignRecord) -> Rollout | None:
         """`RolloutOf`: an unfinished campaign's roll-out."""
         if record.state in ENDED:

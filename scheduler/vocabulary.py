@@ -96,6 +96,9 @@ CHANNELS: tuple[str, ...] = ("telegram", "viber", "viber_bm", "rcs", "sms")
 #: §11.3's webhook carries ``cost`` alone) when the config names none
 NO_CHANNEL = "unknown"
 NO_CURRENCY = "unknown"
+#: the account of a config without ``[[accounts]]``, and of a campaign journaled before
+#: campaigns kept theirs (SPEC §13.3)
+DEFAULT_ACCOUNT = "default"
 #: how far along each status is; a message's status only ever moves to a higher rank (a late
 #: "processing" after "delivered", or a second final status, changes nothing)
 DELIVERY_RANK: dict[DeliveryStatus, int] = {

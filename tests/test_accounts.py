@@ -25,6 +25,7 @@ from scheduler.dlr import Deliveries, Poller, PollSettings, StatusClient
 from scheduler.errors import ConfigError
 from scheduler.loader import load_campaign
 from scheduler.metrics import Metrics
+from scheduler.planning import plan_rows
 from scheduler.sandbox import key_id
 from scheduler.service import open_engine
 from tests.conftest import StartSandbox
@@ -173,6 +174,33 @@ def test_account_mistakes_are_located(tmp_path: Path) -> None:
     path = accounts_config(tmp_path, "sandbox", {"name": "brand-a"})
     assert errors_of(path) == [
         f"{path}:13: accounts.0.requests_per_second: required key is missing"]
+
+
+def test_a_cap_naming_an_unknown_account_is_located_with_a_did_you_mean(tmp_path: Path) -> None:
+    """``accounts`` in ``[[policy.caps]]`` names configured accounts: another name is an error
+    at its line, with the closest name or the list of them."""
+    caps = ('[policy]\n[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 1\n'
+            'accounts = ["brand-a"]\n\n[[policy.caps]]\ntypes = ["promo"]\nmax = 2\n'
+            'days = 7\naccounts = ["brand-a", "brand_b", "agency"]\n')
+    path = accounts_config(tmp_path, "sandbox", {"name": "brand-a", "requests_per_second": 5},
+                           {"name": "brand-b", "requests_per_second": 5}, extra=caps)
+    assert errors_of(path) == [
+        f'{path}:31: policy.caps.1.accounts: unknown account "brand_b" (no [[accounts]] entry '
+        'has that name): did you mean "brand-b"?',
+        f'{path}:31: policy.caps.1.accounts: unknown account "agency" (no [[accounts]] entry '
+        'has that name): the accounts are "brand-a", "brand-b"',
+    ]
+    single = accounts_config(tmp_path / "single", "sandbox",
+                             extra=caps.replace('"brand_b", "agency"', '"default"'))
+    assert errors_of(single) == [
+        f'{single}:{line}: policy.caps.{index}.accounts: unknown account "brand-a": without '
+        '[[accounts]] the one account is "default"' for index, line in ((0, 17), (1, 23))]
+    fine = accounts_config(tmp_path / "fine", "sandbox",
+                           {"name": "brand-a", "requests_per_second": 5},
+                           {"name": "brand-b", "requests_per_second": 5},
+                           extra=caps.replace('"brand_b", "agency"', '"brand-b"'))
+    assert [cap.accounts for cap in load_config(fine, {}).policy.caps] == [
+        ("brand-a",), ("brand-a", "brand-b")]
 
 
 def test_a_real_account_without_its_key_stops_the_daemon_naming_where_it_is_read(
@@ -385,6 +413,41 @@ def test_plan_report_and_status_show_each_campaigns_account(tmp_path: Path) -> N
         run_ok(["plan", "--json", "--config", str(one)])))
 
 
+def test_report_status_and_plan_show_the_account_kept_when_the_campaign_was_planned(
+    tmp_path: Path,
+) -> None:
+    """The journal keeps each campaign's account (schema 10): once a sent campaign's file
+    is edited to name another account, or removed, ``report`` and ``plan`` still show the
+    account it was sent through, and ``status`` the one a planned campaign was planned for."""
+    path = two_accounts(tmp_path, "sandbox")
+    config = load_config(path, {})
+    edited = campaign_for(config, "edited", 5, account="brand-a")
+    removed = campaign_for(config, "removed", 5, account="brand-b", start=100)
+    asyncio.run(_send(config, edited))
+    asyncio.run(_send(config, removed))
+    folder = config.paths.campaigns
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    write_audience(folder / "waiting.csv", 5, start=200)
+    write_campaign(folder, "waiting", "waiting.csv", send_at=later,
+                   extra='account = "brand-a"\n')
+    asyncio.run(_prepare(config, load_campaign(folder / "waiting.toml", config,
+                                               datetime.now(UTC)).campaign))
+    for cid in ("edited", "waiting"):
+        file = folder / f"{cid}.toml"
+        file.write_text(file.read_text("utf-8").replace('"brand-a"', '"brand-b"'), "utf-8")
+    (folder / "removed.toml").unlink()
+
+    report = orjson.loads(run_ok(["report", "--format", "json", "--config", str(path)]))
+    assert {row["campaign"]: row["account"] for row in report} == {
+        "edited": "brand-a", "removed": "brand-b", "waiting": "brand-a"}
+    status = orjson.loads(run_ok(["status", "--json", "--config", str(path)]))
+    assert [(row["campaign"], row["account"]) for row in status["campaigns"]] == [
+        ("waiting", "brand-a")]
+    plan = {row["campaign"]: row["account"] for row in orjson.loads(
+        run_ok(["plan", "--json", "--config", str(path)]))}
+    assert (plan["edited"], plan["removed"]) == ("brand-a", "brand-b")
+
+
 async def _send(config: Config, campaign: Campaign) -> None:
     async with open_engine(config) as engine:
         assert await engine.run_campaign(campaign) == "done"
@@ -486,6 +549,46 @@ async def test_frequency_caps_count_per_phone_across_accounts(
         counts = await engine.journal.counts("second-promo")
     assert counts.get("sent", 0) == 0 and counts.get("skipped", 0) == 8
     assert len(sandbox.accepted) == 8
+
+
+async def test_a_cap_naming_an_account_counts_and_stops_only_that_accounts_campaigns(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """A cap of one promo a day that names brand-a: brand-b's promo does not count towards
+    it (brand-a's first promo still reaches the phones, and ``plan`` forecasts no skip before
+    it), brand-a's does (its second promo skips them, as ``plan`` forecast), and brand-b's
+    campaigns are never capped by it."""
+    sandbox = await start_sandbox(api_keys=frozenset({KEY_A, KEY_B}))
+    config = load_config(accounts_config(
+        tmp_path, sandbox.base_url, {"name": "brand-a", "requests_per_second": 50},
+        {"name": "brand-b", "requests_per_second": 50},
+        extra='[policy]\n[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 1\n'
+              'accounts = ["brand-a"]\n'), ENV)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    folder = config.paths.campaigns
+    write_audience(folder / "planned-a.csv", 8)
+    write_campaign(folder, "planned-a", "planned-a.csv", send_at=later, type="promo",
+                   extra='account = "brand-a"\n')
+
+    def capped_in_plan() -> int:
+        rows = {row["campaign"]: row for row in plan_rows(config, datetime.now(UTC))}
+        return int(rows["planned-a"]["capped"])
+
+    async with open_engine(config) as engine:
+        for name, account in (("b-first", "brand-b"), ("a-first", "brand-a")):
+            campaign = campaign_for(config, name, 8, account=account, kind="promo")
+            assert await engine.run_campaign(campaign) == "done"
+            assert (await engine.journal.counts(name)).get("sent", 0) == 8
+            # brand-b's sends leave the forecast at none; brand-a's reach the cap
+            assert await asyncio.to_thread(capped_in_plan) == (8 if account == "brand-a" else 0)
+        a_second = campaign_for(config, "a-second", 8, account="brand-a", kind="promo")
+        b_second = campaign_for(config, "b-second", 8, account="brand-b", kind="promo")
+        assert await engine.run_campaign(a_second) == "done"
+        assert await engine.run_campaign(b_second) == "done"
+        counts = {name: await engine.journal.counts(name) for name in ("a-second", "b-second")}
+    assert counts["a-second"].get("sent", 0) == 0 and counts["a-second"]["skipped"] == 8
+    assert counts["b-second"]["sent"] == 8 and counts["b-second"].get("skipped", 0) == 0
+    assert len(sandbox.accepted) == 24
 
 
 async def test_delivery_statuses_are_asked_with_each_campaigns_account_key(

@@ -123,7 +123,7 @@ def test_every_key_of_every_table_is_suggested(folder: Path) -> None:
             with pytest.raises(ConfigError) as caught:
                 load_config(path, env={})
             assert f'{table}.{typo}: unknown key: did you mean "{key}"?' in str(caught.value)
-    assert table_keys(Config, ["policy", "caps", 0]) == ["days", "max", "types"]
+    assert table_keys(Config, ["policy", "caps", 0]) == ["accounts", "days", "max", "types"]
     assert "credentials" not in table_keys(Config, [])
 
 

@@ -112,6 +112,25 @@ async def test_prepare_records_the_snapshot(journal: Journal) -> None:
     assert [r.line async for r in journal.recipients("c", "skipped")] == [3, 9]
 
 
+async def test_a_campaign_keeps_the_account_it_was_planned_for(journal: Journal) -> None:
+    """The account is kept with the snapshot (schema 10, SPEC §13.3): a whole snapshot, a
+    streamed one, and "default" when none is given; an unstarted campaign planned again
+    takes the new one, a started one keeps its own."""
+    await prepare(journal, "a", account="brand-a")
+    await prepare(journal, "d")
+    await journal.open_stream(campaign_id="s", type="promo", file="/c/s.toml", fingerprint="f",
+                              send_at=SEND_AT, deadline=DEADLINE, account="brand-b")
+    accounts = {record.id: record.account for record in await journal.campaigns()}
+    assert accounts == {"a": "brand-a", "d": "default", "s": "brand-b"}
+    await prepare(journal, "a", account="brand-c")
+    started = await journal.set_state("a", "running")
+    assert started.account == "brand-c"
+    with pytest.raises(JournalConflict):
+        await prepare(journal, "a", account="brand-a")
+    record = await journal.campaign("a")
+    assert record is not None and record.account == "brand-c"
+
+
 async def test_a_new_snapshot_replaces_an_unstarted_one_whole(journal: Journal) -> None:
     """Re-preparing swaps in the new batches and skips; nothing of the old one is left."""
     await prepare(journal, "c", count=4, size=5, skips=[Skip(1, None, "x", "duplicate")])
@@ -668,6 +687,43 @@ async def test_sent_messages_not_yet_indexed_are_listed_by_phone(journal: Journa
         pass
     assert await listed(["promo"]) == []
     assert await journal.capped_phones(["promo"], before, 1) == promo
+
+
+async def test_caps_that_name_accounts_count_only_those_accounts_messages(
+    journal: Journal,
+) -> None:
+    """``accounts`` (a cap that names accounts, SPEC §13.3): only the messages of campaigns
+    kept with one of them are listed unindexed and counted indexed; None counts them all."""
+    for campaign, account in (("a", "brand-a"), ("b", "brand-b"), ("d", "default")):
+        await prepare(journal, campaign, count=1, size=2, account=account)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    for campaign in ("a", "b", "d"):
+        batch = (await journal.open_batches(campaign, limit=1))[0]
+        await journal.record_results(campaign, 0, results(batch.body))
+    phones = ["+380500000000", "+380500000001"]
+
+    async def unindexed(accounts: list[str] | None) -> list[str]:
+        return sorted([phone async for phone in journal.unindexed_phones(
+            ["promo"], before, accounts=accounts)])
+
+    assert await unindexed(["brand-a"]) == phones
+    assert await unindexed(["brand-a", "default"]) == sorted(phones * 2)
+    assert await unindexed(None) == sorted(phones * 3)
+    assert await unindexed(["brand-c"]) == []
+    while await journal.index_messages():
+        pass
+
+    async def capped(at_least: int, accounts: list[str] | None) -> list[str]:
+        return await journal.capped_phones(["promo"], before, at_least, accounts=accounts)
+
+    assert await capped(1, ["brand-a"]) == phones
+    assert await capped(2, ["brand-a"]) == []
+    assert await capped(2, ["brand-a", "brand-b"]) == phones
+    assert await capped(3, ["brand-a", "brand-b"]) == []
+    assert await capped(3, None) == phones
+    assert await capped(1, ["brand-c"]) == []
+    assert await journal.capped_phones(["promo"], before, 1, "+380500000000", 10,
+                                       accounts=["default"]) == phones[1:]
 
 
 # --- delivery status (SPEC §11.3) -----------------------------------------------------------

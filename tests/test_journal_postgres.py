@@ -204,11 +204,21 @@ async def test_a_v2_database_gains_delivery_polling_in_place(postgres_url: str) 
             FinalStatus("old", "old-m-1", "undeliverable", "sms")]
         dumped = [rows async for table, rows in journal.dump() if table == "messages"]
         assert {len(row) for rows in dumped for row in rows} == {len(DUMP_TABLES["messages"])}
+        # planned before campaigns kept their account (schema 10): the default one
+        old = await journal.campaign("old")
+        assert old is not None and old.account == "default"
+        # and a cap that names the default account counts its messages, another's does not
+        assert await journal.capped_phones(["promo"], sent_at, 2, accounts=["default"]) == [
+            "+380500000001"]
+        assert await journal.capped_phones(["promo"], sent_at, 1, accounts=["brand-a"]) == []
+        campaigns = [rows async for table, rows in journal.dump() if table == "campaigns"]
+        assert {len(row) for rows in campaigns for row in rows} == {
+            len(DUMP_TABLES["campaigns"])}
     finally:
         await journal.close()
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
         row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
-    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 9
+    assert row == (SCHEMA_VERSION,) and SCHEMA_VERSION == 10
 
 
 async def test_times_are_the_databases_in_utc_and_text_may_hold_nul(postgres_url: str) -> None:

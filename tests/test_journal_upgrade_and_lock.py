@@ -178,10 +178,19 @@ async def test_a_v2_journal_gains_delivery_polling_in_place(tmp_path: Path) -> N
         # and reaches the leader's brakes (schema 7)
         assert await journal.take_final_statuses(10) == [
             FinalStatus("old", "old-1", "undeliverable", "sms")]
+        # planned before campaigns kept their account (schema 10): the default one
+        old = await journal.campaign("old")
+        assert old is not None and old.account == "default"
+        # and a cap that names the default account counts its messages, another's does not
+        assert await journal.capped_phones(["promo"], datetime.fromisoformat(sent_at), 1,
+                                           accounts=["default"]) == [
+            "+380500000001", "+380500000002"]
+        assert await journal.capped_phones(["promo"], datetime.fromisoformat(sent_at), 1,
+                                           accounts=["brand-a"]) == []
     finally:
         await journal.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     db.close()
     assert {"messages_due", "messages_by_campaign"} <= indexes

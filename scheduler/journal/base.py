@@ -125,6 +125,9 @@ class CampaignRecord:
     #: bytes as two digests, ``KEYS/AUDIENCE`` (`scheduler.identity.content_fingerprint`);
     #: None: planned by a release that did not keep it
     content: str | None = None
+    #: the ``[[accounts]]`` entry it sends through, kept when it was planned (SPEC §13.3);
+    #: "default" for a campaign planned by a release that did not keep it
+    account: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +443,7 @@ DUMP_TABLES: dict[str, tuple[str, ...]] = {
     "campaigns": (
         "id", "type", "file", "fingerprint", "state", "send_at", "deadline", "recipients",
         "skipped", "batches", "prepared_at", "started_at", "finished_at", "error", "snapshot",
-        "skips_logged", "stage", "stage_at", "streaming", "content",
+        "skips_logged", "stage", "stage_at", "streaming", "content", "account",
     ),
     "snapshots": ("id", "campaign", "created_at"),
     "bodies": ("snapshot", "seq", "body", "keys"),
@@ -529,6 +532,7 @@ class SendJournal(ReadingJournal, Protocol):
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -544,6 +548,7 @@ class SendJournal(ReadingJournal, Protocol):
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap in an empty snapshot that `extend` fills while the campaign may already send
         (`send --now`): ``streaming`` is True until `close_stream`. Replaces an unstarted
@@ -630,17 +635,21 @@ class SendJournal(ReadingJournal, Protocol):
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """Phones with at least ``at_least`` indexed messages of ``types`` sent at or after
         ``since``, across all campaigns (a frequency cap's summary): in ascending order, those
-        after ``after``, at most ``limit`` (the next page starts after the last one)."""
+        after ``after``, at most ``limit`` (the next page starts after the last one).
+        ``accounts``: count only the messages of campaigns kept with one of these accounts
+        (`CampaignRecord.account`; None: every campaign's)."""
 
-    def unindexed_phones(self, types: Sequence[str], since: datetime) -> AsyncIterator[str]:
+    def unindexed_phones(
+        self, types: Sequence[str], since: datetime, *, accounts: Sequence[str] | None = None,
+    ) -> AsyncIterator[str]:
         """The phone of each message of ``types`` sent at or after ``since`` in a closed batch
         `index_messages` has not copied yet (once a message, however many): what
         `capped_phones` does not count yet. A daemon indexes within seconds; after a `send`
-        with no daemon, nothing does until one runs."""
+        with no daemon, nothing does until one runs. ``accounts``: as `capped_phones`."""
 
 
 class StatusJournal(JournalLife, Protocol):

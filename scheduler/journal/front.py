@@ -122,6 +122,7 @@ class Front(Generic[E]):
     async def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -145,7 +146,7 @@ class Front(Generic[E]):
             await self._run(
                 "commit_snapshot", snapshot, campaign_id=campaign_id, type=type, file=file,
                 fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-                zones=zones,
+                account=account, zones=zones,
             )
             swapped = True
         finally:
@@ -159,11 +160,13 @@ class Front(Generic[E]):
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """`Journal.open_stream`."""
         await self._run(
             "open_stream", campaign_id=campaign_id, type=type, file=file,
             fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
+            account=account,
         )
 
     async def extend(
@@ -281,20 +284,21 @@ class Front(Generic[E]):
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """`Journal.capped_phones`."""
         phones: list[str] = await self._run(
-            "capped_phones", types, since, at_least, after, limit)
+            "capped_phones", types, since, at_least, after, limit, accounts=accounts)
         return phones
 
     async def unindexed_phones(
-        self, types: Sequence[str], since: datetime,
+        self, types: Sequence[str], since: datetime, *, accounts: Sequence[str] | None = None,
     ) -> AsyncIterator[str]:
         """`Journal.unindexed_phones`: one page per operation."""
         after: tuple[int, int] | None = (0, -1)
         while after is not None:
-            phones, after = await self._run("unindexed_page", types, since, after)
+            phones, after = await self._run("unindexed_page", types, since, after,
+                                            accounts=accounts)
             for phone in phones:
                 yield phone
 

@@ -95,6 +95,7 @@ from scheduler.journal.schema import POSTGRES, SCHEMA_VERSION, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
+    DEFAULT_ACCOUNT,
     DELIVERY_FINAL,
     STAMPED,
     STARTED,
@@ -202,7 +203,7 @@ _SNAPSHOT_DELETES = (
 )
 _CAMPAIGN_COLUMNS = (
     "id, type, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,"
-    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content"
+    " prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content, account"
 )
 _SKIP_CHUNK = 10_000
 _PAGE = 16  # batches decoded per query while streaming recipients
@@ -285,16 +286,27 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\N{REPLACEMENT CHARACTER}")
 
 
+def _accounts_in(
+    column: str, accounts: Sequence[str] | None,
+) -> tuple[tuple[list[str], ...], str]:
+    """The parameters and condition "``column`` is one of ``accounts``" (NULL: the default
+    account, as `CampaignRecord.account` reads it); no condition for None (every account)."""
+    if accounts is None:
+        return (), ""
+    return (list(accounts),), f"COALESCE({column}, '{DEFAULT_ACCOUNT}') = ANY(%s::text[])"
+
+
 def _record(row: TupleRow) -> CampaignRecord:
     (id_, type_, file, fingerprint, state, send_at, deadline, recipients, skipped, batches,
-     prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content) = row
+     prepared_at, started_at, finished_at, error, stage, stage_at, streaming, content,
+     account) = row
     return CampaignRecord(
         id=id_, type=type_, file=file, fingerprint=fingerprint, state=state,
         send_at=send_at.astimezone(UTC), deadline=deadline.astimezone(UTC),
         recipients=recipients, skipped=skipped, batches=batches,
         prepared_at=_utc(prepared_at), started_at=_utc(started_at),
         finished_at=_utc(finished_at), error=error, stage=stage, stage_at=_utc(stage_at),
-        streaming=streaming, content=content,
+        streaming=streaming, content=content, account=account or DEFAULT_ACCOUNT,
     )
 
 
@@ -532,6 +544,7 @@ class PostgresStore:
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
         zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         await self._check_staging(campaign_id, snapshot)
@@ -554,10 +567,11 @@ class PostgresStore:
         await self.db.execute("DELETE FROM campaigns WHERE id = %s", (campaign_id,))
         await self.db.execute(
             "INSERT INTO campaigns (id, type, file, fingerprint, state, send_at, deadline,"
-            " recipients, skipped, batches, prepared_at, snapshot, streaming, content) VALUES"
-            " (%s, %s, %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s)",
+            " recipients, skipped, batches, prepared_at, snapshot, streaming, content, account)"
+            " VALUES (%s, %s, %s, %s, 'scheduled', %s, %s, %s, %s, %s, clock_timestamp(), %s,"
+            " %s, %s, %s)",
             (campaign_id, type, file, fingerprint, _aware(send_at), _aware(deadline),
-             recipients, skipped, batches, snapshot, streaming, content),
+             recipients, skipped, batches, snapshot, streaming, content, _text(account)),
         )
 
     # --- a streamed snapshot: appended to while the campaign sends ------------------------
@@ -565,12 +579,14 @@ class PostgresStore:
     async def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
         snapshot = await self.begin_snapshot(campaign_id)
         await self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
             send_at=send_at, deadline=deadline, streaming=True, content=content,
+            account=account,
         )
 
     async def extend(
@@ -955,24 +971,31 @@ class PostgresStore:
 
     async def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """Phones with at least ``at_least`` messages of ``types`` sent since ``since``, in
-        order (byte order, as SQLite's), after ``after``, at most ``limit``."""
+        order (byte order, as SQLite's), after ``after``, at most ``limit`` (with
+        ``accounts``: of those accounts' campaigns only)."""
+        named, mine = _accounts_in("account", accounts)
+        if mine:
+            mine = f" AND campaign IN (SELECT id FROM campaigns WHERE {mine})"
         rows = await self._all(
             "SELECT phone FROM messages WHERE phone COLLATE \"C\" > %s"
-            " AND type = ANY(%s::text[]) AND sent_at >= %s GROUP BY phone"
+            f" AND type = ANY(%s::text[]) AND sent_at >= %s{mine} GROUP BY phone"
             " HAVING COUNT(*) >= %s ORDER BY phone COLLATE \"C\" LIMIT %s",
-            (after, list(types), _aware(since), at_least, limit),
+            (after, list(types), _aware(since), *named, at_least, limit),
         )
         return [phone for (phone,) in rows]
 
     async def unindexed_page(
-        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1),
+        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1), *,
+        accounts: Sequence[str] | None = None,
     ) -> tuple[list[str], tuple[int, int] | None]:
         """The phones of one page of `Journal.unindexed_phones` (up to `_PAGE` batches after
         ``after``, a (snapshot, seq)) and where the next page starts (None: that was the last).
         A batch closed by the first release has no time: it counts as sent now."""
+        named, mine = _accounts_in("c.account", accounts)
+        mine = f" AND {mine}" if mine else ""
         rows = await self._all(
             "SELECT s.snapshot, s.seq, b.body, r.blob FROM batch_state s"
             " JOIN campaigns c ON c.snapshot = s.snapshot"
@@ -980,8 +1003,8 @@ class PostgresStore:
             " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             " WHERE s.state = 'done' AND NOT s.indexed AND c.type = ANY(%s::text[])"
             " AND (s.done_at IS NULL OR s.done_at >= %s) AND (s.snapshot, s.seq) > (%s, %s)"
-            " ORDER BY s.snapshot, s.seq LIMIT %s",
-            (list(types), _aware(since), *after, _PAGE), binary=True,
+            f"{mine} ORDER BY s.snapshot, s.seq LIMIT %s",
+            (list(types), _aware(since), *after, *named, _PAGE), binary=True,
         )
         phones = [phone for _, _, body, blob in rows for _, _, phone in sent_messages(body, blob)]
         return phones, (rows[-1][0], rows[-1][1]) if len(rows) == _PAGE else None

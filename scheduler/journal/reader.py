@@ -111,14 +111,17 @@ class JournalReader:
 
     def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """`Journal.capped_phones`."""
-        return self._runner.run(self.journal.capped_phones(types, since, at_least, after, limit))
+        return self._runner.run(self.journal.capped_phones(
+            types, since, at_least, after, limit, accounts=accounts))
 
-    def unindexed_phones(self, types: Sequence[str], since: datetime) -> Iterator[str]:
+    def unindexed_phones(
+        self, types: Sequence[str], since: datetime, *, accounts: Sequence[str] | None = None,
+    ) -> Iterator[str]:
         """`Journal.unindexed_phones`, streamed in pages (read ahead, as `recipients`)."""
-        stream = self.journal.unindexed_phones(types, since)
+        stream = self.journal.unindexed_phones(types, since, accounts=accounts)
         ahead = self._read_ahead(_take(stream, PAGE))
         while page := self._runner.run(_done(ahead)):
             ahead = self._read_ahead(_take(stream, PAGE))

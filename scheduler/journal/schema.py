@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 #: the schema version of this release; each version after 2 is one entry of `STEPS`
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class Dialect(NamedTuple):
@@ -102,7 +102,14 @@ _TO_V9 = (
     # an ambiguous answer (a batch left in flight says so by its state)
     "ALTER TABLE batch_state ADD COLUMN doubtful {flag} NOT NULL DEFAULT {false}",
 )
+#: version 10: several accounts (SPEC §13.3)
+_TO_V10 = (
+    # the ``[[accounts]]`` entry a campaign sends through, kept when it is planned: report,
+    # status and plan show it (and frequency caps that name accounts count by it) even once
+    # the file is edited or gone; NULL for campaigns planned before this version: "default"
+    "ALTER TABLE campaigns ADD COLUMN account TEXT",
+)
 #: STEPS[n] takes a journal from version n to n + 1 (n >= 2; see the module's docstring)
 STEPS: dict[int, tuple[str, ...]] = {
-    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8, 8: _TO_V9,
+    2: _TO_V3, 3: _TO_V4, 4: _TO_V5, 5: _TO_V6, 6: _TO_V7, 7: _TO_V8, 8: _TO_V9, 9: _TO_V10,
 }

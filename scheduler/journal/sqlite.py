@@ -89,6 +89,7 @@ from scheduler.journal.schema import SCHEMA_VERSION, SQLITE, STEPS
 from scheduler.records import Skip
 from scheduler.vocabulary import (
     CAMPAIGN_STATES,
+    DEFAULT_ACCOUNT,
     DELIVERY_FINAL,
     STAMPED,
     STARTED,
@@ -281,6 +282,17 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+def _accounts_in(
+    column: str, accounts: Sequence[str] | None,
+) -> tuple[tuple[str, ...], str]:
+    """The parameters and condition "``column`` is one of ``accounts``" (NULL: the default
+    account, as `CampaignRecord.account` reads it); no condition for None (every account)."""
+    if accounts is None:
+        return (), ""
+    marks = ", ".join("?" for _ in accounts)
+    return tuple(accounts), f"COALESCE({column}, '{DEFAULT_ACCOUNT}') IN ({marks})"
+
+
 def _record(row: sqlite3.Row) -> CampaignRecord:
     return CampaignRecord(
         id=row["id"], type=row["type"], file=row["file"], fingerprint=row["fingerprint"],
@@ -290,6 +302,7 @@ def _record(row: sqlite3.Row) -> CampaignRecord:
         started_at=_time(row["started_at"]), finished_at=_time(row["finished_at"]),
         error=row["error"], stage=row["stage"], stage_at=_time(row["stage_at"]),
         streaming=bool(row["streaming"]), content=row["content"],
+        account=row["account"] or DEFAULT_ACCOUNT,
     )
 
 
@@ -468,6 +481,7 @@ class SqliteConnection:
     def prepare(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
         batches: Iterable[Sequence[Message]], skips: Iterable[Skip],
         zones: Sequence[str | None] = (),
     ) -> None:
@@ -486,7 +500,7 @@ class SqliteConnection:
             self.commit_snapshot(
                 snapshot, campaign_id=campaign_id, type=type, file=file,
                 fingerprint=fingerprint, send_at=send_at, deadline=deadline, content=content,
-                zones=zones,
+                account=account, zones=zones,
             )
             swapped = True
         finally:
@@ -557,6 +571,7 @@ class SqliteConnection:
         self, snapshot: int, *, campaign_id: str, type: str, file: str,
         fingerprint: str, send_at: datetime, deadline: datetime,
         zones: Sequence[str | None] = (), streaming: bool = False, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap the staged snapshot in: one small transaction, so readers see old or new."""
         with self.transaction():
@@ -578,10 +593,11 @@ class SqliteConnection:
             self._db.execute(
                 "INSERT OR REPLACE INTO campaigns (id, type, file, fingerprint, state, send_at,"
                 " deadline, recipients, skipped, batches, prepared_at, started_at, finished_at,"
-                " error, snapshot, streaming, content) VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?,"
-                " ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)",
+                " error, snapshot, streaming, content, account) VALUES (?, ?, ?, ?, 'scheduled', ?,"
+                " ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, ?)",
                 (campaign_id, type, file, fingerprint, _utc_text(send_at), _utc_text(deadline),
-                 recipients, skipped, batches, _now(), snapshot, int(streaming), content),
+                 recipients, skipped, batches, _now(), snapshot, int(streaming), content,
+                 account),
             )
 
     # --- a streamed snapshot: appended to while the campaign sends ------------------------
@@ -589,12 +605,14 @@ class SqliteConnection:
     def open_stream(
         self, *, campaign_id: str, type: str, file: str, fingerprint: str,
         send_at: datetime, deadline: datetime, content: str | None = None,
+        account: str = "default",
     ) -> None:
         """Swap in an empty snapshot that `extend` fills (`Journal.open_stream`)."""
         snapshot = self.begin_snapshot(campaign_id)
         self.commit_snapshot(
             snapshot, campaign_id=campaign_id, type=type, file=file, fingerprint=fingerprint,
             send_at=send_at, deadline=deadline, streaming=True, content=content,
+            account=account,
         )
 
     def extend(
@@ -945,26 +963,34 @@ class SqliteConnection:
 
     def capped_phones(
         self, types: Sequence[str], since: datetime, at_least: int, after: str = "",
-        limit: int = 50_000,
+        limit: int = 50_000, *, accounts: Sequence[str] | None = None,
     ) -> list[str]:
         """Phones with at least ``at_least`` messages of ``types`` sent since ``since``, in
-        order, after ``after``, at most ``limit``: one walk of the phone index, no table."""
+        order, after ``after``, at most ``limit``: one walk of the phone index, no table
+        (with ``accounts``, each message's campaign is looked up too)."""
         kinds = ", ".join("?" for _ in types)
+        named, mine = _accounts_in("account", accounts)
+        if mine:
+            mine = f" AND campaign IN (SELECT id FROM campaigns WHERE {mine})"
         cursor = self._db.cursor()
         cursor.row_factory = None
         return [phone for (phone,) in cursor.execute(
             f"SELECT phone FROM messages WHERE phone > ? AND type IN ({kinds})"
-            " AND sent_at >= ? GROUP BY phone HAVING COUNT(*) >= ? ORDER BY phone LIMIT ?",
-            (after, *types, _utc_text(since), at_least, limit),
+            f" AND sent_at >= ?{mine} GROUP BY phone HAVING COUNT(*) >= ? ORDER BY phone"
+            " LIMIT ?",
+            (after, *types, _utc_text(since), *named, at_least, limit),
         )]
 
     def unindexed_page(
-        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1),
+        self, types: Sequence[str], since: datetime, after: tuple[int, int] = (0, -1), *,
+        accounts: Sequence[str] | None = None,
     ) -> tuple[list[str], tuple[int, int] | None]:
         """The phones of one page of `Journal.unindexed_phones` (up to `_PAGE` batches after
         ``after``, a (snapshot, seq)) and where the next page starts (None: that was the last).
         A batch closed by the first release has no time: it counts as sent now."""
         kinds = ", ".join("?" for _ in types)
+        named, mine = _accounts_in("c.account", accounts)
+        mine = f" AND {mine}" if mine else ""
         rows = self._db.execute(
             "SELECT s.snapshot, s.seq, b.body, r.blob FROM batch_state s"
             " JOIN campaigns c ON c.snapshot = s.snapshot"
@@ -972,8 +998,8 @@ class SqliteConnection:
             " JOIN results r ON r.snapshot = s.snapshot AND r.seq = s.seq"
             f" WHERE s.state = 'done' AND s.indexed = 0 AND c.type IN ({kinds})"
             " AND (s.done_at IS NULL OR s.done_at >= ?) AND (s.snapshot, s.seq) > (?, ?)"
-            " ORDER BY s.snapshot, s.seq LIMIT ?",
-            (*types, _utc_text(since), *after, _PAGE),
+            f"{mine} ORDER BY s.snapshot, s.seq LIMIT ?",
+            (*types, _utc_text(since), *after, *named, _PAGE),
         ).fetchall()
         phones = [phone for _, _, body, blob in rows for _, _, phone in sent_messages(body, blob)]
         return phones, (rows[-1][0], rows[-1][1]) if len(rows) == _PAGE else None
