@@ -56,7 +56,13 @@ class Driver:
         self, campaign: Campaign, record: CampaignRecord,
         on_progress: ProgressCallback | None = None,
     ) -> CampaignRun:
-        """A handle for one campaign's sending; `drive` it, `halt` it from elsewhere."""
+        """A handle for one campaign's sending; `drive` it, `halt` it from elsewhere.
+
+        It goes through the account it was planned for (the journal's), not the one its
+        file names now: an edit of a started campaign changes nothing of it (SPEC §7). Only
+        an account no longer configured gives way to the file's."""
+        if record.account != campaign.account and record.account in self._dispatchers:
+            campaign = campaign.model_copy(update={"account": record.account})
         caps = caps_for(campaign, self._caps)
         dispatcher = self.dispatcher_of(campaign)
         return CampaignRun(

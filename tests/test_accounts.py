@@ -279,6 +279,22 @@ async def test_each_campaigns_requests_carry_its_accounts_key(
                                         "second": Counter({key_id(KEY_B): 80})}
 
 
+async def test_a_started_campaign_keeps_the_account_it_was_planned_for(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """An edit of a started campaign is ignored (SPEC §7), its account too: planned for
+    brand-a and then edited to brand-b, every request still goes with brand-a's key."""
+    record = tmp_path / "record.jsonl"
+    sandbox = await start_sandbox(api_keys=frozenset({KEY_A, KEY_B}), record=record)
+    config = load_config(two_accounts(tmp_path, sandbox.base_url), ENV)
+    planned = campaign_for(config, "first", 60, account="brand-a")
+    async with open_engine(config) as engine:
+        prepared = await engine.prepare(planned)
+        edited = planned.model_copy(update={"account": "brand-b"})
+        assert await engine.run_campaign(edited, prepared=prepared) == "done"
+    assert keys_by_campaign(record) == {"first": Counter({key_id(KEY_A): 60})}
+
+
 async def test_each_account_holds_its_own_rate_in_any_second(
     tmp_path: Path, start_sandbox: StartSandbox,
 ) -> None:
