@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scheduler.campaign import AudienceSpec, Campaign
-from scheduler.csvfile import CsvProblem, open_table, os_message, scan_bytes
+from scheduler.csvfile import CsvProblem, Signature, Table, open_table, os_message, scan_bytes
+from scheduler.day_sieve import Sieved, sieve
 from scheduler.dedupe import Dedupe
 from scheduler.errors import CampaignError, Problem
 from scheduler.passes import PassOne, pass_one, pass_two
@@ -26,6 +27,7 @@ from scheduler.rows import (
     template_of,
 )
 from scheduler.suppression import Suppression
+from scheduler.template import Template
 
 
 def _header_error(spec: AudienceSpec, campaign_file: Path, exc: Exception) -> CampaignError:
@@ -64,6 +66,12 @@ def _stream(
         if table.signature() != signature:
             raise CsvProblem.changed()
         columns = Columns.find(campaign, table, template)
+        if counted is not None and campaign.trigger_day is not None:
+            sieved = _sieve(campaign, table, columns, signature)
+            if sieved is not None:  # only the lines that may be due are checked
+                yield from _count_sieved(campaign, suppression, columns, template, sieved,
+                                         counted)
+                return
         if campaign.trigger_day is not None:
             # a trigger's day run (SPEC §13.2): only its day's rows (a few in a thousand)
             # reach the duplicate check, so pass 2 remembers their keys exactly; no pass 1
@@ -82,6 +90,37 @@ def _stream(
             counted.merge(AudienceSummary(valid=checker.valid, zones=checker.zones))
         if table.signature() != signature:
             raise CsvProblem.changed()
+
+
+def _sieve(
+    campaign: Campaign, table: Table, columns: Columns, signature: Signature,
+) -> Sieved | None:
+    """A counted day run's audience without the lines that are surely another day's
+    (`scheduler.day_sieve`); None when it cannot be sieved. The file must still be the one
+    `scan_bytes` checked."""
+    if columns.date is None:
+        return None
+    found = sieve(campaign, campaign.audience.csv, table.delimiter, columns.date, table.header)
+    if found is None:
+        return None
+    sieved, read = found
+    if read != signature:
+        raise CsvProblem.changed()
+    return sieved
+
+
+def _count_sieved(
+    campaign: Campaign, suppression: Suppression | None, columns: Columns,
+    template: Template | None, sieved: Sieved, counted: AudienceSummary,
+) -> Iterator[Skip]:
+    """Count a sieved day run: its due rows remembered exactly for the duplicate check (they
+    are few), as in the plain day run; only the skips come out."""
+    dedupe = Dedupe.remember_all(len(columns.keys()))
+    checker = RowChecker(campaign, columns, template, suppression, dedupe, counted.add_empty)
+    for item in checker.rows(sieved, emit=False):
+        assert isinstance(item, Skip)  # counting yields only skips
+        yield item
+    counted.merge(AudienceSummary(valid=checker.valid, zones=checker.zones))
 
 
 def _checked(
