@@ -65,7 +65,8 @@ class Sieved:
 
     @property
     def line_num(self) -> int:
-        """The file's line of the last kept line read."""
+        """The file's line before the next kept row's (the last line read, and the dropped
+        lines after it)."""
         kept = self.table.reader.line_num
         return kept + self._dropped[bisect.bisect_right(self._after, kept)]
 
