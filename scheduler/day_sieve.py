@@ -14,6 +14,7 @@ count the kept rows only: unique all the same, so the counts do not change.
 from __future__ import annotations
 
 import bisect
+import csv
 import io
 import re
 from collections.abc import Iterator
@@ -38,10 +39,12 @@ def other_day_lines(campaign: Campaign, delimiter: str, date_at: int) -> re.Patt
                   for key in due_table(campaign, [day])})
     not_due = b"".join(rb"(?!%02d-%02d)" % month_day for month_day in due)
     sep = re.escape(delimiter.encode())
-    cell = rb'[^"\r\n' + sep + rb"]*"
+    # a cell the csv module refuses as too long stays, to be reported as the row checker does
+    most = csv.field_size_limit() - 1
+    cell = rb'[^"\r\n' + sep + rb"]{0,%d}" % most
     line = (rb"(?:" + cell + sep + rb"){%d}" % date_at
             + rb"(?!0000)[0-9]{4}-" + not_due + _REAL_DAY
-            + rb'(?:' + sep + rb'[^"\r\n]*)?\r?(?:\n|\Z)')
+            + rb"(?:" + sep + rb'[^"\r\n]{0,%d})?\r?(?:\n|\Z)' % most)
     return re.compile(rb"^(?:" + line + rb")+", re.MULTILINE)
 
 

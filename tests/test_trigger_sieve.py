@@ -19,6 +19,7 @@ from scheduler.audience import summarize
 from scheduler.campaign import Campaign
 from scheduler.config import load_config
 from scheduler.day_sieve import sieve
+from scheduler.errors import CampaignError
 from scheduler.loader import load_campaign
 from scheduler.service import open_engine
 from scheduler.suppression import Suppression
@@ -175,3 +176,23 @@ def test_the_sieve_changes_no_count_skip_or_line(
         patch.setattr(audience, "_sieve", lambda *args: None)
         whole = summarize(run, suppression, may_fork=False).to_json()
     assert sieved == whole
+
+
+def test_a_cell_too_long_for_the_csv_module_is_reported_as_without_the_sieve(
+    tmp_path: Path,
+) -> None:
+    """Another day's row with a cell over the csv module's limit is not dropped unread: the
+    count fails on it with its line, as it does without the sieve."""
+    (tmp_path / "campaigns" / "audiences").mkdir(parents=True)
+    (tmp_path / "config.toml").write_text('[paths]\ncampaigns = "campaigns"\n', "utf-8")
+    (tmp_path / "campaigns" / "audiences" / "people.csv").write_text(
+        HEADER + "1,+380501000001,A,1990-12-08,\n"
+        f"2,+380501000002,{'B' * 200_000},1990-01-01,\n", "utf-8")
+    run = day_run(tmp_path)
+    with pytest.raises(CampaignError) as sieved:
+        summarize(run, may_fork=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(audience, "_sieve", lambda *args: None)
+        with pytest.raises(CampaignError) as whole:
+            summarize(run, may_fork=False)
+    assert str(sieved.value) == str(whole.value) and ":3: not readable as CSV" in str(sieved.value)
