@@ -12,7 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scheduler.campaign import AudienceSpec, Campaign
-from scheduler.csvfile import CsvProblem, Signature, Table, open_table, os_message, scan_bytes
+from scheduler.csvfile import (
+    CsvProblem,
+    clean_bytes,
+    open_table,
+    os_message,
+    read_bytes,
+    scan_bytes,
+)
 from scheduler.day_sieve import Sieved, sieve
 from scheduler.dedupe import Dedupe
 from scheduler.errors import CampaignError, Problem
@@ -27,7 +34,6 @@ from scheduler.rows import (
     template_of,
 )
 from scheduler.suppression import Suppression
-from scheduler.template import Template
 
 
 def _header_error(spec: AudienceSpec, campaign_file: Path, exc: Exception) -> CampaignError:
@@ -59,6 +65,11 @@ def _stream(
     With ``counted``, valid rows are counted into it (with the placeholders they leave empty)
     instead of being yielded: only the skips come out.
     """
+    if counted is not None and campaign.trigger_day is not None:
+        sieved = _sieve(campaign)
+        if sieved is not None:  # only the lines that may be due are checked
+            yield from _count_sieved(campaign, suppression, *sieved, counted)
+            return
     spec = campaign.audience
     template = template_of(campaign)
     signature, lines = scan_bytes(spec.csv)
@@ -66,12 +77,6 @@ def _stream(
         if table.signature() != signature:
             raise CsvProblem.changed()
         columns = Columns.find(campaign, table, template)
-        if counted is not None and campaign.trigger_day is not None:
-            sieved = _sieve(campaign, table, columns, signature)
-            if sieved is not None:  # only the lines that may be due are checked
-                yield from _count_sieved(campaign, suppression, columns, template, sieved,
-                                         counted)
-                return
         if campaign.trigger_day is not None:
             # a trigger's day run (SPEC §13.2): only its day's rows (a few in a thousand)
             # reach the duplicate check, so pass 2 remembers their keys exactly; no pass 1
@@ -92,31 +97,34 @@ def _stream(
             raise CsvProblem.changed()
 
 
-def _sieve(
-    campaign: Campaign, table: Table, columns: Columns, signature: Signature,
-) -> Sieved | None:
+def _sieve(campaign: Campaign) -> tuple[Sieved, Columns] | None:
     """A counted day run's audience without the lines that are surely another day's
-    (`scheduler.day_sieve`); None when it cannot be sieved. The file must still be the one
-    `scan_bytes` checked."""
+    (`scheduler.day_sieve`), and its columns; None when it cannot be sieved, and when the file
+    is not clean UTF-8 (the plain reading says what is wrong, with the line)."""
+    spec = campaign.audience
+    signature, data = read_bytes(spec.csv)
+    if not clean_bytes(data):
+        return None
+    with open_table(spec.csv, spec.delimiter) as table:
+        if table.signature() != signature:
+            raise CsvProblem.changed()
+        columns = Columns.find(campaign, table, template_of(campaign))
+        delimiter, header = table.delimiter, table.header
     if columns.date is None:
         return None
-    found = sieve(campaign, campaign.audience.csv, table.delimiter, columns.date, table.header)
-    if found is None:
-        return None
-    sieved, read = found
-    if read != signature:
-        raise CsvProblem.changed()
-    return sieved
+    sieved = sieve(campaign, data, delimiter, columns.date, header)
+    return None if sieved is None else (sieved, columns)
 
 
 def _count_sieved(
-    campaign: Campaign, suppression: Suppression | None, columns: Columns,
-    template: Template | None, sieved: Sieved, counted: AudienceSummary,
+    campaign: Campaign, suppression: Suppression | None, sieved: Sieved, columns: Columns,
+    counted: AudienceSummary,
 ) -> Iterator[Skip]:
     """Count a sieved day run: its due rows remembered exactly for the duplicate check (they
     are few), as in the plain day run; only the skips come out."""
     dedupe = Dedupe.remember_all(len(columns.keys()))
-    checker = RowChecker(campaign, columns, template, suppression, dedupe, counted.add_empty)
+    checker = RowChecker(campaign, columns, template_of(campaign), suppression, dedupe,
+                         counted.add_empty)
     for item in checker.rows(sieved, emit=False):
         assert isinstance(item, Skip)  # counting yields only skips
         yield item

@@ -62,6 +62,19 @@ def read_bytes(path: Path) -> tuple[Signature, bytes]:
         return _signature(raw.fileno()), raw.read()
 
 
+def clean_bytes(data: bytes) -> bool:
+    """The bytes `scan_bytes` accepts: UTF-8 without NUL bytes."""
+    if b"\0" in data:
+        return False
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _line_at(path: Path, offset: int) -> int:
     """The physical line (1-based; ``\\n``, ``\\r\\n`` and a lone ``\\r`` end lines) of a byte."""
     breaks, left, last = 0, offset, b""

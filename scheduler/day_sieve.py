@@ -19,10 +19,9 @@ import io
 import re
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 from scheduler.campaign import Campaign
-from scheduler.csvfile import CsvProblem, Signature, Table, read_bytes
+from scheduler.csvfile import CsvProblem, Table
 from scheduler.trigger_scan import due_table
 
 #: month-days that are always real (29 February is a date in leap years only: never dropped)
@@ -78,11 +77,10 @@ class Sieved:
 
 
 def sieve(
-    campaign: Campaign, path: Path, delimiter: str, date_at: int, header: list[str],
-) -> tuple[Sieved, Signature] | None:
-    """The day run's kept rows positioned after the header, with the file's signature as
-    read; None when the file cannot be sieved (it has quotes, or its header would change)."""
-    signature, data = read_bytes(path)
+    campaign: Campaign, data: bytes, delimiter: str, date_at: int, header: list[str],
+) -> Sieved | None:
+    """The day run's kept rows of the audience ``data`` (its whole file), positioned after
+    the header; None when it cannot be sieved (it has quotes, or its header would change)."""
     if b'"' in data:  # a quoted cell may hold delimiters and line breaks: lines are not rows
         return None
     gaps: list[tuple[int, int]] = []
@@ -105,4 +103,4 @@ def sieve(
         return None  # the header line was dropped (a date for a column name): read it all
     if table.header != header:
         return None
-    return Sieved(table, gaps), signature
+    return Sieved(table, gaps)

@@ -123,9 +123,8 @@ def test_the_sieve_leaves_only_the_days_rows_and_the_bad_dates(root: Path) -> No
     """The other days' rows never reach the row rules; the rest keep their file lines."""
     run = day_run(root)
     header = HEADER.rstrip("\n").split(",")
-    found = sieve(run, run.audience.csv, ",", 3, header)
-    assert found is not None
-    sieved, _ = found
+    sieved = sieve(run, run.audience.csv.read_bytes(), ",", 3, header)
+    assert sieved is not None
     kept, start = [], sieved.line_num + 1
     for row in sieved:  # a row's line, as the row checker reads it
         kept.append((start, row[0]))
@@ -178,16 +177,21 @@ def test_the_sieve_changes_no_count_skip_or_line(
     assert sieved == whole
 
 
-def test_a_cell_too_long_for_the_csv_module_is_reported_as_without_the_sieve(
-    tmp_path: Path,
+@pytest.mark.parametrize(("bad", "why"), [
+    (b"B" * 200_000, "not readable as CSV"),  # over the csv module's field limit
+    (b"B\xff", "not UTF-8"),
+    (b"B\0", "NUL bytes"),
+])
+def test_a_bad_line_another_days_is_reported_as_without_the_sieve(
+    tmp_path: Path, bad: bytes, why: str,
 ) -> None:
-    """Another day's row with a cell over the csv module's limit is not dropped unread: the
-    count fails on it with its line, as it does without the sieve."""
+    """A line the sieve would drop but the reader refuses (a cell too long, bytes that are not
+    UTF-8, a NUL) is not dropped unread: the count fails on it with its line, as without."""
     (tmp_path / "campaigns" / "audiences").mkdir(parents=True)
     (tmp_path / "config.toml").write_text('[paths]\ncampaigns = "campaigns"\n', "utf-8")
-    (tmp_path / "campaigns" / "audiences" / "people.csv").write_text(
-        HEADER + "1,+380501000001,A,1990-12-08,\n"
-        f"2,+380501000002,{'B' * 200_000},1990-01-01,\n", "utf-8")
+    (tmp_path / "campaigns" / "audiences" / "people.csv").write_bytes(
+        HEADER.encode() + b"1,+380501000001,A,1990-12-08,\n"
+        b"2,+380501000002," + bad + b",1990-01-01,\n")
     run = day_run(tmp_path)
     with pytest.raises(CampaignError) as sieved:
         summarize(run, may_fork=False)
@@ -195,4 +199,5 @@ def test_a_cell_too_long_for_the_csv_module_is_reported_as_without_the_sieve(
         patch.setattr(audience, "_sieve", lambda *args: None)
         with pytest.raises(CampaignError) as whole:
             summarize(run, may_fork=False)
-    assert str(sieved.value) == str(whole.value) and ":3: not readable as CSV" in str(sieved.value)
+    assert str(sieved.value) == str(whole.value)
+    assert ":3: " in str(sieved.value) and why in str(sieved.value)
