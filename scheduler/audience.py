@@ -12,7 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scheduler.campaign import AudienceSpec, Campaign
-from scheduler.csvfile import CsvProblem, open_table, os_message, scan_bytes
+from scheduler.csvfile import (
+    CsvProblem,
+    clean_bytes,
+    open_table,
+    os_message,
+    read_bytes,
+    scan_bytes,
+)
+from scheduler.day_sieve import Sieved, sieve
 from scheduler.dedupe import Dedupe
 from scheduler.errors import CampaignError, Problem
 from scheduler.passes import PassOne, pass_one, pass_two
@@ -57,6 +65,11 @@ def _stream(
     With ``counted``, valid rows are counted into it (with the placeholders they leave empty)
     instead of being yielded: only the skips come out.
     """
+    if counted is not None and campaign.trigger_day is not None:
+        sieved = _sieve(campaign)
+        if sieved is not None:  # only the lines that may be due are checked
+            yield from _count_sieved(campaign, suppression, *sieved, counted)
+            return
     spec = campaign.audience
     template = template_of(campaign)
     signature, lines = scan_bytes(spec.csv)
@@ -82,6 +95,40 @@ def _stream(
             counted.merge(AudienceSummary(valid=checker.valid, zones=checker.zones))
         if table.signature() != signature:
             raise CsvProblem.changed()
+
+
+def _sieve(campaign: Campaign) -> tuple[Sieved, Columns] | None:
+    """A counted day run's audience without the lines that are surely another day's
+    (`scheduler.day_sieve`), and its columns; None when it cannot be sieved, and when the file
+    is not clean UTF-8 (the plain reading says what is wrong, with the line)."""
+    spec = campaign.audience
+    signature, data = read_bytes(spec.csv)
+    if not clean_bytes(data):
+        return None
+    with open_table(spec.csv, spec.delimiter) as table:
+        if table.signature() != signature:
+            raise CsvProblem.changed()
+        columns = Columns.find(campaign, table, template_of(campaign))
+        delimiter, header = table.delimiter, table.header
+    if columns.date is None:
+        return None
+    sieved = sieve(campaign, data, delimiter, columns.date, header)
+    return None if sieved is None else (sieved, columns)
+
+
+def _count_sieved(
+    campaign: Campaign, suppression: Suppression | None, sieved: Sieved, columns: Columns,
+    counted: AudienceSummary,
+) -> Iterator[Skip]:
+    """Count a sieved day run: its due rows remembered exactly for the duplicate check (they
+    are few), as in the plain day run; only the skips come out."""
+    dedupe = Dedupe.remember_all(len(columns.keys()))
+    checker = RowChecker(campaign, columns, template_of(campaign), suppression, dedupe,
+                         counted.add_empty)
+    for item in checker.rows(sieved, emit=False):
+        assert isinstance(item, Skip)  # counting yields only skips
+        yield item
+    counted.merge(AudienceSummary(valid=checker.valid, zones=checker.zones))
 
 
 def _checked(

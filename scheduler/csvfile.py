@@ -56,6 +56,25 @@ def _signature(fd: int) -> Signature:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def read_bytes(path: Path) -> tuple[Signature, bytes]:
+    """The whole file's bytes, and its signature when they were read."""
+    with path.open("rb") as raw:
+        return _signature(raw.fileno()), raw.read()
+
+
+def clean_bytes(data: bytes) -> bool:
+    """The bytes `scan_bytes` accepts: UTF-8 without NUL bytes."""
+    if b"\0" in data:
+        return False
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _line_at(path: Path, offset: int) -> int:
     """The physical line (1-based; ``\\n``, ``\\r\\n`` and a lone ``\\r`` end lines) of a byte."""
     breaks, left, last = 0, offset, b""
