@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from scheduler.journal import CampaignRecord, RecipientRow
+from scheduler.config import load_config
+from scheduler.journal import CampaignRecord, JournalReader, RecipientRow, open_journal
 from tests.journal_helpers import SyncJournal
 
 T = TypeVar("T")
@@ -459,6 +460,13 @@ class DaemonPair:
         """What each sandbox accepted."""
         first, second = self.sandboxes
         return first.record(), second.record()
+
+    def state(self, cid: str) -> str | None:
+        """The campaign's state in the shared journal."""
+        location = load_config(self.a.config).journal_location()
+        with JournalReader(open_journal(location)) as journal:
+            record = journal.campaign(cid)
+        return None if record is None else record.state
 
     def accepted(self, cid: str | None = None) -> Counter[str]:
         """How often each tracking id (of campaign ``cid``; None: of any) was accepted, by

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonPair, poll, write_atomic
 
-from scheduler.config import load_config
-from scheduler.journal import JournalReader, open_journal
 from scheduler.series import run_id
 from tests.series_helpers import next_minute, series_text
 
@@ -22,31 +20,17 @@ SENDING = {"batch_size": 50, "requests_per_second": 8, "concurrency": 2, "max_at
 COUNT = 2000  # 40 batches at 8/s: about 5 s of sending
 
 
-class Pair(DaemonPair):
-    """Daemon A (leader) and daemon B (standby) on one journal and one campaigns folder."""
-
-    def __init__(self, root: Path, url: str) -> None:
-        super().__init__(root, url, SENDING, lease=LEASE)
-
-    def state(self, cid: str) -> str | None:
-        """The campaign's state in the shared journal."""
-        location = load_config(self.a.config).journal_location()
-        with JournalReader(open_journal(location)) as journal:
-            record = journal.campaign(cid)
-        return None if record is None else record.state
-
-
 @pytest.fixture
-def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
+def pair(tmp_path: Path, postgres_url: str) -> Iterator[DaemonPair]:
     """Two daemons (not started) on a fresh database."""
-    made = Pair(tmp_path, postgres_url)
+    made = DaemonPair(tmp_path, postgres_url, SENDING, lease=LEASE)
     try:
         yield made
     finally:
         made.close()
 
 
-def test_a_takeover_mid_occurrence_never_fires_it_twice(pair: Pair) -> None:
+def test_a_takeover_mid_occurrence_never_fires_it_twice(pair: DaemonPair) -> None:
     """A starts the occurrence and is killed (-9); B takes over, finishes it, and plans the
     next one: every tracking id of the occurrence accepted, none of another run, and only the
     batches in flight at the kill may have gone twice (at-least-once)."""

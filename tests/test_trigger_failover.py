@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonPair, poll, write_atomic
 
-from scheduler.config import load_config
-from scheduler.journal import JournalReader, open_journal
 from scheduler.trigger import day_run_id
 from tests.series_helpers import next_minute
 
@@ -24,29 +22,16 @@ COUNT = 2000  # 40 batches at 8/s: about 5 s of sending
 PLUS_14 = "Pacific/Kiritimati"
 
 
-class Pair(DaemonPair):
-    """Daemon A (leader) and daemon B (standby) on one journal and one campaigns folder."""
-
-    def __init__(self, root: Path, url: str) -> None:
-        super().__init__(root, url, SENDING, lease=LEASE)
-
-    def state(self, cid: str) -> str | None:
-        location = load_config(self.a.config).journal_location()
-        with JournalReader(open_journal(location)) as journal:
-            record = journal.campaign(cid)
-        return None if record is None else record.state
-
-
 @pytest.fixture
-def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
-    made = Pair(tmp_path, postgres_url)
+def pair(tmp_path: Path, postgres_url: str) -> Iterator[DaemonPair]:
+    made = DaemonPair(tmp_path, postgres_url, SENDING, lease=LEASE)
     try:
         yield made
     finally:
         made.close()
 
 
-def test_a_takeover_mid_day_run_never_sends_a_recipient_twice(pair: Pair) -> None:
+def test_a_takeover_mid_day_run_never_sends_a_recipient_twice(pair: DaemonPair) -> None:
     fire = next_minute()
     day = (fire + timedelta(hours=14)).date()
     at = (fire + timedelta(hours=14)).strftime("%H:%M")
