@@ -461,6 +461,17 @@ class DaemonPair:
         first, second = self.sandboxes
         return first.record(), second.record()
 
+    def take_over_mid_run(self, run: str, following: str) -> DaemonProcess:
+        """Start both; once A's sandbox has 400 messages of ``run``, kill A (-9); wait for B
+        to lead, finish ``run`` and plan ``following``. Returns B, still running."""
+        first, second = self.start()
+        poll(lambda: len(self.sandboxes[0].record()) >= 400, 120, "A to be sending")
+        first.signal(signal.SIGKILL)
+        poll(lambda: self.b.events("leadership_acquired"), 30, "B to take over")
+        poll(lambda: self.state(run) == "done", 60, f"{run} done", step=0.3)
+        poll(lambda: self.state(following) == "scheduled", 30, f"{following} planned")
+        return second
+
     def state(self, cid: str) -> str | None:
         """The campaign's state in the shared journal."""
         location = load_config(self.a.config).journal_location()

@@ -4,13 +4,12 @@ one campaigns folder and one journal, each posting to its own sandbox process.""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonPair, poll, write_atomic
+from daemon_helpers import DaemonPair, write_atomic
 
 from scheduler.series import run_id
 from tests.series_helpers import next_minute, series_text
@@ -37,17 +36,8 @@ def test_a_takeover_mid_occurrence_never_fires_it_twice(pair: DaemonPair) -> Non
     fire_at = next_minute()
     pair.a.audience("daily", COUNT)
     write_atomic(pair.a.campaigns / "daily.toml", series_text(fire_at))
-    first, second = pair.daemons
-    first.start()
-    poll(lambda: pair.a.events("leadership_acquired"), 30, "A to lead")
-    second.start()
     run = run_id("daily", fire_at)
-    poll(lambda: len(pair.sandboxes[0].record()) >= 400, 120, "A to be sending")
-    first.signal(signal.SIGKILL)
-    poll(lambda: pair.b.events("leadership_acquired"), 30, "B to take over")
-    poll(lambda: pair.state(run) == "done", 60, f"{run} done", step=0.3)
-    following = run_id("daily", fire_at + timedelta(days=1))
-    poll(lambda: pair.state(following) == "scheduled", 30, f"{following} planned")
+    second = pair.take_over_mid_run(run, run_id("daily", fire_at + timedelta(days=1)))
     accepted = pair.accepted()
     prefix = run.replace("@", ".")
     assert set(accepted) == {f"{prefix}-{n}" for n in range(1, COUNT + 1)}

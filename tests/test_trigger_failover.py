@@ -5,13 +5,12 @@ campaigns folder and one journal, each posting to its own sandbox process."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonPair, poll, write_atomic
+from daemon_helpers import DaemonPair, write_atomic
 
 from scheduler.trigger import day_run_id
 from tests.series_helpers import next_minute
@@ -43,17 +42,8 @@ def test_a_takeover_mid_day_run_never_sends_a_recipient_twice(pair: DaemonPair) 
         'id = "birthday"', 'from_name = "TestShop"', 'type = "promo"', 'text = "Hi {first_name}"',
         "[trigger]", 'column = "birthday"', "yearly = true", f'at = "{at}"', "[audience]",
         'csv = "audiences/people.csv"', 'tz_column = "tz"', ""]))
-    first, second = pair.daemons
-    first.start()
-    poll(lambda: pair.a.events("leadership_acquired"), 30, "A to lead")
-    second.start()
     run = day_run_id("birthday", day)
-    poll(lambda: len(pair.sandboxes[0].record()) >= 400, 120, "A to be sending")
-    first.signal(signal.SIGKILL)
-    poll(lambda: pair.b.events("leadership_acquired"), 30, "B to take over")
-    poll(lambda: pair.state(run) == "done", 60, f"{run} done", step=0.3)
-    following = day_run_id("birthday", day + timedelta(days=1))
-    poll(lambda: pair.state(following) == "scheduled", 30, f"{following} planned")
+    second = pair.take_over_mid_run(run, day_run_id("birthday", day + timedelta(days=1)))
     accepted = pair.accepted()
     prefix = run.replace("@", ".")
     assert set(accepted) == {f"{prefix}-{n}" for n in range(1, COUNT + 1)}
