@@ -6,7 +6,10 @@ small for an API 100 ms away, caps the rate below the account's limit (4 in flig
 40 requests a second, whatever the limit says); too big, and a slow API is sent ever more at
 once. So the limit follows the measured time: ``ceil(rate x p90) + 1`` over the last `SAMPLES`
 requests, at least 1, at most ``[sending] concurrency`` when the operator set it (then it is a
-hard cap) and never above `MAX_IN_FLIGHT`. Until answers come it is `START`.
+hard cap) and never above `MAX_IN_FLIGHT`. Until answers come it is what `plan` assumes
+(`PLANNED_ROUND_TRIP`): the rate limit spaces the first requests anyway, so starting there
+costs a slow API nothing and spares a far one a slow first second (starting at 4, an API
+100 ms away got 40 requests a second until the first answers were timed).
 
 The time a request holds its slot (`Busy`) is more than its round trip: the batch is marked in
 flight in the journal first (a commit, queued behind the writer's other work: 45 ms median,
@@ -26,13 +29,12 @@ from typing import Final
 
 #: the most requests in flight at once, whatever the round trip
 MAX_IN_FLIGHT: Final = 64
-#: the limit before any answer was timed
-START: Final = 4
 #: round trips the p90 is taken over
 SAMPLES: Final = 200
 #: the limit is worked out again after this many answers
 EVERY: Final = 10
-#: the round trip `plan` assumes for its ETAs: the slow end of a real API's 50-200 ms
+#: the round trip `plan` assumes for its ETAs, and the limit assumes before any answer was
+#: timed: the slow end of a real API's 50-200 ms
 PLANNED_ROUND_TRIP: Final = 0.2
 
 
@@ -92,11 +94,16 @@ class InFlight:
         self.rate = rate
         self.cap = min(cap, MAX_IN_FLIGHT) if cap is not None else MAX_IN_FLIGHT
         self.adaptive = cap is None
-        self.limit = min(START, self.cap) if self.adaptive else self.cap
+        self.limit = min(self.first(rate), self.cap) if self.adaptive else self.cap
         self._round_trips: deque[float] = deque(maxlen=SAMPLES)
         self._since = 0  # answers since the limit was last worked out
         self._busy = 0
         self._freed = asyncio.Condition()
+
+    @staticmethod
+    def first(rate: float) -> int:
+        """The limit before any answer was timed: what the planned round trip needs."""
+        return min(needed(rate, PLANNED_ROUND_TRIP), MAX_IN_FLIGHT)
 
     @property
     def busy(self) -> int:

@@ -10,7 +10,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.inflight import EVERY, MAX_IN_FLIGHT, SAMPLES, START, InFlight, needed
+from scheduler.inflight import (
+    EVERY,
+    MAX_IN_FLIGHT,
+    PLANNED_ROUND_TRIP,
+    SAMPLES,
+    InFlight,
+    needed,
+)
 from scheduler.service import open_engine
 from tests.engine_helpers import KEY, make_setup
 from tests.helpers import StartSandbox
@@ -24,7 +31,7 @@ def test_littles_law_plus_one() -> None:
 
 def test_the_limit_follows_the_round_trip_up_to_the_cap() -> None:
     in_flight = InFlight(rate=100)
-    assert in_flight.limit == START and in_flight.p90() is None
+    assert in_flight.limit == 21 and in_flight.p90() is None  # the planned 200 ms round trip
     for _ in range(EVERY):
         in_flight.timed(0.1)
     assert in_flight.limit == 11
@@ -57,6 +64,14 @@ def test_a_configured_concurrency_is_a_hard_cap_and_does_not_adapt() -> None:
     for _ in range(SAMPLES):
         adaptive.timed(5.0)
     assert adaptive.limit == MAX_IN_FLIGHT
+
+
+def test_before_the_first_answer_the_limit_is_what_the_planned_round_trip_needs() -> None:
+    assert InFlight(rate=100).limit == needed(100, PLANNED_ROUND_TRIP) == 21
+    assert InFlight(rate=5).limit == 2  # a slow account: one in flight and the next
+    assert InFlight(rate=1000).limit == MAX_IN_FLIGHT  # never above the ceiling
+    assert InFlight(rate=100, cap=8).limit == 8  # a configured cap holds from the start
+    assert InFlight(rate=0.5, cap=None).limit == 2
 
 
 @given(st.floats(0.1, 1000), st.none() | st.integers(1, 64),
