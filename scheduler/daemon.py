@@ -716,12 +716,6 @@ class Daemon:
         """The ids of the campaigns this daemon tracks."""
         return set(self._campaigns)
 
-    def account_of(self, campaign_id: str) -> str | None:
-        """The account a tracked campaign (or a tracked series' occurrence) is sent through."""
-        tracked = self._campaigns.get(campaign_id) or self._campaigns.get(
-            campaign_id.partition("@")[0])
-        return None if tracked is None else tracked.campaign.account
-
     def state_counts(self) -> dict[str, int]:
         """How many campaigns this daemon tracks in each state (invalid files included)."""
         counts: dict[str, int] = {}

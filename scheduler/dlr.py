@@ -17,7 +17,7 @@ import contextlib
 import math
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -446,6 +446,11 @@ def next_poll(awaiting: AwaitingMessage, now: datetime, settings: PollSettings) 
     return min(now + step, give_up_at(awaiting))
 
 
+async def _client_credentials(campaign_id: str) -> None:
+    """Every campaign's messages are asked about with the client's own headers."""
+    return None
+
+
 class Poller:
     """Asks the status API about every due message, forever; only while ``leading()``."""
 
@@ -453,11 +458,11 @@ class Poller:
         self, journal: StatusJournal, client: StatusClient, deliveries: Deliveries,
         settings: PollSettings, *, leading: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = utcnow,
-        credentials_of: Callable[[str], Mapping[str, str] | None] = lambda campaign: None,
+        credentials_of: Callable[[str], Awaitable[Mapping[str, str] | None]] | None = None,
     ) -> None:
         """``credentials_of``: the headers to ask about a campaign's messages with (its
         account's key, SPEC §13.3; None: the client's)."""
-        self.credentials_of = credentials_of
+        self.credentials_of = credentials_of or _client_credentials
         self.journal = journal
         self.client = client
         self.deliveries = deliveries
@@ -513,6 +518,8 @@ class Poller:
         trouble the rest are not asked (None) and stay due."""
         gate = asyncio.Semaphore(self.settings.concurrency)
         stalled = False
+        credentials = {campaign: await self.credentials_of(campaign)
+                       for campaign in {awaiting.message.campaign for awaiting in due}}
 
         async def ask(awaiting: AwaitingMessage) -> StatusAnswer | None:
             nonlocal stalled
@@ -523,7 +530,7 @@ class Poller:
                 if stalled:
                     return None
                 answer = await self.client.get(
-                    awaiting.message.message_id, self.credentials_of(awaiting.message.campaign))
+                    awaiting.message.message_id, credentials[awaiting.message.campaign])
                 self.deliveries.metrics.status_requests.labels(answer_code(answer)).inc()
                 stalled = stalled or isinstance(answer, Later | Refused)
                 return answer

@@ -52,9 +52,6 @@ class Campaigns(Protocol):
     def tracked(self) -> Collection[str]:
         """The ids of the campaigns the daemon tracks."""
 
-    def account_of(self, campaign_id: str) -> str | None:
-        """The account a tracked campaign (or series occurrence) is sent through."""
-
 
 class Upkeep:
     """The housekeeping loops of one daemon, over its runtime's journal and logs."""
@@ -69,6 +66,7 @@ class Upkeep:
         self._config, self._campaigns, self._lock, self._stop = config, campaigns, lock, stop
         self.deliveries = Deliveries(runtime.journal, runtime.log, runtime.metrics,
                                      currency=config().delivery_reports.currency)
+        self._accounts: dict[str, str] = {}  # campaign id -> the account the journal kept
         #: why the last presence write failed, if it did (what /readyz reports)
         self.journal_problem: str | None = None
         self._role_changed = asyncio.Event()  # tells `_keep_presence` to write at once
@@ -176,13 +174,20 @@ class Upkeep:
         async with client:
             await poller.run(self._stop)
 
-    def _status_credentials(self, campaign_id: str) -> dict[str, str] | None:
+    async def _status_credentials(self, campaign_id: str) -> dict[str, str] | None:
         """With several accounts, a campaign's messages are asked about with its account's
-        key (each account sees only its own); None: the default account's."""
+        key (each account sees only its own): the account the journal kept when it started,
+        which holds after its file was edited or removed. None: the default account's."""
         config = self._config()
-        account = self._campaigns.account_of(campaign_id) if config.accounts else None
-        headers = None if account is None else config.account_headers(account)
-        return headers or None  # none set (the embedded sandbox): the client's
+        if not config.accounts:
+            return None
+        account = self._accounts.get(campaign_id)
+        if account is None:
+            record = await self._journal.campaign(campaign_id)
+            if record is None:
+                return None
+            account = self._accounts[campaign_id] = record.account  # fixed once it started
+        return config.account_headers(account) or None  # none set (the sandbox): the client's
 
     async def _replay_stale_deliveries(self) -> None:
         """The leader looks now and then for lines still unwritten a while after their status

@@ -620,6 +620,10 @@ async def test_delivery_statuses_are_asked_with_each_campaigns_account_key(
     second = campaign_for(config, "second", 20, account="brand-b", start=500)
     accounts = {"first": "brand-a", "second": "brand-b"}
     log = DeliveryLog(tmp_path / "status-log.jsonl", phones="masked")
+
+    async def credentials_of(campaign_id: str) -> dict[str, str]:
+        return config.account_headers(accounts[campaign_id])
+
     try:
         async with open_engine(config) as engine:
             for campaign in (first, second):
@@ -631,7 +635,7 @@ async def test_delivery_statuses_are_asked_with_each_campaigns_account_key(
                                     timeout=5) as client:
                 poller = Poller(journal, client, Deliveries(journal, log, Metrics()),
                                 PollSettings(rate=1000),
-                                credentials_of=lambda cid: config.account_headers(accounts[cid]))
+                                credentials_of=credentials_of)
                 while await poller.round() == 0:
                     pass
     finally:

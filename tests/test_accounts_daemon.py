@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_helpers import (
@@ -78,9 +79,9 @@ def sandbox(tmp_path: Path, keys_file: Path) -> Iterator[SandboxProcess]:
         process.close()
 
 
-def accounts_workspace(root: Path, base_url: str, metrics: str) -> Workspace:
+def accounts_workspace(root: Path, base_url: str, metrics: str, **fields: Any) -> Workspace:
     """A workspace whose config has two accounts (and no rate in [sending])."""
-    workspace = Workspace(root, base_url=base_url, metrics_listen=metrics)
+    workspace = Workspace(root, base_url=base_url, metrics_listen=metrics, **fields)
     text = workspace.config.read_text()
     text = "\n".join(line for line in text.splitlines()
                      if not line.startswith(("requests_per_second", "concurrency")))
@@ -159,3 +160,37 @@ def test_a_revoked_key_stops_only_its_brand_and_a_reload_resumes_it(
     assert keys["beta"][key_id(KEY_B2)] > 0
     text = workspace.delivery_log.read_text() + daemon.stderr()
     assert not any(key in text for key in (KEY_A, KEY_B, KEY_B2))
+
+
+def test_statuses_are_asked_with_the_campaigns_own_key_after_its_file_is_gone(
+    tmp_path: Path, keys_file: Path,
+) -> None:
+    """The poller asks about a campaign's messages with the account the journal kept for it,
+    not the one its file names now: a file removed after sending (once the default account's
+    key: the sandbox, like the API, shows each key only its own messages) still gets its
+    statuses, and with brand-b's key."""
+    sandbox = SandboxProcess(tmp_path / "record.jsonl", "--api-keys-file", str(keys_file),
+                             "--dlr-delay", "0.2", "--undeliverable-rate", "0",
+                             "--permanent-error-rate", "0")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "api-key-brand-a").write_text(KEY_A + "\n")
+    (credentials / "api-key-brand-b").write_text(KEY_B + "\n")
+    workspace = accounts_workspace(
+        tmp_path / "ws", sandbox.url, f"127.0.0.1:{free_port()}",
+        delivery_reports={"poll": True, "status_url": sandbox.url, "first_poll": 4,
+                          "max_interval": 2, "poll_rate": 200})
+    write_for(workspace, "beta", "brand-b", 20)
+    daemon = DaemonProcess(workspace, CREDENTIALS_DIRECTORY=str(credentials))
+    try:
+        daemon.start()
+        poll(lambda: workspace.state("beta") == "done", 30, "beta to be sent")
+        (workspace.campaigns / "beta.toml").unlink()  # before its first poll, 4 s after sending
+        poll(lambda: len([line for line in workspace.events("delivery")
+                          if line["campaign"] == "beta"]) == 20, 60, "beta's 20 statuses")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        sandbox.close()
+    statuses = Counter(line["status"] for line in workspace.events("delivery"))
+    assert statuses == Counter({"delivered": 20})
