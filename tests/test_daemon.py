@@ -391,8 +391,10 @@ def test_late_start_sends_the_time_left_as_ttl(tmp_path: Path, start_daemon: Sta
     deadline = send_at + timedelta(seconds=3600)
     assert len(messages) == 20
     for at, message in messages:
+        # the ttl is counted (rounded down) as the request is built; the API stamps ``at`` on
+        # arrival, a few milliseconds later: up to that much may separate them
         left = (deadline - at).total_seconds()
-        assert left - 2 <= message["ttl"] <= left, (message["ttl"], left)
+        assert left - 2 <= message["ttl"] <= left + 0.1, (message["ttl"], left)
 
 
 def test_send_time_passed_while_down_ttl_rule(
