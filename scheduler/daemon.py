@@ -113,7 +113,8 @@ class Daemon:
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
             self._deliveries, self._rotation.webhook_token, *hook, index=self._upkeep.index_some,
-            refresh=self._rotation.refresh_webhook_token)
+            refresh=self._rotation.refresh_webhook_token,
+            processes=config.delivery_reports.receivers)
         self.log = get_logger("daemon")
         self._runtime = runtime
         self._engine = runtime.engine

@@ -66,11 +66,14 @@ def log(tmp_path: Path) -> Iterator[DeliveryLog]:
     opened.close()
 
 
-@pytest.fixture
-async def receiver(journal: Journal, log: DeliveryLog) -> AsyncIterator[WebhookServer]:
-    """The webhook receiver on a free loopback port, indexing on demand."""
+@pytest.fixture(params=[1, 2], ids=["in-process", "2-receivers"])
+async def receiver(journal: Journal, log: DeliveryLog,
+                   request: pytest.FixtureRequest) -> AsyncIterator[WebhookServer]:
+    """The webhook receiver on a free loopback port, indexing on demand: taking the requests
+    in this process, or in two receiver processes (``[delivery_reports] receivers = 2``)."""
     server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
-                           free_port(), index=lambda: journal.index_messages(2, 30))
+                           free_port(), index=lambda: journal.index_messages(2, 30),
+                           processes=request.param)
     await server.start()
     yield server
     await server.stop()
