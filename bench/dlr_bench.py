@@ -32,7 +32,6 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-
 from procstat import process_cpu
 
 from scheduler.delivery_log import DeliveryLog
@@ -250,8 +249,9 @@ def main() -> None:
     parser.add_argument("--array", type=int, default=500, help="reports per POST")
     parser.add_argument("--connections", type=int, default=4, help="client processes")
     parser.add_argument("--client", choices=tuple(CLIENTS), default="aiohttp",
-                        help="the clients: aiohttp's client, a process a connection (as an operator "
-                             "pushes them), or a light one: HTTP/1.1 by hand on asyncio streams, "
+                        help="the clients: aiohttp's client, a process a connection (as an "
+                             "operator pushes them), or a light one: HTTP/1.1 by hand on asyncio "
+                             "streams, "
                              f"the connections spread over {LIGHT_PROCESSES} processes (~8x "
                              "less CPU a request)")
     parser.add_argument("--receivers", type=int, default=1,

@@ -41,6 +41,7 @@ RESTART_AFTER: Final = 1.0
 #: seconds a stopping receiver gets to answer the requests it holds before it is killed
 STOP_TIMEOUT: Final = 10.0
 
+_INTERNAL: Final = b'{"error":{"code":"INTERNAL","message":"the receiver failed"}}'
 Answering = Callable[[Sequence[Posted]], Awaitable[list[Answer]]]
 
 
@@ -48,7 +49,8 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, list[object]] 
     """The next frame, or None at the end of the stream."""
     try:
         size = _HEADER.unpack(await reader.readexactly(_HEADER.size))[0]
-        frame: tuple[int, list[object]] = pickle.loads(await reader.readexactly(size))
+        frame: tuple[int, list[object]] = pickle.loads(  # noqa: S301 (our own process)
+            await reader.readexactly(size))
     except asyncio.IncompleteReadError:
         return None
     return frame
@@ -156,7 +158,13 @@ class Receivers:
         pending: set[asyncio.Task[None]] = set()
 
         async def one(frame_id: int, items: list[Posted]) -> None:
-            answers = await self._answer(items)
+            try:
+                answers = await self._answer(items)
+            # the receiver's requests must get an answer (aiohttp's own would be a 500)
+            except Exception as exc:  # noqa: BLE001
+                self._oplog.error("webhook_failed", requests=len(items),
+                                  error=f"{type(exc).__name__}: {exc}")
+                answers = [(500, _INTERNAL)] * len(items)
             if not writer.is_closing():
                 writer.write(_frame(frame_id, answers))
 
