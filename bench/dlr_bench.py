@@ -32,7 +32,6 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from procstat import process_cpu
 
 from scheduler.delivery_log import DeliveryLog
 from scheduler.dlr import Deliveries
@@ -155,22 +154,19 @@ CLIENTS = {"aiohttp": post_all, "light": post_light}
 
 
 async def ingest(path: Path, log_path: Path, messages: int, array: int,
-                 connections: int, client: str = "aiohttp", receivers: int = 1,
-                 ) -> dict[str, float]:
+                 connections: int, client: str = "aiohttp") -> dict[str, float]:
     """Run the receiver here, the clients in processes; the figures."""
     journal = SqliteJournal(path)
     await journal.start(writer=True)
     log = DeliveryLog(log_path, phones="masked")
     port = _free_port()
     deliveries = Deliveries(journal, log, Metrics())
-    server = WebhookServer(deliveries, lambda: TOKEN, "127.0.0.1", port, processes=receivers)
+    server = WebhookServer(deliveries, lambda: TOKEN, "127.0.0.1", port)
     await server.start()
     url = f"http://127.0.0.1:{port}/delivery-reports/{TOKEN}"
     shares = [list(range(i, messages, connections)) for i in range(connections)]
     post = CLIENTS[client]
     children = _children_cpu()
-    pids = [] if server.receivers is None else server.receivers.pids
-    taken = procstat_cpu(pids)
     cpu = time.process_time()
     started = time.perf_counter()
     try:
@@ -187,7 +183,7 @@ async def ingest(path: Path, log_path: Path, messages: int, array: int,
             pool.close()
         await deliveries.flush()  # the journal knows every line is written
         wall = time.perf_counter() - started
-        cpu = time.process_time() - cpu + procstat_cpu(pids) - taken
+        cpu = time.process_time() - cpu
         await asyncio.to_thread(pool.join)
         children = _children_cpu() - children
         counts = await journal.delivery_counts(CAMPAIGN)
@@ -201,11 +197,6 @@ async def ingest(path: Path, log_path: Path, messages: int, array: int,
     return {"wall_s": wall, "reports_per_s": messages / wall,
             "receiver_cpu_s_per_million": cpu / messages * 1e6,
             "client_cpu_s_per_million": children / messages * 1e6}
-
-
-def procstat_cpu(pids: list[int]) -> float:
-    """CPU seconds so far of the receiver processes ``pids``."""
-    return sum(process_cpu(pid) or 0.0 for pid in pids)
 
 
 def _children_cpu() -> float:
@@ -254,9 +245,6 @@ def main() -> None:
                              "streams, "
                              f"the connections spread over {LIGHT_PROCESSES} processes (~8x "
                              "less CPU a request)")
-    parser.add_argument("--receivers", type=int, default=1,
-                        help="receiver processes ([delivery_reports] receivers; 1: the "
-                             "receiver's process itself takes the requests)")
     parser.add_argument("--ids", choices=("random", "sequential"), default="random",
                         help="message ids like the API's random UUIDs, or numbered in order")
     args = parser.parse_args()
@@ -272,12 +260,10 @@ def main() -> None:
         print(orjson.dumps({"step": "journal", "messages": args.messages, "ids": args.ids,
                             "seconds": round(built, 1)}).decode(), flush=True)
         figures = asyncio.run(ingest(journal, root / "delivery.jsonl", args.messages,
-                                     args.array, args.connections, args.client,
-                                     args.receivers))
+                                     args.array, args.connections, args.client))
         target = TARGET_ONE if args.array == 1 else TARGET_ARRAYS
         print(orjson.dumps({"step": "webhook ingestion", "array": args.array,
                             "connections": args.connections, "client": args.client,
-                            "receivers": args.receivers,
                             **{k: round(v, 2) for k, v in figures.items()},
                             "target_per_s": target,
                             "vs_target": round(figures["reports_per_s"] / target, 2)}).decode(),

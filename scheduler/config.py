@@ -293,10 +293,6 @@ class PolicyConfig(_Section):
 POLL_RATE_MAX = 1000  # status requests/s: the most `poll_rate` may be, and its default
 
 
-#: the most webhook receiver processes (`DeliveryReportsConfig.receivers`)
-RECEIVERS_MAX = 16
-
-
 class DeliveryReportsConfig(_Section):
     """``[delivery_reports]``: follow each sent message to its delivery status (SPEC §11.3)."""
 
@@ -312,10 +308,6 @@ class DeliveryReportsConfig(_Section):
     max_interval: float = Field(default=1800, gt=0, le=86_400)
     #: "HOST:PORT" of the webhook receiver (off when absent); the path holds a secret token
     listen: str | None = None
-    #: processes that take the webhook's requests: 1, the daemon itself; N ≥ 2, that many
-    #: receiver processes beside it speak HTTP and hand the reports to the daemon, which
-    #: journals them (durable before any answer) as it does its own
-    receivers: int = Field(default=1, ge=1, le=RECEIVERS_MAX)
     #: the account's currency (ISO 4217, e.g. "UAH"): a cost reported without one (the
     #: webhook's four fields carry none) is taken in it; else it is shown as "unknown"
     currency: str | None = None

@@ -113,8 +113,7 @@ class Daemon:
         hook = config.delivery_reports.address
         self._webhooks = None if hook is None else WebhookServer(
             self._deliveries, self._rotation.webhook_token, *hook, index=self._upkeep.index_some,
-            refresh=self._rotation.refresh_webhook_token,
-            processes=config.delivery_reports.receivers)
+            refresh=self._rotation.refresh_webhook_token)
         self.log = get_logger("daemon")
         self._runtime = runtime
         self._engine = runtime.engine

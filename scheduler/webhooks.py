@@ -19,7 +19,7 @@ import hmac
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -27,9 +27,6 @@ from aiohttp import web
 from scheduler.dlr import Deliveries, parse_report
 from scheduler.journal import JournalError, StatusChange, StatusReport
 from scheduler.oplog import get_logger
-
-if TYPE_CHECKING:
-    from scheduler.receivers import Receivers
 
 PATH: Final = "/delivery-reports/{token}"
 #: the largest body read (about 40,000 reports in one array)
@@ -45,9 +42,6 @@ _CATCH_UP_ROUNDS: Final = 64
 
 #: an answer to one webhook request: HTTP status and JSON body (503 also says Retry-After)
 Answer = tuple[int, bytes]
-#: one webhook request as the receiver hands it on: its path's token, and its body (None: the
-#: body was larger than `MAX_BODY`)
-Posted = tuple[str, bytes | None]
 
 _NOT_FOUND: Final = orjson.dumps({"error": {"code": "NOT_FOUND", "message": "No such endpoint"}})
 _TOO_LARGE: Final = orjson.dumps({"error": {"code": "TOO_LARGE",
@@ -57,7 +51,7 @@ _UNAVAILABLE: Final = orjson.dumps({"error": {"code": "UNAVAILABLE",
 _PREFIX: Final = PATH.removesuffix("{token}")
 
 
-def posted(request: web.BaseRequest) -> str | None:
+def _path_token(request: web.BaseRequest) -> str | None:
     """The token of a request to the webhook's path (POST ``/delivery-reports/{token}``), or
     None for any other request (answered 404, as if nothing listened there)."""
     path = request.path
@@ -67,7 +61,7 @@ def posted(request: web.BaseRequest) -> str | None:
     return token if token and "/" not in token else None
 
 
-async def read_body(request: web.BaseRequest) -> bytes | None:
+async def _read_body(request: web.BaseRequest) -> bytes | None:
     """The request's body, or None when it is larger than `MAX_BODY`."""
     try:
         return await request.read()
@@ -75,7 +69,7 @@ async def read_body(request: web.BaseRequest) -> bytes | None:
         return None
 
 
-def response(answer: Answer) -> web.Response:
+def _response(answer: Answer) -> web.Response:
     """The HTTP response of an answer."""
     status, body = answer
     headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
@@ -83,7 +77,7 @@ def response(answer: Answer) -> web.Response:
                         headers=headers)
 
 
-def low_level_server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+def _low_level_server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
                      ) -> web.Server:
     """aiohttp's low-level server for ``handler``, reading bodies up to `MAX_BODY` (no
     application or router: ~10% less CPU a request, and the receiver has one path)."""
@@ -100,17 +94,15 @@ def low_level_server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamRe
 class WebhookServer:
     """The receiver on ``host:port``; ``token`` is asked for at every request (None: every
     request is refused, as with a wrong token); ``index`` indexes a few closed batches and
-    says how many (0: caught up). With ``processes`` ≥ 2 the requests are taken by that many
-    receiver processes (`scheduler.receivers`), which hand them to `answer` here."""
+    says how many (0: caught up)."""
 
     def __init__(
         self, deliveries: Deliveries, token: Callable[[], str | None], host: str, port: int,
         *, index: Callable[[], Awaitable[int]] | None = None,
-        refresh: Callable[[], bool] | None = None, processes: int = 1,
+        refresh: Callable[[], bool] | None = None,
     ) -> None:
         self.deliveries = deliveries
         self.host, self.port = host, port
-        self.processes = processes
         self._token = token
         self._index = index
         self._refresh = refresh
@@ -118,25 +110,12 @@ class WebhookServer:
         self._catching_up = asyncio.Lock()
         self._gathered = Gatherer(deliveries.record)
         self._runner: web.BaseRunner | None = None
-        self._receivers: Receivers | None = None
         self._oplog = get_logger("webhooks")
         self.received: Counter[str] = Counter()  # reports (and refused requests) by result
 
-    @property
-    def receivers(self) -> Receivers | None:
-        """The receiver processes (None: the requests are taken in this process)."""
-        return self._receivers
-
     async def start(self) -> None:
         """Listen; a port in use raises OSError (the caller names the config key)."""
-        if self.processes > 1:
-            from scheduler.receivers import Receivers
-
-            receivers = Receivers(self.answer, self.host, self.port, self.processes)
-            await receivers.start()
-            self._receivers = receivers
-            return
-        self._runner = web.ServerRunner(low_level_server(self._receive), access_log=None,
+        self._runner = web.ServerRunner(_low_level_server(self._receive), access_log=None,
                                         handle_signals=False)
         await self._runner.setup()
         try:
@@ -148,68 +127,42 @@ class WebhookServer:
 
     async def stop(self) -> None:
         """Stop listening (a request being answered finishes first)."""
-        if self._receivers is not None:
-            await self._receivers.stop()
-            self._receivers = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     async def _receive(self, request: web.BaseRequest) -> web.Response:
-        token = posted(request)
+        token = _path_token(request)
         if token is None:
-            return response((404, _NOT_FOUND))
-        body = await read_body(request)
-        return response((await self.answer([(token, body)]))[0])
+            return _response((404, _NOT_FOUND))
+        if not self._known(token):
+            self._count("wrong_token")
+            return _response((404, _NOT_FOUND))
+        return _response(await self.answer(await _read_body(request)))
 
-    async def answer(self, requests: Sequence[Posted]) -> list[Answer]:
-        """The answers to webhook requests (in this process's or a receiver process's): their
-        reports are journaled together, durable before this returns."""
-        answers: list[Answer | None] = []
-        reports: list[StatusReport] = []
-        counts: list[int] = []  # how many of `reports` each request gave (-1: none, answered)
-        for given, body in requests:
-            if not self._known(given):
-                self._count("wrong_token")
-                answers.append((404, _NOT_FOUND))
-            elif body is None:
-                self._count("malformed")
-                answers.append((413, _TOO_LARGE))
-            else:
-                try:
-                    found = _reports(body)
-                except ValueError as exc:
-                    self._count("malformed")
-                    answers.append((400, orjson.dumps(
-                        {"error": {"code": "MALFORMED", "message": str(exc)}})))
-                else:
-                    answers.append(None)
-                    counts.append(len(found))
-                    reports += found
-                    continue
-            counts.append(-1)
-        if not reports:
-            return [answer for answer in answers if answer is not None]
+    async def answer(self, body: bytes | None) -> Answer:
+        """The answer to a request with the right token and ``body`` (None: larger than
+        `MAX_BODY`): its reports are journaled (with those of requests answered meanwhile),
+        durable before this returns."""
+        if body is None:
+            self._count("malformed")
+            return 413, _TOO_LARGE
+        try:
+            reports = _reports(body)
+        except ValueError as exc:
+            self._count("malformed")
+            return 400, orjson.dumps({"error": {"code": "MALFORMED", "message": str(exc)}})
         try:
             changes = await self._record(reports)
         except JournalError as exc:
             self._oplog.error("webhook_not_recorded", reports=len(reports), error=str(exc))
-            return [(503, _UNAVAILABLE) if answer is None else answer for answer in answers]
+            return 503, _UNAVAILABLE
         results = Counter(change.result for change in changes)
         for result, count in results.items():
             self._count(result, count)
-        start = 0
-        done: list[Answer] = []
-        for answer, count in zip(answers, counts, strict=True):
-            if answer is not None:
-                done.append(answer)
-                continue
-            unknown = sum(1 for change in changes[start:start + count]
-                          if change.result == "unknown") if results["unknown"] else 0
-            start += count
-            done.append((202 if unknown else 200, orjson.dumps(
-                {"recorded": count - unknown, "unknown": unknown})))
-        return done
+        unknown = results["unknown"]
+        return 202 if unknown else 200, orjson.dumps(
+            {"recorded": len(changes) - unknown, "unknown": unknown})
 
     def _known(self, given: str) -> bool:
         """True when ``given`` is the token; a wrong one makes the server re-read the

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import sqlite3
 import threading
@@ -31,7 +30,6 @@ from daemon_helpers import (
     poll,
     utc_seconds_from_now,
 )
-from structlog.testing import capture_logs
 
 from scheduler.delivery_log import DeliveryLog
 from scheduler.dlr import Deliveries
@@ -70,14 +68,11 @@ def log(tmp_path: Path) -> Iterator[DeliveryLog]:
     opened.close()
 
 
-@pytest.fixture(params=[1, 2], ids=["in-process", "2-receivers"])
-async def receiver(journal: Journal, log: DeliveryLog,
-                   request: pytest.FixtureRequest) -> AsyncIterator[WebhookServer]:
-    """The webhook receiver on a free loopback port, indexing on demand: taking the requests
-    in this process, or in two receiver processes (``[delivery_reports] receivers = 2``)."""
+@pytest.fixture
+async def receiver(journal: Journal, log: DeliveryLog) -> AsyncIterator[WebhookServer]:
+    """The webhook receiver on a free loopback port, indexing on demand."""
     server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
-                           free_port(), index=lambda: journal.index_messages(2, 30),
-                           processes=request.param)
+                           free_port(), index=lambda: journal.index_messages(2, 30))
     await server.start()
     yield server
     await server.stop()
@@ -539,14 +534,9 @@ async def poll_until(condition: Callable[[], bool]) -> None:
     raise AssertionError("the condition never held")
 
 
-# --------------------------------------------------------------------------------------------
-# receiver processes ([delivery_reports] receivers = N)
-
-
-@pytest.mark.parametrize("processes", [1, 2], ids=["in-process", "2-receivers"])
 async def test_a_journal_that_cannot_take_reports_is_a_503_with_retry_after(
     start_sandbox: StartSandbox, tmp_path: Path, log: DeliveryLog,
-    monkeypatch: pytest.MonkeyPatch, processes: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Another connection holds the journal's write lock: the sender is told 503 with
     Retry-After (nothing is kept); once the lock goes, the same report is a 200."""
@@ -555,7 +545,7 @@ async def test_a_journal_that_cannot_take_reports_is_a_503_with_retry_after(
     journal = open_journal(JournalLocation(path))
     await journal.start(writer=True)
     server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
-                           free_port(), processes=processes)
+                           free_port())
     await server.start()
     try:
         sandbox = await start_sandbox()
@@ -576,115 +566,3 @@ async def test_a_journal_that_cannot_take_reports_is_a_503_with_retry_after(
     finally:
         await server.stop()
         await journal.close()
-
-
-@pytest.fixture
-async def two_receivers(journal: Journal, log: DeliveryLog) -> AsyncIterator[WebhookServer]:
-    """A receiver taking requests in two receiver processes."""
-    server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
-                           free_port(), processes=2)
-    await server.start()
-    yield server
-    await server.stop()
-
-
-def _receiver_pids(server: WebhookServer) -> list[int]:
-    assert server.receivers is not None
-    return server.receivers.pids
-
-
-async def test_each_receiver_process_answers_only_once_its_reports_are_durable(
-    start_sandbox: StartSandbox, journal: Journal, two_receivers: WebhookServer,
-) -> None:
-    """With one receiver process stopped (SIGSTOP) the other takes every request, and the
-    other way round: each one's 200 means the report is in the journal."""
-    sandbox = await start_sandbox()
-    sent = await send_through(journal, sandbox.base_url, "c", 2,
-                              deadline=datetime.now(UTC) + timedelta(hours=1))
-    pids = _receiver_pids(two_receivers)
-    assert len(pids) == 2
-    for (_, mid, _), (paused, working) in zip(sent, (pids, pids[::-1]), strict=True):
-        os.kill(paused, signal.SIGSTOP)
-        try:
-            for _ in range(5):  # new connections each time: none can reach the stopped one
-                assert await post(url(two_receivers), report(mid)) == (
-                    200, {"recorded": 1, "unknown": 0})
-                assert (await journal.delivery_counts("c")).statuses.get("delivered")
-        finally:
-            os.kill(paused, signal.SIGCONT)
-        assert working in _receiver_pids(two_receivers)
-    assert (await journal.delivery_counts("c")).statuses == {"delivered": 2}
-
-
-async def test_a_killed_receiver_process_is_started_again(
-    start_sandbox: StartSandbox, journal: Journal, two_receivers: WebhookServer,
-) -> None:
-    """kill -9 of a receiver process: it is said (``webhook_receiver_died``) and another
-    takes its place; reports keep being taken; stopping the server ends every receiver."""
-    sandbox = await start_sandbox()
-    sent = await send_through(journal, sandbox.base_url, "c", 1,
-                              deadline=datetime.now(UTC) + timedelta(hours=1))
-    receivers = two_receivers.receivers
-    assert receivers is not None
-    killed = receivers.pids[0]
-    with capture_logs() as captured:
-        os.kill(killed, signal.SIGKILL)
-        for _ in range(200):
-            if receivers.started == 3 and len(receivers.pids) == 2:
-                break
-            await asyncio.sleep(0.05)
-    assert receivers.started == 3 and killed not in receivers.pids and len(receivers.pids) == 2
-    died = [e for e in captured if e["event"] == "webhook_receiver_died"]
-    assert len(died) == 1 and died[0]["pid"] == killed and died[0]["exit_code"] == -9
-    assert await post(url(two_receivers), report(sent[0][1])) == (
-        200, {"recorded": 1, "unknown": 0})
-    running = receivers.pids
-    await two_receivers.stop()
-    assert all(not _alive(pid) for pid in running)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting to be reaped does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()]
-
-
-def test_receiver_processes_go_with_their_daemon(tmp_path: Path) -> None:
-    """A daemon with ``receivers = 2``: a report answered 200 by a receiver process survives
-    the daemon's kill -9, and the receivers exit with it (none is left holding the port)."""
-    listen = f"127.0.0.1:{free_port()}"
-    sandbox = SandboxProcess(tmp_path / "record.jsonl")
-    workspace = Workspace(tmp_path / "ws", base_url=sandbox.url,
-                          delivery_reports={"listen": listen, "receivers": 2})
-    daemon = _daemon(workspace)
-    try:
-        workspace.audience("k", 10)
-        workspace.write_campaign("k", utc_seconds_from_now(1))
-        daemon.start()
-        receivers = [pid for pid in _children(daemon.pid)
-                     if "scheduler.receivers" in Path(f"/proc/{pid}/cmdline").read_text()]
-        assert len(receivers) == 2
-        poll(lambda: len(sandbox.record()) == 10, 20, "10 messages sent")
-        poll(lambda: workspace.counts("k")["sent"] == 10, 30, "10 sent in the journal")
-        message_ids = [r["messageId"] for r in sandbox.record()]
-        body = json.dumps([report(mid, "undeliverable") for mid in message_ids]).encode()
-        request = urllib.request.Request(f"http://{listen}/delivery-reports/{TOKEN}", body,
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert answer.status == 200
-        daemon.kill()
-        assert _finals(workspace, "k") == 10
-        poll(lambda: not any(map(_alive, receivers)), 10, "the receivers gone")
-        with pytest.raises(urllib.error.URLError):
-            urllib.request.urlopen(request, timeout=2)
-    finally:
-        daemon.kill()
-        sandbox.close()
