@@ -138,9 +138,9 @@ class WebhookServer:
         if not self._known(token):
             self._count("wrong_token")
             return _response((404, _NOT_FOUND))
-        return _response(await self.answer(await _read_body(request)))
+        return _response(await self._answer(await _read_body(request)))
 
-    async def answer(self, body: bytes | None) -> Answer:
+    async def _answer(self, body: bytes | None) -> Answer:
         """The answer to a request with the right token and ``body`` (None: larger than
         `MAX_BODY`): its reports are journaled (with those of requests answered meanwhile),
         durable before this returns."""
