@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import signal
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -40,6 +41,7 @@ from scheduler.journal import (
     StatusReport,
     open_journal,
 )
+from scheduler.journal import sqlite as sqlite_backend
 from scheduler.metrics import Metrics
 from scheduler.webhooks import Gatherer, WebhookServer
 from tests.engine_helpers import send_through
@@ -530,3 +532,37 @@ async def poll_until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("the condition never held")
+
+
+async def test_a_journal_that_cannot_take_reports_is_a_503_with_retry_after(
+    start_sandbox: StartSandbox, tmp_path: Path, log: DeliveryLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another connection holds the journal's write lock: the sender is told 503 with
+    Retry-After (nothing is kept); once the lock goes, the same report is a 200."""
+    monkeypatch.setattr(sqlite_backend, "_BUSY_TIMEOUT_MS", 100)  # fail fast while locked
+    path = tmp_path / "state" / "journal.sqlite3"
+    journal = open_journal(JournalLocation(path))
+    await journal.start(writer=True)
+    server = WebhookServer(Deliveries(journal, log, Metrics()), lambda: TOKEN, "127.0.0.1",
+                           free_port())
+    await server.start()
+    try:
+        sandbox = await start_sandbox()
+        sent = await send_through(journal, sandbox.base_url, "c", 1,
+                                  deadline=datetime.now(UTC) + timedelta(hours=1))
+        holder = sqlite3.connect(path, isolation_level=None, timeout=10)
+        holder.execute("BEGIN EXCLUSIVE")
+        async with aiohttp.ClientSession() as http, http.post(
+                url(server), data=orjson.dumps(report(sent[0][1]))) as answer:
+            assert answer.status == 503
+            assert answer.headers["Retry-After"] == "5"
+            assert (orjson.loads(await answer.read()))["error"]["code"] == "UNAVAILABLE"
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert (await journal.delivery_counts("c")).statuses == {"awaiting": 1}
+        assert await post(url(server), report(sent[0][1])) == (
+            200, {"recorded": 1, "unknown": 0})
+    finally:
+        await server.stop()
+        await journal.close()
