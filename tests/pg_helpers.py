@@ -79,11 +79,14 @@ def service_user() -> pwd.struct_passwd | None:
     for name in ("postgres", SERVICE_USER):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-    subprocess.run(
+    made = subprocess.run(
         ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         SERVICE_USER], check=True, capture_output=True,
+         SERVICE_USER], check=False, capture_output=True, text=True,
     )
-    return pwd.getpwnam(SERVICE_USER)
+    try:  # made now, or by another test process in the meantime (pytest-xdist workers)
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        raise RuntimeError(f"useradd {SERVICE_USER} failed: {made.stderr.strip()}") from None
 
 
 def free_port() -> int:
@@ -151,7 +154,18 @@ class PostgresServer:
         if not (self.data / "PG_VERSION").exists():
             self._prepare_folder()
             self._initdb()
-        self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.folder / "server.log"))
+        for attempt in itertools.count(1):
+            try:
+                self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.folder / "server.log"))
+                break
+            except RuntimeError as exc:
+                # the free port was taken meanwhile (another test process binds ports too):
+                # the first start may move to another one; later starts keep their port
+                if self.started_in or attempt == 3 or "already in use" not in str(exc):
+                    raise
+                self.port = free_port()
+                with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
+                    conf.write(f"port = {self.port}\n")  # the last setting wins
         self.running = True
         if not self.started_in:
             self.started_in = time.monotonic() - began

@@ -60,6 +60,7 @@ def peak_while_summarizing(path: Path, *, may_fork: bool) -> tuple[int, Audience
     return peak, summary
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # a bound for a hang: tracemalloc makes it slow on a busy machine
 def test_peak_memory_is_flat_in_the_row_count(tmp_path: Path) -> None:
     """Summarizing 200,000 rows peaks at most 1.2x + 1 MiB above 20,000 rows, whether this

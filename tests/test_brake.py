@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from scheduler.config import SendingConfig
 from scheduler.journal import JournalReader, open_journal
 from scheduler.report import recipient_rows, summary_rows
@@ -254,6 +256,7 @@ def test_undeliverable_statuses_brake_a_running_campaign(tmp_path: Path) -> None
         sandbox.close()
 
 
+@pytest.mark.slow
 def test_a_low_undeliverable_share_does_not_brake(tmp_path: Path) -> None:
     """1% undeliverable: the campaign runs to the end although its brake saw well over 100
     final statuses while it was sending."""

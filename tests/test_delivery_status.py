@@ -427,6 +427,7 @@ def test_a_daemon_polls_a_campaign_with_mixed_channels_to_the_end(tmp_path: Path
         sandbox.close()
 
 
+@pytest.mark.slow
 def test_polling_resumes_from_the_journal_after_kill_9(tmp_path: Path) -> None:
     """kill -9 while messages await their status: the next start asks again where the
     journal says, every message ends final, none is logged twice."""

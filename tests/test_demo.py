@@ -58,6 +58,7 @@ def _assert_everything_sent(workspace: Path, done: subprocess.CompletedProcess[s
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_demo_sends_every_campaign_and_runs_again_in_its_folder(tmp_path: Path) -> None:
     """The demo sends everything; a second run in the same folder starts its workspace
     afresh and sends everything again (it once sent nothing and showed the old table)."""

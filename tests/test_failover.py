@@ -33,6 +33,9 @@ from tcp_proxy import TcpProxy
 from scheduler.config import load_config
 from scheduler.journal import JournalReader, open_journal
 
+# every test here runs two daemons for 10-20 s: the file starts first (conftest.py)
+pytestmark = pytest.mark.slow
+
 LEASE = 3.0
 SENDING = {"batch_size": 50, "requests_per_second": 8, "concurrency": 2, "max_attempts": 3}
 COUNT = 2000  # 40 batches at 8/s: about 5 s of sending

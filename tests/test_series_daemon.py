@@ -55,6 +55,7 @@ def wire_ids(workspace: Workspace, run: str) -> list[str]:
     return sorted(m["trackinId"] for m in workspace.record() if m["trackinId"].startswith(prefix))
 
 
+@pytest.mark.slow
 def test_an_occurrence_fires_on_time_and_a_restart_never_fires_it_again(
     workspace: Workspace, daemons: list[DaemonProcess],
 ) -> None:

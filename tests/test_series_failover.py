@@ -29,6 +29,7 @@ def pair(tmp_path: Path, postgres_url: str) -> Iterator[DaemonPair]:
         made.close()
 
 
+@pytest.mark.slow
 def test_a_takeover_mid_occurrence_never_fires_it_twice(pair: DaemonPair) -> None:
     """A starts the occurrence and is killed (-9); B takes over, finishes it, and plans the
     next one: every tracking id of the occurrence accepted, none of another run, and only the

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from daemon_helpers import (
     API_KEY,
     DaemonProcess,
@@ -164,6 +165,7 @@ def test_a_journal_out_of_reach_is_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_series_shows_its_next_occurrence_the_running_one_and_paused(tmp_path: Path) -> None:
     """A series (SPEC §13.1) is a row of its own: before it fires, its next occurrence (run
     id, UTC, and on its Kyiv wall clock); while an occurrence sends (here: held between its

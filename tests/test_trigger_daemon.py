@@ -74,6 +74,7 @@ def report(workspace: Workspace, campaign: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["campaign"])
 
 
+@pytest.mark.slow
 def test_each_zone_gets_its_own_day_at_its_own_time_and_a_restart_sends_nobody_twice(
     tmp_path: Path, daemons: list[DaemonProcess],
 ) -> None:

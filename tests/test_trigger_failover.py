@@ -30,6 +30,7 @@ def pair(tmp_path: Path, postgres_url: str) -> Iterator[DaemonPair]:
         made.close()
 
 
+@pytest.mark.slow
 def test_a_takeover_mid_day_run_never_sends_a_recipient_twice(pair: DaemonPair) -> None:
     fire = next_minute()
     day = (fire + timedelta(hours=14)).date()
