@@ -89,6 +89,29 @@ async def test_no_window_holds_more_than_the_rate(rate: float, most: int) -> Non
         assert (count - 1) / (granted[-1] - granted[0]) >= 0.97 * min(rate, most)
 
 
+async def test_a_busy_moment_is_caught_up_to_a_tenth_of_a_second() -> None:
+    """The event loop busy for 70 ms between two requests at 100/s: the ~6 requests that
+    moment cost go at once when it ends (the rate is still reached), but never more than a
+    tenth of a second's worth (and the one due), and the spacing comes back after them."""
+    time = SimulatedTime(seed=1)
+    limit = RateLimit(100, clock=time.clock, sleep=time.sleep)
+    await limit.acquire()
+    time.now += 0.07  # the loop was busy
+    stalled = time.now
+    granted: list[float] = []
+
+    async def one() -> None:
+        async with limit:
+            granted.append(time.clock())
+
+    await asyncio.gather(*(one() for _ in range(30)))
+    at_once = sum(1 for moment in granted if moment == stalled)
+    assert 6 <= at_once <= 11
+    rest = granted[at_once:]  # evenly spaced again (a timer a few ms late moves one, not all)
+    assert (len(rest) - 1) / (rest[-1] - rest[0]) <= 101
+    assert busiest_window([stalled - 0.07, *granted]) <= 100
+
+
 def test_a_rate_must_be_positive() -> None:
     """0 (or less) is a programming error, said plainly (the config refuses it earlier)."""
     with pytest.raises(ValueError, match="above 0"):
