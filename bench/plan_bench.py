@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from procstat import as_installed
+
 TARGET_S = 2.0
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         folder = args.keep or Path(temporary)
+        as_installed(Path(temporary) / "pycache")
         config = write_workspace(folder, args.campaigns, args.rows)
         times, rows = timed(config, args.repeat)
         alone = timed(write_workspace(folder / "series", 0, args.rows), args.repeat)[0]

@@ -72,7 +72,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from procstat import CpuParts, process_cpu, process_tree_cpu
+from procstat import CpuParts, as_installed, process_cpu, process_tree_cpu
 from sink import SinkProcess
 
 if TYPE_CHECKING:
@@ -671,10 +671,12 @@ def main() -> None:
         parser.error(f"unknown client(s): {', '.join(sorted(unknown))}")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
+        as_installed(args.keep / "pycache")
         run_all(args.keep, args.rows, only, args.bare_batch, args.sink, args.repeat,
                 args.journal, args.lease, args.stat)
         return
     with tempfile.TemporaryDirectory() as scratch:
+        as_installed(Path(scratch) / "pycache")
         run_all(Path(scratch), args.rows, only, args.bare_batch, args.sink, args.repeat,
                 args.journal, args.lease, args.stat)
 

@@ -36,6 +36,8 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from procstat import as_installed
+
 SCAN_TARGET_S, RSS_TARGET_MB, PLAN_TARGET_S = 5.0, 150.0, 2.0
 REPO = Path(__file__).resolve().parent.parent
 ZONES = ("", "", "", "", "", "", "Pacific/Kiritimati", "Etc/GMT+12", "Europe/Kyiv")
@@ -161,6 +163,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
+        as_installed(Path(scratch) / "pycache")
         started = time.perf_counter()
         config = write_workspace(folder, args.rows)
         print(f"wrote {args.rows:,} rows in {time.perf_counter() - started:.1f} s "
