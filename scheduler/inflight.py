@@ -94,16 +94,12 @@ class InFlight:
         self.rate = rate
         self.cap = min(cap, MAX_IN_FLIGHT) if cap is not None else MAX_IN_FLIGHT
         self.adaptive = cap is None
-        self.limit = min(self.first(rate), self.cap) if self.adaptive else self.cap
+        # before any answer was timed: what the planned round trip needs
+        self.limit = min(needed(rate, PLANNED_ROUND_TRIP), self.cap) if self.adaptive else self.cap
         self._round_trips: deque[float] = deque(maxlen=SAMPLES)
         self._since = 0  # answers since the limit was last worked out
         self._busy = 0
         self._freed = asyncio.Condition()
-
-    @staticmethod
-    def first(rate: float) -> int:
-        """The limit before any answer was timed: what the planned round trip needs."""
-        return min(needed(rate, PLANNED_ROUND_TRIP), MAX_IN_FLIGHT)
 
     @property
     def busy(self) -> int:
