@@ -19,6 +19,11 @@ Targets: load ≤ 5 s, p99 < 1 s with 1,000 campaigns, < 1 s for the million. ``
 daemon's ``requests_per_second`` (default 100, the account's limit): every campaign due in the
 same second shares it. ``--skip-many`` / ``--skip-million`` run one half.
 
+``--webhooks N`` instead: the ``many`` run twice, the second while a webhook client pushes N
+final statuses to the daemon's receiver, one report a request over 16 connections (a journal
+holding N sent messages is built first), and checks none is lost (issue 30: fire lag unchanged
+while webhooks come in).
+
 ``--pickup N`` instead: N campaign files written one at a time into a running daemon's folder
 (each due in an hour), and from each write to its ``campaign_scheduled`` line: SPEC §7's "new
 files take effect within 2 s" (a figure here, no longer an assertion in test_daemon.py).
@@ -31,6 +36,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -45,6 +51,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dlr_bench
 import procstat
 from sink import SinkProcess
 
@@ -58,12 +65,17 @@ TEXT = "Hi {first_name}, your order is on its way"
 # -- workspace ----------------------------------------------------------------------------------
 
 
-def write_config(folder: Path, base_url: str, rps: float, poll_rate: float | None = None) -> Path:
-    """A daemon config pointing at the sink (with ``poll_rate``: polling statuses there)."""
+def write_config(folder: Path, base_url: str, rps: float, poll_rate: float | None = None,
+                 webhooks: int | None = None) -> Path:
+    """A daemon config pointing at the sink (with ``poll_rate``: polling statuses there; with
+    ``webhooks``: the webhook receiver on that port)."""
     path = folder / "config.toml"
     polling = ("" if poll_rate is None else
                f'\n[delivery_reports]\npoll = true\nstatus_url = "{base_url}"\n'
                f"poll_rate = {poll_rate}\n")
+    if webhooks is not None:
+        polling = f'\n[delivery_reports]\nlisten = "127.0.0.1:{webhooks}"\n'
+
     path.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = 30\n\n'
         f"[sending]\nbatch_size = 1000\nrequests_per_second = {rps}\nconcurrency = 4\n"
@@ -158,7 +170,8 @@ class DaemonRun:
 def daemon(folder: Path, config: Path) -> Iterator[DaemonRun]:
     """Start ``run`` with our notify socket; SIGTERM it and check it exits 0 on the way out."""
     listener = NotifyListener(folder / "notify.sock")
-    env = {**os.environ, "CASCADE_API_KEY": API_KEY, "NOTIFY_SOCKET": str(listener.path)}
+    env = {**os.environ, "CASCADE_API_KEY": API_KEY, "NOTIFY_SOCKET": str(listener.path),
+           "CASCADE_WEBHOOK_TOKEN": dlr_bench.TOKEN}
     with (folder / "daemon.stderr").open("wb") as err:
         spawned = time.perf_counter()
         process = subprocess.Popen(
@@ -216,16 +229,19 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def run_many(folder: Path, campaigns: int, rows: int, spread: tuple[float, float],
-             rps: float, poll_rate: float | None = None, label: str = "many") -> list[float]:
+             rps: float, poll_rate: float | None = None, label: str = "many",
+             pushed: int | None = None) -> list[float]:
     """Many small campaigns due within a minute: load time and fire-lag distribution (with
-    ``poll_rate``, the daemon polls delivery statuses at the sink meanwhile). The lags."""
+    ``poll_rate``, the daemon polls delivery statuses at the sink meanwhile; with ``pushed``,
+    a webhook client pushes that many reports, one a request, from READY=1 on). The lags."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for n in range(campaigns):
         write_audience(folder / "campaigns" / "audiences" / f"lag-{n:04d}.csv", rows, n * rows)
     record = folder / "requests.jsonl"
     with SinkProcess(record) as sink:
-        config = write_config(folder, sink.base_url, rps, poll_rate)
+        port = dlr_bench._free_port() if pushed else None
+        config = write_config(folder, sink.base_url, rps, poll_rate, port)
         base = time.time()
         low, high = spread
         due: dict[str, int] = {}
@@ -238,9 +254,14 @@ def run_many(folder: Path, campaigns: int, rows: int, spread: tuple[float, float
         with daemon(folder, config) as run:
             load = run.load_seconds()
             print(f"{label}: load (spawn -> READY=1) {load:.2f} s", flush=True)
+            push = None if port is None or not pushed else WebhookPush(port, pushed)
             received = wait_for(sink, campaigns * rows, time.monotonic() + high + 30)
             polls = sink.stats().get("status_requests", 0)  # (flushes the record too)
+            if push is not None:
+                push.finish(label, time.time() - base)
             cpu = procstat.process_tree_cpu(run.process.pid)
+        if push is not None:
+            push.check(folder / "state" / "journal.sqlite3", label)
         if poll_rate is not None:
             print(f"{label}: {polls:,} status polls answered; daemon CPU {cpu:.1f} s")
     lags = report_many(record, due, label)
@@ -346,6 +367,70 @@ def build_backlog(path: Path, messages: int) -> float:
     return time.perf_counter() - started
 
 
+class WebhookPush:
+    """`dlr_bench`'s light client pushing ``count`` final statuses, one report a request over
+    16 connections, to a daemon's webhook receiver, in processes started here; the messages
+    are those of the journal's campaign built by `dlr_bench.build_journal`."""
+
+    CONNECTIONS = 16
+
+    def __init__(self, port: int, count: int) -> None:
+        url = f"http://127.0.0.1:{port}/delivery-reports/{dlr_bench.TOKEN}"
+        shares = [list(range(i, count, self.CONNECTIONS)) for i in range(self.CONNECTIONS)]
+        processes = dlr_bench.LIGHT_PROCESSES
+        self.count, self.started = count, time.time()
+        self._pool = multiprocessing.Pool(processes)
+        self._pending = self._pool.starmap_async(
+            dlr_bench.post_light, [(url, shares[i::processes], 1) for i in range(processes)])
+
+    def finish(self, label: str, window: float) -> None:
+        """Wait for every report's answer; print how fast they went in."""
+        if not self._pending.ready():
+            print(f"{label}: the campaigns are out after {window:.0f} s; "
+                  "the webhook push goes on", flush=True)
+        bad = sum(self._pending.get())
+        took = time.time() - self.started
+        self._pool.close()
+        self._pool.join()
+        print(f"{label}: pushed {self.count:,} reports, one a request, in {took:.1f} s "
+              f"({self.count / took:,.0f}/s); answers not 200: {bad}")
+
+    def check(self, journal: Path, label: str) -> None:
+        """Every pushed report's message is final in the journal (nothing lost)."""
+
+        async def final() -> int:
+            reader = SqliteJournal(journal)
+            await reader.start(writer=False)
+            try:
+                counts = await reader.delivery_counts(dlr_bench.CAMPAIGN)
+            finally:
+                await reader.close()
+            return sum(n for status, n in counts.statuses.items() if status != "awaiting")
+
+        done = asyncio.run(final())
+        verdict = "none lost" if done == self.count else f"LOST {self.count - done:,}"
+        print(f"{label}: {done:,} of {self.count:,} pushed reports final in the journal: "
+              f"{verdict}")
+
+
+def run_webhooks(root: Path, args: argparse.Namespace) -> None:
+    """Fire lag without, then with ``--webhooks`` reports pushed one a request meanwhile."""
+    spread = tuple(args.spread)
+    quiet = run_many(root / "quiet", args.campaigns, args.rows, spread, args.rps,
+                     label="webhooks 0")
+    state = root / "pushed" / "state" / "journal.sqlite3"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    built = asyncio.run(dlr_bench.build_journal(state, args.webhooks))
+    print(f"webhooks: built a journal with {args.webhooks:,} sent messages in {built:.0f} s",
+          flush=True)
+    busy = run_many(root / "pushed", args.campaigns, args.rows, spread, args.rps,
+                    label=f"webhooks {args.webhooks:,}", pushed=args.webhooks)
+    if quiet and busy:
+        print(f"webhooks: fire lag p50 / p99 without reports pushed "
+              f"{statistics.median(quiet):.3f} / {percentile(quiet, 0.99):.3f} s; while they "
+              f"are pushed {statistics.median(busy):.3f} / {percentile(busy, 0.99):.3f} s")
+
+
 def run_pickup(folder: Path, files: int, rps: float) -> None:
     """Files added to a running daemon's folder, one at a time: seconds from each write (an
     atomic rename, as careful editors save) to its ``campaign_scheduled`` line."""
@@ -427,6 +512,9 @@ def main() -> None:
                         "without, then with N messages awaiting their status (1000000)")
     parser.add_argument("--poll-rate", type=float, default=1000.0,
                         help="[delivery_reports].poll_rate with --pending (default: the most)")
+    parser.add_argument("--webhooks", type=int, metavar="N",
+                        help="instead: the 'many' run first alone, then while a webhook client "
+                        "pushes N final statuses, one a request, 16 connections (300000)")
     parser.add_argument("--pickup", type=int, metavar="N",
                         help="instead: N files added one at a time, write -> scheduled (20)")
     args = parser.parse_args()
@@ -435,6 +523,9 @@ def main() -> None:
         root = args.keep or Path(scratch)
         if args.pending:
             run_pending(root, args)
+            return
+        if args.webhooks:
+            run_webhooks(root, args)
             return
         if args.pickup:
             run_pickup(root / "pickup", args.pickup, args.rps)
