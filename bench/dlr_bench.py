@@ -164,7 +164,7 @@ async def ingest(path: Path, log_path: Path, messages: int, array: int,
     journal = SqliteJournal(path)
     await journal.start(writer=True)
     log = DeliveryLog(log_path, phones="masked")
-    port = _free_port()
+    port = free_port()
     deliveries = Deliveries(journal, log, Metrics())
     server = WebhookServer(deliveries, lambda: TOKEN, "127.0.0.1", port)
     await server.start()
@@ -230,7 +230,7 @@ def run_report(config: Path, *args: str) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss_kb / 1024}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:

@@ -75,7 +75,6 @@ def write_config(folder: Path, base_url: str, rps: float, poll_rate: float | Non
                f"poll_rate = {poll_rate}\n")
     if webhooks is not None:
         polling = f'\n[delivery_reports]\nlisten = "127.0.0.1:{webhooks}"\n'
-
     path.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = 30\n\n'
         f"[sending]\nbatch_size = 1000\nrequests_per_second = {rps}\nconcurrency = 4\n"
@@ -240,7 +239,7 @@ def run_many(folder: Path, campaigns: int, rows: int, spread: tuple[float, float
         write_audience(folder / "campaigns" / "audiences" / f"lag-{n:04d}.csv", rows, n * rows)
     record = folder / "requests.jsonl"
     with SinkProcess(record) as sink:
-        port = dlr_bench._free_port() if pushed else None
+        port = dlr_bench.free_port() if pushed else None
         config = write_config(folder, sink.base_url, rps, poll_rate, port)
         base = time.time()
         low, high = spread
