@@ -619,7 +619,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     files = CampaignFiles(config, now)
     with JournalReader(open_journal(config.journal_location())) as journal:
-        status = read_status(journal, now, files.rollout, series_of=files.series,
+        status = read_status(journal, now, files.run, series_of=files.series,
                              reports=config.delivery_reports.enabled,
                              account_of=journaled_account if config.accounts else None)
     if args.json:

@@ -9,7 +9,6 @@ braked, or halted from outside. `run_campaign` is what `send` and the daemon bot
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +27,7 @@ from scheduler.outcomes import all_open, open_messages, open_size
 from scheduler.recorder import Recorder
 from scheduler.snapshots import Snapshots
 from scheduler.vocabulary import EXPIRED_REASON, FINISHED, OUTSIDE_WINDOW, CampaignState
-from scheduler.window_gate import Release, WindowGate
+from scheduler.window_gate import WindowGate, releases
 
 #: how long a campaign waits after its retries ran out, growing per round up to the cap (seconds)
 CAMPAIGN_BACKOFF = (5.0, 300.0)
@@ -393,15 +392,6 @@ class Driver:
                 why = ("in flight when the process stopped" if batch.state == "in_flight"
                        else "posted before without a clear answer")
                 await self._recorder.record(run, batch.seq, all_open(batch, "in_doubt", why))
-
-
-def releases(campaign: Campaign) -> Release | None:
-    """A trigger's day run (SPEC §13.2): each zone group released at ``at`` on its own wall
-    clock, its messages living ``ttl`` from then; None for any other campaign."""
-    day, trigger = campaign.trigger_day, campaign.trigger
-    if day is None or trigger is None:
-        return None
-    return functools.partial(trigger.release, day), timedelta(seconds=campaign.ttl)
 
 
 def _within(

@@ -23,9 +23,12 @@ from scheduler.report import AccountOf, awaiting_status
 from scheduler.series import local_text, names, parse_run_id, run_id
 from scheduler.trigger import EARLIEST, Trigger, day_run_id, parse_day_run
 from scheduler.vocabulary import ENDED
+from scheduler.window_gate import Held, held_back
 
-#: a campaign's roll-out (its stages and hold live in its file, not in the journal), or None
-RolloutOf = Callable[[CampaignRecord], Rollout | None]
+#: the campaign an unfinished record was planned from, as its file says now (a series'
+#: occurrence, a trigger's day run), or None: its roll-out's stages and hold, its window and
+#: its zones' release times live in its file, not in the journal
+CampaignOf = Callable[[CampaignRecord], Campaign | None]
 #: the series file an occurrence's record was planned from (its cron, zone and ``paused`` live
 #: there), or None when this machine does not have it (or it is no longer that series)
 SeriesOf = Callable[[CampaignRecord], Campaign | None]
@@ -58,7 +61,7 @@ class Status:
         return asdict(self)
 
 
-def _no_rollout(record: CampaignRecord) -> Rollout | None:
+def _no_campaign(record: CampaignRecord) -> Campaign | None:
     return None
 
 
@@ -87,12 +90,17 @@ class CampaignFiles:
             return None
         return campaign
 
-    def rollout(self, record: CampaignRecord) -> Rollout | None:
-        """`RolloutOf`: an unfinished campaign's roll-out."""
-        if record.state in ENDED:
+    def run(self, record: CampaignRecord) -> Campaign | None:
+        """`CampaignOf`: the campaign an unfinished record is, from its file: the file's own
+        campaign, a series' occurrence or a trigger's day run."""
+        if record.state in ENDED or (campaign := self.campaign(record)) is None:
             return None
-        campaign = self.campaign(record)
-        return campaign.rollout if campaign is not None else None
+        if campaign.trigger is not None:
+            day_run = parse_day_run(record.id)
+            return None if day_run is None else campaign.day_run(day_run.day)
+        if campaign.repeat is not None:
+            return campaign.occurrence(record.send_at)
+        return campaign
 
     def series(self, record: CampaignRecord) -> Campaign | None:
         """`SeriesOf`: the series an occurrence belongs to."""
@@ -101,17 +109,13 @@ class CampaignFiles:
             campaign.repeat is not None or campaign.trigger is not None) else None
 
 
-def file_rollout(config: Config, now: datetime) -> RolloutOf:
-    """Roll-outs read from the campaign files the journal names (when this machine has them)."""
-    return CampaignFiles(config, now).rollout
-
-
 def read_status(
-    journal: JournalReader, now: datetime, rollout_of: RolloutOf = _no_rollout, *,
+    journal: JournalReader, now: datetime, campaign_of: CampaignOf = _no_campaign, *,
     reports: bool = False, series_of: SeriesOf = _no_series, account_of: AccountOf = None,
 ) -> Status:
-    """Gather the status from a started journal reader (``rollout_of``: each campaign's
-    roll-out, for its stage and an ETA that counts the holds; ``reports``: delivery reports
+    """Gather the status from a started journal reader (``campaign_of``: each unfinished
+    campaign as its file says, for its roll-out's stage and an ETA that counts the holds of
+    its stages, its window and its zones' releases; ``reports``: delivery reports
     are on, so sent messages await their delivery status; ``series_of``: an occurrence's
     series file, for its next occurrence in local time and ``paused``; ``account_of``: with
     several accounts, each campaign's)."""
@@ -124,7 +128,7 @@ def read_status(
     if leader is not None and all(d["holder"] != leader for d in daemons):
         daemons.insert(0, _lease_only(leader))  # a foreground `send` holds it
     records = journal.campaigns()
-    campaigns = [row for row in (_campaign(journal, record, now, rollout_of(record), reports,
+    campaigns = [row for row in (_campaign(journal, record, now, campaign_of(record), reports,
                                            account_of)
                                  for record in records)
                  if row["state"] not in ENDED or row["awaiting_status"]]
@@ -200,16 +204,23 @@ def _lease_only(holder: str) -> dict[str, Any]:
 
 
 def _campaign(
-    journal: JournalReader, record: CampaignRecord, now: datetime, rollout: Rollout | None,
+    journal: JournalReader, record: CampaignRecord, now: datetime, campaign: Campaign | None,
     reports: bool, account_of: AccountOf = None,
 ) -> dict[str, Any]:
     counts = journal.counts(record.id)
     sent, pending = counts.get("sent", 0), counts.get("pending", 0)
+    rollout = campaign.rollout if campaign is not None else None
     held, ahead = _holds(record, rollout, now)
     rate = _rate(record, counts, now, held)
     eta = None
     if rate and pending:
         eta = utc_text(now + timedelta(seconds=pending / rate + ahead))
+    waiting = _waiting(journal, record, campaign, now)
+    if waiting is not None and waiting.last is not None:
+        # some wait for their window or their zone's release: the rate so far counts the wait,
+        # so only what may go now is timed by it, and the last opening bounds the end
+        ready = now + timedelta(seconds=waiting.ready / rate) if rate else now
+        eta = utc_text(max(ready, waiting.last))
     staged = rollout is not None or record.stage or record.stage_at
     account = {} if account_of is None else {"account": account_of(record)}
     return {
@@ -219,6 +230,9 @@ def _campaign(
         # posted again after an ambiguous outcome: possible duplicates (`report --resent`)
         "resent": counts.get("resent", 0),
         "rate_per_s": round(rate, 1) if rate else None, "eta": eta,
+        # open messages waiting for their window or their zone's release, and until when
+        "waiting": waiting.waiting if waiting is not None else None,
+        "waiting_until": utc_text(waiting.last) if waiting and waiting.last else None,
         "stage": record.stage + 1 if staged else None,
         "stages": len(rollout.stages) if rollout is not None else None,
         "stage_starts": utc_text(record.stage_at) if record.stage_at else None,
@@ -226,6 +240,19 @@ def _campaign(
         "awaiting_status": awaiting_status(journal, record.id, sent, reports),
         "error": record.error or "",
     }
+
+
+def _waiting(
+    journal: JournalReader, record: CampaignRecord, campaign: Campaign | None, now: datetime,
+) -> Held | None:
+    """When the open messages of a started campaign with a window, or of a started trigger's
+    day run, may go (None: not started, nothing open, nothing holds it back, or its file is
+    not here)."""
+    if record.started_at is None or record.state in ENDED or campaign is None:
+        return None
+    if campaign.window is None and campaign.trigger_day is None:
+        return None
+    return held_back(campaign, journal.open_batches(record.id), now)
 
 
 def _holds(record: CampaignRecord, rollout: Rollout | None, now: datetime) -> tuple[float, float]:

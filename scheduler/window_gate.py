@@ -1,17 +1,22 @@
 """The send windows' gate: may a batch go now, and until when (SPEC §11.3).
 
-Asked by the driver for each open batch of a windowed campaign; it keeps the stretch each
-zone group may be sent in, and what it held back for the ``campaign_held`` event. The window
-rules themselves are `scheduler.window`'s.
+Asked by the driver for each open batch of a windowed campaign (or a trigger's day run); it
+keeps the stretch each zone group may be sent in, and what it held back for the
+``campaign_held`` event. `held_back` asks it the same for `status`. The window rules themselves
+are `scheduler.window`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from scheduler.campaign import Campaign
 from scheduler.journal import BatchRecord
+from scheduler.outcomes import open_size
 from scheduler.window import Stretch, Window, zones_of_group
 
 #: a batch whose window opens later ("held"), or not before the deadline ("never"), or a
@@ -100,3 +105,44 @@ class WindowGate:
             return None
         self._announced = self._held_until
         return self._held, self._held_until
+
+
+def releases(campaign: Campaign) -> Release | None:
+    """A trigger's day run (SPEC §13.2): each zone group released at ``at`` on its own wall
+    clock, its messages living ``ttl`` from then; None for any other campaign."""
+    day, trigger = campaign.trigger_day, campaign.trigger
+    if day is None or trigger is None:
+        return None
+    return functools.partial(trigger.release, day), timedelta(seconds=campaign.ttl)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A started campaign's open messages by when they may go, as the gate sees them now:
+    ``ready`` now, ``waiting`` for their window or their zone group's release, the last of
+    which comes at ``last`` (None: none waits). Those that will expire are in neither."""
+
+    ready: int
+    waiting: int
+    last: datetime | None
+
+
+def held_back(campaign: Campaign, batches: Iterable[BatchRecord], now: datetime) -> Held | None:
+    """What the gate would do at ``now`` with each of ``batches`` (the campaign's open ones);
+    None for a campaign it never holds (no window, not a trigger's day run)."""
+    release = releases(campaign)
+    if campaign.window is None and release is None:
+        return None
+    gate = WindowGate(campaign.window, campaign.deadline, lambda: now, release=release)
+    ready = waiting = 0
+    last: datetime | None = None
+    for batch in batches:
+        size = open_size(batch)
+        gate.look_again()  # so that `held_until` is this batch's opening
+        verdict = gate.until(batch, size)
+        if isinstance(verdict, datetime):
+            ready += size
+        elif verdict == "held" and (opens := gate.held_until) is not None:
+            waiting += size
+            last = opens if last is None else max(last, opens)
+    return Held(ready, waiting, last)

@@ -189,7 +189,7 @@ async def test_status_and_plan_count_the_holds_still_ahead(
 
     def status_now() -> list[dict[str, Any]]:  # (sync: the reader runs its own loop)
         with JournalReader(open_journal(setup.config.journal_location())) as journal:
-            return read_status(journal, now, lambda record: rollout).campaigns
+            return read_status(journal, now, lambda record: setup.campaign).campaigns
 
     (row,) = await asyncio.to_thread(status_now)
     assert (row["stage"], row["stages"], row["pending"]) == (2, 3, 180)

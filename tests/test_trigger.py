@@ -447,9 +447,8 @@ def test_new_trigger_writes_a_trigger_file_that_checks(
 
 
 def test_the_gate_holds_each_zone_group_until_its_at_and_expires_it_after_its_ttl() -> None:
-    from scheduler.driver import releases
     from scheduler.journal import BatchRecord
-    from scheduler.window_gate import WindowGate
+    from scheduler.window_gate import WindowGate, releases
 
     day = date(2026, 12, 8)
     run = _campaign(Trigger(column="d", at=timedelta(hours=10))).day_run(day)
@@ -482,3 +481,23 @@ def test_an_id_too_long_for_the_day_runs_tracking_ids_is_an_error_at_check(root:
     code, out = check_file(root, trigger_text(), capsys)
     assert code != 0, out
     assert "audience.id_column: each occurrence's tracking ids are birthday.YYYY-MM-DD-{id}" in out
+
+
+def test_status_sees_the_west_wait_for_its_at_and_the_east_expire() -> None:
+    """`status`'s view of a day run's open batches (`held_back`, the gate asked at a moment):
+    at 09:00Z on the 8th the east (released 20:00Z on the 7th) and Kyiv (08:00Z) may go and
+    the west waits for 22:00Z; at 20:30Z the east's day has passed (it will expire: neither)."""
+    from scheduler.journal import BatchRecord
+    from scheduler.window_gate import Held, held_back
+
+    run = _campaign(Trigger(column="d", at=timedelta(hours=10))).day_run(date(2026, 12, 8))
+    batches = [BatchRecord(0, b"", 3, "open", 0, zones="Pacific/Kiritimati"),
+               BatchRecord(1, b"", 2, "open", 0, zones="Europe/Kyiv",
+                           decided=frozenset({"sent-already"})),
+               BatchRecord(2, b"", 4, "open", 0, zones="Etc/GMT+12")]
+    west = datetime(2026, 12, 8, 22, 0, tzinfo=UTC)
+    assert held_back(run, batches, datetime(2026, 12, 8, 9, 0, tzinfo=UTC)) == Held(4, 4, west)
+    assert held_back(run, batches, datetime(2026, 12, 8, 20, 30, tzinfo=UTC)) == Held(1, 4, west)
+    assert held_back(run, batches, west) == Held(5, 0, None)
+    assert held_back(_campaign(Trigger(column="d", at=timedelta(hours=10))), batches, west) \
+        is None  # the trigger file itself, not a day run: nothing held

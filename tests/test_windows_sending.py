@@ -18,10 +18,12 @@ import pytest
 
 from scheduler.config import load_config
 from scheduler.console import dry_run
+from scheduler.journal import JournalReader, open_journal
 from scheduler.loader import load_campaign
 from scheduler.planning import plan_rows
 from scheduler.sandbox import Sandbox
 from scheduler.service import open_engine
+from scheduler.status import read_status
 from tests.engine_helpers import KEY, Setup
 from tests.helpers import StartSandbox, read_jsonl, write_campaign, write_config
 from tests.journal_helpers import SyncJournal
@@ -85,6 +87,18 @@ async def kyiv_through(sandbox: Sandbox) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("Kyiv was not sent within 30 s")
+
+
+async def stopped_while_new_york_waits(setup: Setup, sandbox: Sandbox, start: datetime) -> None:
+    """Drive the campaign from ``start`` (the clock held there however long Kyiv takes), then
+    stop it as a shutdown does once Kyiv is through: left running, New York's batches open."""
+    async with open_engine(setup.config, clock=HeldClock(start)) as engine:
+        prepared = await engine.prepare(setup.campaign)
+        run = engine.open_run(setup.campaign, prepared)
+        driving = asyncio.create_task(engine.drive(run))
+        await kyiv_through(sandbox)
+        run.halt(None)  # a shutdown: left running, resumed from the journal
+        assert await driving == "running"
 
 
 def accepted(record: Path, offset_to: Callable[[], datetime]) -> dict[str, dict[str, Any]]:
@@ -157,14 +171,7 @@ async def test_a_restart_while_held_keeps_the_due_time_and_sends_each_once(
     sandbox = await start_sandbox(api_key=KEY, record=record)
     start = at("2026-12-07T13:59:55Z")
     setup = windowed_setup(tmp_path, sandbox.base_url, start)
-    # New York waits however long Kyiv takes
-    async with open_engine(setup.config, clock=HeldClock(start)) as engine:
-        prepared = await engine.prepare(setup.campaign)
-        run = engine.open_run(setup.campaign, prepared)
-        driving = asyncio.create_task(engine.drive(run))
-        await kyiv_through(sandbox)
-        run.halt(None)  # a shutdown: left running, resumed from the journal
-        assert await driving == "running"
+    await stopped_while_new_york_waits(setup, sandbox, start)
     clock = shifted(at("2026-12-07T13:59:57Z"))
     with SyncJournal(setup.journal_path) as journal:
         held = journal.open_batches("promo")
@@ -176,6 +183,31 @@ async def test_a_restart_while_held_keeps_the_due_time_and_sends_each_once(
     sent = accepted(record, clock)  # raises if any phone was sent twice
     assert set(sent) == set(KYIV + NEW_YORK)
     assert all(sent[p]["at"] >= at("2026-12-07T14:00:00Z") for p in NEW_YORK)
+
+
+async def test_status_times_a_held_zone_from_its_opening_not_from_the_rate_so_far(
+    tmp_path: Path, start_sandbox: StartSandbox,
+) -> None:
+    """Started at 10:00Z, Kyiv sent at once, New York held for its 14:00Z opening: at 13:00Z
+    `status` says 20 wait until 14:00Z and ends the campaign then. It used to time what is
+    left by the rate since the start, which counts the wait (20 sent in 3 h: 16:00Z)."""
+    sandbox = await start_sandbox(api_key=KEY)
+    start = at("2026-12-07T10:00:00Z")
+    setup = windowed_setup(tmp_path, sandbox.base_url, start)
+    await stopped_while_new_york_waits(setup, sandbox, start)
+
+    def status_at(now: datetime, with_file: bool = True) -> dict[str, Any]:
+        with JournalReader(open_journal(setup.config.journal_location())) as journal:
+            (row,) = read_status(journal, now, lambda record: setup.campaign if with_file
+                                 else None).campaigns
+        return row
+
+    row = await asyncio.to_thread(status_at, at("2026-12-07T13:00:00Z"))
+    assert (row["sent"], row["pending"], row["waiting"]) == (20, 20, 20)
+    assert row["waiting_until"] == row["eta"] == "2026-12-07T14:00:00Z"
+    # without the file on this machine nothing says what waits
+    blind = await asyncio.to_thread(status_at, at("2026-12-07T13:00:00Z"), False)
+    assert (blind["pending"], blind["waiting"], blind["waiting_until"]) == (20, None, None)
 
 
 CAPS = '[policy]\n[[policy.caps]]\ntypes = ["promo"]\nmax = 1\ndays = 7\n'
