@@ -23,7 +23,7 @@ from scheduler.report import AccountOf, awaiting_status
 from scheduler.series import local_text, names, parse_run_id, run_id
 from scheduler.trigger import EARLIEST, Trigger, day_run_id, parse_day_run
 from scheduler.vocabulary import ENDED
-from scheduler.window_gate import Held, held_back
+from scheduler.window_gate import Held, gated, held_back
 
 #: the campaign an unfinished record was planned from, as its file says now (a series'
 #: occurrence, a trigger's day run), or None: its roll-out's stages and hold, its window and
@@ -250,7 +250,7 @@ def _waiting(
     not here)."""
     if record.started_at is None or record.state in ENDED or campaign is None:
         return None
-    if campaign.window is None and campaign.trigger_day is None:
+    if not gated(campaign):  # spare the journal read
         return None
     return held_back(campaign, journal.open_batches(record.id), now)
 

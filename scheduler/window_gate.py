@@ -127,13 +127,18 @@ class Held:
     last: datetime | None
 
 
+def gated(campaign: Campaign) -> bool:
+    """True when the gate may hold some of the campaign's batches back: it has a window, or
+    it is a trigger's day run."""
+    return campaign.window is not None or releases(campaign) is not None
+
+
 def held_back(campaign: Campaign, batches: Iterable[BatchRecord], now: datetime) -> Held | None:
     """What the gate would do at ``now`` with each of ``batches`` (the campaign's open ones);
-    None for a campaign it never holds (no window, not a trigger's day run)."""
-    release = releases(campaign)
-    if campaign.window is None and release is None:
+    None for a campaign it never holds (not `gated`)."""
+    if not gated(campaign):
         return None
-    gate = WindowGate(campaign.window, campaign.deadline, lambda: now, release=release)
+    gate = WindowGate(campaign.window, campaign.deadline, lambda: now, release=releases(campaign))
     ready = waiting = 0
     last: datetime | None = None
     for batch in batches:
