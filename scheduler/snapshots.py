@@ -184,7 +184,9 @@ class Snapshots:
         """A snapshot cut short mid-stream (a crash, a stop): read on after what is stored,
         if the inputs are still the ones it was read from (else the campaign fails)."""
         current = self._streams.get(run.campaign.id)
-        if not record.streaming or (current is not None and not current.ended):
+        # ``record`` may be older than this process's stream: read before its end, it says
+        # streaming still, but a stream read whole here is never read again
+        if not record.streaming or (current is not None and (current.whole or not current.ended)):
             return
         key = snapshot_key(run.campaign, self._suppression_path, self._batch_size,
                            send_at=record.send_at)

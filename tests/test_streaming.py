@@ -565,6 +565,39 @@ async def test_a_reader_started_ahead_is_the_one_read(
     assert not [pid for pid in children_of(os.getpid()) if is_reader(pid)]
 
 
+async def test_a_stream_read_whole_before_the_run_starts_is_not_read_again(
+    tmp_path: Path, start_sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record a run starts from may be older than its stream's end (a small audience, a
+    reader started with the imports done): it says "streaming" still, yet the stream is
+    whole. The run must not start a second reader (it did: its appends found the stream
+    closed, and `send --now` of 5 rows failed with "its snapshot is not being streamed")."""
+    sandbox = await start_sandbox(api_key=KEY)
+    setup = streamed_setup(tmp_path, sandbox, 50, bad_rows=False)
+    started = Reader.start
+    readers: list[Reader] = []
+
+    def start(*args: Any, **kwargs: Any) -> Reader:
+        readers.append(started(*args, **kwargs))
+        return readers[-1]
+
+    monkeypatch.setattr(Reader, "start", start)
+    async with open_engine(setup.config) as engine:
+        record = await engine.prepare(setup.campaign, stream=True)
+        run = engine.open_run(setup.campaign, record, None)
+        real_move = engine.lifecycle.move
+
+        async def move_once_whole(cid: str, state: CampaignState, **fields: Any) -> Any:
+            if state == "running":  # after the run read its record, before it resumes
+                await engine.wait_whole(cid)
+            return await real_move(cid, state, **fields)
+
+        monkeypatch.setattr(engine.lifecycle, "move", move_once_whole)
+        assert await engine.drive(run) == "done"
+    assert len(readers) == 1
+    assert setup.counts()["sent"] == 50 == len(sandbox.accepted)
+
+
 def test_send_now_of_an_invalid_campaign_leaves_no_reader(tmp_path: Path) -> None:
     """The reader starts before the campaign is checked: an invalid campaign ends it too."""
     config_path = write_config(tmp_path, "http://127.0.0.1:9")
