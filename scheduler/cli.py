@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
@@ -432,17 +433,6 @@ def _configure_send(parser: argparse.ArgumentParser) -> None:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send one campaign in the foreground; 0 when every recipient is final, else 1."""
-    # `--now` streams the audience into the send: its reader starts first, so that its start
-    # and its first pass overlap ours (imports, config, journal); unused, it is killed
-    reader = Reader.start() if args.now and not args.dry_run and args.test is None else None
-    try:
-        return _send(args, reader)
-    finally:
-        if reader is not None:
-            reader.close()
-
-
-def _send(args: argparse.Namespace, reader: Reader | None) -> int:
     config = _config(args)
     now = datetime.now(UTC)
     check = load_campaign(args.file, config, now)
@@ -459,9 +449,24 @@ def _send(args: argparse.Namespace, reader: Reader | None) -> int:
         campaign = trigger_day_run(campaign, args)
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
-    if reader is not None:
-        reader.begin(StreamJob.of(campaign, config))
-    # imported here, not at the top: the reader starts before aiohttp, rich and structlog load
+    # `--now` streams the audience into the send. Its reader is forked now, before aiohttp,
+    # rich and structlog load and before any thread runs (the journal's writer, asyncio's):
+    # it starts with our imports done and reads while we go on. Unused, it is killed.
+    reader = None
+    if args.now and not args.dry_run and args.test is None:
+        reader = Reader.start(StreamJob.of(campaign, config),
+                              fork=threading.active_count() == 1)
+    try:
+        return _send(args, config, campaign, reader, now)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _send(
+    args: argparse.Namespace, config: Config, campaign: Campaign, reader: Reader | None,
+    now: datetime,
+) -> int:
     from scheduler import console
     from scheduler.oplog import configure_logging
     from scheduler.testsend import parse_phones

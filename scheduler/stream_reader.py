@@ -89,21 +89,22 @@ def _resume_from(source: BinaryIO) -> Callable[[], Resume]:
     return read
 
 
-def main() -> int:
-    """The child: a `StreamJob` then a `Resume` on stdin, frames on stdout ("chunk", "error"
-    or "done"). Its stdin closed before the `Resume` came: not wanted after all, it exits.
+def main(source: BinaryIO | None = None, out: int | None = None) -> int:
+    """The child: a `StreamJob` then a `Resume` on stdin (or ``source``), frames on stdout (or
+    the descriptor ``out``): "chunk", "error" or "done". Its stdin closed before the `Resume`
+    came: not wanted after all, it exits.
 
     Ctrl-C and systemd's stop reach the whole process group: the parent decides (it stops the
     stream, or lets it finish), so the child ignores them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    source = sys.stdin.buffer
+    source = sys.stdin.buffer if source is None else source
     try:
         # our own parent, on a pipe only the two of us hold: nothing untrusted to unpickle
         job: StreamJob = pickle.load(source)  # noqa: S301
     except EOFError:
         return 0
-    out = sys.stdout.fileno()
+    out = sys.stdout.fileno() if out is None else out
     try:
         try:
             for sent, (batches, skips) in enumerate(chunks(job, _resume_from(source))):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import signal
 import sqlite3
@@ -596,6 +597,56 @@ async def test_a_stream_read_whole_before_the_run_starts_is_not_read_again(
         assert await engine.drive(run) == "done"
     assert len(readers) == 1
     assert setup.counts()["sent"] == 50 == len(sandbox.accepted)
+
+
+PROBE = Path(__file__).with_name("reader_probe.py")
+
+
+def probe_reader(root: Path, mode: str, *extra: str) -> dict[str, Any]:
+    """`tests/reader_probe.py` on the campaign ``root`` holds (`probe_workspace`): a process
+    that starts a ``mode`` ("fork" or "spawn") reader with no other thread running, as
+    `send --now` does, and says what came through it."""
+    done = subprocess.run(
+        [sys.executable, str(PROBE), str(root / "config.toml"),
+         str(root / "campaigns" / "probe.toml"), mode, *extra],
+        capture_output=True, text=True, timeout=60, check=False, env=clean_env(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    assert result["threads_at_start"] == 1 and result["ended"]
+    return result
+
+
+def probe_workspace(root: Path, rows: int) -> Path:
+    """A config and a campaign of ``rows`` recipients and `BAD_ROWS`, in batches of 100."""
+    write_config(root, "http://127.0.0.1:9", batch_size=100)
+    write_audience(root / "campaigns" / "people.csv", rows, extra_rows=BAD_ROWS)
+    write_campaign(root / "campaigns", "probe", "people.csv", type="promo")
+    return root
+
+
+def test_a_forked_reader_streams_what_a_new_interpreter_streams(tmp_path: Path) -> None:
+    """`send --now` forks its reader (no thread runs yet, and the child starts with the
+    imports done): the same batches and skipped rows, in the same chunks, as the
+    ``python -m scheduler.stream_reader`` the daemon starts."""
+    root = probe_workspace(tmp_path, 3000)
+    forked, spawned = probe_reader(root, "fork"), probe_reader(root, "spawn")
+    assert (forked["child"], spawned["child"]) == ("_Forked", "Popen")
+    assert forked["failure"] is None and forked["batches"] == 30 and forked["skips"] == 2
+    assert forked["digest"] == spawned["digest"]
+
+
+def test_a_forked_reader_says_why_it_cannot_finish(tmp_path: Path) -> None:
+    """The forked child's errors come back as one sentence, never a traceback."""
+    result = probe_reader(probe_workspace(tmp_path, 50), "fork", "--remove-audience")
+    assert "people.csv" in result["failure"] and "Traceback" not in result["failure"]
+
+
+def test_a_killed_forked_reader_is_said_killed_and_reaped(tmp_path: Path) -> None:
+    """A forked reader killed mid-stream: `StreamKilled` (the campaign resumes at the next
+    start), and the child is reaped, not left a zombie."""
+    result = probe_reader(probe_workspace(tmp_path, LONG_READ), "fork", "--kill")
+    assert result["killed"] and "signal 9" in result["failure"]
 
 
 def test_send_now_of_an_invalid_campaign_leaves_no_reader(tmp_path: Path) -> None:
