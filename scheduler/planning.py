@@ -284,8 +284,13 @@ class _Planner:
                              "local": local_text(t, repeat.timezone)} for t in times],
         }
         self.rows.append(row)
+        occurrence = series.occurrence(series.send_at)
+        snapshot = self._snapshotted(occurrence)
+        if snapshot is not None:  # the daemon's, of these very files
+            row.update(valid=snapshot.recipients, skipped=snapshot.skipped)
+            return
         try:
-            summary = self.count(series.occurrence(series.send_at))
+            summary = self.count(occurrence)
         except UserError:
             row.update(state="invalid", note="its audience cannot be read: run `check`")
             return
@@ -306,9 +311,9 @@ class _Planner:
             "awaiting_status": None, "eta": None, "note": "",
         }
         self.rows.append(row)
-        planned = self._planned(run)
-        if planned is not None:  # the daemon's snapshot of it, from these very files
-            valid, skipped, zones = planned
+        snapshot = self._snapshotted(run)
+        if snapshot is not None:  # the daemon's, of these very files
+            valid, skipped, zones = snapshot.recipients, snapshot.skipped, self._zones(snapshot)
         else:
             try:
                 summary = self.count(run)
@@ -332,20 +337,23 @@ class _Planner:
         row["note"] = (f"on {spec.column} at {spec.at_text} local: next run {run.id}, "
                        f"{valid:,} due" + (f" ({shown}{more})" if groups else ""))
 
-    def _planned(self, run: Campaign) -> tuple[int, int, dict[str, int]] | None:
-        """A day run the daemon has snapshotted already from the files as they are now (the
-        snapshot's key matches: same file, CSV, suppression list and batch size): its valid
-        and skipped counts and its recipients per zone group, read from the journal instead of
-        the whole CSV (a million rows take seconds; the journal a few batches)."""
+    def _snapshotted(self, run: Campaign) -> CampaignRecord | None:
+        """The journal's record of a series' occurrence or a trigger's day run that the daemon
+        has snapshotted already from the files as they are now (the snapshot's key matches:
+        same file, CSV, suppression list and batch size): its counts are the daemon's, read
+        instead of the whole CSV (a million rows take seconds to count)."""
         record = self.records.get(run.id)
         if self.journal is None or record is None or record.state != "scheduled":
             return None
         key = snapshot_key(run, self.config.paths.suppression, self.config.sending.batch_size)
-        if record.fingerprint != key:
-            return None
-        zones = zones_of_batches((batch.zones, batch.size - len(batch.decided))
-                                 for batch in self.journal.open_batches(record.id))
-        return record.recipients, record.skipped, zones
+        return record if record.fingerprint == key else None
+
+    def _zones(self, record: CampaignRecord) -> dict[str, int]:
+        """A snapshotted day run's recipients per zone group, from its open batches (a few:
+        a day run holds a day's rows)."""
+        assert self.journal is not None  # `_snapshotted` found the record there
+        return zones_of_batches((batch.zones, batch.size - len(batch.decided))
+                                for batch in self.journal.open_batches(record.id))
 
     def count(self, campaign: Campaign) -> AudienceSummary:
         """``campaign``'s audience counted (`summarize`), once per audience file and what

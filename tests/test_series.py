@@ -343,6 +343,56 @@ def test_plan_lists_the_occurrences_within_30_days(
     assert "2027-03-14 09:00 Sun America/New_York" in table
 
 
+def test_plan_reads_the_next_occurrence_the_daemon_snapshotted_from_the_journal(
+    root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The occurrence the daemon has snapshotted already from the files as they are now is
+    counted from the journal, not from the whole CSV again (a million rows take seconds);
+    once the CSV changes, from the files."""
+    import asyncio
+
+    from scheduler import planning
+    from scheduler.service import open_engine
+
+    config_path = root / "config.toml"
+    config_path.write_text('[paths]\ncampaigns = "campaigns"\nstate = "state/j.sqlite3"\n',
+                           "utf-8")
+    path = root / "campaigns" / "s.toml"
+    path.write_text(series_text(), "utf-8")
+    config = load_config(config_path, env={})
+    with time_machine.travel(NOW, tick=False):
+        check = load_campaign(path, config, NOW)
+    series = check.campaign
+    assert series is not None
+    occurrence = series.occurrence(series.send_at)
+
+    async def prepare() -> None:
+        async with open_engine(config) as engine:
+            await engine.prepare(occurrence)
+
+    asyncio.run(prepare())
+    counted: list[str] = []
+    real_count = planning._Planner.count
+
+    def count(self: planning._Planner, campaign):  # type: ignore[no-untyped-def]
+        counted.append(campaign.id)
+        return real_count(self, campaign)
+
+    monkeypatch.setattr(planning._Planner, "count", count)
+
+    def series_row() -> dict[str, object]:
+        with time_machine.travel(NOW, tick=False):
+            assert cli.main(["plan", "--json", "--config", str(config_path)]) == 0
+        rows: dict[str, dict[str, object]] = {
+            r["campaign"]: r for r in json.loads(capsys.readouterr().out)}
+        return rows["weekly-deals"]
+
+    assert series_row()["valid"] == 2 and occurrence.id not in counted
+    with (root / "campaigns" / "audiences" / "people.csv").open("a") as csv:
+        csv.write("+380931234567,Ivan,C3\n")
+    assert series_row()["valid"] == 3 and occurrence.id in counted
+
+
 def test_new_repeat_writes_a_series_that_checks(
     root: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
