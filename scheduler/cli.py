@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import tomli_w
 
-from scheduler import __version__
+from scheduler import __version__, stream_reader
 from scheduler.campaign import (
     DEFAULT_TTL,
     ID_PATTERN,
@@ -454,8 +454,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     # it starts with our imports done and reads while we go on. Unused, it is killed.
     reader = None
     if args.now and not args.dry_run and args.test is None:
-        reader = Reader.start(StreamJob.of(campaign, config),
-                              fork=threading.active_count() == 1)
+        job = StreamJob.of(campaign, config)
+        reader = stream_reader.fork(job) if threading.active_count() == 1 else Reader.start(job)
     try:
         return _send(args, config, campaign, reader, now)
     finally:

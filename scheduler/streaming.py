@@ -7,18 +7,17 @@ batches and skipped rows; the parent appends each chunk to the journal (`Journal
 engine posts the batches as they land.
 
 A caller that runs no other thread yet (`send --now`, once its campaign is loaded) *forks* its
-reader (`Reader.start(fork=True)`): the child starts with the parent's imports done, instead of a
-new interpreter's ~0.3 CPU s of them, and its pass 1 overlaps the rest of the parent's start
-(aiohttp, the journal). Anyone else (the daemon runs threads: forking it could leave the child
-stuck on a lock one of them held) starts a new interpreter.
+reader (`scheduler.stream_reader.fork`): the child starts with the parent's imports done,
+instead of a new interpreter's ~0.3 CPU s of them, and its pass 1 overlaps the rest of the
+parent's start (aiohttp, the journal). Anyone else (the daemon runs threads: forking it could
+leave the child stuck on a lock one of them held) starts a new interpreter (`Reader.start`).
 
 A snapshot is deterministic: the same inputs give the same batches and skips in the same order.
 So a stream cut short (a crash, a stop) resumes by reading again and dropping the batches and
 skips the journal already holds (`Resume`); the caller checks the snapshot key first (same
 inputs).
 
-This module is light on purpose (the CLI imports it before anything heavy): the child's side is
-`scheduler.stream_reader`.
+This module is the parent's side; the child's is `scheduler.stream_reader`.
 """
 
 from __future__ import annotations
@@ -26,15 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import os
 import pickle
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
-import traceback
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +81,13 @@ class Resume(NamedTuple):
     skips: int = 0
 
 
-class _Child(Protocol):
+def reader_errors() -> IO[bytes]:
+    """A file for a reader child's stderr (a pipe nobody reads while it runs could fill and
+    stop it); `Reader.close` closes it."""
+    return tempfile.TemporaryFile()
+
+
+class ReaderChild(Protocol):
     """What a `Reader` needs of its child: `subprocess.Popen`'s pipes and waits, which a
     forked child (`_Forked`) has too."""
 
@@ -108,28 +109,26 @@ class Reader:
     (`chunks`, given the `Resume` point). `close` kills it unless it has ended: a reader that is
     started is closed, by `chunks` or by its owner."""
 
-    def __init__(self, child: _Child, errors: IO[bytes]) -> None:
+    def __init__(self, child: ReaderChild, errors: IO[bytes]) -> None:
         self._child, self._errors = child, errors
         self.job: StreamJob | None = None
         self.used = False  # an engine took it to read its job (`Engine.prepare`)
 
     @classmethod
-    def start(cls, job: StreamJob | None = None, *, fork: bool = False) -> Reader:
-        """Start the child, and `begin` ``job`` if given; without one it waits for it (a file
-        for its stderr: a pipe nobody reads while it runs could fill and stop it).
+    def start(cls, job: StreamJob | None = None) -> Reader:
+        """Start the child, a new interpreter (``python -m scheduler.stream_reader``), and
+        `begin` ``job`` if given; without one it waits for it. (`stream_reader.fork` starts
+        one as a fork of this process instead.)"""
+        errors = reader_errors()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "scheduler.stream_reader"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+        )
+        return cls.of(child, errors, job)
 
-        ``fork``: the child is a fork of this process (`_Forked`), which must run no other
-        thread: the caller says so, as for `scheduler.passes`' helpers. Otherwise it is a new
-        interpreter (``python -m scheduler.stream_reader``)."""
-        errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by `close`)
-        child: _Child
-        if fork:
-            child = _Forked.start(errors)
-        else:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "scheduler.stream_reader"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
-            )
+    @classmethod
+    def of(cls, child: ReaderChild, errors: IO[bytes], job: StreamJob | None = None) -> Reader:
+        """The reader of a started ``child`` whose stderr goes to ``errors``, given ``job``."""
         _widen(child.stdout)
         reader = cls(child, errors)
         if job is not None:
@@ -207,85 +206,6 @@ class Reader:
             if pipe is not None:
                 with contextlib.suppress(BrokenPipeError):
                     pipe.close()
-
-
-class _Forked:
-    """The reader child as a fork of this process, with the pipes and waits of
-    `subprocess.Popen` (what `Reader` uses of it): the child runs `stream_reader.main` on them,
-    its stderr in the reader's ``errors`` file, and leaves with ``os._exit``, never returning
-    into the caller's code."""
-
-    def __init__(self, pid: int, stdin: IO[bytes], stdout: IO[bytes]) -> None:
-        self.pid, self._stdin, self._stdout = pid, stdin, stdout
-        self._code: int | None = None
-        self._reaping = threading.Lock()  # `close` and `chunks` may wait from two threads
-
-    @property
-    def stdin(self) -> IO[bytes]:
-        return self._stdin
-
-    @property
-    def stdout(self) -> IO[bytes]:
-        return self._stdout
-
-    @classmethod
-    def start(cls, errors: IO[bytes]) -> _Forked:
-        """Fork the reader (this process runs no other thread: the caller's word)."""
-        job_read, job_write = os.pipe()
-        frames_read, frames_write = os.pipe()
-        for stream in (sys.stdout, sys.stderr):  # nothing of ours is written twice
-            with contextlib.suppress(AttributeError, OSError, ValueError):
-                stream.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (the child; its work is seen through the pipes)
-            os.close(job_write)  # or the child would never see its stdin end
-            os.close(frames_read)
-            _forked_child(job_read, frames_write, errors.fileno())
-        os.close(job_read)
-        os.close(frames_write)
-        return cls(pid, os.fdopen(job_write, "wb"), os.fdopen(frames_read, "rb"))
-
-    def poll(self) -> int | None:
-        """The exit code (negative: the signal), or None while it runs (or while another
-        thread waits for it: never blocks, as `subprocess.Popen.poll`)."""
-        if not self._reaping.acquire(blocking=False):
-            return self._code
-        try:
-            if self._code is None:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid:
-                    self._code = os.waitstatus_to_exitcode(status)
-            return self._code
-        finally:
-            self._reaping.release()
-
-    def wait(self) -> int:
-        """Wait for the child to end; its exit code (negative: the signal)."""
-        with self._reaping:
-            if self._code is None:
-                _, status = os.waitpid(self.pid, 0)
-                self._code = os.waitstatus_to_exitcode(status)
-            return self._code
-
-    def kill(self) -> None:
-        """SIGKILL (`Reader.close` reaps it)."""
-        os.kill(self.pid, signal.SIGKILL)
-
-
-def _forked_child(job_read: int, frames_write: int, errors: int) -> None:
-    """The forked reader: its stderr is the errors file; it runs and exits without running
-    the parent's exit handlers or flushing its buffers."""
-    code = 1
-    try:
-        os.dup2(errors, 2)
-        from scheduler import stream_reader
-
-        code = stream_reader.main(os.fdopen(job_read, "rb"), frames_write)
-    except BaseException:  # noqa: BLE001 (anything: said on stderr, as a spawned child would)
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        os._exit(code)
 
 
 def _widen(pipe: IO[bytes] | None) -> None:

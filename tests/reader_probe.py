@@ -1,5 +1,5 @@
 """A process that reads a campaign's streamed snapshot through a `Reader` and prints what came,
-as one JSON line: the tests of the forked reader (`Reader.start(fork=True)`) run it, so that
+as one JSON line: the tests of the forked reader (`stream_reader.fork`) run it, so that
 the fork happens in a process that runs no other thread, as in `send --now`.
 
     python tests/reader_probe.py CONFIG CAMPAIGN_FILE fork|spawn [--kill] [--remove-audience]
@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scheduler import stream_reader
 from scheduler.config import load_config
 from scheduler.loader import load_campaign
 from scheduler.streaming import Reader, Resume, StreamFailed, StreamJob, StreamKilled
@@ -58,7 +59,8 @@ def main() -> None:
     if "--remove-audience" in sys.argv:
         check.campaign.audience.csv.unlink()
     threads = threading.active_count()
-    reader = Reader.start(StreamJob.of(check.campaign, config), fork=mode == "fork")
+    job = StreamJob.of(check.campaign, config)
+    reader = stream_reader.fork(job) if mode == "fork" else Reader.start(job)
     try:
         result = asyncio.run(read(reader, "--kill" in sys.argv))
     finally:

@@ -626,9 +626,9 @@ def probe_workspace(root: Path, rows: int) -> Path:
 
 
 def test_a_forked_reader_streams_what_a_new_interpreter_streams(tmp_path: Path) -> None:
-    """`send --now` forks its reader (no thread runs yet, and the child starts with the
-    imports done): the same batches and skipped rows, in the same chunks, as the
-    ``python -m scheduler.stream_reader`` the daemon starts."""
+    """`send --now` forks its reader (`stream_reader.fork`: no thread runs yet, and the child
+    starts with the imports done): the same batches and skipped rows, in the same chunks, as
+    the ``python -m scheduler.stream_reader`` the daemon starts."""
     root = probe_workspace(tmp_path, 3000)
     forked, spawned = probe_reader(root, "fork"), probe_reader(root, "spawn")
     assert (forked["child"], spawned["child"]) == ("_Forked", "Popen")
