@@ -540,8 +540,8 @@ async def test_a_reader_started_ahead_is_the_one_read(
     tmp_path: Path, start_sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch, extra: str,
     streamed: bool,
 ) -> None:
-    """`send --now` starts its reader before it has loaded the campaign (`StreamJob.of`); the
-    engine reads from that one, not from a second. Unused, it ends once the campaign is
+    """`send --now` starts its reader (`StreamJob.of`) before the engine prepares the campaign;
+    the engine reads from that one, not from a second. Unused, it ends once the campaign is
     prepared, not with the send."""
     sandbox = await start_sandbox(api_key=KEY)
     config, campaign = loaded_campaign(tmp_path, sandbox.base_url, 700, "ahead", extra,
