@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
@@ -450,12 +449,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.now:
         campaign = campaign.model_copy(update={"send_at": now.replace(microsecond=0)})
     # `--now` streams the audience into the send. Its reader is forked now, before aiohttp,
-    # rich and structlog load and before any thread runs (the journal's writer, asyncio's):
-    # it starts with our imports done and reads while we go on. Unused, it is killed.
+    # rich and structlog load and before `send` starts any thread (the journal's writer,
+    # asyncio's): it starts with our imports done and reads while we go on. Unused, it is
+    # killed.
     reader = None
     if args.now and not args.dry_run and args.test is None:
-        job = StreamJob.of(campaign, config)
-        reader = stream_reader.fork(job) if threading.active_count() == 1 else Reader.start(job)
+        reader = stream_reader.fork(StreamJob.of(campaign, config))
     try:
         return _send(args, config, campaign, reader, now)
     finally:
