@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -110,6 +111,70 @@ def scan_bytes(path: Path) -> tuple[Signature, int]:
         except UnicodeDecodeError as exc:
             raise _not_utf8(path, offset - len(exc.object) + exc.start) from None
     return signature, lines + 1
+
+
+def line_breaks(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """Line breaks in ``data[start:end]`` as the csv reader counts them: ``\\n``, ``\\r`` or
+    ``\\r\\n`` (counted in place)."""
+    end = len(data) if end is None else end
+    return (data.count(b"\n", start, end) + data.count(b"\r", start, end)
+            - data.count(b"\r\n", start, end))
+
+
+_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def line_start(path: Path, lines: int) -> int:
+    """The byte offset at which line ``lines + 1`` of the file starts: after its first
+    ``lines`` line breaks as the csv reader counts them (a row that ends there is whole, so
+    a reader may start at it). The file's end when it has fewer."""
+    seen = offset = 0
+    with path.open("rb") as raw:
+        while lines > seen and (chunk := raw.read(_CHUNK)):
+            if chunk.endswith(b"\r"):  # a "\r\n" across chunks is one break
+                chunk += raw.read(1)
+            count = line_breaks(chunk)
+            if seen + count >= lines:
+                for found in _BREAK.finditer(chunk):
+                    seen += 1
+                    if seen == lines:
+                        return offset + found.end()
+            seen += count
+            offset += len(chunk)
+    return offset
+
+
+class RowsAfter:
+    """The rows of a CSV from byte ``offset`` (a line's start, `line_start`) on, read as
+    `open_table` reads them, with the file's line numbers: ``line_num`` counts the
+    ``lines_before`` too. The file must be open for as long as its rows are read."""
+
+    def __init__(self, file: TextIO, delimiter: str, lines_before: int) -> None:
+        self._reader = csv.reader(file, delimiter=delimiter, strict=True)
+        self._before = lines_before
+
+    @property
+    def line_num(self) -> int:
+        """The last line read, counted from the file's start."""
+        return self._reader.line_num + self._before
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return iter(self._reader)
+
+
+@contextmanager
+def rows_after(path: Path, delimiter: str, lines: int) -> Iterator[RowsAfter]:
+    """The rows after the file's first ``lines`` lines (`RowsAfter`), without reading those:
+    a helper that counts the end of a big audience starts there."""
+    offset = line_start(path, lines)
+    with path.open("rb") as raw:
+        raw.seek(offset)
+        # as `open_table` decodes (no BOM can be there: the file's start is behind)
+        file = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        try:
+            yield RowsAfter(file, delimiter, lines)
+        finally:
+            file.detach()  # the raw file is closed by its own `with`
 
 
 def _not_utf8(path: Path, offset: int) -> CsvProblem:

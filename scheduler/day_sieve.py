@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import date
 
 from scheduler.campaign import Campaign
-from scheduler.csvfile import CsvProblem, Table
+from scheduler.csvfile import CsvProblem, Table, line_breaks
 from scheduler.trigger_scan import due_table
 
 #: month-days that are always real (29 February is a date in leap years only: never dropped)
@@ -45,13 +45,6 @@ def other_day_lines(campaign: Campaign, delimiter: str, date_at: int) -> re.Patt
             + rb"(?!0000)[0-9]{4}-" + not_due + _REAL_DAY
             + rb"(?:" + sep + rb'[^"\r\n]{0,%d})?\r?(?:\n|\Z)' % most)
     return re.compile(rb"^(?:" + line + rb")+", re.MULTILINE)
-
-
-def _breaks(data: bytes, start: int, end: int) -> int:
-    """Line breaks in ``data[start:end]`` as the csv reader counts them: ``\\n``, ``\\r`` or
-    ``\\r\\n`` (counted in place: the runs dropped add up to the whole file)."""
-    return (data.count(b"\n", start, end) + data.count(b"\r", start, end)
-            - data.count(b"\r\n", start, end))
 
 
 class Sieved:
@@ -89,7 +82,7 @@ def sieve(
     def drop(run: re.Match[bytes]) -> bytes:
         nonlocal kept_lines, kept_to
         start, end = run.span()
-        kept_lines += _breaks(data, kept_to, start)
+        kept_lines += line_breaks(data, kept_to, start)
         kept_to = end
         ends_line = data.endswith(b"\n", start, end)  # else the file's last line, unended
         gaps.append((kept_lines, data.count(b"\n", start, end) + (not ends_line)))

@@ -524,6 +524,22 @@ def test_summarize_counts_the_same_with_helper_processes(
     assert len(forks) == (0 if helper == "none" else 2)
 
 
+@pytest.mark.parametrize("ending", ["\r\n", "\r"])
+def test_helpers_count_the_same_whatever_the_line_breaks(
+    make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch, forks: list[passes.Forked],
+    ending: str,
+) -> None:
+    """The helper that counts the last rows starts reading at their first line, found by
+    counting line breaks as the csv module does (``\\r\\n`` is one, a lone ``\\r`` is one,
+    a quoted cell's count too): the same counts, first lines and details as one process."""
+    body = (HEADER + HELPER_BODY).replace("\n", ending)
+    campaign = make_campaign(body, text="Hi {name}, hello")
+    expected = summarize(campaign, may_fork=False)
+    monkeypatch.setattr(passes, "HELPER_LINES", 0)
+    assert summarize(campaign, may_fork=True) == expected
+    assert len(forks) == 2  # the ids' pass 1, and the count of the last rows
+
+
 @pytest.mark.parametrize("at", [0.1, 0.9])
 def test_a_malformed_row_is_reported_the_same_with_helper_processes(
     make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch, at: float,
