@@ -145,7 +145,7 @@ def line_start(path: Path, lines: int) -> int:
 
 
 class RowsAfter:
-    """The rows of a CSV from byte ``offset`` (a line's start, `line_start`) on, read as
+    """The rows of a CSV file positioned at the start of a line (`rows_after`), read as
     `open_table` reads them, with the file's line numbers: ``line_num`` counts the
     ``lines_before`` too. The file must be open for as long as its rows are read."""
 
