@@ -131,8 +131,8 @@ def line_start(path: Path, lines: int) -> int:
     seen = offset = 0
     with path.open("rb") as raw:
         while lines > seen and (chunk := raw.read(_CHUNK)):
-            if chunk.endswith(b"\r"):  # a "\r\n" across chunks is one break
-                chunk += raw.read(1)
+            while chunk.endswith(b"\r") and (more := raw.read(1)):
+                chunk += more  # a "\r\n" across chunks is one break ("\r\r\n" two)
             count = line_breaks(chunk)
             if seen + count >= lines:
                 for found in _BREAK.finditer(chunk):

@@ -8,7 +8,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from scheduler import csvfile
@@ -25,11 +25,12 @@ def whole_reading(path: Path) -> list[tuple[int, list[str]]]:
         return [(reader.line_num, row) for row in reader]
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.lists(CELLS, min_size=1, max_size=3), max_size=12),
        endings=st.lists(ENDINGS, min_size=1, max_size=12),
        chunk=st.sampled_from([1, 2, 7, 1 << 20]))
+@example(rows=[["a"], [""]], endings=["\r", "\r\n"], chunk=1)  # "\r\r\n": found in CI
 def test_reading_from_any_rows_end_gives_the_rest_with_the_files_line_numbers(
     tmp_path: Path, rows: list[list[str]], endings: list[str], chunk: int,
 ) -> None:
@@ -59,3 +60,7 @@ def test_line_start_counts_breaks_as_the_csv_module_does(tmp_path: Path) -> None
     path.write_bytes(data)
     assert line_breaks(data) == 5
     assert [line_start(path, n) for n in range(7)] == [0, 3, 5, 7, 10, 12, 13]
+    path.write_bytes(b"a\r\r\nb")  # "\r" then "\r\n", read a byte at a time
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(csvfile, "_CHUNK", 1)
+        assert [line_start(path, n) for n in range(4)] == [0, 2, 4, 5]
