@@ -4,7 +4,8 @@ the fork happens in a process that runs no other thread, as in `send --now`.
 
     python tests/reader_probe.py CONFIG CAMPAIGN_FILE fork|spawn [--kill] [--remove-audience]
 
-``--kill``: SIGKILL the reader as its first chunk comes (the OOM killer, an operator).
+``--kill``: SIGKILL the reader (the OOM killer, an operator) before its stream is read: it is
+reading the audience, or waiting for the resume point, never done (it cannot end without that).
 ``--remove-audience``: delete the audience CSV once the campaign is loaded, before the reader
 starts (its reading fails).
 """
@@ -35,10 +36,10 @@ async def read(reader: Reader, kill: bool) -> dict[str, Any]:
     digest = hashlib.sha256()
     failure: str | None = None
     killed = False
+    if kill:
+        os.kill(reader._child.pid, signal.SIGKILL)  # type: ignore[attr-defined]
     try:
         async for chunk_batches, chunk_skips in reader.chunks(Resume()):
-            if kill and not batches:
-                os.kill(reader._child.pid, signal.SIGKILL)  # type: ignore[attr-defined]
             batches += len(chunk_batches)
             skips += len(chunk_skips)
             digest.update(pickle.dumps((chunk_batches, chunk_skips)))
