@@ -285,8 +285,9 @@ def test_listen_needs_the_token(tmp_path: Path) -> None:
 def test_delivery_lines_survive_kill_9_between_the_journal_and_the_log(tmp_path: Path) -> None:
     """Reports pour in; the daemon is frozen (SIGSTOP) until the journal holds final statuses
     whose delivery lines are not written yet, then killed right there. The next start writes
-    the missing lines (and not the ones already written): every message has exactly one."""
-    count = 4000
+    the missing lines (and not the ones already written): every message has exactly one.
+    (30 requests of 400 reports: each is one chance to catch it; 10 missed them all once.)"""
+    count = 12_000
     listen = f"127.0.0.1:{free_port()}"
     sandbox = SandboxProcess(tmp_path / "record.jsonl")
     workspace = Workspace(tmp_path / "ws", base_url=sandbox.url,
