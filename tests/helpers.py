@@ -223,3 +223,32 @@ class ThreadSandbox:
     def base_url(self) -> str:
         """The sandbox's ``http://127.0.0.1:PORT``."""
         return self.sandbox.base_url
+
+
+def snapshot_as_the_daemon(config_path: Path, run: Any) -> None:
+    """Snapshot ``run`` (a `Campaign`: a series' occurrence, a trigger's day run) into the
+    journal of the config at ``config_path``, as the daemon plans it ahead of its time."""
+    from scheduler.config import load_config
+    from scheduler.service import open_engine
+
+    async def prepare() -> None:
+        async with open_engine(load_config(config_path, env={})) as engine:
+            await engine.prepare(run)
+
+    asyncio.run(prepare())
+
+
+def counted_by_plan(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the campaigns `plan` counts from their CSV from now on, in order (those it
+    reads from the journal instead are not there)."""
+    from scheduler import planning
+
+    counted: list[str] = []
+    real_count = planning._Planner.count
+
+    def count(self: planning._Planner, campaign: Any) -> Any:
+        counted.append(campaign.id)
+        return real_count(self, campaign)
+
+    monkeypatch.setattr(planning._Planner, "count", count)
+    return counted

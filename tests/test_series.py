@@ -24,6 +24,7 @@ from scheduler.series import (
     run_id,
     wire_id,
 )
+from tests.helpers import counted_by_plan, snapshot_as_the_daemon
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)  # a Monday
 PEOPLE = "phone,name,customer_id\n+380501234567,Olena,C1\n+380671234567,Taras,C2\n"
@@ -349,36 +350,18 @@ def test_plan_reads_the_next_occurrence_the_daemon_snapshotted_from_the_journal(
     """The occurrence the daemon has snapshotted already from the files as they are now is
     counted from the journal, not from the whole CSV again (a million rows take seconds);
     once the CSV changes, from the files."""
-    import asyncio
-
-    from scheduler import planning
-    from scheduler.service import open_engine
-
     config_path = root / "config.toml"
     config_path.write_text('[paths]\ncampaigns = "campaigns"\nstate = "state/j.sqlite3"\n',
                            "utf-8")
     path = root / "campaigns" / "s.toml"
     path.write_text(series_text(), "utf-8")
-    config = load_config(config_path, env={})
     with time_machine.travel(NOW, tick=False):
-        check = load_campaign(path, config, NOW)
+        check = load_campaign(path, load_config(config_path, env={}), NOW)
     series = check.campaign
     assert series is not None
     occurrence = series.occurrence(series.send_at)
-
-    async def prepare() -> None:
-        async with open_engine(config) as engine:
-            await engine.prepare(occurrence)
-
-    asyncio.run(prepare())
-    counted: list[str] = []
-    real_count = planning._Planner.count
-
-    def count(self: planning._Planner, campaign):  # type: ignore[no-untyped-def]
-        counted.append(campaign.id)
-        return real_count(self, campaign)
-
-    monkeypatch.setattr(planning._Planner, "count", count)
+    snapshot_as_the_daemon(config_path, occurrence)
+    counted = counted_by_plan(monkeypatch)
 
     def series_row() -> dict[str, object]:
         with time_machine.travel(NOW, tick=False):

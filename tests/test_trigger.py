@@ -29,6 +29,7 @@ from scheduler.trigger import (
 )
 from scheduler.trigger_days import decide_days, live_days
 from scheduler.trigger_scan import due_counts, due_table
+from tests.helpers import counted_by_plan, snapshot_as_the_daemon
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 PEOPLE = (
@@ -386,31 +387,13 @@ def test_plan_reads_a_day_run_the_daemon_planned_from_the_journal(
 ) -> None:
     """A day run snapshotted from the files as they are now is counted from the journal (not
     the whole CSV again); once the CSV changes, from the files."""
-    import asyncio
-
-    from scheduler import planning
-    from scheduler.service import open_engine
-
     config_path = root / "config.toml"
     config_path.write_text('[paths]\ncampaigns = "campaigns"\nstate = "state/j.sqlite3"\n',
                            "utf-8")
     check = load(root, trigger_text())
     assert check.campaign is not None
-    config = load_config(config_path, env={})
-
-    async def prepare() -> None:
-        async with open_engine(config) as engine:
-            await engine.prepare(check.campaign.day_run(date(2026, 12, 8)))
-
-    asyncio.run(prepare())
-    counted: list[str] = []
-    real_count = planning._Planner.count
-
-    def count(self: planning._Planner, campaign):  # type: ignore[no-untyped-def]
-        counted.append(campaign.id)
-        return real_count(self, campaign)
-
-    monkeypatch.setattr(planning._Planner, "count", count)
+    snapshot_as_the_daemon(config_path, check.campaign.day_run(date(2026, 12, 8)))
+    counted = counted_by_plan(monkeypatch)
     with time_machine.travel(NOW, tick=False):
         assert cli.main(["plan", "--json", "--config", str(config_path)]) == 0
     row = {r["campaign"]: r for r in json.loads(capsys.readouterr().out)}["birthday"]
