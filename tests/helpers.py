@@ -225,17 +225,18 @@ class ThreadSandbox:
         return self.sandbox.base_url
 
 
-def snapshot_as_the_daemon(config_path: Path, run: Any) -> None:
+def snapshot_as_the_daemon(config_path: Path, run: Any) -> Any:
     """Snapshot ``run`` (a `Campaign`: a series' occurrence, a trigger's day run) into the
-    journal of the config at ``config_path``, as the daemon plans it ahead of its time."""
+    journal of the config at ``config_path``, as the daemon plans it ahead of its time; its
+    `CampaignRecord`."""
     from scheduler.config import load_config
     from scheduler.service import open_engine
 
-    async def prepare() -> None:
+    async def prepare() -> Any:
         async with open_engine(load_config(config_path, env={})) as engine:
-            await engine.prepare(run)
+            return await engine.prepare(run)
 
-    asyncio.run(prepare())
+    return asyncio.run(prepare())
 
 
 def counted_by_plan(monkeypatch: pytest.MonkeyPatch) -> list[str]:

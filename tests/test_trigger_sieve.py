@@ -3,7 +3,6 @@ count equals the daemon's snapshot of the run, and the sieve changes no count, s
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -14,15 +13,15 @@ import time_machine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler import audience, cli, planning
+from scheduler import audience, cli
 from scheduler.audience import summarize
 from scheduler.campaign import Campaign
 from scheduler.config import load_config
 from scheduler.day_sieve import sieve
 from scheduler.errors import CampaignError
 from scheduler.loader import load_campaign
-from scheduler.service import open_engine
 from scheduler.suppression import Suppression
+from tests.helpers import counted_by_plan, snapshot_as_the_daemon
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 DAY = date(2026, 12, 8)  # the next day run's at NOW
@@ -93,21 +92,9 @@ def test_plan_counts_the_next_day_run_as_its_snapshot_holds(
     config = load_config(root / "config.toml", env={})
     check = load_campaign(root / "campaigns" / "birthday.toml", config, NOW)
     assert check.campaign is not None
-
-    async def prepare() -> tuple[int, int]:
-        async with open_engine(config) as engine:
-            record = await engine.prepare(check.campaign.day_run(DAY))
-        return record.recipients, record.skipped
-
-    snapshot = asyncio.run(prepare())
-    counted: list[str] = []
-    real_count = planning._Planner.count
-
-    def count(self: planning._Planner, campaign: Campaign) -> Any:
-        counted.append(campaign.id)
-        return real_count(self, campaign)
-
-    monkeypatch.setattr(planning._Planner, "count", count)
+    record = snapshot_as_the_daemon(root / "config.toml", check.campaign.day_run(DAY))
+    snapshot = record.recipients, record.skipped
+    counted = counted_by_plan(monkeypatch)
     from_journal = plan_row(root, capsys)
     assert counted == []  # read from the journal's snapshot this time
     assert (from_files["valid"], from_files["skipped"]) == snapshot == (4, 7)
